@@ -1,0 +1,72 @@
+//! Certificates on disk: loading PEM chains and keys (PKCS#8, PKCS#1, SEC1) into
+//! rustls form, and writing self-signed development certificates (`gen-cert`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read certificate {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("cannot read private key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("certificate {cert} and key {key} do not match: {reason}")]
+    Mismatch { cert: PathBuf, key: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot generate certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Loads a PEM chain and key and checks they belong together.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| CertError::Cert { path: cert.into(), reason: e.to_string() })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| CertError::Cert { path: cert.into(), reason: e.to_string() })?;
+    if chain.is_empty() {
+        return Err(CertError::Cert { path: cert.into(), reason: "no CERTIFICATE block found".into() });
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| CertError::Key { path: key.into(), reason: e.to_string() })?;
+    let signing = aws_lc_rs::sign::any_supported_type(&der)
+        .map_err(|e| CertError::Key { path: key.into(), reason: e.to_string() })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|e| CertError::Mismatch { cert: cert.into(), key: key.into(), reason: e.to_string() })?;
+    Ok(Arc::new(ck))
+}
+
+/// A generated certificate in PEM form.
+pub struct GeneratedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Makes a self-signed certificate for `hosts` (DNS names or IP literals).
+pub fn generate_self_signed(hosts: &[String]) -> Result<GeneratedCert, CertError> {
+    let ck = rcgen::generate_simple_self_signed(hosts.to_vec())?;
+    Ok(GeneratedCert { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem() })
+}
+
+/// Writes `localhost.crt` and `localhost.key` under `dir` (the key readable by its
+/// owner only) and returns their paths.
+pub fn write_dev_cert(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
+    let g = generate_self_signed(hosts)?;
+    std::fs::create_dir_all(dir).map_err(|e| CertError::Write { path: dir.into(), source: e })?;
+    let cert = dir.join("localhost.crt");
+    let key = dir.join("localhost.key");
+    std::fs::write(&cert, g.cert_pem).map_err(|e| CertError::Write { path: cert.clone(), source: e })?;
+    write_private(&key, g.key_pem.as_bytes()).map_err(|e| CertError::Write { path: key.clone(), source: e })?;
+    Ok((cert, key))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(data)
+}

@@ -1,0 +1,338 @@
+//! Configuration: `wsgate.toml` → [`FileConfig`](file::FileConfig) (raw serde,
+//! unknown keys rejected) → [`Config`] (validated, typed, every default applied).
+//!
+//! ```text
+//! wsgate.toml --toml/serde--> FileConfig --validate--> Config
+//! ```
+//! Request-time code only ever sees [`Config`]; it never re-checks an option that
+//! validation already settled. Errors carry the file position of the offending
+//! value so `wsgate check` can print `PATH:LINE:COL: message`.
+
+mod file;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// One problem found in a config file, with its position when one applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based line and column of the value at fault.
+    pub pos: Option<(usize, usize)>,
+    /// Dotted key path, used when there is no position (e.g. a missing table).
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// Everything wrong with one config file. Displayed one issue per line in the
+/// `PATH:LINE:COL: message` form of spec §1.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self.path.display();
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match (&issue.pos, &issue.key) {
+                (Some((l, c)), _) => write!(f, "{p}:{l}:{c}: {}", issue.message)?,
+                (None, Some(k)) => write!(f, "{p}: {k}: {}", issue.message)?,
+                (None, None) => write!(f, "{p}: {}", issue.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for reload and messages).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<SocketAddr>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub echo: EchoConfig,
+    pub chat: ChatConfig,
+    pub cluster: Option<ClusterConfig>,
+    /// Non-fatal remarks `check` prints (e.g. an empty sticky secret).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub node_id: String,
+    pub max_connections: usize,
+    /// 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Largest request head (request line plus headers) accepted; larger → 431.
+    pub max_request_head: usize,
+    /// Key for sealed sticky cookies; `None` means one is generated per start.
+    pub secret: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub default: CertPaths,
+    pub sni: Vec<(HostPattern, CertPaths)>,
+}
+
+/// A host name to match: exact (`api.example.test`) or a wildcard
+/// (`*.example.test`, matching one or more labels in front). Lower-cased when built.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// Stored as the suffix including the leading dot: `.example.test`.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        };
+        if let Some(rest) = s.strip_prefix("*.") {
+            if valid(rest) {
+                return Ok(HostPattern::Wildcard(format!(".{rest}")));
+            }
+        } else if valid(&s) {
+            return Ok(HostPattern::Exact(s));
+        }
+        Err(format!("host {s:?} is not a host name or \"*.domain\" wildcard"))
+    }
+
+    /// `host` must already be lower-case and without port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    None,
+    Cookie,
+    Ip,
+    Header(http::HeaderName),
+    Query(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// `host:port`, resolved at connect time.
+    pub addr: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerEntry>,
+    pub balance: Balance,
+    pub sticky: Sticky,
+    pub sticky_cookie: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub ws_idle_timeout: Duration,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub retries: u32,
+    pub health: Option<HealthConfig>,
+    pub ws_inspect: bool,
+    pub ws_max_message_size: u64,
+    /// Zero: no keepalive pings from the gateway.
+    pub ws_ping_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AppKind {
+    Echo,
+    Chat,
+}
+
+impl AppKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Echo => "echo",
+            AppKind::Chat => "chat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    Upstream(String),
+    App(AppKind),
+    Static(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<HostPattern>,
+    /// Always starts with `/`.
+    pub path: String,
+    pub target: RouteTarget,
+    pub strip_prefix: bool,
+    pub websocket: bool,
+    /// Allowed `Origin` values for WebSocket upgrades; `None` allows any.
+    pub origins: Option<Vec<String>>,
+}
+
+impl RouteConfig {
+    /// A short name for logs and metric labels: the host (if any) and path.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(HostPattern::Exact(h)) => format!("{h}{}", self.path),
+            Some(HostPattern::Wildcard(s)) => format!("*{s}{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    pub max_message_size: u64,
+    pub compression: bool,
+    /// Zero: no server pings.
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub history: usize,
+    pub max_message_size: u64,
+    pub ping_interval: Duration,
+    pub send_queue: usize,
+    /// `None`: push disabled (403).
+    pub push_token: Option<String>,
+    pub poll_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub redis: String,
+    pub heartbeat: Duration,
+}
+
+/// Reads, parses and validates `path`. Relative paths inside the file resolve
+/// against the current working directory (spec §2).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        issues: vec![ConfigIssue { pos: None, key: None, message: format!("cannot read config file: {e}") }],
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is only used for messages and as
+/// [`Config::source`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: file::FileConfig = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        issues: vec![ConfigIssue {
+            pos: e.span().map(|s| line_col(text, s.start)),
+            key: None,
+            message: e.message().trim().to_string(),
+        }],
+    })?;
+    validate(path, text, raw)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let t = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 6), (2, 1));
+        assert_eq!(line_col(t, 9), (2, 4));
+    }
+
+    #[test]
+    fn host_patterns() {
+        let w = HostPattern::parse("*.Example.test").unwrap();
+        assert!(w.matches("a.example.test"));
+        assert!(w.matches("a.b.example.test"));
+        assert!(!w.matches("example.test"));
+        let e = HostPattern::parse("api.example.test").unwrap();
+        assert!(e.matches("api.example.test"));
+        assert!(!e.matches("x.api.example.test"));
+        assert!(HostPattern::parse("bad host").is_err());
+        assert!(HostPattern::parse("*.").is_err());
+    }
+}

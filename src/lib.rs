@@ -1,0 +1,36 @@
+//! # wsgate: reverse proxy and WebSocket gateway
+//!
+//! One connection flows top to bottom through these modules:
+//!
+//! ```text
+//! server::listener   accept, connection caps (503/429), per-connection span
+//!   └ server::tls     rustls handshake (SNI → certificate, ALPN h2/http1.1, timeout)
+//!     └ server::conn  hyper-util auto (HTTP/1.1 + HTTP/2, upgrades, graceful drain)
+//!       └ proxy       route (router) → dispatch, ProxyError → status in one place
+//!         ├ proxy::ws      handshake validation → apps::{echo, chat} | splice to upstream
+//!         ├ proxy::http    reverse proxy to an upstream pool (upstream::pool)
+//!         └ proxy::files   static files under a root
+//! ```
+//!
+//! [`Gateway::start`] binds the configured listeners (port 0 allowed, so tests can
+//! run many gateways side by side) and returns a handle; `main.rs` only parses the
+//! command line and waits for signals.
+
+pub mod apps;
+pub mod certs;
+pub mod config;
+pub mod gateway;
+pub mod limits;
+pub mod logging;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;
+
+pub use gateway::{Gateway, GatewayHandle, StartError};
+
+/// The response body type used everywhere on the server side.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+/// Errors carried inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

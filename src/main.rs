@@ -1,0 +1,130 @@
+//! The `wsgate` binary: command line, logging, signals. Everything else lives in
+//! the library so tests can run the same gateway in-process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wsgate::config;
+use wsgate::gateway::Snapshot;
+
+#[derive(Parser)]
+#[command(name = "wsgate", version, about = "Reverse proxy and WebSocket gateway")]
+struct Cli {
+    /// Config file.
+    #[arg(short, long, global = true, default_value = "conf/wsgate.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and load its certificates; print `ok` or every error.
+    Check,
+    /// Write a self-signed development certificate and key.
+    GenCert {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is valid for (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace existing files (by default they are kept).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::GenCert { out, hosts, force }) => gen_cert(&out, hosts, force),
+        None => match run(&cli.config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("wsgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Err(e) = Snapshot::build(cfg, None) {
+        println!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    println!("ok");
+    ExitCode::SUCCESS
+}
+
+fn gen_cert(out: &std::path::Path, mut hosts: Vec<String>, force: bool) -> ExitCode {
+    let (crt, key) = (out.join("localhost.crt"), out.join("localhost.key"));
+    if !force && crt.exists() && key.exists() {
+        println!("{} and {} exist; keeping them (use --force to replace)", crt.display(), key.display());
+        return ExitCode::SUCCESS;
+    }
+    if hosts.is_empty() {
+        hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    }
+    match wsgate::certs::write_dev_cert(out, &hosts) {
+        Ok((c, k)) => {
+            println!("wrote {} and {} for {}", c.display(), k.display(), hosts.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wsgate gen-cert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    wsgate::logging::init(cfg.log.format);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let handle = wsgate::Gateway::start(cfg).await.context("starting the gateway")?;
+        wait_for_stop().await?;
+        tracing::info!("draining");
+        if handle.shutdown().await {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!("shutdown grace passed with sessions still open; exiting");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

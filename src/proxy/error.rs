@@ -1,0 +1,148 @@
+//! Every way a request can fail, and the one place that maps each to a status
+//! code and a short plain-text reason for the client.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::Body;
+
+/// Why a WebSocket opening handshake was rejected (spec §3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("a WebSocket upgrade must use GET, not {0}")]
+    Method(String),
+    #[error("a WebSocket upgrade needs HTTP/1.1 or later")]
+    HttpVersion,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("the Connection header must contain the \"upgrade\" token")]
+    ConnectionNotUpgrade,
+    #[error("missing Sec-WebSocket-Key header")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key must be the base64 encoding of exactly 16 bytes")]
+    BadKey,
+    #[error("unsupported Sec-WebSocket-Version: only 13 is supported")]
+    BadVersion,
+    #[error("extended CONNECT with :protocol {0:?} is not supported (only \"websocket\")")]
+    UnsupportedProtocol(String),
+}
+
+/// Which side of the proxy an error came from, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this host and path")]
+    NoRoute,
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("WebSocket is disabled on this route")]
+    WebSocketDisabled,
+    #[error("Origin {0:?} is not allowed on this route")]
+    OriginNotAllowed(String),
+    #[error("this endpoint only accepts WebSocket upgrades")]
+    UpgradeRequired,
+    #[error("no upstream server is available")]
+    NoUpstream,
+    #[error("upstream {0} refused or failed the connection")]
+    UpstreamConnect(String),
+    #[error("upstream {0} timed out")]
+    UpstreamTimeout(String),
+    #[error("upstream {0} failed: {1}")]
+    UpstreamFailed(String, String),
+    #[error("upstream {0} did not accept the WebSocket handshake: {1}")]
+    UpstreamHandshake(String, String),
+    #[error("not found")]
+    NotFound,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the gateway is shutting down")]
+    Draining,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute | ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Handshake(h) => match h {
+                HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+                HandshakeError::BadVersion => StatusCode::UPGRADE_REQUIRED,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            ProxyError::WebSocketDisabled | ProxyError::OriginNotAllowed(_) | ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::NoUpstream | ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamHandshake(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoUpstream
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamFailed(..)
+            | ProxyError::UpstreamHandshake(..) => Side::Upstream,
+            ProxyError::Draining | ProxyError::Internal(_) => Side::Gateway,
+            _ => Side::Client,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let mut resp = text_response(status, format!("{}\n", self));
+        let h = resp.headers_mut();
+        match &self {
+            ProxyError::Handshake(HandshakeError::BadVersion) => {
+                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            ProxyError::UpgradeRequired => {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            ProxyError::Handshake(HandshakeError::Method(_)) => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            ProxyError::Draining => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A plain-text response.
+pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|e| match e {}).boxed_unsync()
+}

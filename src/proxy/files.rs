@@ -1,0 +1,169 @@
+//! Static files for `root` routes: percent-decoded paths that can never leave the
+//! root (`..` rejected, symlinks resolved and re-checked), `index.html` for
+//! directories, content types by extension, `ETag`/`If-None-Match` and
+//! `Last-Modified`/`If-Modified-Since`, bodies streamed from disk.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use futures_util::TryStreamExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use percent_encoding::percent_decode_str;
+use tokio_util::io::ReaderStream;
+
+use super::error::{empty, ProxyError};
+use crate::config::RouteConfig;
+use crate::{Body, BoxError};
+
+pub async fn serve<B>(root: &Path, route: &RouteConfig, req: &Request<B>) -> Result<Response<Body>, ProxyError> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let rel_path = req.uri().path().strip_prefix(route.path.trim_end_matches('/')).unwrap_or("");
+    let rel = safe_relative(rel_path).ok_or(ProxyError::NotFound)?;
+    let root = tokio::fs::canonicalize(root).await.map_err(|_| ProxyError::NotFound)?;
+    let mut path = root.join(&rel);
+    let mut meta = tokio::fs::metadata(&path).await.map_err(|_| ProxyError::NotFound)?;
+    if meta.is_dir() {
+        if !req.uri().path().ends_with('/') {
+            return Ok(redirect_to_dir(req));
+        }
+        path.push("index.html");
+        meta = tokio::fs::metadata(&path).await.map_err(|_| ProxyError::NotFound)?;
+    }
+    // Symlinks may point anywhere: the resolved file must still be under the root.
+    let real = tokio::fs::canonicalize(&path).await.map_err(|_| ProxyError::NotFound)?;
+    if !real.starts_with(&root) || !meta.is_file() {
+        return Err(ProxyError::NotFound);
+    }
+    let etag = etag(&meta);
+    let modified = meta.modified().ok();
+    if not_modified(req, &etag, modified) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        set_validators(r.headers_mut(), &etag, modified);
+        return Ok(r);
+    }
+    let body = if req.method() == Method::HEAD {
+        empty()
+    } else {
+        let file = tokio::fs::File::open(&real).await.map_err(|_| ProxyError::NotFound)?;
+        let stream = ReaderStream::with_capacity(file, 64 * 1024).map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) });
+        StreamBody::new(stream).boxed_unsync()
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&real)));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    set_validators(h, &etag, modified);
+    Ok(r)
+}
+
+/// Percent-decodes a request path and turns it into a relative path made only of
+/// normal components. `None` for anything that could escape: `..`, NUL,
+/// backslashes, or invalid UTF-8 after decoding.
+pub fn safe_relative(path: &str) -> Option<PathBuf> {
+    let decoded = percent_decode_str(path).decode_utf8().ok()?;
+    if decoded.contains('\0') || decoded.contains('\\') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => continue,
+            ".." => return None,
+            s => {
+                let p = Path::new(s);
+                if p.components().count() != 1 || !matches!(p.components().next(), Some(Component::Normal(_))) {
+                    return None;
+                }
+                out.push(s);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn redirect_to_dir<B>(req: &Request<B>) -> Response<Body> {
+    let mut loc = format!("{}/", req.uri().path());
+    if let Some(q) = req.uri().query() {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn etag(meta: &std::fs::Metadata) -> String {
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("\"{:x}-{:x}\"", meta.len(), mtime)
+}
+
+fn not_modified<B>(req: &Request<B>, etag: &str, modified: Option<SystemTime>) -> bool {
+    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag);
+    }
+    let ims = req.headers().get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    match (ims, modified) {
+        // HTTP dates have whole seconds.
+        (Some(since), Some(m)) => m.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+            <= since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        _ => false,
+    }
+}
+
+fn set_validators(h: &mut http::HeaderMap, etag: &str, modified: Option<SystemTime>) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+}
+
+pub fn content_type(p: &Path) -> &'static str {
+    let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        "woff2" => "font/woff2",
+        "woff" => "font/woff",
+        "pdf" => "application/pdf",
+        "xml" => "application/xml",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_rejected() {
+        assert_eq!(safe_relative("/a/b.txt"), Some(PathBuf::from("a/b.txt")));
+        assert_eq!(safe_relative("/"), Some(PathBuf::new()));
+        assert_eq!(safe_relative("/../etc/passwd"), None);
+        assert_eq!(safe_relative("/a/%2e%2e/%2e%2e/etc/passwd"), None);
+        assert_eq!(safe_relative("/a/..%2Fb"), None);
+        assert_eq!(safe_relative("/a%00b"), None);
+        assert_eq!(safe_relative("/a%5c..%5cb"), None);
+        assert_eq!(safe_relative("/%ff"), None);
+        assert_eq!(safe_relative("/a/./b"), Some(PathBuf::from("a/b")));
+    }
+}

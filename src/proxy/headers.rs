@@ -1,0 +1,131 @@
+//! Header hygiene for proxying: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*` family, and the path rewrite for `strip_prefix`. Pure functions.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and must never be forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes `Connection`, every header it names, `Keep-Alive`, `Proxy-*`, `TE`,
+/// `Trailer`, `Transfer-Encoding` and `Upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    let proxy: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy {
+        h.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the latter only when the client did not send one, so a
+/// chain of proxies keeps the original).
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if !h.contains_key("x-forwarded-host") {
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            h.insert("x-forwarded-host", v);
+        }
+    }
+}
+
+/// Does the comma-separated header list contain `token` (case-insensitively)?
+pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The upstream path and query for `path_and_query` under a route `prefix`.
+pub fn rewrite_path(path_and_query: &str, prefix: &str, strip: bool) -> String {
+    if !strip {
+        return path_and_query.to_string();
+    }
+    let rest = path_and_query.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path_and_query);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_listed_and_static_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret, upgrade"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some("example.test"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.test");
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("foo, UpGrade"));
+        assert!(has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!has_token(&h, header::CONNECTION, "close"));
+    }
+
+    #[test]
+    fn rewrite() {
+        assert_eq!(rewrite_path("/api/users?x=1", "/api/", true), "/users?x=1");
+        assert_eq!(rewrite_path("/api", "/api", true), "/");
+        assert_eq!(rewrite_path("/api/x", "/api", false), "/api/x");
+        assert_eq!(rewrite_path("/api?q", "/api", true), "/?q");
+    }
+}

@@ -1,0 +1,340 @@
+//! WebSocket upgrades: detection, strict validation of the opening handshake
+//! (RFC 6455 over HTTP/1.1, RFC 8441 extended CONNECT over HTTP/2), route
+//! checks (websocket allowed, Origin allowlist), then either an in-process app or
+//! a splice to an upstream server after a verified upstream handshake.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
+use tokio::net::TcpStream;
+
+use super::error::{HandshakeError, ProxyError};
+use super::headers::{add_forwarded, has_token, rewrite_path, strip_hop_by_hop};
+use super::splice::splice;
+use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
+use crate::gateway::{Gateway, Snapshot};
+use crate::limits::ConnSlot;
+use crate::server::ConnCtx;
+use crate::upstream::{Backend, Pool};
+use crate::Body;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A validated opening handshake.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// The client's key (HTTP/1.1 only; RFC 8441 has none).
+    pub key: Option<HeaderValue>,
+    /// True for RFC 8441 extended CONNECT over HTTP/2.
+    pub h2: bool,
+    /// Offered subprotocols, in the client's order.
+    pub protocols: Vec<String>,
+}
+
+/// Is this request trying to open a WebSocket (so it must be validated as one)?
+pub fn is_upgrade_attempt<B>(req: &Request<B>) -> bool {
+    is_extended_connect(req) || has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some()
+}
+
+/// Validates the handshake exactly as spec §3 lists it. Pure: also the fuzz target.
+pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
+    let h = req.headers();
+    let h2 = if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {
+        if !p.as_str().eq_ignore_ascii_case("websocket") {
+            return Err(HandshakeError::UnsupportedProtocol(p.as_str().to_string()));
+        }
+        if req.method() != Method::CONNECT {
+            return Err(HandshakeError::Method(req.method().to_string()));
+        }
+        true
+    } else {
+        if req.version() < Version::HTTP_11 {
+            return Err(HandshakeError::HttpVersion);
+        }
+        if req.method() != Method::GET {
+            return Err(HandshakeError::Method(req.method().to_string()));
+        }
+        false
+    };
+    if super::request_host(req).is_none() {
+        return Err(HandshakeError::MissingHost);
+    }
+    let key = if h2 {
+        None
+    } else {
+        if !has_token(h, header::CONNECTION, "upgrade") {
+            return Err(HandshakeError::ConnectionNotUpgrade);
+        }
+        let key = h.get(header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::MissingKey)?;
+        if !valid_key(key.as_bytes()) {
+            return Err(HandshakeError::BadKey);
+        }
+        Some(key.clone())
+    };
+    let versions: Vec<&HeaderValue> = h.get_all(header::SEC_WEBSOCKET_VERSION).iter().collect();
+    if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
+        return Err(HandshakeError::BadVersion);
+    }
+    Ok(Handshake { key, h2, protocols: offered_protocols(h) })
+}
+
+fn valid_key(k: &[u8]) -> bool {
+    k.len() == 24 && base64::engine::general_purpose::STANDARD.decode(k).is_ok_and(|d| d.len() == 16)
+}
+
+fn offered_protocols(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// `Sec-WebSocket-Accept` for a key.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Handles an upgrade attempt on `route`.
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    snap: &Arc<Snapshot>,
+    route: Arc<RouteConfig>,
+    ctx: Arc<ConnCtx>,
+    slot: Arc<ConnSlot>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let hs = validate(&req)?;
+    if !route.websocket {
+        return Err(ProxyError::WebSocketDisabled);
+    }
+    check_origin(&route, req.headers())?;
+    if gw.shutdown.is_draining() {
+        return Err(ProxyError::Draining);
+    }
+    match &route.target {
+        RouteTarget::App(AppKind::Echo) => crate::apps::echo::accept(gw, &snap.config.echo, req, slot),
+        RouteTarget::App(AppKind::Chat) => gw.apps.chat.accept(req, &route.path, slot),
+        RouteTarget::Upstream(name) => {
+            let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
+            tunnel(gw, pool, &route, &ctx, slot, req, hs).await
+        }
+        RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
+    }
+}
+
+fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
+    let Some(allowed) = &route.origins else { return Ok(()) };
+    let origin = h.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) {
+        Ok(())
+    } else {
+        Err(ProxyError::OriginNotAllowed(origin.to_string()))
+    }
+}
+
+/// Splices the client to an upstream WebSocket server.
+async fn tunnel(
+    gw: &Arc<Gateway>,
+    pool: Arc<Pool>,
+    route: &RouteConfig,
+    ctx: &ConnCtx,
+    slot: Arc<ConnSlot>,
+    mut req: Request<Incoming>,
+    hs: Handshake,
+) -> Result<Response<Body>, ProxyError> {
+    let backend = pool.select(None, &[]).ok_or(ProxyError::NoUpstream)?;
+    let inflight = backend.track();
+    let (up_resp, up_upgrade) = match upstream_handshake(&pool.cfg, &backend, route, ctx, &req, &hs).await {
+        Ok(r) => r,
+        Err(e) => {
+            pool.report_failure(&backend);
+            return Err(e);
+        }
+    };
+    pool.report_success(&backend);
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let resp = client_response(&hs, up_resp.headers())?;
+    let idle = pool.cfg.ws_idle_timeout;
+    let stop = gw.shutdown.token.clone();
+    let addr = backend.addr.clone();
+    gw.shutdown.sessions.spawn(async move {
+        let _slot = slot;
+        let _inflight = inflight;
+        let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
+                return;
+            }
+        };
+        let stats = splice(TokioIo::new(c), TokioIo::new(u), idle, stop).await;
+        tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+    });
+    Ok(resp)
+}
+
+/// Opens the upstream connection and performs the HTTP/1.1 handshake there.
+async fn upstream_handshake(
+    cfg: &UpstreamConfig,
+    backend: &Backend,
+    route: &RouteConfig,
+    ctx: &ConnCtx,
+    req: &Request<Incoming>,
+    hs: &Handshake,
+) -> Result<(Response<Incoming>, hyper::upgrade::OnUpgrade), ProxyError> {
+    let addr = backend.addr.clone();
+    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
+        Ok(Err(_)) => return Err(ProxyError::UpstreamConnect(addr)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
+    let key = match &hs.key {
+        Some(k) => k.clone(),
+        None => HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()))
+            .map_err(|e| ProxyError::Internal(e.to_string()))?,
+    };
+    let up_req = upstream_request(req, route, ctx, &key)?;
+    let mut resp = match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamHandshake(addr, format!("answered {} instead of 101", resp.status())));
+    }
+    let expected = accept_key(key.as_bytes());
+    if resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+        return Err(ProxyError::UpstreamHandshake(addr, "missing or wrong Sec-WebSocket-Accept".into()));
+    }
+    let upgrade = hyper::upgrade::on(&mut resp);
+    Ok((resp, upgrade))
+}
+
+/// The upstream's copy of the client's request: end-to-end headers kept
+/// (Origin, Cookie, Authorization, subprotocols, extensions...), hop-by-hop ones
+/// replaced by the upgrade set, `X-Forwarded-*` added.
+fn upstream_request(
+    req: &Request<Incoming>,
+    route: &RouteConfig,
+    ctx: &ConnCtx,
+    key: &HeaderValue,
+) -> Result<Request<Empty<Bytes>>, ProxyError> {
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = rewrite_path(pq, &route.path, route.strip_prefix);
+    let host = super::request_host(req);
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::SEC_WEBSOCKET_KEY);
+    headers.remove(header::SEC_WEBSOCKET_VERSION);
+    add_forwarded(&mut headers, ctx.client.ip(), ctx.tls, host.as_deref());
+    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::HOST, h);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+    let mut up = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .version(Version::HTTP_11)
+        .body(Empty::new())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    *up.headers_mut() = headers;
+    Ok(up)
+}
+
+/// The client's 101 (or 200 for RFC 8441), carrying the upstream's choices.
+fn client_response(hs: &Handshake, upstream: &HeaderMap) -> Result<Response<Body>, ProxyError> {
+    let mut b = Response::builder();
+    if let Some(key) = &hs.key {
+        b = b
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
+    } else {
+        b = b.status(StatusCode::OK);
+    }
+    for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS, header::SET_COOKIE] {
+        for v in upstream.get_all(&name) {
+            b = b.header(&name, v.clone());
+        }
+    }
+    b.body(super::error::empty()).map_err(|e| ProxyError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(f: impl FnOnce(http::request::Builder) -> http::request::Builder) -> Request<()> {
+        let b = Request::builder()
+            .method("GET")
+            .uri("/ws")
+            .header("host", "x")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "WebSocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13");
+        f(b).body(()).unwrap()
+    }
+
+    #[test]
+    fn accepts_valid_and_computes_rfc_accept() {
+        let hs = validate(&req(|b| b.header("sec-websocket-protocol", "a, b"))).unwrap();
+        assert_eq!(hs.protocols, vec!["a", "b"]);
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn rejects_each_bad_part() {
+        let bad_key = Request::builder()
+            .uri("/")
+            .header("host", "x")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "c2hvcnQ=")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        assert_eq!(validate(&bad_key).unwrap_err(), HandshakeError::BadKey);
+        let post = req(|b| b.method("POST"));
+        assert!(matches!(validate(&post).unwrap_err(), HandshakeError::Method(_)));
+        let old = req(|b| b.version(Version::HTTP_10));
+        assert_eq!(validate(&old).unwrap_err(), HandshakeError::HttpVersion);
+        let mut v8 = req(|b| b);
+        v8.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert_eq!(validate(&v8).unwrap_err(), HandshakeError::BadVersion);
+        let mut noconn = req(|b| b);
+        noconn.headers_mut().insert("connection", HeaderValue::from_static("keep-alive"));
+        assert_eq!(validate(&noconn).unwrap_err(), HandshakeError::ConnectionNotUpgrade);
+        let mut nohost = req(|b| b);
+        nohost.headers_mut().remove("host");
+        assert_eq!(validate(&nohost).unwrap_err(), HandshakeError::MissingHost);
+    }
+}

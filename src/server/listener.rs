@@ -1,0 +1,142 @@
+//! Accept loops. Every accepted connection is admitted against the connection caps
+//! (refused ones are answered 503/429 by [`conn::serve_refusal`]), gets a tracing
+//! span with its client address, goes through TLS when the listener has it, and
+//! is served by hyper. The loop itself never dies: per-connection accept errors
+//! are skipped, resource exhaustion (EMFILE) is logged and backed off.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::conn;
+use super::ConnCtx;
+use crate::gateway::Gateway;
+use crate::limits::Refusal;
+
+/// How many refused connections may be answered at once; beyond that they are
+/// closed without a response so a flood cannot pile up memory.
+const MAX_REFUSING: usize = 1024;
+
+/// Runs one listener until `stop` (its own token, or the gateway's drain) fires.
+/// `tls` is swapped on reload to serve new certificates to new connections.
+pub async fn run(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    stop: CancellationToken,
+) {
+    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = gw.shutdown.token.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                handle_accept_error(e).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ConnCtx { client, listener: local, tls: tls.is_some(), sni: None };
+        let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
+        let tls_cfg = tls.as_ref().map(|t| t.load_full());
+        let task = handle_connection(gw.clone(), stream, ctx, tls_cfg).instrument(span);
+        gw.shutdown.conns.spawn(catch_panics(task));
+    }
+    tracing::info!(listener = %local, "listener stopped accepting");
+}
+
+async fn handle_accept_error(e: io::Error) {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {}
+        _ => {
+            // EMFILE/ENFILE/ENOMEM: back off instead of spinning; the loop goes on.
+            tracing::error!(error = %e, "accept failed; retrying in 100ms");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A panic inside one connection is logged and contained to that connection.
+pub async fn catch_panics(fut: impl std::future::Future<Output = ()>) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into());
+        tracing::error!(panic = %msg, "connection task panicked; connection dropped");
+    }
+}
+
+async fn handle_connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    mut ctx: ConnCtx,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let server = gw.server_config();
+    let slot = match gw.limits.admit(ctx.client.ip(), server.max_connections, server.max_connections_per_ip) {
+        Ok(slot) => slot,
+        Err(refusal) => return refuse(gw, stream, ctx, tls, refusal).await,
+    };
+    match tls {
+        None => conn::serve(gw, stream, ctx, slot).await,
+        Some(cfg) => {
+            let Some(tls_stream) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await else { return };
+            ctx.sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
+            conn::serve(gw, tls_stream, ctx, slot).await
+        }
+    }
+}
+
+async fn tls_handshake(
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn refuse(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    ctx: ConnCtx,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    refusal: Refusal,
+) {
+    let Some(_slot) = gw.limits.refusal_slot(MAX_REFUSING) else { return };
+    tracing::debug!(?refusal, "connection over capacity");
+    let server = gw.server_config();
+    match tls {
+        None => conn::serve_refusal(stream, refusal, server.header_timeout).await,
+        Some(cfg) => {
+            if let Some(s) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await {
+                conn::serve_refusal(s, refusal, server.header_timeout).await
+            }
+        }
+    }
+    drop(ctx);
+}

@@ -1,0 +1,19 @@
+//! The serving side: accept loops ([`listener`]), TLS handshakes ([`tls`]) and
+//! hyper connections ([`conn`]).
+
+pub mod conn;
+pub mod listener;
+pub mod tls;
+
+use std::net::SocketAddr;
+
+/// What a request handler knows about the connection it arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub client: SocketAddr,
+    /// The listener's bound address (its label in metrics and logs).
+    pub listener: SocketAddr,
+    pub tls: bool,
+    /// Server name the client asked for in its TLS ClientHello.
+    pub sni: Option<String>,
+}
