@@ -16,9 +16,16 @@ pub enum CertError {
     #[error("cannot read private key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("certificate {cert} and key {key} do not match: {reason}")]
-    Mismatch { cert: PathBuf, key: PathBuf, reason: String },
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -26,17 +33,35 @@ pub enum CertError {
 /// Loads a PEM chain and key and checks they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| CertError::Cert { path: cert.into(), reason: e.to_string() })?
+        .map_err(|e| CertError::Cert {
+            path: cert.into(),
+            reason: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Cert { path: cert.into(), reason: e.to_string() })?;
+        .map_err(|e| CertError::Cert {
+            path: cert.into(),
+            reason: e.to_string(),
+        })?;
     if chain.is_empty() {
-        return Err(CertError::Cert { path: cert.into(), reason: "no CERTIFICATE block found".into() });
+        return Err(CertError::Cert {
+            path: cert.into(),
+            reason: "no CERTIFICATE block found".into(),
+        });
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| CertError::Key { path: key.into(), reason: e.to_string() })?;
-    let signing = aws_lc_rs::sign::any_supported_type(&der)
-        .map_err(|e| CertError::Key { path: key.into(), reason: e.to_string() })?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| CertError::Key {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
+    let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| CertError::Key {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| CertError::Mismatch { cert: cert.into(), key: key.into(), reason: e.to_string() })?;
+    ck.keys_match().map_err(|e| CertError::Mismatch {
+        cert: cert.into(),
+        key: key.into(),
+        reason: e.to_string(),
+    })?;
     Ok(Arc::new(ck))
 }
 
@@ -49,24 +74,41 @@ pub struct GeneratedCert {
 /// Makes a self-signed certificate for `hosts` (DNS names or IP literals).
 pub fn generate_self_signed(hosts: &[String]) -> Result<GeneratedCert, CertError> {
     let ck = rcgen::generate_simple_self_signed(hosts.to_vec())?;
-    Ok(GeneratedCert { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem() })
+    Ok(GeneratedCert {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
+    })
 }
 
 /// Writes `localhost.crt` and `localhost.key` under `dir` (the key readable by its
 /// owner only) and returns their paths.
 pub fn write_dev_cert(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
     let g = generate_self_signed(hosts)?;
-    std::fs::create_dir_all(dir).map_err(|e| CertError::Write { path: dir.into(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| CertError::Write {
+        path: dir.into(),
+        source: e,
+    })?;
     let cert = dir.join("localhost.crt");
     let key = dir.join("localhost.key");
-    std::fs::write(&cert, g.cert_pem).map_err(|e| CertError::Write { path: cert.clone(), source: e })?;
-    write_private(&key, g.key_pem.as_bytes()).map_err(|e| CertError::Write { path: key.clone(), source: e })?;
+    std::fs::write(&cert, g.cert_pem).map_err(|e| CertError::Write {
+        path: cert.clone(),
+        source: e,
+    })?;
+    write_private(&key, g.key_pem.as_bytes()).map_err(|e| CertError::Write {
+        path: key.clone(),
+        source: e,
+    })?;
     Ok((cert, key))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }

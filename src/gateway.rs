@@ -26,7 +26,10 @@ pub enum StartError {
     #[error("listener {addr}: {source}")]
     Tls { addr: SocketAddr, source: CertError },
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything derived from one config file. Replaced whole on reload; a request
@@ -46,7 +49,10 @@ impl Snapshot {
         let mut tls_map = HashMap::new();
         for l in &config.listeners {
             if let Some(t) = &l.tls {
-                let sc = tls::server_config(t).map_err(|source| StartError::Tls { addr: l.addr, source })?;
+                let sc = tls::server_config(t).map_err(|source| StartError::Tls {
+                    addr: l.addr,
+                    source,
+                })?;
                 tls_map.insert(l.addr, sc);
             }
         }
@@ -58,7 +64,12 @@ impl Snapshot {
                 (name.clone(), Arc::new(Pool::new(u.clone(), prev)))
             })
             .collect();
-        Ok(Self { router: Router::new(&config.routes), pools, tls: tls_map, config: Arc::new(config) })
+        Ok(Self {
+            router: Router::new(&config.routes),
+            pools,
+            tls: tls_map,
+            config: Arc::new(config),
+        })
     }
 }
 
@@ -106,17 +117,47 @@ impl Gateway {
 
         let mut bound = Vec::new();
         for l in &cfg.listeners {
-            let tcp = TcpListener::bind(l.addr).await.map_err(|source| StartError::Bind { addr: l.addr, source })?;
-            let local = tcp.local_addr().map_err(|source| StartError::Bind { addr: l.addr, source })?;
-            let tls = gw.snapshot().tls.get(&l.addr).cloned().map(|c| Arc::new(ArcSwap::new(c)));
-            bound.push(BoundListener { configured: l.addr, local, tls: tls.is_some(), tcp, tls_cfg: tls });
+            let tcp = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: l.addr,
+                    source,
+                })?;
+            let local = tcp.local_addr().map_err(|source| StartError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+            let tls = gw
+                .snapshot()
+                .tls
+                .get(&l.addr)
+                .cloned()
+                .map(|c| Arc::new(ArcSwap::new(c)));
+            bound.push(BoundListener {
+                configured: l.addr,
+                local,
+                tls: tls.is_some(),
+                tcp,
+                tls_cfg: tls,
+            });
         }
         let mut listeners = Vec::new();
         for b in bound {
             let stop = CancellationToken::new();
-            tokio::spawn(listener::run(gw.clone(), b.tcp, b.tls_cfg.clone(), stop.clone()));
+            tokio::spawn(listener::run(
+                gw.clone(),
+                b.tcp,
+                b.tls_cfg.clone(),
+                stop.clone(),
+            ));
             tracing::info!(addr = %b.local, tls = b.tls, "listening");
-            listeners.push(ListenerInfo { configured: b.configured, local: b.local, tls: b.tls, stop, tls_cfg: b.tls_cfg });
+            listeners.push(ListenerInfo {
+                configured: b.configured,
+                local: b.local,
+                tls: b.tls,
+                stop,
+                tls_cfg: b.tls_cfg,
+            });
         }
         Ok(GatewayHandle { gw, listeners })
     }
@@ -125,7 +166,11 @@ impl Gateway {
         let token = CancellationToken::new();
         for pool in snap.pools.values() {
             if let Some(h) = &pool.cfg.health {
-                tokio::spawn(health::run_active_checks(pool.clone(), h.clone(), token.clone()));
+                tokio::spawn(health::run_active_checks(
+                    pool.clone(),
+                    h.clone(),
+                    token.clone(),
+                ));
             }
         }
         let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,7 +222,11 @@ impl GatewayHandle {
         }
         let grace = self.gw.server_config().shutdown_grace;
         let done = self.gw.shutdown.drain(grace).await;
-        self.gw.background.lock().unwrap_or_else(|e| e.into_inner()).cancel();
+        self.gw
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
         done
     }
 }

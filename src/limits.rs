@@ -51,14 +51,22 @@ impl ConnLimits {
 
     /// Tries to admit a connection from `ip` under `max` total and `per_ip` per
     /// address (0 = unlimited).
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, max: usize, per_ip: usize) -> Result<ConnSlot, Refusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        per_ip: usize,
+    ) -> Result<ConnSlot, Refusal> {
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
         if prev >= max {
             self.active.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Full);
         }
         if per_ip == 0 {
-            return Ok(ConnSlot { limits: self.clone(), ip: None });
+            return Ok(ConnSlot {
+                limits: self.clone(),
+                ip: None,
+            });
         }
         // The entry guard is dropped before returning; never held across an await.
         let mut n = self.per_ip.entry(ip).or_insert(0);
@@ -69,7 +77,10 @@ impl ConnLimits {
         }
         *n += 1;
         drop(n);
-        Ok(ConnSlot { limits: self.clone(), ip: Some(ip) })
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip: Some(ip),
+        })
     }
 
     /// A slot for answering a refused connection, if fewer than `max` are in use.
@@ -79,7 +90,9 @@ impl ConnLimits {
             self.refusing.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(RefusalSlot { limits: self.clone() })
+        Some(RefusalSlot {
+            limits: self.clone(),
+        })
     }
 }
 

@@ -10,7 +10,11 @@ use wsgate::config;
 use wsgate::gateway::Snapshot;
 
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "Reverse proxy and WebSocket gateway")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "Reverse proxy and WebSocket gateway"
+)]
 struct Cli {
     /// Config file.
     #[arg(short, long, global = true, default_value = "conf/wsgate.toml")]
@@ -74,7 +78,11 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn gen_cert(out: &std::path::Path, mut hosts: Vec<String>, force: bool) -> ExitCode {
     let (crt, key) = (out.join("localhost.crt"), out.join("localhost.key"));
     if !force && crt.exists() && key.exists() {
-        println!("{} and {} exist; keeping them (use --force to replace)", crt.display(), key.display());
+        println!(
+            "{} and {} exist; keeping them (use --force to replace)",
+            crt.display(),
+            key.display()
+        );
         return ExitCode::SUCCESS;
     }
     if hosts.is_empty() {
@@ -82,7 +90,12 @@ fn gen_cert(out: &std::path::Path, mut hosts: Vec<String>, force: bool) -> ExitC
     }
     match wsgate::certs::write_dev_cert(out, &hosts) {
         Ok((c, k)) => {
-            println!("wrote {} and {} for {}", c.display(), k.display(), hosts.join(", "));
+            println!(
+                "wrote {} and {} for {}",
+                c.display(),
+                k.display(),
+                hosts.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -104,9 +117,14 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
-        let handle = wsgate::Gateway::start(cfg).await.context("starting the gateway")?;
+        let handle = wsgate::Gateway::start(cfg)
+            .await
+            .context("starting the gateway")?;
         wait_for_stop().await?;
         tracing::info!("draining");
         if handle.shutdown().await {

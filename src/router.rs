@@ -18,7 +18,9 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
-        Self { routes: routes.iter().cloned().map(Arc::new).collect() }
+        Self {
+            routes: routes.iter().cloned().map(Arc::new).collect(),
+        }
     }
 
     pub fn routes(&self) -> &[Arc<RouteConfig>] {

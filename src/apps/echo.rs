@@ -26,11 +26,17 @@ use crate::Body;
 pub fn codec_options(max_message: u64, compression: bool) -> Options {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     // yawc's limits are exclusive; ours are inclusive.
-    let opts = Options::default().with_limits(max.saturating_add(1), max.saturating_add(1)).with_utf8().with_no_delay();
+    let opts = Options::default()
+        .with_limits(max.saturating_add(1), max.saturating_add(1))
+        .with_utf8()
+        .with_no_delay();
     if compression {
         opts.with_compression_level(yawc::CompressionLevel::fast())
     } else {
-        Options { compression: None::<DeflateOptions>, ..opts }
+        Options {
+            compression: None::<DeflateOptions>,
+            ..opts
+        }
     }
 }
 
@@ -41,7 +47,8 @@ pub fn accept(
     slot: Arc<ConnSlot>,
 ) -> Result<Response<Body>, ProxyError> {
     let opts = codec_options(cfg.max_message_size, cfg.compression);
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let cfg = cfg.clone();
     let stop = gw.shutdown.token.clone();
     gw.shutdown.sessions.spawn(async move {
@@ -58,7 +65,11 @@ async fn run<S>(mut ws: WebSocket<S>, cfg: &EchoConfig, stop: CancellationToken)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let ping_every = if cfg.ping_interval.is_zero() { Duration::from_secs(3600 * 24) } else { cfg.ping_interval };
+    let ping_every = if cfg.ping_interval.is_zero() {
+        Duration::from_secs(3600 * 24)
+    } else {
+        cfg.ping_interval
+    };
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = tokio::time::Instant::now();
     loop {

@@ -18,6 +18,8 @@ pub struct Apps {
 
 impl Apps {
     pub fn new(cfg: &Config, shutdown: Shutdown) -> Self {
-        Self { chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown) }
+        Self {
+            chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
+        }
     }
 }

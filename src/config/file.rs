@@ -80,18 +80,20 @@ pub struct AdminFile {
     pub addr: SStr,
 }
 
+/// A server is `"host:port"` or `{ addr = "host:port", weight = N }`. Spans do
+/// not survive serde's untagged enums, so errors point at the `servers` array.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum ServerEntryFile {
-    Addr(SStr),
+    Addr(String),
     Table(ServerTableFile),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTableFile {
-    pub addr: SStr,
-    pub weight: Option<Spanned<i64>>,
+    pub addr: String,
+    pub weight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -134,7 +134,11 @@ impl HostPattern {
         let valid = |h: &str| {
             !h.is_empty()
                 && h.len() <= 253
-                && h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                && h.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
         };
         if let Some(rest) = s.strip_prefix("*.") {
             if valid(rest) {
@@ -143,14 +147,18 @@ impl HostPattern {
         } else if valid(&s) {
             return Ok(HostPattern::Exact(s));
         }
-        Err(format!("host {s:?} is not a host name or \"*.domain\" wildcard"))
+        Err(format!(
+            "host {s:?} is not a host name or \"*.domain\" wildcard"
+        ))
     }
 
     /// `host` must already be lower-case and without port.
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -283,7 +291,11 @@ pub struct ClusterConfig {
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
-        issues: vec![ConfigIssue { pos: None, key: None, message: format!("cannot read config file: {e}") }],
+        issues: vec![ConfigIssue {
+            pos: None,
+            key: None,
+            message: format!("cannot read config file: {e}"),
+        }],
     })?;
     parse(path, &text)
 }
@@ -307,7 +319,12 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 

@@ -12,18 +12,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m, h or d, e.g. \"10s\")"))?;
+        .ok_or_else(|| {
+            format!("duration {s:?} has no unit (use ms, s, m, h or d, e.g. \"10s\")")
+        })?;
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} does not start with a number (e.g. \"500ms\", \"10s\")"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("duration {s:?} does not start with a number (e.g. \"500ms\", \"10s\")")
+    })?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        other => return Err(format!("duration {s:?} has unknown unit {other:?} (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {other:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     if !secs.is_finite() || secs > 365.0 * 86400.0 {
         return Err(format!("duration {s:?} is out of range (at most 365d)"));
@@ -37,9 +43,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?} does not start with a whole number (e.g. \"64KiB\", \"16MiB\")"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("size {s:?} does not start with a whole number (e.g. \"64KiB\", \"16MiB\")")
+    })?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "k" => 1 << 10,
@@ -48,9 +54,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

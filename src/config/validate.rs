@@ -23,11 +23,19 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         let pos = Some(super::line_col(self.text, span.start));
-        self.issues.push(ConfigIssue { pos, key: None, message: message.into() });
+        self.issues.push(ConfigIssue {
+            pos,
+            key: None,
+            message: message.into(),
+        });
     }
 
     fn key(&mut self, key: &str, message: impl Into<String>) {
-        self.issues.push(ConfigIssue { pos: None, key: Some(key.to_string()), message: message.into() });
+        self.issues.push(ConfigIssue {
+            pos: None,
+            key: Some(key.to_string()),
+            message: message.into(),
+        });
     }
 
     fn duration(&mut self, v: &Option<SStr>, key: &str, default: Duration) -> Duration {
@@ -51,12 +59,22 @@ impl Ctx<'_> {
     }
 
     /// An integer in `[min, max]`.
-    fn int(&mut self, v: &Option<Spanned<i64>>, key: &str, default: i64, min: i64, max: i64) -> i64 {
+    fn int(
+        &mut self,
+        v: &Option<Spanned<i64>>,
+        key: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
         match v {
             None => default,
             Some(n) if (min..=max).contains(n.get_ref()) => *n.get_ref(),
             Some(n) => {
-                self.at(n.span(), format!("{key}: {} is out of range ({min}..={max})", n.get_ref()));
+                self.at(
+                    n.span(),
+                    format!("{key}: {} is out of range ({min}..={max})", n.get_ref()),
+                );
                 default
             }
         }
@@ -71,18 +89,31 @@ impl Ctx<'_> {
             } else {
                 ""
             };
-            self.at(v.span(), format!("{key}: cannot read {:?}: {e}{hint}", p.display().to_string()));
+            self.at(
+                v.span(),
+                format!(
+                    "{key}: cannot read {:?}: {e}{hint}",
+                    p.display().to_string()
+                ),
+            );
         }
         p
     }
 }
 
 pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, ConfigError> {
-    let mut cx = Ctx { text, issues: Vec::new(), warnings: Vec::new() };
+    let mut cx = Ctx {
+        text,
+        issues: Vec::new(),
+        warnings: Vec::new(),
+    };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
     let listeners = listeners(&mut cx, &raw.listener);
-    let admin = raw.admin.as_ref().and_then(|a| socket_addr(&mut cx, &a.addr, "admin.addr"));
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| socket_addr(&mut cx, &a.addr, "admin.addr"));
     let upstreams = upstreams(&mut cx, &raw.upstream);
     let routes = routes(&mut cx, &raw.route, &upstreams);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
@@ -95,7 +126,10 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Conf
         }
     }
     if listeners.is_empty() && cx.issues.is_empty() {
-        cx.key("listener", "no [[listener]] configured: add one, e.g. [[listener]] addr = \"127.0.0.1:8080\"");
+        cx.key(
+            "listener",
+            "no [[listener]] configured: add one, e.g. [[listener]] addr = \"127.0.0.1:8080\"",
+        );
     }
     if server.secret.is_none() && upstreams.values().any(|u| u.sticky == Sticky::Cookie) {
         cx.warnings.push(
@@ -104,7 +138,10 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Conf
     }
 
     if !cx.issues.is_empty() {
-        return Err(ConfigError { path: path.to_path_buf(), issues: cx.issues });
+        return Err(ConfigError {
+            path: path.to_path_buf(),
+            issues: cx.issues,
+        });
     }
     Ok(Config {
         source: path.to_path_buf(),
@@ -123,8 +160,15 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Conf
 
 fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
     let node_id = match &s.node_id {
-        Some(n) if n.get_ref().is_empty() || n.get_ref().len() > 64 || n.get_ref().contains(char::is_whitespace) => {
-            cx.at(n.span(), "server.node_id: must be 1-64 characters without spaces");
+        Some(n)
+            if n.get_ref().is_empty()
+                || n.get_ref().len() > 64
+                || n.get_ref().contains(char::is_whitespace) =>
+        {
+            cx.at(
+                n.span(),
+                "server.node_id: must be 1-64 characters without spaces",
+            );
             default_node_id()
         }
         Some(n) => n.get_ref().clone(),
@@ -152,14 +196,43 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
     });
     ServerConfig {
         node_id,
-        max_connections: cx.int(&s.max_connections, "server.max_connections", 10_000, 1, 10_000_000) as usize,
-        max_connections_per_ip: cx.int(&s.max_connections_per_ip, "server.max_connections_per_ip", 0, 0, 10_000_000)
-            as usize,
-        header_timeout: cx.duration(&s.header_timeout, "server.header_timeout", Duration::from_secs(10)),
-        keepalive_timeout: cx.duration(&s.keepalive_timeout, "server.keepalive_timeout", Duration::from_secs(60)),
-        tls_handshake_timeout: cx.duration(&s.tls_handshake_timeout, "server.tls_handshake_timeout", Duration::from_secs(10)),
-        shutdown_grace: cx.duration(&s.shutdown_grace, "server.shutdown_grace", Duration::from_secs(30)),
-        max_request_head: cx.size(&s.max_request_head, "server.max_request_head", 64 * 1024).clamp(0, 16 << 20) as usize,
+        max_connections: cx.int(
+            &s.max_connections,
+            "server.max_connections",
+            10_000,
+            1,
+            10_000_000,
+        ) as usize,
+        max_connections_per_ip: cx.int(
+            &s.max_connections_per_ip,
+            "server.max_connections_per_ip",
+            0,
+            0,
+            10_000_000,
+        ) as usize,
+        header_timeout: cx.duration(
+            &s.header_timeout,
+            "server.header_timeout",
+            Duration::from_secs(10),
+        ),
+        keepalive_timeout: cx.duration(
+            &s.keepalive_timeout,
+            "server.keepalive_timeout",
+            Duration::from_secs(60),
+        ),
+        tls_handshake_timeout: cx.duration(
+            &s.tls_handshake_timeout,
+            "server.tls_handshake_timeout",
+            Duration::from_secs(10),
+        ),
+        shutdown_grace: cx.duration(
+            &s.shutdown_grace,
+            "server.shutdown_grace",
+            Duration::from_secs(30),
+        ),
+        max_request_head: cx
+            .size(&s.max_request_head, "server.max_request_head", 64 * 1024)
+            .clamp(0, 16 << 20) as usize,
         secret,
     }
 }
@@ -178,18 +251,30 @@ fn log(cx: &mut Ctx, l: &LogFile) -> LogConfig {
         None | Some(("text", _)) => LogFormat::Text,
         Some(("json", _)) => LogFormat::Json,
         Some((other, span)) => {
-            cx.at(span, format!("log.format: {other:?} is not one of \"text\", \"json\""));
+            cx.at(
+                span,
+                format!("log.format: {other:?} is not one of \"text\", \"json\""),
+            );
             LogFormat::Text
         }
     };
-    LogConfig { format, access_log: l.access_log.unwrap_or(true) }
+    LogConfig {
+        format,
+        access_log: l.access_log.unwrap_or(true),
+    }
 }
 
 fn socket_addr(cx: &mut Ctx, v: &SStr, key: &str) -> Option<SocketAddr> {
     match v.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            cx.at(v.span(), format!("{key}: {:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")", v.get_ref()));
+            cx.at(
+                v.span(),
+                format!(
+                    "{key}: {:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                    v.get_ref()
+                ),
+            );
             None
         }
     }
@@ -201,10 +286,15 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
     for (i, l) in ls.iter().enumerate() {
         let l = l.get_ref();
         let key = format!("listener[{i}]");
-        let Some(addr) = socket_addr(cx, &l.addr, &format!("{key}.addr")) else { continue };
+        let Some(addr) = socket_addr(cx, &l.addr, &format!("{key}.addr")) else {
+            continue;
+        };
         // Port 0 asks the OS for a free port; two of those never collide.
         if addr.port() != 0 && !seen.insert(addr) {
-            cx.at(l.addr.span(), format!("{key}.addr: duplicate listener address {addr}"));
+            cx.at(
+                l.addr.span(),
+                format!("{key}.addr: duplicate listener address {addr}"),
+            );
         }
         let tls = l.tls.as_ref().map(|t| {
             let default = CertPaths {
@@ -237,8 +327,13 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
     out
 }
 
-fn upstreams(cx: &mut Ctx, ups: &BTreeMap<String, Spanned<UpstreamFile>>) -> BTreeMap<String, UpstreamConfig> {
-    ups.iter().map(|(name, u)| (name.clone(), upstream(cx, name, u))).collect()
+fn upstreams(
+    cx: &mut Ctx,
+    ups: &BTreeMap<String, Spanned<UpstreamFile>>,
+) -> BTreeMap<String, UpstreamConfig> {
+    ups.iter()
+        .map(|(name, u)| (name.clone(), upstream(cx, name, u)))
+        .collect()
 }
 
 fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConfig {
@@ -247,21 +342,41 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     let k = |s: &str| format!("upstream.{name}.{s}");
     let servers = servers(cx, name, &u.servers);
     if servers.is_empty() && u.servers.get_ref().is_empty() {
-        cx.at(span, format!("{}: at least one server is required", k("servers")));
+        cx.at(
+            span,
+            format!("{}: at least one server is required", k("servers")),
+        );
     }
     let balance = match u.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
         None | Some(("round_robin", _)) => Balance::RoundRobin,
         Some(("least_conn", _)) => Balance::LeastConn,
         Some(("random", _)) => Balance::Random,
         Some((other, sp)) => {
-            cx.at(sp, format!("{}: {other:?} is not one of round_robin, least_conn, random", k("balance")));
+            cx.at(
+                sp,
+                format!(
+                    "{}: {other:?} is not one of round_robin, least_conn, random",
+                    k("balance")
+                ),
+            );
             Balance::RoundRobin
         }
     };
-    let sticky = u.sticky.as_ref().map(|s| sticky(cx, s, &k("sticky"))).unwrap_or(Sticky::None);
+    let sticky = u
+        .sticky
+        .as_ref()
+        .map(|s| sticky(cx, s, &k("sticky")))
+        .unwrap_or(Sticky::None);
     let sticky_cookie = match &u.sticky_cookie {
         Some(c) if !valid_token(c.get_ref()) => {
-            cx.at(c.span(), format!("{}: {:?} is not a valid cookie name", k("sticky_cookie"), c.get_ref()));
+            cx.at(
+                c.span(),
+                format!(
+                    "{}: {:?} is not a valid cookie name",
+                    k("sticky_cookie"),
+                    c.get_ref()
+                ),
+            );
             String::new()
         }
         Some(c) => c.get_ref().clone(),
@@ -270,7 +385,10 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     let health = u.health.as_ref().map(|h| HealthConfig {
         path: match &h.path {
             Some(p) if !p.get_ref().starts_with('/') => {
-                cx.at(p.span(), format!("{}: must start with '/'", k("health.path")));
+                cx.at(
+                    p.span(),
+                    format!("{}: must start with '/'", k("health.path")),
+                );
                 "/".into()
             }
             Some(p) => p.get_ref().clone(),
@@ -287,9 +405,21 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         balance,
         sticky,
         sticky_cookie,
-        connect_timeout: cx.duration(&u.connect_timeout, &k("connect_timeout"), Duration::from_secs(3)),
-        response_timeout: cx.duration(&u.response_timeout, &k("response_timeout"), Duration::from_secs(60)),
-        ws_idle_timeout: cx.duration(&u.ws_idle_timeout, &k("ws_idle_timeout"), Duration::from_secs(600)),
+        connect_timeout: cx.duration(
+            &u.connect_timeout,
+            &k("connect_timeout"),
+            Duration::from_secs(3),
+        ),
+        response_timeout: cx.duration(
+            &u.response_timeout,
+            &k("response_timeout"),
+            Duration::from_secs(60),
+        ),
+        ws_idle_timeout: cx.duration(
+            &u.ws_idle_timeout,
+            &k("ws_idle_timeout"),
+            Duration::from_secs(600),
+        ),
         max_fails: cx.int(&u.max_fails, &k("max_fails"), 3, 0, 1000) as u32,
         fail_timeout: cx.duration(&u.fail_timeout, &k("fail_timeout"), Duration::from_secs(10)),
         retries: cx.int(&u.retries, &k("retries"), 1, 0, 10) as u32,
@@ -303,21 +433,35 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
 fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Vec<ServerEntry> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let span = list.span();
     for (i, s) in list.get_ref().iter().enumerate() {
         let key = format!("upstream.{name}.servers[{i}]");
         let (addr, weight) = match s {
             ServerEntryFile::Addr(a) => (a, 1),
-            ServerEntryFile::Table(t) => (&t.addr, cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32),
+            ServerEntryFile::Table(t) => (&t.addr, t.weight.unwrap_or(1)),
         };
-        if !valid_host_port(addr.get_ref()) {
-            cx.at(addr.span(), format!("{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")", addr.get_ref()));
+        if !(1..=1000).contains(&weight) {
+            cx.at(
+                span.clone(),
+                format!("{key}.weight: {weight} is out of range (1..=1000)"),
+            );
             continue;
         }
-        if !seen.insert(addr.get_ref().clone()) {
-            cx.at(addr.span(), format!("{key}: server {} listed twice", addr.get_ref()));
+        if !valid_host_port(addr) {
+            cx.at(
+                span.clone(),
+                format!("{key}: {addr:?} is not host:port (e.g. \"127.0.0.1:3000\")"),
+            );
             continue;
         }
-        out.push(ServerEntry { addr: addr.get_ref().clone(), weight });
+        if !seen.insert(addr.clone()) {
+            cx.at(span.clone(), format!("{key}: server {addr} listed twice"));
+            continue;
+        }
+        out.push(ServerEntry {
+            addr: addr.clone(),
+            weight: weight as u32,
+        });
     }
     out
 }
@@ -328,14 +472,17 @@ fn valid_host_port(s: &str) -> bool {
     }
     match s.rsplit_once(':') {
         Some((host, port)) => {
-            port.parse::<u16>().is_ok_and(|p| p != 0) && HostPattern::parse(host).is_ok_and(|h| matches!(h, HostPattern::Exact(_)))
+            port.parse::<u16>().is_ok_and(|p| p != 0)
+                && HostPattern::parse(host).is_ok_and(|h| matches!(h, HostPattern::Exact(_)))
         }
         None => false,
     }
 }
 
 fn valid_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
@@ -354,13 +501,22 @@ fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
                     return Sticky::Query(q.trim().to_string());
                 }
             }
-            cx.at(s.span(), format!("{key}: {v:?} is not one of none, cookie, ip, \"header:NAME\", \"query:NAME\""));
+            cx.at(
+                s.span(),
+                format!(
+                    "{key}: {v:?} is not one of none, cookie, ip, \"header:NAME\", \"query:NAME\""
+                ),
+            );
             Sticky::None
         }
     }
 }
 
-fn routes(cx: &mut Ctx, rs: &[Spanned<RouteFile>], ups: &BTreeMap<String, UpstreamConfig>) -> Vec<RouteConfig> {
+fn routes(
+    cx: &mut Ctx,
+    rs: &[Spanned<RouteFile>],
+    ups: &BTreeMap<String, UpstreamConfig>,
+) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, r) in rs.iter().enumerate() {
@@ -368,13 +524,21 @@ fn routes(cx: &mut Ctx, rs: &[Spanned<RouteFile>], ups: &BTreeMap<String, Upstre
         let r = r.get_ref();
         let key = format!("route[{i}]");
         if !r.path.get_ref().starts_with('/') {
-            cx.at(r.path.span(), format!("{key}.path: {:?} must start with '/'", r.path.get_ref()));
+            cx.at(
+                r.path.span(),
+                format!("{key}.path: {:?} must start with '/'", r.path.get_ref()),
+            );
             continue;
         }
         let host = r.host.as_ref().and_then(|h| {
-            HostPattern::parse(h.get_ref()).map_err(|e| cx.at(h.span(), format!("{key}.host: {e}"))).ok()
+            HostPattern::parse(h.get_ref())
+                .map_err(|e| cx.at(h.span(), format!("{key}.host: {e}")))
+                .ok()
         });
-        let targets = [r.upstream.is_some(), r.app.is_some(), r.root.is_some()].iter().filter(|b| **b).count();
+        let targets = [r.upstream.is_some(), r.app.is_some(), r.root.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if targets != 1 {
             cx.at(
                 span.clone(),
@@ -385,7 +549,13 @@ fn routes(cx: &mut Ctx, rs: &[Spanned<RouteFile>], ups: &BTreeMap<String, Upstre
         let target = if let Some(u) = &r.upstream {
             if !ups.contains_key(u.get_ref()) {
                 let known: Vec<_> = ups.keys().map(String::as_str).collect();
-                cx.at(u.span(), format!("{key}.upstream: no [upstream.{}] is defined (known: {known:?})", u.get_ref()));
+                cx.at(
+                    u.span(),
+                    format!(
+                        "{key}.upstream: no [upstream.{}] is defined (known: {known:?})",
+                        u.get_ref()
+                    ),
+                );
                 continue;
             }
             RouteTarget::Upstream(u.get_ref().clone())
@@ -394,14 +564,25 @@ fn routes(cx: &mut Ctx, rs: &[Spanned<RouteFile>], ups: &BTreeMap<String, Upstre
                 "echo" => RouteTarget::App(AppKind::Echo),
                 "chat" => RouteTarget::App(AppKind::Chat),
                 other => {
-                    cx.at(a.span(), format!("{key}.app: unknown app {other:?} (built-in apps: \"echo\", \"chat\")"));
+                    cx.at(
+                        a.span(),
+                        format!(
+                            "{key}.app: unknown app {other:?} (built-in apps: \"echo\", \"chat\")"
+                        ),
+                    );
                     continue;
                 }
             }
         } else if let Some(root) = &r.root {
             let p = PathBuf::from(root.get_ref());
             if !p.is_dir() {
-                cx.at(root.span(), format!("{key}.root: {:?} is not a readable directory", root.get_ref()));
+                cx.at(
+                    root.span(),
+                    format!(
+                        "{key}.root: {:?} is not a readable directory",
+                        root.get_ref()
+                    ),
+                );
                 continue;
             }
             RouteTarget::Static(p)
@@ -409,9 +590,16 @@ fn routes(cx: &mut Ctx, rs: &[Spanned<RouteFile>], ups: &BTreeMap<String, Upstre
             continue;
         };
         if !seen.insert((host.clone(), r.path.get_ref().clone())) {
-            cx.at(r.path.span(), format!("{key}.path: another route already has this host and path"));
+            cx.at(
+                r.path.span(),
+                format!("{key}.path: another route already has this host and path"),
+            );
         }
-        let origins = r.origins.as_ref().map(|os| os.iter().map(|o| o.get_ref().trim_end_matches('/').to_string()).collect());
+        let origins = r.origins.as_ref().map(|os| {
+            os.iter()
+                .map(|o| o.get_ref().trim_end_matches('/').to_string())
+                .collect()
+        });
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),
@@ -428,10 +616,16 @@ fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
     let d = EchoFile::default();
     let e = e.unwrap_or(&d);
     EchoConfig {
-        max_message_size: cx.size(&e.max_message_size, "app.echo.max_message_size", 16 << 20).max(1),
+        max_message_size: cx
+            .size(&e.max_message_size, "app.echo.max_message_size", 16 << 20)
+            .max(1),
         compression: e.compression.unwrap_or(true),
         ping_interval: cx.duration(&e.ping_interval, "app.echo.ping_interval", Duration::ZERO),
-        idle_timeout: cx.duration(&e.idle_timeout, "app.echo.idle_timeout", Duration::from_secs(600)),
+        idle_timeout: cx.duration(
+            &e.idle_timeout,
+            "app.echo.idle_timeout",
+            Duration::from_secs(600),
+        ),
     }
 }
 
@@ -440,18 +634,38 @@ fn chat(cx: &mut Ctx, c: Option<&ChatFile>) -> ChatConfig {
     let c = c.unwrap_or(&d);
     ChatConfig {
         history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
-        max_message_size: cx.size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024).max(1),
-        ping_interval: cx.duration(&c.ping_interval, "app.chat.ping_interval", Duration::from_secs(30)),
+        max_message_size: cx
+            .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
+            .max(1),
+        ping_interval: cx.duration(
+            &c.ping_interval,
+            "app.chat.ping_interval",
+            Duration::from_secs(30),
+        ),
         send_queue: cx.int(&c.send_queue, "app.chat.send_queue", 1024, 1, 1_000_000) as usize,
-        push_token: c.push_token.as_ref().map(|t| t.get_ref().clone()).filter(|t| !t.is_empty()),
-        poll_idle_timeout: cx.duration(&c.poll_idle_timeout, "app.chat.poll_idle_timeout", Duration::from_secs(60)),
+        push_token: c
+            .push_token
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .filter(|t| !t.is_empty()),
+        poll_idle_timeout: cx.duration(
+            &c.poll_idle_timeout,
+            "app.chat.poll_idle_timeout",
+            Duration::from_secs(60),
+        ),
     }
 }
 
 fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
     let url = c.redis.get_ref();
-    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
-        cx.at(c.redis.span(), format!("cluster.redis: {url:?} is not a redis:// URL"));
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://"))
+    {
+        cx.at(
+            c.redis.span(),
+            format!("cluster.redis: {url:?} is not a redis:// URL"),
+        );
     }
     let heartbeat = cx.duration(&c.heartbeat, "cluster.heartbeat", Duration::from_secs(2));
     if heartbeat < Duration::from_millis(100) {
@@ -459,5 +673,8 @@ fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
             cx.at(h.span(), "cluster.heartbeat: must be at least 100ms");
         }
     }
-    ClusterConfig { redis: url.clone(), heartbeat }
+    ClusterConfig {
+        redis: url.clone(),
+        heartbeat,
+    }
 }

@@ -84,9 +84,13 @@ impl ProxyError {
                 HandshakeError::BadVersion => StatusCode::UPGRADE_REQUIRED,
                 _ => StatusCode::BAD_REQUEST,
             },
-            ProxyError::WebSocketDisabled | ProxyError::OriginNotAllowed(_) | ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::WebSocketDisabled
+            | ProxyError::OriginNotAllowed(_)
+            | ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ProxyError::NoUpstream | ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoUpstream
+            | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamHandshake(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -113,11 +117,17 @@ impl ProxyError {
         let h = resp.headers_mut();
         match &self {
             ProxyError::Handshake(HandshakeError::BadVersion) => {
-                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             ProxyError::UpgradeRequired => {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
             }
             ProxyError::Handshake(HandshakeError::Method(_)) => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET"));
@@ -135,7 +145,10 @@ impl ProxyError {
 pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -144,5 +157,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 }
 
 pub fn empty() -> Body {
-    http_body_util::Empty::new().map_err(|e| match e {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }

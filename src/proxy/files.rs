@@ -17,24 +17,40 @@ use super::error::{empty, ProxyError};
 use crate::config::RouteConfig;
 use crate::{Body, BoxError};
 
-pub async fn serve<B>(root: &Path, route: &RouteConfig, req: &Request<B>) -> Result<Response<Body>, ProxyError> {
+pub async fn serve<B>(
+    root: &Path,
+    route: &RouteConfig,
+    req: &Request<B>,
+) -> Result<Response<Body>, ProxyError> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let rel_path = req.uri().path().strip_prefix(route.path.trim_end_matches('/')).unwrap_or("");
+    let rel_path = req
+        .uri()
+        .path()
+        .strip_prefix(route.path.trim_end_matches('/'))
+        .unwrap_or("");
     let rel = safe_relative(rel_path).ok_or(ProxyError::NotFound)?;
-    let root = tokio::fs::canonicalize(root).await.map_err(|_| ProxyError::NotFound)?;
+    let root = tokio::fs::canonicalize(root)
+        .await
+        .map_err(|_| ProxyError::NotFound)?;
     let mut path = root.join(&rel);
-    let mut meta = tokio::fs::metadata(&path).await.map_err(|_| ProxyError::NotFound)?;
+    let mut meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|_| ProxyError::NotFound)?;
     if meta.is_dir() {
         if !req.uri().path().ends_with('/') {
             return Ok(redirect_to_dir(req));
         }
         path.push("index.html");
-        meta = tokio::fs::metadata(&path).await.map_err(|_| ProxyError::NotFound)?;
+        meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|_| ProxyError::NotFound)?;
     }
     // Symlinks may point anywhere: the resolved file must still be under the root.
-    let real = tokio::fs::canonicalize(&path).await.map_err(|_| ProxyError::NotFound)?;
+    let real = tokio::fs::canonicalize(&path)
+        .await
+        .map_err(|_| ProxyError::NotFound)?;
     if !real.starts_with(&root) || !meta.is_file() {
         return Err(ProxyError::NotFound);
     }
@@ -49,13 +65,20 @@ pub async fn serve<B>(root: &Path, route: &RouteConfig, req: &Request<B>) -> Res
     let body = if req.method() == Method::HEAD {
         empty()
     } else {
-        let file = tokio::fs::File::open(&real).await.map_err(|_| ProxyError::NotFound)?;
-        let stream = ReaderStream::with_capacity(file, 64 * 1024).map_ok(Frame::data).map_err(|e| -> BoxError { Box::new(e) });
+        let file = tokio::fs::File::open(&real)
+            .await
+            .map_err(|_| ProxyError::NotFound)?;
+        let stream = ReaderStream::with_capacity(file, 64 * 1024)
+            .map_ok(Frame::data)
+            .map_err(|e| -> BoxError { Box::new(e) });
         StreamBody::new(stream).boxed_unsync()
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&real)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&real)),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
     set_validators(h, &etag, modified);
     Ok(r)
@@ -76,7 +99,9 @@ pub fn safe_relative(path: &str) -> Option<PathBuf> {
             ".." => return None,
             s => {
                 let p = Path::new(s);
-                if p.components().count() != 1 || !matches!(p.components().next(), Some(Component::Normal(_))) {
+                if p.components().count() != 1
+                    || !matches!(p.components().next(), Some(Component::Normal(_)))
+                {
                     return None;
                 }
                 out.push(s);
@@ -101,19 +126,42 @@ fn redirect_to_dir<B>(req: &Request<B>) -> Response<Body> {
 }
 
 fn etag(meta: &std::fs::Metadata) -> String {
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("\"{:x}-{:x}\"", meta.len(), mtime)
 }
 
 fn not_modified<B>(req: &Request<B>, etag: &str, modified: Option<SystemTime>) -> bool {
-    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag);
+    if let Some(inm) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == etag);
     }
-    let ims = req.headers().get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    let ims = req
+        .headers()
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
     match (ims, modified) {
         // HTTP dates have whole seconds.
-        (Some(since), Some(m)) => m.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-            <= since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        (Some(since), Some(m)) => {
+            m.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                <= since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+        }
         _ => false,
     }
 }
@@ -122,13 +170,18 @@ fn set_validators(h: &mut http::HeaderMap, etag: &str, modified: Option<SystemTi
     if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()) {
+    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok())
+    {
         h.insert(header::LAST_MODIFIED, v);
     }
 }
 
 pub fn content_type(p: &Path) -> &'static str {
-    let ext = p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",

@@ -33,7 +33,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(name);
     }
     h.remove("keep-alive");
-    let proxy: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    let proxy: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
     for name in proxy {
         h.remove(name);
     }
@@ -50,7 +54,10 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if !h.contains_key("x-forwarded-host") {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
             h.insert("x-forwarded-host", v);
@@ -72,7 +79,9 @@ pub fn rewrite_path(path_and_query: &str, prefix: &str, strip: bool) -> String {
     if !strip {
         return path_and_query.to_string();
     }
-    let rest = path_and_query.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path_and_query);
+    let rest = path_and_query
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or(path_and_query);
     if rest.starts_with('/') {
         rest.to_string()
     } else {
@@ -87,15 +96,24 @@ mod tests {
     #[test]
     fn strips_listed_and_static_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret, upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, upgrade"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::TRAILER, HeaderValue::from_static("x"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
         h.insert("x-keep", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
@@ -106,7 +124,12 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some("example.test"));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            true,
+            Some("example.test"),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.test");

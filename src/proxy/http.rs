@@ -29,10 +29,20 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
     let path = rewrite_path(&pq, &route.path, route.strip_prefix);
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, ctx.client.ip(), ctx.tls, host.as_deref());
+    add_forwarded(
+        &mut parts.headers,
+        ctx.client.ip(),
+        ctx.tls,
+        host.as_deref(),
+    );
     if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, h);
     }
@@ -43,7 +53,9 @@ pub async fn forward(
     loop {
         let backend = pool.select(None, &tried).ok_or(ProxyError::NoUpstream)?;
         tried.push(backend.id);
-        let uri: Uri = format!("http://{}{}", backend.addr, path).parse().map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+        let uri: Uri = format!("http://{}{}", backend.addr, path)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
         let this_body = match body.take() {
             Some(b) => b,
             None => super::error::empty(),
@@ -52,13 +64,16 @@ pub async fn forward(
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
         let guard = backend.track();
-        let attempt = tokio::time::timeout(pool.cfg.response_timeout, pool.client().request(up)).await;
+        let attempt =
+            tokio::time::timeout(pool.cfg.response_timeout, pool.client().request(up)).await;
         let err = match attempt {
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
                 return Ok(response(resp, guard));
             }
-            Ok(Err(e)) if e.is_connect() && is_timeout(&e) => ProxyError::UpstreamTimeout(backend.addr.clone()),
+            Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
+                ProxyError::UpstreamTimeout(backend.addr.clone())
+            }
             Ok(Err(e)) if e.is_connect() => ProxyError::UpstreamConnect(backend.addr.clone()),
             // Failed before a response head arrived (hyper gives us no partial response).
             Ok(Err(e)) => ProxyError::UpstreamFailed(backend.addr.clone(), root_cause(&e)),
@@ -77,7 +92,10 @@ pub async fn forward(
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
@@ -104,7 +122,10 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 fn response(resp: Response<Incoming>, guard: InflightGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = Guarded { inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(), _guard: guard };
+    let body = Guarded {
+        inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+        _guard: guard,
+    };
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -119,7 +140,10 @@ impl HttpBody for Guarded {
     type Data = bytes::Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {

@@ -39,7 +39,11 @@ struct Counted<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -51,7 +55,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -74,15 +82,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 /// Copies both ways until done. Buffers are 16 KiB per direction so large
 /// messages move in few syscalls.
-pub async fn splice<C, U>(client: C, upstream: U, idle: Duration, stop: CancellationToken) -> SpliceStats
+pub async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    stop: CancellationToken,
+) -> SpliceStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let mut c = Counted { inner: client, read: bytes_in.clone() };
-    let mut u = Counted { inner: upstream, read: bytes_out.clone() };
+    let mut c = Counted {
+        inner: client,
+        read: bytes_in.clone(),
+    };
+    let mut u = Counted {
+        inner: upstream,
+        read: bytes_out.clone(),
+    };
     let total = || bytes_in.load(Ordering::Relaxed) + bytes_out.load(Ordering::Relaxed);
     let watchdog = async {
         // Checks twice per period; a session is cut after between 1 and 1.5
@@ -111,5 +130,9 @@ where
         _ = watchdog => SpliceEnd::Idle,
         _ = stop.cancelled() => SpliceEnd::Drain,
     };
-    SpliceStats { end, bytes_in: bytes_in.load(Ordering::Relaxed), bytes_out: bytes_out.load(Ordering::Relaxed) }
+    SpliceStats {
+        end,
+        bytes_in: bytes_in.load(Ordering::Relaxed),
+        bytes_out: bytes_out.load(Ordering::Relaxed),
+    }
 }

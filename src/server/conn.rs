@@ -22,7 +22,11 @@ use crate::gateway::Gateway;
 use crate::limits::{ConnSlot, Refusal};
 use crate::Body;
 
-fn builder(header_timeout: Duration, keepalive: Duration, max_head: usize) -> auto::Builder<TokioExecutor> {
+fn builder(
+    header_timeout: Duration,
+    keepalive: Duration,
+    max_head: usize,
+) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -55,7 +59,11 @@ where
         let slot = slot.clone();
         async move { Ok::<_, Infallible>(crate::proxy::handle(gw, ctx, slot, req).await) }
     });
-    let builder = builder(server.header_timeout, server.keepalive_timeout, server.max_request_head);
+    let builder = builder(
+        server.header_timeout,
+        server.keepalive_timeout,
+        server.max_request_head,
+    );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -78,24 +86,43 @@ where
 {
     let service = service_fn(move |_req: Request<Incoming>| async move {
         let (status, msg) = match refusal {
-            Refusal::Full => (StatusCode::SERVICE_UNAVAILABLE, "server is at its connection limit, retry later\n"),
-            Refusal::PerIp => (StatusCode::TOO_MANY_REQUESTS, "too many connections from your address, retry later\n"),
+            Refusal::Full => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is at its connection limit, retry later\n",
+            ),
+            Refusal::PerIp => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address, retry later\n",
+            ),
         };
         Ok::<_, Infallible>(refusal_response(status, msg))
     });
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(false);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(false);
     b.http2().timer(TokioTimer::new()).max_concurrent_streams(1);
     let conn = b.serve_connection(TokioIo::new(io), service);
     let _ = tokio::time::timeout(header_timeout + Duration::from_secs(1), conn).await;
 }
 
 fn refusal_response(status: StatusCode, msg: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(msg.as_bytes())).map_err(|e| match e {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(msg.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     r
 }

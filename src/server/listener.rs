@@ -32,7 +32,9 @@ pub async fn run(
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     stop: CancellationToken,
 ) {
-    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -48,7 +50,12 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ConnCtx { client, listener: local, tls: tls.is_some(), sni: None };
+        let ctx = ConnCtx {
+            client,
+            listener: local,
+            tls: tls.is_some(),
+            sni: None,
+        };
         let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
         let task = handle_connection(gw.clone(), stream, ctx, tls_cfg).instrument(span);
@@ -59,7 +66,9 @@ pub async fn run(
 
 async fn handle_accept_error(e: io::Error) {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {}
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset => {}
         _ => {
             // EMFILE/ENFILE/ENOMEM: back off instead of spinning; the loop goes on.
             tracing::error!(error = %e, "accept failed; retrying in 100ms");
@@ -88,14 +97,21 @@ async fn handle_connection(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let server = gw.server_config();
-    let slot = match gw.limits.admit(ctx.client.ip(), server.max_connections, server.max_connections_per_ip) {
+    let slot = match gw.limits.admit(
+        ctx.client.ip(),
+        server.max_connections,
+        server.max_connections_per_ip,
+    ) {
         Ok(slot) => slot,
         Err(refusal) => return refuse(gw, stream, ctx, tls, refusal).await,
     };
     match tls {
         None => conn::serve(gw, stream, ctx, slot).await,
         Some(cfg) => {
-            let Some(tls_stream) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await else { return };
+            let Some(tls_stream) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await
+            else {
+                return;
+            };
             ctx.sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
             conn::serve(gw, tls_stream, ctx, slot).await
         }
@@ -127,7 +143,9 @@ async fn refuse(
     tls: Option<Arc<rustls::ServerConfig>>,
     refusal: Refusal,
 ) {
-    let Some(_slot) = gw.limits.refusal_slot(MAX_REFUSING) else { return };
+    let Some(_slot) = gw.limits.refusal_slot(MAX_REFUSING) else {
+        return;
+    };
     tracing::debug!(?refusal, "connection over capacity");
     let server = gw.server_config();
     match tls {

@@ -21,7 +21,10 @@ pub struct SniResolver {
 
 impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SniResolver").field("exact", &self.exact.len()).field("wildcard", &self.wildcard.len()).finish()
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.len())
+            .field("wildcard", &self.wildcard.len())
+            .finish()
     }
 }
 
@@ -38,15 +41,25 @@ impl SniResolver {
             }
         }
         wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        Ok(Self { default, exact, wildcard })
+        Ok(Self {
+            default,
+            exact,
+            wildcard,
+        })
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = sni.map(|s| s.to_ascii_lowercase()) else { return self.default.clone() };
+        let Some(name) = sni.map(|s| s.to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
         if let Some((_, ck)) = self.exact.iter().find(|(h, _)| *h == name) {
             return ck.clone();
         }
-        if let Some((_, ck)) = self.wildcard.iter().find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str())) {
+        if let Some((_, ck)) = self
+            .wildcard
+            .iter()
+            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
+        {
             return ck.clone();
         }
         self.default.clone()
@@ -65,7 +78,10 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, CertE
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| CertError::Cert { path: cfg.default.cert.clone(), reason: e.to_string() })?
+        .map_err(|e| CertError::Cert {
+            path: cfg.default.cert.clone(),
+            reason: e.to_string(),
+        })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

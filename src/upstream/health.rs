@@ -32,7 +32,11 @@ struct Passive {
 
 impl Default for Health {
     fn default() -> Self {
-        Self { active_up: AtomicBool::new(true), active_streak: AtomicU32::new(0), passive: Mutex::new(Passive::default()) }
+        Self {
+            active_up: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+            passive: Mutex::new(Passive::default()),
+        }
     }
 }
 
@@ -54,7 +58,9 @@ impl Health {
         }
         let now = Instant::now();
         let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
-        if p.window_start.is_none_or(|s| now.duration_since(s) > fail_timeout) {
+        if p.window_start
+            .is_none_or(|s| now.duration_since(s) > fail_timeout)
+        {
             p.window_start = Some(now);
             p.fails = 0;
         }
@@ -123,7 +129,9 @@ async fn probe(
     addr: &str,
     cfg: &HealthConfig,
 ) -> bool {
-    let Ok(uri) = format!("http://{addr}{}", cfg.path).parse::<http::Uri>() else { return false };
+    let Ok(uri) = format!("http://{addr}{}", cfg.path).parse::<http::Uri>() else {
+        return false;
+    };
     let check = async {
         let resp = client.get(uri).await.ok()?;
         let status = resp.status();
@@ -131,7 +139,10 @@ async fn probe(
         let _ = resp.into_body().collect().await;
         Some(status.is_success() || status.is_redirection())
     };
-    matches!(tokio::time::timeout(cfg.timeout, check).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(cfg.timeout, check).await,
+        Ok(Some(true))
+    )
 }
 
 #[cfg(test)]
@@ -149,7 +160,13 @@ mod tests {
 
     #[test]
     fn active_thresholds() {
-        let cfg = HealthConfig { path: "/".into(), interval: Duration::from_secs(1), timeout: Duration::from_secs(1), healthy: 2, unhealthy: 3 };
+        let cfg = HealthConfig {
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy: 2,
+            unhealthy: 3,
+        };
         let h = Health::default();
         assert_eq!(h.record_probe(false, &cfg), None);
         assert_eq!(h.record_probe(false, &cfg), None);

@@ -68,7 +68,10 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.cfg.name).field("backends", &self.backends).finish()
+        f.debug_struct("Pool")
+            .field("name", &self.cfg.name)
+            .field("backends", &self.backends)
+            .finish()
     }
 }
 
@@ -101,7 +104,13 @@ impl Pool {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build(connector);
-        Self { wrr: SmoothWrr::new(backends.len()), weights, backends, cfg, client }
+        Self {
+            wrr: SmoothWrr::new(backends.len()),
+            weights,
+            backends,
+            cfg,
+            client,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -129,7 +138,10 @@ impl Pool {
             return rendezvous(key, cands, |b| b.id.0, |b| b.weight).cloned();
         }
         match self.cfg.balance {
-            Balance::RoundRobin => self.wrr.pick(&self.weights, |i| usable(&self.backends[i])).map(|i| self.backends[i].clone()),
+            Balance::RoundRobin => self
+                .wrr
+                .pick(&self.weights, |i| usable(&self.backends[i]))
+                .map(|i| self.backends[i].clone()),
             Balance::LeastConn => self.least_conn(usable),
             Balance::Random => self.two_choices(usable),
         }
@@ -138,7 +150,12 @@ impl Pool {
     /// Lowest `inflight / weight`; ties broken by round robin so equal servers share.
     fn least_conn(&self, usable: impl Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
         let load = |b: &Backend| (b.inflight() as u64 * 1_000_000) / u64::from(b.weight.max(1));
-        let min = self.backends.iter().filter(|b| usable(b)).map(|b| load(b)).min()?;
+        let min = self
+            .backends
+            .iter()
+            .filter(|b| usable(b))
+            .map(|b| load(b))
+            .min()?;
         self.wrr
             .pick(&self.weights, |i| {
                 let b = &self.backends[i];
@@ -173,7 +190,9 @@ impl Pool {
 
     /// Reports an attempt's failure; logs when it takes the server down.
     pub fn report_failure(&self, b: &Backend) {
-        if b.health.record_failure(self.cfg.max_fails, self.cfg.fail_timeout) {
+        if b.health
+            .record_failure(self.cfg.max_fails, self.cfg.fail_timeout)
+        {
             tracing::warn!(upstream = %self.cfg.name, server = %b.addr, state = "down", source = "passive",
                 fail_timeout = ?self.cfg.fail_timeout, "upstream server state changed");
         }

@@ -39,7 +39,8 @@ impl TestGateway {
         let text = toml.replace("{dir}", dir.path().to_str().expect("utf-8 temp path"));
         let path = dir.path().join("wsgate.toml");
         std::fs::write(&path, &text).expect("write config");
-        let cfg = wsgate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let cfg =
+            wsgate::config::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let handle = Gateway::start(cfg).await.expect("gateway starts");
         Self { handle, dir }
     }
@@ -59,12 +60,18 @@ pub fn init_logs() {
 
 /// Writes a self-signed certificate for `hosts` as `NAME.crt`/`NAME.key` in `dir`.
 pub fn write_cert(dir: &Path, name: &str, hosts: &[&str]) -> (String, String) {
-    let g = wsgate::certs::generate_self_signed(&hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).expect("cert");
+    let g = wsgate::certs::generate_self_signed(
+        &hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    )
+    .expect("cert");
     let crt = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&crt, g.cert_pem).expect("write crt");
     std::fs::write(&key, g.key_pem).expect("write key");
-    (crt.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+    (
+        crt.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
 }
 
 /// A simple response from a test client.
@@ -84,7 +91,9 @@ impl Reply {
 /// Sends one HTTP/1.1 request over a fresh connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     let resp = tx.send_request(req).await.expect("response");
     collect(resp).await
@@ -93,12 +102,19 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
 pub async fn collect(resp: Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// `GET path` with `Host: localhost`.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
-    let req = Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).expect("request");
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
     send(addr, req).await
 }
 
@@ -122,14 +138,19 @@ where
     let f = Arc::new(f);
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
             let f = f.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let f = f.clone();
                     async move { Ok::<_, Infallible>(f(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades().await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -140,7 +161,10 @@ where
 /// `x-upstream` header (for spread/stickiness tests).
 pub async fn named_upstream(name: &'static str) -> SocketAddr {
     http_upstream(move |_req| async move {
-        Response::builder().header("x-upstream", name).body(Full::new(Bytes::from(name))).expect("response")
+        Response::builder()
+            .header("x-upstream", name)
+            .body(Full::new(Bytes::from(name)))
+            .expect("response")
     })
     .await
 }
@@ -154,7 +178,9 @@ pub async fn ws_echo_upstream(chosen: Option<&'static str>) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let cb = |req: &WsReq, mut resp: WsResp| {
                     if let Some(p) = chosen {
@@ -164,19 +190,31 @@ pub async fn ws_echo_upstream(chosen: Option<&'static str>) -> SocketAddr {
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v.split(',').any(|x| x.trim() == p));
                         if offered {
-                            resp.headers_mut().insert("sec-websocket-protocol", p.parse().expect("header"));
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", p.parse().expect("header"));
                         }
                     }
                     // Echo the forwarded headers back so tests can see them.
-                    for h in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "cookie", "origin"] {
+                    for h in [
+                        "x-forwarded-for",
+                        "x-forwarded-proto",
+                        "x-forwarded-host",
+                        "cookie",
+                        "origin",
+                    ] {
                         if let Some(v) = req.headers().get(h) {
                             let name = format!("x-seen-{h}");
-                            resp.headers_mut().insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), v.clone());
+                            resp.headers_mut().insert(
+                                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                                v.clone(),
+                            );
                         }
                     }
                     Ok(resp)
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+                    return;
+                };
                 while let Some(Ok(m)) = ws.next().await {
                     if m.is_text() || m.is_binary() {
                         if ws.send(m).await.is_err() {
@@ -235,7 +273,10 @@ pub async fn tls_connect(
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("server name");
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("tls handshake")
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .expect("tls handshake")
 }
 
 /// Sends one request over HTTP/2 on an established (TLS) stream.
@@ -243,7 +284,10 @@ pub async fn send_h2<IO>(io: IO, req: Request<Full<Bytes>>) -> Reply
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.expect("h2 handshake");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     collect(tx.send_request(req).await.expect("h2 response")).await
 }

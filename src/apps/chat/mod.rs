@@ -23,12 +23,23 @@ impl Chat {
     }
 
     /// A validated WebSocket upgrade under the chat route.
-    pub fn accept(&self, _req: Request<Incoming>, _prefix: &str, _slot: Arc<ConnSlot>) -> Result<Response<Body>, ProxyError> {
-        Ok(text_response(StatusCode::SERVICE_UNAVAILABLE, "chat is not implemented yet\n"))
+    pub fn accept(
+        &self,
+        _req: Request<Incoming>,
+        _prefix: &str,
+        _slot: Arc<ConnSlot>,
+    ) -> Result<Response<Body>, ProxyError> {
+        Ok(text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chat is not implemented yet\n",
+        ))
     }
 
     /// Plain HTTP under the chat route.
     pub async fn http(&self, _req: Request<Incoming>, _prefix: &str) -> Response<Body> {
-        text_response(StatusCode::SERVICE_UNAVAILABLE, "chat is not implemented yet\n")
+        text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "chat is not implemented yet\n",
+        )
     }
 }
