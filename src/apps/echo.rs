@@ -76,7 +76,15 @@ where
         let idle_deadline = last_seen + cfg.idle_timeout;
         tokio::select! {
             frame = ws.next_frame() => {
-                let Ok(frame) = frame else { break };
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // The connection is failed: no close handshake follows.
+                        fail(&mut ws, &e).await;
+                        let _ = ws.close().await;
+                        return;
+                    }
+                };
                 last_seen = tokio::time::Instant::now();
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => {
@@ -101,6 +109,47 @@ where
                 let _ = ws.send(Frame::close(CloseCode::Away, "server shutting down")).await;
                 break;
             }
+        }
+    }
+    finish(&mut ws).await;
+}
+
+/// Fails the connection after a read error with the close code RFC 6455 asks
+/// for. Errors found by yawc's codec already queued a close frame (1002, 1009,
+/// 1003 for reserved opcodes) and closed its read side: one more read flushes it
+/// and reports the connection closed. Errors found after the codec (invalid UTF-8,
+/// fragment assembly) did not, so the close is sent here.
+pub async fn fail<S>(ws: &mut WebSocket<S>, err: &yawc::WebSocketError)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use yawc::WebSocketError as E;
+    if matches!(err, E::ConnectionClosed) || err.is_io_error() {
+        return;
+    }
+    if let Ok(Err(E::ConnectionClosed)) = tokio::time::timeout(Duration::from_millis(50), ws.next_frame()).await {
+        return;
+    }
+    let code = match err {
+        E::InvalidUTF8 => CloseCode::Invalid,
+        E::FrameTooLarge => CloseCode::Size,
+        _ => CloseCode::Protocol,
+    };
+    let _ = ws.send(Frame::close(code, err.to_string())).await;
+}
+
+/// Ends a session cleanly. yawc queues its close frames (the echo of a client's
+/// close, or 1002/1007/1009 after a protocol error) and writes them on the next
+/// read, so keep reading until it reports the connection closed, bounded in time.
+pub async fn finish<S>(ws: &mut WebSocket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    for _ in 0..16 {
+        match tokio::time::timeout_at(deadline, ws.next_frame()).await {
+            Ok(Err(yawc::WebSocketError::ConnectionClosed)) | Err(_) => break,
+            Ok(_) => continue,
         }
     }
     let _ = ws.close().await;
