@@ -127,7 +127,9 @@ where
     if matches!(err, E::ConnectionClosed) || err.is_io_error() {
         return;
     }
-    if let Ok(Err(E::ConnectionClosed)) = tokio::time::timeout(Duration::from_millis(50), ws.next_frame()).await {
+    if let Ok(Err(E::ConnectionClosed)) =
+        tokio::time::timeout(Duration::from_millis(50), ws.next_frame()).await
+    {
         return;
     }
     let code = match err {

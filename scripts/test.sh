@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs what the tests need when it is
+# missing (Debian packages, the browser test's npm packages, the dev
+# certificate), checks formatting and lints, runs the test suite, then the
+# Autobahn conformance quick set against /echo when ../shared is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
+  echo "== npm ci (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+cargo run -q -- gen-cert >/dev/null
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy -q --all-targets -- -D warnings
+echo "== cargo test"
+RUST_LOG="${RUST_LOG:-warn}" cargo test --all-targets
+
+if [ -x ../shared/tools/autobahn/run.sh ]; then
+  scripts/autobahn.sh --quick
+else
+  echo "== ../shared not present: Autobahn conformance skipped"
+fi

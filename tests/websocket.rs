@@ -1,0 +1,691 @@
+//! WebSocket over real sockets: the handshake matrix, the echo app with a real
+//! client and with raw frames, splicing through ws, wss and HTTP/2 (RFC 8441),
+//! upstream handshake failures, concurrency, and connection caps.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, Role};
+use tokio_tungstenite::tungstenite::Message;
+
+const ECHO: &str = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n[app.echo]\nmax_message_size = \"64KiB\"\n";
+
+fn handshake(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n")
+}
+
+const GOOD: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+async fn status_of(addr: std::net::SocketAddr, req: &str) -> String {
+    raw(addr, req.as_bytes(), Duration::from_millis(700)).await
+}
+
+#[tokio::test]
+async fn handshake_matrix() {
+    let toml = format!(
+        "{ECHO}[[route]]\npath = \"/nows\"\napp = \"echo\"\nwebsocket = false\n[[route]]\npath = \"/strict\"\napp = \"echo\"\norigins = [\"https://good.example\"]\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let a = gw.http();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (handshake("/echo", GOOD), "HTTP/1.1 101", "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        // Header case and Connection token lists do not matter.
+        (
+            handshake("/echo", "connection: keep-alive, UPGRADE\r\nupgrade: WebSocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+            "HTTP/1.1 101",
+            "upgrade",
+        ),
+        (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"), "HTTP/1.1 400", "missing Sec-WebSocket-Key"),
+        (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"), "HTTP/1.1 400", "exactly 16 bytes"),
+        (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\n"), "HTTP/1.1 400", "exactly 16 bytes"),
+        (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 426", "sec-websocket-version: 13"),
+        (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 426", "only 13"),
+        (handshake("/echo", "Connection: keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 400", "Connection header"),
+        (format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{GOOD}\r\n"), "HTTP/1.1 405", "must use GET"),
+        (format!("GET /echo HTTP/1.0\r\nHost: localhost\r\n{GOOD}\r\n"), "HTTP/1.0 400", "HTTP/1.1 or later"),
+        (format!("GET /echo HTTP/1.1\r\n{GOOD}\r\n"), "HTTP/1.1 400", "missing Host"),
+        (handshake("/nows", GOOD), "HTTP/1.1 403", "disabled"),
+        (handshake("/strict", &format!("{GOOD}Origin: https://evil.example\r\n")), "HTTP/1.1 403", "not allowed"),
+        (handshake("/strict", GOOD), "HTTP/1.1 403", "not allowed"),
+        (handshake("/strict", &format!("{GOOD}Origin: https://good.example\r\n")), "HTTP/1.1 101", "upgrade"),
+        (handshake("/echo", ""), "HTTP/1.1 426", "only accepts WebSocket"),
+    ];
+    for (req, status, needle) in cases {
+        let out = status_of(a, &req).await;
+        assert!(out.starts_with(status), "{req:?}\n→ {out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains(&needle.to_ascii_lowercase()),
+            "{req:?}\n→ {out}\n(wanted {needle:?})"
+        );
+        if !status.ends_with("101") {
+            assert!(!out.contains("101 Switching"), "{out}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn echo_with_a_real_client() {
+    let gw = TestGateway::start(ECHO).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gw.http()))
+        .await
+        .unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    ws.send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(Bytes::from_static(b"p"))
+    );
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 4000, "the close code is echoed")
+        }
+        other => panic!("expected close echo, got {other:?}"),
+    }
+}
+
+/// A client frame (masked unless `mask` is None).
+fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            f.extend_from_slice(&k);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+/// Opens a raw upgraded connection to /echo and returns the stream.
+async fn raw_ws(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(handshake("/echo", GOOD).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .expect("frame in time")
+        .unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            u64::from(u16::from_be_bytes(l))
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).await.unwrap();
+            u64::from_be_bytes(l)
+        }
+        n => u64::from(n),
+    };
+    assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
+    let mut p = vec![0u8; len as usize];
+    s.read_exact(&mut p).await.unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x0f, p)
+}
+
+async fn expect_close(s: &mut TcpStream, code: u16) {
+    let (_, op, p) = read_frame(s).await;
+    assert_eq!(op, 8, "expected a close frame");
+    assert_eq!(
+        u16::from_be_bytes([p[0], p[1]]),
+        code,
+        "close reason: {:?}",
+        String::from_utf8_lossy(&p[2..])
+    );
+}
+
+#[tokio::test]
+async fn raw_frames_fragmentation_and_protocol_errors() {
+    let gw = TestGateway::start(ECHO).await;
+    // Fragmented text with a ping in between: pong first, then the whole message.
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(false, 1, b"Hel", MASK)).await.unwrap();
+    s.write_all(&frame(true, 9, b"mid", MASK)).await.unwrap();
+    s.write_all(&frame(true, 0, b"lo", MASK)).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 10, b"mid".to_vec()));
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"Hello".to_vec()));
+
+    // Invalid UTF-8, also split across fragments (a 2-byte sequence cut in half is fine).
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(false, 1, &[0xce], MASK)).await.unwrap();
+    s.write_all(&frame(true, 0, &[0xba], MASK)).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, "κ".as_bytes().to_vec()));
+    s.write_all(&frame(false, 1, &[0xce, 0xba], MASK))
+        .await
+        .unwrap();
+    s.write_all(&frame(true, 0, &[0xff, 0xfe], MASK))
+        .await
+        .unwrap();
+    expect_close(&mut s, 1007).await;
+
+    // Unmasked client frame → 1002.
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(true, 1, b"naked", None)).await.unwrap();
+    expect_close(&mut s, 1002).await;
+
+    // Reserved bits without an extension → 1002.
+    let mut s = raw_ws(gw.http()).await;
+    let mut f = frame(true, 1, b"x", MASK);
+    f[0] |= 0x40;
+    s.write_all(&f).await.unwrap();
+    expect_close(&mut s, 1002).await;
+
+    // Fragmented control frame and a >125-byte ping → 1002.
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(false, 9, b"p", MASK)).await.unwrap();
+    expect_close(&mut s, 1002).await;
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(true, 9, &[7u8; 126], MASK))
+        .await
+        .unwrap();
+    expect_close(&mut s, 1002).await;
+
+    // Over max_message_size (64 KiB): in one frame, and as a fragmented message.
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(true, 2, &vec![0u8; 64 * 1024 + 1], MASK))
+        .await
+        .unwrap();
+    expect_close(&mut s, 1009).await;
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(false, 2, &vec![0u8; 40 * 1024], MASK))
+        .await
+        .unwrap();
+    s.write_all(&frame(true, 0, &vec![0u8; 40 * 1024], MASK))
+        .await
+        .unwrap();
+    expect_close(&mut s, 1009).await;
+
+    // A header claiming 2^62 bytes is refused from the header alone.
+    let mut s = raw_ws(gw.http()).await;
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&huge).await.unwrap();
+    expect_close(&mut s, 1009).await;
+
+    // Exactly at the limit is fine.
+    let mut s = raw_ws(gw.http()).await;
+    s.write_all(&frame(true, 2, &vec![9u8; 64 * 1024], MASK))
+        .await
+        .unwrap();
+    let (fin, op, p) = read_frame(&mut s).await;
+    assert!(fin && op == 2 && p.len() == 64 * 1024);
+}
+
+#[tokio::test]
+async fn echo_negotiates_permessage_deflate() {
+    let gw = TestGateway::start(ECHO).await;
+    let ext = "permessage-deflate; client_max_window_bits";
+    let out = raw(
+        gw.http(),
+        handshake(
+            "/echo",
+            &format!("{GOOD}Sec-WebSocket-Extensions: {ext}\r\n"),
+        )
+        .as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 101"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        "{out}"
+    );
+    let gw2 = TestGateway::start(&ECHO.replace(
+        "max_message_size = \"64KiB\"",
+        "max_message_size = \"64KiB\"\ncompression = false",
+    ))
+    .await;
+    let out = raw(
+        gw2.http(),
+        handshake(
+            "/echo",
+            &format!("{GOOD}Sec-WebSocket-Extensions: {ext}\r\n"),
+        )
+        .as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 101"), "{out}");
+    assert!(
+        !out.to_ascii_lowercase().contains("permessage-deflate"),
+        "{out}"
+    );
+}
+
+fn splice_cfg(upstream: std::net::SocketAddr, tls: bool) -> String {
+    let tls_block = if tls {
+        "[listener.tls]\ncert = \"{dir}/default.crt\"\nkey = \"{dir}/default.key\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{tls_block}[upstream.ws]\nservers = [\"{upstream}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n[[route]]\npath = \"/ws\"\nupstream = \"ws\"\n"
+    )
+}
+
+#[tokio::test]
+async fn splices_ws_with_subprotocol_and_forwarded_headers() {
+    let up = ws_echo_upstream(Some("chat.v2")).await;
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let mut req = format!("ws://{}/ws/room?x=1", gw.http())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "chat.v1, chat.v2".parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("cookie", "sid=42".parse().unwrap());
+    req.headers_mut()
+        .insert("origin", "http://app.test".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
+    for i in 0..20 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("m{i}"))
+        );
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![7u8; 100_000])
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn forwarded_headers_reach_the_ws_upstream() {
+    // The upstream reflects what it saw as x-seen-* response headers, but the
+    // gateway relays only the WebSocket headers of the 101, so look at them via a
+    // raw upstream instead.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&head).to_string()
+    });
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let _ = raw(gw.http(), handshake("/ws/x", &format!("{GOOD}Cookie: a=b\r\nOrigin: http://o.test\r\nSec-WebSocket-Protocol: p1\r\nX-Forwarded-For: 198.51.100.1\r\n")).as_bytes(), Duration::from_millis(200)).await;
+    let head = seen.await.unwrap().to_ascii_lowercase();
+    for want in [
+        "get /ws/x http/1.1",
+        "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
+        "sec-websocket-version: 13",
+        "cookie: a=b",
+        "origin: http://o.test",
+        "sec-websocket-protocol: p1",
+        "x-forwarded-for: 198.51.100.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: localhost",
+        "upgrade: websocket",
+    ] {
+        assert!(
+            head.contains(want),
+            "missing {want:?} in upstream request:\n{head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn splices_wss() {
+    let up = ws_echo_upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["localhost"]);
+    let ca = dir
+        .path()
+        .join("default.crt")
+        .to_string_lossy()
+        .into_owned();
+    let gw = TestGateway::start_in(&splice_cfg(up, true), dir).await;
+    let tls = tls_connect(gw.https(), tls_client(&ca, &[b"http/1.1"]), "localhost").await;
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .unwrap();
+    ws.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over tls"));
+}
+
+/// Opens an RFC 8441 WebSocket over HTTP/2 and returns it as a tungstenite stream.
+async fn h2_websocket(
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    uri: &str,
+    protocols: Option<&str>,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+) {
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut b = Request::builder()
+        .method("CONNECT")
+        .uri(uri)
+        .header("sec-websocket-version", "13");
+    if let Some(p) = protocols {
+        b = b.header("sec-websocket-protocol", p);
+    }
+    let mut req = b.body(Full::new(Bytes::new())).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = tx.send_request(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "extended CONNECT answered {}",
+        resp.status()
+    );
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    (resp, ws)
+}
+
+#[tokio::test]
+async fn splices_and_serves_echo_over_http2() {
+    let up = ws_echo_upstream(Some("v2")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "default", &["localhost"]);
+    let ca = dir
+        .path()
+        .join("default.crt")
+        .to_string_lossy()
+        .into_owned();
+    let toml = splice_cfg(up, true) + "[[route]]\npath = \"/echo\"\napp = \"echo\"\n";
+    let gw = TestGateway::start_in(&toml, dir).await;
+    // Spliced to an HTTP/1.1 upstream, subprotocol negotiated end to end.
+    let tls = tls_connect(gw.https(), tls_client(&ca, &[b"h2"]), "localhost").await;
+    let (resp, mut ws) = h2_websocket(tls, "https://localhost/ws/h2", Some("v1, v2")).await;
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "v2");
+    ws.send(Message::text("h2 splice")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("h2 splice")
+    );
+    // The echo app over HTTP/2.
+    let tls = tls_connect(gw.https(), tls_client(&ca, &[b"h2"]), "localhost").await;
+    let (_, mut ws) = h2_websocket(tls, "https://localhost/echo", None).await;
+    ws.send(Message::text("h2 app")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("h2 app"));
+}
+
+/// An upstream that answers the handshake with the given raw response head.
+async fn scripted_upstream(response: &'static str, then: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Response head and the first frame in one write: the frame must
+                // survive the upgrade.
+                let mut out = response.as_bytes().to_vec();
+                out.extend_from_slice(then);
+                let _ = s.write_all(&out).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_handshake_failures_are_502_or_504() {
+    let wrong = scripted_upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(wrong, false)).await;
+    let out = status_of(gw.http(), &handshake("/ws", GOOD)).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("Sec-WebSocket-Accept"), "{out}");
+
+    let missing = scripted_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(missing, false)).await;
+    assert!(status_of(gw.http(), &handshake("/ws", GOOD))
+        .await
+        .starts_with("HTTP/1.1 502"));
+
+    let not101 =
+        scripted_upstream("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(not101, false)).await;
+    let out = status_of(gw.http(), &handshake("/ws", GOOD)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 502") && out.contains("404"),
+        "{out}"
+    );
+
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start(&splice_cfg(refused, false)).await;
+    assert!(status_of(gw.http(), &handshake("/ws", GOOD))
+        .await
+        .starts_with("HTTP/1.1 502"));
+
+    // Accepts TCP but never answers: response_timeout (1s) → 504.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start(&splice_cfg(silent_addr, false)).await;
+    let out = raw(
+        gw.http(),
+        handshake("/ws", GOOD).as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+}
+
+#[tokio::test]
+async fn bytes_buffered_past_the_101_are_not_lost() {
+    // The upstream sends a text frame "early" in the same write as its 101.
+    let early = scripted_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        b"\x81\x05early",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(early, false)).await;
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    // The client also sends a frame right behind its handshake.
+    let mut req = handshake("/ws", GOOD).into_bytes();
+    req.extend_from_slice(&frame(true, 1, b"eager", MASK));
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(5).any(|w| w == b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the early frame: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_spliced_sessions_keep_their_own_data() {
+    let up = ws_echo_upstream(None).await;
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let addr = gw.http();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{i}"))
+                    .await
+                    .unwrap();
+                for j in 0..10 {
+                    let m = format!("session {i} message {j}");
+                    ws.send(Message::text(m.clone())).await.unwrap();
+                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m));
+                }
+                ws.close(None).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn capacity_503_then_reuse_and_per_ip_429() {
+    let gw = TestGateway::start(&format!("[server]\nmax_connections = 3\n{ECHO}")).await;
+    let addr = gw.http();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
+            .await
+            .unwrap();
+        held.push(ws);
+    }
+    let out = status_of(addr, &handshake("/echo", GOOD)).await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("retry-after: 1"), "{out}");
+    // Plain HTTP requests are refused the same way.
+    assert!(status_of(addr, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 503"));
+    // Free one slot: the next handshake succeeds at once.
+    let mut one = held.pop().unwrap();
+    one.close(None).await.unwrap();
+    drop(one);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_of(addr, &handshake("/echo", GOOD))
+                .await
+                .starts_with("HTTP/1.1 101")
+        })
+        .await,
+        "a freed slot should be reusable"
+    );
+
+    let gw = TestGateway::start(&format!("[server]\nmax_connections_per_ip = 2\n{ECHO}")).await;
+    let addr = gw.http();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let out = status_of(addr, &handshake("/echo", GOOD)).await;
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("retry-after"), "{out}");
+}
+
+#[tokio::test]
+async fn spliced_sessions_end_after_idle_timeout() {
+    let up = ws_echo_upstream(None).await;
+    let toml = splice_cfg(up, false).replace(
+        "response_timeout = \"1s\"",
+        "response_timeout = \"1s\"\nws_idle_timeout = \"300ms\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("x"));
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("idle session is closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
