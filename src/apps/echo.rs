@@ -87,12 +87,13 @@ where
                 };
                 last_seen = tokio::time::Instant::now();
                 match frame.opcode() {
+                    OpCode::Close => break,
                     OpCode::Text | OpCode::Binary => {
-                        if ws.send(frame).await.is_err() {
+                        let sent = ws.send(frame).await;
+                        if sent.is_err() {
                             break;
                         }
                     }
-                    OpCode::Close => break,
                     _ => {}
                 }
             }

@@ -1,7 +1,7 @@
 //! Test harness: start a real gateway in-process on 127.0.0.1 port 0, real
 //! upstream servers, and small clients. Nothing here sleeps to synchronise:
 //! servers are bound before their address is returned.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::result_large_err)]
 
 use std::convert::Infallible;
 use std::future::Future;
