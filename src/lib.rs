@@ -22,6 +22,7 @@ pub mod config;
 pub mod gateway;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -22,4 +22,9 @@ impl Apps {
             chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
         }
     }
+
+    /// Applies reloaded app settings. The echo app reads its settings from the
+    /// config snapshot per session; chat keeps the settings it started with
+    /// (documented in docs/operations.md).
+    pub fn reconfigure(&self, _cfg: &Config) {}
 }

@@ -1,0 +1,279 @@
+//! Prometheus metrics (spec §6) in one explicit registry (no globals), rendered
+//! as text by the admin listener. Point-in-time values (upstream state, process
+//! memory and file descriptors) are refreshed at scrape time.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::gateway::Snapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResult {
+    pub route: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteDirection {
+    pub route: String,
+    /// `in` = client → gateway, `out` = gateway → client.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCode {
+    pub route: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamServer {
+    pub upstream: String,
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamServerStatus {
+    pub upstream: String,
+    pub server: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_active: Family<ListenerLabel, Gauge>,
+    pub http_requests: Family<RouteStatus, Counter>,
+    pub http_duration: Histogram,
+    pub ws_sessions_active: Family<RouteLabel, Gauge>,
+    pub ws_handshakes: Family<RouteResult, Counter>,
+    pub ws_messages: Family<RouteDirection, Counter>,
+    pub ws_close_codes: Family<RouteCode, Counter>,
+    pub upstream_up: Family<UpstreamServer, Gauge>,
+    pub upstream_requests: Family<UpstreamServerStatus, Counter>,
+    pub bytes: Family<Direction, Counter>,
+    pub cluster_redis_up: Gauge,
+    pub process_rss: Gauge<f64, AtomicU64>,
+    pub process_open_fds: Gauge,
+    /// The same gauges as the families above, by label, for `/status`.
+    by_listener: dashmap::DashMap<String, Gauge>,
+    by_route: dashmap::DashMap<String, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("wsgate");
+        let m = Self {
+            connections_active: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ws_sessions_active: Family::default(),
+            ws_handshakes: Family::default(),
+            ws_messages: Family::default(),
+            ws_close_codes: Family::default(),
+            upstream_up: Family::default(),
+            upstream_requests: Family::default(),
+            bytes: Family::default(),
+            cluster_redis_up: Gauge::default(),
+            process_rss: Gauge::default(),
+            process_open_fds: Gauge::default(),
+            by_listener: dashmap::DashMap::new(),
+            by_route: dashmap::DashMap::new(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "connections_active",
+            "Open client connections",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request (to the end of the body)",
+            m.http_duration.clone(),
+        );
+        r.register(
+            "ws_sessions_active",
+            "Live WebSocket sessions",
+            m.ws_sessions_active.clone(),
+        );
+        r.register(
+            "ws_handshakes",
+            "WebSocket handshakes by result",
+            m.ws_handshakes.clone(),
+        );
+        r.register(
+            "ws_messages",
+            "WebSocket messages (app sessions, inspected splices)",
+            m.ws_messages.clone(),
+        );
+        r.register(
+            "ws_close_codes",
+            "WebSocket close codes seen",
+            m.ws_close_codes.clone(),
+        );
+        r.register(
+            "upstream_up",
+            "Upstream server usable (1) or down (0)",
+            m.upstream_up.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to upstream servers by status",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes relayed, by direction (in = from clients)",
+            m.bytes.clone(),
+        );
+        r.register(
+            "cluster_redis_up",
+            "Redis reachable (1) or not (0); 0 when not clustered",
+            m.cluster_redis_up.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident set size",
+            m.process_rss.clone(),
+        );
+        r.register(
+            "process_open_fds",
+            "Open file descriptors",
+            m.process_open_fds.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// Renders the registry as Prometheus text after refreshing point-in-time values.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        self.upstream_up.clear();
+        for pool in snap.pools.values() {
+            for b in pool.backends() {
+                let l = UpstreamServer {
+                    upstream: pool.name().to_string(),
+                    server: b.addr.clone(),
+                };
+                self.upstream_up
+                    .get_or_create(&l)
+                    .set(i64::from(b.health.is_up()));
+            }
+        }
+        if let Some(rss) = process_rss_bytes() {
+            self.process_rss.set(rss as f64);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds.set(fds.count() as i64);
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// A guard counting one open connection on `listener`.
+    pub fn connection(&self, listener: &str) -> GaugeGuard {
+        let g = self
+            .connections_active
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone();
+        self.by_listener
+            .entry(listener.to_string())
+            .or_insert_with(|| g.clone());
+        GaugeGuard::new(g)
+    }
+
+    /// A guard counting one live WebSocket session on `route`.
+    pub fn session(&self, route: &str) -> GaugeGuard {
+        let g = self
+            .ws_sessions_active
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .clone();
+        self.by_route
+            .entry(route.to_string())
+            .or_insert_with(|| g.clone());
+        GaugeGuard::new(g)
+    }
+
+    pub fn listener_count(&self, listener: &str) -> i64 {
+        self.by_listener.get(listener).map(|g| g.get()).unwrap_or(0)
+    }
+
+    pub fn session_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        self.by_route
+            .iter()
+            .map(|e| (e.key().clone(), e.value().get()))
+            .collect()
+    }
+
+    pub fn add_bytes(&self, direction: &'static str, n: u64) {
+        if n > 0 {
+            self.bytes.get_or_create(&Direction { direction }).inc_by(n);
+        }
+    }
+}
+
+/// Resident set size from `/proc/self/status` (`VmRSS`, in kB).
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Adds one to a gauge while alive.
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
