@@ -113,8 +113,13 @@ where
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if let Some((code, reason)) = close {
-            ws.send(Frame::close(code, reason)).await?;
+        match close {
+            Some((code, reason)) => ws.send(Frame::close(code, reason)).await?,
+            // The codec has queued its answer to the client's close, or the
+            // close its own error calls for (1009, 1002, 1007): a sink that is
+            // ready has written it, and `close` then only flushes and shuts
+            // down (it would send a 1000 of its own otherwise).
+            None => std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?,
         }
         ws.close().await
     })
@@ -141,22 +146,8 @@ where
             _ = stop.cancelled() => return End::Shutdown,
             _ = conn.kicked().cancelled() => return End::Overflow,
             _ = sleep_until(silent_at) => return End::Silent,
-            frame = ws.next_frame() => {
-                let Ok(frame) = frame else { return End::Client };
-                last_seen = Instant::now();
-                match frame.opcode() {
-                    OpCode::Text => {
-                        if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
-                            conn.offer(&reply);
-                        }
-                    }
-                    OpCode::Binary => {
-                        conn.offer(&Event::error(&ChatError::Binary));
-                    }
-                    OpCode::Close => return End::Client,
-                    _ => {}
-                }
-            }
+            // Outbox before input: a client is only read from as fast as it can
+            // be written to, and its own burst cannot starve its queue.
             ev = rx.recv() => {
                 let Some(ev) = ev else { return End::Client };
                 out.push(Frame::text(ev.json));
@@ -165,6 +156,26 @@ where
                         Ok(ev) => out.push(Frame::text(ev.json)),
                         Err(_) => break,
                     }
+                }
+            }
+            frame = ws.next_frame() => {
+                let Ok(frame) = frame else { return End::Client };
+                last_seen = Instant::now();
+                match frame.opcode() {
+                    OpCode::Text => {
+                        if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
+                            conn.offer(&reply);
+                        }
+                        // One client frame per turn: a burst already buffered
+                        // from this client must not fill the members' queues
+                        // before their sessions get to run and drain them.
+                        tokio::task::yield_now().await;
+                    }
+                    OpCode::Binary => {
+                        conn.offer(&Event::error(&ChatError::Binary));
+                    }
+                    OpCode::Close => return End::Client,
+                    _ => {}
                 }
             }
             _ = ping.tick() => out.push(Frame::ping(bytes::Bytes::new())),
