@@ -25,7 +25,9 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use super::protocol::{now_ms, ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName};
+use super::protocol::{
+    now_ms, ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
+};
 
 /// Rooms kept in memory at most. A room lives while it has members or history;
 /// without this cap a client could create rooms until the process runs out of
@@ -83,13 +85,22 @@ pub trait Bus: Send + Sync {
     /// Assigns the next id of `room` and a timestamp, appends the message to the
     /// room's history and delivers it to every member on every node. Messages of
     /// one room are delivered in id order everywhere.
-    fn publish_room(&self, room: RoomName, from: UserName, text: Arc<str>)
-        -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>>;
+    fn publish_room(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>>;
 
     /// Delivers a DM to every connection of `to` and, when `echo`, of `from`.
     /// `delivered` counts the recipient's connections only.
-    fn publish_dm(&self, from: UserName, to: UserName, text: Arc<str>, echo: bool)
-        -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>>;
+    fn publish_dm(
+        &self,
+        from: UserName,
+        to: UserName,
+        text: Arc<str>,
+        echo: bool,
+    ) -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>>;
 
     /// This node now has `user` in `room`. Returns whether the user is new to
     /// the room (then a presence join went to every member, the user's own
@@ -117,7 +128,12 @@ pub trait Bus: Send + Sync {
     fn is_online(&self, user: UserName) -> BoxFuture<'_, Result<bool, BusError>>;
 
     /// Up to the last `limit` messages of `room` with an id above `after`, oldest first.
-    fn history(&self, room: RoomName, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<ChatMessage>, BusError>>;
+    fn history(
+        &self,
+        room: RoomName,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChatMessage>, BusError>>;
 
     /// The last id given out in each room (0 for a room without messages).
     fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>>;
@@ -177,7 +193,11 @@ impl LocalBus {
     }
 
     /// Runs `f` on the room's log, creating the room if needed.
-    fn with_room<R>(&self, room: &RoomName, f: impl FnOnce(&mut RoomLog) -> R) -> Result<R, BusError> {
+    fn with_room<R>(
+        &self,
+        room: &RoomName,
+        f: impl FnOnce(&mut RoomLog) -> R,
+    ) -> Result<R, BusError> {
         loop {
             let log = match self.rooms.get(room) {
                 Some(l) => l.clone(),
@@ -213,16 +233,36 @@ impl LocalBus {
         Some(f(&g))
     }
 
-    fn presence(&self, room: &RoomName, user: &UserName, state: PresenceState) -> Result<Event, BusError> {
-        Event::encode(&Presence { room: room.clone(), user: user.clone(), state })
+    fn presence(
+        &self,
+        room: &RoomName,
+        user: &UserName,
+        state: PresenceState,
+    ) -> Result<Event, BusError> {
+        Event::encode(&Presence {
+            room: room.clone(),
+            user: user.clone(),
+            state,
+        })
     }
 
-    fn publish_room_now(&self, room: RoomName, from: UserName, text: Arc<str>) -> Result<Published<ChatMessage>, BusError> {
+    fn publish_room_now(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> Result<Published<ChatMessage>, BusError> {
         let sink = self.sink();
         let cap = self.history_cap;
         self.with_room(&room, |log| {
             log.last_id += 1;
-            let msg = ChatMessage { room: room.clone(), from, text, id: log.last_id, ts: now_ms() };
+            let msg = ChatMessage {
+                room: room.clone(),
+                from,
+                text,
+                id: log.last_id,
+                ts: now_ms(),
+            };
             let event = Event::msg(&msg)?;
             if cap > 0 {
                 if log.ring.len() >= cap {
@@ -233,13 +273,28 @@ impl LocalBus {
             // Delivered while the room is locked: that is what makes every member
             // see the room's messages in id order.
             let delivered = sink.map(|s| s.to_room(&room, &event)).unwrap_or(0);
-            Ok(Published { item: msg, delivered })
+            Ok(Published {
+                item: msg,
+                delivered,
+            })
         })?
     }
 
-    fn publish_dm_now(&self, from: UserName, to: UserName, text: Arc<str>, echo: bool) -> Result<Published<DirectMessage>, BusError> {
+    fn publish_dm_now(
+        &self,
+        from: UserName,
+        to: UserName,
+        text: Arc<str>,
+        echo: bool,
+    ) -> Result<Published<DirectMessage>, BusError> {
         let id = self.dm_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let dm = DirectMessage { from, to, text, id, ts: now_ms() };
+        let dm = DirectMessage {
+            from,
+            to,
+            text,
+            id,
+            ts: now_ms(),
+        };
         let event = Event::encode(&dm)?;
         let mut delivered = 0;
         if let Some(sink) = self.sink() {
@@ -248,7 +303,10 @@ impl LocalBus {
                 sink.to_users(&[&dm.from], &event);
             }
         }
-        Ok(Published { item: dm, delivered })
+        Ok(Published {
+            item: dm,
+            delivered,
+        })
     }
 
     fn room_join_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
@@ -268,7 +326,9 @@ impl LocalBus {
     fn room_leave_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
         let sink = self.sink();
         let event = self.presence(&room, &user, PresenceState::Leave)?;
-        let Some(log) = self.rooms.get(&room).map(|l| l.clone()) else { return Ok(false) };
+        let Some(log) = self.rooms.get(&room).map(|l| l.clone()) else {
+            return Ok(false);
+        };
         let gone = {
             let mut g = lock(&log);
             let gone = g.members.remove(&user);
@@ -312,7 +372,12 @@ impl Bus for LocalBus {
         }
     }
 
-    fn publish_room(&self, room: RoomName, from: UserName, text: Arc<str>) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>> {
+    fn publish_room(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>> {
         ready(self.publish_room_now(room, from, text))
     }
 
@@ -335,11 +400,15 @@ impl Bus for LocalBus {
     }
 
     fn members(&self, room: RoomName) -> BoxFuture<'_, Result<Vec<UserName>, BusError>> {
-        ready(Ok(self.read_room(&room, |l| l.members.iter().cloned().collect()).unwrap_or_default()))
+        ready(Ok(self
+            .read_room(&room, |l| l.members.iter().cloned().collect())
+            .unwrap_or_default()))
     }
 
     fn is_member(&self, room: RoomName, user: UserName) -> BoxFuture<'_, Result<bool, BusError>> {
-        ready(Ok(self.read_room(&room, |l| l.members.contains(&user)).unwrap_or(false)))
+        ready(Ok(self
+            .read_room(&room, |l| l.members.contains(&user))
+            .unwrap_or(false)))
     }
 
     fn user_online(&self, user: UserName) -> BoxFuture<'_, Result<(), BusError>> {
@@ -353,8 +422,14 @@ impl Bus for LocalBus {
     }
 
     fn online(&self) -> BoxFuture<'_, Result<Vec<OnlineUser>, BusError>> {
-        let mut users: Vec<OnlineUser> =
-            self.online.iter().map(|e| OnlineUser { user: e.key().clone(), node: self.node.clone() }).collect();
+        let mut users: Vec<OnlineUser> = self
+            .online
+            .iter()
+            .map(|e| OnlineUser {
+                user: e.key().clone(),
+                node: self.node.clone(),
+            })
+            .collect();
         users.sort();
         ready(Ok(users))
     }
@@ -363,12 +438,20 @@ impl Bus for LocalBus {
         ready(Ok(self.online.contains_key(&user)))
     }
 
-    fn history(&self, room: RoomName, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<ChatMessage>, BusError>> {
+    fn history(
+        &self,
+        room: RoomName,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ChatMessage>, BusError>> {
         ready(Ok(self.history_now(&room, after, limit)))
     }
 
     fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
-        ready(Ok(rooms.iter().map(|r| self.read_room(r, |l| l.last_id).unwrap_or(0)).collect()))
+        ready(Ok(rooms
+            .iter()
+            .map(|r| self.read_room(r, |l| l.last_id).unwrap_or(0))
+            .collect()))
     }
 }
 
@@ -405,18 +488,31 @@ mod tests {
         assert!(bus.room_join(room.clone(), user.clone()).await.unwrap());
         assert!(!bus.room_join(room.clone(), user.clone()).await.unwrap());
         for i in 1..=5 {
-            let p = bus.publish_room(room.clone(), user.clone(), format!("m{i}").into()).await.unwrap();
+            let p = bus
+                .publish_room(room.clone(), user.clone(), format!("m{i}").into())
+                .await
+                .unwrap();
             assert_eq!(p.item.id, i);
         }
         let h = bus.history(room.clone(), 0, 10).await.unwrap();
         assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4, 5]);
         let h = bus.history(room.clone(), 3, 1).await.unwrap();
         assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![5]);
-        assert_eq!(bus.heads(vec![room.clone(), n("zz").0]).await.unwrap(), vec![5, 0]);
+        assert_eq!(
+            bus.heads(vec![room.clone(), n("zz").0]).await.unwrap(),
+            vec![5, 0]
+        );
         assert!(bus.room_leave(room.clone(), user.clone()).await.unwrap());
         assert!(!bus.room_leave(room.clone(), user.clone()).await.unwrap());
         // The room had messages, so it stays (ids keep increasing).
-        assert_eq!(bus.publish_room(room.clone(), user, "again".into()).await.unwrap().item.id, 6);
+        assert_eq!(
+            bus.publish_room(room.clone(), user, "again".into())
+                .await
+                .unwrap()
+                .item
+                .id,
+            6
+        );
         let log = lock(&rec.0);
         assert_eq!(log.len(), 1 + 5 + 1 + 1);
         assert!(log[0].contains(r#""state":"join""#));

@@ -37,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use super::bus::OnlineUser;
 use super::hub::{Actor, Conn, ConnKind, Hub, LiveRing};
 use super::protocol::{
-    parse_rooms, ChatError, ClientFrame, Cursor, Event, HistoryFrame, RoomName, UserName, Welcome, DEFAULT_HISTORY_LIMIT,
-    ENVELOPE,
+    parse_rooms, ChatError, ClientFrame, Cursor, Event, HistoryFrame, RoomName, UserName, Welcome,
+    DEFAULT_HISTORY_LIMIT, ENVELOPE,
 };
 use super::{page, Chat};
 use crate::proxy::error::full;
@@ -63,7 +63,11 @@ pub(super) fn subpath<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// The percent-decoded value of query parameter `key` (first occurrence).
 pub(super) fn query_param(uri: &Uri, key: &str) -> Option<String> {
-    let decode = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (decode(k) == key).then(|| decode(v))
@@ -91,8 +95,14 @@ fn max_text(chat: &Chat) -> usize {
     usize::try_from(chat.cfg.max_message_size).unwrap_or(usize::MAX)
 }
 
-pub(super) async fn handle(chat: &Arc<Chat>, req: Request<Incoming>, prefix: &str) -> Response<Body> {
-    let Some(rest) = subpath(req.uri().path(), prefix) else { return error_response(&ChatError::NotFound) };
+pub(super) async fn handle(
+    chat: &Arc<Chat>,
+    req: Request<Incoming>,
+    prefix: &str,
+) -> Response<Body> {
+    let Some(rest) = subpath(req.uri().path(), prefix) else {
+        return error_response(&ChatError::NotFound);
+    };
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let post = req.method() == Method::POST;
     let result = match rest {
@@ -104,7 +114,9 @@ pub(super) async fn handle(chat: &Arc<Chat>, req: Request<Incoming>, prefix: &st
         "/api/push" if post => push(chat, req).await,
         "/api/online" if get => online(chat).await,
         "/api/history" if get => history(chat, &req).await,
-        "/" | "/index.html" | "/sse" | "/poll" | "/api/online" | "/api/history" => Err(ChatError::MethodNotAllowed("GET")),
+        "/" | "/index.html" | "/sse" | "/poll" | "/api/online" | "/api/history" => {
+            Err(ChatError::MethodNotAllowed("GET"))
+        }
         "/send" | "/api/push" => Err(ChatError::MethodNotAllowed("POST")),
         _ => Err(ChatError::NotFound),
     };
@@ -115,7 +127,10 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -125,10 +140,14 @@ fn error_response(e: &ChatError) -> Response<Body> {
     let mut r = json_response(e.http_status(), Event::error(e).json);
     match e {
         ChatError::Unauthorized => {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"wsgate chat\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate chat\""),
+            );
         }
         ChatError::MethodNotAllowed(m) => {
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(m));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(m));
         }
         _ => {}
     }
@@ -155,7 +174,10 @@ fn redirect_to_slash<B>(req: &Request<B>, prefix: &str) -> Response<Body> {
 async fn read_body(body: Incoming, limit: usize, max_text: usize) -> Result<Bytes, ChatError> {
     match Limited::new(body, limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ChatError::TooLarge { len: limit + 1, max: max_text }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ChatError::TooLarge {
+            len: limit + 1,
+            max: max_text,
+        }),
         Err(e) => Err(ChatError::Body(e.to_string())),
     }
 }
@@ -175,7 +197,8 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let (hub, conn) = (self.hub.clone(), self.conn.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            self.tracker.spawn_on(async move { hub.disconnect(&conn).await }, &rt);
+            self.tracker
+                .spawn_on(async move { hub.disconnect(&conn).await }, &rt);
         }
     }
 }
@@ -225,13 +248,20 @@ async fn sse(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body>
         cursor.rooms.insert(room.clone(), pos);
     }
     let (conn, rx) = chat.hub.connect(user.clone(), ConnKind::Sse, None).await?;
-    let guard = ConnGuard { hub: chat.hub.clone(), conn: conn.clone(), tracker: chat.shutdown.sessions.clone() };
+    let guard = ConnGuard {
+        hub: chat.hub.clone(),
+        conn: conn.clone(),
+        tracker: chat.shutdown.sessions.clone(),
+    };
     for room in &rooms {
         chat.hub.join(&conn, room).await?;
     }
     let mut first = BytesMut::new();
     first.put_slice(b"retry: 2000\n\n");
-    let welcome = Event::encode(&Welcome { user: &user, node: &chat.node })?;
+    let welcome = Event::encode(&Welcome {
+        user: &user,
+        node: &chat.node,
+    })?;
     sse_event(&mut cursor, &welcome, &mut first);
     if resume.is_some() {
         for room in &rooms {
@@ -256,7 +286,10 @@ async fn sse(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body>
     });
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tell nginx-style buffering proxies in front of us not to hold events back.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -384,7 +417,11 @@ impl Drop for Polling<'_> {
 
 /// The session for `user` and `rooms`, created (and joined to the rooms) on
 /// first use. Returns whether it was created by this call.
-async fn poll_session(chat: &Arc<Chat>, user: &UserName, rooms: &[RoomName]) -> Result<(Arc<PollSession>, bool), ChatError> {
+async fn poll_session(
+    chat: &Arc<Chat>,
+    user: &UserName,
+    rooms: &[RoomName],
+) -> Result<(Arc<PollSession>, bool), ChatError> {
     let mut names: Vec<&str> = rooms.iter().map(RoomName::as_str).collect();
     names.sort_unstable();
     let key: PollKey = (user.clone(), names.join(","));
@@ -403,16 +440,26 @@ async fn poll_session(chat: &Arc<Chat>, user: &UserName, rooms: &[RoomName]) -> 
         conn,
         ring,
         start: rooms.iter().cloned().zip(heads).collect(),
-        state: Mutex::new(PollState { last_poll: Instant::now(), active: 0, reaped: false }),
+        state: Mutex::new(PollState {
+            last_poll: Instant::now(),
+            active: 0,
+            reaped: false,
+        }),
     });
     // A concurrent first poll may have made one meanwhile: the first one wins.
-    let winner = chat.polls.entry(key.clone()).or_insert_with(|| session.clone()).clone();
+    let winner = chat
+        .polls
+        .entry(key.clone())
+        .or_insert_with(|| session.clone())
+        .clone();
     if !Arc::ptr_eq(&winner, &session) {
         chat.hub.disconnect(&session.conn).await;
         return Ok((winner, false));
     }
     let (chat2, s2) = (chat.clone(), session.clone());
-    chat.shutdown.sessions.spawn(async move { reap_when_idle(chat2, key, s2).await });
+    chat.shutdown
+        .sessions
+        .spawn(async move { reap_when_idle(chat2, key, s2).await });
     Ok((session, true))
 }
 
@@ -437,10 +484,16 @@ async fn poll(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body
     let uri = req.uri();
     let user = user_or_guest(uri)?;
     let rooms = rooms_param(uri)?;
-    let cursor = query_param(uri, "cursor").filter(|c| !c.is_empty()).map(|c| Cursor::parse(&c)).transpose()?;
+    let cursor = query_param(uri, "cursor")
+        .filter(|c| !c.is_empty())
+        .map(|c| Cursor::parse(&c))
+        .transpose()?;
     let wait = match query_param(uri, "timeout") {
         None => POLL_WAIT,
-        Some(t) => t.parse::<u64>().map_err(|_| ChatError::BadField { field: "timeout", why: "must be whole seconds" })?,
+        Some(t) => t.parse::<u64>().map_err(|_| ChatError::BadField {
+            field: "timeout",
+            why: "must be whole seconds",
+        })?,
     }
     .min(POLL_WAIT);
     let (session, created) = loop {
@@ -474,7 +527,13 @@ async fn poll(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body
     };
     let mut events: Vec<Bytes> = Vec::new();
     if first {
-        events.push(Event::encode(&Welcome { user: &user, node: &chat.node })?.json);
+        events.push(
+            Event::encode(&Welcome {
+                user: &user,
+                node: &chat.node,
+            })?
+            .json,
+        );
     }
     // A first poll answers at once: it only hands out the cursor to continue from.
     let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
@@ -502,7 +561,10 @@ async fn poll(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body
             _ = chat.shutdown.token.cancelled() => break,
         }
     }
-    let next = Cursor { rooms: pos, live: Some(live_after) };
+    let next = Cursor {
+        rooms: pos,
+        live: Some(live_after),
+    };
     let mut body = BytesMut::new();
     body.put_slice(b"{\"cursor\":");
     body.put_slice(&serde_json::to_vec(&next.to_string()).map_err(super::bus::BusError::from)?);
@@ -525,7 +587,10 @@ async fn send(chat: &Arc<Chat>, req: Request<Incoming>) -> Result<Response<Body>
     let body = read_body(req.into_body(), max.saturating_add(ENVELOPE), max).await?;
     let frame = ClientFrame::parse(&body, max)?;
     let reply = chat.hub.execute(Actor::Http(&user), frame).await?;
-    Ok(json_response(StatusCode::OK, reply.map_or(Bytes::from_static(br#"{"type":"ok"}"#), |e| e.json)))
+    Ok(json_response(
+        StatusCode::OK,
+        reply.map_or(Bytes::from_static(br#"{"type":"ok"}"#), |e| e.json),
+    ))
 }
 
 // ---- API ------------------------------------------------------------------------
@@ -534,7 +599,9 @@ async fn send(chat: &Arc<Chat>, req: Request<Incoming>) -> Result<Response<Body>
 /// their contents nor their lengths leak through timing.
 fn token_matches(given: &str, expected: &str) -> bool {
     use sha2::{Digest, Sha256};
-    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())).into()
+    Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into()
 }
 
 #[derive(Deserialize)]
@@ -546,7 +613,9 @@ struct PushBody {
 }
 
 async fn push(chat: &Arc<Chat>, req: Request<Incoming>) -> Result<Response<Body>, ChatError> {
-    let Some(token) = chat.cfg.push_token.as_deref() else { return Err(ChatError::PushDisabled) };
+    let Some(token) = chat.cfg.push_token.as_deref() else {
+        return Err(ChatError::PushDisabled);
+    };
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -561,23 +630,46 @@ async fn push(chat: &Arc<Chat>, req: Request<Incoming>) -> Result<Response<Body>
     }
     let max = max_text(chat);
     let raw = read_body(req.into_body(), max.saturating_add(ENVELOPE), max).await?;
-    let b: PushBody = serde_json::from_slice(&raw).map_err(|e| ChatError::BadJson(e.to_string()))?;
+    let b: PushBody =
+        serde_json::from_slice(&raw).map_err(|e| ChatError::BadJson(e.to_string()))?;
     let text = b.text.ok_or(ChatError::MissingField("text"))?;
     if text.is_empty() {
-        return Err(ChatError::BadField { field: "text", why: "must not be empty" });
+        return Err(ChatError::BadField {
+            field: "text",
+            why: "must not be empty",
+        });
     }
     if text.len() > max {
-        return Err(ChatError::TooLarge { len: text.len(), max });
+        return Err(ChatError::TooLarge {
+            len: text.len(),
+            max,
+        });
     }
     let from = UserName::parse(b.from.as_deref().unwrap_or(PUSH_FROM))?;
     let bus = chat.hub.bus();
     let delivered = match (b.room, b.user) {
-        (Some(room), None) => bus.publish_room(RoomName::parse(&room)?, from, text.into()).await?.delivered,
-        (None, Some(to)) => bus.publish_dm(from, UserName::parse(&to)?, text.into(), false).await?.delivered,
+        (Some(room), None) => {
+            bus.publish_room(RoomName::parse(&room)?, from, text.into())
+                .await?
+                .delivered
+        }
+        (None, Some(to)) => {
+            bus.publish_dm(from, UserName::parse(&to)?, text.into(), false)
+                .await?
+                .delivered
+        }
         (None, None) => return Err(ChatError::MissingField("room or user")),
-        (Some(_), Some(_)) => return Err(ChatError::BadField { field: "user", why: "cannot be combined with \"room\"" }),
+        (Some(_), Some(_)) => {
+            return Err(ChatError::BadField {
+                field: "user",
+                why: "cannot be combined with \"room\"",
+            })
+        }
     };
-    Ok(json_response(StatusCode::OK, format!("{{\"delivered\":{delivered}}}")))
+    Ok(json_response(
+        StatusCode::OK,
+        format!("{{\"delivered\":{delivered}}}"),
+    ))
 }
 
 #[derive(Serialize)]
@@ -592,13 +684,28 @@ async fn online(chat: &Arc<Chat>) -> Result<Response<Body>, ChatError> {
 }
 
 async fn history(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body>, ChatError> {
-    let room = RoomName::parse(&query_param(req.uri(), "room").ok_or(ChatError::MissingField("room"))?)?;
+    let room =
+        RoomName::parse(&query_param(req.uri(), "room").ok_or(ChatError::MissingField("room"))?)?;
     let limit = match query_param(req.uri(), "limit") {
         None => DEFAULT_HISTORY_LIMIT,
-        Some(l) => l.parse::<usize>().map_err(|_| ChatError::BadField { field: "limit", why: "must be a whole number >= 0" })?,
+        Some(l) => l.parse::<usize>().map_err(|_| ChatError::BadField {
+            field: "limit",
+            why: "must be a whole number >= 0",
+        })?,
     };
-    let messages = chat.hub.bus().history(room.clone(), 0, limit.min(chat.cfg.history)).await?;
-    Ok(json_response(StatusCode::OK, Event::encode(&HistoryFrame { room: &room, messages: &messages })?.json))
+    let messages = chat
+        .hub
+        .bus()
+        .history(room.clone(), 0, limit.min(chat.cfg.history))
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        Event::encode(&HistoryFrame {
+            room: &room,
+            messages: &messages,
+        })?
+        .json,
+    ))
 }
 
 #[cfg(test)]
@@ -620,7 +727,10 @@ mod tests {
         assert_eq!(query_param(&uri, "e").as_deref(), Some(""));
         assert_eq!(query_param(&uri, "zz"), None);
         assert!(user_or_guest(&"/x?user=a%20b".parse().unwrap()).is_err());
-        assert!(user_or_guest(&"/x".parse().unwrap()).unwrap().as_str().starts_with("guest-"));
+        assert!(user_or_guest(&"/x".parse().unwrap())
+            .unwrap()
+            .as_str()
+            .starts_with("guest-"));
     }
 
     #[test]

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::bus::{Bus, Deliver};
 use super::protocol::{
-    ChatError, ClientFrame, Event, HistoryFrame, Presence, PresenceState, RoomName, UserName, WhoFrame,
+    ChatError, ClientFrame, Event, HistoryFrame, Presence, PresenceState, RoomName, UserName,
+    WhoFrame,
 };
 
 pub type ConnId = u64;
@@ -82,7 +83,11 @@ impl LiveRing {
 
     /// Live events numbered above `seq`, oldest first.
     pub fn after(&self, seq: u64) -> Vec<(u64, Event)> {
-        lock(&self.events).iter().filter(|(n, _)| *n > seq).cloned().collect()
+        lock(&self.events)
+            .iter()
+            .filter(|(n, _)| *n > seq)
+            .cloned()
+            .collect()
     }
 
     /// The current value of the node-wide sequence: a cursor for "nothing yet".
@@ -267,7 +272,10 @@ impl Hub {
     }
 
     /// Registers a long-poll session; its live events go to the returned ring.
-    pub async fn connect_poll(&self, user: UserName) -> Result<(Arc<Conn>, Arc<LiveRing>), ChatError> {
+    pub async fn connect_poll(
+        &self,
+        user: UserName,
+    ) -> Result<(Arc<Conn>, Arc<LiveRing>), ChatError> {
         let ring = Arc::new(LiveRing {
             events: Mutex::new(VecDeque::new()),
             cap: self.send_queue,
@@ -334,7 +342,11 @@ impl Hub {
     /// the user is new to the room.
     pub async fn join(&self, conn: &Arc<Conn>, room: &RoomName) -> Result<(), ChatError> {
         let _g = self.stripe((room, &conn.user)).lock().await;
-        let presence = Event::encode(&Presence { room: room.clone(), user: conn.user.clone(), state: PresenceState::Join })?;
+        let presence = Event::encode(&Presence {
+            room: room.clone(),
+            user: conn.user.clone(),
+            state: PresenceState::Join,
+        })?;
         {
             let mut s = lock(&conn.state);
             if s.closed {
@@ -367,7 +379,12 @@ impl Hub {
 
     /// Removes `conn` from `room`; `ack` sends the leaving connection its own
     /// presence `leave` (the others get one when it was the user's last).
-    pub async fn leave(&self, conn: &Arc<Conn>, room: &RoomName, ack: bool) -> Result<(), ChatError> {
+    pub async fn leave(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomName,
+        ack: bool,
+    ) -> Result<(), ChatError> {
         let _g = self.stripe((room, &conn.user)).lock().await;
         let was_in = {
             let mut s = lock(&conn.state);
@@ -385,7 +402,11 @@ impl Hub {
             self.bus.room_leave(room.clone(), conn.user.clone()).await?;
         }
         if ack {
-            conn.offer(&Event::encode(&Presence { room: room.clone(), user: conn.user.clone(), state: PresenceState::Leave })?);
+            conn.offer(&Event::encode(&Presence {
+                room: room.clone(),
+                user: conn.user.clone(),
+                state: PresenceState::Leave,
+            })?);
         }
         Ok(())
     }
@@ -408,7 +429,9 @@ impl Hub {
 
     /// Returns whether `conn` was its user's last connection in the room here.
     fn remove_member(&self, conn: &Arc<Conn>, room: &RoomName) -> bool {
-        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else { return false };
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return false;
+        };
         let last = {
             let mut g = lock(&r);
             if g.members.remove(&conn.id).is_none() {
@@ -438,14 +461,23 @@ impl Hub {
     pub fn fallback_conns(&self, user: &UserName) -> Vec<Arc<Conn>> {
         self.users
             .get(user)
-            .map(|m| m.values().filter(|c| c.kind.is_fallback()).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|c| c.kind.is_fallback())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Executes one client frame. Returns the reply: for a WebSocket it is queued
     /// to the connection (`history`, `who`), for `POST /send` it is the response
     /// body (also the stored `msg`/`dm` and the `presence` acknowledgement).
-    pub async fn execute(&self, actor: Actor<'_>, frame: ClientFrame) -> Result<Option<Event>, ChatError> {
+    pub async fn execute(
+        &self,
+        actor: Actor<'_>,
+        frame: ClientFrame,
+    ) -> Result<Option<Event>, ChatError> {
         let user = actor.user().clone();
         let http = matches!(actor, Actor::Http(_));
         match frame {
@@ -459,20 +491,32 @@ impl Hub {
                     for c in &conns {
                         self.join(c, &room).await?;
                     }
-                    Ok(Some(Event::encode(&Presence { room, user, state: PresenceState::Join })?))
+                    Ok(Some(Event::encode(&Presence {
+                        room,
+                        user,
+                        state: PresenceState::Join,
+                    })?))
                 }
             },
             ClientFrame::Leave { room } => match actor {
                 Actor::Conn(c) => self.leave(c, &room, true).await.map(|_| None),
                 Actor::Http(u) => {
-                    let conns: Vec<_> = self.fallback_conns(u).into_iter().filter(|c| c.in_room(&room)).collect();
+                    let conns: Vec<_> = self
+                        .fallback_conns(u)
+                        .into_iter()
+                        .filter(|c| c.in_room(&room))
+                        .collect();
                     if conns.is_empty() {
                         return Err(ChatError::NotJoined(room));
                     }
                     for c in &conns {
                         self.leave(c, &room, true).await?;
                     }
-                    Ok(Some(Event::encode(&Presence { room, user, state: PresenceState::Leave })?))
+                    Ok(Some(Event::encode(&Presence {
+                        room,
+                        user,
+                        state: PresenceState::Leave,
+                    })?))
                 }
             },
             ClientFrame::Msg { room, text } => {
@@ -484,28 +528,49 @@ impl Hub {
                     return Err(ChatError::NotJoined(room));
                 }
                 let p = self.bus.publish_room(room, user, text.into()).await?;
-                Ok(if http { Some(Event::msg(&p.item)?) } else { None })
+                Ok(if http {
+                    Some(Event::msg(&p.item)?)
+                } else {
+                    None
+                })
             }
             ClientFrame::Dm { to, text } => {
                 if !self.bus.is_online(to.clone()).await? {
                     return Err(ChatError::UserOffline(to));
                 }
                 let p = self.bus.publish_dm(user, to, text.into(), true).await?;
-                Ok(if http { Some(Event::encode(&p.item)?) } else { None })
+                Ok(if http {
+                    Some(Event::encode(&p.item)?)
+                } else {
+                    None
+                })
             }
             ClientFrame::History { room, limit } => {
-                let messages = self.bus.history(room.clone(), 0, limit.min(self.history_cap)).await?;
-                Ok(Some(Event::encode(&HistoryFrame { room: &room, messages: &messages })?))
+                let messages = self
+                    .bus
+                    .history(room.clone(), 0, limit.min(self.history_cap))
+                    .await?;
+                Ok(Some(Event::encode(&HistoryFrame {
+                    room: &room,
+                    messages: &messages,
+                })?))
             }
             ClientFrame::Who { room } => {
                 let users = self.bus.members(room.clone()).await?;
-                Ok(Some(Event::encode(&WhoFrame { room: &room, users: &users })?))
+                Ok(Some(Event::encode(&WhoFrame {
+                    room: &room,
+                    users: &users,
+                })?))
             }
         }
     }
 
     pub fn stats(&self) -> HubStats {
-        let mut s = HubStats { rooms: self.rooms.len(), overflows: self.overflows.load(Ordering::Relaxed), ..HubStats::default() };
+        let mut s = HubStats {
+            rooms: self.rooms.len(),
+            overflows: self.overflows.load(Ordering::Relaxed),
+            ..HubStats::default()
+        };
         for e in self.users.iter() {
             s.users += 1;
             for c in e.value().values() {
@@ -524,7 +589,9 @@ impl Hub {
 
 impl Deliver for Hub {
     fn to_room(&self, room: &RoomName, event: &Event) -> usize {
-        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else { return 0 };
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return 0;
+        };
         let g = lock(&r);
         g.members.values().filter(|c| c.offer(event)).count()
     }
@@ -536,7 +603,11 @@ impl Deliver for Hub {
                 continue;
             }
             // Cloned out so no map guard is held while offering.
-            let conns: Vec<Arc<Conn>> = self.users.get(*u).map(|m| m.values().cloned().collect()).unwrap_or_default();
+            let conns: Vec<Arc<Conn>> = self
+                .users
+                .get(*u)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
             n += conns.iter().filter(|c| c.offer(event)).count();
         }
         n

@@ -60,18 +60,30 @@ impl Chat {
         let hub = Hub::new(bus.clone(), cfg.send_queue, cfg.history);
         let sink: Arc<dyn Deliver> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
-        Arc::new(Self { node: Arc::from(bus.node()), cfg, hub, shutdown, polls: DashMap::new() })
+        Arc::new(Self {
+            node: Arc::from(bus.node()),
+            cfg,
+            hub,
+            shutdown,
+            polls: DashMap::new(),
+        })
     }
 
     /// A validated WebSocket upgrade under the chat route (`prefix`). The
     /// session lives at the route itself and at `PREFIX/ws`; `?user=` must be a
     /// valid name or absent (then a `guest-…` name is made up).
-    pub fn accept(self: &Arc<Self>, req: Request<Incoming>, prefix: &str, slot: Arc<ConnSlot>) -> Result<Response<Body>, ProxyError> {
+    pub fn accept(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        prefix: &str,
+        slot: Arc<ConnSlot>,
+    ) -> Result<Response<Body>, ProxyError> {
         match http::subpath(req.uri().path(), prefix) {
             Some("" | "/" | "/ws") => {}
             _ => return Err(ProxyError::NotFound),
         }
-        let user = http::user_or_guest(req.uri()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let user =
+            http::user_or_guest(req.uri()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         ws::accept(self, req, user, slot)
     }
 

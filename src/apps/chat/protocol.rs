@@ -28,7 +28,10 @@ pub const ENVELOPE: usize = 4096;
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 macro_rules! name_type {
@@ -94,7 +97,9 @@ impl UserName {
         use rand::Rng;
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = rand::rng();
-        let tail: String = (0..8).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+        let tail: String = (0..8)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
         Self(Arc::from(format!("guest-{tail}")))
     }
 }
@@ -122,7 +127,10 @@ pub enum ChatError {
     #[error("missing field {0:?}")]
     MissingField(&'static str),
     #[error("field {field:?} {why}")]
-    BadField { field: &'static str, why: &'static str },
+    BadField {
+        field: &'static str,
+        why: &'static str,
+    },
     #[error("invalid user name {0:?}: use 1-32 of A-Z a-z 0-9 _ . -")]
     InvalidUser(String),
     #[error("invalid room name {0:?}: use 1-64 of A-Z a-z 0-9 _ . -")]
@@ -137,7 +145,9 @@ pub enum ChatError {
     NoStream(UserName),
     #[error("too many rooms on this server")]
     TooManyRooms,
-    #[error("invalid cursor {0:?}: expected room:id pairs separated by commas, e.g. lobby:42,dev:7")]
+    #[error(
+        "invalid cursor {0:?}: expected room:id pairs separated by commas, e.g. lobby:42,dev:7"
+    )]
     BadCursor(String),
     #[error("chat backend unavailable: {0}")]
     Bus(BusError),
@@ -198,7 +208,9 @@ impl ChatError {
         use http::StatusCode as S;
         match self {
             ChatError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => S::FORBIDDEN,
+            ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => {
+                S::FORBIDDEN
+            }
             ChatError::Unauthorized => S::UNAUTHORIZED,
             ChatError::NotFound => S::NOT_FOUND,
             ChatError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
@@ -211,7 +223,10 @@ impl ChatError {
 
     /// The `error` frame for this error.
     pub fn frame(&self) -> ErrorFrame {
-        ErrorFrame { code: self.code(), message: self.to_string() }
+        ErrorFrame {
+            code: self.code(),
+            message: self.to_string(),
+        }
     }
 }
 
@@ -233,35 +248,60 @@ impl ClientFrame {
     pub fn parse(raw: &[u8], max_text: usize) -> Result<Self, ChatError> {
         let limit = max_text.saturating_add(ENVELOPE);
         if raw.len() > limit {
-            return Err(ChatError::TooLarge { len: raw.len(), max: max_text });
+            return Err(ChatError::TooLarge {
+                len: raw.len(),
+                max: max_text,
+            });
         }
-        let obj: Map<String, Value> = serde_json::from_slice(raw).map_err(|e| ChatError::BadJson(e.to_string()))?;
-        let kind = obj.get("type").and_then(Value::as_str).ok_or(ChatError::MissingType)?;
+        let obj: Map<String, Value> =
+            serde_json::from_slice(raw).map_err(|e| ChatError::BadJson(e.to_string()))?;
+        let kind = obj
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or(ChatError::MissingType)?;
         let room = || RoomName::parse(str_field(&obj, "room")?);
         let text = || -> Result<String, ChatError> {
             let t = str_field(&obj, "text")?;
             if t.is_empty() {
-                return Err(ChatError::BadField { field: "text", why: "must not be empty" });
+                return Err(ChatError::BadField {
+                    field: "text",
+                    why: "must not be empty",
+                });
             }
             if t.len() > max_text {
-                return Err(ChatError::TooLarge { len: t.len(), max: max_text });
+                return Err(ChatError::TooLarge {
+                    len: t.len(),
+                    max: max_text,
+                });
             }
             Ok(t.to_string())
         };
         Ok(match kind {
             "join" => ClientFrame::Join { room: room()? },
             "leave" => ClientFrame::Leave { room: room()? },
-            "msg" => ClientFrame::Msg { room: room()?, text: text()? },
-            "dm" => ClientFrame::Dm { to: UserName::parse(str_field(&obj, "to")?)?, text: text()? },
+            "msg" => ClientFrame::Msg {
+                room: room()?,
+                text: text()?,
+            },
+            "dm" => ClientFrame::Dm {
+                to: UserName::parse(str_field(&obj, "to")?)?,
+                text: text()?,
+            },
             "history" => {
                 let limit = match obj.get("limit") {
                     None | Some(Value::Null) => DEFAULT_HISTORY_LIMIT,
                     Some(v) => v
                         .as_u64()
                         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                        .ok_or(ChatError::BadField { field: "limit", why: "must be a whole number >= 0" })?,
+                        .ok_or(ChatError::BadField {
+                            field: "limit",
+                            why: "must be a whole number >= 0",
+                        })?,
                 };
-                ClientFrame::History { room: room()?, limit }
+                ClientFrame::History {
+                    room: room()?,
+                    limit,
+                }
             }
             "who" => ClientFrame::Who { room: room()? },
             other => return Err(ChatError::UnknownType(truncate(other))),
@@ -273,7 +313,10 @@ fn str_field<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a
     match obj.get(field) {
         None | Some(Value::Null) => Err(ChatError::MissingField(field)),
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ChatError::BadField { field, why: "must be a string" }),
+        Some(_) => Err(ChatError::BadField {
+            field,
+            why: "must be a string",
+        }),
     }
 }
 
@@ -385,18 +428,26 @@ pub struct Event {
 
 impl Event {
     pub fn encode<T: Serialize>(frame: &T) -> Result<Self, BusError> {
-        Ok(Self { json: Bytes::from(serde_json::to_vec(frame)?), pos: None })
+        Ok(Self {
+            json: Bytes::from(serde_json::to_vec(frame)?),
+            pos: None,
+        })
     }
 
     pub fn msg(m: &ChatMessage) -> Result<Self, BusError> {
-        Ok(Self { json: Bytes::from(serde_json::to_vec(m)?), pos: Some((m.room.clone(), m.id)) })
+        Ok(Self {
+            json: Bytes::from(serde_json::to_vec(m)?),
+            pos: Some((m.room.clone(), m.id)),
+        })
     }
 
     pub fn error(e: &ChatError) -> Self {
         // An ErrorFrame is a &'static str and a String: serializing cannot fail,
         // but fall back to a constant rather than assert it.
         Self::encode(&e.frame()).unwrap_or_else(|_| Self {
-            json: Bytes::from_static(br#"{"type":"error","code":"internal","message":"internal error"}"#),
+            json: Bytes::from_static(
+                br#"{"type":"error","code":"internal","message":"internal error"}"#,
+            ),
             pos: None,
         })
     }
@@ -492,12 +543,21 @@ mod tests {
     #[test]
     fn frames() {
         let room = RoomName::parse("r").unwrap();
-        assert_eq!(parse(r#"{"type":"join","room":"r"}"#).unwrap(), ClientFrame::Join { room: room.clone() });
+        assert_eq!(
+            parse(r#"{"type":"join","room":"r"}"#).unwrap(),
+            ClientFrame::Join { room: room.clone() }
+        );
         assert_eq!(
             parse(r#"{"type":"msg","room":"r","text":"hi","extra":1}"#).unwrap(),
-            ClientFrame::Msg { room: room.clone(), text: "hi".into() }
+            ClientFrame::Msg {
+                room: room.clone(),
+                text: "hi".into()
+            }
         );
-        assert_eq!(parse(r#"{"type":"history","room":"r"}"#).unwrap(), ClientFrame::History { room, limit: 50 });
+        assert_eq!(
+            parse(r#"{"type":"history","room":"r"}"#).unwrap(),
+            ClientFrame::History { room, limit: 50 }
+        );
         let code = |s: &str| parse(s).unwrap_err().code();
         assert_eq!(code("nope"), "bad_json");
         assert_eq!(code("[1]"), "bad_json");
@@ -508,9 +568,18 @@ mod tests {
         assert_eq!(code(r#"{"type":"msg","room":"r","text":""}"#), "bad_field");
         assert_eq!(code(r#"{"type":"join","room":"a b"}"#), "invalid_room");
         assert_eq!(code(r#"{"type":"dm","to":"","text":"x"}"#), "invalid_user");
-        assert_eq!(code(r#"{"type":"msg","room":"r","text":"0123456789abcdefX"}"#), "too_large");
-        assert_eq!(code(r#"{"type":"history","room":"r","limit":-1}"#), "bad_field");
-        let huge = format!(r#"{{"type":"msg","room":"r","text":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(
+            code(r#"{"type":"msg","room":"r","text":"0123456789abcdefX"}"#),
+            "too_large"
+        );
+        assert_eq!(
+            code(r#"{"type":"history","room":"r","limit":-1}"#),
+            "bad_field"
+        );
+        let huge = format!(
+            r#"{{"type":"msg","room":"r","text":"{}"}}"#,
+            "x".repeat(5000)
+        );
         assert_eq!(code(&huge), "too_large");
     }
 
@@ -524,10 +593,16 @@ mod tests {
             ts: 9,
         };
         let v: Value = serde_json::to_value(&m).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"msg","room":"r","from":"u","text":"t","id":3,"ts":9}));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"msg","room":"r","from":"u","text":"t","id":3,"ts":9})
+        );
         assert_eq!(serde_json::from_value::<ChatMessage>(v).unwrap(), m);
         let e = Event::error(&ChatError::MissingField("room"));
-        assert_eq!(e.text(), r#"{"type":"error","code":"missing_field","message":"missing field \"room\""}"#);
+        assert_eq!(
+            e.text(),
+            r#"{"type":"error","code":"missing_field","message":"missing field \"room\""}"#
+        );
     }
 
     #[test]

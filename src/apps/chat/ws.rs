@@ -42,7 +42,9 @@ const WRITE_BATCH: usize = 64;
 
 /// The codec's limit: frames above it close the connection with 1009.
 pub fn hard_limit(max_message_size: u64) -> u64 {
-    max_message_size.saturating_mul(2).saturating_add(ENVELOPE as u64)
+    max_message_size
+        .saturating_mul(2)
+        .saturating_add(ENVELOPE as u64)
 }
 
 /// Completes a validated upgrade and spawns the session on the gateway's
@@ -56,7 +58,8 @@ pub fn accept(
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg.max_message_size), false);
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let chat = chat.clone();
     chat.shutdown.sessions.clone().spawn(async move {
         let _slot = slot;
@@ -84,8 +87,15 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let connected = match Event::encode(&Welcome { user: &user, node: &chat.node }) {
-        Ok(welcome) => chat.hub.connect(user.clone(), ConnKind::WebSocket, Some(&welcome)).await,
+    let connected = match Event::encode(&Welcome {
+        user: &user,
+        node: &chat.node,
+    }) {
+        Ok(welcome) => {
+            chat.hub
+                .connect(user.clone(), ConnKind::WebSocket, Some(&welcome))
+                .await
+        }
         Err(e) => Err(e.into()),
     };
     let (conn, rx) = match connected {
@@ -93,7 +103,8 @@ where
         Err(e) => {
             tracing::warn!(error = %e, "chat: cannot register a WebSocket session");
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                ws.send(Frame::close(CloseCode::Error, "chat unavailable")).await?;
+                ws.send(Frame::close(CloseCode::Error, "chat unavailable"))
+                    .await?;
                 ws.close().await
             })
             .await;
@@ -108,7 +119,10 @@ where
     }
     let close = match end {
         End::Client => None,
-        End::Overflow => Some((CloseCode::Policy, "send queue overflow: the client reads too slowly")),
+        End::Overflow => Some((
+            CloseCode::Policy,
+            "send queue overflow: the client reads too slowly",
+        )),
         End::Shutdown => Some((CloseCode::Away, "server shutting down")),
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
     };
@@ -127,14 +141,23 @@ where
     tracing::debug!(user = %user, ?end, secs = started.elapsed().as_secs_f64(), "chat session ended");
 }
 
-async fn session<S>(chat: &Arc<Chat>, ws: &mut WebSocket<S>, conn: &Arc<Conn>, mut rx: mpsc::Receiver<Event>) -> End
+async fn session<S>(
+    chat: &Arc<Chat>,
+    ws: &mut WebSocket<S>,
+    conn: &Arc<Conn>,
+    mut rx: mpsc::Receiver<Event>,
+) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let stop = &chat.shutdown.token;
     let max_text = usize::try_from(chat.cfg.max_message_size).unwrap_or(usize::MAX);
     // Zero disables pings and the silence check.
-    let every = if chat.cfg.ping_interval.is_zero() { Duration::from_secs(86_400 * 365) } else { chat.cfg.ping_interval };
+    let every = if chat.cfg.ping_interval.is_zero() {
+        Duration::from_secs(86_400 * 365)
+    } else {
+        chat.cfg.ping_interval
+    };
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
@@ -202,7 +225,12 @@ where
 
 /// Parses and executes one text frame; returns the reply for this connection
 /// (`history`, `who`, or an `error` frame).
-async fn handle_text(chat: &Chat, conn: &Arc<Conn>, payload: &[u8], max_text: usize) -> Option<Event> {
+async fn handle_text(
+    chat: &Chat,
+    conn: &Arc<Conn>,
+    payload: &[u8],
+    max_text: usize,
+) -> Option<Event> {
     let result = match ClientFrame::parse(payload, max_text) {
         Ok(frame) => chat.hub.execute(Actor::Conn(conn), frame).await,
         Err(e) => Err(e),
