@@ -1,45 +1,99 @@
-//! The `chat` app (spec §4). Placeholder until the chat issue lands: every
-//! endpoint answers 503 so nothing pretends to work.
+//! The `chat` app (spec §4): rooms, DMs, presence and history over WebSocket,
+//! with SSE, long-poll and `POST /send` fallbacks, an HTTP API and a demo page.
+//!
+//! ```text
+//! proxy::ws ──accept──▶ ws        one task per WebSocket session
+//! proxy ─────http─────▶ http      /sse  /poll  /send  /api/*  and the page
+//!                        │
+//!                        ▼
+//!                       hub       this node's connections and room members;
+//!                        │ ▲      executes client frames, fans events out
+//!                        ▼ │ Deliver
+//!                       bus       ids, history, membership, online registry,
+//!                                 delivery to every node (LocalBus here)
+//! ```
+//! [`protocol`] holds the frames, names, errors and cursors; [`page`] the demo.
+//! One [`Chat`] exists per process (built in `apps::Apps::new`), so rooms, users
+//! and history survive config reloads; its settings are those of the config it
+//! was started with.
+//! The wire protocol is documented in `docs/chat-protocol.md`.
+
+pub mod bus;
+mod http;
+pub mod hub;
+mod page;
+pub mod protocol;
+mod ws;
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use ::http::{Request, Response};
+use dashmap::DashMap;
 use hyper::body::Incoming;
 
+use self::bus::{Bus, Deliver, LocalBus};
+use self::hub::{Hub, HubStats};
 use crate::config::ChatConfig;
 use crate::limits::ConnSlot;
-use crate::proxy::error::{text_response, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::shutdown::Shutdown;
 use crate::Body;
 
 pub struct Chat {
-    #[allow(dead_code)]
     cfg: ChatConfig,
+    node: Arc<str>,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+    /// Long-poll sessions by user and room list (see `http::poll`).
+    polls: DashMap<http::PollKey, Arc<http::PollSession>>,
 }
 
 impl Chat {
-    pub fn new(cfg: ChatConfig, _node_id: String, _shutdown: Shutdown) -> Arc<Self> {
-        Arc::new(Self { cfg })
+    /// A single-node chat: all shared state in a [`LocalBus`].
+    pub fn new(cfg: ChatConfig, node_id: String, shutdown: Shutdown) -> Arc<Self> {
+        let bus = LocalBus::new(&node_id, cfg.history);
+        Self::with_bus(cfg, bus, shutdown)
     }
 
-    /// A validated WebSocket upgrade under the chat route.
+    /// A chat whose shared state lives in `bus` (the cluster's Redis bus).
+    pub fn with_bus(cfg: ChatConfig, bus: Arc<dyn Bus>, shutdown: Shutdown) -> Arc<Self> {
+        let hub = Hub::new(bus.clone(), cfg.send_queue, cfg.history);
+        let sink: Arc<dyn Deliver> = hub.clone();
+        bus.attach(Arc::downgrade(&sink));
+        Arc::new(Self {
+            node: Arc::from(bus.node()),
+            cfg,
+            hub,
+            shutdown,
+            polls: DashMap::new(),
+        })
+    }
+
+    /// A validated WebSocket upgrade under the chat route (`prefix`). The
+    /// session lives at the route itself and at `PREFIX/ws`; `?user=` must be a
+    /// valid name or absent (then a `guest-…` name is made up).
     pub fn accept(
-        &self,
-        _req: Request<Incoming>,
-        _prefix: &str,
-        _slot: Arc<ConnSlot>,
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        prefix: &str,
+        slot: Arc<ConnSlot>,
     ) -> Result<Response<Body>, ProxyError> {
-        Ok(text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "chat is not implemented yet\n",
-        ))
+        match http::subpath(req.uri().path(), prefix) {
+            Some("" | "/" | "/ws") => {}
+            _ => return Err(ProxyError::NotFound),
+        }
+        let user =
+            http::user_or_guest(req.uri()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        ws::accept(self, req, user, slot)
     }
 
-    /// Plain HTTP under the chat route.
-    pub async fn http(&self, _req: Request<Incoming>, _prefix: &str) -> Response<Body> {
-        text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "chat is not implemented yet\n",
-        )
+    /// Plain HTTP under the chat route: the demo page, the fallbacks and the API.
+    pub async fn http(self: &Arc<Self>, req: Request<Incoming>, prefix: &str) -> Response<Body> {
+        http::handle(self, req, prefix).await
+    }
+
+    /// Connection and queue counters of this node.
+    pub fn stats(&self) -> HubStats {
+        self.hub.stats()
     }
 }

@@ -1,0 +1,239 @@
+//! WebSocket sessions: the upgrade (user name checked first, so a bad one is a
+//! 400 at the handshake), then one task per connection that reads client
+//! frames, executes them on the hub, and writes the connection's outbox to the
+//! socket.
+//!
+//! The task is the only owner of the socket, so reading and writing take turns;
+//! a write that cannot progress (the client stopped reading) is still
+//! interrupted by the three ways a session is ended from outside:
+//! - the outbox overflowed (`send_queue` frames behind): close 1008;
+//! - the gateway is draining: close 1001;
+//! - the client said nothing, not even a pong, for two `ping_interval`s: close 1011.
+//!
+//! Size limits: a text frame over `max_message_size` (plus a small envelope for
+//! the JSON around the text) is answered with a `too_large` error frame and the
+//! connection stays open; the codec itself refuses frames over twice that
+//! ([`hard_limit`]) with close 1009, before reading their payload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use yawc::close::CloseCode;
+use yawc::frame::{Frame, OpCode};
+use yawc::WebSocket;
+
+use super::hub::{Actor, Conn, ConnKind};
+use super::protocol::{ChatError, ClientFrame, Event, UserName, Welcome, ENVELOPE};
+use super::Chat;
+use crate::limits::ConnSlot;
+use crate::proxy::error::{empty, ProxyError};
+use crate::Body;
+
+/// How long closing may take (sending the close frame to a client that is not
+/// reading, mostly) before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queued events written per flush.
+const WRITE_BATCH: usize = 64;
+
+/// The codec's limit: frames above it close the connection with 1009.
+pub fn hard_limit(max_message_size: u64) -> u64 {
+    max_message_size
+        .saturating_mul(2)
+        .saturating_add(ENVELOPE as u64)
+}
+
+/// Completes a validated upgrade and spawns the session on the gateway's
+/// session tracker (holding `slot`, so the connection counts against capacity).
+pub fn accept(
+    chat: &Arc<Chat>,
+    mut req: Request<Incoming>,
+    user: UserName,
+    slot: Arc<ConnSlot>,
+) -> Result<Response<Body>, ProxyError> {
+    // No compression: chat frames are small, and a deflate context per
+    // connection costs far more memory than it saves.
+    let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg.max_message_size), false);
+    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let chat = chat.clone();
+    chat.shutdown.sessions.clone().spawn(async move {
+        let _slot = slot;
+        match fut.await {
+            Ok(ws) => run(&chat, ws, user).await,
+            Err(e) => tracing::debug!(error = %e, "chat upgrade did not complete"),
+        }
+    });
+    Ok(resp.map(|_| empty()))
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed, or the connection failed (the codec has already sent
+    /// any close frame a protocol error calls for).
+    Client,
+    Overflow,
+    Shutdown,
+    Silent,
+}
+
+async fn run<S>(chat: &Arc<Chat>, mut ws: WebSocket<S>, user: UserName)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let connected = match Event::encode(&Welcome {
+        user: &user,
+        node: &chat.node,
+    }) {
+        Ok(welcome) => {
+            chat.hub
+                .connect(user.clone(), ConnKind::WebSocket, Some(&welcome))
+                .await
+        }
+        Err(e) => Err(e.into()),
+    };
+    let (conn, rx) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "chat: cannot register a WebSocket session");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                ws.send(Frame::close(CloseCode::Error, "chat unavailable"))
+                    .await?;
+                ws.close().await
+            })
+            .await;
+            return;
+        }
+    };
+    let end = session(chat, &mut ws, &conn, rx).await;
+    // Presence first: the others should not wait for a slow close.
+    chat.hub.disconnect(&conn).await;
+    if end == End::Overflow {
+        chat.hub.note_overflow();
+    }
+    let close = match end {
+        End::Client => None,
+        End::Overflow => Some((
+            CloseCode::Policy,
+            "send queue overflow: the client reads too slowly",
+        )),
+        End::Shutdown => Some((CloseCode::Away, "server shutting down")),
+        End::Silent => Some((CloseCode::Error, "no answer to pings")),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        match close {
+            Some((code, reason)) => ws.send(Frame::close(code, reason)).await?,
+            // The codec has queued its answer to the client's close, or the
+            // close its own error calls for (1009, 1002, 1007): a sink that is
+            // ready has written it, and `close` then only flushes and shuts
+            // down (it would send a 1000 of its own otherwise).
+            None => std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?,
+        }
+        ws.close().await
+    })
+    .await;
+    tracing::debug!(user = %user, ?end, secs = started.elapsed().as_secs_f64(), "chat session ended");
+}
+
+async fn session<S>(
+    chat: &Arc<Chat>,
+    ws: &mut WebSocket<S>,
+    conn: &Arc<Conn>,
+    mut rx: mpsc::Receiver<Event>,
+) -> End
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let stop = &chat.shutdown.token;
+    let max_text = usize::try_from(chat.cfg.max_message_size).unwrap_or(usize::MAX);
+    // Zero disables pings and the silence check.
+    let every = if chat.cfg.ping_interval.is_zero() {
+        Duration::from_secs(86_400 * 365)
+    } else {
+        chat.cfg.ping_interval
+    };
+    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    loop {
+        let silent_at = last_seen + every * 2;
+        let mut out: Vec<Frame> = Vec::new();
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return End::Shutdown,
+            _ = conn.kicked().cancelled() => return End::Overflow,
+            _ = sleep_until(silent_at) => return End::Silent,
+            // Outbox before input: a client is only read from as fast as it can
+            // be written to, and its own burst cannot starve its queue.
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return End::Client };
+                out.push(Frame::text(ev.json));
+                while out.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => out.push(Frame::text(ev.json)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            frame = ws.next_frame() => {
+                let Ok(frame) = frame else { return End::Client };
+                last_seen = Instant::now();
+                match frame.opcode() {
+                    OpCode::Text => {
+                        if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
+                            conn.offer(&reply);
+                        }
+                        // One client frame per turn: a burst already buffered
+                        // from this client must not fill the members' queues
+                        // before their sessions get to run and drain them.
+                        tokio::task::yield_now().await;
+                    }
+                    OpCode::Binary => {
+                        conn.offer(&Event::error(&ChatError::Binary));
+                    }
+                    OpCode::Close => return End::Client,
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => out.push(Frame::ping(bytes::Bytes::new())),
+        }
+        if out.is_empty() {
+            continue;
+        }
+        // The write may block on a client that stopped reading; keep watching
+        // the reasons to give up on it meanwhile.
+        let write = async {
+            for f in out {
+                ws.feed(f).await?;
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            r = write => if r.is_err() { return End::Client },
+            _ = stop.cancelled() => return End::Shutdown,
+            _ = conn.kicked().cancelled() => return End::Overflow,
+            _ = sleep_until(silent_at) => return End::Silent,
+        }
+    }
+}
+
+/// Parses and executes one text frame; returns the reply for this connection
+/// (`history`, `who`, or an `error` frame).
+async fn handle_text(
+    chat: &Chat,
+    conn: &Arc<Conn>,
+    payload: &[u8],
+    max_text: usize,
+) -> Option<Event> {
+    let result = match ClientFrame::parse(payload, max_text) {
+        Ok(frame) => chat.hub.execute(Actor::Conn(conn), frame).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| Some(Event::error(&e)))
+}

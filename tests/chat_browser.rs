@@ -1,0 +1,101 @@
+//! The chat demo page in real headless Chromium: starts a gateway in-process
+//! and runs `tests/browser/chat.mjs` (playwright-core driving /usr/bin/chromium)
+//! against it. Fails loudly when node, Chromium or the npm packages are
+//! missing: run the README test command, `scripts/test.sh`, which installs
+//! them (or just `tests/browser/setup.sh`; see tests/browser/README.md).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestGateway;
+
+/// The README's test command installs node, Chromium and the npm packages.
+const README_COMMAND: &str = "scripts/test.sh";
+/// Just the browser test's prerequisites, then just this test.
+const SETUP: &str = "tests/browser/setup.sh && cargo test --test chat_browser";
+
+fn require(ok: bool, what: &str) {
+    assert!(
+        ok,
+        "{what} is missing: the browser test needs it. Run the README test command, which installs it:\n\n    \
+         {README_COMMAND}\n\nor only this test's setup (tests/browser/README.md):\n\n    {SETUP}\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_chats_over_websocket_and_sse_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/browser/chat.mjs");
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(node_ok, "`node` (Node.js 18 or later)");
+    require(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium (Debian package `chromium`)",
+    );
+    require(
+        root.join("tests/browser/node_modules/playwright-core")
+            .is_dir(),
+        "tests/browser/node_modules (npm ci)",
+    );
+
+    let gw = TestGateway::start(
+        r#"
+[server]
+node_id = "browser"
+[log]
+access_log = false
+[[listener]]
+addr = "127.0.0.1:0"
+[[route]]
+path = "/chat"
+app = "chat"
+# The same chat where WebSocket upgrades are refused: the page must fall back.
+[[route]]
+path = "/nows"
+app = "chat"
+websocket = false
+[app.chat]
+ping_interval = "5s"
+"#,
+    )
+    .await;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let shot = std::env::var_os("CHAT_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target.join("chat-browser.png"));
+    let _ = std::fs::remove_file(&shot);
+
+    let child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{}/chat/", gw.http()))
+        .arg(format!("http://{}/nows/", gw.http()))
+        .env("CHAT_SCREENSHOT", &shot)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run node");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the browser test finishes within 3 minutes")
+        .expect("node output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chat.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("\"ok\":true"), "{stdout}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 0, "screenshot written to {}", shot.display());
+    eprintln!("chat demo screenshot: {}", shot.display());
+}
