@@ -80,15 +80,46 @@ pub struct AdminFile {
     pub addr: SStr,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `"host:port"` or `{ addr = "host:port", weight = N }`. Not
+/// `#[serde(untagged)]`: untagged buffers the value and `Spanned` cannot be
+/// deserialized from the buffer, so every entry failed to parse. The entry is
+/// read as a spanned TOML value and split by hand; values inside a table carry
+/// the table's position.
+#[derive(Debug)]
 pub enum ServerEntryFile {
     Addr(SStr),
     Table(ServerTableFile),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl<'de> Deserialize<'de> for ServerEntryFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            addr: String,
+            weight: Option<i64>,
+        }
+        let v = Spanned::<toml::Value>::deserialize(d)?;
+        let span = v.span();
+        match v.into_inner() {
+            toml::Value::String(s) => Ok(ServerEntryFile::Addr(Spanned::new(span, s))),
+            toml::Value::Table(t) => {
+                let raw: Raw = toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+                Ok(ServerEntryFile::Table(ServerTableFile {
+                    addr: Spanned::new(span.clone(), raw.addr),
+                    weight: raw.weight.map(|w| Spanned::new(span, w)),
+                }))
+            }
+            other => Err(D::Error::custom(format!(
+                "a server is \"host:port\" or {{ addr = \"host:port\", weight = N }}, not a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct ServerTableFile {
     pub addr: SStr,
     pub weight: Option<Spanned<i64>>,

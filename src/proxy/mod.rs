@@ -52,7 +52,7 @@ async fn dispatch(
     match &route.target {
         RouteTarget::Upstream(name) => {
             let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            http::forward(&pool, &route, &ctx, host, req).await
+            http::forward(&pool, &gw.sticky_key, &route, &ctx, host, req).await
         }
         RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
         RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &route.path).await),

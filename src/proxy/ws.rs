@@ -21,7 +21,7 @@ use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
 use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
 use crate::server::ConnCtx;
-use crate::upstream::{Backend, Pool};
+use crate::upstream::{Backend, BackendId, Pool};
 use crate::Body;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -148,7 +148,10 @@ fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
     }
 }
 
-/// Splices the client to an upstream WebSocket server.
+/// Splices the client to an upstream WebSocket server. The server is chosen like
+/// an HTTP request's (sticky affinity first, then `balance`); a server that
+/// refuses the connection is retried on another (an upgrade is a bodiless GET),
+/// up to `retries`. A sticky cookie rides on the client's 101.
 async fn tunnel(
     gw: &Arc<Gateway>,
     pool: Arc<Pool>,
@@ -158,23 +161,51 @@ async fn tunnel(
     mut req: Request<Incoming>,
     hs: Handshake,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend = pool.select(None, &[]).ok_or(ProxyError::NoUpstream)?;
-    let inflight = backend.track();
-    let (up_resp, up_upgrade) = match upstream_handshake(&pool.cfg, &backend, route, ctx, &req, &hs).await {
-        Ok(r) => r,
-        Err(e) => {
-            pool.report_failure(&backend);
-            return Err(e);
+    let affinity = pool.affinity(&gw.sticky_key, ctx.client.ip(), req.headers(), req.uri().query());
+    let mut tried: Vec<BackendId> = Vec::new();
+    let mut last_err: Option<ProxyError> = None;
+    let (choice, inflight, up_resp, up_upgrade) = loop {
+        let Some(choice) = pool.select(&affinity, &tried) else {
+            return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+        };
+        tried.push(choice.backend.id);
+        // Counted from the start so least_conn sees handshakes in progress.
+        let inflight = choice.backend.track();
+        let tcp = match connect(&pool.cfg, &choice.backend).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                pool.report_failure(&choice.backend);
+                // Nothing reached the server: safe to try another.
+                if tried.len() > pool.cfg.retries as usize {
+                    return Err(e);
+                }
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match upstream_handshake(tcp, &pool.cfg, &choice.backend, route, ctx, &req, &hs).await {
+            Ok((resp, upgrade)) => {
+                pool.report_success(&choice.backend);
+                break (choice, inflight, resp, upgrade);
+            }
+            Err(e) => {
+                // The server saw the handshake: it answered, or failed, itself.
+                pool.report_failure(&choice.backend);
+                return Err(e);
+            }
         }
     };
-    pool.report_success(&backend);
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let resp = client_response(&hs, up_resp.headers())?;
+    let mut resp = client_response(&hs, up_resp.headers())?;
+    if let Some(cookie) = pool.sticky_cookie(&gw.sticky_key, &choice, ctx.tls) {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     let idle = pool.cfg.ws_idle_timeout;
     let stop = gw.shutdown.token.clone();
-    let addr = backend.addr.clone();
+    let addr = choice.backend.addr.clone();
     gw.shutdown.sessions.spawn(async move {
         let _slot = slot;
+        // The session counts as load on its server for as long as it lives.
         let _inflight = inflight;
         let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
@@ -189,8 +220,22 @@ async fn tunnel(
     Ok(resp)
 }
 
-/// Opens the upstream connection and performs the HTTP/1.1 handshake there.
+/// Opens the TCP connection to `backend` within `connect_timeout`.
+async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
+    let addr = backend.addr.clone();
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// Performs the HTTP/1.1 upgrade handshake on a fresh connection to `backend`.
 async fn upstream_handshake(
+    tcp: TcpStream,
     cfg: &UpstreamConfig,
     backend: &Backend,
     route: &RouteConfig,
@@ -199,12 +244,6 @@ async fn upstream_handshake(
     hs: &Handshake,
 ) -> Result<(Response<Incoming>, hyper::upgrade::OnUpgrade), ProxyError> {
     let addr = backend.addr.clone();
-    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
-        Ok(Err(_)) => return Err(ProxyError::UpstreamConnect(addr)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
         .await
         .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;

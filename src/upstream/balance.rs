@@ -61,7 +61,9 @@ pub struct SmoothWrr {
 
 impl SmoothWrr {
     pub fn new(n: usize) -> Self {
-        Self { current: Mutex::new(vec![0; n]) }
+        Self {
+            current: Mutex::new(vec![0; n]),
+        }
     }
 
     /// Picks among indices `0..weights.len()` for which `usable(i)` holds.
@@ -97,7 +99,9 @@ mod tests {
     #[test]
     fn smooth_wrr_is_smooth_and_weighted() {
         let w = SmoothWrr::new(3);
-        let seq: Vec<usize> = (0..7).map(|_| w.pick(&[5, 1, 1], |_| true).unwrap()).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| w.pick(&[5, 1, 1], |_| true).unwrap())
+            .collect();
         // nginx's documented sequence for weights 5,1,1: a a b a c a a
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
