@@ -200,3 +200,26 @@ pub struct ClusterFile {
     pub redis: SStr,
     pub heartbeat: Option<SStr>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(text: &str) -> Result<Vec<ServerEntryFile>, toml::de::Error> {
+        #[derive(Deserialize)]
+        struct Up {
+            servers: Vec<ServerEntryFile>,
+        }
+        toml::from_str::<Up>(text).map(|u| u.servers)
+    }
+
+    #[test]
+    fn server_entries_are_strings_or_tables() {
+        let s = servers(r#"servers = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", weight = 2 }]"#).unwrap();
+        assert!(matches!(&s[0], ServerEntryFile::Addr(a) if a.get_ref() == "127.0.0.1:3000" && a.span().start > 0));
+        assert!(matches!(&s[1], ServerEntryFile::Table(t)
+            if t.addr.get_ref() == "127.0.0.1:3001" && t.weight.as_ref().map(|w| *w.get_ref()) == Some(2)));
+        assert!(servers(r#"servers = [{ addr = "a:1", wieght = 2 }]"#).is_err());
+        assert!(servers("servers = [3000]").is_err());
+    }
+}

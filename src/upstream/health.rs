@@ -128,6 +128,13 @@ impl Health {
         (passive_up && self.active_up.load(Ordering::Acquire), change)
     }
 
+    /// The state at `now` without side effects: a passive period that ended is
+    /// seen as over, but its recovery is left for [`Health::check`] to report.
+    pub fn peek(&self, now: Instant) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        (until == 0 || ticks(now) >= until) && self.active_up.load(Ordering::Acquire)
+    }
+
     /// True while the server is up (ignoring transitions; for tests and status).
     pub fn is_up(&self) -> bool {
         self.check(Instant::now()).0

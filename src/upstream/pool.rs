@@ -387,7 +387,7 @@ impl Pool {
         } else {
             ServerState::Down
         };
-        let usable = b.health().check(Instant::now()).0;
+        let usable = b.health().peek(Instant::now());
         match t.source {
             Source::Passive if !t.up => tracing::warn!(
                 upstream = %self.cfg.name, server = %b.addr, state = state.as_str(), source = t.source.as_str(),
@@ -625,6 +625,78 @@ mod tests {
         let c = p.select(&aff, &[]).unwrap();
         assert_ne!(c.backend.id, target.id);
         assert!(c.issue_cookie);
+    }
+
+    /// Captures what `f` logs, as text.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn every_transition_is_logged_with_upstream_server_state_and_source() {
+        let mut c = cfg(&[("10.0.0.1:80", 1)], Balance::RoundRobin, Sticky::None);
+        c.fail_timeout = Duration::from_millis(1);
+        let hc = crate::config::HealthConfig {
+            path: "/".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy: 1,
+            unhealthy: 1,
+        };
+        let p = Pool::new(c, None);
+        let b = p.backends()[0].clone();
+        let down = logs_of(|| p.report_failure(&b));
+        assert!(
+            down.contains("WARN")
+                && down.contains("upstream=api")
+                && down.contains("server=10.0.0.1:80")
+        );
+        assert!(
+            down.contains(r#"state="down""#) && down.contains(r#"source="passive""#),
+            "{down}"
+        );
+        // The passive period (1 ms) ends; the next look reports the recovery once.
+        let start = Instant::now();
+        while !b.health().peek(Instant::now()) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        let up = logs_of(|| {
+            p.status();
+            p.status();
+        });
+        assert_eq!(
+            up.matches(r#"state="up" source="passive""#).count(),
+            1,
+            "{up}"
+        );
+        let active = logs_of(|| {
+            if let Some(t) = b.health().record_probe(false, &hc) {
+                p.log_transition(&b, t);
+            }
+        });
+        assert!(
+            active.contains(r#"state="down" source="active" usable=false"#),
+            "{active}"
+        );
     }
 
     #[test]

@@ -73,10 +73,11 @@ impl SealKey {
 }
 
 fn new_mac(key: &[u8; 32]) -> HmacSha256 {
-    // HMAC accepts keys of any length (RFC 2104 pads or hashes them), so
-    // `InvalidLength` cannot happen; the key is ours, never client input.
-    #[allow(clippy::expect_used)]
-    HmacSha256::new_from_slice(key).expect("HMAC accepts any key length")
+    // RFC 2104 zero-pads a key shorter than the hash's 64-byte block, so passing
+    // the padded block is the same HMAC, through an infallible constructor.
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as hmac::digest::KeyInit>::new(&block.into())
 }
 
 /// An authentic, unexpired sticky token.
@@ -237,6 +238,16 @@ mod tests {
 
     fn key() -> SealKey {
         SealKey::derive(&[7u8; 32], "api")
+    }
+
+    #[test]
+    fn padded_key_is_plain_hmac() {
+        let k = [9u8; 32];
+        let mut a = new_mac(&k);
+        let mut b = HmacSha256::new_from_slice(&k).unwrap();
+        a.update(b"x");
+        b.update(b"x");
+        assert_eq!(a.finalize().into_bytes(), b.finalize().into_bytes());
     }
 
     #[test]
