@@ -192,7 +192,7 @@ impl Metrics {
                 };
                 self.upstream_up
                     .get_or_create(&l)
-                    .set(i64::from(b.health.is_up()));
+                    .set(i64::from(b.health().is_up()));
             }
         }
         if let Some(rss) = process_rss_bytes() {

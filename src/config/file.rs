@@ -80,20 +80,49 @@ pub struct AdminFile {
     pub addr: SStr,
 }
 
-/// A server is `"host:port"` or `{ addr = "host:port", weight = N }`. Spans do
-/// not survive serde's untagged enums, so errors point at the `servers` array.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `"host:port"` or `{ addr = "host:port", weight = N }`. Not
+/// `#[serde(untagged)]`: untagged buffers the value and `Spanned` cannot be
+/// deserialized from the buffer, so every entry failed to parse. The entry is
+/// read as a spanned TOML value and split by hand; values inside a table carry
+/// the table's position.
+#[derive(Debug)]
 pub enum ServerEntryFile {
-    Addr(String),
+    Addr(SStr),
     Table(ServerTableFile),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+impl<'de> Deserialize<'de> for ServerEntryFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            addr: String,
+            weight: Option<i64>,
+        }
+        let v = Spanned::<toml::Value>::deserialize(d)?;
+        let span = v.span();
+        match v.into_inner() {
+            toml::Value::String(s) => Ok(ServerEntryFile::Addr(Spanned::new(span, s))),
+            toml::Value::Table(t) => {
+                let raw: Raw = toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+                Ok(ServerEntryFile::Table(ServerTableFile {
+                    addr: Spanned::new(span.clone(), raw.addr),
+                    weight: raw.weight.map(|w| Spanned::new(span, w)),
+                }))
+            }
+            other => Err(D::Error::custom(format!(
+                "a server is \"host:port\" or {{ addr = \"host:port\", weight = N }}, not a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct ServerTableFile {
-    pub addr: String,
-    pub weight: Option<i64>,
+    pub addr: SStr,
+    pub weight: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,4 +199,27 @@ pub struct ChatFile {
 pub struct ClusterFile {
     pub redis: SStr,
     pub heartbeat: Option<SStr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(text: &str) -> Result<Vec<ServerEntryFile>, toml::de::Error> {
+        #[derive(Deserialize)]
+        struct Up {
+            servers: Vec<ServerEntryFile>,
+        }
+        toml::from_str::<Up>(text).map(|u| u.servers)
+    }
+
+    #[test]
+    fn server_entries_are_strings_or_tables() {
+        let s = servers(r#"servers = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", weight = 2 }]"#).unwrap();
+        assert!(matches!(&s[0], ServerEntryFile::Addr(a) if a.get_ref() == "127.0.0.1:3000" && a.span().start > 0));
+        assert!(matches!(&s[1], ServerEntryFile::Table(t)
+            if t.addr.get_ref() == "127.0.0.1:3001" && t.weight.as_ref().map(|w| *w.get_ref()) == Some(2)));
+        assert!(servers(r#"servers = [{ addr = "a:1", wieght = 2 }]"#).is_err());
+        assert!(servers("servers = [3000]").is_err());
+    }
 }

@@ -433,35 +433,21 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
 fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Vec<ServerEntry> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let span = list.span();
     for (i, s) in list.get_ref().iter().enumerate() {
         let key = format!("upstream.{name}.servers[{i}]");
         let (addr, weight) = match s {
             ServerEntryFile::Addr(a) => (a, 1),
-            ServerEntryFile::Table(t) => (&t.addr, t.weight.unwrap_or(1)),
+            ServerEntryFile::Table(t) => (&t.addr, cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32),
         };
-        if !(1..=1000).contains(&weight) {
-            cx.at(
-                span.clone(),
-                format!("{key}.weight: {weight} is out of range (1..=1000)"),
-            );
+        if !valid_host_port(addr.get_ref()) {
+            cx.at(addr.span(), format!("{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")", addr.get_ref()));
             continue;
         }
-        if !valid_host_port(addr) {
-            cx.at(
-                span.clone(),
-                format!("{key}: {addr:?} is not host:port (e.g. \"127.0.0.1:3000\")"),
-            );
+        if !seen.insert(addr.get_ref().clone()) {
+            cx.at(addr.span(), format!("{key}: server {} listed twice", addr.get_ref()));
             continue;
         }
-        if !seen.insert(addr.clone()) {
-            cx.at(span.clone(), format!("{key}: server {addr} listed twice"));
-            continue;
-        }
-        out.push(ServerEntry {
-            addr: addr.clone(),
-            weight: weight as u32,
-        });
+        out.push(ServerEntry { addr: addr.get_ref().clone(), weight });
     }
     out
 }

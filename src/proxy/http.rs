@@ -1,8 +1,14 @@
 //! The HTTP reverse proxy: forwards a request to a server of the route's pool over
 //! pooled keep-alive connections, streaming bodies both ways, with header hygiene,
-//! `X-Forwarded-*`, `strip_prefix`, timeouts, passive health reports and safe
-//! retries (idempotent method, empty request body, no response byte yet, a
-//! different server each time, at most `retries`).
+//! `X-Forwarded-*`, `strip_prefix`, timeouts, sticky sessions (the pool picks the
+//! server; this sets the sealed cookie on the response), passive health reports
+//! and safe retries.
+//!
+//! A failed attempt is retried only when all of these hold: the method is
+//! idempotent, the request has no body (a streamed body cannot be replayed), no
+//! byte of a response had arrived ([`nothing_received`]), the response timeout
+//! did not fire (the server may still be working on it), a server not yet tried
+//! is usable, and fewer than `retries` retries were made.
 
 use std::error::Error as _;
 use std::pin::Pin;
@@ -17,18 +23,23 @@ use super::error::ProxyError;
 use super::headers::{add_forwarded, rewrite_path, strip_hop_by_hop};
 use crate::config::RouteConfig;
 use crate::server::ConnCtx;
+use crate::upstream::connect::nothing_received;
 use crate::upstream::pool::InflightGuard;
 use crate::upstream::{BackendId, Pool};
 use crate::{Body, BoxError};
 
+/// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
 pub async fn forward(
     pool: &Pool,
+    secret: &[u8; 32],
     route: &RouteConfig,
     ctx: &ConnCtx,
     host: Option<String>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    // Read before the headers are rewritten: the sticky key is the client's.
+    let affinity = pool.affinity(secret, ctx.client.ip(), &parts.headers, parts.uri.query());
     let pq = parts
         .uri
         .path_and_query()
@@ -46,48 +57,62 @@ pub async fn forward(
     if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, h);
     }
-    // Only a request that carries no body can be sent again.
+    // Only a request without a body can be sent again: a streamed body is gone
+    // once the first attempt consumed it.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
     let mut body = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
     let mut tried: Vec<BackendId> = Vec::new();
+    let mut last_err: Option<ProxyError> = None;
     loop {
-        let backend = pool.select(None, &tried).ok_or(ProxyError::NoUpstream)?;
+        let Some(choice) = pool.select(&affinity, &tried) else {
+            // Every server is down (502 at once, no waiting) or every usable one
+            // was tried: the last attempt's error says more than "no upstream".
+            return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+        };
+        let backend = choice.backend.clone();
         tried.push(backend.id);
         let uri: Uri = format!("http://{}{}", backend.addr, path)
             .parse()
             .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
-        let this_body = match body.take() {
-            Some(b) => b,
-            None => super::error::empty(),
-        };
+        let this_body = body.take().unwrap_or_else(super::error::empty);
         let mut up = Request::from_parts(parts.clone(), this_body);
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
         let guard = backend.track();
         let attempt =
             tokio::time::timeout(pool.cfg.response_timeout, pool.client().request(up)).await;
-        let err = match attempt {
+        let (err, resendable) = match attempt {
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
-                return Ok(response(resp, guard));
+                let mut resp = response(resp, guard);
+                if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
+                    // Appended: the upstream's own cookies stay.
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                return Ok(resp);
             }
-            Ok(Err(e)) if e.is_connect() && is_timeout(&e) => {
-                ProxyError::UpstreamTimeout(backend.addr.clone())
+            Ok(Err(e)) => {
+                // hyper returns an error only before a complete response head;
+                // the connection watch tells whether part of one had arrived.
+                let resendable = nothing_received(&e);
+                let err = if e.is_connect() && is_timeout(&e) {
+                    ProxyError::UpstreamTimeout(backend.addr.clone())
+                } else if e.is_connect() {
+                    ProxyError::UpstreamConnect(backend.addr.clone())
+                } else {
+                    ProxyError::UpstreamFailed(backend.addr.clone(), root_cause(&e))
+                };
+                (err, resendable)
             }
-            Ok(Err(e)) if e.is_connect() => ProxyError::UpstreamConnect(backend.addr.clone()),
-            // Failed before a response head arrived (hyper gives us no partial response).
-            Ok(Err(e)) => ProxyError::UpstreamFailed(backend.addr.clone(), root_cause(&e)),
             // The server may be processing it: never resend after a response timeout.
-            Err(_) => {
-                pool.report_failure(&backend);
-                return Err(ProxyError::UpstreamTimeout(backend.addr.clone()));
-            }
+            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.clone()), false),
         };
         pool.report_failure(&backend);
-        tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, "upstream attempt failed");
-        if !replayable || tried.len() > pool.cfg.retries as usize {
+        tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
+        if !replayable || !resendable || tried.len() > pool.cfg.retries as usize {
             return Err(err);
         }
+        last_err = Some(err);
     }
 }
 

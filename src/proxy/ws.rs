@@ -21,7 +21,7 @@ use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
 use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
 use crate::server::ConnCtx;
-use crate::upstream::{Backend, Pool};
+use crate::upstream::{Backend, BackendId, Pool};
 use crate::Body;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -75,9 +75,7 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
         if !has_token(h, header::CONNECTION, "upgrade") {
             return Err(HandshakeError::ConnectionNotUpgrade);
         }
-        let key = h
-            .get(header::SEC_WEBSOCKET_KEY)
-            .ok_or(HandshakeError::MissingKey)?;
+        let key = h.get(header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::MissingKey)?;
         if !valid_key(key.as_bytes()) {
             return Err(HandshakeError::BadKey);
         }
@@ -87,18 +85,11 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
     if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
         return Err(HandshakeError::BadVersion);
     }
-    Ok(Handshake {
-        key,
-        h2,
-        protocols: offered_protocols(h),
-    })
+    Ok(Handshake { key, h2, protocols: offered_protocols(h) })
 }
 
 fn valid_key(k: &[u8]) -> bool {
-    k.len() == 24
-        && base64::engine::general_purpose::STANDARD
-            .decode(k)
-            .is_ok_and(|d| d.len() == 16)
+    k.len() == 24 && base64::engine::general_purpose::STANDARD.decode(k).is_ok_and(|d| d.len() == 16)
 }
 
 fn offered_protocols(h: &HeaderMap) -> Vec<String> {
@@ -137,16 +128,10 @@ pub async fn handle(
         return Err(ProxyError::Draining);
     }
     match &route.target {
-        RouteTarget::App(AppKind::Echo) => {
-            crate::apps::echo::accept(gw, &snap.config.echo, req, slot)
-        }
+        RouteTarget::App(AppKind::Echo) => crate::apps::echo::accept(gw, &snap.config.echo, req, slot),
         RouteTarget::App(AppKind::Chat) => gw.apps.chat.accept(req, &route.path, slot),
         RouteTarget::Upstream(name) => {
-            let pool = snap
-                .pools
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
+            let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
             tunnel(gw, pool, &route, &ctx, slot, req, hs).await
         }
         RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
@@ -154,24 +139,19 @@ pub async fn handle(
 }
 
 fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
-    let Some(allowed) = &route.origins else {
-        return Ok(());
-    };
-    let origin = h
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .unwrap_or("");
-    if allowed
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
-    {
+    let Some(allowed) = &route.origins else { return Ok(()) };
+    let origin = h.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) {
         Ok(())
     } else {
         Err(ProxyError::OriginNotAllowed(origin.to_string()))
     }
 }
 
-/// Splices the client to an upstream WebSocket server.
+/// Splices the client to an upstream WebSocket server. The server is chosen like
+/// an HTTP request's (sticky affinity first, then `balance`); a server that
+/// refuses the connection is retried on another (an upgrade is a bodiless GET),
+/// up to `retries`. A sticky cookie rides on the client's 101.
 async fn tunnel(
     gw: &Arc<Gateway>,
     pool: Arc<Pool>,
@@ -181,33 +161,56 @@ async fn tunnel(
     mut req: Request<Incoming>,
     hs: Handshake,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend = pool.select(None, &[]).ok_or(ProxyError::NoUpstream)?;
-    let inflight = backend.track();
-    let (up_resp, up_upgrade) =
-        match upstream_handshake(&pool.cfg, &backend, route, ctx, &req, &hs).await {
-            Ok(r) => r,
+    let affinity = pool.affinity(&gw.sticky_key, ctx.client.ip(), req.headers(), req.uri().query());
+    let mut tried: Vec<BackendId> = Vec::new();
+    let mut last_err: Option<ProxyError> = None;
+    let (choice, inflight, up_resp, up_upgrade) = loop {
+        let Some(choice) = pool.select(&affinity, &tried) else {
+            return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+        };
+        tried.push(choice.backend.id);
+        // Counted from the start so least_conn sees handshakes in progress.
+        let inflight = choice.backend.track();
+        let tcp = match connect(&pool.cfg, &choice.backend).await {
+            Ok(tcp) => tcp,
             Err(e) => {
-                pool.report_failure(&backend);
-                return Err(e);
+                pool.report_failure(&choice.backend);
+                // Nothing reached the server: safe to try another.
+                if tried.len() > pool.cfg.retries as usize {
+                    return Err(e);
+                }
+                last_err = Some(e);
+                continue;
             }
         };
-    pool.report_success(&backend);
+        match upstream_handshake(tcp, &pool.cfg, &choice.backend, route, ctx, &req, &hs).await {
+            Ok((resp, upgrade)) => {
+                pool.report_success(&choice.backend);
+                break (choice, inflight, resp, upgrade);
+            }
+            Err(e) => {
+                // The server saw the handshake: it answered, or failed, itself.
+                pool.report_failure(&choice.backend);
+                return Err(e);
+            }
+        }
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let resp = client_response(&hs, up_resp.headers())?;
+    let mut resp = client_response(&hs, up_resp.headers())?;
+    if let Some(cookie) = pool.sticky_cookie(&gw.sticky_key, &choice, ctx.tls) {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     let idle = pool.cfg.ws_idle_timeout;
     let stop = gw.shutdown.token.clone();
-    let addr = backend.addr.clone();
+    let addr = choice.backend.addr.clone();
     gw.shutdown.sessions.spawn(async move {
         let _slot = slot;
+        // The session counts as load on its server for as long as it lives.
         let _inflight = inflight;
         let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade did not complete"
-                );
+                tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
                 return;
             }
         };
@@ -217,8 +220,22 @@ async fn tunnel(
     Ok(resp)
 }
 
-/// Opens the upstream connection and performs the HTTP/1.1 handshake there.
+/// Opens the TCP connection to `backend` within `connect_timeout`.
+async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
+    let addr = backend.addr.clone();
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// Performs the HTTP/1.1 upgrade handshake on a fresh connection to `backend`.
 async fn upstream_handshake(
+    tcp: TcpStream,
     cfg: &UpstreamConfig,
     backend: &Backend,
     route: &RouteConfig,
@@ -227,51 +244,30 @@ async fn upstream_handshake(
     hs: &Handshake,
 ) -> Result<(Response<Incoming>, hyper::upgrade::OnUpgrade), ProxyError> {
     let addr = backend.addr.clone();
-    let tcp = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
-        Ok(Err(_)) => return Err(ProxyError::UpstreamConnect(addr)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
     let key = match &hs.key {
         Some(k) => k.clone(),
-        None => HeaderValue::from_str(
-            &base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()),
-        )
-        .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        None => HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()))
+            .map_err(|e| ProxyError::Internal(e.to_string()))?,
     };
     let up_req = upstream_request(req, route, ctx, &key)?;
-    let mut resp =
-        match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
-            Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
-            Ok(Ok(r)) => r,
-        };
+    let mut resp = match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
+        Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
+        Ok(Ok(r)) => r,
+    };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamHandshake(
-            addr,
-            format!("answered {} instead of 101", resp.status()),
-        ));
+        return Err(ProxyError::UpstreamHandshake(addr, format!("answered {} instead of 101", resp.status())));
     }
     let expected = accept_key(key.as_bytes());
-    if resp
-        .headers()
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .map(|v| v.as_bytes())
-        != Some(expected.as_bytes())
-    {
-        return Err(ProxyError::UpstreamHandshake(
-            addr,
-            "missing or wrong Sec-WebSocket-Accept".into(),
-        ));
+    if resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+        return Err(ProxyError::UpstreamHandshake(addr, "missing or wrong Sec-WebSocket-Accept".into()));
     }
     let upgrade = hyper::upgrade::on(&mut resp);
     Ok((resp, upgrade))
@@ -286,11 +282,7 @@ fn upstream_request(
     ctx: &ConnCtx,
     key: &HeaderValue,
 ) -> Result<Request<Empty<Bytes>>, ProxyError> {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let path = rewrite_path(pq, &route.path, route.strip_prefix);
     let host = super::request_host(req);
     let mut headers = req.headers().clone();
@@ -303,10 +295,7 @@ fn upstream_request(
     }
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
+    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
     headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
     let mut up = Request::builder()
         .method(Method::GET)
@@ -330,17 +319,12 @@ fn client_response(hs: &Handshake, upstream: &HeaderMap) -> Result<Response<Body
     } else {
         b = b.status(StatusCode::OK);
     }
-    for name in [
-        header::SEC_WEBSOCKET_PROTOCOL,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-        header::SET_COOKIE,
-    ] {
+    for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS, header::SET_COOKIE] {
         for v in upstream.get_all(&name) {
             b = b.header(&name, v.clone());
         }
     }
-    b.body(super::error::empty())
-        .map_err(|e| ProxyError::Internal(e.to_string()))
+    b.body(super::error::empty()).map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -363,10 +347,7 @@ mod tests {
     fn accepts_valid_and_computes_rfc_accept() {
         let hs = validate(&req(|b| b.header("sec-websocket-protocol", "a, b"))).unwrap();
         assert_eq!(hs.protocols, vec!["a", "b"]);
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -382,24 +363,15 @@ mod tests {
             .unwrap();
         assert_eq!(validate(&bad_key).unwrap_err(), HandshakeError::BadKey);
         let post = req(|b| b.method("POST"));
-        assert!(matches!(
-            validate(&post).unwrap_err(),
-            HandshakeError::Method(_)
-        ));
+        assert!(matches!(validate(&post).unwrap_err(), HandshakeError::Method(_)));
         let old = req(|b| b.version(Version::HTTP_10));
         assert_eq!(validate(&old).unwrap_err(), HandshakeError::HttpVersion);
         let mut v8 = req(|b| b);
-        v8.headers_mut()
-            .insert("sec-websocket-version", HeaderValue::from_static("8"));
+        v8.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("8"));
         assert_eq!(validate(&v8).unwrap_err(), HandshakeError::BadVersion);
         let mut noconn = req(|b| b);
-        noconn
-            .headers_mut()
-            .insert("connection", HeaderValue::from_static("keep-alive"));
-        assert_eq!(
-            validate(&noconn).unwrap_err(),
-            HandshakeError::ConnectionNotUpgrade
-        );
+        noconn.headers_mut().insert("connection", HeaderValue::from_static("keep-alive"));
+        assert_eq!(validate(&noconn).unwrap_err(), HandshakeError::ConnectionNotUpgrade);
         let mut nohost = req(|b| b);
         nohost.headers_mut().remove("host");
         assert_eq!(validate(&nohost).unwrap_err(), HandshakeError::MissingHost);

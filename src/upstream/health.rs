@@ -1,13 +1,26 @@
-//! Per-server health, fed by two sources: passive (failures seen by real traffic:
-//! `max_fails` within `fail_timeout` → down for `fail_timeout`) and active (a
-//! background `GET path` every `interval`; `healthy`/`unhealthy` consecutive
-//! results flip the state). Balancing and stickiness only consult [`Health::is_up`].
+//! Per-server health, fed by two sources:
+//!
+//! - **passive**: failures seen by real traffic (connect errors, timeouts,
+//!   broken responses). `max_fails` of them within `fail_timeout` mark the
+//!   server down for `fail_timeout`. When that period ends the server is back on
+//!   *probation*: its next failure marks it down again at once (nginx behaves the
+//!   same way), its next success clears the record.
+//! - **active**: a background `GET path` every `interval` ([`run_active_checks`]);
+//!   a 2xx/3xx answer within `timeout` passes; `unhealthy` consecutive failures
+//!   take the server down, `healthy` consecutive passes bring it back.
+//!
+//! A server is usable when neither source holds it down. Balancing and
+//! stickiness only consult [`Health::check`], which is lock-free; the state
+//! changes themselves are reported back as [`Transition`]s so that the pool, which
+//! knows the upstream's name, can log them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +28,43 @@ use tokio_util::sync::CancellationToken;
 use super::pool::Pool;
 use crate::config::HealthConfig;
 
+/// Which mechanism changed a server's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Active,
+    Passive,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Active => "active",
+            Source::Passive => "passive",
+        }
+    }
+}
+
+/// One source's verdict on a server changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The source's new verdict.
+    pub up: bool,
+    pub source: Source,
+}
+
 #[derive(Debug)]
 pub struct Health {
-    /// Active checks' verdict (true when no active check is configured).
+    /// Active checks' verdict (true when no active check is configured, and at
+    /// start: a new server gets traffic until proven bad).
     active_up: AtomicBool,
+    /// Consecutive probe results disagreeing with `active_up`.
     active_streak: AtomicU32,
+    /// Passive down deadline as [`ticks`] (0 = not down). An atomic so that the
+    /// hot path (`check` on every selection) takes no lock.
+    down_until: AtomicU64,
+    /// Set while `passive` holds something `record_success` must clear, so a
+    /// success on a healthy server takes no lock either.
+    dirty: AtomicBool,
     passive: Mutex<Passive>,
 }
 
@@ -27,7 +72,8 @@ pub struct Health {
 struct Passive {
     window_start: Option<Instant>,
     fails: u32,
-    down_until: Option<Instant>,
+    /// Came back from a passive down period and has not succeeded since.
+    probation: bool,
 }
 
 impl Default for Health {
@@ -35,54 +81,153 @@ impl Default for Health {
         Self {
             active_up: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
+            down_until: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
         }
     }
 }
 
+/// Milliseconds since a process-wide base, plus one so a real deadline is never
+/// the 0 that means "not down".
+fn ticks(t: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(t.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
 impl Health {
+    /// Is the server usable at `now`? Also returns the passive recovery when
+    /// this call is the one that notices the down period has ended (exactly one
+    /// caller does, so it is logged once).
+    pub fn check(&self, now: Instant) -> (bool, Option<Transition>) {
+        let mut change = None;
+        let until = self.down_until.load(Ordering::Acquire);
+        let passive_up = until == 0 || {
+            let expired = ticks(now) >= until;
+            if expired
+                && self
+                    .down_until
+                    .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                let mut p = self.lock();
+                *p = Passive {
+                    window_start: None,
+                    fails: 0,
+                    probation: true,
+                };
+                self.dirty.store(true, Ordering::Release);
+                change = Some(Transition {
+                    up: true,
+                    source: Source::Passive,
+                });
+            }
+            expired
+        };
+        (passive_up && self.active_up.load(Ordering::Acquire), change)
+    }
+
+    /// The state at `now` without side effects: a passive period that ended is
+    /// seen as over, but its recovery is left for [`Health::check`] to report.
+    pub fn peek(&self, now: Instant) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        (until == 0 || ticks(now) >= until) && self.active_up.load(Ordering::Acquire)
+    }
+
+    /// True while the server is up (ignoring transitions; for tests and status).
     pub fn is_up(&self) -> bool {
-        self.active_up.load(Ordering::Acquire) && !self.passively_down(Instant::now())
+        self.check(Instant::now()).0
     }
 
-    fn passively_down(&self, now: Instant) -> bool {
-        let p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
-        p.down_until.is_some_and(|t| now < t)
+    /// The active checks' current verdict.
+    pub fn active_up(&self) -> bool {
+        self.active_up.load(Ordering::Acquire)
     }
 
-    /// Records a failed attempt (connect error, timeout, broken response). Returns
-    /// true when this failure marked the server down.
-    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+    /// How much longer passive health holds the server down, if it does.
+    pub fn passive_down_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.down_until.load(Ordering::Acquire);
+        let left = until
+            .checked_sub(ticks(now))
+            .filter(|l| *l > 0 && until != 0)?;
+        Some(Duration::from_millis(left))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Passive> {
+        // The state is a few counters: still meaningful after a panic elsewhere.
+        self.passive.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark_down(&self, p: &mut Passive, now: Instant, fail_timeout: Duration) {
+        *p = Passive::default();
+        self.down_until
+            .store(ticks(now + fail_timeout), Ordering::Release);
+    }
+
+    /// Records a failed attempt at `now`. Returns the transition when this
+    /// failure marked the server down. `max_fails = 0` disables passive health.
+    pub fn record_failure(
+        &self,
+        max_fails: u32,
+        fail_timeout: Duration,
+        now: Instant,
+    ) -> Option<Transition> {
         if max_fails == 0 {
-            return false;
+            return None;
         }
-        let now = Instant::now();
-        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.lock();
+        let until = self.down_until.load(Ordering::Acquire);
+        if until != 0 {
+            if ticks(now) < until {
+                // Already down: requests that were in flight when it went down
+                // must not extend the period.
+                return None;
+            }
+            // The period ended without any selection noticing, so the recovery
+            // was never reported: this failure is a failed probation, and the
+            // server simply stays down.
+            self.mark_down(&mut p, now, fail_timeout);
+            return None;
+        }
+        self.dirty.store(true, Ordering::Release);
+        if p.probation {
+            self.mark_down(&mut p, now, fail_timeout);
+            return Some(Transition {
+                up: false,
+                source: Source::Passive,
+            });
+        }
         if p.window_start
-            .is_none_or(|s| now.duration_since(s) > fail_timeout)
+            .is_none_or(|s| now.saturating_duration_since(s) > fail_timeout)
         {
             p.window_start = Some(now);
             p.fails = 0;
         }
         p.fails += 1;
-        if p.fails >= max_fails && p.down_until.is_none_or(|t| now >= t) {
-            p.down_until = Some(now + fail_timeout);
+        if p.fails >= max_fails {
+            self.mark_down(&mut p, now, fail_timeout);
+            return Some(Transition {
+                up: false,
+                source: Source::Passive,
+            });
+        }
+        None
+    }
+
+    /// A success clears the failure count and ends probation (nginx does the same).
+    pub fn record_success(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let mut p = self.lock();
             p.fails = 0;
             p.window_start = None;
-            return true;
+            p.probation = false;
         }
-        false
     }
 
-    /// A success clears the failure count (nginx does the same).
-    pub fn record_success(&self) {
-        let mut p = self.passive.lock().unwrap_or_else(|e| e.into_inner());
-        p.fails = 0;
-        p.window_start = None;
-    }
-
-    /// Feeds one active-check result; returns `Some(new_state)` on a transition.
-    pub fn record_probe(&self, ok: bool, cfg: &HealthConfig) -> Option<bool> {
+    /// Feeds one active-check result; returns the transition when the
+    /// `healthy`/`unhealthy` threshold was reached.
+    pub fn record_probe(&self, ok: bool, cfg: &HealthConfig) -> Option<Transition> {
         let up = self.active_up.load(Ordering::Acquire);
         if ok == up {
             self.active_streak.store(0, Ordering::Release);
@@ -93,18 +238,25 @@ impl Health {
         if streak >= needed {
             self.active_up.store(ok, Ordering::Release);
             self.active_streak.store(0, Ordering::Release);
-            return Some(ok);
+            return Some(Transition {
+                up: ok,
+                source: Source::Active,
+            });
         }
         None
     }
 }
 
-/// Runs the active health check of `pool` until `stop` is cancelled.
+type ProbeClient = Client<HttpConnector, Empty<bytes::Bytes>>;
+
+/// Runs the active health check of `pool` until `stop` is cancelled. The first
+/// round starts at once; servers are probed concurrently so one slow server does
+/// not delay the verdict on the others.
 pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: CancellationToken) {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(cfg.timeout));
     connector.set_nodelay(true);
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+    let client: ProbeClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(connector);
     let mut tick = tokio::time::interval(cfg.interval);
@@ -114,21 +266,25 @@ pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for b in pool.backends() {
-            let ok = probe(&client, &b.addr, &cfg).await;
-            if let Some(up) = b.health.record_probe(ok, &cfg) {
-                let state = if up { "up" } else { "down" };
-                tracing::warn!(upstream = %pool.name(), server = %b.addr, state, source = "active", "upstream server state changed");
+        let round = join_all(pool.backends().iter().map(|b| {
+            let client = &client;
+            let cfg = &cfg;
+            async move { (b, probe(client, &b.addr, cfg).await) }
+        }));
+        let results = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = round => r,
+        };
+        for (b, ok) in results {
+            if let Some(t) = b.health().record_probe(ok, &cfg) {
+                pool.log_transition(b, t);
             }
         }
     }
 }
 
-async fn probe(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
-    addr: &str,
-    cfg: &HealthConfig,
-) -> bool {
+/// One probe: `GET path`, passing on 2xx/3xx within `timeout`.
+async fn probe(client: &ProbeClient, addr: &str, cfg: &HealthConfig) -> bool {
     let Ok(uri) = format!("http://{addr}{}", cfg.path).parse::<http::Uri>() else {
         return false;
     };
@@ -149,13 +305,93 @@ async fn probe(
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(10);
+
     #[test]
-    fn passive_marks_down_after_max_fails() {
+    fn passive_marks_down_after_max_fails_then_recovers_on_probation() {
         let h = Health::default();
-        assert!(!h.record_failure(2, Duration::from_secs(10)));
+        let t0 = Instant::now();
+        assert_eq!(h.record_failure(2, T, t0), None);
+        assert!(h.check(t0).0);
+        assert_eq!(
+            h.record_failure(2, T, t0),
+            Some(Transition {
+                up: false,
+                source: Source::Passive
+            })
+        );
+        assert!(!h.check(t0).0);
+        assert!(h.passive_down_for(t0).is_some());
+        // Stragglers do not extend the period.
+        assert_eq!(h.record_failure(2, T, t0 + Duration::from_secs(5)), None);
+        let later = t0 + T + Duration::from_millis(5);
+        assert_eq!(
+            h.check(later),
+            (
+                true,
+                Some(Transition {
+                    up: true,
+                    source: Source::Passive
+                })
+            )
+        );
+        assert_eq!(
+            h.check(later),
+            (true, None),
+            "the recovery is reported once"
+        );
+        // On probation one failure is enough.
+        assert_eq!(
+            h.record_failure(2, T, later),
+            Some(Transition {
+                up: false,
+                source: Source::Passive
+            })
+        );
+        assert!(!h.check(later).0);
+    }
+
+    #[test]
+    fn success_clears_failures_and_probation() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(h.record_failure(2, T, t0), None);
+        h.record_success();
+        assert_eq!(
+            h.record_failure(2, T, t0),
+            None,
+            "count restarted after a success"
+        );
+        assert!(h.record_failure(2, T, t0).is_some());
+        let later = t0 + T + Duration::from_millis(5);
+        assert!(h.check(later).0);
+        h.record_success();
+        assert_eq!(
+            h.record_failure(2, T, later),
+            None,
+            "probation ended by the success"
+        );
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(h.record_failure(2, T, t0), None);
+        assert_eq!(
+            h.record_failure(2, T, t0 + T + Duration::from_secs(1)),
+            None
+        );
+        assert!(h.check(t0 + T + Duration::from_secs(1)).0);
+    }
+
+    #[test]
+    fn max_fails_zero_disables_passive() {
+        let h = Health::default();
+        for _ in 0..10 {
+            assert_eq!(h.record_failure(0, T, Instant::now()), None);
+        }
         assert!(h.is_up());
-        assert!(h.record_failure(2, Duration::from_secs(10)));
-        assert!(!h.is_up());
     }
 
     #[test]
@@ -169,11 +405,29 @@ mod tests {
         };
         let h = Health::default();
         assert_eq!(h.record_probe(false, &cfg), None);
+        assert_eq!(
+            h.record_probe(true, &cfg),
+            None,
+            "a pass breaks the failure streak"
+        );
         assert_eq!(h.record_probe(false, &cfg), None);
-        assert_eq!(h.record_probe(false, &cfg), Some(false));
+        assert_eq!(h.record_probe(false, &cfg), None);
+        assert_eq!(
+            h.record_probe(false, &cfg),
+            Some(Transition {
+                up: false,
+                source: Source::Active
+            })
+        );
         assert!(!h.is_up());
         assert_eq!(h.record_probe(true, &cfg), None);
-        assert_eq!(h.record_probe(true, &cfg), Some(true));
+        assert_eq!(
+            h.record_probe(true, &cfg),
+            Some(Transition {
+                up: true,
+                source: Source::Active
+            })
+        );
         assert!(h.is_up());
     }
 }
