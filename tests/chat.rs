@@ -616,7 +616,7 @@ async fn shutdown_closes_sessions_with_1001() {
     let gw = gateway("").await;
     let mut a = Client::new(gw.http(), "alice").await;
     let TestGateway { handle, dir: _dir } = gw;
-    let drained = tokio::spawn(handle.shutdown());
+    let drained = tokio::spawn(async move { handle.shutdown().await });
     assert_eq!(a.close_code().await, Some(CloseCode::Away));
     assert!(
         drained.await.expect("join"),
