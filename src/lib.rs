@@ -16,6 +16,7 @@
 //! run many gateways side by side) and returns a handle; `main.rs` only parses the
 //! command line and waits for signals.
 
+pub mod access;
 pub mod apps;
 pub mod certs;
 pub mod config;

@@ -33,6 +33,15 @@ pub struct ConnLimits {
 pub struct ConnSlot {
     limits: Arc<ConnLimits>,
     ip: Option<IpAddr>,
+    /// Counts the connection in `wsgate_connections_active{listener}` for as
+    /// long as the slot lives (upgraded sessions included).
+    gauge: Option<crate::metrics::GaugeGuard>,
+}
+
+impl ConnSlot {
+    pub fn attach_gauge(&mut self, g: crate::metrics::GaugeGuard) {
+        self.gauge = Some(g);
+    }
 }
 
 /// Held while a refused connection is being answered.
@@ -66,6 +75,7 @@ impl ConnLimits {
             return Ok(ConnSlot {
                 limits: self.clone(),
                 ip: None,
+                gauge: None,
             });
         }
         // The entry guard is dropped before returning; never held across an await.
@@ -80,6 +90,7 @@ impl ConnLimits {
         Ok(ConnSlot {
             limits: self.clone(),
             ip: Some(ip),
+            gauge: None,
         })
     }
 

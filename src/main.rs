@@ -121,12 +121,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let path = path.to_path_buf();
     rt.block_on(async move {
         let handle = wsgate::Gateway::start(cfg)
             .await
             .context("starting the gateway")?;
-        wait_for_stop().await?;
-        tracing::info!("draining");
+        serve_signals(&handle, &path).await?;
+        tracing::info!("draining: stopped accepting, closing WebSockets with 1001");
         if handle.shutdown().await {
             tracing::info!("drained; exiting");
         } else {
@@ -136,13 +137,42 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn wait_for_stop() -> anyhow::Result<()> {
+/// Reloads on SIGHUP until SIGTERM or SIGINT arrives.
+async fn serve_signals(
+    handle: &wsgate::GatewayHandle,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(handle, path).await,
+        }
     }
-    Ok(())
+}
+
+async fn reload(handle: &wsgate::GatewayHandle, path: &std::path::Path) {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading");
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("reload refused, keeping the running config: {line}");
+            }
+            return;
+        }
+    };
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Err(e) = handle.gw.reload(cfg).await {
+        tracing::error!(
+            "reload refused, keeping the running config: {}: {e}",
+            path.display()
+        );
+    }
 }

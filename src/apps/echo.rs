@@ -16,6 +16,7 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::{DeflateOptions, Options, WebSocket};
 
+use crate::access::SessionLog;
 use crate::config::EchoConfig;
 use crate::gateway::Gateway;
 use crate::limits::ConnSlot;
@@ -45,6 +46,7 @@ pub fn accept(
     cfg: &EchoConfig,
     mut req: Request<Incoming>,
     slot: Arc<ConnSlot>,
+    mut log: SessionLog,
 ) -> Result<Response<Body>, ProxyError> {
     let opts = codec_options(cfg.max_message_size, cfg.compression);
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
@@ -54,15 +56,19 @@ pub fn accept(
     gw.shutdown.sessions.spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(ws) => run(ws, &cfg, stop).await,
+            Ok(ws) => run(ws, &cfg, stop, &mut log).await,
             Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
         }
     });
     Ok(resp.map(|_| empty()))
 }
 
-async fn run<S>(mut ws: WebSocket<S>, cfg: &EchoConfig, stop: CancellationToken)
-where
+async fn run<S>(
+    mut ws: WebSocket<S>,
+    cfg: &EchoConfig,
+    stop: CancellationToken,
+    log: &mut SessionLog,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let ping_every = if cfg.ping_interval.is_zero() {
@@ -80,6 +86,7 @@ where
                     Ok(f) => f,
                     Err(e) => {
                         // The connection is failed: no close handshake follows.
+                        log.close_code = Some(close_code_for(&e));
                         fail(&mut ws, &e).await;
                         let _ = ws.close().await;
                         return;
@@ -87,9 +94,15 @@ where
                 };
                 last_seen = tokio::time::Instant::now();
                 match frame.opcode() {
-                    OpCode::Close => break,
+                    OpCode::Close => {
+                        log.close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+                        break;
+                    }
                     OpCode::Text | OpCode::Binary => {
+                        let len = frame.payload().len();
+                        log.message_in(len);
                         let sent = ws.send(frame).await;
+                        log.message_out(len);
                         if sent.is_err() {
                             break;
                         }
@@ -103,10 +116,12 @@ where
                 }
             }
             _ = tokio::time::sleep_until(idle_deadline) => {
+                log.close_code = Some(1001);
                 let _ = ws.send(Frame::close(CloseCode::Away, "idle timeout")).await;
                 break;
             }
             _ = stop.cancelled() => {
+                log.close_code = Some(1001);
                 let _ = ws.send(Frame::close(CloseCode::Away, "server shutting down")).await;
                 break;
             }
@@ -139,6 +154,19 @@ where
         _ => CloseCode::Protocol,
     };
     let _ = ws.send(Frame::close(code, err.to_string())).await;
+}
+
+/// The close code a read error leads to (for logs and metrics).
+fn close_code_for(err: &yawc::WebSocketError) -> u16 {
+    use yawc::WebSocketError as E;
+    match err {
+        E::InvalidUTF8 => 1007,
+        E::FrameTooLarge => 1009,
+        E::InvalidOpCode(_) => 1003,
+        E::ConnectionClosed => 1006,
+        e if e.is_io_error() => 1006,
+        _ => 1002,
+    }
 }
 
 /// Ends a session cleanly. yawc queues its close frames (the echo of a client's

@@ -21,7 +21,9 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::headers::{add_forwarded, rewrite_path, strip_hop_by_hop};
+use crate::access::{BytesIn, UpstreamServer};
 use crate::config::RouteConfig;
+use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::server::ConnCtx;
 use crate::upstream::connect::nothing_received;
 use crate::upstream::pool::InflightGuard;
@@ -31,6 +33,7 @@ use crate::{Body, BoxError};
 /// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
 pub async fn forward(
     pool: &Pool,
+    metrics: &Metrics,
     secret: &[u8; 32],
     route: &RouteConfig,
     ctx: &ConnCtx,
@@ -60,6 +63,19 @@ pub async fn forward(
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    let counter = parts
+        .extensions
+        .get::<BytesIn>()
+        .cloned()
+        .unwrap_or_default();
+    let body = body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            counter
+                .0
+                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        f
+    });
     let mut body = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
@@ -84,7 +100,10 @@ pub async fn forward(
         let (err, resendable) = match attempt {
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
+                count(metrics, pool, &backend.addr, resp.status().as_u16());
                 let mut resp = response(resp, guard);
+                resp.extensions_mut()
+                    .insert(UpstreamServer(backend.addr.clone()));
                 if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -108,12 +127,22 @@ pub async fn forward(
             Err(_) => (ProxyError::UpstreamTimeout(backend.addr.clone()), false),
         };
         pool.report_failure(&backend);
+        count(metrics, pool, &backend.addr, err.status().as_u16());
         tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
         if !replayable || !resendable || tried.len() > pool.cfg.retries as usize {
             return Err(err);
         }
         last_err = Some(err);
     }
+}
+
+fn count(metrics: &Metrics, pool: &Pool, server: &str, status: u16) {
+    let l = UpstreamServerStatus {
+        upstream: pool.name().to_string(),
+        server: server.to_string(),
+        status,
+    };
+    metrics.upstream_requests.get_or_create(&l).inc();
 }
 
 fn is_idempotent(m: &Method) -> bool {

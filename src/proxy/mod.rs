@@ -11,48 +11,106 @@ pub mod splice;
 pub mod ws;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ::http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::access::{BytesIn, LoggedBody, RequestInfo, UpstreamServer};
 use crate::config::{AppKind, RouteTarget};
 use crate::gateway::Gateway;
 use crate::limits::ConnSlot;
+use crate::metrics::RouteResult;
 use crate::server::ConnCtx;
 use crate::Body;
 pub use error::{HandshakeError, ProxyError};
 
-/// The hyper service entry point for every request on every listener.
-pub async fn handle(gw: Arc<Gateway>, ctx: Arc<ConnCtx>, slot: Arc<ConnSlot>, req: Request<Incoming>) -> Response<Body> {
-    match dispatch(gw, ctx, slot, req).await {
+/// The hyper service entry point for every request on every listener. Every
+/// response leaves through here, so this is where the access line is attached.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    ctx: Arc<ConnCtx>,
+    slot: Arc<ConnSlot>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let bytes_in = BytesIn::default();
+    req.extensions_mut().insert(bytes_in.clone());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let host = request_host(&req).unwrap_or_default();
+    let mut route = String::from("-");
+    let resp = match dispatch(&gw, ctx.clone(), slot, req, &mut route).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, side = ?e.side(), "request failed");
             e.into_response()
         }
-    }
+    };
+    let (parts, body) = resp.into_parts();
+    let info = RequestInfo {
+        client: ctx.client,
+        method,
+        host,
+        path,
+        route,
+        upstream: parts
+            .extensions
+            .get::<UpstreamServer>()
+            .map(|u| u.0.clone()),
+        status: parts.status.as_u16(),
+        bytes_in,
+        started,
+    };
+    Response::from_parts(parts, LoggedBody::wrap(gw, body, info))
 }
 
 async fn dispatch(
-    gw: Arc<Gateway>,
+    gw: &Arc<Gateway>,
     ctx: Arc<ConnCtx>,
     slot: Arc<ConnSlot>,
     req: Request<Incoming>,
+    route_label: &mut String,
 ) -> Result<Response<Body>, ProxyError> {
     let snap = gw.snapshot();
     let host = request_host(&req);
     let upgrade = ws::is_upgrade_attempt(&req);
     if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
-        return Err(if upgrade { HandshakeError::MissingHost.into() } else { ProxyError::MissingHost });
+        return Err(if upgrade {
+            HandshakeError::MissingHost.into()
+        } else {
+            ProxyError::MissingHost
+        });
     }
-    let route = snap.router.find(host.as_deref(), req.uri().path()).cloned().ok_or(ProxyError::NoRoute)?;
+    let route = snap
+        .router
+        .find(host.as_deref(), req.uri().path())
+        .cloned()
+        .ok_or(ProxyError::NoRoute)?;
+    *route_label = route.label();
     if upgrade {
-        return ws::handle(&gw, &snap, route, ctx, slot, req).await;
+        let label = route_label.clone();
+        let result = ws::handle(gw, &snap, route, ctx, slot, req).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.status().as_u16().to_string(),
+        };
+        gw.metrics
+            .ws_handshakes
+            .get_or_create(&RouteResult {
+                route: label,
+                result: outcome,
+            })
+            .inc();
+        return result;
     }
     match &route.target {
         RouteTarget::Upstream(name) => {
-            let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            http::forward(&pool, &gw.sticky_key, &route, &ctx, host, req).await
+            let pool = snap
+                .pools
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
+            http::forward(&pool, &gw.metrics, &gw.sticky_key, &route, &ctx, host, req).await
         }
         RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
         RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &route.path).await),
@@ -66,5 +124,9 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_owned)
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
 }

@@ -102,7 +102,10 @@ async fn handle_connection(
         server.max_connections,
         server.max_connections_per_ip,
     ) {
-        Ok(slot) => slot,
+        Ok(mut slot) => {
+            slot.attach_gauge(gw.metrics.connection(&ctx.listener.to_string()));
+            slot
+        }
         Err(refusal) => return refuse(gw, stream, ctx, tls, refusal).await,
     };
     match tls {

@@ -33,8 +33,8 @@ use hyper::body::Incoming;
 
 use self::bus::{Bus, Deliver, LocalBus};
 use self::hub::{Hub, HubStats};
+use crate::access::SessionHold;
 use crate::config::ChatConfig;
-use crate::limits::ConnSlot;
 use crate::proxy::error::ProxyError;
 use crate::shutdown::Shutdown;
 use crate::Body;
@@ -76,7 +76,7 @@ impl Chat {
         self: &Arc<Self>,
         req: Request<Incoming>,
         prefix: &str,
-        slot: Arc<ConnSlot>,
+        slot: SessionHold,
     ) -> Result<Response<Body>, ProxyError> {
         match http::subpath(req.uri().path(), prefix) {
             Some("" | "/" | "/ws") => {}

@@ -30,7 +30,7 @@ use yawc::WebSocket;
 use super::hub::{Actor, Conn, ConnKind};
 use super::protocol::{ChatError, ClientFrame, Event, UserName, Welcome, ENVELOPE};
 use super::Chat;
-use crate::limits::ConnSlot;
+use crate::access::SessionHold;
 use crate::proxy::error::{empty, ProxyError};
 use crate::Body;
 
@@ -53,7 +53,7 @@ pub fn accept(
     chat: &Arc<Chat>,
     mut req: Request<Incoming>,
     user: UserName,
-    slot: Arc<ConnSlot>,
+    slot: SessionHold,
 ) -> Result<Response<Body>, ProxyError> {
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.

@@ -1,0 +1,233 @@
+//! Access logging and traffic metrics: one `access` log line per HTTP request
+//! (written when the response body is finished or dropped, so bytes and
+//! duration are real) and one per finished WebSocket session, plus the request,
+//! byte, message and close-code counters of spec §6.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::gateway::Gateway;
+use crate::metrics::{GaugeGuard, RouteCode, RouteDirection, RouteStatus};
+use crate::{Body, BoxError};
+
+/// Request-body bytes read so far (set by whoever consumes the body).
+#[derive(Clone, Default)]
+pub struct BytesIn(pub Arc<AtomicU64>);
+
+/// The upstream server that answered, put in response extensions by the proxy.
+#[derive(Clone)]
+pub struct UpstreamServer(pub String);
+
+/// What the HTTP access line says about a request.
+pub struct RequestInfo {
+    pub client: SocketAddr,
+    pub method: http::Method,
+    pub host: String,
+    pub path: String,
+    pub route: String,
+    pub upstream: Option<String>,
+    pub status: u16,
+    pub bytes_in: BytesIn,
+    pub started: Instant,
+}
+
+/// Wraps a response body: counts bytes out, and on drop writes the access line
+/// and records the request metrics.
+pub struct LoggedBody {
+    inner: Body,
+    bytes_out: u64,
+    info: RequestInfo,
+    gw: Arc<Gateway>,
+}
+
+impl LoggedBody {
+    pub fn wrap(gw: Arc<Gateway>, inner: Body, info: RequestInfo) -> Body {
+        use http_body_util::BodyExt;
+        LoggedBody {
+            inner,
+            bytes_out: 0,
+            info,
+            gw,
+        }
+        .boxed_unsync()
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.bytes_out += d.len() as u64;
+            }
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let i = &self.info;
+        let m = &self.gw.metrics;
+        let secs = i.started.elapsed().as_secs_f64();
+        let bytes_in = i.bytes_in.0.load(Ordering::Relaxed);
+        m.http_requests
+            .get_or_create(&RouteStatus {
+                route: i.route.clone(),
+                status: i.status,
+            })
+            .inc();
+        m.http_duration.observe(secs);
+        m.add_bytes("in", bytes_in);
+        m.add_bytes("out", self.bytes_out);
+        if self.gw.snapshot().config.log.access_log {
+            tracing::info!(
+                target: "access",
+                kind = "http",
+                client = %i.client,
+                method = %i.method,
+                host = %i.host,
+                path = %i.path,
+                route = %i.route,
+                upstream = i.upstream.as_deref().unwrap_or("-"),
+                status = i.status,
+                bytes_in,
+                bytes_out = self.bytes_out,
+                duration_ms = (secs * 1000.0).round() as u64,
+            );
+        }
+    }
+}
+
+/// Bookkeeping of one WebSocket session: the active-sessions gauge while it
+/// lives, and on drop the access line plus message, byte and close-code metrics.
+pub struct SessionLog {
+    gw: Arc<Gateway>,
+    route: String,
+    /// `app` or `spliced`.
+    kind: &'static str,
+    client: SocketAddr,
+    started: Instant,
+    pub msgs_in: u64,
+    pub msgs_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Close code sent or received, if any.
+    pub close_code: Option<u16>,
+    /// Whether message counts are known (apps, inspected splices).
+    pub counts_messages: bool,
+    _active: GaugeGuard,
+}
+
+impl SessionLog {
+    pub fn new(gw: &Arc<Gateway>, route: &str, kind: &'static str, client: SocketAddr) -> Self {
+        Self {
+            _active: gw.metrics.session(route),
+            gw: gw.clone(),
+            route: route.to_string(),
+            kind,
+            client,
+            started: Instant::now(),
+            msgs_in: 0,
+            msgs_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            close_code: None,
+            counts_messages: kind == "app",
+        }
+    }
+
+    /// Byte totals of a byte-copy splice (which cannot count messages).
+    pub fn record_splice(&mut self, bytes_in: u64, bytes_out: u64) {
+        self.bytes_in = bytes_in;
+        self.bytes_out = bytes_out;
+    }
+
+    pub fn message_in(&mut self, len: usize) {
+        self.msgs_in += 1;
+        self.bytes_in += len as u64;
+    }
+
+    pub fn message_out(&mut self, len: usize) {
+        self.msgs_out += 1;
+        self.bytes_out += len as u64;
+    }
+}
+
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        let m = &self.gw.metrics;
+        if self.counts_messages {
+            let (r, msgs_in, msgs_out) = (&self.route, self.msgs_in, self.msgs_out);
+            m.ws_messages
+                .get_or_create(&RouteDirection {
+                    route: r.clone(),
+                    direction: "in",
+                })
+                .inc_by(msgs_in);
+            m.ws_messages
+                .get_or_create(&RouteDirection {
+                    route: r.clone(),
+                    direction: "out",
+                })
+                .inc_by(msgs_out);
+        }
+        if let Some(code) = self.close_code {
+            m.ws_close_codes
+                .get_or_create(&RouteCode {
+                    route: self.route.clone(),
+                    code,
+                })
+                .inc();
+        }
+        m.add_bytes("in", self.bytes_in);
+        m.add_bytes("out", self.bytes_out);
+        if self.gw.snapshot().config.log.access_log {
+            tracing::info!(
+                target: "access",
+                kind = "websocket",
+                session = self.kind,
+                client = %self.client,
+                route = %self.route,
+                close_code = self.close_code.map(i64::from).unwrap_or(-1),
+                msgs_in = self.msgs_in,
+                msgs_out = self.msgs_out,
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+            );
+        }
+    }
+}
+
+/// What an app session holds while it lives: the connection's capacity slot and
+/// its session bookkeeping.
+pub struct SessionHold {
+    pub slot: Arc<crate::limits::ConnSlot>,
+    pub log: SessionLog,
+}
+
+impl SessionHold {
+    pub fn new(slot: Arc<crate::limits::ConnSlot>, log: SessionLog) -> Self {
+        Self { slot, log }
+    }
+}
