@@ -49,6 +49,7 @@ pub fn accept(
     mut log: SessionLog,
 ) -> Result<Response<Body>, ProxyError> {
     let opts = codec_options(cfg.max_message_size, cfg.compression);
+    keep_first_deflate_offer(req.headers_mut());
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let cfg = cfg.clone();
@@ -130,6 +131,29 @@ async fn run<S>(
     finish(&mut ws).await;
 }
 
+/// RFC 7692 lets a client list several permessage-deflate offers, best first,
+/// and the server accept any one. yawc parses a single offer, so keep the first
+/// one (the client's preference) and drop the rest before it negotiates.
+pub fn keep_first_deflate_offer(h: &mut http::HeaderMap) {
+    let first = h
+        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|offer| {
+            offer
+                .split(';')
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case("permessage-deflate"))
+        })
+        .and_then(|offer| http::HeaderValue::from_str(offer).ok());
+    h.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+    if let Some(v) = first {
+        h.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
+}
+
 /// Fails the connection after a read error with the close code RFC 6455 asks
 /// for. Errors found by yawc's codec already queued a close frame (1002, 1009,
 /// 1003 for reserved opcodes) and closed its read side: one more read flushes it
@@ -184,4 +208,34 @@ where
         }
     }
     let _ = ws.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_deflate_offer() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "sec-websocket-extensions",
+            "x-foo, permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
+                .parse()
+                .unwrap(),
+        );
+        h.append(
+            "sec-websocket-extensions",
+            "permessage-deflate".parse().unwrap(),
+        );
+        keep_first_deflate_offer(&mut h);
+        assert_eq!(h.get_all("sec-websocket-extensions").iter().count(), 1);
+        assert_eq!(
+            h["sec-websocket-extensions"],
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
+        );
+        let mut none = http::HeaderMap::new();
+        none.insert("sec-websocket-extensions", "x-foo".parse().unwrap());
+        keep_first_deflate_offer(&mut none);
+        assert!(none.is_empty());
+    }
 }
