@@ -18,6 +18,7 @@
 
 pub mod apps;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod limits;
