@@ -373,6 +373,7 @@ impl RedisBus {
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
+                    tracing::debug!(node = %self.node, error = %e, "cluster: heartbeat failed");
                     self.set_down(&e);
                     reregister = true;
                 }
@@ -396,6 +397,7 @@ impl RedisBus {
         reregister: &mut bool,
     ) -> Result<(), ClusterError> {
         let mut c = self.conn.clone();
+        tracing::trace!(node = %self.node, subscribed = *subscribed, "cluster: beat");
         if !*subscribed {
             c.subscribe(keys::EVENTS).await?;
             *subscribed = true;
@@ -456,15 +458,18 @@ impl RedisBus {
             .arg(keys::node_users(node))
             .query_async(c)
             .await?;
-        let mut p = redis::pipe();
-        for u in stored
+        let stale: Vec<&String> = stored
             .iter()
             .filter(|u| !users.iter().any(|x| x.as_str() == u.as_str()))
-        {
-            p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
-            p.srem(keys::node_users(node), u).ignore();
+            .collect();
+        if !stale.is_empty() {
+            let mut p = redis::pipe();
+            for u in stale {
+                p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
+                p.srem(keys::node_users(node), u).ignore();
+            }
+            let _: () = p.query_async(c).await?;
         }
-        let _: () = p.query_async(c).await?;
         let users: Vec<&UserName> = users.iter().collect();
         for chunk in users.chunks(BATCH) {
             let mut p = redis::pipe();
