@@ -89,6 +89,14 @@ end
 return 0
 "#;
 
+/// Raises a room's id counter to at least ARGV[1] (after Redis lost it, ids
+/// must keep increasing). KEYS: id.
+const ID_FLOOR: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
 /// What travels on [`keys::EVENTS`]. `o` is the origin node ("" for sweeper
 /// announcements, which every node delivers).
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,6 +147,7 @@ pub struct RedisBus {
     publish_room: Script,
     join: Script,
     leave: Script,
+    id_floor: Script,
 }
 
 fn resp3_url(url: &str) -> String {
@@ -195,6 +204,7 @@ impl RedisBus {
             publish_room: Script::new(PUBLISH_ROOM),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
+            id_floor: Script::new(ID_FLOOR),
         });
         tokio::spawn(bus.clone().run_pushes(push_rx, stop.clone()));
         tokio::spawn(bus.clone().run_heartbeat(stop));
@@ -431,11 +441,19 @@ impl RedisBus {
     /// Makes Redis agree with this node's mirror: entries it no longer has are
     /// removed (announcing leaves), the rest (re-)added in batches.
     async fn reregister(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
-        let (users, rooms) = {
+        let (users, rooms, last_ids) = {
             let m = lock(&self.mirror);
-            (m.users.clone(), m.rooms.clone())
+            (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
         };
         let node = &*self.node;
+        for (room, id) in &last_ids {
+            let _: i64 = self
+                .id_floor
+                .key(keys::room_id(room.as_str()))
+                .arg(*id)
+                .invoke_async(c)
+                .await?;
+        }
         let stored: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::node_rooms(node))
             .query_async(c)
@@ -568,7 +586,20 @@ impl RedisBus {
         Ok(())
     }
 
+    /// Removes a dead node: its users leave the online registry first (so a
+    /// client hearing the leave already finds them gone), then each of its
+    /// memberships is removed, the user's last one announcing the leave.
     async fn sweep_node(&self, c: &mut ConnectionManager, dead: &str) -> Result<(), ClusterError> {
+        let users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_users(dead))
+            .query_async(c)
+            .await?;
+        let mut p = redis::pipe();
+        for u in &users {
+            p.zrem(keys::ONLINE, keys::user_at(u, dead)).ignore();
+        }
+        p.del(keys::node_users(dead)).ignore();
+        let _: () = p.query_async(c).await?;
         let entries: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::node_rooms(dead))
             .query_async(c)
@@ -585,19 +616,20 @@ impl RedisBus {
                 announced += 1;
             }
         }
-        let users: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::node_users(dead))
+        let _: () = redis::pipe()
+            .del(keys::node_rooms(dead))
+            .ignore()
+            .srem(keys::NODES, dead)
+            .ignore()
             .query_async(c)
             .await?;
-        let mut p = redis::pipe();
-        for u in &users {
-            p.zrem(keys::ONLINE, keys::user_at(u, dead)).ignore();
-        }
-        p.del(keys::node_users(dead)).ignore();
-        p.del(keys::node_rooms(dead)).ignore();
-        p.srem(keys::NODES, dead).ignore();
-        let _: () = p.query_async(c).await?;
-        tracing::warn!(node = %self.node, dead, users = users.len(), announced, "cluster: swept a dead node");
+        tracing::warn!(
+            node = %self.node,
+            dead,
+            users = users.len(),
+            announced,
+            "cluster: swept a dead node"
+        );
         Ok(())
     }
 
