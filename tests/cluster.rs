@@ -321,10 +321,7 @@ impl Client {
 
     /// The next frame if one arrives within `d`.
     async fn try_recv(&mut self, d: Duration) -> Option<Value> {
-        match tokio::time::timeout(d, self.recv()).await {
-            Ok(v) => Some(v),
-            Err(_) => None,
-        }
+        tokio::time::timeout(d, self.recv()).await.ok()
     }
 
     async fn join(&mut self, room: &str) {
