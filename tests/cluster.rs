@@ -435,6 +435,26 @@ async fn cross_node_room_dm_push_online_history_and_fallbacks() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(json_of(&r)["delivered"].as_u64().expect("delivered") >= 1);
     bob.recv_until("push", |v| v["text"] == "pushed").await;
+    // A second tab of bob: the registry's connection count reaches node A
+    // within a heartbeat, and a push counts both connections.
+    let mut bob2 = Client::new(b.addr(), "bob").await;
+    let addr = a.addr();
+    assert!(
+        eventually(WAIT, || async move {
+            let r = post(
+                addr,
+                "/chat/api/push",
+                json!({"user":"bob","text":"counted"}),
+                Some("Bearer s3cret"),
+            )
+            .await;
+            json_of(&r)["delivered"] == 2
+        })
+        .await,
+        "push never counted bob's two connections"
+    );
+    bob2.recv_until("push to the second tab", |v| v["text"] == "counted")
+        .await;
     let r = post(
         b.addr(),
         "/chat/api/push",

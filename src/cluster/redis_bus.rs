@@ -144,6 +144,8 @@ pub struct RedisBus {
     /// `None` when Redis is up, else why not (for `/readyz`).
     status: watch::Sender<Option<String>>,
     local_dm_seq: AtomicU64,
+    /// Heartbeat ticks (two per beat).
+    ticks: AtomicU64,
     publish_room: Script,
     join: Script,
     leave: Script,
@@ -201,6 +203,7 @@ impl RedisBus {
             up: AtomicBool::new(false),
             status,
             local_dm_seq: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
             publish_room: Script::new(PUBLISH_ROOM),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -377,7 +380,7 @@ impl RedisBus {
         let mut reregister = true;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.beat_once(&mut subscribed, &mut reregister).await {
+            match self.beat_once_inner(&mut subscribed, &mut reregister).await {
                 Ok(()) => {
                     self.set_up();
                     backoff = Duration::from_millis(50);
@@ -401,7 +404,7 @@ impl RedisBus {
         }
     }
 
-    async fn beat_once(
+    async fn beat_once_inner(
         &self,
         subscribed: &mut bool,
         reregister: &mut bool,
@@ -434,8 +437,50 @@ impl RedisBus {
         if prev.is_none() || *reregister {
             self.reregister(&mut c).await?;
             *reregister = false;
+        } else if self.ticks.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+            self.sync_users(&mut c).await?;
         }
         self.sweep_dead(&mut c).await
+    }
+
+    /// Writes this node's users with their connection counts (`HSET` into its
+    /// users hash, `ZADD` into the online set) in pipelined batches, and removes
+    /// users Redis still has but this node no longer does. Runs once per
+    /// heartbeat: connection counts are refreshed here, never per message.
+    async fn sync_users(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+        let node = &*self.node;
+        let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
+        let sink = self.sink();
+        let stored: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys::node_users(node))
+            .query_async(c)
+            .await?;
+        let current: HashSet<&str> = users.iter().map(|u| u.as_str()).collect();
+        let stale: Vec<&String> = stored
+            .iter()
+            .filter(|u| !current.contains(u.as_str()))
+            .collect();
+        for chunk in stale.chunks(BATCH) {
+            let mut p = redis::pipe();
+            for u in chunk {
+                p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
+                p.hdel(keys::node_users(node), u.as_str()).ignore();
+            }
+            let _: () = p.query_async(c).await?;
+        }
+        for chunk in users.chunks(BATCH) {
+            let mut p = redis::pipe();
+            for u in chunk {
+                let n = sink.as_ref().map(|s| s.connections(u)).unwrap_or(0).max(1);
+                p.hset(keys::node_users(node), u.as_str(), n).ignore();
+                p.zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
+                    .ignore();
+            }
+            p.pexpire(keys::node_users(node), self.registry_ttl() as i64)
+                .ignore();
+            let _: () = p.query_async(c).await?;
+        }
+        Ok(())
     }
 
     /// Makes Redis agree with this node's mirror: entries it no longer has are
@@ -472,34 +517,7 @@ impl RedisBus {
         for (room, user) in &rooms {
             self.run_join(c, room, user).await?;
         }
-        let stored: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::node_users(node))
-            .query_async(c)
-            .await?;
-        let stale: Vec<&String> = stored
-            .iter()
-            .filter(|u| !users.iter().any(|x| x.as_str() == u.as_str()))
-            .collect();
-        if !stale.is_empty() {
-            let mut p = redis::pipe();
-            for u in stale {
-                p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
-                p.srem(keys::node_users(node), u).ignore();
-            }
-            let _: () = p.query_async(c).await?;
-        }
-        let users: Vec<&UserName> = users.iter().collect();
-        for chunk in users.chunks(BATCH) {
-            let mut p = redis::pipe();
-            for u in chunk {
-                p.zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
-                    .ignore();
-                p.sadd(keys::node_users(node), u.as_str()).ignore();
-            }
-            p.pexpire(keys::node_users(node), self.registry_ttl() as i64)
-                .ignore();
-            let _: () = p.query_async(c).await?;
-        }
+        self.sync_users(c).await?;
         tracing::info!(
             node,
             users = users.len(),
@@ -590,7 +608,7 @@ impl RedisBus {
     /// client hearing the leave already finds them gone), then each of its
     /// memberships is removed, the user's last one announcing the leave.
     async fn sweep_node(&self, c: &mut ConnectionManager, dead: &str) -> Result<(), ClusterError> {
-        let users: Vec<String> = redis::cmd("SMEMBERS")
+        let users: Vec<String> = redis::cmd("HKEYS")
             .arg(keys::node_users(dead))
             .query_async(c)
             .await?;
@@ -719,8 +737,8 @@ impl RedisBus {
             .collect())
     }
 
-    /// Assigns the DM id and publishes to other nodes when needed. Returns the
-    /// id and how many other nodes hold the recipient.
+    /// Assigns the DM id and publishes to other nodes when needed. Returns how
+    /// many connections of the recipient other nodes hold.
     async fn publish_dm_redis(
         &self,
         dm: &mut DirectMessage,
@@ -732,11 +750,25 @@ impl RedisBus {
             .query_async(&mut c)
             .await?;
         let to_nodes = self.nodes_of(&mut c, &dm.to).await?;
-        let remote_to = to_nodes
+        let remote_nodes: Vec<&String> = to_nodes
             .iter()
             .filter(|n| n.as_str() != &*self.node)
-            .count();
-        let mut remote = remote_to > 0;
+            .collect();
+        let mut remote = !remote_nodes.is_empty();
+        // The recipient's connections on other nodes, from the registry's
+        // counts (refreshed every heartbeat).
+        let mut remote_to = 0;
+        if remote {
+            let mut p = redis::pipe();
+            for n in &remote_nodes {
+                p.hget(keys::node_users(n), dm.to.as_str());
+            }
+            let counts: Vec<Option<u64>> = p.query_async(&mut c).await?;
+            remote_to = counts
+                .into_iter()
+                .map(|n| usize::try_from(n.unwrap_or(1)).unwrap_or(1))
+                .sum();
+        }
         let mut users = vec![dm.to.clone()];
         if echo && dm.from != dm.to {
             users.push(dm.from.clone());
@@ -1031,7 +1063,7 @@ impl Bus for RedisBus {
             let node = &*self.node;
             self.try_redis(async {
                 let _: () = redis::pipe()
-                    .sadd(keys::node_users(node), user.as_str())
+                    .hset(keys::node_users(node), user.as_str(), 1)
                     .ignore()
                     .pexpire(keys::node_users(node), self.registry_ttl() as i64)
                     .ignore()
@@ -1052,7 +1084,7 @@ impl Bus for RedisBus {
             let node = &*self.node;
             self.try_redis(async {
                 let _: () = redis::pipe()
-                    .srem(keys::node_users(node), user.as_str())
+                    .hdel(keys::node_users(node), user.as_str())
                     .ignore()
                     .zrem(keys::ONLINE, keys::user_at(user.as_str(), node))
                     .ignore()
