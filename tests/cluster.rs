@@ -529,6 +529,50 @@ async fn cross_node_room_dm_push_online_history_and_fallbacks() {
             .any(|e| is_msg(e, "for dave") && e["id"] == 4),
         "{body}"
     );
+
+    // SSE on node A resumes with a Last-Event-ID from node B's history.
+    let text = sse_until(
+        a.addr(),
+        "/chat/sse?user=erin&rooms=lobby",
+        "lobby:2",
+        "for dave",
+    )
+    .await;
+    assert!(text.contains("via B"), "{text}");
+    assert!(!text.contains("hello from A"), "resumed too early: {text}");
+}
+
+/// Opens an SSE stream with `Last-Event-ID` and reads until `until` appears.
+async fn sse_until(addr: SocketAddr, path: &str, last_id: &str, until: &str) -> String {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last_id)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tx.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    while !text.contains(until) {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("SSE never sent {until:?}: {text}"))
+            .expect("stream open")
+            .expect("body ok");
+        if let Ok(d) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    conn.abort();
+    text
 }
 
 #[tokio::test]
