@@ -33,6 +33,23 @@ pub enum ClusterError {
     Reply(String),
 }
 
+impl ClusterError {
+    /// Whether the error means Redis cannot be reached (as opposed to a bad
+    /// reply): only those mark the cluster down.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClusterError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<ClusterError> for crate::apps::chat::bus::BusError {
     fn from(e: ClusterError) -> Self {
         crate::apps::chat::bus::BusError::Unavailable(e.to_string())

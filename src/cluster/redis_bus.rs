@@ -258,8 +258,14 @@ impl RedisBus {
         }
         match f.await {
             Ok(v) => Some(v),
-            Err(e) => {
+            Err(e) if e.is_unreachable() => {
                 self.set_down(&e);
+                None
+            }
+            Err(e) => {
+                // A bad reply, not an outage: serve this call locally and let
+                // the heartbeat judge Redis's health.
+                tracing::warn!(node = %self.node, error = %e, "cluster: redis call failed");
                 None
             }
         }
