@@ -152,6 +152,24 @@ pub struct RedisBus {
     id_floor: Script,
 }
 
+/// The message's JSON split around its id, so the publish script can insert
+/// the id it assigns (`before .. id .. after`). Names never contain `"id":`
+/// unescaped and the id follows the text, so the last match is the field.
+fn split_at_id(msg: &ChatMessage) -> Result<(String, String), ClusterError> {
+    let mut probe = msg.clone();
+    probe.id = u64::MAX;
+    let json = serde_json::to_string(&probe)?;
+    let marker = format!("\"id\":{}", u64::MAX);
+    let at = json
+        .rfind(&marker)
+        .ok_or_else(|| ClusterError::Reply("message JSON without id".into()))?;
+    let id_key = "\"id\":".len();
+    Ok((
+        json[..at + id_key].to_string(),
+        json[at + marker.len()..].to_string(),
+    ))
+}
+
 fn resp3_url(url: &str) -> String {
     if url.contains("protocol=") {
         url.to_string()
@@ -386,7 +404,7 @@ impl RedisBus {
         let mut reregister = true;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.beat_once_inner(&mut subscribed, &mut reregister).await {
+            match self.beat_once(&mut subscribed, &mut reregister).await {
                 Ok(()) => {
                     self.set_up();
                     backoff = Duration::from_millis(50);
@@ -410,7 +428,7 @@ impl RedisBus {
         }
     }
 
-    async fn beat_once_inner(
+    async fn beat_once(
         &self,
         subscribed: &mut bool,
         reregister: &mut bool,
@@ -660,15 +678,7 @@ impl RedisBus {
     // ---- the Bus operations --------------------------------------------------------
 
     async fn publish_room_redis(&self, msg: &ChatMessage) -> Result<(u64, usize), ClusterError> {
-        let mut probe = msg.clone();
-        probe.id = u64::MAX;
-        let json = serde_json::to_string(&probe)?;
-        let marker = format!("\"id\":{}", u64::MAX);
-        let at = json
-            .rfind(&marker)
-            .ok_or_else(|| ClusterError::Reply("message JSON without id".into()))?;
-        let before = &json[..at + 5];
-        let after = &json[at + marker.len()..];
+        let (before, after) = split_at_id(msg)?;
         let env_prefix = format!(
             "{{\"k\":\"msg\",\"o\":{},\"msg\":",
             serde_json::to_string(&*self.node)?
@@ -677,8 +687,8 @@ impl RedisBus {
             .publish_room
             .key(keys::room_id(msg.room.as_str()))
             .key(keys::room_history(msg.room.as_str()))
-            .arg(before)
-            .arg(after)
+            .arg(&before)
+            .arg(&after)
             .arg(self.history_cap)
             .arg(keys::EVENTS)
             .arg(env_prefix)
@@ -1130,5 +1140,45 @@ impl Bus for RedisBus {
 
     fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
         Box::pin(self.heads_now(rooms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_is_spliced_into_the_stored_json() {
+        let msg = ChatMessage {
+            room: RoomName::parse("lobby").unwrap(),
+            from: UserName::parse("alice").unwrap(),
+            text: Arc::from(r#"tricky "id":18446744073709551615 } text"#),
+            id: 0,
+            ts: 7,
+        };
+        let (before, after) = split_at_id(&msg).unwrap();
+        let json = format!("{before}42{after}");
+        let back: ChatMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.id, 42);
+        assert_eq!(back.text, msg.text);
+        // And the envelope the script builds around it decodes.
+        let env = format!(r#"{{"k":"msg","o":"n1","msg":{json}}}"#);
+        match serde_json::from_str::<Envelope>(&env).unwrap() {
+            Envelope::Msg { o, msg } => assert_eq!((o.as_str(), msg.id), ("n1", 42)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resp3_is_requested_once() {
+        assert_eq!(resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            resp3_url("redis://h:1/?db=2"),
+            "redis://h:1/?db=2&protocol=resp3"
+        );
+        assert_eq!(
+            resp3_url("redis://h/?protocol=resp3"),
+            "redis://h/?protocol=resp3"
+        );
     }
 }
