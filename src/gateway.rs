@@ -35,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Everything derived from one config file. Replaced whole on reload; a request
@@ -80,6 +82,24 @@ impl Snapshot {
             tls,
             config: Arc::new(config),
         })
+    }
+}
+
+/// Mirrors the cluster bus's Redis status into `/readyz` and
+/// `wsgate_cluster_redis_up` until the gateway is gone.
+async fn watch_cluster(
+    mut status: tokio::sync::watch::Receiver<Option<String>>,
+    gw: std::sync::Weak<Gateway>,
+) {
+    loop {
+        let reason = status.borrow_and_update().clone();
+        let Some(g) = gw.upgrade() else { return };
+        g.metrics.cluster_redis_up.set(i64::from(reason.is_none()));
+        g.readiness.set_degraded(reason);
+        drop(g);
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -202,7 +222,7 @@ impl Gateway {
         let cfg = snapshot.config.clone();
         let shutdown = Shutdown::default();
         let gw = Arc::new(Gateway {
-            apps: Apps::new(&cfg, shutdown.clone()),
+            apps: Apps::new(&cfg, shutdown.clone())?,
             snapshot: ArcSwap::from_pointee(snapshot),
             limits: ConnLimits::new(),
             shutdown,
@@ -220,6 +240,9 @@ impl Gateway {
         gw.sync_listeners(&snap).await?;
         gw.sync_admin(&snap).await?;
         gw.start_background(&snap);
+        if let Some(bus) = &gw.apps.cluster {
+            tokio::spawn(watch_cluster(bus.status(), Arc::downgrade(&gw)));
+        }
         gw.readiness.started.store(true, Ordering::Release);
         Ok(GatewayHandle { gw })
     }

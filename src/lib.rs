@@ -19,6 +19,7 @@
 pub mod access;
 pub mod apps;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod limits;

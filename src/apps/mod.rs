@@ -14,13 +14,30 @@ use crate::shutdown::Shutdown;
 /// App state that must survive config reloads (chat rooms, users, history).
 pub struct Apps {
     pub chat: Arc<chat::Chat>,
+    /// The Redis bus when `[cluster]` is configured (its status feeds `/readyz`).
+    pub cluster: Option<Arc<crate::cluster::RedisBus>>,
 }
 
 impl Apps {
-    pub fn new(cfg: &Config, shutdown: Shutdown) -> Self {
-        Self {
-            chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
-        }
+    /// Builds the chat: on a [`crate::cluster::RedisBus`] when `[cluster]` is
+    /// set, else all in memory.
+    pub fn new(cfg: &Config, shutdown: Shutdown) -> Result<Self, crate::cluster::ClusterError> {
+        let Some(c) = &cfg.cluster else {
+            return Ok(Self {
+                chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
+                cluster: None,
+            });
+        };
+        let bus = crate::cluster::RedisBus::start(
+            c,
+            &cfg.server.node_id,
+            cfg.chat.history,
+            shutdown.token.clone(),
+        )?;
+        Ok(Self {
+            chat: chat::Chat::with_bus(cfg.chat.clone(), bus.clone(), shutdown),
+            cluster: Some(bus),
+        })
     }
 
     /// Applies reloaded app settings. The echo app reads its settings from the

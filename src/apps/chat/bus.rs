@@ -53,6 +53,10 @@ pub trait Deliver: Send + Sync {
     /// Queues `event` for every local connection of each user (a user listed
     /// twice is served once); returns how many connections.
     fn to_users(&self, users: &[&UserName], event: &Event) -> usize;
+    /// How many local connections `user` has (the cluster registry's count).
+    fn connections(&self, _user: &UserName) -> usize {
+        0
+    }
 }
 
 /// The result of a publication: what was stored and how many connections it

@@ -612,4 +612,8 @@ impl Deliver for Hub {
         }
         n
     }
+
+    fn connections(&self, user: &UserName) -> usize {
+        self.users.get(user).map(|m| m.len()).unwrap_or(0)
+    }
 }
