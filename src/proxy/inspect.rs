@@ -71,20 +71,25 @@ impl InspectMetrics {
     /// Counters for `route` from the gateway's registry.
     pub fn for_route(m: &crate::metrics::Metrics, route: &str) -> Self {
         use crate::metrics::RouteDirection;
-        let dir = |direction| RouteDirection {
-            route: route.to_string(),
-            direction,
+        // One lookup per statement: a family's read guard lives to the end of
+        // its statement, and a second `get_or_create` may need the write lock.
+        let counter = |f: &Family<RouteDirection, Counter>, direction| {
+            let c = f
+                .get_or_create(&RouteDirection {
+                    route: route.to_string(),
+                    direction,
+                })
+                .clone();
+            c
         };
+        let msg_in = counter(&m.ws_messages, "in");
+        let msg_out = counter(&m.ws_messages, "out");
+        let bytes_in = counter(&m.ws_bytes, "in");
+        let bytes_out = counter(&m.ws_bytes, "out");
         Self {
             route: route.to_string(),
-            messages: [
-                m.ws_messages.get_or_create(&dir("in")).clone(),
-                m.ws_messages.get_or_create(&dir("out")).clone(),
-            ],
-            bytes: [
-                m.ws_bytes.get_or_create(&dir("in")).clone(),
-                m.ws_bytes.get_or_create(&dir("out")).clone(),
-            ],
+            messages: [msg_in, msg_out],
+            bytes: [bytes_in, bytes_out],
             close_codes: m.ws_close_codes.clone(),
         }
     }
