@@ -471,9 +471,12 @@ fn frames() -> impl Strategy<Value = Vec<F>> {
     })
 }
 
+/// A data frame's (length, mask).
+type Part = (usize, Option<[u8; 4]>);
+
 #[derive(Debug, Clone)]
 enum Either {
-    Data((u8, Vec<(usize, Option<[u8; 4]>)>)),
+    Data((u8, Vec<Part>)),
     Control((u8, usize, Option<[u8; 4]>, u16)),
 }
 
