@@ -1,7 +1,8 @@
 //! Frame-aware splicing (`ws_inspect = true`) over real sockets: message limits
 //! in each direction (whole and fragmented) with the right close codes on both
 //! sides, keepalive pings answered by a real client and hidden from the other
-//! side, a dead peer reaped, per-route metrics, drain closes; and a proptest
+//! side, foreign pongs kept, a protocol error closed with 1002, a dead peer
+//! reaped, per-route metrics, drain closes; and a proptest
 //! checking the frame scanner against a reference parser under random chunking.
 
 mod common;
@@ -280,6 +281,27 @@ async fn oversized_upstream_messages_close_1009_to_upstream_1001_to_client() {
             "fragmented: {fragmented}"
         );
     }
+}
+
+#[tokio::test]
+async fn foreign_pongs_pass_and_a_non_websocket_stream_closes_1002() {
+    let (up, mut ups) = raw_upstream().await;
+    let gw = TestGateway::start(&config(up, "")).await;
+    let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
+    // A pong the gateway did not ask for (same length as its own) is forwarded.
+    c.write_all(&frame(true, 10, b"abcdefgh", MASK))
+        .await
+        .expect("write");
+    assert_eq!(
+        read_frame(&mut u).await,
+        (true, 10, b"abcdefgh".to_vec(), true)
+    );
+    // Reserved opcode 3: 1002 to the sender, 1001 to the other side.
+    c.write_all(&frame(true, 3, b"??", MASK))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut c).await, (1002, false));
+    assert_eq!(read_close(&mut u).await, (1001, true));
 }
 
 #[tokio::test]
