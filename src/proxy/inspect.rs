@@ -132,6 +132,8 @@ struct Shared {
     alive: [AtomicBool; 2],
     /// Bytes read from each side.
     bytes: [AtomicU64; 2],
+    /// Messages read from each side.
+    messages: [AtomicU64; 2],
     /// Cancelled at the first close the gateway injects (or drain).
     closing: CancellationToken,
     /// A close frame passed through (the endpoints are closing by themselves).
@@ -191,6 +193,7 @@ where
         nonce: rand::random(),
         alive: [AtomicBool::new(false), AtomicBool::new(false)],
         bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+        messages: [AtomicU64::new(0), AtomicU64::new(0)],
         closing: CancellationToken::new(),
         peer_closing: AtomicBool::new(false),
         end: AtomicU8::new(0),
@@ -235,6 +238,10 @@ where
         end: end_from(shared.end.load(Ordering::Relaxed)),
         bytes_in: shared.bytes[0].load(Ordering::Relaxed),
         bytes_out: shared.bytes[1].load(Ordering::Relaxed),
+        messages: Some((
+            shared.messages[0].load(Ordering::Relaxed),
+            shared.messages[1].load(Ordering::Relaxed),
+        )),
     }
 }
 
@@ -457,6 +464,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             let messages = self.process(&mut st, &inb[..n], &mut out);
             if messages > 0 {
                 self.shared.metrics.messages[i].inc_by(messages);
+                self.shared.messages[i].fetch_add(messages, Ordering::Relaxed);
             }
             st.inject_pending(&mut out, &self.shared.metrics);
             if !out.is_empty() {

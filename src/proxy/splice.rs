@@ -37,6 +37,8 @@ pub struct SpliceStats {
     pub bytes_in: u64,
     /// Upstream → client.
     pub bytes_out: u64,
+    /// Messages (client → upstream, upstream → client): inspected splices only.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// Counts bytes read through it into a shared counter (the idle watchdog reads it).
@@ -141,5 +143,6 @@ where
         end,
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
+        messages: None,
     }
 }
