@@ -366,6 +366,31 @@ async fn a_dead_client_is_reaped_and_the_upstream_told_1001() {
 }
 
 #[tokio::test]
+async fn a_dead_upstream_is_reaped_and_the_client_told_1001() {
+    let (up, mut ups) = raw_upstream().await;
+    let gw = TestGateway::start(&config(up, "ws_ping_interval = \"100ms\"\n")).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
+        .await
+        .expect("connect");
+    // Held open, never read: the upstream is dead.
+    let _u = ups.recv().await.expect("upstream");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("client is closed in time");
+    match end {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_messages_bytes_and_close_codes() {
     let (up, _seen) = recording_upstream().await;
     let gw = TestGateway::start(&config(up, "")).await;
