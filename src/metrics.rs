@@ -75,6 +75,8 @@ pub struct Metrics {
     pub ws_handshakes: Family<RouteResult, Counter>,
     pub ws_messages: Family<RouteDirection, Counter>,
     pub ws_close_codes: Family<RouteCode, Counter>,
+    /// Wire bytes of inspected spliced sessions, per route and direction.
+    pub ws_bytes: Family<RouteDirection, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
@@ -103,6 +105,7 @@ impl Metrics {
             ws_handshakes: Family::default(),
             ws_messages: Family::default(),
             ws_close_codes: Family::default(),
+            ws_bytes: Family::default(),
             upstream_up: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
@@ -147,6 +150,11 @@ impl Metrics {
             "ws_close_codes",
             "WebSocket close codes seen",
             m.ws_close_codes.clone(),
+        );
+        r.register(
+            "ws_bytes",
+            "WebSocket wire bytes of inspected splices",
+            m.ws_bytes.clone(),
         );
         r.register(
             "upstream_up",

@@ -7,6 +7,8 @@ pub mod error;
 pub mod files;
 pub mod headers;
 pub mod http;
+pub mod inspect;
+pub mod scan;
 pub mod splice;
 pub mod ws;
 

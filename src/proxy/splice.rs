@@ -2,7 +2,8 @@
 //! handshakes: bytes are copied as they are in both directions until either side
 //! closes, the session is idle for `ws_idle_timeout`, or the gateway drains (then
 //! both TCP connections are closed: the byte-copy path does not know where frames
-//! begin, so it cannot insert a close frame safely).
+//! begin, so it cannot insert a close frame safely). Upstreams with `ws_inspect`
+//! use the frame-aware splice in [`super::inspect`] instead.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +22,12 @@ pub enum SpliceEnd {
     Idle,
     Drain,
     Error,
+    /// Inspected only: a message over `ws_max_message_size`.
+    TooBig,
+    /// Inspected only: a side missed two keepalive pings.
+    PeerDead,
+    /// Inspected only: a side sent bytes that are not WebSocket frames.
+    Protocol,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +37,8 @@ pub struct SpliceStats {
     pub bytes_in: u64,
     /// Upstream → client.
     pub bytes_out: u64,
+    /// Messages (client → upstream, upstream → client): inspected splices only.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// Counts bytes read through it into a shared counter (the idle watchdog reads it).
@@ -134,5 +143,6 @@ where
         end,
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
+        messages: None,
     }
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::error::{HandshakeError, ProxyError};
 use super::headers::{add_forwarded, has_token, rewrite_path, strip_hop_by_hop};
+use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use crate::access::{SessionHold, SessionLog};
 use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
@@ -239,6 +240,14 @@ async fn tunnel(
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     let idle = pool.cfg.ws_idle_timeout;
+    let inspect = pool.cfg.ws_inspect.then(|| {
+        let cfg = InspectConfig {
+            max_message_size: pool.cfg.ws_max_message_size,
+            ping_interval: pool.cfg.ws_ping_interval,
+            idle_timeout: idle,
+        };
+        (cfg, InspectMetrics::for_route(&gw.metrics, &route.label()))
+    });
     let stop = gw.shutdown.token.clone();
     let addr = choice.backend.addr.clone();
     let log = SessionLog::new(gw, &route.label(), "spliced", ctx.client);
@@ -258,7 +267,12 @@ async fn tunnel(
                 return;
             }
         };
-        let stats = splice(TokioIo::new(c), TokioIo::new(u), idle, stop).await;
+        let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+        let stats = match inspect {
+            Some((cfg, metrics)) => splice_inspected(c, u, cfg, metrics, stop).await,
+            None => splice(c, u, idle, stop).await,
+        };
+        // Inspected sessions count their messages and close codes themselves.
         log.record_splice(stats.bytes_in, stats.bytes_out);
         tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
     });
