@@ -146,7 +146,9 @@ http {
   # WebSocket proxy, proxy_buffer_size 64k
   server {
     listen 127.0.0.1:28082;
-    proxy_buffer_size 64k;
+    proxy_buffer_size 64k;          # the WebSocket tunnel buffer
+    proxy_buffers 4 64k;            # (only to keep nginx's buffer invariants valid)
+    proxy_busy_buffers_size 128k;
     location / {
       proxy_pass http://ws_up;
       proxy_http_version 1.1;
