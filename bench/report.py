@@ -59,6 +59,10 @@ def unit(scen, case):
     return {"S1": "msgs/s", "S2": "msgs/s", "S3": "bytes/conn", "S4": "req/s", "S5": "conns/s", "S6": "delivered/s"}[scen]
 
 
+def fmt_us(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
 def fmt(v):
     if v is None:
         return "–"
@@ -175,7 +179,7 @@ for scen in ("S1", "S2", "S3", "S4", "S5", "S6"):
                 got = sum(x["r"]["delivered"] for x in r0)
                 exp = sum(x["r"]["expected"] for x in r0)
                 rs = f"{got/exp:.3f} of expected" if exp else ""
-            w(f"| {case} | {t} | {fmt(m)} {unit(scen, case)} | {fmt(lo)}–{fmt(hi)} | {fmt(p50)} | {fmt(p99)} | {rs} |")
+            w(f"| {case} | {t} | {fmt(m)} {unit(scen, case)} | {fmt(lo)}–{fmt(hi)} | {fmt_us(p50)} | {fmt_us(p99)} | {rs} |")
     w("")
 
 # ---------------------------------------------------------------- targets
