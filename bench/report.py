@@ -82,6 +82,7 @@ for (scen, case), targets in groups.items():
         vals = [primary(r) for r in rs]
         p50 = [v for v in (lat(r, "p50") for r in rs) if v is not None]
         p99 = [v for v in (lat(r, "p99") for r in rs) if v is not None]
+        cpu = [r["r"]["cpu_us"] for r in rs if r["r"].get("cpu_us")]
         med[(scen, case, t)] = (
             statistics.median(vals),
             min(vals),
@@ -89,6 +90,7 @@ for (scen, case), targets in groups.items():
             statistics.median(p50) if p50 else None,
             statistics.median(p99) if p99 else None,
             len(vals),
+            statistics.median(cpu) if cpu else None,
         )
 
 
@@ -148,6 +150,11 @@ w("against the upstream itself (`wsbench ws-server`, a minimal tokio echo that a
 w("one write), i.e. the no-proxy ceiling. nginx runs the stock proxy config and a `proxy_buffer_size 64k`")
 w("variant (`nginx-64k`); configs: `bench/results/<run>/nginx.conf`, `wsgate.toml`.")
 w("")
+w("**server CPU µs/op** is the user + system CPU time the serving process (wsgate, the nginx worker, or the")
+w("upstream for `direct`) spent per message / request / connection during the measurement (from /proc, 10 ms")
+w("tick). It is much less sensitive to the other tenants than the rates, so prefer it when the two disagree;")
+w("in brackets its ratio to the same reference as the last column. For the proxies it excludes the upstream.")
+w("")
 
 for scen in ("S1", "S2", "S3", "S4", "S5", "S6"):
     cases = [c for (s, c) in groups if s == scen]
@@ -159,12 +166,16 @@ for scen in ("S1", "S2", "S3", "S4", "S5", "S6"):
         continue
     w(f"## {TITLES[scen]}")
     w("")
-    w("| case | target | median | min–max | p50 µs | p99 µs | ratio |")
-    w("|---|---|---|---|---|---|---|")
+    w("| case | target | median | min–max | p50 µs | p99 µs | server CPU µs/op | ratio |")
+    w("|---|---|---|---|---|---|---|---|")
     for case in cases:
         ref = reference(scen, case)
         for t in groups[(scen, case)]:
-            m, lo, hi, p50, p99, n = med[(scen, case, t)]
+            m, lo, hi, p50, p99, n, cpu = med[(scen, case, t)]
+            cref = med.get((scen, case, ref)) if ref else None
+            cpu_s = "–" if cpu is None else f"{cpu:.2f}" if cpu < 10 else f"{cpu:.0f}"
+            if cpu is not None and cref and cref[6] and t != ref:
+                cpu_s += f" ({cpu / cref[6]:.2f}×)"
             r = None if ref is None or t == ref else ratio(scen, case, t, ref)
             rs = f"{r:.2f}× {ref}" if r is not None else ""
             if scen == "S1" and "16384B" in case and t == "wsgate":
@@ -179,11 +190,14 @@ for scen in ("S1", "S2", "S3", "S4", "S5", "S6"):
                 got = sum(x["r"]["delivered"] for x in r0)
                 exp = sum(x["r"]["expected"] for x in r0)
                 rs = f"{got/exp:.3f} of expected" if exp else ""
-            w(f"| {case} | {t} | {fmt(m)} {unit(scen, case)} | {fmt(lo)}–{fmt(hi)} | {fmt_us(p50)} | {fmt_us(p99)} | {rs} |")
+            w(f"| {case} | {t} | {fmt(m)} {unit(scen, case)} | {fmt(lo)}–{fmt(hi)} | {fmt_us(p50)} | {fmt_us(p99)} | {cpu_s} | {rs} |")
     w("")
 
 # ---------------------------------------------------------------- targets
 w("## Targets (issue 10) and where each stands")
+w("")
+w("Ratios are wsgate ÷ reference from the medians of this run; in brackets the same comparison by server CPU per")
+w("operation (reference CPU ÷ wsgate CPU, so > 1 means wsgate is cheaper), the less noisy of the two.")
 w("")
 w("| target | measured (this run) | status |")
 w("|---|---|---|")
@@ -200,8 +214,10 @@ def case_ratios(scen, pred, t, ref):
     for (s, c) in groups:
         if s == scen and pred(c):
             r = ratio(s, c, t, ref)
+            a, b = med.get((s, c, t)), med.get((s, c, ref))
+            cr = b[6] / a[6] if a and b and a[6] and b[6] else None
             if r is not None:
-                out.append((c, r))
+                out.append((c, r, cr))
     return out
 
 
@@ -209,8 +225,9 @@ def target_row(name, items, goal, lower_is_better=False):
     if not items:
         w(f"| {name} | – | not measured |")
         return
-    ok = all((r <= goal) if lower_is_better else (r >= goal) for _, r in items)
-    txt = "; ".join(f"{c}: {r:.2f}×" for c, r in items)
+    items = [x if len(x) == 3 else (x[0], x[1], None) for x in items]
+    ok = all((r <= goal) if lower_is_better else (r >= goal) for _, r, _ in items)
+    txt = "; ".join(f"{c}: {r:.2f}×" + (f" (CPU/op: {cr:.2f}×)" if cr else "") for c, r, cr in items)
     w(f"| {name} | {txt} | {status(ok)} |")
 
 

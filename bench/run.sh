@@ -245,19 +245,27 @@ record() {
   sleep 0.3
 }
 
-# wrk output -> JSON (requests/s and the p99 string with its unit)
+# CPU time (user + system) of a pid in microseconds, at the 100 Hz tick
+cpu_us() { awk '{ sub(/.*\) /, ""); print ($12 + $13) * 10000 }' "/proc/$1/stat"; }
+
+# wrk output -> JSON (requests/s, the p99 string with its unit, server CPU µs/request)
 wrk_json() {
-  local o
+  local o c0 c1 n
+  c0=$(cpu_us "$2")
   o=$($L wrk -t1 -c100 -d"${DUR}s" --latency "$1") || return 1
+  c1=$(cpu_us "$2")
+  n=$(awk '$2 == "requests" && $3 == "in" {print $1}' <<<"$o")
   local rps p99 errs
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$o")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$o")
   errs=$(awk '/Non-2xx|Socket errors/ {print "1"}' <<<"$o" | head -1)
   [ -n "$rps" ] || return 1
-  echo "{\"req_per_s\":$rps,\"p99\":\"$p99\",\"errors\":${errs:-0}}"
+  echo "{\"req_per_s\":$rps,\"p99\":\"$p99\",\"cpu_us\":$(awk -v a="$c0" -v b="$c1" -v n="${n:-1}" 'BEGIN {printf "%.2f", (b - a) / n}'),\"errors\":${errs:-0}}"
 }
 
-WS_TARGETS=("direct ws://127.0.0.1:29001/" "wsgate ws://127.0.0.1:28080/ws/" "nginx ws://127.0.0.1:28081/" "nginx-64k ws://127.0.0.1:28082/")
+# name url pid-variable (the process whose CPU time per message is reported)
+WS_TARGETS=("direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/ws/ WSGATE_PID"
+  "nginx ws://127.0.0.1:28081/ NGINX_WORKER" "nginx-64k ws://127.0.0.1:28082/ NGINX_WORKER")
 
 if [ "$SMOKE" = 1 ]; then
   S1_CASES=("100 32 1")
@@ -282,17 +290,17 @@ if want S1; then
     read -r n size depth <<<"$c"
     for run in $(seq 1 "$RUNS"); do
       for t in "${WS_TARGETS[@]}"; do
-        read -r name url <<<"$t"
+        read -r name url pidvar <<<"$t"
         record S1 "${n}c ${size}B d${depth}" "$name" "$run" -- \
-          $L "$WSB" echo --url "$url" --conns "$n" --size "$size" --depth "$depth" --duration "$DUR" --src-ips 20
+          $L "$WSB" echo --url "$url" --conns "$n" --size "$size" --depth "$depth" --duration "$DUR" --src-ips 20 --pid "${!pidvar}"
       done
     done
   done
   for run in $(seq 1 "$RUNS"); do
     for t in "${WS_TARGETS[@]}"; do
-      read -r name url <<<"$t"
+      read -r name url pidvar <<<"$t"
       record S1 "100c 32B @${LAT_RATE}/s" "$name" "$run" -- \
-        $L "$WSB" echo --url "$url" --conns 100 --size 32 --rate "$LAT_RATE" --duration "$DUR"
+        $L "$WSB" echo --url "$url" --conns 100 --size 32 --rate "$LAT_RATE" --duration "$DUR" --pid "${!pidvar}"
     done
   done
 fi
@@ -302,18 +310,18 @@ if want S2; then
   for c in "${S2_CASES[@]}"; do
     read -r n size depth <<<"$c"
     for run in $(seq 1 "$RUNS"); do
-      for t in "direct ws://127.0.0.1:29001/" "wsgate ws://127.0.0.1:28080/echo"; do
-        read -r name url <<<"$t"
+      for t in "direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/echo WSGATE_PID"; do
+        read -r name url pidvar <<<"$t"
         record S2 "${n}c ${size}B d${depth}" "$name" "$run" -- \
-          $L "$WSB" echo --url "$url" --conns "$n" --size "$size" --depth "$depth" --duration "$DUR" --src-ips 20
+          $L "$WSB" echo --url "$url" --conns "$n" --size "$size" --depth "$depth" --duration "$DUR" --src-ips 20 --pid "${!pidvar}"
       done
     done
   done
   for run in $(seq 1 "$RUNS"); do
-    for t in "direct ws://127.0.0.1:29001/" "wsgate ws://127.0.0.1:28080/echo"; do
-      read -r name url <<<"$t"
+    for t in "direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/echo WSGATE_PID"; do
+      read -r name url pidvar <<<"$t"
       record S2 "100c 32B @${LAT_RATE}/s" "$name" "$run" -- \
-        $L "$WSB" echo --url "$url" --conns 100 --size 32 --rate "$LAT_RATE" --duration "$DUR"
+        $L "$WSB" echo --url "$url" --conns 100 --size 32 --rate "$LAT_RATE" --duration "$DUR" --pid "${!pidvar}"
     done
   done
 fi
@@ -321,9 +329,9 @@ fi
 if want S4; then
   echo "== S4 HTTP keep-alive proxy (wrk -t1 -c100)"
   for run in $(seq 1 "$RUNS"); do
-    for t in "direct http://127.0.0.1:29002/" "wsgate http://127.0.0.1:28080/http/" "nginx http://127.0.0.1:28083/"; do
-      read -r name url <<<"$t"
-      record S4 "100c GET" "$name" "$run" -- wrk_json "$url"
+    for t in "direct http://127.0.0.1:29002/ HTTP_PID" "wsgate http://127.0.0.1:28080/http/ WSGATE_PID" "nginx http://127.0.0.1:28083/ NGINX_WORKER"; do
+      read -r name url pidvar <<<"$t"
+      record S4 "100c GET" "$name" "$run" -- wrk_json "$url" "${!pidvar}"
     done
   done
 fi
@@ -331,11 +339,11 @@ fi
 if want S5; then
   echo "== S5 new WebSocket connections/s"
   for run in $(seq 1 "$RUNS"); do
-    for t in "ws direct ws://127.0.0.1:29001/" "ws wsgate ws://127.0.0.1:28080/ws/" "ws nginx ws://127.0.0.1:28081/" \
-      "wss wsgate wss://127.0.0.1:28443/ws/" "wss nginx wss://127.0.0.1:28444/"; do
-      read -r kind name url <<<"$t"
+    for t in "ws direct ws://127.0.0.1:29001/ UP_PID" "ws wsgate ws://127.0.0.1:28080/ws/ WSGATE_PID" "ws nginx ws://127.0.0.1:28081/ NGINX_WORKER" \
+      "wss wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss nginx wss://127.0.0.1:28444/ NGINX_WORKER"; do
+      read -r kind name url pidvar <<<"$t"
       record S5 "$kind" "$name" "$run" -- \
-        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100
+        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100 --pid "${!pidvar}"
     done
   done
 fi

@@ -330,6 +330,23 @@ fn read_rss_kb(pids: &str) -> u64 {
         .sum()
 }
 
+/// User + system CPU time of the given pids in microseconds (from /proc, at the
+/// kernel's 100 Hz tick). CPU per message is far less sensitive to other
+/// tenants on the machine than messages per second.
+fn cpu_us(pids: &str) -> u64 {
+    pids.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let f: Vec<&str> = after.split_whitespace().collect();
+            // fields 14 and 15 of stat(5); `after` starts at field 3
+            let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            (t(14) + t(15)) * 10_000
+        })
+        .sum()
+}
+
 /// Opens `n` connections, at most `parallel` handshakes at a time.
 async fn open_many(client: &Arc<Client>, n: usize, parallel: usize) -> io::Result<Vec<(Box<dyn Io>, Vec<u8>)>> {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
@@ -361,6 +378,8 @@ async fn run_echo(opts: &Opts) -> io::Result<()> {
     let duration = opts.secs("duration", 5.0);
     let conns = open_many(&client, n, 64).await?;
     let (frame, off) = client_frame(2, &vec![b'x'; size]);
+    let pid = opts.str("pid", "");
+    let cpu0 = cpu_us(&pid);
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
     let mut tasks = Vec::with_capacity(n);
@@ -388,8 +407,9 @@ async fn run_echo(opts: &Opts) -> io::Result<()> {
         }
     }
     let secs = duration.as_secs_f64();
+    let cpu = (cpu_us(&pid) - cpu0) as f64 / count.max(1) as f64;
     println!(
-        "{{\"mode\":\"echo\",\"conns\":{n},\"size\":{size},\"depth\":{depth},\"rate\":{rate},\"msgs_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"errors\":{errors}}}",
+        "{{\"mode\":\"echo\",\"conns\":{n},\"size\":{size},\"depth\":{depth},\"rate\":{rate},\"msgs_per_s\":{:.0},\"cpu_us\":{cpu:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"errors\":{errors}}}",
         count as f64 / secs,
         us(&hist, 0.5),
         us(&hist, 0.99),
@@ -509,6 +529,8 @@ async fn run_connrate(opts: &Opts) -> io::Result<()> {
     let client = Client::new(opts)?;
     let parallel = opts.num("concurrency", 32usize);
     let duration = opts.secs("duration", 5.0);
+    let pid = opts.str("pid", "");
+    let cpu0 = cpu_us(&pid);
     let deadline = tokio::time::Instant::now() + duration;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -554,8 +576,9 @@ async fn run_connrate(opts: &Opts) -> io::Result<()> {
         hist.add(&h).expect("hist add");
     }
     let errors = errors.load(Ordering::Relaxed);
+    let cpu = (cpu_us(&pid) - cpu0) as f64 / ok.max(1) as f64;
     println!(
-        "{{\"mode\":\"connrate\",\"tls\":{},\"conns_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
+        "{{\"mode\":\"connrate\",\"tls\":{},\"conns_per_s\":{:.0},\"cpu_us\":{cpu:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
         client.target.tls,
         ok as f64 / duration.as_secs_f64(),
         us(&hist, 0.5),
