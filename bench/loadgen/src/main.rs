@@ -81,11 +81,16 @@ impl Opts {
         Opts(map)
     }
     fn str(&self, key: &str, default: &str) -> String {
-        self.0.get(key).cloned().unwrap_or_else(|| default.to_string())
+        self.0
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
     }
     fn num<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
         match self.0.get(key) {
-            Some(v) => v.parse().unwrap_or_else(|_| panic!("--{key}: not a number: {v}")),
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| panic!("--{key}: not a number: {v}")),
             None => default,
         }
     }
@@ -109,14 +114,23 @@ fn parse_url(url: &str) -> io::Result<Target> {
     } else if let Some(r) = url.strip_prefix("ws://") {
         (false, r)
     } else {
-        return Err(io::Error::other(format!("url must start with ws:// or wss://: {url}")));
+        return Err(io::Error::other(format!(
+            "url must start with ws:// or wss://: {url}"
+        )));
     };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr: SocketAddr = hostport.parse().map_err(|e| io::Error::other(format!("{hostport}: {e}")))?;
-    Ok(Target { tls, addr, host: hostport.to_string(), path: path.to_string() })
+    let addr: SocketAddr = hostport
+        .parse()
+        .map_err(|e| io::Error::other(format!("{hostport}: {e}")))?;
+    Ok(Target {
+        tls,
+        addr,
+        host: hostport.to_string(),
+        path: path.to_string(),
+    })
 }
 
 /// Source address of client connection `i` when spreading over `k` addresses.
@@ -125,7 +139,12 @@ fn source_ip(i: usize, k: usize) -> Option<Ipv4Addr> {
         return None;
     }
     let n = i % k;
-    Some(Ipv4Addr::new(127, 0, 1 + (n / 250) as u8, 1 + (n % 250) as u8))
+    Some(Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        1 + (n % 250) as u8,
+    ))
 }
 
 // ---------------------------------------------------------------- client connections
@@ -194,7 +213,11 @@ impl Client {
     fn new(opts: &Opts) -> io::Result<Arc<Client>> {
         let target = parse_url(&opts.str("url", "ws://127.0.0.1:8080/echo"))?;
         let tls = target.tls.then(tls_connector);
-        Ok(Arc::new(Client { target, tls, src_ips: opts.num("src-ips", 1usize) }))
+        Ok(Arc::new(Client {
+            target,
+            tls,
+            src_ips: opts.num("src-ips", 1usize),
+        }))
     }
 
     /// TCP (+TLS) connect and the WebSocket handshake; returns the stream and any
@@ -321,9 +344,11 @@ fn read_rss_kb(pids: &str) -> u64 {
             std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
                 .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                        l.split_whitespace()
+                            .nth(1)
+                            .and_then(|v| v.parse::<u64>().ok())
+                    })
                 })
                 .unwrap_or(0)
         })
@@ -341,14 +366,22 @@ fn cpu_us(pids: &str) -> u64 {
             let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
             let f: Vec<&str> = after.split_whitespace().collect();
             // fields 14 and 15 of stat(5); `after` starts at field 3
-            let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let t = |i: usize| {
+                f.get(i - 3)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             (t(14) + t(15)) * 10_000
         })
         .sum()
 }
 
 /// Opens `n` connections, at most `parallel` handshakes at a time.
-async fn open_many(client: &Arc<Client>, n: usize, parallel: usize) -> io::Result<Vec<(Box<dyn Io>, Vec<u8>)>> {
+async fn open_many(
+    client: &Arc<Client>,
+    n: usize,
+    parallel: usize,
+) -> io::Result<Vec<(Box<dyn Io>, Vec<u8>)>> {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
@@ -429,7 +462,8 @@ fn take_echoes(buf: &mut Vec<u8>, start: Instant, hist: &mut Histogram<u64>) -> 
     while let Some((op, p0, end, _)) = parse_frame(&buf[pos..]) {
         match op {
             2 => {
-                let ts = u64::from_le_bytes(buf[pos + p0..pos + p0 + 8].try_into().expect("8 bytes"));
+                let ts =
+                    u64::from_le_bytes(buf[pos + p0..pos + p0 + 8].try_into().expect("8 bytes"));
                 hist.saturating_record(now.saturating_sub(ts).max(1));
                 k += 1;
             }
@@ -615,12 +649,16 @@ async fn run_idle(opts: &Opts) -> io::Result<()> {
 
 /// The decimal number after `"text":"` in a chat `msg` frame (the send time).
 fn chat_ts(payload: &[u8]) -> Option<u64> {
-    if find(payload, b"\"type\":\"msg\"").is_none() {
-        return None;
-    }
+    find(payload, b"\"type\":\"msg\"")?;
     let p = find(payload, b"\"text\":\"")? + 8;
-    let digits = payload[p..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&payload[p..p + digits]).ok()?.parse().ok()
+    let digits = payload[p..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[p..p + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 async fn run_chat(opts: &Opts) -> io::Result<()> {
@@ -634,7 +672,10 @@ async fn run_chat(opts: &Opts) -> io::Result<()> {
         let path = format!("{}?user=b{i}", client.target.path);
         conns.push(client.connect(i, Some(&path)).await?);
     }
-    let (join, _) = client_frame(1, format!("{{\"type\":\"join\",\"room\":\"{room}\"}}").as_bytes());
+    let (join, _) = client_frame(
+        1,
+        format!("{{\"type\":\"join\",\"room\":\"{room}\"}}").as_bytes(),
+    );
     let ready = Arc::new(tokio::sync::Barrier::new(members + 1));
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -688,7 +729,8 @@ async fn run_chat(opts: &Opts) -> io::Result<()> {
                 if buf.capacity() - buf.len() < 8192 {
                     buf.reserve(64 * 1024);
                 }
-                match tokio::time::timeout(Duration::from_millis(100), rd.read_buf(&mut buf)).await {
+                match tokio::time::timeout(Duration::from_millis(100), rd.read_buf(&mut buf)).await
+                {
                     Ok(Ok(0)) => return Err(io::Error::other("chat closed")),
                     Ok(r) => {
                         r?;
@@ -708,7 +750,10 @@ async fn run_chat(opts: &Opts) -> io::Result<()> {
     let mut sent = 0u64;
     while next < deadline {
         tokio::time::sleep_until(next).await;
-        let text = format!("{{\"type\":\"msg\",\"room\":\"{room}\",\"text\":\"{}\"}}", now_ns(start));
+        let text = format!(
+            "{{\"type\":\"msg\",\"room\":\"{room}\",\"text\":\"{}\"}}",
+            now_ns(start)
+        );
         wr.write_all(&client_frame(1, text.as_bytes()).0).await?;
         sent += 1;
         next += interval;
@@ -781,10 +826,13 @@ async fn serve_ws_echo(mut s: TcpStream) -> io::Result<()> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case("sec-websocket-key").then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
         })
         .ok_or_else(|| io::Error::other("no key"))?;
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(format!("{key}{WS_GUID}")));
+    let accept = base64::engine::general_purpose::STANDARD
+        .encode(sha1::Sha1::digest(format!("{key}{WS_GUID}")));
     let resp =
         format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
     s.write_all(resp.as_bytes()).await?;
@@ -834,7 +882,8 @@ async fn serve_ws_echo(mut s: TcpStream) -> io::Result<()> {
 
 /// Keep-alive HTTP/1.1 backend: one fixed 200 per request head (bodies ignored).
 async fn serve_http(mut s: TcpStream) -> io::Result<()> {
-    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world\n";
+    const RESP: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world\n";
     let mut buf = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     loop {
