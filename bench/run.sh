@@ -364,7 +364,7 @@ if want S3; then
   # Fresh processes for every measurement: allocators keep freed memory, so a
   # second measurement in the same process would read near zero.
   echo "== S3 idle WebSocket memory (user space RSS growth per connection)"
-  proxied=$(( S3_N < (FDS - 200) / 2 ? S3_N : (FDS - 200) / 2 ))
+  proxied=$(( S3_N < (FDS - 2000) / 2 ? S3_N : (FDS - 2000) / 2 ))
   cases=("app $S3_N" "proxy $proxied")
   [ "$S3_BIG" -gt 0 ] && cases+=("app $S3_BIG")
   for c in "${cases[@]}"; do
