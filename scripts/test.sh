@@ -39,3 +39,10 @@ if [ -x ../shared/tools/autobahn/run.sh ]; then
 else
   echo "== ../shared not present: Autobahn conformance skipped"
 fi
+
+# ---------------------------------------------------------------------------
+# Benchmark smoke (issue 10): every bench scenario for about a second against
+# wsgate and nginx, debug builds, no assertions on speed; fails only when a
+# tool fails, so the suite in bench/ never rots. Full suite: bench/run.sh.
+echo "== bench smoke (bench/run.sh --smoke)"
+bench/run.sh --smoke
