@@ -395,3 +395,32 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn reload_applies_chat_settings() {
+    let toml = |token: &str| {
+        format!("[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/chat\"\napp = \"chat\"\n[app.chat]\npush_token = \"{token}\"\n")
+    };
+    let gw = TestGateway::start(&toml("first")).await;
+    let push = |token: &'static str| {
+        let addr = gw.http();
+        async move {
+            let req = Request::post("/chat/api/push")
+                .header("host", "x")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::from(r#"{"room":"lobby","text":"hi"}"#)))
+                .unwrap();
+            send(addr, req).await.status
+        }
+    };
+    assert_eq!(push("first").await, StatusCode::OK);
+    let path = gw.dir.path().join("wsgate.toml");
+    std::fs::write(&path, toml("second")).unwrap();
+    gw.handle
+        .gw
+        .reload(wsgate::config::load(&path).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(push("first").await, StatusCode::FORBIDDEN);
+    assert_eq!(push("second").await, StatusCode::OK);
+}

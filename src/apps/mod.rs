@@ -41,7 +41,9 @@ impl Apps {
     }
 
     /// Applies reloaded app settings. The echo app reads its settings from the
-    /// config snapshot per session; chat keeps the settings it started with
-    /// (documented in docs/operations.md).
-    pub fn reconfigure(&self, _cfg: &Config) {}
+    /// config snapshot per session; chat takes what can change live (see
+    /// [`chat::Chat::reconfigure`]).
+    pub fn reconfigure(&self, cfg: &Config) {
+        self.chat.reconfigure(cfg.chat.clone());
+    }
 }

@@ -92,7 +92,7 @@ fn rooms_param(uri: &Uri) -> Result<Vec<RoomName>, ChatError> {
 }
 
 fn max_text(chat: &Chat) -> usize {
-    usize::try_from(chat.cfg.max_message_size).unwrap_or(usize::MAX)
+    usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX)
 }
 
 pub(super) async fn handle(
@@ -266,7 +266,7 @@ async fn sse(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body>
     if resume.is_some() {
         for room in &rooms {
             let after = cursor.rooms.get(room).copied().unwrap_or(0);
-            for m in bus.history(room.clone(), after, chat.cfg.history).await? {
+            for m in bus.history(room.clone(), after, chat.cfg().history).await? {
                 sse_event(&mut cursor, &Event::msg(&m)?, &mut first);
             }
         }
@@ -466,7 +466,7 @@ async fn poll_session(
 /// Removes a poll session once nobody polled it for `poll_idle_timeout` (or at
 /// shutdown): its user leaves its rooms and, if it was the last, goes offline.
 async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>) {
-    let idle = chat.cfg.poll_idle_timeout;
+    let idle = chat.cfg().poll_idle_timeout;
     while let Some(next) = session.reap_if_idle(idle) {
         tokio::select! {
             _ = sleep_until(next) => {}
@@ -547,7 +547,7 @@ async fn poll(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<Body
             events.push(ev.json);
         }
         for (room, p) in pos.iter_mut() {
-            for m in bus.history(room.clone(), *p, chat.cfg.history).await? {
+            for m in bus.history(room.clone(), *p, chat.cfg().history).await? {
                 *p = m.id;
                 events.push(Event::msg(&m)?.json);
             }
@@ -613,7 +613,8 @@ struct PushBody {
 }
 
 async fn push(chat: &Arc<Chat>, req: Request<Incoming>) -> Result<Response<Body>, ChatError> {
-    let Some(token) = chat.cfg.push_token.as_deref() else {
+    let cfg = chat.cfg();
+    let Some(token) = cfg.push_token.as_deref() else {
         return Err(ChatError::PushDisabled);
     };
     let given = req
@@ -696,7 +697,7 @@ async fn history(chat: &Arc<Chat>, req: &Request<Incoming>) -> Result<Response<B
     let messages = chat
         .hub
         .bus()
-        .history(room.clone(), 0, limit.min(chat.cfg.history))
+        .history(room.clone(), 0, limit.min(chat.cfg().history))
         .await?;
     Ok(json_response(
         StatusCode::OK,

@@ -40,7 +40,9 @@ use crate::shutdown::Shutdown;
 use crate::Body;
 
 pub struct Chat {
-    cfg: ChatConfig,
+    /// Swapped on reload. `history` and `send_queue` size the hub and bus when
+    /// the chat is built, so changes to those two need a restart.
+    cfg: arc_swap::ArcSwap<ChatConfig>,
     node: Arc<str>,
     hub: Arc<Hub>,
     shutdown: Shutdown,
@@ -62,11 +64,28 @@ impl Chat {
         bus.attach(Arc::downgrade(&sink));
         Arc::new(Self {
             node: Arc::from(bus.node()),
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
             hub,
             shutdown,
             polls: DashMap::new(),
         })
+    }
+
+    /// The current settings (new sessions and requests read them).
+    pub fn cfg(&self) -> Arc<ChatConfig> {
+        self.cfg.load_full()
+    }
+
+    /// Applies reloaded settings: message size, ping interval, push token and
+    /// poll idle timeout take effect for new sessions and requests.
+    pub fn reconfigure(&self, cfg: ChatConfig) {
+        let old = self.cfg();
+        if old.history != cfg.history || old.send_queue != cfg.send_queue {
+            tracing::warn!(
+                "app.chat.history and app.chat.send_queue changes take effect after a restart"
+            );
+        }
+        self.cfg.store(Arc::new(cfg));
     }
 
     /// A validated WebSocket upgrade under the chat route (`prefix`). The

@@ -57,7 +57,7 @@ pub fn accept(
 ) -> Result<Response<Body>, ProxyError> {
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
-    let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg.max_message_size), false);
+    let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg().max_message_size), false);
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let chat = chat.clone();
@@ -151,12 +151,12 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let stop = &chat.shutdown.token;
-    let max_text = usize::try_from(chat.cfg.max_message_size).unwrap_or(usize::MAX);
+    let max_text = usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX);
     // Zero disables pings and the silence check.
-    let every = if chat.cfg.ping_interval.is_zero() {
+    let every = if chat.cfg().ping_interval.is_zero() {
         Duration::from_secs(86_400 * 365)
     } else {
-        chat.cfg.ping_interval
+        chat.cfg().ping_interval
     };
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
