@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
@@ -83,32 +83,27 @@ async fn run<S>(
         let idle_deadline = last_seen + cfg.idle_timeout;
         tokio::select! {
             frame = ws.next_frame() => {
-                let frame = match frame {
-                    Ok(f) => f,
-                    Err(e) => {
-                        // The connection is failed: no close handshake follows.
-                        log.close_code = Some(close_code_for(&e));
-                        fail(&mut ws, &e).await;
-                        let _ = ws.close().await;
-                        return;
-                    }
-                };
+                // Echo every frame already received before flushing once, so a
+                // pipelining client costs one write per batch, not per message.
+                let mut step = on_read(&mut ws, frame, log).await;
+                let mut batch = 1;
+                while step == Step::Go && batch < MAX_BATCH {
+                    let Some(frame) = ws.next_frame().now_or_never() else { break };
+                    step = on_read(&mut ws, frame, log).await;
+                    batch += 1;
+                }
                 last_seen = tokio::time::Instant::now();
-                match frame.opcode() {
-                    OpCode::Close => {
-                        log.close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
-                        break;
-                    }
-                    OpCode::Text | OpCode::Binary => {
-                        let len = frame.payload().len();
-                        log.message_in(len);
-                        let sent = ws.send(frame).await;
-                        log.message_out(len);
-                        if sent.is_err() {
+                match step {
+                    Step::Go => {
+                        if ws.flush().await.is_err() {
                             break;
                         }
                     }
-                    _ => {}
+                    Step::Stop => break,
+                    Step::Failed => {
+                        let _ = ws.close().await;
+                        return;
+                    }
                 }
             }
             _ = ping.tick(), if !cfg.ping_interval.is_zero() => {
@@ -129,6 +124,51 @@ async fn run<S>(
         }
     }
     finish(&mut ws).await;
+}
+
+/// Frames echoed per flush at most, so a fast client cannot starve the
+/// ping, idle and shutdown branches.
+const MAX_BATCH: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Keep reading.
+    Go,
+    /// Close handshake: yawc has queued its answer; finish the session.
+    Stop,
+    /// The connection was failed (close already sent); just drop it.
+    Failed,
+}
+
+/// Handles one read: queues the echo of a data frame (flushed by the caller).
+async fn on_read<S>(ws: &mut WebSocket<S>, frame: yawc::Result<Frame>, log: &mut SessionLog) -> Step
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = match frame {
+        Ok(f) => f,
+        Err(e) => {
+            log.close_code = Some(close_code_for(&e));
+            fail(ws, &e).await;
+            return Step::Failed;
+        }
+    };
+    match frame.opcode() {
+        OpCode::Close => {
+            log.close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+            Step::Stop
+        }
+        OpCode::Text | OpCode::Binary => {
+            let len = frame.payload().len();
+            log.message_in(len);
+            if ws.feed(frame).await.is_err() {
+                return Step::Stop;
+            }
+            log.message_out(len);
+            Step::Go
+        }
+        _ => Step::Go,
+    }
 }
 
 /// RFC 7692 lets a client list several permessage-deflate offers, best first,
