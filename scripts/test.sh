@@ -39,3 +39,12 @@ if [ -x ../shared/tools/autobahn/run.sh ]; then
 else
   echo "== ../shared not present: Autobahn conformance skipped"
 fi
+
+# ---- fuzz smoke run (issue 8, hardening) --------------------------------------
+# Each cargo-fuzz target for FUZZ_SECONDS (default 30 s; 4 targets ≈ 2 min plus
+# the instrumented build). scripts/fuzz.sh installs cargo-fuzz when missing.
+# FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-30}" != 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+# ---- end fuzz smoke run -------------------------------------------------------

@@ -105,7 +105,9 @@ impl<'de> Deserialize<'de> for ServerEntryFile {
         match v.into_inner() {
             toml::Value::String(s) => Ok(ServerEntryFile::Addr(Spanned::new(span, s))),
             toml::Value::Table(t) => {
-                let raw: Raw = toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+                let raw: Raw = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
                 Ok(ServerEntryFile::Table(ServerTableFile {
                     addr: Spanned::new(span.clone(), raw.addr),
                     weight: raw.weight.map(|w| Spanned::new(span, w)),
@@ -215,8 +217,11 @@ mod tests {
 
     #[test]
     fn server_entries_are_strings_or_tables() {
-        let s = servers(r#"servers = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", weight = 2 }]"#).unwrap();
-        assert!(matches!(&s[0], ServerEntryFile::Addr(a) if a.get_ref() == "127.0.0.1:3000" && a.span().start > 0));
+        let s = servers(r#"servers = ["127.0.0.1:3000", { addr = "127.0.0.1:3001", weight = 2 }]"#)
+            .unwrap();
+        assert!(
+            matches!(&s[0], ServerEntryFile::Addr(a) if a.get_ref() == "127.0.0.1:3000" && a.span().start > 0)
+        );
         assert!(matches!(&s[1], ServerEntryFile::Table(t)
             if t.addr.get_ref() == "127.0.0.1:3001" && t.weight.as_ref().map(|w| *w.get_ref()) == Some(2)));
         assert!(servers(r#"servers = [{ addr = "a:1", wieght = 2 }]"#).is_err());

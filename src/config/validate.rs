@@ -437,17 +437,32 @@ fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Ve
         let key = format!("upstream.{name}.servers[{i}]");
         let (addr, weight) = match s {
             ServerEntryFile::Addr(a) => (a, 1),
-            ServerEntryFile::Table(t) => (&t.addr, cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32),
+            ServerEntryFile::Table(t) => (
+                &t.addr,
+                cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32,
+            ),
         };
         if !valid_host_port(addr.get_ref()) {
-            cx.at(addr.span(), format!("{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")", addr.get_ref()));
+            cx.at(
+                addr.span(),
+                format!(
+                    "{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")",
+                    addr.get_ref()
+                ),
+            );
             continue;
         }
         if !seen.insert(addr.get_ref().clone()) {
-            cx.at(addr.span(), format!("{key}: server {} listed twice", addr.get_ref()));
+            cx.at(
+                addr.span(),
+                format!("{key}: server {} listed twice", addr.get_ref()),
+            );
             continue;
         }
-        out.push(ServerEntry { addr: addr.get_ref().clone(), weight });
+        out.push(ServerEntry {
+            addr: addr.get_ref().clone(),
+            weight,
+        });
     }
     out
 }

@@ -23,7 +23,12 @@ use crate::Body;
 pub use error::{HandshakeError, ProxyError};
 
 /// The hyper service entry point for every request on every listener.
-pub async fn handle(gw: Arc<Gateway>, ctx: Arc<ConnCtx>, slot: Arc<ConnSlot>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    ctx: Arc<ConnCtx>,
+    slot: Arc<ConnSlot>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match dispatch(gw, ctx, slot, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -43,15 +48,27 @@ async fn dispatch(
     let host = request_host(&req);
     let upgrade = ws::is_upgrade_attempt(&req);
     if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
-        return Err(if upgrade { HandshakeError::MissingHost.into() } else { ProxyError::MissingHost });
+        return Err(if upgrade {
+            HandshakeError::MissingHost.into()
+        } else {
+            ProxyError::MissingHost
+        });
     }
-    let route = snap.router.find(host.as_deref(), req.uri().path()).cloned().ok_or(ProxyError::NoRoute)?;
+    let route = snap
+        .router
+        .find(host.as_deref(), req.uri().path())
+        .cloned()
+        .ok_or(ProxyError::NoRoute)?;
     if upgrade {
         return ws::handle(&gw, &snap, route, ctx, slot, req).await;
     }
     match &route.target {
         RouteTarget::Upstream(name) => {
-            let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
+            let pool = snap
+                .pools
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
             http::forward(&pool, &gw.sticky_key, &route, &ctx, host, req).await
         }
         RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
@@ -66,5 +83,9 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_owned)
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
 }

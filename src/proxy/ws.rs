@@ -75,7 +75,9 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
         if !has_token(h, header::CONNECTION, "upgrade") {
             return Err(HandshakeError::ConnectionNotUpgrade);
         }
-        let key = h.get(header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::MissingKey)?;
+        let key = h
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(HandshakeError::MissingKey)?;
         if !valid_key(key.as_bytes()) {
             return Err(HandshakeError::BadKey);
         }
@@ -85,11 +87,18 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
     if versions.len() != 1 || versions[0].as_bytes().trim_ascii() != b"13" {
         return Err(HandshakeError::BadVersion);
     }
-    Ok(Handshake { key, h2, protocols: offered_protocols(h) })
+    Ok(Handshake {
+        key,
+        h2,
+        protocols: offered_protocols(h),
+    })
 }
 
 fn valid_key(k: &[u8]) -> bool {
-    k.len() == 24 && base64::engine::general_purpose::STANDARD.decode(k).is_ok_and(|d| d.len() == 16)
+    k.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|d| d.len() == 16)
 }
 
 fn offered_protocols(h: &HeaderMap) -> Vec<String> {
@@ -128,10 +137,16 @@ pub async fn handle(
         return Err(ProxyError::Draining);
     }
     match &route.target {
-        RouteTarget::App(AppKind::Echo) => crate::apps::echo::accept(gw, &snap.config.echo, req, slot),
+        RouteTarget::App(AppKind::Echo) => {
+            crate::apps::echo::accept(gw, &snap.config.echo, req, slot)
+        }
         RouteTarget::App(AppKind::Chat) => gw.apps.chat.accept(req, &route.path, slot),
         RouteTarget::Upstream(name) => {
-            let pool = snap.pools.get(name).cloned().ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
+            let pool = snap
+                .pools
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
             tunnel(gw, pool, &route, &ctx, slot, req, hs).await
         }
         RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
@@ -139,9 +154,17 @@ pub async fn handle(
 }
 
 fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
-    let Some(allowed) = &route.origins else { return Ok(()) };
-    let origin = h.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) {
+    let Some(allowed) = &route.origins else {
+        return Ok(());
+    };
+    let origin = h
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("");
+    if allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+    {
         Ok(())
     } else {
         Err(ProxyError::OriginNotAllowed(origin.to_string()))
@@ -161,7 +184,12 @@ async fn tunnel(
     mut req: Request<Incoming>,
     hs: Handshake,
 ) -> Result<Response<Body>, ProxyError> {
-    let affinity = pool.affinity(&gw.sticky_key, ctx.client.ip(), req.headers(), req.uri().query());
+    let affinity = pool.affinity(
+        &gw.sticky_key,
+        ctx.client.ip(),
+        req.headers(),
+        req.uri().query(),
+    );
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
     let (choice, inflight, up_resp, up_upgrade) = loop {
@@ -203,20 +231,26 @@ async fn tunnel(
     let idle = pool.cfg.ws_idle_timeout;
     let stop = gw.shutdown.token.clone();
     let addr = choice.backend.addr.clone();
-    gw.shutdown.sessions.spawn(async move {
-        let _slot = slot;
-        // The session counts as load on its server for as long as it lives.
-        let _inflight = inflight;
-        let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(client_ok = c.is_ok(), upstream_ok = u.is_ok(), "upgrade did not complete");
-                return;
-            }
-        };
-        let stats = splice(TokioIo::new(c), TokioIo::new(u), idle, stop).await;
-        tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
-    });
+    gw.shutdown
+        .sessions
+        .spawn(crate::server::listener::catch_panics(async move {
+            let _slot = slot;
+            // The session counts as load on its server for as long as it lives.
+            let _inflight = inflight;
+            let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade did not complete"
+                    );
+                    return;
+                }
+            };
+            let stats = splice(TokioIo::new(c), TokioIo::new(u), idle, stop).await;
+            tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+        }));
     Ok(resp)
 }
 
@@ -244,30 +278,45 @@ async fn upstream_handshake(
     hs: &Handshake,
 ) -> Result<(Response<Incoming>, hyper::upgrade::OnUpgrade), ProxyError> {
     let addr = backend.addr.clone();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-        .await
-        .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
     let key = match &hs.key {
         Some(k) => k.clone(),
-        None => HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()))
-            .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        None => HeaderValue::from_str(
+            &base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()),
+        )
+        .map_err(|e| ProxyError::Internal(e.to_string()))?,
     };
     let up_req = upstream_request(req, route, ctx, &key)?;
-    let mut resp = match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
-        Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
-        Ok(Ok(r)) => r,
-    };
+    let mut resp =
+        match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
+            Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
+            Ok(Ok(r)) => r,
+        };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamHandshake(addr, format!("answered {} instead of 101", resp.status())));
+        return Err(ProxyError::UpstreamHandshake(
+            addr,
+            format!("answered {} instead of 101", resp.status()),
+        ));
     }
     let expected = accept_key(key.as_bytes());
-    if resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
-        return Err(ProxyError::UpstreamHandshake(addr, "missing or wrong Sec-WebSocket-Accept".into()));
+    if resp
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes())
+        != Some(expected.as_bytes())
+    {
+        return Err(ProxyError::UpstreamHandshake(
+            addr,
+            "missing or wrong Sec-WebSocket-Accept".into(),
+        ));
     }
     let upgrade = hyper::upgrade::on(&mut resp);
     Ok((resp, upgrade))
@@ -282,7 +331,11 @@ fn upstream_request(
     ctx: &ConnCtx,
     key: &HeaderValue,
 ) -> Result<Request<Empty<Bytes>>, ProxyError> {
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let path = rewrite_path(pq, &route.path, route.strip_prefix);
     let host = super::request_host(req);
     let mut headers = req.headers().clone();
@@ -295,7 +348,10 @@ fn upstream_request(
     }
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
     headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
     let mut up = Request::builder()
         .method(Method::GET)
@@ -319,12 +375,17 @@ fn client_response(hs: &Handshake, upstream: &HeaderMap) -> Result<Response<Body
     } else {
         b = b.status(StatusCode::OK);
     }
-    for name in [header::SEC_WEBSOCKET_PROTOCOL, header::SEC_WEBSOCKET_EXTENSIONS, header::SET_COOKIE] {
+    for name in [
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+        header::SET_COOKIE,
+    ] {
         for v in upstream.get_all(&name) {
             b = b.header(&name, v.clone());
         }
     }
-    b.body(super::error::empty()).map_err(|e| ProxyError::Internal(e.to_string()))
+    b.body(super::error::empty())
+        .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -347,7 +408,10 @@ mod tests {
     fn accepts_valid_and_computes_rfc_accept() {
         let hs = validate(&req(|b| b.header("sec-websocket-protocol", "a, b"))).unwrap();
         assert_eq!(hs.protocols, vec!["a", "b"]);
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -363,15 +427,24 @@ mod tests {
             .unwrap();
         assert_eq!(validate(&bad_key).unwrap_err(), HandshakeError::BadKey);
         let post = req(|b| b.method("POST"));
-        assert!(matches!(validate(&post).unwrap_err(), HandshakeError::Method(_)));
+        assert!(matches!(
+            validate(&post).unwrap_err(),
+            HandshakeError::Method(_)
+        ));
         let old = req(|b| b.version(Version::HTTP_10));
         assert_eq!(validate(&old).unwrap_err(), HandshakeError::HttpVersion);
         let mut v8 = req(|b| b);
-        v8.headers_mut().insert("sec-websocket-version", HeaderValue::from_static("8"));
+        v8.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("8"));
         assert_eq!(validate(&v8).unwrap_err(), HandshakeError::BadVersion);
         let mut noconn = req(|b| b);
-        noconn.headers_mut().insert("connection", HeaderValue::from_static("keep-alive"));
-        assert_eq!(validate(&noconn).unwrap_err(), HandshakeError::ConnectionNotUpgrade);
+        noconn
+            .headers_mut()
+            .insert("connection", HeaderValue::from_static("keep-alive"));
+        assert_eq!(
+            validate(&noconn).unwrap_err(),
+            HandshakeError::ConnectionNotUpgrade
+        );
         let mut nohost = req(|b| b);
         nohost.headers_mut().remove("host");
         assert_eq!(validate(&nohost).unwrap_err(), HandshakeError::MissingHost);
