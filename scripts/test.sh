@@ -40,9 +40,19 @@ else
   echo "== ../shared not present: Autobahn conformance skipped"
 fi
 
+# ---- fuzz smoke run (issue 8, hardening) --------------------------------------
+# Each cargo-fuzz target for FUZZ_SECONDS (default 30 s; 4 targets ≈ 2 min plus
+# the instrumented build). scripts/fuzz.sh installs cargo-fuzz when missing.
+# FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-30}" != 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+# ---- end fuzz smoke run -------------------------------------------------------
+
 # ---------------------------------------------------------------------------
 # Benchmark smoke (issue 10): every bench scenario for about a second against
 # wsgate and nginx, debug builds, no assertions on speed; fails only when a
 # tool fails, so the suite in bench/ never rots. Full suite: bench/run.sh.
 echo "== bench smoke (bench/run.sh --smoke)"
 bench/run.sh --smoke
+

@@ -54,13 +54,15 @@ pub fn accept(
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let cfg = cfg.clone();
     let stop = gw.shutdown.token.clone();
-    gw.shutdown.sessions.spawn(async move {
-        let _slot = slot;
-        match fut.await {
-            Ok(ws) => run(ws, &cfg, stop, &mut log).await,
-            Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
-        }
-    });
+    gw.shutdown
+        .sessions
+        .spawn(crate::server::listener::catch_panics(async move {
+            let _slot = slot;
+            match fut.await {
+                Ok(ws) => run(ws, &cfg, stop, &mut log).await,
+                Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
+            }
+        }));
     Ok(resp.map(|_| empty()))
 }
 

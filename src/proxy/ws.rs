@@ -251,31 +251,33 @@ async fn tunnel(
     let stop = gw.shutdown.token.clone();
     let addr = choice.backend.addr.clone();
     let log = SessionLog::new(gw, &route.label(), "spliced", ctx.client);
-    gw.shutdown.sessions.spawn(async move {
-        let mut log = log;
-        let _slot = slot;
-        // The session counts as load on its server for as long as it lives.
-        let _inflight = inflight;
-        let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade did not complete"
-                );
-                return;
-            }
-        };
-        let (c, u) = (TokioIo::new(c), TokioIo::new(u));
-        let stats = match inspect {
-            Some((cfg, metrics)) => splice_inspected(c, u, cfg, metrics, stop).await,
-            None => splice(c, u, idle, stop).await,
-        };
-        // Inspected sessions count their messages and close codes themselves.
-        log.record_splice(stats.bytes_in, stats.bytes_out);
-        tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
-    });
+    gw.shutdown
+        .sessions
+        .spawn(crate::server::listener::catch_panics(async move {
+            let mut log = log;
+            let _slot = slot;
+            // The session counts as load on its server for as long as it lives.
+            let _inflight = inflight;
+            let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(
+                        client_ok = c.is_ok(),
+                        upstream_ok = u.is_ok(),
+                        "upgrade did not complete"
+                    );
+                    return;
+                }
+            };
+            let (c, u) = (TokioIo::new(c), TokioIo::new(u));
+            let stats = match inspect {
+                Some((cfg, metrics)) => splice_inspected(c, u, cfg, metrics, stop).await,
+                None => splice(c, u, idle, stop).await,
+            };
+            // Inspected sessions count their messages and close codes themselves.
+            log.record_splice(stats.bytes_in, stats.bytes_out);
+            tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+        }));
     Ok(resp)
 }
 

@@ -5,6 +5,7 @@
 //! sessions by `proxy::ws`.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +18,33 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::smuggle::Guarded;
 use super::ConnCtx;
 use crate::gateway::Gateway;
 use crate::limits::{ConnSlot, Refusal};
 use crate::Body;
 
+/// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
+/// `TokioExecutor`, but with panics caught and logged as connection tasks' are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PanicLoggingExecutor;
+
+impl<F> hyper::rt::Executor<F> for PanicLoggingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(super::listener::catch_panics(fut));
+    }
+}
+
 fn builder(
     header_timeout: Duration,
     keepalive: Duration,
     max_head: usize,
-) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+) -> auto::Builder<PanicLoggingExecutor> {
+    let mut b = auto::Builder::new(PanicLoggingExecutor);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -52,12 +69,32 @@ where
     let ctx = Arc::new(ctx);
     let slot = Arc::new(slot);
     let svc_gw = gw.clone();
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
+    let (io, framing) = Guarded::new(io);
     let service = service_fn(move |req: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         let gw = svc_gw.clone();
         let ctx = ctx.clone();
         // Upgraded sessions keep the connection's slot while they live.
         let slot = slot.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(gw, ctx, slot, req).await) }
+        let framing = framing.clone();
+        async move {
+            if framing.ambiguous() {
+                // Request smuggling shape (see `smuggle`): refuse, forward nothing.
+                tracing::debug!("ambiguous request framing; answering 400 and closing");
+                return Ok::<_, Infallible>(ambiguous_framing_response());
+            }
+            let connect = req.method() == http::Method::CONNECT;
+            let resp = crate::proxy::handle(gw, ctx, slot, req).await;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && resp.status().is_success())
+            {
+                // The connection becomes a tunnel: no more HTTP to scan.
+                framing.stop();
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let builder = builder(
         server.header_timeout,
@@ -66,11 +103,29 @@ where
     );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let res = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = gw.shutdown.token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // hyper's `header_read_timeout` only starts once hyper-util has told HTTP/1.1
+    // from the HTTP/2 preface, which it waits for without a limit, and HTTP/2 has
+    // no head timer at all: a client that connects and sends nothing (or half a
+    // preface, or dribbles an HTTP/2 HEADERS frame) would hold its slot forever.
+    // So the first request must have arrived within `header_timeout` of the
+    // connection being ready; later heads are timed by hyper (HTTP/1.1).
+    let first_deadline = tokio::time::sleep(server.header_timeout);
+    tokio::pin!(first_deadline);
+    let mut waiting_first = true;
+    let res = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = first_deadline.as_mut(), if waiting_first => {
+                waiting_first = false;
+                if !first_request.load(Ordering::Relaxed) {
+                    tracing::debug!("no complete request head within header_timeout; closing");
+                    return;
+                }
+            }
+            _ = gw.shutdown.token.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
         }
     };
     if let Err(e) = res {
@@ -105,6 +160,15 @@ where
     b.http2().timer(TokioTimer::new()).max_concurrent_streams(1);
     let conn = b.serve_connection(TokioIo::new(io), service);
     let _ = tokio::time::timeout(header_timeout + Duration::from_secs(1), conn).await;
+}
+
+fn ambiguous_framing_response() -> Response<Body> {
+    let mut r = refusal_response(
+        StatusCode::BAD_REQUEST,
+        "ambiguous request framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)\n",
+    );
+    r.headers_mut().remove(header::RETRY_AFTER);
+    r
 }
 
 fn refusal_response(status: StatusCode, msg: &'static str) -> Response<Body> {

@@ -77,17 +77,27 @@ async fn handle_accept_error(e: io::Error) {
     }
 }
 
-/// A panic inside one connection is logged and contained to that connection.
-pub async fn catch_panics(fut: impl std::future::Future<Output = ()>) {
+/// A panic inside one connection (or WebSocket session, or HTTP/2 stream) is
+/// logged and contained to it: the future is dropped, which releases what it
+/// held (its connection slot, session guards). `None` when it panicked.
+pub async fn catch_panics<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
     use futures_util::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic".into());
-        tracing::error!(panic = %msg, "connection task panicked; connection dropped");
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            tracing::error!(panic = %panic_message(&*panic), "connection task panicked; connection dropped");
+            None
+        }
     }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 async fn handle_connection(

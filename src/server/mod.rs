@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod conn;
 pub mod listener;
+pub mod smuggle;
 pub mod tls;
 
 use std::net::SocketAddr;

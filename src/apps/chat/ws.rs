@@ -60,14 +60,16 @@ pub fn accept(
     let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg().max_message_size), false);
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let sessions = chat.shutdown.sessions.clone();
     let chat = chat.clone();
-    chat.shutdown.sessions.clone().spawn(async move {
+    let session = async move {
         let _slot = slot;
         match fut.await {
             Ok(ws) => run(&chat, ws, user).await,
             Err(e) => tracing::debug!(error = %e, "chat upgrade did not complete"),
         }
-    });
+    };
+    sessions.spawn(crate::server::listener::catch_panics(session));
     Ok(resp.map(|_| empty()))
 }
 
@@ -80,6 +82,8 @@ enum End {
     Overflow,
     Shutdown,
     Silent,
+    /// The session task panicked (logged by `catch_panics`).
+    Panicked,
 }
 
 async fn run<S>(chat: &Arc<Chat>, mut ws: WebSocket<S>, user: UserName)
@@ -111,7 +115,11 @@ where
             return;
         }
     };
-    let end = session(chat, &mut ws, &conn, rx).await;
+    // A panic in the session still leaves the hub below, so the user does not
+    // stay listed as present with a dead connection.
+    let end = crate::server::listener::catch_panics(session(chat, &mut ws, &conn, rx))
+        .await
+        .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
     chat.hub.disconnect(&conn).await;
     if end == End::Overflow {
@@ -125,6 +133,7 @@ where
         )),
         End::Shutdown => Some((CloseCode::Away, "server shutting down")),
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
+        End::Panicked => Some((CloseCode::Error, "internal error")),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         match close {

@@ -1,0 +1,383 @@
+//! Request-smuggling guard for HTTP/1.1 connections.
+//!
+//! hyper accepts a request carrying both `Content-Length` and
+//! `Transfer-Encoding` the way RFC 9112 §6.1 allows (the transfer coding wins,
+//! `Content-Length` is dropped, the connection closes afterwards), so by the
+//! time the request reaches wsgate's service nothing shows that it was
+//! ambiguous. wsgate refuses such requests outright: [`Guarded`] sits under
+//! hyper, follows HTTP/1.1 message framing in the bytes hyper reads (heads,
+//! `Content-Length` and chunked bodies) and marks the connection when a head has
+//! both headers or disagreeing `Content-Length`s. hyper can only parse bytes
+//! that went through here first, so the mark is set before the service sees the
+//! request; the service then answers 400 and closes, and nothing is forwarded.
+//!
+//! The scan keeps a few hundred bytes of state per connection whatever the
+//! input, and stops for good on HTTP/2, after an upgrade (the service says so),
+//! and on framing hyper itself rejects.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest line prefix kept: enough for any header name and a
+/// `Content-Length` or `Transfer-Encoding` value.
+const LINE_KEEP: usize = 256;
+
+const CLEAN: u8 = 0;
+const AMBIGUOUS: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// What the scanner found, shared with the connection's service.
+#[derive(Debug, Default)]
+pub struct Verdict(AtomicU8);
+
+impl Verdict {
+    /// A request head on this connection had ambiguous framing.
+    pub fn ambiguous(&self) -> bool {
+        self.0.load(Ordering::Acquire) == AMBIGUOUS
+    }
+
+    /// Stops scanning (the connection was upgraded and carries no more HTTP).
+    pub fn stop(&self) {
+        let _ = self
+            .0
+            .compare_exchange(CLEAN, STOPPED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn mark_ambiguous(&self) {
+        self.0.store(AMBIGUOUS, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(Ordering::Acquire) != CLEAN
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Head(Head),
+    Body(u64),
+    ChunkSize(Line),
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers(Line),
+    Off,
+}
+
+#[derive(Debug, Default)]
+struct Line {
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl Line {
+    fn push(&mut self, b: u8) {
+        if self.buf.len() < LINE_KEEP {
+            self.buf.push(b);
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    fn take(&mut self) -> (Vec<u8>, bool) {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        (buf, std::mem::replace(&mut self.truncated, false))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Head {
+    line: Line,
+    started: bool,
+    te: bool,
+    chunked: bool,
+    content_length: Option<u64>,
+    ambiguous: bool,
+}
+
+/// Follows HTTP/1.1 request framing over a byte stream.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            state: State::Head(Head::default()),
+        }
+    }
+}
+
+impl Scanner {
+    /// Feeds bytes; returns true when a request head with ambiguous framing
+    /// ended in them.
+    pub fn feed(&mut self, mut data: &[u8]) -> bool {
+        let mut found = false;
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return found,
+                State::Body(n) | State::ChunkData(n) => {
+                    let k = usize::try_from(*n).unwrap_or(usize::MAX).min(data.len());
+                    *n -= k as u64;
+                    data = &data[k..];
+                    if *n == 0 {
+                        self.state = match self.state {
+                            State::ChunkData(_) => State::ChunkEnd,
+                            _ => State::Head(Head::default()),
+                        };
+                    }
+                }
+                State::ChunkEnd => match data.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        data = &data[i + 1..];
+                        self.state = State::ChunkSize(Line::default());
+                    }
+                    None => return found,
+                },
+                State::ChunkSize(line) | State::Trailers(line) => {
+                    let b = data[0];
+                    data = &data[1..];
+                    if b != b'\n' {
+                        line.push(b);
+                        continue;
+                    }
+                    let (l, truncated) = line.take();
+                    self.state = match &self.state {
+                        State::ChunkSize(_) => chunk_size(&l, truncated),
+                        _ if l.is_empty() => State::Head(Head::default()),
+                        _ => State::Trailers(Line::default()),
+                    };
+                }
+                State::Head(head) => {
+                    let b = data[0];
+                    data = &data[1..];
+                    if b != b'\n' {
+                        head.line.push(b);
+                        continue;
+                    }
+                    let (l, truncated) = head.line.take();
+                    if !head.started {
+                        // Empty lines before a request line are skipped (RFC 9112 §2.2).
+                        if !l.is_empty() {
+                            head.started = true;
+                            if l.ends_with(b"HTTP/2.0") || truncated {
+                                self.state = State::Off;
+                            }
+                        }
+                        continue;
+                    }
+                    if l.is_empty() {
+                        let head = std::mem::take(head);
+                        found |= head.ambiguous || (head.te && head.content_length.is_some());
+                        self.state = if head.te {
+                            // hyper refuses a transfer coding not ending in chunked.
+                            if head.chunked {
+                                State::ChunkSize(Line::default())
+                            } else {
+                                State::Off
+                            }
+                        } else {
+                            match head.content_length {
+                                Some(n) if n > 0 => State::Body(n),
+                                _ => State::Head(Head::default()),
+                            }
+                        };
+                        continue;
+                    }
+                    if let Some(next) = header_line(head, &l, truncated) {
+                        self.state = next;
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Records one header line; returns a new state when scanning must stop.
+fn header_line(head: &mut Head, l: &[u8], truncated: bool) -> Option<State> {
+    let colon = l.iter().position(|b| *b == b':')?;
+    let name = &l[..colon];
+    let value = l[colon + 1..].trim_ascii();
+    if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        if truncated {
+            return Some(State::Off);
+        }
+        head.te = true;
+        let last = value
+            .rsplit(|b| *b == b',')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        head.chunked = last.eq_ignore_ascii_case(b"chunked");
+    } else if name.eq_ignore_ascii_case(b"content-length") {
+        for part in value.split(|b| *b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            match (n, head.content_length) {
+                (None, _) => head.ambiguous = true,
+                (Some(n), Some(prev)) if n != prev => head.ambiguous = true,
+                (Some(n), _) => head.content_length = Some(n),
+            }
+        }
+        if truncated {
+            head.ambiguous = true;
+        }
+    }
+    None
+}
+
+fn chunk_size(l: &[u8], truncated: bool) -> State {
+    let hex = l
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    match std::str::from_utf8(hex)
+        .ok()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        _ if truncated || hex.is_empty() => State::Off,
+        Some(0) => State::Trailers(Line::default()),
+        Some(n) => State::ChunkData(n),
+        None => State::Off,
+    }
+}
+
+/// An IO whose reads are scanned for ambiguous request framing.
+pub struct Guarded<IO> {
+    io: IO,
+    scanner: Scanner,
+    verdict: Arc<Verdict>,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(io: IO) -> (Self, Arc<Verdict>) {
+        let verdict = Arc::new(Verdict::default());
+        (
+            Self {
+                io,
+                scanner: Scanner::default(),
+                verdict: verdict.clone(),
+            },
+            verdict,
+        )
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if res.is_ready() && !this.verdict.stopped() && this.scanner.feed(&buf.filled()[before..]) {
+            this.verdict.mark_ambiguous();
+        }
+        res
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(parts: &[&[u8]]) -> bool {
+        let mut s = Scanner::default();
+        parts.iter().fold(false, |found, p| s.feed(p) | found)
+    }
+
+    #[test]
+    fn clean_requests_pass() {
+        assert!(!scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcdeGET / HTTP/1.1\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+        ]));
+        // A body that looks like a smuggling head is only a body.
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut req =
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.extend_from_slice(body);
+        assert!(!scan(&[&req]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nabcde"
+        ]));
+    }
+
+    #[test]
+    fn ambiguous_framing_is_found_wherever_it_is_split() {
+        let cases: [&[u8]; 4] = [
+            b"POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+            b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\nPOST / HTTP/1.1\r\nContent-length: 1, 2\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(scan(&[c]), "{}", String::from_utf8_lossy(c));
+            for i in 1..c.len() {
+                assert!(scan(&[&c[..i], &c[i..]]), "split at {i}");
+            }
+            let bytes: Vec<&[u8]> = c.chunks(1).collect();
+            assert!(scan(&bytes));
+        }
+    }
+
+    #[test]
+    fn stops_on_http2_and_stays_bounded() {
+        let mut s = Scanner::default();
+        assert!(!s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(matches!(s.state, State::Off));
+        let mut s = Scanner::default();
+        s.feed(b"GET / HTTP/1.1\r\nX-Long: ");
+        s.feed(&vec![b'a'; 1 << 20]);
+        match &s.state {
+            State::Head(h) => assert!(h.line.buf.len() <= LINE_KEEP),
+            other => panic!("{other:?}"),
+        }
+    }
+}
