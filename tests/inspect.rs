@@ -28,33 +28,6 @@ fn config(up: SocketAddr, extra: &str) -> String {
     )
 }
 
-/// A frame (masked when `mask` is given).
-fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n < 65536 => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if let Some(k) = mask {
-        f.extend_from_slice(&k);
-    }
-    f.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask.map_or(0, |k| k[i % 4])),
-    );
-    f
-}
-
 /// Reads one frame: (fin, opcode, unmasked payload, was masked).
 async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>, bool) {
     let mut h = [0u8; 2];

@@ -109,31 +109,6 @@ async fn echo_with_a_real_client() {
     }
 }
 
-/// A client frame (masked unless `mask` is None).
-fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => f.push(m | n as u8),
-        n if n < 65536 => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            f.extend_from_slice(&k);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => f.extend_from_slice(payload),
-    }
-    f
-}
-
 const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 
 /// Opens a raw upgraded connection to /echo and returns the stream.
