@@ -5,11 +5,13 @@
 //! begin, so it cannot insert a close frame safely). Upstreams with `ws_inspect`
 //! use the frame-aware splice in [`super::inspect`] instead.
 
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,56 +43,17 @@ pub struct SpliceStats {
     pub messages: Option<(u64, u64)>,
 }
 
-/// Counts bytes read through it into a shared counter (the idle watchdog reads it).
-struct Counted<T> {
-    inner: T,
-    read: Arc<AtomicU64>,
-}
+/// Largest read in one go. Big enough for a 16 KiB message and its frame
+/// header in one syscall. It lives on the polling thread's stack, not in the
+/// session, so an idle session holds no copy buffer at all.
+const READ_CHUNK: usize = 64 * 1024;
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Copies both ways until done. Buffers are 16 KiB per direction so large
-/// messages move in few syscalls.
+/// Copies both ways until done (both sides closed, or an error).
+///
+/// Unlike `tokio::io::copy_bidirectional`, which allocates a buffer per
+/// direction for the whole session, data is read into a stack buffer and
+/// written straight out; only bytes the peer is not ready to take are kept, in
+/// a heap buffer sized to them, until they are written.
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
@@ -103,13 +66,11 @@ where
 {
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let mut c = Counted {
-        inner: client,
-        read: bytes_in.clone(),
-    };
-    let mut u = Counted {
-        inner: upstream,
-        read: bytes_out.clone(),
+    let copy = Bidirectional {
+        client,
+        upstream,
+        to_upstream: Pipe::new(bytes_in.clone()),
+        to_client: Pipe::new(bytes_out.clone()),
     };
     let total = || bytes_in.load(Ordering::Relaxed) + bytes_out.load(Ordering::Relaxed);
     let watchdog = async {
@@ -133,9 +94,7 @@ where
         }
     };
     let end = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, 16 * 1024, 16 * 1024) => {
-            if r.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Error }
-        }
+        r = copy => if r.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Error },
         _ = watchdog => SpliceEnd::Idle,
         _ = stop.cancelled() => SpliceEnd::Drain,
     };
@@ -144,5 +103,256 @@ where
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
         messages: None,
+    }
+}
+
+/// Both directions of one session, polled together so each stream is borrowed
+/// by one direction at a time without a lock.
+struct Bidirectional<C, U> {
+    client: C,
+    upstream: U,
+    to_upstream: Pipe,
+    to_client: Pipe,
+}
+
+impl<C, U> Future for Bidirectional<C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let up = this
+            .to_upstream
+            .poll_copy(cx, &mut this.client, &mut this.upstream)?;
+        let down = this
+            .to_client
+            .poll_copy(cx, &mut this.upstream, &mut this.client)?;
+        if up.is_ready() && down.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One direction: read → write, then on EOF shut the writer down.
+struct Pipe {
+    /// Bytes read but not yet accepted by the writer (only while it is slow).
+    backlog: Vec<u8>,
+    /// How much of `backlog` is already written.
+    written: usize,
+    /// Bytes handed to the writer since the last flush.
+    unflushed: bool,
+    eof: bool,
+    done: bool,
+    count: Arc<AtomicU64>,
+}
+
+impl Pipe {
+    fn new(count: Arc<AtomicU64>) -> Self {
+        Self {
+            backlog: Vec::new(),
+            written: 0,
+            unflushed: false,
+            eof: false,
+            done: false,
+            count,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        loop {
+            ready!(self.poll_backlog(cx, w))?;
+            if self.eof {
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *r).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read: push out what the writer buffered (TLS)
+                    // before sleeping.
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let data = buf.filled();
+            if data.is_empty() {
+                self.eof = true;
+                continue;
+            }
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.write_or_keep(cx, w, data)?;
+        }
+    }
+
+    /// Writes `data` directly; whatever the writer does not take now goes to
+    /// the backlog.
+    fn write_or_keep<W>(&mut self, cx: &mut Context<'_>, w: &mut W, data: &[u8]) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let mut at = 0;
+        while at < data.len() {
+            match Pin::new(&mut *w).poll_write(cx, &data[at..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    at += n;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        self.backlog.extend_from_slice(&data[at..]);
+        Ok(())
+    }
+
+    /// Writes out the backlog; ready once it is empty (its memory then freed).
+    fn poll_backlog<W>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        while self.written < self.backlog.len() {
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.backlog[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+            self.unflushed = true;
+        }
+        if !self.backlog.is_empty() {
+            self.backlog = Vec::new();
+            self.written = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Pipes of 1 KiB make every large write stall, so the backlog path runs
+    /// on nearly every read, in both directions at once.
+    #[tokio::test]
+    async fn copies_both_ways_through_slow_peers_intact() {
+        let (client, mut client_far) = duplex(1024);
+        let (upstream, mut upstream_far) = duplex(1024);
+        let session = tokio::spawn(splice(
+            client,
+            upstream,
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        ));
+        let up_data = pattern(300_000, 1);
+        let down_data = pattern(200_000, 7);
+        let (up_send, down_send) = (up_data.clone(), down_data.clone());
+        let client_side = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(client_far);
+            let writer = tokio::spawn(async move {
+                w.write_all(&up_send).await?;
+                w.shutdown().await?;
+                io::Result::Ok(w)
+            });
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await?;
+            let w = writer.await.map_err(io::Error::other)??;
+            client_far = r.unsplit(w);
+            drop(client_far);
+            io::Result::Ok(got)
+        });
+        let mut got_up = vec![0; up_data.len()];
+        upstream_far.read_exact(&mut got_up).await.unwrap();
+        // The client's EOF arrives after its data.
+        assert_eq!(upstream_far.read(&mut [0u8; 1]).await.unwrap(), 0);
+        upstream_far.write_all(&down_send).await.unwrap();
+        upstream_far.shutdown().await.unwrap();
+        let got_down = client_side.await.unwrap().unwrap();
+        assert!(got_up == up_data, "client → upstream bytes differ");
+        assert!(got_down == down_data, "upstream → client bytes differ");
+        let stats = session.await.unwrap();
+        assert_eq!(stats.end, SpliceEnd::Closed);
+        assert_eq!(stats.bytes_in, up_data.len() as u64);
+        assert_eq!(stats.bytes_out, down_data.len() as u64);
+    }
+
+    /// A reader that never reads must not make the splice buffer without
+    /// bound: at most one read's worth waits in the backlog.
+    #[tokio::test]
+    async fn stalled_writer_bounds_the_backlog() {
+        let (client, mut client_far) = duplex(64 * 1024);
+        let (upstream, upstream_far) = duplex(1024);
+        let stop = CancellationToken::new();
+        let session = tokio::spawn(splice(
+            client,
+            upstream,
+            Duration::from_secs(30),
+            stop.clone(),
+        ));
+        // The client can write its pipe full plus what the splice read, then
+        // stalls: a write that does not finish within the deadline means it did.
+        let mut sent = 0usize;
+        while sent < 64 * 1024 * 1024 {
+            let write = client_far.write_all(&[0u8; 4096]);
+            match tokio::time::timeout(Duration::from_millis(300), write).await {
+                Ok(r) => r.unwrap(),
+                Err(_) => break,
+            }
+            sent += 4096;
+        }
+        assert!(sent < 64 * 1024 * 1024, "writes never stalled");
+        stop.cancel();
+        let stats = session.await.unwrap();
+        assert_eq!(stats.end, SpliceEnd::Drain);
+        assert!(
+            stats.bytes_in <= (READ_CHUNK + 2 * 1024) as u64,
+            "read {} bytes with nobody reading",
+            stats.bytes_in
+        );
+        drop(upstream_far);
+    }
+
+    #[tokio::test]
+    async fn idle_session_ends_after_the_timeout() {
+        let (client, _client_far) = duplex(1024);
+        let (upstream, _upstream_far) = duplex(1024);
+        let stats = splice(
+            client,
+            upstream,
+            Duration::from_millis(40),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(stats.end, SpliceEnd::Idle);
     }
 }
