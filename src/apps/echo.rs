@@ -23,12 +23,23 @@ use crate::limits::ConnSlot;
 use crate::proxy::error::{empty, ProxyError};
 use crate::Body;
 
+/// Starting (and resting) size of the codec's read buffer. yawc defaults to
+/// 8 KiB, which was most of an idle session's memory; a larger frame grows the
+/// buffer for as long as it takes (a few more reads), then yawc shrinks it back.
+const READ_BUFFER: usize = 512;
+
+/// The write buffer starts empty: the encoder reserves exactly what each frame
+/// needs, and the buffer keeps that (up to 8 KiB) for the next ones.
+const WRITE_BUFFER: usize = 0;
+
 /// yawc options for an app with these limits.
 pub fn codec_options(max_message: u64, compression: bool) -> Options {
     let max = usize::try_from(max_message).unwrap_or(usize::MAX);
     // yawc's limits are exclusive; ours are inclusive.
     let opts = Options::default()
         .with_limits(max.saturating_add(1), max.saturating_add(1))
+        .with_read_buffer_capacity(READ_BUFFER)
+        .with_write_buffer_capacity(WRITE_BUFFER)
         .with_utf8()
         .with_no_delay();
     if compression {
@@ -58,16 +69,21 @@ pub fn accept(
         .sessions
         .spawn(crate::server::listener::catch_panics(async move {
             let _slot = slot;
-            match fut.await {
-                Ok(ws) => run(ws, &cfg, stop, &mut log).await,
-                Err(e) => tracing::debug!(error = %e, "echo upgrade failed"),
-            }
+            // Boxed before `run`, and not inside the `match`: the scrutinee would
+            // otherwise stay in this future's state for the whole session.
+            let ws = match fut.await {
+                Ok(ws) => Box::new(ws),
+                Err(e) => return tracing::debug!(error = %e, "echo upgrade failed"),
+            };
+            run(ws, &cfg, stop, &mut log).await
         }));
     Ok(resp.map(|_| empty()))
 }
 
+/// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
+/// copy side by side, which for a ~900-byte codec doubled an idle session.
 async fn run<S>(
-    mut ws: WebSocket<S>,
+    mut ws: Box<WebSocket<S>>,
     cfg: &EchoConfig,
     stop: CancellationToken,
     log: &mut SessionLog,
@@ -279,5 +295,26 @@ mod tests {
         none.insert("sec-websocket-extensions", "x-foo".parse().unwrap());
         keep_first_deflate_offer(&mut none);
         assert!(none.is_empty());
+    }
+}
+#[cfg(test)]
+mod session_size {
+    fn output_size<A, B, C, F>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle session holds its future; a by-value codec in it once made
+    /// it 2.2 KB (the codec stored twice). Keep it well under that.
+    #[test]
+    fn the_session_future_stays_small() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let size = output_size(
+            |ws: Box<yawc::HttpWebSocket>,
+             cfg: &'static crate::config::EchoConfig,
+             log: &'static mut crate::access::SessionLog| {
+                super::run(ws, cfg, stop, log)
+            },
+        );
+        assert!(size <= 1024, "echo session future is {size} bytes");
     }
 }

@@ -80,15 +80,22 @@ async fn handle_accept_error(e: io::Error) {
 /// A panic inside one connection (or WebSocket session, or HTTP/2 stream) is
 /// logged and contained to it: the future is dropped, which releases what it
 /// held (its connection slot, session guards). `None` when it panicked.
-pub async fn catch_panics<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+///
+/// A combinator, not an `async fn`: an `async fn` would keep its argument and
+/// the running future side by side in its state, doubling every session task.
+pub fn catch_panics<T>(
+    fut: impl std::future::Future<Output = T>,
+) -> impl std::future::Future<Output = Option<T>> {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(v) => Some(v),
-        Err(panic) => {
-            tracing::error!(panic = %panic_message(&*panic), "connection task panicked; connection dropped");
-            None
-        }
-    }
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(|r| match r {
+            Ok(v) => Some(v),
+            Err(panic) => {
+                tracing::error!(panic = %panic_message(&*panic), "connection task panicked; connection dropped");
+                None
+            }
+        })
 }
 
 /// The text of a panic payload.
