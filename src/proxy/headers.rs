@@ -47,20 +47,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// `X-Forwarded-Host` (the latter only when the client did not send one, so a
 /// chain of proxies keeps the original).
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    // Static names: parsing "x-forwarded-*" from strings allocated on every request.
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
         _ => client.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(XFF, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        XFP,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if !h.contains_key("x-forwarded-host") {
+    if !h.contains_key(&XFH) {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            h.insert("x-forwarded-host", v);
+            h.insert(XFH, v);
         }
     }
 }

@@ -14,6 +14,7 @@ use std::error::Error as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -37,27 +38,24 @@ pub async fn forward(
     secret: &[u8; 32],
     route: &RouteConfig,
     ctx: &ConnCtx,
-    host: Option<String>,
+    host: Option<&str>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
     let affinity = pool.affinity(secret, ctx.client.ip(), &parts.headers, parts.uri.query());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let path = rewrite_path(&pq, &route.path, route.strip_prefix);
+    // Reused as it came (no copy) unless the route strips its prefix.
+    let path = match parts.uri.path_and_query() {
+        Some(pq) if !route.strip_prefix => pq.clone(),
+        pq => {
+            let pq = pq.map(|p| p.as_str()).unwrap_or("/");
+            PathAndQuery::try_from(rewrite_path(pq, &route.path, route.strip_prefix))
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
+    };
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(
-        &mut parts.headers,
-        ctx.client.ip(),
-        ctx.tls,
-        host.as_deref(),
-    );
-    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+    add_forwarded(&mut parts.headers, ctx.client.ip(), ctx.tls, host);
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         parts.headers.insert(header::HOST, h);
     }
     // Only a request without a body can be sent again: a streamed body is gone
@@ -87,11 +85,24 @@ pub async fn forward(
         };
         let backend = choice.backend.clone();
         tried.push(backend.id);
-        let uri: Uri = format!("http://{}{}", backend.addr, path)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(backend.addr.as_str())
+            .path_and_query(path.clone())
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let this_body = body.take().unwrap_or_else(super::error::empty);
-        let mut up = Request::from_parts(parts.clone(), this_body);
+        // Cloning the head (every header value) only pays when another attempt
+        // can follow: a replayable request, retries left, an untried server.
+        let may_retry = replayable
+            && tried.len() <= pool.cfg.retries as usize
+            && tried.len() < pool.backends().len();
+        let head = if may_retry {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let mut up = Request::from_parts(head, this_body);
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
         let guard = backend.track();

@@ -39,9 +39,9 @@ pub async fn handle(
     let bytes_in = BytesIn::default();
     req.extensions_mut().insert(bytes_in.clone());
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let host = request_host(&req).unwrap_or_default();
+    let host = request_host(&req);
     let mut route = String::from("-");
-    let resp = match dispatch(&gw, ctx.clone(), slot, req, &mut route).await {
+    let resp = match dispatch(&gw, ctx.clone(), slot, req, host.as_deref(), &mut route).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, side = ?e.side(), "request failed");
@@ -52,7 +52,7 @@ pub async fn handle(
     let info = RequestInfo {
         client: ctx.client,
         method,
-        host,
+        host: host.unwrap_or_default(),
         path,
         route,
         upstream: parts
@@ -71,10 +71,10 @@ async fn dispatch(
     ctx: Arc<ConnCtx>,
     slot: Arc<ConnSlot>,
     req: Request<Incoming>,
+    host: Option<&str>,
     route_label: &mut String,
 ) -> Result<Response<Body>, ProxyError> {
     let snap = gw.snapshot();
-    let host = request_host(&req);
     let upgrade = ws::is_upgrade_attempt(&req);
     if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
         return Err(if upgrade {
@@ -85,7 +85,7 @@ async fn dispatch(
     }
     let route = snap
         .router
-        .find(host.as_deref(), req.uri().path())
+        .find(host, req.uri().path())
         .cloned()
         .ok_or(ProxyError::NoRoute)?;
     *route_label = route.label();
