@@ -61,6 +61,8 @@ pub async fn forward(
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    // After `tried` attempts, may another one be made?
+    let retry_allowed = |tried: usize| replayable && tried <= pool.cfg.retries as usize;
     let counter = parts
         .extensions
         .get::<BytesIn>()
@@ -93,10 +95,8 @@ pub async fn forward(
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let this_body = body.take().unwrap_or_else(super::error::empty);
         // Cloning the head (every header value) only pays when another attempt
-        // can follow: a replayable request, retries left, an untried server.
-        let may_retry = replayable
-            && tried.len() <= pool.cfg.retries as usize
-            && tried.len() < pool.backends().len();
+        // can follow: within the retry budget and with a server left to try.
+        let may_retry = retry_allowed(tried.len()) && tried.len() < pool.backends().len();
         let head = if may_retry {
             parts.clone()
         } else {
@@ -140,7 +140,7 @@ pub async fn forward(
         pool.report_failure(&backend);
         count(metrics, pool, &backend.addr, err.status().as_u16());
         tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
-        if !replayable || !resendable || tried.len() > pool.cfg.retries as usize {
+        if !resendable || !retry_allowed(tried.len()) {
             return Err(err);
         }
         last_err = Some(err);

@@ -64,11 +64,8 @@ pub fn accept(
     let chat = chat.clone();
     let session = async move {
         let _slot = slot;
-        // Boxed before `run`, and not inside the `match`: the scrutinee would
-        // otherwise stay in this future's state for the whole session.
-        let ws = match fut.await {
-            Ok(ws) => Box::new(ws),
-            Err(e) => return tracing::debug!(error = %e, "chat upgrade did not complete"),
+        let Some(ws) = crate::apps::upgraded(fut, "chat").await else {
+            return;
         };
         run(&chat, ws, user).await
     };
