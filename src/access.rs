@@ -15,6 +15,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::gateway::Gateway;
 use crate::metrics::{GaugeGuard, RouteCode, RouteDirection, RouteStatus};
+use crate::router::Route;
 use crate::{Body, BoxError};
 
 /// Request-body bytes read so far (set by whoever consumes the body).
@@ -29,9 +30,13 @@ pub struct UpstreamServer(pub String);
 pub struct RequestInfo {
     pub client: SocketAddr,
     pub method: http::Method,
+    /// Host and path are only copied when the access log is on (`log`).
     pub host: String,
     pub path: String,
-    pub route: String,
+    /// `None` when no route matched (`-` in logs and metrics).
+    pub route: Option<Arc<Route>>,
+    /// Write the access line (the request's config snapshot decided).
+    pub log: bool,
     pub upstream: Option<String>,
     pub status: u16,
     pub bytes_in: BytesIn,
@@ -90,16 +95,21 @@ impl Drop for LoggedBody {
         let m = &self.gw.metrics;
         let secs = i.started.elapsed().as_secs_f64();
         let bytes_in = i.bytes_in.0.load(Ordering::Relaxed);
-        m.http_requests
-            .get_or_create(&RouteStatus {
-                route: i.route.clone(),
-                status: i.status,
-            })
-            .inc();
+        match &i.route {
+            Some(r) => r.metrics.request(m, &r.label, i.status),
+            None => {
+                m.http_requests
+                    .get_or_create(&RouteStatus {
+                        route: "-".into(),
+                        status: i.status,
+                    })
+                    .inc();
+            }
+        }
         m.http_duration.observe(secs);
         m.add_bytes("in", bytes_in);
         m.add_bytes("out", self.bytes_out);
-        if self.gw.snapshot().config.log.access_log {
+        if i.log {
             tracing::info!(
                 target: "access",
                 kind = "http",
@@ -107,7 +117,7 @@ impl Drop for LoggedBody {
                 method = %i.method,
                 host = %i.host,
                 path = %i.path,
-                route = %i.route,
+                route = i.route.as_ref().map_or("-", |r| &*r.label),
                 upstream = i.upstream.as_deref().unwrap_or("-"),
                 status = i.status,
                 bytes_in,
@@ -122,7 +132,7 @@ impl Drop for LoggedBody {
 /// lives, and on drop the access line plus message, byte and close-code metrics.
 pub struct SessionLog {
     gw: Arc<Gateway>,
-    route: String,
+    route: Arc<str>,
     /// `app` or `spliced`.
     kind: &'static str,
     client: SocketAddr,
@@ -139,11 +149,11 @@ pub struct SessionLog {
 }
 
 impl SessionLog {
-    pub fn new(gw: &Arc<Gateway>, route: &str, kind: &'static str, client: SocketAddr) -> Self {
+    pub fn new(gw: &Arc<Gateway>, route: &Route, kind: &'static str, client: SocketAddr) -> Self {
         Self {
-            _active: gw.metrics.session(route),
+            _active: route.metrics.session(&gw.metrics, &route.label),
             gw: gw.clone(),
-            route: route.to_string(),
+            route: route.label.clone(),
             kind,
             client,
             started: Instant::now(),
@@ -180,13 +190,13 @@ impl Drop for SessionLog {
             let (r, msgs_in, msgs_out) = (&self.route, self.msgs_in, self.msgs_out);
             m.ws_messages
                 .get_or_create(&RouteDirection {
-                    route: r.clone(),
+                    route: r.to_string(),
                     direction: "in",
                 })
                 .inc_by(msgs_in);
             m.ws_messages
                 .get_or_create(&RouteDirection {
-                    route: r.clone(),
+                    route: r.to_string(),
                     direction: "out",
                 })
                 .inc_by(msgs_out);
@@ -194,7 +204,7 @@ impl Drop for SessionLog {
         if let Some(code) = self.close_code {
             m.ws_close_codes
                 .get_or_create(&RouteCode {
-                    route: self.route.clone(),
+                    route: self.route.to_string(),
                     code,
                 })
                 .inc();

@@ -3,6 +3,7 @@
 //! memory and file descriptors) are refreshed at scrape time.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,6 +87,9 @@ pub struct Metrics {
     /// The same gauges as the families above, by label, for `/status`.
     by_listener: dashmap::DashMap<String, Gauge>,
     by_route: dashmap::DashMap<String, Gauge>,
+    /// `bytes{direction}`'s two series, looked up once.
+    bytes_in: Counter,
+    bytes_out: Counter,
 }
 
 impl Default for Metrics {
@@ -114,8 +118,18 @@ impl Metrics {
             process_open_fds: Gauge::default(),
             by_listener: dashmap::DashMap::new(),
             by_route: dashmap::DashMap::new(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
             registry: Registry::default(),
         };
+        let bytes_in = m
+            .bytes
+            .get_or_create(&Direction { direction: "in" })
+            .clone();
+        let bytes_out = m
+            .bytes
+            .get_or_create(&Direction { direction: "out" })
+            .clone();
         r.register(
             "connections_active",
             "Open client connections",
@@ -186,7 +200,12 @@ impl Metrics {
             "Open file descriptors",
             m.process_open_fds.clone(),
         );
-        Self { registry: r, ..m }
+        Self {
+            registry: r,
+            bytes_in,
+            bytes_out,
+            ..m
+        }
     }
 
     /// Renders the registry as Prometheus text after refreshing point-in-time values.
@@ -218,20 +237,16 @@ impl Metrics {
 
     /// A guard counting one open connection on `listener`.
     pub fn connection(&self, listener: &str) -> GaugeGuard {
-        let g = self
-            .connections_active
-            .get_or_create(&ListenerLabel {
-                listener: listener.to_string(),
-            })
-            .clone();
-        self.by_listener
-            .entry(listener.to_string())
-            .or_insert_with(|| g.clone());
-        GaugeGuard::new(g)
+        GaugeGuard::new(self.connection_gauge(listener))
     }
 
     /// A guard counting one live WebSocket session on `route`.
     pub fn session(&self, route: &str) -> GaugeGuard {
+        GaugeGuard::new(self.session_gauge(route))
+    }
+
+    /// The live-sessions gauge of `route`, registered for `/status` too.
+    fn session_gauge(&self, route: &str) -> Gauge {
         let g = self
             .ws_sessions_active
             .get_or_create(&RouteLabel {
@@ -241,7 +256,22 @@ impl Metrics {
         self.by_route
             .entry(route.to_string())
             .or_insert_with(|| g.clone());
-        GaugeGuard::new(g)
+        g
+    }
+
+    /// The open-connections gauge of a listener, to be looked up once per
+    /// listener rather than once per connection.
+    pub fn connection_gauge(&self, listener: &str) -> Gauge {
+        let g = self
+            .connections_active
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone();
+        self.by_listener
+            .entry(listener.to_string())
+            .or_insert_with(|| g.clone());
+        g
     }
 
     pub fn listener_count(&self, listener: &str) -> i64 {
@@ -256,9 +286,79 @@ impl Metrics {
     }
 
     pub fn add_bytes(&self, direction: &'static str, n: u64) {
-        if n > 0 {
-            self.bytes.get_or_create(&Direction { direction }).inc_by(n);
+        if n == 0 {
+            return;
         }
+        match direction {
+            "in" => self.bytes_in.inc_by(n),
+            "out" => self.bytes_out.inc_by(n),
+            _ => self.bytes.get_or_create(&Direction { direction }).inc_by(n),
+        };
+    }
+}
+
+/// Counters of one label set by status code, each looked up in its family on
+/// first use and then kept: a family lookup clones and hashes the labels,
+/// which per request showed in profiles. A handful of statuses per route or
+/// server, so a short list.
+#[derive(Debug, Default)]
+pub struct StatusCounters(Mutex<Vec<(u16, Counter)>>);
+
+impl StatusCounters {
+    /// Adds one to the counter for `status`; `lookup` finds it in its family.
+    pub fn inc(&self, status: u16, lookup: impl FnOnce() -> Counter) {
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = list.iter().find(|(s, _)| *s == status) {
+            c.inc();
+            return;
+        }
+        let c = lookup();
+        c.inc();
+        list.push((status, c));
+    }
+}
+
+/// A route's metric handles (kept with the route, so rebuilt on reload; the
+/// series themselves live in [`Metrics`] and carry on).
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    requests: StatusCounters,
+    sessions: OnceLock<Gauge>,
+    handshakes_ok: OnceLock<Counter>,
+}
+
+impl RouteMetrics {
+    /// Counts an answered HTTP request on the route labelled `route`.
+    pub fn request(&self, m: &Metrics, route: &str, status: u16) {
+        self.requests.inc(status, || {
+            m.http_requests
+                .get_or_create(&RouteStatus {
+                    route: route.to_string(),
+                    status,
+                })
+                .clone()
+        });
+    }
+
+    /// A guard counting one live WebSocket session on the route.
+    pub fn session(&self, m: &Metrics, route: &str) -> GaugeGuard {
+        GaugeGuard::new(self.sessions.get_or_init(|| m.session_gauge(route)).clone())
+    }
+
+    /// Counts a WebSocket handshake: `result` is `ok` or the refusal's status.
+    pub fn handshake(&self, m: &Metrics, route: &str, result: Result<(), u16>) {
+        let lookup = |result: String| {
+            m.ws_handshakes
+                .get_or_create(&RouteResult {
+                    route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        match result {
+            Ok(()) => self.handshakes_ok.get_or_init(|| lookup("ok".into())).inc(),
+            Err(status) => lookup(status.to_string()).inc(),
+        };
     }
 }
 

@@ -7,31 +7,60 @@
 use std::sync::Arc;
 
 use crate::config::{HostPattern, RouteConfig};
+use crate::metrics::RouteMetrics;
 
 /// Index of a route in the table, stable for the table's lifetime.
 pub type RouteId = usize;
 
+/// A configured route as requests meet it: its config, plus what would
+/// otherwise be rebuilt on every request (its label, its metric handles).
+#[derive(Debug)]
+pub struct Route {
+    pub cfg: Arc<RouteConfig>,
+    /// [`RouteConfig::label`], built once.
+    pub label: Arc<str>,
+    pub metrics: RouteMetrics,
+}
+
+impl Route {
+    pub fn new(cfg: RouteConfig) -> Self {
+        Self {
+            label: cfg.label().into(),
+            cfg: Arc::new(cfg),
+            metrics: RouteMetrics::default(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Router {
-    routes: Vec<Arc<RouteConfig>>,
+    routes: Vec<Arc<Route>>,
+    /// Whether any route names a host (if none does, hosts are not looked at).
+    any_host: bool,
 }
 
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Self {
-            routes: routes.iter().cloned().map(Arc::new).collect(),
+            any_host: routes.iter().any(|r| r.host.is_some()),
+            routes: routes
+                .iter()
+                .cloned()
+                .map(|r| Arc::new(Route::new(r)))
+                .collect(),
         }
     }
 
-    pub fn routes(&self) -> &[Arc<RouteConfig>] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
     /// Finds the route for a request. `host` may carry a port and any case.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<RouteConfig>> {
-        let host = host.map(normalize_host);
-        let mut best: Option<(&Arc<RouteConfig>, (u8, usize))> = None;
-        for r in &self.routes {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.filter(|_| self.any_host).map(normalize_host);
+        let mut best: Option<(&Arc<Route>, (u8, usize))> = None;
+        for route in &self.routes {
+            let r = &route.cfg;
             let host_rank = match (&r.host, host.as_deref()) {
                 (None, _) => 0,
                 (Some(p), Some(h)) if p.matches(h) => match p {
@@ -45,7 +74,7 @@ impl Router {
             }
             let rank = (host_rank, r.path.len());
             if best.as_ref().is_none_or(|(_, b)| rank > *b) {
-                best = Some((r, rank));
+                best = Some((route, rank));
             }
         }
         best.map(|(r, _)| r)
@@ -95,15 +124,26 @@ mod tests {
             route(Some("*.example.test"), "/", AppKind::Chat),
             route(Some("api.example.test"), "/", AppKind::Echo),
         ]);
-        assert_eq!(r.find(Some("x"), "/chat/sse").unwrap().path, "/chat");
-        assert_eq!(r.find(Some("x"), "/chatty").unwrap().path, "/");
-        assert_eq!(r.find(Some("x"), "/chat").unwrap().path, "/chat");
+        assert_eq!(r.find(Some("x"), "/chat/sse").unwrap().cfg.path, "/chat");
+        assert_eq!(r.find(Some("x"), "/chatty").unwrap().cfg.path, "/");
+        assert_eq!(r.find(Some("x"), "/chat").unwrap().cfg.path, "/chat");
         // A host route beats a longer path without host.
-        let w = r.find(Some("a.Example.test:443"), "/chat/x").unwrap();
+        let w = &r.find(Some("a.Example.test:443"), "/chat/x").unwrap().cfg;
         assert!(w.host.is_some());
         assert_eq!(w.target, RouteTarget::App(AppKind::Chat));
         let e = r.find(Some("API.example.test"), "/chat").unwrap();
-        assert_eq!(e.host, Some(HostPattern::Exact("api.example.test".into())));
+        assert_eq!(
+            e.cfg.host,
+            Some(HostPattern::Exact("api.example.test".into()))
+        );
+        assert_eq!(&*e.label, "api.example.test/");
+    }
+
+    #[test]
+    fn hosts_are_ignored_when_no_route_names_one() {
+        let r = Router::new(&[route(None, "/", AppKind::Echo)]);
+        assert!(r.find(Some("Any.Host:1"), "/x").is_some());
+        assert!(r.find(None, "/x").is_some());
     }
 
     #[test]

@@ -19,6 +19,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes `Connection`, every header it names, `Keep-Alive`, `Proxy-*`, `TE`,
 /// `Trailer`, `Transfer-Encoding` and `Upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names is cheaper
+    // than a hashed removal per name (this runs twice per proxied request).
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -43,29 +48,60 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (the latter only when the client did not send one, so a
-/// chain of proxies keeps the original).
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == "keep-alive" || name.as_str().starts_with("proxy-")
+}
+
+/// The client address as an `X-Forwarded-For` entry. Built once per
+/// connection: formatting an address on every request showed in profiles.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends `client` (from [`forwarded_for`]) to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the latter only when the client
+/// did not send one, so a chain of proxies keeps the original).
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    client: &HeaderValue,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
     // Static names: parsing "x-forwarded-*" from strings allocated on every request.
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+    let xff = match h.get(&XFF) {
+        Some(prev) if !prev.as_bytes().trim_ascii().is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         h.insert(XFF, v);
     }
     h.insert(
         XFP,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if !h.contains_key(&XFH) {
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            h.insert(XFH, v);
+    if let Some(v) = host {
+        if !h.contains_key(&XFH) {
+            h.insert(XFH, v.clone());
         }
+    }
+}
+
+/// The `Host` value to send upstream for the request's `host`: the request's
+/// own header value when it already says that (no copy), else a new one.
+pub fn host_value(h: &HeaderMap, host: Option<&str>) -> Option<HeaderValue> {
+    let host = host?;
+    match h.get(header::HOST) {
+        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -130,13 +166,48 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &forwarded_for("127.0.0.1".parse().unwrap()),
             true,
-            Some("example.test"),
+            Some(&HeaderValue::from_static("example.test")),
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.test");
+        let mut fresh = HeaderMap::new();
+        add_forwarded(
+            &mut fresh,
+            &forwarded_for("::1".parse().unwrap()),
+            false,
+            None,
+        );
+        assert_eq!(fresh["x-forwarded-for"], "::1");
+        assert_eq!(fresh["x-forwarded-proto"], "http");
+        assert!(!fresh.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn messages_without_hop_headers_are_untouched() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(
+            "x-proxy-id",
+            HeaderValue::from_static("kept: not a proxy- header"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key("proxy-foo"));
+    }
+
+    #[test]
+    fn host_value_reuses_the_request_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        assert_eq!(host_value(&h, Some("a.test")).unwrap(), "a.test");
+        assert_eq!(host_value(&h, Some("b.test")).unwrap(), "b.test");
+        assert!(host_value(&h, None).is_none());
     }
 
     #[test]

@@ -6,29 +6,28 @@
 //!
 //! A failed attempt is retried only when all of these hold: the method is
 //! idempotent, the request has no body (a streamed body cannot be replayed), no
-//! byte of a response had arrived ([`nothing_received`]), the response timeout
+//! byte of a response had arrived ([`SendError::nothing_received`]), the response timeout
 //! did not fire (the server may still be working on it), a server not yet tried
 //! is usable, and fewer than `retries` retries were made.
 
-use std::error::Error as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::headers::{add_forwarded, rewrite_path, strip_hop_by_hop};
+use super::headers::{add_forwarded, host_value, rewrite_path, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
 use crate::config::RouteConfig;
 use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::server::ConnCtx;
-use crate::upstream::connect::nothing_received;
+use crate::upstream::conns::{Release, SendError};
 use crate::upstream::pool::InflightGuard;
-use crate::upstream::{BackendId, Pool};
+use crate::upstream::{Backend, BackendId, Pool};
 use crate::{Body, BoxError};
 
 /// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
@@ -54,9 +53,17 @@ pub async fn forward(
         }
     };
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, ctx.client.ip(), ctx.tls, host);
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        parts.headers.insert(header::HOST, h);
+    let host = host_value(&parts.headers, host);
+    add_forwarded(
+        &mut parts.headers,
+        &ctx.forwarded_for,
+        ctx.tls,
+        host.as_ref(),
+    );
+    if let Some(h) = host {
+        if parts.headers.get(header::HOST) != Some(&h) {
+            parts.headers.insert(header::HOST, h);
+        }
     }
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
@@ -87,12 +94,8 @@ pub async fn forward(
         };
         let backend = choice.backend.clone();
         tried.push(backend.id);
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(backend.addr.as_str())
-            .path_and_query(path.clone())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        // Origin-form: the connection is to the server already.
+        let uri = Uri::from(path.clone());
         let this_body = body.take().unwrap_or_else(super::error::empty);
         // Cloning the head (every header value) only pays when another attempt
         // can follow: within the retry budget and with a server left to try.
@@ -105,13 +108,18 @@ pub async fn forward(
         let mut up = Request::from_parts(head, this_body);
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
+        if !up.headers().contains_key(header::HOST) {
+            // HTTP/1.1 requires one; a client without a host gets the server's.
+            if let Ok(h) = HeaderValue::from_str(&backend.addr) {
+                up.headers_mut().insert(header::HOST, h);
+            }
+        }
         let guard = backend.track();
-        let attempt =
-            tokio::time::timeout(pool.cfg.response_timeout, pool.client().request(up)).await;
+        let attempt = tokio::time::timeout(pool.cfg.response_timeout, backend.conns.send(up)).await;
         let (err, resendable) = match attempt {
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
-                count(metrics, pool, &backend.addr, resp.status().as_u16());
+                count(metrics, pool, &backend, resp.status().as_u16());
                 let mut resp = response(resp, guard);
                 resp.extensions_mut()
                     .insert(UpstreamServer(backend.addr.clone()));
@@ -122,15 +130,12 @@ pub async fn forward(
                 return Ok(resp);
             }
             Ok(Err(e)) => {
-                // hyper returns an error only before a complete response head;
-                // the connection watch tells whether part of one had arrived.
-                let resendable = nothing_received(&e);
-                let err = if e.is_connect() && is_timeout(&e) {
-                    ProxyError::UpstreamTimeout(backend.addr.clone())
-                } else if e.is_connect() {
-                    ProxyError::UpstreamConnect(backend.addr.clone())
-                } else {
-                    ProxyError::UpstreamFailed(backend.addr.clone(), root_cause(&e))
+                let resendable = e.nothing_received();
+                let addr = backend.addr.clone();
+                let err = match e {
+                    SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
+                    SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
+                    e => ProxyError::UpstreamFailed(addr, root_cause(&e)),
                 };
                 (err, resendable)
             }
@@ -138,7 +143,7 @@ pub async fn forward(
             Err(_) => (ProxyError::UpstreamTimeout(backend.addr.clone()), false),
         };
         pool.report_failure(&backend);
-        count(metrics, pool, &backend.addr, err.status().as_u16());
+        count(metrics, pool, &backend, err.status().as_u16());
         tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
         if !resendable || !retry_allowed(tried.len()) {
             return Err(err);
@@ -147,13 +152,15 @@ pub async fn forward(
     }
 }
 
-fn count(metrics: &Metrics, pool: &Pool, server: &str, status: u16) {
-    let l = UpstreamServerStatus {
-        upstream: pool.name().to_string(),
-        server: server.to_string(),
-        status,
-    };
-    metrics.upstream_requests.get_or_create(&l).inc();
+fn count(metrics: &Metrics, pool: &Pool, backend: &Backend, status: u16) {
+    backend.requests.inc(status, || {
+        let l = UpstreamServerStatus {
+            upstream: pool.name().to_string(),
+            server: backend.addr.clone(),
+            status,
+        };
+        metrics.upstream_requests.get_or_create(&l).clone()
+    });
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -161,19 +168,6 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
     )
-}
-
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        src = s.source();
-    }
-    false
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -184,11 +178,11 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn response(resp: Response<Incoming>, guard: InflightGuard) -> Response<Body> {
+fn response(resp: Response<Release>, guard: InflightGuard) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = Guarded {
-        inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+        inner: body,
         _guard: guard,
     };
     Response::from_parts(parts, body.boxed_unsync())
@@ -197,7 +191,7 @@ fn response(resp: Response<Incoming>, guard: InflightGuard) -> Response<Body> {
 /// A body that keeps the backend's in-flight count until it is fully sent, so
 /// `least_conn` sees long downloads as load.
 struct Guarded {
-    inner: Body,
+    inner: Release,
     _guard: InflightGuard,
 }
 
@@ -209,7 +203,9 @@ impl HttpBody for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| -> BoxError { Box::new(e) })
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

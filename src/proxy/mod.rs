@@ -20,9 +20,9 @@ use hyper::body::Incoming;
 
 use crate::access::{BytesIn, LoggedBody, RequestInfo, UpstreamServer};
 use crate::config::{AppKind, RouteTarget};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
-use crate::metrics::RouteResult;
+use crate::router::Route;
 use crate::server::ConnCtx;
 use crate::Body;
 pub use error::{HandshakeError, ProxyError};
@@ -36,12 +36,30 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let snap = gw.snapshot();
+    let log = snap.config.log.access_log;
     let bytes_in = BytesIn::default();
     req.extensions_mut().insert(bytes_in.clone());
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let method = req.method().clone();
+    // Copied for the access line only: most deployments that need speed log less.
+    let path = if log {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
     let host = request_host(&req);
-    let mut route = String::from("-");
-    let resp = match dispatch(&gw, ctx.clone(), slot, req, host.as_deref(), &mut route).await {
+    let mut route = None;
+    let resp = match dispatch(
+        &gw,
+        &snap,
+        ctx.clone(),
+        slot,
+        req,
+        host.as_deref(),
+        &mut route,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, side = ?e.side(), "request failed");
@@ -52,9 +70,14 @@ pub async fn handle(
     let info = RequestInfo {
         client: ctx.client,
         method,
-        host: host.unwrap_or_default(),
+        host: if log {
+            host.unwrap_or_default()
+        } else {
+            String::new()
+        },
         path,
         route,
+        log,
         upstream: parts
             .extensions
             .get::<UpstreamServer>()
@@ -68,13 +91,13 @@ pub async fn handle(
 
 async fn dispatch(
     gw: &Arc<Gateway>,
+    snap: &Arc<Snapshot>,
     ctx: Arc<ConnCtx>,
     slot: Arc<ConnSlot>,
     req: Request<Incoming>,
     host: Option<&str>,
-    route_label: &mut String,
+    matched: &mut Option<Arc<Route>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let snap = gw.snapshot();
     let upgrade = ws::is_upgrade_attempt(&req);
     if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
         return Err(if upgrade {
@@ -88,35 +111,28 @@ async fn dispatch(
         .find(host, req.uri().path())
         .cloned()
         .ok_or(ProxyError::NoRoute)?;
-    *route_label = route.label();
+    *matched = Some(route.clone());
     if upgrade {
-        let label = route_label.clone();
-        let result = ws::handle(gw, &snap, route, ctx, slot, req).await;
+        let result = ws::handle(gw, snap, &route, ctx, slot, req).await;
         let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.status().as_u16().to_string(),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.status().as_u16()),
         };
-        gw.metrics
-            .ws_handshakes
-            .get_or_create(&RouteResult {
-                route: label,
-                result: outcome,
-            })
-            .inc();
+        route.metrics.handshake(&gw.metrics, &route.label, outcome);
         return result;
     }
-    match &route.target {
+    let cfg = &route.cfg;
+    match &cfg.target {
         RouteTarget::Upstream(name) => {
             let pool = snap
                 .pools
                 .get(name)
-                .cloned()
                 .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            http::forward(&pool, &gw.metrics, &gw.sticky_key, &route, &ctx, host, req).await
+            http::forward(pool, &gw.metrics, &gw.sticky_key, cfg, &ctx, host, req).await
         }
         RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
-        RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &route.path).await),
-        RouteTarget::Static(root) => files::serve(root, &route, &req).await,
+        RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &cfg.path).await),
+        RouteTarget::Static(root) => files::serve(root, cfg, &req).await,
     }
 }
 

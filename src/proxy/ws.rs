@@ -15,13 +15,14 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use super::error::{HandshakeError, ProxyError};
-use super::headers::{add_forwarded, has_token, rewrite_path, strip_hop_by_hop};
+use super::headers::{add_forwarded, has_token, host_value, rewrite_path, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use crate::access::{SessionHold, SessionLog};
 use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
 use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
+use crate::router::Route;
 use crate::server::ConnCtx;
 use crate::upstream::{Backend, BackendId, Pool};
 use crate::Body;
@@ -125,28 +126,29 @@ pub fn accept_key(key: &[u8]) -> String {
 pub async fn handle(
     gw: &Arc<Gateway>,
     snap: &Arc<Snapshot>,
-    route: Arc<RouteConfig>,
+    matched: &Arc<Route>,
     ctx: Arc<ConnCtx>,
     slot: Arc<ConnSlot>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let hs = validate(&req)?;
+    let route = &*matched.cfg;
     if !route.websocket {
         return Err(ProxyError::WebSocketDisabled);
     }
-    check_origin(&route, req.headers())?;
+    check_origin(route, req.headers())?;
     if gw.shutdown.is_draining() {
         return Err(ProxyError::Draining);
     }
     match &route.target {
         RouteTarget::App(AppKind::Echo) => {
-            let log = SessionLog::new(gw, &route.label(), "app", ctx.client);
+            let log = SessionLog::new(gw, matched, "app", ctx.client);
             crate::apps::echo::accept(gw, &snap.config.echo, req, slot, log)
         }
         RouteTarget::App(AppKind::Chat) => {
             // Chat counts its own traffic in its hub; the session line gives
             // duration and presence of the session.
-            let mut log = SessionLog::new(gw, &route.label(), "app", ctx.client);
+            let mut log = SessionLog::new(gw, matched, "app", ctx.client);
             log.counts_messages = false;
             gw.apps
                 .chat
@@ -158,7 +160,7 @@ pub async fn handle(
                 .get(name)
                 .cloned()
                 .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            tunnel(gw, pool, &route, &ctx, slot, req, hs).await
+            tunnel(gw, pool, matched, &ctx, slot, req, hs).await
         }
         RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
     }
@@ -189,12 +191,13 @@ fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
 async fn tunnel(
     gw: &Arc<Gateway>,
     pool: Arc<Pool>,
-    route: &RouteConfig,
+    matched: &Route,
     ctx: &ConnCtx,
     slot: Arc<ConnSlot>,
     mut req: Request<Incoming>,
     hs: Handshake,
 ) -> Result<Response<Body>, ProxyError> {
+    let route = &*matched.cfg;
     let affinity = pool.affinity(
         &gw.sticky_key,
         ctx.client.ip(),
@@ -246,11 +249,11 @@ async fn tunnel(
             ping_interval: pool.cfg.ws_ping_interval,
             idle_timeout: idle,
         };
-        (cfg, InspectMetrics::for_route(&gw.metrics, &route.label()))
+        (cfg, InspectMetrics::for_route(&gw.metrics, &matched.label))
     });
     let stop = gw.shutdown.token.clone();
     let addr = choice.backend.addr.clone();
-    let log = SessionLog::new(gw, &route.label(), "spliced", ctx.client);
+    let log = SessionLog::new(gw, matched, "spliced", ctx.client);
     gw.shutdown
         .sessions
         .spawn(crate::server::listener::catch_panics(async move {
@@ -369,8 +372,9 @@ fn upstream_request(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::SEC_WEBSOCKET_KEY);
     headers.remove(header::SEC_WEBSOCKET_VERSION);
-    add_forwarded(&mut headers, ctx.client.ip(), ctx.tls, host.as_deref());
-    if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+    let host = host_value(&headers, host.as_deref());
+    add_forwarded(&mut headers, &ctx.forwarded_for, ctx.tls, host.as_ref());
+    if let Some(h) = host {
         headers.insert(header::HOST, h);
     }
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

@@ -35,6 +35,7 @@ pub async fn run(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let open_conns = gw.metrics.connection_gauge(&local.to_string());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -52,13 +53,15 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx {
             client,
+            forwarded_for: crate::proxy::headers::forwarded_for(client.ip()),
             listener: local,
             tls: tls.is_some(),
             sni: None,
         };
         let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
-        let task = handle_connection(gw.clone(), stream, ctx, tls_cfg).instrument(span);
+        let task = handle_connection(gw.clone(), stream, ctx, tls_cfg, open_conns.clone())
+            .instrument(span);
         gw.shutdown.conns.spawn(catch_panics(task));
     }
     tracing::info!(listener = %local, "listener stopped accepting");
@@ -112,6 +115,7 @@ async fn handle_connection(
     stream: TcpStream,
     mut ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
+    open_conns: prometheus_client::metrics::gauge::Gauge,
 ) {
     let server = gw.server_config();
     let slot = match gw.limits.admit(
@@ -120,7 +124,7 @@ async fn handle_connection(
         server.max_connections_per_ip,
     ) {
         Ok(mut slot) => {
-            slot.attach_gauge(gw.metrics.connection(&ctx.listener.to_string()));
+            slot.attach_gauge(crate::metrics::GaugeGuard::new(open_conns));
             slot
         }
         Err(refusal) => return refuse(gw, stream, ctx, tls, refusal).await,

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone)]
 pub struct ConnCtx {
     pub client: SocketAddr,
+    /// `client`'s address as an `X-Forwarded-For` entry, formatted once.
+    pub forwarded_for: http::HeaderValue,
     /// The listener's bound address (its label in metrics and logs).
     pub listener: SocketAddr,
     pub tls: bool,

@@ -68,6 +68,9 @@ enum State {
     Off,
 }
 
+/// The start of a line that did not end in the bytes read so far (at most
+/// `LINE_KEEP` bytes of it). Lines that end in the read that started them, the
+/// usual case, are looked at in place and never copied.
 #[derive(Debug, Default)]
 struct Line {
     buf: Vec<u8>,
@@ -75,20 +78,30 @@ struct Line {
 }
 
 impl Line {
-    fn push(&mut self, b: u8) {
-        if self.buf.len() < LINE_KEEP {
-            self.buf.push(b);
-        } else {
+    /// Keeps `part`, a line's start with no `\n` in it, for the next read.
+    fn keep(&mut self, part: &[u8]) {
+        let room = LINE_KEEP - self.buf.len();
+        if part.len() > room {
             self.truncated = true;
         }
+        self.buf.extend_from_slice(&part[..part.len().min(room)]);
     }
 
-    fn take(&mut self) -> (Vec<u8>, bool) {
-        let mut buf = std::mem::take(&mut self.buf);
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-        (buf, std::mem::replace(&mut self.truncated, false))
+    /// Ends the line with `rest` (its bytes before the `\n`): the line without
+    /// its `\r`, cut to `LINE_KEEP`, and whether it was cut. `kept` receives
+    /// what [`Line::keep`] had stored, so the result can borrow it while the
+    /// state that owned the line changes.
+    fn finish<'a>(&mut self, kept: &'a mut Vec<u8>, rest: &'a [u8]) -> (&'a [u8], bool) {
+        *kept = std::mem::take(&mut self.buf);
+        let truncated = std::mem::replace(&mut self.truncated, false);
+        let (line, cut) = if kept.is_empty() && !truncated {
+            (&rest[..rest.len().min(LINE_KEEP)], rest.len() > LINE_KEEP)
+        } else {
+            let room = LINE_KEEP - kept.len();
+            kept.extend_from_slice(&rest[..rest.len().min(room)]);
+            (&kept[..], truncated || rest.len() > room)
+        };
+        (line.strip_suffix(b"\r").unwrap_or(line), cut)
     }
 }
 
@@ -143,27 +156,29 @@ impl Scanner {
                     None => return found,
                 },
                 State::ChunkSize(line) | State::Trailers(line) => {
-                    let b = data[0];
-                    data = &data[1..];
-                    if b != b'\n' {
-                        line.push(b);
-                        continue;
-                    }
-                    let (l, truncated) = line.take();
+                    let Some(i) = data.iter().position(|b| *b == b'\n') else {
+                        line.keep(data);
+                        return found;
+                    };
+                    let (rest, after) = (&data[..i], &data[i + 1..]);
+                    data = after;
+                    let mut kept = Vec::new();
+                    let (l, truncated) = line.finish(&mut kept, rest);
                     self.state = match &self.state {
-                        State::ChunkSize(_) => chunk_size(&l, truncated),
+                        State::ChunkSize(_) => chunk_size(l, truncated),
                         _ if l.is_empty() => State::Head(Head::default()),
                         _ => State::Trailers(Line::default()),
                     };
                 }
                 State::Head(head) => {
-                    let b = data[0];
-                    data = &data[1..];
-                    if b != b'\n' {
-                        head.line.push(b);
-                        continue;
-                    }
-                    let (l, truncated) = head.line.take();
+                    let Some(i) = data.iter().position(|b| *b == b'\n') else {
+                        head.line.keep(data);
+                        return found;
+                    };
+                    let (rest, after) = (&data[..i], &data[i + 1..]);
+                    data = after;
+                    let mut kept = Vec::new();
+                    let (l, truncated) = head.line.finish(&mut kept, rest);
                     if !head.started {
                         // Empty lines before a request line are skipped (RFC 9112 §2.2).
                         if !l.is_empty() {
@@ -192,7 +207,7 @@ impl Scanner {
                         };
                         continue;
                     }
-                    if let Some(next) = header_line(head, &l, truncated) {
+                    if let Some(next) = header_line(head, l, truncated) {
                         self.state = next;
                     }
                 }

@@ -1,25 +1,21 @@
-//! The connector of a pool's HTTP client: hyper-util's `HttpConnector` with each
-//! connection wrapped so the proxy can tell, after a failed request, whether any
-//! byte of a response had arrived. hyper reports "connection closed before the
-//! message completed" alike for a silent close and for half a response head, but
-//! the retry rule (spec §2 `retries`) allows a retry only in the first case.
+//! Upstream HTTP connections that remember whether a response had started: the
+//! proxy must tell, after a failed request, whether any byte of a response had
+//! arrived. hyper reports "connection closed before the message completed" alike
+//! for a silent close and for half a response head, but the retry rule (spec §2
+//! `retries`) allows a retry only in the first case.
 //!
-//! Every connection carries an [`ExchangeWatch`] (handed to hyper-util as
-//! connection "extra" data, which it attaches to its errors): a write starts an
-//! exchange and clears the flag, any byte read sets it. HTTP/1.1 exchanges on a
-//! connection are sequential, so after a failure the flag says whether the server
-//! had started answering the request that failed.
+//! Every connection carries an [`ExchangeWatch`], kept by its pool
+//! ([`super::conns`]): a write starts an exchange and clears the flag, any byte
+//! read sets it. HTTP/1.1 exchanges on a connection are sequential, so after a
+//! failure the flag says whether the server had started answering the request
+//! that failed.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -34,28 +30,17 @@ impl ExchangeWatch {
     }
 }
 
-/// Could a request that failed with `e` be sent again without the server having
-/// started to answer it? True for connect errors and for failures on a
-/// connection that read nothing since the request was written; false when in
-/// doubt.
-pub fn nothing_received(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return true;
-    }
-    let Some(info) = e.connect_info() else {
-        return false;
-    };
-    let mut ext = http::Extensions::new();
-    info.get_extras(&mut ext);
-    ext.get::<ExchangeWatch>()
-        .is_some_and(|w| !w.response_started())
-}
-
 /// A TCP stream that keeps its connection's [`ExchangeWatch`] up to date.
 #[derive(Debug)]
 pub struct Watched {
     inner: TcpStream,
     watch: ExchangeWatch,
+}
+
+impl Watched {
+    pub fn new(inner: TcpStream, watch: ExchangeWatch) -> Self {
+        Self { inner, watch }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -104,47 +89,5 @@ impl AsyncWrite for Watched {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Connection for Watched {
-    fn connected(&self) -> Connected {
-        self.inner.connected().extra(self.watch.clone())
-    }
-}
-
-/// `HttpConnector` producing [`Watched`] connections.
-#[derive(Debug, Clone)]
-pub struct WatchedConnector {
-    inner: HttpConnector,
-}
-
-impl WatchedConnector {
-    pub fn new(inner: HttpConnector) -> Self {
-        Self { inner }
-    }
-}
-
-type ConnectFuture =
-    Pin<Box<dyn Future<Output = Result<TokioIo<Watched>, crate::BoxError>> + Send>>;
-
-impl tower_service::Service<Uri> for WatchedConnector {
-    type Response = TokioIo<Watched>;
-    type Error = crate::BoxError;
-    type Future = ConnectFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let connecting = tower_service::Service::<Uri>::call(&mut self.inner, dst);
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(Watched {
-                inner: tcp,
-                watch: ExchangeWatch::default(),
-            }))
-        })
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod balance;
 pub mod connect;
+pub mod conns;
 pub mod health;
 pub mod pool;
 pub mod sticky;

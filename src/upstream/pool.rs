@@ -1,6 +1,6 @@
 //! A pool of upstream servers for one `[upstream.NAME]`: the servers with their
 //! stable ids, load counters and health, the balancing state, and the pooled
-//! HTTP client used to reach them.
+//! keep-alive connections used to reach them.
 //!
 //! The proxy asks a pool for a server in two steps: [`Pool::affinity`] reads what
 //! the request carries that may pin it (a sealed cookie, the client address, a
@@ -15,16 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::balance::{rendezvous, stable_hash, SmoothWrr};
-use super::connect::WatchedConnector;
+use super::conns::ConnPool;
 use super::health::{Health, Source, Transition};
 use super::sticky::{self, SealKey, Token};
 use crate::config::{Balance, Sticky, UpstreamConfig};
-use crate::Body;
+use crate::metrics::StatusCounters;
 
 /// A server's identity, derived from its address (never its position in the
 /// list), so reordering the config or adding servers keeps sticky ids valid.
@@ -52,6 +49,10 @@ pub struct Backend {
     pub addr: String,
     pub weight: u32,
     state: Arc<BackendState>,
+    /// Idle keep-alive HTTP connections to it.
+    pub conns: Arc<ConnPool>,
+    /// `wsgate_upstream_requests_total` counters of this server by status.
+    pub requests: StatusCounters,
 }
 
 /// Counts one request or session against a backend while alive.
@@ -79,8 +80,6 @@ impl Backend {
         &self.state.health
     }
 }
-
-pub type HttpClient = Client<WatchedConnector, Body>;
 
 /// What a request carries that may pin it to a server.
 #[derive(Debug, Clone, Default)]
@@ -141,7 +140,6 @@ pub struct Pool {
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
     wrr: SmoothWrr,
-    client: HttpClient,
 }
 
 impl std::fmt::Debug for Pool {
@@ -171,23 +169,17 @@ impl Pool {
                     addr: s.addr.clone(),
                     weight: s.weight,
                     state,
+                    conns: ConnPool::new(s.addr.clone(), cfg.connect_timeout),
+                    requests: StatusCounters::default(),
                 })
             })
             .collect();
         let weights = backends.iter().map(|b| b.weight).collect();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(WatchedConnector::new(connector));
         Self {
             wrr: SmoothWrr::new(backends.len()),
             weights,
             backends,
             cfg,
-            client,
         }
     }
 
@@ -201,10 +193,6 @@ impl Pool {
 
     pub fn backend(&self, id: BackendId) -> Option<Arc<Backend>> {
         self.backends.iter().find(|b| b.id == id).cloned()
-    }
-
-    pub fn client(&self) -> &HttpClient {
-        &self.client
     }
 
     /// The key sealing this pool's cookies, derived from the gateway's secret.

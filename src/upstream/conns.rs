@@ -1,0 +1,481 @@
+//! Keep-alive HTTP/1.1 connections to one upstream server, for the HTTP proxy.
+//!
+//! Each connection is a hyper `SendRequest` whose connection task runs on its
+//! own. Idle ones wait on a stack (the most recently used is reused first: it is
+//! the least likely to have been closed by the server's own keep-alive timer). A
+//! request takes one off the stack or opens a new one; the response body hands
+//! it back once the last byte has been read ([`Release`]). A connection whose
+//! response was not read to the end is closed, never reused.
+//!
+//! This replaces hyper-util's legacy client: its pool keys, checkout race and
+//! per-request channel cost more per proxied request than this whole module
+//! (BENCHMARKS.md, optimisation log).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::connect::{ExchangeWatch, Watched};
+use crate::Body;
+
+/// An idle connection is closed after this long unused (as nginx's
+/// `keepalive_timeout` for upstreams, and hyper-util's pool before).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this many idle connections are kept per server; one more is closed
+/// after its response. Busy connections are not limited here: the gateway's
+/// connection caps bound them.
+pub const MAX_IDLE: usize = 512;
+
+/// Why a request could not be exchanged with the server.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("HTTP/1.1 handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// The exchange failed after the request was handed to the connection.
+    #[error("{source}")]
+    Exchange {
+        #[source]
+        source: hyper::Error,
+        /// Had any byte of a response arrived? If not, the server never
+        /// started answering, which is what makes a retry safe.
+        response_started: bool,
+    },
+}
+
+impl SendError {
+    /// Did nothing of a response arrive, so the request may go to another server?
+    pub fn nothing_received(&self) -> bool {
+        match self {
+            SendError::Connect(_) | SendError::ConnectTimeout | SendError::Handshake(_) => true,
+            SendError::Exchange {
+                response_started, ..
+            } => !response_started,
+        }
+    }
+}
+
+/// One connection, used by one request at a time.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    watch: ExchangeWatch,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// The idle connections to one server.
+pub struct ConnPool {
+    addr: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+    reaper_started: AtomicBool,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("addr", &self.addr)
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    pub fn new(addr: String, connect_timeout: Duration) -> Arc<Self> {
+        Self::with_limits(addr, connect_timeout, IDLE_TIMEOUT, MAX_IDLE)
+    }
+
+    fn with_limits(
+        addr: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+            reaper_started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and returns the response,
+    /// whose body gives the connection back when it has been read to the end.
+    ///
+    /// A request that a reused connection refused before writing a byte of it
+    /// (the server had closed the connection while it sat idle) goes out once
+    /// more on a new connection: that is not a retry, the server never saw it.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<Response<Release>, SendError> {
+        let (mut conn, reused) = match self.take_idle().await {
+            Some(c) => (c, true),
+            None => (self.connect().await?, false),
+        };
+        let result = match conn.sender.try_send_request(req).await {
+            Err(mut e) if reused => match e.take_message() {
+                Some(req) => {
+                    conn = self.connect().await?;
+                    conn.sender.try_send_request(req).await
+                }
+                None => Err(e),
+            },
+            r => r,
+        };
+        match result {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let release = Release {
+                    body,
+                    home: Some((conn, self.clone())),
+                };
+                Ok(Response::from_parts(parts, release))
+            }
+            Err(e) => Err(SendError::Exchange {
+                response_started: conn.watch.response_started(),
+                source: e.into_error(),
+            }),
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let Idle { mut conn, since } = self.lock().pop()?;
+            if conn.sender.is_closed() || since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                return Some(conn);
+            }
+            // Given back as its last response ended, before its connection
+            // task noticed; it is ready as soon as that task runs, unless the
+            // server closed it.
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
+            .await
+        {
+            Err(_) => return Err(SendError::ConnectTimeout),
+            Ok(Err(e)) => return Err(SendError::Connect(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        let watch = ExchangeWatch::default();
+        let io = TokioIo::new(Watched::new(tcp, watch.clone()));
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Handshake)?;
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(server = %addr, error = %e, "upstream connection ended with error");
+            }
+        });
+        Ok(Conn { sender, watch })
+    }
+
+    fn put(self: &Arc<Self>, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        {
+            let mut idle = self.lock();
+            if idle.len() >= self.max_idle {
+                return;
+            }
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        if !self.reaper_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Closes connections idle for the idle timeout (and forgets closed ones)
+/// while the pool lives; a pool dropped by a reload ends it.
+async fn reap(pool: Weak<ConnPool>) {
+    let period = match pool.upgrade() {
+        Some(p) => p.idle_timeout / 4,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let timeout = pool.idle_timeout;
+        pool.lock()
+            .retain(|i| !i.conn.sender.is_closed() && i.since.elapsed() < timeout);
+    }
+}
+
+/// A response body from a pooled connection: hands the connection back to its
+/// pool once the body has been read to its end (or, for a response without
+/// one, when dropped). Dropped before its end, the connection closes with it.
+pub struct Release {
+    body: Incoming,
+    home: Option<(Conn, Arc<ConnPool>)>,
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release")
+            .field("pooled", &self.home.is_some())
+            .finish()
+    }
+}
+
+impl Release {
+    fn release(&mut self) {
+        if let Some((conn, pool)) = self.home.take() {
+            pool.put(conn);
+        }
+    }
+}
+
+impl http_body::Body for Release {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
+        match &r {
+            None => self.release(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
+            Some(Err(_)) => self.home = None,
+            Some(Ok(_)) => {}
+        }
+        std::task::Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// How a test server answers each request on a connection.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `200`, 2-byte body, connection kept.
+        KeepAlive,
+        /// The same, then the server closes the connection without saying so.
+        ThenClose,
+        /// `200` with a 1 MiB body.
+        Large,
+    }
+
+    /// A raw HTTP/1.1 server counting the connections it accepted.
+    async fn server(answer: Answer) -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let body_len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + body_len {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + body_len);
+                        let resp = match answer {
+                            Answer::Large => {
+                                let mut r =
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                                r.resize(r.len() + (1 << 20), b'x');
+                                r
+                            }
+                            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                        };
+                        if s.write_all(&resp).await.is_err() {
+                            return;
+                        }
+                        if matches!(answer, Answer::ThenClose) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(body: &'static str) -> Request<Body> {
+        Request::post("/x")
+            .header(http::header::HOST, "test")
+            .body(
+                http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    async fn read_all(pool: &Arc<ConnPool>, body: &'static str) -> bytes::Bytes {
+        let resp = pool.send(request(body)).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let (addr, accepted) = server(Answer::KeepAlive).await;
+        let pool = ConnPool::new(addr, Duration::from_secs(1));
+        for _ in 0..5 {
+            assert_eq!(read_all(&pool, "hi").await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_not_read_to_its_end_closes_its_connection() {
+        let (addr, accepted) = server(Answer::Large).await;
+        let pool = ConnPool::new(addr, Duration::from_secs(1));
+        let resp = pool.send(request("")).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        assert_eq!(pool.idle_count(), 0);
+        let full = read_all(&pool, "").await;
+        assert_eq!(full.len(), 1 << 20);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced() {
+        let (addr, accepted) = server(Answer::ThenClose).await;
+        let pool = ConnPool::new(addr, Duration::from_secs(1));
+        assert_eq!(read_all(&pool, "one").await, "ok");
+        // Once its task has seen the close, the idle connection is skipped and
+        // a POST with a body goes out on a new one as if nothing happened.
+        assert!(eventually(|| pool.lock().iter().all(|i| i.conn.sender.is_closed())).await);
+        assert_eq!(read_all(&pool, "two").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout() {
+        let (addr, _) = server(Answer::KeepAlive).await;
+        let pool =
+            ConnPool::with_limits(addr, Duration::from_secs(1), Duration::from_millis(100), 8);
+        assert_eq!(read_all(&pool, "").await, "ok");
+        assert_eq!(pool.idle_count(), 1);
+        assert!(eventually(|| pool.idle_count() == 0).await);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_idle_connections_are_kept() {
+        let (addr, accepted) = server(Answer::KeepAlive).await;
+        let pool = ConnPool::with_limits(addr, Duration::from_secs(1), IDLE_TIMEOUT, 1);
+        let (a, b) = tokio::join!(pool.send(request("a")), pool.send(request("b")));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        a.into_body().collect().await.unwrap();
+        b.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn connect_errors_are_safe_to_retry() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        let pool = ConnPool::new(addr, Duration::from_secs(1));
+        let e = pool.send(request("")).await.unwrap_err();
+        assert!(matches!(e, SendError::Connect(_)), "{e:?}");
+        assert!(e.nothing_received());
+    }
+}
