@@ -56,7 +56,7 @@ pub async fn forward(
     let host = host_value(&parts.headers, host);
     add_forwarded(
         &mut parts.headers,
-        &ctx.forwarded_for,
+        ctx.forwarded_for(),
         ctx.tls,
         host.as_ref(),
     );

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod scan;
 pub mod splice;
 pub mod ws;
+pub mod ws_upstream;
 
 use std::sync::Arc;
 use std::time::Instant;

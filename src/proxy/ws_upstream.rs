@@ -1,0 +1,275 @@
+//! The gateway as the WebSocket client of an upstream server: writes the
+//! HTTP/1.1 upgrade request on a fresh TCP connection, reads the response head
+//! (httparse, the parser under hyper) and requires a `101` with the right
+//! `Sec-WebSocket-Accept`. The stream comes back as it is, with any bytes the
+//! server sent after its head, for the splice.
+//!
+//! Not a hyper client connection: one costs a spawned connection task, a
+//! request channel and the upgrade hand-off for a single exchange, which
+//! measured about a fifth of the gateway's work per new WebSocket (S5).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The largest response head accepted from an upstream (as hyper's default
+/// client limit is far larger, but a 101 carries a handful of headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Why the upstream handshake failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamHandshakeError {
+    #[error("{0}")]
+    Io(String),
+    #[error("connection closed before the response head")]
+    Closed,
+    #[error("invalid response head: {0}")]
+    Invalid(String),
+    #[error("response head over {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("answered {0} instead of 101")]
+    Status(String),
+    #[error("missing or wrong Sec-WebSocket-Accept")]
+    Accept,
+}
+
+impl UpstreamHandshakeError {
+    /// Failed on the wire (502 "upstream failed") rather than by what the
+    /// server answered (502 "bad upstream handshake").
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Closed)
+    }
+}
+
+/// The request head to send: `GET target HTTP/1.1` and `headers`, which must
+/// carry `Host` and the upgrade set.
+pub fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + target.len());
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Sends `head` and reads the answer. On a `101` whose accept value is
+/// `expected_accept`: the response headers and the stream, which replays what
+/// the server sent after its head before reading on.
+pub async fn handshake(
+    mut tcp: TcpStream,
+    head: &[u8],
+    expected_accept: &str,
+) -> Result<(HeaderMap, Rewind), UpstreamHandshakeError> {
+    let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
+    tcp.write_all(head).await.map_err(io)?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some((headers, len)) = parse_101(&buf, expected_accept)? {
+            let rest = Bytes::copy_from_slice(&buf[len..]);
+            return Ok((headers, Rewind::new(rest, tcp)));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(UpstreamHandshakeError::TooLarge);
+        }
+        buf.reserve(1024.min(MAX_HEAD - buf.len()));
+        if tcp.read_buf(&mut buf).await.map_err(io)? == 0 {
+            return Err(UpstreamHandshakeError::Closed);
+        }
+    }
+}
+
+/// Parses a complete response head at the start of `buf`: `None` while it is
+/// incomplete, else the headers of a verified 101 and the head's length.
+pub fn parse_101(
+    buf: &[u8],
+    expected_accept: &str,
+) -> Result<Option<(HeaderMap, usize)>, UpstreamHandshakeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(UpstreamHandshakeError::Invalid(e.to_string())),
+    };
+    let code = resp.code.unwrap_or(0);
+    if code != 101 {
+        let status = StatusCode::from_u16(code)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| code.to_string());
+        return Err(UpstreamHandshakeError::Status(status));
+    }
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|e| UpstreamHandshakeError::Invalid(e.to_string()))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|e| UpstreamHandshakeError::Invalid(e.to_string()))?;
+        headers.append(name, value);
+    }
+    let accept = headers.get(http::header::SEC_WEBSOCKET_ACCEPT);
+    if accept.map(|v| v.as_bytes()) != Some(expected_accept.as_bytes()) {
+        return Err(UpstreamHandshakeError::Accept);
+    }
+    Ok(Some((headers, len)))
+}
+
+/// The upstream stream after its handshake: first the bytes that arrived
+/// with the response head (usually none), then the socket.
+#[derive(Debug)]
+pub struct Rewind {
+    pre: Bytes,
+    io: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(pre: Bytes, io: TcpStream) -> Self {
+        Self { pre, io }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    #[test]
+    fn a_101_with_the_right_accept_passes_and_keeps_what_follows() {
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        let mut buf = head.clone().into_bytes();
+        buf.extend_from_slice(b"\x81\x02hi");
+        let (h, len) = parse_101(&buf, ACCEPT).unwrap().unwrap();
+        assert_eq!(len, head.len());
+        assert_eq!(h["sec-websocket-protocol"], "chat");
+        for cut in 0..head.len() {
+            assert_eq!(parse_101(&buf[..cut], ACCEPT), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn other_answers_are_refused_with_a_reason() {
+        let e = parse_101(b"HTTP/1.1 404 Not Found\r\n\r\n", ACCEPT).unwrap_err();
+        assert_eq!(e.to_string(), "answered 404 Not Found instead of 101");
+        let wrong = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        assert_eq!(
+            parse_101(wrong.as_bytes(), ACCEPT),
+            Err(UpstreamHandshakeError::Accept)
+        );
+        let missing = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert_eq!(
+            parse_101(missing.as_bytes(), ACCEPT),
+            Err(UpstreamHandshakeError::Accept)
+        );
+        assert!(matches!(
+            parse_101(b"HTTP/1.1 abc\r\n\r\n", ACCEPT),
+            Err(UpstreamHandshakeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn request_head_is_http11_with_every_header() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("a"));
+        h.append("x-two", HeaderValue::from_static("1"));
+        h.append("x-two", HeaderValue::from_static("2"));
+        let head = String::from_utf8(request_head("/p?q", &h)).unwrap();
+        assert_eq!(
+            head,
+            "GET /p?q HTTP/1.1\r\nhost: a\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn handshake_over_a_socket_replays_early_bytes_and_limits_the_head() {
+        use tokio::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            let mut resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+            )
+            .into_bytes();
+            resp.extend_from_slice(b"\x81\x02hi");
+            // Two writes: the head may arrive in more than one read.
+            s.set_nodelay(true).unwrap();
+            s.write_all(&resp[..10]).await.unwrap();
+            s.write_all(&resp[10..]).await.unwrap();
+            let (mut s2, _) = l.accept().await.unwrap();
+            let _ = s2.read(&mut b).await;
+            let mut big = b"HTTP/1.1 101 OK\r\nx-pad: ".to_vec();
+            big.resize(MAX_HEAD + 10, b'a');
+            let _ = s2.write_all(&big).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (_, mut up) = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
+            .await
+            .unwrap();
+        let mut first = [0u8; 4];
+        up.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"\x81\x02hi");
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let e = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
+            .await
+            .unwrap_err();
+        assert_eq!(e, UpstreamHandshakeError::TooLarge);
+    }
+}
