@@ -664,3 +664,42 @@ async fn spliced_sessions_end_after_idle_timeout() {
         .expect("idle session is closed");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }
+
+/// The echo app's one timer: pings every `ping_interval`, messages keep the
+/// session past `idle_timeout`, silence then closes it with 1001. A raw
+/// client, so nothing answers pings behind the test's back.
+#[tokio::test]
+async fn echo_pings_and_closes_idle_sessions() {
+    let toml = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n[app.echo]\nping_interval = \"100ms\"\nidle_timeout = \"1s\"\n";
+    let gw = TestGateway::start(toml).await;
+    let mut s = raw_ws(gw.http()).await;
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    // 1.5 s of traffic, one message per ping received: past the idle
+    // timeout, yet the session stays open because the client keeps talking.
+    while started.elapsed() < Duration::from_millis(1500) {
+        match read_frame(&mut s).await {
+            (true, 9, _) => {
+                pings += 1;
+                s.write_all(&frame(true, 1, b"still here", MASK)).await.unwrap();
+            }
+            (true, 1, p) => assert_eq!(p, b"still here"),
+            other => panic!("session ended while active: {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "{pings} pings in 1.5 s at 100 ms");
+    // Silence: more pings, then the idle close, within the timeout and a bit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no idle close");
+        match read_frame(&mut s).await {
+            (true, 9, _) | (true, 1, _) => continue,
+            (true, 8, p) => {
+                assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1001);
+                assert_eq!(&p[2..], b"idle timeout");
+                break;
+            }
+            other => panic!("expected an idle close, got {other:?}"),
+        }
+    }
+}

@@ -105,15 +105,16 @@ async fn run<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let ping_every = if cfg.ping_interval.is_zero() {
-        Duration::from_secs(3600 * 24)
-    } else {
-        cfg.ping_interval
-    };
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut last_seen = tokio::time::Instant::now();
+    let mut timers = Timers::new(
+        cfg.ping_interval,
+        cfg.idle_timeout,
+        tokio::time::Instant::now(),
+    );
+    // One timer for pings and the idle deadline, re-armed only when it fires:
+    // a message only moves `last_seen` (no timer registered per message).
+    let timer = tokio::time::sleep_until(timers.next());
+    tokio::pin!(timer);
     loop {
-        let idle_deadline = last_seen + cfg.idle_timeout;
         tokio::select! {
             frame = ws.next_frame() => {
                 // Echo every frame already received before flushing once, so a
@@ -125,7 +126,7 @@ async fn run<S>(
                     step = on_read(&mut ws, frame, log).await;
                     batch += 1;
                 }
-                last_seen = tokio::time::Instant::now();
+                timers.seen(tokio::time::Instant::now());
                 match step {
                     Step::Go => {
                         if ws.flush().await.is_err() {
@@ -139,15 +140,21 @@ async fn run<S>(
                     }
                 }
             }
-            _ = ping.tick(), if !cfg.ping_interval.is_zero() => {
-                if ws.send(Frame::ping(bytes::Bytes::new())).await.is_err() {
-                    break;
+            () = &mut timer => {
+                match timers.fired(tokio::time::Instant::now()) {
+                    Due::Idle => {
+                        log.close_code = Some(1001);
+                        let _ = ws.send(Frame::close(CloseCode::Away, "idle timeout")).await;
+                        break;
+                    }
+                    Due::Ping => {
+                        if ws.send(Frame::ping(bytes::Bytes::new())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Due::Nothing => {}
                 }
-            }
-            _ = tokio::time::sleep_until(idle_deadline) => {
-                log.close_code = Some(1001);
-                let _ = ws.send(Frame::close(CloseCode::Away, "idle timeout")).await;
-                break;
+                timer.as_mut().reset(timers.next());
             }
             _ = stop.cancelled() => {
                 log.close_code = Some(1001);
@@ -157,6 +164,60 @@ async fn run<S>(
         }
     }
     finish(&mut ws).await;
+}
+
+/// A session's two deadlines: the next server ping (every `ping_every` from
+/// the start; none when zero) and the idle close (`idle` after the last
+/// message read).
+#[derive(Debug)]
+struct Timers {
+    ping_every: Duration,
+    next_ping: Option<tokio::time::Instant>,
+    idle: Duration,
+    last_seen: tokio::time::Instant,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Idle,
+    Ping,
+    /// Woken early: the idle deadline moved since the timer was set.
+    Nothing,
+}
+
+impl Timers {
+    fn new(ping_every: Duration, idle: Duration, now: tokio::time::Instant) -> Self {
+        Self {
+            ping_every,
+            next_ping: (!ping_every.is_zero()).then(|| now + ping_every),
+            idle,
+            last_seen: now,
+        }
+    }
+
+    fn seen(&mut self, now: tokio::time::Instant) {
+        self.last_seen = now;
+    }
+
+    /// When the timer must fire next.
+    fn next(&self) -> tokio::time::Instant {
+        let idle_at = self.last_seen + self.idle;
+        self.next_ping.map_or(idle_at, |p| p.min(idle_at))
+    }
+
+    /// What is due at `now`; a due ping is counted as sent.
+    fn fired(&mut self, now: tokio::time::Instant) -> Due {
+        if now >= self.last_seen + self.idle {
+            return Due::Idle;
+        }
+        match self.next_ping {
+            Some(p) if now >= p => {
+                self.next_ping = Some(p + self.ping_every);
+                Due::Ping
+            }
+            _ => Due::Nothing,
+        }
+    }
 }
 
 /// Frames echoed per flush at most, so a fast client cannot starve the
@@ -286,6 +347,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_timer_serves_pings_and_the_idle_deadline() {
+        let secs = Duration::from_secs;
+        let start = tokio::time::Instant::now();
+        let mut t = Timers::new(secs(10), secs(25), start);
+        assert_eq!(t.next(), start + secs(10));
+        assert_eq!(t.fired(start + secs(10)), Due::Ping);
+        assert_eq!(t.next(), start + secs(20));
+        // A message at 15 s moves the idle deadline to 40 s; the timer set for
+        // 20 s finds a ping due, then 30 s, then the idle close at 40 s.
+        t.seen(start + secs(15));
+        assert_eq!(t.fired(start + secs(20)), Due::Ping);
+        assert_eq!(t.fired(start + secs(30)), Due::Ping);
+        assert_eq!(t.next(), start + secs(40));
+        assert_eq!(t.fired(start + secs(40)), Due::Idle);
+        // Without pings the timer is the idle deadline alone, and an early
+        // wake-up (the deadline moved) does nothing.
+        let mut quiet = Timers::new(Duration::ZERO, secs(5), start);
+        assert_eq!(quiet.next(), start + secs(5));
+        quiet.seen(start + secs(3));
+        assert_eq!(quiet.fired(start + secs(5)), Due::Nothing);
+        assert_eq!(quiet.next(), start + secs(8));
+    }
 
     #[test]
     fn keeps_the_first_deflate_offer() {
