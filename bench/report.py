@@ -38,6 +38,24 @@ for extra in sys.argv[3:]:
     reruns.append((os.path.relpath(extra, os.path.dirname(here)), scen))
 
 
+def lock_version(name):
+    """Version of a comparison-server crate: from meta.env (recorded by run.sh), else
+    bench/loadgen/Cargo.lock as it is now, else '?'."""
+    if meta.get(name):
+        return meta[name]
+    try:
+        with open(os.path.join(here, "loadgen", "Cargo.lock")) as f:
+            text = f.read()
+    except OSError:
+        return "?"
+    marker = f'name = "{name}"\nversion = "'
+    i = text.find(marker)
+    if i < 0:
+        return "?"
+    i += len(marker)
+    return text[i : text.index('"', i)]
+
+
 def wrk_ms(s):
     """wrk latency string ('812.00us', '2.31ms', '1.02s') -> microseconds."""
     for unit, mul in (("us", 1), ("ms", 1000), ("s", 1_000_000)):
@@ -125,7 +143,7 @@ def ratio(scen, case, t, ref):
 
 TITLES = {
     "S1": "S1: WebSocket echo through the proxy (upstream: `wsbench ws-server`)",
-    "S2": "S2: in-process echo (`app = \"echo\"`) vs the raw upstream echo server",
+    "S2": "S2: in-process echo (`app = \"echo\"`) vs the raw echo server (`direct`), fastwebsockets and tokio-tungstenite",
     "S3": "S3: idle WebSocket memory (RSS growth of the serving process ÷ connections)",
     "S4": "S4: HTTP keep-alive proxy (wrk -t1 -c100, 13-byte responses)",
     "S5": "S5: new WebSocket connections/s (connect, handshake, close; 32 in parallel)",
@@ -151,20 +169,33 @@ w("> suite ran (see `load` below). Server side (proxy + upstream / backend) is p
 w("> other with `taskset`, but absolute numbers drift by tens of percent between runs: trust the ratios within")
 w("> one run, not the absolutes, and read the min–max before believing a small difference.")
 w("")
-w("Reproduce: `bench/run.sh` (full, ~20 min with defaults; `--duration 3` to shorten), `bench/run.sh --smoke`")
+w("Reproduce: `bench/run.sh` (full, ~25 min with defaults; `--duration 3` to shorten), `bench/run.sh --smoke`")
 w("(seconds, CI), `bench/profile.sh bench/results/<run>` (syscalls per message, perf). Raw measurements:")
 w(f"`{os.path.relpath(out_dir, os.path.dirname(here))}/results.jsonl`, with the generated nginx and wsgate configs next to it.")
 w("")
 w("| machine | |")
 w("|---|---|")
-for k in ("date", "cpu", "cores", "kernel", "nginx", "wrk", "rustc", "wsgate", "fds", "load"):
-    w(f"| {k} | {meta.get(k, '')} |")
+for k in ("date", "cpu", "cores", "kernel", "nginx", "wrk", "rustc", "fastwebsockets", "tokio-tungstenite", "wsgate", "fds", "load"):
+    if k in meta or k not in ("fastwebsockets", "tokio-tungstenite"):
+        w(f"| {k} | {meta.get(k, '')} |")
 w("")
 w("Setup: wsgate and nginx 1.22 each run one worker on the server core (tokio sizes its runtime from the")
 w("affinity mask, so wsgate gets one worker thread; nginx `worker_processes 1`). `direct` is the load generator")
 w("against the upstream itself (`wsbench ws-server`, a minimal tokio echo that answers all frames of one read in")
 w("one write), i.e. the no-proxy ceiling. nginx runs the stock proxy config and a `proxy_buffer_size 64k`")
 w("variant (`nginx-64k`); configs: `bench/results/<run>/nginx.conf`, `wsgate.toml`.")
+libs_measured = any(r["target"] in ("fastwebsockets", "tungstenite") for r in rows)
+if libs_measured:
+    w("In S2 and S3 (app) wsgate's echo app is also compared with two WebSocket libraries, each in its documented")
+    w("default setup as a `wsbench` echo server on the server core (one tokio worker): `fastwebsockets`")
+    w(f"(fastwebsockets {lock_version('fastwebsockets')}, `wsbench fws-server`: hyper 1 upgrade, `FragmentCollector`, auto-pong and")
+    w("auto-close, default writev: one write per echoed frame, no write batching) and `tungstenite`")
+    w(f"(tokio-tungstenite {lock_version('tokio-tungstenite')}, `wsbench tt-server`: `accept_async` with the default config, so a 128 KiB")
+    w("read buffer per connection; one write and flush per echoed message). Ratios in the S2 and S3 app tables are")
+    w("to `direct`; wsgate's S2 rows also give the ratio to fastwebsockets.")
+else:
+    w("S2 and S3 (app) of this run compare wsgate's echo app with `direct` only (no fastwebsockets /")
+    w("tokio-tungstenite servers in it).")
 w("")
 w("**server CPU µs/op** is the user + system CPU time the serving process (wsgate, the nginx worker, or the")
 w("upstream for `direct`) spent per message / request / connection during the measurement (from /proc, 10 ms")
@@ -199,6 +230,10 @@ for scen in ("S1", "S2", "S3", "S4", "S5", "S6"):
                 r64 = ratio(scen, case, t, "nginx-64k")
                 if r64:
                     rs += f", {r64:.2f}× nginx-64k"
+            if scen == "S2" and t == "wsgate":
+                rf = ratio(scen, case, t, "fastwebsockets")
+                if rf:
+                    rs += f", {rf:.2f}× fastwebsockets"
             if scen == "S1" and t == "nginx":
                 rd = ratio(scen, case, t, "direct")
                 rs = f"{rd:.2f}× direct" if rd else ""
@@ -240,13 +275,17 @@ def case_ratios(scen, pred, t, ref):
     return out
 
 
-def target_row(name, items, goal, lower_is_better=False):
+def target_row(name, items, goal, lower_is_better=False, extra=None):
+    """extra: case -> text appended to that case's ratio (a second, informative reference)."""
     if not items:
         w(f"| {name} | – | not measured |")
         return
     items = [x if len(x) == 3 else (x[0], x[1], None) for x in items]
     ok = all((r <= goal) if lower_is_better else (r >= goal) for _, r, _ in items)
-    txt = "; ".join(f"{c}: {r:.2f}×" + (f" (CPU/op: {cr:.2f}×)" if cr else "") for c, r, cr in items)
+    txt = "; ".join(
+        f"{c}: {r:.2f}×" + (f" (CPU/op: {cr:.2f}×)" if cr else "") + (f", {extra[c]}" if extra and c in extra else "")
+        for c, r, cr in items
+    )
     w(f"| {name} | {txt} | {status(ok)} |")
 
 
@@ -260,14 +299,25 @@ for c in lat_cases:
         items.append((c + " p99", a[4] / b[4]))
 target_row("S1 p99 ≤ nginx's (fixed rate)", items, 1.0, lower_is_better=True)
 target_row(
-    "S2 ≥ 1.0× fastwebsockets-class at depth 1 (proxy: the raw tokio echo `direct`)",
-    case_ratios("S2", lambda c: c.endswith("d1"), "wsgate", "direct"),
+    "S2 ≥ 1.0× fastwebsockets at depth 1",
+    case_ratios("S2", lambda c: c.endswith("d1"), "wsgate", "fastwebsockets"),
     1.0,
 )
+d8 = case_ratios("S2", lambda c: c.endswith("d8"), "wsgate", "direct")
+d8_tt = {}
+for c, _, _ in d8:
+    rt = case_ratios("S2", lambda x: x == c, "wsgate", "tungstenite")
+    d8_tt[c] = (
+        f"{rt[0][1]:.2f}× tungstenite" + (f" (CPU/op: {rt[0][2]:.2f}×)" if rt[0][2] else "")
+        if rt
+        else "tungstenite not measured"
+    )
 target_row(
-    "S2 ≥ 0.8× batching echo at depth 8 (proxy: `direct`, which batches writes)",
-    case_ratios("S2", lambda c: c.endswith("d8"), "wsgate", "direct"),
+    "S2 ≥ 0.8× batching echo at depth 8 (reference: `direct`, which answers all frames of one read in one write,"
+    " the uWebSockets-class batching server; tokio-tungstenite for information)",
+    d8,
     0.8,
+    extra=d8_tt,
 )
 for kind, goal in (("proxy", 8192), ("app", 4096)):
     items = []

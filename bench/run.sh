@@ -11,7 +11,9 @@
 #   env:     WSGATE=path/to/wsgate (default: target/release/wsgate, built here)
 #            SERVER_CPU / LOAD_CPU (default 0 / 1): taskset cores
 #
-# Everything listens on 127.0.0.1 ports 28080–28444 and 29001–29002; every
+# Everything listens on 127.0.0.1 ports 28080–28444 (wsgate, nginx) and
+# 29001–29004 (wsbench: ws-server, http-server, and the S2/S3 comparison echo
+# servers fws-server = fastwebsockets, tt-server = tokio-tungstenite); every
 # load is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -206,12 +208,16 @@ start_servers() {
   UP_PID=$!
   $S "$WSB" http-server --listen 127.0.0.1:29002 &
   HTTP_PID=$!
+  $S "$WSB" fws-server --listen 127.0.0.1:29003 &
+  FWS_PID=$!
+  $S "$WSB" tt-server --listen 127.0.0.1:29004 &
+  TT_PID=$!
   RUST_LOG=warn $S "$WSGATE" -c "$OUT/wsgate.toml" >>"$OUT/wsgate.log" 2>&1 &
   WSGATE_PID=$!
   $S "$NGINX" -p "$OUT" -c "$OUT/nginx.conf" &
   NGINX_PID=$!
-  PIDS+=("$UP_PID" "$HTTP_PID" "$WSGATE_PID" "$NGINX_PID")
-  for p in 29001 29002 28080 28443 28081 28082 28083 28444; do wait_port $p; done
+  PIDS+=("$UP_PID" "$HTTP_PID" "$FWS_PID" "$TT_PID" "$WSGATE_PID" "$NGINX_PID")
+  for p in 29001 29002 29003 29004 28080 28443 28081 28082 28083 28444; do wait_port $p; done
   NGINX_WORKER=""
   for _ in $(seq 1 50); do
     NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1 || true)
@@ -221,9 +227,9 @@ start_servers() {
 }
 
 stop_servers() {
-  kill "$UP_PID" "$HTTP_PID" "$WSGATE_PID" 2>/dev/null || true
+  kill "$UP_PID" "$HTTP_PID" "$FWS_PID" "$TT_PID" "$WSGATE_PID" 2>/dev/null || true
   kill "$NGINX_PID" 2>/dev/null || true
-  wait "$UP_PID" "$HTTP_PID" "$WSGATE_PID" "$NGINX_PID" 2>/dev/null || true
+  wait "$UP_PID" "$HTTP_PID" "$FWS_PID" "$TT_PID" "$WSGATE_PID" "$NGINX_PID" 2>/dev/null || true
   PIDS=()
 }
 
@@ -237,7 +243,7 @@ record() {
   local out
   if out=$("$@" 2>>"$OUT/errors.log"); then
     echo "{\"scenario\":\"$scen\",\"case\":\"$case\",\"target\":\"$target\",\"run\":$run,\"r\":$out}" >>"$RESULTS"
-    printf '  %-3s %-22s %-13s run %s  %s\n' "$scen" "$case" "$target" "$run" "$out"
+    printf '  %-3s %-22s %-14s run %s  %s\n' "$scen" "$case" "$target" "$run" "$out"
   else
     FAILS=$((FAILS + 1))
     echo "  FAILED: $scen $case $target run $run (see $OUT/errors.log)" >&2
@@ -266,6 +272,10 @@ wrk_json() {
 # name url pid-variable (the process whose CPU time per message is reported)
 WS_TARGETS=("direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/ws/ WSGATE_PID"
   "nginx ws://127.0.0.1:28081/ NGINX_WORKER" "nginx-64k ws://127.0.0.1:28082/ NGINX_WORKER")
+# S2: wsgate's in-process echo app against the raw echo (`direct`) and two real
+# libraries in their documented default setup (fastwebsockets, tokio-tungstenite)
+S2_TARGETS=("direct ws://127.0.0.1:29001/ UP_PID" "fastwebsockets ws://127.0.0.1:29003/ FWS_PID"
+  "tungstenite ws://127.0.0.1:29004/ TT_PID" "wsgate ws://127.0.0.1:28080/echo WSGATE_PID")
 
 if [ "$SMOKE" = 1 ]; then
   S1_CASES=("100 32 1")
@@ -306,11 +316,11 @@ if want S1; then
 fi
 
 if want S2; then
-  echo "== S2 in-process echo (wsgate app vs the raw upstream echo server)"
+  echo "== S2 in-process echo (wsgate app vs the raw echo server, fastwebsockets, tokio-tungstenite)"
   for c in "${S2_CASES[@]}"; do
     read -r n size depth <<<"$c"
     for run in $(seq 1 "$RUNS"); do
-      for t in "direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/echo WSGATE_PID"; do
+      for t in "${S2_TARGETS[@]}"; do
         read -r name url pidvar <<<"$t"
         record S2 "${n}c ${size}B d${depth}" "$name" "$run" -- \
           $L "$WSB" echo --url "$url" --conns "$n" --size "$size" --depth "$depth" --duration "$DUR" --src-ips 20 --pid "${!pidvar}"
@@ -318,7 +328,7 @@ if want S2; then
     done
   done
   for run in $(seq 1 "$RUNS"); do
-    for t in "direct ws://127.0.0.1:29001/ UP_PID" "wsgate ws://127.0.0.1:28080/echo WSGATE_PID"; do
+    for t in "${S2_TARGETS[@]}"; do
       read -r name url pidvar <<<"$t"
       record S2 "100c 32B @${LAT_RATE}/s" "$name" "$run" -- \
         $L "$WSB" echo --url "$url" --conns 100 --size 32 --rate "$LAT_RATE" --duration "$DUR" --pid "${!pidvar}"
@@ -371,7 +381,8 @@ if want S3; then
     read -r kind n <<<"$c"
     for run in $(seq 1 "$RUNS"); do
       if [ "$kind" = app ]; then
-        targets=("wsgate ws://127.0.0.1:28080/echo WSGATE_PID" "direct ws://127.0.0.1:29001/ UP_PID")
+        targets=("wsgate ws://127.0.0.1:28080/echo WSGATE_PID" "direct ws://127.0.0.1:29001/ UP_PID"
+          "fastwebsockets ws://127.0.0.1:29003/ FWS_PID" "tungstenite ws://127.0.0.1:29004/ TT_PID")
       else
         targets=("wsgate ws://127.0.0.1:28080/ws/ WSGATE_PID" "nginx ws://127.0.0.1:28081/ NGINX_WORKER")
       fi
@@ -388,6 +399,8 @@ if want S3; then
 fi
 
 # ---------------------------------------------------------------- report
+# version of a crate in the loadgen lockfile (the S2/S3 comparison servers)
+lock_version() { awk -v n="name = \"$1\"" '$0 == n { getline; gsub(/version = |"/, ""); print; exit }' bench/loadgen/Cargo.lock; }
 {
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
@@ -396,6 +409,8 @@ fi
   echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')"
   echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
   echo "rustc=$(rustc --version | awk '{print $2}')"
+  echo "fastwebsockets=$(lock_version fastwebsockets)"
+  echo "tokio-tungstenite=$(lock_version tokio-tungstenite)"
   echo "wsgate=$(git rev-parse --short HEAD)$(git diff --quiet -- src Cargo.toml || echo '+dirty') ($(basename "$(dirname "$WSGATE")") build)"
   echo "runs=$RUNS"
   echo "duration=$DUR"

@@ -9,7 +9,9 @@
 //! | `connrate` | new WebSocket connections per second (ws or wss): connect, handshake, close |
 //! | `idle` | open N WebSocket connections, hold them, report the RSS growth of `--pid` per connection |
 //! | `chat` | one chat room, N members, one sender at `--rate`; delivered msgs/s and delivery latency |
-//! | `ws-server` | upstream WebSocket echo server for the proxy scenarios |
+//! | `ws-server` | upstream WebSocket echo server for the proxy scenarios (minimal hand-written tokio echo, all frames of one read in one write; `direct` in S2/S3) |
+//! | `fws-server` | WebSocket echo with the `fastwebsockets` crate (hyper 1 upgrade, `FragmentCollector`, one write per frame): S2/S3 comparison |
+//! | `tt-server` | WebSocket echo with `tokio-tungstenite`, default config (`accept_async`, 128 KiB read buffer): S2/S3 comparison |
 //! | `http-server` | keep-alive HTTP/1.1 backend answering every request with 13 bytes |
 //!
 //! Every load mode prints one JSON object on stdout. Latencies are measured from
@@ -38,7 +40,7 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: wsbench MODE [--key value]...  (modes: echo connrate idle chat ws-server http-server)");
+        eprintln!("usage: wsbench MODE [--key value]...  (modes: echo connrate idle chat ws-server fws-server tt-server http-server)");
         std::process::exit(2);
     };
     let opts = Opts::parse(&args[1..]);
@@ -54,6 +56,8 @@ fn main() {
             "idle" => run_idle(&opts).await,
             "chat" => run_chat(&opts).await,
             "ws-server" => serve(&opts, serve_ws_echo).await,
+            "fws-server" => serve(&opts, serve_fws_echo).await,
+            "tt-server" => serve(&opts, serve_tt_echo).await,
             "http-server" => serve(&opts, serve_http).await,
             other => Err(io::Error::other(format!("unknown mode {other}"))),
         }
@@ -442,7 +446,7 @@ async fn run_echo(opts: &Opts) -> io::Result<()> {
     let secs = duration.as_secs_f64();
     let cpu = (cpu_us(&pid) - cpu0) as f64 / count.max(1) as f64;
     println!(
-        "{{\"mode\":\"echo\",\"conns\":{n},\"size\":{size},\"depth\":{depth},\"rate\":{rate},\"msgs_per_s\":{:.0},\"cpu_us\":{cpu:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"errors\":{errors}}}",
+        "{{\"mode\":\"echo\",\"conns\":{n},\"size\":{size},\"depth\":{depth},\"rate\":{rate},\"msgs\":{count},\"msgs_per_s\":{:.0},\"cpu_us\":{cpu:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"errors\":{errors}}}",
         count as f64 / secs,
         us(&hist, 0.5),
         us(&hist, 0.99),
@@ -878,6 +882,79 @@ async fn serve_ws_echo(mut s: TcpStream) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// fastwebsockets echo, set up the way its README and `examples/echo_server.rs`
+/// do: hyper 1 serves the HTTP/1.1 upgrade (`upgrade` feature), then a
+/// `FragmentCollector` over the upgraded stream reads whole messages and sends
+/// every Text/Binary one back with `write_frame`; pings are answered and Close
+/// is echoed by the library (auto-pong, auto-close). writev stays at the
+/// library's default (`set_writev(true)`, threshold 1024 bytes: payloads above
+/// it go out in one vectored write with the header, smaller frames are copied
+/// behind the header), so every frame is one write of its own.
+async fn serve_fws_echo(s: TcpStream) -> io::Result<()> {
+    let service = hyper::service::service_fn(
+        |mut req: hyper::Request<hyper::body::Incoming>| async move {
+            let (response, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
+            tokio::spawn(async move {
+                // Errors are peers going away (the load generator drops its
+                // connections at the end of a run): nothing to report.
+                let _ = fws_echo(fut).await;
+            });
+            Ok::<_, fastwebsockets::WebSocketError>(response)
+        },
+    );
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+        .with_upgrades()
+        .await
+        .map_err(io::Error::other)
+}
+
+async fn fws_echo(
+    fut: fastwebsockets::upgrade::UpgradeFut,
+) -> Result<(), fastwebsockets::WebSocketError> {
+    use fastwebsockets::OpCode;
+    let mut ws = fut.await?;
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    let mut ws = fastwebsockets::FragmentCollector::new(ws);
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Close => break,
+            OpCode::Text | OpCode::Binary => ws.write_frame(frame).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// tokio-tungstenite echo with the default `WebSocketConfig` (`accept_async`):
+/// every Text/Binary message is sent straight back (`send`: one write and
+/// flush per message). tungstenite answers pings itself and queues the reply
+/// to a Close, which is flushed before the connection ends.
+async fn serve_tt_echo(s: TcpStream) -> io::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = tokio_tungstenite::accept_async(s)
+        .await
+        .map_err(io::Error::other)?;
+    while let Some(msg) = ws.next().await {
+        match msg.map_err(io::Error::other)? {
+            m @ (Message::Text(_) | Message::Binary(_)) => {
+                ws.send(m).await.map_err(io::Error::other)?
+            }
+            Message::Close(_) => {
+                // tungstenite queued the Close reply; sending another Close
+                // would fail (SendAfterClosing), so just flush it out.
+                let _ = ws.flush().await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Keep-alive HTTP/1.1 backend: one fixed 200 per request head (bodies ignored).

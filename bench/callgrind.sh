@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Instructions per operation of wsgate under one load, counted by
+# valgrind --tool=callgrind: exact for the same binary and input, whatever
+# else the machine is doing (the timed suite in run.sh is not). User space
+# only: the kernel's share (most of S1's) is not counted.
+#
+#   bench/callgrind.sh S4 [WSGATE]   HTTP keep-alive proxy: instructions per request (wrk -c100)
+#   bench/callgrind.sh S5 [WSGATE]   new proxied WebSockets: per connection (connect, upgrade, close)
+#   bench/callgrind.sh S2 [WSGATE]   in-process echo app: per echoed 32-byte message (100 conns, depth 1)
+#   bench/callgrind.sh S1 [WSGATE]   byte splice: per echoed 32-byte message (100 conns, depth 1)
+#
+# WSGATE defaults to target/release/wsgate (built here). Output: one line
+# "SCEN ops=N instructions=M per_op=K" and the callgrind file in
+# bench/results/callgrind/, for `callgrind_annotate --inclusive=yes FILE`.
+# Ports 28080 and 29001-29002, as run.sh; a few seconds of load under valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCEN=${1:?usage: bench/callgrind.sh S1|S2|S4|S5 [WSGATE]}
+WSGATE=${2:-}
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+[ "$SCEN" != S4 ] || command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+if [ -z "$WSGATE" ]; then
+  cargo build -q --release --bin wsgate
+  WSGATE="$CARGO_TARGET_DIR/release/wsgate"
+fi
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/loadgen" cargo build -q --release --manifest-path bench/loadgen/Cargo.toml
+WSB="$CARGO_TARGET_DIR/loadgen/release/wsbench"
+
+OUT="$ROOT/bench/results/callgrind"
+mkdir -p "$OUT"
+STAMP="$SCEN-$(date -u +%Y%m%dT%H%M%SZ)"
+cat >"$OUT/$STAMP.toml" <<EOF
+[server]
+max_connections = 100000
+[log]
+access_log = false
+[[listener]]
+addr = "127.0.0.1:28080"
+[upstream.ws]
+servers = ["127.0.0.1:29001"]
+[upstream.http]
+servers = ["127.0.0.1:29002"]
+[[route]]
+path = "/ws/"
+upstream = "ws"
+[[route]]
+path = "/http/"
+upstream = "http"
+[[route]]
+path = "/echo"
+app = "echo"
+EOF
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+"$WSB" ws-server --listen 127.0.0.1:29001 & PIDS+=($!)
+"$WSB" http-server --listen 127.0.0.1:29002 & PIDS+=($!)
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+  --callgrind-out-file="$OUT/$STAMP.out" "$WSGATE" -c "$OUT/$STAMP.toml" >"$OUT/$STAMP.log" 2>&1 &
+VG=$!
+PIDS+=("$VG")
+for _ in $(seq 1 300); do
+  (exec 3<>/dev/tcp/127.0.0.1/28080) 2>/dev/null && break
+  sleep 0.1
+done
+
+# load SECONDS: prints the operation count
+load() {
+  case "$SCEN" in
+    S4) wrk -t1 -c100 -d"${1}s" http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
+    S5) "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 8 --duration "$1" |
+          python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
+    S2|S1)
+      path=/echo; [ "$SCEN" = S1 ] && path=/ws/
+      "$WSB" echo --url "ws://127.0.0.1:28080$path" --conns 100 --size 32 --depth 1 --duration "$1" |
+        python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs"])' ;;
+    *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
+  esac
+}
+
+load 2 >/dev/null            # warm-up: pools filled, buffers grown, code paged in
+callgrind_control -i on "$VG" >/dev/null
+n=$(load 5)
+callgrind_control -d "$VG" >/dev/null
+callgrind_control -i off "$VG" >/dev/null
+file=$(ls -t "$OUT/$STAMP.out"* | grep -v '\.out$' | head -1)
+total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "$SCEN ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
