@@ -172,14 +172,29 @@ where
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // Made once, not per turn: a fresh `cancelled()` joins and leaves the
+    // token's waiter list, and a fresh sleep registers a timer, on every
+    // message. The silence timer is re-armed only when it fires early.
+    let stopped = stop.cancelled();
+    let kicked = conn.kicked().cancelled();
+    let mut armed_for = last_seen + every * 2;
+    let silence = sleep_until(armed_for);
+    tokio::pin!(stopped, kicked, silence);
     loop {
-        let silent_at = last_seen + every * 2;
         let mut out: Vec<Frame> = Vec::new();
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return End::Shutdown,
-            _ = conn.kicked().cancelled() => return End::Overflow,
-            _ = sleep_until(silent_at) => return End::Silent,
+            () = &mut stopped => return End::Shutdown,
+            () = &mut kicked => return End::Overflow,
+            () = &mut silence => {
+                let silent_at = last_seen + every * 2;
+                if Instant::now() >= silent_at {
+                    return End::Silent;
+                }
+                silence.as_mut().reset(silent_at);
+                armed_for = silent_at;
+                continue;
+            }
             // Outbox before input: a client is only read from as fast as it can
             // be written to, and its own burst cannot starve its queue.
             ev = rx.recv() => {
@@ -225,11 +240,16 @@ where
             }
             ws.flush().await
         };
+        let silent_at = last_seen + every * 2;
+        if armed_for != silent_at {
+            silence.as_mut().reset(silent_at);
+            armed_for = silent_at;
+        }
         tokio::select! {
             r = write => if r.is_err() { return End::Client },
-            _ = stop.cancelled() => return End::Shutdown,
-            _ = conn.kicked().cancelled() => return End::Overflow,
-            _ = sleep_until(silent_at) => return End::Silent,
+            () = &mut stopped => return End::Shutdown,
+            () = &mut kicked => return End::Overflow,
+            () = &mut silence => return End::Silent,
         }
     }
 }
