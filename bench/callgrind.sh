@@ -59,7 +59,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 "$WSB" ws-server --listen 127.0.0.1:29001 & PIDS+=($!)
 "$WSB" http-server --listen 127.0.0.1:29002 & PIDS+=($!)
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+RUST_LOG=warn LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/$STAMP.out" "$WSGATE" -c "$OUT/$STAMP.toml" >"$OUT/$STAMP.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")

@@ -9,6 +9,13 @@ use clap::{Parser, Subcommand};
 use wsgate::config;
 use wsgate::gateway::Snapshot;
 
+/// glibc malloc spends thousands of instructions on each 8 KiB connection
+/// buffer hyper allocates; mimalloc's size classes do not (per new proxied
+/// WebSocket: 92k -> 75k instructions, `bench/callgrind.sh S5`). The library
+/// (tests, fuzzing) keeps the system allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wsgate",
