@@ -9,7 +9,8 @@
 #   bench/callgrind.sh S2 [WSGATE]   in-process echo app: per echoed 32-byte message (100 conns, depth 1)
 #   bench/callgrind.sh S1 [WSGATE]   byte splice: per echoed 32-byte message (100 conns, depth 1)
 #
-# WSGATE defaults to target/release/wsgate (built here). Output: one line
+# WSGATE defaults to target/release/wsgate (built here); PRELOAD=/path/lib.so
+# runs it with that allocator preloaded (allocator A/B on one binary). Output: one line
 # "SCEN ops=N instructions=M per_op=K" and the callgrind file in
 # bench/results/callgrind/, for `callgrind_annotate --inclusive=yes FILE`.
 # Ports 28080 and 29001-29002, as run.sh; a few seconds of load under valgrind.

@@ -681,7 +681,9 @@ async fn echo_pings_and_closes_idle_sessions() {
         match read_frame(&mut s).await {
             (true, 9, _) => {
                 pings += 1;
-                s.write_all(&frame(true, 1, b"still here", MASK)).await.unwrap();
+                s.write_all(&frame(true, 1, b"still here", MASK))
+                    .await
+                    .unwrap();
             }
             (true, 1, p) => assert_eq!(p, b"still here"),
             other => panic!("session ended while active: {other:?}"),
