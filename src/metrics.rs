@@ -235,16 +235,6 @@ impl Metrics {
         out
     }
 
-    /// A guard counting one open connection on `listener`.
-    pub fn connection(&self, listener: &str) -> GaugeGuard {
-        GaugeGuard::new(self.connection_gauge(listener))
-    }
-
-    /// A guard counting one live WebSocket session on `route`.
-    pub fn session(&self, route: &str) -> GaugeGuard {
-        GaugeGuard::new(self.session_gauge(route))
-    }
-
     /// The live-sessions gauge of `route`, registered for `/status` too.
     fn session_gauge(&self, route: &str) -> Gauge {
         let g = self
