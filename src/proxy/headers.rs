@@ -95,6 +95,19 @@ pub fn add_forwarded(
     }
 }
 
+/// Sets what a proxied request carries about its client and host: the
+/// `X-Forwarded-*` family ([`add_forwarded`]) and `Host` = the request's host
+/// (already there for HTTP/1.1, added for HTTP/2 `:authority`).
+pub fn set_forwarding(h: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&str>) {
+    let host = host_value(h, host);
+    add_forwarded(h, client, tls, host.as_ref());
+    if let Some(v) = host {
+        if h.get(header::HOST) != Some(&v) {
+            h.insert(header::HOST, v);
+        }
+    }
+}
+
 /// The `Host` value to send upstream for the request's `host`: the request's
 /// own header value when it already says that (no copy), else a new one.
 pub fn host_value(h: &HeaderMap, host: Option<&str>) -> Option<HeaderValue> {
@@ -199,6 +212,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2);
         assert!(!h.contains_key("proxy-foo"));
+    }
+
+    #[test]
+    fn forwarding_sets_host_from_the_authority() {
+        let mut h = HeaderMap::new();
+        set_forwarding(
+            &mut h,
+            &forwarded_for("10.0.0.1".parse().unwrap()),
+            true,
+            Some("a.test"),
+        );
+        assert_eq!(h[header::HOST], "a.test");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::headers::{add_forwarded, host_value, rewrite_path, strip_hop_by_hop};
+use super::headers::{rewrite_path, set_forwarding, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
 use crate::config::RouteConfig;
 use crate::metrics::{Metrics, UpstreamServerStatus};
@@ -53,18 +53,7 @@ pub async fn forward(
         }
     };
     strip_hop_by_hop(&mut parts.headers);
-    let host = host_value(&parts.headers, host);
-    add_forwarded(
-        &mut parts.headers,
-        ctx.forwarded_for(),
-        ctx.tls,
-        host.as_ref(),
-    );
-    if let Some(h) = host {
-        if parts.headers.get(header::HOST) != Some(&h) {
-            parts.headers.insert(header::HOST, h);
-        }
-    }
+    set_forwarding(&mut parts.headers, ctx.forwarded_for(), ctx.tls, host);
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();

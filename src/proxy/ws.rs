@@ -13,7 +13,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use super::error::{HandshakeError, ProxyError};
-use super::headers::{add_forwarded, has_token, host_value, rewrite_path, strip_hop_by_hop};
+use super::headers::{has_token, rewrite_path, set_forwarding, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use super::ws_upstream::{self, Rewind};
@@ -349,11 +349,7 @@ fn upstream_request(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::SEC_WEBSOCKET_KEY);
     headers.remove(header::SEC_WEBSOCKET_VERSION);
-    let host = host_value(&headers, host.as_deref());
-    add_forwarded(&mut headers, ctx.forwarded_for(), ctx.tls, host.as_ref());
-    if let Some(h) = host {
-        headers.insert(header::HOST, h);
-    }
+    set_forwarding(&mut headers, ctx.forwarded_for(), ctx.tls, host.as_deref());
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(
