@@ -13,10 +13,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::body::{Body, BoxError};
 use crate::gateway::Gateway;
 use crate::metrics::{GaugeGuard, RouteCode, RouteDirection, RouteStatus};
 use crate::router::Route;
-use crate::{Body, BoxError};
 
 /// Request-body bytes read so far (set by whoever consumes the body).
 #[derive(Clone, Default)]

@@ -18,9 +18,11 @@
 
 pub mod access;
 pub mod apps;
+pub mod body;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod ctx;
 pub mod gateway;
 pub mod limits;
 pub mod logging;
@@ -33,7 +35,4 @@ pub mod upstream;
 
 pub use gateway::{Gateway, GatewayHandle, StartError};
 
-/// The response body type used everywhere on the server side.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
-/// Errors carried inside bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use body::{Body, BoxError};

@@ -669,7 +669,7 @@ async fn a_panicking_connection_task_is_logged_and_releases_its_slot() {
         Some(wsgate::limits::Refusal::Full)
     );
     let task = tracker.spawn(tracing::instrument::WithSubscriber::with_subscriber(
-        wsgate::server::listener::catch_panics(async move {
+        wsgate::shutdown::catch_panics(async move {
             let _slot = slot;
             let _stream = stream;
             if std::hint::black_box(true) {

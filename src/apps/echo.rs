@@ -14,43 +14,15 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
-use yawc::{DeflateOptions, Options, WebSocket};
+use yawc::WebSocket;
 
 use crate::access::SessionLog;
+use crate::body::empty;
+use crate::body::Body;
 use crate::config::EchoConfig;
 use crate::gateway::Gateway;
 use crate::limits::ConnSlot;
-use crate::proxy::error::{empty, ProxyError};
-use crate::Body;
-
-/// Starting (and resting) size of the codec's read buffer. yawc defaults to
-/// 8 KiB, which was most of an idle session's memory; a larger frame grows the
-/// buffer for as long as it takes (a few more reads), then yawc shrinks it back.
-const READ_BUFFER: usize = 512;
-
-/// The write buffer starts empty: the encoder reserves exactly what each frame
-/// needs, and the buffer keeps that (up to 8 KiB) for the next ones.
-const WRITE_BUFFER: usize = 0;
-
-/// yawc options for an app with these limits.
-pub fn codec_options(max_message: u64, compression: bool) -> Options {
-    let max = usize::try_from(max_message).unwrap_or(usize::MAX);
-    // yawc's limits are exclusive; ours are inclusive.
-    let opts = Options::default()
-        .with_limits(max.saturating_add(1), max.saturating_add(1))
-        .with_read_buffer_capacity(READ_BUFFER)
-        .with_write_buffer_capacity(WRITE_BUFFER)
-        .with_utf8()
-        .with_no_delay();
-    if compression {
-        opts.with_compression_level(yawc::CompressionLevel::fast())
-    } else {
-        Options {
-            compression: None::<DeflateOptions>,
-            ..opts
-        }
-    }
-}
+use crate::proxy::error::ProxyError;
 
 pub fn accept(
     gw: &Arc<Gateway>,
@@ -59,17 +31,14 @@ pub fn accept(
     slot: Arc<ConnSlot>,
     log: SessionLog,
 ) -> Result<Response<Body>, ProxyError> {
-    let opts = codec_options(cfg.max_message_size, cfg.compression);
+    let opts = super::codec::options(cfg.max_message_size, cfg.compression);
     keep_first_deflate_offer(req.headers_mut());
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let cfg = cfg.clone();
     let stop = gw.shutdown.token.clone();
     gw.shutdown
-        .sessions
-        .spawn(crate::server::listener::catch_panics(session(
-            fut, cfg, stop, log, slot,
-        )));
+        .spawn_session(session(fut, cfg, stop, log, slot));
     Ok(resp.map(|_| empty()))
 }
 
@@ -88,7 +57,7 @@ fn session(
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _slot = slot;
-        let Some(ws) = super::upgraded(fut, "echo").await else {
+        let Some(ws) = super::codec::upgraded(fut, "echo").await else {
             return;
         };
         run(ws, &cfg, stop, &mut log).await
@@ -414,13 +383,7 @@ mod tests {
         }
         let (stop, slot) = (CancellationToken::new(), None::<Arc<ConnSlot>>);
         let size = task_size(|fut, cfg, log| {
-            crate::server::listener::catch_panics(super::session(
-                fut,
-                cfg,
-                stop,
-                log,
-                slot.unwrap(),
-            ))
+            crate::shutdown::catch_panics(super::session(fut, cfg, stop, log, slot.unwrap()))
         });
         assert!(size <= 1152, "echo session task is {size} bytes");
     }

@@ -4,28 +4,13 @@
 //! gateway's session tracker so a drain can close it with 1001.
 
 pub mod chat;
+pub mod codec;
 pub mod echo;
 
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
-
-/// Completes an app's upgrade. The codec comes back boxed and out of any
-/// `match` scrutinee: an idle session's future would otherwise hold the
-/// ~900-byte codec two or three times for the session's whole life.
-pub async fn upgraded(
-    fut: yawc::UpgradeFut,
-    app: &'static str,
-) -> Option<Box<yawc::HttpWebSocket>> {
-    match fut.await {
-        Ok(ws) => Some(Box::new(ws)),
-        Err(e) => {
-            tracing::debug!(app, error = %e, "upgrade did not complete");
-            None
-        }
-    }
-}
 
 /// App state that must survive config reloads (chat rooms, users, history).
 pub struct Apps {

@@ -1,11 +1,9 @@
 //! Every way a request can fail, and the one place that maps each to a status
 //! code and a short plain-text reason for the client.
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
-use crate::Body;
+use crate::body::{text_response, Body};
 
 /// Why a WebSocket opening handshake was rejected (spec §3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,25 +137,4 @@ impl ProxyError {
         }
         resp
     }
-}
-
-/// A plain-text response.
-pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
-}
-
-pub fn empty() -> Body {
-    http_body_util::Empty::new()
-        .map_err(|e| match e {})
-        .boxed_unsync()
 }

@@ -13,9 +13,10 @@ use http_body_util::{BodyExt, StreamBody};
 use percent_encoding::percent_decode_str;
 use tokio_util::io::ReaderStream;
 
-use super::error::{empty, ProxyError};
+use super::error::ProxyError;
+use crate::body::empty;
+use crate::body::{Body, BoxError};
 use crate::config::RouteConfig;
-use crate::{Body, BoxError};
 
 pub async fn serve<B>(
     root: &Path,

@@ -1,8 +1,6 @@
 //! Header hygiene for proxying: hop-by-hop removal (RFC 9110 §7.6.1), the
 //! `X-Forwarded-*` family, and the path rewrite for `strip_prefix`. Pure functions.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one hop and must never be forwarded.
@@ -52,13 +50,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == "keep-alive" || name.as_str().starts_with("proxy-")
 }
 
-/// The client address as an `X-Forwarded-For` entry. Built once per
-/// connection: formatting an address on every request showed in profiles.
-pub fn forwarded_for(client: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
-}
-
-/// Appends `client` (from [`forwarded_for`]) to `X-Forwarded-For` and sets
+/// Appends `client` (from [`crate::ctx::forwarded_for`]) to `X-Forwarded-For` and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the latter only when the client
 /// did not send one, so a chain of proxies keeps the original).
 pub fn add_forwarded(
@@ -145,6 +137,7 @@ pub fn rewrite_path(path_and_query: &str, prefix: &str, strip: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctx::forwarded_for;
 
     #[test]
     fn strips_listed_and_static_hop_headers() {

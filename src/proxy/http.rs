@@ -22,13 +22,13 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::headers::{rewrite_path, set_forwarding, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
+use crate::body::{Body, BoxError};
 use crate::config::RouteConfig;
+use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
-use crate::server::ConnCtx;
 use crate::upstream::conns::{Release, SendError};
 use crate::upstream::pool::InflightGuard;
 use crate::upstream::{Backend, BackendId, Pool};
-use crate::{Body, BoxError};
 
 /// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
 pub async fn forward(
@@ -85,7 +85,7 @@ pub async fn forward(
         tried.push(backend.id);
         // Origin-form: the connection is to the server already.
         let uri = Uri::from(path.clone());
-        let this_body = body.take().unwrap_or_else(super::error::empty);
+        let this_body = body.take().unwrap_or_else(crate::body::empty);
         // Cloning the head (every header value) only pays when another attempt
         // can follow: within the retry budget and with a server left to try.
         let may_retry = retry_allowed(tried.len()) && tried.len() < pool.backends().len();

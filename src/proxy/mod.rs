@@ -20,12 +20,12 @@ use ::http::{header, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::access::{BytesIn, LoggedBody, RequestInfo, UpstreamServer};
+use crate::body::Body;
 use crate::config::{AppKind, RouteTarget};
+use crate::ctx::ConnCtx;
 use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
 use crate::router::Route;
-use crate::server::ConnCtx;
-use crate::Body;
 pub use error::{HandshakeError, ProxyError};
 
 /// The hyper service entry point for every request on every listener. Every

@@ -18,13 +18,13 @@ use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use super::ws_upstream::{self, Rewind};
 use crate::access::{SessionHold, SessionLog};
+use crate::body::Body;
 use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
+use crate::ctx::ConnCtx;
 use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
 use crate::router::Route;
-use crate::server::ConnCtx;
 use crate::upstream::{Backend, BackendId, Pool};
-use crate::Body;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -253,28 +253,26 @@ async fn tunnel(
     let stop = gw.shutdown.token.clone();
     let addr = choice.backend.addr.clone();
     let log = SessionLog::new(gw, matched, "spliced", ctx.client);
-    gw.shutdown
-        .sessions
-        .spawn(crate::server::listener::catch_panics(async move {
-            let mut log = log;
-            let _slot = slot;
-            // The session counts as load on its server for as long as it lives.
-            let _inflight = inflight;
-            let c = match client_upgrade.await {
-                Ok(c) => TokioIo::new(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "client upgrade did not complete");
-                    return;
-                }
-            };
-            let stats = match inspect {
-                Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
-                None => splice(c, upstream, idle, stop).await,
-            };
-            // Inspected sessions count their messages and close codes themselves.
-            log.record_splice(stats.bytes_in, stats.bytes_out);
-            tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
-        }));
+    gw.shutdown.spawn_session(async move {
+        let mut log = log;
+        let _slot = slot;
+        // The session counts as load on its server for as long as it lives.
+        let _inflight = inflight;
+        let c = match client_upgrade.await {
+            Ok(c) => TokioIo::new(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "client upgrade did not complete");
+                return;
+            }
+        };
+        let stats = match inspect {
+            Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
+            None => splice(c, upstream, idle, stop).await,
+        };
+        // Inspected sessions count their messages and close codes themselves.
+        log.record_splice(stats.bytes_in, stats.bytes_out);
+        tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+    });
     Ok(resp)
 }
 
@@ -386,7 +384,7 @@ fn client_response(
             b = b.header(&name, v.clone());
         }
     }
-    b.body(super::error::empty())
+    b.body(crate::body::empty())
         .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 

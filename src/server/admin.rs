@@ -12,9 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::Body;
+use crate::body::{full, text_response};
 use crate::gateway::Gateway;
-use crate::proxy::error::{full, text_response};
-use crate::Body;
 
 pub async fn run(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
     loop {

@@ -19,10 +19,10 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::smuggle::Guarded;
-use super::ConnCtx;
+use crate::body::Body;
+use crate::ctx::ConnCtx;
 use crate::gateway::Gateway;
 use crate::limits::{ConnSlot, Refusal};
-use crate::Body;
 
 /// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
 /// `TokioExecutor`, but with panics caught and logged as connection tasks' are.
@@ -35,7 +35,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(super::listener::catch_panics(fut));
+        tokio::spawn(crate::shutdown::catch_panics(fut));
     }
 }
 

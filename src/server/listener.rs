@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::conn;
-use super::ConnCtx;
+use crate::ctx::ConnCtx;
 use crate::gateway::Gateway;
 use crate::limits::Refusal;
 
@@ -51,18 +51,12 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ConnCtx {
-            client,
-            forwarded_for: Default::default(),
-            listener: local,
-            tls: tls.is_some(),
-            sni: None,
-        };
+        let ctx = ConnCtx::new(client, tls.is_some());
         let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
         let task = handle_connection(gw.clone(), stream, ctx, tls_cfg, open_conns.clone())
             .instrument(span);
-        gw.shutdown.conns.spawn(catch_panics(task));
+        gw.shutdown.spawn_conn(task);
     }
     tracing::info!(listener = %local, "listener stopped accepting");
 }
@@ -80,40 +74,10 @@ async fn handle_accept_error(e: io::Error) {
     }
 }
 
-/// A panic inside one connection (or WebSocket session, or HTTP/2 stream) is
-/// logged and contained to it: the future is dropped, which releases what it
-/// held (its connection slot, session guards). `None` when it panicked.
-///
-/// A combinator, not an `async fn`: an `async fn` would keep its argument and
-/// the running future side by side in its state, doubling every session task.
-pub fn catch_panics<T>(
-    fut: impl std::future::Future<Output = T>,
-) -> impl std::future::Future<Output = Option<T>> {
-    use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(fut)
-        .catch_unwind()
-        .map(|r| match r {
-            Ok(v) => Some(v),
-            Err(panic) => {
-                tracing::error!(panic = %panic_message(&*panic), "connection task panicked; connection dropped");
-                None
-            }
-        })
-}
-
-/// The text of a panic payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
-}
-
 async fn handle_connection(
     gw: Arc<Gateway>,
     stream: TcpStream,
-    mut ctx: ConnCtx,
+    ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
 ) {
@@ -139,7 +103,6 @@ async fn handle_connection(
             let Some(tls_stream) = handshake.await else {
                 return;
             };
-            ctx.sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
             Box::pin(conn::serve(gw, tls_stream, ctx, slot)).await
         }
     }

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::connect::{ExchangeWatch, Watched};
-use crate::Body;
+use crate::body::Body;
 
 /// An idle connection is closed after this long unused (as nginx's
 /// `keepalive_timeout` for upstreams, and hyper-util's pool before).

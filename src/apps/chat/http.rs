@@ -41,8 +41,8 @@ use super::protocol::{
     DEFAULT_HISTORY_LIMIT, ENVELOPE,
 };
 use super::{page, Chat};
-use crate::proxy::error::full;
-use crate::{Body, BoxError};
+use crate::body::full;
+use crate::body::{Body, BoxError};
 
 /// SSE comment lines at this interval keep idle proxies from cutting the stream
 /// (and reveal a vanished client at the next write).

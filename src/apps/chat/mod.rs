@@ -34,10 +34,10 @@ use hyper::body::Incoming;
 use self::bus::{Bus, Deliver, LocalBus};
 use self::hub::{Hub, HubStats};
 use crate::access::SessionHold;
+use crate::body::Body;
 use crate::config::ChatConfig;
 use crate::proxy::error::ProxyError;
 use crate::shutdown::Shutdown;
-use crate::Body;
 
 pub struct Chat {
     /// Swapped on reload. `history` and `send_queue` size the hub and bus when

@@ -5,8 +5,8 @@
 
 use http::{header, HeaderValue, Response};
 
-use crate::proxy::error::{empty, full};
-use crate::Body;
+use crate::body::Body;
+use crate::body::{empty, full};
 
 const DEMO: &str = include_str!("demo.html");
 

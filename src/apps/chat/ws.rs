@@ -31,8 +31,9 @@ use super::hub::{Actor, Conn, ConnKind};
 use super::protocol::{ChatError, ClientFrame, Event, UserName, Welcome, ENVELOPE};
 use super::Chat;
 use crate::access::SessionHold;
-use crate::proxy::error::{empty, ProxyError};
-use crate::Body;
+use crate::body::empty;
+use crate::body::Body;
+use crate::proxy::error::ProxyError;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -57,19 +58,19 @@ pub fn accept(
 ) -> Result<Response<Body>, ProxyError> {
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
-    let opts = crate::apps::echo::codec_options(hard_limit(chat.cfg().max_message_size), false);
+    let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let sessions = chat.shutdown.sessions.clone();
+    let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
         let _slot = slot;
-        let Some(ws) = crate::apps::upgraded(fut, "chat").await else {
+        let Some(ws) = crate::apps::codec::upgraded(fut, "chat").await else {
             return;
         };
         run(&chat, ws, user).await
     };
-    sessions.spawn(crate::server::listener::catch_panics(session));
+    shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
 }
 
@@ -119,7 +120,7 @@ where
     };
     // A panic in the session still leaves the hub below, so the user does not
     // stay listed as present with a dead connection.
-    let end = crate::server::listener::catch_panics(session(chat, &mut ws, &conn, rx))
+    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx))
         .await
         .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
