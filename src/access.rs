@@ -1,11 +1,13 @@
 //! Access logging and traffic metrics: one `access` log line per HTTP request
 //! (written when the response body is finished or dropped, so bytes and
 //! duration are real) and one per finished WebSocket session, plus the request,
-//! byte, message and close-code counters of spec §6.
+//! byte, message and close-code counters (docs/operations.md lists them).
+//! [`Access`] is what this needs from the process: the metrics and whether the
+//! access log is on (switched by a reload).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -14,9 +16,37 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
-use crate::gateway::Gateway;
-use crate::metrics::{GaugeGuard, RouteCode, RouteDirection, RouteStatus};
+use crate::metrics::{GaugeGuard, Metrics, RouteCode, RouteDirection, RouteStatus};
 use crate::router::Route;
+
+/// The metrics and the access-log switch, shared by every request and session.
+pub struct Access {
+    metrics: std::sync::Arc<Metrics>,
+    log: AtomicBool,
+}
+
+impl Access {
+    pub fn new(metrics: std::sync::Arc<Metrics>, log: bool) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            log: AtomicBool::new(log),
+        })
+    }
+
+    /// Whether access lines are written (`[log] access_log`).
+    pub fn logging(&self) -> bool {
+        self.log.load(Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded `[log] access_log`.
+    pub fn set_logging(&self, on: bool) {
+        self.log.store(on, Ordering::Relaxed);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
 
 /// Request-body bytes read so far (set by whoever consumes the body).
 #[derive(Clone, Default)]
@@ -25,6 +55,11 @@ pub struct BytesIn(pub Arc<AtomicU64>);
 /// The upstream server that answered, put in response extensions by the proxy.
 #[derive(Clone)]
 pub struct UpstreamServer(pub String);
+
+/// The full text of an error whose response hides it (upstream details), put
+/// in response extensions for the access line.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
 
 /// What the HTTP access line says about a request.
 pub struct RequestInfo {
@@ -38,6 +73,8 @@ pub struct RequestInfo {
     /// Write the access line (the request's config snapshot decided).
     pub log: bool,
     pub upstream: Option<String>,
+    /// Why the request failed, when the client was told less.
+    pub error: Option<String>,
     pub status: u16,
     pub bytes_in: BytesIn,
     pub started: Instant,
@@ -49,17 +86,17 @@ pub struct LoggedBody {
     inner: Body,
     bytes_out: u64,
     info: RequestInfo,
-    gw: Arc<Gateway>,
+    access: Arc<Access>,
 }
 
 impl LoggedBody {
-    pub fn wrap(gw: Arc<Gateway>, inner: Body, info: RequestInfo) -> Body {
+    pub fn wrap(access: Arc<Access>, inner: Body, info: RequestInfo) -> Body {
         use http_body_util::BodyExt;
         LoggedBody {
             inner,
             bytes_out: 0,
             info,
-            gw,
+            access,
         }
         .boxed_unsync()
     }
@@ -92,7 +129,7 @@ impl HttpBody for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let i = &self.info;
-        let m = &self.gw.metrics;
+        let m = self.access.metrics();
         let secs = i.started.elapsed().as_secs_f64();
         let bytes_in = i.bytes_in.0.load(Ordering::Relaxed);
         match &i.route {
@@ -120,6 +157,7 @@ impl Drop for LoggedBody {
                 route = i.route.as_ref().map_or("-", |r| &*r.label),
                 upstream = i.upstream.as_deref().unwrap_or("-"),
                 status = i.status,
+                error = i.error.as_deref().unwrap_or("-"),
                 bytes_in,
                 bytes_out = self.bytes_out,
                 duration_ms = (secs * 1000.0).round() as u64,
@@ -131,7 +169,7 @@ impl Drop for LoggedBody {
 /// Bookkeeping of one WebSocket session: the active-sessions gauge while it
 /// lives, and on drop the access line plus message, byte and close-code metrics.
 pub struct SessionLog {
-    gw: Arc<Gateway>,
+    access: Arc<Access>,
     route: Arc<str>,
     /// `app` or `spliced`.
     kind: &'static str,
@@ -149,10 +187,15 @@ pub struct SessionLog {
 }
 
 impl SessionLog {
-    pub fn new(gw: &Arc<Gateway>, route: &Route, kind: &'static str, client: SocketAddr) -> Self {
+    pub fn new(
+        access: &Arc<Access>,
+        route: &Route,
+        kind: &'static str,
+        client: SocketAddr,
+    ) -> Self {
         Self {
-            _active: route.metrics.session(&gw.metrics, &route.label),
-            gw: gw.clone(),
+            _active: route.metrics.session(access.metrics(), &route.label),
+            access: access.clone(),
             route: route.label.clone(),
             kind,
             client,
@@ -185,7 +228,7 @@ impl SessionLog {
 
 impl Drop for SessionLog {
     fn drop(&mut self) {
-        let m = &self.gw.metrics;
+        let m = self.access.metrics();
         if self.counts_messages {
             let (r, msgs_in, msgs_out) = (&self.route, self.msgs_in, self.msgs_out);
             m.ws_messages
@@ -211,7 +254,7 @@ impl Drop for SessionLog {
         }
         m.add_bytes("in", self.bytes_in);
         m.add_bytes("out", self.bytes_out);
-        if self.gw.snapshot().config.log.access_log {
+        if self.access.logging() {
             tracing::info!(
                 target: "access",
                 kind = "websocket",

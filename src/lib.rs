@@ -6,15 +6,18 @@
 //! server::listener   accept, connection caps (503/429), per-connection span
 //!   └ server::tls     rustls handshake (SNI → certificate, ALPN h2/http1.1, timeout)
 //!     └ server::conn  hyper-util auto (HTTP/1.1 + HTTP/2, upgrades, graceful drain)
-//!       └ proxy       route (router) → dispatch, ProxyError → status in one place
+//!       └ proxy::Proxy  route (router) → access phase → handler; ProxyError → status
 //!         ├ proxy::ws      handshake validation → apps::{echo, chat} | splice to upstream
 //!         ├ proxy::http    reverse proxy to an upstream pool (upstream::pool)
 //!         └ proxy::files   static files under a root
 //! ```
 //!
-//! [`Gateway::start`] binds the configured listeners (port 0 allowed, so tests can
-//! run many gateways side by side) and returns a handle; `main.rs` only parses the
-//! command line and waits for signals.
+//! [`gateway`] is the composition root: it builds each layer's narrow context
+//! ([`server::ServerCtx`], [`proxy::Proxy`], [`apps::Apps`], [`access::Access`])
+//! and nothing below it imports it. [`Gateway::start`] binds the configured
+//! listeners (port 0 allowed, so tests can run many gateways side by side) and
+//! returns a handle; `main.rs` only parses the command line and waits for
+//! signals.
 
 pub mod access;
 pub mod apps;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wsgate::config;
-use wsgate::gateway::Snapshot;
 
 /// glibc malloc spends thousands of instructions on each 8 KiB connection
 /// buffer hyper allocates; mimalloc's size classes do not (per new proxied
@@ -74,7 +73,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
     }
-    if let Err(e) = Snapshot::build(cfg, None) {
+    if let Err(e) = wsgate::gateway::check(cfg) {
         println!("{}: {e}", path.display());
         return ExitCode::FAILURE;
     }
@@ -176,7 +175,7 @@ async fn reload(handle: &wsgate::GatewayHandle, path: &std::path::Path) {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    if let Err(e) = handle.gw.reload(cfg).await {
+    if let Err(e) = handle.reload(cfg).await {
         tracing::error!(
             "reload refused, keeping the running config: {}: {e}",
             path.display()

@@ -12,8 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::gateway::Snapshot;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
@@ -208,20 +206,23 @@ impl Metrics {
         }
     }
 
-    /// Renders the registry as Prometheus text after refreshing point-in-time values.
-    pub fn render(&self, snap: &Snapshot) -> String {
+    /// Replaces every `upstream_up` series with `servers`: (upstream, server,
+    /// up). Called by whoever knows the pools (the admin view) before a
+    /// render, so servers removed by a reload disappear.
+    pub fn set_upstreams<'a>(&self, servers: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
         self.upstream_up.clear();
-        for pool in snap.pools.values() {
-            for b in pool.backends() {
-                let l = UpstreamServer {
-                    upstream: pool.name().to_string(),
-                    server: b.addr.clone(),
-                };
-                self.upstream_up
-                    .get_or_create(&l)
-                    .set(i64::from(b.health().is_up()));
-            }
+        for (upstream, server, up) in servers {
+            let l = UpstreamServer {
+                upstream: upstream.to_string(),
+                server: server.to_string(),
+            };
+            self.upstream_up.get_or_create(&l).set(i64::from(up));
         }
+    }
+
+    /// Renders the registry as Prometheus text after refreshing the process's
+    /// point-in-time values (memory, file descriptors).
+    pub fn render(&self) -> String {
         if let Some(rss) = process_rss_bytes() {
             self.process_rss.set(rss as f64);
         }

@@ -4,6 +4,7 @@
 //! on segment boundaries: `/chat` matches `/chat`, `/chat/` and `/chat/x` but not
 //! `/chatty` (a prefix ending in `/` matches everything under it).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::{HostPattern, RouteConfig};
@@ -16,6 +17,9 @@ pub type RouteId = usize;
 /// otherwise be rebuilt on every request (its label, its metric handles).
 #[derive(Debug)]
 pub struct Route {
+    /// Its index in the table ([`Router::routes`]), for per-route state kept
+    /// beside the table (the proxy's access phases).
+    pub id: RouteId,
     pub cfg: Arc<RouteConfig>,
     /// [`RouteConfig::label`], built once.
     pub label: Arc<str>,
@@ -23,8 +27,9 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(cfg: RouteConfig) -> Self {
+    pub fn new(id: RouteId, cfg: RouteConfig) -> Self {
         Self {
+            id,
             label: cfg.label().into(),
             cfg: Arc::new(cfg),
             metrics: RouteMetrics::default(),
@@ -46,7 +51,8 @@ impl Router {
             routes: routes
                 .iter()
                 .cloned()
-                .map(|r| Arc::new(Route::new(r)))
+                .enumerate()
+                .map(|(id, r)| Arc::new(Route::new(id, r)))
                 .collect(),
         }
     }
@@ -82,15 +88,21 @@ impl Router {
 }
 
 /// Lower-cases and drops the port (`Example.COM:8443` → `example.com`; IPv6
-/// literals keep their brackets).
-pub fn normalize_host(h: &str) -> String {
+/// literals keep their brackets). Borrows when the name is already in that
+/// form, which is most requests: no allocation per request.
+pub fn normalize_host(h: &str) -> Cow<'_, str> {
     let h = h.trim();
     let no_port = if h.starts_with('[') {
         h.split_inclusive(']').next().unwrap_or(h)
     } else {
         h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
     };
-    no_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = no_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {

@@ -16,29 +16,28 @@ use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::WebSocket;
 
-use crate::access::SessionLog;
-use crate::body::empty;
-use crate::body::Body;
+use super::error::AppError;
+use crate::access::{SessionHold, SessionLog};
+use crate::body::{empty, Body};
 use crate::config::EchoConfig;
-use crate::gateway::Gateway;
 use crate::limits::ConnSlot;
-use crate::proxy::error::ProxyError;
+use crate::shutdown::Shutdown;
 
+/// Completes a validated upgrade and spawns the echo session on `shutdown`'s
+/// session tracker, holding the connection's slot while it lives.
 pub fn accept(
-    gw: &Arc<Gateway>,
+    shutdown: &Shutdown,
     cfg: &EchoConfig,
     mut req: Request<Incoming>,
-    slot: Arc<ConnSlot>,
-    log: SessionLog,
-) -> Result<Response<Body>, ProxyError> {
+    hold: SessionHold,
+) -> Result<Response<Body>, AppError> {
     let opts = super::codec::options(cfg.max_message_size, cfg.compression);
     keep_first_deflate_offer(req.headers_mut());
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(AppError::Upgrade)?;
     let cfg = cfg.clone();
-    let stop = gw.shutdown.token.clone();
-    gw.shutdown
-        .spawn_session(session(fut, cfg, stop, log, slot));
+    let stop = shutdown.token.clone();
+    let SessionHold { slot, log } = hold;
+    shutdown.spawn_session(session(fut, cfg, stop, log, slot));
     Ok(resp.map(|_| empty()))
 }
 

@@ -1,11 +1,14 @@
-//! WebSocket apps hosted in-process. The proxy validates the handshake (and the
-//! route's Origin and capacity rules) before an app sees the request; the app
-//! completes the upgrade with the yawc codec and runs the session under the
-//! gateway's session tracker so a drain can close it with 1001.
+//! WebSocket apps hosted in-process. The proxy validates the handshake (and
+//! runs the route's access phase) before an app sees the request; the app
+//! completes the upgrade with the yawc codec ([`codec`]) and runs the session
+//! on the shutdown's session tracker so a drain can close it with 1001. Apps
+//! know neither the server nor the proxy: they take a request and answer it,
+//! or fail with an [`error::AppError`].
 
 pub mod chat;
 pub mod codec;
 pub mod echo;
+pub mod error;
 
 use std::sync::Arc;
 
@@ -15,34 +18,22 @@ use crate::shutdown::Shutdown;
 /// App state that must survive config reloads (chat rooms, users, history).
 pub struct Apps {
     pub chat: Arc<chat::Chat>,
-    /// The Redis bus when `[cluster]` is configured (its status feeds `/readyz`).
-    pub cluster: Option<Arc<crate::cluster::RedisBus>>,
 }
 
 impl Apps {
-    /// Builds the chat: on a [`crate::cluster::RedisBus`] when `[cluster]` is
-    /// set, else all in memory.
-    pub fn new(cfg: &Config, shutdown: Shutdown) -> Result<Self, crate::cluster::ClusterError> {
-        let Some(c) = &cfg.cluster else {
-            return Ok(Self {
-                chat: chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
-                cluster: None,
-            });
+    /// Builds the apps. `bus` carries the chat's shared state when the
+    /// process spans nodes (the composition root picks it); `None` keeps it
+    /// all in memory.
+    pub fn new(cfg: &Config, shutdown: Shutdown, bus: Option<Arc<dyn chat::bus::Bus>>) -> Self {
+        let chat = match bus {
+            Some(bus) => chat::Chat::with_bus(cfg.chat.clone(), bus, shutdown),
+            None => chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
         };
-        let bus = crate::cluster::RedisBus::start(
-            c,
-            &cfg.server.node_id,
-            cfg.chat.history,
-            shutdown.token.clone(),
-        )?;
-        Ok(Self {
-            chat: chat::Chat::with_bus(cfg.chat.clone(), bus.clone(), shutdown),
-            cluster: Some(bus),
-        })
+        Self { chat }
     }
 
     /// Applies reloaded app settings. The echo app reads its settings from the
-    /// config snapshot per session; chat takes what can change live (see
+    /// route table per session; chat takes what can change live (see
     /// [`chat::Chat::reconfigure`]).
     pub fn reconfigure(&self, cfg: &Config) {
         self.chat.reconfigure(cfg.chat.clone());

@@ -3,6 +3,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::access::ErrorDetail;
+use crate::apps::error::AppError;
 use crate::body::{text_response, Body};
 
 /// Why a WebSocket opening handshake was rejected (spec §3).
@@ -68,6 +70,8 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("the gateway is shutting down")]
     Draining,
+    #[error(transparent)]
+    App(#[from] AppError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -93,6 +97,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
+            ProxyError::App(AppError::Upgrade(_) | AppError::Chat(_)) => StatusCode::BAD_REQUEST,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,9 +115,30 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told. Upstream failures name no server address and
+    /// carry no transport detail (those are the gateway's internals); the
+    /// full [`Display`](std::fmt::Display) text goes to the debug log and the
+    /// access line.
+    pub fn client_message(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            ProxyError::UpstreamConnect(_) => Cow::Borrowed("upstream server unavailable"),
+            ProxyError::UpstreamTimeout(_) => Cow::Borrowed("upstream server timed out"),
+            ProxyError::UpstreamFailed(..) => Cow::Borrowed("upstream server failed"),
+            ProxyError::UpstreamHandshake(_, why) => Cow::Owned(format!(
+                "upstream server did not accept the WebSocket handshake: {why}"
+            )),
+            ProxyError::Internal(_) => Cow::Borrowed("internal error"),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
-        let mut resp = text_response(status, format!("{}\n", self));
+        let mut resp = text_response(status, format!("{}\n", self.client_message()));
+        if matches!(self.side(), Side::Upstream | Side::Gateway) {
+            resp.extensions_mut().insert(ErrorDetail(self.to_string()));
+        }
         let h = resp.headers_mut();
         match &self {
             ProxyError::Handshake(HandshakeError::BadVersion) => {

@@ -19,6 +19,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::access_phase::Notes;
 use super::error::ProxyError;
 use super::headers::{rewrite_path, set_forwarding, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
@@ -30,16 +31,33 @@ use crate::upstream::conns::{Release, SendError};
 use crate::upstream::pool::InflightGuard;
 use crate::upstream::{Backend, BackendId, Pool};
 
-/// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
+/// What forwarding a request needs besides the pool and the request.
+pub struct Forward<'a> {
+    pub metrics: &'a Metrics,
+    /// Seals sticky cookies.
+    pub secret: &'a [u8; 32],
+    pub route: &'a RouteConfig,
+    pub conn: &'a ConnCtx,
+    /// The host the client asked for (`X-Forwarded-Host`).
+    pub host: Option<&'a str>,
+    /// What the access phase adds to the upstream request.
+    pub notes: &'a Notes,
+}
+
+/// Forwards `req` to a server of `pool`.
 pub async fn forward(
     pool: &Pool,
-    metrics: &Metrics,
-    secret: &[u8; 32],
-    route: &RouteConfig,
-    ctx: &ConnCtx,
-    host: Option<&str>,
+    fwd: Forward<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    let Forward {
+        metrics,
+        secret,
+        route,
+        conn: ctx,
+        host,
+        notes,
+    } = fwd;
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
     let affinity = pool.affinity(secret, ctx.client.ip(), &parts.headers, parts.uri.query());
@@ -54,6 +72,7 @@ pub async fn forward(
     };
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding(&mut parts.headers, ctx.forwarded_for(), ctx.tls, host);
+    notes.apply(&mut parts.headers);
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();

@@ -1,8 +1,14 @@
-//! Request handling: find the route, then dispatch to the WebSocket path
-//! ([`ws`]), the HTTP reverse proxy ([`http`]), an app, or static files
-//! ([`files`]). Failures become responses in exactly one place
-//! ([`error::ProxyError::into_response`]).
+//! Request handling: the [`Proxy`] handler that `server` serves. Per request:
+//! find the route, pass the route's access phase ([`access_phase`]), then
+//! dispatch to the WebSocket path ([`ws`]), the HTTP reverse proxy
+//! ([`http`]), an app, or static files ([`files`]). Failures become responses
+//! in exactly one place ([`error::ProxyError::into_response`]).
+//!
+//! [`Table`] is everything derived from one config that a request needs
+//! (routes, their access phases, upstream pools, echo settings); the process
+//! swaps it whole on reload and a request keeps the one it started with.
 
+pub mod access_phase;
 pub mod error;
 pub mod files;
 pub mod headers;
@@ -13,139 +19,315 @@ pub mod splice;
 pub mod ws;
 pub mod ws_upstream;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::http::{header, Request, Response, Version};
+use ::http::uri::Authority;
+use ::http::{header, HeaderValue, Request, Response, Version};
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 
-use crate::access::{BytesIn, LoggedBody, RequestInfo, UpstreamServer};
+use self::access_phase::{Head, Notes, Phase};
+use crate::access::{Access, BytesIn, ErrorDetail, LoggedBody, RequestInfo, UpstreamServer};
+use crate::apps::Apps;
 use crate::body::Body;
-use crate::config::{AppKind, RouteTarget};
+use crate::config::{AppKind, Config, EchoConfig, RouteTarget};
 use crate::ctx::ConnCtx;
-use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
-use crate::router::Route;
+use crate::router::{Route, Router};
+use crate::server::Handler;
+use crate::shutdown::Shutdown;
+use crate::upstream::Pool;
 pub use error::{HandshakeError, ProxyError};
 
-/// The hyper service entry point for every request on every listener. Every
-/// response leaves through here, so this is where the access line is attached.
-pub async fn handle(
-    gw: Arc<Gateway>,
-    ctx: Arc<ConnCtx>,
-    slot: Arc<ConnSlot>,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
-    let started = Instant::now();
-    let snap = gw.snapshot();
-    let log = snap.config.log.access_log;
-    let bytes_in = BytesIn::default();
-    req.extensions_mut().insert(bytes_in.clone());
-    let method = req.method().clone();
-    // Copied for the access line only: most deployments that need speed log less.
-    let path = if log {
-        req.uri().path().to_string()
-    } else {
-        String::new()
-    };
-    let host = request_host(&req);
-    let mut route = None;
-    let resp = match dispatch(
-        &gw,
-        &snap,
-        ctx.clone(),
-        slot,
-        req,
-        host.as_deref(),
-        &mut route,
-    )
-    .await
-    {
-        Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, side = ?e.side(), "request failed");
-            e.into_response()
+/// What requests need from one config. Built by the composition root, which
+/// also builds the pools (carrying health over from the previous table).
+pub struct Table {
+    pub router: Router,
+    /// The access phase of each route, by [`Route::id`].
+    phases: Vec<Phase>,
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub echo: EchoConfig,
+}
+
+impl Table {
+    pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>) -> Self {
+        Self {
+            router: Router::new(&cfg.routes),
+            phases: cfg.routes.iter().map(Phase::for_route).collect(),
+            pools,
+            echo: cfg.echo.clone(),
         }
-    };
-    let (parts, body) = resp.into_parts();
-    let info = RequestInfo {
-        client: ctx.client,
-        method,
-        host: if log {
-            host.unwrap_or_default()
+    }
+
+    fn phase(&self, route: &Route) -> Option<&Phase> {
+        self.phases.get(route.id).filter(|p| !p.is_empty())
+    }
+
+    fn pool(&self, name: &str) -> Result<&Arc<Pool>, ProxyError> {
+        self.pools
+            .get(name)
+            .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))
+    }
+}
+
+/// The handler state: the swappable table and the process-wide parts a
+/// request may use.
+pub struct Proxy {
+    table: ArcSwap<Table>,
+    access: Arc<Access>,
+    shutdown: Shutdown,
+    apps: Arc<Apps>,
+    /// Seals sticky cookies.
+    sticky_key: [u8; 32],
+}
+
+impl Proxy {
+    pub fn new(
+        table: Arc<Table>,
+        access: Arc<Access>,
+        shutdown: Shutdown,
+        apps: Arc<Apps>,
+        sticky_key: [u8; 32],
+    ) -> Self {
+        Self {
+            table: ArcSwap::new(table),
+            access,
+            shutdown,
+            apps,
+            sticky_key,
+        }
+    }
+
+    /// The table requests use now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// Installs a new table: requests that start from now on use it.
+    pub fn swap(&self, table: Arc<Table>) {
+        self.table.store(table);
+    }
+}
+
+impl Handler for Proxy {
+    /// Every response leaves through here, so this is where the access line
+    /// is attached.
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: Arc<ConnCtx>,
+        slot: Arc<ConnSlot>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let table = self.table.load_full();
+        let log = self.access.logging();
+        let bytes_in = BytesIn::default();
+        req.extensions_mut().insert(bytes_in.clone());
+        let method = req.method().clone();
+        // Copied for the access line only: most deployments that need speed log less.
+        let path = if log {
+            req.uri().path().to_string()
         } else {
             String::new()
-        },
-        path,
-        route,
-        log,
-        upstream: parts
-            .extensions
-            .get::<UpstreamServer>()
-            .map(|u| u.0.clone()),
-        status: parts.status.as_u16(),
-        bytes_in,
-        started,
-    };
-    Response::from_parts(parts, LoggedBody::wrap(gw, body, info))
-}
-
-async fn dispatch(
-    gw: &Arc<Gateway>,
-    snap: &Arc<Snapshot>,
-    ctx: Arc<ConnCtx>,
-    slot: Arc<ConnSlot>,
-    req: Request<Incoming>,
-    host: Option<&str>,
-    matched: &mut Option<Arc<Route>>,
-) -> Result<Response<Body>, ProxyError> {
-    let upgrade = ws::is_upgrade_attempt(&req);
-    if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
-        return Err(if upgrade {
-            HandshakeError::MissingHost.into()
-        } else {
-            ProxyError::MissingHost
-        });
-    }
-    let route = snap
-        .router
-        .find(host, req.uri().path())
-        .cloned()
-        .ok_or(ProxyError::NoRoute)?;
-    *matched = Some(route.clone());
-    if upgrade {
-        let result = ws::handle(gw, snap, &route, ctx, slot, req).await;
-        let outcome = match &result {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.status().as_u16()),
         };
-        route.metrics.handshake(&gw.metrics, &route.label, outcome);
-        return result;
-    }
-    let cfg = &route.cfg;
-    match &cfg.target {
-        RouteTarget::Upstream(name) => {
-            let pool = snap
-                .pools
-                .get(name)
-                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            http::forward(pool, &gw.metrics, &gw.sticky_key, cfg, &ctx, host, req).await
-        }
-        RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
-        RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &cfg.path).await),
-        RouteTarget::Static(root) => files::serve(root, cfg, &req).await,
+        let host = request_host(&req);
+        let mut route = None;
+        let resp = match self
+            .dispatch(&table, &conn, slot, req, host.as_ref(), &mut route)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, side = ?e.side(), "request failed");
+                e.into_response()
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let info = RequestInfo {
+            client: conn.client,
+            method,
+            host: match (&host, log) {
+                (Some(h), true) => h.as_str().to_string(),
+                _ => String::new(),
+            },
+            path,
+            route,
+            log,
+            upstream: parts
+                .extensions
+                .get::<UpstreamServer>()
+                .map(|u| u.0.clone()),
+            error: parts.extensions.get::<ErrorDetail>().map(|e| e.0.clone()),
+            status: parts.status.as_u16(),
+            bytes_in,
+            started,
+        };
+        Response::from_parts(parts, LoggedBody::wrap(self.access.clone(), body, info))
     }
 }
 
-/// The request's host: the `Host` header (HTTP/1.1) or the URI authority
-/// (HTTP/2 `:authority`, absolute-form HTTP/1.1).
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+impl Proxy {
+    async fn dispatch(
+        &self,
+        table: &Arc<Table>,
+        conn: &Arc<ConnCtx>,
+        slot: Arc<ConnSlot>,
+        req: Request<Incoming>,
+        host: Option<&Host>,
+        matched: &mut Option<Arc<Route>>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upgrade = ws::is_upgrade_attempt(&req);
+        if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
+            return Err(if upgrade {
+                HandshakeError::MissingHost.into()
+            } else {
+                ProxyError::MissingHost
+            });
+        }
+        let route = table
+            .router
+            .find(host.map(Host::as_str), req.uri().path())
+            .cloned()
+            .ok_or(ProxyError::NoRoute)?;
+        *matched = Some(route.clone());
+        if upgrade {
+            let result = self.upgrade(table, &route, conn, slot, req).await;
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.status().as_u16()),
+            };
+            route
+                .metrics
+                .handshake(self.access.metrics(), &route.label, outcome);
+            return result;
+        }
+        let notes = self.access_phase(table, &route, conn, &req, false).await?;
+        let cfg = &route.cfg;
+        match &cfg.target {
+            RouteTarget::Upstream(name) => {
+                let pool = table.pool(name)?;
+                let host = host.map(Host::as_str);
+                let fwd = http::Forward {
+                    metrics: self.access.metrics(),
+                    secret: &self.sticky_key,
+                    route: cfg,
+                    conn,
+                    host,
+                    notes: &notes,
+                };
+                http::forward(pool, fwd, req).await
+            }
+            RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
+            RouteTarget::App(AppKind::Chat) => Ok(self.apps.chat.http(req, &cfg.path).await),
+            RouteTarget::Static(root) => files::serve(root, cfg, &req).await,
+        }
+    }
+
+    /// A WebSocket handshake: validated first (a malformed one is a 400
+    /// whatever the route), then the access phase, then its handler.
+    async fn upgrade(
+        &self,
+        table: &Arc<Table>,
+        route: &Arc<Route>,
+        conn: &Arc<ConnCtx>,
+        slot: Arc<ConnSlot>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let hs = ws::validate(&req)?;
+        let notes = self.access_phase(table, route, conn, &req, true).await?;
+        if self.shutdown.is_draining() {
+            return Err(ProxyError::Draining);
+        }
+        let session = ws::Session {
+            access: &self.access,
+            shutdown: &self.shutdown,
+            route,
+            conn,
+            slot,
+        };
+        match &route.cfg.target {
+            RouteTarget::App(AppKind::Echo) => {
+                let hold = session.hold("app");
+                Ok(crate::apps::echo::accept(
+                    &self.shutdown,
+                    &table.echo,
+                    req,
+                    hold,
+                )?)
+            }
+            RouteTarget::App(AppKind::Chat) => {
+                // Chat counts its own traffic in its hub; the session line gives
+                // duration and presence of the session.
+                let mut hold = session.hold("app");
+                hold.log.counts_messages = false;
+                Ok(self.apps.chat.accept(req, &route.cfg.path, hold)?)
+            }
+            RouteTarget::Upstream(name) => {
+                let pool = table.pool(name)?.clone();
+                let tunnel = ws::Tunnel {
+                    session,
+                    metrics: self.access.metrics(),
+                    secret: &self.sticky_key,
+                    notes: &notes,
+                };
+                tunnel.open(pool, req, hs).await
+            }
+            RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
+        }
+    }
+
+    /// Runs the route's access phase; a route without filters costs a lookup.
+    async fn access_phase(
+        &self,
+        table: &Table,
+        route: &Route,
+        conn: &ConnCtx,
+        req: &Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Notes, ProxyError> {
+        match table.phase(route) {
+            None => Ok(Notes::default()),
+            Some(phase) => {
+                let head = Head {
+                    req,
+                    route,
+                    conn,
+                    upgrade,
+                };
+                phase.run(&head).await
+            }
+        }
+    }
+}
+
+/// The host a request names: the `Host` header (HTTP/1.1) or the URI
+/// authority (HTTP/2 `:authority`, absolute-form HTTP/1.1). Both are views
+/// of buffers hyper already holds, so taking one copies nothing.
+#[derive(Debug, Clone)]
+pub enum Host {
+    Header(HeaderValue),
+    Authority(Authority),
+}
+
+impl Host {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // `request_host` only keeps header values that are valid str.
+            Host::Header(v) => v.to_str().unwrap_or(""),
+            Host::Authority(a) => a.as_str(),
+        }
+    }
+}
+
+/// The request's host, if it names one.
+pub fn request_host<B>(req: &Request<B>) -> Option<Host> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return Some(Host::Authority(a.clone()));
     }
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned)
+        .filter(|h| !h.is_empty() && h.to_str().is_ok())
+        .map(|h| Host::Header(h.clone()))
 }

@@ -1,7 +1,8 @@
 //! WebSocket upgrades: detection, strict validation of the opening handshake
-//! (RFC 6455 over HTTP/1.1, RFC 8441 extended CONNECT over HTTP/2), route
-//! checks (websocket allowed, Origin allowlist), then either an in-process app or
-//! a splice to an upstream server after a verified upstream handshake.
+//! (RFC 6455 over HTTP/1.1, RFC 8441 extended CONNECT over HTTP/2), the
+//! session's hold (slot and access line) for apps, and the [`Tunnel`] to an
+//! upstream server after a verified upstream handshake. Route checks (Origin,
+//! `websocket = false`) are access-phase filters.
 
 use std::sync::Arc;
 
@@ -12,18 +13,20 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
+use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
 use super::headers::{has_token, rewrite_path, set_forwarding, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use super::ws_upstream::{self, Rewind};
-use crate::access::{SessionHold, SessionLog};
+use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
-use crate::config::{AppKind, RouteConfig, RouteTarget, UpstreamConfig};
+use crate::config::{RouteConfig, UpstreamConfig};
 use crate::ctx::ConnCtx;
-use crate::gateway::{Gateway, Snapshot};
 use crate::limits::ConnSlot;
+use crate::metrics::Metrics;
 use crate::router::Route;
+use crate::shutdown::Shutdown;
 use crate::upstream::{Backend, BackendId, Pool};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -121,159 +124,138 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// Handles an upgrade attempt on `route`.
-pub async fn handle(
-    gw: &Arc<Gateway>,
-    snap: &Arc<Snapshot>,
-    matched: &Arc<Route>,
-    ctx: Arc<ConnCtx>,
-    slot: Arc<ConnSlot>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let hs = validate(&req)?;
-    let route = &*matched.cfg;
-    if !route.websocket {
-        return Err(ProxyError::WebSocketDisabled);
-    }
-    check_origin(route, req.headers())?;
-    if gw.shutdown.is_draining() {
-        return Err(ProxyError::Draining);
-    }
-    match &route.target {
-        RouteTarget::App(AppKind::Echo) => {
-            let log = SessionLog::new(gw, matched, "app", ctx.client);
-            crate::apps::echo::accept(gw, &snap.config.echo, req, slot, log)
-        }
-        RouteTarget::App(AppKind::Chat) => {
-            // Chat counts its own traffic in its hub; the session line gives
-            // duration and presence of the session.
-            let mut log = SessionLog::new(gw, matched, "app", ctx.client);
-            log.counts_messages = false;
-            gw.apps
-                .chat
-                .accept(req, &route.path, SessionHold::new(slot, log))
-        }
-        RouteTarget::Upstream(name) => {
-            let pool = snap
-                .pools
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            tunnel(gw, pool, matched, &ctx, slot, req, hs).await
-        }
-        RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
+/// What a WebSocket session started by the proxy holds while it lives: the
+/// connection's slot, and its bookkeeping (active gauge, access line).
+pub struct Session<'a> {
+    pub access: &'a Arc<Access>,
+    pub shutdown: &'a Shutdown,
+    pub route: &'a Route,
+    pub conn: &'a ConnCtx,
+    pub slot: Arc<ConnSlot>,
+}
+
+impl Session<'_> {
+    /// The session's hold; `kind` is `app` or `spliced` in the access line.
+    pub fn hold(self, kind: &'static str) -> SessionHold {
+        let log = SessionLog::new(self.access, self.route, kind, self.conn.client);
+        SessionHold::new(self.slot, log)
     }
 }
 
-fn check_origin(route: &RouteConfig, h: &HeaderMap) -> Result<(), ProxyError> {
-    let Some(allowed) = &route.origins else {
-        return Ok(());
-    };
-    let origin = h
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .unwrap_or("");
-    if allowed
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
-    {
-        Ok(())
-    } else {
-        Err(ProxyError::OriginNotAllowed(origin.to_string()))
-    }
+/// A handshake to splice to an upstream WebSocket server.
+pub struct Tunnel<'a> {
+    pub session: Session<'a>,
+    pub metrics: &'a Metrics,
+    /// Seals sticky cookies.
+    pub secret: &'a [u8; 32],
+    /// What the access phase adds to the upstream request.
+    pub notes: &'a Notes,
 }
 
-/// Splices the client to an upstream WebSocket server. The server is chosen like
-/// an HTTP request's (sticky affinity first, then `balance`); a server that
-/// refuses the connection is retried on another (an upgrade is a bodiless GET),
-/// up to `retries`. A sticky cookie rides on the client's 101.
-async fn tunnel(
-    gw: &Arc<Gateway>,
-    pool: Arc<Pool>,
-    matched: &Route,
-    ctx: &ConnCtx,
-    slot: Arc<ConnSlot>,
-    mut req: Request<Incoming>,
-    hs: Handshake,
-) -> Result<Response<Body>, ProxyError> {
-    let route = &*matched.cfg;
-    let affinity = pool.affinity(
-        &gw.sticky_key,
-        ctx.client.ip(),
-        req.headers(),
-        req.uri().query(),
-    );
-    let mut tried: Vec<BackendId> = Vec::new();
-    let mut last_err: Option<ProxyError> = None;
-    let (choice, inflight, up_headers, upstream, accept) = loop {
-        let Some(choice) = pool.select(&affinity, &tried) else {
-            return Err(last_err.unwrap_or(ProxyError::NoUpstream));
-        };
-        tried.push(choice.backend.id);
-        // Counted from the start so least_conn sees handshakes in progress.
-        let inflight = choice.backend.track();
-        let tcp = match connect(&pool.cfg, &choice.backend).await {
-            Ok(tcp) => tcp,
-            Err(e) => {
-                pool.report_failure(&choice.backend);
-                // Nothing reached the server: safe to try another.
-                if tried.len() > pool.cfg.retries as usize {
+impl Tunnel<'_> {
+    /// Splices the client to a server of `pool`. The server is chosen like
+    /// an HTTP request's (sticky affinity first, then `balance`); a server
+    /// that refuses the connection is retried on another (an upgrade is a
+    /// bodiless GET), up to `retries`. A sticky cookie rides on the client's
+    /// 101.
+    pub async fn open(
+        self,
+        pool: Arc<Pool>,
+        mut req: Request<Incoming>,
+        hs: Handshake,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Tunnel {
+            session,
+            metrics,
+            secret,
+            notes,
+        } = self;
+        let route = &*session.route.cfg;
+        let ctx = session.conn;
+        let affinity = pool.affinity(secret, ctx.client.ip(), req.headers(), req.uri().query());
+        let mut tried: Vec<BackendId> = Vec::new();
+        let mut last_err: Option<ProxyError> = None;
+        let (choice, inflight, up_headers, upstream, accept) = loop {
+            let Some(choice) = pool.select(&affinity, &tried) else {
+                return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+            };
+            tried.push(choice.backend.id);
+            // Counted from the start so least_conn sees handshakes in progress.
+            let inflight = choice.backend.track();
+            let tcp = match connect(&pool.cfg, &choice.backend).await {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    pool.report_failure(&choice.backend);
+                    // Nothing reached the server: safe to try another.
+                    if tried.len() > pool.cfg.retries as usize {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let up = Upstream {
+                cfg: &pool.cfg,
+                backend: &choice.backend,
+                route,
+                ctx,
+                notes,
+            };
+            match up.handshake(tcp, &req, &hs).await {
+                Ok((headers, stream, accept)) => {
+                    pool.report_success(&choice.backend);
+                    break (choice, inflight, headers, stream, accept);
+                }
+                Err(e) => {
+                    // The server saw the handshake: it answered, or failed, itself.
+                    pool.report_failure(&choice.backend);
                     return Err(e);
                 }
-                last_err = Some(e);
-                continue;
             }
         };
-        match upstream_handshake(tcp, &pool.cfg, &choice.backend, route, ctx, &req, &hs).await {
-            Ok((headers, stream, accept)) => {
-                pool.report_success(&choice.backend);
-                break (choice, inflight, headers, stream, accept);
-            }
-            Err(e) => {
-                // The server saw the handshake: it answered, or failed, itself.
-                pool.report_failure(&choice.backend);
-                return Err(e);
-            }
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let mut resp = client_response(&hs, &accept, &up_headers)?;
+        if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-    };
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut resp = client_response(&hs, &accept, &up_headers)?;
-    if let Some(cookie) = pool.sticky_cookie(&gw.sticky_key, &choice, ctx.tls) {
-        resp.headers_mut().append(header::SET_COOKIE, cookie);
+        let idle = pool.cfg.ws_idle_timeout;
+        let inspect = pool.cfg.ws_inspect.then(|| {
+            let cfg = InspectConfig {
+                max_message_size: pool.cfg.ws_max_message_size,
+                ping_interval: pool.cfg.ws_ping_interval,
+                idle_timeout: idle,
+            };
+            (
+                cfg,
+                InspectMetrics::for_route(metrics, &session.route.label),
+            )
+        });
+        let shutdown = session.shutdown.clone();
+        let stop = shutdown.token.clone();
+        let addr = choice.backend.addr.clone();
+        let hold = session.hold("spliced");
+        shutdown.spawn_session(async move {
+            let SessionHold { slot, mut log } = hold;
+            let _slot = slot;
+            // The session counts as load on its server for as long as it lives.
+            let _inflight = inflight;
+            let c = match client_upgrade.await {
+                Ok(c) => TokioIo::new(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client upgrade did not complete");
+                    return;
+                }
+            };
+            let stats = match inspect {
+                Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
+                None => splice(c, upstream, idle, stop).await,
+            };
+            // Inspected sessions count their messages and close codes themselves.
+            log.record_splice(stats.bytes_in, stats.bytes_out);
+            tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+        });
+        Ok(resp)
     }
-    let idle = pool.cfg.ws_idle_timeout;
-    let inspect = pool.cfg.ws_inspect.then(|| {
-        let cfg = InspectConfig {
-            max_message_size: pool.cfg.ws_max_message_size,
-            ping_interval: pool.cfg.ws_ping_interval,
-            idle_timeout: idle,
-        };
-        (cfg, InspectMetrics::for_route(&gw.metrics, &matched.label))
-    });
-    let stop = gw.shutdown.token.clone();
-    let addr = choice.backend.addr.clone();
-    let log = SessionLog::new(gw, matched, "spliced", ctx.client);
-    gw.shutdown.spawn_session(async move {
-        let mut log = log;
-        let _slot = slot;
-        // The session counts as load on its server for as long as it lives.
-        let _inflight = inflight;
-        let c = match client_upgrade.await {
-            Ok(c) => TokioIo::new(c),
-            Err(e) => {
-                tracing::debug!(error = %e, "client upgrade did not complete");
-                return;
-            }
-        };
-        let stats = match inspect {
-            Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
-            None => splice(c, upstream, idle, stop).await,
-        };
-        // Inspected sessions count their messages and close codes themselves.
-        log.record_splice(stats.bytes_in, stats.bytes_out);
-        tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
-    });
-    Ok(resp)
 }
 
 /// Opens the TCP connection to `backend` within `connect_timeout`.
@@ -289,73 +271,85 @@ async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, P
     }
 }
 
-/// Performs the HTTP/1.1 upgrade handshake on a fresh connection to `backend`
-/// within `response_timeout`: the 101's headers, the upgraded stream, and the
-/// accept value of the key sent (the client's own, so also the client's).
-async fn upstream_handshake(
-    tcp: TcpStream,
-    cfg: &UpstreamConfig,
-    backend: &Backend,
-    route: &RouteConfig,
-    ctx: &ConnCtx,
-    req: &Request<Incoming>,
-    hs: &Handshake,
-) -> Result<(HeaderMap, Rewind, String), ProxyError> {
-    // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
-    let key = match &hs.key {
-        Some(k) => k.clone(),
-        None => HeaderValue::from_str(
-            &base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()),
-        )
-        .map_err(|e| ProxyError::Internal(e.to_string()))?,
-    };
-    let (target, headers) = upstream_request(req, route, ctx, &key);
-    let head = ws_upstream::request_head(&target, &headers);
-    let expected = accept_key(key.as_bytes());
-    let addr = || backend.addr.clone();
-    match tokio::time::timeout(
-        cfg.response_timeout,
-        ws_upstream::handshake(tcp, &head, &expected),
-    )
-    .await
-    {
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr())),
-        Ok(Err(e)) if e.is_transport() => Err(ProxyError::UpstreamFailed(addr(), e.to_string())),
-        Ok(Err(e)) => Err(ProxyError::UpstreamHandshake(addr(), e.to_string())),
-        Ok(Ok((headers, stream))) => Ok((headers, stream, expected)),
-    }
+/// The upstream side of one tunnel attempt.
+struct Upstream<'a> {
+    cfg: &'a UpstreamConfig,
+    backend: &'a Backend,
+    route: &'a RouteConfig,
+    ctx: &'a ConnCtx,
+    notes: &'a Notes,
 }
 
-/// The upstream's copy of the client's request: its target, and the headers
-/// with the end-to-end ones kept (Origin, Cookie, Authorization, subprotocols,
-/// extensions...), hop-by-hop ones replaced by the upgrade set, `X-Forwarded-*`
-/// added.
-fn upstream_request(
-    req: &Request<Incoming>,
-    route: &RouteConfig,
-    ctx: &ConnCtx,
-    key: &HeaderValue,
-) -> (String, HeaderMap) {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let path = rewrite_path(pq, &route.path, route.strip_prefix);
-    let host = super::request_host(req);
-    let mut headers = req.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::SEC_WEBSOCKET_KEY);
-    headers.remove(header::SEC_WEBSOCKET_VERSION);
-    set_forwarding(&mut headers, ctx.forwarded_for(), ctx.tls, host.as_deref());
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
-    (path, headers)
+impl Upstream<'_> {
+    /// Performs the HTTP/1.1 upgrade handshake on a fresh connection to the
+    /// backend within `response_timeout`: the 101's headers, the upgraded
+    /// stream, and the accept value of the key sent (the client's own, so
+    /// also the client's).
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        req: &Request<Incoming>,
+        hs: &Handshake,
+    ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
+        // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
+        let key = match &hs.key {
+            Some(k) => k.clone(),
+            None => HeaderValue::from_str(
+                &base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>()),
+            )
+            .map_err(|e| ProxyError::Internal(e.to_string()))?,
+        };
+        let (target, headers) = self.request(req, &key);
+        let head = ws_upstream::request_head(&target, &headers);
+        let expected = accept_key(key.as_bytes());
+        let addr = || self.backend.addr.clone();
+        match tokio::time::timeout(
+            self.cfg.response_timeout,
+            ws_upstream::handshake(tcp, &head, &expected),
+        )
+        .await
+        {
+            Err(_) => Err(ProxyError::UpstreamTimeout(addr())),
+            Ok(Err(e)) if e.is_transport() => {
+                Err(ProxyError::UpstreamFailed(addr(), e.to_string()))
+            }
+            Ok(Err(e)) => Err(ProxyError::UpstreamHandshake(addr(), e.to_string())),
+            Ok(Ok((headers, stream))) => Ok((headers, stream, expected)),
+        }
+    }
+
+    /// The upstream's copy of the client's request: its target, and the
+    /// headers with the end-to-end ones kept (Origin, Cookie, Authorization,
+    /// subprotocols, extensions...), hop-by-hop ones replaced by the upgrade
+    /// set, `X-Forwarded-*` and the access phase's headers added.
+    fn request(&self, req: &Request<Incoming>, key: &HeaderValue) -> (String, HeaderMap) {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let path = rewrite_path(pq, &self.route.path, self.route.strip_prefix);
+        let host = super::request_host(req);
+        let mut headers = req.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::SEC_WEBSOCKET_KEY);
+        headers.remove(header::SEC_WEBSOCKET_VERSION);
+        set_forwarding(
+            &mut headers,
+            self.ctx.forwarded_for(),
+            self.ctx.tls,
+            host.as_ref().map(super::Host::as_str),
+        );
+        self.notes.apply(&mut headers);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+        (path, headers)
+    }
 }
 
 /// The client's 101 (or 200 for RFC 8441), carrying the upstream's choices.

@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers), `/readyz` (503 with a reason while starting, draining or degraded)
-//! and `/status` (JSON). Not counted against client connection caps.
+//! and `/status` (JSON). Not counted against client connection caps. What the
+//! endpoints say comes from an [`AdminView`], which the process (`gateway`)
+//! implements: this module only serves it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,11 +14,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
-use crate::body::{full, text_response};
-use crate::gateway::Gateway;
+use crate::body::{full, text_response, Body};
 
-pub async fn run(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+/// What the admin endpoints report.
+pub trait AdminView: Send + Sync + 'static {
+    /// Prometheus text, with point-in-time values refreshed.
+    fn metrics_text(&self) -> String;
+    /// Why the process is not ready (starting, draining, degraded), if it is not.
+    fn not_ready_reason(&self) -> Option<String>;
+    /// The `/status` document.
+    fn status(&self) -> serde_json::Value;
+}
+
+pub async fn run<V: AdminView>(view: Arc<V>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -29,12 +39,12 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToke
                 }
             },
         };
-        let gw = gw.clone();
+        let view = view.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(handle(&gw, req)) }
+                let view = view.clone();
+                async move { Ok::<_, Infallible>(handle(&*view, req)) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -46,13 +56,13 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToke
     }
 }
 
-fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
+fn handle(view: &impl AdminView, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(full(gw.metrics.render(&gw.snapshot())));
+            let mut r = Response::new(full(view.metrics_text()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -62,12 +72,12 @@ fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             r
         }
         "/healthz" => text_response(StatusCode::OK, "ok\n"),
-        "/readyz" => match not_ready_reason(gw) {
+        "/readyz" => match view.not_ready_reason() {
             None => text_response(StatusCode::OK, "ready\n"),
             Some(why) => text_response(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
         "/status" => {
-            let mut r = Response::new(full(status_json(gw).to_string()));
+            let mut r = Response::new(full(view.status().to_string()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -79,54 +89,4 @@ fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             "admin endpoints: /metrics /healthz /readyz /status\n",
         ),
     }
-}
-
-pub fn not_ready_reason(gw: &Gateway) -> Option<String> {
-    if !gw.readiness.is_started() {
-        Some("starting".into())
-    } else if gw.shutdown.is_draining() {
-        Some("draining".into())
-    } else {
-        gw.readiness.degraded().map(|d| format!("degraded: {d}"))
-    }
-}
-
-fn status_json(gw: &Gateway) -> serde_json::Value {
-    let snap = gw.snapshot();
-    let listeners: Vec<_> = gw
-        .listener_addrs()
-        .into_iter()
-        .map(|(addr, tls)| {
-            serde_json::json!({ "addr": addr.to_string(), "tls": tls, "connections": gw.metrics.listener_count(&addr.to_string()) })
-        })
-        .collect();
-    let upstreams: serde_json::Map<String, serde_json::Value> = snap
-        .pools
-        .iter()
-        .map(|(name, pool)| {
-            let servers: Vec<_> = pool
-                .backends()
-                .iter()
-                .map(|b| serde_json::json!({ "addr": b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight() }))
-                .collect();
-            (name.clone(), serde_json::json!({ "servers": servers }))
-        })
-        .collect();
-    let cluster = match &snap.config.cluster {
-        None => serde_json::json!({ "enabled": false }),
-        Some(c) => {
-            serde_json::json!({ "enabled": true, "redis": c.redis, "degraded": gw.readiness.degraded() })
-        }
-    };
-    serde_json::json!({
-        "node": gw.node_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": gw.started.elapsed().as_secs(),
-        "ready": not_ready_reason(gw).is_none(),
-        "connections": gw.limits.active(),
-        "listeners": listeners,
-        "sessions": gw.metrics.session_counts(),
-        "upstreams": upstreams,
-        "cluster": cluster,
-    })
 }

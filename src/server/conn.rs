@@ -19,9 +19,9 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::smuggle::Guarded;
+use super::{Handler, ServerCtx};
 use crate::body::Body;
 use crate::ctx::ConnCtx;
-use crate::gateway::Gateway;
 use crate::limits::{ConnSlot, Refusal};
 
 /// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
@@ -39,42 +39,135 @@ where
     }
 }
 
-fn builder(
+/// Which protocols a connection may speak: what TLS ALPN negotiated decides
+/// (RFC 7301), so an `h2` connection never falls back to HTTP/1.1 and an
+/// `http/1.1` one never answers an HTTP/2 preface. Plain connections (and TLS
+/// without ALPN) take either, told apart by the HTTP/2 preface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocols {
+    Any,
+    Http1,
+    Http2,
+}
+
+impl Protocols {
+    /// From the ALPN protocol a TLS handshake agreed on, if any.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Protocols::Http2,
+            Some(b"http/1.1") => Protocols::Http1,
+            _ => Protocols::Any,
+        }
+    }
+}
+
+/// The HTTP settings of one connection, from `[server]`.
+struct Limits {
     header_timeout: Duration,
     keepalive: Duration,
     max_head: usize,
-) -> auto::Builder<PanicLoggingExecutor> {
-    let mut b = auto::Builder::new(PanicLoggingExecutor);
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(max_head.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(max_head.max(1024)).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(keepalive))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .max_concurrent_streams(256);
-    b
 }
 
-/// Serves HTTP on an admitted connection until it closes or the gateway drains.
-pub async fn serve<IO>(gw: Arc<Gateway>, io: IO, ctx: ConnCtx, slot: ConnSlot)
-where
+impl Limits {
+    fn http1(&self) -> hyper::server::conn::http1::Builder {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(self.max_head.max(8192))
+            .keep_alive(true);
+        b
+    }
+
+    fn http2(&self) -> hyper::server::conn::http2::Builder<PanicLoggingExecutor> {
+        let mut b = hyper::server::conn::http2::Builder::new(PanicLoggingExecutor);
+        b.timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(self.keepalive))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(256);
+        b
+    }
+
+    fn auto(&self) -> auto::Builder<PanicLoggingExecutor> {
+        let mut b = auto::Builder::new(PanicLoggingExecutor);
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(self.max_head.max(8192))
+            .keep_alive(true);
+        b.http2()
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(self.keepalive))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(256);
+        b
+    }
+}
+
+/// Drives a hyper connection future until it ends, the first request misses
+/// its deadline, or the gateway drains (then `graceful_shutdown`, and wait).
+/// A macro rather than a function: hyper's three connection types share the
+/// method but no trait that has it.
+macro_rules! drive {
+    ($conn:expr, $sc:expr, $first_request:expr, $header_timeout:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        // hyper's `header_read_timeout` only starts once hyper-util has told HTTP/1.1
+        // from the HTTP/2 preface, which it waits for without a limit, and HTTP/2 has
+        // no head timer at all: a client that connects and sends nothing (or half a
+        // preface, or dribbles an HTTP/2 HEADERS frame) would hold its slot forever.
+        // So the first request must have arrived within `header_timeout` of the
+        // connection being ready; later heads are timed by hyper (HTTP/1.1).
+        let first_deadline = tokio::time::sleep($header_timeout);
+        tokio::pin!(first_deadline);
+        let mut waiting_first = true;
+        let res = loop {
+            tokio::select! {
+                r = conn.as_mut() => break Some(r),
+                _ = first_deadline.as_mut(), if waiting_first => {
+                    waiting_first = false;
+                    if !$first_request.load(Ordering::Relaxed) {
+                        tracing::debug!("no complete request head within header_timeout; closing");
+                        break None;
+                    }
+                }
+                _ = $sc.shutdown.token.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break Some(conn.await);
+                }
+            }
+        };
+        if let Some(Err(e)) = res {
+            tracing::debug!(error = %e, "connection ended with error");
+        }
+    }};
+}
+
+/// Serves HTTP on an admitted connection until it closes or the gateway
+/// drains, speaking what `protocols` allows.
+pub async fn serve<H, IO>(
+    sc: ServerCtx,
+    handler: Arc<H>,
+    io: IO,
+    ctx: ConnCtx,
+    slot: ConnSlot,
+    protocols: Protocols,
+) where
+    H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let server = gw.server_config();
+    let server = sc.config.load_full();
     let ctx = Arc::new(ctx);
     let slot = Arc::new(slot);
-    let svc_gw = gw.clone();
     let first_request = Arc::new(AtomicBool::new(false));
     let seen = first_request.clone();
     let (io, framing) = Guarded::new(io);
     let service = service_fn(move |req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        let gw = svc_gw.clone();
+        let handler = handler.clone();
         let ctx = ctx.clone();
         // Upgraded sessions keep the connection's slot while they live.
         let slot = slot.clone();
@@ -86,7 +179,7 @@ where
                 return Ok::<_, Infallible>(ambiguous_framing_response());
             }
             let connect = req.method() == http::Method::CONNECT;
-            let resp = crate::proxy::handle(gw, ctx, slot, req).await;
+            let resp = handler.handle(req, ctx, slot).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && resp.status().is_success())
             {
@@ -96,40 +189,35 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let builder = builder(
-        server.header_timeout,
-        server.keepalive_timeout,
-        server.max_request_head,
-    );
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // hyper's `header_read_timeout` only starts once hyper-util has told HTTP/1.1
-    // from the HTTP/2 preface, which it waits for without a limit, and HTTP/2 has
-    // no head timer at all: a client that connects and sends nothing (or half a
-    // preface, or dribbles an HTTP/2 HEADERS frame) would hold its slot forever.
-    // So the first request must have arrived within `header_timeout` of the
-    // connection being ready; later heads are timed by hyper (HTTP/1.1).
-    let first_deadline = tokio::time::sleep(server.header_timeout);
-    tokio::pin!(first_deadline);
-    let mut waiting_first = true;
-    let res = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = first_deadline.as_mut(), if waiting_first => {
-                waiting_first = false;
-                if !first_request.load(Ordering::Relaxed) {
-                    tracing::debug!("no complete request head within header_timeout; closing");
-                    return;
-                }
-            }
-            _ = gw.shutdown.token.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
-            }
-        }
+    let limits = Limits {
+        header_timeout: server.header_timeout,
+        keepalive: server.keepalive_timeout,
+        max_head: server.max_request_head,
     };
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "connection ended with error");
+    let io = TokioIo::new(io);
+    let timeout = server.header_timeout;
+    match protocols {
+        Protocols::Any => {
+            let builder = limits.auto();
+            drive!(
+                builder.serve_connection_with_upgrades(io, service),
+                sc,
+                first_request,
+                timeout
+            )
+        }
+        Protocols::Http1 => drive!(
+            limits.http1().serve_connection(io, service).with_upgrades(),
+            sc,
+            first_request,
+            timeout
+        ),
+        Protocols::Http2 => drive!(
+            limits.http2().serve_connection(io, service),
+            sc,
+            first_request,
+            timeout
+        ),
     }
 }
 

@@ -15,9 +15,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::conn;
+use super::conn::{self, Protocols};
+use super::{Handler, ServerCtx};
 use crate::ctx::ConnCtx;
-use crate::gateway::Gateway;
 use crate::limits::Refusal;
 
 /// How many refused connections may be answered at once; beyond that they are
@@ -26,8 +26,9 @@ const MAX_REFUSING: usize = 1024;
 
 /// Runs one listener until `stop` (its own token, or the gateway's drain) fires.
 /// `tls` is swapped on reload to serve new certificates to new connections.
-pub async fn run(
-    gw: Arc<Gateway>,
+pub async fn run<H: Handler>(
+    sc: ServerCtx,
+    handler: Arc<H>,
     listener: TcpListener,
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     stop: CancellationToken,
@@ -35,12 +36,12 @@ pub async fn run(
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let open_conns = gw.metrics.connection_gauge(&local.to_string());
+    let open_conns = sc.metrics.connection_gauge(&local.to_string());
     loop {
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            _ = gw.shutdown.token.cancelled() => break,
+            _ = sc.shutdown.token.cancelled() => break,
             r = listener.accept() => r,
         };
         let (stream, client) = match accepted {
@@ -54,9 +55,16 @@ pub async fn run(
         let ctx = ConnCtx::new(client, tls.is_some());
         let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
-        let task = handle_connection(gw.clone(), stream, ctx, tls_cfg, open_conns.clone())
-            .instrument(span);
-        gw.shutdown.spawn_conn(task);
+        let task = handle_connection(
+            sc.clone(),
+            handler.clone(),
+            stream,
+            ctx,
+            tls_cfg,
+            open_conns.clone(),
+        )
+        .instrument(span);
+        sc.shutdown.spawn_conn(task);
     }
     tracing::info!(listener = %local, "listener stopped accepting");
 }
@@ -74,15 +82,16 @@ async fn handle_accept_error(e: io::Error) {
     }
 }
 
-async fn handle_connection(
-    gw: Arc<Gateway>,
+async fn handle_connection<H: Handler>(
+    sc: ServerCtx,
+    handler: Arc<H>,
     stream: TcpStream,
     ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
 ) {
-    let server = gw.server_config();
-    let slot = match gw.limits.admit(
+    let server = sc.config.load_full();
+    let slot = match sc.limits.admit(
         ctx.client.ip(),
         server.max_connections,
         server.max_connections_per_ip,
@@ -91,19 +100,20 @@ async fn handle_connection(
             slot.attach_gauge(crate::metrics::GaugeGuard::new(open_conns));
             slot
         }
-        Err(refusal) => return Box::pin(refuse(gw, stream, ctx, tls, refusal)).await,
+        Err(refusal) => return Box::pin(refuse(sc, stream, tls, refusal)).await,
     };
     // Boxed: hyper's connection state is kilobytes, and this future is moved
     // several times on its way into a task (one allocation is cheaper than
     // copying it each time, measured per new connection in S5).
     match tls {
-        None => Box::pin(conn::serve(gw, stream, ctx, slot)).await,
+        None => Box::pin(conn::serve(sc, handler, stream, ctx, slot, Protocols::Any)).await,
         Some(cfg) => {
             let handshake = Box::pin(tls_handshake(stream, cfg, server.tls_handshake_timeout));
             let Some(tls_stream) = handshake.await else {
                 return;
             };
-            Box::pin(conn::serve(gw, tls_stream, ctx, slot)).await
+            let protocols = Protocols::from_alpn(tls_stream.get_ref().1.alpn_protocol());
+            Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
         }
     }
 }
@@ -127,17 +137,16 @@ async fn tls_handshake(
 }
 
 async fn refuse(
-    gw: Arc<Gateway>,
+    sc: ServerCtx,
     stream: TcpStream,
-    ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
     refusal: Refusal,
 ) {
-    let Some(_slot) = gw.limits.refusal_slot(MAX_REFUSING) else {
+    let Some(_slot) = sc.limits.refusal_slot(MAX_REFUSING) else {
         return;
     };
     tracing::debug!(?refusal, "connection over capacity");
-    let server = gw.server_config();
+    let server = sc.config.load_full();
     match tls {
         None => conn::serve_refusal(stream, refusal, server.header_timeout).await,
         Some(cfg) => {
@@ -146,5 +155,4 @@ async fn refuse(
             }
         }
     }
-    drop(ctx);
 }

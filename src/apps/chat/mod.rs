@@ -34,9 +34,9 @@ use hyper::body::Incoming;
 use self::bus::{Bus, Deliver, LocalBus};
 use self::hub::{Hub, HubStats};
 use crate::access::SessionHold;
+use crate::apps::error::AppError;
 use crate::body::Body;
 use crate::config::ChatConfig;
-use crate::proxy::error::ProxyError;
 use crate::shutdown::Shutdown;
 
 pub struct Chat {
@@ -96,13 +96,12 @@ impl Chat {
         req: Request<Incoming>,
         prefix: &str,
         slot: SessionHold,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<Body>, AppError> {
         match http::subpath(req.uri().path(), prefix) {
             Some("" | "/" | "/ws") => {}
-            _ => return Err(ProxyError::NotFound),
+            _ => return Err(AppError::NotFound),
         }
-        let user =
-            http::user_or_guest(req.uri()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let user = http::user_or_guest(req.uri())?;
         ws::accept(self, req, user, slot)
     }
 

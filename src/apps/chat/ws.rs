@@ -31,9 +31,9 @@ use super::hub::{Actor, Conn, ConnKind};
 use super::protocol::{ChatError, ClientFrame, Event, UserName, Welcome, ENVELOPE};
 use super::Chat;
 use crate::access::SessionHold;
+use crate::apps::error::AppError;
 use crate::body::empty;
 use crate::body::Body;
-use crate::proxy::error::ProxyError;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -55,12 +55,11 @@ pub fn accept(
     mut req: Request<Incoming>,
     user: UserName,
     slot: SessionHold,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Body>, AppError> {
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts)
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(AppError::Upgrade)?;
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {

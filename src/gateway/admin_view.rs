@@ -1,0 +1,121 @@
+//! What the admin listener reports about this process: readiness (started,
+//! draining, degraded while Redis is unreachable), the metrics text with the
+//! upstream states refreshed, and the `/status` document. The gateway knows
+//! all of it; `server::admin` only serves it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Weak};
+
+use super::Gateway;
+use crate::server::admin::AdminView;
+
+/// What `/readyz` reports.
+#[derive(Default)]
+pub(super) struct Readiness {
+    started: AtomicBool,
+    /// Set while a dependency (Redis) is unreachable.
+    degraded: Mutex<Option<String>>,
+}
+
+impl Readiness {
+    pub(super) fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub(super) fn set_degraded(&self, reason: Option<String>) {
+        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    pub(super) fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// Mirrors the cluster bus's Redis status into `/readyz` and
+/// `wsgate_cluster_redis_up` until the gateway is gone.
+pub(super) async fn watch_cluster(
+    mut status: tokio::sync::watch::Receiver<Option<String>>,
+    gw: Weak<Gateway>,
+) {
+    loop {
+        let reason = status.borrow_and_update().clone();
+        let Some(g) = gw.upgrade() else { return };
+        g.metrics.cluster_redis_up.set(i64::from(reason.is_none()));
+        g.readiness.set_degraded(reason);
+        drop(g);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl AdminView for Gateway {
+    fn metrics_text(&self) -> String {
+        let table = self.proxy.table();
+        self.metrics
+            .set_upstreams(table.pools.values().flat_map(|pool| {
+                pool.backends()
+                    .iter()
+                    .map(move |b| (pool.name(), &*b.addr, b.health().is_up()))
+            }));
+        self.metrics.render()
+    }
+
+    fn not_ready_reason(&self) -> Option<String> {
+        if !self.readiness.is_started() {
+            Some("starting".into())
+        } else if self.shutdown.is_draining() {
+            Some("draining".into())
+        } else {
+            self.readiness.degraded().map(|d| format!("degraded: {d}"))
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let snap = self.snapshot();
+        let listeners: Vec<_> = self
+            .listener_addrs()
+            .into_iter()
+            .map(|(addr, tls)| {
+                serde_json::json!({ "addr": addr.to_string(), "tls": tls, "connections": self.metrics.listener_count(&addr.to_string()) })
+            })
+            .collect();
+        let upstreams: serde_json::Map<String, serde_json::Value> = snap
+            .table
+            .pools
+            .iter()
+            .map(|(name, pool)| {
+                let servers: Vec<_> = pool
+                    .backends()
+                    .iter()
+                    .map(|b| serde_json::json!({ "addr": b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight() }))
+                    .collect();
+                (name.clone(), serde_json::json!({ "servers": servers }))
+            })
+            .collect();
+        let cluster = match &snap.config.cluster {
+            None => serde_json::json!({ "enabled": false }),
+            Some(c) => {
+                serde_json::json!({ "enabled": true, "redis": c.redis, "degraded": self.readiness.degraded() })
+            }
+        };
+        serde_json::json!({
+            "node": self.node_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "ready": self.not_ready_reason().is_none(),
+            "connections": self.limits.active(),
+            "listeners": listeners,
+            "sessions": self.metrics.session_counts(),
+            "upstreams": upstreams,
+            "cluster": cluster,
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! The set of bound listeners and the admin listener, kept in step with the
+//! config: on start and on every reload, new addresses are bound first (a
+//! bind failure changes nothing), removed ones stop accepting, and the ones
+//! that stay get the new TLS configs for their next connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Gateway, Snapshot, StartError};
+use crate::config::Config;
+use crate::server::{admin, listener};
+
+/// Identity of a listener across reloads: its configured address, whether it
+/// has TLS, and which occurrence of that pair it is (port 0 may repeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ListenerKey {
+    addr: SocketAddr,
+    tls: bool,
+    nth: usize,
+}
+
+fn listener_keys(cfg: &Config) -> Vec<ListenerKey> {
+    let mut keys: Vec<ListenerKey> = Vec::new();
+    for l in &cfg.listeners {
+        let tls = l.tls.is_some();
+        let nth = keys
+            .iter()
+            .filter(|k| k.addr == l.addr && k.tls == tls)
+            .count();
+        keys.push(ListenerKey {
+            addr: l.addr,
+            tls,
+            nth,
+        });
+    }
+    keys
+}
+
+/// A bound, running listener.
+pub(super) struct ListenerInfo {
+    key: ListenerKey,
+    pub(super) local: SocketAddr,
+    pub(super) tls: bool,
+    pub(super) stop: CancellationToken,
+    tls_cfg: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+}
+
+pub(super) struct AdminInfo {
+    configured: SocketAddr,
+    pub(super) local: SocketAddr,
+    pub(super) stop: CancellationToken,
+}
+
+/// Listener sockets bound for a new config, not serving yet.
+pub(super) type Fresh = Vec<(ListenerKey, TcpListener)>;
+
+impl Gateway {
+    /// Binds the listeners of `snap` that are not running yet.
+    pub(super) async fn bind_new_listeners(&self, snap: &Snapshot) -> Result<Fresh, StartError> {
+        let running: Vec<ListenerKey> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|l| l.key.clone())
+            .collect();
+        let mut fresh = Vec::new();
+        for key in listener_keys(&snap.config) {
+            if running.contains(&key) {
+                continue;
+            }
+            let tcp = TcpListener::bind(key.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: key.addr,
+                    source,
+                })?;
+            fresh.push((key, tcp));
+        }
+        Ok(fresh)
+    }
+
+    /// Starts `fresh` listeners, stops removed ones, and hands new TLS configs
+    /// to the ones that stay.
+    pub(super) fn swap_listeners(&self, snap: &Snapshot, fresh: Fresh) {
+        let keys = listener_keys(&snap.config);
+        let mut running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|l| {
+            let keep = keys.contains(&l.key);
+            if !keep {
+                tracing::info!(addr = %l.local, "stopping removed listener");
+                l.stop.cancel();
+            }
+            keep
+        });
+        for l in running.iter() {
+            if let (Some(slot), Some(Some(cfg))) = (
+                &l.tls_cfg,
+                keys.iter()
+                    .position(|k| *k == l.key)
+                    .map(|i| snap.tls[i].clone()),
+            ) {
+                slot.store(cfg);
+            }
+        }
+        for (key, tcp) in fresh {
+            let idx = keys.iter().position(|k| *k == key).unwrap_or(0);
+            let tls_cfg = snap
+                .tls
+                .get(idx)
+                .cloned()
+                .flatten()
+                .map(|c| Arc::new(ArcSwap::new(c)));
+            let local = tcp.local_addr().unwrap_or(key.addr);
+            let stop = CancellationToken::new();
+            tokio::spawn(listener::run(
+                self.server_ctx.clone(),
+                self.proxy.clone(),
+                tcp,
+                tls_cfg.clone(),
+                stop.clone(),
+            ));
+            tracing::info!(addr = %local, tls = key.tls, "listening");
+            running.push(ListenerInfo {
+                tls: key.tls,
+                key,
+                local,
+                stop,
+                tls_cfg,
+            });
+        }
+    }
+
+    /// Starts, moves or stops the admin listener to match `snap`.
+    pub(super) async fn sync_admin(self: &Arc<Self>, snap: &Snapshot) -> Result<(), StartError> {
+        let want = snap.config.admin;
+        let current = self
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| a.configured);
+        if want == current {
+            return Ok(());
+        }
+        let tcp = match want {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = admin.take() {
+            old.stop.cancel();
+        }
+        if let (Some(configured), Some(tcp)) = (want, tcp) {
+            let local = tcp.local_addr().unwrap_or(configured);
+            let stop = CancellationToken::new();
+            tokio::spawn(admin::run(self.clone(), tcp, stop.clone()));
+            tracing::info!(addr = %local, "admin listening");
+            *admin = Some(AdminInfo {
+                configured,
+                local,
+                stop,
+            });
+        }
+        Ok(())
+    }
+}

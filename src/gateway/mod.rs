@@ -1,0 +1,340 @@
+//! The composition root: the only module that knows the whole process. It
+//! builds every layer's narrow context from one config — the [`ServerCtx`]
+//! the listeners serve with, the [`Proxy`] handler and its route [`Table`],
+//! the apps and the bus they share state through (in memory, or Redis when
+//! `[cluster]` is set), access logging, metrics — binds the listeners, and
+//! applies reloads and drains.
+//!
+//! Reload validates and builds everything first (config, certificates, new
+//! listener sockets) and only then swaps, so a bad config changes nothing and
+//! established connections keep running on whatever they started with.
+
+mod admin_view;
+mod listeners;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use self::admin_view::Readiness;
+use self::listeners::{AdminInfo, ListenerInfo};
+use crate::access::Access;
+use crate::apps::chat::bus::Bus;
+use crate::apps::Apps;
+use crate::certs::CertError;
+use crate::cluster::RedisBus;
+use crate::config::Config;
+use crate::limits::ConnLimits;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Table};
+use crate::server::{tls, ServerCtx};
+use crate::shutdown::Shutdown;
+use crate::upstream::{health, Pool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener {addr}: {source}")]
+    Tls { addr: SocketAddr, source: CertError },
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
+/// Everything derived from one config file. Replaced whole on reload.
+struct Snapshot {
+    config: Arc<Config>,
+    /// What requests use; the proxy holds the same table.
+    table: Arc<Table>,
+    /// TLS server config per listener, aligned with `config.listeners`.
+    tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, loading every certificate. `previous` carries upstream
+    /// health and load counters over for servers that stay.
+    fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, StartError> {
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| {
+                        tls::server_config(t).map_err(|source| StartError::Tls {
+                            addr: l.addr,
+                            source,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pools = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let prev = previous
+                    .and_then(|p| p.table.pools.get(name))
+                    .map(|p| p.as_ref());
+                (name.clone(), Arc::new(Pool::new(u.clone(), prev)))
+            })
+            .collect();
+        Ok(Self {
+            table: Arc::new(Table::new(&config, pools)),
+            tls,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Builds everything a config describes without serving it (`wsgate check`):
+/// loads every certificate and builds routes and pools.
+pub fn check(config: Config) -> Result<(), StartError> {
+    Snapshot::build(config, None).map(drop)
+}
+
+/// The running process.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    /// What the listeners serve with (its `config` is `[server]`, swapped on reload).
+    server_ctx: ServerCtx,
+    proxy: Arc<Proxy>,
+    apps: Arc<Apps>,
+    access: Arc<Access>,
+    limits: Arc<ConnLimits>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    node_id: String,
+    started: Instant,
+    /// Cancels the background tasks (health checks) of the current snapshot.
+    background: Mutex<CancellationToken>,
+    listeners: Mutex<Vec<ListenerInfo>>,
+    admin: Mutex<Option<AdminInfo>>,
+    /// Serialises reloads.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Gateway {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Bound listener addresses and whether each has TLS.
+    fn listener_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|l| (l.local, l.tls))
+            .collect()
+    }
+
+    fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| a.local)
+    }
+
+    /// Builds `config`, binds every listener (port 0 picks a free port) and the
+    /// admin listener, and starts serving.
+    pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+        let snapshot = Snapshot::build(config, None)?;
+        let cfg = snapshot.config.clone();
+        let shutdown = Shutdown::default();
+        let metrics = Arc::new(Metrics::new());
+        let access = Access::new(metrics.clone(), cfg.log.access_log);
+        // The composition root picks the chat's bus: Redis when clustered.
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(RedisBus::start(
+                c,
+                &cfg.server.node_id,
+                cfg.chat.history,
+                shutdown.token.clone(),
+            )?),
+            None => None,
+        };
+        let bus = cluster.clone().map(|b| b as Arc<dyn Bus>);
+        let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus));
+        let limits = ConnLimits::new();
+        let sticky_key = cfg.server.secret.unwrap_or_else(rand::random);
+        let proxy = Arc::new(Proxy::new(
+            snapshot.table.clone(),
+            access.clone(),
+            shutdown.clone(),
+            apps.clone(),
+            sticky_key,
+        ));
+        let server_ctx = ServerCtx {
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+            config: Arc::new(ArcSwap::from_pointee(cfg.server.clone())),
+        };
+        let gw = Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            server_ctx,
+            proxy,
+            apps,
+            access,
+            limits,
+            shutdown,
+            metrics,
+            readiness: Readiness::default(),
+            node_id: cfg.server.node_id.clone(),
+            started: Instant::now(),
+            background: Mutex::new(CancellationToken::new()),
+            listeners: Mutex::new(Vec::new()),
+            admin: Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        let snap = gw.snapshot();
+        let fresh = gw.bind_new_listeners(&snap).await?;
+        gw.swap_listeners(&snap, fresh);
+        gw.sync_admin(&snap).await?;
+        gw.start_background(&snap);
+        if let Some(bus) = &cluster {
+            tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
+        }
+        gw.readiness.set_started();
+        Ok(GatewayHandle { gw })
+    }
+
+    /// Validates and applies a new config: routes, pools (keeping health and
+    /// load of servers that stay), certificates, app settings, listeners added
+    /// or removed. On error nothing changes.
+    async fn reload(self: &Arc<Self>, config: Config) -> Result<(), StartError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.snapshot();
+        let new = Arc::new(Snapshot::build(config, Some(&old))?);
+        // Bind what is new before swapping anything, so a bind failure keeps the old config.
+        let fresh = self.bind_new_listeners(&new).await?;
+        self.snapshot.store(new.clone());
+        self.server_ctx
+            .config
+            .store(Arc::new(new.config.server.clone()));
+        self.proxy.swap(new.table.clone());
+        self.access.set_logging(new.config.log.access_log);
+        self.apps.reconfigure(&new.config);
+        self.swap_listeners(&new, fresh);
+        self.sync_admin(&new).await?;
+        self.start_background(&new);
+        tracing::info!(
+            routes = new.config.routes.len(),
+            upstreams = new.table.pools.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    fn start_background(&self, snap: &Snapshot) {
+        let token = CancellationToken::new();
+        for pool in snap.table.pools.values() {
+            if let Some(h) = &pool.cfg.health {
+                tokio::spawn(health::run_active_checks(
+                    pool.clone(),
+                    h.clone(),
+                    token.clone(),
+                ));
+            }
+        }
+        let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut *bg, token);
+        old.cancel();
+    }
+
+    /// Drains: stop accepting, let HTTP requests finish, close WebSockets with
+    /// 1001, wait up to `server.shutdown_grace`. Returns whether all finished.
+    async fn drain(&self) -> bool {
+        let grace = self.server_ctx.config.load().shutdown_grace;
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            l.stop.cancel();
+        }
+        let done = self.shutdown.drain(grace).await;
+        self.background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
+        if let Some(a) = self
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            a.stop.cancel();
+        }
+        done
+    }
+}
+
+/// Handle to a running gateway, for `main` and for tests.
+pub struct GatewayHandle {
+    gw: Arc<Gateway>,
+}
+
+impl GatewayHandle {
+    /// The first plain listener's bound address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.gw
+            .listener_addrs()
+            .into_iter()
+            .find(|(_, tls)| !tls)
+            .map(|(a, _)| a)
+    }
+
+    /// The first TLS listener's bound address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.gw
+            .listener_addrs()
+            .into_iter()
+            .find(|(_, tls)| *tls)
+            .map(|(a, _)| a)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.gw.admin_addr()
+    }
+
+    /// See [`Gateway::drain`].
+    pub async fn shutdown(&self) -> bool {
+        self.gw.drain().await
+    }
+
+    /// Applies a new config (see `Gateway::reload`).
+    pub async fn reload(&self, cfg: Config) -> Result<(), StartError> {
+        self.gw.reload(cfg).await
+    }
+
+    /// The upstream pool `name` of the current config.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.gw.proxy.table().pools.get(name).cloned()
+    }
+
+    /// The chat app (its state outlives reloads).
+    pub fn chat(&self) -> Arc<crate::apps::chat::Chat> {
+        self.gw.apps.chat.clone()
+    }
+
+    /// Client connections holding a slot now.
+    pub fn active_connections(&self) -> usize {
+        self.gw.limits.active()
+    }
+
+    /// Starts draining without waiting (readiness turns off at once).
+    pub fn begin_drain(&self) {
+        self.gw.shutdown.token.cancel()
+    }
+}

@@ -1,0 +1,170 @@
+//! The access phase: an ordered list of per-route filters that every request
+//! and WebSocket handshake passes after routing and before its handler
+//! (pingora's request phases, as one list). A filter sees the request head,
+//! the route and the connection, and either lets it pass, answers it (a
+//! [`ProxyError`], turned into a response in `proxy::error` like every other
+//! failure), or passes it with headers to add upstream.
+//!
+//! Order of the phase (docs/architecture): real client address → rate limits
+//! → authentication → authorization; the per-route checks that exist today
+//! (WebSocket allowed, Origin allowlist) are authorization filters. A route
+//! with no filter gets an empty list and the phase costs a length check.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use http::{header, HeaderMap, Request};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use crate::config::RouteConfig;
+use crate::ctx::ConnCtx;
+use crate::router::Route;
+
+/// What a filter is shown.
+pub struct Head<'a> {
+    pub req: &'a Request<Incoming>,
+    pub route: &'a Route,
+    pub conn: &'a ConnCtx,
+    /// Whether the request is a (validated) WebSocket handshake.
+    pub upgrade: bool,
+}
+
+/// A filter's decision.
+pub enum Verdict {
+    /// Go on to the next filter.
+    Pass,
+    /// Go on, and send these headers upstream (replacing any of the same
+    /// name the client sent).
+    Annotate(HeaderMap),
+    /// Stop here and answer the client.
+    Answer(ProxyError),
+    /// Decided asynchronously (a callout, a shared counter): the phase waits.
+    Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+}
+
+/// One per-request check.
+pub trait Filter: Send + Sync + fmt::Debug {
+    /// The filter's name in logs.
+    fn name(&self) -> &'static str;
+    fn check(&self, head: &Head<'_>) -> Verdict;
+}
+
+/// What the phase adds to a request that passed it.
+#[derive(Default, Debug)]
+pub struct Notes {
+    /// Headers to set on the upstream request.
+    pub upstream_headers: HeaderMap,
+}
+
+impl Notes {
+    /// Sets the annotated headers on an upstream request's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.upstream_headers {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+/// The filters of one route, in order.
+#[derive(Debug, Default)]
+pub struct Phase {
+    filters: Vec<Box<dyn Filter>>,
+}
+
+impl Phase {
+    /// The filters a route's config asks for.
+    pub fn for_route(cfg: &RouteConfig) -> Self {
+        let mut filters: Vec<Box<dyn Filter>> = Vec::new();
+        if !cfg.websocket {
+            filters.push(Box::new(WebSocketDisabled));
+        }
+        if let Some(allowed) = &cfg.origins {
+            filters.push(Box::new(OriginAllowlist {
+                allowed: allowed.clone(),
+            }));
+        }
+        Self { filters }
+    }
+
+    /// Runs every filter in order; the first answer wins.
+    pub async fn run(&self, head: &Head<'_>) -> Result<Notes, ProxyError> {
+        let mut notes = Notes::default();
+        for f in &self.filters {
+            let mut verdict = f.check(head);
+            loop {
+                match verdict {
+                    Verdict::Pass => break,
+                    Verdict::Annotate(h) => {
+                        for (name, value) in h {
+                            if let Some(name) = name {
+                                notes.upstream_headers.insert(name, value);
+                            }
+                        }
+                        break;
+                    }
+                    Verdict::Answer(e) => {
+                        tracing::debug!(filter = f.name(), error = %e, "access phase answered");
+                        return Err(e);
+                    }
+                    Verdict::Later(fut) => verdict = fut.await,
+                }
+            }
+        }
+        Ok(notes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+}
+
+/// `websocket = false`: handshakes are refused (403), plain requests pass.
+#[derive(Debug)]
+struct WebSocketDisabled;
+
+impl Filter for WebSocketDisabled {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
+    fn check(&self, head: &Head<'_>) -> Verdict {
+        if head.upgrade {
+            Verdict::Answer(ProxyError::WebSocketDisabled)
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+/// `origins = [...]`: a handshake's `Origin` must be listed (browsers send it;
+/// this is the cross-site WebSocket hijacking defence). Plain requests pass.
+#[derive(Debug)]
+struct OriginAllowlist {
+    allowed: Vec<String>,
+}
+
+impl Filter for OriginAllowlist {
+    fn name(&self) -> &'static str {
+        "origin"
+    }
+
+    fn check(&self, head: &Head<'_>) -> Verdict {
+        if !head.upgrade {
+            return Verdict::Pass;
+        }
+        let origin = head
+            .req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        let trimmed = origin.trim_end_matches('/');
+        if self.allowed.iter().any(|a| a.eq_ignore_ascii_case(trimmed)) {
+            Verdict::Pass
+        } else {
+            Verdict::Answer(ProxyError::OriginNotAllowed(origin.to_string()))
+        }
+    }
+}
