@@ -60,6 +60,10 @@ pub enum ProxyError {
     UpstreamFailed(String, String),
     #[error("upstream {0} did not accept the WebSocket handshake: {1}")]
     UpstreamHandshake(String, String),
+    #[error("upstream {0} switched protocols on a request that was not a WebSocket handshake")]
+    UnexpectedUpgrade(String),
+    #[error("the client went away before its request body was complete")]
+    ClientAborted,
     #[error("not found")]
     NotFound,
     #[error("forbidden")]
@@ -93,7 +97,13 @@ impl ProxyError {
             ProxyError::NoUpstream
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamHandshake(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamHandshake(..) | ProxyError::UnexpectedUpgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            // nginx's 499: nobody reads it, the access line shows it.
+            ProxyError::ClientAborted => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -109,7 +119,8 @@ impl ProxyError {
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed(..)
-            | ProxyError::UpstreamHandshake(..) => Side::Upstream,
+            | ProxyError::UpstreamHandshake(..)
+            | ProxyError::UnexpectedUpgrade(_) => Side::Upstream,
             ProxyError::Draining | ProxyError::Internal(_) => Side::Gateway,
             _ => Side::Client,
         }
@@ -124,7 +135,9 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_) => Cow::Borrowed("upstream server unavailable"),
             ProxyError::UpstreamTimeout(_) => Cow::Borrowed("upstream server timed out"),
-            ProxyError::UpstreamFailed(..) => Cow::Borrowed("upstream server failed"),
+            ProxyError::UpstreamFailed(..) | ProxyError::UnexpectedUpgrade(_) => {
+                Cow::Borrowed("upstream server failed")
+            }
             ProxyError::UpstreamHandshake(_, why) => Cow::Owned(format!(
                 "upstream server did not accept the WebSocket handshake: {why}"
             )),

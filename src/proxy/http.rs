@@ -91,7 +91,17 @@ pub async fn forward(
         }
         f
     });
-    let mut body = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+    // A failure reading the client's body is the client's, not the upstream's:
+    // remembered here so the attempt's error can be told apart.
+    let client_fault = ClientFault::default();
+    let fault = client_fault.clone();
+    let mut body = Some(
+        body.map_err(move |e| -> BoxError {
+            fault.record(&e);
+            Box::new(e)
+        })
+        .boxed_unsync(),
+    );
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
     loop {
@@ -125,6 +135,12 @@ pub async fn forward(
         let guard = backend.track();
         let attempt = tokio::time::timeout(pool.cfg.response_timeout, backend.conns.send(up)).await;
         let (err, resendable) = match attempt {
+            Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                // Only validated WebSocket handshakes switch protocols (proxy::ws);
+                // this request's Upgrade was stripped, so a 101 is the server's
+                // mistake and must not reach the client as a broken tunnel.
+                (ProxyError::UnexpectedUpgrade(backend.addr.clone()), false)
+            }
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
                 count(metrics, pool, &backend, resp.status().as_u16());
@@ -136,6 +152,10 @@ pub async fn forward(
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 return Ok(resp);
+            }
+            Ok(Err(_)) if client_fault.get().is_some() => {
+                // Not the server's failure: no passive-health mark, no retry.
+                return Err(client_fault.get().unwrap_or(ProxyError::ClientAborted));
             }
             Ok(Err(e)) => {
                 let resendable = e.nothing_received();
@@ -157,6 +177,29 @@ pub async fn forward(
             return Err(err);
         }
         last_err = Some(err);
+    }
+}
+
+/// Why reading the client's request body failed, if it did.
+#[derive(Clone, Default)]
+struct ClientFault(std::sync::Arc<std::sync::OnceLock<bool>>);
+
+impl ClientFault {
+    /// Records a body error: `true` for a malformed body, `false` for a
+    /// client that went away mid-body.
+    fn record(&self, e: &hyper::Error) {
+        let malformed = e.is_parse() || e.is_user();
+        let _ = self.0.set(malformed && !e.is_incomplete_message());
+    }
+
+    fn get(&self) -> Option<ProxyError> {
+        self.0.get().map(|&malformed| {
+            if malformed {
+                ProxyError::BadRequest("malformed request body".into())
+            } else {
+                ProxyError::ClientAborted
+            }
+        })
     }
 }
 
