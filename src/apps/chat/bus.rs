@@ -25,25 +25,10 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+pub use super::bus_error::{BusError, MAX_ROOMS};
 use super::protocol::{
     now_ms, ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
 };
-
-/// Rooms kept in memory at most. A room lives while it has members or history;
-/// without this cap a client could create rooms until the process runs out of
-/// memory.
-pub const MAX_ROOMS: usize = 10_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("too many rooms (limit {MAX_ROOMS})")]
-    TooManyRooms,
-    #[error("encoding an event: {0}")]
-    Encode(#[from] serde_json::Error),
-    /// For networked implementations: the shared store cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
-}
 
 /// Where the bus delivers events for this node's connections (implemented by
 /// the hub). Calls must not block: they only queue.

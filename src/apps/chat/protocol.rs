@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::bus::BusError;
+use super::bus_error::BusError;
 
 /// Longest user name (spec §4).
 pub const MAX_USER_LEN: usize = 32;
