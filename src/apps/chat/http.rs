@@ -78,13 +78,14 @@ pub(super) fn query_param(uri: &Uri, key: &str) -> Option<String> {
 pub(super) fn user_or_guest(uri: &Uri) -> Result<UserName, ChatError> {
     match query_param(uri, "user") {
         None => Ok(UserName::guest()),
-        Some(u) => UserName::parse(&u),
+        Some(u) => Ok(UserName::parse(&u)?),
     }
 }
 
 /// `?user=` where a guest name would make no sense (sending).
 fn user_required(uri: &Uri) -> Result<UserName, ChatError> {
-    UserName::parse(&query_param(uri, "user").ok_or(ChatError::MissingField("user"))?)
+    let user = query_param(uri, "user").ok_or(ChatError::MissingField("user"))?;
+    Ok(UserName::parse(&user)?)
 }
 
 fn rooms_param(uri: &Uri) -> Result<Vec<RoomName>, ChatError> {
