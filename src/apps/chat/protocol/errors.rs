@@ -9,6 +9,10 @@ use crate::apps::chat::bus_error::BusError;
 
 /// Why a frame or request was refused. Each variant has a stable `code` (the
 /// `error` frame's `code`, documented in `docs/chat-protocol.md`).
+///
+/// Messages quote names as `\"{0}\"`: `{0:?}` on a name type would show the
+/// Rust type (`RoomName("fb")`), and validated names need no escaping. Raw
+/// client strings keep `{0:?}`, which escapes them.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     #[error("frame is not a JSON object: {0}")]
@@ -30,11 +34,11 @@ pub enum ChatError {
     InvalidName(#[from] InvalidName),
     #[error("message is {len} bytes; the limit is {max}")]
     TooLarge { len: usize, max: usize },
-    #[error("not in room {0:?}: join it first")]
+    #[error("not in room \"{0}\": join it first")]
     NotJoined(RoomName),
-    #[error("user {0:?} is not online")]
+    #[error("user \"{0}\" is not online")]
     UserOffline(UserName),
-    #[error("user {0:?} has no SSE stream or poll session here to join or leave rooms with")]
+    #[error("user \"{0}\" has no SSE stream or poll session here to join or leave rooms with")]
     NoStream(UserName),
     #[error("too many rooms on this server")]
     TooManyRooms,

@@ -100,3 +100,30 @@ fn cursors_round_trip() {
     assert_eq!(parse_rooms("a,,b,a").unwrap().len(), 2);
     assert!(parse_rooms("a,b c").is_err());
 }
+
+#[test]
+fn messages_quote_names_without_debug_formatting() {
+    let room = RoomName::parse("fb").unwrap();
+    let user = UserName::parse("bob").unwrap();
+    assert_eq!(
+        ChatError::NotJoined(room).to_string(),
+        r#"not in room "fb": join it first"#
+    );
+    assert_eq!(
+        ChatError::UserOffline(user.clone()).to_string(),
+        r#"user "bob" is not online"#
+    );
+    assert_eq!(
+        ChatError::NoStream(user).to_string(),
+        r#"user "bob" has no SSE stream or poll session here to join or leave rooms with"#
+    );
+    assert_eq!(
+        Event::error(&ChatError::NotJoined(RoomName::parse("dev").unwrap())).text(),
+        r#"{"type":"error","code":"not_joined","message":"not in room \"dev\": join it first"}"#
+    );
+    // Raw client input is still quoted and escaped.
+    assert_eq!(
+        ChatError::from(UserName::parse("a\"b").unwrap_err()).to_string(),
+        r#"invalid user name "a\"b": use 1-32 of A-Z a-z 0-9 _ . -"#
+    );
+}
