@@ -1,6 +1,6 @@
-//! [`BusError`], the failure of a [`Bus`](super::bus::Bus) call, and the room cap
-//! it reports. A module of its own so that `protocol` (which turns bus errors
-//! into client-facing `ChatError`s) does not have to import `bus`, which itself
+//! [`BusError`], the failure of a chat `Bus` call, and the room cap it
+//! reports. A module of its own so that `protocol` (which turns bus errors into
+//! client-facing `ChatError`s) does not have to import `bus`, which itself
 //! depends on the protocol's types.
 
 /// Rooms kept in memory at most. A room lives while it has members or history;

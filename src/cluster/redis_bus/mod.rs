@@ -22,8 +22,10 @@
 //! Files: `scripts` (the Lua and its invocation), `envelope` (what travels on
 //! the channel, and its receipt), `liveness` (heartbeat, re-registration,
 //! sweeper), `mirror` (Redis up/down and the outage fallback), `publish` (room
-//! messages and DMs) and `bus` (the [`Bus`](crate::apps::chat::bus::Bus)
-//! implementation).
+//! messages and DMs) and `bus` (the [`Bus`] implementation).
+//!
+//! [`Bus`]: crate::apps::chat::bus::Bus
+//! [`keys::EVENTS`]: crate::cluster::keys::EVENTS
 
 mod bus;
 mod envelope;

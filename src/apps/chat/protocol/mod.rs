@@ -8,7 +8,7 @@
 //!
 //! Layers, each importing only those before it: `names` (the leaf) ←
 //! `errors` ← `frames` and `cursor`. None imports the bus or the hub;
-//! [`BusError`](super::bus::BusError) comes from its own module.
+//! `BusError` comes from its own module, `chat::bus_error`.
 
 mod cursor;
 mod errors;
