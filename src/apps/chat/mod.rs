@@ -19,6 +19,7 @@
 //! The wire protocol is documented in `docs/chat-protocol.md`.
 
 pub mod bus;
+mod bus_error;
 mod http;
 pub mod hub;
 mod page;

@@ -25,25 +25,10 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+pub use super::bus_error::{BusError, MAX_ROOMS};
 use super::protocol::{
     now_ms, ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
 };
-
-/// Rooms kept in memory at most. A room lives while it has members or history;
-/// without this cap a client could create rooms until the process runs out of
-/// memory.
-pub const MAX_ROOMS: usize = 10_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("too many rooms (limit {MAX_ROOMS})")]
-    TooManyRooms,
-    #[error("encoding an event: {0}")]
-    Encode(#[from] serde_json::Error),
-    /// For networked implementations: the shared store cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
-}
 
 /// Where the bus delivers events for this node's connections (implemented by
 /// the hub). Calls must not block: they only queue.
@@ -460,75 +445,4 @@ impl Bus for LocalBus {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Records what the bus delivers.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl Deliver for Recorder {
-        fn to_room(&self, room: &RoomName, event: &Event) -> usize {
-            lock(&self.0).push(format!("{room} {}", event.text()));
-            1
-        }
-        fn to_users(&self, users: &[&UserName], event: &Event) -> usize {
-            lock(&self.0).push(format!("{users:?} {}", event.text()));
-            users.len()
-        }
-    }
-
-    fn n(s: &str) -> (RoomName, UserName) {
-        (RoomName::parse(s).unwrap(), UserName::parse(s).unwrap())
-    }
-
-    #[tokio::test]
-    async fn ids_history_ring_and_presence() {
-        let bus = LocalBus::new("n1", 3);
-        let rec = Arc::new(Recorder::default());
-        let sink: Arc<dyn Deliver> = rec.clone();
-        bus.attach(Arc::downgrade(&sink));
-        let (room, user) = n("a");
-        assert!(bus.room_join(room.clone(), user.clone()).await.unwrap());
-        assert!(!bus.room_join(room.clone(), user.clone()).await.unwrap());
-        for i in 1..=5 {
-            let p = bus
-                .publish_room(room.clone(), user.clone(), format!("m{i}").into())
-                .await
-                .unwrap();
-            assert_eq!(p.item.id, i);
-        }
-        let h = bus.history(room.clone(), 0, 10).await.unwrap();
-        assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let h = bus.history(room.clone(), 3, 1).await.unwrap();
-        assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![5]);
-        assert_eq!(
-            bus.heads(vec![room.clone(), n("zz").0]).await.unwrap(),
-            vec![5, 0]
-        );
-        assert!(bus.room_leave(room.clone(), user.clone()).await.unwrap());
-        assert!(!bus.room_leave(room.clone(), user.clone()).await.unwrap());
-        // The room had messages, so it stays (ids keep increasing).
-        assert_eq!(
-            bus.publish_room(room.clone(), user, "again".into())
-                .await
-                .unwrap()
-                .item
-                .id,
-            6
-        );
-        let log = lock(&rec.0);
-        assert_eq!(log.len(), 1 + 5 + 1 + 1);
-        assert!(log[0].contains(r#""state":"join""#));
-    }
-
-    #[tokio::test]
-    async fn empty_rooms_are_dropped() {
-        let bus = LocalBus::new("n1", 3);
-        let (room, user) = n("b");
-        bus.room_join(room.clone(), user.clone()).await.unwrap();
-        assert_eq!(bus.rooms.len(), 1);
-        bus.room_leave(room, user).await.unwrap();
-        assert_eq!(bus.rooms.len(), 0);
-    }
-}
+mod tests;

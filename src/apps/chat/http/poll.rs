@@ -1,0 +1,253 @@
+//! `GET /poll`: long-poll. Each client gets a node-local session (a hub
+//! connection whose live events wait in a bounded ring), kept between polls
+//! until `poll_idle_timeout` passes without one. Room messages always come from
+//! history by cursor, so a poll may go to any node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::{sleep_until, Instant};
+
+use super::{json_response, query_param, rooms_param, user_or_guest};
+use crate::apps::chat::bus::BusError;
+use crate::apps::chat::hub::{Conn, LiveRing};
+use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, Welcome};
+use crate::apps::chat::Chat;
+use crate::body::Body;
+
+/// Longest long-poll wait (spec §4).
+const POLL_WAIT: u64 = 25;
+
+/// A poll session is shared by the polls of one user with one room list.
+pub(crate) type PollKey = (UserName, String);
+
+/// A long-poll client between and during polls: a hub connection (so it counts
+/// in presence and receives DMs) whose live events wait in a bounded ring.
+pub(crate) struct PollSession {
+    conn: Arc<Conn>,
+    ring: Arc<LiveRing>,
+    /// Room heads when the session began: where its first poll starts.
+    start: BTreeMap<RoomName, u64>,
+    state: Mutex<PollState>,
+}
+
+struct PollState {
+    last_poll: Instant,
+    active: usize,
+    reaped: bool,
+}
+
+impl PollSession {
+    fn state(&self) -> std::sync::MutexGuard<'_, PollState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a poll in progress; false when the session was already reaped.
+    fn begin(&self) -> bool {
+        let mut s = self.state();
+        if s.reaped {
+            return false;
+        }
+        s.active += 1;
+        s.last_poll = Instant::now();
+        true
+    }
+
+    fn end(&self) {
+        let mut s = self.state();
+        s.active = s.active.saturating_sub(1);
+        s.last_poll = Instant::now();
+    }
+
+    /// Reaps the session if idle for `idle`; else returns when to look again.
+    fn reap_if_idle(&self, idle: Duration) -> Option<Instant> {
+        let mut s = self.state();
+        let due = s.last_poll + idle;
+        if s.active == 0 && due <= Instant::now() {
+            s.reaped = true;
+            None
+        } else {
+            Some(due.max(Instant::now() + Duration::from_millis(10)))
+        }
+    }
+}
+
+/// Ends a poll (even when the request is dropped mid-wait).
+struct Polling<'a>(&'a PollSession);
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// The session for `user` and `rooms`, created (and joined to the rooms) on
+/// first use. Returns whether it was created by this call.
+async fn poll_session(
+    chat: &Arc<Chat>,
+    user: &UserName,
+    rooms: &[RoomName],
+) -> Result<(Arc<PollSession>, bool), ChatError> {
+    let mut names: Vec<&str> = rooms.iter().map(RoomName::as_str).collect();
+    names.sort_unstable();
+    let key: PollKey = (user.clone(), names.join(","));
+    if let Some(s) = chat.polls.get(&key).map(|s| s.clone()) {
+        return Ok((s, false));
+    }
+    let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
+    let (conn, ring) = chat.hub.connect_poll(user.clone()).await?;
+    for room in rooms {
+        if let Err(e) = chat.hub.join(&conn, room).await {
+            chat.hub.disconnect(&conn).await;
+            return Err(e);
+        }
+    }
+    let session = Arc::new(PollSession {
+        conn,
+        ring,
+        start: rooms.iter().cloned().zip(heads).collect(),
+        state: Mutex::new(PollState {
+            last_poll: Instant::now(),
+            active: 0,
+            reaped: false,
+        }),
+    });
+    // A concurrent first poll may have made one meanwhile: the first one wins.
+    let winner = chat
+        .polls
+        .entry(key.clone())
+        .or_insert_with(|| session.clone())
+        .clone();
+    if !Arc::ptr_eq(&winner, &session) {
+        chat.hub.disconnect(&session.conn).await;
+        return Ok((winner, false));
+    }
+    let (chat2, s2) = (chat.clone(), session.clone());
+    chat.shutdown
+        .sessions
+        .spawn(async move { reap_when_idle(chat2, key, s2).await });
+    Ok((session, true))
+}
+
+/// Removes a poll session once nobody polled it for `poll_idle_timeout` (or at
+/// shutdown): its user leaves its rooms and, if it was the last, goes offline.
+async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>) {
+    let idle = chat.cfg().poll_idle_timeout;
+    while let Some(next) = session.reap_if_idle(idle) {
+        tokio::select! {
+            _ = sleep_until(next) => {}
+            _ = chat.shutdown.token.cancelled() => {
+                session.state().reaped = true;
+                break;
+            }
+        }
+    }
+    chat.polls.remove_if(&key, |_, s| Arc::ptr_eq(s, &session));
+    chat.hub.disconnect(&session.conn).await;
+}
+
+pub(super) async fn poll(
+    chat: &Arc<Chat>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ChatError> {
+    let uri = req.uri();
+    let user = user_or_guest(uri)?;
+    let rooms = rooms_param(uri)?;
+    let cursor = query_param(uri, "cursor")
+        .filter(|c| !c.is_empty())
+        .map(|c| Cursor::parse(&c))
+        .transpose()?;
+    let wait = match query_param(uri, "timeout") {
+        None => POLL_WAIT,
+        Some(t) => t.parse::<u64>().map_err(|_| ChatError::BadField {
+            field: "timeout",
+            why: "must be whole seconds",
+        })?,
+    }
+    .min(POLL_WAIT);
+    let (session, created) = loop {
+        let (s, created) = poll_session(chat, &user, &rooms).await?;
+        if s.begin() {
+            break (s, created);
+        }
+    };
+    let _polling = Polling(&session);
+    let bus = chat.hub.bus().clone();
+    let first = cursor.is_none();
+    let given = cursor.unwrap_or_default();
+
+    let joined = session.conn.rooms();
+    let heads = bus.heads(joined.clone()).await?;
+    let mut pos: BTreeMap<RoomName, u64> = BTreeMap::new();
+    for (room, head) in joined.into_iter().zip(heads) {
+        let p = match given.rooms.get(&room) {
+            Some(&p) if p <= head => p,
+            Some(_) => 0,
+            None if first && created => session.start.get(&room).copied().unwrap_or(head),
+            None => head,
+        };
+        pos.insert(room, p);
+    }
+    let mut live_after = match given.live {
+        Some(n) => n,
+        // A new session's own events (its presence acknowledgements) are news.
+        None if created => 0,
+        None => session.ring.now(),
+    };
+    let mut events: Vec<Bytes> = Vec::new();
+    if first {
+        events.push(
+            Event::encode(&Welcome {
+                user: &user,
+                node: &chat.node,
+            })?
+            .json,
+        );
+    }
+    // A first poll answers at once: it only hands out the cursor to continue from.
+    let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
+    loop {
+        // Registered before looking, so an event arriving in between still wakes us.
+        let notified = session.ring.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        for (n, ev) in session.ring.after(live_after) {
+            live_after = n;
+            events.push(ev.json);
+        }
+        for (room, p) in pos.iter_mut() {
+            for m in bus.history(room.clone(), *p, chat.cfg().history).await? {
+                *p = m.id;
+                events.push(Event::msg(&m)?.json);
+            }
+        }
+        if !events.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = sleep_until(deadline) => {}
+            _ = chat.shutdown.token.cancelled() => break,
+        }
+    }
+    let next = Cursor {
+        rooms: pos,
+        live: Some(live_after),
+    };
+    let mut body = BytesMut::new();
+    body.put_slice(b"{\"cursor\":");
+    body.put_slice(&serde_json::to_vec(&next.to_string()).map_err(BusError::from)?);
+    body.put_slice(b",\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(e);
+    }
+    body.put_slice(b"]}");
+    Ok(json_response(StatusCode::OK, body.freeze()))
+}

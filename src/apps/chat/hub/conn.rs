@@ -1,0 +1,152 @@
+//! One client on this node — a WebSocket session, an SSE stream or a long-poll
+//! session — and where its events go: a bounded queue, or for long-poll a
+//! [`LiveRing`]. Offering never waits; a full queue kicks the connection.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{lock, ConnId};
+use crate::apps::chat::protocol::{Event, RoomName, UserName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    WebSocket,
+    Sse,
+    Poll,
+}
+
+impl ConnKind {
+    /// SSE streams and poll sessions: what `join`/`leave` over `POST /send` act on.
+    pub fn is_fallback(self) -> bool {
+        !matches!(self, ConnKind::WebSocket)
+    }
+}
+
+/// Live (non-history) events of a long-poll session, numbered from a
+/// node-wide sequence so a cursor stays meaningful across sessions.
+pub struct LiveRing {
+    events: Mutex<VecDeque<(u64, Event)>>,
+    cap: usize,
+    seq: Arc<AtomicU64>,
+    /// Woken on every event, room messages included (a poll then reads history).
+    pub notify: Notify,
+}
+
+impl LiveRing {
+    pub(super) fn new(cap: usize, seq: Arc<AtomicU64>) -> Self {
+        Self {
+            events: Mutex::new(VecDeque::new()),
+            cap,
+            seq,
+            notify: Notify::new(),
+        }
+    }
+
+    fn push(&self, ev: &Event) {
+        if ev.pos.is_none() {
+            let mut q = lock(&self.events);
+            let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            if q.len() >= self.cap {
+                q.pop_front();
+            }
+            q.push_back((n, ev.clone()));
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Live events numbered above `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> Vec<(u64, Event)> {
+        lock(&self.events)
+            .iter()
+            .filter(|(n, _)| *n > seq)
+            .cloned()
+            .collect()
+    }
+
+    /// The current value of the node-wide sequence: a cursor for "nothing yet".
+    pub fn now(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) enum Outbox {
+    Queue(mpsc::Sender<Event>),
+    Poll(Arc<LiveRing>),
+}
+
+/// One client on this node: a WebSocket, an SSE stream or a long-poll session.
+pub struct Conn {
+    pub id: ConnId,
+    pub user: UserName,
+    pub kind: ConnKind,
+    /// Rooms joined, and whether the connection is gone (checked under the same
+    /// lock as joins, so a join racing a disconnect cannot leave a member behind).
+    pub(super) state: Mutex<ConnState>,
+    outbox: Outbox,
+    kicked: CancellationToken,
+}
+
+#[derive(Default)]
+pub(super) struct ConnState {
+    pub(super) rooms: BTreeSet<RoomName>,
+    pub(super) closed: bool,
+}
+
+impl Conn {
+    pub(super) fn new(id: ConnId, user: UserName, kind: ConnKind, outbox: Outbox) -> Self {
+        Self {
+            id,
+            user,
+            kind,
+            state: Mutex::new(ConnState::default()),
+            outbox,
+            kicked: CancellationToken::new(),
+        }
+    }
+
+    /// Queues an event without waiting. A full queue kicks the connection.
+    pub fn offer(&self, ev: &Event) -> bool {
+        match &self.outbox {
+            Outbox::Queue(tx) => match tx.try_send(ev.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !self.kicked.is_cancelled() {
+                        tracing::debug!(user = %self.user, conn = self.id, "chat send queue full; closing the connection");
+                    }
+                    self.kicked.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Outbox::Poll(ring) => {
+                ring.push(ev);
+                true
+            }
+        }
+    }
+
+    /// Cancelled when the connection fell too far behind and must be closed.
+    pub fn kicked(&self) -> &CancellationToken {
+        &self.kicked
+    }
+
+    pub fn rooms(&self) -> Vec<RoomName> {
+        lock(&self.state).rooms.iter().cloned().collect()
+    }
+
+    pub fn in_room(&self, room: &RoomName) -> bool {
+        lock(&self.state).rooms.contains(room)
+    }
+
+    /// Frames waiting in the outbox.
+    pub(super) fn queued(&self) -> usize {
+        match &self.outbox {
+            Outbox::Queue(tx) => tx.max_capacity() - tx.capacity(),
+            Outbox::Poll(_) => 0,
+        }
+    }
+}

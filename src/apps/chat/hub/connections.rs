@@ -1,0 +1,273 @@
+//! This node's connections: registering and removing them (with the online
+//! registry), room membership counted per (room, user) so the bus hears only a
+//! user's first join and last leave here, and the [`Deliver`] fan-out of events
+//! to local members.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::conn::{Conn, ConnKind, LiveRing, Outbox};
+use super::{lock, ConnId, Hub};
+use crate::apps::chat::bus::Deliver;
+use crate::apps::chat::protocol::{ChatError, Event, Presence, PresenceState, RoomName, UserName};
+
+#[derive(Default)]
+pub(super) struct LocalRoom {
+    members: HashMap<ConnId, Arc<Conn>>,
+    /// Connections per user, for "first join" and "last leave".
+    users: HashMap<UserName, usize>,
+    /// Set when removed from the map (see `Hub::add_member`).
+    dead: bool,
+}
+
+impl Hub {
+    fn new_conn(&self, user: UserName, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Conn::new(id, user, kind, outbox))
+    }
+
+    /// Registers a queued connection (WebSocket or SSE). `first` is queued
+    /// before anything else can reach the connection (the `welcome` frame).
+    pub async fn connect(
+        &self,
+        user: UserName,
+        kind: ConnKind,
+        first: Option<&Event>,
+    ) -> Result<(Arc<Conn>, mpsc::Receiver<Event>), ChatError> {
+        let (tx, rx) = mpsc::channel(self.send_queue);
+        let conn = self.new_conn(user, kind, Outbox::Queue(tx));
+        if let Some(first) = first {
+            conn.offer(first);
+        }
+        self.register(&conn).await?;
+        Ok((conn, rx))
+    }
+
+    /// Registers a long-poll session; its live events go to the returned ring.
+    pub async fn connect_poll(
+        &self,
+        user: UserName,
+    ) -> Result<(Arc<Conn>, Arc<LiveRing>), ChatError> {
+        let ring = Arc::new(LiveRing::new(self.send_queue, self.live_seq.clone()));
+        let conn = self.new_conn(user, ConnKind::Poll, Outbox::Poll(ring.clone()));
+        self.register(&conn).await?;
+        Ok((conn, ring))
+    }
+
+    async fn register(&self, conn: &Arc<Conn>) -> Result<(), ChatError> {
+        let _g = self.stripe(&conn.user).lock().await;
+        let first = {
+            let mut m = self.users.entry(conn.user.clone()).or_default();
+            m.insert(conn.id, conn.clone());
+            m.len() == 1
+        };
+        if first {
+            if let Err(e) = self.bus.user_online(conn.user.clone()).await {
+                // Undo, so the registry and the hub agree.
+                self.users.remove_if_mut(&conn.user, |_, m| {
+                    m.remove(&conn.id);
+                    m.is_empty()
+                });
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection: leaves its rooms (presence leave where it was the
+    /// user's last) and the online registry. Idempotent.
+    pub async fn disconnect(&self, conn: &Arc<Conn>) {
+        let rooms = {
+            let mut s = lock(&conn.state);
+            if s.closed {
+                return;
+            }
+            s.closed = true;
+            s.rooms.iter().cloned().collect::<Vec<_>>()
+        };
+        for room in rooms {
+            if let Err(e) = self.leave(conn, &room, false).await {
+                tracing::debug!(error = %e, room = %room, "chat leave on disconnect");
+            }
+        }
+        let _g = self.stripe(&conn.user).lock().await;
+        let mut last = false;
+        self.users.remove_if_mut(&conn.user, |_, m| {
+            m.remove(&conn.id);
+            last = m.is_empty();
+            last
+        });
+        if last {
+            if let Err(e) = self.bus.user_offline(conn.user.clone()).await {
+                tracing::warn!(error = %e, user = %conn.user, "chat: could not mark user offline");
+            }
+        }
+    }
+
+    /// Adds `conn` to `room`. The joining connection always receives a presence
+    /// `join` for itself (its acknowledgement); the other members receive it when
+    /// the user is new to the room.
+    pub async fn join(&self, conn: &Arc<Conn>, room: &RoomName) -> Result<(), ChatError> {
+        let _g = self.stripe((room, &conn.user)).lock().await;
+        let presence = Event::encode(&Presence {
+            room: room.clone(),
+            user: conn.user.clone(),
+            state: PresenceState::Join,
+        })?;
+        {
+            let mut s = lock(&conn.state);
+            if s.closed {
+                return Ok(());
+            }
+            if !s.rooms.insert(room.clone()) {
+                drop(s);
+                conn.offer(&presence);
+                return Ok(());
+            }
+        }
+        let first_local = self.add_member(conn, room);
+        let announced = if first_local {
+            match self.bus.room_join(room.clone(), conn.user.clone()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    lock(&conn.state).rooms.remove(room);
+                    self.remove_member(conn, room);
+                    return Err(e.into());
+                }
+            }
+        } else {
+            false
+        };
+        if !announced {
+            conn.offer(&presence);
+        }
+        Ok(())
+    }
+
+    /// Removes `conn` from `room`; `ack` sends the leaving connection its own
+    /// presence `leave` (the others get one when it was the user's last).
+    pub async fn leave(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomName,
+        ack: bool,
+    ) -> Result<(), ChatError> {
+        let _g = self.stripe((room, &conn.user)).lock().await;
+        let was_in = {
+            let mut s = lock(&conn.state);
+            // A closed connection's rooms are emptied by `disconnect` itself.
+            if s.closed && ack {
+                return Ok(());
+            }
+            s.rooms.remove(room)
+        };
+        if !was_in {
+            return Err(ChatError::NotJoined(room.clone()));
+        }
+        let last_local = self.remove_member(conn, room);
+        if last_local {
+            self.bus.room_leave(room.clone(), conn.user.clone()).await?;
+        }
+        if ack {
+            conn.offer(&Event::encode(&Presence {
+                room: room.clone(),
+                user: conn.user.clone(),
+                state: PresenceState::Leave,
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Returns whether `conn` is its user's first connection in the room here.
+    fn add_member(&self, conn: &Arc<Conn>, room: &RoomName) -> bool {
+        loop {
+            let r = self.rooms.entry(room.clone()).or_default().clone();
+            let mut g = lock(&r);
+            if g.dead {
+                // Removed between the lookup and the lock: fetch the new one.
+                continue;
+            }
+            g.members.insert(conn.id, conn.clone());
+            let n = g.users.entry(conn.user.clone()).or_insert(0);
+            *n += 1;
+            return *n == 1;
+        }
+    }
+
+    /// Returns whether `conn` was its user's last connection in the room here.
+    fn remove_member(&self, conn: &Arc<Conn>, room: &RoomName) -> bool {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return false;
+        };
+        let last = {
+            let mut g = lock(&r);
+            if g.members.remove(&conn.id).is_none() {
+                return false;
+            }
+            match g.users.get_mut(&conn.user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    g.users.remove(&conn.user);
+                    true
+                }
+                None => false,
+            }
+        };
+        self.rooms.remove_if(room, |_, r| {
+            let mut g = lock(r);
+            g.dead = g.members.is_empty();
+            g.dead
+        });
+        last
+    }
+
+    /// This node's SSE streams and poll sessions of `user`.
+    pub fn fallback_conns(&self, user: &UserName) -> Vec<Arc<Conn>> {
+        self.users
+            .get(user)
+            .map(|m| {
+                m.values()
+                    .filter(|c| c.kind.is_fallback())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Deliver for Hub {
+    fn to_room(&self, room: &RoomName, event: &Event) -> usize {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return 0;
+        };
+        let g = lock(&r);
+        g.members.values().filter(|c| c.offer(event)).count()
+    }
+
+    fn to_users(&self, users: &[&UserName], event: &Event) -> usize {
+        let mut n = 0;
+        for (i, u) in users.iter().enumerate() {
+            if users[..i].contains(u) {
+                continue;
+            }
+            // Cloned out so no map guard is held while offering.
+            let conns: Vec<Arc<Conn>> = self
+                .users
+                .get(*u)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            n += conns.iter().filter(|c| c.offer(event)).count();
+        }
+        n
+    }
+
+    fn connections(&self, user: &UserName) -> usize {
+        self.users.get(user).map(|m| m.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,135 @@
+//! [`ChatError`]: why a frame or request was refused, with its stable `code`,
+//! its HTTP status and its `error` frame ([`ErrorFrame`]). Every message here
+//! is client-facing text.
+
+use serde::Serialize;
+
+use super::names::{InvalidName, RoomName, UserName};
+use crate::apps::chat::bus_error::BusError;
+
+/// Why a frame or request was refused. Each variant has a stable `code` (the
+/// `error` frame's `code`, documented in `docs/chat-protocol.md`).
+///
+/// Messages quote names as `\"{0}\"`: `{0:?}` on a name type would show the
+/// Rust type (`RoomName("fb")`), and validated names need no escaping. Raw
+/// client strings keep `{0:?}`, which escapes them.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("frame is not a JSON object: {0}")]
+    BadJson(String),
+    #[error("frames are JSON text; binary frames are not accepted")]
+    Binary,
+    #[error("frame has no string \"type\" field")]
+    MissingType,
+    #[error("unknown frame type {0:?} (expected join, leave, msg, dm, history or who)")]
+    UnknownType(String),
+    #[error("missing field {0:?}")]
+    MissingField(&'static str),
+    #[error("field {field:?} {why}")]
+    BadField {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    #[error("message is {len} bytes; the limit is {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("not in room \"{0}\": join it first")]
+    NotJoined(RoomName),
+    #[error("user \"{0}\" is not online")]
+    UserOffline(UserName),
+    #[error("user \"{0}\" has no SSE stream or poll session here to join or leave rooms with")]
+    NoStream(UserName),
+    #[error("too many rooms on this server")]
+    TooManyRooms,
+    #[error(
+        "invalid cursor {0:?}: expected room:id pairs separated by commas, e.g. lobby:42,dev:7"
+    )]
+    BadCursor(String),
+    #[error("chat backend unavailable: {0}")]
+    Bus(BusError),
+    // HTTP-only failures (the API and the fallback endpoints).
+    #[error("missing bearer token: send Authorization: Bearer <push_token>")]
+    Unauthorized,
+    #[error("wrong bearer token")]
+    Forbidden,
+    #[error("push is disabled: set [app.chat] push_token to enable it")]
+    PushDisabled,
+    #[error("no such chat endpoint")]
+    NotFound,
+    #[error("method not allowed here (use {0})")]
+    MethodNotAllowed(&'static str),
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+}
+
+impl From<BusError> for ChatError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::TooManyRooms => ChatError::TooManyRooms,
+            e => ChatError::Bus(e),
+        }
+    }
+}
+
+impl ChatError {
+    /// The machine-readable code of the `error` frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChatError::BadJson(_) => "bad_json",
+            ChatError::Binary => "binary_frame",
+            ChatError::MissingType => "missing_type",
+            ChatError::UnknownType(_) => "unknown_type",
+            ChatError::MissingField(_) => "missing_field",
+            ChatError::BadField { .. } => "bad_field",
+            ChatError::InvalidName(InvalidName::User(_)) => "invalid_user",
+            ChatError::InvalidName(InvalidName::Room(_)) => "invalid_room",
+            ChatError::TooLarge { .. } => "too_large",
+            ChatError::NotJoined(_) => "not_joined",
+            ChatError::UserOffline(_) => "user_offline",
+            ChatError::NoStream(_) => "no_stream",
+            ChatError::TooManyRooms => "too_many_rooms",
+            ChatError::BadCursor(_) => "bad_cursor",
+            ChatError::Bus(_) => "unavailable",
+            ChatError::Unauthorized => "unauthorized",
+            ChatError::Forbidden => "forbidden",
+            ChatError::PushDisabled => "push_disabled",
+            ChatError::NotFound => "not_found",
+            ChatError::MethodNotAllowed(_) => "method_not_allowed",
+            ChatError::Body(_) => "bad_body",
+        }
+    }
+
+    /// The status an HTTP endpoint answers with for this error.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            ChatError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => {
+                S::FORBIDDEN
+            }
+            ChatError::Unauthorized => S::UNAUTHORIZED,
+            ChatError::NotFound => S::NOT_FOUND,
+            ChatError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
+            ChatError::UserOffline(_) => S::NOT_FOUND,
+            ChatError::NoStream(_) => S::CONFLICT,
+            ChatError::TooManyRooms | ChatError::Bus(_) => S::SERVICE_UNAVAILABLE,
+            _ => S::BAD_REQUEST,
+        }
+    }
+
+    /// The `error` frame for this error.
+    pub fn frame(&self) -> ErrorFrame {
+        ErrorFrame {
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "error")]
+pub struct ErrorFrame {
+    pub code: &'static str,
+    pub message: String,
+}

@@ -1,0 +1,135 @@
+//! The envelope: what travels on the events channel
+//! ([`keys::EVENTS`](crate::cluster::keys::EVENTS)), how it is encoded
+//! (including a room message split around its id for the publish script), and
+//! its receipt: the push task decodes envelopes and hands other nodes' events
+//! to the local sink, skipping this node's own.
+
+use std::sync::Arc;
+
+use redis::{PushInfo, PushKind, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterError, RedisBus};
+use crate::apps::chat::protocol::{
+    ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
+};
+
+/// What travels on [`keys::EVENTS`](crate::cluster::keys::EVENTS). `o` is the
+/// origin node ("" for sweeper announcements, which every node delivers).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub(super) enum Envelope {
+    Msg {
+        o: String,
+        msg: ChatMessage,
+    },
+    Presence {
+        o: String,
+        p: Presence,
+    },
+    Users {
+        o: String,
+        users: Vec<UserName>,
+        dm: DirectMessage,
+    },
+}
+
+/// The message's JSON split around its id, so the publish script can insert
+/// the id it assigns (`before .. id .. after`). Names never contain `"id":`
+/// unescaped and the id follows the text, so the last match is the field.
+pub(super) fn split_at_id(msg: &ChatMessage) -> Result<(String, String), ClusterError> {
+    let mut probe = msg.clone();
+    probe.id = u64::MAX;
+    let json = serde_json::to_string(&probe)?;
+    let marker = format!("\"id\":{}", u64::MAX);
+    let at = json
+        .rfind(&marker)
+        .ok_or_else(|| ClusterError::Reply("message JSON without id".into()))?;
+    let id_key = "\"id\":".len();
+    Ok((
+        json[..at + id_key].to_string(),
+        json[at + marker.len()..].to_string(),
+    ))
+}
+
+impl RedisBus {
+    pub(super) fn presence_envelope(
+        &self,
+        origin: &str,
+        room: &RoomName,
+        user: &UserName,
+        state: PresenceState,
+    ) -> Result<String, ClusterError> {
+        Ok(serde_json::to_string(&Envelope::Presence {
+            o: origin.to_string(),
+            p: Presence {
+                room: room.clone(),
+                user: user.clone(),
+                state,
+            },
+        })?)
+    }
+
+    pub(super) async fn run_pushes(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<PushInfo>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let push = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            };
+            match push.kind {
+                PushKind::Message => {
+                    if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                        self.on_envelope(payload);
+                    }
+                }
+                PushKind::Disconnection => self.set_down(&"connection closed"),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_envelope(&self, payload: &[u8]) {
+        let env: Envelope = match serde_json::from_slice(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: undecodable envelope");
+                return;
+            }
+        };
+        let Some(sink) = self.sink() else { return };
+        match env {
+            Envelope::Msg { o, msg } => {
+                self.note_id(&msg.room, msg.id);
+                if *o == *self.node {
+                    return;
+                }
+                if let Ok(ev) = Event::msg(&msg) {
+                    sink.to_room(&msg.room, &ev);
+                }
+            }
+            Envelope::Presence { o, p } => {
+                if *o == *self.node {
+                    return;
+                }
+                if let Ok(ev) = Event::encode(&p) {
+                    sink.to_room(&p.room, &ev);
+                }
+            }
+            Envelope::Users { o, users, dm } => {
+                if *o == *self.node {
+                    return;
+                }
+                if let Ok(ev) = Event::encode(&dm) {
+                    let refs: Vec<&UserName> = users.iter().collect();
+                    sink.to_users(&refs, &ev);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Liveness: the heartbeat task (this node's alive key and registry TTLs,
+//! subscription, connection counts), re-registration of the mirror after Redis
+//! lost it or swept this node, and the sweeper that removes dead nodes and
+//! announces their users' leaves.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use super::mirror::lock;
+use super::{ms, ClusterError, RedisBus};
+use crate::apps::chat::protocol::{now_ms, RoomName, UserName};
+use crate::cluster::keys;
+
+/// Entries written per pipeline when re-registering.
+const BATCH: usize = 500;
+
+impl RedisBus {
+    pub(super) async fn run_heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let tick = self.beat / 2;
+        let mut subscribed = false;
+        let mut reregister = true;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.beat_once(&mut subscribed, &mut reregister).await {
+                Ok(()) => {
+                    self.set_up();
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.node, error = %e, "cluster: heartbeat failed");
+                    self.set_down(&e);
+                    reregister = true;
+                }
+            }
+            let wait = if self.is_up() {
+                tick
+            } else {
+                backoff = (backoff * 2).min(self.beat);
+                backoff
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn beat_once(
+        &self,
+        subscribed: &mut bool,
+        reregister: &mut bool,
+    ) -> Result<(), ClusterError> {
+        let mut c = self.conn.clone();
+        tracing::trace!(node = %self.node, subscribed = *subscribed, "cluster: beat");
+        if !*subscribed {
+            c.subscribe(keys::EVENTS).await?;
+            *subscribed = true;
+        }
+        let prev: Option<String> = redis::cmd("SET")
+            .arg(keys::alive(&self.node))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(ms(self.beat * 3))
+            .arg("GET")
+            .query_async(&mut c)
+            .await?;
+        let ttl = self.registry_ttl();
+        let _: () = redis::pipe()
+            .sadd(keys::NODES, &*self.node)
+            .ignore()
+            .pexpire(keys::node_rooms(&self.node), ttl as i64)
+            .ignore()
+            .pexpire(keys::node_users(&self.node), ttl as i64)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
+        // Our alive key was gone: Redis restarted or we were swept as dead.
+        if prev.is_none() || *reregister {
+            self.reregister(&mut c).await?;
+            *reregister = false;
+        } else if self.ticks.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+            self.sync_users(&mut c).await?;
+        }
+        self.sweep_dead(&mut c).await
+    }
+
+    /// Writes this node's users with their connection counts (`HSET` into its
+    /// users hash, `ZADD` into the online set) in pipelined batches, and removes
+    /// users Redis still has but this node no longer does. Runs once per
+    /// heartbeat: connection counts are refreshed here, never per message.
+    async fn sync_users(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+        let node = &*self.node;
+        let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
+        let sink = self.sink();
+        let stored: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys::node_users(node))
+            .query_async(c)
+            .await?;
+        let current: HashSet<&str> = users.iter().map(|u| u.as_str()).collect();
+        let stale: Vec<&String> = stored
+            .iter()
+            .filter(|u| !current.contains(u.as_str()))
+            .collect();
+        for chunk in stale.chunks(BATCH) {
+            let mut p = redis::pipe();
+            for u in chunk {
+                p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
+                p.hdel(keys::node_users(node), u.as_str()).ignore();
+            }
+            let _: () = p.query_async(c).await?;
+        }
+        for chunk in users.chunks(BATCH) {
+            let mut p = redis::pipe();
+            for u in chunk {
+                let n = sink.as_ref().map(|s| s.connections(u)).unwrap_or(0).max(1);
+                p.hset(keys::node_users(node), u.as_str(), n).ignore();
+                p.zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
+                    .ignore();
+            }
+            p.pexpire(keys::node_users(node), self.registry_ttl() as i64)
+                .ignore();
+            let _: () = p.query_async(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes Redis agree with this node's mirror: entries it no longer has are
+    /// removed (announcing leaves), the rest (re-)added in batches.
+    async fn reregister(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+        let (users, rooms, last_ids) = {
+            let m = lock(&self.mirror);
+            (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
+        };
+        let node = &*self.node;
+        for (room, id) in &last_ids {
+            let _: i64 = self
+                .id_floor
+                .key(keys::room_id(room.as_str()))
+                .arg(*id)
+                .invoke_async(c)
+                .await?;
+        }
+        let stored: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_rooms(node))
+            .query_async(c)
+            .await?;
+        for entry in stored {
+            let Some((room, user)) = entry.split_once('\t') else {
+                continue;
+            };
+            let (Ok(r), Ok(u)) = (RoomName::parse(room), UserName::parse(user)) else {
+                continue;
+            };
+            if !rooms.contains(&(r.clone(), u.clone())) {
+                self.run_leave(c, node, node, &r, &u).await?;
+            }
+        }
+        for (room, user) in &rooms {
+            self.run_join(c, room, user).await?;
+        }
+        self.sync_users(c).await?;
+        tracing::info!(
+            node,
+            users = users.len(),
+            memberships = rooms.len(),
+            "cluster: registered"
+        );
+        Ok(())
+    }
+
+    /// Finds nodes whose alive key expired and, holding the claim, removes their
+    /// users and announces their leaves (origin "", so every node delivers).
+    async fn sweep_dead(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::NODES)
+            .query_async(c)
+            .await?;
+        for dead in nodes.iter().filter(|n| n.as_str() != &*self.node) {
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(keys::alive(dead))
+                .query_async(c)
+                .await?;
+            if alive {
+                continue;
+            }
+            let claimed: Option<String> = redis::cmd("SET")
+                .arg(keys::sweep_claim(dead))
+                .arg(&*self.node)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(self.beat * 3))
+                .query_async(c)
+                .await?;
+            if claimed.is_none() {
+                continue;
+            }
+            self.sweep_node(c, dead).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a dead node: its users leave the online registry first (so a
+    /// client hearing the leave already finds them gone), then each of its
+    /// memberships is removed, the user's last one announcing the leave.
+    async fn sweep_node(&self, c: &mut ConnectionManager, dead: &str) -> Result<(), ClusterError> {
+        let users: Vec<String> = redis::cmd("HKEYS")
+            .arg(keys::node_users(dead))
+            .query_async(c)
+            .await?;
+        let mut p = redis::pipe();
+        for u in &users {
+            p.zrem(keys::ONLINE, keys::user_at(u, dead)).ignore();
+        }
+        p.del(keys::node_users(dead)).ignore();
+        let _: () = p.query_async(c).await?;
+        let entries: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_rooms(dead))
+            .query_async(c)
+            .await?;
+        let mut announced = 0;
+        for entry in &entries {
+            let Some((room, user)) = entry.split_once('\t') else {
+                continue;
+            };
+            let (Ok(r), Ok(u)) = (RoomName::parse(room), UserName::parse(user)) else {
+                continue;
+            };
+            if self.run_leave(c, dead, "", &r, &u).await? {
+                announced += 1;
+            }
+        }
+        let _: () = redis::pipe()
+            .del(keys::node_rooms(dead))
+            .ignore()
+            .srem(keys::NODES, dead)
+            .ignore()
+            .query_async(c)
+            .await?;
+        tracing::warn!(
+            node = %self.node,
+            dead,
+            users = users.len(),
+            announced,
+            "cluster: swept a dead node"
+        );
+        Ok(())
+    }
+}

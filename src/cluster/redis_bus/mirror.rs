@@ -1,0 +1,91 @@
+//! Outage handling: whether Redis is up (and why not, for `/readyz`), running a
+//! call against Redis or falling back, and the [`Mirror`] of this node's own
+//! users and memberships that the fallback serves and re-registration restores.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{ClusterError, RedisBus};
+use crate::apps::chat::protocol::{RoomName, UserName};
+
+/// This node's own users and memberships: the fallback while Redis is down
+/// and what is re-registered when it returns.
+#[derive(Default)]
+pub(super) struct Mirror {
+    pub(super) users: HashSet<UserName>,
+    pub(super) rooms: HashSet<(RoomName, UserName)>,
+    /// Highest message id seen per room (ids during an outage continue from it).
+    pub(super) last_ids: HashMap<RoomName, u64>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The mirror is plain sets with no invariant across them, so a panic while
+    // it was held is no reason to stop serving it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RedisBus {
+    pub(super) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.node, "cluster: redis is up");
+        }
+        self.status.send_if_modified(|s| s.take().is_some());
+    }
+
+    pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(node = %self.node, error = %e, "cluster: redis unreachable; serving local clients only");
+        }
+        let reason = format!("redis unreachable: {e}");
+        self.status.send_if_modified(|s| {
+            let changed = s.is_none();
+            *s = Some(reason);
+            changed
+        });
+    }
+
+    /// Runs `f` against Redis unless it is known to be down; a failure marks it
+    /// down. `None` means "use the fallback".
+    pub(super) async fn try_redis<T, F>(&self, f: F) -> Option<T>
+    where
+        F: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        if !self.is_up() {
+            return None;
+        }
+        match f.await {
+            Ok(v) => Some(v),
+            Err(e) if e.is_unreachable() => {
+                self.set_down(&e);
+                None
+            }
+            Err(e) => {
+                // A bad reply, not an outage: serve this call locally and let
+                // the heartbeat judge Redis's health.
+                tracing::warn!(node = %self.node, error = %e, "cluster: redis call failed");
+                None
+            }
+        }
+    }
+
+    pub(super) fn note_id(&self, room: &RoomName, id: u64) {
+        let mut m = lock(&self.mirror);
+        let e = m.last_ids.entry(room.clone()).or_insert(0);
+        *e = (*e).max(id);
+    }
+
+    pub(super) fn local_members(&self, room: &RoomName) -> Vec<UserName> {
+        let set: BTreeSet<UserName> = lock(&self.mirror)
+            .rooms
+            .iter()
+            .filter(|(r, _)| r == room)
+            .map(|(_, u)| u.clone())
+            .collect();
+        set.into_iter().collect()
+    }
+}

@@ -1,0 +1,164 @@
+//! [`RedisBus`]: the chat [`Bus`] over Redis (spec §5).
+//!
+//! * Room message: one Lua script does `INCR` (the id), `RPUSH`+`LTRIM` (the
+//!   history) and one `PUBLISH` on [`keys::EVENTS`] — constant work whatever the
+//!   room size or node count. The publishing node fans out to its own members
+//!   at once, under a per-room lock so local delivery follows id order; every
+//!   node *skips envelopes whose origin is itself* on receipt, so nothing is
+//!   delivered twice. Per-sender order holds everywhere (one sender publishes
+//!   in order; Redis delivers one channel in order).
+//! * DMs and pushes: an id from `INCR`, local delivery, and one publication
+//!   only when the recipient (or the echoed sender) is on another node.
+//! * Presence: membership is a sorted set of `user\tnode` per room; Lua scripts
+//!   add/remove an entry and publish `join`/`leave` only on the user's first /
+//!   last entry, so each transition is announced exactly once cluster-wide.
+//! * Liveness: a heartbeat task refreshes this node's alive key (TTL three
+//!   beats) and the TTL of its registry sets, and sweeps dead nodes (claim by
+//!   `SET NX`; the removal script itself is idempotent).
+//! * Outage: while Redis is down every call falls back to this node's mirror
+//!   of its own users and memberships, so local clients keep chatting; the
+//!   heartbeat retries with backoff, and on recovery re-registers the mirror.
+//!
+//! Files: `scripts` (the Lua and its invocation), `envelope` (what travels on
+//! the channel, and its receipt), `liveness` (heartbeat, re-registration,
+//! sweeper), `mirror` (Redis up/down and the outage fallback), `publish` (room
+//! messages and DMs) and `bus` (the [`Bus`] implementation).
+//!
+//! [`Bus`]: crate::apps::chat::bus::Bus
+//! [`keys::EVENTS`]: crate::cluster::keys::EVENTS
+
+mod bus;
+mod envelope;
+mod liveness;
+mod mirror;
+mod publish;
+mod scripts;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, Script};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::mirror::Mirror;
+use super::ClusterError;
+use crate::apps::chat::bus::Deliver;
+use crate::apps::chat::protocol::RoomName;
+use crate::config::ClusterConfig;
+
+/// Per-room publish locks (hashed), keeping local delivery in id order.
+const STRIPES: usize = 64;
+/// Registry sets of a node outlive its alive key so a sweeper still finds them.
+const REGISTRY_TTL_BEATS: u32 = 10;
+
+pub struct RedisBus {
+    node: Arc<str>,
+    history_cap: usize,
+    beat: Duration,
+    conn: ConnectionManager,
+    sink: OnceLock<Weak<dyn Deliver>>,
+    mirror: Mutex<Mirror>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// False while Redis is unreachable: calls use the mirror without waiting.
+    up: AtomicBool,
+    /// `None` when Redis is up, else why not (for `/readyz`).
+    status: watch::Sender<Option<String>>,
+    local_dm_seq: AtomicU64,
+    /// Heartbeat ticks (two per beat).
+    ticks: AtomicU64,
+    publish_room: Script,
+    join: Script,
+    leave: Script,
+    id_floor: Script,
+}
+
+fn resp3_url(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisBus {
+    /// Builds the bus (connecting lazily) and starts its push and heartbeat
+    /// tasks, which stop when `stop` is cancelled.
+    pub fn start(
+        cfg: &ClusterConfig,
+        node: &str,
+        history_cap: usize,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let url = resp3_url(&cfg.redis);
+        let client = redis::Client::open(url.as_str()).map_err(|source| ClusterError::Url {
+            url: cfg.redis.clone(),
+            source,
+        })?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let timeout = cfg.heartbeat.max(Duration::from_millis(100));
+        let mcfg = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(cfg.heartbeat)
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = ConnectionManager::new_lazy_with_config(client, mcfg)?;
+        let (status, _) = watch::channel(Some("redis: connecting".to_string()));
+        let bus = Arc::new(Self {
+            node: Arc::from(node),
+            history_cap,
+            beat: cfg.heartbeat,
+            conn,
+            sink: OnceLock::new(),
+            mirror: Mutex::new(Mirror::default()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            up: AtomicBool::new(false),
+            status,
+            local_dm_seq: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            publish_room: Script::new(scripts::PUBLISH_ROOM),
+            join: Script::new(scripts::JOIN),
+            leave: Script::new(scripts::LEAVE),
+            id_floor: Script::new(scripts::ID_FLOOR),
+        });
+        tokio::spawn(bus.clone().run_pushes(push_rx, stop.clone()));
+        tokio::spawn(bus.clone().run_heartbeat(stop));
+        Ok(bus)
+    }
+
+    /// `None` while Redis is reachable, else the reason (for `/readyz` and
+    /// `wsgate_cluster_redis_up`).
+    pub fn status(&self) -> watch::Receiver<Option<String>> {
+        self.status.subscribe()
+    }
+
+    fn sink(&self) -> Option<Arc<dyn Deliver>> {
+        self.sink.get().and_then(Weak::upgrade)
+    }
+
+    fn registry_ttl(&self) -> u64 {
+        ms(self.beat * REGISTRY_TTL_BEATS)
+    }
+
+    fn stripe(&self, room: &RoomName) -> &tokio::sync::Mutex<()> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+}
+
+#[cfg(test)]
+mod tests;

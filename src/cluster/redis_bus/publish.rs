@@ -1,0 +1,191 @@
+//! Publishing room messages (one script: id, history, one publication; local
+//! fan-out under the room's stripe lock) and DMs (an id, local delivery, one
+//! publication only when another node holds the recipient or the sender).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+
+use super::envelope::{split_at_id, Envelope};
+use super::mirror::lock;
+use super::{ClusterError, RedisBus};
+use crate::apps::chat::bus::{BusError, Published};
+use crate::apps::chat::protocol::{now_ms, ChatMessage, DirectMessage, Event, RoomName, UserName};
+use crate::cluster::keys;
+
+impl RedisBus {
+    async fn publish_room_redis(&self, msg: &ChatMessage) -> Result<(u64, usize), ClusterError> {
+        let (before, after) = split_at_id(msg)?;
+        let env_prefix = format!(
+            "{{\"k\":\"msg\",\"o\":{},\"msg\":",
+            serde_json::to_string(&*self.node)?
+        );
+        let (id, receivers): (u64, u64) = self
+            .publish_room
+            .key(keys::room_id(msg.room.as_str()))
+            .key(keys::room_history(msg.room.as_str()))
+            .arg(&before)
+            .arg(&after)
+            .arg(self.history_cap)
+            .arg(keys::EVENTS)
+            .arg(env_prefix)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((id, receivers as usize))
+    }
+
+    pub(super) async fn publish_room_now(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> Result<Published<ChatMessage>, BusError> {
+        let _g = self.stripe(&room).lock().await;
+        let mut msg = ChatMessage {
+            room: room.clone(),
+            from,
+            text,
+            id: 0,
+            ts: now_ms(),
+        };
+        let remote = match self.try_redis(self.publish_room_redis(&msg)).await {
+            Some((id, receivers)) => {
+                msg.id = id;
+                // Subscribers other than this node.
+                receivers.saturating_sub(1)
+            }
+            None => {
+                // Outage: local delivery only, ids continue from the last seen.
+                let mut m = lock(&self.mirror);
+                let e = m.last_ids.entry(room.clone()).or_insert(0);
+                *e += 1;
+                msg.id = *e;
+                0
+            }
+        };
+        self.note_id(&room, msg.id);
+        let event = Event::msg(&msg)?;
+        let local = self.sink().map(|s| s.to_room(&room, &event)).unwrap_or(0);
+        Ok(Published {
+            item: msg,
+            delivered: local + remote,
+        })
+    }
+
+    async fn nodes_of(
+        &self,
+        c: &mut ConnectionManager,
+        user: &UserName,
+    ) -> Result<Vec<String>, ClusterError> {
+        let (lo, hi) = keys::user_range(user.as_str());
+        let entries: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(keys::ONLINE)
+            .arg(lo)
+            .arg(hi)
+            .query_async(c)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| e.split_once('\t').map(|(_, n)| n.to_string()))
+            .collect())
+    }
+
+    /// Assigns the DM id and publishes to other nodes when needed. Returns how
+    /// many connections of the recipient other nodes hold.
+    async fn publish_dm_redis(
+        &self,
+        dm: &mut DirectMessage,
+        echo: bool,
+    ) -> Result<usize, ClusterError> {
+        let mut c = self.conn.clone();
+        dm.id = redis::cmd("INCR")
+            .arg(keys::DM_ID)
+            .query_async(&mut c)
+            .await?;
+        let to_nodes = self.nodes_of(&mut c, &dm.to).await?;
+        let remote_nodes: Vec<&String> = to_nodes
+            .iter()
+            .filter(|n| n.as_str() != &*self.node)
+            .collect();
+        let mut remote = !remote_nodes.is_empty();
+        // The recipient's connections on other nodes, from the registry's
+        // counts (refreshed every heartbeat).
+        let mut remote_to = 0;
+        if remote {
+            let mut p = redis::pipe();
+            for n in &remote_nodes {
+                p.hget(keys::node_users(n), dm.to.as_str());
+            }
+            let counts: Vec<Option<u64>> = p.query_async(&mut c).await?;
+            remote_to = counts
+                .into_iter()
+                .map(|n| usize::try_from(n.unwrap_or(1)).unwrap_or(1))
+                .sum();
+        }
+        let mut users = vec![dm.to.clone()];
+        if echo && dm.from != dm.to {
+            users.push(dm.from.clone());
+            let from_nodes = self.nodes_of(&mut c, &dm.from).await?;
+            remote |= from_nodes.iter().any(|n| n.as_str() != &*self.node);
+        }
+        if remote {
+            let env = serde_json::to_string(&Envelope::Users {
+                o: self.node.to_string(),
+                users,
+                dm: dm.clone(),
+            })?;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(keys::EVENTS)
+                .arg(env)
+                .query_async(&mut c)
+                .await?;
+        }
+        Ok(remote_to)
+    }
+
+    pub(super) async fn publish_dm_now(
+        &self,
+        from: UserName,
+        to: UserName,
+        text: Arc<str>,
+        echo: bool,
+    ) -> Result<Published<DirectMessage>, BusError> {
+        let mut dm = DirectMessage {
+            from,
+            to,
+            text,
+            id: 0,
+            ts: now_ms(),
+        };
+        let remote = match self
+            .try_redis(async {
+                let mut d = dm.clone();
+                let r = self.publish_dm_redis(&mut d, echo).await?;
+                Ok((d.id, r))
+            })
+            .await
+        {
+            Some((id, r)) => {
+                dm.id = id;
+                r
+            }
+            None => {
+                dm.id = self.local_dm_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                0
+            }
+        };
+        let event = Event::encode(&dm)?;
+        let mut delivered = 0;
+        if let Some(sink) = self.sink() {
+            delivered = sink.to_users(&[&dm.to], &event);
+            if echo && dm.from != dm.to {
+                sink.to_users(&[&dm.from], &event);
+            }
+        }
+        Ok(Published {
+            item: dm,
+            delivered: delivered + remote,
+        })
+    }
+}

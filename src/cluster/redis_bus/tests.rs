@@ -1,0 +1,43 @@
+//! Unit tests of the pure parts: the id splice and envelope decoding, and the
+//! RESP3 URL. The bus against a real Redis is tested in `tests/cluster.rs`.
+
+use std::sync::Arc;
+
+use super::envelope::{split_at_id, Envelope};
+use super::resp3_url;
+use crate::apps::chat::protocol::{ChatMessage, RoomName, UserName};
+
+#[test]
+fn the_id_is_spliced_into_the_stored_json() {
+    let msg = ChatMessage {
+        room: RoomName::parse("lobby").unwrap(),
+        from: UserName::parse("alice").unwrap(),
+        text: Arc::from(r#"tricky "id":18446744073709551615 } text"#),
+        id: 0,
+        ts: 7,
+    };
+    let (before, after) = split_at_id(&msg).unwrap();
+    let json = format!("{before}42{after}");
+    let back: ChatMessage = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.id, 42);
+    assert_eq!(back.text, msg.text);
+    // And the envelope the script builds around it decodes.
+    let env = format!(r#"{{"k":"msg","o":"n1","msg":{json}}}"#);
+    match serde_json::from_str::<Envelope>(&env).unwrap() {
+        Envelope::Msg { o, msg } => assert_eq!((o.as_str(), msg.id), ("n1", 42)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn resp3_is_requested_once() {
+    assert_eq!(resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
+    assert_eq!(
+        resp3_url("redis://h:1/?db=2"),
+        "redis://h:1/?db=2&protocol=resp3"
+    );
+    assert_eq!(
+        resp3_url("redis://h/?protocol=resp3"),
+        "redis://h/?protocol=resp3"
+    );
+}
