@@ -4,8 +4,9 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::access::ErrorDetail;
+use crate::apps::chat::protocol::{ChatError, Event};
 use crate::apps::error::AppError;
-use crate::body::{text_response, Body};
+use crate::body::{full, text_response, Body};
 
 /// Why a WebSocket opening handshake was rejected (spec §3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,7 +109,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
-            ProxyError::App(AppError::Upgrade(_) | AppError::Chat(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::App(AppError::Chat(e)) => chat_status(e),
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +150,9 @@ impl ProxyError {
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
+        if let ProxyError::App(AppError::Chat(e)) = &self {
+            return chat_response(status, e);
+        }
         let mut resp = text_response(status, format!("{}\n", self.client_message()));
         if matches!(self.side(), Side::Upstream | Side::Gateway) {
             resp.extensions_mut().insert(ErrorDetail(self.to_string()));
@@ -177,4 +182,45 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The chat's errors by status: its HTTP endpoints answer with them.
+fn chat_status(e: &ChatError) -> StatusCode {
+    match e {
+        ChatError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => {
+            StatusCode::FORBIDDEN
+        }
+        ChatError::Unauthorized => StatusCode::UNAUTHORIZED,
+        ChatError::NotFound | ChatError::UserOffline(_) => StatusCode::NOT_FOUND,
+        ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ChatError::NoStream(_) => StatusCode::CONFLICT,
+        ChatError::TooManyRooms | ChatError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A chat error as the chat's clients read it: its `error` frame as JSON.
+fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
+    let mut r = Response::new(full(Event::error(e).json));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    match e {
+        ChatError::Unauthorized => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate chat\""),
+            );
+        }
+        ChatError::MethodNotAllowed(m) => {
+            h.insert(header::ALLOW, HeaderValue::from_static(m));
+        }
+        _ => {}
+    }
+    r
 }

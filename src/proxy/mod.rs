@@ -220,7 +220,7 @@ impl Proxy {
                 http::forward(pool, fwd, req).await
             }
             RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
-            RouteTarget::App(AppKind::Chat) => Ok(self.apps.chat.http(req, &cfg.path).await),
+            RouteTarget::App(AppKind::Chat) => Ok(self.apps.chat.http(req, &cfg.path).await?),
             RouteTarget::Static(root) => files::serve(root, cfg, &req).await,
         }
     }

@@ -107,8 +107,13 @@ impl Chat {
     }
 
     /// Plain HTTP under the chat route: the demo page, the fallbacks and the API.
-    pub async fn http(self: &Arc<Self>, req: Request<Incoming>, prefix: &str) -> Response<Body> {
-        http::handle(self, req, prefix).await
+    /// Errors are answered as `error` frames by `proxy::error`.
+    pub async fn http(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        prefix: &str,
+    ) -> Result<Response<Body>, AppError> {
+        Ok(http::handle(self, req, prefix).await?)
     }
 
     /// Connection and queue counters of this node.

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 pub(super) use self::poll::{PollKey, PollSession};
-use super::protocol::{parse_rooms, ChatError, Event, RoomName, UserName};
+use super::protocol::{parse_rooms, ChatError, RoomName, UserName};
 use super::{page, Chat};
 use crate::body::full;
 use crate::body::Body;
@@ -87,13 +87,13 @@ pub(super) async fn handle(
     chat: &Arc<Chat>,
     req: Request<Incoming>,
     prefix: &str,
-) -> Response<Body> {
+) -> Result<Response<Body>, ChatError> {
     let Some(rest) = subpath(req.uri().path(), prefix) else {
-        return error_response(&ChatError::NotFound);
+        return Err(ChatError::NotFound);
     };
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let post = req.method() == Method::POST;
-    let result = match rest {
+    match rest {
         "" => Ok(redirect_to_slash(&req, prefix)),
         "/" | "/index.html" if get => Ok(page::response(req.method() == Method::HEAD)),
         "/sse" if get => sse::sse(chat, &req).await,
@@ -107,8 +107,7 @@ pub(super) async fn handle(
         }
         "/send" | "/api/push" => Err(ChatError::MethodNotAllowed("POST")),
         _ => Err(ChatError::NotFound),
-    };
-    result.unwrap_or_else(|e| error_response(&e))
+    }
 }
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -120,25 +119,6 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// The `error` frame as a JSON body, with the status the error calls for.
-fn error_response(e: &ChatError) -> Response<Body> {
-    let mut r = json_response(e.http_status(), Event::error(e).json);
-    match e {
-        ChatError::Unauthorized => {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"wsgate chat\""),
-            );
-        }
-        ChatError::MethodNotAllowed(m) => {
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(m));
-        }
-        _ => {}
-    }
     r
 }
 

@@ -100,24 +100,6 @@ impl ChatError {
         }
     }
 
-    /// The status an HTTP endpoint answers with for this error.
-    pub fn http_status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            ChatError::TooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => {
-                S::FORBIDDEN
-            }
-            ChatError::Unauthorized => S::UNAUTHORIZED,
-            ChatError::NotFound => S::NOT_FOUND,
-            ChatError::MethodNotAllowed(_) => S::METHOD_NOT_ALLOWED,
-            ChatError::UserOffline(_) => S::NOT_FOUND,
-            ChatError::NoStream(_) => S::CONFLICT,
-            ChatError::TooManyRooms | ChatError::Bus(_) => S::SERVICE_UNAVAILABLE,
-            _ => S::BAD_REQUEST,
-        }
-    }
-
     /// The `error` frame for this error.
     pub fn frame(&self) -> ErrorFrame {
         ErrorFrame {
