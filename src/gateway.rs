@@ -468,3 +468,26 @@ impl GatewayHandle {
         self.gw.drain().await
     }
 }
+
+impl GatewayHandle {
+    /// Applies a new config (see `Gateway::reload`).
+    pub async fn reload(&self, cfg: crate::config::Config) -> Result<(), StartError> {
+        self.gw.reload(cfg).await
+    }
+    /// The upstream pool `name` of the current config.
+    pub fn pool(&self, name: &str) -> Option<Arc<crate::upstream::Pool>> {
+        self.gw.snapshot().pools.get(name).cloned()
+    }
+    /// The chat app (its state outlives reloads).
+    pub fn chat(&self) -> Arc<crate::apps::chat::Chat> {
+        self.gw.apps.chat.clone()
+    }
+    /// Client connections holding a slot now.
+    pub fn active_connections(&self) -> usize {
+        self.gw.limits.active()
+    }
+    /// Starts draining without waiting (readiness turns off at once).
+    pub fn begin_drain(&self) {
+        self.gw.shutdown.token.cancel()
+    }
+}

@@ -535,10 +535,7 @@ async fn presence_follows_the_last_tab_and_disconnects() {
     // tab 2 below, then check bob saw no leave.
     bob.recv_until("who", |v| v["type"] == "who").await;
     assert!(
-        eventually(WAIT, || async {
-            gw.handle.gw.apps.chat.stats().connections == 2
-        })
-        .await,
+        eventually(WAIT, || async { gw.handle.chat().stats().connections == 2 }).await,
         "tab 1's connection is gone"
     );
     bob.sentinel("lobby", "s2").await;
@@ -686,7 +683,7 @@ async fn stalled_reader_is_closed_with_1008_and_others_are_unaffected() {
         }
         n
     });
-    let chat = gw.handle.gw.apps.chat.clone();
+    let chat = gw.handle.chat();
     let mut got = 0;
     let mut saw_leave = false;
     let mut max_queued = 0;

@@ -98,7 +98,7 @@ async fn get_ok(addr: SocketAddr) -> bool {
 /// Connections admitted and not yet released, polled until it reaches `n`.
 async fn active_reaches(gw: &TestGateway, n: usize) -> bool {
     eventually(Duration::from_secs(10), || async {
-        gw.handle.gw.limits.active() == n
+        gw.handle.active_connections() == n
     })
     .await
 }
@@ -306,7 +306,7 @@ async fn floods_hold_the_global_and_per_ip_caps_with_bounded_memory() {
             "round {round}: everyone else gets 503: {:?}",
             &lines[..5]
         );
-        assert!(gw.handle.gw.limits.active() <= 300);
+        assert!(gw.handle.active_connections() <= 300);
         drop(streams);
         assert!(
             active_reaches(&gw, 0).await,

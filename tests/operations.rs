@@ -88,7 +88,7 @@ async fn admin_endpoints_and_metrics_count() {
     assert_eq!(status["upstreams"]["api"]["servers"][0]["up"], true);
     assert!(status["listeners"].as_array().is_some_and(|l| l.len() == 1));
     // Draining turns readiness off at once (before anything is closed).
-    gw.handle.gw.shutdown.token.cancel();
+    gw.handle.begin_drain();
     let r = get(admin, "/readyz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.text(), "draining\n");
@@ -417,7 +417,6 @@ async fn reload_applies_chat_settings() {
     let path = gw.dir.path().join("wsgate.toml");
     std::fs::write(&path, toml("second")).unwrap();
     gw.handle
-        .gw
         .reload(wsgate::config::load(&path).unwrap())
         .await
         .unwrap();

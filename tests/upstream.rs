@@ -279,13 +279,7 @@ fn addrs(ups: &[&Upstream]) -> Vec<String> {
 }
 
 fn pool(gw: &TestGateway) -> Arc<Pool> {
-    gw.handle
-        .gw
-        .snapshot()
-        .pools
-        .get("api")
-        .cloned()
-        .expect("pool api")
+    gw.handle.pool("api").expect("pool api")
 }
 
 fn state_of(gw: &TestGateway, addr: SocketAddr) -> ServerState {
