@@ -5,325 +5,44 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use http_body_util::Full;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{eventually, get, send, TestGateway};
+use common::chat::{is_presence, online_users, Client, Sse};
+use common::raw::ws_request;
+use common::{eventually, get, json_of, post, raw, send, Cfg, TestGateway, WAIT};
 
-/// How long any single expected event may take.
-const WAIT: Duration = Duration::from_secs(10);
-
-fn config(extra: &str) -> String {
-    format!(
-        r#"
-[server]
-node_id = "t1"
-shutdown_grace = "5s"
-
-[log]
-access_log = false
-
-[[listener]]
-addr = "127.0.0.1:0"
-
-[[route]]
-path = "/chat"
-app = "chat"
-
-[app.chat]
-history = 20
-max_message_size = "1KiB"
-ping_interval = "30s"
-send_queue = 64
-poll_idle_timeout = "1s"
-{extra}
-"#
-    )
+/// One node with the chat app at `/chat`, a short history and poll timeout.
+fn config() -> Cfg {
+    Cfg::new()
+        .set("server.node_id", "t1")
+        .set("server.shutdown_grace", "5s")
+        .set("log.access_log", false)
+        .listener_plain()
+        .route_app("/chat", "chat")
+        .set("app.chat.history", 20)
+        .set("app.chat.max_message_size", "1KiB")
+        .set("app.chat.ping_interval", "30s")
+        .set("app.chat.send_queue", 64)
+        .set("app.chat.poll_idle_timeout", "1s")
 }
 
-async fn gateway(extra: &str) -> TestGateway {
-    TestGateway::start(&config(extra)).await
-}
-
-// ---- WebSocket client -----------------------------------------------------------
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    user: String,
-}
-
-impl Client {
-    /// Connects as `user` (or as a guest when `None`) and reads the welcome.
-    async fn connect(addr: SocketAddr, user: Option<&str>) -> (Self, Value) {
-        let url = match user {
-            Some(u) => format!("ws://{addr}/chat/ws?user={u}"),
-            None => format!("ws://{addr}/chat"),
-        };
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("chat handshake");
-        let mut c = Client {
-            ws,
-            user: String::new(),
-        };
-        let welcome = c.recv().await;
-        assert_eq!(
-            welcome["type"], "welcome",
-            "first frame is the welcome: {welcome}"
-        );
-        c.user = welcome["user"].as_str().expect("user").to_string();
-        (c, welcome)
-    }
-
-    async fn new(addr: SocketAddr, user: &str) -> Self {
-        Self::connect(addr, Some(user)).await.0
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    async fn send_raw(&mut self, m: Message) {
-        self.ws.send(m).await.expect("send");
-    }
-
-    /// The next JSON frame (pings and pongs skipped).
-    async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no frame within {WAIT:?}", self.user))
-                .expect("stream ended")
-                .expect("websocket error");
-            match m {
-                Message::Text(t) => {
-                    return serde_json::from_str(&t).expect("server frames are JSON")
-                }
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("{}: unexpected {other:?}", self.user),
-            }
-        }
-    }
-
-    /// Skips frames until one matches.
-    async fn recv_until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: never got {what}",
-                self.user
-            );
-            let v = self.recv().await;
-            if f(&v) {
-                return v;
-            }
-        }
-    }
-
-    async fn join(&mut self, room: &str) {
-        self.send(json!({"type":"join","room":room})).await;
-        let me = self.user.clone();
-        self.recv_until("own join", |v| {
-            v["type"] == "presence" && v["user"] == me.as_str() && v["room"] == room
-        })
-        .await;
-    }
-
-    async fn expect_error(&mut self, code: &str) -> Value {
-        let v = self.recv().await;
-        assert_eq!(v["type"], "error", "expected error {code}, got {v}");
-        assert_eq!(v["code"], code, "{v}");
-        v
-    }
-
-    /// Sends a message to `room` and waits for its own copy: afterwards every
-    /// event delivered to this client before the message has been read.
-    async fn sentinel(&mut self, room: &str, text: &str) -> Value {
-        self.send(json!({"type":"msg","room":room,"text":text}))
-            .await;
-        let v = self.recv().await;
-        assert!(
-            v["type"] == "msg" && v["text"] == text,
-            "{}: expected own sentinel {text:?}, got {v}",
-            self.user
-        );
-        v
-    }
-
-    /// Sends a message to `room` and reads until its own copy comes back.
-    async fn drain_to(&mut self, room: &str, text: &str) -> Value {
-        self.send(json!({"type":"msg","room":room,"text":text}))
-            .await;
-        self.recv_until(text, |v| v["type"] == "msg" && v["text"] == text)
-            .await
-    }
-
-    /// The close code the server ends with (reading past any other frames).
-    async fn close_code(&mut self) -> Option<CloseCode> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close within deadline")
-            {
-                Some(Ok(Message::Close(c))) => return c.map(|c| c.code),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-}
-
-fn is_presence(v: &Value, user: &str, state: &str) -> bool {
-    v["type"] == "presence" && v["user"] == user && v["state"] == state
-}
-
-// ---- HTTP helpers ---------------------------------------------------------------
-
-async fn post(addr: SocketAddr, path: &str, body: &str, auth: Option<&str>) -> common::Reply {
-    let mut b = Request::post(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    if let Some(a) = auth {
-        b = b.header("authorization", a);
-    }
-    send(
-        addr,
-        b.body(Full::new(Bytes::from(body.to_string())))
-            .expect("request"),
-    )
-    .await
-}
-
-fn json_of(r: &common::Reply) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
-}
-
-/// A streaming SSE reader.
-struct Sse {
-    body: Incoming,
-    buf: String,
-    conn: tokio::task::JoinHandle<()>,
-    _tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Sse {
-    async fn open(
-        addr: SocketAddr,
-        path: &str,
-        last_event_id: Option<&str>,
-    ) -> (Self, http::response::Parts) {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut b = Request::get(path)
-            .header("host", "localhost")
-            .header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            b = b.header("last-event-id", id);
-        }
-        let resp = tx
-            .send_request(b.body(Full::new(Bytes::new())).expect("request"))
-            .await
-            .expect("response");
-        let (parts, body) = resp.into_parts();
-        (
-            Sse {
-                body,
-                buf: String::new(),
-                conn,
-                _tx: tx,
-            },
-            parts,
-        )
-    }
-
-    /// The next event: its `id:` and its JSON data (comments and `retry:` skipped).
-    async fn next(&mut self) -> (String, Value) {
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut id = None;
-                let mut data = None;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.to_string());
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(v.to_string());
-                    }
-                }
-                if let Some(d) = data {
-                    let id = id.expect("every event has an id");
-                    return (id, serde_json::from_str(&d).expect("SSE data is JSON"));
-                }
-            }
-            let frame = tokio::time::timeout(WAIT, self.body.frame())
-                .await
-                .expect("SSE event within deadline")
-                .expect("stream open")
-                .expect("body ok");
-            if let Ok(d) = frame.into_data() {
-                self.buf.push_str(std::str::from_utf8(&d).expect("utf-8"));
-            }
-        }
-    }
-
-    async fn next_until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> (String, Value) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "SSE never got {what}"
-            );
-            let (id, v) = self.next().await;
-            if f(&v) {
-                return (id, v);
-            }
-        }
-    }
-
-    fn close(self) {
-        self.conn.abort();
-    }
-}
-
-async fn online_users(addr: SocketAddr) -> Vec<String> {
-    let r = get(addr, "/chat/api/online").await;
-    assert_eq!(r.status, StatusCode::OK);
-    json_of(&r)["users"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .map(|u| u["user"].as_str().expect("name").to_string())
-        .collect()
+async fn gateway(cfg: Cfg) -> TestGateway {
+    TestGateway::start(&cfg.build()).await
 }
 
 // ---- protocol -------------------------------------------------------------------
 
 #[tokio::test]
 async fn welcome_join_msg_history_who() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let (mut alice, welcome) = Client::connect(gw.http(), Some("alice")).await;
     assert_eq!(
         welcome,
@@ -381,7 +100,7 @@ fn now_ms() -> u64 {
 
 #[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_stays_open() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let mut a = Client::new(gw.http(), "alice").await;
     a.send_raw(Message::text("not json")).await;
     a.expect_error("bad_json").await;
@@ -431,18 +150,17 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn invalid_user_is_refused_at_the_handshake() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     for q in [
         "user=bad%20name",
         "user=",
         &format!("user={}", "a".repeat(33)),
         "user=%C3%A9",
     ] {
-        let req = format!(
-            "GET /chat/ws?{q} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        let resp = common::raw(gw.http(), req.as_bytes(), Duration::from_millis(500)).await;
+        let req = ws_request(&format!("/chat/ws?{q}"));
+        let resp = raw(gw.http(), req.as_bytes(), Duration::from_millis(500))
+            .await
+            .answer();
         assert!(resp.starts_with("HTTP/1.1 400"), "{q}: {resp}");
         assert!(resp.contains("invalid user name"), "{q}: {resp}");
     }
@@ -451,15 +169,16 @@ async fn invalid_user_is_refused_at_the_handshake() {
     let name = welcome["user"].as_str().expect("user");
     assert!(name.starts_with("guest-") && name.len() <= 32, "{name}");
     // Not a chat WebSocket path.
-    let req = "GET /chat/elsewhere HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    let resp = common::raw(gw.http(), req.as_bytes(), Duration::from_millis(500)).await;
+    let req = ws_request("/chat/elsewhere");
+    let resp = raw(gw.http(), req.as_bytes(), Duration::from_millis(500))
+        .await
+        .answer();
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
 }
 
 #[tokio::test]
 async fn fifty_messages_from_two_senders_arrive_once_in_order() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let mut alice = Client::new(gw.http(), "alice").await;
     let mut bob = Client::new(gw.http(), "bob").await;
     let mut carol = Client::new(gw.http(), "carol").await;
@@ -514,7 +233,7 @@ async fn fifty_messages_from_two_senders_arrive_once_in_order() {
 
 #[tokio::test]
 async fn presence_follows_the_last_tab_and_disconnects() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let mut bob = Client::new(gw.http(), "bob").await;
     bob.join("lobby").await;
     let mut tab1 = Client::new(gw.http(), "alice").await;
@@ -557,7 +276,7 @@ async fn presence_follows_the_last_tab_and_disconnects() {
 
 #[tokio::test]
 async fn dm_reaches_every_tab_of_both_users() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let mut a1 = Client::new(gw.http(), "alice").await;
     let mut a2 = Client::new(gw.http(), "alice").await;
     let mut b1 = Client::new(gw.http(), "bob").await;
@@ -582,10 +301,7 @@ async fn dm_reaches_every_tab_of_both_users() {
 #[tokio::test]
 async fn silent_clients_are_dropped() {
     // Fast pings; alice keeps reading (and so answers pings).
-    let gw = TestGateway::start(
-        &config("").replace("ping_interval = \"30s\"", "ping_interval = \"200ms\""),
-    )
-    .await;
+    let gw = gateway(config().set("app.chat.ping_interval", "200ms")).await;
     let mut alice = Client::new(gw.http(), "alice").await;
     alice.join("lobby").await;
     // A client that completes the handshake and then never reads or answers.
@@ -610,7 +326,7 @@ async fn silent_clients_are_dropped() {
 
 #[tokio::test]
 async fn shutdown_closes_sessions_with_1001() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let mut a = Client::new(gw.http(), "alice").await;
     let TestGateway { handle, dir: _dir } = gw;
     let drained = tokio::spawn(async move { handle.shutdown().await });
@@ -625,13 +341,10 @@ async fn shutdown_closes_sessions_with_1001() {
 
 #[tokio::test]
 async fn stalled_reader_is_closed_with_1008_and_others_are_unaffected() {
-    let gw = TestGateway::start(
-        &config("")
-            .replace("send_queue = 64", "send_queue = 8")
-            .replace(
-                "max_message_size = \"1KiB\"",
-                "max_message_size = \"64KiB\"",
-            ),
+    let gw = gateway(
+        config()
+            .set("app.chat.send_queue", 8)
+            .set("app.chat.max_message_size", "64KiB"),
     )
     .await;
     let addr = gw.http();
@@ -729,7 +442,7 @@ async fn stalled_reader_is_closed_with_1008_and_others_are_unaffected() {
 
 #[tokio::test]
 async fn sse_streams_events_and_resumes_with_last_event_id() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let addr = gw.http();
     let mut alice = Client::new(addr, "alice").await;
     alice.join("lobby").await;
@@ -813,7 +526,7 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
 
 #[tokio::test]
 async fn sse_rejects_bad_input() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     assert_eq!(
         get(gw.http(), "/chat/sse?user=bad%20name").await.status,
         StatusCode::BAD_REQUEST
@@ -834,7 +547,7 @@ async fn sse_rejects_bad_input() {
 
 #[tokio::test]
 async fn long_poll_delivers_by_cursor_and_times_out_idle_users() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let addr = gw.http();
     let mut alice = Client::new(addr, "alice").await;
     alice.join("lobby").await;
@@ -922,7 +635,7 @@ async fn long_poll_delivers_by_cursor_and_times_out_idle_users() {
 
 #[tokio::test]
 async fn send_validates_like_the_websocket_path() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let addr = gw.http();
     let mut alice = Client::new(addr, "alice").await;
     alice.join("lobby").await;
@@ -1016,7 +729,7 @@ async fn send_validates_like_the_websocket_path() {
 
 #[tokio::test]
 async fn push_checks_the_token_and_counts_deliveries() {
-    let gw = gateway("push_token = \"s3cret\"").await;
+    let gw = gateway(config().set("app.chat.push_token", "s3cret")).await;
     let addr = gw.http();
     let body = r#"{"room":"lobby","text":"announcement"}"#;
     let r = post(addr, "/chat/api/push", body, None).await;
@@ -1086,7 +799,7 @@ async fn push_checks_the_token_and_counts_deliveries() {
 
 #[tokio::test]
 async fn push_is_forbidden_when_disabled() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let r = post(
         gw.http(),
         "/chat/api/push",
@@ -1108,7 +821,7 @@ async fn push_is_forbidden_when_disabled() {
 
 #[tokio::test]
 async fn online_and_history_endpoints() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let addr = gw.http();
     let r = get(addr, "/chat/api/online").await;
     assert_eq!(json_of(&r), json!({"users":[]}));
@@ -1165,7 +878,7 @@ async fn online_and_history_endpoints() {
 
 #[tokio::test]
 async fn demo_page_is_served() {
-    let gw = gateway("").await;
+    let gw = gateway(config()).await;
     let r = get(gw.http(), "/chat?user=alice").await;
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(r.headers["location"], "/chat/?user=alice");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestGateway;
+use common::{Cfg, Route, TestGateway};
 
 /// The README's test command installs node, Chromium and the npm packages.
 const README_COMMAND: &str = "scripts/test.sh";
@@ -44,27 +44,16 @@ async fn demo_page_chats_over_websocket_and_sse_in_chromium() {
         "tests/browser/node_modules (npm ci)",
     );
 
-    let gw = TestGateway::start(
-        r#"
-[server]
-node_id = "browser"
-[log]
-access_log = false
-[[listener]]
-addr = "127.0.0.1:0"
-[[route]]
-path = "/chat"
-app = "chat"
-# The same chat where WebSocket upgrades are refused: the page must fall back.
-[[route]]
-path = "/nows"
-app = "chat"
-websocket = false
-[app.chat]
-ping_interval = "5s"
-"#,
-    )
-    .await;
+    let toml = Cfg::new()
+        .set("server.node_id", "browser")
+        .set("log.access_log", false)
+        .listener_plain()
+        .route_app("/chat", "chat")
+        // The same chat where WebSocket upgrades are refused: the page must fall back.
+        .route(Route::app("/nows", "chat").set("websocket", false))
+        .set("app.chat.ping_interval", "5s")
+        .build();
+    let gw = TestGateway::start(&toml).await;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

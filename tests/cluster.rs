@@ -14,20 +14,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, StatusCode};
-use http_body_util::Full;
-use serde_json::{json, Value};
+use http::StatusCode;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{eventually, get, send, TestGateway};
+use common::chat::{is_msg, is_presence, online, Client, Sse};
+use common::{eventually, get, json_of, post, Cfg, Listener, TestGateway, WAIT};
 
-/// How long any single expected event may take.
-const WAIT: Duration = Duration::from_secs(10);
 /// The heartbeat every node of these tests uses.
 const BEAT: Duration = Duration::from_millis(200);
 
@@ -121,38 +115,23 @@ async fn ping(port: u16) -> bool {
 
 // ---- nodes ----------------------------------------------------------------------------
 
+/// A chat node on `listen` (with an admin listener on `admin`) joined to the
+/// cluster through `redis`.
 fn node_config(node: &str, redis: &str, listen: &str, admin: &str) -> String {
-    format!(
-        r#"
-[server]
-node_id = "{node}"
-shutdown_grace = "1s"
-
-[log]
-access_log = false
-
-[admin]
-addr = "{admin}"
-
-[[listener]]
-addr = "{listen}"
-
-[[route]]
-path = "/chat"
-app = "chat"
-
-[app.chat]
-history = 100
-send_queue = 256
-ping_interval = "30s"
-push_token = "s3cret"
-
-[cluster]
-redis = "{redis}"
-heartbeat = "{beat}ms"
-"#,
-        beat = BEAT.as_millis()
-    )
+    Cfg::new()
+        .set("server.node_id", node)
+        .set("server.shutdown_grace", "1s")
+        .set("log.access_log", false)
+        .set("admin.addr", admin)
+        .listener(Listener::at(listen))
+        .route_app("/chat", "chat")
+        .set("app.chat.history", 100)
+        .set("app.chat.send_queue", 256)
+        .set("app.chat.ping_interval", "30s")
+        .set("app.chat.push_token", "s3cret")
+        .set("cluster.redis", redis)
+        .set("cluster.heartbeat", format!("{}ms", BEAT.as_millis()))
+        .build()
 }
 
 struct Node {
@@ -175,7 +154,7 @@ impl Node {
     }
 
     fn admin(&self) -> SocketAddr {
-        self.gw.handle.admin_addr().expect("admin listener")
+        self.gw.admin()
     }
 
     async fn wait_ready(&self, ready: bool) {
@@ -260,127 +239,6 @@ fn spawn_wsgate(config: &Path) -> Child {
 }
 
 // ---- clients ----------------------------------------------------------------------------
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Client {
-    ws: Ws,
-    user: String,
-}
-
-impl Client {
-    async fn new(addr: SocketAddr, user: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat/ws?user={user}"))
-            .await
-            .expect("chat handshake");
-        let mut c = Client {
-            ws,
-            user: user.to_string(),
-        };
-        let w = c.recv().await;
-        assert_eq!(w["type"], "welcome", "{w}");
-        c
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    async fn recv(&mut self) -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no frame within {WAIT:?}", self.user))
-                .expect("stream ended")
-                .expect("websocket error");
-            match m {
-                Message::Text(t) => return serde_json::from_str(&t).expect("JSON"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("{}: unexpected {other:?}", self.user),
-            }
-        }
-    }
-
-    async fn recv_until(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: never got {what}",
-                self.user
-            );
-            let v = self.recv().await;
-            if f(&v) {
-                return v;
-            }
-        }
-    }
-
-    /// The next frame if one arrives within `d`.
-    async fn try_recv(&mut self, d: Duration) -> Option<Value> {
-        tokio::time::timeout(d, self.recv()).await.ok()
-    }
-
-    async fn join(&mut self, room: &str) {
-        self.send(json!({"type":"join","room":room})).await;
-        let me = self.user.clone();
-        self.recv_until("own join", |v| {
-            is_presence(v, &me, "join") && v["room"] == room
-        })
-        .await;
-    }
-
-    async fn msg(&mut self, room: &str, text: &str) {
-        self.send(json!({"type":"msg","room":room,"text":text}))
-            .await;
-    }
-}
-
-fn is_presence(v: &Value, user: &str, state: &str) -> bool {
-    v["type"] == "presence" && v["user"] == user && v["state"] == state
-}
-
-fn is_msg(v: &Value, text: &str) -> bool {
-    v["type"] == "msg" && v["text"] == text
-}
-
-async fn post(addr: SocketAddr, path: &str, body: Value, auth: Option<&str>) -> common::Reply {
-    let mut b = Request::post(path)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    if let Some(a) = auth {
-        b = b.header("authorization", a);
-    }
-    send(
-        addr,
-        b.body(Full::new(Bytes::from(body.to_string())))
-            .expect("request"),
-    )
-    .await
-}
-
-fn json_of(r: &common::Reply) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
-}
-
-async fn online(addr: SocketAddr) -> Vec<(String, String)> {
-    let r = get(addr, "/chat/api/online").await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    json_of(&r)["users"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .map(|u| {
-            (
-                u["user"].as_str().expect("user").to_string(),
-                u["node"].as_str().expect("node").to_string(),
-            )
-        })
-        .collect()
-}
 
 /// Alice on node A, bob on node B, both in `lobby`, each having seen the other join.
 async fn two_nodes(redis: &Redis) -> (Node, Node, Client, Client) {
@@ -542,36 +400,18 @@ async fn cross_node_room_dm_push_online_history_and_fallbacks() {
     assert!(!text.contains("hello from A"), "resumed too early: {text}");
 }
 
-/// Opens an SSE stream with `Last-Event-ID` and reads until `until` appears.
+/// Opens an SSE stream with `Last-Event-ID` and reads events until one holds
+/// `until`; returns the events read, as JSON text.
 async fn sse_until(addr: SocketAddr, path: &str, last_id: &str, until: &str) -> String {
-    use http_body_util::BodyExt;
-    use hyper_util::rt::TokioIo;
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    let conn = tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "localhost")
-        .header("accept", "text/event-stream")
-        .header("last-event-id", last_id)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = tx.send_request(req).await.expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let (mut sse, parts) = Sse::open(addr, path, Some(last_id)).await;
+    assert_eq!(parts.status, StatusCode::OK);
     let mut text = String::new();
     while !text.contains(until) {
-        let frame = tokio::time::timeout(WAIT, body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("SSE never sent {until:?}: {text}"))
-            .expect("stream open")
-            .expect("body ok");
-        if let Ok(d) = frame.into_data() {
-            text.push_str(&String::from_utf8_lossy(&d));
-        }
+        let (_, v) = sse.next().await;
+        text.push_str(&v.to_string());
+        text.push('\n');
     }
-    conn.abort();
+    sse.close();
     text
 }
 

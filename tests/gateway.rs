@@ -8,33 +8,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::raw::End;
+use common::tls::{tls11_client_hello, try_tls_connect};
 use common::*;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{Full, StreamBody};
 
-fn cfg_with_upstream(servers: &str, extra_route: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
+/// `[upstream.api]` (already in `cfg`) with short timeouts, routed at `/api/`
+/// (prefix stripped) and at `/raw` (path kept).
+fn with_api_routes(cfg: Cfg) -> String {
+    cfg.set("upstream.api.connect_timeout", "1s")
+        .set("upstream.api.response_timeout", "2s")
+        .route(Route::upstream("/api/", "api").set("strip_prefix", true))
+        .route_upstream("/raw", "api")
+        .build()
+}
 
-[upstream.api]
-servers = [{servers}]
-connect_timeout = "1s"
-response_timeout = "2s"
-
-[[route]]
-path = "/api/"
-upstream = "api"
-strip_prefix = true
-
-[[route]]
-path = "/raw"
-upstream = "api"
-
-{extra_route}
-"#
-    )
+/// A plain listener and [`with_api_routes`] to `server`.
+fn api_config(server: impl std::fmt::Display) -> String {
+    with_api_routes(Cfg::new().listener_plain().upstream("api", &[server]))
 }
 
 #[tokio::test]
@@ -61,7 +53,7 @@ async fn proxies_with_forwarded_headers_and_strip_prefix() {
             .unwrap()
     })
     .await;
-    let gw = TestGateway::start(&cfg_with_upstream(&format!("\"{up}\""), "")).await;
+    let gw = TestGateway::start(&api_config(up)).await;
     let req = Request::get("/api/users?id=7")
         .header("host", "app.example.test")
         .header("x-forwarded-for", "203.0.113.9")
@@ -95,7 +87,10 @@ async fn proxies_with_forwarded_headers_and_strip_prefix() {
 #[tokio::test]
 async fn no_route_is_404_and_missing_host_is_400() {
     let gw = TestGateway::start(
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n",
+        &Cfg::new()
+            .listener_plain()
+            .route_app("/echo", "echo")
+            .build(),
     )
     .await;
     assert_eq!(
@@ -107,7 +102,8 @@ async fn no_route_is_404_and_missing_host_is_400() {
         b"GET /echo HTTP/1.1\r\n\r\n",
         Duration::from_secs(2),
     )
-    .await;
+    .await
+    .answer();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("missing Host"), "{out}");
 }
@@ -117,32 +113,16 @@ async fn host_routes_beat_pathless_and_wildcards_match() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let toml = format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-[upstream.a]
-servers = ["{a}"]
-[upstream.b]
-servers = ["{b}"]
-[upstream.c]
-servers = ["{c}"]
-[[route]]
-path = "/"
-upstream = "a"
-[[route]]
-path = "/deep/er"
-upstream = "a"
-[[route]]
-host = "*.example.test"
-path = "/"
-upstream = "b"
-[[route]]
-host = "exact.example.test"
-path = "/"
-upstream = "c"
-"#
-    );
+    let toml = Cfg::new()
+        .listener_plain()
+        .upstream("a", &[a])
+        .upstream("b", &[b])
+        .upstream("c", &[c])
+        .route_upstream("/", "a")
+        .route_upstream("/deep/er", "a")
+        .route(Route::upstream("/", "b").host("*.example.test"))
+        .route(Route::upstream("/", "c").host("exact.example.test"))
+        .build();
     let gw = TestGateway::start(&toml).await;
     let host = |h: &'static str, p: &'static str| {
         let addr = gw.http();
@@ -171,7 +151,7 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = TestGateway::start(&cfg_with_upstream(&format!("\"{dead}\""), "")).await;
+    let gw = TestGateway::start(&api_config(dead)).await;
     let r = get(gw.http(), "/api/x").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("upstream"), "{}", r.text());
@@ -181,7 +161,7 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
         Response::new(Full::new(Bytes::from("late")))
     })
     .await;
-    let gw = TestGateway::start(&cfg_with_upstream(&format!("\"{slow}\""), "")).await;
+    let gw = TestGateway::start(&api_config(slow)).await;
     let started = std::time::Instant::now();
     let r = get(gw.http(), "/api/x").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
@@ -192,9 +172,10 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
 async fn round_robin_spreads_by_weight() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let gw = TestGateway::start(&cfg_with_upstream(
-        &format!("\"{a}\", {{ addr = \"{b}\", weight = 3 }}"),
-        "",
+    let gw = TestGateway::start(&with_api_routes(
+        Cfg::new()
+            .listener_plain()
+            .weighted_upstream("api", &[(a, 1), (b, 3)]),
     ))
     .await;
     let mut counts = std::collections::HashMap::new();
@@ -207,31 +188,10 @@ async fn round_robin_spreads_by_weight() {
     assert_eq!(counts.get("b"), Some(&30), "{counts:?}");
 }
 
-/// An upstream that counts request body bytes and reports how many frames it saw.
-async fn counting_upstream() -> std::net::SocketAddr {
-    http_upstream(|req| async move {
-        let te = req
-            .headers()
-            .get("transfer-encoding")
-            .map(|v| v.to_str().unwrap_or("").to_string());
-        let mut body = req.into_body();
-        let mut n = 0usize;
-        let mut sum = 0u64;
-        while let Some(f) = body.frame().await {
-            if let Ok(d) = f.unwrap().into_data() {
-                n += d.len();
-                sum += d.iter().map(|b| u64::from(*b)).sum::<u64>();
-            }
-        }
-        Response::new(Full::new(Bytes::from(format!("{n} {sum} {te:?}"))))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn streams_8mib_upload_and_chunked_upload() {
-    let up = counting_upstream().await;
-    let gw = TestGateway::start(&cfg_with_upstream(&format!("\"{up}\""), "")).await;
+    let up = body_summing_upstream().await;
+    let gw = TestGateway::start(&api_config(up)).await;
     let data: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let sum: u64 = data.iter().map(|b| u64::from(*b)).sum();
     let req = Request::post("/api/upload")
@@ -281,7 +241,7 @@ async fn keepalive_upstream_connections_are_reused() {
             });
         }
     });
-    let gw = TestGateway::start(&cfg_with_upstream(&format!("\"{addr}\""), "")).await;
+    let gw = TestGateway::start(&api_config(addr)).await;
     for _ in 0..10 {
         assert_eq!(get(gw.http(), "/api/").await.text(), "ok");
     }
@@ -302,9 +262,11 @@ async fn static_files_types_etag_index_and_traversal() {
     std::fs::write(root.join("sub/index.html"), "sub").unwrap();
     std::fs::write(dir.path().join("secret.txt"), "top secret").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("link.txt")).unwrap();
-    let toml =
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nroot = \"{dir}/site\"\n";
-    let gw = TestGateway::start_in(toml, dir).await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .route_root("/", "{dir}/site")
+        .build();
+    let gw = TestGateway::start_in(&toml, dir).await;
     let r = get(gw.http(), "/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "<h1>home</h1>");
@@ -335,7 +297,8 @@ async fn static_files_types_etag_index_and_traversal() {
             format!("GET {evil} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
             Duration::from_secs(2),
         )
-        .await;
+        .await
+        .answer();
         assert!(!out.contains("top secret"), "{evil} leaked: {out}");
         assert!(
             out.starts_with("HTTP/1.1 404") || out.starts_with("HTTP/1.1 400"),
@@ -348,29 +311,21 @@ async fn static_files_types_etag_index_and_traversal() {
     );
 }
 
+/// A TLS listener with a default certificate for localhost and SNI ones for
+/// `a.example.test` and `*.b.example.test`, serving `{dir}` as static files.
 fn tls_config(dir: &std::path::Path) -> String {
     write_cert(dir, "default", &["localhost"]);
     write_cert(dir, "a", &["a.example.test"]);
     write_cert(dir, "wild", &["*.b.example.test"]);
-    r#"
-[[listener]]
-addr = "127.0.0.1:0"
-[listener.tls]
-cert = "{dir}/default.crt"
-key = "{dir}/default.key"
-[[listener.tls.sni]]
-host = "a.example.test"
-cert = "{dir}/a.crt"
-key = "{dir}/a.key"
-[[listener.tls.sni]]
-host = "*.b.example.test"
-cert = "{dir}/wild.crt"
-key = "{dir}/wild.key"
-[[route]]
-path = "/"
-root = "{dir}"
-"#
-    .to_string()
+    Cfg::new()
+        .listener(
+            Listener::plain()
+                .tls("{dir}/default.crt", "{dir}/default.key")
+                .sni("a.example.test", "{dir}/a.crt", "{dir}/a.key")
+                .sni("*.b.example.test", "{dir}/wild.crt", "{dir}/wild.key"),
+        )
+        .route_root("/", "{dir}")
+        .build()
 }
 
 #[tokio::test]
@@ -388,12 +343,7 @@ async fn sni_picks_certificates_and_h2_is_negotiated() {
         ("localhost", "default"),
         ("unknown.test", "default"),
     ] {
-        let cfg = tls_client(&ca(cert), &[b"http/1.1"]);
-        let tcp = tokio::net::TcpStream::connect(gw.https()).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
-        let res = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await;
+        let res = try_tls_connect(gw.https(), tls_client(&ca(cert), &[b"http/1.1"]), sni).await;
         if sni == "unknown.test" {
             assert!(res.is_err(), "the default cert is for localhost, not {sni}");
         } else {
@@ -432,9 +382,11 @@ async fn h2_clients_are_proxied_to_http1_upstreams() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     write_cert(dir.path(), "default", &["localhost"]);
-    let toml = format!(
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{{dir}}/default.crt\"\nkey = \"{{dir}}/default.key\"\n[upstream.u]\nservers = [\"{up}\"]\n[[route]]\npath = \"/\"\nupstream = \"u\"\n"
-    );
+    let toml = Cfg::new()
+        .listener_tls("{dir}/default.crt", "{dir}/default.key")
+        .upstream("u", &[up])
+        .route_upstream("/", "u")
+        .build();
     let ca = dir
         .path()
         .join("default.crt")
@@ -465,16 +417,17 @@ async fn tls_rejects_old_versions_and_garbage() {
         Duration::from_secs(5),
     )
     .await;
-    assert!(!out.contains("200"), "{out}");
-    // A TLS 1.1 ClientHello record is refused (alert or close).
-    let mut hello = vec![
-        0x16, 0x03, 0x02, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x02,
-    ];
-    hello.extend_from_slice(&[0u8; 32]);
-    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x00]);
-    let out = raw(gw.https(), &hello, Duration::from_secs(5)).await;
+    assert_eq!(out.end, End::Closed, "garbage is closed at once: {out:?}");
+    assert!(!out.text().contains("200"), "{}", out.text());
+    // A TLS 1.1 ClientHello is refused: an alert (or nothing), then a close.
+    let out = raw(gw.https(), &tls11_client_hello(), Duration::from_secs(5)).await;
+    assert_eq!(
+        out.end,
+        End::Closed,
+        "a TLS 1.1 client is disconnected: {out:?}"
+    );
     assert!(
-        out.is_empty() || out.as_bytes()[0] == 0x15,
+        out.bytes.is_empty() || out.bytes[0] == 0x15,
         "expected an alert or close, got {out:?}"
     );
 }
@@ -504,9 +457,10 @@ fn default_config_parses() {
     }
 }
 
-fn check(toml: &str) -> (bool, String) {
+/// Runs `wsgate check` on `toml`; returns its output and the config's path.
+fn run_check(toml: &str) -> (std::process::Output, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
+    let path = dir.path().join("check.toml");
     std::fs::write(&path, toml).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .arg("check")
@@ -514,12 +468,16 @@ fn check(toml: &str) -> (bool, String) {
         .arg(&path)
         .output()
         .unwrap();
+    (out, path.to_string_lossy().into_owned())
+}
+
+/// Whether `wsgate check` accepts `toml`, and what it printed (the config's
+/// path shown as `PATH`).
+fn check(toml: &str) -> (bool, String) {
+    let (out, path) = run_check(toml);
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (
-        out.status.success(),
-        text.replace(path.to_str().unwrap(), "PATH"),
-    )
+    (out.status.success(), text.replace(&path, "PATH"))
 }
 
 #[test]
@@ -561,10 +519,8 @@ fn check_reports_each_error_with_position() {
 
 #[test]
 fn check_accepts_later_issue_keys_and_prints_ok() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ok.toml");
-    std::fs::write(
-        &path,
+    // Literal TOML: this is what a user writes (inline tables and all).
+    let (out, _) = run_check(
         r#"
 [server]
 node_id = "n1"
@@ -592,14 +548,7 @@ push_token = "t"
 redis = "redis://127.0.0.1:6379"
 heartbeat = "2s"
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -8,14 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::raw::{close_code, frame, open_ws, read_to_close, ws_request, End, Raw, MASK};
+use common::tls::{tls11_client_hello, tls_client_versions};
 use common::*;
-use http::Response;
-use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -24,66 +23,35 @@ use tokio::time::Instant;
 /// sockets: they run one at a time so they do not disturb each other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const GOOD_WS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
-fn ws_request(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{GOOD_WS}\r\n")
-}
-
-/// An upstream that counts the requests reaching it and answers `up`.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    let addr = http_upstream(move |_req| {
-        h.fetch_add(1, Ordering::SeqCst);
-        async { Response::new(Full::new(Bytes::from_static(b"up"))) }
-    })
-    .await;
-    (addr, hits)
-}
-
 /// A gateway with a plain and a TLS listener, `/echo`, `/chat` and `/` proxied to
-/// `upstream`. Returns it with the CA file for TLS clients.
-async fn gateway(server: &str, upstream: SocketAddr) -> (TestGateway, String) {
+/// `upstream`, on top of `cfg` (its `[server]` settings). Returns it with the CA
+/// file for TLS clients.
+async fn gateway(cfg: Cfg, upstream: SocketAddr) -> (TestGateway, String) {
     let dir = tempfile::tempdir().unwrap();
     let (crt, key) = write_cert(dir.path(), "localhost", &["localhost"]);
-    let toml = format!(
-        "[server]\n{server}\n\
-         [[listener]]\naddr = \"127.0.0.1:0\"\n\
-         [[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{crt}\"\nkey = \"{key}\"\n\
-         [upstream.up]\nservers = [\"{upstream}\"]\nretries = 0\n\
-         [[route]]\npath = \"/echo\"\napp = \"echo\"\n\
-         [[route]]\npath = \"/chat\"\napp = \"chat\"\n\
-         [[route]]\npath = \"/\"\nupstream = \"up\"\n\
-         [app.echo]\nmax_message_size = \"64KiB\"\n\
-         [app.chat]\nmax_message_size = \"1KiB\"\n"
-    );
+    let toml = cfg
+        .listener_plain()
+        .listener_tls(&crt, &key)
+        .upstream("up", &[upstream])
+        .set("upstream.up.retries", 0)
+        .route_app("/echo", "echo")
+        .route_app("/chat", "chat")
+        .route_upstream("/", "up")
+        .set("app.echo.max_message_size", "64KiB")
+        .set("app.chat.max_message_size", "1KiB")
+        .build();
     (TestGateway::start_in(&toml, dir).await, crt)
 }
 
-/// Reads until EOF, an error or `limit`; returns what was read and whether the
-/// peer closed in time.
-async fn read_until_closed<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return (out, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
+/// Sets `[server] key = value`.
+fn server(key: &str, value: impl Into<toml::Value>) -> Cfg {
+    Cfg::new().set(&format!("server.{key}"), value)
 }
 
 /// Sends raw bytes and returns the status line of the answer (or "" when the
-/// connection was closed without one).
+/// connection was closed without one; a hang fails).
 async fn status_line(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(bytes).await;
-    let (out, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&out);
-    text.lines().next().unwrap_or("").to_string()
+    raw(addr, bytes, Duration::from_secs(5)).await.status_line()
 }
 
 async fn get_ok(addr: SocketAddr) -> bool {
@@ -142,7 +110,7 @@ async fn slowloris_is_cut_at_header_timeout_and_does_not_delay_others() {
     let _serial = SERIAL.lock().await;
     let (up, hits) = counting_upstream().await;
     let (gw, ca) = gateway(
-        "header_timeout = \"1500ms\"\ntls_handshake_timeout = \"1s\"",
+        server("header_timeout", "1500ms").set("server.tls_handshake_timeout", "1s"),
         up,
     )
     .await;
@@ -197,7 +165,7 @@ async fn slowloris_is_cut_at_header_timeout_and_does_not_delay_others() {
         assert!(cut < Duration::from_millis(4000), "cut too late: {cut:?}");
     }
     for mut s in silent {
-        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        let closed = read_to_close(&mut s, Duration::from_secs(5)).await.closed();
         assert!(closed, "a silent connection is closed");
     }
     assert!(active_reaches(&gw, 0).await, "every slot is released");
@@ -214,15 +182,10 @@ async fn send_h1<IO>(io: IO, path: &str) -> u16
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+    send_on(io, request("GET", path, &[], ""))
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    tx.send_request(req).await.unwrap().status().as_u16()
+        .status
+        .as_u16()
 }
 
 fn vm_rss_kib() -> u64 {
@@ -286,7 +249,7 @@ fn count(lines: &[String], prefix: &str) -> usize {
 async fn floods_hold_the_global_and_per_ip_caps_with_bounded_memory() {
     let _serial = SERIAL.lock().await;
     let (up, _) = counting_upstream().await;
-    let (gw, _) = gateway("max_connections = 300", up).await;
+    let (gw, _) = gateway(server("max_connections", 300), up).await;
     let addr = gw.http();
     // Warm up (first-use allocations are not a leak), then measure.
     let (warm, s) = flood(addr, 50, None).await;
@@ -324,7 +287,7 @@ async fn floods_hold_the_global_and_per_ip_caps_with_bounded_memory() {
     assert!(get_ok(addr).await);
 
     // Per-IP: 127.0.0.1 is capped at 50; another address is not affected.
-    let (gw, _) = gateway("max_connections_per_ip = 50", up).await;
+    let (gw, _) = gateway(server("max_connections_per_ip", 50), up).await;
     let addr = gw.http();
     let (lines, held) = flood(addr, 700, None).await;
     assert_eq!(count(&lines, "HTTP/1.1 101"), 50);
@@ -349,7 +312,7 @@ async fn floods_hold_the_global_and_per_ip_caps_with_bounded_memory() {
 async fn malformed_http_is_refused_and_nothing_reaches_the_upstream() {
     let _serial = SERIAL.lock().await;
     let (up, hits) = counting_upstream().await;
-    let (gw, _) = gateway("max_request_head = \"8KiB\"", up).await;
+    let (gw, _) = gateway(server("max_request_head", "8KiB"), up).await;
     let addr = gw.http();
     let big = "a".repeat(16 * 1024);
     let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
@@ -447,63 +410,6 @@ async fn malformed_http_is_refused_and_nothing_reaches_the_upstream() {
     assert_eq!(hits.load(Ordering::SeqCst), cases.len() + forwarded);
 }
 
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let k = [9u8, 8, 7, 6];
-    f.extend_from_slice(&k);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-    f
-}
-
-async fn open_ws(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(ws_request(path).as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s
-}
-
-/// The close code of the first close frame in `bytes` (server frames are unmasked).
-fn close_code(mut bytes: &[u8]) -> Option<u16> {
-    while bytes.len() >= 2 {
-        let (op, len7) = (bytes[0] & 0x0f, usize::from(bytes[1] & 0x7f));
-        let (len, hdr) = match len7 {
-            126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
-            127 => return None,
-            n => (n, 2),
-        };
-        if bytes.len() < hdr + len {
-            return None;
-        }
-        if op == 8 {
-            return (len >= 2).then(|| u16::from_be_bytes([bytes[hdr], bytes[hdr + 1]]));
-        }
-        bytes = &bytes[hdr + len..];
-    }
-    None
-}
-
 /// A small deterministic PRNG (xorshift64*), so failures reproduce.
 struct Rng(u64);
 impl Rng {
@@ -527,7 +433,7 @@ impl Rng {
 async fn malformed_websocket_frames_never_break_the_gateway() {
     let _serial = SERIAL.lock().await;
     let (up, _) = counting_upstream().await;
-    let (gw, _) = gateway("", up).await;
+    let (gw, _) = gateway(Cfg::new(), up).await;
     let addr = gw.http();
 
     // A header claiming 2^62 bytes on a chat session: 1009 from the header alone.
@@ -537,7 +443,8 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
         huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
         huge.extend_from_slice(&[1, 2, 3, 4]);
         s.write_all(&huge).await.unwrap();
-        let (out, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        let Raw { bytes: out, end } = read_to_close(&mut s, Duration::from_secs(5)).await;
+        let closed = end == End::Closed;
         assert!(closed, "{path}: closed");
         assert_eq!(close_code(&out), Some(1009), "{path}");
     }
@@ -547,7 +454,8 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
     bad.extend_from_slice(&u64::MAX.to_be_bytes());
     bad.extend_from_slice(&[1, 2, 3, 4]);
     s.write_all(&bad).await.unwrap();
-    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let Raw { bytes: out, end } = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let closed = end == End::Closed;
     assert!(closed);
     assert!(
         matches!(close_code(&out), Some(1002) | Some(1009)),
@@ -570,10 +478,13 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
         } else {
             2
         };
-        s.write_all(&frame(true, op, junk)).await.unwrap();
+        s.write_all(&frame(true, op, junk, MASK)).await.unwrap();
     }
-    s.write_all(&frame(true, 8, &[0x03, 0xe7])).await.unwrap(); // 999: invalid
-    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    s.write_all(&frame(true, 8, &[0x03, 0xe7], MASK))
+        .await
+        .unwrap(); // 999: invalid
+    let Raw { bytes: out, end } = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let closed = end == End::Closed;
     assert!(closed);
     assert!(
         String::from_utf8_lossy(&out).contains("error"),
@@ -597,7 +508,7 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
                 1 => {
                     let op = [0u8, 1, 2, 3, 8, 9, 10, 11, 15][(rng.next() % 9) as usize];
                     let payload = rng.some_bytes(0, 200);
-                    let mut f = frame(rng.next() % 2 == 0, op, &payload);
+                    let mut f = frame(rng.next() % 2 == 0, op, &payload, MASK);
                     f[0] |= (rng.next() as u8) & 0x70; // reserved bits
                     junk.extend(f);
                 }
@@ -607,12 +518,14 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
                     junk.extend(rng.next().to_be_bytes());
                     junk.extend(rng.bytes(8));
                 }
-                _ => junk.extend(frame(true, 1, b"{\"type\":\"join\",\"room\":\"r\"}")),
+                _ => junk.extend(frame(true, 1, b"{\"type\":\"join\",\"room\":\"r\"}", MASK)),
             }
         }
         s.write_all(&junk).await.unwrap();
         let _ = s.shutdown().await;
-        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        let closed = read_to_close(&mut s, Duration::from_secs(10))
+            .await
+            .closed();
         assert!(closed, "iteration {i}: the session ended");
     }
     assert!(
@@ -621,9 +534,14 @@ async fn malformed_websocket_frames_never_break_the_gateway() {
     );
     // Still serving: a clean echo session works.
     let mut s = open_ws(addr, "/echo").await;
-    s.write_all(&frame(true, 1, b"still here")).await.unwrap();
+    s.write_all(&frame(true, 1, b"still here", MASK))
+        .await
+        .unwrap();
     let mut h = [0u8; 12];
-    s.read_exact(&mut h).await.unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut h))
+        .await
+        .expect("echo in time")
+        .unwrap();
     assert_eq!(&h[2..], b"still here");
 }
 
@@ -679,7 +597,9 @@ async fn a_panicking_connection_task_is_logged_and_releases_its_slot() {
         subscriber,
     ));
     assert_eq!(task.await.unwrap(), None, "the panic was caught");
-    let (_, closed) = read_until_closed(&mut client, Duration::from_secs(5)).await;
+    let closed = read_to_close(&mut client, Duration::from_secs(5))
+        .await
+        .closed();
     assert!(closed, "the panicked task's socket was closed");
     assert_eq!(limits.active(), 0, "the slot was released");
     assert!(limits.admit(peer.ip(), 1, 1).is_ok());
@@ -690,53 +610,12 @@ async fn a_panicking_connection_task_is_logged_and_releases_its_slot() {
     );
 }
 
-/// A TLS 1.1 ClientHello without the supported_versions extension.
-fn tls11_client_hello() -> Vec<u8> {
-    let mut body = vec![0x03, 0x02]; // client_version TLS 1.1
-    body.extend([0x42; 32]); // random
-    body.push(0); // session id
-                  // Suites rustls has (TLS 1.2 ECDHE-GCM) plus classic CBC ones, so only the
-                  // version can be the reason for refusing.
-    let suites: [u16; 6] = [0xc02f, 0xc02b, 0xc030, 0x002f, 0x0035, 0xc013];
-    body.extend(((suites.len() * 2) as u16).to_be_bytes());
-    for s in suites {
-        body.extend(s.to_be_bytes());
-    }
-    body.extend([1, 0]); // compression: null
-                         // SNI "localhost".
-    let name = b"localhost";
-    let mut sni = Vec::new();
-    sni.extend(((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend((name.len() as u16).to_be_bytes());
-    sni.extend(name);
-    let mut ext = vec![0x00, 0x00];
-    ext.extend((sni.len() as u16).to_be_bytes());
-    ext.extend(sni);
-    // supported_groups: x25519, secp256r1; ec_point_formats: uncompressed;
-    // signature_algorithms: rsa_pkcs1_sha256, ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256.
-    ext.extend([0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
-    ext.extend([0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
-    ext.extend([
-        0x00, 0x0d, 0x00, 0x08, 0x00, 0x06, 0x04, 0x01, 0x04, 0x03, 0x08, 0x04,
-    ]);
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![0x01];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend((hs.len() as u16).to_be_bytes());
-    rec.extend(hs);
-    rec
-}
-
 #[tokio::test]
 async fn tls_only_1_2_and_1_3_and_garbage_or_silence_is_closed() {
     let _serial = SERIAL.lock().await;
     let (up, _) = counting_upstream().await;
     let (gw, ca) = gateway(
-        "tls_handshake_timeout = \"500ms\"\nheader_timeout = \"5s\"",
+        server("tls_handshake_timeout", "500ms").set("server.header_timeout", "5s"),
         up,
     )
     .await;
@@ -745,7 +624,8 @@ async fn tls_only_1_2_and_1_3_and_garbage_or_silence_is_closed() {
     // TLS 1.1 only: refused with an alert, never a ServerHello.
     let mut s = TcpStream::connect(tls).await.unwrap();
     s.write_all(&tls11_client_hello()).await.unwrap();
-    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let Raw { bytes: out, end } = read_to_close(&mut s, Duration::from_secs(5)).await;
+    let closed = end == End::Closed;
     assert!(closed, "a TLS 1.1 client is disconnected");
     assert!(
         out.is_empty() || out[0] == 0x15,
@@ -757,18 +637,8 @@ async fn tls_only_1_2_and_1_3_and_garbage_or_silence_is_closed() {
 
     // TLS 1.2 only and TLS 1.3 only both work.
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let io = tls_connect(tls, Arc::new(cfg), "localhost").await;
+        let cfg = tls_client_versions(&ca, &[], &[version]);
+        let io = tls_connect(tls, cfg, "localhost").await;
         assert_eq!(io.get_ref().1.protocol_version(), Some(version.version));
         assert_eq!(send_h1(io, "/").await, 200);
     }
@@ -785,7 +655,7 @@ async fn tls_only_1_2_and_1_3_and_garbage_or_silence_is_closed() {
         let t = Instant::now();
         let mut s = TcpStream::connect(tls).await.unwrap();
         let _ = s.write_all(&g).await;
-        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        let closed = read_to_close(&mut s, Duration::from_secs(5)).await.closed();
         assert!(
             closed,
             "garbage {:?} closes the connection",
@@ -797,7 +667,7 @@ async fn tls_only_1_2_and_1_3_and_garbage_or_silence_is_closed() {
     // Silence: closed once tls_handshake_timeout passes.
     let t = Instant::now();
     let mut s = TcpStream::connect(tls).await.unwrap();
-    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = read_to_close(&mut s, Duration::from_secs(5)).await.closed();
     assert!(closed);
     let waited = t.elapsed();
     assert!(

@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::raw::{frame, open_ws, read_close, read_frame, read_head, MASK};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
@@ -20,67 +21,22 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::proxy::scan::{Event, Scanner};
 
-const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
-
-fn config(up: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream.ws]\nservers = [\"{up}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\nws_inspect = true\nws_max_message_size = \"1KiB\"\n{extra}[[route]]\npath = \"/ws\"\nupstream = \"ws\"\n"
-    )
+/// A plain listener, an admin listener, and `/ws` spliced to `up` with frame
+/// inspection and a 1 KiB message limit.
+fn config(up: SocketAddr) -> Cfg {
+    Cfg::new()
+        .listener_plain()
+        .admin()
+        .upstream("ws", &[up])
+        .set("upstream.ws.connect_timeout", "1s")
+        .set("upstream.ws.response_timeout", "1s")
+        .set("upstream.ws.ws_inspect", true)
+        .set("upstream.ws.ws_max_message_size", "1KiB")
+        .route_upstream("/ws", "ws")
 }
 
-/// Reads one frame: (fin, opcode, unmasked payload, was masked).
-async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>, bool) {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-        .await
-        .expect("frame in time")
-        .expect("frame");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).await.expect("len");
-            u64::from(u16::from_be_bytes(l))
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).await.expect("len");
-            u64::from_be_bytes(l)
-        }
-        n => u64::from(n),
-    };
-    let masked = h[1] & 0x80 != 0;
-    let mut key = [0u8; 4];
-    if masked {
-        s.read_exact(&mut key).await.expect("mask");
-    }
-    let mut p = vec![0u8; len as usize];
-    s.read_exact(&mut p).await.expect("payload");
-    if masked {
-        for (i, b) in p.iter_mut().enumerate() {
-            *b ^= key[i % 4];
-        }
-    }
-    (h[0] & 0x80 != 0, h[0] & 0x0f, p, masked)
-}
-
-/// Reads frames until a close; returns its code and whether it was masked.
-async fn read_close(s: &mut TcpStream) -> (u16, bool) {
-    loop {
-        let (_, op, p, masked) = read_frame(s).await;
-        if op == 8 {
-            return (u16::from_be_bytes([p[0], p[1]]), masked);
-        }
-    }
-}
-
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("head");
-        head.push(b[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
+async fn gateway(cfg: Cfg) -> TestGateway {
+    TestGateway::start(&cfg.build()).await
 }
 
 /// An upstream that completes the handshake by hand and hands each upgraded
@@ -111,13 +67,7 @@ async fn raw_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<TcpStream>) {
 
 /// A raw client upgraded through the gateway at `/ws`.
 async fn raw_client(gw: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(gw).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .expect("write");
-    let head = read_head(&mut s).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    s
+    open_ws(gw, "/ws").await
 }
 
 /// A raw client and the upstream end of its session.
@@ -173,7 +123,7 @@ async fn recorded_close(rx: &mut mpsc::UnboundedReceiver<Message>) -> u16 {
 #[tokio::test]
 async fn oversized_client_messages_close_1009_to_client_1001_to_upstream() {
     let (up, mut ups) = raw_upstream().await;
-    let gw = TestGateway::start(&config(up, "")).await;
+    let gw = gateway(config(up)).await;
     for fragmented in [false, true] {
         let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
         // A message within the limit passes byte for byte.
@@ -218,7 +168,7 @@ async fn oversized_client_messages_close_1009_to_client_1001_to_upstream() {
 #[tokio::test]
 async fn oversized_upstream_messages_close_1009_to_upstream_1001_to_client() {
     let (up, mut ups) = raw_upstream().await;
-    let gw = TestGateway::start(&config(up, "")).await;
+    let gw = gateway(config(up)).await;
     for fragmented in [false, true] {
         let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
         u.write_all(&frame(true, 1, b"hello", None))
@@ -259,7 +209,7 @@ async fn oversized_upstream_messages_close_1009_to_upstream_1001_to_client() {
 #[tokio::test]
 async fn foreign_pongs_pass_and_a_non_websocket_stream_closes_1002() {
     let (up, mut ups) = raw_upstream().await;
-    let gw = TestGateway::start(&config(up, "")).await;
+    let gw = gateway(config(up)).await;
     let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
     // A pong the gateway did not ask for (same length as its own) is forwarded.
     c.write_all(&frame(true, 10, b"abcdefgh", MASK))
@@ -280,7 +230,7 @@ async fn foreign_pongs_pass_and_a_non_websocket_stream_closes_1002() {
 #[tokio::test]
 async fn pings_answered_by_a_real_client_are_swallowed_and_keep_the_session() {
     let (up, mut seen) = recording_upstream().await;
-    let gw = TestGateway::start(&config(up, "ws_ping_interval = \"100ms\"\n")).await;
+    let gw = gateway(config(up).set("upstream.ws.ws_ping_interval", "100ms")).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
         .expect("connect");
@@ -324,7 +274,7 @@ async fn pings_answered_by_a_real_client_are_swallowed_and_keep_the_session() {
 #[tokio::test]
 async fn a_dead_client_is_reaped_and_the_upstream_told_1001() {
     let (up, mut seen) = recording_upstream().await;
-    let gw = TestGateway::start(&config(up, "ws_ping_interval = \"100ms\"\n")).await;
+    let gw = gateway(config(up).set("upstream.ws.ws_ping_interval", "100ms")).await;
     // Never reads, never answers.
     let mut c = raw_client(gw.http()).await;
     assert_eq!(recorded_close(&mut seen).await, 1001);
@@ -341,7 +291,7 @@ async fn a_dead_client_is_reaped_and_the_upstream_told_1001() {
 #[tokio::test]
 async fn a_dead_upstream_is_reaped_and_the_client_told_1001() {
     let (up, mut ups) = raw_upstream().await;
-    let gw = TestGateway::start(&config(up, "ws_ping_interval = \"100ms\"\n")).await;
+    let gw = gateway(config(up).set("upstream.ws.ws_ping_interval", "100ms")).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
         .expect("connect");
@@ -366,7 +316,7 @@ async fn a_dead_upstream_is_reaped_and_the_client_told_1001() {
 #[tokio::test]
 async fn metrics_count_messages_bytes_and_close_codes() {
     let (up, _seen) = recording_upstream().await;
-    let gw = TestGateway::start(&config(up, "")).await;
+    let gw = gateway(config(up)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
         .expect("connect");
@@ -381,7 +331,7 @@ async fn metrics_count_messages_bytes_and_close_codes() {
     .await
     .expect("close");
     while ws.next().await.is_some() {}
-    let admin = gw.handle.admin_addr().expect("admin");
+    let admin = gw.admin();
     let ok = eventually(Duration::from_secs(3), || async {
         let m = get(admin, "/metrics").await.text();
         m.contains("wsgate_ws_messages_total{route=\"/ws\",direction=\"in\"} 3")
@@ -404,7 +354,7 @@ async fn metrics_count_messages_bytes_and_close_codes() {
 #[tokio::test]
 async fn drain_closes_both_sides_with_1001() {
     let (up, mut seen) = recording_upstream().await;
-    let gw = TestGateway::start(&config(up, "")).await;
+    let gw = gateway(config(up)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
         .expect("connect");

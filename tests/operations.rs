@@ -19,11 +19,15 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn admin_endpoints_and_metrics_count() {
     let up = named_upstream("a").await;
-    let toml = format!(
-        "[admin]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n[upstream.api]\nservers = [\"{up}\"]\n[[route]]\npath = \"/api/\"\nupstream = \"api\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n"
-    );
+    let toml = Cfg::new()
+        .admin()
+        .listener_plain()
+        .upstream("api", &[up])
+        .route_upstream("/api/", "api")
+        .route_app("/echo", "echo")
+        .build();
     let gw = TestGateway::start(&toml).await;
-    let admin = gw.handle.admin_addr().expect("admin listener");
+    let admin = gw.admin();
     assert_eq!(get(gw.http(), "/api/x").await.text(), "a");
     assert_eq!(
         get(gw.http(), "/nothing").await.status,
@@ -82,8 +86,7 @@ async fn admin_endpoints_and_metrics_count() {
     }
     assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
     assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
-    let status: serde_json::Value =
-        serde_json::from_slice(&get(admin, "/status").await.body).unwrap();
+    let status = json_of(&get(admin, "/status").await);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["upstreams"]["api"]["servers"][0]["up"], true);
     assert!(status["listeners"].as_array().is_some_and(|l| l.len() == 1));
@@ -194,28 +197,17 @@ impl Drop for Proc {
     }
 }
 
-fn base_config(dir: &std::path::Path, cert: &str, extra: &str) -> String {
-    format!(
-        r#"[server]
-shutdown_grace = "5s"
-[log]
-format = "json"
-[[listener]]
-addr = "127.0.0.1:0"
-[[listener]]
-addr = "127.0.0.1:0"
-[listener.tls]
-cert = "{d}/{cert}.crt"
-key = "{d}/{cert}.key"
-[[route]]
-path = "/echo"
-app = "echo"
-[[route]]
-path = "/"
-root = "{d}/site"
-{extra}"#,
-        d = dir.display()
-    )
+/// JSON logs, a plain and a TLS listener (with `{cert}.crt` from `dir`), the
+/// echo app and `dir/site` as static files.
+fn base_config(dir: &std::path::Path, cert: &str) -> Cfg {
+    let d = dir.display();
+    Cfg::new()
+        .set("server.shutdown_grace", "5s")
+        .set("log.format", "json")
+        .listener_plain()
+        .listener_tls(format!("{d}/{cert}.crt"), format!("{d}/{cert}.key"))
+        .route_app("/echo", "echo")
+        .route_root("/", format!("{d}/site"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +221,7 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     write_cert(d, "one", &["localhost"]);
     write_cert(d, "two", &["localhost"]);
     let cfg = d.join("wsgate.toml");
-    std::fs::write(&cfg, base_config(d, "one", "")).unwrap();
+    std::fs::write(&cfg, base_config(d, "one").build()).unwrap();
     let mut p = Proc::start(&cfg);
     let addrs = p.listening(2);
     let (plain, tls) = (addrs[0], addrs[1]);
@@ -265,11 +257,8 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     );
 
     // Reload: a new route and a new certificate.
-    let extra = format!(
-        "[[route]]\npath = \"/new\"\nroot = \"{}/new\"\n",
-        d.display()
-    );
-    std::fs::write(&cfg, base_config(d, "two", &extra)).unwrap();
+    let next = base_config(d, "two").route_root("/new", format!("{}/new", d.display()));
+    std::fs::write(&cfg, next.build()).unwrap();
     p.signal("HUP");
     p.wait_for("configuration reloaded", Duration::from_secs(10));
     assert_eq!(get(plain, "/new/").await.text(), "new route");
@@ -354,8 +343,10 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
     std::fs::create_dir_all(d.join("site")).unwrap();
     write_cert(d, "one", &["localhost"]);
     let cfg = d.join("wsgate.toml");
-    let extra = format!("[upstream.slow]\nservers = [\"{slow}\"]\n[[route]]\npath = \"/slow\"\nupstream = \"slow\"\n");
-    std::fs::write(&cfg, base_config(d, "one", &extra)).unwrap();
+    let config = base_config(d, "one")
+        .upstream("slow", &[slow])
+        .route_upstream("/slow", "slow");
+    std::fs::write(&cfg, config.build()).unwrap();
     let mut p = Proc::start(&cfg);
     let plain = p.listening(2)[0];
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
@@ -383,34 +374,41 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
         tokio::net::TcpStream::connect(plain).await.is_err(),
         "still accepting while draining"
     );
-    let status = loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "did not exit within the grace period"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut status = None;
+    let grace_left = Duration::from_secs(6).saturating_sub(started.elapsed());
+    let exited = eventually(grace_left, || {
+        status = p.child.try_wait().unwrap();
+        let done = status.is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "did not exit within the grace period");
+    let status = status.expect("exit status");
     assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
 async fn reload_applies_chat_settings() {
     let toml = |token: &str| {
-        format!("[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/chat\"\napp = \"chat\"\n[app.chat]\npush_token = \"{token}\"\n")
+        Cfg::new()
+            .listener_plain()
+            .route_app("/chat", "chat")
+            .set("app.chat.push_token", token)
+            .build()
     };
     let gw = TestGateway::start(&toml("first")).await;
     let push = |token: &'static str| {
         let addr = gw.http();
         async move {
-            let req = Request::post("/chat/api/push")
-                .header("host", "x")
-                .header("authorization", format!("Bearer {token}"))
-                .body(Full::new(Bytes::from(r#"{"room":"lobby","text":"hi"}"#)))
-                .unwrap();
-            send(addr, req).await.status
+            let auth = format!("Bearer {token}");
+            post(
+                addr,
+                "/chat/api/push",
+                r#"{"room":"lobby","text":"hi"}"#,
+                Some(&auth),
+            )
+            .await
+            .status
         }
     };
     assert_eq!(push("first").await, StatusCode::OK);

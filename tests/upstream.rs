@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{eventually, send, Reply, TestGateway};
+use common::{
+    connect_from, dead_addr, eventually, get, get_with, request, send, send_on, Cfg, Listener,
+    Reply, TestGateway, WAIT,
+};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -23,7 +26,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -33,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wsgate::upstream::{Pool, ServerState};
 
-const WAIT: Duration = Duration::from_secs(10);
 const COOKIE: &str = "wsgate_sticky";
 
 // ---------------------------------------------------------------------------
@@ -204,12 +206,6 @@ fn ws_accept(
         .expect("response")
 }
 
-/// An address nothing listens on: connecting is refused at once.
-async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// A server that answers every request with half a response head, then closes:
 /// a response byte arrived, so the request must not be retried.
 async fn half_response_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -245,33 +241,18 @@ async fn half_response_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 // Gateway and client helpers.
 // ---------------------------------------------------------------------------
 
-/// A gateway with one plain listener and `[upstream.api]` (`servers` plus the
-/// `extra` keys and tables) routed at `/`.
-async fn gateway(servers: &[String], extra: &str) -> TestGateway {
-    let list = servers
-        .iter()
-        .map(|s| format!("{s:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    TestGateway::start(&config(&list, extra, "")).await
+/// One plain listener and `/` routed to `[upstream.api]`, which the caller adds.
+fn api_route() -> Cfg {
+    Cfg::new().listener_plain().route_upstream("/", "api")
 }
 
-fn config(servers: &str, extra: &str, listeners: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-{listeners}
+/// [`api_route`] with `[upstream.api]` on `servers`.
+fn api<S: std::fmt::Display>(servers: &[S]) -> Cfg {
+    api_route().upstream("api", servers)
+}
 
-[upstream.api]
-servers = [{servers}]
-{extra}
-
-[[route]]
-path = "/"
-upstream = "api"
-"#
-    )
+async fn gateway(cfg: Cfg) -> TestGateway {
+    TestGateway::start(&cfg.build()).await
 }
 
 fn addrs(ups: &[&Upstream]) -> Vec<String> {
@@ -298,37 +279,12 @@ fn req(
     headers: &[(&str, &str)],
     body: &'static str,
 ) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::from_static(body.as_bytes())))
-        .expect("request")
+    request(method, path, headers, body)
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    send(addr, req("GET", path, headers, "")).await
-}
-
-/// Sends a request over a connection whose source address is `src` (any
-/// 127.0.0.0/8 address works on Linux loopback).
+/// Sends a request over a connection whose source address is `src`.
 async fn send_from(src: IpAddr, addr: SocketAddr, r: Request<Full<Bytes>>) -> Reply {
-    let tcp = connect_from(src, addr).await;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    common::collect(tx.send_request(r).await.expect("response")).await
-}
-
-async fn connect_from(src: IpAddr, addr: SocketAddr) -> TcpStream {
-    let sock = TcpSocket::new_v4().expect("socket");
-    sock.bind(SocketAddr::new(src, 0))
-        .expect("bind source address");
-    sock.connect(addr).await.expect("connect")
+    send_on(connect_from(src, addr).await, r).await
 }
 
 /// Which server answered.
@@ -432,14 +388,15 @@ async fn three() -> (Upstream, Upstream, Upstream) {
 #[tokio::test]
 async fn round_robin_spreads_by_weight() {
     let (a, b, c) = three().await;
-    let servers = format!(
-        r#"{{ addr = "{}", weight = 1 }}, {{ addr = "{}", weight = 2 }}, "#,
-        a.addr, b.addr
-    ) + &format!(r#"{{ addr = "{}", weight = 3 }}"#, c.addr);
-    let gw = TestGateway::start(&config(&servers, r#"balance = "round_robin""#, "")).await;
+    let gw = gateway(
+        api_route()
+            .weighted_upstream("api", &[(a.addr, 1), (b.addr, 2), (c.addr, 3)])
+            .set("upstream.api.balance", "round_robin"),
+    )
+    .await;
     let mut seen: Vec<String> = Vec::new();
     for _ in 0..60 {
-        seen.push(server(&get(gw.http(), "/", &[]).await));
+        seen.push(server(&get(gw.http(), "/").await));
     }
     assert_eq!((a.hits(), b.hits(), c.hits()), (10, 20, 30));
     // Smooth (nginx's sequence for 1:2:3 is c b a c b c): never 3 in a row.
@@ -452,9 +409,9 @@ async fn round_robin_spreads_by_weight() {
 #[tokio::test]
 async fn random_uses_every_server() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"balance = "random""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.balance", "random")).await;
     for _ in 0..90 {
-        server(&get(gw.http(), "/", &[]).await);
+        server(&get(gw.http(), "/").await);
     }
     assert!(
         a.hits() > 5 && b.hits() > 5 && c.hits() > 5,
@@ -468,7 +425,7 @@ async fn random_uses_every_server() {
 #[tokio::test]
 async fn least_conn_steers_away_from_a_busy_server() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let gw = gateway(&addrs(&[&a, &b]), r#"balance = "least_conn""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b])).set("upstream.api.balance", "least_conn")).await;
     let addr = gw.http();
     let p = pool(&gw);
     let inflight = |name: &str| {
@@ -479,13 +436,13 @@ async fn least_conn_steers_away_from_a_busy_server() {
     };
 
     // One request parked on a server keeps it busy.
-    let held = tokio::spawn(async move { get(addr, "/hold", &[]).await });
+    let held = tokio::spawn(async move { get(addr, "/hold").await });
     assert!(eventually(WAIT, || async { a.holding() + b.holding() == 1 }).await);
     let idle = if a.holding() == 1 { "b" } else { "a" };
     for _ in 0..10 {
         // The previous response's count is released when its body is done.
         assert!(eventually(WAIT, || async { inflight(idle) == 0 }).await);
-        assert_eq!(server(&get(addr, "/", &[]).await), idle);
+        assert_eq!(server(&get(addr, "/").await), idle);
     }
     a.release.send_replace(true);
     b.release.send_replace(true);
@@ -498,7 +455,7 @@ async fn least_conn_steers_away_from_a_busy_server() {
     assert_eq!(inflight(&busy), 1);
     for _ in 0..10 {
         assert!(eventually(WAIT, || async { inflight(other) == 0 }).await);
-        assert_eq!(server(&get(addr, "/", &[]).await), other);
+        assert_eq!(server(&get(addr, "/").await), other);
     }
     ws_close(ws).await;
     // Once the session ends, both servers share again.
@@ -506,7 +463,7 @@ async fn least_conn_steers_away_from_a_busy_server() {
     let mut seen = HashSet::new();
     for _ in 0..4 {
         assert!(eventually(WAIT, || async { inflight("a") == 0 && inflight("b") == 0 }).await);
-        seen.insert(server(&get(addr, "/", &[]).await));
+        seen.insert(server(&get(addr, "/").await));
     }
     assert_eq!(seen.len(), 2, "idle servers share: {seen:?}");
 }
@@ -520,18 +477,21 @@ async fn sticky_cookie_pins_twenty_requests_and_fails_over_with_a_new_cookie() {
     let (a, b, c) = three().await;
     let ups = [&a, &b, &c];
     let gw = gateway(
-        &addrs(&ups),
-        "sticky = \"cookie\"\nmax_fails = 1\nfail_timeout = \"60s\"\nretries = 1",
+        api(&addrs(&ups))
+            .set("upstream.api.sticky", "cookie")
+            .set("upstream.api.max_fails", 1)
+            .set("upstream.api.fail_timeout", "60s")
+            .set("upstream.api.retries", 1),
     )
     .await;
 
-    let first = get(gw.http(), "/", &[]).await;
+    let first = get(gw.http(), "/").await;
     let pinned = server(&first);
     let full = full_set_cookie(&first.headers);
     assert!(full.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{full}");
     let token = set_cookie(&first.headers).expect("cookie set on first response");
     for _ in 0..20 {
-        let r = get(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
+        let r = get_with(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
         assert_eq!(server(&r), pinned);
         assert_eq!(
             set_cookie(&r.headers),
@@ -546,20 +506,20 @@ async fn sticky_cookie_pins_twenty_requests_and_fails_over_with_a_new_cookie() {
         .find(|u| u.name == pinned)
         .expect("pinned upstream");
     dead.kill().await;
-    let r = get(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
+    let r = get_with(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
     let moved = server(&r);
     assert_ne!(moved, pinned);
     let token2 = set_cookie(&r.headers).expect("a new cookie after failover");
     assert_ne!(token2, token);
     for _ in 0..20 {
         assert_eq!(
-            server(&get(gw.http(), "/", &[("cookie", &cookie_header(&token2))]).await),
+            server(&get_with(gw.http(), "/", &[("cookie", &cookie_header(&token2))]).await),
             moved
         );
     }
     // The old cookie names a server now marked down: also re-chosen.
     assert_eq!(state_of(&gw, dead.addr), ServerState::Down);
-    let r = get(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
+    let r = get_with(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
     assert_ne!(server(&r), pinned);
     assert!(set_cookie(&r.headers).is_some());
 }
@@ -567,8 +527,8 @@ async fn sticky_cookie_pins_twenty_requests_and_fails_over_with_a_new_cookie() {
 #[tokio::test]
 async fn tampered_or_garbage_cookie_is_ignored_and_replaced() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "cookie""#).await;
-    let token = set_cookie(&get(gw.http(), "/", &[]).await.headers).expect("cookie");
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "cookie")).await;
+    let token = set_cookie(&get(gw.http(), "/").await.headers).expect("cookie");
     let mut chars: Vec<char> = token.chars().collect();
     let mid = chars.len() / 2;
     chars[mid] = if chars[mid] == 'A' { 'B' } else { 'A' };
@@ -576,7 +536,7 @@ async fn tampered_or_garbage_cookie_is_ignored_and_replaced() {
     let mut servers = HashSet::new();
     for bad in [tampered.as_str(), "garbage", "", &"A".repeat(66)] {
         for _ in 0..3 {
-            let r = get(gw.http(), "/", &[("cookie", &cookie_header(bad))]).await;
+            let r = get_with(gw.http(), "/", &[("cookie", &cookie_header(bad))]).await;
             servers.insert(server(&r));
             let fresh = set_cookie(&r.headers).expect("a bad cookie is replaced");
             assert_ne!(fresh, bad);
@@ -593,20 +553,16 @@ async fn sticky_cookie_is_secure_on_tls_listeners() {
     let (crt, key) = common::write_cert(dir.path(), "localhost", &["localhost"]);
     // Another address than the plain listener's: listeners are told apart by
     // their configured address.
-    let tls = format!(
-        "\n[[listener]]\naddr = \"127.0.0.2:0\"\n[listener.tls]\ncert = {crt:?}\nkey = {key:?}\n"
-    );
     let gw = TestGateway::start_in(
-        &config(
-            &format!("{:?}", a.addr.to_string()),
-            r#"sticky = "cookie""#,
-            &tls,
-        ),
+        &api(&[a.addr])
+            .set("upstream.api.sticky", "cookie")
+            .listener(Listener::at("127.0.0.2:0").tls(&crt, &key))
+            .build(),
         dir,
     )
     .await;
 
-    let plain = full_set_cookie(&get(gw.http(), "/", &[]).await.headers);
+    let plain = full_set_cookie(&get(gw.http(), "/").await.headers);
     assert!(!plain.contains("Secure"), "{plain}");
 
     let stream = common::tls_connect(
@@ -615,16 +571,7 @@ async fn sticky_cookie_is_secure_on_tls_listeners() {
         "localhost",
     )
     .await;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let r = common::collect(
-        tx.send_request(req("GET", "/", &[], ""))
-            .await
-            .expect("response"),
-    )
-    .await;
+    let r = send_on(stream, req("GET", "/", &[], "")).await;
     let secure = full_set_cookie(&r.headers);
     assert!(
         secure.ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure"),
@@ -639,7 +586,7 @@ async fn sticky_cookie_is_secure_on_tls_listeners() {
 #[tokio::test]
 async fn websocket_upgrades_are_pinned_by_cookie() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "cookie""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "cookie")).await;
     let (ws, resp, pinned) = ws_open(gw.http(), None, None).await;
     let token = set_cookie(resp.headers()).expect("the 101 carries Set-Cookie");
     assert!(full_set_cookie(resp.headers()).ends_with("; Path=/; HttpOnly; SameSite=Lax"));
@@ -653,7 +600,7 @@ async fn websocket_upgrades_are_pinned_by_cookie() {
     // HTTP requests with the same cookie go to the same server.
     for _ in 0..5 {
         assert_eq!(
-            server(&get(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await),
+            server(&get_with(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await),
             pinned
         );
     }
@@ -671,7 +618,7 @@ async fn websocket_upgrades_are_pinned_by_cookie() {
 #[tokio::test]
 async fn websocket_upgrades_are_pinned_by_ip() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "ip""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "ip")).await;
     let mut by_ip: HashMap<IpAddr, String> = HashMap::new();
     for i in 2..14u8 {
         let ip = loopback(i);
@@ -728,7 +675,7 @@ where
 #[tokio::test]
 async fn ip_stickiness_pins_each_address_and_spreads_addresses() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "ip""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "ip")).await;
     let addr = gw.http();
     assert_sticky_and_spread(|k| send_from(loopback(2 + k as u8), addr, req("GET", "/", &[], "")))
         .await;
@@ -737,17 +684,18 @@ async fn ip_stickiness_pins_each_address_and_spreads_addresses() {
 #[tokio::test]
 async fn header_stickiness_pins_each_value_and_falls_back_without_it() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "header:X-User-Id""#).await;
+    let gw =
+        gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "header:X-User-Id")).await;
     let addr = gw.http();
     assert_sticky_and_spread(|k| {
         let user = format!("user-{k}");
-        async move { get(addr, "/", &[("x-user-id", &user)]).await }
+        async move { get_with(addr, "/", &[("x-user-id", &user)]).await }
     })
     .await;
     // No header: round robin.
     let before = (a.hits(), b.hits(), c.hits());
     for _ in 0..6 {
-        server(&get(addr, "/", &[]).await);
+        server(&get(addr, "/").await);
     }
     assert_eq!(
         (
@@ -762,19 +710,16 @@ async fn header_stickiness_pins_each_value_and_falls_back_without_it() {
 #[tokio::test]
 async fn query_stickiness_pins_each_value_and_falls_back_without_it() {
     let (a, b, c) = three().await;
-    let gw = gateway(&addrs(&[&a, &b, &c]), r#"sticky = "query:user""#).await;
+    let gw = gateway(api(&addrs(&[&a, &b, &c])).set("upstream.api.sticky", "query:user")).await;
     let addr = gw.http();
-    assert_sticky_and_spread(|k| async move { get(addr, &format!("/x?a=1&user=u{k}"), &[]).await })
+    assert_sticky_and_spread(|k| async move { get(addr, &format!("/x?a=1&user=u{k}")).await })
         .await;
     // Same key whatever else the query holds.
-    let one = server(&get(addr, "/p?user=alice", &[]).await);
-    assert_eq!(
-        server(&get(addr, "/q?z=9&user=alice&user=bob", &[]).await),
-        one
-    );
+    let one = server(&get(addr, "/p?user=alice").await);
+    assert_eq!(server(&get(addr, "/q?z=9&user=alice&user=bob").await), one);
     let before = (a.hits(), b.hits(), c.hits());
     for _ in 0..6 {
-        server(&get(addr, "/?other=1", &[]).await);
+        server(&get(addr, "/?other=1").await);
     }
     assert_eq!(
         (
@@ -791,8 +736,10 @@ async fn query_stickiness_pins_each_value_and_falls_back_without_it() {
 #[test]
 fn consistent_hash_moves_about_a_quarter_of_keys_when_a_fourth_server_joins() {
     let pool = |n: usize| {
-        let servers: Vec<String> = (1..=n).map(|i| format!("\"10.1.0.{i}:8080\"")).collect();
-        let text = config(&servers.join(", "), r#"sticky = "header:X-User-Id""#, "");
+        let servers: Vec<String> = (1..=n).map(|i| format!("10.1.0.{i}:8080")).collect();
+        let text = api(&servers)
+            .set("upstream.api.sticky", "header:X-User-Id")
+            .build();
         let cfg = wsgate::config::parse(std::path::Path::new("test.toml"), &text).expect("config");
         Pool::new(cfg.upstreams["api"].clone(), None)
     };
@@ -825,8 +772,15 @@ fn consistent_hash_moves_about_a_quarter_of_keys_when_a_fourth_server_joins() {
 #[tokio::test]
 async fn active_health_takes_a_server_out_and_brings_it_back() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let extra = "[upstream.api.health]\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nhealthy = 2\nunhealthy = 2";
-    let gw = gateway(&addrs(&[&a, &b]), extra).await;
+    let gw = gateway(
+        api(&addrs(&[&a, &b]))
+            .set("upstream.api.health.path", "/healthz")
+            .set("upstream.api.health.interval", "50ms")
+            .set("upstream.api.health.timeout", "1s")
+            .set("upstream.api.health.healthy", 2)
+            .set("upstream.api.health.unhealthy", 2),
+    )
+    .await;
     a.set_health(503);
     assert!(
         eventually(WAIT, || async {
@@ -844,7 +798,7 @@ async fn active_health_takes_a_server_out_and_brings_it_back() {
     );
     let before = a.hits();
     for _ in 0..10 {
-        assert_eq!(server(&get(gw.http(), "/", &[]).await), "b");
+        assert_eq!(server(&get(gw.http(), "/").await), "b");
     }
     assert_eq!(a.hits(), before);
 
@@ -852,7 +806,7 @@ async fn active_health_takes_a_server_out_and_brings_it_back() {
     assert!(eventually(WAIT, || async { state_of(&gw, a.addr) == ServerState::Up }).await);
     let mut names = HashSet::new();
     for _ in 0..4 {
-        names.insert(server(&get(gw.http(), "/", &[]).await));
+        names.insert(server(&get(gw.http(), "/").await));
     }
     assert!(names.contains("a"), "{names:?}");
 }
@@ -862,14 +816,16 @@ async fn passive_health_marks_a_dead_server_down() {
     let a = Upstream::start("a").await;
     let dead = dead_addr().await;
     let gw = gateway(
-        &[a.addr.to_string(), dead.to_string()],
-        "max_fails = 2\nfail_timeout = \"60s\"\nretries = 1",
+        api(&[a.addr, dead])
+            .set("upstream.api.max_fails", 2)
+            .set("upstream.api.fail_timeout", "60s")
+            .set("upstream.api.retries", 1),
     )
     .await;
     // Every request succeeds (retried on `a`) while the dead server fails twice.
     let mut n = 0;
     while state_of(&gw, dead) == ServerState::Up {
-        assert_eq!(server(&get(gw.http(), "/", &[]).await), "a");
+        assert_eq!(server(&get(gw.http(), "/").await), "a");
         n += 1;
         assert!(n < 20, "the dead server was never marked down");
     }
@@ -887,7 +843,7 @@ async fn passive_health_marks_a_dead_server_down() {
     // From now on it is skipped without a connection attempt: no retry needed.
     let gw2 = gw.http();
     for _ in 0..10 {
-        assert_eq!(server(&get(gw2, "/", &[]).await), "a");
+        assert_eq!(server(&get(gw2, "/").await), "a");
     }
 }
 
@@ -895,22 +851,21 @@ async fn passive_health_marks_a_dead_server_down() {
 async fn all_servers_down_answers_502_at_once() {
     let (d1, d2) = (dead_addr().await, dead_addr().await);
     let gw = gateway(
-        &[d1.to_string(), d2.to_string()],
-        "max_fails = 1\nfail_timeout = \"60s\"\nretries = 1",
+        api(&[d1, d2])
+            .set("upstream.api.max_fails", 1)
+            .set("upstream.api.fail_timeout", "60s")
+            .set("upstream.api.retries", 1),
     )
     .await;
     // The first request tries both and fails.
-    assert_eq!(
-        get(gw.http(), "/", &[]).await.status,
-        StatusCode::BAD_GATEWAY
-    );
+    assert_eq!(get(gw.http(), "/").await.status, StatusCode::BAD_GATEWAY);
     assert!(pool(&gw)
         .status()
         .iter()
         .all(|s| s.state == ServerState::Down));
     let t0 = Instant::now();
     for _ in 0..10 {
-        let r = get(gw.http(), "/", &[]).await;
+        let r = get(gw.http(), "/").await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY);
         assert!(
             r.text().contains("no upstream server is available"),
@@ -948,8 +903,9 @@ async fn idempotent_requests_are_retried_around_a_refused_server() {
     let dead = dead_addr().await;
     // max_fails = 0: passive health off, so the dead server keeps being chosen.
     let gw = gateway(
-        &[dead.to_string(), a.addr.to_string()],
-        "max_fails = 0\nretries = 1",
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 1),
     )
     .await;
     for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"] {
@@ -972,8 +928,9 @@ async fn requests_with_a_body_or_unsafe_methods_are_not_retried() {
     let a = Upstream::start("a").await;
     let dead = dead_addr().await;
     let gw = gateway(
-        &[dead.to_string(), a.addr.to_string()],
-        "max_fails = 0\nretries = 3",
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 3),
     )
     .await;
     for (method, body) in [
@@ -1004,13 +961,14 @@ async fn no_retry_once_a_response_byte_arrived() {
     let a = Upstream::start("a").await;
     let (half, half_hits) = half_response_upstream().await;
     let gw = gateway(
-        &[half.to_string(), a.addr.to_string()],
-        "max_fails = 0\nretries = 1",
+        api(&[half, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 1),
     )
     .await;
     let mut failed = 0;
     for _ in 0..6 {
-        let r = get(gw.http(), "/", &[]).await;
+        let r = get(gw.http(), "/").await;
         if r.status == StatusCode::BAD_GATEWAY {
             failed += 1;
         } else {
@@ -1027,14 +985,15 @@ async fn retries_zero_means_one_attempt() {
     let a = Upstream::start("a").await;
     let dead = dead_addr().await;
     let gw = gateway(
-        &[dead.to_string(), a.addr.to_string()],
-        "max_fails = 0\nretries = 0",
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 0),
     )
     .await;
     let statuses: Vec<StatusCode> = {
         let mut v = Vec::new();
         for _ in 0..4 {
-            v.push(get(gw.http(), "/", &[]).await.status);
+            v.push(get(gw.http(), "/").await.status);
         }
         v
     };

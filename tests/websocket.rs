@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::raw::{expect_close, frame, handshake, open_ws, read_server_frame, MASK, WS_HEADERS};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
@@ -17,27 +18,31 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, Role};
 use tokio_tungstenite::tungstenite::Message;
 
-const ECHO: &str = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n[app.echo]\nmax_message_size = \"64KiB\"\n";
-
-fn handshake(path: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n")
+/// A plain listener with the echo app at `/echo` (64 KiB messages).
+fn echo() -> Cfg {
+    Cfg::new()
+        .listener_plain()
+        .route_app("/echo", "echo")
+        .set("app.echo.max_message_size", "64KiB")
 }
 
-const GOOD: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
+/// The answer to a raw request (waiting 700 ms for more, or the close).
 async fn status_of(addr: std::net::SocketAddr, req: &str) -> String {
-    raw(addr, req.as_bytes(), Duration::from_millis(700)).await
+    raw(addr, req.as_bytes(), Duration::from_millis(700))
+        .await
+        .answer()
 }
 
 #[tokio::test]
 async fn handshake_matrix() {
-    let toml = format!(
-        "{ECHO}[[route]]\npath = \"/nows\"\napp = \"echo\"\nwebsocket = false\n[[route]]\npath = \"/strict\"\napp = \"echo\"\norigins = [\"https://good.example\"]\n"
-    );
+    let toml = echo()
+        .route(Route::app("/nows", "echo").set("websocket", false))
+        .route(Route::app("/strict", "echo").set("origins", vec!["https://good.example"]))
+        .build();
     let gw = TestGateway::start(&toml).await;
     let a = gw.http();
     let cases: Vec<(String, &str, &str)> = vec![
-        (handshake("/echo", GOOD), "HTTP/1.1 101", "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        (handshake("/echo", WS_HEADERS), "HTTP/1.1 101", "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
         // Header case and Connection token lists do not matter.
         (
             handshake("/echo", "connection: keep-alive, UPGRADE\r\nupgrade: WebSocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
@@ -50,13 +55,13 @@ async fn handshake_matrix() {
         (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 426", "sec-websocket-version: 13"),
         (handshake("/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 426", "only 13"),
         (handshake("/echo", "Connection: keep-alive\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "HTTP/1.1 400", "Connection header"),
-        (format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{GOOD}\r\n"), "HTTP/1.1 405", "must use GET"),
-        (format!("GET /echo HTTP/1.0\r\nHost: localhost\r\n{GOOD}\r\n"), "HTTP/1.0 400", "HTTP/1.1 or later"),
-        (format!("GET /echo HTTP/1.1\r\n{GOOD}\r\n"), "HTTP/1.1 400", "missing Host"),
-        (handshake("/nows", GOOD), "HTTP/1.1 403", "disabled"),
-        (handshake("/strict", &format!("{GOOD}Origin: https://evil.example\r\n")), "HTTP/1.1 403", "not allowed"),
-        (handshake("/strict", GOOD), "HTTP/1.1 403", "not allowed"),
-        (handshake("/strict", &format!("{GOOD}Origin: https://good.example\r\n")), "HTTP/1.1 101", "upgrade"),
+        (format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{WS_HEADERS}\r\n"), "HTTP/1.1 405", "must use GET"),
+        (format!("GET /echo HTTP/1.0\r\nHost: localhost\r\n{WS_HEADERS}\r\n"), "HTTP/1.0 400", "HTTP/1.1 or later"),
+        (format!("GET /echo HTTP/1.1\r\n{WS_HEADERS}\r\n"), "HTTP/1.1 400", "missing Host"),
+        (handshake("/nows", WS_HEADERS), "HTTP/1.1 403", "disabled"),
+        (handshake("/strict", &format!("{WS_HEADERS}Origin: https://evil.example\r\n")), "HTTP/1.1 403", "not allowed"),
+        (handshake("/strict", WS_HEADERS), "HTTP/1.1 403", "not allowed"),
+        (handshake("/strict", &format!("{WS_HEADERS}Origin: https://good.example\r\n")), "HTTP/1.1 101", "upgrade"),
         (handshake("/echo", ""), "HTTP/1.1 426", "only accepts WebSocket"),
     ];
     for (req, status, needle) in cases {
@@ -75,7 +80,7 @@ async fn handshake_matrix() {
 
 #[tokio::test]
 async fn echo_with_a_real_client() {
-    let gw = TestGateway::start(ECHO).await;
+    let gw = TestGateway::start(&echo().build()).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gw.http()))
         .await
         .unwrap();
@@ -109,77 +114,33 @@ async fn echo_with_a_real_client() {
     }
 }
 
-const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
-
-/// Opens a raw upgraded connection to /echo and returns the stream.
+/// A raw upgraded connection to /echo.
 async fn raw_ws(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(handshake("/echo", GOOD).as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
-/// Reads one unmasked server frame: (fin, opcode, payload).
-async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-        .await
-        .expect("frame in time")
-        .unwrap();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            s.read_exact(&mut l).await.unwrap();
-            u64::from(u16::from_be_bytes(l))
-        }
-        127 => {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).await.unwrap();
-            u64::from_be_bytes(l)
-        }
-        n => u64::from(n),
-    };
-    assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
-    let mut p = vec![0u8; len as usize];
-    s.read_exact(&mut p).await.unwrap();
-    (h[0] & 0x80 != 0, h[0] & 0x0f, p)
-}
-
-async fn expect_close(s: &mut TcpStream, code: u16) {
-    let (_, op, p) = read_frame(s).await;
-    assert_eq!(op, 8, "expected a close frame");
-    assert_eq!(
-        u16::from_be_bytes([p[0], p[1]]),
-        code,
-        "close reason: {:?}",
-        String::from_utf8_lossy(&p[2..])
-    );
+    open_ws(addr, "/echo").await
 }
 
 #[tokio::test]
 async fn raw_frames_fragmentation_and_protocol_errors() {
-    let gw = TestGateway::start(ECHO).await;
+    let gw = TestGateway::start(&echo().build()).await;
     // Fragmented text with a ping in between: pong first, then the whole message.
     let mut s = raw_ws(gw.http()).await;
     s.write_all(&frame(false, 1, b"Hel", MASK)).await.unwrap();
     s.write_all(&frame(true, 9, b"mid", MASK)).await.unwrap();
     s.write_all(&frame(true, 0, b"lo", MASK)).await.unwrap();
-    assert_eq!(read_frame(&mut s).await, (true, 10, b"mid".to_vec()));
-    assert_eq!(read_frame(&mut s).await, (true, 1, b"Hello".to_vec()));
+    assert_eq!(read_server_frame(&mut s).await, (true, 10, b"mid".to_vec()));
+    assert_eq!(
+        read_server_frame(&mut s).await,
+        (true, 1, b"Hello".to_vec())
+    );
 
     // Invalid UTF-8, also split across fragments (a 2-byte sequence cut in half is fine).
     let mut s = raw_ws(gw.http()).await;
     s.write_all(&frame(false, 1, &[0xce], MASK)).await.unwrap();
     s.write_all(&frame(true, 0, &[0xba], MASK)).await.unwrap();
-    assert_eq!(read_frame(&mut s).await, (true, 1, "κ".as_bytes().to_vec()));
+    assert_eq!(
+        read_server_frame(&mut s).await,
+        (true, 1, "κ".as_bytes().to_vec())
+    );
     s.write_all(&frame(false, 1, &[0xce, 0xba], MASK))
         .await
         .unwrap();
@@ -238,45 +199,33 @@ async fn raw_frames_fragmentation_and_protocol_errors() {
     s.write_all(&frame(true, 2, &vec![9u8; 64 * 1024], MASK))
         .await
         .unwrap();
-    let (fin, op, p) = read_frame(&mut s).await;
+    let (fin, op, p) = read_server_frame(&mut s).await;
     assert!(fin && op == 2 && p.len() == 64 * 1024);
 }
 
 #[tokio::test]
 async fn echo_negotiates_permessage_deflate() {
-    let gw = TestGateway::start(ECHO).await;
-    let ext = "permessage-deflate; client_max_window_bits";
-    let out = raw(
-        gw.http(),
-        handshake(
+    // The 101 to a handshake offering permessage-deflate.
+    let offer = |addr| async move {
+        let ext = "permessage-deflate; client_max_window_bits";
+        let req = handshake(
             "/echo",
-            &format!("{GOOD}Sec-WebSocket-Extensions: {ext}\r\n"),
-        )
-        .as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+            &format!("{WS_HEADERS}Sec-WebSocket-Extensions: {ext}\r\n"),
+        );
+        raw(addr, req.as_bytes(), Duration::from_millis(500))
+            .await
+            .answer()
+    };
+    let gw = TestGateway::start(&echo().build()).await;
+    let out = offer(gw.http()).await;
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     assert!(
         out.to_ascii_lowercase()
             .contains("sec-websocket-extensions: permessage-deflate"),
         "{out}"
     );
-    let gw2 = TestGateway::start(&ECHO.replace(
-        "max_message_size = \"64KiB\"",
-        "max_message_size = \"64KiB\"\ncompression = false",
-    ))
-    .await;
-    let out = raw(
-        gw2.http(),
-        handshake(
-            "/echo",
-            &format!("{GOOD}Sec-WebSocket-Extensions: {ext}\r\n"),
-        )
-        .as_bytes(),
-        Duration::from_millis(500),
-    )
-    .await;
+    let gw2 = TestGateway::start(&echo().set("app.echo.compression", false).build()).await;
+    let out = offer(gw2.http()).await;
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     assert!(
         !out.to_ascii_lowercase().contains("permessage-deflate"),
@@ -284,15 +233,25 @@ async fn echo_negotiates_permessage_deflate() {
     );
 }
 
-fn splice_cfg(upstream: std::net::SocketAddr, tls: bool) -> String {
-    let tls_block = if tls {
-        "[listener.tls]\ncert = \"{dir}/default.crt\"\nkey = \"{dir}/default.key\"\n"
+/// Two listeners (the second with TLS when `tls`) and `/ws` spliced to
+/// `upstream` with 1 s timeouts.
+fn splice(upstream: std::net::SocketAddr, tls: bool) -> Cfg {
+    let second = if tls {
+        Listener::plain().tls("{dir}/default.crt", "{dir}/default.key")
     } else {
-        ""
+        Listener::plain()
     };
-    format!(
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{tls_block}[upstream.ws]\nservers = [\"{upstream}\"]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n[[route]]\npath = \"/ws\"\nupstream = \"ws\"\n"
-    )
+    Cfg::new()
+        .listener_plain()
+        .listener(second)
+        .upstream("ws", &[upstream])
+        .set("upstream.ws.connect_timeout", "1s")
+        .set("upstream.ws.response_timeout", "1s")
+        .route_upstream("/ws", "ws")
+}
+
+fn splice_cfg(upstream: std::net::SocketAddr, tls: bool) -> String {
+    splice(upstream, tls).build()
 }
 
 #[tokio::test]
@@ -346,8 +305,12 @@ async fn forwarded_headers_reach_the_ws_upstream() {
         String::from_utf8_lossy(&head).to_string()
     });
     let gw = TestGateway::start(&splice_cfg(up, false)).await;
-    let _ = raw(gw.http(), handshake("/ws/x", &format!("{GOOD}Cookie: a=b\r\nOrigin: http://o.test\r\nSec-WebSocket-Protocol: p1\r\nX-Forwarded-For: 198.51.100.1\r\n")).as_bytes(), Duration::from_millis(200)).await;
-    let head = seen.await.unwrap().to_ascii_lowercase();
+    let _ = raw(gw.http(), handshake("/ws/x", &format!("{WS_HEADERS}Cookie: a=b\r\nOrigin: http://o.test\r\nSec-WebSocket-Protocol: p1\r\nX-Forwarded-For: 198.51.100.1\r\n")).as_bytes(), Duration::from_millis(200)).await;
+    let head = tokio::time::timeout(WAIT, seen)
+        .await
+        .expect("the upgrade reached the upstream")
+        .unwrap()
+        .to_ascii_lowercase();
     for want in [
         "get /ws/x http/1.1",
         "sec-websocket-key: dghlihnhbxbszsbub25jzq==",
@@ -439,7 +402,7 @@ async fn splices_and_serves_echo_over_http2() {
         .join("default.crt")
         .to_string_lossy()
         .into_owned();
-    let toml = splice_cfg(up, true) + "[[route]]\npath = \"/echo\"\napp = \"echo\"\n";
+    let toml = splice(up, true).route_app("/echo", "echo").build();
     let gw = TestGateway::start_in(&toml, dir).await;
     // Spliced to an HTTP/1.1 upstream, subprotocol negotiated end to end.
     let tls = tls_connect(gw.https(), tls_client(&ca, &[b"h2"]), "localhost").await;
@@ -491,7 +454,7 @@ async fn scripted_upstream(response: &'static str, then: &'static [u8]) -> std::
 async fn upstream_handshake_failures_are_502_or_504() {
     let wrong = scripted_upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n", b"").await;
     let gw = TestGateway::start(&splice_cfg(wrong, false)).await;
-    let out = status_of(gw.http(), &handshake("/ws", GOOD)).await;
+    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
     assert!(out.starts_with("HTTP/1.1 502"), "{out}");
     assert!(out.contains("Sec-WebSocket-Accept"), "{out}");
 
@@ -501,25 +464,22 @@ async fn upstream_handshake_failures_are_502_or_504() {
     )
     .await;
     let gw = TestGateway::start(&splice_cfg(missing, false)).await;
-    assert!(status_of(gw.http(), &handshake("/ws", GOOD))
+    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
         .await
         .starts_with("HTTP/1.1 502"));
 
     let not101 =
         scripted_upstream("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"").await;
     let gw = TestGateway::start(&splice_cfg(not101, false)).await;
-    let out = status_of(gw.http(), &handshake("/ws", GOOD)).await;
+    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
     assert!(
         out.starts_with("HTTP/1.1 502") && out.contains("404"),
         "{out}"
     );
 
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = dead_addr().await;
     let gw = TestGateway::start(&splice_cfg(refused, false)).await;
-    assert!(status_of(gw.http(), &handshake("/ws", GOOD))
+    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
         .await
         .starts_with("HTTP/1.1 502"));
 
@@ -535,10 +495,11 @@ async fn upstream_handshake_failures_are_502_or_504() {
     let gw = TestGateway::start(&splice_cfg(silent_addr, false)).await;
     let out = raw(
         gw.http(),
-        handshake("/ws", GOOD).as_bytes(),
+        handshake("/ws", WS_HEADERS).as_bytes(),
         Duration::from_secs(3),
     )
-    .await;
+    .await
+    .answer();
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
 }
 
@@ -553,7 +514,7 @@ async fn bytes_buffered_past_the_101_are_not_lost() {
     let gw = TestGateway::start(&splice_cfg(early, false)).await;
     let mut s = TcpStream::connect(gw.http()).await.unwrap();
     // The client also sends a frame right behind its handshake.
-    let mut req = handshake("/ws", GOOD).into_bytes();
+    let mut req = handshake("/ws", WS_HEADERS).into_bytes();
     req.extend_from_slice(&frame(true, 1, b"eager", MASK));
     s.write_all(&req).await.unwrap();
     let mut got = Vec::new();
@@ -600,7 +561,7 @@ async fn two_hundred_concurrent_spliced_sessions_keep_their_own_data() {
 
 #[tokio::test]
 async fn capacity_503_then_reuse_and_per_ip_429() {
-    let gw = TestGateway::start(&format!("[server]\nmax_connections = 3\n{ECHO}")).await;
+    let gw = TestGateway::start(&echo().set("server.max_connections", 3).build()).await;
     let addr = gw.http();
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -609,7 +570,7 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
             .unwrap();
         held.push(ws);
     }
-    let out = status_of(addr, &handshake("/echo", GOOD)).await;
+    let out = status_of(addr, &handshake("/echo", WS_HEADERS)).await;
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(out.to_ascii_lowercase().contains("retry-after: 1"), "{out}");
     // Plain HTTP requests are refused the same way.
@@ -622,7 +583,7 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
     drop(one);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status_of(addr, &handshake("/echo", GOOD))
+            status_of(addr, &handshake("/echo", WS_HEADERS))
                 .await
                 .starts_with("HTTP/1.1 101")
         })
@@ -630,7 +591,7 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
         "a freed slot should be reusable"
     );
 
-    let gw = TestGateway::start(&format!("[server]\nmax_connections_per_ip = 2\n{ECHO}")).await;
+    let gw = TestGateway::start(&echo().set("server.max_connections_per_ip", 2).build()).await;
     let addr = gw.http();
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -641,7 +602,7 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
                 .0,
         );
     }
-    let out = status_of(addr, &handshake("/echo", GOOD)).await;
+    let out = status_of(addr, &handshake("/echo", WS_HEADERS)).await;
     assert!(out.starts_with("HTTP/1.1 429"), "{out}");
     assert!(out.to_ascii_lowercase().contains("retry-after"), "{out}");
 }
@@ -649,10 +610,9 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
 #[tokio::test]
 async fn spliced_sessions_end_after_idle_timeout() {
     let up = ws_echo_upstream(None).await;
-    let toml = splice_cfg(up, false).replace(
-        "response_timeout = \"1s\"",
-        "response_timeout = \"1s\"\nws_idle_timeout = \"300ms\"",
-    );
+    let toml = splice(up, false)
+        .set("upstream.ws.ws_idle_timeout", "300ms")
+        .build();
     let gw = TestGateway::start(&toml).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
@@ -670,15 +630,20 @@ async fn spliced_sessions_end_after_idle_timeout() {
 /// client, so nothing answers pings behind the test's back.
 #[tokio::test]
 async fn echo_pings_and_closes_idle_sessions() {
-    let toml = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/echo\"\napp = \"echo\"\n[app.echo]\nping_interval = \"100ms\"\nidle_timeout = \"1s\"\n";
-    let gw = TestGateway::start(toml).await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .route_app("/echo", "echo")
+        .set("app.echo.ping_interval", "100ms")
+        .set("app.echo.idle_timeout", "1s")
+        .build();
+    let gw = TestGateway::start(&toml).await;
     let mut s = raw_ws(gw.http()).await;
     let started = tokio::time::Instant::now();
     let mut pings = 0;
     // 1.5 s of traffic, one message per ping received: past the idle
     // timeout, yet the session stays open because the client keeps talking.
     while started.elapsed() < Duration::from_millis(1500) {
-        match read_frame(&mut s).await {
+        match read_server_frame(&mut s).await {
             (true, 9, _) => {
                 pings += 1;
                 s.write_all(&frame(true, 1, b"still here", MASK))
@@ -694,7 +659,7 @@ async fn echo_pings_and_closes_idle_sessions() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         assert!(tokio::time::Instant::now() < deadline, "no idle close");
-        match read_frame(&mut s).await {
+        match read_server_frame(&mut s).await {
             (true, 9, _) | (true, 1, _) => continue,
             (true, 8, p) => {
                 assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1001);
