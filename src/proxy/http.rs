@@ -188,8 +188,18 @@ impl ClientFault {
     /// Records a body error: `true` for a malformed body, `false` for a
     /// client that went away mid-body.
     fn record(&self, e: &hyper::Error) {
-        let malformed = e.is_parse() || e.is_user();
-        let _ = self.0.set(malformed && !e.is_incomplete_message());
+        // hyper reports a malformed chunk as an `InvalidData`/`InvalidInput`
+        // I/O cause; anything else is a body cut short (the client closed, or
+        // reset its HTTP/2 stream).
+        let invalid = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            });
+        let _ = self.0.set(invalid || e.is_parse());
     }
 
     fn get(&self) -> Option<ProxyError> {
