@@ -11,6 +11,14 @@
 //! that went through here first, so the mark is set before the service sees the
 //! request; the service then answers 400 and closes, and nothing is forwarded.
 //!
+//! The same goes for a head that repeats a field that must appear once
+//! ([`SINGLE`]): two `Host` lines make the request invalid (RFC 9112 §3.2,
+//! "MUST respond with a 400"), even with equal values, and hyper would keep
+//! both, route on the first and forward both. `Origin` (RFC 6454 §7.3) and the
+//! WebSocket handshake's `Sec-WebSocket-Key` and `Sec-WebSocket-Version`
+//! (RFC 6455 §11.3) are single by definition too; wsgate decides on the first
+//! (the origin allow-list) while an upstream could read another.
+//!
 //! The scan keeps a few hundred bytes of state per connection whatever the
 //! input, and stops for good on HTTP/2, after an upgrade (the service says so),
 //! and on framing hyper itself rejects.
@@ -27,6 +35,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `Content-Length` or `Transfer-Encoding` value.
 const LINE_KEEP: usize = 256;
 
+/// Fields a request head may carry at most once; a second line is refused
+/// (see the module docs). `Content-Length` is handled apart: repeating the
+/// same value is allowed (RFC 9112 §6.3), differing values are refused.
+pub const SINGLE: [&str; 4] = [
+    "host",
+    "origin",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
 const CLEAN: u8 = 0;
 const AMBIGUOUS: u8 = 1;
 const STOPPED: u8 = 2;
@@ -36,7 +54,8 @@ const STOPPED: u8 = 2;
 pub struct Verdict(AtomicU8);
 
 impl Verdict {
-    /// A request head on this connection had ambiguous framing.
+    /// A request head on this connection had ambiguous framing or a repeated
+    /// single field (e.g. two `Host` lines).
     pub fn ambiguous(&self) -> bool {
         self.0.load(Ordering::Acquire) == AMBIGUOUS
     }
@@ -112,6 +131,8 @@ struct Head {
     te: bool,
     chunked: bool,
     content_length: Option<u64>,
+    /// Bit `i` set: the head had a [`SINGLE`]`[i]` line.
+    single: u8,
     ambiguous: bool,
 }
 
@@ -131,7 +152,7 @@ impl Default for Scanner {
 
 impl Scanner {
     /// Feeds bytes; returns true when a request head with ambiguous framing
-    /// ended in them.
+    /// or a repeated single field ended in them.
     pub fn feed(&mut self, mut data: &[u8]) -> bool {
         let mut found = false;
         while !data.is_empty() {
@@ -233,6 +254,15 @@ fn header_line(head: &mut Head, l: &[u8], truncated: bool) -> Option<State> {
             .unwrap_or_default()
             .trim_ascii();
         head.chunked = last.eq_ignore_ascii_case(b"chunked");
+    } else if let Some(i) = SINGLE
+        .iter()
+        .position(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+    {
+        let bit = 1u8 << i;
+        if head.single & bit != 0 {
+            head.ambiguous = true;
+        }
+        head.single |= bit;
     } else if name.eq_ignore_ascii_case(b"content-length") {
         for part in value.split(|b| *b == b',') {
             let n = std::str::from_utf8(part.trim_ascii())
@@ -380,6 +410,46 @@ mod tests {
             let bytes: Vec<&[u8]> = c.chunks(1).collect();
             assert!(scan(&bytes));
         }
+    }
+
+    #[test]
+    fn repeated_single_fields_are_found_wherever_they_are_split() {
+        let cases: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: evil.example\r\n\r\n",
+            // Equal values too: a request with two Host lines is invalid.
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nhOsT: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Key: y\r\n\r\n",
+            // The second request of a keep-alive connection, after a body.
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nHostGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(scan(&[c]), "{}", String::from_utf8_lossy(c));
+            for i in 1..c.len() {
+                assert!(scan(&[&c[..i], &c[i..]]), "split at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn single_fields_once_per_request_pass() {
+        // One Host per request on a keep-alive connection; Host with an
+        // absolute-form target; look-alike names; a Host inside a body and in
+        // chunked trailers (not the head).
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\n\r\n"
+        ]));
+        assert!(!scan(&[b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Host: b\r\nHostname: c\r\nX-Forwarded-Host: d\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nHost: b\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: b\r\n\r\n"
+        ]));
     }
 
     #[test]
