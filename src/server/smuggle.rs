@@ -76,7 +76,7 @@ impl Verdict {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum State {
     Head(Head),
     Body(u64),
@@ -90,7 +90,7 @@ enum State {
 /// The start of a line that did not end in the bytes read so far (at most
 /// `LINE_KEEP` bytes of it). Lines that end in the read that started them, the
 /// usual case, are looked at in place and never copied.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Line {
     buf: Vec<u8>,
     truncated: bool,
@@ -124,7 +124,7 @@ impl Line {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Head {
     line: Line,
     started: bool,
@@ -136,8 +136,9 @@ struct Head {
     ambiguous: bool,
 }
 
-/// Follows HTTP/1.1 request framing over a byte stream.
-#[derive(Debug)]
+/// Follows HTTP/1.1 request framing over a byte stream. Two scanners compare
+/// equal when they are in the same state, whatever reads brought them there.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Scanner {
     state: State,
 }
@@ -368,6 +369,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn scan(parts: &[&[u8]]) -> bool {
         let mut s = Scanner::default();
@@ -450,6 +452,75 @@ mod tests {
         assert!(!scan(&[
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: b\r\n\r\n"
         ]));
+    }
+
+    /// Feeds `data` cut at `cuts` and returns the verdict after each piece,
+    /// the piece ends, and the scanner.
+    fn feed_cut(data: &[u8], cuts: &[usize]) -> (Vec<bool>, Vec<usize>, Scanner) {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        ends.push(data.len());
+        ends.sort_unstable();
+        ends.dedup();
+        let mut s = Scanner::default();
+        let (mut found, mut start, mut verdicts) = (false, 0, Vec::new());
+        for &end in &ends {
+            found |= s.feed(&data[start..end]);
+            verdicts.push(found);
+            start = end;
+        }
+        (verdicts, ends, s)
+    }
+
+    /// Request-shaped pieces (so the scanner reaches every state) and noise.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"GET / HTTP/1.1\r\n".to_vec()),
+            Just(b"POST / HTTP/1.1\r\n".to_vec()),
+            Just(b"PRI * HTTP/2.0\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"Host: a\r\n".to_vec()),
+            Just(b"host:b\r\n".to_vec()),
+            Just(b"Origin: http://a\r\n".to_vec()),
+            Just(b"Sec-WebSocket-Key: k\r\n".to_vec()),
+            Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+            Just(b"Transfer-Encoding: gzip\r\n".to_vec()),
+            (0u64..40).prop_map(|n| format!("Content-Length: {n}\r\n").into_bytes()),
+            Just(b"Content-Length: 1, 2\r\n".to_vec()),
+            (0u64..40).prop_map(|n| format!("{n:x}\r\n").into_bytes()),
+            (0usize..600).prop_map(|n| {
+                let mut l = b"X-Long: ".to_vec();
+                l.resize(8 + n, b'a');
+                l.extend_from_slice(b"\r\n");
+                l
+            }),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|ps| ps.concat())
+    }
+
+    proptest! {
+        /// However the bytes are split into reads, the scanner reaches the same
+        /// state and the same verdict as when it gets them whole, and after
+        /// every read its verdict is the one a byte-at-a-time scan has at that
+        /// offset (so the mark is set by the read that completes the head).
+        #[test]
+        fn chunking_never_changes_the_verdict(
+            data in stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..24),
+        ) {
+            let (whole, _, whole_state) = feed_cut(&data, &[]);
+            let (verdicts, ends, state) = feed_cut(&data, &cuts);
+            let all: Vec<usize> = (0..=data.len()).collect();
+            let (bytewise, _, byte_state) = feed_cut(&data, &all);
+            prop_assert_eq!(whole.last(), verdicts.last());
+            prop_assert_eq!(&state, &whole_state);
+            prop_assert_eq!(&byte_state, &whole_state);
+            for (v, end) in verdicts.iter().zip(&ends) {
+                // `ends` of the byte-wise feed are 0..=len, deduplicated.
+                prop_assert_eq!(*v, bytewise[*end], "after the read ending at {}", end);
+            }
+        }
     }
 
     #[test]
