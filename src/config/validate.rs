@@ -12,10 +12,19 @@ use toml::Spanned;
 use super::file::*;
 use super::units::{parse_duration, parse_size};
 use super::*;
+use crate::certs::CertError;
+
+/// The smallest `server.max_request_head`: hyper's HTTP/1.1 read buffer
+/// cannot be smaller (its `max_buf_size` minimum).
+const MIN_REQUEST_HEAD: u64 = 8 << 10;
+/// The largest `server.max_request_head`.
+const MAX_REQUEST_HEAD: u64 = 16 << 20;
 
 /// Collects issues while walking the raw config.
 struct Ctx<'a> {
+    path: &'a Path,
     text: &'a str,
+    checks: Checks,
     issues: Vec<ConfigIssue>,
     warnings: Vec<String>,
 }
@@ -28,6 +37,13 @@ impl Ctx<'_> {
             key: None,
             message: message.into(),
         });
+    }
+
+    /// A warning about the value at `span`, as `PATH:LINE:COL: message`.
+    fn warn_at(&mut self, span: std::ops::Range<usize>, message: impl std::fmt::Display) {
+        let (line, col) = super::line_col(self.text, span.start);
+        self.warnings
+            .push(format!("{}:{line}:{col}: {message}", self.path.display()));
     }
 
     fn key(&mut self, key: &str, message: impl Into<String>) {
@@ -58,6 +74,29 @@ impl Ctx<'_> {
         }
     }
 
+    /// A size in `[min, max]`; a value outside is an error, not clamped.
+    fn size_in(&mut self, v: &Option<SStr>, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let n = self.size(v, key, default);
+        let Some(s) = v else { return n };
+        let (bound, word) = if n < min {
+            (min, "below the minimum")
+        } else if n > max {
+            (max, "above the maximum")
+        } else {
+            return n;
+        };
+        self.at(
+            s.span(),
+            format!(
+                "{key}: {:?} is {word} of {} ({} bytes)",
+                s.get_ref(),
+                human_size(bound),
+                bound
+            ),
+        );
+        default
+    }
+
     /// An integer in `[min, max]`.
     fn int(
         &mut self,
@@ -80,40 +119,140 @@ impl Ctx<'_> {
         }
     }
 
-    /// A file that must exist and be readable; resolved against the working directory.
-    fn readable_file(&mut self, v: &SStr, key: &str) -> PathBuf {
+    /// A file that must exist, be readable and not be a directory; resolved
+    /// against the working directory. `None` once the problem is recorded.
+    fn readable_file(&mut self, v: &SStr, key: &str) -> Option<PathBuf> {
         let p = PathBuf::from(v.get_ref());
-        if let Err(e) = std::fs::File::open(&p) {
-            let hint = if key.ends_with("cert") || key.ends_with("key") {
-                " (create a dev certificate with `wsgate gen-cert`)"
-            } else {
-                ""
+        let problem = match std::fs::File::open(&p).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_dir() => "it is a directory, not a file".to_string(),
+            Ok(_) => return Some(p),
+            Err(e) => e.to_string(),
+        };
+        let hint = if key.ends_with("cert") || key.ends_with("key") {
+            " (create a dev certificate with `wsgate gen-cert`)"
+        } else {
+            ""
+        };
+        self.at(
+            v.span(),
+            format!("{key}: cannot read {:?}: {problem}{hint}", v.get_ref()),
+        );
+        None
+    }
+
+    /// A certificate chain and its private key (`{k}.cert`, `{k}.key`): both
+    /// readable, both parse, and the certificate is the key's. A problem is
+    /// reported at the value naming the file at fault (the certificate's when
+    /// they do not match).
+    fn cert_pair(&mut self, cert: &SStr, key: &SStr, k: &str) -> CertPaths {
+        let cert_path = self.readable_file(cert, &format!("{k}.cert"));
+        let key_path = self.readable_file(key, &format!("{k}.key"));
+        let (Some(cert_path), Some(key_path)) = (cert_path, key_path) else {
+            return CertPaths {
+                cert: PathBuf::from(cert.get_ref()),
+                key: PathBuf::from(key.get_ref()),
             };
-            self.at(
-                v.span(),
+        };
+        match crate::certs::load_certified_key(&cert_path, &key_path) {
+            Ok(_) => {}
+            Err(CertError::Cert { reason, .. }) => self.at(
+                cert.span(),
                 format!(
-                    "{key}: cannot read {:?}: {e}{hint}",
-                    p.display().to_string()
+                    "{k}.cert: {:?} is not a usable certificate: {reason}",
+                    cert.get_ref()
                 ),
-            );
+            ),
+            Err(CertError::Key { reason, .. }) => self.at(
+                key.span(),
+                format!(
+                    "{k}.key: {:?} is not a usable private key: {reason}",
+                    key.get_ref()
+                ),
+            ),
+            Err(CertError::Mismatch { reason, .. }) => self.at(
+                cert.span(),
+                format!(
+                    "{k}.cert: {:?} does not belong to the key {:?} ({k}.key): {reason}",
+                    cert.get_ref(),
+                    key.get_ref()
+                ),
+            ),
+            Err(other) => self.at(cert.span(), format!("{k}.cert: {other}")),
         }
-        p
+        CertPaths {
+            cert: cert_path,
+            key: key_path,
+        }
+    }
+
+    /// With [`Checks::bind`], tries to listen on `addr` (then lets it go) so
+    /// an address that is taken is reported now rather than at start. Port 0
+    /// (any free port) is not tried.
+    fn try_bind(&mut self, v: &SStr, key: &str, addr: SocketAddr) {
+        if !self.checks.bind || addr.port() == 0 {
+            return;
+        }
+        // Like tokio's `TcpListener::bind` at start: SO_REUSEADDR, then listen.
+        let err = match std::net::TcpListener::bind(addr) {
+            Ok(listener) => {
+                drop(listener);
+                return;
+            }
+            Err(e) => e,
+        };
+        match err.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                self.at(v.span(), format!("{key}: address {addr} is already in use"))
+            }
+            std::io::ErrorKind::AddrNotAvailable => self.at(
+                v.span(),
+                format!("{key}: cannot listen on {addr}: no local interface has this address"),
+            ),
+            // `check` may run as another user than the gateway (which may
+            // have CAP_NET_BIND_SERVICE): say so, but do not fail.
+            std::io::ErrorKind::PermissionDenied => self.warn_at(
+                v.span(),
+                format_args!(
+                    "{key}: this user may not listen on {addr} (permission denied); the gateway needs root or CAP_NET_BIND_SERVICE for ports below 1024"
+                ),
+            ),
+            _ => self.at(v.span(), format!("{key}: cannot listen on {addr}: {err}")),
+        }
     }
 }
 
-pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, ConfigError> {
+/// `n` bytes in the config's units: `8KiB`, `16MiB`, or `100B`.
+fn human_size(n: u64) -> String {
+    match n {
+        0 => "0B".into(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
+pub fn validate(
+    path: &Path,
+    text: &str,
+    raw: FileConfig,
+    checks: Checks,
+) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
+        path,
         text,
+        checks,
         issues: Vec::new(),
         warnings: Vec::new(),
     };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
     let listeners = listeners(&mut cx, &raw.listener);
-    let admin = raw
-        .admin
-        .as_ref()
-        .and_then(|a| socket_addr(&mut cx, &a.addr, "admin.addr"));
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
+        cx.try_bind(&a.addr, "admin.addr", addr);
+        Some(addr)
+    });
     let upstreams = upstreams(&mut cx, &raw.upstream);
     let routes = routes(&mut cx, &raw.route, &upstreams);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
@@ -230,9 +369,13 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             "server.shutdown_grace",
             Duration::from_secs(30),
         ),
-        max_request_head: cx
-            .size(&s.max_request_head, "server.max_request_head", 64 * 1024)
-            .clamp(0, 16 << 20) as usize,
+        max_request_head: cx.size_in(
+            &s.max_request_head,
+            "server.max_request_head",
+            64 * 1024,
+            MIN_REQUEST_HEAD,
+            MAX_REQUEST_HEAD,
+        ) as usize,
         secret,
     }
 }
@@ -295,22 +438,18 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
                 l.addr.span(),
                 format!("{key}.addr: duplicate listener address {addr}"),
             );
+        } else {
+            cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
         }
         let tls = l.tls.as_ref().map(|t| {
-            let default = CertPaths {
-                cert: cx.readable_file(&t.cert, &format!("{key}.tls.cert")),
-                key: cx.readable_file(&t.key, &format!("{key}.tls.key")),
-            };
+            let default = cx.cert_pair(&t.cert, &t.key, &format!("{key}.tls"));
             let sni = t
                 .sni
                 .iter()
                 .enumerate()
                 .filter_map(|(j, s)| {
                     let k = format!("{key}.tls.sni[{j}]");
-                    let paths = CertPaths {
-                        cert: cx.readable_file(&s.cert, &format!("{k}.cert")),
-                        key: cx.readable_file(&s.key, &format!("{k}.key")),
-                    };
+                    let paths = cx.cert_pair(&s.cert, &s.key, &k);
                     match HostPattern::parse(s.host.get_ref()) {
                         Ok(h) => Some((h, paths)),
                         Err(e) => {
