@@ -186,6 +186,11 @@ impl Proxy {
                 ProxyError::MissingHost
             });
         }
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            // RFC 9112 §3.2 (HTTP/1.1 is refused earlier, by server::smuggle);
+            // HTTP/2 requests reach here with their fields as sent.
+            return Err(ProxyError::BadRequest("more than one Host header".into()));
+        }
         let route = table
             .router
             .find(host.map(Host::as_str), req.uri().path())
