@@ -22,6 +22,7 @@
 pub mod access;
 pub mod apps;
 pub mod body;
+pub mod budget;
 pub mod certs;
 pub mod cluster;
 pub mod config;

@@ -76,6 +76,11 @@ pub struct Metrics {
     pub ws_close_codes: Family<RouteCode, Counter>,
     /// Wire bytes of inspected spliced sessions, per route and direction.
     pub ws_bytes: Family<RouteDirection, Counter>,
+    /// Bytes of unfinished messages app sessions hold (`server.max_buffered`
+    /// budget); set at scrape time from the budget.
+    pub ws_buffered_bytes: Gauge,
+    /// App sessions the budget closed (1013).
+    pub ws_budget_closed: Counter,
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
@@ -108,6 +113,8 @@ impl Metrics {
             ws_messages: Family::default(),
             ws_close_codes: Family::default(),
             ws_bytes: Family::default(),
+            ws_buffered_bytes: Gauge::default(),
+            ws_budget_closed: Counter::default(),
             upstream_up: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
@@ -167,6 +174,16 @@ impl Metrics {
             "ws_bytes",
             "WebSocket wire bytes of inspected splices",
             m.ws_bytes.clone(),
+        );
+        r.register(
+            "ws_buffered_bytes",
+            "Bytes of unfinished WebSocket messages held by app sessions (server.max_buffered)",
+            m.ws_buffered_bytes.clone(),
+        );
+        r.register(
+            "ws_budget_closed",
+            "App WebSocket sessions closed (1013) because server.max_buffered was exceeded",
+            m.ws_budget_closed.clone(),
         );
         r.register(
             "upstream_up",

@@ -1,7 +1,39 @@
 //! The WebSocket codec (yawc) as the in-process apps use it: the options for
-//! an app's limits, and completing an upgrade. A leaf of `apps`.
+//! an app's limits, and completing an upgrade over a socket metered by the
+//! process's memory budget ([`crate::budget`]). A leaf of `apps`.
+//!
+//! How yawc holds an unfinished message (read for `server.max_buffered`): its
+//! decoder checks a frame header's claimed length against the limit and then
+//! waits, without reserving anything, until that many bytes have arrived; the
+//! read buffer (tokio-util's `Framed`) grows by doubling as reads fill it, and
+//! fragments are appended to a reassembly buffer that grows the same way. So
+//! memory follows what has arrived (up to twice it, buffer slack included),
+//! never what a header claims: `tests/budget.rs` holds it to that.
 
-use yawc::{DeflateOptions, Options};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use yawc::close::CloseCode;
+use yawc::{DeflateOptions, Options, Role, WebSocket};
+
+use crate::budget::{Account, Metered};
+
+/// The close code of a session evicted by the memory budget: 1013 "Try Again
+/// Later" (RFC 6455 §7.4.2, IANA registry), not 1009 "Message Too Big". The
+/// message was within `max_message_size`; what ran out is the process's
+/// shared budget, a temporary condition of the server, and the same message
+/// may well go through once other sessions finish. 1009 would tell the client
+/// its message is too big, which retrying cannot fix.
+pub const BUDGET_CLOSE: CloseCode = CloseCode::Again;
+/// The reason sent with [`BUDGET_CLOSE`].
+pub const BUDGET_CLOSE_REASON: &str = "server busy: message memory exhausted, try again later";
+
+/// An app session's socket: the upgraded connection, metered by the budget.
+pub type AppSocket = Metered<TokioIo<Upgraded>>;
 
 /// Starting (and resting) size of the codec's read buffer. yawc defaults to
 /// 8 KiB, which was most of an idle session's memory; a larger frame grows the
@@ -32,18 +64,91 @@ pub fn options(max_message: u64, compression: bool) -> Options {
     }
 }
 
+/// An upgrade answered but not yet completed (the 101 or, over HTTP/2, the
+/// 200 is on its way). Boxed by [`upgrade`]: it waits in every session task.
+pub struct Upgrade {
+    on: OnUpgrade,
+    /// The `Sec-WebSocket-Extensions` the answer agreed to.
+    extensions: Option<String>,
+    options: Options,
+    account: Arc<Account>,
+}
+
+/// Answers a validated upgrade with `options`; the session's bytes will be
+/// charged to `account`. yawc negotiates and writes the answer; the connection
+/// is taken from hyper here first, so that the codec can run over a metered
+/// socket (yawc's own future would wrap the bare one).
+pub fn upgrade(
+    req: &mut Request<hyper::body::Incoming>,
+    options: Options,
+    account: Arc<Account>,
+) -> Result<(Response<Empty<Bytes>>, Box<Upgrade>), yawc::WebSocketError> {
+    let on = hyper::upgrade::on(&mut *req);
+    // yawc's own `UpgradeFut` finds no connection left to take and is dropped
+    // unpolled.
+    let (resp, _) = WebSocket::upgrade_with_options(&mut *req, options.clone())?;
+    let extensions = resp
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_EXTENSIONS)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((
+        resp,
+        Box::new(Upgrade {
+            on,
+            extensions,
+            options,
+            account,
+        }),
+    ))
+}
+
 /// Completes an app's upgrade. The codec comes back boxed and out of any
 /// `match` scrutinee: an idle session's future would otherwise hold the
 /// ~900-byte codec two or three times for the session's whole life.
-pub async fn upgraded(
-    fut: yawc::UpgradeFut,
-    app: &'static str,
-) -> Option<Box<yawc::HttpWebSocket>> {
-    match fut.await {
-        Ok(ws) => Some(Box::new(ws)),
+pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSocket<AppSocket>>> {
+    let Upgrade {
+        on,
+        extensions,
+        options,
+        account,
+    } = *up;
+    let io = match on.await {
+        Ok(io) => Metered::new(TokioIo::new(io), account),
         Err(e) => {
             tracing::debug!(app, error = %e, "upgrade did not complete");
+            return None;
+        }
+    };
+    // The same negotiation yawc's future runs, from the extensions the
+    // answer agreed to.
+    match WebSocket::from_stream_with_extensions(io, Role::Server, extensions.as_deref(), options)
+    {
+        Ok(ws) => Some(Box::new(ws)),
+        Err(e) => {
+            tracing::debug!(app, error = %e, "codec setup failed");
             None
         }
     }
+}
+
+/// How long closing an evicted session may take (writing the close to a
+/// client that does not read, mostly) before the socket is dropped.
+const EVICTED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes a session the budget evicted: the 1013 close frame, then the
+/// socket's write side, without waiting for the client's close. Its memory is
+/// what the process is short of, and waiting would mean reading (and holding)
+/// more of the message the client is still sending.
+pub async fn close_evicted<S>(ws: &mut WebSocket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    let _ = tokio::time::timeout(EVICTED_CLOSE_TIMEOUT, async {
+        ws.send(yawc::frame::Frame::close(BUDGET_CLOSE, BUDGET_CLOSE_REASON))
+            .await?;
+        ws.close().await
+    })
+    .await;
 }

@@ -4,6 +4,8 @@
 //! on invalid UTF-8 and 1009 over `max_message_size` (checked against frame
 //! headers before the payload is read, so a claimed 2^62 bytes allocates nothing).
 //! Optional server pings and an idle timeout keep dead peers from lingering.
+//! Bytes read and not yet echoed count against the process's memory budget
+//! (`server.max_buffered`); a session it evicts is closed with 1013.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,6 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::WebSocket;
@@ -19,25 +20,29 @@ use yawc::WebSocket;
 use super::error::AppError;
 use crate::access::{SessionHold, SessionLog};
 use crate::body::{empty, Body};
+use crate::budget::{Account, Budget};
 use crate::config::EchoConfig;
 use crate::limits::ConnSlot;
 use crate::shutdown::Shutdown;
 
 /// Completes a validated upgrade and spawns the echo session on `shutdown`'s
-/// session tracker, holding the connection's slot while it lives.
+/// session tracker, holding the connection's slot while it lives. Its reads
+/// are charged to an account in `budget`.
 pub fn accept(
     shutdown: &Shutdown,
+    budget: &Arc<Budget>,
     cfg: &EchoConfig,
     mut req: Request<Incoming>,
     hold: SessionHold,
 ) -> Result<Response<Body>, AppError> {
     let opts = super::codec::options(cfg.max_message_size, cfg.compression);
     keep_first_deflate_offer(req.headers_mut());
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(AppError::Upgrade)?;
+    let account = budget.open(shutdown.token.child_token());
+    let (resp, up) =
+        super::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
     let cfg = cfg.clone();
-    let stop = shutdown.token.clone();
     let SessionHold { slot, log } = hold;
-    shutdown.spawn_session(session(fut, cfg, stop, log, slot));
+    shutdown.spawn_session(session(up, cfg, account, log, slot));
     Ok(resp.map(|_| empty()))
 }
 
@@ -48,18 +53,18 @@ pub fn accept(
 /// copies (1 064 bytes against 872; `the_session_task_stays_small`).
 #[allow(clippy::manual_async_fn)]
 fn session(
-    fut: yawc::UpgradeFut,
+    up: Box<super::codec::Upgrade>,
     cfg: EchoConfig,
-    stop: CancellationToken,
+    account: Arc<Account>,
     mut log: SessionLog,
     slot: Arc<ConnSlot>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _slot = slot;
-        let Some(ws) = super::codec::upgraded(fut, "echo").await else {
+        let Some(ws) = super::codec::upgraded(up, "echo").await else {
             return;
         };
-        run(ws, &cfg, stop, &mut log).await
+        run(ws, &cfg, &account, &mut log).await
     }
 }
 
@@ -68,7 +73,7 @@ fn session(
 async fn run<S>(
     mut ws: Box<WebSocket<S>>,
     cfg: &EchoConfig,
-    stop: CancellationToken,
+    account: &Account,
     log: &mut SessionLog,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -83,18 +88,19 @@ async fn run<S>(
     let timer = tokio::time::sleep_until(timers.next());
     // Made once: a new `cancelled()` per turn joins and leaves the token's
     // waiter list every message (7% of the echo's work, callgrind).
-    let stopped = stop.cancelled();
+    // The session's stop token: a drain, or the budget evicting it.
+    let stopped = account.stop().cancelled();
     tokio::pin!(timer, stopped);
     loop {
         tokio::select! {
             frame = ws.next_frame() => {
                 // Echo every frame already received before flushing once, so a
                 // pipelining client costs one write per batch, not per message.
-                let mut step = on_read(&mut ws, frame, log).await;
+                let mut step = on_read(&mut ws, frame, account, log).await;
                 let mut batch = 1;
                 while step == Step::Go && batch < MAX_BATCH {
                     let Some(frame) = ws.next_frame().now_or_never() else { break };
-                    step = on_read(&mut ws, frame, log).await;
+                    step = on_read(&mut ws, frame, account, log).await;
                     batch += 1;
                 }
                 timers.seen(tokio::time::Instant::now());
@@ -128,6 +134,11 @@ async fn run<S>(
                 timer.as_mut().reset(timers.next());
             }
             () = &mut stopped => {
+                if account.is_evicted() {
+                    log.close_code = Some(u16::from(super::codec::BUDGET_CLOSE));
+                    super::codec::close_evicted(&mut ws).await;
+                    return;
+                }
                 log.close_code = Some(1001);
                 let _ = ws.send(Frame::close(CloseCode::Away, "server shutting down")).await;
                 break;
@@ -206,7 +217,13 @@ enum Step {
 }
 
 /// Handles one read: queues the echo of a data frame (flushed by the caller).
-async fn on_read<S>(ws: &mut WebSocket<S>, frame: yawc::Result<Frame>, log: &mut SessionLog) -> Step
+/// What was read for the frame leaves the session's budget account.
+async fn on_read<S>(
+    ws: &mut WebSocket<S>,
+    frame: yawc::Result<Frame>,
+    account: &Account,
+    log: &mut SessionLog,
+) -> Step
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -224,6 +241,7 @@ where
             Step::Stop
         }
         OpCode::Text | OpCode::Binary => {
+            account.message_delivered();
             let len = frame.payload().len();
             log.message_in(len);
             if ws.feed(frame).await.is_err() {
@@ -232,7 +250,10 @@ where
             log.message_out(len);
             Step::Go
         }
-        _ => Step::Go,
+        _ => {
+            account.control_delivered(frame.payload().len());
+            Step::Go
+        }
     }
 }
 
@@ -376,13 +397,19 @@ mod tests {
     #[test]
     fn the_session_task_stays_small() {
         fn task_size<F>(
-            _: impl FnOnce(yawc::UpgradeFut, crate::config::EchoConfig, SessionLog) -> F,
+            _: impl FnOnce(Box<super::super::codec::Upgrade>, crate::config::EchoConfig, SessionLog) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        let (stop, slot) = (CancellationToken::new(), None::<Arc<ConnSlot>>);
-        let size = task_size(|fut, cfg, log| {
-            crate::shutdown::catch_panics(super::session(fut, cfg, stop, log, slot.unwrap()))
+        let (account, slot) = (None::<Arc<Account>>, None::<Arc<ConnSlot>>);
+        let size = task_size(|up, cfg, log| {
+            crate::shutdown::catch_panics(super::session(
+                up,
+                cfg,
+                account.unwrap(),
+                log,
+                slot.unwrap(),
+            ))
         });
         assert!(size <= 1152, "echo session task is {size} bytes");
     }

@@ -12,30 +12,45 @@ pub mod error;
 
 use std::sync::Arc;
 
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 
-/// App state that must survive config reloads (chat rooms, users, history).
+/// App state that must survive config reloads (chat rooms, users, history),
+/// and the memory budget every app session's reads are charged to.
 pub struct Apps {
     pub chat: Arc<chat::Chat>,
+    pub budget: Arc<Budget>,
 }
 
 impl Apps {
     /// Builds the apps. `bus` carries the chat's shared state when the
     /// process spans nodes (the composition root picks it); `None` keeps it
-    /// all in memory.
-    pub fn new(cfg: &Config, shutdown: Shutdown, bus: Option<Arc<dyn chat::bus::Bus>>) -> Self {
+    /// all in memory. `budget` (`server.max_buffered`) is the process's,
+    /// built by the composition root with its metric.
+    pub fn new(
+        cfg: &Config,
+        shutdown: Shutdown,
+        bus: Option<Arc<dyn chat::bus::Bus>>,
+        budget: Arc<Budget>,
+    ) -> Self {
         let chat = match bus {
-            Some(bus) => chat::Chat::with_bus(cfg.chat.clone(), bus, shutdown),
-            None => chat::Chat::new(cfg.chat.clone(), cfg.server.node_id.clone(), shutdown),
+            Some(bus) => chat::Chat::with_bus(cfg.chat.clone(), bus, shutdown, budget.clone()),
+            None => chat::Chat::new(
+                cfg.chat.clone(),
+                cfg.server.node_id.clone(),
+                shutdown,
+                budget.clone(),
+            ),
         };
-        Self { chat }
+        Self { chat, budget }
     }
 
     /// Applies reloaded app settings. The echo app reads its settings from the
     /// route table per session; chat takes what can change live (see
     /// [`chat::Chat::reconfigure`]).
     pub fn reconfigure(&self, cfg: &Config) {
+        self.budget.set_limit(cfg.server.max_buffered);
         self.chat.reconfigure(cfg.chat.clone());
     }
 }

@@ -40,6 +40,7 @@ pub struct ServerFile {
     pub tls_handshake_timeout: Option<SStr>,
     pub shutdown_grace: Option<SStr>,
     pub max_request_head: Option<SStr>,
+    pub max_buffered: Option<SStr>,
     pub secret: Option<SStr>,
 }
 

@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest request head (request line plus headers) accepted; larger → 431.
     pub max_request_head: usize,
+    /// Bytes of unfinished WebSocket messages all app sessions may hold
+    /// together; over it the sessions holding the most are closed with 1013.
+    pub max_buffered: u64,
     /// Key for sealed sticky cookies; `None` means one is generated per start.
     pub secret: Option<[u8; 32]>,
 }

@@ -65,6 +65,9 @@ impl AdminView for Gateway {
                     .iter()
                     .map(move |b| (pool.name(), &*b.addr, b.health().is_up()))
             }));
+        // Read at scrape time: the sessions' reads only touch the budget.
+        let buffered = i64::try_from(self.apps.budget.buffered()).unwrap_or(i64::MAX);
+        self.metrics.ws_buffered_bytes.set(buffered);
         self.metrics.render()
     }
 

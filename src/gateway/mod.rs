@@ -24,6 +24,7 @@ use self::listeners::{AdminInfo, ListenerInfo};
 use crate::access::Access;
 use crate::apps::chat::bus::Bus;
 use crate::apps::Apps;
+use crate::budget::Budget;
 use crate::certs::CertError;
 use crate::cluster::RedisBus;
 use crate::config::Config;
@@ -163,7 +164,9 @@ impl Gateway {
             None => None,
         };
         let bus = cluster.clone().map(|b| b as Arc<dyn Bus>);
-        let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus));
+        // One memory budget for every app session, counting its evictions.
+        let budget = Budget::new(cfg.server.max_buffered, metrics.ws_budget_closed.clone());
+        let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus, budget));
         let limits = ConnLimits::new();
         let sticky_key = cfg.server.secret.unwrap_or_else(rand::random);
         let proxy = Arc::new(Proxy::new(
@@ -326,6 +329,12 @@ impl GatewayHandle {
     /// The chat app (its state outlives reloads).
     pub fn chat(&self) -> Arc<crate::apps::chat::Chat> {
         self.gw.apps.chat.clone()
+    }
+
+    /// Bytes of unfinished WebSocket messages app sessions hold now
+    /// (`server.max_buffered`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.gw.apps.budget.buffered()
     }
 
     /// Client connections holding a slot now.

@@ -257,6 +257,7 @@ impl Proxy {
                 let hold = session.hold("app");
                 Ok(crate::apps::echo::accept(
                     &self.shutdown,
+                    &self.apps.budget,
                     &table.echo,
                     req,
                     hold,

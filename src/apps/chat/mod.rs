@@ -37,6 +37,7 @@ use self::hub::{Hub, HubStats};
 use crate::access::SessionHold;
 use crate::apps::error::AppError;
 use crate::body::Body;
+use crate::budget::Budget;
 use crate::config::ChatConfig;
 use crate::shutdown::Shutdown;
 
@@ -47,19 +48,31 @@ pub struct Chat {
     node: Arc<str>,
     hub: Arc<Hub>,
     shutdown: Shutdown,
+    /// The process's memory budget; WebSocket sessions' reads are charged to it.
+    budget: Arc<Budget>,
     /// Long-poll sessions by user and room list (see `http::poll`).
     polls: DashMap<http::PollKey, Arc<http::PollSession>>,
 }
 
 impl Chat {
     /// A single-node chat: all shared state in a [`LocalBus`].
-    pub fn new(cfg: ChatConfig, node_id: String, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        cfg: ChatConfig,
+        node_id: String,
+        shutdown: Shutdown,
+        budget: Arc<Budget>,
+    ) -> Arc<Self> {
         let bus = LocalBus::new(&node_id, cfg.history);
-        Self::with_bus(cfg, bus, shutdown)
+        Self::with_bus(cfg, bus, shutdown, budget)
     }
 
     /// A chat whose shared state lives in `bus` (the cluster's Redis bus).
-    pub fn with_bus(cfg: ChatConfig, bus: Arc<dyn Bus>, shutdown: Shutdown) -> Arc<Self> {
+    pub fn with_bus(
+        cfg: ChatConfig,
+        bus: Arc<dyn Bus>,
+        shutdown: Shutdown,
+        budget: Arc<Budget>,
+    ) -> Arc<Self> {
         let hub = Hub::new(bus.clone(), cfg.send_queue, cfg.history);
         let sink: Arc<dyn Deliver> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
@@ -68,6 +81,7 @@ impl Chat {
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
             hub,
             shutdown,
+            budget,
             polls: DashMap::new(),
         })
     }

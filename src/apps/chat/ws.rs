@@ -14,6 +14,10 @@
 //! the JSON around the text) is answered with a `too_large` error frame and the
 //! connection stays open; the codec itself refuses frames over twice that
 //! ([`hard_limit`]) with close 1009, before reading their payload.
+//!
+//! Bytes read and not yet delivered as a frame count against the process's
+//! memory budget (`server.max_buffered`); a session it evicts is closed with
+//! 1013 (`apps::codec::BUDGET_CLOSE`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +38,7 @@ use crate::access::SessionHold;
 use crate::apps::error::AppError;
 use crate::body::empty;
 use crate::body::Body;
+use crate::budget::Account;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -59,15 +64,17 @@ pub fn accept(
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
-    let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(AppError::Upgrade)?;
+    let account = chat.budget.open(chat.shutdown.token.child_token());
+    let (resp, up) = crate::apps::codec::upgrade(&mut req, opts, account.clone())
+        .map_err(AppError::Upgrade)?;
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
         let _slot = slot;
-        let Some(ws) = crate::apps::codec::upgraded(fut, "chat").await else {
+        let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, user).await
+        run(&chat, ws, user, &account).await
     };
     shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
@@ -81,6 +88,8 @@ enum End {
     Client,
     Overflow,
     Shutdown,
+    /// The memory budget evicted the session.
+    Evicted,
     Silent,
     /// The session task panicked (logged by `catch_panics`).
     Panicked,
@@ -88,7 +97,7 @@ enum End {
 
 /// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
 /// copy side by side, which for a ~900-byte codec doubled an idle session.
-async fn run<S>(chat: &Arc<Chat>, mut ws: Box<WebSocket<S>>, user: UserName)
+async fn run<S>(chat: &Arc<Chat>, mut ws: Box<WebSocket<S>>, user: UserName, account: &Account)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -119,7 +128,7 @@ where
     };
     // A panic in the session still leaves the hub below, so the user does not
     // stay listed as present with a dead connection.
-    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx))
+    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx, account))
         .await
         .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
@@ -134,6 +143,10 @@ where
             "send queue overflow: the client reads too slowly",
         )),
         End::Shutdown => Some((CloseCode::Away, "server shutting down")),
+        End::Evicted => Some((
+            crate::apps::codec::BUDGET_CLOSE,
+            crate::apps::codec::BUDGET_CLOSE_REASON,
+        )),
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
     };
@@ -157,11 +170,20 @@ async fn session<S>(
     ws: &mut WebSocket<S>,
     conn: &Arc<Conn>,
     mut rx: mpsc::Receiver<Event>,
+    account: &Account,
 ) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let stop = &chat.shutdown.token;
+    // The session's stop token: a drain, or the budget evicting it.
+    let stop = account.stop();
+    let stopped_end = || {
+        if account.is_evicted() {
+            End::Evicted
+        } else {
+            End::Shutdown
+        }
+    };
     let max_text = usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX);
     // Zero disables pings and the silence check.
     let every = if chat.cfg().ping_interval.is_zero() {
@@ -184,7 +206,7 @@ where
         let mut out: Vec<Frame> = Vec::new();
         tokio::select! {
             biased;
-            () = &mut stopped => return End::Shutdown,
+            () = &mut stopped => return stopped_end(),
             () = &mut kicked => return End::Overflow,
             () = &mut silence => {
                 let silent_at = last_seen + every * 2;
@@ -210,6 +232,10 @@ where
             frame = ws.next_frame() => {
                 let Ok(frame) = frame else { return End::Client };
                 last_seen = Instant::now();
+                match frame.opcode() {
+                    OpCode::Text | OpCode::Binary => account.message_delivered(),
+                    _ => account.control_delivered(frame.payload().len()),
+                }
                 match frame.opcode() {
                     OpCode::Text => {
                         if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
@@ -247,7 +273,7 @@ where
         }
         tokio::select! {
             r = write => if r.is_err() { return End::Client },
-            () = &mut stopped => return End::Shutdown,
+            () = &mut stopped => return stopped_end(),
             () = &mut kicked => return End::Overflow,
             () = &mut silence => return End::Silent,
         }

@@ -17,6 +17,12 @@ use super::*;
 const MIN_REQUEST_HEAD: u64 = 8 << 10;
 /// The largest `server.max_request_head`.
 const MAX_REQUEST_HEAD: u64 = 16 << 20;
+/// The smallest `server.max_buffered`: a few sessions' ordinary reads (one is
+/// at most 64 KiB) must fit, or every large read would close sessions.
+const MIN_BUFFERED: u64 = 1 << 20;
+/// The largest `server.max_buffered` (1 TiB): beyond any memory it could
+/// protect; a larger value is more likely a typo than a wish.
+const MAX_BUFFERED: u64 = 1 << 40;
 
 mod ctx;
 mod routes;
@@ -170,6 +176,13 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             MIN_REQUEST_HEAD,
             MAX_REQUEST_HEAD,
         ) as usize,
+        max_buffered: cx.size_in(
+            &s.max_buffered,
+            "server.max_buffered",
+            1 << 30,
+            MIN_BUFFERED,
+            MAX_BUFFERED,
+        ),
         secret,
     }
 }
