@@ -114,37 +114,43 @@ impl Budget {
         if self.enforcing.swap(true, Relaxed) {
             return;
         }
-        let excess = self.total.load(Relaxed).saturating_sub(self.limit());
-        if excess > 0 {
-            // Upgrade everything first and filter afterwards: dropping the
-            // last reference to an account inside the iteration would remove
-            // it from the map while the shard is locked for reading.
-            let live: Vec<Arc<Account>> = self
-                .accounts
-                .iter()
-                .filter_map(|e| e.value().upgrade())
-                .collect();
-            let mut holders: Vec<(usize, &Arc<Account>)> = live
-                .iter()
-                .filter(|a| !a.is_evicted())
-                .map(|a| (a.held(), a))
-                .filter(|(held, _)| *held > 0)
-                .collect();
-            holders.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-            let mut freed = 0;
-            for (_, account) in holders {
-                if freed >= excess {
-                    break;
-                }
-                freed += account.evict();
-            }
-            self.enforcing.store(false, Relaxed);
-            // `live` may hold the last reference to an account whose session
-            // just ended: dropping it here, outside the iteration, is fine.
-            drop(live);
-            return;
-        }
+        let live = self.evict_largest();
         self.enforcing.store(false, Relaxed);
+        // `live` may hold the last reference to an account whose session has
+        // just ended; its drop removes it from the map, which is fine here.
+        drop(live);
+    }
+
+    /// One eviction pass; returns the accounts it looked at, to be dropped
+    /// by the caller.
+    fn evict_largest(&self) -> Vec<Arc<Account>> {
+        let excess = self.total.load(Relaxed).saturating_sub(self.limit());
+        if excess == 0 {
+            return Vec::new();
+        }
+        // Upgrade everything first and filter afterwards: dropping the last
+        // reference to an account inside the iteration would remove it from
+        // the map while its shard is locked for reading (a deadlock).
+        let live: Vec<Arc<Account>> = self
+            .accounts
+            .iter()
+            .filter_map(|e| e.value().upgrade())
+            .collect();
+        let mut holders: Vec<(usize, &Arc<Account>)> = live
+            .iter()
+            .filter(|a| !a.is_evicted())
+            .map(|a| (a.held(), a))
+            .filter(|(held, _)| *held > 0)
+            .collect();
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        let mut freed = 0;
+        for (_, account) in holders {
+            if freed >= excess {
+                break;
+            }
+            freed += account.evict();
+        }
+        live
     }
 }
 
@@ -188,10 +194,9 @@ impl Account {
     #[inline]
     pub fn control_delivered(&self, payload: usize) {
         let wire = CONTROL_HEADER + payload;
-        if let Ok(before) = self
-            .held
-            .fetch_update(Relaxed, Relaxed, |h| (h != 0).then(|| h.saturating_sub(wire)))
-        {
+        if let Ok(before) = self.held.fetch_update(Relaxed, Relaxed, |h| {
+            (h != 0).then(|| h.saturating_sub(wire))
+        }) {
             self.budget.total.fetch_sub(before.min(wire), Relaxed);
         }
     }
@@ -238,7 +243,7 @@ impl Drop for Account {
 }
 
 /// A session's socket as its codec reads it: every byte read is charged to
-/// the account; once the account is evicted nothing more is read.
+/// the account; once the account is evicted nothing more reaches the codec.
 pub struct Metered<S> {
     io: S,
     account: Arc<Account>,
@@ -250,6 +255,30 @@ impl<S> Metered<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Metered<S> {
+    /// An evicted session's reads: what the client sends is dropped unread
+    /// by the codec (it holds nothing more), until the client closes, which
+    /// the codec then sees as the end of the stream. Draining lets the
+    /// session close without a reset that could destroy its 1013 close frame
+    /// before the client reads it (see `apps::codec::close_evicted`).
+    fn discard(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut scratch = [0u8; 8192];
+        // A client sending faster than this drains must not hold the thread.
+        for _ in 0..DISCARD_READS {
+            let mut b = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut b))?;
+            if b.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Reads an evicted session drains per poll before yielding.
+const DISCARD_READS: usize = 16;
+
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -258,11 +287,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.account.is_evicted() {
-            // No waker needed: eviction cancelled the stop token, which the
-            // session task waits on and which stays cancelled. Neither EOF
-            // nor an error: the codec would answer either with a close of
-            // its own (1011) after the session's 1013.
-            return Poll::Pending;
+            return this.discard(cx);
         }
         let n = if buf.remaining() > MAX_READ {
             // Only while a large message grew the codec's buffer: read into
@@ -425,16 +450,24 @@ mod tests {
         let n = m.read(&mut buf).await.expect("read");
         assert_eq!((n, a.held()), (1000, 1000));
         // A read never takes more than `MAX_READ`, whatever room it is given.
-        client.write_all(&vec![1u8; 200 << 10]).await.expect("write");
+        client
+            .write_all(&vec![1u8; 200 << 10])
+            .await
+            .expect("write");
         let mut big = vec![0u8; 300 << 10];
         let n = m.read(&mut big).await.expect("read");
         assert_eq!(n, MAX_READ);
         assert_eq!(a.held(), 1000 + MAX_READ);
-        // Past 100 KiB: evicted, and nothing more is read.
+        // Past 100 KiB: evicted, and nothing more reaches the reader: what
+        // arrives is dropped until the peer closes, which reads as the end.
         let n = m.read(&mut big).await.expect("read");
         assert!(a.is_evicted(), "{n} more bytes read");
         assert_eq!(b.buffered(), 0);
+        client.write_all(&[3u8; 1000]).await.expect("write");
         let more = tokio::time::timeout(std::time::Duration::from_millis(50), m.read(&mut big));
-        assert!(more.await.is_err(), "an evicted socket is not read");
+        assert!(more.await.is_err(), "an evicted socket hands nothing on");
+        drop(client);
+        let end = m.read(&mut big).await.expect("read");
+        assert_eq!((end, a.held(), b.buffered()), (0, 0, 0));
     }
 }

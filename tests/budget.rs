@@ -102,7 +102,11 @@ impl Holder {
 
 /// Waits until the gateway's budget holds at least `at_least` bytes.
 async fn budget_reaches(gw: &TestGateway, at_least: usize) {
-    let reached = eventually(WAIT, || async move { gw.handle.buffered_bytes() >= at_least }).await;
+    let reached = eventually(
+        WAIT,
+        || async move { gw.handle.buffered_bytes() >= at_least },
+    )
+    .await;
     assert!(
         reached,
         "the budget holds {} bytes, expected at least {at_least}",
@@ -112,7 +116,11 @@ async fn budget_reaches(gw: &TestGateway, at_least: usize) {
 
 /// Waits until the gateway's budget holds at most `at_most` bytes.
 async fn budget_falls_to(gw: &TestGateway, at_most: usize) {
-    let fell = eventually(WAIT, || async move { gw.handle.buffered_bytes() <= at_most }).await;
+    let fell = eventually(
+        WAIT,
+        || async move { gw.handle.buffered_bytes() <= at_most },
+    )
+    .await;
     assert!(
         fell,
         "the budget holds {} bytes, expected at most {at_most}",
@@ -126,7 +134,11 @@ async fn echoes(s: &mut TcpStream, payload: &[u8]) {
         .await
         .expect("send");
     let (fin, op, p) = read_server_frame(s).await;
-    assert!(fin && op == 2 && p == payload, "echo of {} bytes", payload.len());
+    assert!(
+        fin && op == 2 && p == payload,
+        "echo of {} bytes",
+        payload.len()
+    );
 }
 
 /// The next frame is a close with `code`, and the connection then ends.
@@ -172,7 +184,10 @@ async fn the_sessions_holding_the_most_are_closed_and_the_others_keep_working() 
         h.send(n * KIB).await;
     }
     budget_reaches(&gw, 900 * KIB).await;
-    assert_eq!(metric(&gw, "wsgate_ws_budget_closed_total").await, Some(0.0));
+    assert_eq!(
+        metric(&gw, "wsgate_ws_budget_closed_total").await,
+        Some(0.0)
+    );
     echoes(&mut small, &[1; 1000]).await;
 
     // `low` pushes the total past 1 MiB: the largest holder covers the
@@ -182,19 +197,29 @@ async fn the_sessions_holding_the_most_are_closed_and_the_others_keep_working() 
     budget_falls_to(&gw, 600 * KIB + 16 * KIB).await;
     assert!(still_open(&mut mid.s).await && still_open(&mut low.s).await);
     echoes(&mut small, &[2; 60 * KIB]).await;
-    assert_eq!(metric(&gw, "wsgate_ws_budget_closed_total").await, Some(1.0));
+    assert_eq!(
+        metric(&gw, "wsgate_ws_budget_closed_total").await,
+        Some(1.0)
+    );
 
     // Now the reader makes itself the largest: it goes, `mid` stays.
     low.send(500 * KIB).await;
     closed_with(&mut low.s, 1013).await;
     assert!(still_open(&mut mid.s).await);
-    assert_eq!(metric(&gw, "wsgate_ws_budget_closed_total").await, Some(2.0));
+    assert_eq!(
+        metric(&gw, "wsgate_ws_budget_closed_total").await,
+        Some(2.0)
+    );
 
     // `mid` finishes its message and gets it back whole; the budget is empty.
     let rest = 600 * KIB - mid.sent;
     mid.send(rest).await;
     let (fin, op, p) = read_server_frame(&mut mid.s).await;
-    assert!(fin && op == 2 && p.len() == 600 * KIB, "{} bytes back", p.len());
+    assert!(
+        fin && op == 2 && p.len() == 600 * KIB,
+        "{} bytes back",
+        p.len()
+    );
     budget_falls_to(&gw, 0).await;
     let buffered = metric(&gw, "wsgate_ws_buffered_bytes").await;
     assert_eq!(buffered, Some(0.0));
@@ -205,12 +230,66 @@ async fn the_sessions_holding_the_most_are_closed_and_the_others_keep_working() 
     budget_reaches(&gw, 900 * KIB).await;
     assert!(still_open(&mut again.s).await);
     let held = metric(&gw, "wsgate_ws_buffered_bytes").await.unwrap_or(0.0);
-    assert!(held >= (900 * KIB) as f64, "wsgate_ws_buffered_bytes {held}");
+    assert!(
+        held >= (900 * KIB) as f64,
+        "wsgate_ws_buffered_bytes {held}"
+    );
     echoes(&mut small, b"still here").await;
     // A session that goes away returns what it held.
     drop(again);
     budget_falls_to(&gw, 0).await;
-    assert_eq!(metric(&gw, "wsgate_ws_budget_closed_total").await, Some(2.0));
+    assert_eq!(
+        metric(&gw, "wsgate_ws_budget_closed_total").await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn a_chat_session_holding_the_most_is_closed_too() {
+    let _one = SERIAL.lock().await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .admin()
+        .route_app("/echo", "echo")
+        .route_app("/chat", "chat")
+        .set("app.chat.max_message_size", "1MiB")
+        .set("server.max_buffered", "1MiB")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut echo = Holder::start(&gw, 4 * MIB).await;
+    echo.send(400 * KIB).await;
+    let mut chat = open_ws(gw.http(), "/chat?user=hoarder").await;
+    let (_, op, welcome) = read_server_frame(&mut chat).await;
+    assert_eq!(op, 1, "{:?}", String::from_utf8_lossy(&welcome));
+    chat.write_all(&header(true, 1, MIB as u64))
+        .await
+        .expect("header");
+    chat.write_all(&vec![b' '; 500 * KIB])
+        .await
+        .expect("payload");
+    budget_reaches(&gw, 900 * KIB).await;
+    // 200 KiB more make the chat session the largest holder, and too much.
+    chat.write_all(&vec![b' '; 200 * KIB])
+        .await
+        .expect("payload");
+    let (code, _) = common::raw::read_close(&mut chat).await;
+    assert_eq!(code, 1013);
+    assert!(common::raw::read_to_close(&mut chat, WAIT).await.closed());
+    assert!(still_open(&mut echo.s).await);
+    assert_eq!(
+        metric(&gw, "wsgate_ws_budget_closed_total").await,
+        Some(1.0)
+    );
+    // The chat's user has left, and the chat takes new sessions.
+    let g = &gw;
+    let gone = eventually(
+        WAIT,
+        || async move { g.handle.chat().stats().connections == 0 },
+    );
+    assert!(gone.await, "the evicted user is still connected");
+    let mut next = open_ws(gw.http(), "/chat?user=next").await;
+    let (_, op, _) = read_server_frame(&mut next).await;
+    assert_eq!(op, 1, "welcome");
 }
 
 #[tokio::test]

@@ -122,8 +122,7 @@ pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSock
     };
     // The same negotiation yawc's future runs, from the extensions the
     // answer agreed to.
-    match WebSocket::from_stream_with_extensions(io, Role::Server, extensions.as_deref(), options)
-    {
+    match WebSocket::from_stream_with_extensions(io, Role::Server, extensions.as_deref(), options) {
         Ok(ws) => Some(Box::new(ws)),
         Err(e) => {
             tracing::debug!(app, error = %e, "codec setup failed");
@@ -133,13 +132,17 @@ pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSock
 }
 
 /// How long closing an evicted session may take (writing the close to a
-/// client that does not read, mostly) before the socket is dropped.
+/// client that does not read, and waiting for it to hang up) before the
+/// socket is dropped.
 const EVICTED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Closes a session the budget evicted: the 1013 close frame, then the
-/// socket's write side, without waiting for the client's close. Its memory is
-/// what the process is short of, and waiting would mean reading (and holding)
-/// more of the message the client is still sending.
+/// Closes a session the budget evicted: the 1013 close frame, the socket's
+/// write side, then what the client still sends is drained unread
+/// ([`crate::budget::Metered`] drops it) until it hangs up. No close handshake
+/// through the codec: its memory is what the process is short of, and the
+/// client may be in the middle of a message. Draining (rather than dropping
+/// the socket with unread bytes, which sends a reset) keeps the close frame
+/// from being lost to the reset.
 pub async fn close_evicted<S>(ws: &mut WebSocket<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -148,7 +151,11 @@ where
     let _ = tokio::time::timeout(EVICTED_CLOSE_TIMEOUT, async {
         ws.send(yawc::frame::Frame::close(BUDGET_CLOSE, BUDGET_CLOSE_REASON))
             .await?;
-        ws.close().await
+        ws.close().await?;
+        // Ends at the client's EOF (or an error); frames cannot come: the
+        // socket hands the codec nothing more.
+        while ws.next_frame().await.is_ok() {}
+        Ok::<_, yawc::WebSocketError>(())
     })
     .await;
 }

@@ -229,6 +229,12 @@ where
 {
     let frame = match frame {
         Ok(f) => f,
+        Err(_) if account.is_evicted() => {
+            // The client hung up while the eviction was on its way.
+            log.close_code = Some(u16::from(super::codec::BUDGET_CLOSE));
+            super::codec::close_evicted(ws).await;
+            return Step::Failed;
+        }
         Err(e) => {
             log.close_code = Some(close_code_for(&e));
             fail(ws, &e).await;
@@ -397,7 +403,11 @@ mod tests {
     #[test]
     fn the_session_task_stays_small() {
         fn task_size<F>(
-            _: impl FnOnce(Box<super::super::codec::Upgrade>, crate::config::EchoConfig, SessionLog) -> F,
+            _: impl FnOnce(
+                Box<super::super::codec::Upgrade>,
+                crate::config::EchoConfig,
+                SessionLog,
+            ) -> F,
         ) -> usize {
             std::mem::size_of::<F>()
         }

@@ -65,8 +65,8 @@ pub fn accept(
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
     let account = chat.budget.open(chat.shutdown.token.child_token());
-    let (resp, up) = crate::apps::codec::upgrade(&mut req, opts, account.clone())
-        .map_err(AppError::Upgrade)?;
+    let (resp, up) =
+        crate::apps::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
@@ -136,6 +136,11 @@ where
     if end == End::Overflow {
         chat.hub.note_overflow();
     }
+    if end == End::Evicted {
+        crate::apps::codec::close_evicted(&mut ws).await;
+        tracing::debug!(user = %user, ?end, "chat session closed by server.max_buffered");
+        return;
+    }
     let close = match end {
         End::Client => None,
         End::Overflow => Some((
@@ -143,10 +148,8 @@ where
             "send queue overflow: the client reads too slowly",
         )),
         End::Shutdown => Some((CloseCode::Away, "server shutting down")),
-        End::Evicted => Some((
-            crate::apps::codec::BUDGET_CLOSE,
-            crate::apps::codec::BUDGET_CLOSE_REASON,
-        )),
+        // Closed above.
+        End::Evicted => None,
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
     };
