@@ -1,4 +1,4 @@
-//! Prometheus metrics (spec §6) in one explicit registry (no globals), rendered
+//! Prometheus metrics (docs/operations.md lists them) in one explicit registry (no globals), rendered
 //! as text by the admin listener. Point-in-time values (upstream state, process
 //! memory and file descriptors) are refreshed at scrape time.
 

@@ -51,7 +51,7 @@ fn is_extended_connect<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some()
 }
 
-/// Validates the handshake exactly as spec §3 lists it. Pure: also the fuzz target.
+/// Validates the handshake as docs/security.md and RFC 6455 §4.2.1 list it. Pure: also the fuzz target.
 pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
     let h = req.headers();
     let h2 = if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {

@@ -1,7 +1,7 @@
 //! Upstream HTTP connections that remember whether a response had started: the
 //! proxy must tell, after a failed request, whether any byte of a response had
 //! arrived. hyper reports "connection closed before the message completed" alike
-//! for a silent close and for half a response head, but the retry rule (spec §2
+//! for a silent close and for half a response head, but the retry rule (docs/load-balancing.md
 //! `retries`) allows a retry only in the first case.
 //!
 //! Every connection carries an [`ExchangeWatch`], kept by its pool

@@ -1,4 +1,4 @@
-//! Sealed sticky-session cookies (spec §3) and the other sticky keys.
+//! Sealed sticky-session cookies (docs/load-balancing.md) and the other sticky keys.
 //!
 //! With `sticky = "cookie"` the first response that chose a server (an HTTP
 //! response or the 101 of a WebSocket upgrade) carries
