@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::server::{admin, listener, tls};
 use crate::shutdown::Shutdown;
-use crate::upstream::{health, Pool};
+use crate::upstream::{probe, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -394,7 +394,7 @@ impl Gateway {
         let token = CancellationToken::new();
         for pool in snap.pools.values() {
             if let Some(h) = &pool.cfg.health {
-                tokio::spawn(health::run_active_checks(
+                tokio::spawn(probe::run_active_checks(
                     pool.clone(),
                     h.clone(),
                     token.clone(),

@@ -27,8 +27,7 @@ use crate::config::RouteConfig;
 use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::upstream::conns::{Release, SendError};
-use crate::upstream::pool::InflightGuard;
-use crate::upstream::{Backend, BackendId, Pool};
+use crate::upstream::{Backend, BackendId, InflightGuard, Pool};
 
 /// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
 pub async fn forward(
