@@ -51,8 +51,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot, loading every certificate. `previous` carries upstream
-    /// health and load counters over for servers that stay.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, StartError> {
+    /// health and load counters over for servers that stay; `secret` keys the
+    /// pools' sticky cookies.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        secret: &[u8; 32],
+    ) -> Result<Self, StartError> {
         let tls = config
             .listeners
             .iter()
@@ -73,7 +78,7 @@ impl Snapshot {
             .iter()
             .map(|(name, u)| {
                 let prev = previous.and_then(|p| p.pools.get(name)).map(|p| p.as_ref());
-                (name.clone(), Arc::new(Pool::new(u.clone(), prev)))
+                (name.clone(), Arc::new(Pool::new(u.clone(), prev, secret)))
             })
             .collect();
         Ok(Self {
@@ -218,7 +223,8 @@ impl Gateway {
     /// Builds `config`, binds every listener (port 0 picks a free port) and the
     /// admin listener, and starts serving.
     pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
-        let snapshot = Snapshot::build(config, None)?;
+        let sticky_key = config.server.secret.unwrap_or_else(rand::random);
+        let snapshot = Snapshot::build(config, None, &sticky_key)?;
         let cfg = snapshot.config.clone();
         let shutdown = Shutdown::default();
         let gw = Arc::new(Gateway {
@@ -229,7 +235,7 @@ impl Gateway {
             metrics: Metrics::new(),
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
-            sticky_key: cfg.server.secret.unwrap_or_else(rand::random),
+            sticky_key,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -253,7 +259,7 @@ impl Gateway {
     pub async fn reload(self: &Arc<Self>, config: Config) -> Result<(), StartError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.snapshot();
-        let new = Arc::new(Snapshot::build(config, Some(&old))?);
+        let new = Arc::new(Snapshot::build(config, Some(&old), &self.sticky_key)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
         self.snapshot.store(new.clone());

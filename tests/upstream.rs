@@ -802,7 +802,7 @@ fn consistent_hash_moves_about_a_quarter_of_keys_when_a_fourth_server_joins() {
         let servers: Vec<String> = (1..=n).map(|i| format!("\"10.1.0.{i}:8080\"")).collect();
         let text = config(&servers.join(", "), r#"sticky = "header:X-User-Id""#, "");
         let cfg = wsgate::config::parse(std::path::Path::new("test.toml"), &text).expect("config");
-        Pool::new(cfg.upstreams["api"].clone(), None)
+        Pool::new(cfg.upstreams["api"].clone(), None, &[0; 32])
     };
     let (three, four) = (pool(3), pool(4));
     let place = |p: &Pool, k: &[u8]| {

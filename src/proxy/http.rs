@@ -29,11 +29,10 @@ use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::upstream::conns::{Release, SendError};
 use crate::upstream::{Backend, BackendId, InflightGuard, Pool};
 
-/// Forwards `req` to a server of `pool`. `secret` seals sticky cookies.
+/// Forwards `req` to a server of `pool`.
 pub async fn forward(
     pool: &Pool,
     metrics: &Metrics,
-    secret: &[u8; 32],
     route: &RouteConfig,
     ctx: &ConnCtx,
     host: Option<&str>,
@@ -41,7 +40,7 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
-    let affinity = pool.affinity(secret, ctx.client.ip(), &parts.headers, parts.uri.query());
+    let affinity = pool.affinity(ctx.client.ip(), &parts.headers, parts.uri.query());
     // Reused as it came (no copy) unless the route strips its prefix.
     let path = match parts.uri.path_and_query() {
         Some(pq) if !route.strip_prefix => pq.clone(),
@@ -111,7 +110,7 @@ pub async fn forward(
                 let mut resp = response(resp, guard);
                 resp.extensions_mut()
                     .insert(UpstreamServer(backend.addr.clone()));
-                if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
+                if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }

@@ -129,7 +129,7 @@ async fn dispatch(
                 .pools
                 .get(name)
                 .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))?;
-            http::forward(pool, &gw.metrics, &gw.sticky_key, cfg, &ctx, host, req).await
+            http::forward(pool, &gw.metrics, cfg, &ctx, host, req).await
         }
         RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
         RouteTarget::App(AppKind::Chat) => Ok(gw.apps.chat.http(req, &cfg.path).await),

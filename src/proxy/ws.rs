@@ -197,12 +197,7 @@ async fn tunnel(
     hs: Handshake,
 ) -> Result<Response<Body>, ProxyError> {
     let route = &*matched.cfg;
-    let affinity = pool.affinity(
-        &gw.sticky_key,
-        ctx.client.ip(),
-        req.headers(),
-        req.uri().query(),
-    );
+    let affinity = pool.affinity(ctx.client.ip(), req.headers(), req.uri().query());
     let mut tried: Vec<BackendId> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
     let (choice, inflight, up_headers, upstream, accept) = loop {
@@ -238,7 +233,7 @@ async fn tunnel(
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let mut resp = client_response(&hs, &accept, &up_headers)?;
-    if let Some(cookie) = pool.sticky_cookie(&gw.sticky_key, &choice, ctx.tls) {
+    if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     let idle = pool.cfg.ws_idle_timeout;

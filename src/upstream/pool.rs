@@ -48,6 +48,9 @@ pub struct Pool {
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
     wrr: SmoothWrr,
+    /// Seals and opens this pool's sticky cookies (derived once, when the pool
+    /// is built, from the gateway's secret and the pool's name).
+    seal: SealKey,
 }
 
 impl std::fmt::Debug for Pool {
@@ -61,8 +64,9 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// Builds a pool. `previous` lets a reload keep health state and in-flight
-    /// counts for servers that stay (matched by id, so by address).
-    pub fn new(cfg: UpstreamConfig, previous: Option<&Pool>) -> Self {
+    /// counts for servers that stay (matched by id, so by address). `secret`
+    /// (`[server] secret`) is what this pool's sticky-cookie key is derived from.
+    pub fn new(cfg: UpstreamConfig, previous: Option<&Pool>, secret: &[u8; 32]) -> Self {
         let backends: Vec<Arc<Backend>> = cfg
             .servers
             .iter()
@@ -81,6 +85,7 @@ impl Pool {
             wrr: SmoothWrr::new(backends.len()),
             weights,
             backends,
+            seal: SealKey::derive(secret, &cfg.name),
             cfg,
         }
     }
@@ -98,27 +103,16 @@ impl Pool {
     }
 
     /// The key sealing this pool's cookies, derived from the gateway's secret.
-    pub fn seal_key(&self, secret: &[u8; 32]) -> SealKey {
-        SealKey::derive(secret, &self.cfg.name)
+    pub fn seal_key(&self) -> &SealKey {
+        &self.seal
     }
 
     /// Reads the request's affinity under this pool's `sticky` mode.
-    pub fn affinity(
-        &self,
-        secret: &[u8; 32],
-        client: IpAddr,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Affinity {
+    pub fn affinity(&self, client: IpAddr, headers: &HeaderMap, query: Option<&str>) -> Affinity {
         match &self.cfg.sticky {
             Sticky::Cookie => {
                 let now = sticky::now();
-                let tokens = sticky::tokens_in(
-                    headers,
-                    &self.cfg.sticky_cookie,
-                    &self.seal_key(secret),
-                    now,
-                );
+                let tokens = sticky::tokens_in(headers, &self.cfg.sticky_cookie, &self.seal, now);
                 Affinity::Cookie { tokens, now }
             }
             mode => sticky::hash_key(mode, client, headers, query)
@@ -169,18 +163,13 @@ impl Pool {
     }
 
     /// The `Set-Cookie` value a response must carry for `choice`, if any.
-    pub fn sticky_cookie(
-        &self,
-        secret: &[u8; 32],
-        choice: &Choice,
-        secure: bool,
-    ) -> Option<HeaderValue> {
+    pub fn sticky_cookie(&self, choice: &Choice, secure: bool) -> Option<HeaderValue> {
         if !choice.issue_cookie || self.cfg.sticky != Sticky::Cookie {
             return None;
         }
         sticky::set_cookie(
             &self.cfg.sticky_cookie,
-            &self.seal_key(secret),
+            &self.seal,
             choice.backend.id,
             sticky::now(),
             secure,

@@ -43,7 +43,7 @@ fn addrs(n: usize) -> Vec<(String, u32)> {
 
 fn pool_of(servers: &[(String, u32)], balance: Balance, sticky: Sticky) -> Pool {
     let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
-    Pool::new(cfg(&s, balance, sticky), None)
+    Pool::new(cfg(&s, balance, sticky), None, &SECRET)
 }
 
 fn pick(p: &Pool, key: &[u8]) -> String {
@@ -189,33 +189,29 @@ fn cookie_affinity_pins_and_replaces_bad_tokens() {
     let p = pool_of(&addrs(3), Balance::RoundRobin, Sticky::Cookie);
     let target = p.backends()[2].clone();
     let now = sticky::now();
-    let token = sticky::encode(
-        &p.seal_key(&SECRET),
-        target.id,
-        now + sticky::TOKEN_TTL.as_secs(),
-    );
+    let token = sticky::encode(p.seal_key(), target.id, now + sticky::TOKEN_TTL.as_secs());
     let mut h = HeaderMap::new();
     h.insert(
         http::header::COOKIE,
         HeaderValue::from_str(&format!("wsgate_sticky={token}")).unwrap(),
     );
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let aff = p.affinity(&SECRET, ip, &h, None);
+    let aff = p.affinity(ip, &h, None);
     for _ in 0..10 {
         let c = p.select(&aff, &[]).unwrap();
         assert_eq!(c.backend.id, target.id);
         assert!(!c.issue_cookie);
-        assert!(p.sticky_cookie(&SECRET, &c, false).is_none());
+        assert!(p.sticky_cookie(&c, false).is_none());
     }
     // A token naming a server that is not in the pool.
-    let stranger = sticky::encode(&p.seal_key(&SECRET), BackendId::of("10.9.9.9:1"), now + 100);
+    let stranger = sticky::encode(p.seal_key(), BackendId::of("10.9.9.9:1"), now + 100);
     h.insert(
         http::header::COOKIE,
         HeaderValue::from_str(&format!("wsgate_sticky={stranger}")).unwrap(),
     );
-    let c = p.select(&p.affinity(&SECRET, ip, &h, None), &[]).unwrap();
+    let c = p.select(&p.affinity(ip, &h, None), &[]).unwrap();
     assert!(c.issue_cookie);
-    assert!(p.sticky_cookie(&SECRET, &c, false).is_some());
+    assert!(p.sticky_cookie(&c, false).is_some());
     // The pinned server goes down.
     p.report_failure(&target);
     let c = p.select(&aff, &[]).unwrap();
@@ -258,7 +254,7 @@ fn every_transition_is_logged_with_upstream_server_state_and_source() {
         healthy: 1,
         unhealthy: 1,
     };
-    let p = Pool::new(c, None);
+    let p = Pool::new(c, None, &SECRET);
     let b = p.backends()[0].clone();
     let down = logs_of(|| p.report_failure(&b));
     assert!(
@@ -320,7 +316,11 @@ fn reload_keeps_state_of_servers_that_stay() {
     servers[1].1 = 5; // weight changed: still the same server
     servers.swap(0, 2);
     let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
-    let q = Pool::new(cfg(&s, Balance::RoundRobin, Sticky::None), Some(&p));
+    let q = Pool::new(
+        cfg(&s, Balance::RoundRobin, Sticky::None),
+        Some(&p),
+        &SECRET,
+    );
     let same = q.backend(b.id).unwrap();
     assert_eq!(same.weight, 5);
     assert_eq!(same.inflight(), 1);
