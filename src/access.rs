@@ -24,7 +24,7 @@ pub struct BytesIn(pub Arc<AtomicU64>);
 
 /// The upstream server that answered, put in response extensions by the proxy.
 #[derive(Clone)]
-pub struct UpstreamServer(pub String);
+pub struct UpstreamServer(pub Arc<str>);
 
 /// What the HTTP access line says about a request.
 pub struct RequestInfo {
@@ -37,7 +37,7 @@ pub struct RequestInfo {
     pub route: Option<Arc<Route>>,
     /// Write the access line (the request's config snapshot decided).
     pub log: bool,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub status: u16,
     pub bytes_in: BytesIn,
     pub started: Instant,

@@ -215,7 +215,7 @@ impl Metrics {
             for b in pool.backends() {
                 let l = UpstreamServer {
                     upstream: pool.name().to_string(),
-                    server: b.addr.clone(),
+                    server: b.addr.to_string(),
                 };
                 self.upstream_up
                     .get_or_create(&l)

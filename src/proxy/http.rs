@@ -118,7 +118,7 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 let resendable = e.nothing_received();
-                let addr = backend.addr.clone();
+                let addr = backend.addr.to_string();
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
                     SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
@@ -127,7 +127,7 @@ pub async fn forward(
                 (err, resendable)
             }
             // The server may be processing it: never resend after a response timeout.
-            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.clone()), false),
+            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
         pool.report_failure(&backend);
         count(metrics, pool, &backend, err.status().as_u16());
@@ -143,7 +143,7 @@ fn count(metrics: &Metrics, pool: &Pool, backend: &Backend, status: u16) {
     backend.requests.inc(status, || {
         let l = UpstreamServerStatus {
             upstream: pool.name().to_string(),
-            server: backend.addr.clone(),
+            server: backend.addr.to_string(),
             status,
         };
         metrics.upstream_requests.get_or_create(&l).clone()

@@ -273,10 +273,10 @@ async fn tunnel(
 
 /// Opens the TCP connection to `backend` within `connect_timeout`.
 async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
-    let addr = backend.addr.clone();
-    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr)),
+    let addr = &*backend.addr;
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr.to_string())),
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr.to_string())),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -307,7 +307,7 @@ async fn upstream_handshake(
     let (target, headers) = upstream_request(req, route, ctx, &key);
     let head = ws_upstream::request_head(&target, &headers);
     let expected = accept_key(key.as_bytes());
-    let addr = || backend.addr.clone();
+    let addr = || backend.addr.to_string();
     match tokio::time::timeout(
         cfg.response_timeout,
         ws_upstream::handshake(tcp, &head, &expected),

@@ -107,7 +107,7 @@ fn status_json(gw: &Gateway) -> serde_json::Value {
             let servers: Vec<_> = pool
                 .backends()
                 .iter()
-                .map(|b| serde_json::json!({ "addr": b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight() }))
+                .map(|b| serde_json::json!({ "addr": &*b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight() }))
                 .collect();
             (name.clone(), serde_json::json!({ "servers": servers }))
         })

@@ -35,8 +35,9 @@ struct BackendState {
 #[derive(Debug)]
 pub struct Backend {
     pub id: BackendId,
-    /// `host:port`.
-    pub addr: String,
+    /// `host:port`; shared, so a request naming its server (access log, errors,
+    /// session logs) bumps a count instead of copying the text.
+    pub addr: Arc<str>,
     pub weight: u32,
     state: Arc<BackendState>,
     /// Idle keep-alive HTTP connections to it.
@@ -64,7 +65,7 @@ impl Backend {
         connect_timeout: Duration,
         previous: Option<&Backend>,
     ) -> Self {
-        let addr = addr.to_string();
+        let addr: Arc<str> = Arc::from(addr);
         Self {
             id: BackendId::of(&addr),
             weight,

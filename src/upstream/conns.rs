@@ -80,7 +80,7 @@ struct Idle {
 
 /// The idle connections to one server.
 pub struct ConnPool {
-    addr: String,
+    addr: Arc<str>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -98,12 +98,12 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    pub fn new(addr: String, connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(addr: Arc<str>, connect_timeout: Duration) -> Arc<Self> {
         Self::with_limits(addr, connect_timeout, IDLE_TIMEOUT, MAX_IDLE)
     }
 
     fn with_limits(
-        addr: String,
+        addr: Arc<str>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
