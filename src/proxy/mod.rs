@@ -79,8 +79,6 @@ pub struct Proxy {
     access: Arc<Access>,
     shutdown: Shutdown,
     apps: Arc<Apps>,
-    /// Seals sticky cookies.
-    sticky_key: [u8; 32],
 }
 
 impl Proxy {
@@ -89,14 +87,12 @@ impl Proxy {
         access: Arc<Access>,
         shutdown: Shutdown,
         apps: Arc<Apps>,
-        sticky_key: [u8; 32],
     ) -> Self {
         Self {
             table: ArcSwap::new(table),
             access,
             shutdown,
             apps,
-            sticky_key,
         }
     }
 
@@ -216,7 +212,6 @@ impl Proxy {
                 let host = host.map(Host::as_str);
                 let fwd = http::Forward {
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     route: cfg,
                     conn,
                     host,
@@ -275,7 +270,6 @@ impl Proxy {
                 let tunnel = ws::Tunnel {
                     session,
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     notes: &notes,
                 };
                 tunnel.open(pool, req, hs).await
