@@ -14,14 +14,14 @@ use super::units::{parse_duration, parse_size};
 use super::*;
 
 /// Collects issues while walking the raw config.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     issues: Vec<ConfigIssue>,
     warnings: Vec<String>,
 }
 
 impl Ctx<'_> {
-    fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+    pub(super) fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         let pos = Some(super::line_col(self.text, span.start));
         self.issues.push(ConfigIssue {
             pos,
@@ -59,7 +59,7 @@ impl Ctx<'_> {
     }
 
     /// An integer in `[min, max]`.
-    fn int(
+    pub(super) fn int(
         &mut self,
         v: &Option<Spanned<i64>>,
         key: &str,
@@ -109,13 +109,14 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Conf
     };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
-    let listeners = listeners(&mut cx, &raw.listener);
+    let limits = super::limits::limits(&mut cx, &raw.limit, raw.cluster.is_some());
+    let listeners = listeners(&mut cx, &raw.listener, &limits);
     let admin = raw
         .admin
         .as_ref()
         .and_then(|a| socket_addr(&mut cx, &a.addr, "admin.addr"));
     let upstreams = upstreams(&mut cx, &raw.upstream);
-    let routes = routes(&mut cx, &raw.route, &upstreams);
+    let routes = routes(&mut cx, &raw.route, &upstreams, &limits);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
     let chat = chat(&mut cx, raw.app.chat.as_ref());
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
@@ -154,6 +155,7 @@ pub fn validate(path: &Path, text: &str, raw: FileConfig) -> Result<Config, Conf
         echo,
         chat,
         cluster,
+        limits,
         warnings: cx.warnings,
     })
 }
@@ -280,7 +282,11 @@ fn socket_addr(cx: &mut Ctx, v: &SStr, key: &str) -> Option<SocketAddr> {
     }
 }
 
-fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> {
+fn listeners(
+    cx: &mut Ctx,
+    ls: &[Spanned<ListenerFile>],
+    limits: &BTreeMap<String, LimitConfig>,
+) -> Vec<ListenerConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, l) in ls.iter().enumerate() {
@@ -322,7 +328,13 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
                 .collect();
             TlsConfig { default, sni }
         });
-        out.push(ListenerConfig { addr, tls });
+        let connection_limits =
+            super::limits::connection_limits(cx, l.connection_limits.as_ref(), &key, limits);
+        out.push(ListenerConfig {
+            addr,
+            tls,
+            connection_limits,
+        });
     }
     out
 }
@@ -427,6 +439,12 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         ws_inspect: u.ws_inspect.unwrap_or(false),
         ws_max_message_size: cx.size(&u.ws_max_message_size, &k("ws_max_message_size"), 16 << 20),
         ws_ping_interval: cx.duration(&u.ws_ping_interval, &k("ws_ping_interval"), Duration::ZERO),
+        ws_message_rate: super::limits::ws_message_rate(
+            cx,
+            u.ws_message_rate.as_ref(),
+            name,
+            u.ws_inspect.unwrap_or(false),
+        ),
     }
 }
 
@@ -517,6 +535,7 @@ fn routes(
     cx: &mut Ctx,
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
+    limits: &BTreeMap<String, LimitConfig>,
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -608,6 +627,7 @@ fn routes(
             strip_prefix: r.strip_prefix.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             origins,
+            limits: super::limits::route_limits(cx, r.limits.as_ref(), &key, limits),
         });
     }
     out
@@ -653,6 +673,11 @@ fn chat(cx: &mut Ctx, c: Option<&ChatFile>) -> ChatConfig {
             &c.poll_idle_timeout,
             "app.chat.poll_idle_timeout",
             Duration::from_secs(60),
+        ),
+        message_rate: super::limits::chat_message_rate(
+            cx,
+            c.message_rate.as_ref(),
+            &c.message_burst,
         ),
     }
 }

@@ -438,6 +438,7 @@ mod tests {
             ws_inspect: false,
             ws_max_message_size: 1 << 20,
             ws_ping_interval: Duration::ZERO,
+            ws_message_rate: None,
         }
     }
 
