@@ -125,7 +125,18 @@ impl ClusterLimits {
         let mut conn = self.conn.clone();
         let mut call = self.script.key(key);
         call.arg(t_us).arg(burst);
-        let reply = tokio::time::timeout(TIMEOUT, call.invoke_async::<u64>(&mut conn)).await;
+        let reply = tokio::time::timeout(TIMEOUT, async {
+            match call.invoke_async::<u64>(&mut conn).await {
+                // A connection that broke since the last call (Redis
+                // restarted): the manager reconnects, so try once more
+                // within the same deadline rather than fall back for a second.
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    call.invoke_async::<u64>(&mut conn).await
+                }
+                r => r,
+            }
+        })
+        .await;
         let result = match reply {
             Ok(Ok(0)) => Ok(None),
             Ok(Ok(us)) => Ok(Some(Duration::from_micros(us))),
