@@ -223,6 +223,11 @@ impl SessionLog {
         self.bytes_out = bytes_out;
     }
 
+    /// The process's metrics (for counters a session keeps itself).
+    pub fn metrics(&self) -> &Metrics {
+        self.access.metrics()
+    }
+
     pub fn message_in(&mut self, len: usize) {
         self.msgs_in += 1;
         self.bytes_in += len as u64;

@@ -516,3 +516,149 @@ async fn cluster_scope_shares_one_budget_and_falls_back_per_node() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+// ---- message rates --------------------------------------------------------------------
+
+#[tokio::test]
+async fn chat_message_rate_drops_then_closes_1008() {
+    use common::chat::Client;
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .admin()
+            .route_app("/chat", "chat")
+            // One token a minute after a burst of three: the test decides
+            // exactly which frames are over.
+            .set("app.chat.message_rate", "1/m")
+            .set("app.chat.message_burst", 3)
+            .build(),
+    )
+    .await;
+    let mut c = Client::new(gw.http(), "ann").await;
+    c.join("lobby").await;
+    c.sentinel("lobby", "one").await;
+    c.sentinel("lobby", "two").await;
+    // The fourth frame is over the rate: dropped (never echoed), answered.
+    c.msg("lobby", "three").await;
+    let e = c.expect_error("rate_limited").await;
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many messages")),
+        "{e}"
+    );
+    // A second strike: still open.
+    c.send(json!({"type":"who","room":"lobby"})).await;
+    c.expect_error("rate_limited").await;
+    // The third within 10 s closes with 1008.
+    c.msg("lobby", "four").await;
+    assert_eq!(c.close_code().await, Some(CloseCode::Policy));
+
+    // Another connection has its own budget.
+    let mut d = Client::new(gw.http(), "bob").await;
+    d.join("lobby").await;
+    d.sentinel("lobby", "hello").await;
+
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            r#"wsgate_limited_total{limit="app.chat",kind="message"}"#
+        ),
+        3
+    );
+}
+
+#[tokio::test]
+async fn ws_message_rate_closes_1008_to_the_client_and_1001_upstream() {
+    use common::raw::{frame, open_ws, read_close, read_frame, read_head, MASK};
+    use tokio::net::TcpListener;
+
+    // An upstream completing the handshake by hand, handing its end over.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let (tx, mut ups) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let head = read_head(&mut s).await;
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    let lower = l.to_ascii_lowercase();
+                    lower
+                        .starts_with("sec-websocket-key:")
+                        .then(|| l[18..].trim().to_string())
+                })
+                .expect("key");
+            let accept = wsgate::proxy::ws::accept_key(key.as_bytes());
+            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            s.write_all(resp.as_bytes()).await.expect("101");
+            let _ = tx.send(s);
+        }
+    });
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .admin()
+            .upstream("ws", &[up])
+            .set("upstream.ws.ws_inspect", true)
+            // Burst = one period's worth: 3 messages, then one a minute.
+            .set("upstream.ws.ws_message_rate", "3/m")
+            .route_upstream("/ws", "ws")
+            .build(),
+    )
+    .await;
+    let mut c = open_ws(gw.http(), "/ws").await;
+    let mut u = tokio::time::timeout(WAIT, ups.recv())
+        .await
+        .expect("upstream connection in time")
+        .expect("upstream");
+    // Three messages pass; a fragmented one counts once, control frames not at all.
+    c.write_all(&frame(true, 1, b"one", MASK))
+        .await
+        .expect("write");
+    c.write_all(&frame(false, 2, b"tw", MASK))
+        .await
+        .expect("write");
+    c.write_all(&frame(true, 0, b"o", MASK))
+        .await
+        .expect("write");
+    c.write_all(&frame(true, 9, b"ping", MASK))
+        .await
+        .expect("write");
+    c.write_all(&frame(true, 1, b"three", MASK))
+        .await
+        .expect("write");
+    for want in [1u8, 2, 0, 9, 1] {
+        let (_, op, _, _) = read_frame(&mut u).await;
+        assert_eq!(op, want);
+    }
+    // The fourth message closes the session.
+    c.write_all(&frame(true, 1, b"four", MASK))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut c).await, (1008, false));
+    let (_, op, p, masked) = read_frame(&mut u).await;
+    assert_eq!(
+        (op, masked),
+        (8, true),
+        "the next upstream frame is the close"
+    );
+    assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1001);
+
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            r#"wsgate_limited_total{limit="upstream.ws",kind="message"}"#
+        ),
+        1
+    );
+    assert!(
+        m.contains(r#"wsgate_ws_close_codes_total{route="/ws",code="1008"} 1"#),
+        "{m}"
+    );
+}

@@ -208,6 +208,7 @@ fn chat_status(e: &ChatError) -> StatusCode {
         ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ChatError::NoStream(_) => StatusCode::CONFLICT,
         ChatError::TooManyRooms | ChatError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ChatError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     }
 }

@@ -14,6 +14,7 @@ pub mod files;
 pub mod headers;
 pub mod http;
 pub mod inspect;
+mod inspect_config;
 pub mod rate_limit;
 pub mod scan;
 pub mod splice;

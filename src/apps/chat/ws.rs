@@ -10,6 +10,10 @@
 //! - the gateway is draining: close 1001;
 //! - the client said nothing, not even a pong, for two `ping_interval`s: close 1011.
 //!
+//! Message rate (`message_rate`, `message_burst`): a frame over it is dropped
+//! and answered with a `rate_limited` error frame; the third time within
+//! [`STRIKE_WINDOW`] the session is closed with 1008.
+//!
 //! Size limits: a text frame over `max_message_size` (plus a small envelope for
 //! the JSON around the text) is answered with a `too_large` error frame and the
 //! connection stays open; the codec itself refuses frames over twice that
@@ -34,12 +38,16 @@ use crate::access::SessionHold;
 use crate::apps::error::AppError;
 use crate::body::empty;
 use crate::body::Body;
+use crate::limit::gcra::{Bucket, Gcra};
+use crate::limit::Kind;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queued events written per flush.
 const WRITE_BATCH: usize = 64;
+/// Three frames over the message rate within this closes the session.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The codec's limit: frames above it close the connection with 1009.
 pub fn hard_limit(max_message_size: u64) -> u64 {
@@ -60,6 +68,14 @@ pub fn accept(
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
     let (resp, fut) = WebSocket::upgrade_with_options(&mut req, opts).map_err(AppError::Upgrade)?;
+    let rate = chat.cfg().message_rate.map(|r| MessageRate {
+        bucket: Bucket::new(Gcra::new(r.rate.emission(), r.burst)),
+        strikes: [None; 2],
+        limited: slot
+            .log
+            .metrics()
+            .limited("app.chat", Kind::Message.as_str()),
+    });
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
@@ -67,10 +83,45 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(fut, "chat").await else {
             return;
         };
-        run(&chat, ws, user).await
+        run(&chat, ws, user, rate).await
     };
     shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
+}
+
+/// A connection's `message_rate`: its bucket and its recent strikes.
+struct MessageRate {
+    bucket: Bucket,
+    /// When the last two frames over the rate came, newest first.
+    strikes: [Option<Instant>; 2],
+    /// `wsgate_limited_total{limit="app.chat",kind="message"}`.
+    limited: prometheus_client::metrics::counter::Counter,
+}
+
+/// What to do with a client frame under the message rate.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Pass,
+    /// Drop it and tell the client.
+    Drop,
+    /// The third strike within the window: close 1008.
+    Close,
+}
+
+impl MessageRate {
+    fn admit(&mut self, now: Instant) -> Admit {
+        if self.bucket.take().is_ok() {
+            return Admit::Pass;
+        }
+        self.limited.inc();
+        let third = self.strikes[1].is_some_and(|t| now.duration_since(t) < STRIKE_WINDOW);
+        self.strikes = [Some(now), self.strikes[0]];
+        if third {
+            Admit::Close
+        } else {
+            Admit::Drop
+        }
+    }
 }
 
 /// Why a session ended.
@@ -82,14 +133,20 @@ enum End {
     Overflow,
     Shutdown,
     Silent,
+    /// Over the message rate three times within [`STRIKE_WINDOW`].
+    RateLimited,
     /// The session task panicked (logged by `catch_panics`).
     Panicked,
 }
 
 /// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
 /// copy side by side, which for a ~900-byte codec doubled an idle session.
-async fn run<S>(chat: &Arc<Chat>, mut ws: Box<WebSocket<S>>, user: UserName)
-where
+async fn run<S>(
+    chat: &Arc<Chat>,
+    mut ws: Box<WebSocket<S>>,
+    user: UserName,
+    rate: Option<MessageRate>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -119,7 +176,7 @@ where
     };
     // A panic in the session still leaves the hub below, so the user does not
     // stay listed as present with a dead connection.
-    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx))
+    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx, rate))
         .await
         .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
@@ -135,6 +192,7 @@ where
         )),
         End::Shutdown => Some((CloseCode::Away, "server shutting down")),
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
+        End::RateLimited => Some((CloseCode::Policy, "message rate exceeded")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -157,6 +215,7 @@ async fn session<S>(
     ws: &mut WebSocket<S>,
     conn: &Arc<Conn>,
     mut rx: mpsc::Receiver<Event>,
+    mut rate: Option<MessageRate>,
 ) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -210,6 +269,15 @@ where
             frame = ws.next_frame() => {
                 let Ok(frame) = frame else { return End::Client };
                 last_seen = Instant::now();
+                let data = matches!(frame.opcode(), OpCode::Text | OpCode::Binary);
+                match rate.as_mut().filter(|_| data).map(|r| r.admit(last_seen)) {
+                    Some(Admit::Close) => return End::RateLimited,
+                    Some(Admit::Drop) => {
+                        conn.offer(&Event::error(&ChatError::RateLimited));
+                        continue;
+                    }
+                    _ => {}
+                }
                 match frame.opcode() {
                     OpCode::Text => {
                         if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
