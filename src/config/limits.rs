@@ -113,7 +113,7 @@ fn default_burst(rate: Rate) -> u32 {
 }
 
 /// Validates every `[limit.NAME]`.
-pub(super) fn limits(
+pub(in crate::config) fn limits(
     cx: &mut Ctx,
     raw: &BTreeMap<String, Spanned<LimitFile>>,
     clustered: bool,
@@ -220,7 +220,7 @@ fn parse_key(s: &str) -> Option<LimitKey> {
 }
 
 /// `route[i].limits`: every name must be a `[limit.NAME]`.
-pub(super) fn route_limits(
+pub(in crate::config) fn route_limits(
     cx: &mut Ctx,
     names: Option<&Vec<SStr>>,
     key: &str,
@@ -231,7 +231,7 @@ pub(super) fn route_limits(
 
 /// `listener[i].connection_limits`: named limits keyed by `ip` (a new
 /// connection has no header, user or route yet).
-pub(super) fn connection_limits(
+pub(in crate::config) fn connection_limits(
     cx: &mut Ctx,
     names: Option<&Vec<SStr>>,
     key: &str,
@@ -290,7 +290,7 @@ fn refs(
 }
 
 /// `app.chat.message_rate` with `message_burst` (default: one period's worth).
-pub(super) fn chat_message_rate(
+pub(in crate::config) fn chat_message_rate(
     cx: &mut Ctx,
     rate: Option<&SStr>,
     burst: &Option<Spanned<i64>>,
@@ -319,7 +319,7 @@ pub(super) fn chat_message_rate(
 
 /// `upstream.NAME.ws_message_rate` (burst: one period's worth); needs
 /// `ws_inspect`, the only splice that sees messages.
-pub(super) fn ws_message_rate(
+pub(in crate::config) fn ws_message_rate(
     cx: &mut Ctx,
     rate: Option<&SStr>,
     name: &str,

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Table};
 use crate::server::{tls, ServerCtx};
 use crate::shutdown::Shutdown;
-use crate::upstream::{health, Pool};
+use crate::upstream::{probe, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,11 +68,14 @@ struct Snapshot {
 struct BuildCtx<'a> {
     metrics: &'a Metrics,
     cluster_limits: Option<&'a Arc<ClusterLimits>>,
+    /// Keys the pools' sticky cookies.
+    secret: &'a [u8; 32],
 }
 
 impl Snapshot {
     /// Builds a snapshot, loading every certificate. `previous` carries upstream
-    /// health and load counters over for servers that stay.
+    /// health and load counters over for servers that stay; `bx.secret` keys
+    /// the pools' sticky cookies.
     fn build(
         config: Config,
         previous: Option<&Snapshot>,
@@ -100,7 +103,10 @@ impl Snapshot {
                 let prev = previous
                     .and_then(|p| p.table.pools.get(name))
                     .map(|p| p.as_ref());
-                (name.clone(), Arc::new(Pool::new(u.clone(), prev)))
+                (
+                    name.clone(),
+                    Arc::new(Pool::new(u.clone(), prev, bx.secret)),
+                )
             })
             .collect();
         let limits = Arc::new(Registry::build(
@@ -127,9 +133,11 @@ impl Snapshot {
 /// Builds everything a config describes without serving it (`wsgate check`):
 /// loads every certificate and builds routes and pools.
 pub fn check(config: Config) -> Result<(), StartError> {
+    // Any key will do: nothing is sealed or opened here.
     let bx = BuildCtx {
         metrics: &Metrics::new(),
         cluster_limits: None,
+        secret: &[0; 32],
     };
     Snapshot::build(config, None, &bx).map(drop)
 }
@@ -149,6 +157,8 @@ pub struct Gateway {
     cluster_limits: Option<Arc<ClusterLimits>>,
     readiness: Readiness,
     node_id: String,
+    /// Seals sticky cookies: `[server] secret`, or random per process.
+    sticky_key: [u8; 32],
     started: Instant,
     /// Cancels the background tasks (health checks) of the current snapshot.
     background: Mutex<CancellationToken>,
@@ -190,9 +200,11 @@ impl Gateway {
             Some(c) => Some(ClusterLimits::new(&c.redis)?),
             None => None,
         };
+        let sticky_key = config.server.secret.unwrap_or_else(rand::random);
         let bx = BuildCtx {
             metrics: &metrics,
             cluster_limits: cluster_limits.as_ref(),
+            secret: &sticky_key,
         };
         let snapshot = Snapshot::build(config, None, &bx)?;
         let cfg = snapshot.config.clone();
@@ -211,13 +223,11 @@ impl Gateway {
         let bus = cluster.clone().map(|b| b as Arc<dyn Bus>);
         let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus));
         let limits = ConnLimits::new();
-        let sticky_key = cfg.server.secret.unwrap_or_else(rand::random);
         let proxy = Arc::new(Proxy::new(
             snapshot.table.clone(),
             access.clone(),
             shutdown.clone(),
             apps.clone(),
-            sticky_key,
         ));
         let server_ctx = ServerCtx {
             limits: limits.clone(),
@@ -237,6 +247,7 @@ impl Gateway {
             cluster_limits,
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
+            sticky_key,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -268,6 +279,7 @@ impl Gateway {
         let bx = BuildCtx {
             metrics: &self.metrics,
             cluster_limits: self.cluster_limits.as_ref(),
+            secret: &self.sticky_key,
         };
         let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
@@ -294,7 +306,7 @@ impl Gateway {
         let token = CancellationToken::new();
         for pool in snap.table.pools.values() {
             if let Some(h) = &pool.cfg.health {
-                tokio::spawn(health::run_active_checks(
+                tokio::spawn(probe::run_active_checks(
                     pool.clone(),
                     h.clone(),
                     token.clone(),
