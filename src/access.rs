@@ -61,6 +61,11 @@ pub struct UpstreamServer(pub Arc<str>);
 #[derive(Debug, Clone)]
 pub struct ErrorDetail(pub String);
 
+/// The `[limit.NAME]` that refused a request (429), put in response
+/// extensions by `proxy::error` for the access line.
+#[derive(Debug, Clone)]
+pub struct LimitedBy(pub Arc<str>);
+
 /// What the HTTP access line says about a request.
 pub struct RequestInfo {
     pub client: SocketAddr,
@@ -75,6 +80,8 @@ pub struct RequestInfo {
     pub upstream: Option<Arc<str>>,
     /// Why the request failed, when the client was told less.
     pub error: Option<String>,
+    /// The limit that refused it, if one did.
+    pub limit: Option<Arc<str>>,
     pub status: u16,
     pub bytes_in: BytesIn,
     pub started: Instant,
@@ -158,6 +165,7 @@ impl Drop for LoggedBody {
                 upstream = i.upstream.as_deref().unwrap_or("-"),
                 status = i.status,
                 error = i.error.as_deref().unwrap_or("-"),
+                limit = i.limit.as_deref().unwrap_or("-"),
                 bytes_in,
                 bytes_out = self.bytes_out,
                 duration_ms = (secs * 1000.0).round() as u64,
@@ -213,6 +221,11 @@ impl SessionLog {
     pub fn record_splice(&mut self, bytes_in: u64, bytes_out: u64) {
         self.bytes_in = bytes_in;
         self.bytes_out = bytes_out;
+    }
+
+    /// The process's metrics (for counters a session keeps itself).
+    pub fn metrics(&self) -> &Metrics {
+        self.access.metrics()
     }
 
     pub fn message_in(&mut self, len: usize) {

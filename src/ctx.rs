@@ -3,7 +3,7 @@
 //! and the apps. A leaf.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
 
@@ -42,3 +42,8 @@ impl ConnCtx {
 pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
+
+/// The authenticated subject of a request, put in its extensions by the
+/// authentication filter; `key = "user"` rate limits count per it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User(pub Arc<str>);

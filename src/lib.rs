@@ -28,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod gateway;
+pub mod limit;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

@@ -61,6 +61,13 @@ pub struct UpstreamServerStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+    /// `request`, `handshake`, `connection` or `message`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
     pub direction: &'static str,
 }
@@ -85,6 +92,8 @@ pub struct Metrics {
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
     pub cluster_redis_up: Gauge,
+    /// Requests, handshakes, connections and messages refused by a rate limit.
+    pub limited: Family<LimitLabel, Counter>,
     pub process_rss: Gauge<f64, AtomicU64>,
     pub process_open_fds: Gauge,
     /// The same gauges as the families above, by label, for `/status`.
@@ -119,6 +128,7 @@ impl Metrics {
             upstream_requests: Family::default(),
             bytes: Family::default(),
             cluster_redis_up: Gauge::default(),
+            limited: Family::default(),
             process_rss: Gauge::default(),
             process_open_fds: Gauge::default(),
             by_listener: dashmap::DashMap::new(),
@@ -206,6 +216,11 @@ impl Metrics {
             m.cluster_redis_up.clone(),
         );
         r.register(
+            "limited",
+            "Events refused by a rate limit, by limit and kind",
+            m.limited.clone(),
+        );
+        r.register(
             "process_resident_memory_bytes",
             "Resident set size",
             m.process_rss.clone(),
@@ -280,6 +295,19 @@ impl Metrics {
             .entry(listener.to_string())
             .or_insert_with(|| g.clone());
         g
+    }
+
+    /// The `wsgate_limited_total` series of `limit` and `kind`, to be kept by
+    /// whoever counts (a lookup per event would clone the labels).
+    pub fn limited(&self, limit: &str, kind: &'static str) -> Counter {
+        let c = self
+            .limited
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+                kind,
+            })
+            .clone();
+        c
     }
 
     pub fn listener_count(&self, listener: &str) -> i64 {

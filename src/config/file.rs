@@ -27,6 +27,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub app: AppsFile,
     pub cluster: Option<ClusterFile>,
+    #[serde(default)]
+    pub limit: BTreeMap<String, Spanned<super::limits::LimitFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +58,7 @@ pub struct LogFile {
 pub struct ListenerFile {
     pub addr: SStr,
     pub tls: Option<TlsFile>,
+    pub connection_limits: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +148,7 @@ pub struct UpstreamFile {
     pub ws_inspect: Option<bool>,
     pub ws_max_message_size: Option<SStr>,
     pub ws_ping_interval: Option<SStr>,
+    pub ws_message_rate: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +172,7 @@ pub struct RouteFile {
     pub strip_prefix: Option<bool>,
     pub websocket: Option<bool>,
     pub origins: Option<Vec<SStr>>,
+    pub limits: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +200,8 @@ pub struct ChatFile {
     pub send_queue: Option<Spanned<i64>>,
     pub push_token: Option<SStr>,
     pub poll_idle_timeout: Option<SStr>,
+    pub message_rate: Option<SStr>,
+    pub message_burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

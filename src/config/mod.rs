@@ -9,6 +9,7 @@
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
 mod file;
+mod limits;
 pub mod units;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use limits::{LimitConfig, LimitKey, LimitScope, MessageRate, Rate, DEFAULT_MAX_KEYS};
 pub use validate::validate;
 
 /// One problem found in a config file, with its position when one applies.
@@ -69,6 +71,8 @@ pub struct Config {
     pub echo: EchoConfig,
     pub chat: ChatConfig,
     pub cluster: Option<ClusterConfig>,
+    /// `[limit.NAME]` by name.
+    pub limits: BTreeMap<String, LimitConfig>,
     /// Non-fatal remarks `check` prints (e.g. an empty sticky secret).
     pub warnings: Vec<String>,
 }
@@ -108,6 +112,8 @@ pub struct LogConfig {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Names of `[limit.NAME]`s (key ip) every new connection is checked against.
+    pub connection_limits: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +222,8 @@ pub struct UpstreamConfig {
     pub ws_max_message_size: u64,
     /// Zero: no keepalive pings from the gateway.
     pub ws_ping_interval: Duration,
+    /// Client → upstream messages per session (inspected splices only).
+    pub ws_message_rate: Option<MessageRate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -250,6 +258,8 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Allowed `Origin` values for WebSocket upgrades; `None` allows any.
     pub origins: Option<Vec<String>>,
+    /// Names of the `[limit.NAME]`s requests and handshakes must pass, in order.
+    pub limits: Vec<String>,
 }
 
 impl RouteConfig {
@@ -281,6 +291,8 @@ pub struct ChatConfig {
     /// `None`: push disabled (403).
     pub push_token: Option<String>,
     pub poll_idle_timeout: Duration,
+    /// Client frames per WebSocket session; `None`: unlimited.
+    pub message_rate: Option<MessageRate>,
 }
 
 #[derive(Debug, Clone)]

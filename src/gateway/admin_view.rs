@@ -3,6 +3,7 @@
 //! upstream states refreshed, and the `/status` document. The gateway knows
 //! all of it; `server::admin` only serves it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Weak};
 
@@ -13,8 +14,9 @@ use crate::server::admin::AdminView;
 #[derive(Default)]
 pub(super) struct Readiness {
     started: AtomicBool,
-    /// Set while a dependency (Redis) is unreachable.
-    degraded: Mutex<Option<String>>,
+    /// Why, by the part that is degraded (the chat bus, the cluster rate
+    /// limits), while a dependency (Redis) is unreachable.
+    degraded: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Readiness {
@@ -22,15 +24,18 @@ impl Readiness {
         self.started.store(true, Ordering::Release);
     }
 
-    pub(super) fn set_degraded(&self, reason: Option<String>) {
-        *self.degraded.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    pub(super) fn set_degraded(&self, part: &'static str, reason: Option<String>) {
+        let mut d = self.degraded.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(r) => d.insert(part, r),
+            None => d.remove(part),
+        };
     }
 
+    /// Every degraded part's reason, joined.
     pub(super) fn degraded(&self) -> Option<String> {
-        self.degraded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let d = self.degraded.lock().unwrap_or_else(|e| e.into_inner());
+        (!d.is_empty()).then(|| d.values().cloned().collect::<Vec<_>>().join("; "))
     }
 
     fn is_started(&self) -> bool {
@@ -48,7 +53,24 @@ pub(super) async fn watch_cluster(
         let reason = status.borrow_and_update().clone();
         let Some(g) = gw.upgrade() else { return };
         g.metrics.cluster_redis_up.set(i64::from(reason.is_none()));
-        g.readiness.set_degraded(reason);
+        g.readiness.set_degraded("cluster", reason);
+        drop(g);
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Mirrors the cluster rate limits' Redis status into `/readyz` ("degraded:
+/// rate limits per node ...") until the gateway is gone.
+pub(super) async fn watch_limits(
+    mut status: tokio::sync::watch::Receiver<Option<String>>,
+    gw: Weak<Gateway>,
+) {
+    loop {
+        let reason = status.borrow_and_update().clone();
+        let Some(g) = gw.upgrade() else { return };
+        g.readiness.set_degraded("limits", reason);
         drop(g);
         if status.changed().await.is_err() {
             return;
@@ -109,6 +131,19 @@ impl AdminView for Gateway {
                 serde_json::json!({ "enabled": true, "redis": c.redis, "degraded": self.readiness.degraded() })
             }
         };
+        let limits: serde_json::Map<String, serde_json::Value> = snap
+            .config
+            .limits
+            .keys()
+            .filter_map(|name| snap.limits.get(name))
+            .map(|l| {
+                let c = l.config();
+                (
+                    l.name().to_string(),
+                    serde_json::json!({ "tracked_keys": l.tracked_keys(), "max_keys": c.max_keys, "cluster": l.is_cluster() }),
+                )
+            })
+            .collect();
         serde_json::json!({
             "node": self.node_id,
             "version": env!("CARGO_PKG_VERSION"),
@@ -119,6 +154,7 @@ impl AdminView for Gateway {
             "sessions": self.metrics.session_counts(),
             "upstreams": upstreams,
             "cluster": cluster,
+            "limits": limits,
         })
     }
 }

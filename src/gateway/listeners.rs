@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Snapshot, StartError};
 use crate::config::Config;
+use crate::limit::Limiter;
 use crate::server::{admin, listener};
 
 /// Identity of a listener across reloads: its configured address, whether it
@@ -47,6 +48,8 @@ pub(super) struct ListenerInfo {
     pub(super) tls: bool,
     pub(super) stop: CancellationToken,
     tls_cfg: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// The listener's `connection_limits`, swapped on reload.
+    conn_limits: Arc<ArcSwap<Vec<Arc<Limiter>>>>,
 }
 
 pub(super) struct AdminInfo {
@@ -98,6 +101,13 @@ impl Gateway {
             keep
         });
         for l in running.iter() {
+            if let Some(limits) = keys
+                .iter()
+                .position(|k| *k == l.key)
+                .and_then(|i| snap.conn_limits.get(i))
+            {
+                l.conn_limits.store(limits.clone());
+            }
             if let (Some(slot), Some(Some(cfg))) = (
                 &l.tls_cfg,
                 keys.iter()
@@ -115,13 +125,19 @@ impl Gateway {
                 .cloned()
                 .flatten()
                 .map(|c| Arc::new(ArcSwap::new(c)));
+            let conn_limits = Arc::new(ArcSwap::new(
+                snap.conn_limits.get(idx).cloned().unwrap_or_default(),
+            ));
             let local = tcp.local_addr().unwrap_or(key.addr);
             let stop = CancellationToken::new();
             tokio::spawn(listener::run(
                 self.server_ctx.clone(),
                 self.proxy.clone(),
                 tcp,
-                tls_cfg.clone(),
+                listener::PerListener {
+                    tls: tls_cfg.clone(),
+                    conn_limits: conn_limits.clone(),
+                },
                 stop.clone(),
             ));
             tracing::info!(addr = %local, tls = key.tls, "listening");
@@ -131,6 +147,7 @@ impl Gateway {
                 local,
                 stop,
                 tls_cfg,
+                conn_limits,
             });
         }
     }

@@ -28,6 +28,7 @@ use crate::budget::Budget;
 use crate::certs::CertError;
 use crate::cluster::RedisBus;
 use crate::config::Config;
+use crate::limit::{ClusterLimits, Limiter, Registry};
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Table};
@@ -46,6 +47,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Limits(#[from] crate::limit::cluster::ClusterLimitError),
 }
 
 /// Everything derived from one config file. Replaced whole on reload.
@@ -55,16 +58,29 @@ struct Snapshot {
     table: Arc<Table>,
     /// TLS server config per listener, aligned with `config.listeners`.
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Every `[limit.NAME]`; limiters whose definition a reload keeps are
+    /// carried over with their buckets.
+    limits: Arc<Registry>,
+    /// Each listener's `connection_limits`, aligned with `config.listeners`.
+    conn_limits: Vec<Arc<Vec<Arc<Limiter>>>>,
+}
+
+/// What building a snapshot needs from the process besides the config.
+struct BuildCtx<'a> {
+    metrics: &'a Metrics,
+    cluster_limits: Option<&'a Arc<ClusterLimits>>,
+    /// Keys the pools' sticky cookies.
+    secret: &'a [u8; 32],
 }
 
 impl Snapshot {
     /// Builds a snapshot, loading every certificate. `previous` carries upstream
-    /// health and load counters over for servers that stay; `secret` keys the
-    /// pools' sticky cookies.
+    /// health and load counters over for servers that stay; `bx.secret` keys
+    /// the pools' sticky cookies.
     fn build(
         config: Config,
         previous: Option<&Snapshot>,
-        secret: &[u8; 32],
+        bx: &BuildCtx<'_>,
     ) -> Result<Self, StartError> {
         let tls = config
             .listeners
@@ -88,12 +104,28 @@ impl Snapshot {
                 let prev = previous
                     .and_then(|p| p.table.pools.get(name))
                     .map(|p| p.as_ref());
-                (name.clone(), Arc::new(Pool::new(u.clone(), prev, secret)))
+                (
+                    name.clone(),
+                    Arc::new(Pool::new(u.clone(), prev, bx.secret)),
+                )
             })
             .collect();
+        let limits = Arc::new(Registry::build(
+            &config.limits,
+            previous.map(|p| &*p.limits),
+            bx.metrics,
+            bx.cluster_limits,
+        ));
+        let conn_limits = config
+            .listeners
+            .iter()
+            .map(|l| Arc::new(limits.pick(&l.connection_limits)))
+            .collect();
         Ok(Self {
-            table: Arc::new(Table::new(&config, pools)),
+            table: Arc::new(Table::new(&config, pools, &limits)),
             tls,
+            limits,
+            conn_limits,
             config: Arc::new(config),
         })
     }
@@ -103,7 +135,12 @@ impl Snapshot {
 /// loads every certificate and builds routes and pools.
 pub fn check(config: Config) -> Result<(), StartError> {
     // Any key will do: nothing is sealed or opened here.
-    Snapshot::build(config, None, &[0; 32]).map(drop)
+    let bx = BuildCtx {
+        metrics: &Metrics::new(),
+        cluster_limits: None,
+        secret: &[0; 32],
+    };
+    Snapshot::build(config, None, &bx).map(drop)
 }
 
 /// The running process.
@@ -117,6 +154,8 @@ pub struct Gateway {
     limits: Arc<ConnLimits>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    /// The Redis side of `scope = "cluster"` limits, when `[cluster]` is set.
+    cluster_limits: Option<Arc<ClusterLimits>>,
     readiness: Readiness,
     node_id: String,
     /// Seals sticky cookies: `[server] secret`, or random per process.
@@ -156,11 +195,21 @@ impl Gateway {
     /// Builds `config`, binds every listener (port 0 picks a free port) and the
     /// admin listener, and starts serving.
     pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        // Connects lazily: costs nothing until a cluster-scope limit decides.
+        let cluster_limits = match &config.cluster {
+            Some(c) => Some(ClusterLimits::new(&c.redis)?),
+            None => None,
+        };
         let sticky_key = config.server.secret.unwrap_or_else(rand::random);
-        let snapshot = Snapshot::build(config, None, &sticky_key)?;
+        let bx = BuildCtx {
+            metrics: &metrics,
+            cluster_limits: cluster_limits.as_ref(),
+            secret: &sticky_key,
+        };
+        let snapshot = Snapshot::build(config, None, &bx)?;
         let cfg = snapshot.config.clone();
         let shutdown = Shutdown::default();
-        let metrics = Arc::new(Metrics::new());
         let access = Access::new(metrics.clone(), cfg.log.access_log);
         // The composition root picks the chat's bus: Redis when clustered.
         let cluster = match &cfg.cluster {
@@ -198,6 +247,7 @@ impl Gateway {
             limits,
             shutdown,
             metrics,
+            cluster_limits,
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
             sticky_key,
@@ -215,6 +265,10 @@ impl Gateway {
         if let Some(bus) = &cluster {
             tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
         }
+        if let Some(cl) = &gw.cluster_limits {
+            tokio::spawn(cl.clone().probe(gw.shutdown.token.clone()));
+            tokio::spawn(admin_view::watch_limits(cl.status(), Arc::downgrade(&gw)));
+        }
         gw.readiness.set_started();
         Ok(GatewayHandle { gw })
     }
@@ -225,7 +279,12 @@ impl Gateway {
     async fn reload(self: &Arc<Self>, config: Config) -> Result<(), StartError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.snapshot();
-        let new = Arc::new(Snapshot::build(config, Some(&old), &self.sticky_key)?);
+        let bx = BuildCtx {
+            metrics: &self.metrics,
+            cluster_limits: self.cluster_limits.as_ref(),
+            secret: &self.sticky_key,
+        };
+        let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
         self.snapshot.store(new.clone());
@@ -348,6 +407,11 @@ impl GatewayHandle {
     /// Client connections holding a slot now.
     pub fn active_connections(&self) -> usize {
         self.gw.limits.active()
+    }
+
+    /// The `[limit.NAME]` of the current config (its buckets on this node).
+    pub fn limiter(&self, name: &str) -> Option<Arc<Limiter>> {
+        self.gw.snapshot().limits.get(name).cloned()
     }
 
     /// Starts draining without waiting (readiness turns off at once).

@@ -18,8 +18,10 @@ use http::{header, HeaderMap, Request};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
+use super::rate_limit::RateLimits;
 use crate::config::RouteConfig;
 use crate::ctx::ConnCtx;
+use crate::limit::Registry;
 use crate::router::Route;
 
 /// What a filter is shown.
@@ -74,9 +76,13 @@ pub struct Phase {
 }
 
 impl Phase {
-    /// The filters a route's config asks for.
-    pub fn for_route(cfg: &RouteConfig) -> Self {
+    /// The filters a route's config asks for; `limits` resolves the names in
+    /// its `limits`.
+    pub fn for_route(cfg: &RouteConfig, limits: &Registry) -> Self {
         let mut filters: Vec<Box<dyn Filter>> = Vec::new();
+        if let Some(f) = RateLimits::new(limits.pick(&cfg.limits)) {
+            filters.push(Box::new(f));
+        }
         if !cfg.websocket {
             filters.push(Box::new(WebSocketDisabled));
         }

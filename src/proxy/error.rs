@@ -3,7 +3,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::access::ErrorDetail;
+use crate::access::{ErrorDetail, LimitedBy};
 use crate::apps::chat::protocol::{ChatError, Event};
 use crate::apps::error::AppError;
 use crate::body::{full, text_response, Body};
@@ -75,6 +75,12 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("the gateway is shutting down")]
     Draining,
+    /// Over a `[limit.NAME]`: 429 with `Retry-After` (whole seconds, rounded up).
+    #[error("too many requests (limit {limit}): retry after {}s", crate::limit::gcra::retry_after_secs(*retry_after))]
+    RateLimited {
+        limit: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     App(#[from] AppError),
     #[error("internal error: {0}")]
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
             ProxyError::App(AppError::Chat(e)) => chat_status(e),
@@ -178,6 +185,11 @@ impl ProxyError {
             ProxyError::Draining => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RateLimited { limit, retry_after } => {
+                let secs = crate::limit::gcra::retry_after_secs(*retry_after);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                resp.extensions_mut().insert(LimitedBy(limit.clone()));
+            }
             _ => {}
         }
         resp
@@ -196,6 +208,7 @@ fn chat_status(e: &ChatError) -> StatusCode {
         ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ChatError::NoStream(_) => StatusCode::CONFLICT,
         ChatError::TooManyRooms | ChatError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ChatError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     }
 }

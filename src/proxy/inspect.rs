@@ -5,6 +5,8 @@
 //! - close a session whose message exceeds `ws_max_message_size` (1009 to the
 //!   side that sent it, 1001 to the other; the oversized frame's header is never
 //!   forwarded, so the receiver sees the close at a frame boundary),
+//! - close a session whose client sends messages faster than
+//!   `ws_message_rate` (1008 to the client, 1001 upstream),
 //! - count messages, bytes and close codes per route,
 //! - send its own pings to a side silent for `ws_ping_interval` and swallow the
 //!   matching pongs (their payload carries a per-session nonce), closing a side
@@ -24,15 +26,14 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use super::inspect_config::{InspectConfig, InspectMetrics};
 use super::scan::{self, Event, Scanner, MAX_HEADER, OP_CLOSE, OP_PING, OP_PONG};
 use super::splice::{SpliceEnd, SpliceStats};
-use crate::metrics::RouteCode;
+use crate::limit::gcra::Bucket;
 
 /// How long peers get to answer an injected close before both connections are dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -43,66 +44,9 @@ const PING_LEN: u64 = 8;
 /// Close codes the gateway sends.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
-
-/// Limits and timers of one inspected session (from the upstream's config).
-#[derive(Debug, Clone)]
-pub struct InspectConfig {
-    pub max_message_size: u64,
-    /// Zero: no keepalive pings.
-    pub ping_interval: Duration,
-    /// No byte either way for this long closes the session with 1001.
-    pub idle_timeout: Duration,
-}
-
-/// The route's counters, looked up once per session.
-#[derive(Clone)]
-pub struct InspectMetrics {
-    pub route: String,
-    /// Messages from the client (`in`) and from the upstream (`out`).
-    pub messages: [Counter; 2],
-    /// Wire bytes from the client (`in`) and from the upstream (`out`).
-    pub bytes: [Counter; 2],
-    pub close_codes: Family<RouteCode, Counter>,
-}
-
-impl InspectMetrics {
-    /// Counters for `route` from the gateway's registry.
-    pub fn for_route(m: &crate::metrics::Metrics, route: &str) -> Self {
-        use crate::metrics::RouteDirection;
-        // One lookup per statement: a family's read guard lives to the end of
-        // its statement, and a second `get_or_create` may need the write lock.
-        let counter = |f: &Family<RouteDirection, Counter>, direction| {
-            let c = f
-                .get_or_create(&RouteDirection {
-                    route: route.to_string(),
-                    direction,
-                })
-                .clone();
-            c
-        };
-        let msg_in = counter(&m.ws_messages, "in");
-        let msg_out = counter(&m.ws_messages, "out");
-        let bytes_in = counter(&m.ws_bytes, "in");
-        let bytes_out = counter(&m.ws_bytes, "out");
-        Self {
-            route: route.to_string(),
-            messages: [msg_in, msg_out],
-            bytes: [bytes_in, bytes_out],
-            close_codes: m.ws_close_codes.clone(),
-        }
-    }
-
-    fn close_code(&self, code: u16) {
-        self.close_codes
-            .get_or_create(&RouteCode {
-                route: self.route.clone(),
-                code,
-            })
-            .inc();
-    }
-}
 
 /// One end of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +103,7 @@ fn end_code(e: SpliceEnd) -> u8 {
         SpliceEnd::TooBig => 5,
         SpliceEnd::PeerDead => 6,
         SpliceEnd::Protocol => 7,
+        SpliceEnd::Policy => 8,
     }
 }
 
@@ -170,6 +115,7 @@ fn end_from(c: u8) -> SpliceEnd {
         5 => SpliceEnd::TooBig,
         6 => SpliceEnd::PeerDead,
         7 => SpliceEnd::Protocol,
+        8 => SpliceEnd::Policy,
         _ => SpliceEnd::Closed,
     }
 }
@@ -368,6 +314,8 @@ struct PumpState {
     failed: bool,
     /// Toward the upstream: injected frames are masked.
     mask_out: bool,
+    /// `ws_message_rate` on the client's messages (client pump only).
+    rate: Option<Bucket>,
 }
 
 impl PumpState {
@@ -436,6 +384,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             src_closed: false,
             failed: false,
             mask_out: self.from == Side::Client,
+            rate: match self.from {
+                Side::Client => self.shared.cfg.message_rate.map(Bucket::new),
+                Side::Upstream => None,
+            },
         };
         let mut inb = vec![0u8; 16 * 1024];
         let mut out: Vec<u8> = Vec::with_capacity(16 * 1024 + 2 * (MAX_HEADER + 125));
@@ -508,6 +460,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                         tracing::debug!(route = %sh.metrics.route, from = ?self.from, size = st.scanner.message_len(), "message too big");
                         sh.set_end(SpliceEnd::TooBig);
                         self.close_both(st, CLOSE_TOO_BIG, true);
+                    } else if h.opcode != 0
+                        && !h.is_control()
+                        && st.rate.as_mut().is_some_and(|b| b.take().is_err())
+                    {
+                        // A new data message (not a continuation) over the rate.
+                        tracing::debug!(route = %sh.metrics.route, "client message rate exceeded");
+                        if let Some(c) = &sh.metrics.limited {
+                            c.inc();
+                        }
+                        sh.set_end(SpliceEnd::Policy);
+                        self.close_both(st, CLOSE_POLICY, true);
                     } else if h.opcode == OP_PONG && h.len == PING_LEN {
                         st.mode = Mode::Hold;
                         let hb = st.scanner.header_bytes();
@@ -590,6 +553,7 @@ mod tests {
             SpliceEnd::TooBig,
             SpliceEnd::PeerDead,
             SpliceEnd::Protocol,
+            SpliceEnd::Policy,
         ] {
             assert_eq!(end_from(end_code(e)), e);
         }

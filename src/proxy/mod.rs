@@ -14,6 +14,8 @@ pub mod files;
 pub mod headers;
 pub mod http;
 pub mod inspect;
+mod inspect_config;
+pub mod rate_limit;
 pub mod scan;
 pub mod splice;
 pub mod ws;
@@ -29,11 +31,14 @@ use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 
 use self::access_phase::{Head, Notes, Phase};
-use crate::access::{Access, BytesIn, ErrorDetail, LoggedBody, RequestInfo, UpstreamServer};
+use crate::access::{
+    Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo, UpstreamServer,
+};
 use crate::apps::Apps;
 use crate::body::Body;
 use crate::config::{AppKind, Config, EchoConfig, RouteTarget};
 use crate::ctx::ConnCtx;
+use crate::limit::Registry;
 use crate::limits::ConnSlot;
 use crate::router::{Route, Router};
 use crate::server::Handler;
@@ -52,10 +57,16 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>) -> Self {
+    /// `limits` holds the `[limit.NAME]`s routes name (the composition root
+    /// keeps it across reloads).
+    pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>, limits: &Registry) -> Self {
         Self {
             router: Router::new(&cfg.routes),
-            phases: cfg.routes.iter().map(Phase::for_route).collect(),
+            phases: cfg
+                .routes
+                .iter()
+                .map(|r| Phase::for_route(r, limits))
+                .collect(),
             pools,
             echo: cfg.echo.clone(),
         }
@@ -156,6 +167,7 @@ impl Handler for Proxy {
                 .get::<UpstreamServer>()
                 .map(|u| u.0.clone()),
             error: parts.extensions.get::<ErrorDetail>().map(|e| e.0.clone()),
+            limit: parts.extensions.get::<LimitedBy>().map(|l| l.0.clone()),
             status: parts.status.as_u16(),
             bytes_in,
             started,

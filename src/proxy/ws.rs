@@ -23,6 +23,7 @@ use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
 use crate::config::{RouteConfig, UpstreamConfig};
 use crate::ctx::ConnCtx;
+use crate::limit::gcra::Gcra;
 use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::router::Route;
@@ -217,15 +218,18 @@ impl Tunnel<'_> {
         }
         let idle = pool.cfg.ws_idle_timeout;
         let inspect = pool.cfg.ws_inspect.then(|| {
+            let rate = pool.cfg.ws_message_rate;
             let cfg = InspectConfig {
                 max_message_size: pool.cfg.ws_max_message_size,
                 ping_interval: pool.cfg.ws_ping_interval,
                 idle_timeout: idle,
+                message_rate: rate.map(|r| Gcra::new(r.rate.emission(), r.burst)),
             };
-            (
-                cfg,
-                InspectMetrics::for_route(metrics, &session.route.label),
-            )
+            let mut m = InspectMetrics::for_route(metrics, &session.route.label);
+            if rate.is_some() {
+                m.limited = Some(metrics.limited(&format!("upstream.{}", pool.name()), "message"));
+            }
+            (cfg, m)
         });
         let shutdown = session.shutdown.clone();
         let stop = shutdown.token.clone();

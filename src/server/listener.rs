@@ -1,4 +1,7 @@
-//! Accept loops. Every accepted connection is admitted against the connection caps
+//! Accept loops. Every accepted connection is first checked against the
+//! listener's `connection_limits` (rate limits keyed by client address: over
+//! one, the socket is closed at once, before any TLS work), then admitted
+//! against the connection caps
 //! (refused ones are answered 503/429 by [`conn::serve_refusal`]), gets a tracing
 //! span with its client address, goes through TLS when the listener has it, and
 //! is served by hyper. The loop itself never dies: per-connection accept errors
@@ -18,21 +21,30 @@ use tracing::Instrument;
 use super::conn::{self, Protocols};
 use super::{Handler, ServerCtx};
 use crate::ctx::ConnCtx;
+use crate::limit::{Decision, KeyRef, Kind, Limiter};
 use crate::limits::Refusal;
 
 /// How many refused connections may be answered at once; beyond that they are
 /// closed without a response so a flood cannot pile up memory.
 const MAX_REFUSING: usize = 1024;
 
+/// What one listener has of its own; the gateway swaps the insides on reload.
+pub struct PerListener {
+    /// Serves new certificates to new connections after a reload.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// `connection_limits`: checked per new connection, keyed by client address.
+    pub conn_limits: Arc<ArcSwap<Vec<Arc<Limiter>>>>,
+}
+
 /// Runs one listener until `stop` (its own token, or the gateway's drain) fires.
-/// `tls` is swapped on reload to serve new certificates to new connections.
 pub async fn run<H: Handler>(
     sc: ServerCtx,
     handler: Arc<H>,
     listener: TcpListener,
-    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    per: PerListener,
     stop: CancellationToken,
 ) {
+    let PerListener { tls, conn_limits } = per;
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -51,10 +63,16 @@ pub async fn run<H: Handler>(
                 continue;
             }
         };
+        let limits = conn_limits.load_full();
+        if !limits.is_empty() && !admit_rate(&limits, client, false).await {
+            // Dropped here: closed before any TLS or HTTP work.
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let ctx = ConnCtx::new(client, tls.is_some());
         let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
+        let cluster_limits = limits.iter().any(|l| l.is_cluster()).then_some(limits);
         let task = handle_connection(
             sc.clone(),
             handler.clone(),
@@ -62,11 +80,33 @@ pub async fn run<H: Handler>(
             ctx,
             tls_cfg,
             open_conns.clone(),
+            cluster_limits,
         )
         .instrument(span);
         sc.shutdown.spawn_conn(task);
     }
     tracing::info!(listener = %local, "listener stopped accepting");
+}
+
+/// Whether a new connection from `client` is within the connection limits
+/// of one scope: the node-scope ones in the accept loop (a hash and a mutex),
+/// the `cluster` ones in the connection's task (`cluster`), so waiting for
+/// Redis (at most `limit::cluster::TIMEOUT`) never holds up accepting.
+async fn admit_rate(limits: &[Arc<Limiter>], client: SocketAddr, cluster: bool) -> bool {
+    let key = KeyRef::Ip(client.ip());
+    for l in limits.iter().filter(|l| l.is_cluster() == cluster) {
+        let id = l.id(key);
+        let d = if cluster {
+            l.check(&id, Kind::Connection).await
+        } else {
+            l.check_local(&id, Kind::Connection)
+        };
+        if let Decision::Limited { .. } = d {
+            tracing::debug!(client = %client, limit = l.name(), "connection over its rate limit: closed");
+            return false;
+        }
+    }
+    true
 }
 
 async fn handle_accept_error(e: io::Error) {
@@ -89,7 +129,13 @@ async fn handle_connection<H: Handler>(
     ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
+    cluster_limits: Option<Arc<Vec<Arc<Limiter>>>>,
 ) {
+    if let Some(limits) = cluster_limits {
+        if !admit_rate(&limits, ctx.client, true).await {
+            return;
+        }
+    }
     let server = sc.config.load_full();
     let slot = match sc.limits.admit(
         ctx.client.ip(),

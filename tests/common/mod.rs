@@ -9,11 +9,13 @@
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
+//! - [`redis`]: a `redis-server` child for cluster tests.
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod cfg;
 pub mod chat;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod upstreams;
 

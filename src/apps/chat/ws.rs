@@ -10,6 +10,10 @@
 //! - the gateway is draining: close 1001;
 //! - the client said nothing, not even a pong, for two `ping_interval`s: close 1011.
 //!
+//! Message rate (`message_rate`, `message_burst`): a frame over it is dropped
+//! and answered with a `rate_limited` error frame; the third time within
+//! [`STRIKE_WINDOW`] the session is closed with 1008.
+//!
 //! Size limits: a text frame over `max_message_size` (plus a small envelope for
 //! the JSON around the text) is answered with a `too_large` error frame and the
 //! connection stays open; the codec itself refuses frames over twice that
@@ -39,12 +43,16 @@ use crate::apps::error::AppError;
 use crate::body::empty;
 use crate::body::Body;
 use crate::budget::Account;
+use crate::limit::gcra::{Bucket, Gcra};
+use crate::limit::Kind;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Queued events written per flush.
 const WRITE_BATCH: usize = 64;
+/// Three frames over the message rate within this closes the session.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The codec's limit: frames above it close the connection with 1009.
 pub fn hard_limit(max_message_size: u64) -> u64 {
@@ -67,6 +75,14 @@ pub fn accept(
     let account = chat.budget.open(chat.shutdown.token.child_token());
     let (resp, up) =
         crate::apps::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
+    let rate = chat.cfg().message_rate.map(|r| MessageRate {
+        bucket: Bucket::new(Gcra::new(r.rate.emission(), r.burst)),
+        strikes: [None; 2],
+        limited: slot
+            .log
+            .metrics()
+            .limited("app.chat", Kind::Message.as_str()),
+    });
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
@@ -74,10 +90,45 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, user, &account).await
+        run(&chat, ws, user, &account, rate).await
     };
     shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
+}
+
+/// A connection's `message_rate`: its bucket and its recent strikes.
+struct MessageRate {
+    bucket: Bucket,
+    /// When the last two frames over the rate came, newest first.
+    strikes: [Option<Instant>; 2],
+    /// `wsgate_limited_total{limit="app.chat",kind="message"}`.
+    limited: prometheus_client::metrics::counter::Counter,
+}
+
+/// What to do with a client frame under the message rate.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Pass,
+    /// Drop it and tell the client.
+    Drop,
+    /// The third strike within the window: close 1008.
+    Close,
+}
+
+impl MessageRate {
+    fn admit(&mut self, now: Instant) -> Admit {
+        if self.bucket.take().is_ok() {
+            return Admit::Pass;
+        }
+        self.limited.inc();
+        let third = self.strikes[1].is_some_and(|t| now.duration_since(t) < STRIKE_WINDOW);
+        self.strikes = [Some(now), self.strikes[0]];
+        if third {
+            Admit::Close
+        } else {
+            Admit::Drop
+        }
+    }
 }
 
 /// Why a session ended.
@@ -91,14 +142,21 @@ enum End {
     /// The memory budget evicted the session.
     Evicted,
     Silent,
+    /// Over the message rate three times within [`STRIKE_WINDOW`].
+    RateLimited,
     /// The session task panicked (logged by `catch_panics`).
     Panicked,
 }
 
 /// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
 /// copy side by side, which for a ~900-byte codec doubled an idle session.
-async fn run<S>(chat: &Arc<Chat>, mut ws: Box<WebSocket<S>>, user: UserName, account: &Account)
-where
+async fn run<S>(
+    chat: &Arc<Chat>,
+    mut ws: Box<WebSocket<S>>,
+    user: UserName,
+    account: &Account,
+    rate: Option<MessageRate>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -128,7 +186,7 @@ where
     };
     // A panic in the session still leaves the hub below, so the user does not
     // stay listed as present with a dead connection.
-    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx, account))
+    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx, account, rate))
         .await
         .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
@@ -151,6 +209,7 @@ where
         // Closed above.
         End::Evicted => None,
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
+        End::RateLimited => Some((CloseCode::Policy, "message rate exceeded")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -174,6 +233,7 @@ async fn session<S>(
     conn: &Arc<Conn>,
     mut rx: mpsc::Receiver<Event>,
     account: &Account,
+    mut rate: Option<MessageRate>,
 ) -> End
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -235,6 +295,15 @@ where
             frame = ws.next_frame() => {
                 let Ok(frame) = frame else { return End::Client };
                 last_seen = Instant::now();
+                let data = matches!(frame.opcode(), OpCode::Text | OpCode::Binary);
+                match rate.as_mut().filter(|_| data).map(|r| r.admit(last_seen)) {
+                    Some(Admit::Close) => return End::RateLimited,
+                    Some(Admit::Drop) => {
+                        conn.offer(&Event::error(&ChatError::RateLimited));
+                        continue;
+                    }
+                    _ => {}
+                }
                 match frame.opcode() {
                     OpCode::Text | OpCode::Binary => account.message_delivered(),
                     _ => account.control_delivered(frame.payload().len()),

@@ -13,7 +13,7 @@ use crate::config::units::{parse_duration, parse_size};
 use crate::config::*;
 
 /// Collects issues while walking the raw config.
-pub(super) struct Ctx<'a> {
+pub(in crate::config) struct Ctx<'a> {
     pub(super) path: &'a Path,
     pub(super) text: &'a str,
     pub(super) checks: Checks,
@@ -22,7 +22,11 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub(super) fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+    pub(in crate::config) fn at(
+        &mut self,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) {
         let pos = Some(super::line_col(self.text, span.start));
         self.issues.push(ConfigIssue {
             pos,
@@ -101,7 +105,7 @@ impl Ctx<'_> {
     }
 
     /// An integer in `[min, max]`.
-    pub(super) fn int(
+    pub(in crate::config) fn int(
         &mut self,
         v: &Option<Spanned<i64>>,
         key: &str,

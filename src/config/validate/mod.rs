@@ -28,7 +28,7 @@ mod ctx;
 mod routes;
 mod upstreams;
 
-use self::ctx::Ctx;
+pub(super) use self::ctx::Ctx;
 use self::routes::{chat, cluster, echo, routes};
 use self::upstreams::upstreams;
 
@@ -47,14 +47,15 @@ pub fn validate(
     };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
-    let listeners = listeners(&mut cx, &raw.listener);
+    let limits = super::limits::limits(&mut cx, &raw.limit, raw.cluster.is_some());
+    let listeners = listeners(&mut cx, &raw.listener, &limits);
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
         cx.try_bind(&a.addr, "admin.addr", addr);
         Some(addr)
     });
     let upstreams = upstreams(&mut cx, &raw.upstream);
-    let routes = routes(&mut cx, &raw.route, &upstreams);
+    let routes = routes(&mut cx, &raw.route, &upstreams, &limits);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
     let chat = chat(&mut cx, raw.app.chat.as_ref());
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
@@ -93,6 +94,7 @@ pub fn validate(
         echo,
         chat,
         cluster,
+        limits,
         warnings: cx.warnings,
     })
 }
@@ -230,7 +232,11 @@ fn socket_addr(cx: &mut Ctx, v: &SStr, key: &str) -> Option<SocketAddr> {
     }
 }
 
-fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> {
+fn listeners(
+    cx: &mut Ctx,
+    ls: &[Spanned<ListenerFile>],
+    limits: &std::collections::BTreeMap<String, LimitConfig>,
+) -> Vec<ListenerConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, l) in ls.iter().enumerate() {
@@ -268,7 +274,13 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
                 .collect();
             TlsConfig { default, sni }
         });
-        out.push(ListenerConfig { addr, tls });
+        let connection_limits =
+            super::limits::connection_limits(cx, l.connection_limits.as_ref(), &key, limits);
+        out.push(ListenerConfig {
+            addr,
+            tls,
+            connection_limits,
+        });
     }
     out
 }

@@ -14,6 +14,7 @@ pub(super) fn routes(
     cx: &mut Ctx,
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
+    limits: &BTreeMap<String, LimitConfig>,
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -105,6 +106,7 @@ pub(super) fn routes(
             strip_prefix: r.strip_prefix.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             origins,
+            limits: crate::config::limits::route_limits(cx, r.limits.as_ref(), &key, limits),
         });
     }
     out
@@ -150,6 +152,11 @@ pub(super) fn chat(cx: &mut Ctx, c: Option<&ChatFile>) -> ChatConfig {
             &c.poll_idle_timeout,
             "app.chat.poll_idle_timeout",
             Duration::from_secs(60),
+        ),
+        message_rate: crate::config::limits::chat_message_rate(
+            cx,
+            c.message_rate.as_ref(),
+            &c.message_burst,
         ),
     }
 }

@@ -111,6 +111,12 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         ws_inspect: u.ws_inspect.unwrap_or(false),
         ws_max_message_size: cx.size(&u.ws_max_message_size, &k("ws_max_message_size"), 16 << 20),
         ws_ping_interval: cx.duration(&u.ws_ping_interval, &k("ws_ping_interval"), Duration::ZERO),
+        ws_message_rate: crate::config::limits::ws_message_rate(
+            cx,
+            u.ws_message_rate.as_ref(),
+            name,
+            u.ws_inspect.unwrap_or(false),
+        ),
     }
 }
 

@@ -32,6 +32,7 @@ fn cfg(servers: &[(&str, u32)], balance: Balance, sticky: Sticky) -> UpstreamCon
         ws_inspect: false,
         ws_max_message_size: 1 << 20,
         ws_ping_interval: Duration::ZERO,
+        ws_message_rate: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub enum ChatError {
         "invalid cursor {0:?}: expected room:id pairs separated by commas, e.g. lobby:42,dev:7"
     )]
     BadCursor(String),
+    #[error("too many messages: this frame was dropped; slow down (the third time within 10 s closes the connection)")]
+    RateLimited,
     #[error("chat backend unavailable: {0}")]
     Bus(BusError),
     // HTTP-only failures (the API and the fallback endpoints).
@@ -90,6 +92,7 @@ impl ChatError {
             ChatError::NoStream(_) => "no_stream",
             ChatError::TooManyRooms => "too_many_rooms",
             ChatError::BadCursor(_) => "bad_cursor",
+            ChatError::RateLimited => "rate_limited",
             ChatError::Bus(_) => "unavailable",
             ChatError::Unauthorized => "unauthorized",
             ChatError::Forbidden => "forbidden",
