@@ -41,6 +41,7 @@ pub struct ServerFile {
     pub shutdown_grace: Option<SStr>,
     pub max_request_head: Option<SStr>,
     pub secret: Option<SStr>,
+    pub trusted_proxies: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +56,7 @@ pub struct LogFile {
 pub struct ListenerFile {
     pub addr: SStr,
     pub tls: Option<TlsFile>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+pub mod client_addr;
 mod file;
 pub mod units;
 mod validate;
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use client_addr::TrustedProxies;
 pub use validate::validate;
 
 /// One problem found in a config file, with its position when one applies.
@@ -87,6 +89,8 @@ pub struct ServerConfig {
     pub max_request_head: usize,
     /// Key for sealed sticky cookies; `None` means one is generated per start.
     pub secret: Option<[u8; 32]>,
+    /// Peers whose PROXY header and `X-Forwarded-For` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,8 @@ pub struct LogConfig {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Each connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -248,6 +248,9 @@ pub fn validate(
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);
     let listeners = listeners(&mut cx, &raw.listener);
+    for (span, m) in client_addr::proxy_protocol(&raw.listener, &server.trusted_proxies) {
+        cx.at(span, m);
+    }
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
         cx.try_bind(&a.addr, "admin.addr", addr);
@@ -377,6 +380,11 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             MAX_REQUEST_HEAD,
         ) as usize,
         secret,
+        trusted_proxies: {
+            let (t, issues) = client_addr::trusted_proxies(s.trusted_proxies.as_deref());
+            issues.into_iter().for_each(|(span, m)| cx.at(span, m));
+            t
+        },
     }
 }
 
@@ -461,7 +469,12 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
                 .collect();
             TlsConfig { default, sni }
         });
-        out.push(ListenerConfig { addr, tls });
+        let proxy_protocol = client_addr::listener_proxy_protocol(l);
+        out.push(ListenerConfig {
+            addr,
+            tls,
+            proxy_protocol,
+        });
     }
     out
 }

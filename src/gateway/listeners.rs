@@ -1,9 +1,11 @@
 //! The set of bound listeners and the admin listener, kept in step with the
 //! config: on start and on every reload, new addresses are bound first (a
 //! bind failure changes nothing), removed ones stop accepting, and the ones
-//! that stay get the new TLS configs for their next connections.
+//! that stay get the new TLS configs and `proxy_protocol` for their next
+//! connections.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -47,6 +49,8 @@ pub(super) struct ListenerInfo {
     pub(super) tls: bool,
     pub(super) stop: CancellationToken,
     tls_cfg: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Whether new connections start with a PROXY header (reloadable).
+    proxy_protocol: Arc<AtomicBool>,
 }
 
 pub(super) struct AdminInfo {
@@ -98,6 +102,10 @@ impl Gateway {
             keep
         });
         for l in running.iter() {
+            if let Some(i) = keys.iter().position(|k| *k == l.key) {
+                let pp = snap.config.listeners[i].proxy_protocol;
+                l.proxy_protocol.store(pp, Ordering::Relaxed);
+            }
             if let (Some(slot), Some(Some(cfg))) = (
                 &l.tls_cfg,
                 keys.iter()
@@ -117,11 +125,18 @@ impl Gateway {
                 .map(|c| Arc::new(ArcSwap::new(c)));
             let local = tcp.local_addr().unwrap_or(key.addr);
             let stop = CancellationToken::new();
+            let proxy_protocol = Arc::new(AtomicBool::new(
+                snap.config
+                    .listeners
+                    .get(idx)
+                    .is_some_and(|l| l.proxy_protocol),
+            ));
             tokio::spawn(listener::run(
                 self.server_ctx.clone(),
                 self.proxy.clone(),
                 tcp,
                 tls_cfg.clone(),
+                proxy_protocol.clone(),
                 stop.clone(),
             ));
             tracing::info!(addr = %local, tls = key.tls, "listening");
@@ -131,6 +146,7 @@ impl Gateway {
                 local,
                 stop,
                 tls_cfg,
+                proxy_protocol,
             });
         }
     }
