@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod client_addr;
 pub mod error;
 pub mod files;
 pub mod headers;
@@ -32,8 +33,8 @@ use self::access_phase::{Head, Notes, Phase};
 use crate::access::{Access, BytesIn, ErrorDetail, LoggedBody, RequestInfo, UpstreamServer};
 use crate::apps::Apps;
 use crate::body::Body;
-use crate::config::{AppKind, Config, EchoConfig, RouteTarget};
-use crate::ctx::ConnCtx;
+use crate::config::{AppKind, Config, EchoConfig, RouteTarget, TrustedProxies};
+use crate::ctx::{ClientAddr, ConnCtx};
 use crate::limits::ConnSlot;
 use crate::router::{Route, Router};
 use crate::server::Handler;
@@ -49,6 +50,8 @@ pub struct Table {
     phases: Vec<Phase>,
     pub pools: HashMap<String, Arc<Pool>>,
     pub echo: EchoConfig,
+    /// `[server] trusted_proxies`: whose `X-Forwarded-For` is believed.
+    pub trusted: TrustedProxies,
 }
 
 impl Table {
@@ -58,6 +61,7 @@ impl Table {
             phases: cfg.routes.iter().map(Phase::for_route).collect(),
             pools,
             echo: cfg.echo.clone(),
+            trusted: cfg.server.trusted_proxies.clone(),
         }
     }
 
@@ -125,6 +129,16 @@ impl Handler for Proxy {
         let log = self.access.logging();
         let bytes_in = BytesIn::default();
         req.extensions_mut().insert(bytes_in.clone());
+        // The access phase's first step, before routing so that every access
+        // line (a 404 too) names the real client: the client of this request.
+        let client = match table.trusted.contains(conn.client.ip()) {
+            false => conn.client.ip(),
+            true => {
+                let ip = client_addr::resolve(req.headers(), conn.client.ip(), &table.trusted);
+                req.extensions_mut().insert(ClientAddr(ip));
+                ip
+            }
+        };
         let method = req.method().clone();
         // Copied for the access line only: most deployments that need speed log less.
         let path = if log {
@@ -146,7 +160,7 @@ impl Handler for Proxy {
         };
         let (parts, body) = resp.into_parts();
         let info = RequestInfo {
-            client: conn.client,
+            client,
             method,
             host: match (&host, log) {
                 (Some(h), true) => h.as_str().to_string(),
@@ -250,6 +264,7 @@ impl Proxy {
             shutdown: &self.shutdown,
             route,
             conn,
+            client: crate::ctx::client_ip(&req, conn),
             slot,
         };
         match &route.cfg.target {
@@ -292,8 +307,8 @@ impl Proxy {
         req: &Request<Incoming>,
         upgrade: bool,
     ) -> Result<Notes, ProxyError> {
-        match table.phase(route) {
-            None => Ok(Notes::default()),
+        let mut notes = match table.phase(route) {
+            None => Notes::default(),
             Some(phase) => {
                 let head = Head {
                     req,
@@ -301,9 +316,11 @@ impl Proxy {
                     conn,
                     upgrade,
                 };
-                phase.run(&head).await
+                phase.run(&head).await?
             }
-        }
+        };
+        notes.trusted_peer = table.trusted.contains(conn.client.ip());
+        Ok(notes)
     }
 }
 
