@@ -378,6 +378,65 @@ mod tests {
         assert!(matches!(whole(&big), Err(HeaderError::TooLong)));
     }
 
+    /// The outcome of feeding `data` in reads cut at `cuts`: the header and
+    /// every byte after it, the refusal, or still waiting.
+    fn outcome(data: &[u8], cuts: &[usize]) -> Option<Result<Decoded, String>> {
+        let mut d = Decoder::default();
+        let mut at = 0;
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        ends.push(data.len());
+        ends.sort_unstable();
+        for end in ends {
+            match d.feed(&data[at..end]) {
+                Ok(None) => at = end,
+                Ok(Some(mut done)) => {
+                    done.rest.extend_from_slice(&data[end..]);
+                    return Some(Ok(done));
+                }
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        /// However the first bytes are split into reads, the outcome is the
+        /// one of reading them whole (the fuzz target `proxy_header` does the
+        /// same on arbitrary bytes; this runs with every `cargo test`).
+        #[test]
+        fn chunking_never_changes_the_outcome(
+            kind in 0u8..6,
+            src in proptest::prelude::any::<[u8; 4]>(),
+            port in proptest::prelude::any::<u16>(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flip in proptest::option::of((0usize..64, proptest::prelude::any::<u8>())),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..8),
+        ) {
+            let ip = std::net::Ipv4Addr::from(src);
+            let mut data = match kind {
+                0 => format!("PROXY TCP4 {ip} 10.0.0.1 {port} 443\r\n").into_bytes(),
+                1 => b"PROXY UNKNOWN\r\n".to_vec(),
+                2 => v2_tcp4(src, port),
+                3 => v2(0x20, 0x00, &[]),
+                4 => format!("PROXY TCP6 ::ffff:{ip} ::1 {port} 1\r\n").into_bytes(),
+                _ => tail.clone(),
+            };
+            // Sometimes one byte is wrong: refusals must not depend on reads either.
+            if let Some((i, b)) = flip {
+                if let Some(x) = data.get_mut(i) {
+                    *x = b;
+                }
+            }
+            data.extend_from_slice(&tail);
+            let whole = outcome(&data, &[]);
+            proptest::prop_assert_eq!(&whole, &outcome(&data, &cuts));
+            if flip.is_none() && kind < 5 {
+                let d = whole.expect("complete").expect("valid");
+                proptest::prop_assert_eq!(d.rest, tail);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn prefixed_serves_the_rest_first() {
         let (mut far, near) = tokio::io::duplex(64);
