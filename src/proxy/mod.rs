@@ -83,8 +83,6 @@ pub struct Proxy {
     access: Arc<Access>,
     shutdown: Shutdown,
     apps: Arc<Apps>,
-    /// Seals sticky cookies.
-    sticky_key: [u8; 32],
 }
 
 impl Proxy {
@@ -93,14 +91,12 @@ impl Proxy {
         access: Arc<Access>,
         shutdown: Shutdown,
         apps: Arc<Apps>,
-        sticky_key: [u8; 32],
     ) -> Self {
         Self {
             table: ArcSwap::new(table),
             access,
             shutdown,
             apps,
-            sticky_key,
         }
     }
 
@@ -230,7 +226,6 @@ impl Proxy {
                 let host = host.map(Host::as_str);
                 let fwd = http::Forward {
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     route: cfg,
                     conn,
                     host,
@@ -289,7 +284,6 @@ impl Proxy {
                 let tunnel = ws::Tunnel {
                     session,
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     notes: &notes,
                 };
                 tunnel.open(pool, req, hs).await
