@@ -5,7 +5,7 @@
 //! [`Access`] is what this needs from the process: the metrics and whether the
 //! access log is on (switched by a reload).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,7 +68,8 @@ pub struct LimitedBy(pub Arc<str>);
 
 /// What the HTTP access line says about a request.
 pub struct RequestInfo {
-    pub client: SocketAddr,
+    /// The request's client ([`crate::ctx::client_ip`]).
+    pub client: IpAddr,
     pub method: http::Method,
     /// Host and path are only copied when the access log is on (`log`).
     pub host: String,
@@ -181,7 +182,7 @@ pub struct SessionLog {
     route: Arc<str>,
     /// `app` or `spliced`.
     kind: &'static str,
-    client: SocketAddr,
+    client: IpAddr,
     started: Instant,
     pub msgs_in: u64,
     pub msgs_out: u64,
@@ -195,12 +196,7 @@ pub struct SessionLog {
 }
 
 impl SessionLog {
-    pub fn new(
-        access: &Arc<Access>,
-        route: &Route,
-        kind: &'static str,
-        client: SocketAddr,
-    ) -> Self {
+    pub fn new(access: &Arc<Access>, route: &Route, kind: &'static str, client: IpAddr) -> Self {
         Self {
             _active: route.metrics.session(access.metrics(), &route.label),
             access: access.clone(),

@@ -44,6 +44,7 @@ pub struct ServerFile {
     pub max_request_head: Option<SStr>,
     pub max_buffered: Option<SStr>,
     pub secret: Option<SStr>,
+    pub trusted_proxies: Option<Vec<SStr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +60,7 @@ pub struct ListenerFile {
     pub addr: SStr,
     pub tls: Option<TlsFile>,
     pub connection_limits: Option<Vec<SStr>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

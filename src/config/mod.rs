@@ -8,6 +8,7 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+pub mod client_addr;
 mod file;
 mod limits;
 pub mod units;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use client_addr::TrustedProxies;
 pub use limits::{LimitConfig, LimitKey, LimitScope, MessageRate, Rate, DEFAULT_MAX_KEYS};
 pub use validate::validate;
 
@@ -94,6 +96,8 @@ pub struct ServerConfig {
     pub max_buffered: u64,
     /// Key for sealed sticky cookies; `None` means one is generated per start.
     pub secret: Option<[u8; 32]>,
+    /// Peers whose PROXY header and `X-Forwarded-For` are believed.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,8 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// Names of `[limit.NAME]`s (key ip) every new connection is checked against.
     pub connection_limits: Vec<String>,
+    /// Each connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! The set of bound listeners and the admin listener, kept in step with the
 //! config: on start and on every reload, new addresses are bound first (a
 //! bind failure changes nothing), removed ones stop accepting, and the ones
-//! that stay get the new TLS configs for their next connections.
+//! that stay get the new TLS configs and `proxy_protocol` for their next
+//! connections.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -50,6 +52,8 @@ pub(super) struct ListenerInfo {
     tls_cfg: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// The listener's `connection_limits`, swapped on reload.
     conn_limits: Arc<ArcSwap<Vec<Arc<Limiter>>>>,
+    /// Whether new connections start with a PROXY header (reloadable).
+    proxy_protocol: Arc<AtomicBool>,
 }
 
 pub(super) struct AdminInfo {
@@ -101,12 +105,12 @@ impl Gateway {
             keep
         });
         for l in running.iter() {
-            if let Some(limits) = keys
-                .iter()
-                .position(|k| *k == l.key)
-                .and_then(|i| snap.conn_limits.get(i))
-            {
-                l.conn_limits.store(limits.clone());
+            if let Some(i) = keys.iter().position(|k| *k == l.key) {
+                let pp = snap.config.listeners[i].proxy_protocol;
+                l.proxy_protocol.store(pp, Ordering::Relaxed);
+                if let Some(limits) = snap.conn_limits.get(i) {
+                    l.conn_limits.store(limits.clone());
+                }
             }
             if let (Some(slot), Some(Some(cfg))) = (
                 &l.tls_cfg,
@@ -130,6 +134,12 @@ impl Gateway {
             ));
             let local = tcp.local_addr().unwrap_or(key.addr);
             let stop = CancellationToken::new();
+            let proxy_protocol = Arc::new(AtomicBool::new(
+                snap.config
+                    .listeners
+                    .get(idx)
+                    .is_some_and(|l| l.proxy_protocol),
+            ));
             tokio::spawn(listener::run(
                 self.server_ctx.clone(),
                 self.proxy.clone(),
@@ -137,6 +147,7 @@ impl Gateway {
                 listener::PerListener {
                     tls: tls_cfg.clone(),
                     conn_limits: conn_limits.clone(),
+                    proxy_protocol: proxy_protocol.clone(),
                 },
                 stop.clone(),
             ));
@@ -148,6 +159,7 @@ impl Gateway {
                 stop,
                 tls_cfg,
                 conn_limits,
+                proxy_protocol,
             });
         }
     }

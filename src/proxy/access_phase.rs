@@ -58,6 +58,9 @@ pub trait Filter: Send + Sync + fmt::Debug {
 pub struct Notes {
     /// Headers to set on the upstream request.
     pub upstream_headers: HeaderMap,
+    /// The connection's client is a trusted proxy: its `X-Forwarded-For`
+    /// chain is extended, not replaced (`headers::add_forwarded`).
+    pub trusted_peer: bool,
 }
 
 impl Notes {

@@ -1,5 +1,6 @@
 //! Header hygiene for proxying: hop-by-hop removal (RFC 9110 §7.6.1), the
-//! `X-Forwarded-*` family, and the path rewrite for `strip_prefix`. Pure functions.
+//! `X-Forwarded-*` family (and what an untrusted client may not say about
+//! itself), and the path rewrite for `strip_prefix`. Pure functions.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -50,53 +51,120 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == "keep-alive" || name.as_str().starts_with("proxy-")
 }
 
-/// Appends `client` (from [`crate::ctx::forwarded_for`]) to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (the latter only when the client
-/// did not send one, so a chain of proxies keeps the original).
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host` for a
+/// request whose connection's client is `hop` (its entry, from
+/// [`crate::ctx::ConnCtx::forwarded_for`]). `trusted`: `hop` is in
+/// `trusted_proxies` (docs/client-address.md).
+///
+/// - Trusted: its chain is kept and `hop` appended (nginx's
+///   `$proxy_add_x_forwarded_for`), as is an RFC 7239 `Forwarded` it sent
+///   (`for=hop` appended); its `X-Forwarded-Proto`/`-Host` are kept (it may
+///   have terminated TLS), else set.
+/// - Not trusted: nothing a client can set about itself is passed on.
+///   `X-Forwarded-For` becomes `hop` alone, `Forwarded` and `X-Real-IP` are
+///   removed, `X-Forwarded-Proto`/`-Host` are this hop's.
+///
+/// The untrusted path (every direct client) allocates nothing: `hop` is
+/// formatted once per connection and shared.
 pub fn add_forwarded(
     h: &mut HeaderMap,
-    client: &HeaderValue,
+    hop: &HeaderValue,
+    trusted: bool,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    // Static names: parsing "x-forwarded-*" from strings allocated on every request.
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let xff = match h.get(&XFF) {
-        Some(prev) if !prev.as_bytes().trim_ascii().is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if trusted {
+        append_to_list(h, XFF, hop);
+        if h.contains_key(header::FORWARDED) {
+            append_forwarded_for(h, hop);
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = xff {
-        h.insert(XFF, v);
+        if !h.contains_key(&XFP) {
+            h.insert(XFP, proto);
+        }
+        if let Some(v) = host {
+            if !h.contains_key(&XFH) {
+                h.insert(XFH, v.clone());
+            }
+        }
+    } else {
+        h.insert(XFF, hop.clone());
+        h.remove(header::FORWARDED);
+        h.remove(X_REAL_IP);
+        h.insert(XFP, proto);
+        match host {
+            Some(v) => h.insert(XFH, v.clone()),
+            None => h.remove(XFH),
+        };
     }
-    h.insert(
-        XFP,
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(v) = host {
-        if !h.contains_key(&XFH) {
-            h.insert(XFH, v.clone());
+}
+
+// Static names: parsing "x-forwarded-*" from strings allocated on every request.
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// `name: <every line joined>, item` (one line: a proxy may have sent the
+/// chain over several, and a later `insert` would keep only the first).
+fn append_to_list(h: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
+    let mut joined: Vec<u8> = Vec::new();
+    for line in h.get_all(&name) {
+        let line = line.as_bytes().trim_ascii();
+        if line.is_empty() {
+            continue;
         }
+        if joined.is_empty() {
+            joined.reserve(line.len() + 2 + item.len());
+        } else {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line);
+    }
+    let value = if joined.is_empty() {
+        Some(item.clone())
+    } else {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(item.as_bytes());
+        HeaderValue::from_bytes(&joined).ok()
+    };
+    if let Some(v) = value {
+        h.insert(name, v);
+    }
+}
+
+/// Appends a `for=` element for `hop` to `Forwarded` (IPv6 quoted and
+/// bracketed, RFC 7239 §6).
+fn append_forwarded_for(h: &mut HeaderMap, hop: &HeaderValue) {
+    let ip = hop.as_bytes();
+    let mut elem = Vec::with_capacity(ip.len() + 8);
+    if ip.contains(&b':') {
+        elem.extend_from_slice(b"for=\"[");
+        elem.extend_from_slice(ip);
+        elem.extend_from_slice(b"]\"");
+    } else {
+        elem.extend_from_slice(b"for=");
+        elem.extend_from_slice(ip);
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&elem) {
+        append_to_list(h, header::FORWARDED, &v);
     }
 }
 
 /// Sets what a proxied request carries about its client and host: the
 /// `X-Forwarded-*` family ([`add_forwarded`]) and `Host` = the request's host
 /// (already there for HTTP/1.1, added for HTTP/2 `:authority`).
-pub fn set_forwarding(h: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&str>) {
+pub fn set_forwarding(
+    h: &mut HeaderMap,
+    hop: &HeaderValue,
+    trusted: bool,
+    tls: bool,
+    host: Option<&str>,
+) {
     let host = host_value(h, host);
-    add_forwarded(h, client, tls, host.as_ref());
+    add_forwarded(h, hop, trusted, tls, host.as_ref());
     if let Some(v) = host {
-        // `insert` replaces every value: an HTTP/2 request may carry extra
-        // `host` fields next to `:authority`, and only one may go upstream.
-        if h.get(header::HOST) != Some(&v) || h.get_all(header::HOST).iter().nth(1).is_some() {
+        if h.get(header::HOST) != Some(&v) {
             h.insert(header::HOST, v);
         }
     }
@@ -169,28 +237,77 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn a_trusted_hop_appends_to_the_chain() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=203.0.113.7"),
+        );
         add_forwarded(
             &mut h,
             &forwarded_for("127.0.0.1".parse().unwrap()),
             true,
+            false,
             Some(&HeaderValue::from_static("example.test")),
         );
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.0.0.9, 127.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "the balancer's scheme is kept"
+        );
         assert_eq!(h["x-forwarded-host"], "example.test");
-        let mut fresh = HeaderMap::new();
+        assert_eq!(h[header::FORWARDED], "for=203.0.113.7, for=127.0.0.1");
+        let mut v6 = HeaderMap::new();
+        v6.insert(header::FORWARDED, HeaderValue::from_static("for=unknown"));
         add_forwarded(
-            &mut fresh,
+            &mut v6,
             &forwarded_for("::1".parse().unwrap()),
-            false,
+            true,
+            true,
             None,
         );
-        assert_eq!(fresh["x-forwarded-for"], "::1");
-        assert_eq!(fresh["x-forwarded-proto"], "http");
-        assert!(!fresh.contains_key("x-forwarded-host"));
+        assert_eq!(v6[header::FORWARDED], "for=unknown, for=\"[::1]\"");
+        assert_eq!(v6["x-forwarded-for"], "::1");
+        assert_eq!(v6["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn an_untrusted_client_says_nothing_about_itself() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        add_forwarded(
+            &mut h,
+            &forwarded_for("198.51.100.7".parse().unwrap()),
+            false,
+            false,
+            Some(&HeaderValue::from_static("example.test")),
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert!(!h.contains_key(header::FORWARDED));
+        assert!(!h.contains_key("x-real-ip"));
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.test");
+        let mut no_host = HeaderMap::new();
+        no_host.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        add_forwarded(
+            &mut no_host,
+            &forwarded_for("::1".parse().unwrap()),
+            false,
+            true,
+            None,
+        );
+        assert!(!no_host.contains_key("x-forwarded-host"));
+        assert_eq!(no_host["x-forwarded-proto"], "https");
     }
 
     #[test]
@@ -215,6 +332,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &forwarded_for("10.0.0.1".parse().unwrap()),
+            false,
             true,
             Some("a.test"),
         );

@@ -56,7 +56,8 @@ pub async fn forward(
     } = fwd;
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
-    let affinity = pool.affinity(ctx.client.ip(), &parts.headers, parts.uri.query());
+    let client = crate::ctx::client_ip_in(&parts.extensions, ctx);
+    let affinity = pool.affinity(client, &parts.headers, parts.uri.query());
     // Reused as it came (no copy) unless the route strips its prefix.
     let path = match parts.uri.path_and_query() {
         Some(pq) if !route.strip_prefix => pq.clone(),
@@ -67,7 +68,13 @@ pub async fn forward(
         }
     };
     strip_hop_by_hop(&mut parts.headers);
-    set_forwarding(&mut parts.headers, ctx.forwarded_for(), ctx.tls, host);
+    set_forwarding(
+        &mut parts.headers,
+        ctx.forwarded_for(),
+        notes.trusted_peer,
+        ctx.tls,
+        host,
+    );
     notes.apply(&mut parts.headers);
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.

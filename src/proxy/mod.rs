@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod client_addr;
 pub mod error;
 pub mod files;
 pub mod headers;
@@ -36,8 +37,8 @@ use crate::access::{
 };
 use crate::apps::Apps;
 use crate::body::Body;
-use crate::config::{AppKind, Config, EchoConfig, RouteTarget};
-use crate::ctx::ConnCtx;
+use crate::config::{AppKind, Config, EchoConfig, RouteTarget, TrustedProxies};
+use crate::ctx::{ClientAddr, ConnCtx};
 use crate::limit::Registry;
 use crate::limits::ConnSlot;
 use crate::router::{Route, Router};
@@ -54,6 +55,8 @@ pub struct Table {
     phases: Vec<Phase>,
     pub pools: HashMap<String, Arc<Pool>>,
     pub echo: EchoConfig,
+    /// `[server] trusted_proxies`: whose `X-Forwarded-For` is believed.
+    pub trusted: TrustedProxies,
 }
 
 impl Table {
@@ -69,6 +72,7 @@ impl Table {
                 .collect(),
             pools,
             echo: cfg.echo.clone(),
+            trusted: cfg.server.trusted_proxies.clone(),
         }
     }
 
@@ -132,6 +136,16 @@ impl Handler for Proxy {
         let log = self.access.logging();
         let bytes_in = BytesIn::default();
         req.extensions_mut().insert(bytes_in.clone());
+        // The access phase's first step, before routing so that every access
+        // line (a 404 too) names the real client: the client of this request.
+        let client = match table.trusted.contains(conn.client.ip()) {
+            false => conn.client.ip(),
+            true => {
+                let ip = client_addr::resolve(req.headers(), conn.client.ip(), &table.trusted);
+                req.extensions_mut().insert(ClientAddr(ip));
+                ip
+            }
+        };
         let method = req.method().clone();
         // Copied for the access line only: most deployments that need speed log less.
         let path = if log {
@@ -153,7 +167,7 @@ impl Handler for Proxy {
         };
         let (parts, body) = resp.into_parts();
         let info = RequestInfo {
-            client: conn.client,
+            client,
             method,
             host: match (&host, log) {
                 (Some(h), true) => h.as_str().to_string(),
@@ -257,6 +271,7 @@ impl Proxy {
             shutdown: &self.shutdown,
             route,
             conn,
+            client: crate::ctx::client_ip(&req, conn),
             slot,
         };
         match &route.cfg.target {
@@ -299,8 +314,8 @@ impl Proxy {
         req: &Request<Incoming>,
         upgrade: bool,
     ) -> Result<Notes, ProxyError> {
-        match table.phase(route) {
-            None => Ok(Notes::default()),
+        let mut notes = match table.phase(route) {
+            None => Notes::default(),
             Some(phase) => {
                 let head = Head {
                     req,
@@ -308,9 +323,11 @@ impl Proxy {
                     conn,
                     upgrade,
                 };
-                phase.run(&head).await
+                phase.run(&head).await?
             }
-        }
+        };
+        notes.trusted_peer = table.trusted.contains(conn.client.ip());
+        Ok(notes)
     }
 }
 

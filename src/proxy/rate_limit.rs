@@ -5,8 +5,8 @@
 //! cluster-scope limit waits for Redis (at most `limit::cluster::TIMEOUT`,
 //! then decides per node).
 //!
-//! Keys: `ip` is the client address the connection context gives (the real
-//! one once trusted forwarders apply); `header:NAME` its value, `user` the
+//! Keys: `ip` is the request's real client address (`ctx::client_ip`: the
+//! PROXY header's, or X-Forwarded-For's from trusted proxies); `header:NAME` its value, `user` the
 //! authenticated subject ([`User`]), both falling back to the address when
 //! absent; `route` one bucket for the route.
 
@@ -47,7 +47,7 @@ impl RateLimits {
 
 /// The key `l` counts this request under.
 fn key_of<'a>(l: &Limiter, head: &'a Head<'_>) -> KeyRef<'a> {
-    let ip = KeyRef::Ip(head.conn.client.ip());
+    let ip = KeyRef::Ip(crate::ctx::client_ip(head.req, head.conn));
     match l.key() {
         LimitKey::Ip => ip,
         LimitKey::Header(name) => head

@@ -4,6 +4,7 @@
 //! upstream server after a verified upstream handshake. Route checks (Origin,
 //! `websocket = false`) are access-phase filters.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -132,13 +133,15 @@ pub struct Session<'a> {
     pub shutdown: &'a Shutdown,
     pub route: &'a Route,
     pub conn: &'a ConnCtx,
+    /// The request's client ([`crate::ctx::client_ip`]), for the access line.
+    pub client: IpAddr,
     pub slot: Arc<ConnSlot>,
 }
 
 impl Session<'_> {
     /// The session's hold; `kind` is `app` or `spliced` in the access line.
     pub fn hold(self, kind: &'static str) -> SessionHold {
-        let log = SessionLog::new(self.access, self.route, kind, self.conn.client);
+        let log = SessionLog::new(self.access, self.route, kind, self.client);
         SessionHold::new(self.slot, log)
     }
 }
@@ -170,7 +173,7 @@ impl Tunnel<'_> {
         } = self;
         let route = &*session.route.cfg;
         let ctx = session.conn;
-        let affinity = pool.affinity(ctx.client.ip(), req.headers(), req.uri().query());
+        let affinity = pool.affinity(session.client, req.headers(), req.uri().query());
         let mut tried: Vec<BackendId> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
         let (choice, inflight, up_headers, upstream, accept) = loop {
@@ -338,6 +341,7 @@ impl Upstream<'_> {
         set_forwarding(
             &mut headers,
             self.ctx.forwarded_for(),
+            self.notes.trusted_peer,
             self.ctx.tls,
             host.as_ref().map(super::Host::as_str),
         );

@@ -1,14 +1,18 @@
 //! Accept loops. Every accepted connection is first checked against the
-//! listener's `connection_limits` (rate limits keyed by client address: over
-//! one, the socket is closed at once, before any TLS work), then admitted
-//! against the connection caps
-//! (refused ones are answered 503/429 by [`conn::serve_refusal`]), gets a tracing
-//! span with its client address, goes through TLS when the listener has it, and
-//! is served by hyper. The loop itself never dies: per-connection accept errors
+//! listener's `connection_limits` (rate limits keyed by the peer address: over
+//! one, the socket is closed at once, before any TLS work) and gets a tracing
+//! span with its peer address; on a `proxy_protocol` listener its PROXY header
+//! is read next ([`proxy_protocol`]: only from a peer in `trusted_proxies`,
+//! within the handshake or header timeout, else the connection is closed) and
+//! names the client. The connection is then admitted against the connection
+//! caps under that client address (refused ones are answered 503/429 by
+//! [`conn::serve_refusal`]), goes through TLS when the listener has it, and is
+//! served by hyper. The loop itself never dies: per-connection accept errors
 //! are skipped, resource exhaustion (EMFILE) is logged and backed off.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::conn::{self, Protocols};
+use super::proxy_protocol::{self, Prefixed};
 use super::{Handler, ServerCtx};
 use crate::ctx::ConnCtx;
 use crate::limit::{Decision, KeyRef, Kind, Limiter};
@@ -34,6 +39,8 @@ pub struct PerListener {
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// `connection_limits`: checked per new connection, keyed by client address.
     pub conn_limits: Arc<ArcSwap<Vec<Arc<Limiter>>>>,
+    /// Whether new connections start with a PROXY header.
+    pub proxy_protocol: Arc<AtomicBool>,
 }
 
 /// Runs one listener until `stop` (its own token, or the gateway's drain) fires.
@@ -44,7 +51,11 @@ pub async fn run<H: Handler>(
     per: PerListener,
     stop: CancellationToken,
 ) {
-    let PerListener { tls, conn_limits } = per;
+    let PerListener {
+        tls,
+        conn_limits,
+        proxy_protocol,
+    } = per;
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -56,7 +67,7 @@ pub async fn run<H: Handler>(
             _ = sc.shutdown.token.cancelled() => break,
             r = listener.accept() => r,
         };
-        let (stream, client) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 handle_accept_error(e).await;
@@ -64,20 +75,27 @@ pub async fn run<H: Handler>(
             }
         };
         let limits = conn_limits.load_full();
-        if !limits.is_empty() && !admit_rate(&limits, client, false).await {
+        if !limits.is_empty() && !admit_rate(&limits, peer, false).await {
             // Dropped here: closed before any TLS or HTTP work.
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let ctx = ConnCtx::new(client, tls.is_some());
-        let span = tracing::debug_span!("conn", client.addr = %client, listener = %local);
+        let span = tracing::debug_span!(
+            "conn",
+            client.addr = %peer,
+            client.proxied = tracing::field::Empty,
+            listener = %local
+        );
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
         let cluster_limits = limits.iter().any(|l| l.is_cluster()).then_some(limits);
         let task = handle_connection(
             sc.clone(),
             handler.clone(),
-            stream,
-            ctx,
+            Accepted {
+                stream,
+                peer,
+                proxy_protocol: proxy_protocol.load(Ordering::Relaxed),
+            },
             tls_cfg,
             open_conns.clone(),
             cluster_limits,
@@ -122,21 +140,45 @@ async fn handle_accept_error(e: io::Error) {
     }
 }
 
+/// A connection as accepted.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Whether it starts with a PROXY header.
+    proxy_protocol: bool,
+}
+
 async fn handle_connection<H: Handler>(
     sc: ServerCtx,
     handler: Arc<H>,
-    stream: TcpStream,
-    ctx: ConnCtx,
+    accepted: Accepted,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
     cluster_limits: Option<Arc<Vec<Arc<Limiter>>>>,
 ) {
+    let server = sc.config.load_full();
+    let Accepted {
+        stream,
+        peer,
+        proxy_protocol,
+    } = accepted;
+    // Before admission: the caps count the real client, which only the
+    // header names. Only trusted peers get here, each for a bounded time.
+    let (stream, ctx) = if proxy_protocol {
+        // Boxed: its read buffer would otherwise sit in every connection's task.
+        let header = Box::pin(read_proxy_header(&server, stream, peer, tls.is_some()));
+        let Some((stream, client)) = header.await else {
+            return;
+        };
+        (stream, ConnCtx::behind_proxy(peer, client, tls.is_some()))
+    } else {
+        (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))
+    };
     if let Some(limits) = cluster_limits {
         if !admit_rate(&limits, ctx.client, true).await {
             return;
         }
     }
-    let server = sc.config.load_full();
     let slot = match sc.limits.admit(
         ctx.client.ip(),
         server.max_connections,
@@ -164,11 +206,50 @@ async fn handle_connection<H: Handler>(
     }
 }
 
-async fn tls_handshake(
+/// The PROXY header of a connection from `peer`, and the client it names;
+/// `None` (the connection is dropped, so closed) when `peer` is not a
+/// trusted proxy, the header is malformed, or it does not arrive within the
+/// TLS handshake timeout (TLS listeners) or the header timeout (plain ones).
+async fn read_proxy_header(
+    server: &crate::config::ServerConfig,
     stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+) -> Option<(Prefixed<TcpStream>, SocketAddr)> {
+    if !server.trusted_proxies.contains(peer.ip()) {
+        // Not a byte is read: an untrusted peer could name any address.
+        tracing::debug!(
+            "PROXY header expected from a peer outside server.trusted_proxies; closing"
+        );
+        return None;
+    }
+    let timeout = if tls {
+        server.tls_handshake_timeout
+    } else {
+        server.header_timeout
+    };
+    match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok((proxied, stream))) => {
+            let client = proxied.client_or(peer);
+            tracing::Span::current().record("client.proxied", tracing::field::display(client));
+            Some((stream, client))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "PROXY header refused; closing");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no PROXY header in time; closing");
+            None
+        }
+    }
+}
+
+async fn tls_handshake(
+    stream: Prefixed<TcpStream>,
     cfg: Arc<rustls::ServerConfig>,
     timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
     match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
@@ -184,7 +265,7 @@ async fn tls_handshake(
 
 async fn refuse(
     sc: ServerCtx,
-    stream: TcpStream,
+    stream: Prefixed<TcpStream>,
     tls: Option<Arc<rustls::ServerConfig>>,
     refusal: Refusal,
 ) {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod conn;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod smuggle;
 pub mod tls;
 

@@ -126,7 +126,7 @@ impl Listener {
         self
     }
 
-    /// Any other listener key: `connection_limits`, ...
+    /// Any other listener key: `connection_limits`, `proxy_protocol`, ...
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         set_in(&mut self.0, key, value.into());
         self

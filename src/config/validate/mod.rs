@@ -49,6 +49,9 @@ pub fn validate(
     let log = log(&mut cx, &raw.log);
     let limits = super::limits::limits(&mut cx, &raw.limit, raw.cluster.is_some());
     let listeners = listeners(&mut cx, &raw.listener, &limits);
+    for (span, m) in client_addr::proxy_protocol(&raw.listener, &server.trusted_proxies) {
+        cx.at(span, m);
+    }
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
         cx.try_bind(&a.addr, "admin.addr", addr);
@@ -186,6 +189,11 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             MAX_BUFFERED,
         ),
         secret,
+        trusted_proxies: {
+            let (t, issues) = client_addr::trusted_proxies(s.trusted_proxies.as_deref());
+            issues.into_iter().for_each(|(span, m)| cx.at(span, m));
+            t
+        },
     }
 }
 
@@ -276,10 +284,12 @@ fn listeners(
         });
         let connection_limits =
             super::limits::connection_limits(cx, l.connection_limits.as_ref(), &key, limits);
+        let proxy_protocol = client_addr::listener_proxy_protocol(l);
         out.push(ListenerConfig {
             addr,
             tls,
             connection_limits,
+            proxy_protocol,
         });
     }
     out
