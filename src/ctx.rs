@@ -42,3 +42,9 @@ impl ConnCtx {
 pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
+
+/// The authenticated user of a request (the verified token's subject), put
+/// in the request's extensions by the access phase. Rate limits keyed on
+/// `user` and the apps read it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct User(pub std::sync::Arc<str>);

@@ -27,6 +27,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub app: AppsFile,
     pub cluster: Option<ClusterFile>,
+    #[serde(default)]
+    pub auth: BTreeMap<String, Spanned<super::auth::AuthFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +169,8 @@ pub struct RouteFile {
     pub strip_prefix: Option<bool>,
     pub websocket: Option<bool>,
     pub origins: Option<Vec<SStr>>,
+    pub auth: Option<SStr>,
+    pub auth_claims_to_headers: Option<Spanned<BTreeMap<String, SStr>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+mod auth;
 mod file;
 pub mod units;
 mod validate;
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use auth::{AuthConfig, RouteAuth};
 pub use validate::validate;
 
 /// One problem found in a config file, with its position when one applies.
@@ -69,6 +71,8 @@ pub struct Config {
     pub echo: EchoConfig,
     pub chat: ChatConfig,
     pub cluster: Option<ClusterConfig>,
+    /// `[auth.NAME]` token verifiers, keys loaded.
+    pub auth: BTreeMap<String, AuthConfig>,
     /// Non-fatal remarks `check` prints (e.g. an empty sticky secret).
     pub warnings: Vec<String>,
 }
@@ -247,6 +251,8 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Allowed `Origin` values for WebSocket upgrades; `None` allows any.
     pub origins: Option<Vec<String>>,
+    /// `auth` / `auth_claims_to_headers`: requests need a valid token.
+    pub auth: Option<RouteAuth>,
 }
 
 impl RouteConfig {

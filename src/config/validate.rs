@@ -254,7 +254,14 @@ pub fn validate(
         Some(addr)
     });
     let upstreams = upstreams(&mut cx, &raw.upstream);
-    let routes = routes(&mut cx, &raw.route, &upstreams);
+    let auth = super::auth::auths(
+        &mut super::auth::Issues {
+            text,
+            issues: &mut cx.issues,
+        },
+        &raw.auth,
+    );
+    let routes = routes(&mut cx, &raw.route, &upstreams, &raw.auth);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
     let chat = chat(&mut cx, raw.app.chat.as_ref());
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
@@ -293,6 +300,7 @@ pub fn validate(
         echo,
         chat,
         cluster,
+        auth,
         warnings: cx.warnings,
     })
 }
@@ -656,6 +664,7 @@ fn routes(
     cx: &mut Ctx,
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
+    auths: &BTreeMap<String, Spanned<super::auth::AuthFile>>,
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -740,6 +749,16 @@ fn routes(
                 .map(|o| o.get_ref().trim_end_matches('/').to_string())
                 .collect()
         });
+        let auth = super::auth::route_auth(
+            &mut super::auth::Issues {
+                text: cx.text,
+                issues: &mut cx.issues,
+            },
+            &key,
+            r.auth.as_ref(),
+            r.auth_claims_to_headers.as_ref(),
+            auths,
+        );
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),
@@ -747,6 +766,7 @@ fn routes(
             strip_prefix: r.strip_prefix.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             origins,
+            auth,
         });
     }
     out

@@ -9,7 +9,9 @@
 //! - send its own pings to a side silent for `ws_ping_interval` and swallow the
 //!   matching pongs (their payload carries a per-session nonce), closing a side
 //!   that misses two (1011 to it, 1001 to the live side),
-//! - close both sides with 1001 on drain or idle timeout.
+//! - close both sides with 1001 on drain or idle timeout,
+//! - close a session whose token expires (1008 "token expired" to the client,
+//!   1001 upstream).
 //!
 //! Two pumps (client → upstream, upstream → client) run concurrently in the
 //! session's task. A pump only writes injected frames to its destination between
@@ -43,6 +45,7 @@ const PING_LEN: u64 = 8;
 /// Close codes the gateway sends.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 
@@ -54,6 +57,8 @@ pub struct InspectConfig {
     pub ping_interval: Duration,
     /// No byte either way for this long closes the session with 1001.
     pub idle_timeout: Duration,
+    /// When the client's token expires (`exp` plus leeway), if it has one.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// The route's counters, looked up once per session.
@@ -119,6 +124,7 @@ enum Inject {
     /// (`wait_reply`) or stop at once (the source is dead or unreadable).
     Close {
         code: u16,
+        reason: &'static str,
         wait_reply: bool,
     },
 }
@@ -159,6 +165,7 @@ fn end_code(e: SpliceEnd) -> u8 {
         SpliceEnd::TooBig => 5,
         SpliceEnd::PeerDead => 6,
         SpliceEnd::Protocol => 7,
+        SpliceEnd::Expired => 8,
     }
 }
 
@@ -170,6 +177,7 @@ fn end_from(c: u8) -> SpliceEnd {
         5 => SpliceEnd::TooBig,
         6 => SpliceEnd::PeerDead,
         7 => SpliceEnd::Protocol,
+        8 => SpliceEnd::Expired,
         _ => SpliceEnd::Closed,
     }
 }
@@ -259,11 +267,20 @@ async fn keeper(
         for tx in [to_cl, to_up] {
             let _ = tx.send(Inject::Close {
                 code: CLOSE_GOING_AWAY,
+                reason: "",
                 wait_reply: true,
             });
         }
         shared.closing.cancel();
     };
+    let expires = shared.cfg.expires.map(|t| {
+        let left = t
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let expiry = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now));
+    tokio::pin!(expiry);
     let ping = shared.cfg.ping_interval;
     let idle = shared.cfg.idle_timeout;
     let mut ping_tick = tokio::time::interval_at(
@@ -285,6 +302,12 @@ async fn keeper(
         }
         tokio::select! {
             _ = stop.cancelled() => close_both(SpliceEnd::Drain),
+            _ = &mut expiry, if expires.is_some() => {
+                shared.set_end(SpliceEnd::Expired);
+                let _ = to_cl.send(Inject::Close { code: CLOSE_POLICY, reason: "token expired", wait_reply: true });
+                let _ = to_up.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: true });
+                shared.closing.cancel();
+            }
             _ = idle_tick.tick() => {
                 let now = total();
                 if now == last {
@@ -312,8 +335,8 @@ async fn keeper(
                         let (dead, live) = if side == Side::Client { (to_cl, to_up) } else { (to_up, to_cl) };
                         shared.set_end(SpliceEnd::PeerDead);
                         // The live side answers our close; the dead one is not waited for.
-                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, wait_reply: true });
-                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, wait_reply: false });
+                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, reason: "", wait_reply: true });
+                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: false });
                         shared.closing.cancel();
                         break;
                     }
@@ -356,7 +379,7 @@ struct PumpState {
     held: [u8; MAX_HEADER + PING_LEN as usize],
     held_len: usize,
     pending_ping: Option<[u8; PING_LEN as usize]>,
-    pending_close: Option<(u16, bool)>,
+    pending_close: Option<(u16, &'static str, bool)>,
     /// A close went to the destination (forwarded or injected).
     closed_out: bool,
     /// We injected a close: everything from the source is dropped from now on.
@@ -388,9 +411,11 @@ impl PumpState {
         if !self.dst_at_boundary() {
             return;
         }
-        if let Some((code, wait)) = self.pending_close.take() {
+        if let Some((code, reason, wait)) = self.pending_close.take() {
             if !self.closed_out {
-                self.push_control(out, OP_CLOSE, &code.to_be_bytes());
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                self.push_control(out, OP_CLOSE, &payload);
                 metrics.close_code(code);
                 self.closed_out = true;
             }
@@ -446,7 +471,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 cmd = self.cmds.recv(), if cmds_open => {
                     match cmd {
                         Some(Inject::Ping(p)) => st.pending_ping = Some(p),
-                        Some(Inject::Close { code, wait_reply }) => st.pending_close = Some((code, wait_reply)),
+                        Some(Inject::Close { code, reason, wait_reply }) => st.pending_close = Some((code, reason, wait_reply)),
                         None => cmds_open = false,
                     }
                     0
@@ -568,10 +593,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     fn close_both(&self, st: &mut PumpState, code: u16, wait_reply: bool) {
         let _ = self.other.send(Inject::Close {
             code,
+            reason: "",
             wait_reply: true,
         });
         st.mode = Mode::Drop;
-        st.pending_close = Some((CLOSE_GOING_AWAY, wait_reply));
+        st.pending_close = Some((CLOSE_GOING_AWAY, "", wait_reply));
         self.shared.closing.cancel();
     }
 }
@@ -590,6 +616,7 @@ mod tests {
             SpliceEnd::TooBig,
             SpliceEnd::PeerDead,
             SpliceEnd::Protocol,
+            SpliceEnd::Expired,
         ] {
             assert_eq!(end_from(end_code(e)), e);
         }

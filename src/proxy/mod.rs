@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod authn;
 pub mod error;
 pub mod files;
 pub mod headers;
@@ -31,6 +32,7 @@ use hyper::body::Incoming;
 use self::access_phase::{Head, Notes, Phase};
 use crate::access::{Access, BytesIn, ErrorDetail, LoggedBody, RequestInfo, UpstreamServer};
 use crate::apps::Apps;
+use crate::auth::Verifiers;
 use crate::body::Body;
 use crate::config::{AppKind, Config, EchoConfig, RouteTarget};
 use crate::ctx::ConnCtx;
@@ -49,18 +51,37 @@ pub struct Table {
     phases: Vec<Phase>,
     pub pools: HashMap<String, Arc<Pool>>,
     pub echo: EchoConfig,
+    /// Headers no client may send on any route: every route's
+    /// `auth_claims_to_headers` names (`None` when there are none).
+    identity_headers: Option<Arc<[::http::HeaderName]>>,
 }
 
 impl Table {
     pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>) -> Self {
+        let verifiers = Verifiers::new(cfg);
+        let mut identity: Vec<::http::HeaderName> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| r.auth.as_ref())
+            .flat_map(|a| a.claims_to_headers.iter().map(|(h, _)| h.clone()))
+            .collect();
+        identity.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity.dedup();
         Self {
             router: Router::new(&cfg.routes),
-            phases: cfg.routes.iter().map(Phase::for_route).collect(),
+            phases: cfg
+                .routes
+                .iter()
+                .map(|r| Phase::for_route(r, &verifiers))
+                .collect(),
             pools,
             echo: cfg.echo.clone(),
+            identity_headers: (!identity.is_empty()).then(|| identity.into()),
         }
     }
 
+    /// The route's phase, unless it has no filter and there is nothing to
+    /// strip (then the phase is skipped).
     fn phase(&self, route: &Route) -> Option<&Phase> {
         self.phases.get(route.id).filter(|p| !p.is_empty())
     }
@@ -174,7 +195,7 @@ impl Proxy {
         table: &Arc<Table>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         host: Option<&Host>,
         matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -204,6 +225,9 @@ impl Proxy {
             return result;
         }
         let notes = self.access_phase(table, &route, conn, &req, false).await?;
+        if let Some(user) = &notes.user {
+            req.extensions_mut().insert(user.clone());
+        }
         let cfg = &route.cfg;
         match &cfg.target {
             RouteTarget::Upstream(name) => {
@@ -233,10 +257,18 @@ impl Proxy {
         route: &Arc<Route>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
+        if let Some(user) = &notes.user {
+            req.extensions_mut().insert(user.clone());
+        }
+        if matches!(route.cfg.target, RouteTarget::App(_)) {
+            // An app reads the request itself: it sees what an upstream would
+            // (no spoofed identity headers, no `bearer.` subprotocol).
+            notes.apply(req.headers_mut());
+        }
         if self.shutdown.is_draining() {
             return Err(ProxyError::Draining);
         }
@@ -287,18 +319,21 @@ impl Proxy {
         req: &Request<Incoming>,
         upgrade: bool,
     ) -> Result<Notes, ProxyError> {
-        match table.phase(route) {
-            None => Ok(Notes::default()),
+        let mut notes = match table.phase(route) {
+            None => Notes::default(),
             Some(phase) => {
                 let head = Head {
                     req,
                     route,
                     conn,
                     upgrade,
+                    metrics: self.access.metrics(),
                 };
-                phase.run(&head).await
+                phase.run(&head).await?
             }
-        }
+        };
+        notes.strip = table.identity_headers.clone();
+        Ok(notes)
     }
 }
 

@@ -30,6 +30,8 @@ pub enum SpliceEnd {
     PeerDead,
     /// Inspected only: a side sent bytes that are not WebSocket frames.
     Protocol,
+    /// Inspected only: the client's token expired.
+    Expired,
 }
 
 #[derive(Debug, Clone, Copy)]

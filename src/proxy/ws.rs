@@ -224,6 +224,7 @@ impl Tunnel<'_> {
                 max_message_size: pool.cfg.ws_max_message_size,
                 ping_interval: pool.cfg.ws_ping_interval,
                 idle_timeout: idle,
+                expires: notes.expires,
             };
             (
                 cfg,
