@@ -104,6 +104,14 @@ async fn whoami_upstream() -> SocketAddr {
     .await
 }
 
+/// The response head to a raw request (read up to the blank line, so a
+/// kept-alive connection is not waited on).
+async fn head_of(addr: SocketAddr, request: String) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    read_head(&mut s).await
+}
+
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
@@ -408,13 +416,13 @@ async fn websocket_handshakes_are_checked_before_the_upstream_and_bearer_protoco
     let addr = gw.http();
     let t = Key::hmac(SECRET).sign(&valid("alice"), None);
 
-    let r = raw(addr, handshake("/ws/", WS_HEADERS).as_bytes(), WAIT).await;
-    assert!(r.status_line().contains(" 401 "), "{}", r.text());
+    let r = head_of(addr, handshake("/ws/", WS_HEADERS)).await;
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
     let expired = Key::hmac(SECRET).sign(&claims("a", "wsgate", now() as i64 - 10), None);
     let extra = format!("{WS_HEADERS}Authorization: Bearer {expired}\r\n");
-    let r = raw(addr, handshake("/ws/", &extra).as_bytes(), WAIT).await;
-    assert!(r.status_line().contains(" 401 "), "{}", r.text());
-    assert!(r.text().contains("error=\"invalid_token\""));
+    let r = head_of(addr, handshake("/ws/", &extra)).await;
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    assert!(r.contains("error=\"invalid_token\""), "{r}");
     assert!(
         seen.try_recv().is_err(),
         "a refused handshake reached the upstream"
@@ -553,4 +561,32 @@ fn config_errors_name_the_key_and_position() {
         .to_string();
     assert!(e.contains("at least 32 are required"), "{e}");
     assert!(!e.contains("c2hvcnQ"), "the secret is echoed: {e}");
+}
+
+#[tokio::test]
+async fn chat_behind_auth_takes_the_user_from_the_token_not_the_query() {
+    use futures_util::StreamExt;
+    let toml = hs_gateway_cfg(dead_addr().await)
+        .route(Route::app("/chat", "chat").set("auth", "users"))
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.http();
+    let t = Key::hmac(SECRET).sign(&valid("alice"), None);
+    let url = format!("ws://{addr}/chat/ws?user=mallory&token={t}");
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("in time")
+        .expect("handshake");
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("welcome in time")
+        .expect("a frame")
+        .expect("ok");
+    let v: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "welcome");
+    assert_eq!(v["user"], "alice");
+    let r = head_of(addr, handshake("/chat/ws?user=alice", WS_HEADERS)).await;
+    assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+    let r = get(addr, "/chat/sse?user=alice&rooms=lobby").await;
+    assert_eq!(r.status, 401);
 }
