@@ -33,7 +33,7 @@ pub struct ConfigIssue {
 }
 
 /// Everything wrong with one config file. Displayed one issue per line in the
-/// `PATH:LINE:COL: message` form of spec §1.
+/// `PATH:LINE:COL: message` form (docs/config.md).
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
     pub path: PathBuf,
@@ -304,7 +304,7 @@ pub struct Checks {
 }
 
 /// Reads, parses and validates `path`. Relative paths inside the file resolve
-/// against the current working directory (spec §2).
+/// against the current working directory (docs/config.md).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_with(path, Checks::default())
 }
