@@ -64,7 +64,7 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 
 /// The authenticated subject of a request, put in its extensions by the
 /// authentication filter; `key = "user"` rate limits count per it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct User(pub Arc<str>);
 /// A request's client address when `X-Forwarded-For` named one, in the
 /// request's extensions. Only present when the connection's client is a

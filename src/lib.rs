@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod apps;
+pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod certs;

@@ -51,6 +51,25 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a development token (HS256) signed with an `[auth.NAME]`'s
+    /// `hmac_secret`.
+    Token {
+        /// The `[auth.NAME]` whose secret signs the token.
+        #[arg(long, default_value = "users")]
+        auth: String,
+        /// The subject: the user the token names.
+        #[arg(long)]
+        sub: String,
+        /// Rooms the chat lets the user join: names or prefixes ending in `*`.
+        #[arg(long)]
+        rooms: Option<String>,
+        /// Lifetime (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// An extra claim `k=v` (v as JSON when it parses); repeatable.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +77,13 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { no_bind }) => check(&cli.config, !no_bind),
         Some(Command::GenCert { out, hosts, force }) => gen_cert(&out, hosts, force),
+        Some(Command::Token {
+            auth,
+            sub,
+            rooms,
+            ttl,
+            claims,
+        }) => token(&cli.config, auth, sub, rooms, &ttl, claims),
         None => match run(&cli.config) {
             Ok(code) => code,
             Err(e) => {
@@ -137,6 +163,45 @@ fn gen_cert(out: &std::path::Path, mut hosts: Vec<String>, force: bool) -> ExitC
         }
         Err(e) => {
             eprintln!("wsgate gen-cert: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    path: &std::path::Path,
+    auth: String,
+    sub: String,
+    rooms: Option<String>,
+    ttl: &str,
+    claims: Vec<String>,
+) -> ExitCode {
+    let ttl = match config::units::parse_duration(ttl) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("wsgate token: --ttl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| {
+            let t = wsgate::auth::mint::DevToken {
+                auth,
+                sub,
+                rooms,
+                ttl,
+                claims,
+            };
+            t.sign(&cfg).map_err(|e| format!("wsgate token: {e}"))
+        });
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

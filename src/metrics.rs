@@ -79,6 +79,8 @@ pub struct Metrics {
     pub http_duration: Histogram,
     pub ws_sessions_active: Family<RouteLabel, Gauge>,
     pub ws_handshakes: Family<RouteResult, Counter>,
+    /// Token checks per route: ok, missing, invalid, expired, forbidden, callout_*.
+    pub auth: Family<RouteResult, Counter>,
     pub ws_messages: Family<RouteDirection, Counter>,
     pub ws_close_codes: Family<RouteCode, Counter>,
     /// Wire bytes of inspected spliced sessions, per route and direction.
@@ -119,6 +121,7 @@ impl Metrics {
             http_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             ws_sessions_active: Family::default(),
             ws_handshakes: Family::default(),
+            auth: Family::default(),
             ws_messages: Family::default(),
             ws_close_codes: Family::default(),
             ws_bytes: Family::default(),
@@ -169,6 +172,11 @@ impl Metrics {
             "ws_handshakes",
             "WebSocket handshakes by result",
             m.ws_handshakes.clone(),
+        );
+        r.register(
+            "auth",
+            "Authentication decisions by route and result",
+            m.auth.clone(),
         );
         r.register(
             "ws_messages",

@@ -126,6 +126,7 @@ mod tests {
             websocket: true,
             origins: None,
             limits: Vec::new(),
+            auth: None,
         }
     }
 

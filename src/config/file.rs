@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub cluster: Option<ClusterFile>,
     #[serde(default)]
     pub limit: BTreeMap<String, Spanned<super::limits::LimitFile>>,
+    pub auth: BTreeMap<String, Spanned<super::auth::AuthFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +176,8 @@ pub struct RouteFile {
     pub websocket: Option<bool>,
     pub origins: Option<Vec<SStr>>,
     pub limits: Option<Vec<SStr>>,
+    pub auth: Option<SStr>,
+    pub auth_claims_to_headers: Option<Spanned<BTreeMap<String, SStr>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

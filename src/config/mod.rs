@@ -8,6 +8,7 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+mod auth;
 pub mod client_addr;
 mod file;
 mod limits;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use auth::{AuthConfig, RouteAuth};
 pub use client_addr::TrustedProxies;
 pub use limits::{LimitConfig, LimitKey, LimitScope, MessageRate, Rate, DEFAULT_MAX_KEYS};
 pub use validate::validate;
@@ -75,6 +77,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[limit.NAME]` by name.
     pub limits: BTreeMap<String, LimitConfig>,
+    /// `[auth.NAME]` token verifiers, keys loaded.
+    pub auth: BTreeMap<String, AuthConfig>,
     /// Non-fatal remarks `check` prints (e.g. an empty sticky secret).
     pub warnings: Vec<String>,
 }
@@ -266,6 +270,8 @@ pub struct RouteConfig {
     pub origins: Option<Vec<String>>,
     /// Names of the `[limit.NAME]`s requests and handshakes must pass, in order.
     pub limits: Vec<String>,
+    /// `auth` / `auth_claims_to_headers`: requests need a valid token.
+    pub auth: Option<RouteAuth>,
 }
 
 impl RouteConfig {

@@ -13,15 +13,20 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use http::{header, HeaderMap, Request};
+use http::{header, HeaderMap, HeaderName, Request};
 use hyper::body::Incoming;
 
+use super::authn::Authenticate;
 use super::error::ProxyError;
 use super::rate_limit::RateLimits;
+use crate::auth::Verifiers;
 use crate::config::RouteConfig;
-use crate::ctx::ConnCtx;
+use crate::ctx::{ConnCtx, User};
 use crate::limit::Registry;
+use crate::metrics::Metrics;
 use crate::router::Route;
 
 /// What a filter is shown.
@@ -31,6 +36,8 @@ pub struct Head<'a> {
     pub conn: &'a ConnCtx,
     /// Whether the request is a (validated) WebSocket handshake.
     pub upgrade: bool,
+    /// For filters that count what they decide.
+    pub metrics: &'a Metrics,
 }
 
 /// A filter's decision.
@@ -44,6 +51,23 @@ pub enum Verdict {
     Answer(ProxyError),
     /// Decided asynchronously (a callout, a shared counter): the phase waits.
     Later(Pin<Box<dyn Future<Output = Verdict> + Send>>),
+    /// Authenticated: go on as this user, with these changes upstream.
+    Identify(Identity),
+}
+
+/// Who an authentication filter found, and what it changes upstream.
+#[derive(Debug, Default)]
+pub struct Identity {
+    /// The token's subject, if it has one.
+    pub user: Option<User>,
+    /// When the credential stops being valid (token `exp` plus leeway): an
+    /// inspected WebSocket session is closed then.
+    pub expires: Option<SystemTime>,
+    /// Headers to set upstream (verified claims).
+    pub headers: HeaderMap,
+    /// Headers to remove from the upstream request (a `Sec-WebSocket-Protocol`
+    /// that only carried the token).
+    pub remove: Vec<HeaderName>,
 }
 
 /// One per-request check.
@@ -61,11 +85,24 @@ pub struct Notes {
     /// The connection's client is a trusted proxy: its `X-Forwarded-For`
     /// chain is extended, not replaced (`headers::add_forwarded`).
     pub trusted_peer: bool,
+    /// Headers to remove from the upstream request.
+    pub remove: Vec<HeaderName>,
+    /// Identity headers no client may send on any route (every route's
+    /// `auth_claims_to_headers` names): removed before the annotations are set.
+    pub strip: Option<Arc<[HeaderName]>>,
+    /// The authenticated user.
+    pub user: Option<User>,
+    /// When the request's credential expires.
+    pub expires: Option<SystemTime>,
 }
 
 impl Notes {
-    /// Sets the annotated headers on an upstream request's headers.
+    /// Removes the client's copies of identity headers and what filters
+    /// asked to remove, then sets the annotated headers.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in self.strip.iter().flat_map(|s| s.iter()).chain(&self.remove) {
+            headers.remove(name);
+        }
         for (name, value) in &self.upstream_headers {
             headers.insert(name, value.clone());
         }
@@ -79,12 +116,19 @@ pub struct Phase {
 }
 
 impl Phase {
-    /// The filters a route's config asks for; `limits` resolves the names in
-    /// its `limits`.
-    pub fn for_route(cfg: &RouteConfig, limits: &Registry) -> Self {
+    /// The filters a route's config asks for, in the phase's order: rate
+    /// limits (`limits` resolves the names in its `limits`), authentication
+    /// (`verifiers` holds every `[auth.NAME]`; validation made sure the
+    /// route's exists), then authorization.
+    pub fn for_route(cfg: &RouteConfig, limits: &Registry, verifiers: &Verifiers) -> Self {
         let mut filters: Vec<Box<dyn Filter>> = Vec::new();
         if let Some(f) = RateLimits::new(limits.pick(&cfg.limits)) {
             filters.push(Box::new(f));
+        }
+        if let Some(a) = &cfg.auth {
+            if let Some(v) = verifiers.get(&a.verifier) {
+                filters.push(Box::new(Authenticate::new(v.clone(), a)));
+            }
         }
         if !cfg.websocket {
             filters.push(Box::new(WebSocketDisabled));
@@ -118,6 +162,20 @@ impl Phase {
                         return Err(e);
                     }
                     Verdict::Later(fut) => verdict = fut.await,
+                    Verdict::Identify(id) => {
+                        for (name, value) in id.headers {
+                            if let Some(name) = name {
+                                notes.upstream_headers.insert(name, value);
+                            }
+                        }
+                        notes.remove.extend(id.remove);
+                        notes.user = id.user.or(notes.user.take());
+                        notes.expires = match (notes.expires, id.expires) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        break;
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::access::{ErrorDetail, LimitedBy};
 use crate::apps::chat::protocol::{ChatError, Event};
 use crate::apps::error::AppError;
+use crate::auth::AuthError;
 use crate::body::{full, text_response, Body};
 
 /// Why a WebSocket opening handshake was rejected (RFC 6455 §4.2.1; docs/security.md).
@@ -69,6 +70,10 @@ pub enum ProxyError {
     NotFound,
     #[error("forbidden")]
     Forbidden,
+    /// No valid token (401). The text says which check failed: for the
+    /// debug log only, the client is told less ([`ProxyError::client_message`]).
+    #[error("authentication failed: {0}")]
+    Auth(AuthError),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("bad request: {0}")]
@@ -101,6 +106,7 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed(_)
             | ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoUpstream
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
@@ -151,6 +157,8 @@ impl ProxyError {
                 "upstream server did not accept the WebSocket handshake: {why}"
             )),
             ProxyError::Internal(_) => Cow::Borrowed("internal error"),
+            ProxyError::Auth(AuthError::Missing) => Cow::Borrowed("authentication required"),
+            ProxyError::Auth(_) => Cow::Borrowed("invalid token"),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -189,6 +197,19 @@ impl ProxyError {
                 let secs = crate::limit::gcra::retry_after_secs(*retry_after);
                 h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 resp.extensions_mut().insert(LimitedBy(limit.clone()));
+            }
+            // RFC 6750 §3: no error code when no credentials were sent.
+            ProxyError::Auth(AuthError::Missing) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wsgate\""),
+                );
+            }
+            ProxyError::Auth(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wsgate\", error=\"invalid_token\""),
+                );
             }
             _ => {}
         }

@@ -11,7 +11,9 @@
 //! - send its own pings to a side silent for `ws_ping_interval` and swallow the
 //!   matching pongs (their payload carries a per-session nonce), closing a side
 //!   that misses two (1011 to it, 1001 to the live side),
-//! - close both sides with 1001 on drain or idle timeout.
+//! - close both sides with 1001 on drain or idle timeout,
+//! - close a session whose token expires (1008 "token expired" to the client,
+//!   1001 upstream).
 //!
 //! Two pumps (client → upstream, upstream → client) run concurrently in the
 //! session's task. A pump only writes injected frames to its destination between
@@ -63,6 +65,7 @@ enum Inject {
     /// (`wait_reply`) or stop at once (the source is dead or unreadable).
     Close {
         code: u16,
+        reason: &'static str,
         wait_reply: bool,
     },
 }
@@ -104,6 +107,7 @@ fn end_code(e: SpliceEnd) -> u8 {
         SpliceEnd::PeerDead => 6,
         SpliceEnd::Protocol => 7,
         SpliceEnd::Policy => 8,
+        SpliceEnd::Expired => 9,
     }
 }
 
@@ -116,6 +120,7 @@ fn end_from(c: u8) -> SpliceEnd {
         6 => SpliceEnd::PeerDead,
         7 => SpliceEnd::Protocol,
         8 => SpliceEnd::Policy,
+        9 => SpliceEnd::Expired,
         _ => SpliceEnd::Closed,
     }
 }
@@ -205,11 +210,20 @@ async fn keeper(
         for tx in [to_cl, to_up] {
             let _ = tx.send(Inject::Close {
                 code: CLOSE_GOING_AWAY,
+                reason: "",
                 wait_reply: true,
             });
         }
         shared.closing.cancel();
     };
+    let expires = shared.cfg.expires.map(|t| {
+        let left = t
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
+    let expiry = tokio::time::sleep_until(expires.unwrap_or_else(tokio::time::Instant::now));
+    tokio::pin!(expiry);
     let ping = shared.cfg.ping_interval;
     let idle = shared.cfg.idle_timeout;
     let mut ping_tick = tokio::time::interval_at(
@@ -231,6 +245,12 @@ async fn keeper(
         }
         tokio::select! {
             _ = stop.cancelled() => close_both(SpliceEnd::Drain),
+            _ = &mut expiry, if expires.is_some() => {
+                shared.set_end(SpliceEnd::Expired);
+                let _ = to_cl.send(Inject::Close { code: CLOSE_POLICY, reason: "token expired", wait_reply: true });
+                let _ = to_up.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: true });
+                shared.closing.cancel();
+            }
             _ = idle_tick.tick() => {
                 let now = total();
                 if now == last {
@@ -258,8 +278,8 @@ async fn keeper(
                         let (dead, live) = if side == Side::Client { (to_cl, to_up) } else { (to_up, to_cl) };
                         shared.set_end(SpliceEnd::PeerDead);
                         // The live side answers our close; the dead one is not waited for.
-                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, wait_reply: true });
-                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, wait_reply: false });
+                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, reason: "", wait_reply: true });
+                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: false });
                         shared.closing.cancel();
                         break;
                     }
@@ -302,7 +322,7 @@ struct PumpState {
     held: [u8; MAX_HEADER + PING_LEN as usize],
     held_len: usize,
     pending_ping: Option<[u8; PING_LEN as usize]>,
-    pending_close: Option<(u16, bool)>,
+    pending_close: Option<(u16, &'static str, bool)>,
     /// A close went to the destination (forwarded or injected).
     closed_out: bool,
     /// We injected a close: everything from the source is dropped from now on.
@@ -336,9 +356,11 @@ impl PumpState {
         if !self.dst_at_boundary() {
             return;
         }
-        if let Some((code, wait)) = self.pending_close.take() {
+        if let Some((code, reason, wait)) = self.pending_close.take() {
             if !self.closed_out {
-                self.push_control(out, OP_CLOSE, &code.to_be_bytes());
+                let mut payload = code.to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                self.push_control(out, OP_CLOSE, &payload);
                 metrics.close_code(code);
                 self.closed_out = true;
             }
@@ -398,7 +420,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 cmd = self.cmds.recv(), if cmds_open => {
                     match cmd {
                         Some(Inject::Ping(p)) => st.pending_ping = Some(p),
-                        Some(Inject::Close { code, wait_reply }) => st.pending_close = Some((code, wait_reply)),
+                        Some(Inject::Close { code, reason, wait_reply }) => st.pending_close = Some((code, reason, wait_reply)),
                         None => cmds_open = false,
                     }
                     0
@@ -531,10 +553,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     fn close_both(&self, st: &mut PumpState, code: u16, wait_reply: bool) {
         let _ = self.other.send(Inject::Close {
             code,
+            reason: "",
             wait_reply: true,
         });
         st.mode = Mode::Drop;
-        st.pending_close = Some((CLOSE_GOING_AWAY, wait_reply));
+        st.pending_close = Some((CLOSE_GOING_AWAY, "", wait_reply));
         self.shared.closing.cancel();
     }
 }
@@ -554,6 +577,7 @@ mod tests {
             SpliceEnd::PeerDead,
             SpliceEnd::Protocol,
             SpliceEnd::Policy,
+            SpliceEnd::Expired,
         ] {
             assert_eq!(end_from(end_code(e)), e);
         }

@@ -20,6 +20,8 @@ pub struct InspectConfig {
     pub idle_timeout: Duration,
     /// `ws_message_rate`: client messages faster than this close the session.
     pub message_rate: Option<Gcra>,
+    /// When the client's token expires (`exp` plus leeway), if it has one.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// The route's counters, looked up once per session.

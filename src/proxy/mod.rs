@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod authn;
 pub mod client_addr;
 pub mod error;
 pub mod files;
@@ -36,6 +37,7 @@ use crate::access::{
     Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo, UpstreamServer,
 };
 use crate::apps::Apps;
+use crate::auth::Verifiers;
 use crate::body::Body;
 use crate::config::{AppKind, Config, EchoConfig, RouteTarget, TrustedProxies};
 use crate::ctx::{ClientAddr, ConnCtx};
@@ -57,25 +59,40 @@ pub struct Table {
     pub echo: EchoConfig,
     /// `[server] trusted_proxies`: whose `X-Forwarded-For` is believed.
     pub trusted: TrustedProxies,
+    /// Headers no client may send on any route: every route's
+    /// `auth_claims_to_headers` names (`None` when there are none).
+    identity_headers: Option<Arc<[::http::HeaderName]>>,
 }
 
 impl Table {
     /// `limits` holds the `[limit.NAME]`s routes name (the composition root
     /// keeps it across reloads).
     pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>, limits: &Registry) -> Self {
+        let verifiers = Verifiers::new(cfg);
+        let mut identity: Vec<::http::HeaderName> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| r.auth.as_ref())
+            .flat_map(|a| a.claims_to_headers.iter().map(|(h, _)| h.clone()))
+            .collect();
+        identity.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        identity.dedup();
         Self {
             router: Router::new(&cfg.routes),
             phases: cfg
                 .routes
                 .iter()
-                .map(|r| Phase::for_route(r, limits))
+                .map(|r| Phase::for_route(r, limits, &verifiers))
                 .collect(),
             pools,
             echo: cfg.echo.clone(),
             trusted: cfg.server.trusted_proxies.clone(),
+            identity_headers: (!identity.is_empty()).then(|| identity.into()),
         }
     }
 
+    /// The route's phase, unless it has no filter and there is nothing to
+    /// strip (then the phase is skipped).
     fn phase(&self, route: &Route) -> Option<&Phase> {
         self.phases.get(route.id).filter(|p| !p.is_empty())
     }
@@ -196,7 +213,7 @@ impl Proxy {
         table: &Arc<Table>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         host: Option<&Host>,
         matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -231,6 +248,9 @@ impl Proxy {
             return result;
         }
         let notes = self.access_phase(table, &route, conn, &req, false).await?;
+        if let Some(user) = &notes.user {
+            req.extensions_mut().insert(user.clone());
+        }
         let cfg = &route.cfg;
         match &cfg.target {
             RouteTarget::Upstream(name) => {
@@ -259,10 +279,18 @@ impl Proxy {
         route: &Arc<Route>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
+        if let Some(user) = &notes.user {
+            req.extensions_mut().insert(user.clone());
+        }
+        if matches!(route.cfg.target, RouteTarget::App(_)) {
+            // An app reads the request itself: it sees what an upstream would
+            // (no spoofed identity headers, no `bearer.` subprotocol).
+            notes.apply(req.headers_mut());
+        }
         if self.shutdown.is_draining() {
             return Err(ProxyError::Draining);
         }
@@ -322,11 +350,13 @@ impl Proxy {
                     route,
                     conn,
                     upgrade,
+                    metrics: self.access.metrics(),
                 };
                 phase.run(&head).await?
             }
         };
         notes.trusted_peer = table.trusted.contains(conn.client.ip());
+        notes.strip = table.identity_headers.clone();
         Ok(notes)
     }
 }

@@ -32,6 +32,8 @@ pub enum SpliceEnd {
     Protocol,
     /// Inspected only: the client sent messages faster than `ws_message_rate`.
     Policy,
+    /// Inspected only: the client's token expired.
+    Expired,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -227,6 +227,7 @@ impl Tunnel<'_> {
                 ping_interval: pool.cfg.ws_ping_interval,
                 idle_timeout: idle,
                 message_rate: rate.map(|r| Gcra::new(r.rate.emission(), r.burst)),
+                expires: notes.expires,
             };
             let mut m = InspectMetrics::for_route(metrics, &session.route.label);
             if rate.is_some() {

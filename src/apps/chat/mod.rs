@@ -116,7 +116,7 @@ impl Chat {
             Some("" | "/" | "/ws") => {}
             _ => return Err(AppError::NotFound),
         }
-        let user = http::user_or_guest(req.uri())?;
+        let user = http::user_of(&req)?;
         ws::accept(self, req, user, slot)
     }
 

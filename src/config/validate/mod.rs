@@ -58,7 +58,14 @@ pub fn validate(
         Some(addr)
     });
     let upstreams = upstreams(&mut cx, &raw.upstream);
-    let routes = routes(&mut cx, &raw.route, &upstreams, &limits);
+    let auth = crate::config::auth::auths(
+        &mut crate::config::auth::Issues {
+            text,
+            issues: &mut cx.issues,
+        },
+        &raw.auth,
+    );
+    let routes = routes(&mut cx, &raw.route, &upstreams, &limits, &raw.auth);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
     let chat = chat(&mut cx, raw.app.chat.as_ref());
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
@@ -98,6 +105,7 @@ pub fn validate(
         chat,
         cluster,
         limits,
+        auth,
         warnings: cx.warnings,
     })
 }

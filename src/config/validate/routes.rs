@@ -15,6 +15,7 @@ pub(super) fn routes(
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
     limits: &BTreeMap<String, LimitConfig>,
+    auths: &BTreeMap<String, Spanned<crate::config::auth::AuthFile>>,
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -99,6 +100,16 @@ pub(super) fn routes(
                 .map(|o| o.get_ref().trim_end_matches('/').to_string())
                 .collect()
         });
+        let auth = crate::config::auth::route_auth(
+            &mut crate::config::auth::Issues {
+                text: cx.text,
+                issues: &mut cx.issues,
+            },
+            &key,
+            r.auth.as_ref(),
+            r.auth_claims_to_headers.as_ref(),
+            auths,
+        );
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),
@@ -107,6 +118,7 @@ pub(super) fn routes(
             websocket: r.websocket.unwrap_or(true),
             origins,
             limits: crate::config::limits::route_limits(cx, r.limits.as_ref(), &key, limits),
+            auth,
         });
     }
     out

@@ -69,6 +69,24 @@ pub(super) fn user_or_guest(uri: &Uri) -> Result<UserName, ChatError> {
     }
 }
 
+/// The user a request acts as: on a route with `auth`, the verified token's
+/// subject (`?user=` is ignored: it would let anyone be anyone); else
+/// `?user=`, or a guest name when absent.
+pub(super) fn user_of<B>(req: &Request<B>) -> Result<UserName, ChatError> {
+    match req.extensions().get::<crate::ctx::User>() {
+        Some(u) => Ok(UserName::parse(&u.0)?),
+        None => user_or_guest(req.uri()),
+    }
+}
+
+/// [`user_of`] where a guest name would make no sense (sending).
+fn sender_of<B>(req: &Request<B>) -> Result<UserName, ChatError> {
+    match req.extensions().get::<crate::ctx::User>() {
+        Some(u) => Ok(UserName::parse(&u.0)?),
+        None => user_required(req.uri()),
+    }
+}
+
 /// `?user=` where a guest name would make no sense (sending).
 fn user_required(uri: &Uri) -> Result<UserName, ChatError> {
     let user = query_param(uri, "user").ok_or(ChatError::MissingField("user"))?;

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant};
 
-use super::{json_response, query_param, rooms_param, user_or_guest};
+use super::{json_response, query_param, rooms_param, user_of};
 use crate::apps::chat::bus::BusError;
 use crate::apps::chat::hub::{Conn, LiveRing};
 use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, Welcome};
@@ -155,7 +155,7 @@ pub(super) async fn poll(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
-    let user = user_or_guest(uri)?;
+    let user = user_of(req)?;
     let rooms = rooms_param(uri)?;
     let cursor = query_param(uri, "cursor")
         .filter(|c| !c.is_empty())

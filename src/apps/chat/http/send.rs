@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{json_response, max_text, read_body, user_required};
+use super::{json_response, max_text, read_body, sender_of};
 use crate::apps::chat::hub::Actor;
 use crate::apps::chat::protocol::{ChatError, ClientFrame, ENVELOPE};
 use crate::apps::chat::Chat;
@@ -17,7 +17,7 @@ pub(super) async fn send(
     chat: &Arc<Chat>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ChatError> {
-    let user = user_required(req.uri())?;
+    let user = sender_of(&req)?;
     let max = max_text(chat);
     let body = read_body(req.into_body(), max.saturating_add(ENVELOPE), max).await?;
     let frame = ClientFrame::parse(&body, max)?;

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::{query_param, rooms_param, user_or_guest};
+use super::{query_param, rooms_param, user_of};
 use crate::apps::chat::hub::{Conn, ConnKind, Hub};
 use crate::apps::chat::protocol::{ChatError, Cursor, Event, Welcome};
 use crate::apps::chat::Chat;
@@ -67,7 +67,7 @@ pub(super) async fn sse(
     chat: &Arc<Chat>,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ChatError> {
-    let user = user_or_guest(req.uri())?;
+    let user = user_of(req)?;
     let rooms = rooms_param(req.uri())?;
     let resume = req
         .headers()

@@ -1,0 +1,74 @@
+//! `wsgate token`: development tokens signed with a verifier's `hmac_secret`
+//! (like `centrifugo gentoken`): `sub`, `iat`, `exp`, optional `rooms`, and
+//! any extra claims; `iss`/`aud` follow the verifier so the token passes it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use super::verify::{MintError, Verifier};
+use crate::config::Config;
+
+/// What `wsgate token` was asked for.
+#[derive(Debug, Clone)]
+pub struct DevToken {
+    /// The `[auth.NAME]` whose secret signs it.
+    pub auth: String,
+    pub sub: String,
+    /// `--rooms 'lobby,team-7-*'`: the `rooms` claim.
+    pub rooms: Option<String>,
+    pub ttl: Duration,
+    /// `--claim k=v`: `v` as JSON when it parses (numbers, lists, booleans),
+    /// else as a string.
+    pub claims: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevTokenError {
+    #[error("no [auth.{0}] in the config (known: {1:?})")]
+    UnknownAuth(String, Vec<String>),
+    #[error("--claim {0:?} is not k=v")]
+    BadClaim(String),
+    #[error("--sub must not be empty")]
+    EmptySub,
+    #[error(transparent)]
+    Mint(#[from] MintError),
+}
+
+impl DevToken {
+    /// The signed token.
+    pub fn sign(&self, cfg: &Config) -> Result<String, DevTokenError> {
+        let auth = cfg.auth.get(&self.auth).ok_or_else(|| {
+            DevTokenError::UnknownAuth(self.auth.clone(), cfg.auth.keys().cloned().collect())
+        })?;
+        if self.sub.is_empty() {
+            return Err(DevTokenError::EmptySub);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), self.sub.clone().into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + self.ttl.as_secs()).into());
+        if let Some(rooms) = &self.rooms {
+            let list: Vec<Value> = rooms
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(|r| r.to_string().into())
+                .collect();
+            claims.insert("rooms".into(), list.into());
+        }
+        for kv in &self.claims {
+            let (k, v) = kv
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| DevTokenError::BadClaim(kv.clone()))?;
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::from(v));
+            claims.insert(k.to_string(), value);
+        }
+        Ok(Verifier::new(auth).mint(claims)?)
+    }
+}

@@ -1,0 +1,43 @@
+//! Token authentication (spec §9): named verifiers (`[auth.NAME]`) that
+//! check signed tokens (JWT: HS*, RS*, PS*, ES256/384, EdDSA) with keys from a
+//! secret, PEM files or a JWKS file, and find tokens in a request.
+//!
+//! A leaf below `proxy` and the apps: it knows requests only as headers and
+//! a query string, and nothing of routes, responses or metrics. The access
+//! phase (`proxy::authn`) and the chat app call it.
+//!
+//! ```text
+//! config::auth ──loads──► keys::KeySet ──► verify::Verifier (one per [auth.NAME], rebuilt on reload)
+//! request head ──token::find──► token ──Verifier::verify──► Verified claims | AuthError
+//! ```
+
+pub mod keys;
+pub mod mint;
+pub mod token;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use keys::{KeyError, KeySet, SecretSource};
+pub use token::{find, protocols_without_bearer, Found, TokenSource};
+pub use verify::{AuthError, MintError, Verified, Verifier};
+
+/// Every verifier of one config, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Verifiers(HashMap<String, Arc<Verifier>>);
+
+impl Verifiers {
+    pub fn new(cfg: &crate::config::Config) -> Self {
+        Self(
+            cfg.auth
+                .iter()
+                .map(|(name, a)| (name.clone(), Arc::new(Verifier::new(a))))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Verifier>> {
+        self.0.get(name)
+    }
+}

@@ -1,0 +1,238 @@
+//! `[auth.NAME]` token verifiers and the routes' `auth` keys: the raw shape,
+//! validation with positions, and the typed [`AuthConfig`]. Keys are loaded
+//! here (through `crate::auth::keys`), so a missing secret or an unusable PEM
+//! is a `PATH:LINE:COL` error like any other, and a reload re-reads them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::file::SStr;
+use super::units::parse_duration;
+use super::{line_col, ConfigIssue};
+use crate::auth::keys::{load_jwks, load_pem, KeySet, SecretSource};
+use crate::auth::TokenSource;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub hmac_secret: Option<SStr>,
+    pub public_keys: Option<Vec<SStr>>,
+    pub jwks: Option<SStr>,
+    pub issuer: Option<SStr>,
+    pub audience: Option<SStr>,
+    pub leeway: Option<SStr>,
+    pub token_from: Option<Vec<SStr>>,
+}
+
+/// One validated `[auth.NAME]`, its keys loaded.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub name: String,
+    pub keys: Arc<KeySet>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    pub token_from: Vec<TokenSource>,
+}
+
+/// A route's `auth` and `auth_claims_to_headers`.
+#[derive(Debug, Clone)]
+pub struct RouteAuth {
+    /// The `[auth.NAME]` that checks the route's requests.
+    pub verifier: String,
+    /// Header → claim, sent upstream from the verified token.
+    pub claims_to_headers: Vec<(HeaderName, String)>,
+}
+
+/// Issues found in this file's part of the config.
+pub(super) struct Issues<'a> {
+    pub text: &'a str,
+    pub issues: &'a mut Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn at(&mut self, span: std::ops::Range<usize>, message: String) {
+        self.issues.push(ConfigIssue {
+            pos: Some(line_col(self.text, span.start)),
+            key: None,
+            message,
+        });
+    }
+}
+
+/// Validates every `[auth.NAME]` and loads its keys.
+pub(super) fn auths(
+    cx: &mut Issues,
+    raw: &BTreeMap<String, Spanned<AuthFile>>,
+) -> BTreeMap<String, AuthConfig> {
+    raw.iter()
+        .filter_map(|(name, a)| Some((name.clone(), auth(cx, name, a)?)))
+        .collect()
+}
+
+fn auth(cx: &mut Issues, name: &str, a: &Spanned<AuthFile>) -> Option<AuthConfig> {
+    let k = |s: &str| format!("auth.{name}.{s}");
+    let before = cx.issues.len();
+    let span = a.span();
+    let a = a.get_ref();
+    let mut keys = KeySet::default();
+    if let Some(s) = &a.hmac_secret {
+        match s
+            .get_ref()
+            .parse::<SecretSource>()
+            .and_then(|src| src.load())
+        {
+            Ok(secret) => keys.hmac = Some(secret),
+            Err(e) => cx.at(s.span(), format!("{}: {e}", k("hmac_secret"))),
+        }
+    }
+    for p in a.public_keys.iter().flatten() {
+        match load_pem(std::path::Path::new(p.get_ref())) {
+            Ok(key) => keys.pem.push(key),
+            Err(e) => cx.at(p.span(), format!("{}: {e}", k("public_keys"))),
+        }
+    }
+    if let Some(j) = &a.jwks {
+        match load_jwks(std::path::Path::new(j.get_ref())) {
+            Ok(list) => keys.jwks = list,
+            Err(e) => cx.at(j.span(), format!("{}: {e}", k("jwks"))),
+        }
+    }
+    if a.hmac_secret.is_none()
+        && a.public_keys.as_ref().is_none_or(Vec::is_empty)
+        && a.jwks.is_none()
+    {
+        cx.at(
+            span.clone(),
+            format!("auth.{name}: needs at least one of hmac_secret, public_keys, jwks"),
+        );
+    }
+    let leeway = match &a.leeway {
+        None => Duration::from_secs(30),
+        Some(l) => parse_duration(l.get_ref()).unwrap_or_else(|e| {
+            cx.at(l.span(), format!("{}: {e}", k("leeway")));
+            Duration::ZERO
+        }),
+    };
+    let token_from = match &a.token_from {
+        None => TokenSource::defaults(),
+        Some(list) => {
+            if list.is_empty() {
+                cx.at(
+                    span.clone(),
+                    format!("{}: must not be empty", k("token_from")),
+                );
+            }
+            list.iter()
+                .filter_map(|s| {
+                    TokenSource::parse(s.get_ref()).or_else(|| {
+                        cx.at(
+                            s.span(),
+                            format!(
+                                "{}: {:?} is not \"header\", \"query:NAME\" or \"cookie:NAME\"",
+                                k("token_from"),
+                                s.get_ref()
+                            ),
+                        );
+                        None
+                    })
+                })
+                .collect()
+        }
+    };
+    let text = |v: &Option<SStr>, key: &str, cx: &mut Issues| match v {
+        Some(s) if s.get_ref().is_empty() => {
+            cx.at(s.span(), format!("{}: must not be empty", k(key)));
+            None
+        }
+        other => other.as_ref().map(|s| s.get_ref().clone()),
+    };
+    let issuer = text(&a.issuer, "issuer", cx);
+    let audience = text(&a.audience, "audience", cx);
+    (cx.issues.len() == before).then(|| AuthConfig {
+        name: name.to_string(),
+        keys: Arc::new(keys),
+        issuer,
+        audience,
+        leeway,
+        token_from,
+    })
+}
+
+/// Headers a token's claims may not be written to: the ones the gateway or
+/// HTTP itself owns.
+const RESERVED: [&str; 9] = [
+    "host",
+    "connection",
+    "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// A route's `auth` (must name an `[auth.NAME]`) and `auth_claims_to_headers`.
+pub(super) fn route_auth(
+    cx: &mut Issues,
+    key: &str,
+    auth: Option<&SStr>,
+    claims: Option<&Spanned<BTreeMap<String, SStr>>>,
+    known: &BTreeMap<String, Spanned<AuthFile>>,
+) -> Option<RouteAuth> {
+    let Some(a) = auth else {
+        if let Some(c) = claims {
+            cx.at(
+                c.span(),
+                format!("{key}.auth_claims_to_headers: needs `auth` on the route"),
+            );
+        }
+        return None;
+    };
+    if !known.contains_key(a.get_ref()) {
+        let names: Vec<_> = known.keys().map(String::as_str).collect();
+        cx.at(
+            a.span(),
+            format!(
+                "{key}.auth: no [auth.{}] is defined (known: {names:?})",
+                a.get_ref()
+            ),
+        );
+        return None;
+    }
+    let mut claims_to_headers = Vec::new();
+    for (h, claim) in claims.map(|c| c.get_ref().iter()).into_iter().flatten() {
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name)
+                if !RESERVED.contains(&name.as_str())
+                    && !name.as_str().starts_with("sec-websocket-") =>
+            {
+                if claim.get_ref().is_empty() {
+                    cx.at(
+                        claim.span(),
+                        format!("{key}.auth_claims_to_headers.{h}: empty claim name"),
+                    );
+                } else {
+                    claims_to_headers.push((name, claim.get_ref().clone()));
+                }
+            }
+            _ => cx.at(
+                claim.span(),
+                format!("{key}.auth_claims_to_headers: {h:?} is not a header name a claim may set"),
+            ),
+        }
+    }
+    Some(RouteAuth {
+        verifier: a.get_ref().clone(),
+        claims_to_headers,
+    })
+}
