@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub cluster: Option<ClusterFile>,
     #[serde(default)]
     pub limit: BTreeMap<String, Spanned<super::limits::LimitFile>>,
+    #[serde(default)]
     pub auth: BTreeMap<String, Spanned<super::auth::AuthFile>>,
 }
 
