@@ -125,6 +125,7 @@ mod tests {
             strip_prefix: false,
             websocket: true,
             origins: None,
+            auth_request: None,
         }
     }
 

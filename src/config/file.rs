@@ -64,6 +64,8 @@ pub struct TlsFile {
     pub key: SStr,
     #[serde(default)]
     pub sni: Vec<SniFile>,
+    pub client_ca: Option<SStr>,
+    pub client_auth: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +169,10 @@ pub struct RouteFile {
     pub strip_prefix: Option<bool>,
     pub websocket: Option<bool>,
     pub origins: Option<Vec<SStr>>,
+    pub auth_request: Option<SStr>,
+    pub auth_request_path: Option<SStr>,
+    pub auth_request_headers: Option<Vec<SStr>>,
+    pub auth_request_cache: Option<SStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

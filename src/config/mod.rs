@@ -8,6 +8,8 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+mod auth_request;
+mod client_auth;
 mod file;
 pub mod units;
 mod validate;
@@ -18,6 +20,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use auth_request::AuthRequestConfig;
+pub use client_auth::{load_roots, ClientAuthConfig};
 pub use validate::validate;
 
 /// One problem found in a config file, with its position when one applies.
@@ -117,6 +121,8 @@ pub struct CertPaths {
 pub struct TlsConfig {
     pub default: CertPaths,
     pub sni: Vec<(HostPattern, CertPaths)>,
+    /// mTLS: client certificates asked for and verified.
+    pub client_auth: Option<ClientAuthConfig>,
 }
 
 /// A host name to match: exact (`api.example.test`) or a wildcard
@@ -247,6 +253,8 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Allowed `Origin` values for WebSocket upgrades; `None` allows any.
     pub origins: Option<Vec<String>>,
+    /// An auth callout every request and handshake passes first.
+    pub auth_request: Option<AuthRequestConfig>,
 }
 
 impl RouteConfig {

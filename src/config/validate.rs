@@ -320,7 +320,14 @@ fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> 
                     }
                 })
                 .collect();
-            TlsConfig { default, sni }
+            let mut found = Vec::new();
+            let client_auth = super::client_auth::parse(t, &format!("{key}.tls"), &mut found);
+            found.into_iter().for_each(|(span, m)| cx.at(span, m));
+            TlsConfig {
+                default,
+                sni,
+                client_auth,
+            }
         });
         out.push(ListenerConfig { addr, tls });
     }
@@ -601,6 +608,9 @@ fn routes(
                 .map(|o| o.get_ref().trim_end_matches('/').to_string())
                 .collect()
         });
+        let mut found = Vec::new();
+        let auth_request = super::auth_request::parse(r, &key, ups, &mut found);
+        found.into_iter().for_each(|(span, m)| cx.at(span, m));
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),
@@ -608,6 +618,7 @@ fn routes(
             strip_prefix: r.strip_prefix.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             origins,
+            auth_request,
         });
     }
     out
