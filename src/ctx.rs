@@ -3,9 +3,11 @@
 //! and the apps. A leaf.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderValue;
+
+use crate::client_cert::ClientCert;
 
 /// One client connection, as handlers see it.
 #[derive(Debug, Clone)]
@@ -15,6 +17,8 @@ pub struct ConnCtx {
     /// Whether the connection arrived over TLS (`X-Forwarded-Proto`, cookie
     /// `Secure` flags).
     pub tls: bool,
+    /// The client certificate verified in the TLS handshake (mTLS listeners).
+    pub client_cert: Option<Arc<ClientCert>>,
     /// `client`'s address as an `X-Forwarded-For` entry, formatted on first
     /// use ([`ConnCtx::forwarded_for`]).
     forwarded_for: OnceLock<HeaderValue>,
@@ -25,6 +29,7 @@ impl ConnCtx {
         Self {
             client,
             tls,
+            client_cert: None,
             forwarded_for: OnceLock::new(),
         }
     }

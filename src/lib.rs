@@ -23,6 +23,7 @@ pub mod access;
 pub mod apps;
 pub mod body;
 pub mod certs;
+pub mod client_cert;
 pub mod cluster;
 pub mod config;
 pub mod ctx;

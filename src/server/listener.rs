@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::conn::{self, Protocols};
 use super::{Handler, ServerCtx};
+use crate::client_cert::ClientCert;
 use crate::ctx::ConnCtx;
 use crate::limits::Refusal;
 
@@ -86,7 +87,7 @@ async fn handle_connection<H: Handler>(
     sc: ServerCtx,
     handler: Arc<H>,
     stream: TcpStream,
-    ctx: ConnCtx,
+    mut ctx: ConnCtx,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
 ) {
@@ -112,7 +113,14 @@ async fn handle_connection<H: Handler>(
             let Some(tls_stream) = handshake.await else {
                 return;
             };
-            let protocols = Protocols::from_alpn(tls_stream.get_ref().1.alpn_protocol());
+            let session = tls_stream.get_ref().1;
+            let protocols = Protocols::from_alpn(session.alpn_protocol());
+            // rustls verified it against the listener's client CA: only a
+            // verified certificate is ever named to upstreams.
+            ctx.client_cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| Arc::new(ClientCert::from_der(der)));
             Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
         }
     }
