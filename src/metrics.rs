@@ -79,6 +79,8 @@ pub struct Metrics {
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
+    /// Access decisions of `auth`/`auth_request` routes, by result (spec §9).
+    pub auth: Family<RouteResult, Counter>,
     pub cluster_redis_up: Gauge,
     pub process_rss: Gauge<f64, AtomicU64>,
     pub process_open_fds: Gauge,
@@ -111,6 +113,7 @@ impl Metrics {
             upstream_up: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
+            auth: Family::default(),
             cluster_redis_up: Gauge::default(),
             process_rss: Gauge::default(),
             process_open_fds: Gauge::default(),
@@ -182,6 +185,11 @@ impl Metrics {
             "bytes",
             "Bytes relayed, by direction (in = from clients)",
             m.bytes.clone(),
+        );
+        r.register(
+            "auth",
+            "Access decisions of auth and auth_request routes by result",
+            m.auth.clone(),
         );
         r.register(
             "cluster_redis_up",

@@ -10,17 +10,22 @@
 //! (WebSocket allowed, Origin allowlist) are authorization filters. A route
 //! with no filter gets an empty list and the phase costs a length check.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use http::{header, HeaderMap, Request};
+use http::{header, HeaderMap, HeaderName, Request};
 use hyper::body::Incoming;
 
+use super::auth_request::AuthRequest;
 use super::error::ProxyError;
 use crate::config::RouteConfig;
 use crate::ctx::ConnCtx;
+use crate::metrics::Metrics;
 use crate::router::Route;
+use crate::upstream::Pool;
 
 /// What a filter is shown.
 pub struct Head<'a> {
@@ -29,6 +34,8 @@ pub struct Head<'a> {
     pub conn: &'a ConnCtx,
     /// Whether the request is a (validated) WebSocket handshake.
     pub upgrade: bool,
+    /// Where filters count their decisions.
+    pub metrics: &'a Metrics,
 }
 
 /// A filter's decision.
@@ -49,6 +56,12 @@ pub trait Filter: Send + Sync + fmt::Debug {
     /// The filter's name in logs.
     fn name(&self) -> &'static str;
     fn check(&self, head: &Head<'_>) -> Verdict;
+    /// Headers this filter alone may set upstream: the client's own copies
+    /// are removed on the route whether or not the filter sets them on a
+    /// given request (else a client could send what the filter left unset).
+    fn owned_headers(&self) -> &[HeaderName] {
+        &[]
+    }
 }
 
 /// What the phase adds to a request that passed it.
@@ -56,11 +69,17 @@ pub trait Filter: Send + Sync + fmt::Debug {
 pub struct Notes {
     /// Headers to set on the upstream request.
     pub upstream_headers: HeaderMap,
+    /// Headers of the client's to remove first ([`Filter::owned_headers`]).
+    pub strip: Option<Arc<[HeaderName]>>,
 }
 
 impl Notes {
-    /// Sets the annotated headers on an upstream request's headers.
+    /// Removes the filters' owned headers from an upstream request's
+    /// headers, then sets the annotated ones.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in self.strip.iter().flat_map(|s| s.iter()) {
+            headers.remove(name);
+        }
         for (name, value) in &self.upstream_headers {
             headers.insert(name, value.clone());
         }
@@ -71,11 +90,14 @@ impl Notes {
 #[derive(Debug, Default)]
 pub struct Phase {
     filters: Vec<Box<dyn Filter>>,
+    /// Every filter's [`Filter::owned_headers`]; `None` when there are none.
+    strip: Option<Arc<[HeaderName]>>,
 }
 
 impl Phase {
-    /// The filters a route's config asks for.
-    pub fn for_route(cfg: &RouteConfig) -> Self {
+    /// The filters a route's config asks for; `pools` are the table's
+    /// upstream pools (auth callouts go to one).
+    pub fn for_route(cfg: &RouteConfig, pools: &HashMap<String, Arc<Pool>>) -> Self {
         let mut filters: Vec<Box<dyn Filter>> = Vec::new();
         if !cfg.websocket {
             filters.push(Box::new(WebSocketDisabled));
@@ -85,12 +107,30 @@ impl Phase {
                 allowed: allowed.clone(),
             }));
         }
-        Self { filters }
+        // After the local checks: a request they refuse costs no callout.
+        if let Some(a) = &cfg.auth_request {
+            match pools.get(&a.upstream) {
+                Some(pool) => filters.push(Box::new(AuthRequest::new(a, pool.clone()))),
+                // Validation guarantees the pool; fail closed if it ever is not.
+                None => filters.push(Box::new(Misconfigured(a.upstream.clone()))),
+            }
+        }
+        let owned: Vec<HeaderName> = filters
+            .iter()
+            .flat_map(|f| f.owned_headers().iter().cloned())
+            .collect();
+        Self {
+            filters,
+            strip: (!owned.is_empty()).then(|| owned.into()),
+        }
     }
 
     /// Runs every filter in order; the first answer wins.
     pub async fn run(&self, head: &Head<'_>) -> Result<Notes, ProxyError> {
-        let mut notes = Notes::default();
+        let mut notes = Notes {
+            upstream_headers: HeaderMap::new(),
+            strip: self.strip.clone(),
+        };
         for f in &self.filters {
             let mut verdict = f.check(head);
             loop {
@@ -166,5 +206,23 @@ impl Filter for OriginAllowlist {
         } else {
             Verdict::Answer(ProxyError::OriginNotAllowed(origin.to_string()))
         }
+    }
+}
+
+/// A filter whose configuration could not be built: refuses everything
+/// rather than letting requests through unchecked.
+#[derive(Debug)]
+struct Misconfigured(String);
+
+impl Filter for Misconfigured {
+    fn name(&self) -> &'static str {
+        "misconfigured"
+    }
+
+    fn check(&self, _: &Head<'_>) -> Verdict {
+        Verdict::Answer(ProxyError::Internal(format!(
+            "auth pool {} missing",
+            self.0
+        )))
     }
 }

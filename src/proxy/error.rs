@@ -1,7 +1,8 @@
 //! Every way a request can fail, and the one place that maps each to a status
 //! code and a short plain-text reason for the client.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::access::ErrorDetail;
 use crate::apps::chat::protocol::{ChatError, Event};
@@ -27,6 +28,16 @@ pub enum HandshakeError {
     BadVersion,
     #[error("extended CONNECT with :protocol {0:?} is not supported (only \"websocket\")")]
     UnsupportedProtocol(String),
+}
+
+/// An auth service's refusal (401 or 403), relayed to the client as it was
+/// given: the status, its `WWW-Authenticate` and `Content-Type`, and a small
+/// body (`proxy::auth_request` keeps only what it relays).
+#[derive(Debug, Clone)]
+pub struct AuthDenial {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// Which side of the proxy an error came from, for logs.
@@ -75,6 +86,10 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("the gateway is shutting down")]
     Draining,
+    #[error("the auth service denied the request ({})", .0.status)]
+    AuthDenied(Box<AuthDenial>),
+    #[error("auth service unavailable: {0}")]
+    AuthUnavailable(String),
     #[error(transparent)]
     App(#[from] AppError),
     #[error("internal error: {0}")]
@@ -107,7 +122,10 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Draining | ProxyError::AuthUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::AuthDenied(d) => d.status,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
             ProxyError::App(AppError::Chat(e)) => chat_status(e),
@@ -122,7 +140,8 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed(..)
             | ProxyError::UpstreamHandshake(..)
-            | ProxyError::UnexpectedUpgrade(_) => Side::Upstream,
+            | ProxyError::UnexpectedUpgrade(_)
+            | ProxyError::AuthUnavailable(_) => Side::Upstream,
             ProxyError::Draining | ProxyError::Internal(_) => Side::Gateway,
             _ => Side::Client,
         }
@@ -144,6 +163,7 @@ impl ProxyError {
                 "upstream server did not accept the WebSocket handshake: {why}"
             )),
             ProxyError::Internal(_) => Cow::Borrowed("internal error"),
+            ProxyError::AuthUnavailable(_) => Cow::Borrowed("authorization service unavailable"),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -152,6 +172,13 @@ impl ProxyError {
         let status = self.status();
         if let ProxyError::App(AppError::Chat(e)) = &self {
             return chat_response(status, e);
+        }
+        if let ProxyError::AuthDenied(d) = self {
+            let AuthDenial { headers, body, .. } = *d;
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status;
+            *r.headers_mut() = headers;
+            return r;
         }
         let mut resp = text_response(status, format!("{}\n", self.client_message()));
         if matches!(self.side(), Side::Upstream | Side::Gateway) {

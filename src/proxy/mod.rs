@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod auth_request;
 pub mod error;
 pub mod files;
 pub mod headers;
@@ -55,7 +56,11 @@ impl Table {
     pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>) -> Self {
         Self {
             router: Router::new(&cfg.routes),
-            phases: cfg.routes.iter().map(Phase::for_route).collect(),
+            phases: cfg
+                .routes
+                .iter()
+                .map(|r| Phase::for_route(r, &pools))
+                .collect(),
             pools,
             echo: cfg.echo.clone(),
         }
@@ -295,6 +300,7 @@ impl Proxy {
                     route,
                     conn,
                     upgrade,
+                    metrics: self.access.metrics(),
                 };
                 phase.run(&head).await
             }
