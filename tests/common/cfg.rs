@@ -126,6 +126,12 @@ impl Listener {
         self
     }
 
+    /// Any other listener key, dotted (`tls.client_ca`, after [`Listener::tls`]).
+    pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
+        set_in(&mut self.0, key, value.into());
+        self
+    }
+
     /// Adds a certificate for the SNI name `host` (after [`Listener::tls`]).
     pub fn sni(mut self, host: &str, cert: impl Display, key: impl Display) -> Self {
         let mut t = Table::new();
