@@ -2,6 +2,9 @@
 //! service answers 200 with headers, 401 with `WWW-Authenticate`, 403, 500 or
 //! never; the gateway relays, copies, caches and reuses connections.
 
+// tungstenite's handshake callback fixes its (large) error type.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -3,6 +3,9 @@
 //! gateway requires or accepts them, and upstreams learn the verified subject
 //! and fingerprint, never a client's own `X-Client-Cert-*`.
 
+// tungstenite's handshake callback fixes its (large) error type.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::net::SocketAddr;
