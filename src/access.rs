@@ -54,7 +54,7 @@ pub struct BytesIn(pub Arc<AtomicU64>);
 
 /// The upstream server that answered, put in response extensions by the proxy.
 #[derive(Clone)]
-pub struct UpstreamServer(pub String);
+pub struct UpstreamServer(pub Arc<str>);
 
 /// The full text of an error whose response hides it (upstream details), put
 /// in response extensions for the access line.
@@ -72,7 +72,7 @@ pub struct RequestInfo {
     pub route: Option<Arc<Route>>,
     /// Write the access line (the request's config snapshot decided).
     pub log: bool,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// Why the request failed, when the client was told less.
     pub error: Option<String>,
     pub status: u16,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,39 +30,65 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
 }
 
-/// Loads a PEM chain and key and checks they belong together.
+/// Loads a PEM chain and key and checks they belong together. The reasons in
+/// the errors are short sentences for operators (`check` prints them after the
+/// config position of the file at fault), never library debug output.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
+    let cert_err = |reason: String| CertError::Cert {
+        path: cert.into(),
+        reason,
+    };
+    let key_err = |reason: String| CertError::Key {
+        path: key.into(),
+        reason,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| CertError::Cert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| cert_err(pem_reason(&e, "CERTIFICATE")))?
         .collect::<Result<_, _>>()
-        .map_err(|e| CertError::Cert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(CertError::Cert {
-            path: cert.into(),
-            reason: "no CERTIFICATE block found".into(),
-        });
+        .map_err(|e| cert_err(pem_reason(&e, "CERTIFICATE")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(cert_err(
+            "no PEM CERTIFICATE block found (empty, or not a PEM certificate file)".into(),
+        ));
+    };
+    if rustls::server::ParsedCertificate::try_from(leaf).is_err() {
+        return Err(cert_err(
+            "the first CERTIFICATE block is not a valid X.509 certificate".into(),
+        ));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| CertError::Key {
-        path: key.into(),
-        reason: e.to_string(),
-    })?;
-    let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|e| CertError::Key {
-        path: key.into(),
-        reason: e.to_string(),
+    let der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(pem_reason(&e, "PRIVATE KEY")))?;
+    let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|_| {
+        key_err("the PRIVATE KEY block is not a usable RSA, ECDSA or Ed25519 key".into())
     })?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|e| CertError::Mismatch {
         cert: cert.into(),
         key: key.into(),
-        reason: e.to_string(),
+        reason: match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the certificate's public key is not the private key's".into()
+            }
+            _ => "cannot tell whether the certificate's public key is the private key's".into(),
+        },
     })?;
     Ok(Arc::new(ck))
+}
+
+/// An operator's sentence for a PEM reading error (`what`: the block wanted).
+fn pem_reason(e: &pem::Error, what: &str) -> String {
+    match e {
+        pem::Error::Io(io) => format!("cannot read it: {io}"),
+        pem::Error::NoItemsFound => {
+            format!("no PEM {what} block found (empty, or not a PEM {what} file)")
+        }
+        pem::Error::MissingSectionEnd { .. } => {
+            "a PEM block has no matching \"-----END\" line".into()
+        }
+        pem::Error::IllegalSectionStart { .. } => "a PEM \"-----BEGIN\" line is malformed".into(),
+        pem::Error::Base64Decode(_) => "a PEM block is not valid base64".into(),
+        other => other.to_string(),
+    }
 }
 
 /// A generated certificate in PEM form.

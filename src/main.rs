@@ -31,8 +31,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the config and load its certificates; print `ok` or every error.
-    Check,
+    /// Validate the config, load its certificates and try to listen on its
+    /// addresses; print `ok` or every error.
+    Check {
+        /// Do not try to listen on the listener and admin addresses (e.g. before
+        /// reloading a running gateway, whose own listeners hold them).
+        #[arg(long)]
+        no_bind: bool,
+    },
     /// Write a self-signed development certificate and key.
     GenCert {
         /// Output directory.
@@ -50,20 +56,45 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check { no_bind }) => check(&cli.config, !no_bind),
         Some(Command::GenCert { out, hosts, force }) => gen_cert(&out, hosts, force),
         None => match run(&cli.config) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("wsgate: {e:#}");
+                eprintln!("wsgate: {}", chain(e.chain()));
                 ExitCode::FAILURE
             }
         },
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
+/// An error and its causes as `outer: cause: root`, each said once: a cause
+/// whose text already ends the message (an error that prints its source in
+/// its own message, like `cannot bind ADDR: {source}`) is not repeated.
+fn chain<'a>(errors: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut out = String::new();
+    for e in errors {
+        let text = e.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// `e` and its `source()` chain.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+fn check(path: &std::path::Path, bind: bool) -> ExitCode {
+    let cfg = match config::load_with(path, config::Checks { bind }) {
         Ok(c) => c,
         Err(e) => {
             println!("{e}");
@@ -74,7 +105,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         eprintln!("warning: {w}");
     }
     if let Err(e) = wsgate::gateway::check(cfg) {
-        println!("{}: {e}", path.display());
+        println!("{}: {}", path.display(), chain(causes(&e)));
         return ExitCode::FAILURE;
     }
     println!("ok");
@@ -177,8 +208,9 @@ async fn reload(handle: &wsgate::GatewayHandle, path: &std::path::Path) {
     }
     if let Err(e) = handle.reload(cfg).await {
         tracing::error!(
-            "reload refused, keeping the running config: {}: {e}",
-            path.display()
+            "reload refused, keeping the running config: {}: {}",
+            path.display(),
+            chain(causes(&e))
         );
     }
 }

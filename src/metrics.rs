@@ -1,9 +1,9 @@
-//! Prometheus metrics (spec §6) in one explicit registry (no globals), rendered
+//! Prometheus metrics (docs/operations.md lists them) in one explicit registry (no globals), rendered
 //! as text by the admin listener. Point-in-time values (upstream state, process
 //! memory and file descriptors) are refreshed at scrape time.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -299,21 +299,42 @@ impl Metrics {
 /// Counters of one label set by status code, each looked up in its family on
 /// first use and then kept: a family lookup clones and hashes the labels,
 /// which per request showed in profiles. A handful of statuses per route or
-/// server, so a short list.
+/// server, so a few slots, each filled once and then only read: counting a
+/// cached status takes no lock. Statuses beyond the slots are still counted,
+/// through a family lookup each time.
 #[derive(Debug, Default)]
-pub struct StatusCounters(Mutex<Vec<(u16, Counter)>>);
+pub struct StatusCounters([OnceLock<(u16, Counter)>; STATUS_SLOTS]);
+
+/// Distinct statuses cached per [`StatusCounters`].
+const STATUS_SLOTS: usize = 8;
 
 impl StatusCounters {
     /// Adds one to the counter for `status`; `lookup` finds it in its family.
     pub fn inc(&self, status: u16, lookup: impl FnOnce() -> Counter) {
-        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = list.iter().find(|(s, _)| *s == status) {
-            c.inc();
-            return;
+        for (i, slot) in self.0.iter().enumerate() {
+            match slot.get() {
+                Some((s, c)) if *s == status => {
+                    c.inc();
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let c = lookup();
+                    c.inc();
+                    // Cache it in the first free slot. Racing threads may fill
+                    // slots meanwhile: one that cached this same status first
+                    // holds the same series, so either copy counts alike.
+                    for slot in &self.0[i..] {
+                        let (s, _) = slot.get_or_init(|| (status, c.clone()));
+                        if *s == status {
+                            return;
+                        }
+                    }
+                    return;
+                }
+            }
         }
-        let c = lookup();
-        c.inc();
-        list.push((status, c));
+        lookup().inc();
     }
 }
 
@@ -382,5 +403,49 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(family: &Family<RouteStatus, Counter>, status: u16) -> Counter {
+        family
+            .get_or_create(&RouteStatus {
+                route: "r".into(),
+                status,
+            })
+            .clone()
+    }
+
+    #[test]
+    fn status_counters_count_every_status_from_racing_threads() {
+        let family = Family::<RouteStatus, Counter>::default();
+        let counters = StatusCounters::default();
+        let lookups = AtomicU64::new(0);
+        // More distinct statuses than slots: the extra ones are still counted.
+        let statuses = 200..(200 + 2 * STATUS_SLOTS as u16);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        for status in statuses.clone() {
+                            counters.inc(status, || {
+                                lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                series(&family, status)
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        for status in statuses {
+            assert_eq!(series(&family, status).get(), 400, "status {status}");
+        }
+        // Cached statuses were looked up about once each, the others every time.
+        let extra = 4 * 100 * STATUS_SLOTS as u64;
+        let n = lookups.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n >= extra && n < extra + 4 * 100, "{n} lookups");
     }
 }

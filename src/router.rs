@@ -1,5 +1,5 @@
 //! Routing: `(host, path)` → the configured route. Pure and immutable; a reload
-//! builds a new table. Rules (spec §2): a route with a matching host beats any
+//! builds a new table. Rules (docs/config.md, `[[route]]`): a route with a matching host beats any
 //! route without one; among those, the longest path prefix wins. A prefix matches
 //! on segment boundaries: `/chat` matches `/chat`, `/chat/` and `/chat/x` but not
 //! `/chatty` (a prefix ending in `/` matches everything under it).

@@ -462,9 +462,9 @@ fn run_check(toml: &str) -> (std::process::Output, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("check.toml");
     std::fs::write(&path, toml).unwrap();
+    // `--no-bind`: the configs use fixed ports (9, 10) that only test positions.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .arg("check")
-        .arg("-c")
+        .args(["check", "--no-bind", "-c"])
         .arg(&path)
         .output()
         .unwrap();

@@ -176,3 +176,24 @@ async fn alpn_http11_connections_never_answer_an_http2_preface() {
         "an http/1.1 connection answered the HTTP/2 preface: {got:?}"
     );
 }
+
+#[tokio::test]
+async fn an_http2_request_with_two_hosts_is_refused() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = hits.clone();
+    let up = http_upstream(move |_req| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { Response::new(Full::new(Bytes::from_static(b"ok"))) }
+    })
+    .await;
+    let gw = TestGateway::start(&one_server(up)).await;
+    let tcp = TcpStream::connect(gw.http()).await.expect("connect");
+    let req = http::Request::get("http://a.test/x")
+        .header("host", "a.test")
+        .header("host", "evil.example")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let r = common::tls::send_h2(tcp, req).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

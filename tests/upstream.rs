@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wsgate::upstream::{Pool, ServerState};
+use wsgate::upstream::{Backend, BackendId, Pool};
 
 const COOKIE: &str = "wsgate_sticky";
 
@@ -263,14 +263,16 @@ fn pool(gw: &TestGateway) -> Arc<Pool> {
     gw.handle.pool("api").expect("pool api")
 }
 
-fn state_of(gw: &TestGateway, addr: SocketAddr) -> ServerState {
-    let addr = addr.to_string();
+/// The pool's entry for the server at `addr`.
+fn backend_of(gw: &TestGateway, addr: SocketAddr) -> Arc<Backend> {
     pool(gw)
-        .status()
-        .into_iter()
-        .find(|s| s.addr == addr)
-        .map(|s| s.state)
+        .backend(BackendId::of(&addr.to_string()))
         .expect("server in pool")
+}
+
+/// Whether balancing may use the server at `addr` now.
+fn is_up(gw: &TestGateway, addr: SocketAddr) -> bool {
+    pool(gw).is_up(&backend_of(gw, addr))
 }
 
 fn req(
@@ -518,7 +520,7 @@ async fn sticky_cookie_pins_twenty_requests_and_fails_over_with_a_new_cookie() {
         );
     }
     // The old cookie names a server now marked down: also re-chosen.
-    assert_eq!(state_of(&gw, dead.addr), ServerState::Down);
+    assert!(!is_up(&gw, dead.addr));
     let r = get_with(gw.http(), "/", &[("cookie", &cookie_header(&token))]).await;
     assert_ne!(server(&r), pinned);
     assert!(set_cookie(&r.headers).is_some());
@@ -741,12 +743,12 @@ fn consistent_hash_moves_about_a_quarter_of_keys_when_a_fourth_server_joins() {
             .set("upstream.api.sticky", "header:X-User-Id")
             .build();
         let cfg = wsgate::config::parse(std::path::Path::new("test.toml"), &text).expect("config");
-        Pool::new(cfg.upstreams["api"].clone(), None)
+        Pool::new(cfg.upstreams["api"].clone(), None, &[0; 32])
     };
     let (three, four) = (pool(3), pool(4));
     let place = |p: &Pool, k: &[u8]| {
         p.select(&wsgate::upstream::Affinity::Hash(k.to_vec()), &[])
-            .map(|c| c.backend.addr.clone())
+            .map(|c| c.backend.addr.to_string())
             .expect("a server")
     };
     let mut moved = 0;
@@ -782,20 +784,8 @@ async fn active_health_takes_a_server_out_and_brings_it_back() {
     )
     .await;
     a.set_health(503);
-    assert!(
-        eventually(WAIT, || async {
-            state_of(&gw, a.addr) == ServerState::Down
-        })
-        .await
-    );
-    let status = pool(&gw).status();
-    assert_eq!(
-        status
-            .iter()
-            .find(|s| s.addr == a.addr.to_string())
-            .and_then(|s| s.active_up),
-        Some(false)
-    );
+    assert!(eventually(WAIT, || async { !is_up(&gw, a.addr) }).await);
+    assert!(!backend_of(&gw, a.addr).health().active_up());
     let before = a.hits();
     for _ in 0..10 {
         assert_eq!(server(&get(gw.http(), "/").await), "b");
@@ -803,7 +793,7 @@ async fn active_health_takes_a_server_out_and_brings_it_back() {
     assert_eq!(a.hits(), before);
 
     a.set_health(200);
-    assert!(eventually(WAIT, || async { state_of(&gw, a.addr) == ServerState::Up }).await);
+    assert!(eventually(WAIT, || async { is_up(&gw, a.addr) }).await);
     let mut names = HashSet::new();
     for _ in 0..4 {
         names.insert(server(&get(gw.http(), "/").await));
@@ -824,22 +814,19 @@ async fn passive_health_marks_a_dead_server_down() {
     .await;
     // Every request succeeds (retried on `a`) while the dead server fails twice.
     let mut n = 0;
-    while state_of(&gw, dead) == ServerState::Up {
+    while is_up(&gw, dead) {
         assert_eq!(server(&get(gw.http(), "/").await), "a");
         n += 1;
         assert!(n < 20, "the dead server was never marked down");
     }
-    let s = pool(&gw)
-        .status()
-        .into_iter()
-        .find(|s| s.addr == dead.to_string())
-        .expect("dead server");
+    let down_for = backend_of(&gw, dead)
+        .health()
+        .passive_down_for(Instant::now());
     assert!(
-        s.passive_down_for
-            .is_some_and(|d| d > Duration::from_secs(50)),
-        "{s:?}"
+        down_for.is_some_and(|d| d > Duration::from_secs(50)),
+        "{down_for:?}"
     );
-    assert_eq!(s.active_up, None);
+    assert!(pool(&gw).cfg.health.is_none(), "passive health only");
     // From now on it is skipped without a connection attempt: no retry needed.
     let gw2 = gw.http();
     for _ in 0..10 {
@@ -859,10 +846,8 @@ async fn all_servers_down_answers_502_at_once() {
     .await;
     // The first request tries both and fails.
     assert_eq!(get(gw.http(), "/").await.status, StatusCode::BAD_GATEWAY);
-    assert!(pool(&gw)
-        .status()
-        .iter()
-        .all(|s| s.state == ServerState::Down));
+    let p = pool(&gw);
+    assert!(p.backends().iter().all(|b| !p.is_up(b)));
     let t0 = Instant::now();
     for _ in 0..10 {
         let r = get(gw.http(), "/").await;

@@ -1,4 +1,4 @@
-//! Multi-node chat (spec §5): the chat [`Bus`](crate::apps::chat::bus::Bus)
+//! Multi-node chat (docs/cluster.md): the chat [`Bus`](crate::apps::chat::bus::Bus)
 //! backed by Redis, so several wsgate processes serve one chat.
 //!
 //! ```text

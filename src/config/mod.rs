@@ -35,7 +35,7 @@ pub struct ConfigIssue {
 }
 
 /// Everything wrong with one config file. Displayed one issue per line in the
-/// `PATH:LINE:COL: message` form of spec §1.
+/// `PATH:LINE:COL: message` form (docs/config.md).
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
     pub path: PathBuf,
@@ -294,9 +294,25 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
 }
 
+/// What validation tests beyond the file's own content. Certificates are
+/// always loaded (and matched with their keys).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// Try to listen on every listener and admin address with a port other
+    /// than 0, then release it (`wsgate check`): a taken address is reported
+    /// at its position. Off when the gateway itself loads the file: it binds
+    /// them anyway, and on reload its own listeners hold them.
+    pub bind: bool,
+}
+
 /// Reads, parses and validates `path`. Relative paths inside the file resolve
-/// against the current working directory (spec §2).
+/// against the current working directory (docs/config.md).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, Checks::default())
+}
+
+/// [`load`] with extra [`Checks`].
+pub fn load_with(path: &Path, checks: Checks) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         issues: vec![ConfigIssue {
@@ -305,12 +321,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read config file: {e}"),
         }],
     })?;
-    parse(path, &text)
+    parse_with(path, &text, checks)
 }
 
 /// Parses and validates config text; `path` is only used for messages and as
 /// [`Config::source`].
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_with(path, text, Checks::default())
+}
+
+/// [`parse`] with extra [`Checks`].
+pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, ConfigError> {
     let raw: file::FileConfig = toml::from_str(text).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         issues: vec![ConfigIssue {
@@ -319,7 +340,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             message: e.message().trim().to_string(),
         }],
     })?;
-    validate(path, text, raw)
+    validate(path, text, raw, checks)
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Table};
 use crate::server::{tls, ServerCtx};
 use crate::shutdown::Shutdown;
-use crate::upstream::{health, Pool};
+use crate::upstream::{probe, Pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,8 +58,13 @@ struct Snapshot {
 
 impl Snapshot {
     /// Builds a snapshot, loading every certificate. `previous` carries upstream
-    /// health and load counters over for servers that stay.
-    fn build(config: Config, previous: Option<&Snapshot>) -> Result<Self, StartError> {
+    /// health and load counters over for servers that stay; `secret` keys the
+    /// pools' sticky cookies.
+    fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        secret: &[u8; 32],
+    ) -> Result<Self, StartError> {
         let tls = config
             .listeners
             .iter()
@@ -82,7 +87,7 @@ impl Snapshot {
                 let prev = previous
                     .and_then(|p| p.table.pools.get(name))
                     .map(|p| p.as_ref());
-                (name.clone(), Arc::new(Pool::new(u.clone(), prev)))
+                (name.clone(), Arc::new(Pool::new(u.clone(), prev, secret)))
             })
             .collect();
         Ok(Self {
@@ -96,7 +101,8 @@ impl Snapshot {
 /// Builds everything a config describes without serving it (`wsgate check`):
 /// loads every certificate and builds routes and pools.
 pub fn check(config: Config) -> Result<(), StartError> {
-    Snapshot::build(config, None).map(drop)
+    // Any key will do: nothing is sealed or opened here.
+    Snapshot::build(config, None, &[0; 32]).map(drop)
 }
 
 /// The running process.
@@ -112,6 +118,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     readiness: Readiness,
     node_id: String,
+    /// Seals sticky cookies: `[server] secret`, or random per process.
+    sticky_key: [u8; 32],
     started: Instant,
     /// Cancels the background tasks (health checks) of the current snapshot.
     background: Mutex<CancellationToken>,
@@ -147,7 +155,8 @@ impl Gateway {
     /// Builds `config`, binds every listener (port 0 picks a free port) and the
     /// admin listener, and starts serving.
     pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
-        let snapshot = Snapshot::build(config, None)?;
+        let sticky_key = config.server.secret.unwrap_or_else(rand::random);
+        let snapshot = Snapshot::build(config, None, &sticky_key)?;
         let cfg = snapshot.config.clone();
         let shutdown = Shutdown::default();
         let metrics = Arc::new(Metrics::new());
@@ -165,13 +174,11 @@ impl Gateway {
         let bus = cluster.clone().map(|b| b as Arc<dyn Bus>);
         let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus));
         let limits = ConnLimits::new();
-        let sticky_key = cfg.server.secret.unwrap_or_else(rand::random);
         let proxy = Arc::new(Proxy::new(
             snapshot.table.clone(),
             access.clone(),
             shutdown.clone(),
             apps.clone(),
-            sticky_key,
         ));
         let server_ctx = ServerCtx {
             limits: limits.clone(),
@@ -190,6 +197,7 @@ impl Gateway {
             metrics,
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
+            sticky_key,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -214,7 +222,7 @@ impl Gateway {
     async fn reload(self: &Arc<Self>, config: Config) -> Result<(), StartError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.snapshot();
-        let new = Arc::new(Snapshot::build(config, Some(&old))?);
+        let new = Arc::new(Snapshot::build(config, Some(&old), &self.sticky_key)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
         self.snapshot.store(new.clone());
@@ -239,7 +247,7 @@ impl Gateway {
         let token = CancellationToken::new();
         for pool in snap.table.pools.values() {
             if let Some(h) = &pool.cfg.health {
-                tokio::spawn(health::run_active_checks(
+                tokio::spawn(probe::run_active_checks(
                     pool.clone(),
                     h.clone(),
                     token.clone(),

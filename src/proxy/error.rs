@@ -9,7 +9,7 @@ use crate::apps::chat::protocol::{ChatError, Event};
 use crate::apps::error::AppError;
 use crate::body::{full, text_response, Body};
 
-/// Why a WebSocket opening handshake was rejected (spec §3).
+/// Why a WebSocket opening handshake was rejected (RFC 6455 §4.2.1; docs/security.md).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     #[error("a WebSocket upgrade must use GET, not {0}")]

@@ -96,7 +96,9 @@ pub fn set_forwarding(h: &mut HeaderMap, client: &HeaderValue, tls: bool, host: 
     let host = host_value(h, host);
     add_forwarded(h, client, tls, host.as_ref());
     if let Some(v) = host {
-        if h.get(header::HOST) != Some(&v) {
+        // `insert` replaces every value: an HTTP/2 request may carry extra
+        // `host` fields next to `:authority`, and only one may go upstream.
+        if h.get(header::HOST) != Some(&v) || h.get_all(header::HOST).iter().nth(1).is_some() {
             h.insert(header::HOST, v);
         }
     }

@@ -28,14 +28,11 @@ use crate::config::RouteConfig;
 use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::upstream::conns::{Release, SendError};
-use crate::upstream::pool::InflightGuard;
-use crate::upstream::{Backend, BackendId, Pool};
+use crate::upstream::{Backend, BackendId, InflightGuard, Pool};
 
 /// What forwarding a request needs besides the pool and the request.
 pub struct Forward<'a> {
     pub metrics: &'a Metrics,
-    /// Seals sticky cookies.
-    pub secret: &'a [u8; 32],
     pub route: &'a RouteConfig,
     pub conn: &'a ConnCtx,
     /// The host the client asked for (`X-Forwarded-Host`).
@@ -52,7 +49,6 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let Forward {
         metrics,
-        secret,
         route,
         conn: ctx,
         host,
@@ -60,7 +56,7 @@ pub async fn forward(
     } = fwd;
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
-    let affinity = pool.affinity(secret, ctx.client.ip(), &parts.headers, parts.uri.query());
+    let affinity = pool.affinity(ctx.client.ip(), &parts.headers, parts.uri.query());
     // Reused as it came (no copy) unless the route strips its prefix.
     let path = match parts.uri.path_and_query() {
         Some(pq) if !route.strip_prefix => pq.clone(),
@@ -140,7 +136,10 @@ pub async fn forward(
                 // Only validated WebSocket handshakes switch protocols (proxy::ws);
                 // this request's Upgrade was stripped, so a 101 is the server's
                 // mistake and must not reach the client as a broken tunnel.
-                (ProxyError::UnexpectedUpgrade(backend.addr.clone()), false)
+                (
+                    ProxyError::UnexpectedUpgrade(backend.addr.to_string()),
+                    false,
+                )
             }
             Ok(Ok(resp)) => {
                 pool.report_success(&backend);
@@ -148,7 +147,7 @@ pub async fn forward(
                 let mut resp = response(resp, guard);
                 resp.extensions_mut()
                     .insert(UpstreamServer(backend.addr.clone()));
-                if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
+                if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }
@@ -160,7 +159,7 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 let resendable = e.nothing_received();
-                let addr = backend.addr.clone();
+                let addr = backend.addr.to_string();
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
                     SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
@@ -169,7 +168,7 @@ pub async fn forward(
                 (err, resendable)
             }
             // The server may be processing it: never resend after a response timeout.
-            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.clone()), false),
+            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
         pool.report_failure(&backend);
         count(metrics, pool, &backend, err.status().as_u16());
@@ -218,7 +217,7 @@ fn count(metrics: &Metrics, pool: &Pool, backend: &Backend, status: u16) {
     backend.requests.inc(status, || {
         let l = UpstreamServerStatus {
             upstream: pool.name().to_string(),
-            server: backend.addr.clone(),
+            server: backend.addr.to_string(),
             status,
         };
         metrics.upstream_requests.get_or_create(&l).clone()

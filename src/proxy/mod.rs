@@ -84,8 +84,6 @@ pub struct Proxy {
     access: Arc<Access>,
     shutdown: Shutdown,
     apps: Arc<Apps>,
-    /// Seals sticky cookies.
-    sticky_key: [u8; 32],
 }
 
 impl Proxy {
@@ -94,14 +92,12 @@ impl Proxy {
         access: Arc<Access>,
         shutdown: Shutdown,
         apps: Arc<Apps>,
-        sticky_key: [u8; 32],
     ) -> Self {
         Self {
             table: ArcSwap::new(table),
             access,
             shutdown,
             apps,
-            sticky_key,
         }
     }
 
@@ -191,6 +187,11 @@ impl Proxy {
                 ProxyError::MissingHost
             });
         }
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            // RFC 9112 §3.2 (HTTP/1.1 is refused earlier, by server::smuggle);
+            // HTTP/2 requests reach here with their fields as sent.
+            return Err(ProxyError::BadRequest("more than one Host header".into()));
+        }
         let route = table
             .router
             .find(host.map(Host::as_str), req.uri().path())
@@ -216,7 +217,6 @@ impl Proxy {
                 let host = host.map(Host::as_str);
                 let fwd = http::Forward {
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     route: cfg,
                     conn,
                     host,
@@ -274,7 +274,6 @@ impl Proxy {
                 let tunnel = ws::Tunnel {
                     session,
                     metrics: self.access.metrics(),
-                    secret: &self.sticky_key,
                     notes: &notes,
                 };
                 tunnel.open(pool, req, hs).await

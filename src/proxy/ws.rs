@@ -51,7 +51,7 @@ fn is_extended_connect<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_some()
 }
 
-/// Validates the handshake exactly as spec §3 lists it. Pure: also the fuzz target.
+/// Validates the handshake as docs/security.md and RFC 6455 §4.2.1 list it. Pure: also the fuzz target.
 pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
     let h = req.headers();
     let h2 = if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {
@@ -146,8 +146,6 @@ impl Session<'_> {
 pub struct Tunnel<'a> {
     pub session: Session<'a>,
     pub metrics: &'a Metrics,
-    /// Seals sticky cookies.
-    pub secret: &'a [u8; 32],
     /// What the access phase adds to the upstream request.
     pub notes: &'a Notes,
 }
@@ -167,12 +165,11 @@ impl Tunnel<'_> {
         let Tunnel {
             session,
             metrics,
-            secret,
             notes,
         } = self;
         let route = &*session.route.cfg;
         let ctx = session.conn;
-        let affinity = pool.affinity(secret, ctx.client.ip(), req.headers(), req.uri().query());
+        let affinity = pool.affinity(ctx.client.ip(), req.headers(), req.uri().query());
         let mut tried: Vec<BackendId> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
         let (choice, inflight, up_headers, upstream, accept) = loop {
@@ -215,7 +212,7 @@ impl Tunnel<'_> {
         };
         let client_upgrade = hyper::upgrade::on(&mut req);
         let mut resp = client_response(&hs, &accept, &up_headers)?;
-        if let Some(cookie) = pool.sticky_cookie(secret, &choice, ctx.tls) {
+        if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         let idle = pool.cfg.ws_idle_timeout;
@@ -260,10 +257,10 @@ impl Tunnel<'_> {
 
 /// Opens the TCP connection to `backend` within `connect_timeout`.
 async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
-    let addr = backend.addr.clone();
-    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&addr)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr)),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr)),
+    let addr = &*backend.addr;
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout(addr.to_string())),
+        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr.to_string())),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
@@ -302,7 +299,7 @@ impl Upstream<'_> {
         let (target, headers) = self.request(req, &key);
         let head = ws_upstream::request_head(&target, &headers);
         let expected = accept_key(key.as_bytes());
-        let addr = || self.backend.addr.clone();
+        let addr = || self.backend.addr.to_string();
         match tokio::time::timeout(
             self.cfg.response_timeout,
             ws_upstream::handshake(tcp, &head, &expected),

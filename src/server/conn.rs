@@ -253,7 +253,7 @@ where
 fn ambiguous_framing_response() -> Response<Body> {
     let mut r = refusal_response(
         StatusCode::BAD_REQUEST,
-        "ambiguous request framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)\n",
+        "malformed request head: Content-Length with Transfer-Encoding, conflicting Content-Length, or a repeated Host, Origin or Sec-WebSocket-Key/-Version field\n",
     );
     r.headers_mut().remove(header::RETRY_AFTER);
     r

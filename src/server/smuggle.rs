@@ -11,6 +11,14 @@
 //! that went through here first, so the mark is set before the service sees the
 //! request; the service then answers 400 and closes, and nothing is forwarded.
 //!
+//! The same goes for a head that repeats a field that must appear once
+//! ([`SINGLE`]): two `Host` lines make the request invalid (RFC 9112 §3.2,
+//! "MUST respond with a 400"), even with equal values, and hyper would keep
+//! both, route on the first and forward both. `Origin` (RFC 6454 §7.3) and the
+//! WebSocket handshake's `Sec-WebSocket-Key` and `Sec-WebSocket-Version`
+//! (RFC 6455 §11.3) are single by definition too; wsgate decides on the first
+//! (the origin allow-list) while an upstream could read another.
+//!
 //! The scan keeps a few hundred bytes of state per connection whatever the
 //! input, and stops for good on HTTP/2, after an upgrade (the service says so),
 //! and on framing hyper itself rejects.
@@ -27,6 +35,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `Content-Length` or `Transfer-Encoding` value.
 const LINE_KEEP: usize = 256;
 
+/// Fields a request head may carry at most once; a second line is refused
+/// (see the module docs). `Content-Length` is handled apart: repeating the
+/// same value is allowed (RFC 9112 §6.3), differing values are refused.
+pub const SINGLE: [&str; 4] = [
+    "host",
+    "origin",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
 const CLEAN: u8 = 0;
 const AMBIGUOUS: u8 = 1;
 const STOPPED: u8 = 2;
@@ -36,7 +54,8 @@ const STOPPED: u8 = 2;
 pub struct Verdict(AtomicU8);
 
 impl Verdict {
-    /// A request head on this connection had ambiguous framing.
+    /// A request head on this connection had ambiguous framing or a repeated
+    /// single field (e.g. two `Host` lines).
     pub fn ambiguous(&self) -> bool {
         self.0.load(Ordering::Acquire) == AMBIGUOUS
     }
@@ -57,7 +76,7 @@ impl Verdict {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 enum State {
     Head(Head),
     Body(u64),
@@ -71,7 +90,7 @@ enum State {
 /// The start of a line that did not end in the bytes read so far (at most
 /// `LINE_KEEP` bytes of it). Lines that end in the read that started them, the
 /// usual case, are looked at in place and never copied.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Line {
     buf: Vec<u8>,
     truncated: bool,
@@ -105,18 +124,21 @@ impl Line {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Head {
     line: Line,
     started: bool,
     te: bool,
     chunked: bool,
     content_length: Option<u64>,
+    /// Bit `i` set: the head had a [`SINGLE`]`[i]` line.
+    single: u8,
     ambiguous: bool,
 }
 
-/// Follows HTTP/1.1 request framing over a byte stream.
-#[derive(Debug)]
+/// Follows HTTP/1.1 request framing over a byte stream. Two scanners compare
+/// equal when they are in the same state, whatever reads brought them there.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Scanner {
     state: State,
 }
@@ -131,7 +153,7 @@ impl Default for Scanner {
 
 impl Scanner {
     /// Feeds bytes; returns true when a request head with ambiguous framing
-    /// ended in them.
+    /// or a repeated single field ended in them.
     pub fn feed(&mut self, mut data: &[u8]) -> bool {
         let mut found = false;
         while !data.is_empty() {
@@ -233,6 +255,15 @@ fn header_line(head: &mut Head, l: &[u8], truncated: bool) -> Option<State> {
             .unwrap_or_default()
             .trim_ascii();
         head.chunked = last.eq_ignore_ascii_case(b"chunked");
+    } else if let Some(i) = SINGLE
+        .iter()
+        .position(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+    {
+        let bit = 1u8 << i;
+        if head.single & bit != 0 {
+            head.ambiguous = true;
+        }
+        head.single |= bit;
     } else if name.eq_ignore_ascii_case(b"content-length") {
         for part in value.split(|b| *b == b',') {
             let n = std::str::from_utf8(part.trim_ascii())
@@ -338,6 +369,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn scan(parts: &[&[u8]]) -> bool {
         let mut s = Scanner::default();
@@ -379,6 +411,115 @@ mod tests {
             }
             let bytes: Vec<&[u8]> = c.chunks(1).collect();
             assert!(scan(&bytes));
+        }
+    }
+
+    #[test]
+    fn repeated_single_fields_are_found_wherever_they_are_split() {
+        let cases: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: evil.example\r\n\r\n",
+            // Equal values too: a request with two Host lines is invalid.
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nhOsT: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: http://a\r\nOrigin: http://b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Key: y\r\n\r\n",
+            // The second request of a keep-alive connection, after a body.
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nHostGET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(scan(&[c]), "{}", String::from_utf8_lossy(c));
+            for i in 1..c.len() {
+                assert!(scan(&[&c[..i], &c[i..]]), "split at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn single_fields_once_per_request_pass() {
+        // One Host per request on a keep-alive connection; Host with an
+        // absolute-form target; look-alike names; a Host inside a body and in
+        // chunked trailers (not the head).
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: b\r\n\r\n"
+        ]));
+        assert!(!scan(&[b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(!scan(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Host: b\r\nHostname: c\r\nX-Forwarded-Host: d\r\n\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nHost: b\r\n"
+        ]));
+        assert!(!scan(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: b\r\n\r\n"
+        ]));
+    }
+
+    /// Feeds `data` cut at `cuts` and returns the verdict after each piece,
+    /// the piece ends, and the scanner.
+    fn feed_cut(data: &[u8], cuts: &[usize]) -> (Vec<bool>, Vec<usize>, Scanner) {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        ends.push(data.len());
+        ends.sort_unstable();
+        ends.dedup();
+        let mut s = Scanner::default();
+        let (mut found, mut start, mut verdicts) = (false, 0, Vec::new());
+        for &end in &ends {
+            found |= s.feed(&data[start..end]);
+            verdicts.push(found);
+            start = end;
+        }
+        (verdicts, ends, s)
+    }
+
+    /// Request-shaped pieces (so the scanner reaches every state) and noise.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"GET / HTTP/1.1\r\n".to_vec()),
+            Just(b"POST / HTTP/1.1\r\n".to_vec()),
+            Just(b"PRI * HTTP/2.0\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"Host: a\r\n".to_vec()),
+            Just(b"host:b\r\n".to_vec()),
+            Just(b"Origin: http://a\r\n".to_vec()),
+            Just(b"Sec-WebSocket-Key: k\r\n".to_vec()),
+            Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+            Just(b"Transfer-Encoding: gzip\r\n".to_vec()),
+            (0u64..40).prop_map(|n| format!("Content-Length: {n}\r\n").into_bytes()),
+            Just(b"Content-Length: 1, 2\r\n".to_vec()),
+            (0u64..40).prop_map(|n| format!("{n:x}\r\n").into_bytes()),
+            (0usize..600).prop_map(|n| {
+                let mut l = b"X-Long: ".to_vec();
+                l.resize(8 + n, b'a');
+                l.extend_from_slice(b"\r\n");
+                l
+            }),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|ps| ps.concat())
+    }
+
+    proptest! {
+        /// However the bytes are split into reads, the scanner reaches the same
+        /// state and the same verdict as when it gets them whole, and after
+        /// every read its verdict is the one a byte-at-a-time scan has at that
+        /// offset (so the mark is set by the read that completes the head).
+        #[test]
+        fn chunking_never_changes_the_verdict(
+            data in stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..24),
+        ) {
+            let (whole, _, whole_state) = feed_cut(&data, &[]);
+            let (verdicts, ends, state) = feed_cut(&data, &cuts);
+            let all: Vec<usize> = (0..=data.len()).collect();
+            let (bytewise, _, byte_state) = feed_cut(&data, &all);
+            prop_assert_eq!(whole.last(), verdicts.last());
+            prop_assert_eq!(&state, &whole_state);
+            prop_assert_eq!(&byte_state, &whole_state);
+            for (v, end) in verdicts.iter().zip(&ends) {
+                // `ends` of the byte-wise feed are 0..=len, deduplicated.
+                prop_assert_eq!(*v, bytewise[*end], "after the read ending at {}", end);
+            }
         }
     }
 

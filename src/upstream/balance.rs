@@ -1,10 +1,28 @@
 //! Choosing a server: smooth weighted round robin (as nginx does it), least
 //! connections with weights, power-of-two-choices random, and rendezvous (HRW)
-//! hashing for sticky keys. Pure algorithms over a slice of candidates; health is
-//! decided by the caller through the `usable` predicate (selection is kept apart
-//! from health, as in pingora's `select_with`).
+//! hashing for sticky keys. Pure algorithms over a slice of candidates, which
+//! they see through [`Load`]; health is decided by the caller through the
+//! `usable` predicate (selection is kept apart from health, as in pingora's
+//! `select_with`). None of them allocates.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// What balancing needs to know of a server.
+pub trait Load {
+    /// Its share, relative to the others' (config `weight`).
+    fn weight(&self) -> u32;
+    /// In-flight requests plus open spliced sessions.
+    fn inflight(&self) -> usize;
+}
+
+impl<T: Load + ?Sized> Load for Arc<T> {
+    fn weight(&self) -> u32 {
+        (**self).weight()
+    }
+    fn inflight(&self) -> usize {
+        (**self).inflight()
+    }
+}
 
 /// A fixed 64-bit hash (FNV-1a followed by a splitmix64 finaliser) so that every
 /// node, every build and every restart agrees on sticky placement and server ids.
@@ -92,44 +110,64 @@ impl SmoothWrr {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smooth_wrr_is_smooth_and_weighted() {
-        let w = SmoothWrr::new(3);
-        let seq: Vec<usize> = (0..7)
-            .map(|_| w.pick(&[5, 1, 1], |_| true).unwrap())
-            .collect();
-        // nginx's documented sequence for weights 5,1,1: a a b a c a a
-        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
-    }
-
-    #[test]
-    fn smooth_wrr_skips_unusable() {
-        let w = SmoothWrr::new(2);
-        for _ in 0..5 {
-            assert_eq!(w.pick(&[1, 1], |i| i == 1), Some(1));
-        }
-        assert_eq!(w.pick(&[1, 1], |_| false), None);
-    }
-
-    #[test]
-    fn rendezvous_moves_about_one_in_n_plus_one() {
-        let three: Vec<u64> = vec![1, 2, 3];
-        let four: Vec<u64> = vec![1, 2, 3, 4];
-        let mut moved = 0;
-        for k in 0..10_000u32 {
-            let key = k.to_le_bytes();
-            let a = rendezvous(&key, three.iter(), |x| *x, |_| 1).unwrap();
-            let b = rendezvous(&key, four.iter(), |x| *x, |_| 1).unwrap();
-            if a != b {
-                assert_eq!(*b, 4, "a key may only move to the new server");
-                moved += 1;
-            }
-        }
-        let frac = f64::from(moved) / 10_000.0;
-        assert!(frac > 0.20 && frac <= 0.30, "moved {frac}");
-    }
+/// Least connections: the usable server with the lowest `inflight / weight`;
+/// ties broken by smooth weighted round robin so equally loaded servers share
+/// by weight (nginx's `least_conn`). `weights` are the servers' weights, in
+/// order (what `wrr` works on). Returns an index into `servers`.
+pub fn least_conn<S: Load>(
+    servers: &[S],
+    weights: &[u32],
+    wrr: &SmoothWrr,
+    usable: impl Fn(&S) -> bool,
+) -> Option<usize> {
+    // Compared as inflight_a * weight_b < inflight_b * weight_a, scaled to
+    // one common integer so ties are exact.
+    let load =
+        |s: &S| (s.inflight() as u64).saturating_mul(1_000_000) / u64::from(s.weight().max(1));
+    let min = servers.iter().filter(|s| usable(s)).map(load).min()?;
+    wrr.pick(weights, |i| {
+        let s = &servers[i];
+        usable(s) && load(s) == min
+    })
 }
+
+/// Power of two choices: two random picks weighted by `weight` (with
+/// replacement), keep the less loaded relative to its weight. Near
+/// least-connections quality without shared state. `random` yields uniform
+/// `u64`s. Returns an index into `servers`.
+///
+/// One pass and no allocation: both picks are weighted reservoir samples of
+/// size one (the `k`-th usable server replaces a pick with probability
+/// `weight_k / (weight_1 + … + weight_k)`), which is the same distribution as
+/// drawing twice from the full list of usable servers.
+pub fn two_choices<S: Load>(
+    servers: &[S],
+    usable: impl Fn(&S) -> bool,
+    mut random: impl FnMut() -> u64,
+) -> Option<usize> {
+    let mut total = 0u64;
+    let (mut a, mut b) = (None, None);
+    for (i, s) in servers.iter().enumerate() {
+        if !usable(s) {
+            continue;
+        }
+        let w = u64::from(s.weight());
+        total += w;
+        if w == 0 {
+            continue;
+        }
+        if random() % total < w {
+            a = Some(i);
+        }
+        if random() % total < w {
+            b = Some(i);
+        }
+    }
+    let (a, b) = (a?, b?);
+    let la = servers[a].inflight() as u64 * u64::from(servers[b].weight());
+    let lb = servers[b].inflight() as u64 * u64::from(servers[a].weight());
+    Some(if la <= lb { a } else { b })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,14 @@
 //! Upstream HTTP connections that remember whether a response had started: the
 //! proxy must tell, after a failed request, whether any byte of a response had
 //! arrived. hyper reports "connection closed before the message completed" alike
-//! for a silent close and for half a response head, but the retry rule (spec §2
+//! for a silent close and for half a response head, but the retry rule (docs/load-balancing.md
 //! `retries`) allows a retry only in the first case.
 //!
-//! Every connection carries an [`ExchangeWatch`], kept by its pool
-//! ([`super::conns`]): a write starts an exchange and clears the flag, any byte
-//! read sets it. HTTP/1.1 exchanges on a connection are sequential, so after a
-//! failure the flag says whether the server had started answering the request
-//! that failed.
+//! Every connection carries an [`ExchangeWatch`], kept by its pool (the
+//! `conns` module, which builds on this one): a write starts an exchange and
+//! clears the flag, any byte read sets it. HTTP/1.1 exchanges on a connection
+//! are sequential, so after a failure the flag says whether the server had
+//! started answering the request that failed.
 
 use std::io;
 use std::pin::Pin;

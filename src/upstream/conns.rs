@@ -80,7 +80,7 @@ struct Idle {
 
 /// The idle connections to one server.
 pub struct ConnPool {
-    addr: String,
+    addr: Arc<str>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -98,12 +98,12 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    pub fn new(addr: String, connect_timeout: Duration) -> Arc<Self> {
+    pub fn new(addr: Arc<str>, connect_timeout: Duration) -> Arc<Self> {
         Self::with_limits(addr, connect_timeout, IDLE_TIMEOUT, MAX_IDLE)
     }
 
     fn with_limits(
-        addr: String,
+        addr: Arc<str>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
@@ -307,175 +307,4 @@ impl Drop for Release {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// How a test server answers each request on a connection.
-    #[derive(Clone, Copy)]
-    enum Answer {
-        /// `200`, 2-byte body, connection kept.
-        KeepAlive,
-        /// The same, then the server closes the connection without saying so.
-        ThenClose,
-        /// `200` with a 1 MiB body.
-        Large,
-    }
-
-    /// A raw HTTP/1.1 server counting the connections it accepted.
-    async fn server(answer: Answer) -> (String, Arc<AtomicUsize>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Ok(n) = s.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                        let body_len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if buf.len() < end + 4 + body_len {
-                            continue;
-                        }
-                        buf.drain(..end + 4 + body_len);
-                        let resp = match answer {
-                            Answer::Large => {
-                                let mut r =
-                                    b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
-                                r.resize(r.len() + (1 << 20), b'x');
-                                r
-                            }
-                            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
-                        };
-                        if s.write_all(&resp).await.is_err() {
-                            return;
-                        }
-                        if matches!(answer, Answer::ThenClose) {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    fn request(body: &'static str) -> Request<Body> {
-        Request::post("/x")
-            .header(http::header::HOST, "test")
-            .body(
-                http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            )
-            .unwrap()
-    }
-
-    async fn read_all(pool: &Arc<ConnPool>, body: &'static str) -> bytes::Bytes {
-        let resp = pool.send(request(body)).await.unwrap();
-        resp.into_body().collect().await.unwrap().to_bytes()
-    }
-
-    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if f() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        f()
-    }
-
-    #[tokio::test]
-    async fn sequential_requests_share_one_connection() {
-        let (addr, accepted) = server(Answer::KeepAlive).await;
-        let pool = ConnPool::new(addr, Duration::from_secs(1));
-        for _ in 0..5 {
-            assert_eq!(read_all(&pool, "hi").await, "ok");
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_body_not_read_to_its_end_closes_its_connection() {
-        let (addr, accepted) = server(Answer::Large).await;
-        let pool = ConnPool::new(addr, Duration::from_secs(1));
-        let resp = pool.send(request("")).await.unwrap();
-        let mut body = resp.into_body();
-        let first = body.frame().await.unwrap().unwrap();
-        assert!(first.is_data());
-        drop(body);
-        assert_eq!(pool.idle_count(), 0);
-        let full = read_all(&pool, "").await;
-        assert_eq!(full.len(), 1 << 20);
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(pool.idle_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_server_closed_while_idle_is_replaced() {
-        let (addr, accepted) = server(Answer::ThenClose).await;
-        let pool = ConnPool::new(addr, Duration::from_secs(1));
-        assert_eq!(read_all(&pool, "one").await, "ok");
-        // Once its task has seen the close, the idle connection is skipped and
-        // a POST with a body goes out on a new one as if nothing happened.
-        assert!(eventually(|| pool.lock().iter().all(|i| i.conn.sender.is_closed())).await);
-        assert_eq!(read_all(&pool, "two").await, "ok");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn idle_connections_close_after_the_idle_timeout() {
-        let (addr, _) = server(Answer::KeepAlive).await;
-        let pool =
-            ConnPool::with_limits(addr, Duration::from_secs(1), Duration::from_millis(100), 8);
-        assert_eq!(read_all(&pool, "").await, "ok");
-        assert_eq!(pool.idle_count(), 1);
-        assert!(eventually(|| pool.idle_count() == 0).await);
-    }
-
-    #[tokio::test]
-    async fn no_more_than_max_idle_connections_are_kept() {
-        let (addr, accepted) = server(Answer::KeepAlive).await;
-        let pool = ConnPool::with_limits(addr, Duration::from_secs(1), IDLE_TIMEOUT, 1);
-        let (a, b) = tokio::join!(pool.send(request("a")), pool.send(request("b")));
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        a.into_body().collect().await.unwrap();
-        b.into_body().collect().await.unwrap();
-        assert_eq!(pool.idle_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn connect_errors_are_safe_to_retry() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        drop(l);
-        let pool = ConnPool::new(addr, Duration::from_secs(1));
-        let e = pool.send(request("")).await.unwrap_err();
-        assert!(matches!(e, SendError::Connect(_)), "{e:?}");
-        assert!(e.nothing_received());
-    }
-}
+mod tests;

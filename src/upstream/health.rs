@@ -5,9 +5,10 @@
 //!   server down for `fail_timeout`. When that period ends the server is back on
 //!   *probation*: its next failure marks it down again at once (nginx behaves the
 //!   same way), its next success clears the record.
-//! - **active**: a background `GET path` every `interval` ([`run_active_checks`]);
-//!   a 2xx/3xx answer within `timeout` passes; `unhealthy` consecutive failures
-//!   take the server down, `healthy` consecutive passes bring it back.
+//! - **active**: a background `GET path` every `interval` (the probes live in
+//!   `upstream::probe`, which feeds [`Health::record_probe`]); a 2xx/3xx answer
+//!   within `timeout` passes; `unhealthy` consecutive failures take the server
+//!   down, `healthy` consecutive passes bring it back.
 //!
 //! A server is usable when neither source holds it down. Balancing and
 //! stickiness only consult [`Health::check`], which is lock-free; the state
@@ -15,17 +16,9 @@
 //! knows the upstream's name, can log them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio_util::sync::CancellationToken;
-
-use super::pool::Pool;
 use crate::config::HealthConfig;
 
 /// Which mechanism changed a server's state.
@@ -247,187 +240,5 @@ impl Health {
     }
 }
 
-type ProbeClient = Client<HttpConnector, Empty<bytes::Bytes>>;
-
-/// Runs the active health check of `pool` until `stop` is cancelled. The first
-/// round starts at once; servers are probed concurrently so one slow server does
-/// not delay the verdict on the others.
-pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: CancellationToken) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    connector.set_nodelay(true);
-    let client: ProbeClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector);
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let round = join_all(pool.backends().iter().map(|b| {
-            let client = &client;
-            let cfg = &cfg;
-            async move { (b, probe(client, &b.addr, cfg).await) }
-        }));
-        let results = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = round => r,
-        };
-        for (b, ok) in results {
-            if let Some(t) = b.health().record_probe(ok, &cfg) {
-                pool.log_transition(b, t);
-            }
-        }
-    }
-}
-
-/// One probe: `GET path`, passing on 2xx/3xx within `timeout`.
-async fn probe(client: &ProbeClient, addr: &str, cfg: &HealthConfig) -> bool {
-    let Ok(uri) = format!("http://{addr}{}", cfg.path).parse::<http::Uri>() else {
-        return false;
-    };
-    let check = async {
-        let resp = client.get(uri).await.ok()?;
-        let status = resp.status();
-        // Drain so the pooled connection can be reused by the next probe.
-        let _ = resp.into_body().collect().await;
-        Some(status.is_success() || status.is_redirection())
-    };
-    matches!(
-        tokio::time::timeout(cfg.timeout, check).await,
-        Ok(Some(true))
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: Duration = Duration::from_secs(10);
-
-    #[test]
-    fn passive_marks_down_after_max_fails_then_recovers_on_probation() {
-        let h = Health::default();
-        let t0 = Instant::now();
-        assert_eq!(h.record_failure(2, T, t0), None);
-        assert!(h.check(t0).0);
-        assert_eq!(
-            h.record_failure(2, T, t0),
-            Some(Transition {
-                up: false,
-                source: Source::Passive
-            })
-        );
-        assert!(!h.check(t0).0);
-        assert!(h.passive_down_for(t0).is_some());
-        // Stragglers do not extend the period.
-        assert_eq!(h.record_failure(2, T, t0 + Duration::from_secs(5)), None);
-        let later = t0 + T + Duration::from_millis(5);
-        assert_eq!(
-            h.check(later),
-            (
-                true,
-                Some(Transition {
-                    up: true,
-                    source: Source::Passive
-                })
-            )
-        );
-        assert_eq!(
-            h.check(later),
-            (true, None),
-            "the recovery is reported once"
-        );
-        // On probation one failure is enough.
-        assert_eq!(
-            h.record_failure(2, T, later),
-            Some(Transition {
-                up: false,
-                source: Source::Passive
-            })
-        );
-        assert!(!h.check(later).0);
-    }
-
-    #[test]
-    fn success_clears_failures_and_probation() {
-        let h = Health::default();
-        let t0 = Instant::now();
-        assert_eq!(h.record_failure(2, T, t0), None);
-        h.record_success();
-        assert_eq!(
-            h.record_failure(2, T, t0),
-            None,
-            "count restarted after a success"
-        );
-        assert!(h.record_failure(2, T, t0).is_some());
-        let later = t0 + T + Duration::from_millis(5);
-        assert!(h.check(later).0);
-        h.record_success();
-        assert_eq!(
-            h.record_failure(2, T, later),
-            None,
-            "probation ended by the success"
-        );
-    }
-
-    #[test]
-    fn failures_outside_the_window_do_not_add_up() {
-        let h = Health::default();
-        let t0 = Instant::now();
-        assert_eq!(h.record_failure(2, T, t0), None);
-        assert_eq!(
-            h.record_failure(2, T, t0 + T + Duration::from_secs(1)),
-            None
-        );
-        assert!(h.check(t0 + T + Duration::from_secs(1)).0);
-    }
-
-    #[test]
-    fn max_fails_zero_disables_passive() {
-        let h = Health::default();
-        for _ in 0..10 {
-            assert_eq!(h.record_failure(0, T, Instant::now()), None);
-        }
-        assert!(h.is_up());
-    }
-
-    #[test]
-    fn active_thresholds() {
-        let cfg = HealthConfig {
-            path: "/".into(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            healthy: 2,
-            unhealthy: 3,
-        };
-        let h = Health::default();
-        assert_eq!(h.record_probe(false, &cfg), None);
-        assert_eq!(
-            h.record_probe(true, &cfg),
-            None,
-            "a pass breaks the failure streak"
-        );
-        assert_eq!(h.record_probe(false, &cfg), None);
-        assert_eq!(h.record_probe(false, &cfg), None);
-        assert_eq!(
-            h.record_probe(false, &cfg),
-            Some(Transition {
-                up: false,
-                source: Source::Active
-            })
-        );
-        assert!(!h.is_up());
-        assert_eq!(h.record_probe(true, &cfg), None);
-        assert_eq!(
-            h.record_probe(true, &cfg),
-            Some(Transition {
-                up: true,
-                source: Source::Active
-            })
-        );
-        assert!(h.is_up());
-    }
-}
+mod tests;

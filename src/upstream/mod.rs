@@ -1,19 +1,27 @@
 //! Upstream pools: the servers behind a route, how one is chosen for a request
-//! (`balance`, `sticky`), and whether each is usable (`health`). The proxy asks
-//! a [`Pool`] for a server ([`Pool::affinity`] then [`Pool::select`]), sends the
-//! request or opens the splice, and reports back how the attempt went.
+//! (`balance`, `sticky`), and whether each is usable (`health`, `probe`). The
+//! proxy asks a [`Pool`] for a server ([`Pool::affinity`] then [`Pool::select`]),
+//! sends the request or opens the splice, and reports back how the attempt went.
 //!
 //! ```text
 //! request ─ affinity (sticky: cookie token | ip | header | query) ─┐
 //!                                   health (passive + active) ─ select ─ Choice { backend, issue_cookie }
 //!                        balance (round_robin | least_conn | random) ─┘
 //! ```
+//!
+//! Files depend on each other one way only: `balance`, `health` and `connect`
+//! are leaves; `conns` uses `connect`; `backend` (one server) uses `balance`,
+//! `health` and `conns`; `sticky` uses `backend`; `pool` uses all of those;
+//! `probe` (active checks) uses `pool`.
 
+pub mod backend;
 pub mod balance;
 pub mod connect;
 pub mod conns;
 pub mod health;
 pub mod pool;
+pub mod probe;
 pub mod sticky;
 
-pub use pool::{Affinity, Backend, BackendId, Choice, Pool, ServerState, ServerStatus};
+pub use backend::{Backend, BackendId, InflightGuard};
+pub use pool::{Affinity, Choice, Pool};

@@ -1,4 +1,4 @@
-//! The `chat` app (spec §4): rooms, DMs, presence and history over WebSocket,
+//! The `chat` app (docs/chat-protocol.md): rooms, DMs, presence and history over WebSocket,
 //! with SSE, long-poll and `POST /send` fallbacks, an HTTP API and a demo page.
 //!
 //! ```text

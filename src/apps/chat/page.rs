@@ -1,7 +1,7 @@
 //! The demo page served at `GET PREFIX/`: one self-contained HTML file
 //! (`demo.html`: markup, CSS and script inline; no CDN, no build step) compiled
 //! into the binary. Its element ids (`#status`, `#log`, `#text`, `#send`,
-//! `#users`) are part of the contract (spec §4): people and tests rely on them.
+//! `#users`) are part of the contract (docs/chat-protocol.md): people and tests rely on them.
 
 use http::{header, HeaderValue, Response};
 

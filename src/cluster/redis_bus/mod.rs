@@ -1,4 +1,4 @@
-//! [`RedisBus`]: the chat [`Bus`] over Redis (spec §5).
+//! [`RedisBus`]: the chat [`Bus`] over Redis (docs/cluster.md).
 //!
 //! * Room message: one Lua script does `INCR` (the id), `RPUSH`+`LTRIM` (the
 //!   history) and one `PUBLISH` on [`keys::EVENTS`] — constant work whatever the

@@ -72,13 +72,13 @@ enum CalloutError {
     #[error("no server of pool {0} is usable")]
     NoServer(String),
     #[error("{0}: connect failed or timed out")]
-    Connect(String),
+    Connect(Arc<str>),
     #[error("{0}: no answer within the response timeout")]
-    Timeout(String),
+    Timeout(Arc<str>),
     #[error("{0}: {1}")]
-    Failed(String, String),
+    Failed(Arc<str>, String),
     #[error("{0} answered {1}")]
-    Status(String, u16),
+    Status(Arc<str>, u16),
 }
 
 /// `wsgate_auth_total{route,result}` series of one route, looked up once.

@@ -6,7 +6,7 @@
 //!
 //! [`LocalBus`] is the single-node implementation: all of it in memory, with
 //! delivery a direct call into the sink. The cluster issue adds a Redis
-//! implementation behind the same trait (spec §5): one publication per room
+//! implementation behind the same trait (docs/cluster.md): one publication per room
 //! message plus its history write and id, each node fanning out to its own
 //! members; membership and the registry keyed by node so a dead node's users
 //! can be announced as left.

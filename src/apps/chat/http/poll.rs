@@ -19,7 +19,7 @@ use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, 
 use crate::apps::chat::Chat;
 use crate::body::Body;
 
-/// Longest long-poll wait (spec §4).
+/// Longest long-poll wait (docs/chat-protocol.md).
 const POLL_WAIT: u64 = 25;
 
 /// A poll session is shared by the polls of one user with one room list.

@@ -1,4 +1,4 @@
-//! The chat wire protocol (spec §4): validated names, the frames a client may
+//! The chat wire protocol (docs/chat-protocol.md): validated names, the frames a client may
 //! send (parsed by hand so each kind of bad input gets its own error code), the
 //! frames the server sends (serde, each tagged with its `type`), the typed
 //! [`ChatError`] every bad frame turns into, and the cursors SSE and long-poll

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest user name (spec §4).
+/// Longest user name (docs/chat-protocol.md).
 pub const MAX_USER_LEN: usize = 32;
 /// Longest room name. The spec only fixes user names; rooms use the same
 /// characters so they can appear in URLs and cursors without escaping.

@@ -1,0 +1,268 @@
+//! `FileConfig` → `Config`: applies defaults, parses units, resolves names and
+//! paths, and collects *every* problem (not just the first) with its position.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use toml::Spanned;
+
+use super::file::*;
+use super::*;
+
+/// The smallest `server.max_request_head`: hyper's HTTP/1.1 read buffer
+/// cannot be smaller (its `max_buf_size` minimum).
+const MIN_REQUEST_HEAD: u64 = 8 << 10;
+/// The largest `server.max_request_head`.
+const MAX_REQUEST_HEAD: u64 = 16 << 20;
+
+mod ctx;
+mod routes;
+mod upstreams;
+
+use self::ctx::Ctx;
+use self::routes::{chat, cluster, echo, routes};
+use self::upstreams::upstreams;
+
+pub fn validate(
+    path: &Path,
+    text: &str,
+    raw: FileConfig,
+    checks: Checks,
+) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        path,
+        text,
+        checks,
+        issues: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let server = server(&mut cx, &raw.server);
+    let log = log(&mut cx, &raw.log);
+    let listeners = listeners(&mut cx, &raw.listener);
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
+        cx.try_bind(&a.addr, "admin.addr", addr);
+        Some(addr)
+    });
+    let upstreams = upstreams(&mut cx, &raw.upstream);
+    let routes = routes(&mut cx, &raw.route, &upstreams);
+    let echo = echo(&mut cx, raw.app.echo.as_ref());
+    let chat = chat(&mut cx, raw.app.chat.as_ref());
+    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
+
+    if let (Some(a), true) = (admin, admin.is_some_and(|a| a.port() != 0)) {
+        if listeners.iter().any(|l| l.addr == a) {
+            cx.key("admin.addr", format!("{a} is also a [[listener]] address"));
+        }
+    }
+    if listeners.is_empty() && cx.issues.is_empty() {
+        cx.key(
+            "listener",
+            "no [[listener]] configured: add one, e.g. [[listener]] addr = \"127.0.0.1:8080\"",
+        );
+    }
+    if server.secret.is_none() && upstreams.values().any(|u| u.sticky == Sticky::Cookie) {
+        cx.warnings.push(
+            "server.secret is empty: sticky cookies use a key generated at start and do not survive a restart".into(),
+        );
+    }
+
+    if !cx.issues.is_empty() {
+        return Err(ConfigError {
+            path: path.to_path_buf(),
+            issues: cx.issues,
+        });
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        log,
+        listeners,
+        admin,
+        upstreams,
+        routes,
+        echo,
+        chat,
+        cluster,
+        warnings: cx.warnings,
+    })
+}
+
+fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
+    let node_id = match &s.node_id {
+        Some(n)
+            if n.get_ref().is_empty()
+                || n.get_ref().len() > 64
+                || n.get_ref().contains(char::is_whitespace) =>
+        {
+            cx.at(
+                n.span(),
+                "server.node_id: must be 1-64 characters without spaces",
+            );
+            default_node_id()
+        }
+        Some(n) => n.get_ref().clone(),
+        None => default_node_id(),
+    };
+    let secret = s.secret.as_ref().and_then(|v| {
+        if v.get_ref().is_empty() {
+            return None;
+        }
+        match base64::engine::general_purpose::STANDARD.decode(v.get_ref().trim()) {
+            Ok(b) if b.len() == 32 => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(&b);
+                Some(k)
+            }
+            Ok(b) => {
+                cx.at(v.span(), format!("server.secret: decodes to {} bytes, need 32 (try `openssl rand -base64 32`)", b.len()));
+                None
+            }
+            Err(_) => {
+                cx.at(v.span(), "server.secret: not valid base64 (try `openssl rand -base64 32`)");
+                None
+            }
+        }
+    });
+    ServerConfig {
+        node_id,
+        max_connections: cx.int(
+            &s.max_connections,
+            "server.max_connections",
+            10_000,
+            1,
+            10_000_000,
+        ) as usize,
+        max_connections_per_ip: cx.int(
+            &s.max_connections_per_ip,
+            "server.max_connections_per_ip",
+            0,
+            0,
+            10_000_000,
+        ) as usize,
+        header_timeout: cx.duration(
+            &s.header_timeout,
+            "server.header_timeout",
+            Duration::from_secs(10),
+        ),
+        keepalive_timeout: cx.duration(
+            &s.keepalive_timeout,
+            "server.keepalive_timeout",
+            Duration::from_secs(60),
+        ),
+        tls_handshake_timeout: cx.duration(
+            &s.tls_handshake_timeout,
+            "server.tls_handshake_timeout",
+            Duration::from_secs(10),
+        ),
+        shutdown_grace: cx.duration(
+            &s.shutdown_grace,
+            "server.shutdown_grace",
+            Duration::from_secs(30),
+        ),
+        max_request_head: cx.size_in(
+            &s.max_request_head,
+            "server.max_request_head",
+            64 * 1024,
+            MIN_REQUEST_HEAD,
+            MAX_REQUEST_HEAD,
+        ) as usize,
+        secret,
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsgate".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn log(cx: &mut Ctx, l: &LogFile) -> LogConfig {
+    let format = match l.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("text", _)) => LogFormat::Text,
+        Some(("json", _)) => LogFormat::Json,
+        Some((other, span)) => {
+            cx.at(
+                span,
+                format!("log.format: {other:?} is not one of \"text\", \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    LogConfig {
+        format,
+        access_log: l.access_log.unwrap_or(true),
+    }
+}
+
+fn socket_addr(cx: &mut Ctx, v: &SStr, key: &str) -> Option<SocketAddr> {
+    match v.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.at(
+                v.span(),
+                format!(
+                    "{key}: {:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn listeners(cx: &mut Ctx, ls: &[Spanned<ListenerFile>]) -> Vec<ListenerConfig> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, l) in ls.iter().enumerate() {
+        let l = l.get_ref();
+        let key = format!("listener[{i}]");
+        let Some(addr) = socket_addr(cx, &l.addr, &format!("{key}.addr")) else {
+            continue;
+        };
+        // Port 0 asks the OS for a free port; two of those never collide.
+        if addr.port() != 0 && !seen.insert(addr) {
+            cx.at(
+                l.addr.span(),
+                format!("{key}.addr: duplicate listener address {addr}"),
+            );
+        } else {
+            cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
+        }
+        let tls = l.tls.as_ref().map(|t| {
+            let default = cx.cert_pair(&t.cert, &t.key, &format!("{key}.tls"));
+            let sni = t
+                .sni
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| {
+                    let k = format!("{key}.tls.sni[{j}]");
+                    let paths = cx.cert_pair(&s.cert, &s.key, &k);
+                    match HostPattern::parse(s.host.get_ref()) {
+                        Ok(h) => Some((h, paths)),
+                        Err(e) => {
+                            cx.at(s.host.span(), format!("{k}.host: {e}"));
+                            None
+                        }
+                    }
+                })
+                .collect();
+            let mut found = Vec::new();
+            let client_auth = super::client_auth::parse(t, &format!("{key}.tls"), &mut found);
+            found.into_iter().for_each(|(span, m)| cx.at(span, m));
+            TlsConfig {
+                default,
+                sni,
+                client_auth,
+            }
+        });
+        out.push(ListenerConfig { addr, tls });
+    }
+    out
+}

@@ -1,0 +1,182 @@
+//! `[[route]]` and the apps' and cluster's sections.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::ctx::Ctx;
+use crate::config::file::*;
+use crate::config::*;
+
+pub(super) fn routes(
+    cx: &mut Ctx,
+    rs: &[Spanned<RouteFile>],
+    ups: &BTreeMap<String, UpstreamConfig>,
+) -> Vec<RouteConfig> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in rs.iter().enumerate() {
+        let span = r.span();
+        let r = r.get_ref();
+        let key = format!("route[{i}]");
+        if !r.path.get_ref().starts_with('/') {
+            cx.at(
+                r.path.span(),
+                format!("{key}.path: {:?} must start with '/'", r.path.get_ref()),
+            );
+            continue;
+        }
+        let host = r.host.as_ref().and_then(|h| {
+            HostPattern::parse(h.get_ref())
+                .map_err(|e| cx.at(h.span(), format!("{key}.host: {e}")))
+                .ok()
+        });
+        let targets = [r.upstream.is_some(), r.app.is_some(), r.root.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if targets != 1 {
+            cx.at(
+                span.clone(),
+                format!("{key}: a route needs exactly one of `upstream`, `app` or `root` (found {targets})"),
+            );
+            continue;
+        }
+        let target = if let Some(u) = &r.upstream {
+            if !ups.contains_key(u.get_ref()) {
+                let known: Vec<_> = ups.keys().map(String::as_str).collect();
+                cx.at(
+                    u.span(),
+                    format!(
+                        "{key}.upstream: no [upstream.{}] is defined (known: {known:?})",
+                        u.get_ref()
+                    ),
+                );
+                continue;
+            }
+            RouteTarget::Upstream(u.get_ref().clone())
+        } else if let Some(a) = &r.app {
+            match a.get_ref().as_str() {
+                "echo" => RouteTarget::App(AppKind::Echo),
+                "chat" => RouteTarget::App(AppKind::Chat),
+                other => {
+                    cx.at(
+                        a.span(),
+                        format!(
+                            "{key}.app: unknown app {other:?} (built-in apps: \"echo\", \"chat\")"
+                        ),
+                    );
+                    continue;
+                }
+            }
+        } else if let Some(root) = &r.root {
+            let p = PathBuf::from(root.get_ref());
+            if !p.is_dir() {
+                cx.at(
+                    root.span(),
+                    format!(
+                        "{key}.root: {:?} is not a readable directory",
+                        root.get_ref()
+                    ),
+                );
+                continue;
+            }
+            RouteTarget::Static(p)
+        } else {
+            continue;
+        };
+        if !seen.insert((host.clone(), r.path.get_ref().clone())) {
+            cx.at(
+                r.path.span(),
+                format!("{key}.path: another route already has this host and path"),
+            );
+        }
+        let origins = r.origins.as_ref().map(|os| {
+            os.iter()
+                .map(|o| o.get_ref().trim_end_matches('/').to_string())
+                .collect()
+        });
+        let mut found = Vec::new();
+        let auth_request = crate::config::auth_request::parse(r, &key, ups, &mut found);
+        found.into_iter().for_each(|(span, m)| cx.at(span, m));
+        out.push(RouteConfig {
+            host,
+            path: r.path.get_ref().clone(),
+            target,
+            strip_prefix: r.strip_prefix.unwrap_or(false),
+            websocket: r.websocket.unwrap_or(true),
+            origins,
+            auth_request,
+        });
+    }
+    out
+}
+
+pub(super) fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
+    let d = EchoFile::default();
+    let e = e.unwrap_or(&d);
+    EchoConfig {
+        max_message_size: cx
+            .size(&e.max_message_size, "app.echo.max_message_size", 16 << 20)
+            .max(1),
+        compression: e.compression.unwrap_or(true),
+        ping_interval: cx.duration(&e.ping_interval, "app.echo.ping_interval", Duration::ZERO),
+        idle_timeout: cx.duration(
+            &e.idle_timeout,
+            "app.echo.idle_timeout",
+            Duration::from_secs(600),
+        ),
+    }
+}
+
+pub(super) fn chat(cx: &mut Ctx, c: Option<&ChatFile>) -> ChatConfig {
+    let d = ChatFile::default();
+    let c = c.unwrap_or(&d);
+    ChatConfig {
+        history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
+        max_message_size: cx
+            .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
+            .max(1),
+        ping_interval: cx.duration(
+            &c.ping_interval,
+            "app.chat.ping_interval",
+            Duration::from_secs(30),
+        ),
+        send_queue: cx.int(&c.send_queue, "app.chat.send_queue", 1024, 1, 1_000_000) as usize,
+        push_token: c
+            .push_token
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .filter(|t| !t.is_empty()),
+        poll_idle_timeout: cx.duration(
+            &c.poll_idle_timeout,
+            "app.chat.poll_idle_timeout",
+            Duration::from_secs(60),
+        ),
+    }
+}
+
+pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
+    let url = c.redis.get_ref();
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://"))
+    {
+        cx.at(
+            c.redis.span(),
+            format!("cluster.redis: {url:?} is not a redis:// URL"),
+        );
+    }
+    let heartbeat = cx.duration(&c.heartbeat, "cluster.heartbeat", Duration::from_secs(2));
+    if heartbeat < Duration::from_millis(100) {
+        if let Some(h) = &c.heartbeat {
+            cx.at(h.span(), "cluster.heartbeat: must be at least 100ms");
+        }
+    }
+    ClusterConfig {
+        redis: url.clone(),
+        heartbeat,
+    }
+}

@@ -1,0 +1,198 @@
+//! `[upstream.NAME]`: servers, weights, balancing, stickiness, health and
+//! the WebSocket options of a pool.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::ctx::Ctx;
+use crate::config::file::*;
+use crate::config::*;
+
+pub(super) fn upstreams(
+    cx: &mut Ctx,
+    ups: &BTreeMap<String, Spanned<UpstreamFile>>,
+) -> BTreeMap<String, UpstreamConfig> {
+    ups.iter()
+        .map(|(name, u)| (name.clone(), upstream(cx, name, u)))
+        .collect()
+}
+
+fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConfig {
+    let span = u.span();
+    let u = u.get_ref();
+    let k = |s: &str| format!("upstream.{name}.{s}");
+    let servers = servers(cx, name, &u.servers);
+    if servers.is_empty() && u.servers.get_ref().is_empty() {
+        cx.at(
+            span,
+            format!("{}: at least one server is required", k("servers")),
+        );
+    }
+    let balance = match u.balance.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+        None | Some(("round_robin", _)) => Balance::RoundRobin,
+        Some(("least_conn", _)) => Balance::LeastConn,
+        Some(("random", _)) => Balance::Random,
+        Some((other, sp)) => {
+            cx.at(
+                sp,
+                format!(
+                    "{}: {other:?} is not one of round_robin, least_conn, random",
+                    k("balance")
+                ),
+            );
+            Balance::RoundRobin
+        }
+    };
+    let sticky = u
+        .sticky
+        .as_ref()
+        .map(|s| sticky(cx, s, &k("sticky")))
+        .unwrap_or(Sticky::None);
+    let sticky_cookie = match &u.sticky_cookie {
+        Some(c) if !valid_token(c.get_ref()) => {
+            cx.at(
+                c.span(),
+                format!(
+                    "{}: {:?} is not a valid cookie name",
+                    k("sticky_cookie"),
+                    c.get_ref()
+                ),
+            );
+            String::new()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => "wsgate_sticky".into(),
+    };
+    let health = u.health.as_ref().map(|h| HealthConfig {
+        path: match &h.path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                cx.at(
+                    p.span(),
+                    format!("{}: must start with '/'", k("health.path")),
+                );
+                "/".into()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/healthz".into(),
+        },
+        interval: cx.duration(&h.interval, &k("health.interval"), Duration::from_secs(5)),
+        timeout: cx.duration(&h.timeout, &k("health.timeout"), Duration::from_secs(2)),
+        healthy: cx.int(&h.healthy, &k("health.healthy"), 2, 1, 1000) as u32,
+        unhealthy: cx.int(&h.unhealthy, &k("health.unhealthy"), 3, 1, 1000) as u32,
+    });
+    UpstreamConfig {
+        name: name.to_string(),
+        servers,
+        balance,
+        sticky,
+        sticky_cookie,
+        connect_timeout: cx.duration(
+            &u.connect_timeout,
+            &k("connect_timeout"),
+            Duration::from_secs(3),
+        ),
+        response_timeout: cx.duration(
+            &u.response_timeout,
+            &k("response_timeout"),
+            Duration::from_secs(60),
+        ),
+        ws_idle_timeout: cx.duration(
+            &u.ws_idle_timeout,
+            &k("ws_idle_timeout"),
+            Duration::from_secs(600),
+        ),
+        max_fails: cx.int(&u.max_fails, &k("max_fails"), 3, 0, 1000) as u32,
+        fail_timeout: cx.duration(&u.fail_timeout, &k("fail_timeout"), Duration::from_secs(10)),
+        retries: cx.int(&u.retries, &k("retries"), 1, 0, 10) as u32,
+        health,
+        ws_inspect: u.ws_inspect.unwrap_or(false),
+        ws_max_message_size: cx.size(&u.ws_max_message_size, &k("ws_max_message_size"), 16 << 20),
+        ws_ping_interval: cx.duration(&u.ws_ping_interval, &k("ws_ping_interval"), Duration::ZERO),
+    }
+}
+
+fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Vec<ServerEntry> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in list.get_ref().iter().enumerate() {
+        let key = format!("upstream.{name}.servers[{i}]");
+        let (addr, weight) = match s {
+            ServerEntryFile::Addr(a) => (a, 1),
+            ServerEntryFile::Table(t) => (
+                &t.addr,
+                cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32,
+            ),
+        };
+        if !valid_host_port(addr.get_ref()) {
+            cx.at(
+                addr.span(),
+                format!(
+                    "{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")",
+                    addr.get_ref()
+                ),
+            );
+            continue;
+        }
+        if !seen.insert(addr.get_ref().clone()) {
+            cx.at(
+                addr.span(),
+                format!("{key}: server {} listed twice", addr.get_ref()),
+            );
+            continue;
+        }
+        out.push(ServerEntry {
+            addr: addr.get_ref().clone(),
+            weight,
+        });
+    }
+    out
+}
+
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok_and(|p| p != 0)
+                && HostPattern::parse(host).is_ok_and(|h| matches!(h, HostPattern::Exact(_)))
+        }
+        None => false,
+    }
+}
+
+fn valid_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
+    let v = s.get_ref().as_str();
+    match v {
+        "none" => Sticky::None,
+        "cookie" => Sticky::Cookie,
+        "ip" => Sticky::Ip,
+        _ => {
+            if let Some(h) = v.strip_prefix("header:") {
+                if let Ok(name) = http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    return Sticky::Header(name);
+                }
+            } else if let Some(q) = v.strip_prefix("query:") {
+                if !q.trim().is_empty() {
+                    return Sticky::Query(q.trim().to_string());
+                }
+            }
+            cx.at(
+                s.span(),
+                format!(
+                    "{key}: {v:?} is not one of none, cookie, ip, \"header:NAME\", \"query:NAME\""
+                ),
+            );
+            Sticky::None
+        }
+    }
+}

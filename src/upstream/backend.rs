@@ -1,0 +1,101 @@
+//! One upstream server as a pool holds it: its stable [`BackendId`], address and
+//! weight, its in-flight count ([`Backend::track`], [`InflightGuard`]), its
+//! health record, its idle keep-alive connections and its request counters.
+//! The load and health outlive a reload for a server that stays ([`Backend::new`]
+//! takes them over from the previous pool's entry).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::balance::{stable_hash, Load};
+use super::conns::ConnPool;
+use super::health::Health;
+use crate::metrics::StatusCounters;
+
+/// A server's identity, derived from its address (never its position in the
+/// list), so reordering the config or adding servers keeps sticky ids valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendId(pub u64);
+
+impl BackendId {
+    pub fn of(addr: &str) -> Self {
+        BackendId(stable_hash(&[b"wsgate-backend", addr.as_bytes()]))
+    }
+}
+
+/// What outlives a reload for a server that stays: its load and its health.
+#[derive(Debug, Default)]
+struct BackendState {
+    /// In-flight HTTP requests plus open spliced sessions (for `least_conn`).
+    inflight: AtomicUsize,
+    health: Health,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub id: BackendId,
+    /// `host:port`; shared, so a request naming its server (access log, errors,
+    /// session logs) bumps a count instead of copying the text.
+    pub addr: Arc<str>,
+    pub weight: u32,
+    state: Arc<BackendState>,
+    /// Idle keep-alive HTTP connections to it.
+    pub conns: Arc<ConnPool>,
+    /// `wsgate_upstream_requests_total` counters of this server by status.
+    pub requests: StatusCounters,
+}
+
+/// Counts one request or session against a backend while alive.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<BackendState>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Backend {
+    /// The server at `addr`. `previous` is the same server (same id) in the pool
+    /// being replaced, whose load and health carry on.
+    pub fn new(
+        addr: &str,
+        weight: u32,
+        connect_timeout: Duration,
+        previous: Option<&Backend>,
+    ) -> Self {
+        let addr: Arc<str> = Arc::from(addr);
+        Self {
+            id: BackendId::of(&addr),
+            weight,
+            state: previous.map(|b| b.state.clone()).unwrap_or_default(),
+            conns: ConnPool::new(addr.clone(), connect_timeout),
+            requests: StatusCounters::default(),
+            addr,
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.state.inflight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request or session until the guard is dropped.
+    pub fn track(&self) -> InflightGuard {
+        self.state.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.state.clone())
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.state.health
+    }
+}
+
+impl Load for Backend {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn inflight(&self) -> usize {
+        Backend::inflight(self)
+    }
+}

@@ -1,0 +1,328 @@
+//! Pool selection end to end on real pools: rendezvous movement and weights,
+//! balancing with health, cookie affinity, transition logs, reload carry-over.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::ServerEntry;
+use crate::upstream::backend::InflightGuard;
+
+const SECRET: [u8; 32] = [3; 32];
+
+fn cfg(servers: &[(&str, u32)], balance: Balance, sticky: Sticky) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "api".into(),
+        servers: servers
+            .iter()
+            .map(|(a, w)| ServerEntry {
+                addr: a.to_string(),
+                weight: *w,
+            })
+            .collect(),
+        balance,
+        sticky,
+        sticky_cookie: "wsgate_sticky".into(),
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(1),
+        ws_idle_timeout: Duration::from_secs(1),
+        max_fails: 1,
+        fail_timeout: Duration::from_secs(60),
+        retries: 1,
+        health: None,
+        ws_inspect: false,
+        ws_max_message_size: 1 << 20,
+        ws_ping_interval: Duration::ZERO,
+    }
+}
+
+fn addrs(n: usize) -> Vec<(String, u32)> {
+    (0..n)
+        .map(|i| (format!("10.0.0.{}:80", i + 1), 1))
+        .collect()
+}
+
+fn pool_of(servers: &[(String, u32)], balance: Balance, sticky: Sticky) -> Pool {
+    let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+    Pool::new(cfg(&s, balance, sticky), None, &SECRET)
+}
+
+fn pick(p: &Pool, key: &[u8]) -> String {
+    p.select(&Affinity::Hash(key.to_vec()), &[])
+        .map(|c| c.backend.addr.to_string())
+        .unwrap_or_default()
+}
+
+/// Issue 5's movement figure, on real pools and real backend ids: adding a
+/// fourth server to three must move about 1/4 of the keys, and only to it.
+#[test]
+fn consistent_hash_moves_about_a_quarter_of_keys_from_three_to_four() {
+    let three = pool_of(&addrs(3), Balance::RoundRobin, Sticky::Ip);
+    let four = pool_of(&addrs(4), Balance::RoundRobin, Sticky::Ip);
+    let new = &addrs(4)[3].0;
+    let mut moved = 0u32;
+    for k in 0..10_000u32 {
+        let key = format!("user-{k}");
+        let (a, b) = (pick(&three, key.as_bytes()), pick(&four, key.as_bytes()));
+        if a != b {
+            assert_eq!(&b, new, "a key may only move to the new server");
+            moved += 1;
+        }
+    }
+    let frac = f64::from(moved) / 10_000.0;
+    println!(
+        "rendezvous 3 -> 4 servers: {moved} of 10000 keys moved ({:.2}%)",
+        frac * 100.0
+    );
+    assert!(frac > 0.20 && frac <= 0.30, "moved {frac}");
+}
+
+#[test]
+fn hashing_respects_weights() {
+    let servers = vec![
+        ("10.0.0.1:80".to_string(), 1),
+        ("10.0.0.2:80".to_string(), 3),
+    ];
+    let p = pool_of(&servers, Balance::RoundRobin, Sticky::Ip);
+    let heavy = (0..10_000u32)
+        .filter(|k| pick(&p, &k.to_le_bytes()) == "10.0.0.2:80")
+        .count();
+    // Expect 75%.
+    assert!((7_000..8_000).contains(&heavy), "weight 3 of 4 got {heavy}");
+}
+
+#[test]
+fn hashing_skips_down_and_excluded_servers_only_for_their_keys() {
+    let p = pool_of(&addrs(3), Balance::RoundRobin, Sticky::Ip);
+    let before: Vec<String> = (0..300u32).map(|k| pick(&p, &k.to_le_bytes())).collect();
+    let down = p.backends()[0].clone();
+    p.report_failure(&down);
+    for (k, was) in before.iter().enumerate() {
+        let now = pick(&p, &(k as u32).to_le_bytes());
+        assert_ne!(now, &*down.addr);
+        if *was != *down.addr {
+            assert_eq!(&now, was, "keys of healthy servers stay put");
+        }
+    }
+    let aff = Affinity::Hash(b"k".to_vec());
+    let first = p.select(&aff, &[]).unwrap().backend.id;
+    let second = p.select(&aff, &[first]).unwrap().backend.id;
+    assert_ne!(first, second);
+}
+
+#[test]
+fn round_robin_follows_weights_and_skips_down() {
+    let servers = vec![
+        ("a:1".to_string(), 5),
+        ("b:1".to_string(), 1),
+        ("c:1".to_string(), 1),
+    ];
+    let p = pool_of(&servers, Balance::RoundRobin, Sticky::None);
+    let seq: Vec<String> = (0..7)
+        .map(|_| {
+            p.select(&Affinity::None, &[])
+                .unwrap()
+                .backend
+                .addr
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seq, ["a:1", "a:1", "b:1", "a:1", "c:1", "a:1", "a:1"]);
+    p.report_failure(&p.backends()[0].clone());
+    for _ in 0..10 {
+        assert_ne!(
+            &*p.select(&Affinity::None, &[]).unwrap().backend.addr,
+            "a:1"
+        );
+    }
+}
+
+#[test]
+fn least_conn_prefers_lower_load_per_weight() {
+    let servers = vec![("a:1".to_string(), 1), ("b:1".to_string(), 2)];
+    let p = pool_of(&servers, Balance::LeastConn, Sticky::None);
+    let (a, b) = (p.backends()[0].clone(), p.backends()[1].clone());
+    let _g1 = a.track();
+    assert_eq!(p.select(&Affinity::None, &[]).unwrap().backend.id, b.id);
+    let _g2 = b.track();
+    // a: 1/1, b: 1/2 → b still less loaded.
+    assert_eq!(p.select(&Affinity::None, &[]).unwrap().backend.id, b.id);
+    let _g3 = b.track();
+    // a: 1/1, b: 2/2 → tie, both get picks.
+    let picks: Vec<BackendId> = (0..6)
+        .map(|_| p.select(&Affinity::None, &[]).unwrap().backend.id)
+        .collect();
+    assert!(picks.contains(&a.id) && picks.contains(&b.id));
+}
+
+#[test]
+fn random_spreads_by_weight_and_avoids_load() {
+    let servers = vec![
+        ("a:1".to_string(), 1),
+        ("b:1".to_string(), 1),
+        ("c:1".to_string(), 1),
+    ];
+    let p = pool_of(&servers, Balance::Random, Sticky::None);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..3_000 {
+        *counts
+            .entry(
+                p.select(&Affinity::None, &[])
+                    .unwrap()
+                    .backend
+                    .addr
+                    .to_string(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert!(counts.values().all(|c| *c > 500), "{counts:?}");
+    // A busy server only wins when drawn twice: about 1/9 of the time.
+    let busy = p.backends()[0].clone();
+    let _g: Vec<InflightGuard> = (0..5).map(|_| busy.track()).collect();
+    let hits = (0..3_000)
+        .filter(|_| p.select(&Affinity::None, &[]).unwrap().backend.id == busy.id)
+        .count();
+    assert!(hits < 600, "busy server picked {hits} times");
+}
+
+#[test]
+fn cookie_affinity_pins_and_replaces_bad_tokens() {
+    let p = pool_of(&addrs(3), Balance::RoundRobin, Sticky::Cookie);
+    let target = p.backends()[2].clone();
+    let now = sticky::now();
+    let token = sticky::encode(p.seal_key(), target.id, now + sticky::TOKEN_TTL.as_secs());
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::COOKIE,
+        HeaderValue::from_str(&format!("wsgate_sticky={token}")).unwrap(),
+    );
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let aff = p.affinity(ip, &h, None);
+    for _ in 0..10 {
+        let c = p.select(&aff, &[]).unwrap();
+        assert_eq!(c.backend.id, target.id);
+        assert!(!c.issue_cookie);
+        assert!(p.sticky_cookie(&c, false).is_none());
+    }
+    // A token naming a server that is not in the pool.
+    let stranger = sticky::encode(p.seal_key(), BackendId::of("10.9.9.9:1"), now + 100);
+    h.insert(
+        http::header::COOKIE,
+        HeaderValue::from_str(&format!("wsgate_sticky={stranger}")).unwrap(),
+    );
+    let c = p.select(&p.affinity(ip, &h, None), &[]).unwrap();
+    assert!(c.issue_cookie);
+    assert!(p.sticky_cookie(&c, false).is_some());
+    // The pinned server goes down.
+    p.report_failure(&target);
+    let c = p.select(&aff, &[]).unwrap();
+    assert_ne!(c.backend.id, target.id);
+    assert!(c.issue_cookie);
+}
+
+/// Captures what `f` logs, as text.
+fn logs_of(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    text
+}
+
+#[test]
+fn every_transition_is_logged_with_upstream_server_state_and_source() {
+    let mut c = cfg(&[("10.0.0.1:80", 1)], Balance::RoundRobin, Sticky::None);
+    c.fail_timeout = Duration::from_millis(1);
+    let hc = crate::config::HealthConfig {
+        path: "/".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        healthy: 1,
+        unhealthy: 1,
+    };
+    let p = Pool::new(c, None, &SECRET);
+    let b = p.backends()[0].clone();
+    let down = logs_of(|| p.report_failure(&b));
+    assert!(
+        down.contains("WARN")
+            && down.contains("upstream=api")
+            && down.contains("server=10.0.0.1:80")
+    );
+    assert!(
+        down.contains(r#"state="down""#) && down.contains(r#"source="passive""#),
+        "{down}"
+    );
+    // The passive period (1 ms) ends; the next look reports the recovery once.
+    let start = Instant::now();
+    while !b.health().peek(Instant::now()) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::yield_now();
+    }
+    let up = logs_of(|| {
+        p.is_up(&b);
+        p.is_up(&b);
+    });
+    assert_eq!(
+        up.matches(r#"state="up" source="passive""#).count(),
+        1,
+        "{up}"
+    );
+    let active = logs_of(|| {
+        if let Some(t) = b.health().record_probe(false, &hc) {
+            p.log_transition(&b, t);
+        }
+    });
+    assert!(
+        active.contains(r#"state="down" source="active" usable=false"#),
+        "{active}"
+    );
+}
+
+#[test]
+fn all_down_selects_nothing() {
+    let p = pool_of(&addrs(2), Balance::LeastConn, Sticky::None);
+    for b in p.backends().to_vec() {
+        p.report_failure(&b);
+    }
+    assert!(p.select(&Affinity::None, &[]).is_none());
+    assert!(p.select(&Affinity::Hash(b"x".to_vec()), &[]).is_none());
+    let now = Instant::now();
+    assert!(p
+        .backends()
+        .iter()
+        .all(|b| !p.is_up(b) && b.health().passive_down_for(now).is_some()));
+}
+
+#[test]
+fn reload_keeps_state_of_servers_that_stay() {
+    let p = pool_of(&addrs(2), Balance::RoundRobin, Sticky::None);
+    let b = p.backends()[1].clone();
+    p.report_failure(&b);
+    let _g = b.track();
+    let mut servers = addrs(3);
+    servers[1].1 = 5; // weight changed: still the same server
+    servers.swap(0, 2);
+    let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+    let q = Pool::new(
+        cfg(&s, Balance::RoundRobin, Sticky::None),
+        Some(&p),
+        &SECRET,
+    );
+    let same = q.backend(b.id).unwrap();
+    assert_eq!(same.weight, 5);
+    assert_eq!(same.inflight(), 1);
+    assert!(!same.health().is_up());
+}
