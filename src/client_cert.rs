@@ -1,5 +1,5 @@
 //! A verified TLS client certificate as upstreams are told about it (mTLS,
-//! spec §9): its subject as an RFC 4514 string and the SHA-256 fingerprint
+//! docs/auth.md): its subject as an RFC 4514 string and the SHA-256 fingerprint
 //! of its DER, ready to send as `X-Client-Cert-Subject` /
 //! `X-Client-Cert-Sha256`. A leaf: `server` builds one after the handshake,
 //! `proxy` sets the headers.

@@ -79,7 +79,7 @@ pub struct Metrics {
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
-    /// Access decisions of `auth`/`auth_request` routes, by result (spec §9).
+    /// Access decisions of `auth`/`auth_request` routes, by result (docs/auth.md).
     pub auth: Family<RouteResult, Counter>,
     pub cluster_redis_up: Gauge,
     pub process_rss: Gauge<f64, AtomicU64>,

@@ -1,4 +1,4 @@
-//! Auth callouts (`auth_request`, spec §9) over real sockets: a real HTTP auth
+//! Auth callouts (`auth_request`, docs/auth.md) over real sockets: a real HTTP auth
 //! service answers 200 with headers, 401 with `WWW-Authenticate`, 403, 500 or
 //! never; the gateway relays, copies, caches and reuses connections.
 

@@ -1,4 +1,4 @@
-//! mTLS on listeners (`client_ca`, `client_auth`; spec §9) with a real TLS
+//! mTLS on listeners (`client_ca`, `client_auth`; docs/auth.md) with a real TLS
 //! client: rcgen makes a client CA, a client certificate and a rogue one; the
 //! gateway requires or accepts them, and upstreams learn the verified subject
 //! and fingerprint, never a client's own `X-Client-Cert-*`.

@@ -1,5 +1,5 @@
 //! The route keys of auth callouts (`auth_request`, `auth_request_path`,
-//! `auth_request_headers`, `auth_request_cache`; spec §9, nginx
+//! `auth_request_headers`, `auth_request_cache`; docs/auth.md, nginx
 //! `auth_request` semantics) → [`AuthRequestConfig`]. Kept apart from
 //! `validate.rs`: it reports problems as `(span, message)` pairs that the
 //! validator turns into `PATH:LINE:COL` issues.

@@ -1,4 +1,4 @@
-//! `[listener.tls] client_ca` / `client_auth` (mTLS, spec §9) →
+//! `[listener.tls] client_ca` / `client_auth` (mTLS, docs/auth.md) →
 //! [`ClientAuthConfig`]. The CA file is read and every certificate in it
 //! parsed here, so `wsgate check` points at the key (`PATH:LINE:COL`) rather
 //! than failing later while the listener's TLS config is built.

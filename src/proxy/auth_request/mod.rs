@@ -1,4 +1,4 @@
-//! Auth callouts (`auth_request`, spec §9), with nginx `auth_request`
+//! Auth callouts (`auth_request`, docs/auth.md), with nginx `auth_request`
 //! semantics, as an access-phase filter: before a request or WebSocket
 //! handshake goes anywhere, a GET subrequest carrying the client's headers
 //! plus `X-Original-Method`/`-URI`/`-Host`/`-For` goes to a server of the
