@@ -16,6 +16,8 @@ use std::sync::{Arc, OnceLock};
 
 use http::{Extensions, HeaderValue, Request};
 
+use crate::client_cert::ClientCert;
+
 /// One client connection, as handlers see it.
 #[derive(Debug, Clone)]
 pub struct ConnCtx {
@@ -27,6 +29,8 @@ pub struct ConnCtx {
     /// Whether the connection arrived over TLS (`X-Forwarded-Proto`, cookie
     /// `Secure` flags).
     pub tls: bool,
+    /// The client certificate verified in the TLS handshake (mTLS listeners).
+    pub client_cert: Option<Arc<ClientCert>>,
     /// `client`'s address as an `X-Forwarded-For` entry, formatted on first
     /// use ([`ConnCtx::forwarded_for`]).
     forwarded_for: OnceLock<HeaderValue>,
@@ -44,6 +48,7 @@ impl ConnCtx {
             client,
             peer,
             tls,
+            client_cert: None,
             forwarded_for: OnceLock::new(),
         }
     }

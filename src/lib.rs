@@ -25,6 +25,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod certs;
+pub mod client_cert;
 pub mod cluster;
 pub mod config;
 pub mod ctx;

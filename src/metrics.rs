@@ -130,6 +130,7 @@ impl Metrics {
             upstream_up: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
+
             cluster_redis_up: Gauge::default(),
             limited: Family::default(),
             process_rss: Gauge::default(),
@@ -175,7 +176,7 @@ impl Metrics {
         );
         r.register(
             "auth",
-            "Authentication decisions by route and result",
+            "Access decisions of auth and auth_request routes, by route and result",
             m.auth.clone(),
         );
         r.register(

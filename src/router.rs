@@ -127,6 +127,7 @@ mod tests {
             origins: None,
             limits: Vec::new(),
             auth: None,
+            auth_request: None,
         }
     }
 

@@ -72,6 +72,8 @@ pub struct TlsFile {
     pub key: SStr,
     #[serde(default)]
     pub sni: Vec<SniFile>,
+    pub client_ca: Option<SStr>,
+    pub client_auth: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +181,10 @@ pub struct RouteFile {
     pub limits: Option<Vec<SStr>>,
     pub auth: Option<SStr>,
     pub auth_claims_to_headers: Option<Spanned<BTreeMap<String, SStr>>>,
+    pub auth_request: Option<SStr>,
+    pub auth_request_path: Option<SStr>,
+    pub auth_request_headers: Option<Vec<SStr>>,
+    pub auth_request_cache: Option<SStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,7 +9,9 @@
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
 mod auth;
+mod auth_request;
 pub mod client_addr;
+mod client_auth;
 mod file;
 mod limits;
 pub mod units;
@@ -22,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{AuthConfig, RouteAuth};
+pub use auth_request::AuthRequestConfig;
 pub use client_addr::TrustedProxies;
+pub use client_auth::{load_roots, ClientAuthConfig};
 pub use limits::{LimitConfig, LimitKey, LimitScope, MessageRate, Rate, DEFAULT_MAX_KEYS};
 pub use validate::validate;
 
@@ -136,6 +140,8 @@ pub struct CertPaths {
 pub struct TlsConfig {
     pub default: CertPaths,
     pub sni: Vec<(HostPattern, CertPaths)>,
+    /// mTLS: client certificates asked for and verified.
+    pub client_auth: Option<ClientAuthConfig>,
 }
 
 /// A host name to match: exact (`api.example.test`) or a wildcard
@@ -272,6 +278,8 @@ pub struct RouteConfig {
     pub limits: Vec<String>,
     /// `auth` / `auth_claims_to_headers`: requests need a valid token.
     pub auth: Option<RouteAuth>,
+    /// An auth callout every request and handshake passes first.
+    pub auth_request: Option<AuthRequestConfig>,
 }
 
 impl RouteConfig {

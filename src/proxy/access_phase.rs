@@ -10,6 +10,7 @@
 //! (WebSocket allowed, Origin allowlist) are authorization filters. A route
 //! with no filter gets an empty list and the phase costs a length check.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use std::time::SystemTime;
 use http::{header, HeaderMap, HeaderName, Request};
 use hyper::body::Incoming;
 
+use super::auth_request::AuthRequest;
 use super::authn::Authenticate;
 use super::error::ProxyError;
 use super::rate_limit::RateLimits;
@@ -28,6 +30,7 @@ use crate::ctx::{ConnCtx, User};
 use crate::limit::Registry;
 use crate::metrics::Metrics;
 use crate::router::Route;
+use crate::upstream::Pool;
 
 /// What a filter is shown.
 pub struct Head<'a> {
@@ -75,6 +78,12 @@ pub trait Filter: Send + Sync + fmt::Debug {
     /// The filter's name in logs.
     fn name(&self) -> &'static str;
     fn check(&self, head: &Head<'_>) -> Verdict;
+    /// Headers this filter alone may set upstream: the client's own copies
+    /// are removed on the route whether or not the filter sets them on a
+    /// given request (else a client could send what the filter left unset).
+    fn owned_headers(&self) -> &[HeaderName] {
+        &[]
+    }
 }
 
 /// What the phase adds to a request that passed it.
@@ -90,6 +99,9 @@ pub struct Notes {
     /// Identity headers no client may send on any route (every route's
     /// `auth_claims_to_headers` names): removed before the annotations are set.
     pub strip: Option<Arc<[HeaderName]>>,
+    /// Headers the route's filters own ([`Filter::owned_headers`]): the
+    /// client's copies are removed first.
+    pub owned: Option<Arc<[HeaderName]>>,
     /// The authenticated user.
     pub user: Option<User>,
     /// When the request's credential expires.
@@ -97,10 +109,13 @@ pub struct Notes {
 }
 
 impl Notes {
-    /// Removes the client's copies of identity headers and what filters
-    /// asked to remove, then sets the annotated headers.
+    /// Removes the client's copies of identity headers, of the filters' owned
+    /// headers and what filters asked to remove, then sets the annotated
+    /// headers.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for name in self.strip.iter().flat_map(|s| s.iter()).chain(&self.remove) {
+        let global = self.strip.iter().flat_map(|s| s.iter());
+        let owned = self.owned.iter().flat_map(|s| s.iter());
+        for name in global.chain(owned).chain(&self.remove) {
             headers.remove(name);
         }
         for (name, value) in &self.upstream_headers {
@@ -113,14 +128,22 @@ impl Notes {
 #[derive(Debug, Default)]
 pub struct Phase {
     filters: Vec<Box<dyn Filter>>,
+    /// Every filter's [`Filter::owned_headers`]; `None` when there are none.
+    owned: Option<Arc<[HeaderName]>>,
 }
 
 impl Phase {
     /// The filters a route's config asks for, in the phase's order: rate
     /// limits (`limits` resolves the names in its `limits`), authentication
     /// (`verifiers` holds every `[auth.NAME]`; validation made sure the
-    /// route's exists), then authorization.
-    pub fn for_route(cfg: &RouteConfig, limits: &Registry, verifiers: &Verifiers) -> Self {
+    /// route's exists), then authorization (the local checks, then an auth
+    /// callout to one of `pools`).
+    pub fn for_route(
+        cfg: &RouteConfig,
+        limits: &Registry,
+        verifiers: &Verifiers,
+        pools: &HashMap<String, Arc<Pool>>,
+    ) -> Self {
         let mut filters: Vec<Box<dyn Filter>> = Vec::new();
         if let Some(f) = RateLimits::new(limits.pick(&cfg.limits)) {
             filters.push(Box::new(f));
@@ -138,12 +161,30 @@ impl Phase {
                 allowed: allowed.clone(),
             }));
         }
-        Self { filters }
+        // After the local checks: a request they refuse costs no callout.
+        if let Some(a) = &cfg.auth_request {
+            match pools.get(&a.upstream) {
+                Some(pool) => filters.push(Box::new(AuthRequest::new(a, pool.clone()))),
+                // Validation guarantees the pool; fail closed if it ever is not.
+                None => filters.push(Box::new(Misconfigured(a.upstream.clone()))),
+            }
+        }
+        let owned: Vec<HeaderName> = filters
+            .iter()
+            .flat_map(|f| f.owned_headers().iter().cloned())
+            .collect();
+        Self {
+            filters,
+            owned: (!owned.is_empty()).then(|| owned.into()),
+        }
     }
 
     /// Runs every filter in order; the first answer wins.
     pub async fn run(&self, head: &Head<'_>) -> Result<Notes, ProxyError> {
-        let mut notes = Notes::default();
+        let mut notes = Notes {
+            owned: self.owned.clone(),
+            ..Notes::default()
+        };
         for f in &self.filters {
             let mut verdict = f.check(head);
             loop {
@@ -233,5 +274,23 @@ impl Filter for OriginAllowlist {
         } else {
             Verdict::Answer(ProxyError::OriginNotAllowed(origin.to_string()))
         }
+    }
+}
+
+/// A filter whose configuration could not be built: refuses everything
+/// rather than letting requests through unchecked.
+#[derive(Debug)]
+struct Misconfigured(String);
+
+impl Filter for Misconfigured {
+    fn name(&self) -> &'static str {
+        "misconfigured"
+    }
+
+    fn check(&self, _: &Head<'_>) -> Verdict {
+        Verdict::Answer(ProxyError::Internal(format!(
+            "auth pool {} missing",
+            self.0
+        )))
     }
 }

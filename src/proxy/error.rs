@@ -1,7 +1,8 @@
 //! Every way a request can fail, and the one place that maps each to a status
 //! code and a short plain-text reason for the client.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::access::{ErrorDetail, LimitedBy};
 use crate::apps::chat::protocol::{ChatError, Event};
@@ -28,6 +29,16 @@ pub enum HandshakeError {
     BadVersion,
     #[error("extended CONNECT with :protocol {0:?} is not supported (only \"websocket\")")]
     UnsupportedProtocol(String),
+}
+
+/// An auth service's refusal (401 or 403), relayed to the client as it was
+/// given: the status, its `WWW-Authenticate` and `Content-Type`, and a small
+/// body (`proxy::auth_request` keeps only what it relays).
+#[derive(Debug, Clone)]
+pub struct AuthDenial {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// Which side of the proxy an error came from, for logs.
@@ -86,6 +97,10 @@ pub enum ProxyError {
         limit: std::sync::Arc<str>,
         retry_after: std::time::Duration,
     },
+    #[error("the auth service denied the request ({})", .0.status)]
+    AuthDenied(Box<AuthDenial>),
+    #[error("auth service unavailable: {0}")]
+    AuthUnavailable(String),
     #[error(transparent)]
     App(#[from] AppError),
     #[error("internal error: {0}")]
@@ -119,8 +134,11 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Draining | ProxyError::AuthUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::AuthDenied(d) => d.status,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
             ProxyError::App(AppError::Chat(e)) => chat_status(e),
@@ -135,7 +153,8 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed(..)
             | ProxyError::UpstreamHandshake(..)
-            | ProxyError::UnexpectedUpgrade(_) => Side::Upstream,
+            | ProxyError::UnexpectedUpgrade(_)
+            | ProxyError::AuthUnavailable(_) => Side::Upstream,
             ProxyError::Draining | ProxyError::Internal(_) => Side::Gateway,
             _ => Side::Client,
         }
@@ -159,6 +178,7 @@ impl ProxyError {
             ProxyError::Internal(_) => Cow::Borrowed("internal error"),
             ProxyError::Auth(AuthError::Missing) => Cow::Borrowed("authentication required"),
             ProxyError::Auth(_) => Cow::Borrowed("invalid token"),
+            ProxyError::AuthUnavailable(_) => Cow::Borrowed("authorization service unavailable"),
             other => Cow::Owned(other.to_string()),
         }
     }
@@ -167,6 +187,13 @@ impl ProxyError {
         let status = self.status();
         if let ProxyError::App(AppError::Chat(e)) = &self {
             return chat_response(status, e);
+        }
+        if let ProxyError::AuthDenied(d) = self {
+            let AuthDenial { headers, body, .. } = *d;
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status;
+            *r.headers_mut() = headers;
+            return r;
         }
         let mut resp = text_response(status, format!("{}\n", self.client_message()));
         if matches!(self.side(), Side::Upstream | Side::Gateway) {

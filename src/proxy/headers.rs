@@ -1,8 +1,11 @@
 //! Header hygiene for proxying: hop-by-hop removal (RFC 9110 §7.6.1), the
 //! `X-Forwarded-*` family (and what an untrusted client may not say about
-//! itself), and the path rewrite for `strip_prefix`. Pure functions.
+//! itself), the mTLS client-certificate headers, and the path rewrite for
+//! `strip_prefix`. Pure functions.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::client_cert::ClientCert;
 
 /// Headers that describe one hop and must never be forwarded.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -167,6 +170,25 @@ pub fn set_forwarding(
         if h.get(header::HOST) != Some(&v) {
             h.insert(header::HOST, v);
         }
+    }
+}
+
+/// The headers naming the client's verified TLS certificate upstream (mTLS).
+pub const CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+pub const CLIENT_CERT_SHA256: HeaderName = HeaderName::from_static("x-client-cert-sha256");
+
+/// Sets `X-Client-Cert-Subject` / `X-Client-Cert-Sha256` from the connection's
+/// verified certificate, removing whatever the client sent under those names
+/// first: on every route and listener, so a client without a certificate (or
+/// on a listener without mTLS) can never claim one.
+pub fn set_client_cert(h: &mut HeaderMap, cert: Option<&ClientCert>) {
+    h.remove(CLIENT_CERT_SUBJECT);
+    h.remove(CLIENT_CERT_SHA256);
+    if let Some(c) = cert {
+        if let Some(s) = &c.subject {
+            h.insert(CLIENT_CERT_SUBJECT, s.clone());
+        }
+        h.insert(CLIENT_CERT_SHA256, c.sha256.clone());
     }
 }
 
@@ -340,6 +362,30 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.test");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn client_cert_headers_are_always_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-client-cert-subject",
+            HeaderValue::from_static("CN=admin"),
+        );
+        h.insert("X-Client-Cert-Sha256", HeaderValue::from_static("00"));
+        set_client_cert(&mut h, None);
+        assert!(h.is_empty(), "{h:?}");
+        h.insert(
+            "x-client-cert-subject",
+            HeaderValue::from_static("CN=admin"),
+        );
+        let c = ClientCert {
+            subject: Some(HeaderValue::from_static("CN=alice")),
+            sha256: HeaderValue::from_static("ab"),
+        };
+        set_client_cert(&mut h, Some(&c));
+        assert_eq!(h["x-client-cert-subject"], "CN=alice");
+        assert_eq!(h["x-client-cert-sha256"], "ab");
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 
 use super::access_phase::Notes;
 use super::error::ProxyError;
-use super::headers::{rewrite_path, set_forwarding, strip_hop_by_hop};
+use super::headers::{rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
 use crate::body::{Body, BoxError};
 use crate::config::RouteConfig;
@@ -75,6 +75,7 @@ pub async fn forward(
         ctx.tls,
         host,
     );
+    set_client_cert(&mut parts.headers, ctx.client_cert.as_deref());
     notes.apply(&mut parts.headers);
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.

@@ -9,6 +9,7 @@
 //! swaps it whole on reload and a request keeps the one it started with.
 
 pub mod access_phase;
+pub mod auth_request;
 pub mod authn;
 pub mod client_addr;
 pub mod error;
@@ -82,7 +83,7 @@ impl Table {
             phases: cfg
                 .routes
                 .iter()
-                .map(|r| Phase::for_route(r, limits, &verifiers))
+                .map(|r| Phase::for_route(r, limits, &verifiers, &pools))
                 .collect(),
             pools,
             echo: cfg.echo.clone(),

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
-use super::headers::{has_token, rewrite_path, set_forwarding, strip_hop_by_hop};
+use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::splice;
 use super::ws_upstream::{self, Rewind};
@@ -346,6 +346,7 @@ impl Upstream<'_> {
             self.ctx.tls,
             host.as_ref().map(super::Host::as_str),
         );
+        set_client_cert(&mut headers, self.ctx.client_cert.as_deref());
         self.notes.apply(&mut headers);
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::conn::{self, Protocols};
 use super::proxy_protocol::{self, Prefixed};
 use super::{Handler, ServerCtx};
+use crate::client_cert::ClientCert;
 use crate::ctx::ConnCtx;
 use crate::limit::{Decision, KeyRef, Kind, Limiter};
 use crate::limits::Refusal;
@@ -164,7 +165,7 @@ async fn handle_connection<H: Handler>(
     } = accepted;
     // Before admission: the caps count the real client, which only the
     // header names. Only trusted peers get here, each for a bounded time.
-    let (stream, ctx) = if proxy_protocol {
+    let (stream, mut ctx) = if proxy_protocol {
         // Boxed: its read buffer would otherwise sit in every connection's task.
         let header = Box::pin(read_proxy_header(&server, stream, peer, tls.is_some()));
         let Some((stream, client)) = header.await else {
@@ -200,7 +201,14 @@ async fn handle_connection<H: Handler>(
             let Some(tls_stream) = handshake.await else {
                 return;
             };
-            let protocols = Protocols::from_alpn(tls_stream.get_ref().1.alpn_protocol());
+            let session = tls_stream.get_ref().1;
+            let protocols = Protocols::from_alpn(session.alpn_protocol());
+            // rustls verified it against the listener's client CA: only a
+            // verified certificate is ever named to upstreams.
+            ctx.client_cert = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|der| Arc::new(ClientCert::from_der(der)));
             Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
         }
     }

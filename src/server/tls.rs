@@ -1,11 +1,13 @@
 //! TLS for listeners: a rustls `ServerConfig` per TLS listener with TLS 1.2/1.3
 //! only, ALPN `h2` + `http/1.1`, and a certificate chosen by SNI (exact names
-//! first, then the longest matching `*.wildcard`, else the listener's default).
+//! first, then the longest matching `*.wildcard`, else the listener's default),
+//! and, with `client_ca`, client certificates verified against that CA (mTLS).
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use crate::certs::{load_certified_key, CertError};
@@ -76,14 +78,39 @@ impl ResolvesServerCert for SniResolver {
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, CertError> {
     let resolver = SniResolver::load(cfg)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError::Cert {
             path: cfg.default.cert.clone(),
             reason: e.to_string(),
         })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(cfg, provider.clone())?)
         .with_cert_resolver(Arc::new(resolver));
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(sc))
+}
+
+/// mTLS: verifies client certificates against `client_ca` (rustls'
+/// `WebPkiClientVerifier`, the same provider as the rest of TLS); without
+/// `client_ca`, no certificate is asked for.
+fn client_verifier(
+    cfg: &TlsConfig,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, CertError> {
+    let Some(ca) = &cfg.client_auth else {
+        return Ok(WebPkiClientVerifier::no_client_auth());
+    };
+    let bad = |reason: String| CertError::Cert {
+        path: ca.ca.clone(),
+        reason,
+    };
+    let roots = crate::config::load_roots(&ca.ca).map_err(bad)?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if ca.required {
+        builder
+    } else {
+        // "optional": no certificate is fine; a presented one must still verify.
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| bad(e.to_string()))
 }

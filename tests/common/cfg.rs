@@ -126,7 +126,8 @@ impl Listener {
         self
     }
 
-    /// Any other listener key: `connection_limits`, `proxy_protocol`, ...
+    /// Any other listener key, dotted: `connection_limits`, `proxy_protocol`,
+    /// `tls.client_ca` (after [`Listener::tls`]), ...
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         set_in(&mut self.0, key, value.into());
         self

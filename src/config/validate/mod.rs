@@ -288,7 +288,14 @@ fn listeners(
                     }
                 })
                 .collect();
-            TlsConfig { default, sni }
+            let mut found = Vec::new();
+            let client_auth = super::client_auth::parse(t, &format!("{key}.tls"), &mut found);
+            found.into_iter().for_each(|(span, m)| cx.at(span, m));
+            TlsConfig {
+                default,
+                sni,
+                client_auth,
+            }
         });
         let connection_limits =
             super::limits::connection_limits(cx, l.connection_limits.as_ref(), &key, limits);

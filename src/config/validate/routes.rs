@@ -110,6 +110,9 @@ pub(super) fn routes(
             r.auth_claims_to_headers.as_ref(),
             auths,
         );
+        let mut found = Vec::new();
+        let auth_request = crate::config::auth_request::parse(r, &key, ups, &mut found);
+        found.into_iter().for_each(|(span, m)| cx.at(span, m));
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),
@@ -119,6 +122,7 @@ pub(super) fn routes(
             origins,
             limits: crate::config::limits::route_limits(cx, r.limits.as_ref(), &key, limits),
             auth,
+            auth_request,
         });
     }
     out

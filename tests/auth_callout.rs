@@ -1,0 +1,468 @@
+//! Auth callouts (`auth_request`, docs/auth.md) over real sockets: a real HTTP auth
+//! service answers 200 with headers, 401 with `WWW-Authenticate`, 403, 500 or
+//! never; the gateway relays, copies, caches and reuses connections.
+
+// tungstenite's handshake callback fixes its (large) error type.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::raw::{handshake, read_head, WS_HEADERS};
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Fails the test instead of hanging when the gateway never answers.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .expect("no answer in time: the gateway hung")
+}
+
+/// A real auth service: decides by the `Authorization` header, records every
+/// request it sees and counts the TCP connections it accepted.
+struct AuthService {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+    conns: Arc<AtomicUsize>,
+}
+
+impl AuthService {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (seen.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            s.lock().unwrap().push((parts.headers.clone(), body));
+                            Ok::<_, std::convert::Infallible>(decide(&parts.headers).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, conns }
+    }
+
+    fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn last(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .expect("a callout")
+            .0
+            .clone()
+    }
+}
+
+async fn decide(h: &HeaderMap) -> Response<Full<Bytes>> {
+    let auth = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let b = Response::builder();
+    let r = match auth {
+        a if a.starts_with("Bearer good") => b
+            .status(200)
+            .header("x-user-id", "alice")
+            .header("x-not-listed", "leak")
+            .body(Full::new(Bytes::from_static(b"ignored body"))),
+        "Bearer anon" => b.status(204).body(Full::default()),
+        "Bearer forbidden" => b
+            .status(403)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"forbidden by policy"))),
+        "Bearer broken" => b
+            .status(500)
+            .body(Full::new(Bytes::from_static(b"db down at 10.0.0.9"))),
+        "Bearer redirect" => b
+            .status(302)
+            .header("location", "/login")
+            .body(Full::default()),
+        "Bearer slow" => {
+            // Never answers: the gateway's response timeout must decide.
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        _ => b
+            .status(401)
+            .header("www-authenticate", "Bearer realm=\"test\"")
+            .header("content-type", "application/json")
+            .header("x-user-id", "should-not-pass")
+            .body(Full::new(Bytes::from_static(b"{\"error\":\"login\"}"))),
+    };
+    r.expect("response")
+}
+
+/// An upstream that answers every request with the `x-*` headers it received,
+/// echoed as `seen-x-*`, and counts requests.
+async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let addr = http_upstream(move |req: Request<Incoming>| {
+        h.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut b = Response::builder();
+            for (k, v) in req.headers() {
+                if k.as_str().starts_with("x-") {
+                    b = b.header(format!("seen-{k}"), v.clone());
+                }
+            }
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            b.body(Full::new(body)).expect("response")
+        }
+    })
+    .await;
+    (addr, hits)
+}
+
+struct Setup {
+    gw: TestGateway,
+    auth: AuthService,
+    up_hits: Arc<AtomicUsize>,
+}
+
+/// `/api/` (callout, no cache), `/cached/` (callout, 60s cache), both to the
+/// echo upstream; `/ws/` a WebSocket upstream behind a callout.
+async fn setup(extra: impl FnOnce(Cfg) -> Cfg) -> Setup {
+    let auth = AuthService::start().await;
+    let (up, up_hits) = echo_upstream().await;
+    let cfg = Cfg::new()
+        .listener_plain()
+        .admin()
+        .upstream("authsvc", &[auth.addr])
+        .set("upstream.authsvc.response_timeout", "300ms")
+        .upstream("api", &[up])
+        .route(
+            Route::upstream("/api/", "api")
+                .set("auth_request", "authsvc")
+                .set("auth_request_path", "/check?v=1")
+                .set("auth_request_headers", vec!["X-User-Id"]),
+        )
+        .route(
+            Route::upstream("/cached/", "api")
+                .set("auth_request", "authsvc")
+                .set("auth_request_path", "/check")
+                .set("auth_request_headers", vec!["X-User-Id"])
+                .set("auth_request_cache", "60s"),
+        );
+    let gw = TestGateway::start(&extra(cfg).build()).await;
+    Setup { gw, auth, up_hits }
+}
+
+async fn get_h(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    within(get_with(addr, path, headers)).await
+}
+
+#[tokio::test]
+async fn an_allowed_request_carries_the_listed_headers_and_the_original_request() {
+    let s = setup(|c| c).await;
+    let r = within(send(
+        s.gw.http(),
+        request(
+            "POST",
+            "/api/items?q=1",
+            &[
+                ("authorization", "Bearer good"),
+                ("cookie", "session=abc"),
+                ("x-user-id", "mallory"),
+                ("x-original-uri", "/spoofed"),
+                ("x-client-cert-subject", "CN=admin"),
+            ],
+            "payload",
+        ),
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "payload", "the upstream got the body");
+    assert_eq!(r.headers["seen-x-user-id"], "alice");
+    assert!(!r.headers.contains_key("seen-x-not-listed"));
+    assert!(!r.headers.contains_key("seen-x-client-cert-subject"));
+    assert_eq!(s.auth.hits(), 1);
+    let (h, body) = s.auth.seen.lock().unwrap()[0].clone();
+    assert!(body.is_empty(), "the subrequest has no body");
+    assert_eq!(h["authorization"], "Bearer good");
+    assert_eq!(h["cookie"], "session=abc");
+    assert_eq!(h["x-original-method"], "POST");
+    assert_eq!(h["x-original-uri"], "/api/items?q=1");
+    assert_eq!(h["x-original-host"], "localhost");
+    assert_eq!(h["x-original-for"], "127.0.0.1");
+    assert!(!h.contains_key("content-length"));
+    assert!(!h.contains_key("x-client-cert-subject"));
+    assert_eq!(h["host"], s.auth.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn client_copies_of_listed_headers_never_pass_even_when_the_service_sets_none() {
+    let s = setup(|c| c).await;
+    let r = get_h(
+        s.gw.http(),
+        "/api/x",
+        &[
+            ("authorization", "Bearer anon"),
+            ("x-user-id", "mallory"),
+            ("X-User-ID", "eve"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("seen-x-user-id"), "{:?}", r.headers);
+}
+
+#[tokio::test]
+async fn denials_are_relayed_and_nothing_reaches_the_upstream() {
+    let s = setup(|c| c).await;
+    let r = get_h(s.gw.http(), "/api/x", &[("authorization", "Bearer nope")]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"test\"");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert!(!r.headers.contains_key("x-user-id"));
+    assert_eq!(r.text(), "{\"error\":\"login\"}");
+    let r = get_h(s.gw.http(), "/api/x", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no credentials at all");
+    let r = get_h(
+        s.gw.http(),
+        "/api/x",
+        &[("authorization", "Bearer forbidden")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.text(), "forbidden by policy");
+    assert_eq!(s.up_hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn errors_and_timeouts_are_503_without_detail() {
+    let s = setup(|c| c).await;
+    for auth in ["Bearer broken", "Bearer redirect", "Bearer slow"] {
+        let r = get_h(s.gw.http(), "/api/x", &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{auth}");
+        let text = r.text();
+        assert!(
+            !text.contains("10.0.0.9") && !text.contains("127.0.0.1"),
+            "{text}"
+        );
+    }
+    assert_eq!(s.up_hits.load(Ordering::SeqCst), 0);
+    let m = within(get(s.gw.admin(), "/metrics")).await.text();
+    assert!(
+        m.contains("wsgate_auth_total{route=\"/api/\",result=\"callout_error\"} 3"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_auth_service_is_503() {
+    let dead = dead_addr().await;
+    let s = setup(|c| {
+        c.upstream("deadauth", &[dead])
+            .route(Route::upstream("/dead/", "api").set("auth_request", "deadauth"))
+    })
+    .await;
+    let r = get_h(s.gw.http(), "/dead/x", &[("authorization", "Bearer good")]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.up_hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn decisions_are_cached_per_credentials() {
+    let s = setup(|c| c).await;
+    let good = [("authorization", "Bearer good"), ("cookie", "a=1")];
+    for _ in 0..3 {
+        let r = get_h(s.gw.http(), "/cached/x", &good).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers["seen-x-user-id"], "alice",
+            "cached headers are copied too"
+        );
+    }
+    assert_eq!(s.auth.hits(), 1, "identical credentials: one callout");
+    // Other credentials (even only another cookie) are asked about.
+    let r = get_h(
+        s.gw.http(),
+        "/cached/x",
+        &[("authorization", "Bearer good"), ("cookie", "a=2")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.auth.hits(), 2);
+    let r = get_h(
+        s.gw.http(),
+        "/cached/x",
+        &[("authorization", "Bearer good2")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.auth.hits(), 3);
+    // Denials are cached as well, with their answer.
+    for _ in 0..2 {
+        let r = get_h(
+            s.gw.http(),
+            "/cached/x",
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"test\"");
+    }
+    assert_eq!(s.auth.hits(), 4);
+    // Errors are not: each asks again.
+    for _ in 0..2 {
+        let r = get_h(
+            s.gw.http(),
+            "/cached/x",
+            &[("authorization", "Bearer broken")],
+        )
+        .await;
+        assert_eq!(r.status, 503);
+    }
+    assert_eq!(s.auth.hits(), 6);
+    // Without a cache every request is a callout.
+    for _ in 0..2 {
+        get_h(s.gw.http(), "/api/x", &good).await;
+    }
+    assert_eq!(s.auth.hits(), 8);
+    let m = within(get(s.gw.admin(), "/metrics")).await.text();
+    assert!(
+        m.contains("wsgate_auth_total{route=\"/cached/\",result=\"ok\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("wsgate_auth_total{route=\"/cached/\",result=\"callout_denied\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn callouts_reuse_keep_alive_connections() {
+    let s = setup(|c| c).await;
+    const N: usize = 30;
+    for i in 0..N {
+        let auth = format!("Bearer good-{i}");
+        let r = get_h(s.gw.http(), "/api/x", &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 200);
+    }
+    // Some concurrency too: at most one connection per request in flight.
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let addr = s.gw.http();
+        tasks.push(tokio::spawn(async move {
+            let auth = format!("Bearer good-c{i}");
+            get_h(addr, "/api/x", &[("authorization", &auth)])
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 200);
+    }
+    assert_eq!(s.auth.hits(), N + 5);
+    let conns = s.auth.conns.load(Ordering::SeqCst);
+    assert!(conns <= 6, "{} callouts over {conns} connections", N + 5);
+}
+
+/// A WebSocket upstream recording the `x-user-id` of each handshake.
+async fn ws_upstream() -> (SocketAddr, Arc<Mutex<Vec<Option<String>>>>) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as WsReq, Response as WsResp};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let users = Arc::new(Mutex::new(Vec::new()));
+    let u = users.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let u = u.clone();
+            tokio::spawn(async move {
+                let cb = |req: &WsReq, resp: WsResp| {
+                    let user = req
+                        .headers()
+                        .get("x-user-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    u.lock().unwrap().push(user);
+                    Ok(resp)
+                };
+                let _ = tokio_tungstenite::accept_hdr_async(s, cb).await;
+            });
+        }
+    });
+    (addr, users)
+}
+
+#[tokio::test]
+async fn websocket_handshakes_are_checked_before_anything_goes_upstream() {
+    let (ws, users) = ws_upstream().await;
+    let s = setup(|c| {
+        c.upstream("wsup", &[ws]).route(
+            Route::upstream("/ws/", "wsup")
+                .set("auth_request", "authsvc")
+                .set("auth_request_headers", vec!["X-User-Id"]),
+        )
+    })
+    .await;
+    let open = |auth: &'static str| {
+        let addr = s.gw.http();
+        async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let extra = format!("{WS_HEADERS}Authorization: {auth}\r\nX-User-Id: mallory\r\n");
+            c.write_all(handshake("/ws/chat", &extra).as_bytes())
+                .await
+                .expect("write");
+            within(read_head(&mut c)).await
+        }
+    };
+    let denied = open("Bearer nope").await;
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    assert!(
+        denied
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"test\""),
+        "{denied}"
+    );
+    let forbidden = open("Bearer forbidden").await;
+    assert!(forbidden.starts_with("HTTP/1.1 403"), "{forbidden}");
+    assert!(
+        users.lock().unwrap().is_empty(),
+        "the upstream saw a refused handshake"
+    );
+    let ok = open("Bearer good").await;
+    assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+    assert_eq!(*users.lock().unwrap(), vec![Some("alice".to_string())]);
+    let h = s.auth.last();
+    assert_eq!(h["x-original-method"], "GET");
+    assert_eq!(h["x-original-uri"], "/ws/chat");
+    assert!(!h.contains_key("sec-websocket-key"));
+}
