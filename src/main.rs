@@ -193,7 +193,7 @@ fn token(
                 ttl,
                 claims,
             };
-            t.sign(&cfg).map_err(|e| format!("wsgate token: {e}"))
+            t.sign(&cfg.auth).map_err(|e| format!("wsgate token: {e}"))
         });
     match result {
         Ok(token) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use super::verify::{MintError, Verifier};
-use crate::config::Config;
+use super::AuthConfig;
 
 /// What `wsgate token` was asked for.
 #[derive(Debug, Clone)]
@@ -36,10 +36,13 @@ pub enum DevTokenError {
 }
 
 impl DevToken {
-    /// The signed token.
-    pub fn sign(&self, cfg: &Config) -> Result<String, DevTokenError> {
-        let auth = cfg.auth.get(&self.auth).ok_or_else(|| {
-            DevTokenError::UnknownAuth(self.auth.clone(), cfg.auth.keys().cloned().collect())
+    /// The signed token; `auths` are the config's `[auth.NAME]` sections.
+    pub fn sign(
+        &self,
+        auths: &std::collections::BTreeMap<String, AuthConfig>,
+    ) -> Result<String, DevTokenError> {
+        let auth = auths.get(&self.auth).ok_or_else(|| {
+            DevTokenError::UnknownAuth(self.auth.clone(), auths.keys().cloned().collect())
         })?;
         if self.sub.is_empty() {
             return Err(DevTokenError::EmptySub);

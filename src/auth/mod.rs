@@ -18,20 +18,36 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use keys::{KeyError, KeySet, SecretSource};
 pub use token::{find, protocols_without_bearer, Found, TokenSource};
 pub use verify::{AuthError, MintError, Verified, Verifier};
+
+/// One validated `[auth.NAME]`, its keys loaded.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub name: String,
+    pub keys: Arc<KeySet>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    pub token_from: Vec<TokenSource>,
+}
 
 /// Every verifier of one config, by name.
 #[derive(Debug, Default, Clone)]
 pub struct Verifiers(HashMap<String, Arc<Verifier>>);
 
 impl Verifiers {
-    pub fn new(cfg: &crate::config::Config) -> Self {
+    /// From the config's `[auth.NAME]` sections.
+    pub fn new<'a>(auths: impl IntoIterator<Item = (&'a String, &'a AuthConfig)>) -> Self {
         Self(
-            cfg.auth
-                .iter()
+            auths
+                .into_iter()
                 .map(|(name, a)| (name.clone(), Arc::new(Verifier::new(a))))
                 .collect(),
         )

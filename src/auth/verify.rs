@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::keys::KeySet;
 use super::token::TokenSource;
-use crate::config::AuthConfig;
+use super::AuthConfig;
 
 /// Tokens longer than this are refused before any parsing (a JWT is a few
 /// hundred bytes; the cap bounds the work an attacker can ask for).

@@ -8,40 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::Deserialize;
 use toml::Spanned;
 
-use super::file::SStr;
+use super::file::{AuthFile, SStr};
 use super::units::parse_duration;
 use super::{line_col, ConfigIssue};
 use crate::auth::keys::{load_jwks, load_pem, KeySet, SecretSource};
 use crate::auth::TokenSource;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthFile {
-    pub hmac_secret: Option<SStr>,
-    pub public_keys: Option<Vec<SStr>>,
-    pub jwks: Option<SStr>,
-    pub issuer: Option<SStr>,
-    pub audience: Option<SStr>,
-    pub leeway: Option<SStr>,
-    pub token_from: Option<Vec<SStr>>,
-}
-
-/// One validated `[auth.NAME]`, its keys loaded.
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub name: String,
-    pub keys: Arc<KeySet>,
-    /// When set, `iss` must equal it.
-    pub issuer: Option<String>,
-    /// When set, `aud` must contain it.
-    pub audience: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf`.
-    pub leeway: Duration,
-    pub token_from: Vec<TokenSource>,
-}
+pub use crate::auth::AuthConfig;
 
 /// A route's `auth` and `auth_claims_to_headers`.
 #[derive(Debug, Clone)]

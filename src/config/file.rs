@@ -28,9 +28,9 @@ pub struct FileConfig {
     pub app: AppsFile,
     pub cluster: Option<ClusterFile>,
     #[serde(default)]
-    pub limit: BTreeMap<String, Spanned<super::limits::LimitFile>>,
+    pub limit: BTreeMap<String, Spanned<LimitFile>>,
     #[serde(default)]
-    pub auth: BTreeMap<String, Spanned<super::auth::AuthFile>>,
+    pub auth: BTreeMap<String, Spanned<AuthFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,4 +247,28 @@ mod tests {
         assert!(servers(r#"servers = [{ addr = "a:1", wieght = 2 }]"#).is_err());
         assert!(servers("servers = [3000]").is_err());
     }
+}
+
+/// `[limit.NAME]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    pub rate: SStr,
+    pub burst: Option<Spanned<i64>>,
+    pub key: Option<SStr>,
+    pub scope: Option<SStr>,
+    pub max_keys: Option<Spanned<i64>>,
+}
+
+/// `[auth.NAME]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub hmac_secret: Option<SStr>,
+    pub public_keys: Option<Vec<SStr>>,
+    pub jwks: Option<SStr>,
+    pub issuer: Option<SStr>,
+    pub audience: Option<SStr>,
+    pub leeway: Option<SStr>,
+    pub token_from: Option<Vec<SStr>>,
 }

@@ -7,28 +7,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
-use super::file::SStr;
-use super::validate::Ctx;
+use super::file::{LimitFile, SStr};
+use super::validate::ctx::Ctx;
 
 /// Tracked keys per limit when `max_keys` is not set (docs/limits.md).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// The largest `N` of a rate: one event per nanosecond is as fine as the
 /// buckets can count.
 const MAX_COUNT: u64 = 1_000_000_000;
-
-/// `[limit.NAME]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitFile {
-    pub rate: SStr,
-    pub burst: Option<Spanned<i64>>,
-    pub key: Option<SStr>,
-    pub scope: Option<SStr>,
-    pub max_keys: Option<Spanned<i64>>,
-}
 
 /// `N` events per `per` (`"20/s"`, `"100/m"`, `"5000/h"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod http;
 pub mod inspect;
 mod inspect_config;
+pub mod phases;
 pub mod rate_limit;
 pub mod scan;
 pub mod splice;
@@ -69,7 +70,7 @@ impl Table {
     /// `limits` holds the `[limit.NAME]`s routes name (the composition root
     /// keeps it across reloads).
     pub fn new(cfg: &Config, pools: HashMap<String, Arc<Pool>>, limits: &Registry) -> Self {
-        let verifiers = Verifiers::new(cfg);
+        let verifiers = Verifiers::new(&cfg.auth);
         let mut identity: Vec<::http::HeaderName> = cfg
             .routes
             .iter()
@@ -83,7 +84,7 @@ impl Table {
             phases: cfg
                 .routes
                 .iter()
-                .map(|r| Phase::for_route(r, limits, &verifiers, &pools))
+                .map(|r| phases::for_route(r, limits, &verifiers, &pools))
                 .collect(),
             pools,
             echo: cfg.echo.clone(),

@@ -24,7 +24,7 @@ const MIN_BUFFERED: u64 = 1 << 20;
 /// protect; a larger value is more likely a typo than a wish.
 const MAX_BUFFERED: u64 = 1 << 40;
 
-mod ctx;
+pub(super) mod ctx;
 mod routes;
 mod upstreams;
 

@@ -15,7 +15,7 @@ pub(super) fn routes(
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
     limits: &BTreeMap<String, LimitConfig>,
-    auths: &BTreeMap<String, Spanned<crate::config::auth::AuthFile>>,
+    auths: &BTreeMap<String, Spanned<crate::config::file::AuthFile>>,
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();

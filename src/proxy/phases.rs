@@ -1,0 +1,125 @@
+//! Which access-phase filters a route gets, built once per route when a
+//! config is loaded: rate limits, authentication, then authorization (the
+//! route's own checks — `websocket = false`, the Origin allowlist — and last
+//! an auth callout, so a request the local checks refuse costs no callout).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header;
+
+use super::access_phase::{Filter, Head, Phase, Verdict};
+use super::auth_request::AuthRequest;
+use super::authn::Authenticate;
+use super::error::ProxyError;
+use super::rate_limit::RateLimits;
+use crate::auth::Verifiers;
+use crate::config::RouteConfig;
+use crate::limit::Registry;
+use crate::upstream::Pool;
+
+/// The filters a route's config asks for, in the phase's order: rate
+/// limits (`limits` resolves the names in its `limits`), authentication
+/// (`verifiers` holds every `[auth.NAME]`; validation made sure the
+/// route's exists), then authorization (the local checks, then an auth
+/// callout to one of `pools`).
+pub fn for_route(
+    cfg: &RouteConfig,
+    limits: &Registry,
+    verifiers: &Verifiers,
+    pools: &HashMap<String, Arc<Pool>>,
+) -> Phase {
+    let mut filters: Vec<Box<dyn Filter>> = Vec::new();
+    if let Some(f) = RateLimits::new(limits.pick(&cfg.limits)) {
+        filters.push(Box::new(f));
+    }
+    if let Some(a) = &cfg.auth {
+        if let Some(v) = verifiers.get(&a.verifier) {
+            filters.push(Box::new(Authenticate::new(v.clone(), a)));
+        }
+    }
+    if !cfg.websocket {
+        filters.push(Box::new(WebSocketDisabled));
+    }
+    if let Some(allowed) = &cfg.origins {
+        filters.push(Box::new(OriginAllowlist {
+            allowed: allowed.clone(),
+        }));
+    }
+    // After the local checks: a request they refuse costs no callout.
+    if let Some(a) = &cfg.auth_request {
+        match pools.get(&a.upstream) {
+            Some(pool) => filters.push(Box::new(AuthRequest::new(a, pool.clone()))),
+            // Validation guarantees the pool; fail closed if it ever is not.
+            None => filters.push(Box::new(Misconfigured(a.upstream.clone()))),
+        }
+    }
+    Phase::new(filters)
+}
+
+/// `websocket = false`: handshakes are refused (403), plain requests pass.
+#[derive(Debug)]
+struct WebSocketDisabled;
+
+impl Filter for WebSocketDisabled {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
+    fn check(&self, head: &Head<'_>) -> Verdict {
+        if head.upgrade {
+            Verdict::Answer(ProxyError::WebSocketDisabled)
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+/// `origins = [...]`: a handshake's `Origin` must be listed (browsers send it;
+/// this is the cross-site WebSocket hijacking defence). Plain requests pass.
+#[derive(Debug)]
+struct OriginAllowlist {
+    allowed: Vec<String>,
+}
+
+impl Filter for OriginAllowlist {
+    fn name(&self) -> &'static str {
+        "origin"
+    }
+
+    fn check(&self, head: &Head<'_>) -> Verdict {
+        if !head.upgrade {
+            return Verdict::Pass;
+        }
+        let origin = head
+            .req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        let trimmed = origin.trim_end_matches('/');
+        if self.allowed.iter().any(|a| a.eq_ignore_ascii_case(trimmed)) {
+            Verdict::Pass
+        } else {
+            Verdict::Answer(ProxyError::OriginNotAllowed(origin.to_string()))
+        }
+    }
+}
+
+/// A filter whose configuration could not be built: refuses everything
+/// rather than letting requests through unchecked.
+#[derive(Debug)]
+struct Misconfigured(String);
+
+impl Filter for Misconfigured {
+    fn name(&self) -> &'static str {
+        "misconfigured"
+    }
+
+    fn check(&self, _: &Head<'_>) -> Verdict {
+        Verdict::Answer(ProxyError::Internal(format!(
+            "auth pool {} missing",
+            self.0
+        )))
+    }
+}
