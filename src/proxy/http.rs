@@ -97,7 +97,7 @@ pub async fn forward(
     });
     // A failure reading the client's body is the client's, not the upstream's:
     // remembered here so the attempt's error can be told apart.
-    let client_fault = ClientFault::default();
+    let client_fault = ClientFault::new(!body.is_end_stream());
     let fault = client_fault.clone();
     let mut body = Some(
         body.map_err(move |e| -> BoxError {
@@ -188,10 +188,16 @@ pub async fn forward(
 }
 
 /// Why reading the client's request body failed, if it did.
-#[derive(Clone, Default)]
-struct ClientFault(std::sync::Arc<std::sync::OnceLock<bool>>);
+/// Allocated only for a request with a body: a bodiless one cannot fail on
+/// the client's side, and most proxied requests have none (S4).
+#[derive(Clone)]
+struct ClientFault(Option<std::sync::Arc<std::sync::OnceLock<bool>>>);
 
 impl ClientFault {
+    fn new(has_body: bool) -> Self {
+        Self(has_body.then(Default::default))
+    }
+
     /// Records a body error: `true` for a malformed body, `false` for a
     /// client that went away mid-body.
     fn record(&self, e: &hyper::Error) {
@@ -206,11 +212,13 @@ impl ClientFault {
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
                 )
             });
-        let _ = self.0.set(invalid || e.is_parse());
+        if let Some(cell) = &self.0 {
+            let _ = cell.set(invalid || e.is_parse());
+        }
     }
 
     fn get(&self) -> Option<ProxyError> {
-        self.0.get().map(|&malformed| {
+        self.0.as_ref()?.get().map(|&malformed| {
             if malformed {
                 ProxyError::BadRequest("malformed request body".into())
             } else {
