@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(_) => {}
         Err(e) => {
-            let _ = (e.code(), e.http_status(), e.frame());
+            let _ = (e.code(), e.frame());
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {
