@@ -9,6 +9,10 @@
 #   bench/callgrind.sh S2 [WSGATE]   in-process echo app: per echoed 32-byte message (100 conns, depth 1)
 #   bench/callgrind.sh S1 [WSGATE]   byte splice: per echoed 32-byte message (100 conns, depth 1)
 #
+# VARIANT=limit (S4): the route has a generous `[limit]` (1e6/s per ip, never
+# reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
+# route has `auth` (HS256) and wrk sends a token minted by `wsgate token`.
+#
 # WSGATE defaults to target/release/wsgate (built here); PRELOAD=/path/lib.so
 # runs it with that allocator preloaded (allocator A/B on one binary). Output: one line
 # "SCEN ops=N instructions=M per_op=K" and the callgrind file in
@@ -32,7 +36,7 @@ WSB="$CARGO_TARGET_DIR/loadgen/release/wsbench"
 
 OUT="$ROOT/bench/results/callgrind"
 mkdir -p "$OUT"
-STAMP="$SCEN-$(date -u +%Y%m%dT%H%M%SZ)"
+STAMP="$SCEN${VARIANT:+-$VARIANT}-$(date -u +%Y%m%dT%H%M%SZ)"
 cat >"$OUT/$STAMP.toml" <<EOF
 [server]
 max_connections = 100000
@@ -55,6 +59,20 @@ path = "/echo"
 app = "echo"
 EOF
 
+case "${VARIANT:-}" in
+  "") ;;
+  limit)
+    sed -i 's|^upstream = "http"$|upstream = "http"\nlimits = ["generous"]|' "$OUT/$STAMP.toml"
+    printf '[limit.generous]\nrate = "1000000/s"\nburst = 1000000\nkey = "ip"\n' >>"$OUT/$STAMP.toml" ;;
+  auth)
+    sed -i 's|^upstream = "http"$|upstream = "http"\nauth = "bench"|' "$OUT/$STAMP.toml"
+    printf '[auth.bench]\nhmac_secret = "base64:%s"\n' "$(head -c 32 /dev/urandom | base64 -w0)" >>"$OUT/$STAMP.toml"
+    TOKEN=$("$WSGATE" token -c "$OUT/$STAMP.toml" --auth bench --sub bench --ttl 1h) ;;
+  *) echo "unknown VARIANT $VARIANT (limit | auth)" >&2; exit 2 ;;
+esac
+WRK_HEADER=()
+[ -z "${TOKEN:-}" ] || WRK_HEADER=(-H "Authorization: Bearer $TOKEN")
+
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -72,7 +90,7 @@ done
 # load SECONDS: prints the operation count
 load() {
   case "$SCEN" in
-    S4) wrk -t1 -c100 -d"${1}s" http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
+    S4) wrk -t1 -c100 -d"${1}s" "${WRK_HEADER[@]}" http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
     S5) "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 8 --duration "$1" |
           python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
     S2|S1)
@@ -90,4 +108,4 @@ callgrind_control -d "$VG" >/dev/null
 callgrind_control -i off "$VG" >/dev/null
 file=$(ls -t "$OUT/$STAMP.out"* | grep -v '\.out$' | head -1)
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$SCEN ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
+echo "$SCEN${VARIANT:+ ($VARIANT)} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"

@@ -239,7 +239,9 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         *matched = Some(route.clone());
         if upgrade {
-            let result = self.upgrade(table, &route, conn, slot, req).await;
+            // Boxed: the tunnel's future is kilobytes, and every request's
+            // future would otherwise carry (and move) its space.
+            let result = Box::pin(self.upgrade(table, &route, conn, slot, req)).await;
             let outcome = match &result {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.status().as_u16()),
