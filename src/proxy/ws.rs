@@ -202,7 +202,8 @@ impl Tunnel<'_> {
                 ctx,
                 notes,
             };
-            match up.handshake(tcp, &req, &hs).await {
+            // Boxed: the handshake's state is only needed while it runs.
+            match Box::pin(up.handshake(tcp, &req, &hs)).await {
                 Ok((headers, stream, accept)) => {
                     pool.report_success(&choice.backend);
                     break (choice, inflight, headers, stream, accept);

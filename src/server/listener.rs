@@ -76,7 +76,7 @@ pub async fn run<H: Handler>(
             }
         };
         let limits = conn_limits.load_full();
-        if !limits.is_empty() && !admit_rate(&limits, peer, false).await {
+        if !limits.is_empty() && !admit_local(&limits, peer) {
             // Dropped here: closed before any TLS or HTTP work.
             continue;
         }
@@ -107,20 +107,29 @@ pub async fn run<H: Handler>(
     tracing::info!(listener = %local, "listener stopped accepting");
 }
 
-/// Whether a new connection from `client` is within the connection limits
-/// of one scope: the node-scope ones in the accept loop (a hash and a mutex),
-/// the `cluster` ones in the connection's task (`cluster`), so waiting for
-/// Redis (at most `limit::cluster::TIMEOUT`) never holds up accepting.
-async fn admit_rate(limits: &[Arc<Limiter>], client: SocketAddr, cluster: bool) -> bool {
+/// Whether a new connection from `client` is within the listener's
+/// node-scope connection limits: checked in the accept loop (a hash and a
+/// mutex), before any TLS work.
+fn admit_local(limits: &[Arc<Limiter>], client: SocketAddr) -> bool {
     let key = KeyRef::Ip(client.ip());
-    for l in limits.iter().filter(|l| l.is_cluster() == cluster) {
-        let id = l.id(key);
-        let d = if cluster {
-            l.check(&id, Kind::Connection).await
-        } else {
-            l.check_local(&id, Kind::Connection)
-        };
-        if let Decision::Limited { .. } = d {
+    limits.iter().filter(|l| !l.is_cluster()).all(|l| {
+        let limited = matches!(
+            l.check_local(&l.id(key), Kind::Connection),
+            Decision::Limited { .. }
+        );
+        if limited {
+            tracing::debug!(client = %client, limit = l.name(), "connection over its rate limit: closed");
+        }
+        !limited
+    })
+}
+
+/// The same for the `cluster`-scope limits, in the connection's task: waiting
+/// for Redis (at most `limit::cluster::TIMEOUT`) never holds up accepting.
+async fn admit_cluster(limits: &[Arc<Limiter>], client: SocketAddr) -> bool {
+    let key = KeyRef::Ip(client.ip());
+    for l in limits.iter().filter(|l| l.is_cluster()) {
+        if let Decision::Limited { .. } = l.check(&l.id(key), Kind::Connection).await {
             tracing::debug!(client = %client, limit = l.name(), "connection over its rate limit: closed");
             return false;
         }
@@ -176,7 +185,9 @@ async fn handle_connection<H: Handler>(
         (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))
     };
     if let Some(limits) = cluster_limits {
-        if !admit_rate(&limits, ctx.client, true).await {
+        // Boxed: the Redis round trip's state would otherwise sit in every
+        // connection's task, limits or not.
+        if !Box::pin(admit_cluster(&limits, ctx.client)).await {
             return;
         }
     }
