@@ -1,4 +1,4 @@
-//! Token authentication (spec §9): named verifiers (`[auth.NAME]`) that
+//! Token authentication (docs/auth.md): named verifiers (`[auth.NAME]`) that
 //! check signed tokens (JWT: HS*, RS*, PS*, ES256/384, EdDSA) with keys from a
 //! secret, PEM files or a JWKS file, and find tokens in a request.
 //!

@@ -359,7 +359,9 @@ impl Proxy {
                 phase.run(&head).await?
             }
         };
-        notes.trusted_peer = table.trusted.contains(conn.client.ip());
+        // `handle` put the resolved client there exactly when the connection's
+        // client is a trusted proxy: no second walk over trusted_proxies.
+        notes.trusted_peer = req.extensions().get::<ClientAddr>().is_some();
         notes.strip = table.identity_headers.clone();
         Ok(notes)
     }
