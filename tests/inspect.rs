@@ -10,7 +10,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::raw::{frame, open_ws, read_close, read_frame, read_head, MASK};
+use common::raw::{frame, open_ws, read_close, read_frame, MASK};
+use common::upstreams::raw_ws_upstream as raw_upstream;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
@@ -37,32 +38,6 @@ fn config(up: SocketAddr) -> Cfg {
 
 async fn gateway(cfg: Cfg) -> TestGateway {
     TestGateway::start(&cfg.build()).await
-}
-
-/// An upstream that completes the handshake by hand and hands each upgraded
-/// connection to the test.
-async fn raw_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<TcpStream>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let head = read_head(&mut s).await;
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .starts_with("sec-websocket-key:")
-                        .then(|| l[18..].trim().to_string())
-                })
-                .expect("key");
-            let accept = wsgate::proxy::ws::accept_key(key.as_bytes());
-            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            s.write_all(resp.as_bytes()).await.expect("101");
-            let _ = tx.send(s);
-        }
-    });
-    (addr, rx)
 }
 
 /// A raw client upgraded through the gateway at `/ws`.

@@ -574,31 +574,9 @@ async fn chat_message_rate_drops_then_closes_1008() {
 
 #[tokio::test]
 async fn ws_message_rate_closes_1008_to_the_client_and_1001_upstream() {
-    use common::raw::{frame, open_ws, read_close, read_frame, read_head, MASK};
-    use tokio::net::TcpListener;
+    use common::raw::{frame, open_ws, read_close, read_frame, MASK};
 
-    // An upstream completing the handshake by hand, handing its end over.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let up = listener.local_addr().expect("addr");
-    let (tx, mut ups) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let head = read_head(&mut s).await;
-            let key = head
-                .lines()
-                .find_map(|l| {
-                    let lower = l.to_ascii_lowercase();
-                    lower
-                        .starts_with("sec-websocket-key:")
-                        .then(|| l[18..].trim().to_string())
-                })
-                .expect("key");
-            let accept = wsgate::proxy::ws::accept_key(key.as_bytes());
-            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-            s.write_all(resp.as_bytes()).await.expect("101");
-            let _ = tx.send(s);
-        }
-    });
+    let (up, mut ups) = common::upstreams::raw_ws_upstream().await;
     let gw = TestGateway::start(
         &Cfg::new()
             .listener_plain()

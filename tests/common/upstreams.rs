@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 /// An address nothing listens on: connecting is refused at once.
 pub async fn dead_addr() -> SocketAddr {
@@ -156,4 +157,30 @@ pub async fn ws_echo_upstream(chosen: Option<&'static str>) -> SocketAddr {
         }
     });
     addr
+}
+
+/// An upstream that completes the handshake by hand and hands each upgraded
+/// connection to the test.
+pub async fn raw_ws_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let head = super::raw::read_head(&mut s).await;
+            let key = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .starts_with("sec-websocket-key:")
+                        .then(|| l[18..].trim().to_string())
+                })
+                .expect("key");
+            let accept = wsgate::proxy::ws::accept_key(key.as_bytes());
+            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+            s.write_all(resp.as_bytes()).await.expect("101");
+            let _ = tx.send(s);
+        }
+    });
+    (addr, rx)
 }
