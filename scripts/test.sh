@@ -25,6 +25,12 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; the
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# A fresh checkout gains nothing from incremental compilation, and its cache
+# is as large as the test binaries: CI disks are small (a run once failed with
+# "No space left on device" while linking).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | tail -1 | awk '{print "== disk: " $4 " free"}'
+
 cargo run -q -- gen-cert >/dev/null
 
 echo "== cargo fmt --check"
@@ -33,6 +39,7 @@ echo "== cargo clippy"
 cargo clippy -q --all-targets -- -D warnings
 echo "== cargo test"
 RUST_LOG="${RUST_LOG:-warn}" cargo test --all-targets
+df -h . | tail -1 | awk '{print "== disk after tests: " $4 " free"}'
 
 if [ -x ../shared/tools/autobahn/run.sh ]; then
   scripts/autobahn.sh --quick

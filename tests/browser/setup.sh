@@ -1,5 +1,5 @@
 #!/bin/sh
-# Prepares the browser test (tests/chat_browser.rs): the system Chromium
+# Prepares the browser test (tests/it/chat_browser.rs): the system Chromium
 # (Debian package `chromium`, installed when missing) and playwright-core from
 # package-lock.json. playwright-core never downloads a browser of its own.
 set -eu

@@ -1,5 +1,5 @@
 //! Unit tests of the pure parts: the id splice and envelope decoding, and the
-//! RESP3 URL. The bus against a real Redis is tested in `tests/cluster.rs`.
+//! RESP3 URL. The bus against a real Redis is tested in `tests/it/cluster.rs`.
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! client and with raw frames, splicing through ws, wss and HTTP/2 (RFC 8441),
 //! upstream handshake failures, concurrency, and connection caps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 // tungstenite's handshake callback fixes its (large) error type.
 #![allow(clippy::result_large_err)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

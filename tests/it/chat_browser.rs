@@ -4,7 +4,7 @@
 //! missing: run the README test command, `scripts/test.sh`, which installs
 //! them (or just `tests/browser/setup.sh`; see tests/browser/README.md).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +15,7 @@ use common::{Cfg, Route, TestGateway};
 /// The README's test command installs node, Chromium and the npm packages.
 const README_COMMAND: &str = "scripts/test.sh";
 /// Just the browser test's prerequisites, then just this test.
-const SETUP: &str = "tests/browser/setup.sh && cargo test --test chat_browser";
+const SETUP: &str = "tests/browser/setup.sh && cargo test --test it chat_browser::";
 
 fn require(ok: bool, what: &str) {
     assert!(

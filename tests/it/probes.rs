@@ -3,7 +3,7 @@
 //! bodies name no internal address; TLS connections speak only the protocol
 //! ALPN chose; a 101 to a non-WebSocket request never reaches the client.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

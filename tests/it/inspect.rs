@@ -5,7 +5,7 @@
 //! reaped, per-route metrics, drain closes; and a proptest
 //! checking the frame scanner against a reference parser under random chunking.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

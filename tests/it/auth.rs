@@ -4,7 +4,7 @@
 
 #![allow(clippy::result_large_err)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
 //! Foundation over real sockets: routing, the HTTP reverse proxy, static files,
 //! TLS with SNI, HTTP/2, and `wsgate check` messages.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

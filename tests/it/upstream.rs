@@ -5,7 +5,7 @@
 //! all-down fast path. Nothing sleeps to synchronise: tests wait on events or
 //! poll against a deadline with `common::eventually`.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;

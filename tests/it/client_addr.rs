@@ -7,7 +7,7 @@
 //! `trusted_proxies = ["127.0.0.1/32"]`; connections from 127.0.0.2 are the
 //! untrusted ones. Every wait has a deadline: a hung gateway fails a test.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

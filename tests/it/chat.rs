@@ -3,7 +3,7 @@
 //! keepalive. Nothing sleeps to synchronise: tests wait for the events they
 //! expect (with a deadline) or poll state with `common::eventually`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

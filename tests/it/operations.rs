@@ -2,7 +2,7 @@
 //! JSON access logs, SIGHUP reload without dropping connections (and refusing a
 //! broken config), SIGTERM drain.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};

@@ -7,7 +7,7 @@
 //! `redis-server` must be installed; `scripts/test.sh` installs it. Without it
 //! these tests fail (they never skip).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,28 @@
+//! The integration tests that share a process: one test binary instead of one
+//! per file, so CI links (and stores) the crate and aws-lc once, not fourteen
+//! times. Each module is one area; `cargo test --test it chat::` runs one.
+//!
+//! Three suites stay binaries of their own because they measure the process
+//! itself: `tests/budget.rs` (a recording global allocator),
+//! `tests/hardening.rs` (process RSS and hundreds of sockets) and
+//! `tests/limits.rs` (RSS growth under a key flood).
+
+#![allow(clippy::result_large_err)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod auth;
+mod auth_callout;
+mod chat;
+mod chat_browser;
+mod client_addr;
+mod cluster;
+mod gateway;
+mod hardening2;
+mod inspect;
+mod mtls;
+mod operations;
+mod probes;
+mod upstream;
+mod websocket;
