@@ -25,5 +25,6 @@ mod inspect;
 mod mtls;
 mod operations;
 mod probes;
+mod recovery;
 mod upstream;
 mod websocket;
