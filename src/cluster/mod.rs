@@ -4,7 +4,7 @@
 //! ```text
 //! hub ──publish──▶ RedisBus ──Lua script (INCR + RPUSH/LTRIM + PUBLISH)──▶ Redis
 //!  ▲                 │  └─ local fan-out at once (own node)                  │
-//!  └──── Deliver ◀───┴── push task ◀── pub/sub `wsgate:events` (RESP3) ◀────┘
+//!  └──── Deliver ◀───┴── push task ◀── room / node channels (RESP3)   ◀────┘
 //!                        (skips envelopes whose origin is this node)
 //!                  heartbeat task: liveness key, registry refresh, sweeper
 //! ```

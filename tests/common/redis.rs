@@ -119,3 +119,75 @@ pub async fn ping(port: u16) -> bool {
         Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
     )
 }
+
+impl Redis {
+    /// How many subscribers `channel` has (`PUBSUB NUMSUB`).
+    pub async fn numsub(&self, channel: &str) -> i64 {
+        numsub(&self.url(), channel).await
+    }
+
+    /// `INFO commandstats` as command → calls (`cmdstat_publish` → `publish`).
+    pub async fn commandstats(&self) -> std::collections::BTreeMap<String, u64> {
+        commandstats(self.port).await
+    }
+}
+
+/// `PUBSUB NUMSUB channel` on the server at `url`.
+pub async fn numsub(url: &str, channel: &str) -> i64 {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut c)
+        .await
+        .expect("PUBSUB NUMSUB");
+    n
+}
+
+/// `INFO commandstats` of the server on `port` as command → calls.
+pub async fn commandstats(port: u16) -> std::collections::BTreeMap<String, u64> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("redis url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("INFO commandstats");
+    parse_commandstats(&info)
+}
+
+/// `cmdstat_incr:calls=3,usec=…` lines → `incr` → 3.
+pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// What `after` counted beyond `before`, per command (zero entries left out).
+pub fn stats_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}

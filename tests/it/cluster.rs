@@ -46,14 +46,14 @@ fn node_config(node: &str, redis: &str, listen: &str, admin: &str) -> String {
         .build()
 }
 
-struct Node {
+pub(crate) struct Node {
     gw: TestGateway,
 }
 
 impl Node {
     /// An in-process node, returned once its first heartbeat reached Redis
     /// (registered and subscribed).
-    async fn start(id: &str, redis: &Redis) -> Self {
+    pub(crate) async fn start(id: &str, redis: &Redis) -> Self {
         let gw =
             TestGateway::start(&node_config(id, &redis.url(), "127.0.0.1:0", "127.0.0.1:0")).await;
         let n = Node { gw };
@@ -61,7 +61,7 @@ impl Node {
         n
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.gw.http()
     }
 

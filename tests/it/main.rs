@@ -26,5 +26,6 @@ mod mtls;
 mod operations;
 mod probes;
 mod recovery;
+mod room_subs;
 mod upstream;
 mod websocket;

@@ -29,9 +29,10 @@ impl RedisBus {
     }
 
     async fn room_join_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
-        lock(&self.mirror)
-            .rooms
-            .insert((room.clone(), user.clone()));
+        lock(&self.mirror).add_member(&room, &user);
+        // Subscribed before the join is announced and before the hub reads
+        // the room's head, so every message past that head reaches this node.
+        self.sync_room_sub(&room).await;
         let new = self
             .try_redis(async { self.run_join(&mut self.conn.clone(), &room, &user).await })
             .await
@@ -44,9 +45,7 @@ impl RedisBus {
     }
 
     async fn room_leave_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
-        let was = lock(&self.mirror)
-            .rooms
-            .remove(&(room.clone(), user.clone()));
+        let was = lock(&self.mirror).remove_member(&room, &user);
         let node = self.node.clone();
         let gone = self
             .try_redis(async {
@@ -55,6 +54,7 @@ impl RedisBus {
             })
             .await
             .unwrap_or(was);
+        self.sync_room_sub(&room).await;
         if gone {
             self.deliver_presence(&room, &user, PresenceState::Leave);
         }

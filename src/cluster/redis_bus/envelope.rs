@@ -1,5 +1,6 @@
-//! The envelope: what travels on the events channel
-//! ([`keys::EVENTS`](crate::cluster::keys::EVENTS)), how it is encoded
+//! The envelope: what travels on a room's or a node's channel
+//! ([`keys::room_channel`](crate::cluster::keys::room_channel),
+//! [`keys::node_channel`](crate::cluster::keys::node_channel)), how it is encoded
 //! (including a room message split around its id for the publish script), and
 //! its receipt: the push task decodes envelopes and hands other nodes' events
 //! to the local sink, skipping this node's own.
@@ -16,7 +17,7 @@ use crate::apps::chat::protocol::{
     ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
 };
 
-/// What travels on [`keys::EVENTS`](crate::cluster::keys::EVENTS). `o` is the
+/// What travels on the room and node channels. `o` is the
 /// origin node ("" for sweeper announcements, which every node delivers).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]

@@ -58,7 +58,7 @@ impl RedisBus {
         let mut c = self.conn.clone();
         tracing::trace!(node = %self.node, subscribed = *subscribed, "cluster: beat");
         if !*subscribed {
-            c.subscribe(keys::EVENTS).await?;
+            c.subscribe(keys::node_channel(&self.node)).await?;
             *subscribed = true;
         }
         let prev: Option<String> = redis::cmd("SET")
@@ -86,6 +86,7 @@ impl RedisBus {
         } else if self.ticks.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
             self.sync_users(&mut c).await?;
         }
+        self.reconcile_subs().await?;
         self.sweep_dead(&mut c).await
     }
 

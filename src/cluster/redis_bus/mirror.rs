@@ -15,10 +15,37 @@ use crate::apps::chat::protocol::{RoomName, UserName};
 pub(super) struct Mirror {
     pub(super) users: HashSet<UserName>,
     pub(super) rooms: HashSet<(RoomName, UserName)>,
+    /// Members per room on this node: the rooms whose channel it subscribes.
+    pub(super) room_counts: HashMap<RoomName, usize>,
     /// Highest message id seen per room (ids during an outage continue from it).
     pub(super) last_ids: HashMap<RoomName, u64>,
     /// The last epoch seen per room (what `heads` answers during an outage).
     pub(super) epochs: HashMap<RoomName, std::sync::Arc<str>>,
+}
+
+impl Mirror {
+    /// Records `user` in `room`; returns whether it was new.
+    pub(super) fn add_member(&mut self, room: &RoomName, user: &UserName) -> bool {
+        let new = self.rooms.insert((room.clone(), user.clone()));
+        if new {
+            *self.room_counts.entry(room.clone()).or_insert(0) += 1;
+        }
+        new
+    }
+
+    /// Forgets `user` in `room`; returns whether it was there.
+    pub(super) fn remove_member(&mut self, room: &RoomName, user: &UserName) -> bool {
+        let was = self.rooms.remove(&(room.clone(), user.clone()));
+        if was {
+            if let Some(n) = self.room_counts.get_mut(room) {
+                *n -= 1;
+                if *n == 0 {
+                    self.room_counts.remove(room);
+                }
+            }
+        }
+        was
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

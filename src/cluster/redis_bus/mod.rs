@@ -1,14 +1,16 @@
 //! [`RedisBus`]: the chat [`Bus`] over Redis (docs/cluster.md).
 //!
 //! * Room message: one Lua script does `INCR` (the id), `RPUSH`+`LTRIM` (the
-//!   history) and one `PUBLISH` on [`keys::EVENTS`] — constant work whatever the
-//!   room size or node count. The publishing node fans out to its own members
+//!   history) and one `PUBLISH` on the room's channel — constant work whatever
+//!   the room size or node count. A node subscribes to a room's channel only
+//!   while it holds a member of the room (`subs`). The publishing node fans out to its own members
 //!   at once, under a per-room lock so local delivery follows id order; every
 //!   node *skips envelopes whose origin is itself* on receipt, so nothing is
 //!   delivered twice. Per-sender order holds everywhere (one sender publishes
 //!   in order; Redis delivers one channel in order).
-//! * DMs and pushes: an id from `INCR`, local delivery, and one publication
-//!   only when the recipient (or the echoed sender) is on another node.
+//! * DMs and pushes: an id from `INCR`, local delivery, and one publication on
+//!   the channel of each other node holding the recipient (or the echoed
+//!   sender); every node subscribes to its own channel.
 //! * Presence: membership is a sorted set of `user\tnode` per room; Lua scripts
 //!   add/remove an entry and publish `join`/`leave` only on the user's first /
 //!   last entry, so each transition is announced exactly once cluster-wide.
@@ -21,11 +23,11 @@
 //!
 //! Files: `scripts` (the Lua and its invocation), `envelope` (what travels on
 //! the channel, and its receipt), `liveness` (heartbeat, re-registration,
-//! sweeper), `mirror` (Redis up/down and the outage fallback), `publish` (room
-//! messages and DMs) and `bus` (the [`Bus`] implementation).
+//! sweeper), `mirror` (Redis up/down and the outage fallback), `subs` (which
+//! room channels this node subscribes to), `publish` (room messages and DMs)
+//! and `bus` (the [`Bus`] implementation).
 //!
 //! [`Bus`]: crate::apps::chat::bus::Bus
-//! [`keys::EVENTS`]: crate::cluster::keys::EVENTS
 
 mod bus;
 mod envelope;
@@ -33,6 +35,7 @@ mod liveness;
 mod mirror;
 mod publish;
 mod scripts;
+mod subs;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -64,6 +67,7 @@ pub struct RedisBus {
     conn: ConnectionManager,
     sink: OnceLock<Weak<dyn Deliver>>,
     mirror: Mutex<Mirror>,
+    subs: tokio::sync::Mutex<subs::Subs>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// False while Redis is unreachable: calls use the mirror without waiting.
     up: AtomicBool,
@@ -128,6 +132,7 @@ impl RedisBus {
             conn,
             sink: OnceLock::new(),
             mirror: Mutex::new(Mirror::default()),
+            subs: tokio::sync::Mutex::new(subs::Subs::default()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             up: AtomicBool::new(false),
             status,

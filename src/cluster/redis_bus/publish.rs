@@ -1,7 +1,9 @@
 //! Publishing room messages (one script: id, history, one publication; local
-//! fan-out under the room's stripe lock) and DMs (an id, local delivery, one
-//! publication only when another node holds the recipient or the sender).
+//! fan-out under the room's stripe lock) and DMs (an id, local delivery, and
+//! one publication on the channel of each other node holding the recipient or
+//! the echoed sender).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ impl RedisBus {
             .arg(&before)
             .arg(&after)
             .arg(self.history_cap)
-            .arg(keys::EVENTS)
+            .arg(keys::room_channel(msg.room.as_str()))
             .arg(env_prefix)
             .arg(&*new_epoch())
             .arg(u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX))
@@ -58,8 +60,9 @@ impl RedisBus {
         let remote = match self.try_redis(self.publish_room_redis(&msg)).await {
             Some((id, receivers)) => {
                 msg.id = id;
-                // Subscribers other than this node.
-                receivers.saturating_sub(1)
+                // Subscribers other than this node (subscribed while it holds
+                // a member; a push may come from a node holding none).
+                receivers.saturating_sub(usize::from(self.holds_room(&room)))
             }
             None => {
                 // Outage: local delivery only, ids continue from the last seen.
@@ -114,38 +117,42 @@ impl RedisBus {
             .iter()
             .filter(|n| n.as_str() != &*self.node)
             .collect();
-        let mut remote = !remote_nodes.is_empty();
         // The recipient's connections on other nodes, from the registry's
-        // counts (refreshed every heartbeat).
+        // counts (refreshed every heartbeat). One `HGET` per node: each
+        // node's hash lives on its own shard on Redis Cluster.
         let mut remote_to = 0;
-        if remote {
-            let mut p = redis::pipe();
-            for n in &remote_nodes {
-                p.hget(keys::node_users(n), dm.to.as_str());
-            }
-            let counts: Vec<Option<u64>> = p.query_async(&mut c).await?;
-            remote_to = counts
-                .into_iter()
-                .map(|n| usize::try_from(n.unwrap_or(1)).unwrap_or(1))
-                .sum();
+        for n in &remote_nodes {
+            let count: Option<u64> = redis::cmd("HGET")
+                .arg(keys::node_users(n))
+                .arg(dm.to.as_str())
+                .query_async(&mut c)
+                .await?;
+            remote_to += usize::try_from(count.unwrap_or(1)).unwrap_or(1);
         }
         let mut users = vec![dm.to.clone()];
+        let mut nodes: BTreeSet<&str> = remote_nodes.iter().map(|n| n.as_str()).collect();
+        let from_nodes;
         if echo && dm.from != dm.to {
             users.push(dm.from.clone());
-            let from_nodes = self.nodes_of(&mut c, &dm.from).await?;
-            remote |= from_nodes.iter().any(|n| n.as_str() != &*self.node);
+            from_nodes = self.nodes_of(&mut c, &dm.from).await?;
+            nodes.extend(from_nodes.iter().map(String::as_str));
         }
-        if remote {
+        nodes.remove(&*self.node);
+        if !nodes.is_empty() {
             let env = serde_json::to_string(&Envelope::Users {
                 o: self.node.to_string(),
                 users,
                 dm: dm.clone(),
             })?;
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(keys::EVENTS)
-                .arg(env)
-                .query_async(&mut c)
-                .await?;
+            // One publication per node holding a recipient: each delivers to
+            // its own connections, so none is reached twice.
+            for n in nodes {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(keys::node_channel(n))
+                    .arg(&env)
+                    .query_async(&mut c)
+                    .await?;
+            }
         }
         Ok(remote_to)
     }

@@ -101,7 +101,7 @@ impl RedisBus {
             .arg(user.as_str())
             .arg(&*self.node)
             .arg(format!("{room}\t{user}"))
-            .arg(keys::EVENTS)
+            .arg(keys::room_channel(room.as_str()))
             .arg(env)
             .arg(self.registry_ttl())
             .invoke_async(c)
@@ -126,7 +126,7 @@ impl RedisBus {
             .arg(user.as_str())
             .arg(node)
             .arg(format!("{room}\t{user}"))
-            .arg(keys::EVENTS)
+            .arg(keys::room_channel(room.as_str()))
             .arg(env)
             .invoke_async(c)
             .await?;
