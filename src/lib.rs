@@ -35,6 +35,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod redis_conn;
 pub mod router;
 pub mod server;
 pub mod shutdown;

@@ -225,7 +225,8 @@ pub struct ChatFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
-    pub redis: SStr,
+    pub redis: Option<SStr>,
+    pub redis_cluster: Option<Spanned<Vec<SStr>>>,
     pub heartbeat: Option<SStr>,
 }
 

@@ -336,8 +336,27 @@ pub struct ChatAuthConfig {
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    pub redis: String,
+    pub redis: RedisTarget,
     pub heartbeat: Duration,
+}
+
+/// Which Redis the cluster runs on (`[cluster] redis` or `redis_cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server.
+    Single(String),
+    /// Seed URLs of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The URLs, for `/status` and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisTarget::Single(url) => url.clone(),
+            RedisTarget::Cluster(seeds) => format!("cluster {}", seeds.join(", ")),
+        }
+    }
 }
 
 /// What validation tests beyond the file's own content. Certificates are

@@ -128,7 +128,7 @@ impl AdminView for Gateway {
         let cluster = match &snap.config.cluster {
             None => serde_json::json!({ "enabled": false }),
             Some(c) => {
-                serde_json::json!({ "enabled": true, "redis": c.redis, "degraded": self.readiness.degraded() })
+                serde_json::json!({ "enabled": true, "redis": c.redis.describe(), "degraded": self.readiness.degraded() })
             }
         };
         let limits: serde_json::Map<String, serde_json::Value> = snap

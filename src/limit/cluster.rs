@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisTarget;
+use crate::redis_conn::{RedisConn, Settings};
 
 /// How long one decision may wait for Redis before the node decides alone.
 pub const TIMEOUT: Duration = Duration::from_millis(50);
@@ -66,7 +68,7 @@ pub enum ClusterLimitError {
 
 /// The shared-bucket side of every cluster-scope limit of the process.
 pub struct ClusterLimits {
-    conn: ConnectionManager,
+    conn: RedisConn,
     script: Script,
     start: Instant,
     /// Milliseconds since `start` before which Redis is not asked (0 = ask).
@@ -76,19 +78,19 @@ pub struct ClusterLimits {
 }
 
 impl ClusterLimits {
-    /// Connects lazily to `url` (a `redis://` URL validated by config).
-    pub fn new(url: &str) -> Result<Arc<Self>, ClusterLimitError> {
-        let client = redis::Client::open(url).map_err(|source| ClusterLimitError::Url {
-            url: url.to_string(),
+    /// Connects lazily to `target` (URLs validated by config); one bucket is
+    /// one key, so on a Redis Cluster each decision goes to its key's shard.
+    pub fn new(target: &RedisTarget) -> Result<Arc<Self>, ClusterLimitError> {
+        let settings = Settings {
+            timeout: TIMEOUT.max(Duration::from_millis(500)),
+            min_retry: Duration::from_millis(50),
+            max_retry: RETRY_AFTER_FAILURE,
+            push: None,
+        };
+        let conn = RedisConn::open(target, settings).map_err(|source| ClusterLimitError::Url {
+            url: target.describe(),
             source,
         })?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(RETRY_AFTER_FAILURE)
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(TIMEOUT));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
         Ok(Arc::new(Self {
             conn,
             script: Script::new(GCRA),

@@ -16,6 +16,7 @@ pub mod cfg;
 pub mod chat;
 pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
 pub mod tls;
 pub mod upstreams;
 

@@ -26,6 +26,7 @@ mod mtls;
 mod operations;
 mod probes;
 mod recovery;
+mod redis_cluster;
 mod room_subs;
 mod upstream;
 mod websocket;

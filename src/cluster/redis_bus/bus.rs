@@ -168,13 +168,20 @@ impl RedisBus {
     async fn heads_now(&self, rooms: Vec<RoomName>) -> Result<Vec<Head>, BusError> {
         let got = self
             .try_redis(async {
-                let mut inv = self.heads.prepare_invoke();
+                // One call per room: a room's keys share one shard, two
+                // rooms' keys need not.
+                let mut c = self.conn.clone();
+                let mut raw: Vec<String> = Vec::with_capacity(rooms.len() * 2);
                 for r in &rooms {
-                    inv.key(keys::room_epoch(r.as_str()))
-                        .key(keys::room_id(r.as_str()));
+                    let pair: Vec<String> = self
+                        .heads
+                        .key(keys::room_epoch(r.as_str()))
+                        .key(keys::room_id(r.as_str()))
+                        .arg(&*new_epoch())
+                        .invoke_async(&mut c)
+                        .await?;
+                    raw.extend(pair);
                 }
-                inv.arg(&*new_epoch());
-                let raw: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
                 Ok(raw)
             })
             .await;
@@ -261,14 +268,21 @@ impl Bus for RedisBus {
             lock(&self.mirror).users.insert(user.clone());
             let node = &*self.node;
             self.try_redis(async {
+                let mut c = self.conn.clone();
+                // The node's hash and the online set are on different shards
+                // of a Redis Cluster: one command (or pipeline) each.
                 let _: () = redis::pipe()
                     .hset(keys::node_users(node), user.as_str(), 1)
                     .ignore()
                     .pexpire(keys::node_users(node), self.registry_ttl() as i64)
                     .ignore()
-                    .zadd(keys::ONLINE, keys::user_at(user.as_str(), node), 0)
-                    .ignore()
-                    .query_async(&mut self.conn.clone())
+                    .query_async(&mut c)
+                    .await?;
+                let _: i64 = redis::cmd("ZADD")
+                    .arg(keys::ONLINE)
+                    .arg(0)
+                    .arg(keys::user_at(user.as_str(), node))
+                    .query_async(&mut c)
                     .await?;
                 Ok(())
             })
@@ -282,12 +296,16 @@ impl Bus for RedisBus {
             lock(&self.mirror).users.remove(&user);
             let node = &*self.node;
             self.try_redis(async {
-                let _: () = redis::pipe()
-                    .hdel(keys::node_users(node), user.as_str())
-                    .ignore()
-                    .zrem(keys::ONLINE, keys::user_at(user.as_str(), node))
-                    .ignore()
-                    .query_async(&mut self.conn.clone())
+                let mut c = self.conn.clone();
+                let _: i64 = redis::cmd("HDEL")
+                    .arg(keys::node_users(node))
+                    .arg(user.as_str())
+                    .query_async(&mut c)
+                    .await?;
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(keys::ONLINE)
+                    .arg(keys::user_at(user.as_str(), node))
+                    .query_async(&mut c)
                     .await?;
                 Ok(())
             })

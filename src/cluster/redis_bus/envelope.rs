@@ -84,7 +84,7 @@ impl RedisBus {
                 p = rx.recv() => match p { Some(p) => p, None => return },
             };
             match push.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     if let Some(Value::BulkString(payload)) = push.data.get(1) {
                         self.on_envelope(payload);
                     }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::lock;
@@ -57,8 +57,14 @@ impl RedisBus {
     ) -> Result<(), ClusterError> {
         let mut c = self.conn.clone();
         tracing::trace!(node = %self.node, subscribed = *subscribed, "cluster: beat");
-        if !*subscribed {
-            c.subscribe(keys::node_channel(&self.node)).await?;
+        // After any outage (a dropped connection marks Redis down), every
+        // channel is subscribed again: on a Redis Cluster a failed-over
+        // shard's channels must move to its new master, which the client
+        // only does when it happens to refresh its slot map after the
+        // promotion. Subscribing twice is harmless.
+        if !*subscribed || !self.is_up() {
+            c.subscribe(&keys::node_channel(&self.node)).await?;
+            self.resubscribe_held().await?;
             *subscribed = true;
         }
         let prev: Option<String> = redis::cmd("SET")
@@ -70,9 +76,12 @@ impl RedisBus {
             .query_async(&mut c)
             .await?;
         let ttl = self.registry_ttl();
+        let _: i64 = redis::cmd("SADD")
+            .arg(keys::NODES)
+            .arg(&*self.node)
+            .query_async(&mut c)
+            .await?;
         let _: () = redis::pipe()
-            .sadd(keys::NODES, &*self.node)
-            .ignore()
             .pexpire(keys::node_rooms(&self.node), ttl as i64)
             .ignore()
             .pexpire(keys::node_users(&self.node), ttl as i64)
@@ -94,7 +103,7 @@ impl RedisBus {
     /// users hash, `ZADD` into the online set) in pipelined batches, and removes
     /// users Redis still has but this node no longer does. Runs once per
     /// heartbeat: connection counts are refreshed here, never per message.
-    async fn sync_users(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+    async fn sync_users(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
         let node = &*self.node;
         let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
         let sink = self.sink();
@@ -108,31 +117,37 @@ impl RedisBus {
             .filter(|u| !current.contains(u.as_str()))
             .collect();
         for chunk in stale.chunks(BATCH) {
-            let mut p = redis::pipe();
+            let mut online = redis::pipe();
+            let mut mine = redis::pipe();
             for u in chunk {
-                p.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
-                p.hdel(keys::node_users(node), u.as_str()).ignore();
+                online.zrem(keys::ONLINE, keys::user_at(u, node)).ignore();
+                mine.hdel(keys::node_users(node), u.as_str()).ignore();
             }
-            let _: () = p.query_async(c).await?;
+            let _: () = online.query_async(c).await?;
+            let _: () = mine.query_async(c).await?;
         }
         for chunk in users.chunks(BATCH) {
-            let mut p = redis::pipe();
+            // One pipeline per shard: the online set, and this node's hash.
+            let mut online = redis::pipe();
+            let mut mine = redis::pipe();
             for u in chunk {
                 let n = sink.as_ref().map(|s| s.connections(u)).unwrap_or(0).max(1);
-                p.hset(keys::node_users(node), u.as_str(), n).ignore();
-                p.zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
+                mine.hset(keys::node_users(node), u.as_str(), n).ignore();
+                online
+                    .zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
                     .ignore();
             }
-            p.pexpire(keys::node_users(node), self.registry_ttl() as i64)
+            mine.pexpire(keys::node_users(node), self.registry_ttl() as i64)
                 .ignore();
-            let _: () = p.query_async(c).await?;
+            let _: () = online.query_async(c).await?;
+            let _: () = mine.query_async(c).await?;
         }
         Ok(())
     }
 
     /// Makes Redis agree with this node's mirror: entries it no longer has are
     /// removed (announcing leaves), the rest (re-)added in batches.
-    async fn reregister(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+    async fn reregister(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
         let (users, rooms, last_ids) = {
             let m = lock(&self.mirror);
             (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
@@ -176,7 +191,7 @@ impl RedisBus {
 
     /// Finds nodes whose alive key expired and, holding the claim, removes their
     /// users and announces their leaves (origin "", so every node delivers).
-    async fn sweep_dead(&self, c: &mut ConnectionManager) -> Result<(), ClusterError> {
+    async fn sweep_dead(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
         let nodes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::NODES)
             .query_async(c)
@@ -208,17 +223,22 @@ impl RedisBus {
     /// Removes a dead node: its users leave the online registry first (so a
     /// client hearing the leave already finds them gone), then each of its
     /// memberships is removed, the user's last one announcing the leave.
-    async fn sweep_node(&self, c: &mut ConnectionManager, dead: &str) -> Result<(), ClusterError> {
+    async fn sweep_node(&self, c: &mut RedisConn, dead: &str) -> Result<(), ClusterError> {
         let users: Vec<String> = redis::cmd("HKEYS")
             .arg(keys::node_users(dead))
             .query_async(c)
             .await?;
-        let mut p = redis::pipe();
-        for u in &users {
-            p.zrem(keys::ONLINE, keys::user_at(u, dead)).ignore();
+        for chunk in users.chunks(BATCH) {
+            let mut p = redis::pipe();
+            for u in chunk {
+                p.zrem(keys::ONLINE, keys::user_at(u, dead)).ignore();
+            }
+            let _: () = p.query_async(c).await?;
         }
-        p.del(keys::node_users(dead)).ignore();
-        let _: () = p.query_async(c).await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys::node_users(dead))
+            .query_async(c)
+            .await?;
         let entries: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::node_rooms(dead))
             .query_async(c)
@@ -235,11 +255,13 @@ impl RedisBus {
                 announced += 1;
             }
         }
-        let _: () = redis::pipe()
-            .del(keys::node_rooms(dead))
-            .ignore()
-            .srem(keys::NODES, dead)
-            .ignore()
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys::node_rooms(dead))
+            .query_async(c)
+            .await?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(keys::NODES)
+            .arg(dead)
             .query_async(c)
             .await?;
         tracing::warn!(

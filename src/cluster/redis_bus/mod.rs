@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, Script};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +52,7 @@ use super::ClusterError;
 use crate::apps::chat::bus::Deliver;
 use crate::apps::chat::protocol::RoomName;
 use crate::config::ClusterConfig;
+use crate::redis_conn::{RedisConn, Settings};
 
 /// Per-room publish locks (hashed), keeping local delivery in id order.
 const STRIPES: usize = 64;
@@ -64,7 +64,7 @@ pub struct RedisBus {
     history_cap: usize,
     history_ttl: Duration,
     beat: Duration,
-    conn: ConnectionManager,
+    conn: RedisConn,
     sink: OnceLock<Weak<dyn Deliver>>,
     mirror: Mutex<Mirror>,
     subs: tokio::sync::Mutex<subs::Subs>,
@@ -83,16 +83,6 @@ pub struct RedisBus {
     id_floor: Script,
 }
 
-fn resp3_url(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
-}
-
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -107,22 +97,17 @@ impl RedisBus {
         history_ttl: Duration,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, ClusterError> {
-        let url = resp3_url(&cfg.redis);
-        let client = redis::Client::open(url.as_str()).map_err(|source| ClusterError::Url {
-            url: cfg.redis.clone(),
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let settings = Settings {
+            timeout: cfg.heartbeat.max(Duration::from_millis(100)),
+            min_retry: Duration::from_millis(50),
+            max_retry: cfg.heartbeat,
+            push: Some(push_tx),
+        };
+        let conn = RedisConn::open(&cfg.redis, settings).map_err(|source| ClusterError::Url {
+            url: cfg.redis.describe(),
             source,
         })?;
-        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let timeout = cfg.heartbeat.max(Duration::from_millis(100));
-        let mcfg = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(cfg.heartbeat)
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = ConnectionManager::new_lazy_with_config(client, mcfg)?;
         let (status, _) = watch::channel(Some("redis: connecting".to_string()));
         let bus = Arc::new(Self {
             node: Arc::from(node),

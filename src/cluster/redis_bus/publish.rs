@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use super::envelope::{split_at_id, Envelope};
 use super::mirror::lock;
@@ -38,6 +38,7 @@ impl RedisBus {
             .arg(&*new_epoch())
             .arg(u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(history_cutoff(self.history_ttl).unwrap_or(0))
+            .arg(self.conn.publish_command())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((id, receivers as usize))
@@ -84,7 +85,7 @@ impl RedisBus {
 
     async fn nodes_of(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut RedisConn,
         user: &UserName,
     ) -> Result<Vec<String>, ClusterError> {
         let (lo, hi) = keys::user_range(user.as_str());
@@ -147,7 +148,7 @@ impl RedisBus {
             // One publication per node holding a recipient: each delivers to
             // its own connections, so none is reached twice.
             for n in nodes {
-                let _: i64 = redis::cmd("PUBLISH")
+                let _: i64 = redis::cmd(c.publish_command())
                     .arg(keys::node_channel(n))
                     .arg(&env)
                     .query_async(&mut c)

@@ -1,8 +1,15 @@
 //! The Lua scripts that make each multi-key change atomic in Redis — a room
 //! message's id, history and publication; a membership change and its presence
 //! announcement — and their invocation for joins and leaves.
+//!
+//! Every script touches the keys and the channel of one room only (one hash
+//! tag), so on Redis Cluster it runs on that room's shard; the publish
+//! command is an argument (`PUBLISH`, or `SPUBLISH` for sharded channels).
+//! The node's own registry set of memberships lives on the node's shard and
+//! is written beside the script: before a join, after a leave, so a sweeper
+//! always finds every membership (removing one twice is harmless).
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 
 use super::{ClusterError, RedisBus};
 use crate::apps::chat::protocol::{PresenceState, RoomName, UserName};
@@ -12,7 +19,7 @@ use crate::cluster::keys;
 /// if the stream is new, and with a TTL (ARGV[7] ms > 0) messages older than
 /// ARGV[8] (ms since the epoch) leave the front of the history.
 /// KEYS: id, history, epoch. ARGV: json before the id, json after it, history
-/// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff.
+/// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff, publish command.
 pub(super) const PUBLISH_ROOM: &str = r#"
 redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local id = redis.call('INCR', KEYS[1])
@@ -35,7 +42,7 @@ if cap > 0 then
     end
   end
 end
-local n = redis.call('PUBLISH', ARGV[4], ARGV[5] .. m .. '}')
+local n = redis.call(ARGV[9], ARGV[4], ARGV[5] .. m .. '}')
 return {id, n}
 "#;
 
@@ -52,14 +59,12 @@ return out
 "#;
 
 /// Adds `user\tnode` to a room; publishes the join when it is the user's first
-/// entry. KEYS: room members, node rooms. ARGV: user, node, `room\tuser`,
-/// channel, envelope, registry TTL (ms).
+/// entry. KEYS: room members. ARGV: user, node, channel, envelope, publish
+/// command.
 pub(super) const JOIN: &str = r#"
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
 local added = redis.call('ZADD', KEYS[1], 0, ARGV[1] .. '\t' .. ARGV[2])
 if added == 1 and redis.call('ZLEXCOUNT', KEYS[1], '[' .. ARGV[1] .. '\t', '(' .. ARGV[1] .. '\n') == 1 then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(ARGV[5], ARGV[3], ARGV[4])
   return 1
 end
 return 0
@@ -67,12 +72,11 @@ return 0
 
 /// Removes `user\tnode` from a room; publishes the leave when it was the user's
 /// last entry. Idempotent, so a sweep and a late leave never announce twice.
-/// KEYS: room members, node rooms. ARGV: user, node, `room\tuser`, channel, envelope.
+/// KEYS: room members. ARGV: user, node, channel, envelope, publish command.
 pub(super) const LEAVE: &str = r#"
-redis.call('SREM', KEYS[2], ARGV[3])
 local removed = redis.call('ZREM', KEYS[1], ARGV[1] .. '\t' .. ARGV[2])
 if removed == 1 and redis.call('ZLEXCOUNT', KEYS[1], '[' .. ARGV[1] .. '\t', '(' .. ARGV[1] .. '\n') == 0 then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call(ARGV[5], ARGV[3], ARGV[4])
   return 1
 end
 return 0
@@ -89,21 +93,27 @@ return 0
 impl RedisBus {
     pub(super) async fn run_join(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut RedisConn,
         room: &RoomName,
         user: &UserName,
     ) -> Result<bool, ClusterError> {
-        let env = self.presence_envelope(&self.node, room, user, PresenceState::Join)?;
+        let node = &*self.node;
+        let _: () = redis::pipe()
+            .sadd(keys::node_rooms(node), format!("{room}\t{user}"))
+            .ignore()
+            .pexpire(keys::node_rooms(node), self.registry_ttl() as i64)
+            .ignore()
+            .query_async(c)
+            .await?;
+        let env = self.presence_envelope(node, room, user, PresenceState::Join)?;
         let n: i64 = self
             .join
             .key(keys::room_members(room.as_str()))
-            .key(keys::node_rooms(&self.node))
             .arg(user.as_str())
-            .arg(&*self.node)
-            .arg(format!("{room}\t{user}"))
+            .arg(node)
             .arg(keys::room_channel(room.as_str()))
             .arg(env)
-            .arg(self.registry_ttl())
+            .arg(c.publish_command())
             .invoke_async(c)
             .await?;
         Ok(n == 1)
@@ -112,7 +122,7 @@ impl RedisBus {
     /// Removes `user` of `node` from `room`; the announcement carries `origin`.
     pub(super) async fn run_leave(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut RedisConn,
         node: &str,
         origin: &str,
         room: &RoomName,
@@ -122,13 +132,17 @@ impl RedisBus {
         let n: i64 = self
             .leave
             .key(keys::room_members(room.as_str()))
-            .key(keys::node_rooms(node))
             .arg(user.as_str())
             .arg(node)
-            .arg(format!("{room}\t{user}"))
             .arg(keys::room_channel(room.as_str()))
             .arg(env)
+            .arg(c.publish_command())
             .invoke_async(c)
+            .await?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(keys::node_rooms(node))
+            .arg(format!("{room}\t{user}"))
+            .query_async(c)
             .await?;
         Ok(n == 1)
     }

@@ -59,6 +59,16 @@ impl RedisBus {
         Ok(())
     }
 
+    /// Subscribes again to every room channel held (after an outage).
+    pub(super) async fn resubscribe_held(&self) -> Result<(), ClusterError> {
+        let subs = self.subs.lock().await;
+        let mut c = self.conn.clone();
+        for room in &subs.held {
+            c.subscribe(&keys::room_channel(room.as_str())).await?;
+        }
+        Ok(())
+    }
+
     /// After a failed change: every room wanted or held is brought in line.
     /// Called by the heartbeat while Redis is up.
     pub(super) async fn reconcile_subs(&self) -> Result<(), ClusterError> {

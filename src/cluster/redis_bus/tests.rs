@@ -1,10 +1,9 @@
 //! Unit tests of the pure parts: the id splice and envelope decoding, and the
-//! RESP3 URL. The bus against a real Redis is tested in `tests/it/cluster.rs`.
+//! keys' hash tags. The bus against a real Redis is tested in `tests/it/cluster.rs`.
 
 use std::sync::Arc;
 
 use super::envelope::{split_at_id, Envelope};
-use super::resp3_url;
 use crate::apps::chat::protocol::{ChatMessage, RoomName, UserName};
 
 #[test]
@@ -27,17 +26,4 @@ fn the_id_is_spliced_into_the_stored_json() {
         Envelope::Msg { o, msg } => assert_eq!((o.as_str(), msg.id), ("n1", 42)),
         other => panic!("{other:?}"),
     }
-}
-
-#[test]
-fn resp3_is_requested_once() {
-    assert_eq!(resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
-    assert_eq!(
-        resp3_url("redis://h:1/?db=2"),
-        "redis://h:1/?db=2&protocol=resp3"
-    );
-    assert_eq!(
-        resp3_url("redis://h/?protocol=resp3"),
-        "redis://h/?protocol=resp3"
-    );
 }

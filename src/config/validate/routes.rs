@@ -198,25 +198,65 @@ pub(super) fn chat(
     }
 }
 
-pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
-    let url = c.redis.get_ref();
+fn redis_url(cx: &mut Ctx, key: &str, v: &SStr) {
+    let url = v.get_ref();
     if !(url.starts_with("redis://")
         || url.starts_with("rediss://")
         || url.starts_with("redis+unix://"))
     {
-        cx.at(
-            c.redis.span(),
-            format!("cluster.redis: {url:?} is not a redis:// URL"),
-        );
+        cx.at(v.span(), format!("{key}: {url:?} is not a redis:// URL"));
     }
+}
+
+/// `redis` (one server) or `redis_cluster` (seed URLs), exactly one.
+fn redis_target(cx: &mut Ctx, c: &ClusterFile) -> RedisTarget {
+    match (&c.redis, &c.redis_cluster) {
+        (Some(url), None) => {
+            redis_url(cx, "cluster.redis", url);
+            RedisTarget::Single(url.get_ref().clone())
+        }
+        (None, Some(seeds)) => {
+            if seeds.get_ref().is_empty() {
+                cx.at(
+                    seeds.span(),
+                    "cluster.redis_cluster: needs at least one seed URL",
+                );
+            }
+            for s in seeds.get_ref() {
+                redis_url(cx, "cluster.redis_cluster", s);
+            }
+            RedisTarget::Cluster(
+                seeds
+                    .get_ref()
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect(),
+            )
+        }
+        (Some(_), Some(seeds)) => {
+            cx.at(
+                seeds.span(),
+                "cluster.redis_cluster: set either cluster.redis or cluster.redis_cluster, not both",
+            );
+            RedisTarget::Cluster(Vec::new())
+        }
+        (None, None) => {
+            cx.key(
+                "cluster",
+                "needs cluster.redis (one server) or cluster.redis_cluster (seed URLs)",
+            );
+            RedisTarget::Single(String::new())
+        }
+    }
+}
+
+pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
+    let redis = redis_target(cx, c);
     let heartbeat = cx.duration(&c.heartbeat, "cluster.heartbeat", Duration::from_secs(2));
     if heartbeat < Duration::from_millis(100) {
         if let Some(h) = &c.heartbeat {
             cx.at(h.span(), "cluster.heartbeat: must be at least 100ms");
         }
     }
-    ClusterConfig {
-        redis: url.clone(),
-        heartbeat,
-    }
+    ClusterConfig { redis, heartbeat }
 }

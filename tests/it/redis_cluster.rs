@@ -1,0 +1,302 @@
+//! The chat over a real Redis Cluster (docs/cluster.md, spec §13): six
+//! `redis-server` children (3 masters, 3 replicas) started by the test, three
+//! wsgate nodes with `[cluster] redis_cluster`. Rooms use sharded pub/sub and
+//! one hash tag per room; a killed master is failed over and delivery resumes.
+//! Waits poll against deadlines; nothing sleeps to synchronise.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+
+use common::chat::{is_msg, is_presence, online, Client};
+use common::redis::stats_delta;
+use common::redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
+use common::{eventually, get, json_of, post, Cfg, Listener, TestGateway, WAIT};
+
+const BEAT: Duration = Duration::from_millis(200);
+
+async fn node(id: &str, cluster: &RedisCluster) -> TestGateway {
+    let cfg = Cfg::new()
+        .set("server.node_id", id)
+        .set("server.shutdown_grace", "1s")
+        .set("log.access_log", false)
+        .set("admin.addr", "127.0.0.1:0")
+        .listener(Listener::at("127.0.0.1:0"))
+        .route_app("/chat", "chat")
+        .set("app.chat.history", 100)
+        .set("app.chat.send_queue", 256)
+        .set("app.chat.ping_interval", "30s")
+        .set("app.chat.push_token", "s3cret")
+        .set("cluster.redis_cluster", cluster.seeds())
+        .set("cluster.heartbeat", format!("{}ms", BEAT.as_millis()))
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    wait_ready(gw.admin()).await;
+    gw
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    assert!(
+        eventually(WAIT, || async move {
+            get(admin, "/readyz").await.status == StatusCode::OK
+        })
+        .await,
+        "node never ready: {}",
+        get(admin, "/readyz").await.text()
+    );
+}
+
+/// Three nodes; alice, bob and carol (one per node) in `lobby`, each having
+/// seen the others join.
+async fn three(cluster: &RedisCluster) -> ([TestGateway; 3], [Client; 3]) {
+    let gws = [
+        node("na", cluster).await,
+        node("nb", cluster).await,
+        node("nc", cluster).await,
+    ];
+    let mut clients = Vec::new();
+    for (gw, user) in gws.iter().zip(["alice", "bob", "carol"]) {
+        let mut c = Client::new(gw.http(), user).await;
+        c.join("lobby").await;
+        clients.push(c);
+    }
+    let [mut alice, mut bob, carol] = <[Client; 3]>::try_from(clients).ok().expect("3");
+    for c in [&mut alice, &mut bob] {
+        c.recv_until("carol joins", |v| is_presence(v, "carol", "join"))
+            .await;
+    }
+    (gws, [alice, bob, carol])
+}
+
+/// Reads `n` messages from `who` (skipping other frames) and checks they are
+/// `prefix0..prefix{n-1}`, once each, in order, and that no duplicate trails.
+async fn expect_in_order(who: &mut Client, prefix: &str, n: usize) {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let v = who.recv().await;
+        if v["type"] == "msg" && v["text"].as_str().unwrap_or("").starts_with(prefix) {
+            got.push(v["text"].as_str().unwrap_or("").to_string());
+        }
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(got, want, "{}", who.user);
+    if let Some(v) = who.try_recv(BEAT * 2).await {
+        let dup = v["type"] == "msg" && v["text"].as_str().unwrap_or("").starts_with(prefix);
+        assert!(!dup, "{}: extra frame {v}", who.user);
+    }
+}
+
+/// Per master: calls of the per-message commands during `f`'s messages.
+fn per_message(
+    before: &BTreeMap<u16, BTreeMap<String, u64>>,
+    after: &BTreeMap<u16, BTreeMap<String, u64>>,
+) -> BTreeMap<u16, BTreeMap<String, u64>> {
+    after
+        .iter()
+        .map(|(p, a)| {
+            let d = stats_delta(before.get(p).unwrap_or(&BTreeMap::new()), a);
+            let d = d
+                .into_iter()
+                .filter(|(k, _)| {
+                    ["evalsha", "incr", "rpush", "ltrim", "spublish"].contains(&k.as_str())
+                })
+                .collect();
+            (*p, d)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_rooms_dms_presence_history_and_push_over_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let (gws, [mut alice, mut bob, mut carol]) = three(&cluster).await;
+
+    // Warm up (the first EVALSHA per shard answers NOSCRIPT), then measure.
+    alice.msg("lobby", "warm-up").await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.recv_until("warm-up", |v| is_msg(v, "warm-up")).await;
+    }
+    const N: usize = 30;
+    let before = cluster.commandstats().await;
+    for i in 0..N {
+        alice.msg("lobby", &format!("m{i}")).await;
+    }
+    for c in [&mut alice, &mut bob, &mut carol] {
+        expect_in_order(c, "m", N).await;
+    }
+    let stats = per_message(&before, &cluster.commandstats().await);
+    let shard = cluster.master_of("wsgate:room:{lobby}:id").await;
+    eprintln!("redis cluster: commands during {N} room messages, per master: {stats:?} (lobby on {shard})");
+    for (port, d) in &stats {
+        for k in ["evalsha", "incr", "rpush", "ltrim", "spublish"] {
+            let want = if *port == shard { N as u64 } else { 0 };
+            assert_eq!(
+                d.get(k).copied().unwrap_or(0),
+                want,
+                "{k} on {port}: {stats:?}"
+            );
+        }
+    }
+
+    // DMs across nodes, echoed to the sender.
+    bob.send(json!({"type":"dm","to":"carol","text":"psst"}))
+        .await;
+    let dm = carol
+        .recv_until("bob's dm", |v| v["type"] == "dm" && v["text"] == "psst")
+        .await;
+    assert_eq!(dm["from"], "bob");
+    bob.recv_until("dm echo", |v| v["type"] == "dm" && v["text"] == "psst")
+        .await;
+
+    // Push to a user on another node and to the room.
+    let r = post(
+        gws[0].http(),
+        "/chat/api/push",
+        json!({"user":"carol","text":"pushed"}),
+        Some("Bearer s3cret"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    carol.recv_until("push", |v| v["text"] == "pushed").await;
+    let r = post(
+        gws[2].http(),
+        "/chat/api/push",
+        json!({"room":"lobby","text":"room push"}),
+        Some("Bearer s3cret"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for c in [&mut alice, &mut bob] {
+        c.recv_until("room push", |v| is_msg(v, "room push")).await;
+    }
+
+    // Online (global) and who (the room's shard) agree on every node.
+    let want = vec![
+        ("alice".to_string(), "na".to_string()),
+        ("bob".to_string(), "nb".to_string()),
+        ("carol".to_string(), "nc".to_string()),
+    ];
+    for gw in &gws {
+        assert_eq!(online(gw.http()).await, want);
+    }
+    carol.send(json!({"type":"who","room":"lobby"})).await;
+    let who = carol.recv_until("who", |v| v["type"] == "who").await;
+    assert_eq!(who["users"], json!(["alice", "bob", "carol"]));
+
+    // History from the room's shard, the same on every node.
+    let h: Vec<_> = [0, 1, 2].iter().map(|&i| gws[i].http()).collect();
+    let ha = json_of(&get(h[0], "/chat/api/history?room=lobby&limit=3").await);
+    let hc = json_of(&get(h[2], "/chat/api/history?room=lobby&limit=3").await);
+    assert_eq!(ha, hc);
+    let last = &ha["messages"][2];
+    assert_eq!(last["text"], "room push", "{ha}");
+    assert_eq!(last["id"], N as u64 + 2, "{ha}");
+
+    // Carol leaves: the others hear it once; her node unsubscribes.
+    carol.send(json!({"type":"leave","room":"lobby"})).await;
+    for c in [&mut alice, &mut bob] {
+        c.recv_until("carol leaves", |v| is_presence(v, "carol", "leave"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_cross_node_delivery_resumes() {
+    let mut cluster = RedisCluster::start().await;
+    let (gws, [mut alice, mut bob, _carol]) = three(&cluster).await;
+    let victim = cluster.master_of("wsgate:room:{lobby}:id").await;
+
+    cluster.kill(victim);
+    let killed = Instant::now();
+    // The replica is promoted: the survivors report the cluster ok again
+    // with another master for the room's slot.
+    let survivors = cluster.alive();
+    let c = &cluster;
+    assert!(
+        eventually(WAIT * 2, || async move {
+            let mut ok = true;
+            for p in c.alive() {
+                ok &= common::redis_cluster::cluster_info(p)
+                    .await
+                    .contains("cluster_state:ok");
+            }
+            ok && c.master_of("wsgate:room:{lobby}:id").await != victim
+        })
+        .await,
+        "no replica promoted: {}\n{}",
+        common::redis_cluster::cluster_info(survivors[0]).await,
+        common::redis_cluster::cluster_nodes(survivors[0]).await
+    );
+    let promoted = killed.elapsed();
+    cluster.wait_ok(&survivors).await;
+
+    // Cross-node delivery resumes: keep sending until one reaches bob.
+    let mut n = 0;
+    let resumed = loop {
+        n += 1;
+        alice.msg("lobby", &format!("after failover {n}")).await;
+        if let Some(v) = bob.try_recv(BEAT).await {
+            if v["type"] == "msg"
+                && v["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("after failover")
+            {
+                break killed.elapsed();
+            }
+        }
+        if killed.elapsed() > WAIT * 2 {
+            panic!(
+                "cross-node delivery never resumed; subscribers per server: {:?}, nodes:\n{}",
+                common::redis_cluster::shardnumsub(&cluster, "wsgate:room:{lobby}:events").await,
+                common::redis_cluster::cluster_nodes(survivors[0]).await
+            );
+        }
+    };
+    eprintln!(
+        "redis cluster failover (cluster-node-timeout {NODE_TIMEOUT_MS} ms): replica promoted \
+         {promoted:?} after SIGKILL, cross-node delivery resumed after {resumed:?}"
+    );
+    for gw in &gws {
+        wait_ready(gw.admin()).await;
+    }
+    // From here on, exactly once and in order again.
+    alice.msg("lobby", "settled").await;
+    alice
+        .recv_until("own settled", |v| is_msg(v, "settled"))
+        .await;
+    bob.recv_until("settled", |v| is_msg(v, "settled")).await;
+    for i in 0..10 {
+        alice.msg("lobby", &format!("p{i}")).await;
+    }
+    expect_in_order(&mut bob, "p", 10).await;
+}
+
+#[test]
+fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n\n[cluster]\n";
+    let parse = |cluster: &str| {
+        wsgate::config::parse(std::path::Path::new("t.toml"), &format!("{base}{cluster}"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let e = parse("redis = \"redis://a:1\"\nredis_cluster = [\"redis://b:1\"]\n").unwrap_err();
+    assert!(
+        e.contains("t.toml:6:17: cluster.redis_cluster: set either cluster.redis or cluster.redis_cluster, not both"),
+        "{e}"
+    );
+    let e = parse("redis_cluster = [\"redis://b:1\", \"http://c:1\"]\n").unwrap_err();
+    assert!(
+        e.contains("t.toml:5:33: cluster.redis_cluster: \"http://c:1\" is not a redis:// URL"),
+        "{e}"
+    );
+    let e = parse("heartbeat = \"1s\"\n").unwrap_err();
+    assert!(e.contains("cluster.redis"), "{e}");
+    parse("redis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n")
+        .expect("seed URLs are valid");
+}
