@@ -34,6 +34,19 @@ pub enum CertError {
 /// the errors are short sentences for operators (`check` prints them after the
 /// config position of the file at fault), never library debug output.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
+    load_pair(cert, key).map(|(ck, _)| Arc::new(ck))
+}
+
+/// [`load_certified_key`], also returning the private key as read: a rustls
+/// client config (mTLS to upstreams) takes the chain and the key itself.
+pub fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    load_pair(cert, key).map(|(ck, der)| (ck.cert, der))
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'static>), CertError> {
     let cert_err = |reason: String| CertError::Cert {
         path: cert.into(),
         reason,
@@ -72,7 +85,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             _ => "cannot tell whether the certificate's public key is the private key's".into(),
         },
     })?;
-    Ok(Arc::new(ck))
+    Ok((ck, der))
 }
 
 /// An operator's sentence for a PEM reading error (`what`: the block wanted).

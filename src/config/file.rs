@@ -155,6 +155,12 @@ pub struct UpstreamFile {
     pub ws_max_message_size: Option<SStr>,
     pub ws_ping_interval: Option<SStr>,
     pub ws_message_rate: Option<SStr>,
+    /// TLS to every server (also implied by `https://` / `wss://` servers).
+    pub tls: Option<Spanned<bool>>,
+    pub tls_ca: Option<SStr>,
+    pub tls_server_name: Option<SStr>,
+    pub tls_client_cert: Option<SStr>,
+    pub tls_client_key: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -240,6 +240,20 @@ pub struct UpstreamConfig {
     pub ws_ping_interval: Duration,
     /// Client → upstream messages per session (inspected splices only).
     pub ws_message_rate: Option<MessageRate>,
+    /// TLS to the servers (`https://`/`wss://` servers or `tls = true`).
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS from the gateway to an upstream's servers (docs/tls.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM trust roots for the servers' certificates; `None`: the system's.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked against the certificate; `None`: each
+    /// server's host.
+    pub server_name: Option<String>,
+    /// A client certificate presented to the servers (mTLS).
+    pub client: Option<CertPaths>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

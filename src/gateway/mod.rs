@@ -45,6 +45,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("upstream {upstream}: {source}")]
+    UpstreamTls {
+        upstream: String,
+        source: crate::upstream::tls::UpstreamTlsError,
+    },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
@@ -104,12 +109,15 @@ impl Snapshot {
                 let prev = previous
                     .and_then(|p| p.table.pools.get(name))
                     .map(|p| p.as_ref());
-                (
-                    name.clone(),
-                    Arc::new(Pool::new(u.clone(), prev, bx.secret)),
-                )
+                let pool = Pool::new(u.clone(), prev, bx.secret).map_err(|source| {
+                    StartError::UpstreamTls {
+                        upstream: name.clone(),
+                        source,
+                    }
+                })?;
+                Ok((name.clone(), Arc::new(pool)))
             })
-            .collect();
+            .collect::<Result<_, StartError>>()?;
         let limits = Arc::new(Registry::build(
             &config.limits,
             previous.map(|p| &*p.limits),

@@ -170,6 +170,7 @@ pub async fn forward(
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
                     SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
+                    SendError::Tls(e) => ProxyError::UpstreamTls(addr, e.to_string()),
                     e => ProxyError::UpstreamFailed(addr, root_cause(&e)),
                 };
                 (err, resendable)

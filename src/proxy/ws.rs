@@ -12,7 +12,6 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::net::TcpStream;
 
 use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
@@ -29,6 +28,7 @@ use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::shutdown::Shutdown;
+use crate::upstream::dial::{DialError, UpStream};
 use crate::upstream::{Backend, BackendId, Pool};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -183,7 +183,7 @@ impl Tunnel<'_> {
             tried.push(choice.backend.id);
             // Counted from the start so least_conn sees handshakes in progress.
             let inflight = choice.backend.track();
-            let tcp = match connect(&pool.cfg, &choice.backend).await {
+            let tcp = match connect(&choice.backend).await {
                 Ok(tcp) => tcp,
                 Err(e) => {
                     pool.report_failure(&choice.backend);
@@ -264,17 +264,15 @@ impl Tunnel<'_> {
     }
 }
 
-/// Opens the TCP connection to `backend` within `connect_timeout`.
-async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
-    let addr = &*backend.addr;
-    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr.to_string())),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr.to_string())),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
+/// Opens the connection to `backend` (TCP, then TLS for a `wss` upstream)
+/// within the pool's `connect_timeout`.
+async fn connect(backend: &Backend) -> Result<UpStream, ProxyError> {
+    let addr = || backend.addr.to_string();
+    backend.conns.dialer().dial().await.map_err(|e| match e {
+        DialError::Timeout => ProxyError::UpstreamTimeout(addr()),
+        DialError::Connect(_) => ProxyError::UpstreamConnect(addr()),
+        e => ProxyError::UpstreamTls(addr(), e.to_string()),
+    })
 }
 
 /// The upstream side of one tunnel attempt.
@@ -293,7 +291,7 @@ impl Upstream<'_> {
     /// also the client's).
     async fn handshake(
         &self,
-        tcp: TcpStream,
+        tcp: UpStream,
         req: &Request<Incoming>,
         hs: &Handshake,
     ) -> Result<(HeaderMap, Rewind, String), ProxyError> {

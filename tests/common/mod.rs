@@ -8,6 +8,7 @@
 //! - [`raw`]: raw bytes, [`Raw`] answers that tell "closed" from "timed out",
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
+//! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
 #![allow(dead_code, clippy::result_large_err)]
@@ -17,6 +18,7 @@ pub mod chat;
 pub mod raw;
 pub mod redis;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstreams;
 
 use std::fmt::Display;

@@ -25,4 +25,5 @@ mod mtls;
 mod operations;
 mod probes;
 mod upstream;
+mod upstream_tls;
 mod websocket;

@@ -26,6 +26,7 @@ const MAX_BUFFERED: u64 = 1 << 40;
 
 pub(super) mod ctx;
 mod routes;
+mod upstream_tls;
 mod upstreams;
 
 pub(super) use self::ctx::Ctx;
