@@ -42,6 +42,7 @@ pub struct ServerFile {
     pub header_timeout: Option<SStr>,
     pub keepalive_timeout: Option<SStr>,
     pub tls_handshake_timeout: Option<SStr>,
+    pub tls_tickets: Option<bool>,
     pub shutdown_grace: Option<SStr>,
     pub max_request_head: Option<SStr>,
     pub max_buffered: Option<SStr>,
@@ -70,6 +71,7 @@ pub struct ListenerFile {
 pub struct TlsFile {
     pub cert: SStr,
     pub key: SStr,
+    pub ocsp: Option<SStr>,
     #[serde(default)]
     pub sni: Vec<SniFile>,
     pub client_ca: Option<SStr>,
@@ -82,6 +84,7 @@ pub struct SniFile {
     pub host: SStr,
     pub cert: SStr,
     pub key: SStr,
+    pub ocsp: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    /// TLS session tickets on listeners (the session cache is always on).
+    pub tls_tickets: bool,
     pub shutdown_grace: Duration,
     /// Largest request head (request line plus headers) accepted; larger → 431.
     pub max_request_head: usize,
@@ -134,6 +136,8 @@ pub struct ListenerConfig {
 pub struct CertPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A DER OCSP response stapled with `cert` (listener certificates only).
+    pub ocsp: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,6 +50,8 @@ pub enum StartError {
         upstream: String,
         source: crate::upstream::tls::UpstreamTlsError,
     },
+    #[error("cannot make TLS session ticket keys: {0}")]
+    Tickets(#[source] rustls::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
@@ -76,6 +78,8 @@ struct BuildCtx<'a> {
     cluster_limits: Option<&'a Arc<ClusterLimits>>,
     /// Keys the pools' sticky cookies.
     secret: &'a [u8; 32],
+    /// TLS tickets and session cache, one for the process.
+    resumption: &'a tls::Resumption,
 }
 
 impl Snapshot {
@@ -94,9 +98,12 @@ impl Snapshot {
                 l.tls
                     .as_ref()
                     .map(|t| {
-                        tls::server_config(t).map_err(|source| StartError::Tls {
-                            addr: l.addr,
-                            source,
+                        let tickets = config.server.tls_tickets;
+                        tls::server_config(t, bx.resumption, tickets).map_err(|source| {
+                            StartError::Tls {
+                                addr: l.addr,
+                                source,
+                            }
                         })
                     })
                     .transpose()
@@ -147,6 +154,7 @@ pub fn check(config: Config) -> Result<(), StartError> {
         metrics: &Metrics::new(),
         cluster_limits: None,
         secret: &[0; 32],
+        resumption: &tls::Resumption::new().map_err(StartError::Tickets)?,
     };
     Snapshot::build(config, None, &bx).map(drop)
 }
@@ -168,6 +176,9 @@ pub struct Gateway {
     node_id: String,
     /// Seals sticky cookies: `[server] secret`, or random per process.
     sticky_key: [u8; 32],
+    /// TLS ticket keys and session cache: one per process, so tickets
+    /// survive reloads and work across listeners.
+    resumption: tls::Resumption,
     started: Instant,
     /// Cancels the background tasks (health checks) of the current snapshot.
     background: Mutex<CancellationToken>,
@@ -210,10 +221,12 @@ impl Gateway {
             None => None,
         };
         let sticky_key = config.server.secret.unwrap_or_else(rand::random);
+        let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
         let bx = BuildCtx {
             metrics: &metrics,
             cluster_limits: cluster_limits.as_ref(),
             secret: &sticky_key,
+            resumption: &resumption,
         };
         let snapshot = Snapshot::build(config, None, &bx)?;
         let cfg = snapshot.config.clone();
@@ -259,6 +272,7 @@ impl Gateway {
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
             sticky_key,
+            resumption,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -291,6 +305,7 @@ impl Gateway {
             metrics: &self.metrics,
             cluster_limits: self.cluster_limits.as_ref(),
             secret: &self.sticky_key,
+            resumption: &self.resumption,
         };
         let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
@@ -375,11 +390,17 @@ impl GatewayHandle {
 
     /// The first TLS listener's bound address.
     pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addrs().into_iter().next()
+    }
+
+    /// Every TLS listener's bound address.
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.gw
             .listener_addrs()
             .into_iter()
-            .find(|(_, tls)| *tls)
+            .filter(|(_, tls)| *tls)
             .map(|(a, _)| a)
+            .collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -8,6 +8,7 @@
 //! - [`raw`]: raw bytes, [`Raw`] answers that tell "closed" from "timed out",
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
+//! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
 //! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
@@ -15,6 +16,7 @@
 
 pub mod cfg;
 pub mod chat;
+pub mod openssl;
 pub mod raw;
 pub mod redis;
 pub mod tls;

@@ -29,6 +29,9 @@ use tokio_tungstenite::WebSocketStream;
 /// A certificate authority for one test.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The CA's private key (PKCS#8 PEM), for tools that sign as the CA
+    /// (`openssl ocsp`).
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -44,8 +47,10 @@ impl TestCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         let key = KeyPair::generate().expect("ca key");
+        let key_pem = key.serialize_pem();
         Self {
             issuer: CertifiedIssuer::self_signed(params, key).expect("ca cert"),
+            key_pem,
         }
     }
 

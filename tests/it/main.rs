@@ -21,6 +21,7 @@ mod cluster;
 mod gateway;
 mod hardening2;
 mod inspect;
+mod listener_tls;
 mod mtls;
 mod operations;
 mod probes;

@@ -170,6 +170,7 @@ impl Ctx<'_> {
             return CertPaths {
                 cert: PathBuf::from(cert.get_ref()),
                 key: PathBuf::from(key.get_ref()),
+                ocsp: None,
             };
         };
         match crate::certs::load_certified_key(&cert_path, &key_path) {
@@ -201,7 +202,36 @@ impl Ctx<'_> {
         CertPaths {
             cert: cert_path,
             key: key_path,
+            ocsp: None,
         }
+    }
+
+    /// `{k}.ocsp`: a readable DER OCSP response that can be stapled. One
+    /// already expired is only a warning: the gateway starts without
+    /// stapling it, and a reload picks up the renewed file.
+    pub(super) fn ocsp_file(&mut self, v: &Option<SStr>, k: &str) -> Option<PathBuf> {
+        let v = v.as_ref()?;
+        let key = format!("{k}.ocsp");
+        let path = self.readable_file(v, &key)?;
+        match crate::certs::load_ocsp(&path) {
+            Ok(r) if !r.is_fresh(std::time::SystemTime::now()) => self.warn_at(
+                v.span(),
+                format_args!(
+                    "{key}: {:?} has expired (past its nextUpdate): it is not stapled until renewed",
+                    v.get_ref()
+                ),
+            ),
+            Ok(_) => {}
+            Err(CertError::Ocsp { reason, .. }) => {
+                self.at(v.span(), format!("{key}: {:?}: {reason}", v.get_ref()));
+                return None;
+            }
+            Err(e) => {
+                self.at(v.span(), format!("{key}: {e}"));
+                return None;
+            }
+        }
+        Some(path)
     }
 
     /// With [`Checks::bind`], tries to listen on `addr` (then lets it go) so

@@ -1,5 +1,8 @@
 //! Certificates on disk: loading PEM chains and keys (PKCS#8, PKCS#1, SEC1) into
-//! rustls form, and writing self-signed development certificates (`gen-cert`).
+//! rustls form, stapled OCSP responses ([`ocsp`]), and writing self-signed
+//! development certificates (`gen-cert`).
+
+pub mod ocsp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +24,8 @@ pub enum CertError {
         key: PathBuf,
         reason: String,
     },
+    #[error("cannot use OCSP response {path}: {reason}")]
+    Ocsp { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -86,6 +91,17 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'st
         },
     })?;
     Ok((ck, der))
+}
+
+/// Reads a DER OCSP response file (`[listener.tls] ocsp`) and checks it is
+/// one that can be stapled; whether it is still fresh is the caller's call.
+pub fn load_ocsp(path: &Path) -> Result<ocsp::OcspResponse, CertError> {
+    let bad = |reason: String| CertError::Ocsp {
+        path: path.into(),
+        reason,
+    };
+    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    ocsp::OcspResponse::parse(der).map_err(|e| bad(e.to_string()))
 }
 
 /// An operator's sentence for a PEM reading error (`what`: the block wanted).
