@@ -350,10 +350,14 @@ if want S5; then
   echo "== S5 new WebSocket connections/s"
   for run in $(seq 1 "$RUNS"); do
     for t in "ws direct ws://127.0.0.1:29001/ UP_PID" "ws wsgate ws://127.0.0.1:28080/ws/ WSGATE_PID" "ws nginx ws://127.0.0.1:28081/ NGINX_WORKER" \
-      "wss wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss nginx wss://127.0.0.1:28444/ NGINX_WORKER"; do
+      "wss wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss nginx wss://127.0.0.1:28444/ NGINX_WORKER" \
+      "wss-resume wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss-resume nginx wss://127.0.0.1:28444/ NGINX_WORKER"; do
       read -r kind name url pidvar <<<"$t"
+      # wss-resume: the client keeps TLS 1.3 tickets (an abbreviated handshake
+      # per connection after the first), beside wss's full handshakes.
+      resume=0; [ "$kind" = wss-resume ] && resume=1
       record S5 "$kind" "$name" "$run" -- \
-        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100 --pid "${!pidvar}"
+        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100 --pid "${!pidvar}" --resume "$resume"
     done
   done
 fi

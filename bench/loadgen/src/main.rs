@@ -192,9 +192,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-/// TLS 1.3 client, no session resumption (every connection a full handshake),
-/// ALPN http/1.1 so the gateway does not pick h2.
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// TLS 1.3 client, ALPN http/1.1 so the gateway does not pick h2. Without
+/// `resume` every connection is a full handshake; with it (`--resume 1`) the
+/// client keeps its tickets and resumes (S5 `wss-resume`).
+fn tls_connector(resume: bool) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -202,7 +203,9 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
-    cfg.resumption = rustls::client::Resumption::disabled();
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
@@ -216,7 +219,8 @@ struct Client {
 impl Client {
     fn new(opts: &Opts) -> io::Result<Arc<Client>> {
         let target = parse_url(&opts.str("url", "ws://127.0.0.1:8080/echo"))?;
-        let tls = target.tls.then(tls_connector);
+        let resume = opts.str("resume", "0") == "1";
+        let tls = target.tls.then(|| tls_connector(resume));
         Ok(Arc::new(Client {
             target,
             tls,
