@@ -223,6 +223,11 @@ pub struct ChatFile {
     pub poll_idle_timeout: Option<SStr>,
     pub message_rate: Option<SStr>,
     pub message_burst: Option<Spanned<i64>>,
+    pub auth: Option<SStr>,
+    pub user_claim: Option<SStr>,
+    pub anonymous: Option<Spanned<bool>>,
+    pub guest_rooms: Option<Spanned<Vec<String>>>,
+    pub max_connections_per_user: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ mod common;
 mod auth;
 mod auth_callout;
 mod chat;
+mod chat_auth;
 mod chat_browser;
 mod client_addr;
 mod cluster;

@@ -12,9 +12,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant};
 
-use super::{json_response, query_param, rooms_param, user_of};
+use super::{json_response, query_param, rooms_param};
 use crate::apps::chat::bus::BusError;
 use crate::apps::chat::hub::{Conn, LiveRing};
+use crate::apps::chat::identity::Identity;
 use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, Welcome};
 use crate::apps::chat::Chat;
 use crate::body::Body;
@@ -89,9 +90,10 @@ impl Drop for Polling<'_> {
 /// first use. Returns whether it was created by this call.
 async fn poll_session(
     chat: &Arc<Chat>,
-    user: &UserName,
+    who: &Identity,
     rooms: &[RoomName],
 ) -> Result<(Arc<PollSession>, bool), ChatError> {
+    let user = &who.user;
     let mut names: Vec<&str> = rooms.iter().map(RoomName::as_str).collect();
     names.sort_unstable();
     let key: PollKey = (user.clone(), names.join(","));
@@ -99,7 +101,7 @@ async fn poll_session(
         return Ok((s, false));
     }
     let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
-    let (conn, ring) = chat.hub.connect_poll(user.clone()).await?;
+    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
     for room in rooms {
         if let Err(e) = chat.hub.join(&conn, room).await {
             chat.hub.disconnect(&conn).await;
@@ -155,8 +157,13 @@ pub(super) async fn poll(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
-    let user = user_of(req)?;
+    // Every poll shows its token: once it has expired the poll is a 401.
+    let who = chat.identify(req, false)?;
+    let user = who.user.clone();
     let rooms = rooms_param(uri)?;
+    for room in &rooms {
+        who.grants.check_room(room)?;
+    }
     let cursor = query_param(uri, "cursor")
         .filter(|c| !c.is_empty())
         .map(|c| Cursor::parse(&c))
@@ -170,7 +177,7 @@ pub(super) async fn poll(
     }
     .min(POLL_WAIT);
     let (session, created) = loop {
-        let (s, created) = poll_session(chat, &user, &rooms).await?;
+        let (s, created) = poll_session(chat, &who, &rooms).await?;
         if s.begin() {
             break (s, created);
         }

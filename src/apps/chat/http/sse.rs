@@ -1,8 +1,10 @@
 //! `GET /sse`: a `text/event-stream` of the WebSocket frames. The stream is a
 //! hub connection like a WebSocket session (bounded outbox; an overflow ends
 //! it), and its event ids are history cursors, so a browser reconnecting with
-//! `Last-Event-ID` resumes without losing a room message.
+//! `Last-Event-ID` resumes without losing a room message. With
+//! `[app.chat] auth` the stream ends when its token expires.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +14,12 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
-use super::{query_param, rooms_param, user_of};
+use super::{query_param, rooms_param};
 use crate::apps::chat::hub::{Conn, ConnKind, Hub};
+use crate::apps::chat::identity::deadline;
 use crate::apps::chat::protocol::{ChatError, Cursor, Event, Welcome};
 use crate::apps::chat::Chat;
 use crate::body::{Body, BoxError};
@@ -67,8 +70,12 @@ pub(super) async fn sse(
     chat: &Arc<Chat>,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ChatError> {
-    let user = user_of(req)?;
+    let who = chat.identify(req, false)?;
+    let user = who.user.clone();
     let rooms = rooms_param(req.uri())?;
+    for room in &rooms {
+        who.grants.check_room(room)?;
+    }
     let resume = req
         .headers()
         .get("last-event-id")
@@ -91,7 +98,10 @@ pub(super) async fn sse(
         };
         cursor.rooms.insert(room.clone(), pos);
     }
-    let (conn, rx) = chat.hub.connect(user.clone(), ConnKind::Sse, None).await?;
+    let (conn, rx) = chat
+        .hub
+        .connect(chat.newcomer(&who), ConnKind::Sse, None)
+        .await?;
     let guard = ConnGuard {
         hub: chat.hub.clone(),
         conn: conn.clone(),
@@ -123,6 +133,9 @@ pub(super) async fn sse(
         cursor,
         first: Some(first.freeze()),
         keepalive: tokio::time::interval_at(Instant::now() + SSE_KEEPALIVE, SSE_KEEPALIVE),
+        // A stream cannot be refreshed: it ends when its token does, and the
+        // browser reconnects with a fresh one (and `Last-Event-ID`).
+        expiry: Box::pin(tokio::time::sleep_until(deadline(who.expires))),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         let chunk = st.next_chunk().await?;
@@ -148,6 +161,7 @@ struct SseState {
     cursor: Cursor,
     first: Option<Bytes>,
     keepalive: tokio::time::Interval,
+    expiry: Pin<Box<Sleep>>,
 }
 
 enum SseStep {
@@ -166,6 +180,7 @@ impl SseState {
             let step = tokio::select! {
                 biased;
                 _ = self.chat.shutdown.token.cancelled() => SseStep::End,
+                () = &mut self.expiry => SseStep::End,
                 _ = self.conn.kicked().cancelled() => {
                     self.chat.hub.note_overflow();
                     SseStep::End

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, ConnId};
+use crate::apps::chat::identity::Grants;
 use crate::apps::chat::protocol::{Event, RoomName, UserName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,8 @@ pub struct Conn {
     /// Rooms joined, and whether the connection is gone (checked under the same
     /// lock as joins, so a join racing a disconnect cannot leave a member behind).
     pub(super) state: Mutex<ConnState>,
+    /// What the connection's token allows; a `refresh` replaces it.
+    grants: Mutex<Grants>,
     outbox: Outbox,
     kicked: CancellationToken,
 }
@@ -97,12 +100,19 @@ pub(super) struct ConnState {
 }
 
 impl Conn {
-    pub(super) fn new(id: ConnId, user: UserName, kind: ConnKind, outbox: Outbox) -> Self {
+    pub(super) fn new(
+        id: ConnId,
+        user: UserName,
+        grants: Grants,
+        kind: ConnKind,
+        outbox: Outbox,
+    ) -> Self {
         Self {
             id,
             user,
             kind,
             state: Mutex::new(ConnState::default()),
+            grants: Mutex::new(grants),
             outbox,
             kicked: CancellationToken::new(),
         }
@@ -127,6 +137,16 @@ impl Conn {
                 true
             }
         }
+    }
+
+    pub fn grants(&self) -> Grants {
+        lock(&self.grants).clone()
+    }
+
+    /// A refreshed token's grants: they apply to joins from now on (rooms
+    /// already joined are kept).
+    pub fn set_grants(&self, grants: Grants) {
+        *lock(&self.grants) = grants;
     }
 
     /// Cancelled when the connection fell too far behind and must be closed.

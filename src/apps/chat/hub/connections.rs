@@ -12,7 +12,16 @@ use tokio::sync::mpsc;
 use super::conn::{Conn, ConnKind, LiveRing, Outbox};
 use super::{lock, ConnId, Hub};
 use crate::apps::chat::bus::Deliver;
+use crate::apps::chat::identity::Grants;
 use crate::apps::chat::protocol::{ChatError, Event, Presence, PresenceState, RoomName, UserName};
+
+/// A connection about to register: its user, what its token allows, and the
+/// user's connection cap on this node (`max_connections_per_user`, 0 = none).
+pub struct Newcomer {
+    pub user: UserName,
+    pub grants: Grants,
+    pub cap: usize,
+}
 
 #[derive(Default)]
 pub(super) struct LocalRoom {
@@ -24,43 +33,51 @@ pub(super) struct LocalRoom {
 }
 
 impl Hub {
-    fn new_conn(&self, user: UserName, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
+    fn new_conn(&self, who: Newcomer, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Conn::new(id, user, kind, outbox))
+        Arc::new(Conn::new(id, who.user, who.grants, kind, outbox))
     }
 
     /// Registers a queued connection (WebSocket or SSE). `first` is queued
     /// before anything else can reach the connection (the `welcome` frame).
     pub async fn connect(
         &self,
-        user: UserName,
+        who: Newcomer,
         kind: ConnKind,
         first: Option<&Event>,
     ) -> Result<(Arc<Conn>, mpsc::Receiver<Event>), ChatError> {
+        let cap = who.cap;
         let (tx, rx) = mpsc::channel(self.send_queue);
-        let conn = self.new_conn(user, kind, Outbox::Queue(tx));
+        let conn = self.new_conn(who, kind, Outbox::Queue(tx));
         if let Some(first) = first {
             conn.offer(first);
         }
-        self.register(&conn).await?;
+        self.register(&conn, cap).await?;
         Ok((conn, rx))
     }
 
     /// Registers a long-poll session; its live events go to the returned ring.
     pub async fn connect_poll(
         &self,
-        user: UserName,
+        who: Newcomer,
     ) -> Result<(Arc<Conn>, Arc<LiveRing>), ChatError> {
+        let cap = who.cap;
         let ring = Arc::new(LiveRing::new(self.send_queue, self.live_seq.clone()));
-        let conn = self.new_conn(user, ConnKind::Poll, Outbox::Poll(ring.clone()));
-        self.register(&conn).await?;
+        let conn = self.new_conn(who, ConnKind::Poll, Outbox::Poll(ring.clone()));
+        self.register(&conn, cap).await?;
         Ok((conn, ring))
     }
 
-    async fn register(&self, conn: &Arc<Conn>) -> Result<(), ChatError> {
+    /// Adds `conn` to its user's connections unless the user already holds
+    /// `cap` of them here (0: no cap); checked and added under the user's
+    /// stripe lock, so racing connects cannot overshoot.
+    async fn register(&self, conn: &Arc<Conn>, cap: usize) -> Result<(), ChatError> {
         let _g = self.stripe(&conn.user).lock().await;
         let first = {
             let mut m = self.users.entry(conn.user.clone()).or_default();
+            if cap > 0 && m.len() >= cap {
+                return Err(ChatError::TooManyConnections(cap));
+            }
             m.insert(conn.id, conn.clone());
             m.len() == 1
         };

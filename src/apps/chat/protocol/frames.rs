@@ -22,12 +22,31 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// One frame from a client, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Join { room: RoomName },
-    Leave { room: RoomName },
-    Msg { room: RoomName, text: String },
-    Dm { to: UserName, text: String },
-    History { room: RoomName, limit: usize },
-    Who { room: RoomName },
+    Join {
+        room: RoomName,
+    },
+    Leave {
+        room: RoomName,
+    },
+    Msg {
+        room: RoomName,
+        text: String,
+    },
+    Dm {
+        to: UserName,
+        text: String,
+    },
+    History {
+        room: RoomName,
+        limit: usize,
+    },
+    Who {
+        room: RoomName,
+    },
+    /// A newer token for this session (`[app.chat] auth`).
+    Refresh {
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -94,6 +113,9 @@ impl ClientFrame {
                 }
             }
             "who" => ClientFrame::Who { room: room()? },
+            "refresh" => ClientFrame::Refresh {
+                token: str_field(&obj, "token")?.to_string(),
+            },
             other => return Err(ChatError::UnknownType(truncate(other))),
         })
     }
@@ -166,6 +188,15 @@ pub struct DirectMessage {
 pub struct Welcome<'a> {
     pub user: &'a UserName,
     pub node: &'a str,
+}
+
+/// The answer to a good `refresh`: the session now lasts until `expires`
+/// (Unix seconds; absent when the new token has no `exp`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "refreshed")]
+pub struct Refreshed {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

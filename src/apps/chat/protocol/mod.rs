@@ -19,7 +19,7 @@ pub use cursor::{parse_rooms, Cursor};
 pub use errors::{ChatError, ErrorFrame};
 pub use frames::{
     arc_str, now_ms, ChatMessage, ClientFrame, DirectMessage, Event, HistoryFrame, Presence,
-    PresenceState, Welcome, WhoFrame, DEFAULT_HISTORY_LIMIT, ENVELOPE,
+    PresenceState, Refreshed, Welcome, WhoFrame, DEFAULT_HISTORY_LIMIT, ENVELOPE,
 };
 pub use names::{InvalidName, RoomName, UserName, MAX_ROOM_LEN, MAX_USER_LEN};
 
