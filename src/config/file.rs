@@ -164,6 +164,8 @@ pub struct UpstreamFile {
     pub tls_server_name: Option<SStr>,
     pub tls_client_cert: Option<SStr>,
     pub tls_client_key: Option<SStr>,
+    /// `h1`, `h2` (over TLS, ALPN) or `h2c` (cleartext HTTP/2).
+    pub protocol: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -246,6 +246,21 @@ pub struct UpstreamConfig {
     pub ws_message_rate: Option<MessageRate>,
     /// TLS to the servers (`https://`/`wss://` servers or `tls = true`).
     pub tls: Option<UpstreamTlsConfig>,
+    /// The HTTP version proxied requests use (WebSocket tunnels are always
+    /// HTTP/1.1 upgrades).
+    pub protocol: UpstreamProtocol,
+}
+
+/// `[upstream.NAME] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over keep-alive connections.
+    #[default]
+    H1,
+    /// HTTP/2 over TLS (ALPN `h2`): one multiplexed connection per server.
+    H2,
+    /// HTTP/2 in cleartext, prior knowledge.
+    H2c,
 }
 
 /// TLS from the gateway to an upstream's servers (docs/tls.md).

@@ -28,7 +28,7 @@ use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::shutdown::Shutdown;
-use crate::upstream::dial::{DialError, UpStream};
+use crate::upstream::dial::{DialError, Purpose, UpStream};
 use crate::upstream::{Backend, BackendId, Pool};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -268,11 +268,16 @@ impl Tunnel<'_> {
 /// within the pool's `connect_timeout`.
 async fn connect(backend: &Backend) -> Result<UpStream, ProxyError> {
     let addr = || backend.addr.to_string();
-    backend.conns.dialer().dial().await.map_err(|e| match e {
-        DialError::Timeout => ProxyError::UpstreamTimeout(addr()),
-        DialError::Connect(_) => ProxyError::UpstreamConnect(addr()),
-        e => ProxyError::UpstreamTls(addr(), e.to_string()),
-    })
+    backend
+        .conns
+        .dialer()
+        .dial(Purpose::WebSocket)
+        .await
+        .map_err(|e| match e {
+            DialError::Timeout => ProxyError::UpstreamTimeout(addr()),
+            DialError::Connect(_) => ProxyError::UpstreamConnect(addr()),
+            e => ProxyError::UpstreamTls(addr(), e.to_string()),
+        })
 }
 
 /// The upstream side of one tunnel attempt.

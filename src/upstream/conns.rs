@@ -1,5 +1,6 @@
 //! Keep-alive HTTP/1.1 connections (plain or TLS) to one upstream server, for
-//! the HTTP proxy and the active health checks.
+//! the HTTP proxy and the active health checks; for an HTTP/2 pool, the
+//! server's one multiplexed connection (`h2`) instead.
 //!
 //! Each connection is a hyper `SendRequest` whose connection task runs on its
 //! own. Idle ones wait on a stack (the most recently used is reused first: it is
@@ -18,7 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::connect::{ExchangeWatch, Watched};
-use super::dial::{DialError, Dialer};
+use super::dial::{DialError, Dialer, Purpose};
+use super::h2::{H2Conn, H2Failure};
 use crate::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
@@ -45,7 +47,7 @@ pub enum SendError {
     /// The TLS handshake failed (certificate not trusted, name mismatch, ...).
     #[error("{0}")]
     Tls(#[source] DialError),
-    #[error("HTTP/1.1 handshake failed: {0}")]
+    #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     /// The exchange failed after the request was handed to the connection.
     #[error("{source}")]
@@ -56,6 +58,16 @@ pub enum SendError {
         /// started answering, which is what makes a retry safe.
         response_started: bool,
     },
+}
+
+impl From<DialError> for SendError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Timeout => SendError::ConnectTimeout,
+            DialError::Connect(e) => SendError::Connect(e),
+            e => SendError::Tls(e),
+        }
+    }
 }
 
 impl SendError {
@@ -87,6 +99,9 @@ struct Idle {
 /// The idle connections to one server.
 pub struct ConnPool {
     dialer: Dialer,
+    /// HTTP/2 pools: the one multiplexed connection (the idle stack stays
+    /// empty).
+    h2: Option<H2Conn>,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Idle>>,
@@ -110,6 +125,7 @@ impl ConnPool {
 
     fn with_limits(dialer: Dialer, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
         Arc::new(Self {
+            h2: dialer.is_h2().then(H2Conn::default),
             dialer,
             idle_timeout,
             max_idle,
@@ -138,6 +154,18 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, SendError> {
+        if let Some(h2) = &self.h2 {
+            let resp = h2.send(&self.dialer, req).await.map_err(|f| match f {
+                H2Failure::Dial(e) => SendError::from(e),
+                H2Failure::Handshake(e) => SendError::Handshake(e),
+                H2Failure::Exchange(source) => SendError::Exchange {
+                    source,
+                    response_started: true,
+                },
+            })?;
+            // Nothing to give back: the connection is shared, not checked out.
+            return Ok(resp.map(|body| Release { body, home: None }));
+        }
         let (mut conn, reused) = match self.take_idle().await {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
@@ -188,11 +216,7 @@ impl ConnPool {
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let stream = self.dialer.dial().await.map_err(|e| match e {
-            DialError::Timeout => SendError::ConnectTimeout,
-            DialError::Connect(e) => SendError::Connect(e),
-            e => SendError::Tls(e),
-        })?;
+        let stream = self.dialer.dial(Purpose::Http).await?;
         let watch = ExchangeWatch::default();
         let io = TokioIo::new(Watched::new(stream, watch.clone()));
         let (sender, conn) = http1::Builder::new()

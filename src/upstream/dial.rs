@@ -26,6 +26,17 @@ pub enum DialError {
     Tls(#[source] io::Error),
     #[error("no TLS server name for {0} (set tls_server_name)")]
     NoServerName(Arc<str>),
+    #[error("the server did not agree to HTTP/2 (ALPN h2)")]
+    NoH2,
+}
+
+/// What a connection is for: its ALPN with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The pool's HTTP connections (`h2` for an HTTP/2 pool).
+    Http,
+    /// A WebSocket tunnel: always an HTTP/1.1 upgrade.
+    WebSocket,
 }
 
 /// How to reach one server.
@@ -34,11 +45,28 @@ pub struct Dialer {
     addr: Arc<str>,
     timeout: Duration,
     tls: Option<Arc<UpstreamTls>>,
+    /// HTTP connections must negotiate `h2` (a TLS pool with `protocol = "h2"`).
+    h2: bool,
 }
 
 impl Dialer {
     pub fn new(addr: Arc<str>, timeout: Duration, tls: Option<Arc<UpstreamTls>>) -> Self {
-        Self { addr, timeout, tls }
+        Self {
+            addr,
+            timeout,
+            tls,
+            h2: false,
+        }
+    }
+
+    /// HTTP connections of this server speak HTTP/2 (`h2` over TLS, or `h2c`).
+    pub fn with_h2(mut self, h2: bool) -> Self {
+        self.h2 = h2;
+        self
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2
     }
 
     pub fn addr(&self) -> &Arc<str> {
@@ -50,14 +78,14 @@ impl Dialer {
     }
 
     /// Connects, and with TLS completes the handshake (certificate verified).
-    pub async fn dial(&self) -> Result<UpStream, DialError> {
-        match tokio::time::timeout(self.timeout, self.dial_inner()).await {
+    pub async fn dial(&self, purpose: Purpose) -> Result<UpStream, DialError> {
+        match tokio::time::timeout(self.timeout, self.dial_inner(purpose)).await {
             Ok(r) => r,
             Err(_) => Err(DialError::Timeout),
         }
     }
 
-    async fn dial_inner(&self) -> Result<UpStream, DialError> {
+    async fn dial_inner(&self, purpose: Purpose) -> Result<UpStream, DialError> {
         let tcp = TcpStream::connect(&*self.addr)
             .await
             .map_err(DialError::Connect)?;
@@ -68,11 +96,15 @@ impl Dialer {
         let name = tls
             .server_name(&self.addr)
             .ok_or_else(|| DialError::NoServerName(self.addr.clone()))?;
+        let ws = purpose == Purpose::WebSocket;
         let s = tls
-            .connector()
+            .connector(ws)
             .connect(name, tcp)
             .await
             .map_err(DialError::Tls)?;
+        if self.h2 && !ws && s.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(DialError::NoH2);
+        }
         Ok(UpStream::Tls(Box::new(s)))
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Files depend on each other one way only: `balance`, `health` and `tls` are
 //! leaves; `dial` (TCP, then TLS when the pool has it) uses `tls`; `connect`
-//! uses `dial`; `conns` uses `connect` and `dial`; `backend` (one server) uses
+//! uses `dial`; `h2` (one multiplexed HTTP/2 connection) uses `dial`; `conns`
+//! uses `connect`, `dial` and `h2`; `backend` (one server) uses
 //! `balance`, `health`, `conns` and `dial`; `sticky` uses `backend`; `pool` uses
 //! all of those; `probe` (active checks) uses `pool`.
 
@@ -20,6 +21,7 @@ pub mod balance;
 pub mod connect;
 pub mod conns;
 pub mod dial;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod probe;

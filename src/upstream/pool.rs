@@ -20,7 +20,7 @@ use super::balance::{least_conn, rendezvous, two_choices, SmoothWrr};
 use super::health::{Source, Transition};
 use super::sticky::{self, SealKey, Token};
 use super::tls::{UpstreamTls, UpstreamTlsError};
-use crate::config::{Balance, Sticky, UpstreamConfig};
+use crate::config::{Balance, Sticky, UpstreamConfig, UpstreamProtocol};
 
 /// What a request carries that may pin it to a server.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +78,7 @@ impl Pool {
         let tls = cfg
             .tls
             .as_ref()
-            .map(UpstreamTls::build)
+            .map(|t| UpstreamTls::build(t, cfg.protocol == UpstreamProtocol::H2))
             .transpose()?
             .map(Arc::new);
         let backends: Vec<Arc<Backend>> = cfg
@@ -91,6 +91,7 @@ impl Pool {
                     s.weight,
                     cfg.connect_timeout,
                     tls.clone(),
+                    cfg.protocol != UpstreamProtocol::H1,
                     old.as_deref(),
                 ))
             })

@@ -1,7 +1,10 @@
 //! TLS from the gateway to an upstream's servers: the rustls client config
 //! one pool shares (trust roots from `tls_ca` or the system's, an optional
-//! client certificate for mTLS, ALPN `http/1.1`, the same aws-lc-rs provider
-//! as the listeners) and the name each server is checked against (SNI).
+//! client certificate for mTLS, the same aws-lc-rs provider as the
+//! listeners) and the name each server is checked against (SNI). ALPN says
+//! `h2` for the HTTP connections of a `protocol = "h2"` pool and `http/1.1`
+//! otherwise (WebSocket tunnels are HTTP/1.1 upgrades whatever the pool's
+//! protocol).
 //! rustls keeps a bounded in-memory store of sessions per config, so
 //! connections to the same server resume instead of doing a full handshake.
 
@@ -32,7 +35,11 @@ pub enum UpstreamTlsError {
 
 /// One pool's TLS client side.
 pub struct UpstreamTls {
-    connector: TlsConnector,
+    /// For the pool's HTTP connections.
+    http: TlsConnector,
+    /// For WebSocket tunnels (ALPN `http/1.1`); the same config unless the
+    /// HTTP connections speak HTTP/2.
+    ws: TlsConnector,
     /// `tls_server_name`: the name for every server of the pool.
     name: Option<ServerName<'static>>,
 }
@@ -47,8 +54,9 @@ impl std::fmt::Debug for UpstreamTls {
 
 impl UpstreamTls {
     /// Reads the trust roots and the client certificate (re-read on every
-    /// reload, as listener certificates are).
-    pub fn build(cfg: &UpstreamTlsConfig) -> Result<Self, UpstreamTlsError> {
+    /// reload, as listener certificates are). `h2`: HTTP connections offer
+    /// only `h2` (ALPN).
+    pub fn build(cfg: &UpstreamTlsConfig, h2: bool) -> Result<Self, UpstreamTlsError> {
         let roots = match &cfg.ca {
             Some(path) => {
                 crate::config::load_roots(path).map_err(|reason| UpstreamTlsError::Ca {
@@ -69,21 +77,30 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        // HTTP/1.1 (and WebSocket upgrades over it) is all the gateway speaks
-        // to upstreams; saying so keeps servers that insist on ALPN happy.
+        // Saying which protocol comes keeps servers that insist on ALPN happy,
+        // and an h2 pool must know the server agreed to HTTP/2.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let ws = TlsConnector::from(Arc::new(config.clone()));
+        let http = if h2 {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            TlsConnector::from(Arc::new(config))
+        } else {
+            ws.clone()
+        };
         let name = cfg
             .server_name
             .as_deref()
             .and_then(|n| ServerName::try_from(n.to_string()).ok());
-        Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
-            name,
-        })
+        Ok(Self { http, ws, name })
     }
 
-    pub fn connector(&self) -> &TlsConnector {
-        &self.connector
+    /// The connector for HTTP connections (`ws`: for a WebSocket tunnel).
+    pub fn connector(&self, ws: bool) -> &TlsConnector {
+        if ws {
+            &self.ws
+        } else {
+            &self.http
+        }
     }
 
     /// The name a server at `addr` (`host:port`) is reached by: `tls_server_name`,

@@ -9,6 +9,7 @@
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
 //! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
+//! - [`h2_upstream`]: an HTTP/2-only upstream that answers with trailers, like gRPC.
 //! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
@@ -16,6 +17,7 @@
 
 pub mod cfg;
 pub mod chat;
+pub mod h2_upstream;
 pub mod openssl;
 pub mod raw;
 pub mod redis;

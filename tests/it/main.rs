@@ -27,5 +27,6 @@ mod mtls;
 mod operations;
 mod probes;
 mod upstream;
+mod upstream_h2;
 mod upstream_tls;
 mod websocket;

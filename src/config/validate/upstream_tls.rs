@@ -1,7 +1,8 @@
 //! TLS to an upstream's servers: the scheme of each `servers` entry
 //! (`https://`, `wss://`, `http://`, `ws://` or none), `tls`, and the
 //! `tls_ca` / `tls_server_name` / `tls_client_cert` / `tls_client_key` keys
-//! that only make sense with it (docs/tls.md).
+//! that only make sense with it (docs/tls.md); and `protocol`, whose `h2`
+//! needs TLS and `h2c` needs none.
 
 use std::ops::Range;
 
@@ -161,6 +162,38 @@ pub(super) fn upstream_tls(
     })
 }
 
+/// `protocol`: `h1` (default), `h2` (TLS only) or `h2c` (cleartext only).
+pub(super) fn protocol(cx: &mut Ctx, name: &str, u: &UpstreamFile, tls: bool) -> UpstreamProtocol {
+    let Some(v) = &u.protocol else {
+        return UpstreamProtocol::H1;
+    };
+    let key = format!("upstream.{name}.protocol");
+    let (p, problem) = match v.get_ref().as_str() {
+        "h1" => (UpstreamProtocol::H1, None),
+        "h2" if tls => (UpstreamProtocol::H2, None),
+        "h2" => (
+            UpstreamProtocol::H1,
+            Some(
+                "\"h2\" needs TLS (https:// servers or `tls = true`); cleartext HTTP/2 is \"h2c\""
+                    .to_string(),
+            ),
+        ),
+        "h2c" if !tls => (UpstreamProtocol::H2c, None),
+        "h2c" => (
+            UpstreamProtocol::H1,
+            Some("\"h2c\" is cleartext HTTP/2; over TLS use \"h2\"".to_string()),
+        ),
+        other => (
+            UpstreamProtocol::H1,
+            Some(format!("{other:?} is not one of \"h1\", \"h2\", \"h2c\"")),
+        ),
+    };
+    if let Some(m) = problem {
+        cx.at(v.span(), format!("{key}: {m}"));
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_scheme;
@@ -213,6 +246,21 @@ mod tests {
         );
         let e = check("servers = [\"https://a:1\"]\ntls_client_cert = \"x.crt\"").unwrap_err();
         assert!(e.contains("tls_client_cert: needs `tls_client_key`"), "{e}");
+        let e = check("servers = [\"a:1\"]\nprotocol = \"h2\"").unwrap_err();
+        assert!(
+            e.contains("t.toml:5:12: upstream.api.protocol: \"h2\" needs TLS"),
+            "{e}"
+        );
+        let e = check("servers = [\"https://a:1\"]\nprotocol = \"h2c\"").unwrap_err();
+        assert!(
+            e.contains("upstream.api.protocol: \"h2c\" is cleartext"),
+            "{e}"
+        );
+        let c = check("servers = [\"https://a:1\"]\nprotocol = \"h2\"").unwrap();
+        assert_eq!(
+            c.upstreams["api"].protocol,
+            crate::config::UpstreamProtocol::H2
+        );
         let e = check("servers = [\"ftp://a:1\"]").unwrap_err();
         assert!(e.contains("scheme \"ftp\" is not one of"), "{e}");
     }

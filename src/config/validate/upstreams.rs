@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::ctx::Ctx;
-use super::upstream_tls::{split_scheme, upstream_tls, Schemes};
+use super::upstream_tls::{protocol, split_scheme, upstream_tls, Schemes};
 use crate::config::file::*;
 use crate::config::*;
 
@@ -26,6 +26,8 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     let u = u.get_ref();
     let k = |s: &str| format!("upstream.{name}.{s}");
     let (servers, schemes) = servers(cx, name, &u.servers);
+    let tls = upstream_tls(cx, name, u, &schemes);
+    let protocol = protocol(cx, name, u, tls.is_some());
     if servers.is_empty() && u.servers.get_ref().is_empty() {
         cx.at(
             span,
@@ -118,7 +120,8 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
             name,
             u.ws_inspect.unwrap_or(false),
         ),
-        tls: upstream_tls(cx, name, u, &schemes),
+        tls,
+        protocol,
     }
 }
 

@@ -34,6 +34,7 @@ fn cfg(servers: &[(&str, u32)], balance: Balance, sticky: Sticky) -> UpstreamCon
         ws_ping_interval: Duration::ZERO,
         ws_message_rate: None,
         tls: None,
+        protocol: Default::default(),
     }
 }
 
