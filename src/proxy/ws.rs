@@ -183,8 +183,8 @@ impl Tunnel<'_> {
             tried.push(choice.backend.id);
             // Counted from the start so least_conn sees handshakes in progress.
             let inflight = choice.backend.track();
-            let tcp = match connect(&choice.backend).await {
-                Ok(tcp) => tcp,
+            let stream = match connect(&choice.backend).await {
+                Ok(s) => s,
                 Err(e) => {
                     pool.report_failure(&choice.backend);
                     // Nothing reached the server: safe to try another.
@@ -203,7 +203,7 @@ impl Tunnel<'_> {
                 notes,
             };
             // Boxed: the handshake's state is only needed while it runs.
-            match Box::pin(up.handshake(tcp, &req, &hs)).await {
+            match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok((headers, stream, accept)) => {
                     pool.report_success(&choice.backend);
                     break (choice, inflight, headers, stream, accept);
@@ -296,7 +296,7 @@ impl Upstream<'_> {
     /// also the client's).
     async fn handshake(
         &self,
-        tcp: UpStream,
+        stream: UpStream,
         req: &Request<Incoming>,
         hs: &Handshake,
     ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
@@ -314,7 +314,7 @@ impl Upstream<'_> {
         let addr = || self.backend.addr.to_string();
         match tokio::time::timeout(
             self.cfg.response_timeout,
-            ws_upstream::handshake(tcp, &head, &expected),
+            ws_upstream::handshake(stream, &head, &expected),
         )
         .await
         {

@@ -70,23 +70,23 @@ pub fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
 /// `expected_accept`: the response headers and the stream, which replays what
 /// the server sent after its head before reading on.
 pub async fn handshake(
-    mut tcp: UpStream,
+    mut stream: UpStream,
     head: &[u8],
     expected_accept: &str,
 ) -> Result<(HeaderMap, Rewind), UpstreamHandshakeError> {
     let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
-    tcp.write_all(head).await.map_err(io)?;
+    stream.write_all(head).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
     loop {
         if let Some((headers, len)) = parse_101(&buf, expected_accept)? {
             let rest = Bytes::copy_from_slice(&buf[len..]);
-            return Ok((headers, Rewind::new(rest, tcp)));
+            return Ok((headers, Rewind::new(rest, stream)));
         }
         if buf.len() >= MAX_HEAD {
             return Err(UpstreamHandshakeError::TooLarge);
         }
         buf.reserve(1024.min(MAX_HEAD - buf.len()));
-        if tcp.read_buf(&mut buf).await.map_err(io)? == 0 {
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
             return Err(UpstreamHandshakeError::Closed);
         }
     }
