@@ -238,6 +238,7 @@ impl Gateway {
                 c,
                 &cfg.server.node_id,
                 cfg.chat.history,
+                cfg.chat.history_ttl,
                 shutdown.token.clone(),
             )?),
             None => None,

@@ -26,6 +26,7 @@ mod listener_tls;
 mod mtls;
 mod operations;
 mod probes;
+mod recovery;
 mod upstream;
 mod upstream_h2;
 mod upstream_tls;
