@@ -10,6 +10,7 @@
 //! - [`tls`]: TLS clients.
 //! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
 //! - [`h2_upstream`]: an HTTP/2-only upstream that answers with trailers, like gRPC.
+//! - [`grpc`]: a real gRPC server and client (tonic, raw-bytes messages).
 //! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
@@ -17,6 +18,7 @@
 
 pub mod cfg;
 pub mod chat;
+pub mod grpc;
 pub mod h2_upstream;
 pub mod openssl;
 pub mod raw;

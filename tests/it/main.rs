@@ -20,6 +20,7 @@ mod chat_browser;
 mod client_addr;
 mod cluster;
 mod gateway;
+mod grpc;
 mod hardening2;
 mod inspect;
 mod listener_tls;
