@@ -65,6 +65,9 @@ struct Snapshot {
     table: Arc<Table>,
     /// TLS server config per listener, aligned with `config.listeners`.
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// (name served for, `notAfter`) of each listener's certificates, aligned
+    /// with `config.listeners`: `wsgate_tls_cert_expiry_seconds`.
+    cert_expiry: Vec<Vec<(String, std::time::SystemTime)>>,
     /// Every `[limit.NAME]`; limiters whose definition a reload keeps are
     /// carried over with their buckets.
     limits: Arc<Registry>,
@@ -91,7 +94,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         bx: &BuildCtx<'_>,
     ) -> Result<Self, StartError> {
-        let tls = config
+        let built = config
             .listeners
             .iter()
             .map(|l| {
@@ -109,6 +112,13 @@ impl Snapshot {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (tls, cert_expiry) = built
+            .into_iter()
+            .map(|b| match b {
+                Some(b) => (Some(b.config), b.expiries),
+                None => (None, Vec::new()),
+            })
+            .unzip();
         let pools = config
             .upstreams
             .iter()
@@ -139,6 +149,7 @@ impl Snapshot {
         Ok(Self {
             table: Arc::new(Table::new(&config, pools, &limits)),
             tls,
+            cert_expiry,
             limits,
             conn_limits,
             config: Arc::new(config),

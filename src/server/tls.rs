@@ -28,6 +28,8 @@ use crate::config::{CertPaths, HostPattern, TlsConfig};
 #[derive(Debug)]
 struct Entry {
     plain: Arc<CertifiedKey>,
+    /// The leaf certificate's `notAfter` (for `wsgate_tls_cert_expiry_seconds`).
+    not_after: Option<SystemTime>,
     /// With `ocsp` set, and its `nextUpdate` (`None`: it does not expire).
     stapled: Option<(Arc<CertifiedKey>, Option<SystemTime>)>,
 }
@@ -35,9 +37,11 @@ struct Entry {
 impl Entry {
     fn load(paths: &CertPaths) -> Result<Self, CertError> {
         let plain = load_certified_key(&paths.cert, &paths.key)?;
+        let not_after = plain.cert.first().and_then(crate::certs::not_after);
         let Some(path) = &paths.ocsp else {
             return Ok(Self {
                 plain,
+                not_after,
                 stapled: None,
             });
         };
@@ -47,6 +51,7 @@ impl Entry {
                 "OCSP response expired (past its nextUpdate): not stapled");
             return Ok(Self {
                 plain,
+                not_after,
                 stapled: None,
             });
         }
@@ -54,6 +59,7 @@ impl Entry {
         ck.ocsp = Some(resp.der);
         Ok(Self {
             stapled: Some((Arc::new(ck), resp.next_update)),
+            not_after,
             plain,
         })
     }
@@ -103,6 +109,18 @@ impl SniResolver {
             exact,
             wildcard,
         })
+    }
+
+    /// Each certificate's `notAfter`, by the name it is served for
+    /// (`default`, an exact host, or `*.suffix`).
+    pub fn expiries(&self) -> Vec<(String, SystemTime)> {
+        let named = self.exact.iter().map(|(h, e)| (h.clone(), e));
+        let wild = self.wildcard.iter().map(|(s, e)| (format!("*{s}"), e));
+        std::iter::once(("default".to_string(), &self.default))
+            .chain(named)
+            .chain(wild)
+            .filter_map(|(h, e)| Some((h, e.not_after?)))
+            .collect()
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
@@ -162,14 +180,22 @@ impl Resumption {
     }
 }
 
+/// One TLS listener's rustls config, and when each of its certificates
+/// expires (name served for, `notAfter`).
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub expiries: Vec<(String, SystemTime)>,
+}
+
 /// Builds the rustls config for one TLS listener, loading every certificate.
 /// `tickets`: `[server] tls_tickets` (the session cache is used either way).
 pub fn server_config(
     cfg: &TlsConfig,
     resumption: &Resumption,
     tickets: bool,
-) -> Result<Arc<rustls::ServerConfig>, CertError> {
+) -> Result<ListenerTls, CertError> {
     let resolver = SniResolver::load(cfg)?;
+    let expiries = resolver.expiries();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -184,7 +210,10 @@ pub fn server_config(
     if tickets {
         sc.ticketer = resumption.ticketer.clone();
     }
-    Ok(Arc::new(sc))
+    Ok(ListenerTls {
+        config: Arc::new(sc),
+        expiries,
+    })
 }
 
 /// mTLS: verifies client certificates against `client_ca` (rustls'
@@ -226,6 +255,7 @@ mod tests {
         ck.ocsp = Some(vec![1, 2, 3]);
         Entry {
             plain,
+            not_after: None,
             stapled: Some((Arc::new(ck), until)),
         }
     }

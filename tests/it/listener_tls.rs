@@ -202,3 +202,68 @@ async fn tickets_resume_across_listeners_and_reloads() {
         HandshakeKind::Resumed
     );
 }
+
+/// The `wsgate_tls_cert_expiry_seconds` series in the admin listener's
+/// metrics, as (labels, value).
+async fn expiry_series(gw: &TestGateway) -> Vec<(String, i64)> {
+    let text = common::get(gw.admin(), "/metrics").await.text();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("wsgate_tls_cert_expiry_seconds{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn certificate_expiry_is_exported_per_listener_and_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let (_ca, crt, key) = pki(&d);
+    let with_sni = |sni: bool| {
+        let l = Listener::plain().tls(&crt, &key);
+        let l = if sni {
+            l.sni("*.apps.test", &crt, &key)
+        } else {
+            l
+        };
+        Cfg::new()
+            .listener(l)
+            .admin()
+            .route(Route::app("/", "echo"))
+            .build()
+    };
+    let gw = TestGateway::start_in(&with_sni(true), dir).await;
+    let listener = gw.https().to_string();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let series = expiry_series(&gw).await;
+    let mut names: Vec<String> = series.iter().map(|(l, _)| l.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            format!("listener=\"{listener}\",host=\"*.apps.test\""),
+            format!("listener=\"{listener}\",host=\"default\""),
+        ],
+        "{series:?}"
+    );
+    // rcgen's default notAfter is the year 4096.
+    assert!(
+        series.iter().all(|(_, v)| *v > now + 100 * 365 * 86400),
+        "{series:?}"
+    );
+
+    // A reload that drops the SNI certificate drops its series.
+    std::fs::write(d.join("wsgate.toml"), with_sni(false)).expect("write config");
+    gw.handle
+        .reload(wsgate::config::load(&d.join("wsgate.toml")).expect("config"))
+        .await
+        .expect("reload");
+    let series = expiry_series(&gw).await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].0.ends_with("host=\"default\""), "{series:?}");
+}
