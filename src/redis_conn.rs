@@ -9,6 +9,9 @@
 //! cluster, channels are sharded (`SSUBSCRIBE`/`SPUBLISH`, a channel lives on
 //! the shard of its hash slot), on one server they are plain.
 //!
+//! With `[cluster] sentinels`, a [`sentinel::SentinelConn`] follows the master
+//! Sentinel names across failovers.
+//!
 //! A leaf: used by `cluster` (the chat bus) and `limit` (cluster-scope
 //! limits), importing only `config`.
 
@@ -23,6 +26,8 @@ use redis::{Cmd, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::config::RedisTarget;
+
+mod sentinel;
 
 /// How a connection behaves: timeouts, reconnection backoff, and where RESP3
 /// pushes (subscribed messages) go.
@@ -40,6 +45,7 @@ pub struct Settings {
 pub enum RedisConn {
     Single(ConnectionManager),
     Cluster(LazyCluster),
+    Sentinel(sentinel::SentinelConn),
 }
 
 /// A cluster connection made on first use (the cluster need not be up when
@@ -79,6 +85,9 @@ impl RedisConn {
         match target {
             RedisTarget::Single(url) => Self::single(url, s),
             RedisTarget::Cluster(seeds) => Self::cluster(seeds, s),
+            RedisTarget::Sentinel { sentinels, master } => Ok(RedisConn::Sentinel(
+                sentinel::SentinelConn::open(sentinels, master, s)?,
+            )),
         }
     }
 
@@ -144,6 +153,10 @@ impl RedisConn {
         match self {
             RedisConn::Single(c) => c.subscribe(channel).await,
             RedisConn::Cluster(c) => c.get().await?.ssubscribe(channel).await,
+            RedisConn::Sentinel(c) => {
+                let r = c.get().await?.subscribe(channel).await;
+                c.check(r)
+            }
         }
     }
 
@@ -151,6 +164,10 @@ impl RedisConn {
         match self {
             RedisConn::Single(c) => c.unsubscribe(channel).await,
             RedisConn::Cluster(c) => c.get().await?.sunsubscribe(channel).await,
+            RedisConn::Sentinel(c) => {
+                let r = c.get().await?.unsubscribe(channel).await;
+                c.check(r)
+            }
         }
     }
 }
@@ -164,6 +181,7 @@ impl ConnectionLike for RedisConn {
                 conn.req_packed_command(cmd).await
             }
             .boxed(),
+            RedisConn::Sentinel(c) => async move { c.command(cmd).await }.boxed(),
         }
     }
 
@@ -180,13 +198,16 @@ impl ConnectionLike for RedisConn {
                 conn.req_packed_commands(pipeline, offset, count).await
             }
             .boxed(),
+            RedisConn::Sentinel(c) => {
+                async move { c.pipeline(pipeline, offset, count).await }.boxed()
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(_) => 0,
+            RedisConn::Cluster(_) | RedisConn::Sentinel(_) => 0,
         }
     }
 }

@@ -238,6 +238,8 @@ pub struct ChatFile {
 pub struct ClusterFile {
     pub redis: Option<SStr>,
     pub redis_cluster: Option<Spanned<Vec<SStr>>>,
+    pub sentinels: Option<Spanned<Vec<SStr>>>,
+    pub sentinel_master: Option<SStr>,
     pub heartbeat: Option<SStr>,
 }
 

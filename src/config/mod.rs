@@ -380,6 +380,11 @@ pub enum RedisTarget {
     Single(String),
     /// Seed URLs of a Redis Cluster.
     Cluster(Vec<String>),
+    /// Sentinel URLs and the name of the master they monitor.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 impl RedisTarget {
@@ -388,6 +393,9 @@ impl RedisTarget {
         match self {
             RedisTarget::Single(url) => url.clone(),
             RedisTarget::Cluster(seeds) => format!("cluster {}", seeds.join(", ")),
+            RedisTarget::Sentinel { sentinels, master } => {
+                format!("sentinel master {master} via {}", sentinels.join(", "))
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod openssl;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod tls;
 pub mod tls_upstream;
 pub mod upstreams;

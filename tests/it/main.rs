@@ -29,6 +29,7 @@ mod operations;
 mod probes;
 mod recovery;
 mod redis_cluster;
+mod redis_sentinel;
 mod room_subs;
 mod upstream;
 mod upstream_h2;

@@ -287,7 +287,7 @@ fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
     };
     let e = parse("redis = \"redis://a:1\"\nredis_cluster = [\"redis://b:1\"]\n").unwrap_err();
     assert!(
-        e.contains("t.toml:6:17: cluster.redis_cluster: set either cluster.redis or cluster.redis_cluster, not both"),
+        e.contains("t.toml:6:17: cluster.redis_cluster: set only one of cluster.redis, cluster.redis_cluster and cluster.sentinels"),
         "{e}"
     );
     let e = parse("redis_cluster = [\"redis://b:1\", \"http://c:1\"]\n").unwrap_err();
@@ -299,4 +299,11 @@ fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
     assert!(e.contains("cluster.redis"), "{e}");
     parse("redis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n")
         .expect("seed URLs are valid");
+    let e = parse("sentinels = [\"redis://127.0.0.1:26379\"]\n").unwrap_err();
+    assert!(
+        e.contains("t.toml:5:13: cluster.sentinels: needs cluster.sentinel_master"),
+        "{e}"
+    );
+    parse("sentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"mymaster\"\n")
+        .expect("sentinels with a master name are valid");
 }

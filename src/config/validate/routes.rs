@@ -208,45 +208,63 @@ fn redis_url(cx: &mut Ctx, key: &str, v: &SStr) {
     }
 }
 
-/// `redis` (one server) or `redis_cluster` (seed URLs), exactly one.
+fn url_list(cx: &mut Ctx, key: &str, v: &Spanned<Vec<SStr>>) -> Vec<String> {
+    if v.get_ref().is_empty() {
+        cx.at(v.span(), format!("{key}: needs at least one URL"));
+    }
+    for s in v.get_ref() {
+        redis_url(cx, key, s);
+    }
+    v.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+}
+
+/// Exactly one of `redis` (one server), `redis_cluster` (seed URLs) and
+/// `sentinels` (with `sentinel_master`).
 fn redis_target(cx: &mut Ctx, c: &ClusterFile) -> RedisTarget {
-    match (&c.redis, &c.redis_cluster) {
-        (Some(url), None) => {
-            redis_url(cx, "cluster.redis", url);
-            RedisTarget::Single(url.get_ref().clone())
-        }
-        (None, Some(seeds)) => {
-            if seeds.get_ref().is_empty() {
-                cx.at(
-                    seeds.span(),
-                    "cluster.redis_cluster: needs at least one seed URL",
-                );
+    let set: Vec<(&str, std::ops::Range<usize>)> = [
+        c.redis.as_ref().map(|v| ("cluster.redis", v.span())),
+        c.redis_cluster
+            .as_ref()
+            .map(|v| ("cluster.redis_cluster", v.span())),
+        c.sentinels
+            .as_ref()
+            .map(|v| ("cluster.sentinels", v.span())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Some((key, span)) = set.get(1) {
+        cx.at(
+            span.clone(),
+            format!(
+                "{key}: set only one of cluster.redis, cluster.redis_cluster and cluster.sentinels"
+            ),
+        );
+    }
+    if let (None, Some(m)) = (&c.sentinels, &c.sentinel_master) {
+        cx.at(m.span(), "cluster.sentinel_master: needs cluster.sentinels");
+    }
+    if let Some(url) = &c.redis {
+        redis_url(cx, "cluster.redis", url);
+        RedisTarget::Single(url.get_ref().clone())
+    } else if let Some(seeds) = &c.redis_cluster {
+        RedisTarget::Cluster(url_list(cx, "cluster.redis_cluster", seeds))
+    } else if let Some(list) = &c.sentinels {
+        let sentinels = url_list(cx, "cluster.sentinels", list);
+        let master = match &c.sentinel_master {
+            Some(m) => m.get_ref().clone(),
+            None => {
+                cx.at(list.span(), "cluster.sentinels: needs cluster.sentinel_master (the monitored master's name)");
+                String::new()
             }
-            for s in seeds.get_ref() {
-                redis_url(cx, "cluster.redis_cluster", s);
-            }
-            RedisTarget::Cluster(
-                seeds
-                    .get_ref()
-                    .iter()
-                    .map(|s| s.get_ref().clone())
-                    .collect(),
-            )
-        }
-        (Some(_), Some(seeds)) => {
-            cx.at(
-                seeds.span(),
-                "cluster.redis_cluster: set either cluster.redis or cluster.redis_cluster, not both",
-            );
-            RedisTarget::Cluster(Vec::new())
-        }
-        (None, None) => {
-            cx.key(
-                "cluster",
-                "needs cluster.redis (one server) or cluster.redis_cluster (seed URLs)",
-            );
-            RedisTarget::Single(String::new())
-        }
+        };
+        RedisTarget::Sentinel { sentinels, master }
+    } else {
+        cx.key(
+            "cluster",
+            "needs cluster.redis (one server), cluster.redis_cluster (seed URLs) or cluster.sentinels",
+        );
+        RedisTarget::Single(String::new())
     }
 }
 

@@ -1,0 +1,105 @@
+//! The chat over a Sentinel-monitored Redis (`[cluster] sentinels`, spec §13):
+//! one master, one replica, three sentinels, two wsgate nodes; the master is
+//! SIGKILLed, the sentinels promote the replica, the nodes follow it and
+//! cross-node delivery resumes. Waits poll against deadlines.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+
+use common::chat::{is_msg, is_presence, Client};
+use common::redis_sentinel::{Sentinels, MASTER};
+use common::{eventually, get, Cfg, Listener, TestGateway, WAIT};
+
+const BEAT: Duration = Duration::from_millis(200);
+
+async fn node(id: &str, s: &Sentinels) -> TestGateway {
+    let cfg = Cfg::new()
+        .set("server.node_id", id)
+        .set("server.shutdown_grace", "1s")
+        .set("log.access_log", false)
+        .set("admin.addr", "127.0.0.1:0")
+        .listener(Listener::at("127.0.0.1:0"))
+        .route_app("/chat", "chat")
+        .set("app.chat.history", 100)
+        .set("app.chat.ping_interval", "30s")
+        .set("cluster.sentinels", s.urls())
+        .set("cluster.sentinel_master", MASTER)
+        .set("cluster.heartbeat", format!("{}ms", BEAT.as_millis()))
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    wait_ready(gw.admin()).await;
+    gw
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    assert!(
+        eventually(WAIT, || async move {
+            get(admin, "/readyz").await.status == StatusCode::OK
+        })
+        .await,
+        "node never ready: {}",
+        get(admin, "/readyz").await.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_the_master_across_a_sentinel_failover() {
+    let mut s = Sentinels::start().await;
+    let a = node("na", &s).await;
+    let b = node("nb", &s).await;
+    let mut alice = Client::new(a.http(), "alice").await;
+    alice.join("lobby").await;
+    let mut bob = Client::new(b.http(), "bob").await;
+    bob.join("lobby").await;
+    alice
+        .recv_until("bob joins", |v| is_presence(v, "bob", "join"))
+        .await;
+    alice.msg("lobby", "before").await;
+    bob.recv_until("before", |v| is_msg(v, "before")).await;
+
+    let old = s.master;
+    s.kill(old);
+    let killed = Instant::now();
+    let sref = &s;
+    assert!(
+        eventually(WAIT * 2, || async move {
+            sref.master_port().await.is_some_and(|p| p != old)
+        })
+        .await,
+        "the sentinels never promoted the replica"
+    );
+    let promoted = killed.elapsed();
+    assert_eq!(s.master_port().await, Some(s.replica));
+
+    let mut n = 0;
+    let resumed = loop {
+        n += 1;
+        alice.msg("lobby", &format!("after failover {n}")).await;
+        if let Some(v) = bob.try_recv(BEAT).await {
+            if v["type"] == "msg"
+                && v["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("after failover")
+            {
+                break killed.elapsed();
+            }
+        }
+        assert!(
+            killed.elapsed() < WAIT * 2,
+            "cross-node delivery never resumed"
+        );
+    };
+    eprintln!(
+        "sentinel failover (down-after 1000 ms): replica promoted {promoted:?} after SIGKILL, \
+         cross-node delivery resumed after {resumed:?}"
+    );
+    wait_ready(a.admin()).await;
+    wait_ready(b.admin()).await;
+    alice.msg("lobby", "settled").await;
+    bob.recv_until("settled", |v| is_msg(v, "settled")).await;
+}
