@@ -81,3 +81,35 @@ pub fn user_at(user: &str, node: &str) -> String {
 pub fn user_range(user: &str) -> (String, String) {
     (format!("[{user}\t"), format!("({user}\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes: the first `{…}` with content.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("a tag");
+        let close = key[open..].find('}').expect("closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn a_rooms_keys_and_channel_share_its_tag_and_a_nodes_its_own() {
+        let room = [
+            room_id("lobby"),
+            room_epoch("lobby"),
+            room_history("lobby"),
+            room_members("lobby"),
+            room_channel("lobby"),
+        ];
+        assert!(room.iter().all(|k| tag(k) == "lobby"), "{room:?}");
+        let node = [
+            alive("n1"),
+            node_rooms("n1"),
+            node_users("n1"),
+            sweep_claim("n1"),
+            node_channel("n1"),
+        ];
+        assert!(node.iter().all(|k| tag(k) == "n1"), "{node:?}");
+    }
+}
