@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On drain, WebSocket sessions (apps, inspected splices) are closed
+    /// spread over this window instead of all at once; at most `shutdown_grace`.
+    pub drain_window: Duration,
     /// Largest request head (request line plus headers) accepted; larger → 431.
     pub max_request_head: usize,
     /// Bytes of unfinished WebSocket messages all app sessions may hold

@@ -217,7 +217,8 @@ impl Gateway {
                 c,
                 &cfg.server.node_id,
                 cfg.chat.history,
-                shutdown.token.clone(),
+                // Sessions closing over the drain window still use the bus.
+                shutdown.hard.clone(),
             )?),
             None => None,
         };
@@ -272,7 +273,7 @@ impl Gateway {
             tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
         }
         if let Some(cl) = &gw.cluster_limits {
-            tokio::spawn(cl.clone().probe(gw.shutdown.token.clone()));
+            tokio::spawn(cl.clone().probe(gw.shutdown.hard.clone()));
             tokio::spawn(admin_view::watch_limits(cl.status(), Arc::downgrade(&gw)));
         }
         gw.readiness.set_started();
@@ -327,10 +328,12 @@ impl Gateway {
         old.cancel();
     }
 
-    /// Drains: stop accepting, let HTTP requests finish, close WebSockets with
-    /// 1001, wait up to `server.shutdown_grace`. Returns whether all finished.
+    /// Drains: stop accepting, let HTTP requests finish, close WebSockets
+    /// with 1012 paced over `server.drain_window`, wait up to
+    /// `server.shutdown_grace`. Returns whether all finished.
     async fn drain(&self) -> bool {
-        let grace = self.server_ctx.config.load().shutdown_grace;
+        let server = self.server_ctx.config.load();
+        let (grace, window) = (server.shutdown_grace, server.drain_window);
         for l in self
             .listeners
             .lock()
@@ -339,7 +342,7 @@ impl Gateway {
         {
             l.stop.cancel();
         }
-        let done = self.shutdown.drain(grace).await;
+        let done = self.shutdown.drain(grace, window).await;
         self.background
             .lock()
             .unwrap_or_else(|e| e.into_inner())

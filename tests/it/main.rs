@@ -19,6 +19,7 @@ mod chat_auth;
 mod chat_browser;
 mod client_addr;
 mod cluster;
+mod drain;
 mod gateway;
 mod hardening2;
 mod inspect;
