@@ -28,6 +28,7 @@ use crate::budget::Budget;
 use crate::certs::CertError;
 use crate::cluster::RedisBus;
 use crate::config::Config;
+use crate::inherit::Inherited;
 use crate::limit::{ClusterLimits, Limiter, Registry};
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
@@ -165,6 +166,8 @@ pub struct Gateway {
     background: Mutex<CancellationToken>,
     listeners: Mutex<Vec<ListenerInfo>>,
     admin: Mutex<Option<AdminInfo>>,
+    /// Sockets handed to this process (upgrade, systemd), until bound.
+    inherited: Mutex<Inherited>,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -195,6 +198,15 @@ impl Gateway {
     /// Builds `config`, binds every listener (port 0 picks a free port) and the
     /// admin listener, and starts serving.
     pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+        Self::start_with(config, Inherited::default()).await
+    }
+
+    /// [`Gateway::start`], using the `inherited` socket of an address instead
+    /// of binding it; inherited sockets the config does not use are closed.
+    pub async fn start_with(
+        config: Config,
+        inherited: Inherited,
+    ) -> Result<GatewayHandle, StartError> {
         let metrics = Arc::new(Metrics::new());
         // Connects lazily: costs nothing until a cluster-scope limit decides.
         let cluster_limits = match &config.cluster {
@@ -262,12 +274,14 @@ impl Gateway {
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
             admin: Mutex::new(None),
+            inherited: Mutex::new(inherited),
             reloading: tokio::sync::Mutex::new(()),
         });
         let snap = gw.snapshot();
         let fresh = gw.bind_new_listeners(&snap).await?;
         gw.swap_listeners(&snap, fresh);
         gw.sync_admin(&snap).await?;
+        gw.close_unused_inherited();
         gw.start_background(&snap);
         if let Some(bus) = &cluster {
             tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
@@ -334,14 +348,7 @@ impl Gateway {
     async fn drain(&self) -> bool {
         let server = self.server_ctx.config.load();
         let (grace, window) = (server.shutdown_grace, server.drain_window);
-        for l in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            l.stop.cancel();
-        }
+        self.stop_listeners();
         let done = self.shutdown.drain(grace, window).await;
         self.background
             .lock()
@@ -351,9 +358,10 @@ impl Gateway {
             .admin
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
+            .as_mut()
         {
             a.stop.cancel();
+            a.fd = None;
         }
         done
     }
@@ -385,6 +393,12 @@ impl GatewayHandle {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.gw.admin_addr()
+    }
+
+    /// Duplicates of the listening sockets (listeners and admin) with their
+    /// bound addresses, for a binary upgrade (`upgrade::Upgrader::run`).
+    pub fn listening_sockets(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        self.gw.listening_sockets()
     }
 
     /// See [`Gateway::drain`].

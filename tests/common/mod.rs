@@ -10,10 +10,12 @@
 //! - [`tls`]: TLS clients.
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
+//! - [`process`]: the real `wsgate` binary as a child (upgrades, systemd).
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod cfg;
 pub mod chat;
+pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod tls;

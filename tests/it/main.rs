@@ -26,5 +26,6 @@ mod inspect;
 mod mtls;
 mod operations;
 mod probes;
+mod upgrade;
 mod upstream;
 mod websocket;
