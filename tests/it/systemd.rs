@@ -7,7 +7,6 @@ use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::process::WsgateProc;
 use common::*;
