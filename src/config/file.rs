@@ -208,6 +208,7 @@ pub struct EchoFile {
 #[serde(deny_unknown_fields)]
 pub struct ChatFile {
     pub history: Option<Spanned<i64>>,
+    pub history_ttl: Option<SStr>,
     pub max_message_size: Option<SStr>,
     pub ping_interval: Option<SStr>,
     pub send_queue: Option<Spanned<i64>>,

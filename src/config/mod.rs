@@ -308,6 +308,8 @@ pub struct EchoConfig {
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     pub history: usize,
+    /// Messages older than this leave history; zero: kept by count only.
+    pub history_ttl: Duration,
     pub max_message_size: u64,
     pub ping_interval: Duration,
     pub send_queue: usize,

@@ -229,6 +229,7 @@ impl Gateway {
                 c,
                 &cfg.server.node_id,
                 cfg.chat.history,
+                cfg.chat.history_ttl,
                 // Sessions closing over the drain window still use the bus.
                 shutdown.hard.clone(),
             )?),

@@ -26,6 +26,7 @@ mod inspect;
 mod mtls;
 mod operations;
 mod probes;
+mod recovery;
 mod systemd;
 mod upgrade;
 mod upstream;

@@ -186,6 +186,7 @@ async fn run<S>(
     let connected = match Event::encode(&Welcome {
         user: &user,
         node: &chat.node,
+        rooms: None,
     }) {
         Ok(welcome) => {
             chat.hub

@@ -170,6 +170,7 @@ pub(super) fn chat(
             1_000_000,
         ) as usize,
         history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
+        history_ttl: cx.duration(&c.history_ttl, "app.chat.history_ttl", Duration::ZERO),
         max_message_size: cx
             .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
             .max(1),

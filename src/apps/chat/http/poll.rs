@@ -16,7 +16,10 @@ use super::{json_response, query_param, rooms_param};
 use crate::apps::chat::bus::BusError;
 use crate::apps::chat::hub::{Conn, LiveRing};
 use crate::apps::chat::identity::Identity;
-use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, Welcome};
+use crate::apps::chat::protocol::{
+    ChatError, Cursor, Event, Head, Reset, RoomName, RoomStart, RoomStarts, Since, UserName,
+    Verdict, Welcome,
+};
 use crate::apps::chat::Chat;
 use crate::body::Body;
 
@@ -32,7 +35,7 @@ pub(crate) struct PollSession {
     conn: Arc<Conn>,
     ring: Arc<LiveRing>,
     /// Room heads when the session began: where its first poll starts.
-    start: BTreeMap<RoomName, u64>,
+    start: BTreeMap<RoomName, Head>,
     state: Mutex<PollState>,
 }
 
@@ -103,7 +106,7 @@ async fn poll_session(
     let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
     let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
     for room in rooms {
-        if let Err(e) = chat.hub.join(&conn, room).await {
+        if let Err(e) = chat.hub.join(&conn, room, None).await {
             chat.hub.disconnect(&conn).await;
             return Err(e);
         }
@@ -152,6 +155,17 @@ async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>
     chat.hub.disconnect(&session.conn).await;
 }
 
+/// The `recovery` frame of a room whose history stream changed.
+fn reset(room: &RoomName, head: &Head) -> Result<Bytes, ChatError> {
+    Ok(Event::encode(&Reset {
+        room,
+        epoch: head.epoch.clone(),
+        offset: head.offset,
+        recovered: false,
+    })?
+    .json)
+}
+
 pub(super) async fn poll(
     chat: &Arc<Chat>,
     req: &Request<Incoming>,
@@ -190,13 +204,51 @@ pub(super) async fn poll(
     let joined = session.conn.rooms();
     let heads = bus.heads(joined.clone()).await?;
     let mut pos: BTreeMap<RoomName, u64> = BTreeMap::new();
+    let mut epochs: BTreeMap<RoomName, String> = BTreeMap::new();
+    let mut events: Vec<Bytes> = Vec::new();
+    if first {
+        let starts: RoomStarts = session
+            .start
+            .iter()
+            .map(|(room, h)| {
+                let start = RoomStart {
+                    epoch: h.epoch.clone(),
+                    offset: h.offset,
+                    recovered: None,
+                };
+                (room.clone(), start)
+            })
+            .collect();
+        events.push(
+            Event::encode(&Welcome {
+                user: &user,
+                node: &chat.node,
+                rooms: Some(&starts),
+            })?
+            .json,
+        );
+    }
     for (room, head) in joined.into_iter().zip(heads) {
         let p = match given.rooms.get(&room) {
-            Some(&p) if p <= head => p,
-            Some(_) => 0,
-            None if first && created => session.start.get(&room).copied().unwrap_or(head),
-            None => head,
+            Some(&p) => {
+                let since = Since {
+                    offset: p,
+                    epoch: given.epochs.get(&room).cloned(),
+                };
+                match since.verdict(&head) {
+                    Verdict::Replay { after } => after,
+                    // History was lost (or the cursor is from elsewhere):
+                    // say so, and start again with what the new one holds.
+                    Verdict::Lost => {
+                        events.push(reset(&room, &head)?);
+                        0
+                    }
+                }
+            }
+            None if first && created => session.start.get(&room).map_or(head.offset, |h| h.offset),
+            None => head.offset,
         };
+        epochs.insert(room.clone(), head.epoch.to_string());
         pos.insert(room, p);
     }
     let mut live_after = match given.live {
@@ -205,16 +257,6 @@ pub(super) async fn poll(
         None if created => 0,
         None => session.ring.now(),
     };
-    let mut events: Vec<Bytes> = Vec::new();
-    if first {
-        events.push(
-            Event::encode(&Welcome {
-                user: &user,
-                node: &chat.node,
-            })?
-            .json,
-        );
-    }
     // A first poll answers at once: it only hands out the cursor to continue from.
     let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
     loop {
@@ -243,6 +285,7 @@ pub(super) async fn poll(
     }
     let next = Cursor {
         rooms: pos,
+        epochs,
         live: Some(live_after),
     };
     let mut body = BytesMut::new();

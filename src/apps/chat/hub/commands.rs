@@ -48,7 +48,7 @@ impl Hub {
         let http = matches!(actor, Actor::Http(..));
         let grants = actor.grants();
         match &frame {
-            ClientFrame::Join { room }
+            ClientFrame::Join { room, .. }
             | ClientFrame::History { room, .. }
             | ClientFrame::Who { room } => grants.check_room(room)?,
             ClientFrame::Msg { .. } | ClientFrame::Dm { .. } if !grants.send => {
@@ -60,15 +60,15 @@ impl Hub {
             _ => {}
         }
         match frame {
-            ClientFrame::Join { room } => match actor {
-                Actor::Conn(c) => self.join(c, &room).await.map(|_| None),
+            ClientFrame::Join { room, since } => match actor {
+                Actor::Conn(c) => self.join(c, &room, since).await.map(|_| None),
                 Actor::Http(u, _) => {
                     let conns = self.fallback_conns(u);
                     if conns.is_empty() {
                         return Err(ChatError::NoStream(u.clone()));
                     }
                     for c in &conns {
-                        self.join(c, &room).await?;
+                        self.join(c, &room, None).await?;
                     }
                     Ok(Some(Event::encode(&Presence {
                         room,
