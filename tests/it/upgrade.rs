@@ -18,20 +18,37 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A config on fixed ports (an inherited socket is matched by address).
-fn config(api: SocketAddr) -> (Cfg, SocketAddr, SocketAddr) {
-    let plain: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+/// The listening addresses of [`config`].
+struct Addrs {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A config on fixed ports (an inherited socket is matched by address): a
+/// plain listener, a TLS one (certificate `up` in `dir`) and admin.
+fn config(api: SocketAddr, dir: &std::path::Path) -> (Cfg, Addrs) {
+    let a = Addrs {
+        plain: free_addr(),
+        tls: free_addr(),
+        admin: free_addr(),
+    };
+    let (crt, key) = write_cert(dir, "up", &["localhost"]);
     let cfg = Cfg::new()
         .set("server.shutdown_grace", "5s")
         .set("server.drain_window", "1s")
         .set("log.access_log", false)
-        .set("admin.addr", admin.to_string())
-        .listener(Listener::at(plain))
+        .set("admin.addr", a.admin.to_string())
+        .listener(Listener::at(a.plain))
+        .listener(Listener::at(a.tls).tls(crt, key))
         .upstream("api", &[api])
         .route_upstream("/api/", "api")
         .route_app("/echo", "echo");
-    (cfg, plain, admin)
+    (cfg, a)
 }
 
 /// The pid `/status` reports, once the admin listener answers.
@@ -46,9 +63,32 @@ async fn serving_pid(admin: SocketAddr) -> Option<u64> {
 
 /// One request on a new connection (`Connection: close`): the whole answer.
 async fn one_request(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    request_on(s, path).await
+}
+
+/// The same over TLS.
+async fn one_tls_request(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    let s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, s)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    request_on(s, "/api/x").await
+}
+
+async fn request_on<S>(mut s: S, path: &str) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .await
@@ -67,46 +107,81 @@ struct Tally {
     refused: AtomicU64,
     failed: AtomicU64,
     ws_sessions: AtomicU64,
+    /// Requests answered over TLS.
+    https: AtomicU64,
     /// WebSocket sessions the old process's drain closed (1012).
     ws_drained: AtomicU64,
 }
 
-/// New connection, request, answer checked; every tenth turn a WebSocket
-/// echo session instead. Until `stop`.
-async fn load(addr: SocketAddr, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
+/// What one turn of the load loop came to.
+enum Outcome {
+    /// Answered 200; over TLS or not.
+    Http {
+        tls: bool,
+    },
+    Ws(WsTurn),
+    Refused(String),
+    Failed(String),
+}
+
+impl Tally {
+    fn count(&self, o: Outcome) {
+        let add = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
+        match o {
+            Outcome::Http { tls: false } => {}
+            Outcome::Http { tls: true } => drop(add(&self.https)),
+            Outcome::Ws(WsTurn::Echoed) => drop(add(&self.ws_sessions)),
+            Outcome::Ws(WsTurn::Drained) => drop(add(&self.ws_drained)),
+            Outcome::Ws(WsTurn::Failed) => {
+                eprintln!("WebSocket session failed");
+                add(&self.failed);
+            }
+            Outcome::Refused(e) => {
+                eprintln!("refused: {e}");
+                add(&self.refused);
+            }
+            Outcome::Failed(e) => {
+                eprintln!("request failed: {e}");
+                add(&self.failed);
+            }
+        }
+    }
+}
+
+/// New connection, request, answer checked (every fifth over TLS); every
+/// tenth turn a WebSocket echo session instead. Until `stop`.
+async fn load(
+    a: Arc<Addrs>,
+    tls: Arc<rustls::ClientConfig>,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) {
     let mut turn = 0u64;
     while !stop.load(Ordering::Relaxed) {
         turn += 1;
         tally.attempted.fetch_add(1, Ordering::Relaxed);
-        let ok = if turn % 10 == 0 {
-            match ws_turn(addr).await {
-                WsTurn::Echoed => true,
-                WsTurn::Drained => {
-                    tally.ws_drained.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                WsTurn::Failed => false,
-            }
-        } else {
-            match tokio::time::timeout(Duration::from_secs(5), one_request(addr, "/api/x")).await {
-                Ok(Ok(r)) => r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nup"),
-                Ok(Err(e)) if e.starts_with("connect") => {
-                    tally.refused.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("refused: {e}");
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    eprintln!("request failed: {e}");
-                    false
-                }
-                Err(_) => false,
+        if turn % 10 == 0 {
+            tally.count(Outcome::Ws(ws_turn(a.plain).await));
+            continue;
+        }
+        let request = async {
+            if turn % 5 == 0 {
+                one_tls_request(a.tls, tls.clone()).await
+            } else {
+                one_request(a.plain, "/api/x").await
             }
         };
-        if !ok {
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-        } else if turn % 10 == 0 {
-            tally.ws_sessions.fetch_add(1, Ordering::Relaxed);
-        }
+        tally.count(
+            match tokio::time::timeout(Duration::from_secs(5), request).await {
+                Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nup") => {
+                    Outcome::Http { tls: turn % 5 == 0 }
+                }
+                Ok(Ok(r)) => Outcome::Failed(r),
+                Ok(Err(e)) if e.starts_with("connect") => Outcome::Refused(e),
+                Ok(Err(e)) => Outcome::Failed(e),
+                Err(_) => Outcome::Failed("no answer within 5 s".into()),
+            },
+        );
     }
 }
 
@@ -143,7 +218,8 @@ enum WsTurn {
 async fn sigusr2_hands_over_under_load_without_a_refused_connection() {
     let api = named_upstream("up").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cfg, plain, admin) = config(api);
+    let (cfg, addrs) = config(api, dir.path());
+    let (plain, admin) = (addrs.plain, addrs.admin);
     let path = dir.path().join("wsgate.toml");
     std::fs::write(&path, cfg.build()).expect("write config");
     let mut old = WsgateProc::start(&path);
@@ -158,8 +234,20 @@ async fn sigusr2_hands_over_under_load_without_a_refused_connection() {
         .expect("connect");
 
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));
+    let addrs = Arc::new(addrs);
+    let tls = tls_client(
+        &dir.path().join("up.crt").display().to_string(),
+        &[b"http/1.1"],
+    );
     let workers: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(load(plain, tally.clone(), stop.clone())))
+        .map(|_| {
+            tokio::spawn(load(
+                addrs.clone(),
+                tls.clone(),
+                tally.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     let attempted = || tally.attempted.load(Ordering::Relaxed);
     assert!(
@@ -211,8 +299,9 @@ async fn sigusr2_hands_over_under_load_without_a_refused_connection() {
         tally.failed.load(Ordering::Relaxed),
     );
     eprintln!(
-        "upgrade under load: {} connections attempted ({} WebSocket sessions echoed, {} closed 1012 by the drain), {refused} refused, {failed} failed requests; old pid {old_pid}, new pid {new_pid}",
+        "upgrade under load: {} connections attempted ({} HTTPS requests, {} WebSocket sessions echoed, {} closed 1012 by the drain), {refused} refused, {failed} failed requests; old pid {old_pid}, new pid {new_pid}",
         attempted(),
+        tally.https.load(Ordering::Relaxed),
         tally.ws_sessions.load(Ordering::Relaxed),
         tally.ws_drained.load(Ordering::Relaxed)
     );
@@ -225,14 +314,26 @@ async fn sigusr2_hands_over_under_load_without_a_refused_connection() {
         "the new process serves WebSockets"
     );
     old.wait_for("the new process is ready", WAIT);
+    // Plain, TLS and admin sockets were all handed over, none bound anew.
     old.wait_for("using the inherited listening socket", WAIT);
+    for addr in [addrs.plain, addrs.tls, addrs.admin] {
+        let inherited = old.seen.iter().any(|l| {
+            l.contains("using the inherited listening socket") && l.contains(&addr.to_string())
+        });
+        assert!(
+            inherited,
+            "{addr} was not inherited:\n{}",
+            old.seen.join("\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_fails_leaves_the_old_one_serving() {
     let api = named_upstream("up").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (cfg, plain, admin) = config(api);
+    let (cfg, addrs) = config(api, dir.path());
+    let (plain, admin) = (addrs.plain, addrs.admin);
     let path = dir.path().join("wsgate.toml");
     std::fs::write(&path, cfg.build()).expect("write config");
     let mut old = WsgateProc::start(&path);
