@@ -20,16 +20,16 @@ impl WsgateProc {
     /// `wsgate -c CONFIG`.
     pub fn start(config: &std::path::Path) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-        cmd.arg("-c").arg(config);
+        cmd.arg("-c").arg(config).stdout(Stdio::null());
         Self::spawn(cmd)
     }
 
-    /// Runs `cmd` with `RUST_LOG=info` and its stderr collected.
+    /// Runs `cmd` with `RUST_LOG=info` and its stderr collected (stdin and
+    /// stdout as `cmd` sets them).
     pub fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
             .spawn()
             .expect("spawn wsgate");
         let stderr = child.stderr.take().expect("stderr");

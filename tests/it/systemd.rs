@@ -26,6 +26,9 @@ async fn socket_activation_and_readiness_notifications() {
     // The socket systemd would hold: bound here, before wsgate runs.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
+    // And one the config does not listen on: wsgate closes it.
+    let stray = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stray_addr = stray.local_addr().expect("addr");
     let cfg = Cfg::new()
         .set("server.shutdown_grace", "2s")
         .set("server.drain_window", "100ms")
@@ -37,21 +40,31 @@ async fn socket_activation_and_readiness_notifications() {
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).expect("bind NOTIFY_SOCKET");
 
-    // The listener arrives as stdin; the shell moves it to fd 3 and execs
-    // wsgate with LISTEN_PID set to its own pid (exec keeps it).
+    // The listeners arrive as stdin and stdout; the shell moves them to fds
+    // 3 and 4 and execs wsgate with LISTEN_PID set to its own pid (exec
+    // keeps it).
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -c "$1""#)
+        .arg(r#"exec 3<&0 4>&1 0</dev/null 1>/dev/null; LISTEN_PID=$$ LISTEN_FDS=2 exec "$0" -c "$1""#)
         .arg(env!("CARGO_BIN_EXE_wsgate"))
         .arg(&path)
         .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(stray)));
     let mut p = WsgateProc::spawn(cmd);
 
     assert_eq!(next_state(&notify), "READY=1");
     p.wait_for("using the inherited listening socket", WAIT);
     let r = get(addr, "/api/x").await;
     assert_eq!(r.text(), "activated");
+    p.wait_for(
+        "closed an inherited socket the config does not listen on",
+        WAIT,
+    );
+    assert!(
+        tokio::net::TcpStream::connect(stray_addr).await.is_err(),
+        "the unused socket still accepts connections"
+    );
 
     p.signal("HUP");
     let reloading = next_state(&notify);
