@@ -16,9 +16,9 @@ const SD_LISTEN_FDS_START: RawFd = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InheritError {
-    #[error("{var}: {value:?} is not a list of ADDR=FD")]
+    #[error("{var}: \"{value}\" is not a list of ADDR=FD")]
     Malformed { var: &'static str, value: String },
-    #[error("LISTEN_FDS: {0:?} is not a number")]
+    #[error("LISTEN_FDS: \"{0}\" is not a number")]
     ListenFds(String),
     #[error("inherited fd {fd}: not a listening TCP socket: {source}")]
     NotASocket { fd: RawFd, source: std::io::Error },

@@ -248,7 +248,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         match serve_signals(&handle, &path, upgrader.as_ref()).await? {
             Stop::Signal => sd(wsgate::sd_notify::stopping()),
             // systemd follows the new process (MAINPID): no STOPPING here.
-            Stop::Upgraded(pid) => tracing::info!(pid, "the new process is ready"),
+            Stop::Upgraded(pid) => {
+                tracing::info!(pid, "the new process is ready");
+                handle.hand_over_admin();
+            }
         }
         tracing::info!("draining: stopped accepting, closing WebSockets over the drain window");
         if handle.shutdown().await {

@@ -272,6 +272,20 @@ impl Gateway {
         }
     }
 
+    /// Stops the admin listener now (after a binary upgrade: the new process
+    /// answers on the same socket, and probes should not reach the old one).
+    pub(super) fn stop_admin(&self) {
+        if let Some(a) = self
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            a.stop.cancel();
+            a.fd = None;
+        }
+    }
+
     /// Closes inherited sockets the config did not use.
     pub(super) fn close_unused_inherited(&self) {
         let unused = self

@@ -355,15 +355,7 @@ impl Gateway {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .cancel();
-        if let Some(a) = self
-            .admin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            a.stop.cancel();
-            a.fd = None;
-        }
+        self.stop_admin();
         done
     }
 }
@@ -400,6 +392,12 @@ impl GatewayHandle {
     /// bound addresses, for a binary upgrade (`upgrade::Upgrader::run`).
     pub fn listening_sockets(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
         self.gw.listening_sockets()
+    }
+
+    /// Stops answering on the admin listener at once: after a binary
+    /// upgrade the new process serves it on the same socket.
+    pub fn hand_over_admin(&self) {
+        self.gw.stop_admin()
     }
 
     /// See [`Gateway::drain`].

@@ -389,6 +389,9 @@ async fn sigterm_closes_websockets_with_1012_and_finishes_requests() {
     assert!(exited, "did not exit within the grace period");
     let status = status.expect("exit status");
     assert!(status.success(), "{status:?}");
+    // The drained session's access line says so.
+    let line = p.wait_for("\"drained\":true", Duration::from_secs(1));
+    assert!(line.contains("\"close_code\":1012"), "{line}");
 }
 
 #[tokio::test]
