@@ -1,4 +1,5 @@
-//! Paced drains over real sockets: WebSocket sessions are closed with 1012
+//! Paced drains over real sockets: WebSocket sessions (200 echo, 200 chat)
+//! are closed with 1012
 //! `reconnect <ms>` spread over `server.drain_window` (the spread is asserted,
 //! not exact times), HTTP requests in flight finish, a byte splice stays open
 //! until it ends, and `wsgate_drain_closed_total{kind}` counts the closes.
@@ -18,19 +19,57 @@ use tokio_tungstenite::tungstenite::Message;
 const SESSIONS: usize = 200;
 const WINDOW: Duration = Duration::from_secs(2);
 
-/// Waits for the session's close frame: when it came, its code and reason.
+/// Waits for the session's close frame (skipping other frames): when it
+/// came, its code and reason.
 async fn close_of<S>(mut ws: S) -> (Instant, u16, String)
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    let m = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("close in time");
-    let at = Instant::now();
-    match m {
-        Some(Ok(Message::Close(Some(f)))) => (at, u16::from(f.code), f.reason.to_string()),
-        other => panic!("expected a close frame, got {other:?}"),
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time");
+        let at = Instant::now();
+        match m {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return (at, u16::from(f.code), f.reason.to_string())
+            }
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
     }
+}
+
+/// Every close is 1012 `reconnect <ms>` with a hint within the window, and
+/// the closes are spread over the window: first and last at least 40% of
+/// it apart, at most 30% of them in its first tenth, none long after it.
+fn assert_paced(closes: &[(Instant, u16, String)], started: Instant, what: &str) {
+    for (_, code, reason) in closes {
+        assert_eq!(*code, 1012, "{reason}");
+        let ms = reason
+            .strip_prefix("reconnect ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("reason {reason:?} is not `reconnect <ms>`"));
+        assert!(ms <= 2000, "hint {ms} ms outside the window");
+    }
+    let n = closes.len();
+    let mut at: Vec<Duration> = closes.iter().map(|(t, _, _)| *t - started).collect();
+    at.sort();
+    let (first, last) = (at[0], at[n - 1]);
+    let early = at.iter().filter(|t| **t < WINDOW / 10).count();
+    eprintln!(
+        "drain spread ({what}): {n} sessions, first close {first:?}, last {last:?}, {early} in the first 10% of the {WINDOW:?} window"
+    );
+    assert!(
+        last - first >= WINDOW * 4 / 10,
+        "closes within {:?}",
+        last - first
+    );
+    assert!(early <= n * 3 / 10, "{early} closes in the first 10%");
+    assert!(
+        last < WINDOW + Duration::from_secs(1),
+        "last close at {last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,37 +120,7 @@ async fn drain_paces_200_sessions_over_the_window_and_keeps_splices() {
         async move { gw.handle.shutdown().await }
     });
     let closes = futures_util::future::join_all(sessions.into_iter().map(close_of)).await;
-
-    // Every session: 1012 with a reconnect hint.
-    for (_, code, reason) in &closes {
-        assert_eq!(*code, 1012, "{reason}");
-        let ms = reason
-            .strip_prefix("reconnect ")
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("reason {reason:?} is not `reconnect <ms>`"));
-        assert!(ms <= 2000, "hint {ms} ms outside the window");
-    }
-    // Spread over the window.
-    let mut at: Vec<Duration> = closes.iter().map(|(t, _, _)| *t - started).collect();
-    at.sort();
-    let (first, last) = (at[0], at[SESSIONS - 1]);
-    let early = at.iter().filter(|t| **t < WINDOW / 10).count();
-    eprintln!(
-        "drain spread: {SESSIONS} sessions, first close {first:?}, last {last:?}, {early} in the first 10% of the {WINDOW:?} window"
-    );
-    assert!(
-        last - first >= WINDOW * 4 / 10,
-        "closes within {:?}",
-        last - first
-    );
-    assert!(
-        early <= SESSIONS * 3 / 10,
-        "{early} closes in the first 10%"
-    );
-    assert!(
-        last < WINDOW + Duration::from_secs(1),
-        "last close at {last:?}"
-    );
+    assert_paced(&closes, started, "echo");
 
     // The HTTP request in flight finished.
     let r = inflight.await.expect("request task");
@@ -172,4 +181,44 @@ fn drain_window_is_checked_against_the_grace_with_its_line() {
     let short = "[server]\nshutdown_grace = \"1s\"\n\n[[listener]]\naddr = \"127.0.0.1:0\"\n";
     let cfg = wsgate::config::parse(path, short).expect("valid");
     assert_eq!(cfg.server.drain_window, Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_paces_200_chat_sessions_over_the_window() {
+    let toml = Cfg::new()
+        .set("server.shutdown_grace", "8s")
+        .set("server.drain_window", "2s")
+        .set("log.access_log", false)
+        .listener_plain()
+        .admin()
+        .route_app("/chat", "chat")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let (http, admin) = (gw.http(), gw.admin());
+    let mut sessions = Vec::new();
+    for i in 0..SESSIONS {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/chat/ws?user=u{i}"))
+            .await
+            .expect("connect chat");
+        sessions.push(ws);
+    }
+    // Every session is live before the drain.
+    let live = || async move {
+        let s = json_of(&get(admin, "/status").await);
+        s["sessions"]["/chat"].as_u64() == Some(SESSIONS as u64)
+    };
+    assert!(
+        eventually(WAIT, live).await,
+        "{SESSIONS} chat sessions never all live"
+    );
+    let gw = Arc::new(gw);
+    let started = Instant::now();
+    let drain = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.handle.shutdown().await }
+    });
+    let closes = futures_util::future::join_all(sessions.into_iter().map(close_of)).await;
+    assert_paced(&closes, started, "chat");
+    let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
+    assert!(done.expect("drain task"), "drained within the grace");
 }
