@@ -1,8 +1,8 @@
 //! Paced drains over real sockets: WebSocket sessions (200 echo, 200 chat)
-//! are closed with 1012
-//! `reconnect <ms>` spread over `server.drain_window` (the spread is asserted,
-//! not exact times), HTTP requests in flight finish, a byte splice stays open
-//! until it ends, and `wsgate_drain_closed_total{kind}` counts the closes.
+//! are closed with 1012 `reconnect <ms>` spread over `server.drain_window`
+//! (the spread is asserted, not exact times), HTTP requests in flight finish,
+//! a byte splice stays open until it ends, and
+//! `wsgate_drain_closed_total{kind}` counts the closes.
 
 use crate::common;
 
