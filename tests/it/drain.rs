@@ -222,3 +222,40 @@ async fn drain_paces_200_chat_sessions_over_the_window() {
     let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
     assert!(done.expect("drain task"), "drained within the grace");
 }
+
+/// A connection accepted just before a drain (all the time during a binary
+/// upgrade) still gets its first request answered: hyper's graceful
+/// shutdown alone would close it unread.
+#[tokio::test]
+async fn a_connection_accepted_before_the_drain_gets_its_request_answered() {
+    let api = named_upstream("late").await;
+    let toml = Cfg::new()
+        .set("server.shutdown_grace", "5s")
+        .listener_plain()
+        .upstream("api", &[api])
+        .route_upstream("/api/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    assert!(
+        eventually(WAIT, || async { gw.handle.active_connections() == 1 }).await,
+        "the connection was never accepted"
+    );
+    gw.handle.begin_drain();
+    tokio::task::yield_now().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("late"), "{answer}");
+    assert!(gw.handle.shutdown().await);
+}
