@@ -192,6 +192,8 @@ pub struct SessionLog {
     pub close_code: Option<u16>,
     /// Whether message counts are known (apps, inspected splices).
     pub counts_messages: bool,
+    /// Closed by a drain (the access line says so).
+    drained: bool,
     _active: GaugeGuard,
 }
 
@@ -210,6 +212,7 @@ impl SessionLog {
             bytes_out: 0,
             close_code: None,
             counts_messages: kind == "app",
+            drained: false,
         }
     }
 
@@ -222,6 +225,16 @@ impl SessionLog {
     /// The process's metrics (for counters a session keeps itself).
     pub fn metrics(&self) -> &Metrics {
         self.access.metrics()
+    }
+
+    /// The drain closed this session: counted in
+    /// `wsgate_drain_closed_total{kind}` and said in the access line.
+    pub fn drained(&mut self, kind: &'static str) {
+        self.drained = true;
+        self.metrics()
+            .drain_closed
+            .get_or_create(&crate::metrics::DrainKind { kind })
+            .inc();
     }
 
     pub fn message_in(&mut self, len: usize) {
@@ -271,6 +284,7 @@ impl Drop for SessionLog {
                 client = %self.client,
                 route = %self.route,
                 close_code = self.close_code.map(i64::from).unwrap_or(-1),
+                drained = self.drained,
                 msgs_in = self.msgs_in,
                 msgs_out = self.msgs_out,
                 bytes_in = self.bytes_in,

@@ -17,7 +17,9 @@
 //! and nothing below it imports it. [`Gateway::start`] binds the configured
 //! listeners (port 0 allowed, so tests can run many gateways side by side) and
 //! returns a handle; `main.rs` only parses the command line and waits for
-//! signals.
+//! signals. Deploys: [`upgrade`] (SIGUSR2 hands the listening sockets to a new
+//! binary), [`inherit`] (sockets handed to this process: by an upgrade or by
+//! systemd socket activation), [`sd_notify`] (readiness to systemd).
 
 pub mod access;
 pub mod apps;
@@ -30,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctx;
 pub mod gateway;
+pub mod inherit;
 pub mod limit;
 pub mod limits;
 pub mod logging;
@@ -37,8 +40,10 @@ pub mod metrics;
 pub mod proxy;
 pub mod redis_conn;
 pub mod router;
+pub mod sd_notify;
 pub mod server;
 pub mod shutdown;
+pub mod upgrade;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayHandle, StartError};

@@ -208,6 +208,9 @@ fn token(
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // First, while this is the only thread: both read and clear variables.
+    let (inherited, inherit_errors) = wsgate::inherit::Inherited::from_env();
+    let ready_report = wsgate::upgrade::ReadyReport::from_env();
     let cfg = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -219,17 +222,38 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    for e in &inherit_errors {
+        tracing::warn!("{e}; binding instead");
+    }
+    let upgrader = wsgate::upgrade::Upgrader::capture()
+        .map_err(|e| tracing::warn!("SIGUSR2 upgrades disabled: {e}"))
+        .ok();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let path = path.to_path_buf();
     rt.block_on(async move {
-        let handle = wsgate::Gateway::start(cfg)
+        let handle = wsgate::Gateway::start_with(cfg, inherited)
             .await
             .context("starting the gateway")?;
-        serve_signals(&handle, &path).await?;
-        tracing::info!("draining: stopped accepting, closing WebSockets with 1001");
+        let upgraded = ready_report.is_some();
+        if let Some(r) = ready_report {
+            match r.send() {
+                Ok(()) => tracing::info!("serving; told the previous process to drain"),
+                Err(e) => tracing::warn!("cannot tell the previous process this one is ready: {e}"),
+            }
+        }
+        sd(wsgate::sd_notify::ready(upgraded));
+        match serve_signals(&handle, &path, upgrader.as_ref()).await? {
+            Stop::Signal => sd(wsgate::sd_notify::stopping()),
+            // systemd follows the new process (MAINPID): no STOPPING here.
+            Stop::Upgraded(pid) => {
+                tracing::info!(pid, "the new process is ready");
+                handle.hand_over_admin();
+            }
+        }
+        tracing::info!("draining: stopped accepting, closing WebSockets over the drain window");
         if handle.shutdown().await {
             tracing::info!("drained; exiting");
         } else {
@@ -239,21 +263,63 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Reloads on SIGHUP until SIGTERM or SIGINT arrives.
+/// Why the process stops serving.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A new binary (this pid) serves on our sockets now.
+    Upgraded(u32),
+}
+
+/// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM or SIGINT
+/// arrives, or an upgrade succeeds.
 async fn serve_signals(
     handle: &wsgate::GatewayHandle,
     path: &std::path::Path,
-) -> anyhow::Result<()> {
+    upgrader: Option<&wsgate::upgrade::Upgrader>,
+) -> anyhow::Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+    // An upgrade runs in a task of its own while signals are still served.
+    let (done_tx, mut done) = tokio::sync::mpsc::channel(1);
+    let mut upgrading = false;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(handle, path).await,
+            _ = term.recv() => return Ok(Stop::Signal),
+            _ = int.recv() => return Ok(Stop::Signal),
+            _ = hup.recv() => {
+                sd(wsgate::sd_notify::reloading());
+                reload(handle, path).await;
+                sd(wsgate::sd_notify::ready(false));
+            }
+            _ = usr2.recv() => match upgrader {
+                _ if upgrading => tracing::warn!("SIGUSR2: an upgrade is already in progress"),
+                None => tracing::error!("SIGUSR2: upgrades are disabled (see the start log)"),
+                Some(u) => {
+                    tracing::info!("SIGUSR2: starting the new binary with our listening sockets");
+                    upgrading = true;
+                    let (u, sockets, tx) = (u.clone(), handle.listening_sockets(), done_tx.clone());
+                    tokio::spawn(async move { tx.send(u.run(sockets).await).await });
+                }
+            },
+            Some(r) = done.recv() => match r {
+                Ok(pid) => return Ok(Stop::Upgraded(pid)),
+                Err(e) => {
+                    upgrading = false;
+                    tracing::error!("binary upgrade failed, still serving: {}", chain(causes(&e)));
+                }
+            },
         }
+    }
+}
+
+/// Logs a failed `sd_notify` (systemd then times the service out itself).
+fn sd(r: Result<(), wsgate::sd_notify::NotifyError>) {
+    if let Err(e) = r {
+        tracing::warn!("{e}");
     }
 }
 

@@ -47,6 +47,13 @@ pub struct RouteCode {
     pub code: u16,
 }
 
+/// What a drain closed: `app` (echo, chat), `inspect` (frame-aware splice),
+/// `splice` (a byte splice cut when `shutdown_grace` ran out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrainKind {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamServer {
     pub upstream: String,
@@ -97,6 +104,8 @@ pub struct Metrics {
     pub ws_buffered_bytes: Gauge,
     /// App sessions the budget closed (1013).
     pub ws_budget_closed: Counter,
+    /// WebSocket sessions a drain closed, by kind.
+    pub drain_closed: Family<DrainKind, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
@@ -136,6 +145,7 @@ impl Metrics {
             ws_bytes: Family::default(),
             ws_buffered_bytes: Gauge::default(),
             ws_budget_closed: Counter::default(),
+            drain_closed: Family::default(),
             upstream_up: Family::default(),
             tls_cert_expiry: Family::default(),
             upstream_requests: Family::default(),
@@ -213,6 +223,11 @@ impl Metrics {
             "ws_budget_closed",
             "App WebSocket sessions closed (1013) because server.max_buffered was exceeded",
             m.ws_budget_closed.clone(),
+        );
+        r.register(
+            "drain_closed",
+            "WebSocket sessions closed by a drain (1012 for app and inspect; splice: cut at shutdown_grace)",
+            m.drain_closed.clone(),
         );
         r.register(
             "upstream_up",

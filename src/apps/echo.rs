@@ -23,7 +23,7 @@ use crate::body::{empty, Body};
 use crate::budget::{Account, Budget};
 use crate::config::EchoConfig;
 use crate::limits::ConnSlot;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Pace, Shutdown, DRAIN_CLOSE};
 
 /// Completes a validated upgrade and spawns the echo session on `shutdown`'s
 /// session tracker, holding the connection's slot while it lives. Its reads
@@ -37,12 +37,13 @@ pub fn accept(
 ) -> Result<Response<Body>, AppError> {
     let opts = super::codec::options(cfg.max_message_size, cfg.compression);
     keep_first_deflate_offer(req.headers_mut());
-    let account = budget.open(shutdown.token.child_token());
+    let account = budget.open(shutdown.session_stop());
     let (resp, up) =
         super::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
     let cfg = cfg.clone();
     let SessionHold { slot, log } = hold;
-    shutdown.spawn_session(session(up, cfg, account, log, slot));
+    let pace = shutdown.pace.clone();
+    shutdown.spawn_session(session(up, cfg, account, log, slot, pace));
     Ok(resp.map(|_| empty()))
 }
 
@@ -58,13 +59,14 @@ fn session(
     account: Arc<Account>,
     mut log: SessionLog,
     slot: Arc<ConnSlot>,
+    pace: Arc<Pace>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _slot = slot;
         let Some(ws) = super::codec::upgraded(up, "echo").await else {
             return;
         };
-        run(ws, &cfg, &account, &mut log).await
+        run(ws, &cfg, &account, &mut log, &pace).await
     }
 }
 
@@ -75,6 +77,7 @@ async fn run<S>(
     cfg: &EchoConfig,
     account: &Account,
     log: &mut SessionLog,
+    pace: &Pace,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -139,8 +142,11 @@ async fn run<S>(
                     super::codec::close_evicted(&mut ws).await;
                     return;
                 }
-                log.close_code = Some(1001);
-                let _ = ws.send(Frame::close(CloseCode::Away, "server shutting down")).await;
+                // The drain's paced close: 1012 with a reconnect hint.
+                log.close_code = Some(DRAIN_CLOSE);
+                log.drained("app");
+                let reason = pace.close_reason();
+                let _ = ws.send(Frame::close(CloseCode::from(DRAIN_CLOSE), reason)).await;
                 break;
             }
         }
@@ -411,7 +417,11 @@ mod tests {
         ) -> usize {
             std::mem::size_of::<F>()
         }
-        let (account, slot) = (None::<Arc<Account>>, None::<Arc<ConnSlot>>);
+        let (account, slot, pace) = (
+            None::<Arc<Account>>,
+            None::<Arc<ConnSlot>>,
+            None::<Arc<Pace>>,
+        );
         let size = task_size(|up, cfg, log| {
             crate::shutdown::catch_panics(super::session(
                 up,
@@ -419,6 +429,7 @@ mod tests {
                 account.unwrap(),
                 log,
                 slot.unwrap(),
+                pace.unwrap(),
             ))
         });
         assert!(size <= 1152, "echo session task is {size} bytes");

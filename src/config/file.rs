@@ -44,6 +44,7 @@ pub struct ServerFile {
     pub tls_handshake_timeout: Option<SStr>,
     pub tls_tickets: Option<bool>,
     pub shutdown_grace: Option<SStr>,
+    pub drain_window: Option<SStr>,
     pub max_request_head: Option<SStr>,
     pub max_buffered: Option<SStr>,
     pub secret: Option<SStr>,

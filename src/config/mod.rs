@@ -99,6 +99,9 @@ pub struct ServerConfig {
     /// TLS session tickets on listeners (the session cache is always on).
     pub tls_tickets: bool,
     pub shutdown_grace: Duration,
+    /// On drain, WebSocket sessions (apps, inspected splices) are closed
+    /// spread over this window instead of all at once; at most `shutdown_grace`.
+    pub drain_window: Duration,
     /// Largest request head (request line plus headers) accepted; larger → 431.
     pub max_request_head: usize,
     /// Bytes of unfinished WebSocket messages all app sessions may hold

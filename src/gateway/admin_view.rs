@@ -146,6 +146,7 @@ impl AdminView for Gateway {
             .collect();
         serde_json::json!({
             "node": self.node_id,
+            "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "ready": self.not_ready_reason().is_none(),

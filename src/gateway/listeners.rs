@@ -2,9 +2,12 @@
 //! config: on start and on every reload, new addresses are bound first (a
 //! bind failure changes nothing), removed ones stop accepting, and the ones
 //! that stay get the new TLS configs and `proxy_protocol` for their next
-//! connections.
+//! connections. An address this process was handed a socket for (`inherit`:
+//! a binary upgrade, systemd) uses that socket instead of binding; each
+//! listener keeps a duplicate of its descriptor to hand to an upgrade.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Snapshot, StartError};
 use crate::config::Config;
+use crate::inherit::Inherited;
 use crate::limit::Limiter;
 use crate::server::{admin, listener};
 
@@ -54,16 +58,42 @@ pub(super) struct ListenerInfo {
     conn_limits: Arc<ArcSwap<Vec<Arc<Limiter>>>>,
     /// Whether new connections start with a PROXY header (reloadable).
     proxy_protocol: Arc<AtomicBool>,
+    /// A duplicate of the socket, for a binary upgrade; dropped on drain so
+    /// the socket closes with the accept loop.
+    pub(super) fd: Option<OwnedFd>,
 }
 
 pub(super) struct AdminInfo {
     configured: SocketAddr,
     pub(super) local: SocketAddr,
     pub(super) stop: CancellationToken,
+    pub(super) fd: Option<OwnedFd>,
 }
 
 /// Listener sockets bound for a new config, not serving yet.
-pub(super) type Fresh = Vec<(ListenerKey, TcpListener)>;
+pub(super) type Fresh = Vec<(ListenerKey, TcpListener, OwnedFd)>;
+
+/// An inherited socket for `addr`, else a new one bound to it; and a
+/// duplicate of its descriptor.
+async fn open(
+    inherited: &std::sync::Mutex<Inherited>,
+    addr: SocketAddr,
+) -> Result<(TcpListener, OwnedFd), StartError> {
+    let taken = inherited
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(addr);
+    let bind_err = |source| StartError::Bind { addr, source };
+    let tcp = match taken {
+        Some(l) => {
+            tracing::info!(addr = %addr, "using the inherited listening socket");
+            TcpListener::from_std(l).map_err(bind_err)?
+        }
+        None => TcpListener::bind(addr).await.map_err(bind_err)?,
+    };
+    let dup = tcp.as_fd().try_clone_to_owned().map_err(bind_err)?;
+    Ok((tcp, dup))
+}
 
 impl Gateway {
     /// Binds the listeners of `snap` that are not running yet.
@@ -80,13 +110,8 @@ impl Gateway {
             if running.contains(&key) {
                 continue;
             }
-            let tcp = TcpListener::bind(key.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: key.addr,
-                    source,
-                })?;
-            fresh.push((key, tcp));
+            let (tcp, fd) = open(&self.inherited, key.addr).await?;
+            fresh.push((key, tcp, fd));
         }
         Ok(fresh)
     }
@@ -121,7 +146,7 @@ impl Gateway {
                 slot.store(cfg);
             }
         }
-        for (key, tcp) in fresh {
+        for (key, tcp, fd) in fresh {
             let idx = keys.iter().position(|k| *k == key).unwrap_or(0);
             let tls_cfg = snap
                 .tls
@@ -160,6 +185,7 @@ impl Gateway {
                 tls_cfg,
                 conn_limits,
                 proxy_protocol,
+                fd: Some(fd),
             });
         }
         // `wsgate_tls_cert_expiry_seconds`, labelled like
@@ -193,18 +219,14 @@ impl Gateway {
             return Ok(());
         }
         let tcp = match want {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(open(&self.inherited, addr).await?),
             None => None,
         };
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = admin.take() {
             old.stop.cancel();
         }
-        if let (Some(configured), Some(tcp)) = (want, tcp) {
+        if let (Some(configured), Some((tcp, fd))) = (want, tcp) {
             let local = tcp.local_addr().unwrap_or(configured);
             let stop = CancellationToken::new();
             tokio::spawn(admin::run(self.clone(), tcp, stop.clone()));
@@ -213,8 +235,82 @@ impl Gateway {
                 configured,
                 local,
                 stop,
+                fd: Some(fd),
             });
         }
         Ok(())
+    }
+}
+
+impl Gateway {
+    /// Duplicates of every listening socket (listeners and admin) with the
+    /// address each is bound to: what a binary upgrade hands over.
+    pub(super) fn listening_sockets(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        let mut out = Vec::new();
+        let mut push =
+            |addr: SocketAddr, fd: &Option<OwnedFd>| match fd.as_ref().map(OwnedFd::try_clone) {
+                Some(Ok(dup)) => out.push((addr, dup)),
+                Some(Err(e)) => {
+                    tracing::warn!(addr = %addr, error = %e, "cannot duplicate a listening socket")
+                }
+                None => {}
+            };
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            push(l.local, &l.fd);
+        }
+        if let Some(a) = self
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            push(a.local, &a.fd);
+        }
+        out
+    }
+
+    /// Stops accepting on every listener (not the admin one) and lets their
+    /// sockets close with their accept loops.
+    pub(super) fn stop_listeners(&self) {
+        for l in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            l.stop.cancel();
+            l.fd = None;
+        }
+    }
+
+    /// Stops the admin listener now (after a binary upgrade: the new process
+    /// answers on the same socket, and probes should not reach the old one).
+    pub(super) fn stop_admin(&self) {
+        if let Some(a) = self
+            .admin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            a.stop.cancel();
+            a.fd = None;
+        }
+    }
+
+    /// Closes inherited sockets the config did not use.
+    pub(super) fn close_unused_inherited(&self) {
+        let unused = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .close_unused();
+        for addr in unused {
+            tracing::info!(addr = %addr, "closed an inherited socket the config does not listen on");
+        }
     }
 }

@@ -28,6 +28,7 @@ use crate::budget::Budget;
 use crate::certs::CertError;
 use crate::cluster::RedisBus;
 use crate::config::Config;
+use crate::inherit::Inherited;
 use crate::limit::{ClusterLimits, Limiter, Registry};
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
@@ -195,6 +196,8 @@ pub struct Gateway {
     background: Mutex<CancellationToken>,
     listeners: Mutex<Vec<ListenerInfo>>,
     admin: Mutex<Option<AdminInfo>>,
+    /// Sockets handed to this process (upgrade, systemd), until bound.
+    inherited: Mutex<Inherited>,
     /// Serialises reloads.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -225,6 +228,15 @@ impl Gateway {
     /// Builds `config`, binds every listener (port 0 picks a free port) and the
     /// admin listener, and starts serving.
     pub async fn start(config: Config) -> Result<GatewayHandle, StartError> {
+        Self::start_with(config, Inherited::default()).await
+    }
+
+    /// [`Gateway::start`], using the `inherited` socket of an address instead
+    /// of binding it; inherited sockets the config does not use are closed.
+    pub async fn start_with(
+        config: Config,
+        inherited: Inherited,
+    ) -> Result<GatewayHandle, StartError> {
         let metrics = Arc::new(Metrics::new());
         // Connects lazily: costs nothing until a cluster-scope limit decides.
         let cluster_limits = match &config.cluster {
@@ -250,7 +262,8 @@ impl Gateway {
                 &cfg.server.node_id,
                 cfg.chat.history,
                 cfg.chat.history_ttl,
-                shutdown.token.clone(),
+                // Sessions closing over the drain window still use the bus.
+                shutdown.hard.clone(),
             )?),
             None => None,
         };
@@ -295,18 +308,20 @@ impl Gateway {
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
             admin: Mutex::new(None),
+            inherited: Mutex::new(inherited),
             reloading: tokio::sync::Mutex::new(()),
         });
         let snap = gw.snapshot();
         let fresh = gw.bind_new_listeners(&snap).await?;
         gw.swap_listeners(&snap, fresh);
         gw.sync_admin(&snap).await?;
+        gw.close_unused_inherited();
         gw.start_background(&snap);
         if let Some(bus) = &cluster {
             tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
         }
         if let Some(cl) = &gw.cluster_limits {
-            tokio::spawn(cl.clone().probe(gw.shutdown.token.clone()));
+            tokio::spawn(cl.clone().probe(gw.shutdown.hard.clone()));
             tokio::spawn(admin_view::watch_limits(cl.status(), Arc::downgrade(&gw)));
         }
         gw.readiness.set_started();
@@ -362,31 +377,19 @@ impl Gateway {
         old.cancel();
     }
 
-    /// Drains: stop accepting, let HTTP requests finish, close WebSockets with
-    /// 1001, wait up to `server.shutdown_grace`. Returns whether all finished.
+    /// Drains: stop accepting, let HTTP requests finish, close WebSockets
+    /// with 1012 paced over `server.drain_window`, wait up to
+    /// `server.shutdown_grace`. Returns whether all finished.
     async fn drain(&self) -> bool {
-        let grace = self.server_ctx.config.load().shutdown_grace;
-        for l in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            l.stop.cancel();
-        }
-        let done = self.shutdown.drain(grace).await;
+        let server = self.server_ctx.config.load();
+        let (grace, window) = (server.shutdown_grace, server.drain_window);
+        self.stop_listeners();
+        let done = self.shutdown.drain(grace, window).await;
         self.background
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .cancel();
-        if let Some(a) = self
-            .admin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            a.stop.cancel();
-        }
+        self.stop_admin();
         done
     }
 }
@@ -423,6 +426,18 @@ impl GatewayHandle {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.gw.admin_addr()
+    }
+
+    /// Duplicates of the listening sockets (listeners and admin) with their
+    /// bound addresses, for a binary upgrade (`upgrade::Upgrader::run`).
+    pub fn listening_sockets(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        self.gw.listening_sockets()
+    }
+
+    /// Stops answering on the admin listener at once: after a binary
+    /// upgrade the new process serves it on the same socket.
+    pub fn hand_over_admin(&self) {
+        self.gw.stop_admin()
     }
 
     /// See [`Gateway::drain`].

@@ -11,7 +11,8 @@
 //! - send its own pings to a side silent for `ws_ping_interval` and swallow the
 //!   matching pongs (their payload carries a per-session nonce), closing a side
 //!   that misses two (1011 to it, 1001 to the live side),
-//! - close both sides with 1001 on drain or idle timeout,
+//! - close both sides with 1001 on idle timeout; on drain (paced,
+//!   `shutdown::Pace`) the client gets 1012 `reconnect <ms>`, the upstream 1001,
 //! - close a session whose token expires (1008 "token expired" to the client,
 //!   1001 upstream).
 //!
@@ -32,10 +33,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::inspect_config::CloseReason;
 pub use super::inspect_config::{InspectConfig, InspectMetrics};
 use super::scan::{self, Event, Scanner, MAX_HEADER, OP_CLOSE, OP_PING, OP_PONG};
 use super::splice::{SpliceEnd, SpliceStats};
 use crate::limit::gcra::Bucket;
+use crate::shutdown::DRAIN_CLOSE;
 
 /// How long peers get to answer an injected close before both connections are dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -65,7 +68,7 @@ enum Inject {
     /// (`wait_reply`) or stop at once (the source is dead or unreadable).
     Close {
         code: u16,
-        reason: &'static str,
+        reason: CloseReason,
         wait_reply: bool,
     },
 }
@@ -205,17 +208,22 @@ async fn keeper(
     stop: CancellationToken,
 ) {
     let toward = |s: Side| if s == Side::Client { to_cl } else { to_up };
-    let close_both = |end: SpliceEnd| {
+    // `code` and `reason` to the client, 1001 to the upstream.
+    let close_both_with = |end: SpliceEnd, code: u16, reason: CloseReason| {
         shared.set_end(end);
-        for tx in [to_cl, to_up] {
-            let _ = tx.send(Inject::Close {
-                code: CLOSE_GOING_AWAY,
-                reason: "",
-                wait_reply: true,
-            });
-        }
+        let _ = to_cl.send(Inject::Close {
+            code,
+            reason,
+            wait_reply: true,
+        });
+        let _ = to_up.send(Inject::Close {
+            code: CLOSE_GOING_AWAY,
+            reason: CloseReason::NONE,
+            wait_reply: true,
+        });
         shared.closing.cancel();
     };
+    let close_both = |end: SpliceEnd| close_both_with(end, CLOSE_GOING_AWAY, CloseReason::NONE);
     let expires = shared.cfg.expires.map(|t| {
         let left = t
             .duration_since(std::time::SystemTime::now())
@@ -244,12 +252,12 @@ async fn keeper(
             std::future::pending::<()>().await;
         }
         tokio::select! {
-            _ = stop.cancelled() => close_both(SpliceEnd::Drain),
+            _ = stop.cancelled() => {
+                let hint = CloseReason::Reconnect(shared.cfg.pace.reconnect_ms());
+                close_both_with(SpliceEnd::Drain, DRAIN_CLOSE, hint);
+            }
             _ = &mut expiry, if expires.is_some() => {
-                shared.set_end(SpliceEnd::Expired);
-                let _ = to_cl.send(Inject::Close { code: CLOSE_POLICY, reason: "token expired", wait_reply: true });
-                let _ = to_up.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: true });
-                shared.closing.cancel();
+                close_both_with(SpliceEnd::Expired, CLOSE_POLICY, CloseReason::Text("token expired"));
             }
             _ = idle_tick.tick() => {
                 let now = total();
@@ -278,8 +286,8 @@ async fn keeper(
                         let (dead, live) = if side == Side::Client { (to_cl, to_up) } else { (to_up, to_cl) };
                         shared.set_end(SpliceEnd::PeerDead);
                         // The live side answers our close; the dead one is not waited for.
-                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, reason: "", wait_reply: true });
-                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: "", wait_reply: false });
+                        let _ = dead.send(Inject::Close { code: CLOSE_INTERNAL, reason: CloseReason::NONE, wait_reply: true });
+                        let _ = live.send(Inject::Close { code: CLOSE_GOING_AWAY, reason: CloseReason::NONE, wait_reply: false });
                         shared.closing.cancel();
                         break;
                     }
@@ -322,7 +330,7 @@ struct PumpState {
     held: [u8; MAX_HEADER + PING_LEN as usize],
     held_len: usize,
     pending_ping: Option<[u8; PING_LEN as usize]>,
-    pending_close: Option<(u16, &'static str, bool)>,
+    pending_close: Option<(u16, CloseReason, bool)>,
     /// A close went to the destination (forwarded or injected).
     closed_out: bool,
     /// We injected a close: everything from the source is dropped from now on.
@@ -359,7 +367,7 @@ impl PumpState {
         if let Some((code, reason, wait)) = self.pending_close.take() {
             if !self.closed_out {
                 let mut payload = code.to_be_bytes().to_vec();
-                payload.extend_from_slice(reason.as_bytes());
+                reason.append_to(&mut payload);
                 self.push_control(out, OP_CLOSE, &payload);
                 metrics.close_code(code);
                 self.closed_out = true;
@@ -553,11 +561,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     fn close_both(&self, st: &mut PumpState, code: u16, wait_reply: bool) {
         let _ = self.other.send(Inject::Close {
             code,
-            reason: "",
+            reason: CloseReason::NONE,
             wait_reply: true,
         });
         st.mode = Mode::Drop;
-        st.pending_close = Some((CLOSE_GOING_AWAY, "", wait_reply));
+        st.pending_close = Some((CLOSE_GOING_AWAY, CloseReason::NONE, wait_reply));
         self.shared.closing.cancel();
     }
 }

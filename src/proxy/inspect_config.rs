@@ -2,6 +2,7 @@
 //! ([`InspectConfig`], from the upstream's config) and its route's metric
 //! handles ([`InspectMetrics`], looked up once per session).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -9,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::limit::gcra::Gcra;
 use crate::metrics::RouteCode;
+use crate::shutdown::Pace;
 
 /// Limits and timers of one inspected session (from the upstream's config).
 #[derive(Debug, Clone)]
@@ -22,6 +24,27 @@ pub struct InspectConfig {
     pub message_rate: Option<Gcra>,
     /// When the client's token expires (`exp` plus leeway), if it has one.
     pub expires: Option<std::time::SystemTime>,
+    /// The reconnect hint of a drain close (1012 `reconnect <ms>`).
+    pub pace: Arc<Pace>,
+}
+
+/// The reason text of a close frame the gateway injects.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum CloseReason {
+    Text(&'static str),
+    /// A drain: `reconnect <ms>`.
+    Reconnect(u64),
+}
+
+impl CloseReason {
+    pub(super) const NONE: Self = Self::Text("");
+
+    pub(super) fn append_to(self, out: &mut Vec<u8>) {
+        match self {
+            Self::Text(t) => out.extend_from_slice(t.as_bytes()),
+            Self::Reconnect(ms) => out.extend_from_slice(format!("reconnect {ms}").as_bytes()),
+        }
+    }
 }
 
 /// The route's counters, looked up once per session.

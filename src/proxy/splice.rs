@@ -1,8 +1,9 @@
 //! The byte splice between a client and an upstream WebSocket after both
 //! handshakes: bytes are copied as they are in both directions until either side
-//! closes, the session is idle for `ws_idle_timeout`, or the gateway drains (then
-//! both TCP connections are closed: the byte-copy path does not know where frames
-//! begin, so it cannot insert a close frame safely). Upstreams with `ws_inspect`
+//! closes, the session is idle for `ws_idle_timeout`, or `stop` fires: the
+//! drain's hard stop (`shutdown_grace` passed), when both TCP connections are
+//! closed (the byte-copy path does not know where frames begin, so it cannot
+//! insert a close frame safely; until then a drain leaves it running). Upstreams with `ws_inspect`
 //! use the frame-aware splice in [`super::inspect`] instead.
 
 use std::future::Future;

@@ -17,7 +17,7 @@ use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
 use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
-use super::splice::splice;
+use super::splice::{splice, SpliceEnd};
 use super::ws_upstream::{self, Rewind};
 use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
@@ -229,6 +229,7 @@ impl Tunnel<'_> {
                 idle_timeout: idle,
                 message_rate: rate.map(|r| Gcra::new(r.rate.emission(), r.burst)),
                 expires: notes.expires,
+                pace: session.shutdown.pace.clone(),
             };
             let mut m = InspectMetrics::for_route(metrics, &session.route.label);
             if rate.is_some() {
@@ -237,7 +238,12 @@ impl Tunnel<'_> {
             (cfg, m)
         });
         let shutdown = session.shutdown.clone();
-        let stop = shutdown.token.clone();
+        // A drain closes inspected sessions paced, with 1012; a byte splice
+        // cannot insert a close frame, so it is only cut at the hard stop.
+        let stop = match inspect {
+            Some(_) => shutdown.session_stop(),
+            None => shutdown.hard.clone(),
+        };
         let addr = choice.backend.addr.clone();
         let hold = session.hold("spliced");
         shutdown.spawn_session(async move {
@@ -258,6 +264,13 @@ impl Tunnel<'_> {
             };
             // Inspected sessions count their messages and close codes themselves.
             log.record_splice(stats.bytes_in, stats.bytes_out);
+            if stats.end == SpliceEnd::Drain {
+                log.drained(if stats.messages.is_some() {
+                    "inspect"
+                } else {
+                    "splice"
+                });
+            }
             tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
         });
         Ok(resp)

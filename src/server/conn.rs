@@ -5,7 +5,6 @@
 //! sessions by `proxy::ws`.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
@@ -124,17 +124,28 @@ macro_rules! drive {
         let first_deadline = tokio::time::sleep($header_timeout);
         tokio::pin!(first_deadline);
         let mut waiting_first = true;
+        let mut draining = false;
         let res = loop {
             tokio::select! {
                 r = conn.as_mut() => break Some(r),
                 _ = first_deadline.as_mut(), if waiting_first => {
                     waiting_first = false;
-                    if !$first_request.load(Ordering::Relaxed) {
+                    if !$first_request.is_cancelled() {
                         tracing::debug!("no complete request head within header_timeout; closing");
                         break None;
                     }
                 }
-                _ = $sc.shutdown.token.cancelled() => {
+                _ = $sc.shutdown.token.cancelled(), if !draining => {
+                    draining = true;
+                    // A connection accepted just before the drain (during a
+                    // binary upgrade, all the time) has its first request on
+                    // the way: hyper would close it unread. Serve that first.
+                    if $first_request.is_cancelled() {
+                        conn.as_mut().graceful_shutdown();
+                        break Some(conn.await);
+                    }
+                }
+                _ = $first_request.cancelled(), if draining => {
                     conn.as_mut().graceful_shutdown();
                     break Some(conn.await);
                 }
@@ -162,11 +173,14 @@ pub async fn serve<H, IO>(
     let server = sc.config.load_full();
     let ctx = Arc::new(ctx);
     let slot = Arc::new(slot);
-    let first_request = Arc::new(AtomicBool::new(false));
+    // Cancelled when the first request head has arrived.
+    let first_request = CancellationToken::new();
     let seen = first_request.clone();
     let (io, framing) = Guarded::new(io);
     let service = service_fn(move |req: Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        if !seen.is_cancelled() {
+            seen.cancel();
+        }
         let handler = handler.clone();
         let ctx = ctx.clone();
         // Upgraded sessions keep the connection's slot while they live.

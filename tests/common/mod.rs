@@ -14,6 +14,7 @@
 //! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
+//! - [`process`]: the real `wsgate` binary as a child (upgrades, systemd).
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod cfg;
@@ -21,6 +22,7 @@ pub mod chat;
 pub mod grpc;
 pub mod h2_upstream;
 pub mod openssl;
+pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;

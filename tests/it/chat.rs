@@ -325,12 +325,12 @@ async fn silent_clients_are_dropped() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_sessions_with_1001() {
-    let gw = gateway(config()).await;
+async fn shutdown_closes_sessions_with_1012() {
+    let gw = gateway(config().set("server.drain_window", "500ms")).await;
     let mut a = Client::new(gw.http(), "alice").await;
     let TestGateway { handle, dir: _dir } = gw;
     let drained = tokio::spawn(async move { handle.shutdown().await });
-    assert_eq!(a.close_code().await, Some(CloseCode::Away));
+    assert_eq!(a.close_code().await, Some(CloseCode::Restart));
     assert!(
         drained.await.expect("join"),
         "drained within the grace period"

@@ -327,9 +327,9 @@ async fn metrics_count_messages_bytes_and_close_codes() {
 }
 
 #[tokio::test]
-async fn drain_closes_both_sides_with_1001() {
+async fn drain_closes_the_client_with_1012_and_the_upstream_with_1001() {
     let (up, mut seen) = recording_upstream().await;
-    let gw = gateway(config(up)).await;
+    let gw = gateway(config(up).set("server.drain_window", "500ms")).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
         .await
         .expect("connect");
@@ -344,8 +344,11 @@ async fn drain_closes_both_sides_with_1001() {
         .await
         .expect("close in time");
     match m {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Away),
-        other => panic!("expected close 1001, got {other:?}"),
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1012);
+            assert!(f.reason.starts_with("reconnect "), "{}", f.reason);
+        }
+        other => panic!("expected close 1012, got {other:?}"),
     }
     while ws.next().await.is_some() {}
     assert_eq!(recorded_close(&mut seen).await, 1001);

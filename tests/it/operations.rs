@@ -328,7 +328,7 @@ async fn json_logs_parse_and_reload_keeps_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
+async fn sigterm_closes_websockets_with_1012_and_finishes_requests() {
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
     let slow = http_upstream(move |_req| {
         let _ = arrived_tx.send(());
@@ -344,6 +344,7 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
     write_cert(d, "one", &["localhost"]);
     let cfg = d.join("wsgate.toml");
     let config = base_config(d, "one")
+        .set("server.drain_window", "1s")
         .upstream("slow", &[slow])
         .route_upstream("/slow", "slow");
     std::fs::write(&cfg, config.build()).unwrap();
@@ -363,8 +364,11 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
         .await
         .expect("close frame")
     {
-        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 1012);
+            assert!(f.reason.starts_with("reconnect "), "{}", f.reason);
+        }
+        other => panic!("expected close 1012, got {other:?}"),
     }
     let r = inflight.await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
@@ -385,6 +389,9 @@ async fn sigterm_closes_websockets_with_1001_and_finishes_requests() {
     assert!(exited, "did not exit within the grace period");
     let status = status.expect("exit status");
     assert!(status.success(), "{status:?}");
+    // The drained session's access line says so.
+    let line = p.wait_for("\"drained\":true", Duration::from_secs(1));
+    assert!(line.contains("\"close_code\":1012"), "{line}");
 }
 
 #[tokio::test]

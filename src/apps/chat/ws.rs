@@ -7,7 +7,8 @@
 //! a write that cannot progress (the client stopped reading) is still
 //! interrupted by the three ways a session is ended from outside:
 //! - the outbox overflowed (`send_queue` frames behind): close 1008;
-//! - the gateway is draining: close 1001;
+//! - the gateway is draining: close 1012 `reconnect <ms>`, paced over
+//!   `server.drain_window` (`shutdown::Pace`);
 //! - the client said nothing, not even a pong, for two `ping_interval`s: close 1011.
 //!
 //! Message rate (`message_rate`, `message_burst`): a frame over it is dropped
@@ -52,6 +53,7 @@ use crate::body::Body;
 use crate::budget::Account;
 use crate::limit::gcra::{Bucket, Gcra};
 use crate::limit::Kind;
+use crate::shutdown::DRAIN_CLOSE;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -83,7 +85,7 @@ pub fn accept(
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
-    let account = chat.budget.open(chat.shutdown.token.child_token());
+    let account = chat.budget.open(chat.shutdown.session_stop());
     let (resp, up) =
         crate::apps::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
     let rate = chat.cfg().message_rate.map(|r| MessageRate {
@@ -97,11 +99,15 @@ pub fn accept(
     let shutdown = chat.shutdown.clone();
     let chat = chat.clone();
     let session = async move {
-        let _slot = slot;
+        let mut hold = slot;
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, who, &account, rate).await
+        run(&chat, ws, who, &account, rate).await;
+        // Only a drain or the budget cancel the stop token.
+        if account.stop().is_cancelled() && !account.is_evicted() {
+            hold.log.drained("app");
+        }
     };
     shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
@@ -232,13 +238,17 @@ async fn run<S>(
         tracing::debug!(user = %user, ?end, "chat session closed by server.max_buffered");
         return;
     }
+    let drain_reason = match end {
+        End::Shutdown => chat.shutdown.pace.close_reason(),
+        _ => String::new(),
+    };
     let close = match end {
         End::Client => None,
         End::Overflow => Some((
             CloseCode::Policy,
             "send queue overflow: the client reads too slowly",
         )),
-        End::Shutdown => Some((CloseCode::Away, "server shutting down")),
+        End::Shutdown => Some((CloseCode::from(DRAIN_CLOSE), drain_reason.as_str())),
         // Closed above.
         End::Evicted => None,
         End::Silent => Some((CloseCode::Error, "no answer to pings")),

@@ -139,6 +139,7 @@ impl RedisBus {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, BusError> {
+        self.settled().await;
         if !self.is_up() {
             return Err(BusError::Unavailable("history: redis unreachable".into()));
         }
@@ -166,6 +167,7 @@ impl RedisBus {
     }
 
     async fn heads_now(&self, rooms: Vec<RoomName>) -> Result<Vec<Head>, BusError> {
+        self.settled().await;
         let got = self
             .try_redis(async {
                 // One call per room: a room's keys share one shard, two

@@ -63,7 +63,26 @@ impl RedisBus {
         if !self.up.swap(true, Ordering::AcqRel) {
             tracing::info!(node = %self.node, "cluster: redis is up");
         }
+        self.ever_up.store(true, Ordering::Release);
+        self.reached.notify_waiters();
         self.status.send_if_modified(|s| s.take().is_some());
+    }
+
+    /// At start, before Redis was first reached, waits for that (at most one
+    /// heartbeat): the mirror is empty then, and answering from it would tell
+    /// every client reconnecting to a restarted node that its history was
+    /// lost. Later outages answer from the mirror at once.
+    pub(super) async fn settled(&self) {
+        if self.ever_up.load(Ordering::Acquire) {
+            return;
+        }
+        let reached = self.reached.notified();
+        tokio::pin!(reached);
+        reached.as_mut().enable();
+        if self.is_up() {
+            return;
+        }
+        let _ = tokio::time::timeout(self.beat, reached).await;
     }
 
     pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {

@@ -71,6 +71,11 @@ pub struct RedisBus {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// False while Redis is unreachable: calls use the mirror without waiting.
     up: AtomicBool,
+    /// Woken when Redis is reached: reads at start wait for it (see
+    /// `mirror::settled`) instead of answering from an empty mirror.
+    reached: tokio::sync::Notify,
+    /// Whether Redis was ever reached since the node started.
+    ever_up: AtomicBool,
     /// `None` when Redis is up, else why not (for `/readyz`).
     status: watch::Sender<Option<String>>,
     local_dm_seq: AtomicU64,
@@ -120,6 +125,8 @@ impl RedisBus {
             subs: tokio::sync::Mutex::new(subs::Subs::default()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             up: AtomicBool::new(false),
+            reached: tokio::sync::Notify::new(),
+            ever_up: AtomicBool::new(false),
             status,
             local_dm_seq: AtomicU64::new(0),
             ticks: AtomicU64::new(0),

@@ -147,6 +147,11 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             }
         }
     });
+    let shutdown_grace = cx.duration(
+        &s.shutdown_grace,
+        "server.shutdown_grace",
+        Duration::from_secs(30),
+    );
     ServerConfig {
         node_id,
         max_connections: cx.int(
@@ -179,11 +184,8 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             Duration::from_secs(10),
         ),
         tls_tickets: s.tls_tickets.unwrap_or(true),
-        shutdown_grace: cx.duration(
-            &s.shutdown_grace,
-            "server.shutdown_grace",
-            Duration::from_secs(30),
-        ),
+        shutdown_grace,
+        drain_window: drain_window(cx, s, shutdown_grace),
         max_request_head: cx.size_in(
             &s.max_request_head,
             "server.max_request_head",
@@ -205,6 +207,30 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             t
         },
     }
+}
+
+/// `server.drain_window`: closes are paced within the grace, never past it
+/// (a window longer than the grace would be cut short by the hard stop).
+fn drain_window(cx: &mut Ctx, s: &ServerFile, grace: Duration) -> Duration {
+    let window = cx.duration(
+        &s.drain_window,
+        "server.drain_window",
+        Duration::from_secs(10).min(grace),
+    );
+    if let Some(v) = &s.drain_window {
+        if window > grace {
+            cx.at(
+                v.span(),
+                format!(
+                    "server.drain_window: {} is longer than server.shutdown_grace ({} ms); closes would be cut short",
+                    v.get_ref(),
+                    grace.as_millis()
+                ),
+            );
+            return grace;
+        }
+    }
+    window
 }
 
 fn default_node_id() -> String {

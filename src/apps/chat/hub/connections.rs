@@ -205,16 +205,25 @@ impl Hub {
         if let Some(s) = since {
             let replay = match s.verdict(&head) {
                 Verdict::Lost => None,
-                Verdict::Replay { after } => {
-                    let missed: Vec<_> = self
-                        .bus
-                        .history(room.clone(), after, self.history_cap)
-                        .await?
-                        .into_iter()
-                        .filter(|m| m.id <= head.offset)
-                        .collect();
-                    complete(after, head.offset, missed.iter().map(|m| m.id)).then_some(missed)
-                }
+                // History out of reach (the shared store is down) is no
+                // reason to refuse the join: it is just not recovered.
+                Verdict::Replay { after } => match self
+                    .bus
+                    .history(room.clone(), after, self.history_cap)
+                    .await
+                {
+                    Ok(history) => {
+                        let missed: Vec<_> = history
+                            .into_iter()
+                            .filter(|m| m.id <= head.offset)
+                            .collect();
+                        complete(after, head.offset, missed.iter().map(|m| m.id)).then_some(missed)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, room = %room, "chat: recovery without history");
+                        None
+                    }
+                },
             };
             recovered = Some(replay.is_some());
             for m in replay.iter().flatten() {

@@ -1,21 +1,36 @@
 //! Drain coordination and the tasks it waits for. hyper's graceful shutdown
 //! only sees HTTP connections: an upgraded WebSocket counts as finished for
-//! hyper, so WebSocket sessions (app and spliced) are tracked separately here
-//! and told to close with 1001. Every task spawned here has its panics
-//! contained ([`catch_panics`]).
+//! hyper, so WebSocket sessions (app and spliced) are tracked separately here.
+//! Every task spawned here has its panics contained ([`catch_panics`]).
+//!
+//! A drain closes WebSocket sessions paced over `server.drain_window`
+//! ([`Pace`]), so their clients do not all reconnect in the same second; byte
+//! splices, which cannot insert a close frame, watch only the hard stop
+//! ([`Shutdown::hard`]) that `shutdown_grace` fires.
+
+mod pace;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::pace::{Pace, DRAIN_CLOSE};
+
 /// Shared by every listener and connection of one gateway.
 #[derive(Clone, Default)]
 pub struct Shutdown {
-    /// Cancelled when draining starts: listeners stop accepting, HTTP connections
-    /// get `graceful_shutdown`, WebSocket sessions send close 1001.
+    /// Cancelled when draining starts: listeners stop accepting, HTTP
+    /// connections get `graceful_shutdown`. WebSocket sessions do not watch
+    /// it: they take a paced token from [`Shutdown::session_stop`].
     pub token: CancellationToken,
+    /// Cancelled when `shutdown_grace` has passed (or everything finished):
+    /// what byte splices and the process's background work stop on.
+    pub hard: CancellationToken,
+    /// Hands out the paced stop tokens of WebSocket sessions.
+    pub pace: Arc<Pace>,
     /// Every HTTP connection task (until it finishes or upgrades).
     pub conns: TaskTracker,
     /// Every live WebSocket session, app or spliced.
@@ -25,6 +40,12 @@ pub struct Shutdown {
 impl Shutdown {
     pub fn is_draining(&self) -> bool {
         self.token.is_cancelled()
+    }
+
+    /// The stop token of one WebSocket session (app or inspected splice): a
+    /// drain cancels it at a random point of the drain window.
+    pub fn session_stop(&self) -> CancellationToken {
+        self.pace.token()
     }
 
     /// Runs a WebSocket session (or any task that outlives its HTTP
@@ -47,9 +68,12 @@ impl Shutdown {
         self.conns.spawn(catch_panics(fut));
     }
 
-    /// Starts the drain and waits until every connection and session is done, or
-    /// `grace` has passed. Returns whether everything finished in time.
-    pub async fn drain(&self, grace: Duration) -> bool {
+    /// Starts the drain: stop accepting, let HTTP requests finish, close
+    /// WebSocket sessions spread over `window`; then waits until every
+    /// connection and session is done, or `grace` has passed, when whatever
+    /// is left (byte splices, sessions whose close stalls) is cut. Returns
+    /// whether everything finished in time.
+    pub async fn drain(&self, grace: Duration, window: Duration) -> bool {
         self.token.cancel();
         self.conns.close();
         self.sessions.close();
@@ -57,7 +81,18 @@ impl Shutdown {
             self.conns.wait().await;
             self.sessions.wait().await;
         };
-        tokio::time::timeout(grace, all).await.is_ok()
+        let paced = async {
+            self.pace.run(window.min(grace)).await;
+            std::future::pending::<()>().await
+        };
+        let done = tokio::select! {
+            () = all => true,
+            () = paced => false,
+            () = tokio::time::sleep(grace) => false,
+        };
+        self.pace.stop_all();
+        self.hard.cancel();
+        done
     }
 }
 
