@@ -163,21 +163,27 @@ pub async fn commandstats(port: u16) -> std::collections::BTreeMap<String, u64> 
     parse_commandstats(&info)
 }
 
-/// `cmdstat_incr:calls=3,usec=…` lines → `incr` → 3.
+/// `cmdstat_incr:calls=3,usec=12,…` lines → `incr` → 3 and `incr.usec` → 12
+/// (the server's CPU time in the command, scripts including their calls).
 pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
+    let mut out = std::collections::BTreeMap::new();
+    for l in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+        let Some((name, rest)) = l.split_once(':') else {
+            continue;
+        };
+        for kv in rest.trim().split(',') {
+            match kv.split_once('=') {
+                Some(("calls", v)) => {
+                    out.insert(name.to_string(), v.parse().unwrap_or(0));
+                }
+                Some(("usec", v)) => {
+                    out.insert(format!("{name}.usec"), v.parse().unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// What `after` counted beyond `before`, per command (zero entries left out).

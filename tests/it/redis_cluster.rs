@@ -129,8 +129,17 @@ async fn three_nodes_share_rooms_dms_presence_history_and_push_over_a_redis_clus
     for c in [&mut alice, &mut bob, &mut carol] {
         expect_in_order(c, "m", N).await;
     }
-    let stats = per_message(&before, &cluster.commandstats().await);
+    let after = cluster.commandstats().await;
+    let stats = per_message(&before, &after);
     let shard = cluster.master_of("wsgate:room:{lobby}:id").await;
+    let usec = stats_delta(
+        before.get(&shard).unwrap_or(&BTreeMap::new()),
+        &after[&shard],
+    );
+    eprintln!(
+        "redis cluster: EVALSHA CPU on the room's shard {:.1} µs per message",
+        *usec.get("evalsha.usec").unwrap_or(&0) as f64 / N as f64
+    );
     eprintln!("redis cluster: commands during {N} room messages, per master: {stats:?} (lobby on {shard})");
     for (port, d) in &stats {
         for k in ["evalsha", "incr", "rpush", "ltrim", "spublish"] {
