@@ -29,10 +29,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::RequestBody;
 use ::http::uri::Authority;
 use ::http::{header, HeaderValue, Request, Response, Version};
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 
 use self::access_phase::{Head, Notes, Phase};
 use crate::access::{
@@ -146,7 +146,7 @@ impl Handler for Proxy {
     /// is attached.
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
     ) -> Response<Body> {
@@ -215,7 +215,7 @@ impl Proxy {
         table: &Arc<Table>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         host: Option<&Host>,
         matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -231,6 +231,13 @@ impl Proxy {
             // RFC 9112 §3.2 (HTTP/1.1 is refused earlier, by server::smuggle);
             // HTTP/2 requests reach here with their fields as sent.
             return Err(ProxyError::BadRequest("more than one Host header".into()));
+        }
+        if req.version() == Version::HTTP_2 && host_contradicts_authority(&req) {
+            // RFC 9113 §8.3.1: routed by `:authority`, the upstream would
+            // otherwise be told one host and an access rule checked another.
+            return Err(ProxyError::BadRequest(
+                "the Host header and :authority differ".into(),
+            ));
         }
         let route = table
             .router
@@ -283,7 +290,7 @@ impl Proxy {
         route: &Arc<Route>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
@@ -343,7 +350,7 @@ impl Proxy {
         table: &Table,
         route: &Route,
         conn: &ConnCtx,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         upgrade: bool,
     ) -> Result<Notes, ProxyError> {
         let mut notes = match table.phase(route) {
@@ -383,6 +390,16 @@ impl Host {
             Host::Header(v) => v.to_str().unwrap_or(""),
             Host::Authority(a) => a.as_str(),
         }
+    }
+}
+
+/// Whether an HTTP/2 request's `Host` field names another host than its
+/// `:authority` (ASCII case aside). HTTP/1.1 absolute-form is not asked: there
+/// the target wins and `Host` is ignored (RFC 9112 §3.2.2).
+fn host_contradicts_authority<B>(req: &Request<B>) -> bool {
+    match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(a), Some(h)) => !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()),
+        _ => false,
     }
 }
 

@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
@@ -163,7 +163,7 @@ impl Tunnel<'_> {
     pub async fn open(
         self,
         pool: Arc<Pool>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         hs: Handshake,
     ) -> Result<Response<Body>, ProxyError> {
         let Tunnel {
@@ -294,7 +294,7 @@ impl Upstream<'_> {
     async fn handshake(
         &self,
         tcp: TcpStream,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         hs: &Handshake,
     ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
         // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
@@ -328,7 +328,7 @@ impl Upstream<'_> {
     /// headers with the end-to-end ones kept (Origin, Cookie, Authorization,
     /// subprotocols, extensions...), hop-by-hop ones replaced by the upgrade
     /// set, `X-Forwarded-*` and the access phase's headers added.
-    fn request(&self, req: &Request<Incoming>, key: &HeaderValue) -> (String, HeaderMap) {
+    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue) -> (String, HeaderMap) {
         let pq = req
             .uri()
             .path_and_query()

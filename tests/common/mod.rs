@@ -8,12 +8,14 @@
 //! - [`raw`]: raw bytes, [`Raw`] answers that tell "closed" from "timed out",
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
+//! - [`h2`]: a raw HTTP/2 client (streams, resets, pings).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod cfg;
 pub mod chat;
+pub mod h2;
 pub mod raw;
 pub mod redis;
 pub mod tls;

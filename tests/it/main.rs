@@ -20,6 +20,7 @@ mod client_addr;
 mod cluster;
 mod gateway;
 mod hardening2;
+mod http2;
 mod inspect;
 mod mtls;
 mod operations;

@@ -28,9 +28,9 @@ mod ws;
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use ::http::{Request, Response};
 use dashmap::DashMap;
-use hyper::body::Incoming;
 
 use self::bus::{Bus, Deliver, LocalBus};
 use self::hub::{Hub, HubStats};
@@ -108,7 +108,7 @@ impl Chat {
     /// valid name or absent (then a `guest-…` name is made up).
     pub fn accept(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         prefix: &str,
         slot: SessionHold,
     ) -> Result<Response<Body>, AppError> {
@@ -124,7 +124,7 @@ impl Chat {
     /// Errors are answered as `error` frames by `proxy::error`.
     pub async fn http(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         prefix: &str,
     ) -> Result<Response<Body>, AppError> {
         Ok(http::handle(self, req, prefix).await?)

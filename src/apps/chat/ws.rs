@@ -26,9 +26,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use futures_util::SinkExt;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use yawc::close::CloseCode;
@@ -65,7 +65,7 @@ pub fn hard_limit(max_message_size: u64) -> u64 {
 /// session tracker (holding `slot`, so the connection counts against capacity).
 pub fn accept(
     chat: &Arc<Chat>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     user: UserName,
     slot: SessionHold,
 ) -> Result<Response<Body>, AppError> {

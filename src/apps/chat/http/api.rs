@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -39,7 +39,7 @@ struct PushBody {
 
 pub(super) async fn push(
     chat: &Arc<Chat>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let cfg = chat.cfg();
     let Some(token) = cfg.push_token.as_deref() else {
@@ -114,7 +114,7 @@ pub(super) async fn online(chat: &Arc<Chat>) -> Result<Response<Body>, ChatError
 
 pub(super) async fn history(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let room =
         RoomName::parse(&query_param(req.uri(), "room").ok_or(ChatError::MissingField("room"))?)?;

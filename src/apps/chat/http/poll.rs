@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant};
 
 use super::{json_response, query_param, rooms_param, user_of};
@@ -152,7 +152,7 @@ async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>
 
 pub(super) async fn poll(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
     let user = user_of(req)?;

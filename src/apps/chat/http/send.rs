@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::{json_response, max_text, read_body, sender_of};
 use crate::apps::chat::hub::Actor;
@@ -15,7 +15,7 @@ use crate::body::Body;
 
 pub(super) async fn send(
     chat: &Arc<Chat>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let user = sender_of(&req)?;
     let max = max_text(chat);

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -65,7 +65,7 @@ fn sse_event(cursor: &mut Cursor, ev: &Event, buf: &mut BytesMut) {
 
 pub(super) async fn sse(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let user = user_of(req)?;
     let rooms = rooms_param(req.uri())?;
