@@ -246,9 +246,9 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         *matched = Some(route.clone());
         if upgrade {
-            // Boxed: the tunnel's future is kilobytes, and every request's
-            // future would otherwise carry (and move) its space.
-            let result = Box::pin(self.upgrade(table, &route, conn, slot, req)).await;
+            // Not boxed here: `upgrade` boxes the tunnel, the only part of it
+            // larger than the plain path's own state.
+            let result = self.upgrade(table, &route, conn, slot, req).await;
             let outcome = match &result {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.status().as_u16()),
@@ -338,7 +338,9 @@ impl Proxy {
                     metrics: self.access.metrics(),
                     notes: &notes,
                 };
-                tunnel.open(pool, req, hs).await
+                // Boxed: the tunnel's future is kilobytes, and every request's
+                // future would otherwise carry (and move) its space.
+                Box::pin(tunnel.open(pool, req, hs)).await
             }
             RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
         }

@@ -221,6 +221,8 @@ impl Tunnel<'_> {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         let idle = pool.cfg.ws_idle_timeout;
+        // Boxed: 160 bytes the byte-copy sessions (the default) would
+        // otherwise carry, and copy, in every spawned task.
         let inspect = pool.cfg.ws_inspect.then(|| {
             let rate = pool.cfg.ws_message_rate;
             let cfg = InspectConfig {
@@ -234,15 +236,20 @@ impl Tunnel<'_> {
             if rate.is_some() {
                 m.limited = Some(metrics.limited(&format!("upstream.{}", pool.name()), "message"));
             }
-            (cfg, m)
+            Box::new((cfg, m))
         });
         let shutdown = session.shutdown.clone();
         let stop = shutdown.token.clone();
         let addr = choice.backend.addr.clone();
-        let hold = session.hold("spliced");
+        // Its slot and access line live as long as the task (captured, not moved).
+        let mut hold = session.hold("spliced");
+        // The task's future is copied as it is spawned: what it holds is kept
+        // small (the hold used in place, not moved into locals; the splice's
+        // state boxed).
         shutdown.spawn_session(async move {
-            let SessionHold { slot, mut log } = hold;
-            let _slot = slot;
+            // Names the whole hold, so the task captures all of it (the slot
+            // too, which nothing else here mentions), in place.
+            let hold = &mut hold;
             // The session counts as load on its server for as long as it lives.
             let _inflight = inflight;
             let c = match client_upgrade.await {
@@ -253,11 +260,16 @@ impl Tunnel<'_> {
                 }
             };
             let stats = match inspect {
-                Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
-                None => splice(c, upstream, idle, stop).await,
+                Some(i) => {
+                    let (cfg, metrics) = *i;
+                    Box::pin(splice_inspected(c, upstream, cfg, metrics, stop)).await
+                }
+                // Boxed too: the task is copied several times on its way into
+                // the runtime (and once more when it ends), the box once.
+                None => Box::pin(splice(c, upstream, idle, stop)).await,
             };
             // Inspected sessions count their messages and close codes themselves.
-            log.record_splice(stats.bytes_in, stats.bytes_out);
+            hold.log.record_splice(stats.bytes_in, stats.bytes_out);
             tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
         });
         Ok(resp)

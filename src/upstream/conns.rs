@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, TrySendError};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -132,16 +132,16 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, SendError> {
+        // New connections (the pool's cold path) and the retry on a fresh
+        // one are boxed: their futures would otherwise make every request's
+        // future larger, and it is copied on its way into hyper.
         let (mut conn, reused) = match self.take_idle().await {
             Some(c) => (c, true),
-            None => (self.connect().await?, false),
+            None => (Box::pin(self.connect()).await?, false),
         };
         let result = match conn.sender.try_send_request(req).await {
             Err(mut e) if reused => match e.take_message() {
-                Some(req) => {
-                    conn = self.connect().await?;
-                    conn.sender.try_send_request(req).await
-                }
+                Some(req) => Box::pin(self.resend(&mut conn, req)).await?,
                 None => Err(e),
             },
             r => r,
@@ -179,6 +179,17 @@ impl ConnPool {
                 return Some(conn);
             }
         }
+    }
+
+    /// Sends `req` again on a new connection (a pooled one was closed before
+    /// it took the request), which replaces `conn`.
+    async fn resend(
+        &self,
+        conn: &mut Conn,
+        req: Request<Body>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<Body>>>, SendError> {
+        *conn = self.connect().await?;
+        Ok(conn.sender.try_send_request(req).await)
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
