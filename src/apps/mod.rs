@@ -12,8 +12,13 @@ pub mod error;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::auth::Verifier;
 use crate::budget::Budget;
 use crate::config::Config;
+use crate::metrics::RouteResult;
 use crate::shutdown::Shutdown;
 
 /// App state that must survive config reloads (chat rooms, users, history),
@@ -21,6 +26,8 @@ use crate::shutdown::Shutdown;
 pub struct Apps {
     pub chat: Arc<chat::Chat>,
     pub budget: Arc<Budget>,
+    /// `wsgate_auth_total`, where the chat counts its token checks.
+    auth_counts: Family<RouteResult, Counter>,
 }
 
 impl Apps {
@@ -33,6 +40,7 @@ impl Apps {
         shutdown: Shutdown,
         bus: Option<Arc<dyn chat::bus::Bus>>,
         budget: Arc<Budget>,
+        auth_counts: Family<RouteResult, Counter>,
     ) -> Self {
         let chat = match bus {
             Some(bus) => chat::Chat::with_bus(cfg.chat.clone(), bus, shutdown, budget.clone()),
@@ -43,7 +51,12 @@ impl Apps {
                 budget.clone(),
             ),
         };
-        Self { chat, budget }
+        chat.set_auth(chat_auth(cfg, &auth_counts));
+        Self {
+            chat,
+            budget,
+            auth_counts,
+        }
     }
 
     /// Applies reloaded app settings. The echo app reads its settings from the
@@ -52,5 +65,22 @@ impl Apps {
     pub fn reconfigure(&self, cfg: &Config) {
         self.budget.set_limit(cfg.server.max_buffered);
         self.chat.reconfigure(cfg.chat.clone());
+        self.chat.set_auth(chat_auth(cfg, &self.auth_counts));
     }
+}
+
+/// The chat's verifier for `[app.chat] auth` (its keys as the config loaded
+/// them, so a reload re-reads them like the routes' verifiers).
+fn chat_auth(
+    cfg: &Config,
+    counts: &Family<RouteResult, Counter>,
+) -> Option<Arc<chat::identity::ChatAuth>> {
+    let a = cfg.chat.auth.as_ref()?;
+    // Validation made sure the name exists.
+    let keys = cfg.auth.get(&a.verifier)?;
+    Some(Arc::new(chat::identity::ChatAuth::new(
+        Arc::new(Verifier::new(keys)),
+        a.clone(),
+        counts.clone(),
+    )))
 }

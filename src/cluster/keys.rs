@@ -40,6 +40,12 @@ pub fn room_id(room: &str) -> String {
     format!("wsgate:room:{room}:id")
 }
 
+/// The room's epoch: a random string set (`SET NX`) when the room's history
+/// stream is first written or read, so it is new whenever Redis lost it.
+pub fn room_epoch(room: &str) -> String {
+    format!("wsgate:room:{room}:epoch")
+}
+
 /// The room's history: a list of message JSON, capped at `[app.chat] history`.
 pub fn room_history(room: &str) -> String {
     format!("wsgate:room:{room}:history")

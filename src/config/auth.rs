@@ -211,3 +211,120 @@ pub(super) fn route_auth(
         claims_to_headers,
     })
 }
+
+/// `[app.chat] auth` (must name an `[auth.NAME]`) with `user_claim`,
+/// `anonymous` and `guest_rooms`, which mean nothing without it.
+pub(super) fn chat_auth(
+    cx: &mut Issues,
+    c: &super::file::ChatFile,
+    known: &BTreeMap<String, Spanned<AuthFile>>,
+) -> Option<super::ChatAuthConfig> {
+    let Some(a) = &c.auth else {
+        let without = [
+            c.user_claim.as_ref().map(|s| (s.span(), "user_claim")),
+            c.anonymous.as_ref().map(|s| (s.span(), "anonymous")),
+            c.guest_rooms.as_ref().map(|s| (s.span(), "guest_rooms")),
+        ];
+        for (span, k) in without.into_iter().flatten() {
+            cx.at(span, format!("app.chat.{k}: needs app.chat.auth"));
+        }
+        return None;
+    };
+    if !known.contains_key(a.get_ref()) {
+        let names: Vec<_> = known.keys().map(String::as_str).collect();
+        cx.at(
+            a.span(),
+            format!(
+                "app.chat.auth: no [auth.{}] is defined (known: {names:?})",
+                a.get_ref()
+            ),
+        );
+        return None;
+    }
+    let user_claim = match &c.user_claim {
+        Some(u) if u.get_ref().is_empty() => {
+            cx.at(u.span(), "app.chat.user_claim: must not be empty".into());
+            return None;
+        }
+        Some(u) => u.get_ref().clone(),
+        None => "sub".into(),
+    };
+    let guest_rooms = match &c.guest_rooms {
+        Some(g) => {
+            if let Some(bad) = g.get_ref().iter().find(|p| !valid_room_pattern(p)) {
+                cx.at(
+                    g.span(),
+                    format!(
+                        "app.chat.guest_rooms: {bad:?} is not a room name or a prefix ending in *"
+                    ),
+                );
+            }
+            g.get_ref().clone()
+        }
+        None => vec!["*".into()],
+    };
+    Some(super::ChatAuthConfig {
+        verifier: a.get_ref().clone(),
+        user_claim,
+        anonymous: c.anonymous.as_ref().is_some_and(|b| *b.get_ref()),
+        guest_rooms,
+    })
+}
+
+/// A room pattern: a room name, or a prefix of one followed by `*`.
+fn valid_room_pattern(p: &str) -> bool {
+    let name = p.strip_suffix('*').unwrap_or(p);
+    (name.is_empty() && p == "*")
+        || (!name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn check(chat: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nhmac_secret = \"base64:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\"\n[app.chat]\n{chat}"
+        );
+        crate::config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn chat_auth_keys_and_their_defaults() {
+        let cfg =
+            check("auth = \"users\"\nanonymous = true\nmax_connections_per_user = 3\n").unwrap();
+        let a = cfg.chat.auth.as_ref().unwrap();
+        assert_eq!(
+            (a.verifier.as_str(), a.user_claim.as_str(), a.anonymous),
+            ("users", "sub", true)
+        );
+        assert_eq!(a.guest_rooms, vec!["*"]);
+        assert_eq!(cfg.chat.max_connections_per_user, 3);
+        assert!(check("").unwrap().chat.auth.is_none());
+    }
+
+    #[test]
+    fn chat_auth_errors_name_key_and_position() {
+        let e = check("auth = \"nope\"\n").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:6:8: app.chat.auth: no [auth.nope]"),
+            "{e}"
+        );
+        let e = check("anonymous = true\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:6:13: app.chat.anonymous: needs app.chat.auth"),
+            "{e}"
+        );
+        let e = check("auth = \"users\"\nguest_rooms = [\"lobby\", \"bad room\"]\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:7:15: app.chat.guest_rooms: \"bad room\""),
+            "{e}"
+        );
+        let e = check("max_connections_per_user = -1\n").unwrap_err();
+        assert!(e.contains("app.chat.max_connections_per_user"), "{e}");
+    }
+}

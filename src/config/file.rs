@@ -207,6 +207,7 @@ pub struct EchoFile {
 #[serde(deny_unknown_fields)]
 pub struct ChatFile {
     pub history: Option<Spanned<i64>>,
+    pub history_ttl: Option<SStr>,
     pub max_message_size: Option<SStr>,
     pub ping_interval: Option<SStr>,
     pub send_queue: Option<Spanned<i64>>,
@@ -214,6 +215,11 @@ pub struct ChatFile {
     pub poll_idle_timeout: Option<SStr>,
     pub message_rate: Option<SStr>,
     pub message_burst: Option<Spanned<i64>>,
+    pub auth: Option<SStr>,
+    pub user_claim: Option<SStr>,
+    pub anonymous: Option<Spanned<bool>>,
+    pub guest_rooms: Option<Spanned<Vec<String>>>,
+    pub max_connections_per_user: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

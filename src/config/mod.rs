@@ -305,6 +305,8 @@ pub struct EchoConfig {
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
     pub history: usize,
+    /// Messages older than this leave history; zero: kept by count only.
+    pub history_ttl: Duration,
     pub max_message_size: u64,
     pub ping_interval: Duration,
     pub send_queue: usize,
@@ -313,6 +315,23 @@ pub struct ChatConfig {
     pub poll_idle_timeout: Duration,
     /// Client frames per WebSocket session; `None`: unlimited.
     pub message_rate: Option<MessageRate>,
+    /// `auth`: sessions and requests must carry a token for this verifier.
+    pub auth: Option<ChatAuthConfig>,
+    /// Live sessions (WebSocket, SSE, poll) one user may hold on a node; 0 = no cap.
+    pub max_connections_per_user: usize,
+}
+
+/// `[app.chat] auth` and the keys that only mean something with it.
+#[derive(Debug, Clone)]
+pub struct ChatAuthConfig {
+    /// The `[auth.NAME]` that verifies chat tokens.
+    pub verifier: String,
+    /// The claim that names the user (`sub` by default).
+    pub user_claim: String,
+    /// Clients without a token get in as read-only `guest-…` users.
+    pub anonymous: bool,
+    /// Room patterns (`name` or `prefix*`) guests may join; `*` = any.
+    pub guest_rooms: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -217,6 +217,7 @@ impl Gateway {
                 c,
                 &cfg.server.node_id,
                 cfg.chat.history,
+                cfg.chat.history_ttl,
                 shutdown.token.clone(),
             )?),
             None => None,
@@ -224,7 +225,13 @@ impl Gateway {
         let bus = cluster.clone().map(|b| b as Arc<dyn Bus>);
         // One memory budget for every app session, counting its evictions.
         let budget = Budget::new(cfg.server.max_buffered, metrics.ws_budget_closed.clone());
-        let apps = Arc::new(Apps::new(&cfg, shutdown.clone(), bus, budget));
+        let apps = Arc::new(Apps::new(
+            &cfg,
+            shutdown.clone(),
+            bus,
+            budget,
+            metrics.auth.clone(),
+        ));
         let limits = ConnLimits::new();
         let proxy = Arc::new(Proxy::new(
             snapshot.table.clone(),

@@ -248,10 +248,16 @@ impl ProxyError {
 fn chat_status(e: &ChatError) -> StatusCode {
     match e {
         ChatError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        ChatError::NotJoined(_) | ChatError::Forbidden | ChatError::PushDisabled => {
-            StatusCode::FORBIDDEN
+        ChatError::NotJoined(_)
+        | ChatError::Forbidden
+        | ChatError::PushDisabled
+        | ChatError::RoomForbidden(_)
+        | ChatError::ReadOnly
+        | ChatError::RefreshOtherUser => StatusCode::FORBIDDEN,
+        ChatError::Unauthorized | ChatError::TokenMissing | ChatError::TokenInvalid => {
+            StatusCode::UNAUTHORIZED
         }
-        ChatError::Unauthorized => StatusCode::UNAUTHORIZED,
+        ChatError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
         ChatError::NotFound | ChatError::UserOffline(_) => StatusCode::NOT_FOUND,
         ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ChatError::NoStream(_) => StatusCode::CONFLICT,
@@ -272,11 +278,22 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     match e {
-        ChatError::Unauthorized => {
+        ChatError::Unauthorized | ChatError::TokenMissing => {
             h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"wsgate chat\""),
             );
+        }
+        ChatError::TokenInvalid => {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate chat\", error=\"invalid_token\""),
+            );
+        }
+        ChatError::TooManyConnections(_) => {
+            // A cap, not a rate: a slot frees when one of the user's
+            // sessions ends; a second is a fair first retry.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ChatError::MethodNotAllowed(m) => {
             h.insert(header::ALLOW, HeaderValue::from_static(m));

@@ -12,24 +12,10 @@
 // the SSE page goes next to it with "-sse" before the extension).
 // Exit status 0 on success; on failure the reason and the pages' console.
 
-import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-
-const CHROMIUM = "/usr/bin/chromium";
-const TIMEOUT = 20_000;
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
+import { launch, close, open as openUrl, waitText, waitMessage, say, count, fail } from "./lib.mjs";
 
 const base = process.argv[2];
 const noWs = process.argv[3];
@@ -41,58 +27,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 const shot = resolve(process.env.CHAT_SCREENSHOT || join(here, "..", "..", "target", "chat-browser.png"));
 const shotSse = shot.replace(/(\.[^./]+)?$/, (ext) => "-sse" + (ext || ".png"));
 
-const console_lines = [];
-const profile = mkdtempSync(join(tmpdir(), "wsgate-chromium-"));
-let context;
-
-async function open(name, query, viewport) {
-  const page = await context.newPage();
-  await page.setViewportSize(viewport);
-  page.on("console", (m) => console_lines.push(`[${name}] ${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console_lines.push(`[${name}] page error: ${e.message}`));
-  await page.goto(new URL(query, base).href, { timeout: TIMEOUT });
-  return page;
-}
-
-async function waitText(page, selector, needle, what) {
-  try {
-    await page.waitForFunction(
-      ([sel, text]) => (document.querySelector(sel)?.textContent || "").includes(text),
-      [selector, needle],
-      { timeout: TIMEOUT },
-    );
-  } catch (e) {
-    const now = await page.locator(selector).textContent().catch(() => "?");
-    throw new Error(`${what}: ${selector} never contained ${JSON.stringify(needle)} (it has ${JSON.stringify(now)})`);
-  }
-}
-
-/// Waits for a #log entry showing `from` and `text`.
-async function waitMessage(page, from, text, what) {
-  try {
-    await page.waitForFunction(
-      ([f, t]) => [...document.querySelectorAll("#log > *")].some((li) => li.textContent.includes(f) && li.textContent.includes(t)),
-      [from, text],
-      { timeout: TIMEOUT },
-    );
-  } catch (e) {
-    const log = await page.locator("#log").innerText().catch(() => "?");
-    throw new Error(`${what}: no #log entry from ${from} with ${JSON.stringify(text)}; the log reads:\n${log}`);
-  }
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.click("#send");
-}
+const open = (name, query, viewport) => openUrl(name, new URL(query, base).href, viewport);
 
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-    timeout: TIMEOUT,
-  });
+  await launch();
   const alice = await open("alice/websocket", "?user=alice&room=lobby", { width: 1000, height: 640 });
   await waitText(alice, "#status", "websocket", "alice connects over WebSocket");
   const bob = await open("bob/sse", "?user=bob&room=lobby&transport=sse", { width: 390, height: 740 });
@@ -108,7 +46,6 @@ try {
   // Each also sees its own message, once.
   await waitMessage(alice, "alice", "hello from alice over websocket", "alice sees her own message");
   await waitMessage(bob, "bob", "hi alice, bob here on sse", "bob sees his own message");
-  const count = (p, t) => p.evaluate((t) => [...document.querySelectorAll("#log > *")].filter((li) => li.textContent.includes(t)).length, t);
   for (const [p, who] of [[alice, "alice"], [bob, "bob"]]) {
     for (const t of ["hello from alice over websocket", "hi alice, bob here on sse"]) {
       const n = await count(p, t);
@@ -130,15 +67,8 @@ try {
   await alice.screenshot({ path: shot, fullPage: true });
   await bob.screenshot({ path: shotSse, fullPage: true });
   console.log(JSON.stringify({ ok: true, screenshot: shot, screenshot_sse: shotSse }));
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
   process.exit(0);
 } catch (e) {
-  console.error(`FAILED: ${e.message}`);
-  if (console_lines.length) console.error("browser console:\n" + console_lines.join("\n"));
-  try {
-    await context?.close();
-  } catch (_) {}
-  rmSync(profile, { recursive: true, force: true });
-  process.exit(1);
+  await fail(e);
 }

@@ -282,6 +282,11 @@ impl Sse {
         }
     }
 
+    /// The response body, to read past the events (its end, say).
+    pub fn body_mut(&mut self) -> &mut Incoming {
+        &mut self.body
+    }
+
     pub fn close(self) {
         self.conn.abort();
     }

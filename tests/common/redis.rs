@@ -83,6 +83,29 @@ impl Drop for Redis {
     }
 }
 
+impl Redis {
+    /// Runs one inline command (`FLUSHALL`) and returns the first line of the
+    /// answer.
+    pub async fn command(&self, cmd: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to redis");
+        s.write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .expect("send");
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("redis answers within 5 s")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
 pub async fn ping(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;

@@ -454,11 +454,18 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
         .expect("ct")
         .starts_with("text/event-stream"));
     let (id0, welcome) = sse.next().await;
+    let lobby = &welcome["rooms"]["lobby"];
+    assert!(
+        lobby["epoch"].is_string() && lobby["offset"] == 0,
+        "{welcome}"
+    );
     assert_eq!(
         welcome,
-        json!({"type":"welcome","user":"carol","node":"t1"})
+        json!({"type":"welcome","user":"carol","node":"t1","rooms":{"lobby":lobby}})
     );
-    assert_eq!(id0, "lobby:0");
+    let ep = lobby["epoch"].as_str().expect("epoch").to_string();
+    let at = |n: u64| format!("lobby:{n}:{ep}");
+    assert_eq!(id0, at(0));
     let (_, v) = sse.next().await;
     assert!(is_presence(&v, "carol", "join"), "{v}");
     alice
@@ -470,7 +477,7 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
         .await;
     let (id1, m) = sse.next_until("msg", |v| v["type"] == "msg").await;
     assert_eq!(m["text"], "hi carol");
-    assert_eq!(id1, "lobby:1");
+    assert_eq!(id1, at(1));
 
     // Carol answers over POST /chat/send; alice gets it, and so does carol's stream.
     let r = post(
@@ -488,7 +495,7 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
         })
         .await;
     let (id2, _) = sse.next_until("own msg", |v| v["type"] == "msg").await;
-    assert_eq!(id2, "lobby:2");
+    assert_eq!(id2, at(2));
 
     // Carol goes away: presence leave, and she is offline.
     sse.close();
@@ -502,10 +509,9 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
     alice.sentinel("lobby", "missed 2").await;
     let (mut sse, _) = Sse::open(addr, "/chat/sse?user=carol&rooms=lobby", Some(&id1)).await;
     let (id, w) = sse.next().await;
-    assert_eq!(
-        (id.as_str(), w["type"].as_str()),
-        ("lobby:1", Some("welcome"))
-    );
+    assert_eq!((id, w["type"].as_str()), (at(1), Some("welcome")));
+    // Same epoch, nothing aged out: recovered.
+    assert_eq!(w["rooms"]["lobby"]["recovered"], true, "{w}");
     let mut texts = Vec::new();
     let mut last = String::new();
     while texts.len() < 3 {
@@ -516,11 +522,11 @@ async fn sse_streams_events_and_resumes_with_last_event_id() {
         }
     }
     assert_eq!(texts, vec!["hi alice", "missed 1", "missed 2"]);
-    assert_eq!(last, "lobby:4");
+    assert_eq!(last, at(4));
     // Live again after the replay, without duplicates.
     alice.drain_to("lobby", "live").await;
     let (id, v) = sse.next_until("live", |v| v["type"] == "msg").await;
-    assert_eq!((id.as_str(), v["text"].as_str()), ("lobby:5", Some("live")));
+    assert_eq!((id, v["text"].as_str()), (at(5), Some("live")));
     sse.close();
 }
 
@@ -557,9 +563,14 @@ async fn long_poll_delivers_by_cursor_and_times_out_idle_users() {
     let r = get(addr, "/chat/poll?user=dave&rooms=lobby").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let first = json_of(&r);
+    let lobby = &first["events"][0]["rooms"]["lobby"];
+    assert!(
+        lobby["epoch"].is_string() && lobby["offset"] == 1,
+        "{first}"
+    );
     assert_eq!(
         first["events"][0],
-        json!({"type":"welcome","user":"dave","node":"t1"})
+        json!({"type":"welcome","user":"dave","node":"t1","rooms":{"lobby":lobby}})
     );
     assert!(first["events"]
         .as_array()
@@ -567,7 +578,7 @@ async fn long_poll_delivers_by_cursor_and_times_out_idle_users() {
         .iter()
         .any(|e| is_presence(e, "dave", "join")));
     let cursor = first["cursor"].as_str().expect("cursor").to_string();
-    assert!(cursor.starts_with("lobby:1,@"), "{cursor}");
+    assert!(cursor.starts_with("lobby:1:"), "{cursor}");
     alice
         .recv_until("dave joins", |v| is_presence(v, "dave", "join"))
         .await;
@@ -582,7 +593,7 @@ async fn long_poll_delivers_by_cursor_and_times_out_idle_users() {
     assert_eq!(events.len(), 1, "{body}");
     assert_eq!(events[0]["text"], "for dave");
     let cursor = body["cursor"].as_str().expect("cursor").to_string();
-    assert!(cursor.starts_with("lobby:2,@"), "{cursor}");
+    assert!(cursor.starts_with("lobby:2:"), "{cursor}");
 
     // DMs reach poll sessions too (as live events).
     alice

@@ -22,6 +22,7 @@ pub mod bus;
 mod bus_error;
 mod http;
 pub mod hub;
+pub mod identity;
 mod page;
 pub mod protocol;
 mod ws;
@@ -33,7 +34,9 @@ use ::http::{Request, Response};
 use dashmap::DashMap;
 
 use self::bus::{Bus, Deliver, LocalBus};
-use self::hub::{Hub, HubStats};
+use self::hub::{Hub, HubStats, Newcomer};
+use self::identity::{ChatAuth, Grants, Identity};
+use self::protocol::ChatError;
 use crate::access::SessionHold;
 use crate::apps::error::AppError;
 use crate::body::Body;
@@ -52,6 +55,8 @@ pub struct Chat {
     budget: Arc<Budget>,
     /// Long-poll sessions by user and room list (see `http::poll`).
     polls: DashMap<http::PollKey, Arc<http::PollSession>>,
+    /// `[app.chat] auth`, its verifier rebuilt on reload.
+    auth: arc_swap::ArcSwapOption<ChatAuth>,
 }
 
 impl Chat {
@@ -62,7 +67,7 @@ impl Chat {
         shutdown: Shutdown,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
-        let bus = LocalBus::new(&node_id, cfg.history);
+        let bus = LocalBus::new(&node_id, cfg.history, cfg.history_ttl);
         Self::with_bus(cfg, bus, shutdown, budget)
     }
 
@@ -83,7 +88,40 @@ impl Chat {
             shutdown,
             budget,
             polls: DashMap::new(),
+            auth: arc_swap::ArcSwapOption::empty(),
         })
+    }
+
+    /// Sets (or, with `None`, removes) the chat's token verifier.
+    pub fn set_auth(&self, auth: Option<Arc<ChatAuth>>) {
+        self.auth.store(auth);
+    }
+
+    fn auth(&self) -> Option<Arc<ChatAuth>> {
+        self.auth.load_full()
+    }
+
+    /// Who sends `req` (see [`identity`]): with `[app.chat] auth` its token's
+    /// user (or a read-only guest when `anonymous`); else the route's
+    /// authenticated user, `?user=` or a guest.
+    fn identify<B>(&self, req: &Request<B>, upgrade: bool) -> Result<Identity, ChatError> {
+        match self.auth() {
+            Some(a) => a.identify(req, upgrade, true),
+            None => Ok(Identity {
+                user: http::user_of(req)?,
+                grants: Grants::all(),
+                expires: None,
+            }),
+        }
+    }
+
+    /// A connection about to register for `id`, under this node's per-user cap.
+    fn newcomer(&self, id: &Identity) -> Newcomer {
+        Newcomer {
+            user: id.user.clone(),
+            grants: id.grants.clone(),
+            cap: self.cfg().max_connections_per_user,
+        }
     }
 
     /// The current settings (new sessions and requests read them).
@@ -104,8 +142,9 @@ impl Chat {
     }
 
     /// A validated WebSocket upgrade under the chat route (`prefix`). The
-    /// session lives at the route itself and at `PREFIX/ws`; `?user=` must be a
-    /// valid name or absent (then a `guest-…` name is made up).
+    /// session lives at the route itself and at `PREFIX/ws`. Who it is comes
+    /// from [`Chat::identify`]: a missing or bad token is a 401 here, before
+    /// the upgrade.
     pub fn accept(
         self: &Arc<Self>,
         req: Request<RequestBody>,
@@ -116,8 +155,8 @@ impl Chat {
             Some("" | "/" | "/ws") => {}
             _ => return Err(AppError::NotFound),
         }
-        let user = http::user_of(&req)?;
-        ws::accept(self, req, user, slot)
+        let who = self.identify(&req, true)?;
+        ws::accept(self, req, who, slot)
     }
 
     /// Plain HTTP under the chat route: the demo page, the fallbacks and the API.

@@ -14,6 +14,12 @@
 //! and answered with a `rate_limited` error frame; the third time within
 //! [`STRIKE_WINDOW`] the session is closed with 1008.
 //!
+//! Tokens (`[app.chat] auth`): a session whose token expires (plus leeway)
+//! without a `refresh` frame bringing a newer one is closed with 4001; a good
+//! refresh is answered `refreshed` and its `rooms` apply to later joins.
+//! `max_connections_per_user` is checked before the upgrade (429) and again,
+//! atomically, when the session registers (a lost race closes with 1008).
+//!
 //! Size limits: a text frame over `max_message_size` (plus a small envelope for
 //! the JSON around the text) is answered with a `too_large` error frame and the
 //! connection stays open; the codec itself refuses frames over twice that
@@ -24,7 +30,7 @@
 //! 1013 (`apps::codec::BUDGET_CLOSE`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::body::RequestBody;
 use futures_util::SinkExt;
@@ -36,7 +42,8 @@ use yawc::frame::{Frame, OpCode};
 use yawc::WebSocket;
 
 use super::hub::{Actor, Conn, ConnKind};
-use super::protocol::{ChatError, ClientFrame, Event, UserName, Welcome, ENVELOPE};
+use super::identity::{deadline, Identity};
+use super::protocol::{ChatError, ClientFrame, Event, Refreshed, Welcome, ENVELOPE};
 use super::Chat;
 use crate::access::SessionHold;
 use crate::apps::error::AppError;
@@ -66,9 +73,13 @@ pub fn hard_limit(max_message_size: u64) -> u64 {
 pub fn accept(
     chat: &Arc<Chat>,
     mut req: Request<RequestBody>,
-    user: UserName,
+    who: Identity,
     slot: SessionHold,
 ) -> Result<Response<Body>, AppError> {
+    let cap = chat.cfg().max_connections_per_user;
+    if cap > 0 && chat.hub.conns_of(&who.user) >= cap {
+        return Err(ChatError::TooManyConnections(cap).into());
+    }
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
@@ -90,7 +101,7 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, user, &account, rate).await
+        run(&chat, ws, who, &account, rate).await
     };
     shutdown.spawn_session(session);
     Ok(resp.map(|_| empty()))
@@ -146,33 +157,49 @@ enum End {
     RateLimited,
     /// The session task panicked (logged by `catch_panics`).
     Panicked,
+    /// The token expired without a refresh.
+    Expired,
 }
+
+/// The close code of an expired session (docs/chat-protocol.md).
+const TOKEN_EXPIRED: u16 = 4001;
 
 /// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
 /// copy side by side, which for a ~900-byte codec doubled an idle session.
 async fn run<S>(
     chat: &Arc<Chat>,
     mut ws: Box<WebSocket<S>>,
-    user: UserName,
+    who: Identity,
     account: &Account,
     rate: Option<MessageRate>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
+    let user = who.user.clone();
     let connected = match Event::encode(&Welcome {
         user: &user,
         node: &chat.node,
+        rooms: None,
     }) {
         Ok(welcome) => {
             chat.hub
-                .connect(user.clone(), ConnKind::WebSocket, Some(&welcome))
+                .connect(chat.newcomer(&who), ConnKind::WebSocket, Some(&welcome))
                 .await
         }
         Err(e) => Err(e.into()),
     };
     let (conn, rx) = match connected {
         Ok(c) => c,
+        Err(e @ ChatError::TooManyConnections(_)) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                ws.send(Frame::close(CloseCode::Policy, e.to_string()))
+                    .await?;
+                ws.close().await
+            })
+            .await;
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "chat: cannot register a WebSocket session");
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -186,7 +213,13 @@ async fn run<S>(
     };
     // A panic in the session still leaves the hub below, so the user does not
     // stay listed as present with a dead connection.
-    let end = crate::shutdown::catch_panics(session(chat, &mut ws, &conn, rx, account, rate))
+    let s = Session {
+        chat,
+        conn: &conn,
+        account,
+        expires: deadline(who.expires),
+    };
+    let end = crate::shutdown::catch_panics(s.run(&mut ws, rx, rate))
         .await
         .unwrap_or(End::Panicked);
     // Presence first: the others should not wait for a slow close.
@@ -211,6 +244,7 @@ async fn run<S>(
         End::Silent => Some((CloseCode::Error, "no answer to pings")),
         End::RateLimited => Some((CloseCode::Policy, "message rate exceeded")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
+        End::Expired => Some((CloseCode::from(TOKEN_EXPIRED), "token expired")),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         match close {
@@ -227,142 +261,178 @@ async fn run<S>(
     tracing::debug!(user = %user, ?end, secs = started.elapsed().as_secs_f64(), "chat session ended");
 }
 
-async fn session<S>(
-    chat: &Arc<Chat>,
-    ws: &mut WebSocket<S>,
-    conn: &Arc<Conn>,
-    mut rx: mpsc::Receiver<Event>,
-    account: &Account,
-    mut rate: Option<MessageRate>,
-) -> End
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    // The session's stop token: a drain, or the budget evicting it.
-    let stop = account.stop();
-    let stopped_end = || {
-        if account.is_evicted() {
-            End::Evicted
+/// What a running session needs besides its socket.
+struct Session<'a> {
+    chat: &'a Arc<Chat>,
+    conn: &'a Arc<Conn>,
+    account: &'a Account,
+    /// When the session's token expires (a refresh moves it).
+    expires: Instant,
+}
+
+impl Session<'_> {
+    async fn run<S>(
+        mut self,
+        ws: &mut WebSocket<S>,
+        mut rx: mpsc::Receiver<Event>,
+        mut rate: Option<MessageRate>,
+    ) -> End
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (chat, conn, account) = (self.chat, self.conn, self.account);
+        // The session's stop token: a drain, or the budget evicting it.
+        let stop = account.stop();
+        let stopped_end = || {
+            if account.is_evicted() {
+                End::Evicted
+            } else {
+                End::Shutdown
+            }
+        };
+        let max_text = usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX);
+        // Zero disables pings and the silence check.
+        let every = if chat.cfg().ping_interval.is_zero() {
+            Duration::from_secs(86_400 * 365)
         } else {
-            End::Shutdown
-        }
-    };
-    let max_text = usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX);
-    // Zero disables pings and the silence check.
-    let every = if chat.cfg().ping_interval.is_zero() {
-        Duration::from_secs(86_400 * 365)
-    } else {
-        chat.cfg().ping_interval
-    };
-    let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    // Made once, not per turn: a fresh `cancelled()` joins and leaves the
-    // token's waiter list, and a fresh sleep registers a timer, on every
-    // message. The silence timer is re-armed only when it fires early.
-    let stopped = stop.cancelled();
-    let kicked = conn.kicked().cancelled();
-    let mut armed_for = last_seen + every * 2;
-    let silence = sleep_until(armed_for);
-    tokio::pin!(stopped, kicked, silence);
-    loop {
-        let mut out: Vec<Frame> = Vec::new();
-        tokio::select! {
-            biased;
-            () = &mut stopped => return stopped_end(),
-            () = &mut kicked => return End::Overflow,
-            () = &mut silence => {
-                let silent_at = last_seen + every * 2;
-                if Instant::now() >= silent_at {
-                    return End::Silent;
+            chat.cfg().ping_interval
+        };
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        // Made once, not per turn: a fresh `cancelled()` joins and leaves the
+        // token's waiter list, and a fresh sleep registers a timer, on every
+        // message. The silence timer is re-armed only when it fires early.
+        let stopped = stop.cancelled();
+        let kicked = conn.kicked().cancelled();
+        let mut armed_for = last_seen + every * 2;
+        let silence = sleep_until(armed_for);
+        let expiry = sleep_until(self.expires);
+        tokio::pin!(stopped, kicked, silence, expiry);
+        loop {
+            let mut out: Vec<Frame> = Vec::new();
+            tokio::select! {
+                biased;
+                () = &mut stopped => return stopped_end(),
+                () = &mut kicked => return End::Overflow,
+                () = &mut expiry => return End::Expired,
+                () = &mut silence => {
+                    let silent_at = last_seen + every * 2;
+                    if Instant::now() >= silent_at {
+                        return End::Silent;
+                    }
+                    silence.as_mut().reset(silent_at);
+                    armed_for = silent_at;
+                    continue;
                 }
-                silence.as_mut().reset(silent_at);
-                armed_for = silent_at;
+                // Outbox before input: a client is only read from as fast as it can
+                // be written to, and its own burst cannot starve its queue.
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return End::Client };
+                    out.push(Frame::text(ev.json));
+                    while out.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(ev) => out.push(Frame::text(ev.json)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                frame = ws.next_frame() => {
+                    let Ok(frame) = frame else { return End::Client };
+                    last_seen = Instant::now();
+                    let data = matches!(frame.opcode(), OpCode::Text | OpCode::Binary);
+                    match rate.as_mut().filter(|_| data).map(|r| r.admit(last_seen)) {
+                        Some(Admit::Close) => return End::RateLimited,
+                        Some(Admit::Drop) => {
+                            conn.offer(&Event::error(&ChatError::RateLimited));
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    match frame.opcode() {
+                        OpCode::Text | OpCode::Binary => account.message_delivered(),
+                        _ => account.control_delivered(frame.payload().len()),
+                    }
+                    match frame.opcode() {
+                        OpCode::Text => {
+                            let reply = match ClientFrame::parse(frame.payload(), max_text) {
+                                Ok(ClientFrame::Refresh { token }) => {
+                                    let reply = self.refresh(&token);
+                                    expiry.as_mut().reset(self.expires);
+                                    Some(reply)
+                                }
+                                Ok(f) => execute(chat, conn, f).await,
+                                Err(e) => Some(Event::error(&e)),
+                            };
+                            if let Some(reply) = reply {
+                                conn.offer(&reply);
+                            }
+                            // One client frame per turn: a burst already buffered
+                            // from this client must not fill the members' queues
+                            // before their sessions get to run and drain them.
+                            tokio::task::yield_now().await;
+                        }
+                        OpCode::Binary => {
+                            conn.offer(&Event::error(&ChatError::Binary));
+                        }
+                        OpCode::Close => return End::Client,
+                        _ => {}
+                    }
+                }
+                _ = ping.tick() => out.push(Frame::ping(bytes::Bytes::new())),
+            }
+            if out.is_empty() {
                 continue;
             }
-            // Outbox before input: a client is only read from as fast as it can
-            // be written to, and its own burst cannot starve its queue.
-            ev = rx.recv() => {
-                let Some(ev) = ev else { return End::Client };
-                out.push(Frame::text(ev.json));
-                while out.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(ev) => out.push(Frame::text(ev.json)),
-                        Err(_) => break,
-                    }
+            // The write may block on a client that stopped reading; keep watching
+            // the reasons to give up on it meanwhile.
+            let write = async {
+                for f in out {
+                    ws.feed(f).await?;
                 }
+                ws.flush().await
+            };
+            let silent_at = last_seen + every * 2;
+            if armed_for != silent_at {
+                silence.as_mut().reset(silent_at);
+                armed_for = silent_at;
             }
-            frame = ws.next_frame() => {
-                let Ok(frame) = frame else { return End::Client };
-                last_seen = Instant::now();
-                let data = matches!(frame.opcode(), OpCode::Text | OpCode::Binary);
-                match rate.as_mut().filter(|_| data).map(|r| r.admit(last_seen)) {
-                    Some(Admit::Close) => return End::RateLimited,
-                    Some(Admit::Drop) => {
-                        conn.offer(&Event::error(&ChatError::RateLimited));
-                        continue;
-                    }
-                    _ => {}
-                }
-                match frame.opcode() {
-                    OpCode::Text | OpCode::Binary => account.message_delivered(),
-                    _ => account.control_delivered(frame.payload().len()),
-                }
-                match frame.opcode() {
-                    OpCode::Text => {
-                        if let Some(reply) = handle_text(chat, conn, frame.payload(), max_text).await {
-                            conn.offer(&reply);
-                        }
-                        // One client frame per turn: a burst already buffered
-                        // from this client must not fill the members' queues
-                        // before their sessions get to run and drain them.
-                        tokio::task::yield_now().await;
-                    }
-                    OpCode::Binary => {
-                        conn.offer(&Event::error(&ChatError::Binary));
-                    }
-                    OpCode::Close => return End::Client,
-                    _ => {}
-                }
+            tokio::select! {
+                r = write => if r.is_err() { return End::Client },
+                () = &mut stopped => return stopped_end(),
+                () = &mut kicked => return End::Overflow,
+                () = &mut expiry => return End::Expired,
+                () = &mut silence => return End::Silent,
             }
-            _ = ping.tick() => out.push(Frame::ping(bytes::Bytes::new())),
         }
-        if out.is_empty() {
-            continue;
-        }
-        // The write may block on a client that stopped reading; keep watching
-        // the reasons to give up on it meanwhile.
-        let write = async {
-            for f in out {
-                ws.feed(f).await?;
-            }
-            ws.flush().await
+    }
+
+    /// A `refresh` frame: a good token for the same user moves the session's
+    /// expiry and replaces its grants; anything else is an `error` frame and
+    /// leaves both as they were.
+    fn refresh(&mut self, token: &str) -> Event {
+        let Some(auth) = self.chat.auth() else {
+            return Event::error(&ChatError::RefreshUnsupported);
         };
-        let silent_at = last_seen + every * 2;
-        if armed_for != silent_at {
-            silence.as_mut().reset(silent_at);
-            armed_for = silent_at;
-        }
-        tokio::select! {
-            r = write => if r.is_err() { return End::Client },
-            () = &mut stopped => return stopped_end(),
-            () = &mut kicked => return End::Overflow,
-            () = &mut silence => return End::Silent,
-        }
+        let id = match auth.refresh(&self.conn.user, token) {
+            Ok(id) => id,
+            Err(e) => return Event::error(&e),
+        };
+        self.conn.set_grants(id.grants);
+        self.expires = deadline(id.expires);
+        let expires = id
+            .expires
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        Event::encode(&Refreshed { expires }).unwrap_or_else(|e| Event::error(&e.into()))
     }
 }
 
-/// Parses and executes one text frame; returns the reply for this connection
+/// Executes one parsed client frame; returns the reply for this connection
 /// (`history`, `who`, or an `error` frame).
-async fn handle_text(
-    chat: &Chat,
-    conn: &Arc<Conn>,
-    payload: &[u8],
-    max_text: usize,
-) -> Option<Event> {
-    let result = match ClientFrame::parse(payload, max_text) {
-        Ok(frame) => chat.hub.execute(Actor::Conn(conn), frame).await,
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(|e| Some(Event::error(&e)))
+async fn execute(chat: &Chat, conn: &Arc<Conn>, frame: ClientFrame) -> Option<Event> {
+    chat.hub
+        .execute(Actor::Conn(conn), frame)
+        .await
+        .unwrap_or_else(|e| Some(Event::error(&e)))
 }

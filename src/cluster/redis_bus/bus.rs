@@ -10,9 +10,9 @@ use futures_util::future::BoxFuture;
 
 use super::mirror::lock;
 use super::{ClusterError, RedisBus};
-use crate::apps::chat::bus::{Bus, BusError, Deliver, OnlineUser, Published};
+use crate::apps::chat::bus::{history_cutoff, Bus, BusError, Deliver, OnlineUser, Published};
 use crate::apps::chat::protocol::{
-    ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
+    new_epoch, ChatMessage, DirectMessage, Event, Head, Presence, PresenceState, RoomName, UserName,
 };
 use crate::cluster::keys;
 
@@ -142,6 +142,7 @@ impl RedisBus {
         if !self.is_up() {
             return Err(BusError::Unavailable("history: redis unreachable".into()));
         }
+        let cutoff = history_cutoff(self.history_ttl).unwrap_or(0);
         let raw: Vec<String> = match redis::cmd("LRANGE")
             .arg(keys::room_history(room.as_str()))
             .arg(0)
@@ -158,32 +159,47 @@ impl RedisBus {
         let newer: Vec<ChatMessage> = raw
             .iter()
             .filter_map(|s| serde_json::from_str::<ChatMessage>(s).ok())
-            .filter(|m| m.id > after)
+            .filter(|m| m.id > after && m.ts >= cutoff)
             .collect();
         let skip = newer.len().saturating_sub(limit);
         Ok(newer.into_iter().skip(skip).collect())
     }
 
-    async fn heads_now(&self, rooms: Vec<RoomName>) -> Result<Vec<u64>, BusError> {
+    async fn heads_now(&self, rooms: Vec<RoomName>) -> Result<Vec<Head>, BusError> {
         let got = self
             .try_redis(async {
-                let mut p = redis::pipe();
+                let mut inv = self.heads.prepare_invoke();
                 for r in &rooms {
-                    p.get(keys::room_id(r.as_str()));
+                    inv.key(keys::room_epoch(r.as_str()))
+                        .key(keys::room_id(r.as_str()));
                 }
-                let ids: Vec<Option<u64>> = p.query_async(&mut self.conn.clone()).await?;
-                Ok(ids)
+                inv.arg(&*new_epoch());
+                let raw: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+                Ok(raw)
             })
             .await;
+        let mut m = lock(&self.mirror);
         Ok(match got {
-            Some(ids) => ids.into_iter().map(|i| i.unwrap_or(0)).collect(),
-            None => {
-                let m = lock(&self.mirror);
-                rooms
-                    .iter()
-                    .map(|r| m.last_ids.get(r).copied().unwrap_or(0))
-                    .collect()
-            }
+            Some(raw) => rooms
+                .iter()
+                .zip(raw.chunks(2))
+                .map(|(r, pair)| {
+                    let epoch: Arc<str> = Arc::from(pair.first().map_or("", String::as_str));
+                    // Remembered for an outage: its local ids go on in this stream.
+                    m.epochs.insert(r.clone(), epoch.clone());
+                    Head {
+                        epoch,
+                        offset: pair.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+                    }
+                })
+                .collect(),
+            None => rooms
+                .iter()
+                .map(|r| Head {
+                    epoch: m.epochs.entry(r.clone()).or_insert_with(new_epoch).clone(),
+                    offset: m.last_ids.get(r).copied().unwrap_or(0),
+                })
+                .collect(),
         })
     }
 }
@@ -305,7 +321,7 @@ impl Bus for RedisBus {
         Box::pin(self.history_now(room, after, limit))
     }
 
-    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<Head>, BusError>> {
         Box::pin(self.heads_now(rooms))
     }
 }

@@ -17,6 +17,8 @@ pub(super) struct Mirror {
     pub(super) rooms: HashSet<(RoomName, UserName)>,
     /// Highest message id seen per room (ids during an outage continue from it).
     pub(super) last_ids: HashMap<RoomName, u64>,
+    /// The last epoch seen per room (what `heads` answers during an outage).
+    pub(super) epochs: HashMap<RoomName, std::sync::Arc<str>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

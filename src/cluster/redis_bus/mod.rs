@@ -59,6 +59,7 @@ const REGISTRY_TTL_BEATS: u32 = 10;
 pub struct RedisBus {
     node: Arc<str>,
     history_cap: usize,
+    history_ttl: Duration,
     beat: Duration,
     conn: ConnectionManager,
     sink: OnceLock<Weak<dyn Deliver>>,
@@ -72,6 +73,7 @@ pub struct RedisBus {
     /// Heartbeat ticks (two per beat).
     ticks: AtomicU64,
     publish_room: Script,
+    heads: Script,
     join: Script,
     leave: Script,
     id_floor: Script,
@@ -98,6 +100,7 @@ impl RedisBus {
         cfg: &ClusterConfig,
         node: &str,
         history_cap: usize,
+        history_ttl: Duration,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, ClusterError> {
         let url = resp3_url(&cfg.redis);
@@ -120,6 +123,7 @@ impl RedisBus {
         let bus = Arc::new(Self {
             node: Arc::from(node),
             history_cap,
+            history_ttl,
             beat: cfg.heartbeat,
             conn,
             sink: OnceLock::new(),
@@ -133,6 +137,7 @@ impl RedisBus {
             join: Script::new(scripts::JOIN),
             leave: Script::new(scripts::LEAVE),
             id_floor: Script::new(scripts::ID_FLOOR),
+            heads: Script::new(scripts::HEADS),
         });
         tokio::spawn(bus.clone().run_pushes(push_rx, stop.clone()));
         tokio::spawn(bus.clone().run_heartbeat(stop));

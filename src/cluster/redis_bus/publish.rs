@@ -10,8 +10,10 @@ use redis::aio::ConnectionManager;
 use super::envelope::{split_at_id, Envelope};
 use super::mirror::lock;
 use super::{ClusterError, RedisBus};
-use crate::apps::chat::bus::{BusError, Published};
-use crate::apps::chat::protocol::{now_ms, ChatMessage, DirectMessage, Event, RoomName, UserName};
+use crate::apps::chat::bus::{history_cutoff, BusError, Published};
+use crate::apps::chat::protocol::{
+    new_epoch, now_ms, ChatMessage, DirectMessage, Event, RoomName, UserName,
+};
 use crate::cluster::keys;
 
 impl RedisBus {
@@ -25,11 +27,15 @@ impl RedisBus {
             .publish_room
             .key(keys::room_id(msg.room.as_str()))
             .key(keys::room_history(msg.room.as_str()))
+            .key(keys::room_epoch(msg.room.as_str()))
             .arg(&before)
             .arg(&after)
             .arg(self.history_cap)
             .arg(keys::EVENTS)
             .arg(env_prefix)
+            .arg(&*new_epoch())
+            .arg(u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(history_cutoff(self.history_ttl).unwrap_or(0))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((id, receivers as usize))

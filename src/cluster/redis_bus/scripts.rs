@@ -8,18 +8,47 @@ use super::{ClusterError, RedisBus};
 use crate::apps::chat::protocol::{PresenceState, RoomName, UserName};
 use crate::cluster::keys;
 
-/// `INCR` the id, store the history, publish once. KEYS: id, history.
-/// ARGV: json before the id, json after it, history cap, channel, envelope prefix.
+/// `INCR` the id, store the history, publish once; the room's epoch is made
+/// if the stream is new, and with a TTL (ARGV[7] ms > 0) messages older than
+/// ARGV[8] (ms since the epoch) leave the front of the history.
+/// KEYS: id, history, epoch. ARGV: json before the id, json after it, history
+/// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff.
 pub(super) const PUBLISH_ROOM: &str = r#"
+redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local id = redis.call('INCR', KEYS[1])
 local m = ARGV[1] .. id .. ARGV[2]
 local cap = tonumber(ARGV[3])
 if cap > 0 then
   redis.call('RPUSH', KEYS[2], m)
   redis.call('LTRIM', KEYS[2], -cap, -1)
+  if tonumber(ARGV[7]) > 0 then
+    local cutoff = tonumber(ARGV[8])
+    while true do
+      local first = redis.call('LINDEX', KEYS[2], 0)
+      if not first then break end
+      local ok, old = pcall(cjson.decode, first)
+      if ok and type(old) == 'table' and tonumber(old.ts) and tonumber(old.ts) < cutoff then
+        redis.call('LPOP', KEYS[2])
+      else
+        break
+      end
+    end
+  end
 end
 local n = redis.call('PUBLISH', ARGV[4], ARGV[5] .. m .. '}')
 return {id, n}
+"#;
+
+/// Each room's epoch (made if missing) and last id. KEYS: epoch, id, epoch,
+/// id… ARGV: a fresh epoch.
+pub(super) const HEADS: &str = r#"
+local out = {}
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i], ARGV[1], 'NX')
+  out[#out + 1] = redis.call('GET', KEYS[i])
+  out[#out + 1] = redis.call('GET', KEYS[i + 1]) or '0'
+end
+return out
 "#;
 
 /// Adds `user\tnode` to a room; publishes the join when it is the user's first

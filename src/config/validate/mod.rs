@@ -67,7 +67,7 @@ pub fn validate(
     );
     let routes = routes(&mut cx, &raw.route, &upstreams, &limits, &raw.auth);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
-    let chat = chat(&mut cx, raw.app.chat.as_ref());
+    let chat = chat(&mut cx, raw.app.chat.as_ref(), &raw.auth);
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
 
     if let (Some(a), true) = (admin, admin.is_some_and(|a| a.port() != 0)) {

@@ -145,11 +145,32 @@ pub(super) fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
     }
 }
 
-pub(super) fn chat(cx: &mut Ctx, c: Option<&ChatFile>) -> ChatConfig {
+pub(super) fn chat(
+    cx: &mut Ctx,
+    c: Option<&ChatFile>,
+    auths: &BTreeMap<String, Spanned<AuthFile>>,
+) -> ChatConfig {
     let d = ChatFile::default();
     let c = c.unwrap_or(&d);
+    let auth = crate::config::auth::chat_auth(
+        &mut crate::config::auth::Issues {
+            text: cx.text,
+            issues: &mut cx.issues,
+        },
+        c,
+        auths,
+    );
     ChatConfig {
+        auth,
+        max_connections_per_user: cx.int(
+            &c.max_connections_per_user,
+            "app.chat.max_connections_per_user",
+            0,
+            0,
+            1_000_000,
+        ) as usize,
         history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
+        history_ttl: cx.duration(&c.history_ttl, "app.chat.history_ttl", Duration::ZERO),
         max_message_size: cx
             .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
             .max(1),

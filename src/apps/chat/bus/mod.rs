@@ -27,8 +27,16 @@ use serde::Serialize;
 
 pub use super::bus_error::{BusError, MAX_ROOMS};
 use super::protocol::{
-    now_ms, ChatMessage, DirectMessage, Event, Presence, PresenceState, RoomName, UserName,
+    new_epoch, now_ms, ChatMessage, DirectMessage, Event, Head, Presence, PresenceState, RoomName,
+    UserName,
 };
+
+/// How long messages stay in history (`[app.chat] history_ttl`); zero: until
+/// `history` newer ones push them out.
+pub fn history_cutoff(ttl: std::time::Duration) -> Option<u64> {
+    (!ttl.is_zero())
+        .then(|| now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)))
+}
 
 /// Where the bus delivers events for this node's connections (implemented by
 /// the hub). Calls must not block: they only queue.
@@ -124,8 +132,9 @@ pub trait Bus: Send + Sync {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<ChatMessage>, BusError>>;
 
-    /// The last id given out in each room (0 for a room without messages).
-    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>>;
+    /// Where each room's history stands: its epoch (made when the stream is
+    /// new) and the last id given out (0 for a room without messages).
+    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<Head>, BusError>>;
 }
 
 /// One room's shared state in the local bus.
@@ -153,6 +162,9 @@ impl RoomLog {
 pub struct LocalBus {
     node: Arc<str>,
     history_cap: usize,
+    history_ttl: std::time::Duration,
+    /// Every room's epoch: all local history is lost together, at a restart.
+    epoch: Arc<str>,
     rooms: DashMap<RoomName, Arc<Mutex<RoomLog>>>,
     online: DashMap<UserName, ()>,
     dm_seq: AtomicU64,
@@ -166,10 +178,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LocalBus {
-    pub fn new(node: &str, history_cap: usize) -> Arc<Self> {
+    pub fn new(node: &str, history_cap: usize, history_ttl: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
             node: Arc::from(node),
             history_cap,
+            history_ttl,
+            epoch: new_epoch(),
             rooms: DashMap::new(),
             online: DashMap::new(),
             dm_seq: AtomicU64::new(0),
@@ -243,6 +257,7 @@ impl LocalBus {
     ) -> Result<Published<ChatMessage>, BusError> {
         let sink = self.sink();
         let cap = self.history_cap;
+        let cutoff = history_cutoff(self.history_ttl);
         self.with_room(&room, |log| {
             log.last_id += 1;
             let msg = ChatMessage {
@@ -258,6 +273,9 @@ impl LocalBus {
                     log.ring.pop_front();
                 }
                 log.ring.push_back(msg.clone());
+                while cutoff.is_some_and(|c| log.ring.front().is_some_and(|m| m.ts < c)) {
+                    log.ring.pop_front();
+                }
             }
             // Delivered while the room is locked: that is what makes every member
             // see the room's messages in id order.
@@ -337,8 +355,9 @@ impl LocalBus {
     }
 
     fn history_now(&self, room: &RoomName, after: u64, limit: usize) -> Vec<ChatMessage> {
+        let cutoff = history_cutoff(self.history_ttl).unwrap_or(0);
         self.read_room(room, |log| {
-            let newer = log.ring.iter().filter(|m| m.id > after);
+            let newer = log.ring.iter().filter(|m| m.id > after && m.ts >= cutoff);
             let n = newer.clone().count();
             newer.skip(n.saturating_sub(limit)).cloned().collect()
         })
@@ -436,10 +455,13 @@ impl Bus for LocalBus {
         ready(Ok(self.history_now(&room, after, limit)))
     }
 
-    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<u64>, BusError>> {
+    fn heads(&self, rooms: Vec<RoomName>) -> BoxFuture<'_, Result<Vec<Head>, BusError>> {
         ready(Ok(rooms
             .iter()
-            .map(|r| self.read_room(r, |l| l.last_id).unwrap_or(0))
+            .map(|r| Head {
+                epoch: self.epoch.clone(),
+                offset: self.read_room(r, |l| l.last_id).unwrap_or(0),
+            })
             .collect()))
     }
 }

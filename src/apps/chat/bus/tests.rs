@@ -1,6 +1,8 @@
 //! Unit tests of the single-node bus: ids, the history ring, presence, and
 //! rooms dropped once empty.
 
+use std::time::Duration;
+
 use super::*;
 
 /// Records what the bus delivers.
@@ -24,7 +26,7 @@ fn n(s: &str) -> (RoomName, UserName) {
 
 #[tokio::test]
 async fn ids_history_ring_and_presence() {
-    let bus = LocalBus::new("n1", 3);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO);
     let rec = Arc::new(Recorder::default());
     let sink: Arc<dyn Deliver> = rec.clone();
     bus.attach(Arc::downgrade(&sink));
@@ -42,10 +44,13 @@ async fn ids_history_ring_and_presence() {
     assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![3, 4, 5]);
     let h = bus.history(room.clone(), 3, 1).await.unwrap();
     assert_eq!(h.iter().map(|m| m.id).collect::<Vec<_>>(), vec![5]);
+    let heads = bus.heads(vec![room.clone(), n("zz").0]).await.unwrap();
     assert_eq!(
-        bus.heads(vec![room.clone(), n("zz").0]).await.unwrap(),
+        heads.iter().map(|h| h.offset).collect::<Vec<_>>(),
         vec![5, 0]
     );
+    // One process, one history stream: every room shares the epoch.
+    assert_eq!(heads[0].epoch, heads[1].epoch);
     assert!(bus.room_leave(room.clone(), user.clone()).await.unwrap());
     assert!(!bus.room_leave(room.clone(), user.clone()).await.unwrap());
     // The room had messages, so it stays (ids keep increasing).
@@ -64,7 +69,7 @@ async fn ids_history_ring_and_presence() {
 
 #[tokio::test]
 async fn empty_rooms_are_dropped() {
-    let bus = LocalBus::new("n1", 3);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO);
     let (room, user) = n("b");
     bus.room_join(room.clone(), user.clone()).await.unwrap();
     assert_eq!(bus.rooms.len(), 1);

@@ -1,6 +1,7 @@
 //! The HTTP API: `POST /api/push` (server-side publish, Bearer `push_token`),
 //! `GET /api/online` (who is connected, and where) and `GET /api/history` (a
-//! room's last messages).
+//! room's last messages). With `[app.chat] auth` the two readers need the push
+//! token or a valid user token, whose `rooms` then limit `history`.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::{json_response, max_text, query_param, read_body};
 use crate::apps::chat::bus::{BusError, OnlineUser};
+use crate::apps::chat::identity::Grants;
 use crate::apps::chat::protocol::{
     ChatError, Event, HistoryFrame, RoomName, UserName, DEFAULT_HISTORY_LIMIT, ENVELOPE,
 };
@@ -45,15 +47,7 @@ pub(super) async fn push(
     let Some(token) = cfg.push_token.as_deref() else {
         return Err(ChatError::PushDisabled);
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .filter(|t| !t.is_empty())
-        .ok_or(ChatError::Unauthorized)?;
+    let given = bearer(&req).ok_or(ChatError::Unauthorized)?;
     if !token_matches(given, token) {
         return Err(ChatError::Forbidden);
     }
@@ -106,7 +100,38 @@ struct OnlineBody {
     users: Vec<OnlineUser>,
 }
 
-pub(super) async fn online(chat: &Arc<Chat>) -> Result<Response<Body>, ChatError> {
+/// What a reader of `/api/online` and `/api/history` may see. Without
+/// `[app.chat] auth` the API is open as before; with it, the request needs
+/// the push token (everything) or a valid user token (its `rooms`).
+fn reader(chat: &Chat, req: &Request<RequestBody>) -> Result<Grants, ChatError> {
+    let Some(auth) = chat.auth() else {
+        return Ok(Grants::all());
+    };
+    let push = chat.cfg().push_token.clone();
+    if let (Some(given), Some(token)) = (bearer(req), push.as_deref()) {
+        if token_matches(given, token) {
+            return Ok(Grants::all());
+        }
+    }
+    Ok(auth.identify(req, false, false)?.grants)
+}
+
+/// The `Authorization: Bearer` token, if any.
+fn bearer(req: &Request<RequestBody>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub(super) async fn online(
+    chat: &Arc<Chat>,
+    req: &Request<RequestBody>,
+) -> Result<Response<Body>, ChatError> {
+    reader(chat, req)?;
     let users = chat.hub.bus().online().await?;
     let body = serde_json::to_vec(&OnlineBody { users }).map_err(BusError::from)?;
     Ok(json_response(StatusCode::OK, body))
@@ -116,8 +141,10 @@ pub(super) async fn history(
     chat: &Arc<Chat>,
     req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
+    let grants = reader(chat, req)?;
     let room =
         RoomName::parse(&query_param(req.uri(), "room").ok_or(ChatError::MissingField("room"))?)?;
+    grants.check_room(&room)?;
     let limit = match query_param(req.uri(), "limit") {
         None => DEFAULT_HISTORY_LIMIT,
         Some(l) => l.parse::<usize>().map_err(|_| ChatError::BadField {

@@ -118,7 +118,7 @@ pub(super) async fn handle(
         "/poll" if get => poll::poll(chat, &req).await,
         "/send" if post => send::send(chat, req).await,
         "/api/push" if post => api::push(chat, req).await,
-        "/api/online" if get => api::online(chat).await,
+        "/api/online" if get => api::online(chat, &req).await,
         "/api/history" if get => api::history(chat, &req).await,
         "/" | "/index.html" | "/sse" | "/poll" | "/api/online" | "/api/history" => {
             Err(ChatError::MethodNotAllowed("GET"))

@@ -12,10 +12,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::time::{sleep_until, Instant};
 
-use super::{json_response, query_param, rooms_param, user_of};
+use super::{json_response, query_param, rooms_param};
 use crate::apps::chat::bus::BusError;
 use crate::apps::chat::hub::{Conn, LiveRing};
-use crate::apps::chat::protocol::{ChatError, Cursor, Event, RoomName, UserName, Welcome};
+use crate::apps::chat::identity::Identity;
+use crate::apps::chat::protocol::{
+    ChatError, Cursor, Event, Head, Reset, RoomName, RoomStart, RoomStarts, Since, UserName,
+    Verdict, Welcome,
+};
 use crate::apps::chat::Chat;
 use crate::body::Body;
 
@@ -31,7 +35,7 @@ pub(crate) struct PollSession {
     conn: Arc<Conn>,
     ring: Arc<LiveRing>,
     /// Room heads when the session began: where its first poll starts.
-    start: BTreeMap<RoomName, u64>,
+    start: BTreeMap<RoomName, Head>,
     state: Mutex<PollState>,
 }
 
@@ -89,9 +93,10 @@ impl Drop for Polling<'_> {
 /// first use. Returns whether it was created by this call.
 async fn poll_session(
     chat: &Arc<Chat>,
-    user: &UserName,
+    who: &Identity,
     rooms: &[RoomName],
 ) -> Result<(Arc<PollSession>, bool), ChatError> {
+    let user = &who.user;
     let mut names: Vec<&str> = rooms.iter().map(RoomName::as_str).collect();
     names.sort_unstable();
     let key: PollKey = (user.clone(), names.join(","));
@@ -99,9 +104,9 @@ async fn poll_session(
         return Ok((s, false));
     }
     let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
-    let (conn, ring) = chat.hub.connect_poll(user.clone()).await?;
+    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
     for room in rooms {
-        if let Err(e) = chat.hub.join(&conn, room).await {
+        if let Err(e) = chat.hub.join(&conn, room, None).await {
             chat.hub.disconnect(&conn).await;
             return Err(e);
         }
@@ -150,13 +155,29 @@ async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>
     chat.hub.disconnect(&session.conn).await;
 }
 
+/// The `recovery` frame of a room whose history stream changed.
+fn reset(room: &RoomName, head: &Head) -> Result<Bytes, ChatError> {
+    Ok(Event::encode(&Reset {
+        room,
+        epoch: head.epoch.clone(),
+        offset: head.offset,
+        recovered: false,
+    })?
+    .json)
+}
+
 pub(super) async fn poll(
     chat: &Arc<Chat>,
     req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
-    let user = user_of(req)?;
+    // Every poll shows its token: once it has expired the poll is a 401.
+    let who = chat.identify(req, false)?;
+    let user = who.user.clone();
     let rooms = rooms_param(uri)?;
+    for room in &rooms {
+        who.grants.check_room(room)?;
+    }
     let cursor = query_param(uri, "cursor")
         .filter(|c| !c.is_empty())
         .map(|c| Cursor::parse(&c))
@@ -170,7 +191,7 @@ pub(super) async fn poll(
     }
     .min(POLL_WAIT);
     let (session, created) = loop {
-        let (s, created) = poll_session(chat, &user, &rooms).await?;
+        let (s, created) = poll_session(chat, &who, &rooms).await?;
         if s.begin() {
             break (s, created);
         }
@@ -183,13 +204,51 @@ pub(super) async fn poll(
     let joined = session.conn.rooms();
     let heads = bus.heads(joined.clone()).await?;
     let mut pos: BTreeMap<RoomName, u64> = BTreeMap::new();
+    let mut epochs: BTreeMap<RoomName, String> = BTreeMap::new();
+    let mut events: Vec<Bytes> = Vec::new();
+    if first {
+        let starts: RoomStarts = session
+            .start
+            .iter()
+            .map(|(room, h)| {
+                let start = RoomStart {
+                    epoch: h.epoch.clone(),
+                    offset: h.offset,
+                    recovered: None,
+                };
+                (room.clone(), start)
+            })
+            .collect();
+        events.push(
+            Event::encode(&Welcome {
+                user: &user,
+                node: &chat.node,
+                rooms: Some(&starts),
+            })?
+            .json,
+        );
+    }
     for (room, head) in joined.into_iter().zip(heads) {
         let p = match given.rooms.get(&room) {
-            Some(&p) if p <= head => p,
-            Some(_) => 0,
-            None if first && created => session.start.get(&room).copied().unwrap_or(head),
-            None => head,
+            Some(&p) => {
+                let since = Since {
+                    offset: p,
+                    epoch: given.epochs.get(&room).cloned(),
+                };
+                match since.verdict(&head) {
+                    Verdict::Replay { after } => after,
+                    // History was lost (or the cursor is from elsewhere):
+                    // say so, and start again with what the new one holds.
+                    Verdict::Lost => {
+                        events.push(reset(&room, &head)?);
+                        0
+                    }
+                }
+            }
+            None if first && created => session.start.get(&room).map_or(head.offset, |h| h.offset),
+            None => head.offset,
         };
+        epochs.insert(room.clone(), head.epoch.to_string());
         pos.insert(room, p);
     }
     let mut live_after = match given.live {
@@ -198,16 +257,6 @@ pub(super) async fn poll(
         None if created => 0,
         None => session.ring.now(),
     };
-    let mut events: Vec<Bytes> = Vec::new();
-    if first {
-        events.push(
-            Event::encode(&Welcome {
-                user: &user,
-                node: &chat.node,
-            })?
-            .json,
-        );
-    }
     // A first poll answers at once: it only hands out the cursor to continue from.
     let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
     loop {
@@ -236,6 +285,7 @@ pub(super) async fn poll(
     }
     let next = Cursor {
         rooms: pos,
+        epochs,
         live: Some(live_after),
     };
     let mut body = BytesMut::new();

@@ -1,8 +1,10 @@
 //! `GET /sse`: a `text/event-stream` of the WebSocket frames. The stream is a
 //! hub connection like a WebSocket session (bounded outbox; an overflow ends
 //! it), and its event ids are history cursors, so a browser reconnecting with
-//! `Last-Event-ID` resumes without losing a room message.
+//! `Last-Event-ID` resumes without losing a room message. With
+//! `[app.chat] auth` the stream ends when its token expires.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +14,16 @@ use http::{header, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
-use super::{query_param, rooms_param, user_of};
+use super::{query_param, rooms_param};
 use crate::apps::chat::hub::{Conn, ConnKind, Hub};
-use crate::apps::chat::protocol::{ChatError, Cursor, Event, Welcome};
+use crate::apps::chat::identity::deadline;
+use crate::apps::chat::protocol::{
+    complete, ChatError, Cursor, Event, Head, RoomName, RoomStart, RoomStarts, Since, Verdict,
+    Welcome,
+};
 use crate::apps::chat::Chat;
 use crate::body::{Body, BoxError};
 
@@ -63,12 +69,36 @@ fn sse_event(cursor: &mut Cursor, ev: &Event, buf: &mut BytesMut) {
     buf.put_slice(b"\n\n");
 }
 
+/// Where a room of a new stream starts, and (for a resumed one) whether it
+/// can be recovered: the cursor's position in the same epoch, else the start
+/// of what history holds (the client may have missed messages).
+fn start_of(resume: Option<&Cursor>, room: &RoomName, head: &Head) -> (u64, Option<bool>) {
+    let Some(c) = resume else {
+        return (head.offset, None);
+    };
+    let Some(&offset) = c.rooms.get(room) else {
+        return (head.offset, None);
+    };
+    let since = Since {
+        offset,
+        epoch: c.epochs.get(room).cloned(),
+    };
+    match since.verdict(head) {
+        Verdict::Replay { after } => (after, Some(true)),
+        Verdict::Lost => (0, Some(false)),
+    }
+}
+
 pub(super) async fn sse(
     chat: &Arc<Chat>,
     req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
-    let user = user_of(req)?;
+    let who = chat.identify(req, false)?;
+    let user = who.user.clone();
     let rooms = rooms_param(req.uri())?;
+    for room in &rooms {
+        who.grants.check_room(room)?;
+    }
     let resume = req
         .headers()
         .get("last-event-id")
@@ -82,38 +112,55 @@ pub(super) async fn sse(
     // Heads before joining: anything published after this arrives live.
     let heads = bus.heads(rooms.clone()).await?;
     let mut cursor = Cursor::default();
+    let mut starts = RoomStarts::new();
     for (room, head) in rooms.iter().zip(heads) {
-        let pos = match resume.as_ref().and_then(|c| c.rooms.get(room)) {
-            Some(&p) if p <= head => p,
-            // Ids from before a restart: replay whatever history there is.
-            Some(_) => 0,
-            None => head,
-        };
+        let (pos, recovered) = start_of(resume.as_ref(), room, &head);
         cursor.rooms.insert(room.clone(), pos);
+        cursor.epochs.insert(room.clone(), head.epoch.to_string());
+        starts.insert(
+            room.clone(),
+            RoomStart {
+                epoch: head.epoch,
+                offset: head.offset,
+                recovered,
+            },
+        );
     }
-    let (conn, rx) = chat.hub.connect(user.clone(), ConnKind::Sse, None).await?;
+    let (conn, rx) = chat
+        .hub
+        .connect(chat.newcomer(&who), ConnKind::Sse, None)
+        .await?;
     let guard = ConnGuard {
         hub: chat.hub.clone(),
         conn: conn.clone(),
         tracker: chat.shutdown.sessions.clone(),
     };
     for room in &rooms {
-        chat.hub.join(&conn, room).await?;
+        chat.hub.join(&conn, room, None).await?;
+    }
+    // What a resumed stream missed, checked for gaps (aged out, trimmed)
+    // before the welcome says whether it was recovered.
+    let mut replay = Vec::new();
+    if resume.is_some() {
+        for room in &rooms {
+            let after = cursor.rooms.get(room).copied().unwrap_or(0);
+            let missed = bus.history(room.clone(), after, chat.cfg().history).await?;
+            if let Some(st) = starts.get_mut(room).filter(|s| s.recovered == Some(true)) {
+                st.recovered = Some(complete(after, st.offset, missed.iter().map(|m| m.id)));
+            }
+            replay.extend(missed);
+        }
     }
     let mut first = BytesMut::new();
     first.put_slice(b"retry: 2000\n\n");
     let welcome = Event::encode(&Welcome {
         user: &user,
         node: &chat.node,
+        rooms: Some(&starts),
     })?;
     sse_event(&mut cursor, &welcome, &mut first);
-    if resume.is_some() {
-        for room in &rooms {
-            let after = cursor.rooms.get(room).copied().unwrap_or(0);
-            for m in bus.history(room.clone(), after, chat.cfg().history).await? {
-                sse_event(&mut cursor, &Event::msg(&m)?, &mut first);
-            }
-        }
+    for m in &replay {
+        sse_event(&mut cursor, &Event::msg(m)?, &mut first);
     }
     let state = SseState {
         chat: chat.clone(),
@@ -123,6 +170,9 @@ pub(super) async fn sse(
         cursor,
         first: Some(first.freeze()),
         keepalive: tokio::time::interval_at(Instant::now() + SSE_KEEPALIVE, SSE_KEEPALIVE),
+        // A stream cannot be refreshed: it ends when its token does, and the
+        // browser reconnects with a fresh one (and `Last-Event-ID`).
+        expiry: Box::pin(tokio::time::sleep_until(deadline(who.expires))),
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         let chunk = st.next_chunk().await?;
@@ -148,6 +198,7 @@ struct SseState {
     cursor: Cursor,
     first: Option<Bytes>,
     keepalive: tokio::time::Interval,
+    expiry: Pin<Box<Sleep>>,
 }
 
 enum SseStep {
@@ -166,6 +217,7 @@ impl SseState {
             let step = tokio::select! {
                 biased;
                 _ = self.chat.shutdown.token.cancelled() => SseStep::End,
+                () = &mut self.expiry => SseStep::End,
                 _ = self.conn.kicked().cancelled() => {
                     self.chat.hub.note_overflow();
                     SseStep::End

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::{Conn, Hub};
+use crate::apps::chat::identity::Grants;
 use crate::apps::chat::protocol::{
     ChatError, ClientFrame, Event, HistoryFrame, Presence, PresenceState, UserName, WhoFrame,
 };
@@ -15,14 +16,21 @@ pub enum Actor<'a> {
     Conn(&'a Arc<Conn>),
     /// `POST /send`: join/leave act on the user's SSE streams and poll sessions
     /// on this node; the reply is the response body.
-    Http(&'a UserName),
+    Http(&'a UserName, &'a Grants),
 }
 
 impl Actor<'_> {
     fn user(&self) -> &UserName {
         match self {
             Actor::Conn(c) => &c.user,
-            Actor::Http(u) => u,
+            Actor::Http(u, _) => u,
+        }
+    }
+
+    fn grants(&self) -> Grants {
+        match self {
+            Actor::Conn(c) => c.grants(),
+            Actor::Http(_, g) => (*g).clone(),
         }
     }
 }
@@ -37,17 +45,30 @@ impl Hub {
         frame: ClientFrame,
     ) -> Result<Option<Event>, ChatError> {
         let user = actor.user().clone();
-        let http = matches!(actor, Actor::Http(_));
+        let http = matches!(actor, Actor::Http(..));
+        let grants = actor.grants();
+        match &frame {
+            ClientFrame::Join { room, .. }
+            | ClientFrame::History { room, .. }
+            | ClientFrame::Who { room } => grants.check_room(room)?,
+            ClientFrame::Msg { .. } | ClientFrame::Dm { .. } if !grants.send => {
+                return Err(ChatError::ReadOnly)
+            }
+            // A session's token is refreshed by the WebSocket session itself
+            // (`ws`); over HTTP each request carries its own token.
+            ClientFrame::Refresh { .. } => return Err(ChatError::RefreshUnsupported),
+            _ => {}
+        }
         match frame {
-            ClientFrame::Join { room } => match actor {
-                Actor::Conn(c) => self.join(c, &room).await.map(|_| None),
-                Actor::Http(u) => {
+            ClientFrame::Join { room, since } => match actor {
+                Actor::Conn(c) => self.join(c, &room, since).await.map(|_| None),
+                Actor::Http(u, _) => {
                     let conns = self.fallback_conns(u);
                     if conns.is_empty() {
                         return Err(ChatError::NoStream(u.clone()));
                     }
                     for c in &conns {
-                        self.join(c, &room).await?;
+                        self.join(c, &room, None).await?;
                     }
                     Ok(Some(Event::encode(&Presence {
                         room,
@@ -58,7 +79,7 @@ impl Hub {
             },
             ClientFrame::Leave { room } => match actor {
                 Actor::Conn(c) => self.leave(c, &room, true).await.map(|_| None),
-                Actor::Http(u) => {
+                Actor::Http(u, _) => {
                     let conns: Vec<_> = self
                         .fallback_conns(u)
                         .into_iter()
@@ -80,7 +101,7 @@ impl Hub {
             ClientFrame::Msg { room, text } => {
                 let member = match actor {
                     Actor::Conn(c) => c.in_room(&room),
-                    Actor::Http(_) => self.bus.is_member(room.clone(), user.clone()).await?,
+                    Actor::Http(..) => self.bus.is_member(room.clone(), user.clone()).await?,
                 };
                 if !member {
                     return Err(ChatError::NotJoined(room));
@@ -120,6 +141,7 @@ impl Hub {
                     users: &users,
                 })?))
             }
+            ClientFrame::Refresh { .. } => Err(ChatError::RefreshUnsupported),
         }
     }
 }

@@ -2,14 +2,15 @@
 //! session — and where its events go: a bounded queue, or for long-poll a
 //! [`LiveRing`]. Offering never waits; a full queue kicks the connection.
 
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, ConnId};
+use crate::apps::chat::identity::Grants;
 use crate::apps::chat::protocol::{Event, RoomName, UserName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +87,15 @@ pub struct Conn {
     /// Rooms joined, and whether the connection is gone (checked under the same
     /// lock as joins, so a join racing a disconnect cannot leave a member behind).
     pub(super) state: Mutex<ConnState>,
+    /// What the connection's token allows; a `refresh` replaces it.
+    grants: Mutex<Grants>,
     outbox: Outbox,
     kicked: CancellationToken,
+    /// Rooms being recovered (`join` with `since`): their live messages wait
+    /// here until the replayed history is queued (see `Hub::join`).
+    held: Mutex<HashMap<RoomName, Vec<Event>>>,
+    /// Whether `held` has a room: `offer` looks at it only then.
+    holding: AtomicBool,
 }
 
 #[derive(Default)]
@@ -97,19 +105,74 @@ pub(super) struct ConnState {
 }
 
 impl Conn {
-    pub(super) fn new(id: ConnId, user: UserName, kind: ConnKind, outbox: Outbox) -> Self {
+    pub(super) fn new(
+        id: ConnId,
+        user: UserName,
+        grants: Grants,
+        kind: ConnKind,
+        outbox: Outbox,
+    ) -> Self {
         Self {
             id,
             user,
             kind,
             state: Mutex::new(ConnState::default()),
+            grants: Mutex::new(grants),
+            held: Mutex::new(HashMap::new()),
+            holding: AtomicBool::new(false),
             outbox,
             kicked: CancellationToken::new(),
         }
     }
 
     /// Queues an event without waiting. A full queue kicks the connection.
+    /// A message of a room being recovered waits in `held` instead.
     pub fn offer(&self, ev: &Event) -> bool {
+        if self.holding.load(Ordering::Acquire) {
+            if let Some((room, _)) = &ev.pos {
+                let mut held = lock(&self.held);
+                if let Some(buf) = held.get_mut(room) {
+                    if buf.len() >= self.capacity() {
+                        self.kicked.cancel();
+                        return false;
+                    }
+                    buf.push(ev.clone());
+                    return true;
+                }
+            }
+        }
+        self.offer_now(ev)
+    }
+
+    /// Starts holding `room`'s live messages back (a recovery is replaying).
+    pub(super) fn hold(&self, room: &RoomName) {
+        lock(&self.held).insert(room.clone(), Vec::new());
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Queues the messages held for `room` with an id above `after`, in the
+    /// order they came, and stops holding it. Done under the `held` lock, so
+    /// a message arriving meanwhile queues after them.
+    pub(super) fn release(&self, room: &RoomName, after: u64) {
+        let mut held = lock(&self.held);
+        for ev in held.remove(room).unwrap_or_default() {
+            if ev.pos.as_ref().is_some_and(|(_, id)| *id > after) {
+                self.offer_now(&ev);
+            }
+        }
+        self.holding.store(!held.is_empty(), Ordering::Release);
+    }
+
+    /// How many events the outbox holds at most.
+    fn capacity(&self) -> usize {
+        match &self.outbox {
+            Outbox::Queue(tx) => tx.max_capacity(),
+            Outbox::Poll(ring) => ring.cap,
+        }
+    }
+
+    /// Queues an event, past any hold (replayed history, acknowledgements).
+    pub fn offer_now(&self, ev: &Event) -> bool {
         match &self.outbox {
             Outbox::Queue(tx) => match tx.try_send(ev.clone()) {
                 Ok(()) => true,
@@ -127,6 +190,16 @@ impl Conn {
                 true
             }
         }
+    }
+
+    pub fn grants(&self) -> Grants {
+        lock(&self.grants).clone()
+    }
+
+    /// A refreshed token's grants: they apply to joins from now on (rooms
+    /// already joined are kept).
+    pub fn set_grants(&self, grants: Grants) {
+        *lock(&self.grants) = grants;
     }
 
     /// Cancelled when the connection fell too far behind and must be closed.

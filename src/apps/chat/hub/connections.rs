@@ -11,8 +11,21 @@ use tokio::sync::mpsc;
 
 use super::conn::{Conn, ConnKind, LiveRing, Outbox};
 use super::{lock, ConnId, Hub};
+use crate::apps::chat::bus::BusError;
 use crate::apps::chat::bus::Deliver;
-use crate::apps::chat::protocol::{ChatError, Event, Presence, PresenceState, RoomName, UserName};
+use crate::apps::chat::identity::Grants;
+use crate::apps::chat::protocol::{
+    complete, ChatError, Event, JoinAck, Presence, PresenceState, RoomName, Since, UserName,
+    Verdict,
+};
+
+/// A connection about to register: its user, what its token allows, and the
+/// user's connection cap on this node (`max_connections_per_user`, 0 = none).
+pub struct Newcomer {
+    pub user: UserName,
+    pub grants: Grants,
+    pub cap: usize,
+}
 
 #[derive(Default)]
 pub(super) struct LocalRoom {
@@ -24,43 +37,51 @@ pub(super) struct LocalRoom {
 }
 
 impl Hub {
-    fn new_conn(&self, user: UserName, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
+    fn new_conn(&self, who: Newcomer, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Conn::new(id, user, kind, outbox))
+        Arc::new(Conn::new(id, who.user, who.grants, kind, outbox))
     }
 
     /// Registers a queued connection (WebSocket or SSE). `first` is queued
     /// before anything else can reach the connection (the `welcome` frame).
     pub async fn connect(
         &self,
-        user: UserName,
+        who: Newcomer,
         kind: ConnKind,
         first: Option<&Event>,
     ) -> Result<(Arc<Conn>, mpsc::Receiver<Event>), ChatError> {
+        let cap = who.cap;
         let (tx, rx) = mpsc::channel(self.send_queue);
-        let conn = self.new_conn(user, kind, Outbox::Queue(tx));
+        let conn = self.new_conn(who, kind, Outbox::Queue(tx));
         if let Some(first) = first {
             conn.offer(first);
         }
-        self.register(&conn).await?;
+        self.register(&conn, cap).await?;
         Ok((conn, rx))
     }
 
     /// Registers a long-poll session; its live events go to the returned ring.
     pub async fn connect_poll(
         &self,
-        user: UserName,
+        who: Newcomer,
     ) -> Result<(Arc<Conn>, Arc<LiveRing>), ChatError> {
+        let cap = who.cap;
         let ring = Arc::new(LiveRing::new(self.send_queue, self.live_seq.clone()));
-        let conn = self.new_conn(user, ConnKind::Poll, Outbox::Poll(ring.clone()));
-        self.register(&conn).await?;
+        let conn = self.new_conn(who, ConnKind::Poll, Outbox::Poll(ring.clone()));
+        self.register(&conn, cap).await?;
         Ok((conn, ring))
     }
 
-    async fn register(&self, conn: &Arc<Conn>) -> Result<(), ChatError> {
+    /// Adds `conn` to its user's connections unless the user already holds
+    /// `cap` of them here (0: no cap); checked and added under the user's
+    /// stripe lock, so racing connects cannot overshoot.
+    async fn register(&self, conn: &Arc<Conn>, cap: usize) -> Result<(), ChatError> {
         let _g = self.stripe(&conn.user).lock().await;
         let first = {
             let mut m = self.users.entry(conn.user.clone()).or_default();
+            if cap > 0 && m.len() >= cap {
+                return Err(ChatError::TooManyConnections(cap));
+            }
             m.insert(conn.id, conn.clone());
             m.len() == 1
         };
@@ -107,44 +128,116 @@ impl Hub {
         }
     }
 
-    /// Adds `conn` to `room`. The joining connection always receives a presence
-    /// `join` for itself (its acknowledgement); the other members receive it when
-    /// the user is new to the room.
-    pub async fn join(&self, conn: &Arc<Conn>, room: &RoomName) -> Result<(), ChatError> {
+    /// Adds `conn` to `room`. The joining connection always receives its own
+    /// acknowledgement (a presence `join` with the room's epoch and offset);
+    /// the other members receive a presence `join` when the user is new to
+    /// the room.
+    ///
+    /// With `since` (a recovery), the messages the client missed are queued
+    /// first, in order, then the acknowledgement says `recovered`; live
+    /// messages of the room that arrive meanwhile are held back and queued
+    /// after them, each exactly once. A room already joined ignores `since`.
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomName,
+        since: Option<Since>,
+    ) -> Result<(), ChatError> {
         let _g = self.stripe((room, &conn.user)).lock().await;
-        let presence = Event::encode(&Presence {
-            room: room.clone(),
-            user: conn.user.clone(),
-            state: PresenceState::Join,
-        })?;
-        {
+        let newly = {
             let mut s = lock(&conn.state);
             if s.closed {
                 return Ok(());
             }
-            if !s.rooms.insert(room.clone()) {
-                drop(s);
-                conn.offer(&presence);
-                return Ok(());
-            }
-        }
-        let first_local = self.add_member(conn, room);
-        let announced = if first_local {
-            match self.bus.room_join(room.clone(), conn.user.clone()).await {
-                Ok(a) => a,
-                Err(e) => {
-                    lock(&conn.state).rooms.remove(room);
-                    self.remove_member(conn, room);
-                    return Err(e.into());
-                }
-            }
-        } else {
-            false
+            s.rooms.insert(room.clone())
         };
-        if !announced {
-            conn.offer(&presence);
+        let since = since.filter(|_| newly);
+        if since.is_some() {
+            conn.hold(room);
         }
-        Ok(())
+        let done = self.join_held(conn, room, newly, since.as_ref()).await;
+        match done {
+            Ok(upto) => {
+                if since.is_some() {
+                    conn.release(room, upto);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                conn.release(room, u64::MAX);
+                if newly {
+                    lock(&conn.state).rooms.remove(room);
+                    if self.remove_member(conn, room) {
+                        let _ = self.bus.room_leave(room.clone(), conn.user.clone()).await;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`Hub::join`] under the stripe lock: membership, the
+    /// replay and the acknowledgement. Returns the offset acknowledged.
+    async fn join_held(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomName,
+        newly: bool,
+        since: Option<&Since>,
+    ) -> Result<u64, ChatError> {
+        if newly {
+            // Announced before the connection is a member, so the members
+            // hear it and the joiner gets its own acknowledgement instead.
+            if !self.has_local(room, &conn.user) {
+                self.bus.room_join(room.clone(), conn.user.clone()).await?;
+            }
+            self.add_member(conn, room);
+        }
+        // Read after joining: a message past this offset reaches the
+        // connection live (held back during a recovery).
+        let head = self
+            .bus
+            .heads(vec![room.clone()])
+            .await?
+            .pop()
+            .ok_or_else(|| BusError::Unavailable("no head for the room".into()))?;
+        let mut recovered = None;
+        if let Some(s) = since {
+            let replay = match s.verdict(&head) {
+                Verdict::Lost => None,
+                Verdict::Replay { after } => {
+                    let missed: Vec<_> = self
+                        .bus
+                        .history(room.clone(), after, self.history_cap)
+                        .await?
+                        .into_iter()
+                        .filter(|m| m.id <= head.offset)
+                        .collect();
+                    complete(after, head.offset, missed.iter().map(|m| m.id)).then_some(missed)
+                }
+            };
+            recovered = Some(replay.is_some());
+            for m in replay.iter().flatten() {
+                conn.offer_now(&Event::msg(m)?);
+            }
+        }
+        conn.offer_now(&Event::encode(&JoinAck {
+            room,
+            user: &conn.user,
+            state: "join",
+            epoch: head.epoch,
+            offset: head.offset,
+            recovered,
+        })?);
+        Ok(head.offset)
+    }
+
+    /// Whether `user` already has a connection in `room` on this node.
+    fn has_local(&self, room: &RoomName, user: &UserName) -> bool {
+        self.rooms
+            .get(room)
+            .map(|r| r.clone())
+            .is_some_and(|r| lock(&r).users.contains_key(user))
     }
 
     /// Removes `conn` from `room`; `ack` sends the leaving connection its own

@@ -36,6 +36,7 @@ use dashmap::DashMap;
 pub use self::commands::Actor;
 pub use self::conn::{Conn, ConnKind, LiveRing};
 use self::connections::LocalRoom;
+pub use self::connections::Newcomer;
 use super::bus::Bus;
 use super::protocol::{RoomName, UserName};
 
@@ -120,6 +121,11 @@ impl Hub {
     }
 
     /// Counts a kicked connection (called by its owner when it closes it).
+    /// The user's live connections on this node.
+    pub fn conns_of(&self, user: &UserName) -> usize {
+        self.users.get(user).map_or(0, |m| m.len())
+    }
+
     pub fn note_overflow(&self) {
         self.overflows.fetch_add(1, Ordering::Relaxed);
     }

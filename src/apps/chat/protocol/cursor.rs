@@ -9,12 +9,15 @@ use super::errors::ChatError;
 use super::names::{truncate, RoomName};
 
 /// Where an SSE or long-poll client is: the last message id it has seen per room
-/// (history positions, valid on any node) and, for long-poll, the last live
-/// event (presence, DMs; node-local sequence numbers). Text form:
-/// `lobby:42,dev:7,@1700000000000123` (the `@` part only for long-poll).
+/// (history positions, valid on any node) in that room's epoch, and, for
+/// long-poll, the last live event (presence, DMs; node-local sequence
+/// numbers). Text form: `lobby:42:k3j9x0ab,dev:7:k3j9x0ab,@1700000000000123`
+/// (the `@` part only for long-poll; a cursor without epochs, `lobby:42`, is
+/// still read, and then cannot be recovered).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     pub rooms: BTreeMap<RoomName, u64>,
+    pub epochs: BTreeMap<RoomName, String>,
     pub live: Option<u64>,
 }
 
@@ -26,8 +29,16 @@ impl Cursor {
             if let Some(n) = part.strip_prefix('@') {
                 c.live = Some(n.parse().map_err(|_| bad())?);
             } else {
-                let (room, id) = part.rsplit_once(':').ok_or_else(bad)?;
+                let mut it = part.splitn(3, ':');
+                let (room, id) = (it.next().ok_or_else(bad)?, it.next().ok_or_else(bad)?);
                 let room = RoomName::parse(room).map_err(|_| bad())?;
+                match it.next() {
+                    None => {}
+                    Some(e) if valid_epoch(e) => {
+                        c.epochs.insert(room.clone(), e.to_string());
+                    }
+                    Some(_) => return Err(bad()),
+                }
                 c.rooms.insert(room, id.parse().map_err(|_| bad())?);
             }
         }
@@ -44,6 +55,9 @@ impl fmt::Display for Cursor {
             }
             first = false;
             write!(f, "{room}:{id}")?;
+            if let Some(e) = self.epochs.get(room) {
+                write!(f, ":{e}")?;
+            }
         }
         if let Some(live) = self.live {
             if !first {
@@ -53,6 +67,11 @@ impl fmt::Display for Cursor {
         }
         Ok(())
     }
+}
+
+/// Epochs are short `[a-z0-9]` strings (`recovery::new_epoch`).
+fn valid_epoch(e: &str) -> bool {
+    !e.is_empty() && e.len() <= 32 && e.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Parses a `rooms=a,b` list (empty entries ignored, duplicates removed).

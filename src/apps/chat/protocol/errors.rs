@@ -21,7 +21,7 @@ pub enum ChatError {
     Binary,
     #[error("frame has no string \"type\" field")]
     MissingType,
-    #[error("unknown frame type {0:?} (expected join, leave, msg, dm, history or who)")]
+    #[error("unknown frame type {0:?} (expected join, leave, msg, dm, history, who or refresh)")]
     UnknownType(String),
     #[error("missing field {0:?}")]
     MissingField(&'static str),
@@ -50,6 +50,20 @@ pub enum ChatError {
     RateLimited,
     #[error("chat backend unavailable: {0}")]
     Bus(BusError),
+    #[error("not allowed in room \"{0}\"")]
+    RoomForbidden(RoomName),
+    #[error("guests may read but not send: connect with a token")]
+    ReadOnly,
+    #[error("a refresh token must name the same user")]
+    RefreshOtherUser,
+    #[error("refresh applies to WebSocket sessions of a chat with [app.chat] auth")]
+    RefreshUnsupported,
+    #[error("too many connections for this user (at most {0})")]
+    TooManyConnections(usize),
+    #[error("a token is required: send Authorization: Bearer <token> or ?token=")]
+    TokenMissing,
+    #[error("invalid or expired token")]
+    TokenInvalid,
     // HTTP-only failures (the API and the fallback endpoints).
     #[error("missing bearer token: send Authorization: Bearer <push_token>")]
     Unauthorized,
@@ -94,6 +108,13 @@ impl ChatError {
             ChatError::BadCursor(_) => "bad_cursor",
             ChatError::RateLimited => "rate_limited",
             ChatError::Bus(_) => "unavailable",
+            ChatError::RoomForbidden(_) | ChatError::ReadOnly | ChatError::RefreshOtherUser => {
+                "forbidden"
+            }
+            ChatError::RefreshUnsupported => "unsupported",
+            ChatError::TooManyConnections(_) => "too_many_connections",
+            ChatError::TokenMissing => "unauthorized",
+            ChatError::TokenInvalid => "invalid_token",
             ChatError::Unauthorized => "unauthorized",
             ChatError::Forbidden => "forbidden",
             ChatError::PushDisabled => "push_disabled",

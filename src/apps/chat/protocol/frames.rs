@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::errors::ChatError;
 use super::names::{truncate, RoomName, UserName};
+use super::recovery::{RoomStarts, Since};
 use crate::apps::chat::bus_error::BusError;
 
 /// A frame may exceed `max_message_size` by this much before it is refused
@@ -22,12 +23,33 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// One frame from a client, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Join { room: RoomName },
-    Leave { room: RoomName },
-    Msg { room: RoomName, text: String },
-    Dm { to: UserName, text: String },
-    History { room: RoomName, limit: usize },
-    Who { room: RoomName },
+    Join {
+        room: RoomName,
+        /// Recovery: replay what came after this point first.
+        since: Option<Since>,
+    },
+    Leave {
+        room: RoomName,
+    },
+    Msg {
+        room: RoomName,
+        text: String,
+    },
+    Dm {
+        to: UserName,
+        text: String,
+    },
+    History {
+        room: RoomName,
+        limit: usize,
+    },
+    Who {
+        room: RoomName,
+    },
+    /// A newer token for this session (`[app.chat] auth`).
+    Refresh {
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -67,7 +89,10 @@ impl ClientFrame {
             Ok(t.to_string())
         };
         Ok(match kind {
-            "join" => ClientFrame::Join { room: room()? },
+            "join" => ClientFrame::Join {
+                room: room()?,
+                since: since(&obj)?,
+            },
             "leave" => ClientFrame::Leave { room: room()? },
             "msg" => ClientFrame::Msg {
                 room: room()?,
@@ -94,9 +119,35 @@ impl ClientFrame {
                 }
             }
             "who" => ClientFrame::Who { room: room()? },
+            "refresh" => ClientFrame::Refresh {
+                token: str_field(&obj, "token")?.to_string(),
+            },
             other => return Err(ChatError::UnknownType(truncate(other))),
         })
     }
+}
+
+/// A join's `since` (a message id) and `epoch` (a string); `epoch` alone
+/// means nothing.
+fn since(obj: &Map<String, Value>) -> Result<Option<Since>, ChatError> {
+    let offset = match obj.get("since") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v.as_u64().ok_or(ChatError::BadField {
+            field: "since",
+            why: "must be a whole number >= 0",
+        })?,
+    };
+    let epoch = match obj.get("epoch") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(e)) => Some(truncate(e)),
+        Some(_) => {
+            return Err(ChatError::BadField {
+                field: "epoch",
+                why: "must be a string",
+            })
+        }
+    };
+    Ok(Some(Since { offset, epoch }))
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, ChatError> {
@@ -166,6 +217,18 @@ pub struct DirectMessage {
 pub struct Welcome<'a> {
     pub user: &'a UserName,
     pub node: &'a str,
+    /// SSE and long-poll: where each of the stream's rooms stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<&'a RoomStarts>,
+}
+
+/// The answer to a good `refresh`: the session now lasts until `expires`
+/// (Unix seconds; absent when the new token has no `exp`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "refreshed")]
+pub struct Refreshed {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,20 @@ fn frames() {
     let room = RoomName::parse("r").unwrap();
     assert_eq!(
         parse(r#"{"type":"join","room":"r"}"#).unwrap(),
-        ClientFrame::Join { room: room.clone() }
+        ClientFrame::Join {
+            room: room.clone(),
+            since: None
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"join","room":"r","since":7,"epoch":"ab"}"#).unwrap(),
+        ClientFrame::Join {
+            room: room.clone(),
+            since: Some(Since {
+                offset: 7,
+                epoch: Some("ab".into())
+            })
+        }
     );
     assert_eq!(
         parse(r#"{"type":"msg","room":"r","text":"hi","extra":1}"#).unwrap(),
@@ -94,6 +107,15 @@ fn cursors_round_trip() {
     assert_eq!(c.live, Some(99));
     assert_eq!(Cursor::parse(&c.to_string()).unwrap(), c);
     assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+    let e = Cursor::parse("lobby:42:k3j9x0ab,dev:7").unwrap();
+    assert_eq!(
+        e.epochs
+            .get(&RoomName::parse("lobby").unwrap())
+            .map(String::as_str),
+        Some("k3j9x0ab")
+    );
+    assert_eq!(e.to_string(), "dev:7,lobby:42:k3j9x0ab");
+    assert!(Cursor::parse("lobby:4:bad epoch").is_err());
     assert!(Cursor::parse("lobby").is_err());
     assert!(Cursor::parse("lobby:x").is_err());
     assert!(Cursor::parse("a b:1").is_err());
