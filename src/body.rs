@@ -43,8 +43,10 @@ pub fn text_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Bod
 }
 
 /// How much of an unread HTTP/2 request body is read and discarded after the
-/// request was answered, and for how long, before the stream is reset.
+/// request was answered before the stream is reset.
 pub const DRAIN_MAX_BYTES: usize = 64 * 1024;
+/// How long the rest of an unread HTTP/2 request body is waited for before the
+/// stream is reset (a gateway drain may wait this much longer for such a stream).
 pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(1);
 
 /// A request's body as the server hands it to its handler: hyper's body, plus
@@ -58,9 +60,8 @@ pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(1);
 /// crossed the reset (hyperium/h2#633; the timing cases of h2spec,
 /// docs/conformance.md). So the rest of such a body is read and discarded by a
 /// small task, at most [`DRAIN_MAX_BYTES`] within [`DRAIN_MAX_TIME`]; the stream
-/// then ends as the client ends it. HTTP/1.1 needs none of this: hyper reads or
-/// closes an unread body itself, and an unread one never reaches here as a
-/// reset.
+/// then ends as the client ends it. HTTP/1.1 needs none of this: hyper reads
+/// an unread body itself before the next request, or closes the connection.
 #[derive(Debug)]
 pub struct RequestBody {
     /// `None` only once a drop has handed it to the drain task.
