@@ -13,6 +13,11 @@
 # reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
 # route has `auth` (HS256) and wrk sends a token minted by `wsgate token`.
 #
+# TARGET=nginx | TARGET=haproxy (S4, S5): the same load against nginx's worker
+# (`master_process off`, one process) or HAProxy (`-db`, nbthread 1) under
+# valgrind instead, configured as in run.sh: the peers' instructions per
+# operation, counted the same way.
+#
 # WSGATE defaults to target/release/wsgate (built here); PRELOAD=/path/lib.so
 # runs it with that allocator preloaded (allocator A/B on one binary). Output: one line
 # "SCEN ops=N instructions=M per_op=K" and the callgrind file in
@@ -36,28 +41,10 @@ WSB="$CARGO_TARGET_DIR/loadgen/release/wsbench"
 
 OUT="$ROOT/bench/results/callgrind"
 mkdir -p "$OUT"
-STAMP="$SCEN${VARIANT:+-$VARIANT}-$(date -u +%Y%m%dT%H%M%SZ)"
-cat >"$OUT/$STAMP.toml" <<EOF
-[server]
-max_connections = 100000
-[log]
-access_log = false
-[[listener]]
-addr = "127.0.0.1:28080"
-[upstream.ws]
-servers = ["127.0.0.1:29001"]
-[upstream.http]
-servers = ["127.0.0.1:29002"]
-[[route]]
-path = "/ws/"
-upstream = "ws"
-[[route]]
-path = "/http/"
-upstream = "http"
-[[route]]
-path = "/echo"
-app = "echo"
-EOF
+STAMP="$SCEN${VARIANT:+-$VARIANT}${TARGET:+-$TARGET}-$(date -u +%Y%m%dT%H%M%SZ)"
+# shellcheck source=bench/peer-configs.sh
+. bench/peer-configs.sh
+wsgate_conf "$OUT/$STAMP.toml"
 
 case "${VARIANT:-}" in
   "") ;;
@@ -73,13 +60,19 @@ esac
 WRK_HEADER=()
 [ -z "${TOKEN:-}" ] || WRK_HEADER=(-H "Authorization: Bearer $TOKEN")
 
+if [ "${TARGET:-wsgate}" = wsgate ]; then
+  SERVE=("$WSGATE" -c "$OUT/$STAMP.toml")   # the variant edits above stay
+else
+  serve_cmd "$TARGET" "$OUT" "$OUT/$STAMP" "$WSGATE"
+fi
+
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 "$WSB" ws-server --listen 127.0.0.1:29001 & PIDS+=($!)
 "$WSB" http-server --listen 127.0.0.1:29002 & PIDS+=($!)
 RUST_LOG=warn LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$OUT/$STAMP.out" "$WSGATE" -c "$OUT/$STAMP.toml" >"$OUT/$STAMP.log" 2>&1 &
+  --callgrind-out-file="$OUT/$STAMP.out" "${SERVE[@]}" >"$OUT/$STAMP.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")
 for _ in $(seq 1 300); do
@@ -108,4 +101,4 @@ callgrind_control -d "$VG" >/dev/null
 callgrind_control -i off "$VG" >/dev/null
 file=$(ls -t "$OUT/$STAMP.out"* | grep -v '\.out$' | head -1)
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$SCEN${VARIANT:+ ($VARIANT)} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
+echo "$SCEN${VARIANT:+ ($VARIANT)} ${TARGET:-wsgate} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"

@@ -13,6 +13,7 @@
 
 pub mod keys;
 pub mod mint;
+mod recent;
 pub mod token;
 pub mod verify;
 

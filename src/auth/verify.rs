@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::keys::KeySet;
+use super::recent::Recent;
 use super::token::TokenSource;
 use super::AuthConfig;
 
@@ -65,7 +66,8 @@ impl AuthError {
 /// A verified token's claims.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub claims: Map<String, Value>,
+    /// Shared with the verifier's table of recent tokens.
+    pub claims: Arc<Map<String, Value>>,
 }
 
 impl Verified {
@@ -111,6 +113,8 @@ pub struct Verifier {
     validations: HashMap<Algorithm, Validation>,
     pub token_from: Vec<TokenSource>,
     pub leeway: Duration,
+    /// Tokens accepted recently (see [`Recent`]).
+    recent: Recent,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -173,15 +177,28 @@ impl Verifier {
             validations,
             token_from: cfg.token_from.clone(),
             leeway: cfg.leeway,
+            recent: Recent::default(),
         }
     }
 
-    /// Verifies `token`: signature first, then the claims.
+    /// Verifies `token`: signature first, then the claims. A token accepted
+    /// before and still within its `exp` is answered from [`Recent`].
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
-        let invalid = |why: &str| AuthError::Invalid(why.to_string());
         if token.len() > MAX_TOKEN_LEN {
-            return Err(invalid("token too long"));
+            return Err(AuthError::Invalid("token too long".into()));
         }
+        if let Some(claims) = self.recent.get(token) {
+            return Ok(Verified { claims });
+        }
+        let claims = Arc::new(self.verify_signed(token)?);
+        self.recent
+            .put(token, claims.clone(), self.leeway.as_secs());
+        Ok(Verified { claims })
+    }
+
+    /// The full check of a token not seen before.
+    fn verify_signed(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
+        let invalid = |why: &str| AuthError::Invalid(why.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|e| describe(e.kind()))?;
         let alg = header.alg;
         let validation = self
@@ -198,11 +215,7 @@ impl Verifier {
         let mut last = invalid("signature");
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
-                Ok(data) => {
-                    return Ok(Verified {
-                        claims: data.claims,
-                    })
-                }
+                Ok(data) => return Ok(data.claims),
                 // Another key of the family may have signed it.
                 Err(e) if is_key_mismatch(e.kind()) => last = describe(e.kind()),
                 // The signature held; the claims did not.
