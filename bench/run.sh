@@ -438,11 +438,16 @@ if want S5; then
       "ws haproxy ws://127.0.0.1:28091/ HAPROXY_PID" \
       "wss wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss nginx wss://127.0.0.1:28444/ NGINX_WORKER" \
       "wss haproxy wss://127.0.0.1:28494/ HAPROXY_PID" \
+      "wss-resume wsgate wss://127.0.0.1:28443/ws/ WSGATE_PID" "wss-resume nginx wss://127.0.0.1:28444/ NGINX_WORKER" \
+      "wss-resume haproxy wss://127.0.0.1:28494/ HAPROXY_PID" \
       "ws-logged wsgate ws://127.0.0.1:28180/ws/ WSGATE_LOG_PID" "ws-logged nginx ws://127.0.0.1:28181/ NGINX_WORKER" \
       "ws-logged haproxy ws://127.0.0.1:28191/ HAPROXY_PID"; do
       read -r kind name url pidvar <<<"$t"
+      # wss-resume: the client keeps TLS 1.3 tickets (an abbreviated handshake
+      # per connection after the first), beside wss's full handshakes.
+      resume=0; [ "$kind" = wss-resume ] && resume=1
       record S5 "$kind" "$name" "$run" -- \
-        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100 --pid "${!pidvar}"
+        $L "$WSB" connrate --url "$url" --concurrency 32 --duration "$DUR" --src-ips 100 --pid "${!pidvar}" --resume "$resume"
     done
   done
 fi

@@ -68,6 +68,13 @@ pub struct LimitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerHost {
+    pub listener: String,
+    /// The name the certificate is served for: `default`, a host or `*.suffix`.
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
     pub direction: &'static str,
 }
@@ -97,6 +104,8 @@ pub struct Metrics {
     /// Requests, handshakes, connections and messages refused by a rate limit.
     pub limited: Family<LimitLabel, Counter>,
     pub process_rss: Gauge<f64, AtomicU64>,
+    /// Each listener certificate's `notAfter`, Unix seconds.
+    pub tls_cert_expiry: Family<ListenerHost, Gauge>,
     pub process_open_fds: Gauge,
     /// The same gauges as the families above, by label, for `/status`.
     by_listener: dashmap::DashMap<String, Gauge>,
@@ -128,6 +137,7 @@ impl Metrics {
             ws_buffered_bytes: Gauge::default(),
             ws_budget_closed: Counter::default(),
             upstream_up: Family::default(),
+            tls_cert_expiry: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
 
@@ -230,6 +240,11 @@ impl Metrics {
             m.limited.clone(),
         );
         r.register(
+            "tls_cert_expiry_seconds",
+            "When each listener certificate expires (notAfter), Unix seconds",
+            m.tls_cert_expiry.clone(),
+        );
+        r.register(
             "process_resident_memory_bytes",
             "Resident set size",
             m.process_rss.clone(),
@@ -258,6 +273,24 @@ impl Metrics {
                 server: server.to_string(),
             };
             self.upstream_up.get_or_create(&l).set(i64::from(up));
+        }
+    }
+
+    /// Replaces every `tls_cert_expiry_seconds` series with `certs`:
+    /// (listener, host, notAfter). Called at start and after each reload, so
+    /// certificates a reload removed disappear.
+    pub fn set_cert_expiry(&self, certs: &[(String, String, std::time::SystemTime)]) {
+        self.tls_cert_expiry.clear();
+        for (listener, host, t) in certs {
+            let secs = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let l = ListenerHost {
+                listener: listener.clone(),
+                host: host.clone(),
+            };
+            self.tls_cert_expiry.get_or_create(&l).set(secs);
         }
     }
 

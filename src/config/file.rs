@@ -42,6 +42,7 @@ pub struct ServerFile {
     pub header_timeout: Option<SStr>,
     pub keepalive_timeout: Option<SStr>,
     pub tls_handshake_timeout: Option<SStr>,
+    pub tls_tickets: Option<bool>,
     pub shutdown_grace: Option<SStr>,
     pub max_request_head: Option<SStr>,
     pub max_buffered: Option<SStr>,
@@ -70,6 +71,7 @@ pub struct ListenerFile {
 pub struct TlsFile {
     pub cert: SStr,
     pub key: SStr,
+    pub ocsp: Option<SStr>,
     #[serde(default)]
     pub sni: Vec<SniFile>,
     pub client_ca: Option<SStr>,
@@ -82,6 +84,7 @@ pub struct SniFile {
     pub host: SStr,
     pub cert: SStr,
     pub key: SStr,
+    pub ocsp: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +158,14 @@ pub struct UpstreamFile {
     pub ws_max_message_size: Option<SStr>,
     pub ws_ping_interval: Option<SStr>,
     pub ws_message_rate: Option<SStr>,
+    /// TLS to every server (also implied by `https://` / `wss://` servers).
+    pub tls: Option<Spanned<bool>>,
+    pub tls_ca: Option<SStr>,
+    pub tls_server_name: Option<SStr>,
+    pub tls_client_cert: Option<SStr>,
+    pub tls_client_key: Option<SStr>,
+    /// `h1`, `h2` (over TLS, ALPN) or `h2c` (cleartext HTTP/2).
+    pub protocol: Option<SStr>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    /// TLS session tickets on listeners (the session cache is always on).
+    pub tls_tickets: bool,
     pub shutdown_grace: Duration,
     /// Largest request head (request line plus headers) accepted; larger → 431.
     pub max_request_head: usize,
@@ -134,6 +136,8 @@ pub struct ListenerConfig {
 pub struct CertPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A DER OCSP response stapled with `cert` (listener certificates only).
+    pub ocsp: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +244,35 @@ pub struct UpstreamConfig {
     pub ws_ping_interval: Duration,
     /// Client → upstream messages per session (inspected splices only).
     pub ws_message_rate: Option<MessageRate>,
+    /// TLS to the servers (`https://`/`wss://` servers or `tls = true`).
+    pub tls: Option<UpstreamTlsConfig>,
+    /// The HTTP version proxied requests use (WebSocket tunnels are always
+    /// HTTP/1.1 upgrades).
+    pub protocol: UpstreamProtocol,
+}
+
+/// `[upstream.NAME] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over keep-alive connections.
+    #[default]
+    H1,
+    /// HTTP/2 over TLS (ALPN `h2`): one multiplexed connection per server.
+    H2,
+    /// HTTP/2 in cleartext, prior knowledge.
+    H2c,
+}
+
+/// TLS from the gateway to an upstream's servers (docs/tls.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM trust roots for the servers' certificates; `None`: the system's.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and checked against the certificate; `None`: each
+    /// server's host.
+    pub server_name: Option<String>,
+    /// A client certificate presented to the servers (mTLS).
+    pub client: Option<CertPaths>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

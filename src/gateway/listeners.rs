@@ -162,6 +162,22 @@ impl Gateway {
                 proxy_protocol,
             });
         }
+        // `wsgate_tls_cert_expiry_seconds`, labelled like
+        // `connections_active` with the bound address.
+        let certs: Vec<_> = running
+            .iter()
+            .filter_map(|l| {
+                let i = keys.iter().position(|k| *k == l.key)?;
+                let local = l.local.to_string();
+                let list = snap.cert_expiry.get(i)?;
+                Some(
+                    list.iter()
+                        .map(move |(h, t)| (local.clone(), h.clone(), *t)),
+                )
+            })
+            .flatten()
+            .collect();
+        self.metrics.set_cert_expiry(&certs);
     }
 
     /// Starts, moves or stops the admin listener to match `snap`.

@@ -45,6 +45,13 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("upstream {upstream}: {source}")]
+    UpstreamTls {
+        upstream: String,
+        source: crate::upstream::tls::UpstreamTlsError,
+    },
+    #[error("cannot make TLS session ticket keys: {0}")]
+    Tickets(#[source] rustls::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
@@ -58,6 +65,9 @@ struct Snapshot {
     table: Arc<Table>,
     /// TLS server config per listener, aligned with `config.listeners`.
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// (name served for, `notAfter`) of each listener's certificates, aligned
+    /// with `config.listeners`: `wsgate_tls_cert_expiry_seconds`.
+    cert_expiry: Vec<Vec<(String, std::time::SystemTime)>>,
     /// Every `[limit.NAME]`; limiters whose definition a reload keeps are
     /// carried over with their buckets.
     limits: Arc<Registry>,
@@ -71,6 +81,8 @@ struct BuildCtx<'a> {
     cluster_limits: Option<&'a Arc<ClusterLimits>>,
     /// Keys the pools' sticky cookies.
     secret: &'a [u8; 32],
+    /// TLS tickets and session cache, one for the process.
+    resumption: &'a tls::Resumption,
 }
 
 impl Snapshot {
@@ -82,21 +94,31 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         bx: &BuildCtx<'_>,
     ) -> Result<Self, StartError> {
-        let tls = config
+        let built = config
             .listeners
             .iter()
             .map(|l| {
                 l.tls
                     .as_ref()
                     .map(|t| {
-                        tls::server_config(t).map_err(|source| StartError::Tls {
-                            addr: l.addr,
-                            source,
+                        let tickets = config.server.tls_tickets;
+                        tls::server_config(t, bx.resumption, tickets).map_err(|source| {
+                            StartError::Tls {
+                                addr: l.addr,
+                                source,
+                            }
                         })
                     })
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (tls, cert_expiry) = built
+            .into_iter()
+            .map(|b| match b {
+                Some(b) => (Some(b.config), b.expiries),
+                None => (None, Vec::new()),
+            })
+            .unzip();
         let pools = config
             .upstreams
             .iter()
@@ -104,12 +126,15 @@ impl Snapshot {
                 let prev = previous
                     .and_then(|p| p.table.pools.get(name))
                     .map(|p| p.as_ref());
-                (
-                    name.clone(),
-                    Arc::new(Pool::new(u.clone(), prev, bx.secret)),
-                )
+                let pool = Pool::new(u.clone(), prev, bx.secret).map_err(|source| {
+                    StartError::UpstreamTls {
+                        upstream: name.clone(),
+                        source,
+                    }
+                })?;
+                Ok((name.clone(), Arc::new(pool)))
             })
-            .collect();
+            .collect::<Result<_, StartError>>()?;
         let limits = Arc::new(Registry::build(
             &config.limits,
             previous.map(|p| &*p.limits),
@@ -124,6 +149,7 @@ impl Snapshot {
         Ok(Self {
             table: Arc::new(Table::new(&config, pools, &limits)),
             tls,
+            cert_expiry,
             limits,
             conn_limits,
             config: Arc::new(config),
@@ -139,6 +165,7 @@ pub fn check(config: Config) -> Result<(), StartError> {
         metrics: &Metrics::new(),
         cluster_limits: None,
         secret: &[0; 32],
+        resumption: &tls::Resumption::new().map_err(StartError::Tickets)?,
     };
     Snapshot::build(config, None, &bx).map(drop)
 }
@@ -160,6 +187,9 @@ pub struct Gateway {
     node_id: String,
     /// Seals sticky cookies: `[server] secret`, or random per process.
     sticky_key: [u8; 32],
+    /// TLS ticket keys and session cache: one per process, so tickets
+    /// survive reloads and work across listeners.
+    resumption: tls::Resumption,
     started: Instant,
     /// Cancels the background tasks (health checks) of the current snapshot.
     background: Mutex<CancellationToken>,
@@ -202,10 +232,12 @@ impl Gateway {
             None => None,
         };
         let sticky_key = config.server.secret.unwrap_or_else(rand::random);
+        let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
         let bx = BuildCtx {
             metrics: &metrics,
             cluster_limits: cluster_limits.as_ref(),
             secret: &sticky_key,
+            resumption: &resumption,
         };
         let snapshot = Snapshot::build(config, None, &bx)?;
         let cfg = snapshot.config.clone();
@@ -258,6 +290,7 @@ impl Gateway {
             readiness: Readiness::default(),
             node_id: cfg.server.node_id.clone(),
             sticky_key,
+            resumption,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -290,6 +323,7 @@ impl Gateway {
             metrics: &self.metrics,
             cluster_limits: self.cluster_limits.as_ref(),
             secret: &self.sticky_key,
+            resumption: &self.resumption,
         };
         let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
@@ -374,11 +408,17 @@ impl GatewayHandle {
 
     /// The first TLS listener's bound address.
     pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addrs().into_iter().next()
+    }
+
+    /// Every TLS listener's bound address.
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.gw
             .listener_addrs()
             .into_iter()
-            .find(|(_, tls)| *tls)
+            .filter(|(_, tls)| *tls)
             .map(|(a, _)| a)
+            .collect()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -69,6 +69,10 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
+    /// The TLS handshake with the server failed (untrusted certificate, wrong
+    /// name, refused client certificate...): the reason is for the debug log.
+    #[error("upstream {0}: {1}")]
+    UpstreamTls(String, String),
     #[error("upstream {0} failed: {1}")]
     UpstreamFailed(String, String),
     #[error("upstream {0} did not accept the WebSocket handshake: {1}")]
@@ -124,6 +128,7 @@ impl ProxyError {
             ProxyError::Auth(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NoUpstream
             | ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTls(..)
             | ProxyError::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamHandshake(..) | ProxyError::UnexpectedUpgrade(_) => {
                 StatusCode::BAD_GATEWAY
@@ -151,6 +156,7 @@ impl ProxyError {
             ProxyError::NoUpstream
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamTls(..)
             | ProxyError::UpstreamFailed(..)
             | ProxyError::UpstreamHandshake(..)
             | ProxyError::UnexpectedUpgrade(_)
@@ -169,9 +175,9 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_) => Cow::Borrowed("upstream server unavailable"),
             ProxyError::UpstreamTimeout(_) => Cow::Borrowed("upstream server timed out"),
-            ProxyError::UpstreamFailed(..) | ProxyError::UnexpectedUpgrade(_) => {
-                Cow::Borrowed("upstream server failed")
-            }
+            ProxyError::UpstreamFailed(..)
+            | ProxyError::UpstreamTls(..)
+            | ProxyError::UnexpectedUpgrade(_) => Cow::Borrowed("upstream server failed"),
             ProxyError::UpstreamHandshake(_, why) => Cow::Owned(format!(
                 "upstream server did not accept the WebSocket handshake: {why}"
             )),

@@ -21,10 +21,10 @@ use http_body_util::BodyExt;
 
 use super::access_phase::Notes;
 use super::error::ProxyError;
-use super::headers::{rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
+use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
 use crate::access::{BytesIn, UpstreamServer};
 use crate::body::{Body, BoxError};
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, UpstreamProtocol};
 use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::upstream::conns::{Release, SendError};
@@ -67,7 +67,16 @@ pub async fn forward(
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?
         }
     };
+    // gRPC clients say `TE: trailers`; an HTTP/2 upstream may need to see it
+    // (the one TE value HTTP/2 allows), though TE is hop-by-hop.
+    let te_trailers = pool.cfg.protocol != UpstreamProtocol::H1
+        && has_token(&parts.headers, header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     set_forwarding(
         &mut parts.headers,
         ctx.forwarded_for(),
@@ -170,6 +179,7 @@ pub async fn forward(
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
                     SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
+                    SendError::Tls(e) => ProxyError::UpstreamTls(addr, e.to_string()),
                     e => ProxyError::UpstreamFailed(addr, root_cause(&e)),
                 };
                 (err, resendable)

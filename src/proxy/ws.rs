@@ -12,7 +12,6 @@ use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::net::TcpStream;
 
 use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
@@ -29,6 +28,7 @@ use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::shutdown::Shutdown;
+use crate::upstream::dial::{DialError, Purpose, UpStream};
 use crate::upstream::{Backend, BackendId, Pool};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -183,8 +183,8 @@ impl Tunnel<'_> {
             tried.push(choice.backend.id);
             // Counted from the start so least_conn sees handshakes in progress.
             let inflight = choice.backend.track();
-            let tcp = match connect(&pool.cfg, &choice.backend).await {
-                Ok(tcp) => tcp,
+            let stream = match connect(&choice.backend).await {
+                Ok(s) => s,
                 Err(e) => {
                     pool.report_failure(&choice.backend);
                     // Nothing reached the server: safe to try another.
@@ -203,7 +203,7 @@ impl Tunnel<'_> {
                 notes,
             };
             // Boxed: the handshake's state is only needed while it runs.
-            match Box::pin(up.handshake(tcp, &req, &hs)).await {
+            match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok((headers, stream, accept)) => {
                     pool.report_success(&choice.backend);
                     break (choice, inflight, headers, stream, accept);
@@ -276,17 +276,20 @@ impl Tunnel<'_> {
     }
 }
 
-/// Opens the TCP connection to `backend` within `connect_timeout`.
-async fn connect(cfg: &UpstreamConfig, backend: &Backend) -> Result<TcpStream, ProxyError> {
-    let addr = &*backend.addr;
-    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout(addr.to_string())),
-        Ok(Err(_)) => Err(ProxyError::UpstreamConnect(addr.to_string())),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
+/// Opens the connection to `backend` (TCP, then TLS for a `wss` upstream)
+/// within the pool's `connect_timeout`.
+async fn connect(backend: &Backend) -> Result<UpStream, ProxyError> {
+    let addr = || backend.addr.to_string();
+    backend
+        .conns
+        .dialer()
+        .dial(Purpose::WebSocket)
+        .await
+        .map_err(|e| match e {
+            DialError::Timeout => ProxyError::UpstreamTimeout(addr()),
+            DialError::Connect(_) => ProxyError::UpstreamConnect(addr()),
+            e => ProxyError::UpstreamTls(addr(), e.to_string()),
+        })
 }
 
 /// The upstream side of one tunnel attempt.
@@ -305,7 +308,7 @@ impl Upstream<'_> {
     /// also the client's).
     async fn handshake(
         &self,
-        tcp: TcpStream,
+        stream: UpStream,
         req: &Request<RequestBody>,
         hs: &Handshake,
     ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
@@ -323,7 +326,7 @@ impl Upstream<'_> {
         let addr = || self.backend.addr.to_string();
         match tokio::time::timeout(
             self.cfg.response_timeout,
-            ws_upstream::handshake(tcp, &head, &expected),
+            ws_upstream::handshake(stream, &head, &expected),
         )
         .await
         {

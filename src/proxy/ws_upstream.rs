@@ -1,5 +1,6 @@
 //! The gateway as the WebSocket client of an upstream server: writes the
-//! HTTP/1.1 upgrade request on a fresh TCP connection, reads the response head
+//! HTTP/1.1 upgrade request on a fresh connection (TCP, or TLS for a `wss`
+//! upstream), reads the response head
 //! (httparse, the parser under hyper) and requires a `101` with the right
 //! `Sec-WebSocket-Accept`. The stream comes back as it is, with any bytes the
 //! server sent after its head, for the splice.
@@ -15,7 +16,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+
+use crate::upstream::dial::UpStream;
 
 /// The largest response head accepted from an upstream (as hyper's default
 /// client limit is far larger, but a 101 carries a handful of headers).
@@ -68,23 +70,23 @@ pub fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
 /// `expected_accept`: the response headers and the stream, which replays what
 /// the server sent after its head before reading on.
 pub async fn handshake(
-    mut tcp: TcpStream,
+    mut stream: UpStream,
     head: &[u8],
     expected_accept: &str,
 ) -> Result<(HeaderMap, Rewind), UpstreamHandshakeError> {
     let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
-    tcp.write_all(head).await.map_err(io)?;
+    stream.write_all(head).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
     loop {
         if let Some((headers, len)) = parse_101(&buf, expected_accept)? {
             let rest = Bytes::copy_from_slice(&buf[len..]);
-            return Ok((headers, Rewind::new(rest, tcp)));
+            return Ok((headers, Rewind::new(rest, stream)));
         }
         if buf.len() >= MAX_HEAD {
             return Err(UpstreamHandshakeError::TooLarge);
         }
         buf.reserve(1024.min(MAX_HEAD - buf.len()));
-        if tcp.read_buf(&mut buf).await.map_err(io)? == 0 {
+        if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
             return Err(UpstreamHandshakeError::Closed);
         }
     }
@@ -130,11 +132,11 @@ pub fn parse_101(
 #[derive(Debug)]
 pub struct Rewind {
     pre: Bytes,
-    io: TcpStream,
+    io: UpStream,
 }
 
 impl Rewind {
-    pub fn new(pre: Bytes, io: TcpStream) -> Self {
+    pub fn new(pre: Bytes, io: UpStream) -> Self {
         Self { pre, io }
     }
 }
@@ -237,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_over_a_socket_replays_early_bytes_and_limits_the_head() {
-        use tokio::net::TcpListener;
+        use tokio::net::{TcpListener, TcpStream};
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -259,14 +261,14 @@ mod tests {
             big.resize(MAX_HEAD + 10, b'a');
             let _ = s2.write_all(&big).await;
         });
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = UpStream::Plain(TcpStream::connect(addr).await.unwrap());
         let (_, mut up) = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
             .await
             .unwrap();
         let mut first = [0u8; 4];
         up.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"\x81\x02hi");
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = UpStream::Plain(TcpStream::connect(addr).await.unwrap());
         let e = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
             .await
             .unwrap_err();

@@ -2,23 +2,84 @@
 //! only, ALPN `h2` + `http/1.1`, and a certificate chosen by SNI (exact names
 //! first, then the longest matching `*.wildcard`, else the listener's default),
 //! and, with `client_ca`, client certificates verified against that CA (mTLS).
+//! A certificate with `ocsp` staples that response until its `nextUpdate`
+//! passes (checked per handshake; the file is re-read on every reload).
+//! Sessions resume through tickets and a bounded session cache that every
+//! listener of the process shares ([`Resumption`], built once, kept across
+//! reloads so a reload does not invalidate clients' tickets).
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::ProducesTickets;
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 
-use crate::certs::{load_certified_key, CertError};
-use crate::config::{HostPattern, TlsConfig};
+use crate::certs::{load_certified_key, load_ocsp, CertError};
+use crate::config::{CertPaths, HostPattern, TlsConfig};
+
+/// One certificate, and the same with its stapled OCSP response while that
+/// is fresh.
+#[derive(Debug)]
+struct Entry {
+    plain: Arc<CertifiedKey>,
+    /// The leaf certificate's `notAfter` (for `wsgate_tls_cert_expiry_seconds`).
+    not_after: Option<SystemTime>,
+    /// With `ocsp` set, and its `nextUpdate` (`None`: it does not expire).
+    stapled: Option<(Arc<CertifiedKey>, Option<SystemTime>)>,
+}
+
+impl Entry {
+    fn load(paths: &CertPaths) -> Result<Self, CertError> {
+        let plain = load_certified_key(&paths.cert, &paths.key)?;
+        let not_after = plain.cert.first().and_then(crate::certs::not_after);
+        let Some(path) = &paths.ocsp else {
+            return Ok(Self {
+                plain,
+                not_after,
+                stapled: None,
+            });
+        };
+        let resp = load_ocsp(path)?;
+        if !resp.is_fresh(SystemTime::now()) {
+            tracing::warn!(ocsp = %path.display(), cert = %paths.cert.display(),
+                "OCSP response expired (past its nextUpdate): not stapled");
+            return Ok(Self {
+                plain,
+                not_after,
+                stapled: None,
+            });
+        }
+        let mut ck = (*plain).clone();
+        ck.ocsp = Some(resp.der);
+        Ok(Self {
+            stapled: Some((Arc::new(ck), resp.next_update)),
+            not_after,
+            plain,
+        })
+    }
+
+    /// The key to serve now: stapled until the response expires.
+    fn current(&self) -> Arc<CertifiedKey> {
+        match &self.stapled {
+            Some((ck, None)) => ck.clone(),
+            Some((ck, Some(until))) if SystemTime::now() < *until => ck.clone(),
+            _ => self.plain.clone(),
+        }
+    }
+}
 
 /// Picks a certificate by SNI.
 pub struct SniResolver {
-    default: Arc<CertifiedKey>,
-    exact: Vec<(String, Arc<CertifiedKey>)>,
+    default: Entry,
+    exact: Vec<(String, Entry)>,
     /// Sorted longest suffix first so the most specific wildcard wins.
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    wildcard: Vec<(String, Entry)>,
 }
 
 impl fmt::Debug for SniResolver {
@@ -32,11 +93,11 @@ impl fmt::Debug for SniResolver {
 
 impl SniResolver {
     pub fn load(cfg: &TlsConfig) -> Result<Self, CertError> {
-        let default = load_certified_key(&cfg.default.cert, &cfg.default.key)?;
+        let default = Entry::load(&cfg.default)?;
         let mut exact = Vec::new();
         let mut wildcard = Vec::new();
         for (host, paths) in &cfg.sni {
-            let ck = load_certified_key(&paths.cert, &paths.key)?;
+            let ck = Entry::load(paths)?;
             match host {
                 HostPattern::Exact(h) => exact.push((h.clone(), ck)),
                 HostPattern::Wildcard(s) => wildcard.push((s.clone(), ck)),
@@ -50,21 +111,37 @@ impl SniResolver {
         })
     }
 
+    /// Each certificate's `notAfter`, by the name it is served for
+    /// (`default`, an exact host, or `*.suffix`).
+    pub fn expiries(&self) -> Vec<(String, SystemTime)> {
+        let named = self.exact.iter().map(|(h, e)| (h.clone(), e));
+        let wild = self.wildcard.iter().map(|(s, e)| (format!("*{s}"), e));
+        std::iter::once(("default".to_string(), &self.default))
+            .chain(named)
+            .chain(wild)
+            .filter_map(|(h, e)| Some((h, e.not_after?)))
+            .collect()
+    }
+
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        self.entry(sni).current()
+    }
+
+    fn entry(&self, sni: Option<&str>) -> &Entry {
         let Some(name) = sni.map(|s| s.to_ascii_lowercase()) else {
-            return self.default.clone();
+            return &self.default;
         };
-        if let Some((_, ck)) = self.exact.iter().find(|(h, _)| *h == name) {
-            return ck.clone();
+        if let Some((_, e)) = self.exact.iter().find(|(h, _)| *h == name) {
+            return e;
         }
-        if let Some((_, ck)) = self
+        if let Some((_, e)) = self
             .wildcard
             .iter()
             .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
         {
-            return ck.clone();
+            return e;
         }
-        self.default.clone()
+        &self.default
     }
 }
 
@@ -74,9 +151,51 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// How many sessions the server-side cache holds (TLS 1.2 session ids, and
+/// TLS 1.3 when tickets are off), for all listeners together; the oldest go
+/// first. A few hundred bytes each.
+pub const SESSION_CACHE_SIZE: usize = 10_000;
+
+/// Session resumption state shared by every TLS listener of the process.
+pub struct Resumption {
+    /// rustls' aws-lc-rs `Ticketer`: AES-256 + HMAC-SHA256 ticket keys, a
+    /// new key every 6 hours (tickets under the previous one still resume).
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions + Send + Sync>,
+}
+
+impl fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resumption").finish_non_exhaustive()
+    }
+}
+
+impl Resumption {
+    /// Fails only when the system's random generator does.
+    pub fn new() -> Result<Self, rustls::Error> {
+        Ok(Self {
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            cache: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+        })
+    }
+}
+
+/// One TLS listener's rustls config, and when each of its certificates
+/// expires (name served for, `notAfter`).
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub expiries: Vec<(String, SystemTime)>,
+}
+
 /// Builds the rustls config for one TLS listener, loading every certificate.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, CertError> {
+/// `tickets`: `[server] tls_tickets` (the session cache is used either way).
+pub fn server_config(
+    cfg: &TlsConfig,
+    resumption: &Resumption,
+    tickets: bool,
+) -> Result<ListenerTls, CertError> {
     let resolver = SniResolver::load(cfg)?;
+    let expiries = resolver.expiries();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -87,7 +206,14 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, CertE
         .with_client_cert_verifier(client_verifier(cfg, provider.clone())?)
         .with_cert_resolver(Arc::new(resolver));
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(sc))
+    sc.session_storage = resumption.cache.clone();
+    if tickets {
+        sc.ticketer = resumption.ticketer.clone();
+    }
+    Ok(ListenerTls {
+        config: Arc::new(sc),
+        expiries,
+    })
 }
 
 /// mTLS: verifies client certificates against `client_ca` (rustls'
@@ -113,4 +239,36 @@ fn client_verifier(
         builder.allow_unauthenticated()
     };
     builder.build().map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(until: Option<SystemTime>) -> Entry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) =
+            crate::certs::write_dev_cert(dir.path(), &["localhost".into()]).expect("cert");
+        let plain = load_certified_key(&cert, &key).expect("key");
+        let mut ck = (*plain).clone();
+        ck.ocsp = Some(vec![1, 2, 3]);
+        Entry {
+            plain,
+            not_after: None,
+            stapled: Some((Arc::new(ck), until)),
+        }
+    }
+
+    #[test]
+    fn a_response_is_stapled_until_its_next_update() {
+        let now = SystemTime::now();
+        assert!(entry(None).current().ocsp.is_some());
+        let fresh = entry(Some(now + Duration::from_secs(60)));
+        assert_eq!(fresh.current().ocsp.as_deref(), Some(&[1u8, 2, 3][..]));
+        // Past nextUpdate: the same certificate without the response.
+        let stale = entry(Some(now - Duration::from_secs(1)));
+        assert!(stale.current().ocsp.is_none());
+        assert_eq!(stale.current().cert, stale.plain.cert);
+    }
 }

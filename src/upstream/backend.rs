@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::balance::{stable_hash, Load};
 use super::conns::ConnPool;
+use super::dial::Dialer;
 use super::health::Health;
+use super::tls::UpstreamTls;
 use crate::metrics::StatusCounters;
 
 /// A server's identity, derived from its address (never its position in the
@@ -59,10 +61,14 @@ impl Drop for InflightGuard {
 impl Backend {
     /// The server at `addr`. `previous` is the same server (same id) in the pool
     /// being replaced, whose load and health carry on.
+    /// `tls`: the pool's TLS client side, when its servers speak TLS; `h2`:
+    /// proxied requests go over HTTP/2 (`h2` or `h2c`).
     pub fn new(
         addr: &str,
         weight: u32,
         connect_timeout: Duration,
+        tls: Option<Arc<UpstreamTls>>,
+        h2: bool,
         previous: Option<&Backend>,
     ) -> Self {
         let addr: Arc<str> = Arc::from(addr);
@@ -70,7 +76,7 @@ impl Backend {
             id: BackendId::of(&addr),
             weight,
             state: previous.map(|b| b.state.clone()).unwrap_or_default(),
-            conns: ConnPool::new(addr.clone(), connect_timeout),
+            conns: ConnPool::new(Dialer::new(addr.clone(), connect_timeout, tls).with_h2(h2)),
             requests: StatusCounters::default(),
             addr,
         }

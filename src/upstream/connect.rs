@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use super::dial::UpStream;
 
 /// Shared between a connection and the errors of requests sent over it.
 #[derive(Debug, Clone, Default)]
@@ -30,15 +31,15 @@ impl ExchangeWatch {
     }
 }
 
-/// A TCP stream that keeps its connection's [`ExchangeWatch`] up to date.
+/// A connection (plain or TLS) that keeps its connection's [`ExchangeWatch`] up to date.
 #[derive(Debug)]
 pub struct Watched {
-    inner: TcpStream,
+    inner: UpStream,
     watch: ExchangeWatch,
 }
 
 impl Watched {
-    pub fn new(inner: TcpStream, watch: ExchangeWatch) -> Self {
+    pub fn new(inner: UpStream, watch: ExchangeWatch) -> Self {
         Self { inner, watch }
     }
 }

@@ -1,4 +1,6 @@
-//! Keep-alive HTTP/1.1 connections to one upstream server, for the HTTP proxy.
+//! Keep-alive HTTP/1.1 connections (plain or TLS) to one upstream server, for
+//! the HTTP proxy and the active health checks; for an HTTP/2 pool, the
+//! server's one multiplexed connection (`h2`) instead.
 //!
 //! Each connection is a hyper `SendRequest` whose connection task runs on its
 //! own. Idle ones wait on a stack (the most recently used is reused first: it is
@@ -16,15 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::connect::{ExchangeWatch, Watched};
+use super::dial::{DialError, Dialer, Purpose};
+use super::h2::{H2Conn, H2Failure};
+use crate::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, TrySendError};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use super::connect::{ExchangeWatch, Watched};
-use crate::body::Body;
 
 /// An idle connection is closed after this long unused (as nginx's
 /// `keepalive_timeout` for upstreams, and hyper-util's pool before).
@@ -42,7 +44,10 @@ pub enum SendError {
     Connect(#[source] io::Error),
     #[error("connect timed out")]
     ConnectTimeout,
-    #[error("HTTP/1.1 handshake failed: {0}")]
+    /// The TLS handshake failed (certificate not trusted, name mismatch, ...).
+    #[error("{0}")]
+    Tls(#[source] DialError),
+    #[error("HTTP handshake failed: {0}")]
     Handshake(#[source] hyper::Error),
     /// The exchange failed after the request was handed to the connection.
     #[error("{source}")]
@@ -55,11 +60,24 @@ pub enum SendError {
     },
 }
 
+impl From<DialError> for SendError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Timeout => SendError::ConnectTimeout,
+            DialError::Connect(e) => SendError::Connect(e),
+            e => SendError::Tls(e),
+        }
+    }
+}
+
 impl SendError {
     /// Did nothing of a response arrive, so the request may go to another server?
     pub fn nothing_received(&self) -> bool {
         match self {
-            SendError::Connect(_) | SendError::ConnectTimeout | SendError::Handshake(_) => true,
+            SendError::Connect(_)
+            | SendError::ConnectTimeout
+            | SendError::Tls(_)
+            | SendError::Handshake(_) => true,
             SendError::Exchange {
                 response_started, ..
             } => !response_started,
@@ -80,8 +98,10 @@ struct Idle {
 
 /// The idle connections to one server.
 pub struct ConnPool {
-    addr: Arc<str>,
-    connect_timeout: Duration,
+    dialer: Dialer,
+    /// HTTP/2 pools: the one multiplexed connection (the idle stack stays
+    /// empty).
+    h2: Option<H2Conn>,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Vec<Idle>>,
@@ -91,31 +111,33 @@ pub struct ConnPool {
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnPool")
-            .field("addr", &self.addr)
+            .field("addr", self.dialer.addr())
+            .field("tls", &self.dialer.is_tls())
             .field("idle", &self.idle_count())
             .finish()
     }
 }
 
 impl ConnPool {
-    pub fn new(addr: Arc<str>, connect_timeout: Duration) -> Arc<Self> {
-        Self::with_limits(addr, connect_timeout, IDLE_TIMEOUT, MAX_IDLE)
+    pub fn new(dialer: Dialer) -> Arc<Self> {
+        Self::with_limits(dialer, IDLE_TIMEOUT, MAX_IDLE)
     }
 
-    fn with_limits(
-        addr: Arc<str>,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<Self> {
+    fn with_limits(dialer: Dialer, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
         Arc::new(Self {
-            addr,
-            connect_timeout,
+            h2: dialer.is_h2().then(H2Conn::default),
+            dialer,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
             reaper_started: AtomicBool::new(false),
         })
+    }
+
+    /// How this server is reached (the WebSocket tunnel opens its own
+    /// connections with it).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     pub fn idle_count(&self) -> usize {
@@ -132,9 +154,24 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, SendError> {
-        // New connections (the pool's cold path) and the retry on a fresh
-        // one are boxed: their futures would otherwise make every request's
-        // future larger, and it is copied on its way into hyper.
+        // HTTP/2 upstreams (their own path), new HTTP/1.1 connections (the
+        // pool's cold path) and the retry on a fresh one are boxed: their
+        // futures would otherwise make every request's future larger, and it
+        // is copied on its way into hyper.
+        if let Some(h2) = &self.h2 {
+            let resp = Box::pin(h2.send(&self.dialer, req))
+                .await
+                .map_err(|f| match f {
+                    H2Failure::Dial(e) => SendError::from(e),
+                    H2Failure::Handshake(e) => SendError::Handshake(e),
+                    H2Failure::Exchange(source) => SendError::Exchange {
+                        source,
+                        response_started: true,
+                    },
+                })?;
+            // Nothing to give back: the connection is shared, not checked out.
+            return Ok(resp.map(|body| Release { body, home: None }));
+        }
         let (mut conn, reused) = match self.take_idle().await {
             Some(c) => (c, true),
             None => (Box::pin(self.connect()).await?, false),
@@ -193,21 +230,14 @@ impl ConnPool {
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
-            .await
-        {
-            Err(_) => return Err(SendError::ConnectTimeout),
-            Ok(Err(e)) => return Err(SendError::Connect(e)),
-            Ok(Ok(s)) => s,
-        };
-        let _ = tcp.set_nodelay(true);
+        let stream = self.dialer.dial(Purpose::Http).await?;
         let watch = ExchangeWatch::default();
-        let io = TokioIo::new(Watched::new(tcp, watch.clone()));
+        let io = TokioIo::new(Watched::new(stream, watch.clone()));
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
-        let addr = self.addr.clone();
+        let addr = self.dialer.addr().clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(server = %addr, error = %e, "upstream connection ended with error");

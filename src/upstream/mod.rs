@@ -9,19 +9,24 @@
 //!                        balance (round_robin | least_conn | random) ─┘
 //! ```
 //!
-//! Files depend on each other one way only: `balance`, `health` and `connect`
-//! are leaves; `conns` uses `connect`; `backend` (one server) uses `balance`,
-//! `health` and `conns`; `sticky` uses `backend`; `pool` uses all of those;
-//! `probe` (active checks) uses `pool`.
+//! Files depend on each other one way only: `balance`, `health` and `tls` are
+//! leaves; `dial` (TCP, then TLS when the pool has it) uses `tls`; `connect`
+//! uses `dial`; `h2` (one multiplexed HTTP/2 connection) uses `dial`; `conns`
+//! uses `connect`, `dial` and `h2`; `backend` (one server) uses
+//! `balance`, `health`, `conns` and `dial`; `sticky` uses `backend`; `pool` uses
+//! all of those; `probe` (active checks) uses `pool`.
 
 pub mod backend;
 pub mod balance;
 pub mod connect;
 pub mod conns;
+pub mod dial;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod probe;
 pub mod sticky;
+pub mod tls;
 
 pub use backend::{Backend, BackendId, InflightGuard};
 pub use pool::{Affinity, Choice, Pool};

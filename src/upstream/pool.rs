@@ -19,7 +19,8 @@ use super::backend::{Backend, BackendId};
 use super::balance::{least_conn, rendezvous, two_choices, SmoothWrr};
 use super::health::{Source, Transition};
 use super::sticky::{self, SealKey, Token};
-use crate::config::{Balance, Sticky, UpstreamConfig};
+use super::tls::{UpstreamTls, UpstreamTlsError};
+use crate::config::{Balance, Sticky, UpstreamConfig, UpstreamProtocol};
 
 /// What a request carries that may pin it to a server.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +67,20 @@ impl Pool {
     /// Builds a pool. `previous` lets a reload keep health state and in-flight
     /// counts for servers that stay (matched by id, so by address). `secret`
     /// (`[server] secret`) is what this pool's sticky-cookie key is derived from.
-    pub fn new(cfg: UpstreamConfig, previous: Option<&Pool>, secret: &[u8; 32]) -> Self {
+    ///
+    /// With `tls`, the trust roots and client certificate are read now
+    /// (on every reload too); that is what can fail.
+    pub fn new(
+        cfg: UpstreamConfig,
+        previous: Option<&Pool>,
+        secret: &[u8; 32],
+    ) -> Result<Self, UpstreamTlsError> {
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| UpstreamTls::build(t, cfg.protocol == UpstreamProtocol::H2))
+            .transpose()?
+            .map(Arc::new);
         let backends: Vec<Arc<Backend>> = cfg
             .servers
             .iter()
@@ -76,18 +90,20 @@ impl Pool {
                     &s.addr,
                     s.weight,
                     cfg.connect_timeout,
+                    tls.clone(),
+                    cfg.protocol != UpstreamProtocol::H1,
                     old.as_deref(),
                 ))
             })
             .collect();
         let weights = backends.iter().map(|b| b.weight).collect();
-        Self {
+        Ok(Self {
             wrr: SmoothWrr::new(backends.len()),
             weights,
             backends,
             seal: SealKey::derive(secret, &cfg.name),
             cfg,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

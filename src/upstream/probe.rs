@@ -1,32 +1,25 @@
 //! Active health checks: a background task per pool with `[upstream.X.health]`
 //! that probes every server (`GET path`) each `interval` and feeds the verdicts
 //! to each server's [`Health`](super::health::Health) record, logging the
-//! transitions through the pool.
+//! transitions through the pool. Probes go over each server's own keep-alive
+//! connections (`conns`), so a TLS upstream is checked over TLS, with the
+//! certificate verified exactly as for traffic.
 
 use std::sync::Arc;
 
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{header, HeaderValue, Request};
+use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
+use super::backend::Backend;
 use super::pool::Pool;
 use crate::config::HealthConfig;
-
-type ProbeClient = Client<HttpConnector, Empty<bytes::Bytes>>;
 
 /// Runs the active health check of `pool` until `stop` is cancelled. The first
 /// round starts at once; servers are probed concurrently so one slow server does
 /// not delay the verdict on the others.
 pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: CancellationToken) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    connector.set_nodelay(true);
-    let client: ProbeClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1)
-        .build(connector);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,9 +28,8 @@ pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: Cancell
             _ = tick.tick() => {}
         }
         let round = join_all(pool.backends().iter().map(|b| {
-            let client = &client;
             let cfg = &cfg;
-            async move { (b, probe(client, &b.addr, cfg).await) }
+            async move { (b, probe(b, cfg).await) }
         }));
         let results = tokio::select! {
             _ = stop.cancelled() => return,
@@ -51,15 +43,28 @@ pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: Cancell
     }
 }
 
-/// One probe: `GET path`, passing on 2xx/3xx within `timeout`.
-async fn probe(client: &ProbeClient, addr: &str, cfg: &HealthConfig) -> bool {
-    let Ok(uri) = format!("http://{addr}{}", cfg.path).parse::<http::Uri>() else {
+/// One probe: `GET path` (`Host` the server's address), passing on 2xx/3xx
+/// within `timeout`, connecting (and the TLS handshake) included.
+async fn probe(b: &Backend, cfg: &HealthConfig) -> bool {
+    let Ok(host) = HeaderValue::from_str(&b.addr) else {
+        return false;
+    };
+    let Ok(req) = Request::get(cfg.path.as_str())
+        .header(header::HOST, host)
+        .body(crate::body::empty())
+    else {
         return false;
     };
     let check = async {
-        let resp = client.get(uri).await.ok()?;
+        let resp = match b.conns.send(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(server = %b.addr, error = %e, "health probe failed");
+                return None;
+            }
+        };
         let status = resp.status();
-        // Drain so the pooled connection can be reused by the next probe.
+        // Read to the end so the connection goes back to the pool.
         let _ = resp.into_body().collect().await;
         Some(status.is_success() || status.is_redirection())
     };

@@ -9,16 +9,24 @@
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
 //! - [`h2`]: a raw HTTP/2 client (streams, resets, pings).
+//! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
+//! - [`h2_upstream`]: an HTTP/2-only upstream that answers with trailers, like gRPC.
+//! - [`grpc`]: a real gRPC server and client (tonic, raw-bytes messages).
+//! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
 //! - [`chat`]: the chat app's WebSocket and SSE clients.
 //! - [`redis`]: a `redis-server` child for cluster tests.
 #![allow(dead_code, clippy::result_large_err)]
 
 pub mod cfg;
 pub mod chat;
+pub mod grpc;
 pub mod h2;
+pub mod h2_upstream;
+pub mod openssl;
 pub mod raw;
 pub mod redis;
 pub mod tls;
+pub mod tls_upstream;
 pub mod upstreams;
 
 use std::fmt::Display;

@@ -743,7 +743,7 @@ fn consistent_hash_moves_about_a_quarter_of_keys_when_a_fourth_server_joins() {
             .set("upstream.api.sticky", "header:X-User-Id")
             .build();
         let cfg = wsgate::config::parse(std::path::Path::new("test.toml"), &text).expect("config");
-        Pool::new(cfg.upstreams["api"].clone(), None, &[0; 32])
+        Pool::new(cfg.upstreams["api"].clone(), None, &[0; 32]).expect("pool")
     };
     let (three, four) = (pool(3), pool(4));
     let place = |p: &Pool, k: &[u8]| {

@@ -192,9 +192,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-/// TLS 1.3 client, no session resumption (every connection a full handshake),
-/// ALPN http/1.1 so the gateway does not pick h2.
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// TLS handshakes that resumed a session (S5 `wss-resume` reports them, so a
+/// run shows resumption really happened).
+static RESUMED: AtomicU64 = AtomicU64::new(0);
+
+/// TLS 1.3 client, ALPN http/1.1 so the gateway does not pick h2. Without
+/// `resume` every connection is a full handshake; with it (`--resume 1`) the
+/// client keeps its tickets and resumes (S5 `wss-resume`).
+fn tls_connector(resume: bool) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -202,7 +207,9 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
-    cfg.resumption = rustls::client::Resumption::disabled();
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
@@ -216,7 +223,8 @@ struct Client {
 impl Client {
     fn new(opts: &Opts) -> io::Result<Arc<Client>> {
         let target = parse_url(&opts.str("url", "ws://127.0.0.1:8080/echo"))?;
-        let tls = target.tls.then(tls_connector);
+        let resume = opts.str("resume", "0") == "1";
+        let tls = target.tls.then(|| tls_connector(resume));
         Ok(Arc::new(Client {
             target,
             tls,
@@ -236,7 +244,11 @@ impl Client {
         let mut io: Box<dyn Io> = match &self.tls {
             Some(c) => {
                 let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-                Box::new(c.connect(name, tcp).await?)
+                let s = c.connect(name, tcp).await?;
+                if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    RESUMED.fetch_add(1, Ordering::Relaxed);
+                }
+                Box::new(s)
             }
             None => Box::new(tcp),
         };
@@ -616,8 +628,9 @@ async fn run_connrate(opts: &Opts) -> io::Result<()> {
     let errors = errors.load(Ordering::Relaxed);
     let cpu = (cpu_us(&pid) - cpu0) as f64 / ok.max(1) as f64;
     println!(
-        "{{\"mode\":\"connrate\",\"tls\":{},\"conns\":{ok},\"conns_per_s\":{:.0},\"cpu_us\":{cpu:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
+        "{{\"mode\":\"connrate\",\"tls\":{},\"conns\":{ok},\"resumed\":{},\"conns_per_s\":{:.0},\"cpu_us\":{cpu:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
         client.target.tls,
+        RESUMED.load(Ordering::Relaxed),
         ok as f64 / duration.as_secs_f64(),
         us(&hist, 0.5),
         us(&hist, 0.99)

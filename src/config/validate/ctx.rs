@@ -152,12 +152,25 @@ impl Ctx<'_> {
     /// reported at the value naming the file at fault (the certificate's when
     /// they do not match).
     pub(super) fn cert_pair(&mut self, cert: &SStr, key: &SStr, k: &str) -> CertPaths {
-        let cert_path = self.readable_file(cert, &format!("{k}.cert"));
-        let key_path = self.readable_file(key, &format!("{k}.key"));
+        self.cert_pair_named(cert, key, &format!("{k}.cert"), &format!("{k}.key"))
+    }
+
+    /// [`Ctx::cert_pair`] for keys not named `cert`/`key` (`kc`, `kk`: the
+    /// full key paths of the certificate and the private key).
+    pub(super) fn cert_pair_named(
+        &mut self,
+        cert: &SStr,
+        key: &SStr,
+        kc: &str,
+        kk: &str,
+    ) -> CertPaths {
+        let cert_path = self.readable_file(cert, kc);
+        let key_path = self.readable_file(key, kk);
         let (Some(cert_path), Some(key_path)) = (cert_path, key_path) else {
             return CertPaths {
                 cert: PathBuf::from(cert.get_ref()),
                 key: PathBuf::from(key.get_ref()),
+                ocsp: None,
             };
         };
         match crate::certs::load_certified_key(&cert_path, &key_path) {
@@ -165,31 +178,60 @@ impl Ctx<'_> {
             Err(CertError::Cert { reason, .. }) => self.at(
                 cert.span(),
                 format!(
-                    "{k}.cert: {:?} is not a usable certificate: {reason}",
+                    "{kc}: {:?} is not a usable certificate: {reason}",
                     cert.get_ref()
                 ),
             ),
             Err(CertError::Key { reason, .. }) => self.at(
                 key.span(),
                 format!(
-                    "{k}.key: {:?} is not a usable private key: {reason}",
+                    "{kk}: {:?} is not a usable private key: {reason}",
                     key.get_ref()
                 ),
             ),
             Err(CertError::Mismatch { reason, .. }) => self.at(
                 cert.span(),
                 format!(
-                    "{k}.cert: {:?} does not belong to the key {:?} ({k}.key): {reason}",
+                    "{kc}: {:?} does not belong to the key {:?} ({kk}): {reason}",
                     cert.get_ref(),
                     key.get_ref()
                 ),
             ),
-            Err(other) => self.at(cert.span(), format!("{k}.cert: {other}")),
+            Err(other) => self.at(cert.span(), format!("{kc}: {other}")),
         }
         CertPaths {
             cert: cert_path,
             key: key_path,
+            ocsp: None,
         }
+    }
+
+    /// `{k}.ocsp`: a readable DER OCSP response that can be stapled. One
+    /// already expired is only a warning: the gateway starts without
+    /// stapling it, and a reload picks up the renewed file.
+    pub(super) fn ocsp_file(&mut self, v: &Option<SStr>, k: &str) -> Option<PathBuf> {
+        let v = v.as_ref()?;
+        let key = format!("{k}.ocsp");
+        let path = self.readable_file(v, &key)?;
+        match crate::certs::load_ocsp(&path) {
+            Ok(r) if !r.is_fresh(std::time::SystemTime::now()) => self.warn_at(
+                v.span(),
+                format_args!(
+                    "{key}: {:?} has expired (past its nextUpdate): it is not stapled until renewed",
+                    v.get_ref()
+                ),
+            ),
+            Ok(_) => {}
+            Err(CertError::Ocsp { reason, .. }) => {
+                self.at(v.span(), format!("{key}: {:?}: {reason}", v.get_ref()));
+                return None;
+            }
+            Err(e) => {
+                self.at(v.span(), format!("{key}: {e}"));
+                return None;
+            }
+        }
+        Some(path)
     }
 
     /// With [`Checks::bind`], tries to listen on `addr` (then lets it go) so

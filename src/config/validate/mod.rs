@@ -26,6 +26,7 @@ const MAX_BUFFERED: u64 = 1 << 40;
 
 pub(super) mod ctx;
 mod routes;
+mod upstream_tls;
 mod upstreams;
 
 pub(super) use self::ctx::Ctx;
@@ -177,6 +178,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             "server.tls_handshake_timeout",
             Duration::from_secs(10),
         ),
+        tls_tickets: s.tls_tickets.unwrap_or(true),
         shutdown_grace: cx.duration(
             &s.shutdown_grace,
             "server.shutdown_grace",
@@ -271,14 +273,16 @@ fn listeners(
             cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
         }
         let tls = l.tls.as_ref().map(|t| {
-            let default = cx.cert_pair(&t.cert, &t.key, &format!("{key}.tls"));
+            let mut default = cx.cert_pair(&t.cert, &t.key, &format!("{key}.tls"));
+            default.ocsp = cx.ocsp_file(&t.ocsp, &format!("{key}.tls"));
             let sni = t
                 .sni
                 .iter()
                 .enumerate()
                 .filter_map(|(j, s)| {
                     let k = format!("{key}.tls.sni[{j}]");
-                    let paths = cx.cert_pair(&s.cert, &s.key, &k);
+                    let mut paths = cx.cert_pair(&s.cert, &s.key, &k);
+                    paths.ocsp = cx.ocsp_file(&s.ocsp, &k);
                     match HostPattern::parse(s.host.get_ref()) {
                         Ok(h) => Some((h, paths)),
                         Err(e) => {

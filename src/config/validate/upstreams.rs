@@ -8,6 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::ctx::Ctx;
+use super::upstream_tls::{protocol, split_scheme, upstream_tls, Schemes};
 use crate::config::file::*;
 use crate::config::*;
 
@@ -24,7 +25,9 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     let span = u.span();
     let u = u.get_ref();
     let k = |s: &str| format!("upstream.{name}.{s}");
-    let servers = servers(cx, name, &u.servers);
+    let (servers, schemes) = servers(cx, name, &u.servers);
+    let tls = upstream_tls(cx, name, u, &schemes);
+    let protocol = protocol(cx, name, u, tls.is_some());
     if servers.is_empty() && u.servers.get_ref().is_empty() {
         cx.at(
             span,
@@ -117,12 +120,20 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
             name,
             u.ws_inspect.unwrap_or(false),
         ),
+        tls,
+        protocol,
     }
 }
 
-fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Vec<ServerEntry> {
+/// The servers, and what each entry's scheme said about TLS (with its position).
+fn servers(
+    cx: &mut Ctx,
+    name: &str,
+    list: &Spanned<Vec<ServerEntryFile>>,
+) -> (Vec<ServerEntry>, Schemes) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let mut schemes = Vec::new();
     for (i, s) in list.get_ref().iter().enumerate() {
         let key = format!("upstream.{name}.servers[{i}]");
         let (addr, weight) = match s {
@@ -132,29 +143,37 @@ fn servers(cx: &mut Ctx, name: &str, list: &Spanned<Vec<ServerEntryFile>>) -> Ve
                 cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32,
             ),
         };
-        if !valid_host_port(addr.get_ref()) {
+        let (host_port, scheme) = match split_scheme(addr.get_ref()) {
+            Ok(v) => v,
+            Err(why) => {
+                cx.at(addr.span(), format!("{key}: {:?}: {why}", addr.get_ref()));
+                continue;
+            }
+        };
+        if !valid_host_port(&host_port) {
             cx.at(
                 addr.span(),
                 format!(
-                    "{key}: {:?} is not host:port (e.g. \"127.0.0.1:3000\")",
+                    "{key}: {:?} is not host:port or https://host:port (e.g. \"127.0.0.1:3000\")",
                     addr.get_ref()
                 ),
             );
             continue;
         }
-        if !seen.insert(addr.get_ref().clone()) {
+        if !seen.insert(host_port.clone()) {
             cx.at(
                 addr.span(),
-                format!("{key}: server {} listed twice", addr.get_ref()),
+                format!("{key}: server {host_port} listed twice"),
             );
             continue;
         }
+        schemes.push((scheme, addr.span()));
         out.push(ServerEntry {
-            addr: addr.get_ref().clone(),
+            addr: host_port,
             weight,
         });
     }
-    out
+    (out, schemes)
 }
 
 fn valid_host_port(s: &str) -> bool {

@@ -6,6 +6,10 @@ use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+fn dialer(addr: String) -> Dialer {
+    Dialer::new(addr.into(), Duration::from_secs(1), None)
+}
+
 /// How a test server answers each request on a connection.
 #[derive(Clone, Copy)]
 enum Answer {
@@ -102,7 +106,7 @@ async fn eventually(mut f: impl FnMut() -> bool) -> bool {
 #[tokio::test]
 async fn sequential_requests_share_one_connection() {
     let (addr, accepted) = server(Answer::KeepAlive).await;
-    let pool = ConnPool::new(addr.into(), Duration::from_secs(1));
+    let pool = ConnPool::new(dialer(addr));
     for _ in 0..5 {
         assert_eq!(read_all(&pool, "hi").await, "ok");
     }
@@ -113,7 +117,7 @@ async fn sequential_requests_share_one_connection() {
 #[tokio::test]
 async fn a_body_not_read_to_its_end_closes_its_connection() {
     let (addr, accepted) = server(Answer::Large).await;
-    let pool = ConnPool::new(addr.into(), Duration::from_secs(1));
+    let pool = ConnPool::new(dialer(addr));
     let resp = pool.send(request("")).await.unwrap();
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap();
@@ -129,7 +133,7 @@ async fn a_body_not_read_to_its_end_closes_its_connection() {
 #[tokio::test]
 async fn a_connection_the_server_closed_while_idle_is_replaced() {
     let (addr, accepted) = server(Answer::ThenClose).await;
-    let pool = ConnPool::new(addr.into(), Duration::from_secs(1));
+    let pool = ConnPool::new(dialer(addr));
     assert_eq!(read_all(&pool, "one").await, "ok");
     // Once its task has seen the close, the idle connection is skipped and
     // a POST with a body goes out on a new one as if nothing happened.
@@ -141,12 +145,7 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
 #[tokio::test]
 async fn idle_connections_close_after_the_idle_timeout() {
     let (addr, _) = server(Answer::KeepAlive).await;
-    let pool = ConnPool::with_limits(
-        addr.into(),
-        Duration::from_secs(1),
-        Duration::from_millis(100),
-        8,
-    );
+    let pool = ConnPool::with_limits(dialer(addr), Duration::from_millis(100), 8);
     assert_eq!(read_all(&pool, "").await, "ok");
     assert_eq!(pool.idle_count(), 1);
     assert!(eventually(|| pool.idle_count() == 0).await);
@@ -155,7 +154,7 @@ async fn idle_connections_close_after_the_idle_timeout() {
 #[tokio::test]
 async fn no_more_than_max_idle_connections_are_kept() {
     let (addr, accepted) = server(Answer::KeepAlive).await;
-    let pool = ConnPool::with_limits(addr.into(), Duration::from_secs(1), IDLE_TIMEOUT, 1);
+    let pool = ConnPool::with_limits(dialer(addr), IDLE_TIMEOUT, 1);
     let (a, b) = tokio::join!(pool.send(request("a")), pool.send(request("b")));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -169,7 +168,7 @@ async fn connect_errors_are_safe_to_retry() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
-    let pool = ConnPool::new(addr.into(), Duration::from_secs(1));
+    let pool = ConnPool::new(dialer(addr));
     let e = pool.send(request("")).await.unwrap_err();
     assert!(matches!(e, SendError::Connect(_)), "{e:?}");
     assert!(e.nothing_received());

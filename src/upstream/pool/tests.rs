@@ -33,6 +33,8 @@ fn cfg(servers: &[(&str, u32)], balance: Balance, sticky: Sticky) -> UpstreamCon
         ws_max_message_size: 1 << 20,
         ws_ping_interval: Duration::ZERO,
         ws_message_rate: None,
+        tls: None,
+        protocol: Default::default(),
     }
 }
 
@@ -44,7 +46,7 @@ fn addrs(n: usize) -> Vec<(String, u32)> {
 
 fn pool_of(servers: &[(String, u32)], balance: Balance, sticky: Sticky) -> Pool {
     let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
-    Pool::new(cfg(&s, balance, sticky), None, &SECRET)
+    Pool::new(cfg(&s, balance, sticky), None, &SECRET).expect("pool")
 }
 
 fn pick(p: &Pool, key: &[u8]) -> String {
@@ -255,7 +257,7 @@ fn every_transition_is_logged_with_upstream_server_state_and_source() {
         healthy: 1,
         unhealthy: 1,
     };
-    let p = Pool::new(c, None, &SECRET);
+    let p = Pool::new(c, None, &SECRET).expect("pool");
     let b = p.backends()[0].clone();
     let down = logs_of(|| p.report_failure(&b));
     assert!(
@@ -321,7 +323,8 @@ fn reload_keeps_state_of_servers_that_stay() {
         cfg(&s, Balance::RoundRobin, Sticky::None),
         Some(&p),
         &SECRET,
-    );
+    )
+    .expect("pool");
     let same = q.backend(b.id).unwrap();
     assert_eq!(same.weight, 5);
     assert_eq!(same.inflight(), 1);

@@ -1,5 +1,8 @@
 //! Certificates on disk: loading PEM chains and keys (PKCS#8, PKCS#1, SEC1) into
-//! rustls form, and writing self-signed development certificates (`gen-cert`).
+//! rustls form, stapled OCSP responses ([`ocsp`]), and writing self-signed
+//! development certificates (`gen-cert`).
+
+pub mod ocsp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +24,8 @@ pub enum CertError {
         key: PathBuf,
         reason: String,
     },
+    #[error("cannot use OCSP response {path}: {reason}")]
+    Ocsp { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -34,6 +39,19 @@ pub enum CertError {
 /// the errors are short sentences for operators (`check` prints them after the
 /// config position of the file at fault), never library debug output.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
+    load_pair(cert, key).map(|(ck, _)| Arc::new(ck))
+}
+
+/// [`load_certified_key`], also returning the private key as read: a rustls
+/// client config (mTLS to upstreams) takes the chain and the key itself.
+pub fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    load_pair(cert, key).map(|(ck, der)| (ck.cert, der))
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'static>), CertError> {
     let cert_err = |reason: String| CertError::Cert {
         path: cert.into(),
         reason,
@@ -72,7 +90,57 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             _ => "cannot tell whether the certificate's public key is the private key's".into(),
         },
     })?;
-    Ok(Arc::new(ck))
+    Ok((ck, der))
+}
+
+/// When the certificate stops being valid (its `notAfter`), read from the DER
+/// with yasna like the OCSP responses (`wsgate_tls_cert_expiry_seconds`).
+/// `None` for DER that is not an X.509 certificate.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    use yasna::tags::TAG_UTCTIME;
+    use yasna::Tag;
+    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { version [0] OPTIONAL,
+    //     serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... },
+    //     signatureAlgorithm, signatureValue }
+    let secs = yasna::parse_der(cert.as_ref(), |r| {
+        r.read_sequence(|r| {
+            let secs = r.next().read_sequence(|r| {
+                r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                r.next().read_der()?; // serialNumber
+                r.next().read_der()?; // signature
+                r.next().read_der()?; // issuer
+                let secs = r.next().read_sequence(|r| {
+                    r.next().read_der()?; // notBefore
+                    let t = r.next();
+                    if t.lookahead_tag()? == TAG_UTCTIME {
+                        Ok(t.read_utctime()?.datetime().unix_timestamp())
+                    } else {
+                        Ok(t.read_generalized_time()?.datetime().unix_timestamp())
+                    }
+                })?;
+                // subject, subjectPublicKeyInfo, unique ids, extensions.
+                while r.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(secs)
+            })?;
+            r.next().read_der()?;
+            r.next().read_der()?;
+            Ok(secs)
+        })
+    })
+    .ok()?;
+    let secs = u64::try_from(secs).unwrap_or(0);
+    Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Reads a DER OCSP response file (`[listener.tls] ocsp`) and checks it is
+/// one that can be stapled; whether it is still fresh is the caller's call.
+pub fn load_ocsp(path: &Path) -> Result<ocsp::OcspResponse, CertError> {
+    let bad = |reason: String| CertError::Ocsp {
+        path: path.into(),
+        reason,
+    };
+    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    ocsp::OcspResponse::parse(der).map_err(|e| bad(e.to_string()))
 }
 
 /// An operator's sentence for a PEM reading error (`what`: the block wanted).
@@ -137,4 +205,32 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    fn cert_until(not_after: Option<(i32, u8, u8)>) -> rustls_pki_types::CertificateDer<'static> {
+        let mut p = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        if let Some((y, m, d)) = not_after {
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn not_after_reads_utc_and_generalized_times() {
+        // 2030-01-02: UTCTime.
+        let t = super::not_after(&cert_until(Some((2030, 1, 2)))).unwrap();
+        assert_eq!(
+            t,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_542_400)
+        );
+        // rcgen's default, 4096-01-01: GeneralizedTime (after 2049).
+        let t = super::not_after(&cert_until(None)).unwrap();
+        assert!(t > SystemTime::UNIX_EPOCH + Duration::from_secs(60_000_000_000));
+        assert_eq!(super::not_after(&vec![0x30, 0x00].into()), None);
+    }
 }

@@ -1,0 +1,129 @@
+//! gRPC through the gateway to an HTTP/2-over-TLS upstream (issue 21, item
+//! 5), with a real gRPC client and server (tonic, `common::grpc`): unary,
+//! server streaming, client streaming and bidi calls; status and message in
+//! trailers; the client's deadline (`grpc-timeout`) reaching the server.
+//! The client speaks HTTP/2 with prior knowledge to the plain listener.
+
+use crate::common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::grpc::{grpc_upstream, RawCodec};
+use common::tls_upstream::TestCa;
+use common::{Cfg, Route, TestGateway, WAIT};
+use futures_util::StreamExt;
+use http::uri::PathAndQuery;
+use tonic::client::Grpc;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+async fn client(gw: &TestGateway) -> Grpc<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", gw.http()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("channel");
+    let mut g = Grpc::new(channel);
+    g.ready().await.expect("ready");
+    g
+}
+
+fn path(method: &str) -> PathAndQuery {
+    PathAndQuery::try_from(format!("/t.Echo/{method}")).expect("path")
+}
+
+#[tokio::test]
+async fn grpc_calls_of_every_kind_pass_through() {
+    let ca = TestCa::new("grpc");
+    let up = grpc_upstream(&ca).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = ca.write(dir.path(), "ca");
+    let cfg = Cfg::new()
+        .listener_plain()
+        .route(Route::upstream("/", "grpc"))
+        .upstream("grpc", &[format!("https://localhost:{}", up.port())])
+        .set("upstream.grpc.tls_ca", ca_path)
+        .set("upstream.grpc.protocol", "h2")
+        .build();
+    let gw = TestGateway::start_in(&cfg, dir).await;
+    let calls = async {
+        let mut g = client(&gw).await;
+
+        // Unary, with a deadline the server sees.
+        let mut req = Request::new(Bytes::from_static(b"ping"));
+        req.set_timeout(Duration::from_secs(5));
+        let resp = g.unary(req, path("Unary"), RawCodec).await.expect("unary");
+        let timeout = resp.metadata().get("x-timeout").cloned();
+        assert_eq!(resp.into_inner(), "ping");
+        assert!(
+            timeout.is_some_and(|t| t
+                .to_str()
+                .is_ok_and(|t| t.ends_with('u') || t.ends_with('m'))),
+            "grpc-timeout reached the server"
+        );
+
+        // A status in trailers-only answer.
+        g.ready().await.expect("ready");
+        let req = Request::new(Bytes::from_static(b"x"));
+        let st = g
+            .unary(req, path("Fail"), RawCodec)
+            .await
+            .expect_err("fails");
+        assert_eq!(st.code(), Code::NotFound);
+        assert_eq!(st.message(), "nope");
+
+        // Server streaming.
+        g.ready().await.expect("ready");
+        let req = Request::new(Bytes::from_static(b"s"));
+        let mut stream = g
+            .server_streaming(req, path("ServerStream"), RawCodec)
+            .await
+            .expect("server streaming")
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = stream.next().await {
+            got.push(m.expect("message"));
+        }
+        assert_eq!(got, ["s/0", "s/1", "s/2"]);
+
+        // Client streaming.
+        g.ready().await.expect("ready");
+        let msgs =
+            futures_util::stream::iter(["a", "b", "c"].map(|s| Bytes::from_static(s.as_bytes())));
+        let resp = g
+            .client_streaming(Request::new(msgs), path("ClientStream"), RawCodec)
+            .await
+            .expect("client streaming");
+        assert_eq!(resp.into_inner(), "a+b+c");
+
+        // Bidi, one message at a time: each echo arrives before the next is sent.
+        g.ready().await.expect("ready");
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let out = tokio_stream_of(rx);
+        let mut echoes = g
+            .streaming(Request::new(out), path("Bidi"), RawCodec)
+            .await
+            .expect("bidi")
+            .into_inner();
+        for m in ["one", "two", "three"] {
+            tx.send(Bytes::from_static(m.as_bytes()))
+                .await
+                .expect("send");
+            let e = echoes.next().await.expect("an echo").expect("message");
+            assert_eq!(e, m);
+        }
+        drop(tx);
+        assert!(echoes.next().await.is_none(), "the call ends with OK");
+    };
+    tokio::time::timeout(WAIT, calls)
+        .await
+        .expect("calls finish in time");
+}
+
+/// A stream of what `rx` receives, ending when its senders are gone.
+fn tokio_stream_of(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}

@@ -1,0 +1,120 @@
+//! HTTP/2 to upstreams (issue 21, item 5, without a real gRPC server yet):
+//! `protocol = "h2"` over TLS (ALPN) and `"h2c"`, against an HTTP/2-only
+//! hyper server answering like gRPC (body, then `grpc-status` trailers).
+//! Requests share one multiplexed connection; `TE: trailers` and trailers
+//! pass through; HTTP/1.1 clients are served too.
+
+use crate::common;
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use common::h2_upstream::H2Upstream;
+use common::tls_upstream::TestCa;
+use common::{get, Cfg, Route, TestGateway, WAIT};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+async fn gateway(dir: tempfile::TempDir, f: impl FnOnce(Cfg) -> Cfg) -> TestGateway {
+    let cfg = f(Cfg::new()
+        .listener_plain()
+        .route(Route::upstream("/", "api")))
+    .build();
+    tokio::time::timeout(WAIT, TestGateway::start_in(&cfg, dir))
+        .await
+        .expect("gateway starts in time")
+}
+
+/// Three concurrent gRPC-shaped calls over one HTTP/2 (prior knowledge)
+/// connection to the gateway: each answer echoes its body and ends with
+/// `grpc-status: 0` trailers.
+async fn grpc_like_calls(gw: &TestGateway) {
+    let tcp = TcpStream::connect(gw.http()).await.expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let calls = (0..3).map(|i| {
+        let mut tx = tx.clone();
+        async move {
+            let body = format!("call {i}");
+            let req = Request::post(format!("http://localhost/pkg.Svc/Call{i}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::from(body.clone())))
+                .expect("request");
+            let resp = tx.send_request(req).await.expect("response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["x-version"], "HTTP/2.0");
+            assert_eq!(resp.headers()["x-te"], "trailers");
+            assert_eq!(resp.headers()["x-authority"], "localhost");
+            let collected = resp.into_body().collect().await.expect("body");
+            let trailers = collected.trailers().cloned().expect("trailers");
+            assert_eq!(trailers["grpc-status"], "0");
+            assert_eq!(trailers["x-len"], body.len().to_string().as_str());
+            assert_eq!(collected.to_bytes(), body.as_bytes());
+        }
+    });
+    tokio::time::timeout(WAIT, futures_util::future::join_all(calls))
+        .await
+        .expect("calls finish in time");
+}
+
+#[tokio::test]
+async fn h2_over_tls_multiplexes_and_passes_trailers() {
+    let ca = TestCa::new("h2");
+    let up = H2Upstream::start(Some(&ca)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = ca.write(dir.path(), "ca");
+    let port = up.addr.port();
+    let gw = gateway(dir, |c| {
+        c.upstream("api", &[format!("https://localhost:{port}")])
+            .set("upstream.api.tls_ca", ca_path)
+            .set("upstream.api.protocol", "h2")
+    })
+    .await;
+    grpc_like_calls(&gw).await;
+    // An HTTP/1.1 client is carried over the same HTTP/2 connection.
+    let r = tokio::time::timeout(WAIT, get(gw.http(), "/plain"))
+        .await
+        .expect("in time");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-version"], "HTTP/2.0");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn h2c_upstreams_speak_cleartext_http2() {
+    let up = H2Upstream::start(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway(dir, |c| {
+        c.upstream("api", &[up.addr])
+            .set("upstream.api.protocol", "h2c")
+    })
+    .await;
+    grpc_like_calls(&gw).await;
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_h2_pool_refuses_a_server_without_http2() {
+    // A TLS upstream that only offers HTTP/1.1 (no ALPN h2): 502, generic.
+    let ca = TestCa::new("h1");
+    let up = common::tls_upstream::TlsUpstream::start(&ca, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = ca.write(dir.path(), "ca");
+    let port = up.addr.port();
+    let gw = gateway(dir, |c| {
+        c.upstream("api", &[format!("https://localhost:{port}")])
+            .set("upstream.api.tls_ca", ca_path)
+            .set("upstream.api.protocol", "h2")
+    })
+    .await;
+    let r = tokio::time::timeout(WAIT, get(gw.http(), "/"))
+        .await
+        .expect("in time");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.text(), "upstream server failed\n");
+}
