@@ -153,7 +153,8 @@ print(" ".join(out))
     grep -qE ' 0 failed' <<<"$line" || status=1
   done
   # Failing ids with how many runs each failed in.
-  FAILED[$c]=$(tr ' ' '\n' <<<"${FAILED[$c]}" | grep . | sort | uniq -c | awk '{printf "%s%s(%d/'"$runs"')", (NR>1?" ":""), $2, $1}')
+  # (`grep` finds nothing when every run passed: not an error under pipefail.)
+  FAILED[$c]=$({ tr ' ' '\n' <<<"${FAILED[$c]}" | grep . || true; } | sort | uniq -c | awk '{printf "%s%s(%d/'"$runs"')", (NR>1?" ":""), $2, $1}')
 done
 
 echo

@@ -79,7 +79,7 @@ pub struct Upgrade {
 /// is taken from hyper here first, so that the codec can run over a metered
 /// socket (yawc's own future would wrap the bare one).
 pub fn upgrade(
-    req: &mut Request<hyper::body::Incoming>,
+    req: &mut Request<crate::body::RequestBody>,
     options: Options,
     account: Arc<Account>,
 ) -> Result<(Response<Empty<Bytes>>, Box<Upgrade>), yawc::WebSocketError> {

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use futures_util::{FutureExt, SinkExt};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
 use yawc::WebSocket;
@@ -32,7 +32,7 @@ pub fn accept(
     shutdown: &Shutdown,
     budget: &Arc<Budget>,
     cfg: &EchoConfig,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     hold: SessionHold,
 ) -> Result<Response<Body>, AppError> {
     let opts = super::codec::options(cfg.max_message_size, cfg.compression);

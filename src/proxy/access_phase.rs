@@ -16,8 +16,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::body::RequestBody;
 use http::{HeaderMap, HeaderName, Request};
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use crate::ctx::{ConnCtx, User};
@@ -26,7 +26,7 @@ use crate::router::Route;
 
 /// What a filter is shown.
 pub struct Head<'a> {
-    pub req: &'a Request<Incoming>,
+    pub req: &'a Request<RequestBody>,
     pub route: &'a Route,
     pub conn: &'a ConnCtx,
     /// Whether the request is a (validated) WebSocket handshake.

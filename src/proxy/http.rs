@@ -13,11 +13,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::body::RequestBody;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::access_phase::Notes;
 use super::error::ProxyError;
@@ -45,7 +45,7 @@ pub struct Forward<'a> {
 pub async fn forward(
     pool: &Pool,
     fwd: Forward<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ProxyError> {
     let Forward {
         metrics,

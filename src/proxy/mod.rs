@@ -29,10 +29,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::body::RequestBody;
 use ::http::uri::Authority;
 use ::http::{header, HeaderValue, Request, Response, Version};
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 
 use self::access_phase::{Head, Notes, Phase};
 use crate::access::{
@@ -146,7 +146,7 @@ impl Handler for Proxy {
     /// is attached.
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
     ) -> Response<Body> {
@@ -215,7 +215,7 @@ impl Proxy {
         table: &Arc<Table>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         host: Option<&Host>,
         matched: &mut Option<Arc<Route>>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -232,6 +232,13 @@ impl Proxy {
             // HTTP/2 requests reach here with their fields as sent.
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
+        if req.version() == Version::HTTP_2 && host_contradicts_authority(&req) {
+            // RFC 9113 §8.3.1: routed by `:authority`, the upstream would
+            // otherwise be told one host and an access rule checked another.
+            return Err(ProxyError::BadRequest(
+                "the Host header and :authority differ".into(),
+            ));
+        }
         let route = table
             .router
             .find(host.map(Host::as_str), req.uri().path())
@@ -239,9 +246,9 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         *matched = Some(route.clone());
         if upgrade {
-            // Boxed: the tunnel's future is kilobytes, and every request's
-            // future would otherwise carry (and move) its space.
-            let result = Box::pin(self.upgrade(table, &route, conn, slot, req)).await;
+            // Not boxed here: `upgrade` boxes the tunnel, the only part of it
+            // larger than the plain path's own state.
+            let result = self.upgrade(table, &route, conn, slot, req).await;
             let outcome = match &result {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.status().as_u16()),
@@ -283,7 +290,7 @@ impl Proxy {
         route: &Arc<Route>,
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
@@ -331,7 +338,9 @@ impl Proxy {
                     metrics: self.access.metrics(),
                     notes: &notes,
                 };
-                tunnel.open(pool, req, hs).await
+                // Boxed: the tunnel's future is kilobytes, and every request's
+                // future would otherwise carry (and move) its space.
+                Box::pin(tunnel.open(pool, req, hs)).await
             }
             RouteTarget::Static(_) => Err(ProxyError::WebSocketDisabled),
         }
@@ -343,7 +352,7 @@ impl Proxy {
         table: &Table,
         route: &Route,
         conn: &ConnCtx,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         upgrade: bool,
     ) -> Result<Notes, ProxyError> {
         let mut notes = match table.phase(route) {
@@ -383,6 +392,16 @@ impl Host {
             Host::Header(v) => v.to_str().unwrap_or(""),
             Host::Authority(a) => a.as_str(),
         }
+    }
+}
+
+/// Whether an HTTP/2 request's `Host` field names another host than its
+/// `:authority` (ASCII case aside). HTTP/1.1 absolute-form is not asked: there
+/// the target wins and `Host` is ignored (RFC 9112 §3.2.2).
+fn host_contradicts_authority<B>(req: &Request<B>) -> bool {
+    match (req.uri().authority(), req.headers().get(header::HOST)) {
+        (Some(a), Some(h)) => !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()),
+        _ => false,
     }
 }
 

@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
@@ -163,7 +163,7 @@ impl Tunnel<'_> {
     pub async fn open(
         self,
         pool: Arc<Pool>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         hs: Handshake,
     ) -> Result<Response<Body>, ProxyError> {
         let Tunnel {
@@ -221,6 +221,8 @@ impl Tunnel<'_> {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         let idle = pool.cfg.ws_idle_timeout;
+        // Boxed: 160 bytes the byte-copy sessions (the default) would
+        // otherwise carry, and copy, in every spawned task.
         let inspect = pool.cfg.ws_inspect.then(|| {
             let rate = pool.cfg.ws_message_rate;
             let cfg = InspectConfig {
@@ -235,7 +237,7 @@ impl Tunnel<'_> {
             if rate.is_some() {
                 m.limited = Some(metrics.limited(&format!("upstream.{}", pool.name()), "message"));
             }
-            (cfg, m)
+            Box::new((cfg, m))
         });
         let shutdown = session.shutdown.clone();
         // A drain closes inspected sessions paced, with 1012; a byte splice
@@ -245,10 +247,15 @@ impl Tunnel<'_> {
             None => shutdown.hard.clone(),
         };
         let addr = choice.backend.addr.clone();
-        let hold = session.hold("spliced");
+        // Its slot and access line live as long as the task (captured, not moved).
+        let mut hold = session.hold("spliced");
+        // The task's future is copied as it is spawned: what it holds is kept
+        // small (the hold used in place, not moved into locals; the splice's
+        // state boxed).
         shutdown.spawn_session(async move {
-            let SessionHold { slot, mut log } = hold;
-            let _slot = slot;
+            // Names the whole hold, so the task captures all of it (the slot
+            // too, which nothing else here mentions), in place.
+            let hold = &mut hold;
             // The session counts as load on its server for as long as it lives.
             let _inflight = inflight;
             let c = match client_upgrade.await {
@@ -259,13 +266,18 @@ impl Tunnel<'_> {
                 }
             };
             let stats = match inspect {
-                Some((cfg, metrics)) => splice_inspected(c, upstream, cfg, metrics, stop).await,
-                None => splice(c, upstream, idle, stop).await,
+                Some(i) => {
+                    let (cfg, metrics) = *i;
+                    Box::pin(splice_inspected(c, upstream, cfg, metrics, stop)).await
+                }
+                // Boxed too: the task is copied several times on its way into
+                // the runtime (and once more when it ends), the box once.
+                None => Box::pin(splice(c, upstream, idle, stop)).await,
             };
             // Inspected sessions count their messages and close codes themselves.
-            log.record_splice(stats.bytes_in, stats.bytes_out);
+            hold.log.record_splice(stats.bytes_in, stats.bytes_out);
             if stats.end == SpliceEnd::Drain {
-                log.drained(if stats.messages.is_some() {
+                hold.log.drained(if stats.messages.is_some() {
                     "inspect"
                 } else {
                     "splice"
@@ -310,7 +322,7 @@ impl Upstream<'_> {
     async fn handshake(
         &self,
         stream: UpStream,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         hs: &Handshake,
     ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
         // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
@@ -344,7 +356,7 @@ impl Upstream<'_> {
     /// headers with the end-to-end ones kept (Origin, Cookie, Authorization,
     /// subprotocols, extensions...), hop-by-hop ones replaced by the upgrade
     /// set, `X-Forwarded-*` and the access phase's headers added.
-    fn request(&self, req: &Request<Incoming>, key: &HeaderValue) -> (String, HeaderMap) {
+    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue) -> (String, HeaderMap) {
         let pq = req
             .uri()
             .path_and_query()

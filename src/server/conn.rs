@@ -2,7 +2,8 @@
 //! HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT enabled). When
 //! the gateway drains, the connection gets `graceful_shutdown` so requests in
 //! flight finish. Upgraded connections leave hyper here and are tracked as
-//! sessions by `proxy::ws`.
+//! sessions by `proxy::ws`. Handlers get each request body as a
+//! [`RequestBody`], which drains an HTTP/2 body they leave unread.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::ctx::ConnCtx;
 use crate::limits::{ConnSlot, Refusal};
 
@@ -193,6 +194,8 @@ pub async fn serve<H, IO>(
                 return Ok::<_, Infallible>(ambiguous_framing_response());
             }
             let connect = req.method() == http::Method::CONNECT;
+            let version = req.version();
+            let req = req.map(|b| RequestBody::new(b, version));
             let resp = handler.handle(req, ctx, slot).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && resp.status().is_success())

@@ -174,7 +174,7 @@ async fn handle_connection<H: Handler>(
     } = accepted;
     // Before admission: the caps count the real client, which only the
     // header names. Only trusted peers get here, each for a bounded time.
-    let (stream, mut ctx) = if proxy_protocol {
+    let (stream, ctx) = if proxy_protocol {
         // Boxed: its read buffer would otherwise sit in every connection's task.
         let header = Box::pin(read_proxy_header(&server, stream, peer, tls.is_some()));
         let Some((stream, client)) = header.await else {
@@ -207,22 +207,37 @@ async fn handle_connection<H: Handler>(
     // copying it each time, measured per new connection in S5).
     match tls {
         None => Box::pin(conn::serve(sc, handler, stream, ctx, slot, Protocols::Any)).await,
+        // Boxed as a whole: the TLS stream (over a kilobyte) would otherwise
+        // sit in every connection's task, plain ones too.
         Some(cfg) => {
-            let handshake = Box::pin(tls_handshake(stream, cfg, server.tls_handshake_timeout));
-            let Some(tls_stream) = handshake.await else {
-                return;
-            };
-            let session = tls_stream.get_ref().1;
-            let protocols = Protocols::from_alpn(session.alpn_protocol());
-            // rustls verified it against the listener's client CA: only a
-            // verified certificate is ever named to upstreams.
-            ctx.client_cert = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|der| Arc::new(ClientCert::from_der(der)));
-            Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
+            let timeout = server.tls_handshake_timeout;
+            Box::pin(serve_tls(sc, handler, stream, ctx, slot, cfg, timeout)).await
         }
     }
+}
+
+/// The TLS handshake, then HTTP in the protocol ALPN chose.
+async fn serve_tls<H: Handler>(
+    sc: ServerCtx,
+    handler: Arc<H>,
+    stream: Prefixed<TcpStream>,
+    mut ctx: ConnCtx,
+    slot: crate::limits::ConnSlot,
+    cfg: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) {
+    let Some(tls_stream) = tls_handshake(stream, cfg, timeout).await else {
+        return;
+    };
+    let session = tls_stream.get_ref().1;
+    let protocols = Protocols::from_alpn(session.alpn_protocol());
+    // rustls verified it against the listener's client CA: only a verified
+    // certificate is ever named to upstreams.
+    ctx.client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| Arc::new(ClientCert::from_der(der)));
+    Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
 }
 
 /// The PROXY header of a connection from `peer`, and the client it names;

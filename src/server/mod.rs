@@ -16,9 +16,9 @@ pub mod tls;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::config::ServerConfig;
@@ -33,7 +33,7 @@ use crate::shutdown::Shutdown;
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
     ) -> impl Future<Output = Response<Body>> + Send;

@@ -25,7 +25,7 @@ use crate::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, TrySendError};
 use hyper_util::rt::TokioIo;
 
 /// An idle connection is closed after this long unused (as nginx's
@@ -154,28 +154,31 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, SendError> {
+        // HTTP/2 upstreams (their own path), new HTTP/1.1 connections (the
+        // pool's cold path) and the retry on a fresh one are boxed: their
+        // futures would otherwise make every request's future larger, and it
+        // is copied on its way into hyper.
         if let Some(h2) = &self.h2 {
-            let resp = h2.send(&self.dialer, req).await.map_err(|f| match f {
-                H2Failure::Dial(e) => SendError::from(e),
-                H2Failure::Handshake(e) => SendError::Handshake(e),
-                H2Failure::Exchange(source) => SendError::Exchange {
-                    source,
-                    response_started: true,
-                },
-            })?;
+            let resp = Box::pin(h2.send(&self.dialer, req))
+                .await
+                .map_err(|f| match f {
+                    H2Failure::Dial(e) => SendError::from(e),
+                    H2Failure::Handshake(e) => SendError::Handshake(e),
+                    H2Failure::Exchange(source) => SendError::Exchange {
+                        source,
+                        response_started: true,
+                    },
+                })?;
             // Nothing to give back: the connection is shared, not checked out.
             return Ok(resp.map(|body| Release { body, home: None }));
         }
         let (mut conn, reused) = match self.take_idle().await {
             Some(c) => (c, true),
-            None => (self.connect().await?, false),
+            None => (Box::pin(self.connect()).await?, false),
         };
         let result = match conn.sender.try_send_request(req).await {
             Err(mut e) if reused => match e.take_message() {
-                Some(req) => {
-                    conn = self.connect().await?;
-                    conn.sender.try_send_request(req).await
-                }
+                Some(req) => Box::pin(self.resend(&mut conn, req)).await?,
                 None => Err(e),
             },
             r => r,
@@ -213,6 +216,17 @@ impl ConnPool {
                 return Some(conn);
             }
         }
+    }
+
+    /// Sends `req` again on a new connection (a pooled one was closed before
+    /// it took the request), which replaces `conn`.
+    async fn resend(
+        &self,
+        conn: &mut Conn,
+        req: Request<Body>,
+    ) -> Result<Result<Response<Incoming>, TrySendError<Request<Body>>>, SendError> {
+        *conn = self.connect().await?;
+        Ok(conn.sender.try_send_request(req).await)
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {

@@ -8,6 +8,7 @@
 //! - [`raw`]: raw bytes, [`Raw`] answers that tell "closed" from "timed out",
 //!   WebSocket handshakes and frames.
 //! - [`tls`]: TLS clients.
+//! - [`h2`]: a raw HTTP/2 client (streams, resets, pings).
 //! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
 //! - [`h2_upstream`]: an HTTP/2-only upstream that answers with trailers, like gRPC.
 //! - [`grpc`]: a real gRPC server and client (tonic, raw-bytes messages).
@@ -20,6 +21,7 @@
 pub mod cfg;
 pub mod chat;
 pub mod grpc;
+pub mod h2;
 pub mod h2_upstream;
 pub mod openssl;
 pub mod process;

@@ -23,6 +23,7 @@ mod drain;
 mod gateway;
 mod grpc;
 mod hardening2;
+mod http2;
 mod inspect;
 mod listener_tls;
 mod mtls;

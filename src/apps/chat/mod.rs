@@ -29,9 +29,9 @@ mod ws;
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use ::http::{Request, Response};
 use dashmap::DashMap;
-use hyper::body::Incoming;
 
 use self::bus::{Bus, Deliver, LocalBus};
 use self::hub::{Hub, HubStats, Newcomer};
@@ -147,7 +147,7 @@ impl Chat {
     /// the upgrade.
     pub fn accept(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         prefix: &str,
         slot: SessionHold,
     ) -> Result<Response<Body>, AppError> {
@@ -163,7 +163,7 @@ impl Chat {
     /// Errors are answered as `error` frames by `proxy::error`.
     pub async fn http(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         prefix: &str,
     ) -> Result<Response<Body>, AppError> {
         Ok(http::handle(self, req, prefix).await?)

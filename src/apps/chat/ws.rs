@@ -33,9 +33,9 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::body::RequestBody;
 use futures_util::SinkExt;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use yawc::close::CloseCode;
@@ -74,7 +74,7 @@ pub fn hard_limit(max_message_size: u64) -> u64 {
 /// session tracker (holding `slot`, so the connection counts against capacity).
 pub fn accept(
     chat: &Arc<Chat>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     who: Identity,
     slot: SessionHold,
 ) -> Result<Response<Body>, AppError> {

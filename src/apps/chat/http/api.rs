@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -41,7 +41,7 @@ struct PushBody {
 
 pub(super) async fn push(
     chat: &Arc<Chat>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let cfg = chat.cfg();
     let Some(token) = cfg.push_token.as_deref() else {
@@ -103,7 +103,7 @@ struct OnlineBody {
 /// What a reader of `/api/online` and `/api/history` may see. Without
 /// `[app.chat] auth` the API is open as before; with it, the request needs
 /// the push token (everything) or a valid user token (its `rooms`).
-fn reader(chat: &Chat, req: &Request<Incoming>) -> Result<Grants, ChatError> {
+fn reader(chat: &Chat, req: &Request<RequestBody>) -> Result<Grants, ChatError> {
     let Some(auth) = chat.auth() else {
         return Ok(Grants::all());
     };
@@ -117,7 +117,7 @@ fn reader(chat: &Chat, req: &Request<Incoming>) -> Result<Grants, ChatError> {
 }
 
 /// The `Authorization: Bearer` token, if any.
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
+fn bearer(req: &Request<RequestBody>) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -129,7 +129,7 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 
 pub(super) async fn online(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     reader(chat, req)?;
     let users = chat.hub.bus().online().await?;
@@ -139,7 +139,7 @@ pub(super) async fn online(
 
 pub(super) async fn history(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let grants = reader(chat, req)?;
     let room =

@@ -29,10 +29,10 @@ mod sse;
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 
 pub(super) use self::poll::{PollKey, PollSession};
@@ -103,7 +103,7 @@ fn max_text(chat: &Chat) -> usize {
 
 pub(super) async fn handle(
     chat: &Arc<Chat>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     prefix: &str,
 ) -> Result<Response<Body>, ChatError> {
     let Some(rest) = subpath(req.uri().path(), prefix) else {
@@ -157,7 +157,7 @@ fn redirect_to_slash<B>(req: &Request<B>, prefix: &str) -> Response<Body> {
 }
 
 /// Reads a request body of at most `limit` bytes.
-async fn read_body(body: Incoming, limit: usize, max_text: usize) -> Result<Bytes, ChatError> {
+async fn read_body(body: RequestBody, limit: usize, max_text: usize) -> Result<Bytes, ChatError> {
     match Limited::new(body, limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ChatError::TooLarge {

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant};
 
 use super::{json_response, query_param, rooms_param};
@@ -168,7 +168,7 @@ fn reset(room: &RoomName, head: &Head) -> Result<Bytes, ChatError> {
 
 pub(super) async fn poll(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
     // Every poll shows its token: once it has expired the poll is a 401.

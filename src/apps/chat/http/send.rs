@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::body::RequestBody;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::{json_response, max_text, read_body, sender_of};
 use crate::apps::chat::hub::Actor;
@@ -17,7 +17,7 @@ use crate::body::Body;
 
 pub(super) async fn send(
     chat: &Arc<Chat>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let (user, grants) = match chat.auth() {
         // A guest's made-up name has no streams to act on, and guests may

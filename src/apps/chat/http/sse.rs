@@ -8,11 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
@@ -91,7 +91,7 @@ fn start_of(resume: Option<&Cursor>, room: &RoomName, head: &Head) -> (u64, Opti
 
 pub(super) async fn sse(
     chat: &Arc<Chat>,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let who = chat.identify(req, false)?;
     let user = who.user.clone();

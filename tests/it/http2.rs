@@ -1,0 +1,258 @@
+//! HTTP/2 cases of issue 22, over real sockets with the raw `h2` client
+//! (`common::h2`): a request answered before its body was read leaves the
+//! stream and the connection in a state the client can rely on (the body is
+//! drained, bounded, not reset); `Host` fields that disagree with each other or
+//! with `:authority` are refused before anything reaches the upstream; a
+//! client's `RST_STREAM` mid-body is the client's fault, not the upstream's;
+//! the ALPN protocol decides what a TLS connection speaks.
+
+use crate::common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::cfg::Cfg;
+use common::h2::{handshake, reset_reason, response, wait_reset, H2};
+use common::tls::tls_client;
+use common::upstreams::http_upstream;
+use common::{write_cert, TestGateway, WAIT};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// A plain gateway whose only route is the echo app: any other path is
+/// wsgate's own 404, answered without reading the request body.
+async fn echo_gateway() -> TestGateway {
+    TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .route_app("/echo", "echo")
+            .build(),
+    )
+    .await
+}
+
+async fn h2c(addr: std::net::SocketAddr) -> H2 {
+    handshake(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+fn post(path: &str) -> Request<()> {
+    Request::post(format!("http://localhost{path}"))
+        .body(())
+        .expect("request")
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri).body(()).expect("request")
+}
+
+#[tokio::test]
+async fn an_unread_body_answered_early_is_drained_and_the_connection_goes_on() {
+    let gw = echo_gateway().await;
+    let mut c = h2c(gw.http()).await;
+    let (resp, mut body) = c.start(post("/nothing-here"), true).await;
+    body.send_data(Bytes::from_static(b"first part"), false)
+        .expect("data");
+    let (status, _) = response(resp).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The client finishes its body after the answer, as a client may.
+    body.send_data(Bytes::from_static(b"the rest"), true)
+        .expect("the stream still takes the body");
+    c.round_trip().await;
+    // Dropped unread, h2 would have reset the stream (RST_STREAM before the
+    // PONG); drained, it ended as the client ended it.
+    assert_eq!(
+        reset_reason(&mut body),
+        None,
+        "the gateway reset the stream"
+    );
+    // The same connection serves the next stream: no GOAWAY, no error.
+    let (status, _) = c.get(get("http://localhost/echo")).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+    assert!(!c.conn.is_finished(), "the connection ended");
+}
+
+#[tokio::test]
+async fn draining_stops_after_64_kib() {
+    let gw = echo_gateway().await;
+    let mut c = h2c(gw.http()).await;
+    let (resp, mut body) = c.start(post("/nothing-here"), true).await;
+    let (status, _) = response(resp).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let started = Instant::now();
+    body.send_data(Bytes::from(vec![b'x'; 100 * 1024]), false)
+        .expect("data");
+    wait_reset(&mut body).await;
+    // Well before the time bound: it was the byte bound that ended it.
+    assert!(
+        started.elapsed() < wsgate::body::DRAIN_MAX_TIME,
+        "reset after {:?}",
+        started.elapsed()
+    );
+    let (status, _) = c.get(get("http://localhost/echo")).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+}
+
+#[tokio::test]
+async fn draining_stops_after_a_second() {
+    let gw = echo_gateway().await;
+    let mut c = h2c(gw.http()).await;
+    let (resp, mut body) = c.start(post("/nothing-here"), true).await;
+    let answered = Instant::now();
+    let (status, _) = response(resp).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The client sends nothing more: the stream is reset once the drain gives up.
+    wait_reset(&mut body).await;
+    assert!(
+        answered.elapsed() >= wsgate::body::DRAIN_MAX_TIME,
+        "reset after {:?}",
+        answered.elapsed()
+    );
+    let (status, _) = c.get(get("http://localhost/echo")).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+}
+
+#[tokio::test]
+async fn conflicting_or_repeated_host_fields_get_400_and_reach_nobody() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let up = http_upstream(move |_req| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move { Response::new(Full::new(Bytes::from_static(b"ok"))) }
+    })
+    .await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .upstream("api", &[up])
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut c = h2c(gw.http()).await;
+    let refused = [
+        // `:authority` names one host, `Host` another (RFC 9113 §8.3.1).
+        Request::get("http://a.test/x").header("host", "evil.example"),
+        // Two `Host` fields, equal or not.
+        Request::get("http://a.test/x")
+            .header("host", "a.test")
+            .header("host", "evil.example"),
+        Request::get("/x")
+            .header("host", "a.test")
+            .header("host", "a.test"),
+    ];
+    for req in refused {
+        let req = req.body(()).expect("request");
+        let what = format!("{:?}", req.headers());
+        let (status, _) = c.get(req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a refused request was forwarded"
+    );
+    // A `Host` that agrees with `:authority` (ASCII case aside) is fine.
+    let (status, text) = c
+        .get(
+            Request::get("http://a.test/x")
+                .header("host", "A.test")
+                .body(())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
+    assert!(!c.conn.is_finished(), "the connection ended");
+}
+
+#[tokio::test]
+async fn a_stream_reset_mid_body_never_takes_the_upstream_down() {
+    // The upstream says when a request arrived and how its body ended.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let up = http_upstream(move |req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send("request");
+            let read = req.into_body().collect().await;
+            let _ = tx.send(if read.is_ok() { "body" } else { "broken" });
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .upstream("api", &[up])
+        .set("upstream.api.max_fails", 1)
+        .set("upstream.api.fail_timeout", "60s")
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut c = h2c(gw.http()).await;
+    for _ in 0..3 {
+        let (_resp, mut body) = c.start(post("/upload"), true).await;
+        body.send_data(Bytes::from_static(b"some of it"), false)
+            .expect("data");
+        assert_eq!(next(&mut events).await, "request");
+        body.send_reset(h2::Reason::CANCEL);
+        assert_eq!(next(&mut events).await, "broken");
+    }
+    // With max_fails = 1, one failure charged to the upstream would have
+    // marked the only server down (502).
+    let (status, text) = c.get(get("http://localhost/after")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
+}
+
+async fn next(events: &mut mpsc::UnboundedReceiver<&'static str>) -> &'static str {
+    tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("upstream event in time")
+        .expect("upstream alive")
+}
+
+/// A TLS gateway with the echo app, and its certificate (the client's CA).
+async fn tls_gateway() -> (TestGateway, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_cert(dir.path(), "localhost", &["localhost"]);
+    let toml = Cfg::new()
+        .listener_tls(&cert, &key)
+        .route_app("/echo", "echo")
+        .build();
+    (TestGateway::start_in(&toml, dir).await, cert)
+}
+
+async fn tls_alpn(
+    gw: &TestGateway,
+    ca: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(gw.https()).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let s = tokio_rustls::TlsConnector::from(tls_client(ca, &[alpn]))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(alpn));
+    s
+}
+
+#[tokio::test]
+async fn alpn_decides_whether_http2_is_spoken() {
+    let (gw, ca) = tls_gateway().await;
+    // ALPN h2: HTTP/2 streams are served.
+    let mut c = handshake(tls_alpn(&gw, &ca, b"h2").await).await;
+    let (status, _) = c.get(get("https://localhost/echo")).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED);
+    let (status, _) = c.get(get("https://localhost/none")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // ALPN http/1.1: an HTTP/2 preface gets no HTTP/2 answer; the request fails.
+    let mut c = handshake(tls_alpn(&gw, &ca, b"http/1.1").await).await;
+    let (resp, _stream) = c.start(get("https://localhost/echo"), false).await;
+    let got = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("the request fails in time, not hangs");
+    assert!(
+        got.is_err(),
+        "an http/1.1 connection answered HTTP/2: {got:?}"
+    );
+}
