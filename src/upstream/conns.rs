@@ -2,15 +2,17 @@
 //! the HTTP proxy and the active health checks; for an HTTP/2 pool, the
 //! server's one multiplexed connection (`h2`) instead.
 //!
-//! Each connection is a hyper `SendRequest` whose connection task runs on its
-//! own. Idle ones wait on a stack (the most recently used is reused first: it is
-//! the least likely to have been closed by the server's own keep-alive timer). A
+//! Each connection is an [`h1::Conn`], driven by the task of the request that
+//! holds it (no connection task). Idle ones wait on a stack (the most recently
+//! used is reused first: it is the least likely to have been closed by the
+//! server's own keep-alive timer) and are checked for a close before reuse. A
 //! request takes one off the stack or opens a new one; the response body hands
 //! it back once the last byte has been read ([`Release`]). A connection whose
 //! response was not read to the end is closed, never reused.
 //!
-//! This replaces hyper-util's legacy client: its pool keys, checkout race and
-//! per-request channel cost more per proxied request than this whole module
+//! This replaces hyper-util's legacy client and then hyper's own client
+//! connection: their pool keys, checkout race, per-request channels and
+//! connection tasks cost more per proxied request than this whole module
 //! (BENCHMARKS.md, optimisation log).
 
 use std::io;
@@ -18,15 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::connect::{ExchangeWatch, Watched};
 use super::dial::{DialError, Dialer, Purpose};
+use super::h1;
 use super::h2::{H2Conn, H2Failure};
 use crate::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, TrySendError};
-use hyper_util::rt::TokioIo;
 
 /// An idle connection is closed after this long unused (as nginx's
 /// `keepalive_timeout` for upstreams, and hyper-util's pool before).
@@ -53,11 +53,20 @@ pub enum SendError {
     #[error("{source}")]
     Exchange {
         #[source]
-        source: hyper::Error,
+        source: ExchangeError,
         /// Had any byte of a response arrived? If not, the server never
         /// started answering, which is what makes a retry safe.
         response_started: bool,
     },
+}
+
+/// What failed in an exchange (or while reading its response body).
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+    #[error(transparent)]
+    H2(#[from] hyper::Error),
 }
 
 impl From<DialError> for SendError {
@@ -85,14 +94,8 @@ impl SendError {
     }
 }
 
-/// One connection, used by one request at a time.
-struct Conn {
-    sender: http1::SendRequest<Body>,
-    watch: ExchangeWatch,
-}
-
 struct Idle {
-    conn: Conn,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -165,91 +168,48 @@ impl ConnPool {
                     H2Failure::Dial(e) => SendError::from(e),
                     H2Failure::Handshake(e) => SendError::Handshake(e),
                     H2Failure::Exchange(source) => SendError::Exchange {
-                        source,
+                        source: source.into(),
                         response_started: true,
                     },
                 })?;
             // Nothing to give back: the connection is shared, not checked out.
-            return Ok(resp.map(|body| Release { body, home: None }));
+            return Ok(resp.map(|body| Release {
+                body: Inner::H2(body),
+                home: None,
+            }));
         }
-        let (mut conn, reused) = match self.take_idle().await {
-            Some(c) => (c, true),
-            None => (Box::pin(self.connect()).await?, false),
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => Box::pin(self.connect()).await?,
         };
-        let result = match conn.sender.try_send_request(req).await {
-            Err(mut e) if reused => match e.take_message() {
-                Some(req) => Box::pin(self.resend(&mut conn, req)).await?,
-                None => Err(e),
-            },
-            r => r,
-        };
-        match result {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                let release = Release {
-                    body,
-                    home: Some((conn, self.clone())),
-                };
-                Ok(Response::from_parts(parts, release))
-            }
-            Err(e) => Err(SendError::Exchange {
-                response_started: conn.watch.response_started(),
-                source: e.into_error(),
+        match conn.send(req).await {
+            Ok(resp) => Ok(resp.map(|body| Release {
+                body: Inner::H1(body),
+                home: Some(self.clone()),
+            })),
+            Err(f) => Err(SendError::Exchange {
+                source: f.error.into(),
+                response_started: f.response_started,
             }),
         }
     }
 
-    /// The most recently used idle connection that is still open and ready.
-    async fn take_idle(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<h1::Conn> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
-            if conn.sender.is_closed() || since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            if conn.sender.is_ready() {
-                return Some(conn);
-            }
-            // Given back as its last response ended, before its connection
-            // task noticed; it is ready as soon as that task runs, unless the
-            // server closed it.
-            if conn.sender.ready().await.is_ok() {
+            if since.elapsed() < self.idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
         }
     }
 
-    /// Sends `req` again on a new connection (a pooled one was closed before
-    /// it took the request), which replaces `conn`.
-    async fn resend(
-        &self,
-        conn: &mut Conn,
-        req: Request<Body>,
-    ) -> Result<Result<Response<Incoming>, TrySendError<Request<Body>>>, SendError> {
-        *conn = self.connect().await?;
-        Ok(conn.sender.try_send_request(req).await)
-    }
-
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<h1::Conn, SendError> {
         let stream = self.dialer.dial(Purpose::Http).await?;
-        let watch = ExchangeWatch::default();
-        let io = TokioIo::new(Watched::new(stream, watch.clone()));
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(SendError::Handshake)?;
-        let addr = self.dialer.addr().clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server = %addr, error = %e, "upstream connection ended with error");
-            }
-        });
-        Ok(Conn { sender, watch })
+        Ok(h1::Conn::new(stream))
     }
 
-    fn put(self: &Arc<Self>, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
+    fn put(self: &Arc<Self>, conn: h1::Conn) {
         {
             let mut idle = self.lock();
             if idle.len() >= self.max_idle {
@@ -284,7 +244,7 @@ async fn reap(pool: Weak<ConnPool>) {
         let Some(pool) = pool.upgrade() else { return };
         let timeout = pool.idle_timeout;
         pool.lock()
-            .retain(|i| !i.conn.sender.is_closed() && i.since.elapsed() < timeout);
+            .retain_mut(|i| i.since.elapsed() < timeout && i.conn.is_usable());
     }
 }
 
@@ -292,8 +252,14 @@ async fn reap(pool: Weak<ConnPool>) {
 /// pool once the body has been read to its end (or, for a response without
 /// one, when dropped). Dropped before its end, the connection closes with it.
 pub struct Release {
-    body: Incoming,
-    home: Option<(Conn, Arc<ConnPool>)>,
+    body: Inner,
+    home: Option<Arc<ConnPool>>,
+}
+
+enum Inner {
+    H1(h1::ResponseBody),
+    /// On the shared HTTP/2 connection: nothing to give back.
+    H2(Incoming),
 }
 
 impl std::fmt::Debug for Release {
@@ -306,7 +272,10 @@ impl std::fmt::Debug for Release {
 
 impl Release {
     fn release(&mut self) {
-        if let Some((conn, pool)) = self.home.take() {
+        let Inner::H1(body) = &mut self.body else {
+            return;
+        };
+        if let (Some(conn), Some(pool)) = (body.take_conn(), self.home.take()) {
             pool.put(conn);
         }
     }
@@ -314,34 +283,43 @@ impl Release {
 
 impl http_body::Body for Release {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let r = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
-        match &r {
-            None => self.release(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
-            Some(Err(_)) => self.home = None,
-            Some(Ok(_)) => {}
+        let this = &mut *self;
+        let r = match &mut this.body {
+            Inner::H1(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(ExchangeError::from)),
+            Inner::H2(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(ExchangeError::from)),
+        };
+        if this.is_end_stream() {
+            this.release();
         }
         std::task::Poll::Ready(r)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Inner::H1(b) => b.is_end_stream(),
+            Inner::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Inner::H1(b) => b.size_hint(),
+            Inner::H2(b) => b.size_hint(),
+        }
     }
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if self.body.is_end_stream() {
+        if self.is_end_stream() {
             self.release();
         }
     }

@@ -10,17 +10,17 @@
 //! ```
 //!
 //! Files depend on each other one way only: `balance`, `health` and `tls` are
-//! leaves; `dial` (TCP, then TLS when the pool has it) uses `tls`; `connect`
-//! uses `dial`; `h2` (one multiplexed HTTP/2 connection) uses `dial`; `conns`
-//! uses `connect`, `dial` and `h2`; `backend` (one server) uses
+//! leaves; `dial` (TCP, then TLS when the pool has it) uses `tls`; `h1` (the
+//! HTTP/1.1 client, driven by the request's task) and `h2` (one multiplexed
+//! HTTP/2 connection) use `dial`; `conns` uses `dial`, `h1` and `h2`; `backend` (one server) uses
 //! `balance`, `health`, `conns` and `dial`; `sticky` uses `backend`; `pool` uses
 //! all of those; `probe` (active checks) uses `pool`.
 
 pub mod backend;
 pub mod balance;
-pub mod connect;
 pub mod conns;
 pub mod dial;
+pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod pool;

@@ -135,9 +135,9 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
     let (addr, accepted) = server(Answer::ThenClose).await;
     let pool = ConnPool::new(dialer(addr));
     assert_eq!(read_all(&pool, "one").await, "ok");
-    // Once its task has seen the close, the idle connection is skipped and
-    // a POST with a body goes out on a new one as if nothing happened.
-    assert!(eventually(|| pool.lock().iter().all(|i| i.conn.sender.is_closed())).await);
+    // Once the close has arrived, the idle connection is skipped and a POST
+    // with a body goes out on a new one as if nothing happened.
+    assert!(eventually(|| pool.lock().iter_mut().all(|i| !i.conn.is_usable())).await);
     assert_eq!(read_all(&pool, "two").await, "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

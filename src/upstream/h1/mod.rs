@@ -1,0 +1,326 @@
+//! A lean HTTP/1.1 client for the upstream keep-alive pool: one exchange at a
+//! time on a connection, driven entirely by the task that proxies the request.
+//!
+//! hyper's client runs each connection as a task of its own: a request went
+//! through a channel to that task, which wrote it, read the answer and sent it
+//! back through a second channel, and each body chunk through a third, with a
+//! wake-up and a task switch at every crossing. That hand-off was a third of
+//! a proxied request's instructions (BENCHMARKS.md, optimisation log). Here
+//! the request's own task writes the head and body and reads the response
+//! head, and the response body reads the socket as the client side pulls it,
+//! as Pingora does.
+//!
+//! - [`Conn::send`] writes the request (its own `Content-Length`, else chunked
+//!   when it has a body of unknown length), then reads the response head
+//!   (`response`), skipping interim `1xx` answers.
+//! - [`ResponseBody`] (`decode`) frames the body (`Content-Length`, chunked,
+//!   or up to the close) and, read to its end on a connection that may be
+//!   kept alive, hands the connection back ([`ResponseBody::take_conn`]).
+//! - An idle connection is checked before reuse ([`Conn::is_usable`]): a close
+//!   or stray bytes from the server while it sat in the pool retire it before
+//!   a request is written to it.
+
+mod decode;
+mod response;
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use http::{header, HeaderMap, Method, Request, Response};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+pub use decode::ResponseBody;
+
+use super::dial::UpStream;
+use crate::body::{Body, BoxError};
+
+/// The read buffer's size, and how much more it grows by when full.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before the message completed")]
+    Closed,
+    #[error("response head larger than {} bytes", response::MAX_HEAD)]
+    HeadTooLarge,
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("invalid response header")]
+    Header,
+    #[error("invalid Content-Length in the response")]
+    ContentLength,
+    #[error("invalid chunked body: {0}")]
+    Chunk(&'static str),
+    /// Reading the client's request body failed (the client's fault, which
+    /// the proxy tells apart).
+    #[error("request body: {0}")]
+    RequestBody(#[source] BoxError),
+    #[error("request body longer or shorter than its Content-Length")]
+    RequestLength,
+}
+
+/// A failed exchange, and whether any byte of a response had arrived (if
+/// not, the server never started answering, which is what makes a retry on
+/// another server safe).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub response_started: bool,
+}
+
+/// One keep-alive connection to a server, and the bytes read from it but not
+/// yet consumed.
+#[derive(Debug)]
+pub struct Conn {
+    io: UpStream,
+    buf: BytesMut,
+}
+
+/// How the request body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl Conn {
+    pub fn new(io: UpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Is this idle connection still open, with nothing unasked-for to read?
+    /// Checked without waiting: the server's close (or its stray bytes) is
+    /// already in the socket if it happened.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and reads the response head.
+    /// The returned body owns the connection until it is read to its end.
+    pub async fn send(mut self, req: Request<Body>) -> Result<Response<ResponseBody>, Failed> {
+        let (parts, body) = req.into_parts();
+        let head_only = parts.method == Method::HEAD;
+        let mut out = Vec::with_capacity(512);
+        let framing = encode_head(&parts.method, &parts.uri, &parts.headers, &body, &mut out);
+        let sent = if framing == Framing::None {
+            self.io.write_all(&out).await.map_err(Error::Io)
+        } else {
+            self.write_body(out, body, framing).await
+        };
+        let flushed = match sent {
+            Ok(()) => self.io.flush().await.map_err(Error::Io),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = flushed {
+            return self.answer_after_failed_write(error, head_only).await;
+        }
+        let mut started = false;
+        match response::read_head(&mut self, head_only, &mut started).await {
+            Ok((parts, decoder, keep_alive)) => Ok(Response::from_parts(
+                parts,
+                ResponseBody::new(self, decoder, keep_alive),
+            )),
+            Err(error) => Err(Failed {
+                error,
+                response_started: started,
+            }),
+        }
+    }
+
+    /// A write failed (a request body error, or the server closed its side).
+    /// A server that refuses an upload often answers and closes before the
+    /// body is in: that answer, if it is already here, is the response (on a
+    /// connection not reused); otherwise the write's error is.
+    async fn answer_after_failed_write(
+        mut self,
+        error: Error,
+        head_only: bool,
+    ) -> Result<Response<ResponseBody>, Failed> {
+        let mut started = false;
+        if matches!(error, Error::Io(_)) {
+            let read = response::read_head(&mut self, head_only, &mut started);
+            // Polled once: what the server sent before it closed is in the
+            // socket already; nothing more is owed for a request not taken.
+            if let Ok(Ok((parts, decoder, _))) =
+                tokio::time::timeout(std::time::Duration::ZERO, read).await
+            {
+                tracing::debug!("upstream answered before the request was sent in full");
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::new(self, decoder, false),
+                ));
+            }
+        }
+        Err(Failed {
+            error,
+            response_started: started,
+        })
+    }
+
+    /// Writes the head with the first body chunk, then the rest of the body.
+    async fn write_body(
+        &mut self,
+        head: Vec<u8>,
+        body: Body,
+        framing: Framing,
+    ) -> Result<(), Error> {
+        let mut body = std::pin::pin!(body);
+        let mut head = Some(head);
+        let mut written: u64 = 0;
+        loop {
+            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            let data = match frame {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    // Trailers are not forwarded over HTTP/1.1 upstreams.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return Err(Error::RequestBody(e)),
+                None => break,
+            };
+            if data.is_empty() {
+                continue;
+            }
+            written += data.len() as u64;
+            if let Framing::Length(n) = framing {
+                if written > n {
+                    return Err(Error::RequestLength);
+                }
+            }
+            let size_line = match framing {
+                Framing::Chunked => format!("{:x}\r\n", data.len()),
+                _ => String::new(),
+            };
+            let tail: &[u8] = if framing == Framing::Chunked {
+                b"\r\n"
+            } else {
+                b""
+            };
+            let head_bytes = head.take().unwrap_or_default();
+            let mut parts = [
+                IoSlice::new(&head_bytes),
+                IoSlice::new(size_line.as_bytes()),
+                IoSlice::new(&data),
+                IoSlice::new(tail),
+            ];
+            write_all_vectored(&mut self.io, &mut parts).await?;
+        }
+        if let Framing::Length(n) = framing {
+            if written != n {
+                return Err(Error::RequestLength);
+            }
+        }
+        let last: &[u8] = if framing == Framing::Chunked {
+            b"0\r\n\r\n"
+        } else {
+            b""
+        };
+        let head_bytes = head.take().unwrap_or_default();
+        let mut parts = [IoSlice::new(&head_bytes), IoSlice::new(last)];
+        write_all_vectored(&mut self.io, &mut parts).await
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the server's close.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Writes every slice, in as few `writev`s as the socket takes.
+async fn write_all_vectored(io: &mut UpStream, mut parts: &mut [IoSlice<'_>]) -> Result<(), Error> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// Encodes the request head into `out` and says how the body follows.
+fn encode_head(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: &Body,
+    out: &mut Vec<u8>,
+) -> Framing {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = request_framing(headers, body);
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) if !headers.contains_key(header::CONTENT_LENGTH) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+        }
+        Framing::None if needs_zero_length(method, headers) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// The client's `Content-Length` (hyper's server side checked it), or the
+/// body's exact size, or chunked for a body of unknown length.
+fn request_framing(headers: &HeaderMap, body: &Body) -> Framing {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(0) | None if body.is_end_stream() => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        },
+    }
+}
+
+/// A bodiless POST/PUT/PATCH still says so: some servers answer 411 to one
+/// without a length.
+fn needs_zero_length(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        && !headers.contains_key(header::CONTENT_LENGTH)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! Reading a response head (httparse, the parser under hyper) and deciding
+//! how its body is framed and whether the connection may be kept (RFC 9112
+//! §6.3 and §9.3).
+
+use bytes::Buf;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+
+use super::decode::Decoder;
+use super::{Conn, Error};
+
+/// A response head may be at most this large (nginx's `proxy_buffer_size` is
+/// 4–8 KiB; hyper's client allowed ~400 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// At most this many header fields (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// Reads the final response head (interim `1xx` ones are skipped; a `101` is
+/// final and has no body). `started` turns true at the first byte read.
+pub async fn read_head(
+    conn: &mut Conn,
+    head_only: bool,
+    started: &mut bool,
+) -> Result<(http::response::Parts, Decoder, bool), Error> {
+    loop {
+        if let Some(head) = parse(conn)? {
+            let status = head.status;
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return finish(head, head_only);
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Err(Error::HeadTooLarge);
+        }
+        if conn.fill().await? == 0 {
+            return Err(Error::Closed);
+        }
+        *started = true;
+    }
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a complete head off the buffer, or `None` when more is needed.
+fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
+    if conn.buf.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialised: hyper's parse does the same; zeroing 100 slots
+    // cost more than the parse of a typical head.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots)?
+    {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Header)?;
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Header)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Error::Header)?;
+        headers.append(name, value);
+    }
+    conn.buf.advance(n);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// The body's framing and whether the connection may serve another request.
+fn finish(
+    mut head: Head,
+    head_only: bool,
+) -> Result<(http::response::Parts, Decoder, bool), Error> {
+    let mut keep_alive = keeps_alive(head.version, &head.headers);
+    let status = head.status;
+    let decoder = if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // A 101 hands the connection to another protocol: never reused.
+        keep_alive &= status != StatusCode::SWITCHING_PROTOCOLS;
+        Decoder::Done
+    } else if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding wins over Content-Length, which must then go: the
+        // client side frames the decoded body again (§6.3 point 3).
+        head.headers.remove(header::CONTENT_LENGTH);
+        if last_coding_is_chunked(&head.headers) {
+            Decoder::chunked()
+        } else {
+            keep_alive = false;
+            Decoder::Eof
+        }
+    } else if let Some(n) = content_length(&head.headers)? {
+        Decoder::Length(n)
+    } else {
+        keep_alive = false;
+        Decoder::Eof
+    };
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = head.version;
+    parts.headers = head.headers;
+    Ok((parts, decoder, keep_alive))
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only
+/// with `Connection: keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if version == Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
+    }
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// The one length every `Content-Length` field agrees on (differing values
+/// are an error, §6.3 point 5).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut found = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let s = v.to_str().map_err(|_| Error::ContentLength)?;
+        for part in s.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::ContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| Error::ContentLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(Error::ContentLength);
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
