@@ -163,6 +163,9 @@ pub fn set_forwarding(
     tls: bool,
     host: Option<&str>,
 ) {
+    // Room for the X-Forwarded-* fields at once: a map sized for the client's
+    // few fields would otherwise grow (rehash and move) once per insert.
+    h.reserve(3);
     let host = host_value(h, host);
     add_forwarded(h, hop, trusted, tls, host.as_ref());
     if let Some(v) = host {

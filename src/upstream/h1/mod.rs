@@ -187,7 +187,21 @@ impl Conn {
         let mut head = Some(head);
         let mut written: u64 = 0;
         loop {
-            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            // The head goes with the first chunk when that is ready at once,
+            // else on its own right away: the server may answer before the
+            // client sends anything (a streaming or slow upload).
+            let waiting_with_head = head.is_some();
+            let polled = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+                Poll::Pending if waiting_with_head => Poll::Ready(None),
+                p => p.map(Some),
+            })
+            .await;
+            let Some(frame) = polled else {
+                let head_bytes = head.take().unwrap_or_default();
+                self.io.write_all(&head_bytes).await?;
+                self.io.flush().await?;
+                continue;
+            };
             let data = match frame {
                 Some(Ok(f)) => match f.into_data() {
                     Ok(d) => d,

@@ -230,3 +230,52 @@ fn malformed_chunked_bodies_are_errors() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_head_goes_out_before_a_slow_body() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (head_seen, head_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let _ = head_seen.send(());
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the body");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        got
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, BoxError>(http_body::Frame::data(b)), rx))
+    });
+    let req = Request::post("/slow")
+        .header(header::HOST, "up")
+        .body(http_body_util::StreamBody::new(frames).boxed_unsync())
+        .unwrap();
+    let c = conn(&addr).await;
+    let sending = tokio::spawn(c.send(req));
+    // Only once the server has the head does the body's first byte exist.
+    tokio::time::timeout(std::time::Duration::from_secs(10), head_rx)
+        .await
+        .expect("the head waited for the body")
+        .expect("the server ended");
+    tx.send(Bytes::from_static(b"late")).await.unwrap();
+    drop(tx);
+    let resp = sending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = String::from_utf8(server.await.unwrap()).unwrap();
+    assert!(got.ends_with("\r\n\r\n4\r\nlate\r\n0\r\n\r\n"), "{got}");
+}
