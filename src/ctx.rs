@@ -64,7 +64,44 @@ impl ConnCtx {
 /// The client address as an `X-Forwarded-For` entry. Built once per
 /// connection: formatting an address on every request showed in profiles.
 pub fn forwarded_for(client: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    let v4;
+    let v6;
+    let text: &[u8] = match client {
+        // IPv4 by hand: `Display` through `fmt::write` cost ~1.3 k
+        // instructions, a tenth of a proxied request's own work (S5).
+        IpAddr::V4(a) => {
+            v4 = dotted_quad(a);
+            &v4.0[..v4.1]
+        }
+        IpAddr::V6(a) => {
+            v6 = a.to_string();
+            v6.as_bytes()
+        }
+    };
+    HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// `a` in dotted decimal: the bytes and how many of them are used.
+fn dotted_quad(a: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let mut out = [0u8; 15];
+    let mut n = 0;
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            out[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            out[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        out[n] = b'0' + o % 10;
+        n += 1;
+    }
+    (out, n)
 }
 
 /// The authenticated subject of a request, put in its extensions by the
@@ -88,5 +125,24 @@ pub fn client_ip_in(ext: &Extensions, conn: &ConnCtx) -> IpAddr {
     match ext.get::<ClientAddr>() {
         Some(c) => c.0,
         None => conn.client.ip(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_matches_display_for_every_octet() {
+        for o in 0..=255u8 {
+            for a in [
+                std::net::Ipv4Addr::new(o, 0, 255, o),
+                std::net::Ipv4Addr::new(10, o, 9, 100),
+            ] {
+                assert_eq!(forwarded_for(IpAddr::V4(a)), a.to_string().as_str());
+            }
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(forwarded_for(v6), "2001:db8::1");
     }
 }

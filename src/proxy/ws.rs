@@ -15,7 +15,7 @@ use sha1::{Digest, Sha1};
 
 use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
-use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
+use super::headers::{end_to_end, has_token, rewrite_path, set_client_cert, set_forwarding};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
 use super::ws_upstream::{self, Rewind};
@@ -364,10 +364,13 @@ impl Upstream<'_> {
             .unwrap_or("/");
         let path = rewrite_path(pq, &self.route.path, self.route.strip_prefix);
         let host = super::request_host(req);
-        let mut headers = req.headers().clone();
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::SEC_WEBSOCKET_KEY);
-        headers.remove(header::SEC_WEBSOCKET_VERSION);
+        // The upgrade set, X-Forwarded-* and the client certificate's two.
+        const ADDED: usize = 9;
+        let mut headers = end_to_end(
+            req.headers(),
+            &[header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION],
+            ADDED,
+        );
         set_forwarding(
             &mut headers,
             self.ctx.forwarded_for(),
@@ -395,27 +398,27 @@ fn client_response(
     accept: &str,
     upstream: &HeaderMap,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut b = Response::builder();
+    let mut resp = Response::new(crate::body::empty());
     if hs.key.is_some() {
-        b = b
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
-    } else {
-        b = b.status(StatusCode::OK);
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let accept =
+            HeaderValue::from_str(accept).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    let h = resp.headers_mut();
     for name in [
         header::SEC_WEBSOCKET_PROTOCOL,
         header::SEC_WEBSOCKET_EXTENSIONS,
         header::SET_COOKIE,
     ] {
         for v in upstream.get_all(&name) {
-            b = b.header(&name, v.clone());
+            h.append(&name, v.clone());
         }
     }
-    b.body(crate::body::empty())
-        .map_err(|e| ProxyError::Internal(e.to_string()))
+    Ok(resp)
 }
 
 #[cfg(test)]
