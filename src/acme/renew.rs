@@ -1,0 +1,160 @@
+//! The renewal task of one ACME setting: serve the cached certificate at
+//! once, order a new one when there is none or a third of its lifetime is
+//! left, and retry failures with a doubling, capped backoff while the last
+//! good certificate stays in the slot. Runs until its token is cancelled
+//! (the setting left the config, or the gateway drains).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::cache::Cache;
+use super::{client, AcmeError, CertSlot, Challenges, Issued};
+use crate::config::AcmeConfig;
+
+/// Timing of renewals and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The first retry after a failure; each further one waits twice as long.
+    pub first_retry: Duration,
+    /// The longest wait between two tries.
+    pub max_retry: Duration,
+    /// One order, from `newOrder` to the certificate, must finish within this.
+    pub order_timeout: Duration,
+    /// The shortest time between two successful orders (a CA issuing
+    /// certificates that are already due must not be hammered).
+    pub min_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            first_retry: Duration::from_secs(10),
+            max_retry: Duration::from_secs(3600),
+            order_timeout: Duration::from_secs(180),
+            min_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: when
+/// a third of its lifetime is left.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_after.checked_sub(life / 3).unwrap_or(not_before)
+}
+
+/// The wait before try `failures + 1` after `failures` failed in a row.
+pub fn backoff(policy: &Policy, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    policy
+        .first_retry
+        .saturating_mul(1u32 << doublings)
+        .min(policy.max_retry)
+}
+
+/// How long from now until `issued` is due for renewal (zero: now).
+fn until_due(issued: Option<&Issued>) -> Duration {
+    issued
+        .map(|i| renew_at(i.not_before, i.not_after))
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default()
+}
+
+pub(super) async fn run(
+    cfg: AcmeConfig,
+    slot: Arc<CertSlot>,
+    challenges: Arc<Challenges>,
+    policy: Policy,
+    stop: CancellationToken,
+) {
+    let cache = Cache::new(&cfg);
+    let domains = cfg.domains.join(",");
+    match cache.load_cert() {
+        Ok(Some(issued)) if issued.not_after > SystemTime::now() => {
+            tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
+                "ACME certificate loaded from the cache");
+            slot.store(issued);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(domains = %domains, error = %e, "ACME cache unusable; ordering a new certificate")
+        }
+    }
+    let mut failures = 0u32;
+    let mut wait = until_due(slot.current().as_deref());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let attempt = tokio::time::timeout(policy.order_timeout, obtain(&cfg, &cache, &challenges));
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = attempt => r.unwrap_or(Err(AcmeError::Timeout(policy.order_timeout.as_secs()))),
+        };
+        match result {
+            Ok(issued) => {
+                tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
+                    "ACME certificate issued and in service");
+                slot.store(issued);
+                failures = 0;
+                wait = until_due(slot.current().as_deref()).max(policy.min_interval);
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                wait = backoff(&policy, failures);
+                let serving = if slot.key().is_some() {
+                    "the current certificate stays in service"
+                } else {
+                    "no certificate yet: handshakes for these names fail"
+                };
+                tracing::warn!(domains = %domains, error = %e, failures,
+                    retry_in_ms = wait.as_millis() as u64, "ACME order failed; {serving}");
+            }
+        }
+    }
+}
+
+/// One order, stored in the cache before it is served.
+async fn obtain(
+    cfg: &AcmeConfig,
+    cache: &Cache,
+    challenges: &Arc<Challenges>,
+) -> Result<Issued, AcmeError> {
+    let account = client::account(cfg, cache).await?;
+    let (chain, key) = client::order(&account, cfg, challenges).await?;
+    cache.save_cert(&chain, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_with_a_third_of_the_lifetime_left() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = renew_at(t0, t0 + Duration::from_secs(90 * 86400));
+        assert_eq!(at, t0 + Duration::from_secs(60 * 86400));
+        assert_eq!(
+            renew_at(t0, t0 + Duration::from_secs(9)),
+            t0 + Duration::from_secs(6)
+        );
+        // A certificate whose notAfter precedes its notBefore is due at once.
+        assert_eq!(
+            renew_at(t0, t0 - Duration::from_secs(5)),
+            t0 - Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = Policy::default();
+        assert_eq!(backoff(&p, 1), Duration::from_secs(10));
+        assert_eq!(backoff(&p, 2), Duration::from_secs(20));
+        assert_eq!(backoff(&p, 4), Duration::from_secs(80));
+        assert_eq!(backoff(&p, 10), Duration::from_secs(3600));
+        assert_eq!(backoff(&p, u32::MAX), Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,268 @@
+//! ACME certificates (`[listener.tls.acme]`, docs/tls.md#acme) against
+//! Pebble, the ACME test CA, started here on 127.0.0.1 with its validations
+//! pointed at the gateway's listeners (tests/common/pebble.rs). A served
+//! certificate is checked by a real TLS client that trusts only Pebble's
+//! issuing root and names the domain.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wsgate::{Gateway, GatewayHandle};
+
+use crate::common::pebble::{Pebble, PebbleOpts};
+use crate::common::redis::free_port;
+use crate::common::{eventually, get, init_logs, tls::try_tls_connect};
+
+/// How long a first certificate (account, order, validation, issuance) may take.
+const ISSUE: Duration = Duration::from_secs(20);
+
+/// Short retries: a failed first try must not outlast the test.
+fn policy() -> wsgate::acme::Policy {
+    wsgate::acme::Policy {
+        first_retry: Duration::from_millis(500),
+        max_retry: Duration::from_secs(2),
+        order_timeout: Duration::from_secs(15),
+        min_interval: Duration::from_millis(500),
+    }
+}
+
+fn config(pebble: &Pebble, challenge: &str, plain: &str, tls: &str, cache: &Path) -> String {
+    let plain = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("[[listener]]\naddr = \"{plain}\"\n")
+    };
+    format!(
+        r#"[server]
+shutdown_grace = "2s"
+[admin]
+addr = "127.0.0.1:0"
+{plain}
+[[listener]]
+addr = "{tls}"
+[listener.tls.acme]
+directory = "{dir}"
+ca_root = "{ca}"
+contact = ["mailto:ops@example.test"]
+domains = ["a.example.test", "b.example.test"]
+challenge = "{challenge}"
+cache = "{cache}"
+"#,
+        dir = pebble.directory,
+        ca = pebble.ca_root.display(),
+        cache = cache.display(),
+    )
+}
+
+async fn start(text: &str, dir: &Path) -> GatewayHandle {
+    init_logs();
+    let path = dir.join("wsgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    let cfg = wsgate::config::load(&path).unwrap_or_else(|e| panic!("config invalid:\n{e}"));
+    Gateway::start_with_acme(cfg, policy())
+        .await
+        .expect("gateway starts")
+}
+
+/// A client trusting only Pebble's issuing root.
+fn client(root_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.expect("root")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The leaf certificate served for `sni`, once the handshake verifies
+/// against `tls` (chain to Pebble's root, name); `None` while it does not.
+async fn served(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, sni: &str) -> Option<Vec<u8>> {
+    let s = try_tls_connect(addr, tls.clone(), sni).await.ok()?;
+    let leaf = s.get_ref().1.peer_certificates()?.first()?.to_vec();
+    Some(leaf)
+}
+
+/// Waits until `sni` is served a verified certificate for which `accept`
+/// holds; panics after `limit`.
+async fn wait_served(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    sni: &str,
+    limit: Duration,
+    accept: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(der) = served(addr, tls, sni).await {
+            if accept(&der) {
+                return der;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no accepted certificate for {sni} on {addr} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `wsgate_tls_cert_expiry_seconds{listener="ADDR",host="default"}`.
+async fn expiry_metric(admin: SocketAddr, listener: SocketAddr) -> Option<u64> {
+    let text = get(admin, "/metrics").await.text();
+    let series =
+        format!("wsgate_tls_cert_expiry_seconds{{listener=\"{listener}\",host=\"default\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn not_after_secs(der: &[u8]) -> u64 {
+    let t = wsgate::certs::not_after(&der.to_vec().into()).expect("X.509");
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+fn cache_files(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues_and_a_restart_reuses_the_cache() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs: None,
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("acme");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let text = config(
+        &pebble,
+        "http-01",
+        &format!("127.0.0.1:{http_port}"),
+        &tls_addr.to_string(),
+        &cache,
+    );
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+
+    let first = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+    // One certificate for both names.
+    assert_eq!(
+        served(tls_addr, &tls, "b.example.test").await.as_deref(),
+        Some(&first[..])
+    );
+    let files = cache_files(&cache);
+    assert_eq!(
+        files.len(),
+        3,
+        "account, chain and key in the cache: {files:?}"
+    );
+    assert!(
+        files[0].starts_with("account-") && files[0].ends_with(".json"),
+        "{files:?}"
+    );
+    assert!(
+        files[1].ends_with(".key") && files[2].ends_with(".pem"),
+        "{files:?}"
+    );
+    let admin = gw.admin_addr().expect("admin");
+    assert_eq!(
+        expiry_metric(admin, tls_addr).await,
+        Some(not_after_secs(&first))
+    );
+    assert!(gw.shutdown().await, "the first gateway drains");
+
+    // Restart on other ports (Pebble could not validate there): the cached
+    // certificate is served at once, the very same one, so no new order.
+    let text = config(&pebble, "http-01", "127.0.0.1:0", "127.0.0.1:0", &cache);
+    let gw = start(&text, dir.path()).await;
+    let addr = gw.https_addr().expect("TLS listener");
+    let again = wait_served(addr, &tls, "a.example.test", Duration::from_secs(5), |_| {
+        true
+    })
+    .await;
+    assert_eq!(again, first, "the restart served the cached certificate");
+    assert_eq!(cache_files(&cache), files, "nothing new in the cache");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_and_renews_live() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    // 6 s certificates: renewed 4 s after they start.
+    let pebble = Pebble::start(PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs: Some(6),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("acme");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let text = config(&pebble, "tls-alpn-01", "", &tls_addr.to_string(), &cache);
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+    let first = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+
+    // A connection made with the first certificate keeps working across
+    // the renewal.
+    let mut conn = try_tls_connect(tls_addr, tls.clone(), "a.example.test")
+        .await
+        .expect("handshake");
+    assert!(status_line(&mut conn).await.starts_with("HTTP/1.1 404"));
+
+    let renewed = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |d| d != first).await;
+    assert!(not_after_secs(&renewed) > not_after_secs(&first));
+    assert!(
+        status_line(&mut conn).await.starts_with("HTTP/1.1 404"),
+        "the old connection survived"
+    );
+    let admin = gw.admin_addr().expect("admin");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            expiry_metric(admin, tls_addr)
+                .await
+                .is_some_and(|t| t >= not_after_secs(&renewed))
+        })
+        .await,
+        "the expiry metric follows the certificate in service"
+    );
+    assert!(gw.shutdown().await);
+}
+
+/// Sends a request on an open TLS connection: the response's status line.
+async fn status_line(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    let req = b"GET /nothing HTTP/1.1\r\nHost: a.example.test\r\n\r\n";
+    conn.write_all(req).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
