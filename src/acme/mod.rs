@@ -75,6 +75,25 @@ pub enum AcmeError {
     ValidationCert(#[from] rcgen::Error),
 }
 
+impl AcmeError {
+    /// The message with the causes under it (`: `-joined), for the log: the
+    /// HTTP client's own message alone ("client error (Connect)") does not
+    /// say what failed.
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
+}
+
 /// A certificate in service, with its lifetime.
 #[derive(Debug)]
 pub struct Issued {

@@ -110,7 +110,7 @@ pub(super) async fn run(
                 } else {
                     "no certificate yet: handshakes for these names fail"
                 };
-                tracing::warn!(domains = %domains, error = %e, failures,
+                tracing::warn!(domains = %domains, error = %e.with_causes(), failures,
                     retry_in_ms = wait.as_millis() as u64, "ACME order failed; {serving}");
             }
         }

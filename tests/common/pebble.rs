@@ -39,10 +39,7 @@ pub struct Pebble {
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -123,6 +120,14 @@ impl Pebble {
             );
         }
         p
+    }
+
+    /// Kills both children (by PID) and reaps them; the files stay.
+    pub fn stop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Pebble's issuing root (PEM, from its management interface): served

@@ -266,3 +266,41 @@ async fn status_line(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpS
         .unwrap_or("")
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_renewals_keep_the_certificate_in_service() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    // 9 s certificates: due for renewal 6 s after they start.
+    let mut pebble = Pebble::start(PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs: Some(9),
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("acme");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let text = config(&pebble, "tls-alpn-01", "", &tls_addr.to_string(), &cache);
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+    let first = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+
+    // The CA goes away: every renewal from now on fails and is retried
+    // (every 0.5-2 s here). Past the renewal time the first certificate is
+    // still the one served.
+    pebble.stop();
+    let (from, until) = wsgate::certs::validity(&first.clone().into()).expect("X.509");
+    let due = wsgate::acme::renew::renew_at(from, until);
+    let watch_until = due + Duration::from_millis(1500);
+    assert!(watch_until < until, "the certificate outlives the watch");
+    while SystemTime::now() < watch_until {
+        let now = served(tls_addr, &tls, "a.example.test").await;
+        assert_eq!(
+            now.as_deref(),
+            Some(&first[..]),
+            "the last good certificate stays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.shutdown().await);
+}
