@@ -30,12 +30,15 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 pub use self::challenges::{Challenges, ACME_TLS_ALPN, HTTP01_PREFIX};
 pub use self::renew::Policy;
 use crate::config::AcmeConfig;
+use crate::metrics::AcmeOrder;
 
 /// Why getting, storing or loading an ACME certificate failed. Messages are
 /// for operators and never include key material.
@@ -137,14 +140,18 @@ struct Entry {
 pub struct Registry {
     challenges: Arc<Challenges>,
     policy: Policy,
+    /// `wsgate_acme_orders_total`.
+    orders: Family<AcmeOrder, Counter>,
     entries: Mutex<Vec<Entry>>,
 }
 
 impl Registry {
-    pub fn new(policy: Policy) -> Self {
+    /// `orders` counts finished orders (`wsgate_acme_orders_total`).
+    pub fn new(policy: Policy, orders: Family<AcmeOrder, Counter>) -> Self {
         Self {
             challenges: Arc::default(),
             policy,
+            orders,
             entries: Mutex::new(Vec::new()),
         }
     }
@@ -204,9 +211,12 @@ impl Registry {
             e.running = Some(stop.clone());
             tokio::spawn(renew::run(
                 e.cfg.clone(),
-                e.slot.clone(),
-                self.challenges.clone(),
-                self.policy,
+                renew::Ctx {
+                    slot: e.slot.clone(),
+                    challenges: self.challenges.clone(),
+                    policy: self.policy,
+                    orders: self.orders.clone(),
+                },
                 stop,
             ));
         }

@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::{client, AcmeError, CertSlot, Challenges, Issued};
 use crate::config::AcmeConfig;
+use crate::metrics::AcmeOrder;
 
 /// Timing of renewals and retries.
 #[derive(Debug, Clone, Copy)]
@@ -62,13 +65,26 @@ fn until_due(issued: Option<&Issued>) -> Duration {
         .unwrap_or_default()
 }
 
-pub(super) async fn run(
-    cfg: AcmeConfig,
-    slot: Arc<CertSlot>,
-    challenges: Arc<Challenges>,
-    policy: Policy,
-    stop: CancellationToken,
-) {
+/// What one renewal task works with besides its setting.
+pub(super) struct Ctx {
+    pub(super) slot: Arc<CertSlot>,
+    pub(super) challenges: Arc<Challenges>,
+    pub(super) policy: Policy,
+    /// `wsgate_acme_orders_total`.
+    pub(super) orders: Family<AcmeOrder, Counter>,
+}
+
+pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
+    let Ctx {
+        slot,
+        challenges,
+        policy,
+        orders,
+    } = cx;
+    let count = |result| {
+        let domain = cfg.domains.first().cloned().unwrap_or_default();
+        orders.get_or_create(&AcmeOrder { domain, result }).inc();
+    };
     let cache = Cache::new(&cfg);
     let domains = cfg.domains.join(",");
     match cache.load_cert() {
@@ -96,6 +112,7 @@ pub(super) async fn run(
         };
         match result {
             Ok(issued) => {
+                count("ok");
                 tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                     "ACME certificate issued and in service");
                 slot.store(issued);
@@ -103,6 +120,7 @@ pub(super) async fn run(
                 wait = until_due(slot.current().as_deref()).max(policy.min_interval);
             }
             Err(e) => {
+                count("error");
                 failures = failures.saturating_add(1);
                 wait = backoff(&policy, failures);
                 let serving = if slot.key().is_some() {

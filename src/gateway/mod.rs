@@ -171,7 +171,7 @@ pub fn check(config: Config) -> Result<(), StartError> {
         cluster_limits: None,
         secret: &[0; 32],
         resumption: &tls::Resumption::new().map_err(StartError::Tickets)?,
-        acme: &acme::Registry::new(acme::Policy::default()),
+        acme: &acme::Registry::new(acme::Policy::default(), Default::default()),
     };
     Snapshot::build(config, None, &bx).map(drop)
 }
@@ -269,7 +269,7 @@ impl Gateway {
         };
         let sticky_key = config.server.secret.unwrap_or_else(rand::random);
         let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
-        let acme = acme::Registry::new(acme_policy);
+        let acme = acme::Registry::new(acme_policy, metrics.acme_orders.clone());
         let bx = BuildCtx {
             metrics: &metrics,
             cluster_limits: cluster_limits.as_ref(),

@@ -126,6 +126,17 @@ async fn expiry_metric(admin: SocketAddr, listener: SocketAddr) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// `wsgate_acme_orders_total{domain="a.example.test",result=RESULT}` (0 when absent).
+async fn orders(admin: SocketAddr, result: &str) -> u64 {
+    let text = get(admin, "/metrics").await.text();
+    let series =
+        format!("wsgate_acme_orders_total{{domain=\"a.example.test\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn not_after_secs(der: &[u8]) -> u64 {
     let t = wsgate::certs::not_after(&der.to_vec().into()).expect("X.509");
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -191,18 +202,38 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
         expiry_metric(admin, tls_addr).await,
         Some(not_after_secs(&first))
     );
+    assert_eq!(orders(admin, "ok").await, 1);
+    // A reload that keeps the setting keeps the certificate (and orders nothing).
+    let cfg = wsgate::config::load(&dir.path().join("wsgate.toml")).expect("config");
+    gw.reload(cfg).await.expect("reload");
+    assert_eq!(
+        served(tls_addr, &tls, "a.example.test").await.as_deref(),
+        Some(&first[..])
+    );
+    assert_eq!(cache_files(&cache), files);
+    assert_eq!(orders(admin, "ok").await, 1);
     assert!(gw.shutdown().await, "the first gateway drains");
 
-    // Restart on other ports (Pebble could not validate there): the cached
-    // certificate is served at once, the very same one, so no new order.
-    let text = config(&pebble, "http-01", "127.0.0.1:0", "127.0.0.1:0", &cache);
+    // Restart on the same ports (where an order would succeed): the cached
+    // certificate is served at once, the very same one, and no order is
+    // placed (none finished within a second, the served certificate unchanged).
     let gw = start(&text, dir.path()).await;
-    let addr = gw.https_addr().expect("TLS listener");
-    let again = wait_served(addr, &tls, "a.example.test", Duration::from_secs(5), |_| {
-        true
-    })
+    let admin = gw.admin_addr().expect("admin");
+    let again = wait_served(
+        tls_addr,
+        &tls,
+        "a.example.test",
+        Duration::from_secs(5),
+        |_| true,
+    )
     .await;
     assert_eq!(again, first, "the restart served the cached certificate");
+    let ordered = eventually(Duration::from_secs(1), || async {
+        orders(admin, "ok").await + orders(admin, "error").await > 0
+            || served(tls_addr, &tls, "a.example.test").await.as_deref() != Some(&first[..])
+    })
+    .await;
+    assert!(!ordered, "the restart placed an order");
     assert_eq!(cache_files(&cache), files, "nothing new in the cache");
     assert!(gw.shutdown().await);
 }
@@ -234,6 +265,7 @@ async fn tls_alpn_01_issues_and_renews_live() {
 
     let renewed = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |d| d != first).await;
     assert!(not_after_secs(&renewed) > not_after_secs(&first));
+    assert!(orders(gw.admin_addr().expect("admin"), "ok").await >= 2);
     assert!(
         status_line(&mut conn).await.starts_with("HTTP/1.1 404"),
         "the old connection survived"
@@ -293,7 +325,13 @@ async fn failed_renewals_keep_the_certificate_in_service() {
     let due = wsgate::acme::renew::renew_at(from, until);
     let watch_until = due + Duration::from_millis(1500);
     assert!(watch_until < until, "the certificate outlives the watch");
-    while SystemTime::now() < watch_until {
+    let admin = gw.admin_addr().expect("admin");
+    // Until past the renewal time and two failed tries (a retry) are counted.
+    while SystemTime::now() < watch_until || orders(admin, "error").await < 2 {
+        assert!(
+            SystemTime::now() + Duration::from_millis(300) < until,
+            "no retried failure before the certificate expired"
+        );
         let now = served(tls_addr, &tls, "a.example.test").await;
         assert_eq!(
             now.as_deref(),
