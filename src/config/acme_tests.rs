@@ -1,3 +1,6 @@
+//! Unit tests of `[listener.tls.acme]` validation: defaults, and errors that
+//! name the key and its line.
+
 use std::path::Path;
 
 use crate::config::{parse, AcmeChallenge, ListenerCert};
