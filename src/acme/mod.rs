@@ -167,7 +167,17 @@ impl Registry {
         if let Some(e) = entries.iter().find(|e| e.cfg == *cfg) {
             return e.slot.clone();
         }
+        // A setting that replaces one of the same CA and cache (a reload
+        // that changed the domains) serves its predecessor's certificate
+        // until its own is issued, rather than failing handshakes.
         let slot = Arc::new(CertSlot::default());
+        if let Some(prev) = entries
+            .iter()
+            .filter(|e| e.cfg.directory == cfg.directory && e.cfg.cache == cfg.cache)
+            .find_map(|e| e.slot.current())
+        {
+            slot.current.store(Some(prev));
+        }
         entries.push(Entry {
             cfg: cfg.clone(),
             slot: slot.clone(),

@@ -87,19 +87,24 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
     };
     let cache = Cache::new(&cfg);
     let domains = cfg.domains.join(",");
-    match cache.load_cert() {
+    // The cached certificate of this very setting decides when to order;
+    // without one, order now (a certificate the slot was seeded with, for
+    // the names before a reload, is only served until then).
+    let mut wait = match cache.load_cert() {
         Ok(Some(issued)) if issued.not_after > SystemTime::now() => {
             tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                 "ACME certificate loaded from the cache");
+            let wait = until_due(Some(&issued));
             slot.store(issued);
+            wait
         }
-        Ok(_) => {}
+        Ok(_) => Duration::ZERO,
         Err(e) => {
-            tracing::warn!(domains = %domains, error = %e, "ACME cache unusable; ordering a new certificate")
+            tracing::warn!(domains = %domains, error = %e, "ACME cache unusable; ordering a new certificate");
+            Duration::ZERO
         }
-    }
+    };
     let mut failures = 0u32;
-    let mut wait = until_due(slot.current().as_deref());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

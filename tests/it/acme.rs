@@ -212,9 +212,35 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
     );
     assert_eq!(cache_files(&cache), files);
     assert_eq!(orders(admin, "ok").await, 1);
+    // A reload that adds a name serves the old certificate until the new
+    // one, for all three names, is issued.
+    let three = text.replace(
+        r#"domains = ["a.example.test", "b.example.test"]"#,
+        r#"domains = ["a.example.test", "b.example.test", "c.example.test"]"#,
+    );
+    let path3 = dir.path().join("three.toml");
+    std::fs::write(&path3, &three).expect("write config");
+    gw.reload(wsgate::config::load(&path3).expect("config"))
+        .await
+        .expect("reload");
+    assert_eq!(
+        served(tls_addr, &tls, "a.example.test").await.as_deref(),
+        Some(&first[..]),
+        "the previous certificate stays in service"
+    );
+    let wider = wait_served(tls_addr, &tls, "c.example.test", ISSUE, |_| true).await;
+    assert_ne!(wider, first);
+    assert_eq!(orders(admin, "ok").await, 2);
     assert!(gw.shutdown().await, "the first gateway drains");
+    let before = cache_files(&cache);
+    assert_eq!(
+        before.len(),
+        5,
+        "the three-name chain and key were added: {before:?}"
+    );
 
-    // Restart on the same ports (where an order would succeed): the cached
+    // Restart with the two names, on the same ports (where an order would
+    // succeed): the cached
     // certificate is served at once, the very same one, and no order is
     // placed (none finished within a second, the served certificate unchanged).
     let gw = start(&text, dir.path()).await;
@@ -234,7 +260,7 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
     })
     .await;
     assert!(!ordered, "the restart placed an order");
-    assert_eq!(cache_files(&cache), files, "nothing new in the cache");
+    assert_eq!(cache_files(&cache), before, "nothing new in the cache");
     assert!(gw.shutdown().await);
 }
 
