@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! {cache}/account-{D}.json   the account: id, directory, private key (0600)
+//!                            (`.json.old`: one the CA stopped knowing)
 //! {cache}/cert-{C}.pem       the certificate chain last issued
 //! {cache}/cert-{C}.key       its private key (0600)
 //! ```
@@ -78,6 +79,16 @@ impl Cache {
             reason: e.to_string(),
         })?;
         self.write(&self.account, &json)
+    }
+
+    /// Moves the account file aside (to `…json.old`): the CA does not know
+    /// that account any more, and the next order registers a new one.
+    pub(super) fn forget_account(&self) -> Result<(), AcmeError> {
+        let old = self.account.with_extension("json.old");
+        std::fs::rename(&self.account, &old).map_err(|source| AcmeError::Cache {
+            path: self.account.clone(),
+            source,
+        })
     }
 
     /// The stored certificate, if any.

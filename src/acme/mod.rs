@@ -79,6 +79,13 @@ pub enum AcmeError {
 }
 
 impl AcmeError {
+    /// The CA does not know the account (RFC 8555 `accountDoesNotExist`:
+    /// deactivated, or a test CA that was restarted).
+    pub fn is_unknown_account(&self) -> bool {
+        matches!(self, AcmeError::Protocol(instant_acme::Error::Api(p))
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+    }
+
     /// The message with the causes under it (`: `-joined), for the log: the
     /// HTTP client's own message alone ("client error (Connect)") does not
     /// say what failed.

@@ -140,14 +140,24 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
     }
 }
 
-/// One order, stored in the cache before it is served.
+/// One order, stored in the cache before it is served. An account the CA
+/// no longer knows is replaced by a new registration within the same try.
 async fn obtain(
     cfg: &AcmeConfig,
     cache: &Cache,
     challenges: &Arc<Challenges>,
 ) -> Result<Issued, AcmeError> {
     let account = client::account(cfg, cache).await?;
-    let (chain, key) = client::order(&account, cfg, challenges).await?;
+    let (chain, key) = match client::order(&account, cfg, challenges).await {
+        Err(e) if e.is_unknown_account() => {
+            tracing::warn!(directory = %cfg.directory,
+                "the CA does not know the cached ACME account; registering a new one");
+            cache.forget_account()?;
+            let account = client::account(cfg, cache).await?;
+            client::order(&account, cfg, challenges).await?
+        }
+        other => other?,
+    };
     cache.save_cert(&chain, &key)
 }
 

@@ -25,6 +25,8 @@ pub struct PebbleOpts {
     pub tls_port: u16,
     /// Lifetime of the certificates it issues, in seconds (Pebble's default: 5 years).
     pub validity_secs: Option<u64>,
+    /// The ACME port (the directory URL's); default: a free one.
+    pub listen_port: Option<u16>,
 }
 
 pub struct Pebble {
@@ -67,7 +69,8 @@ impl Pebble {
         let key = dir.path().join("pebble.key");
         std::fs::write(&ca_root, &g.cert_pem).expect("write");
         std::fs::write(&key, &g.key_pem).expect("write");
-        let (listen, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let listen = opts.listen_port.unwrap_or_else(free_port);
+        let (mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port());
         let mut cfg = serde_json::json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),

@@ -14,7 +14,7 @@ use wsgate::{Gateway, GatewayHandle};
 
 use crate::common::pebble::{Pebble, PebbleOpts};
 use crate::common::redis::free_port;
-use crate::common::{eventually, get, init_logs, tls::try_tls_connect};
+use crate::common::{eventually, get, init_logs, tls::try_tls_connect, WAIT};
 
 /// How long a first certificate (account, order, validation, issuance) may take.
 const ISSUE: Duration = Duration::from_secs(20);
@@ -162,6 +162,7 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
         http_port,
         tls_port,
         validity_secs: None,
+        listen_port: None,
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -240,9 +241,16 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
     );
 
     // Restart with the two names, on the same ports (where an order would
-    // succeed): the cached
-    // certificate is served at once, the very same one, and no order is
-    // placed (none finished within a second, the served certificate unchanged).
+    // succeed): the cached certificate is served at once, the very same
+    // one, and no order is placed (none finished within a second, the
+    // served certificate unchanged). The old listeners let their ports go
+    // when their accept loops end, just after the drain.
+    for port in [http_port, tls_port] {
+        let free = eventually(WAIT, || async move {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        assert!(free.await, "port {port} never came free");
+    }
     let gw = start(&text, dir.path()).await;
     let admin = gw.admin_addr().expect("admin");
     let again = wait_served(
@@ -272,6 +280,7 @@ async fn tls_alpn_01_issues_and_renews_live() {
         http_port,
         tls_port,
         validity_secs: Some(6),
+        listen_port: None,
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -333,6 +342,7 @@ async fn failed_renewals_keep_the_certificate_in_service() {
         http_port,
         tls_port,
         validity_secs: Some(9),
+        listen_port: None,
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -366,5 +376,54 @@ async fn failed_renewals_keep_the_certificate_in_service() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_forgot_is_registered_again() {
+    let (http_port, tls_port) = (free_port(), free_port());
+    let opts = |listen_port| PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs: None,
+        listen_port,
+    };
+    let mut pebble = Pebble::start(opts(None)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("acme");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let text = config(&pebble, "tls-alpn-01", "", &tls_addr.to_string(), &cache);
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+    wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+    assert!(gw.shutdown().await);
+
+    // Pebble restarts on the same directory URL and has forgotten every
+    // account; the gateway restarts with another name, so it must order.
+    let listen: u16 = pebble
+        .directory
+        .trim_start_matches("https://127.0.0.1:")
+        .trim_end_matches("/dir")
+        .parse()
+        .expect("port");
+    pebble.stop();
+    let pebble = Pebble::start(opts(Some(listen))).await;
+    let text = config(&pebble, "tls-alpn-01", "", &tls_addr.to_string(), &cache)
+        .replace("\"b.example.test\"", "\"d.example.test\"");
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+    wait_served(tls_addr, &tls, "d.example.test", ISSUE, |_| true).await;
+    let admin = gw.admin_addr().expect("admin");
+    assert_eq!(orders(admin, "ok").await, 1);
+    assert_eq!(
+        orders(admin, "error").await,
+        0,
+        "re-registered within the same try"
+    );
+    let files = cache_files(&cache);
+    assert!(
+        files.iter().any(|f| f.ends_with(".json.old")),
+        "the forgotten account was moved aside: {files:?}"
+    );
     assert!(gw.shutdown().await);
 }
