@@ -57,13 +57,10 @@ pub fn backoff(policy: &Policy, failures: u32) -> Duration {
         .min(policy.max_retry)
 }
 
-/// How long from now until `issued` is due for renewal (zero: now).
-fn until_due(issued: Option<&Issued>) -> Duration {
-    issued
-        .map(|i| renew_at(i.not_before, i.not_after))
-        .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .unwrap_or_default()
-}
+/// The longest single sleep: the next try is a wall-clock time, re-checked at
+/// least this often, so a suspended machine or a clock step cannot push a
+/// renewal back by the length of a monotonic sleep.
+const RECHECK: Duration = Duration::from_secs(600);
 
 /// What one renewal task works with besides its setting.
 pub(super) struct Ctx {
@@ -90,51 +87,57 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
     // The cached certificate of this very setting decides when to order;
     // without one, order now (a certificate the slot was seeded with, for
     // the names before a reload, is only served until then).
-    let mut wait = match cache.load_cert() {
+    let mut next = match cache.load_cert() {
         Ok(Some(issued)) if issued.not_after > SystemTime::now() => {
             tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                 "ACME certificate loaded from the cache");
-            let wait = until_due(Some(&issued));
+            let at = renew_at(issued.not_before, issued.not_after);
             slot.store(issued);
-            wait
+            at
         }
-        Ok(_) => Duration::ZERO,
+        Ok(_) => SystemTime::now(),
         Err(e) => {
             tracing::warn!(domains = %domains, error = %e, "ACME cache unusable; ordering a new certificate");
-            Duration::ZERO
+            SystemTime::now()
         }
     };
     let mut failures = 0u32;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait.min(RECHECK)) => continue,
+            }
         }
         let attempt = tokio::time::timeout(policy.order_timeout, obtain(&cfg, &cache, &challenges));
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = attempt => r.unwrap_or(Err(AcmeError::Timeout(policy.order_timeout.as_secs()))),
         };
+        let now = SystemTime::now();
         match result {
             Ok(issued) => {
                 count("ok");
                 tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                     "ACME certificate issued and in service");
+                next = renew_at(issued.not_before, issued.not_after).max(now + policy.min_interval);
                 slot.store(issued);
                 failures = 0;
-                wait = until_due(slot.current().as_deref()).max(policy.min_interval);
             }
             Err(e) => {
                 count("error");
                 failures = failures.saturating_add(1);
-                wait = backoff(&policy, failures);
+                let wait = backoff(&policy, failures);
+                next = now + wait;
                 let serving = if slot.key().is_some() {
                     "the current certificate stays in service"
                 } else {
                     "no certificate yet: handshakes for these names fail"
                 };
                 tracing::warn!(domains = %domains, error = %e.with_causes(), failures,
-                    retry_in_ms = wait.as_millis() as u64, "ACME order failed; {serving}");
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "ACME order failed; {serving}");
             }
         }
     }
