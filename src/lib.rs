@@ -22,6 +22,7 @@
 //! systemd socket activation), [`sd_notify`] (readiness to systemd).
 
 pub mod access;
+pub mod acme;
 pub mod apps;
 pub mod auth;
 pub mod body;

@@ -17,6 +17,14 @@ pub struct ListenerLabel {
     pub listener: String,
 }
 
+/// An ACME order's outcome: `domain` is the certificate's first domain,
+/// `result` is `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeOrder {
+    pub domain: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
     pub route: String,
@@ -115,6 +123,7 @@ pub struct Metrics {
     pub process_rss: Gauge<f64, AtomicU64>,
     /// Each listener certificate's `notAfter`, Unix seconds.
     pub tls_cert_expiry: Family<ListenerHost, Gauge>,
+    pub acme_orders: Family<AcmeOrder, Counter>,
     pub process_open_fds: Gauge,
     /// The same gauges as the families above, by label, for `/status`.
     by_listener: dashmap::DashMap<String, Gauge>,
@@ -148,6 +157,7 @@ impl Metrics {
             drain_closed: Family::default(),
             upstream_up: Family::default(),
             tls_cert_expiry: Family::default(),
+            acme_orders: Family::default(),
             upstream_requests: Family::default(),
             bytes: Family::default(),
 
@@ -258,6 +268,11 @@ impl Metrics {
             "tls_cert_expiry_seconds",
             "When each listener certificate expires (notAfter), Unix seconds",
             m.tls_cert_expiry.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME orders finished, by the certificate's first domain and result (ok, error)",
+            m.acme_orders.clone(),
         );
         r.register(
             "process_resident_memory_bytes",

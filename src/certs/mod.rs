@@ -97,27 +97,36 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'st
 /// with yasna like the OCSP responses (`wsgate_tls_cert_expiry_seconds`).
 /// `None` for DER that is not an X.509 certificate.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    validity(cert).map(|(_, until)| until)
+}
+
+/// The certificate's `notBefore` and `notAfter` (ACME renewal is scheduled
+/// from its lifetime). `None` for DER that is not an X.509 certificate.
+pub fn validity(
+    cert: &CertificateDer<'_>,
+) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
     use yasna::tags::TAG_UTCTIME;
-    use yasna::Tag;
+    use yasna::{BERReader, Tag};
+    fn time(t: BERReader<'_, '_>) -> yasna::ASN1Result<i64> {
+        if t.lookahead_tag()? == TAG_UTCTIME {
+            Ok(t.read_utctime()?.datetime().unix_timestamp())
+        } else {
+            Ok(t.read_generalized_time()?.datetime().unix_timestamp())
+        }
+    }
     // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { version [0] OPTIONAL,
     //     serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... },
     //     signatureAlgorithm, signatureValue }
-    let secs = yasna::parse_der(cert.as_ref(), |r| {
+    let (from, until) = yasna::parse_der(cert.as_ref(), |r| {
         r.read_sequence(|r| {
             let secs = r.next().read_sequence(|r| {
                 r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
                 r.next().read_der()?; // serialNumber
                 r.next().read_der()?; // signature
                 r.next().read_der()?; // issuer
-                let secs = r.next().read_sequence(|r| {
-                    r.next().read_der()?; // notBefore
-                    let t = r.next();
-                    if t.lookahead_tag()? == TAG_UTCTIME {
-                        Ok(t.read_utctime()?.datetime().unix_timestamp())
-                    } else {
-                        Ok(t.read_generalized_time()?.datetime().unix_timestamp())
-                    }
-                })?;
+                let secs = r
+                    .next()
+                    .read_sequence(|r| Ok((time(r.next())?, time(r.next())?)))?;
                 // subject, subjectPublicKeyInfo, unique ids, extensions.
                 while r.read_optional(|r| r.read_der())?.is_some() {}
                 Ok(secs)
@@ -128,8 +137,25 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
         })
     })
     .ok()?;
-    let secs = u64::try_from(secs).unwrap_or(0);
-    Some(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    let at = |secs: i64| {
+        let secs = u64::try_from(secs).unwrap_or(0);
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    };
+    Some((at(from), at(until)))
+}
+
+/// The system's trust roots (rustls-native-certs: the OS store, or the
+/// files `SSL_CERT_FILE` / `SSL_CERT_DIR` name). Unparsable entries are
+/// skipped, as every TLS client on the system skips them; the store may be
+/// empty.
+pub fn system_roots() -> rustls::RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "skipping a system trust root");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    roots
 }
 
 /// Reads a DER OCSP response file (`[listener.tls] ocsp`) and checks it is

@@ -70,13 +70,27 @@ pub struct ListenerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub cert: SStr,
-    pub key: SStr,
+    /// With `key`; or `acme` instead of both.
+    pub cert: Option<SStr>,
+    pub key: Option<SStr>,
     pub ocsp: Option<SStr>,
     #[serde(default)]
     pub sni: Vec<SniFile>,
     pub client_ca: Option<SStr>,
     pub client_auth: Option<SStr>,
+    pub acme: Option<Spanned<AcmeFile>>,
+}
+
+/// `[listener.tls.acme]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub directory: SStr,
+    pub ca_root: Option<SStr>,
+    pub contact: Option<Vec<SStr>>,
+    pub domains: Spanned<Vec<SStr>>,
+    pub challenge: Option<SStr>,
+    pub cache: SStr,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@
 //! validation already settled. Errors carry the file position of the offending
 //! value so `wsgate check` can print `PATH:LINE:COL: message`.
 
+mod acme;
 mod auth;
 mod auth_request;
 pub mod client_addr;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use acme::{AcmeChallenge, AcmeConfig};
 pub use auth::{AuthConfig, RouteAuth};
 pub use auth_request::AuthRequestConfig;
 pub use client_addr::TrustedProxies;
@@ -145,10 +147,20 @@ pub struct CertPaths {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
-    pub default: CertPaths,
+    /// The certificate served when no `sni` entry matches.
+    pub default: ListenerCert,
     pub sni: Vec<(HostPattern, CertPaths)>,
     /// mTLS: client certificates asked for and verified.
     pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// Where a listener's default certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerCert {
+    /// PEM files (`cert`, `key`, optional `ocsp`), re-read on reload.
+    Files(CertPaths),
+    /// An ACME CA, renewed in the background (`[listener.tls.acme]`).
+    Acme(AcmeConfig),
 }
 
 /// A host name to match: exact (`api.example.test`) or a wildcard

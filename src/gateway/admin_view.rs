@@ -80,6 +80,7 @@ pub(super) async fn watch_limits(
 
 impl AdminView for Gateway {
     fn metrics_text(&self) -> String {
+        self.refresh_cert_expiry(&self.snapshot());
         let table = self.proxy.table();
         self.metrics
             .set_upstreams(table.pools.values().flat_map(|pool| {

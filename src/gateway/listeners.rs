@@ -188,17 +188,28 @@ impl Gateway {
                 fd: Some(fd),
             });
         }
-        // `wsgate_tls_cert_expiry_seconds`, labelled like
-        // `connections_active` with the bound address.
+        drop(running);
+        self.refresh_cert_expiry(snap);
+    }
+
+    /// Sets `wsgate_tls_cert_expiry_seconds` from the certificates in service
+    /// now, labelled like `connections_active` with the bound address. Run
+    /// after each listener swap and before each metrics render (ACME
+    /// certificates change between reloads).
+    pub(super) fn refresh_cert_expiry(&self, snap: &Snapshot) {
+        let keys = listener_keys(&snap.config);
+        let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let certs: Vec<_> = running
             .iter()
             .filter_map(|l| {
                 let i = keys.iter().position(|k| *k == l.key)?;
                 let local = l.local.to_string();
-                let list = snap.cert_expiry.get(i)?;
+                let resolver = snap.resolvers.get(i)?.as_ref()?;
                 Some(
-                    list.iter()
-                        .map(move |(h, t)| (local.clone(), h.clone(), *t)),
+                    resolver
+                        .expiries()
+                        .into_iter()
+                        .map(move |(h, t)| (local.clone(), h, t)),
                 )
             })
             .flatten()

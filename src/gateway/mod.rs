@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use self::admin_view::Readiness;
 use self::listeners::{AdminInfo, ListenerInfo};
 use crate::access::Access;
+use crate::acme;
 use crate::apps::chat::bus::Bus;
 use crate::apps::Apps;
 use crate::budget::Budget;
@@ -66,9 +67,10 @@ struct Snapshot {
     table: Arc<Table>,
     /// TLS server config per listener, aligned with `config.listeners`.
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-    /// (name served for, `notAfter`) of each listener's certificates, aligned
-    /// with `config.listeners`: `wsgate_tls_cert_expiry_seconds`.
-    cert_expiry: Vec<Vec<(String, std::time::SystemTime)>>,
+    /// Each TLS listener's certificate resolver, aligned with
+    /// `config.listeners`: what `wsgate_tls_cert_expiry_seconds` reads (an
+    /// ACME certificate changes without a reload).
+    resolvers: Vec<Option<Arc<tls::SniResolver>>>,
     /// Every `[limit.NAME]`; limiters whose definition a reload keeps are
     /// carried over with their buckets.
     limits: Arc<Registry>,
@@ -84,6 +86,8 @@ struct BuildCtx<'a> {
     secret: &'a [u8; 32],
     /// TLS tickets and session cache, one for the process.
     resumption: &'a tls::Resumption,
+    /// ACME certificate slots, one per setting, kept across reloads.
+    acme: &'a acme::Registry,
 }
 
 impl Snapshot {
@@ -103,7 +107,7 @@ impl Snapshot {
                     .as_ref()
                     .map(|t| {
                         let tickets = config.server.tls_tickets;
-                        tls::server_config(t, bx.resumption, tickets).map_err(|source| {
+                        tls::server_config(t, bx.resumption, tickets, bx.acme).map_err(|source| {
                             StartError::Tls {
                                 addr: l.addr,
                                 source,
@@ -113,11 +117,11 @@ impl Snapshot {
                     .transpose()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (tls, cert_expiry) = built
+        let (tls, resolvers) = built
             .into_iter()
             .map(|b| match b {
-                Some(b) => (Some(b.config), b.expiries),
-                None => (None, Vec::new()),
+                Some(b) => (Some(b.config), Some(b.resolver)),
+                None => (None, None),
             })
             .unzip();
         let pools = config
@@ -150,7 +154,7 @@ impl Snapshot {
         Ok(Self {
             table: Arc::new(Table::new(&config, pools, &limits)),
             tls,
-            cert_expiry,
+            resolvers,
             limits,
             conn_limits,
             config: Arc::new(config),
@@ -167,6 +171,7 @@ pub fn check(config: Config) -> Result<(), StartError> {
         cluster_limits: None,
         secret: &[0; 32],
         resumption: &tls::Resumption::new().map_err(StartError::Tickets)?,
+        acme: &acme::Registry::new(acme::Policy::default(), Default::default()),
     };
     Snapshot::build(config, None, &bx).map(drop)
 }
@@ -191,6 +196,8 @@ pub struct Gateway {
     /// TLS ticket keys and session cache: one per process, so tickets
     /// survive reloads and work across listeners.
     resumption: tls::Resumption,
+    /// ACME settings: their certificates, challenges and renewal tasks.
+    acme: acme::Registry,
     started: Instant,
     /// Cancels the background tasks (health checks) of the current snapshot.
     background: Mutex<CancellationToken>,
@@ -231,11 +238,28 @@ impl Gateway {
         Self::start_with(config, Inherited::default()).await
     }
 
+    /// [`Gateway::start`] with ACME renewals and retries timed by `policy`
+    /// (tests shorten them).
+    pub async fn start_with_acme(
+        config: Config,
+        policy: acme::Policy,
+    ) -> Result<GatewayHandle, StartError> {
+        Self::start_full(config, Inherited::default(), policy).await
+    }
+
     /// [`Gateway::start`], using the `inherited` socket of an address instead
     /// of binding it; inherited sockets the config does not use are closed.
     pub async fn start_with(
         config: Config,
         inherited: Inherited,
+    ) -> Result<GatewayHandle, StartError> {
+        Self::start_full(config, inherited, acme::Policy::default()).await
+    }
+
+    async fn start_full(
+        config: Config,
+        inherited: Inherited,
+        acme_policy: acme::Policy,
     ) -> Result<GatewayHandle, StartError> {
         let metrics = Arc::new(Metrics::new());
         // Connects lazily: costs nothing until a cluster-scope limit decides.
@@ -245,11 +269,13 @@ impl Gateway {
         };
         let sticky_key = config.server.secret.unwrap_or_else(rand::random);
         let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
+        let acme = acme::Registry::new(acme_policy, metrics.acme_orders.clone());
         let bx = BuildCtx {
             metrics: &metrics,
             cluster_limits: cluster_limits.as_ref(),
             secret: &sticky_key,
             resumption: &resumption,
+            acme: &acme,
         };
         let snapshot = Snapshot::build(config, None, &bx)?;
         let cfg = snapshot.config.clone();
@@ -283,6 +309,7 @@ impl Gateway {
             access.clone(),
             shutdown.clone(),
             apps.clone(),
+            acme.challenges().clone(),
         ));
         let server_ctx = ServerCtx {
             limits: limits.clone(),
@@ -304,6 +331,7 @@ impl Gateway {
             node_id: cfg.server.node_id.clone(),
             sticky_key,
             resumption,
+            acme,
             started: Instant::now(),
             background: Mutex::new(CancellationToken::new()),
             listeners: Mutex::new(Vec::new()),
@@ -314,6 +342,7 @@ impl Gateway {
         let snap = gw.snapshot();
         let fresh = gw.bind_new_listeners(&snap).await?;
         gw.swap_listeners(&snap, fresh);
+        gw.sync_acme(&snap);
         gw.sync_admin(&snap).await?;
         gw.close_unused_inherited();
         gw.start_background(&snap);
@@ -339,6 +368,7 @@ impl Gateway {
             cluster_limits: self.cluster_limits.as_ref(),
             secret: &self.sticky_key,
             resumption: &self.resumption,
+            acme: &self.acme,
         };
         let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
@@ -351,6 +381,7 @@ impl Gateway {
         self.access.set_logging(new.config.log.access_log);
         self.apps.reconfigure(&new.config);
         self.swap_listeners(&new, fresh);
+        self.sync_acme(&new);
         self.sync_admin(&new).await?;
         self.start_background(&new);
         tracing::info!(
@@ -359,6 +390,21 @@ impl Gateway {
             "configuration reloaded"
         );
         Ok(())
+    }
+
+    /// Starts the renewal task of each ACME setting `snap` uses (now that the
+    /// listeners answering its challenges are bound) and stops the others.
+    fn sync_acme(&self, snap: &Snapshot) {
+        let wanted: Vec<&crate::config::AcmeConfig> = snap
+            .config
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.tls.as_ref()?.default {
+                crate::config::ListenerCert::Acme(a) => Some(a),
+                crate::config::ListenerCert::Files(_) => None,
+            })
+            .collect();
+        self.acme.sync(&wanted, &self.shutdown.token);
     }
 
     fn start_background(&self, snap: &Snapshot) {

@@ -2,7 +2,9 @@
 //! find the route, pass the route's access phase ([`access_phase`]), then
 //! dispatch to the WebSocket path ([`ws`]), the HTTP reverse proxy
 //! ([`http`]), an app, or static files ([`files`]). Failures become responses
-//! in exactly one place ([`error::ProxyError::into_response`]).
+//! in exactly one place ([`error::ProxyError::into_response`]). Before
+//! routing, a plain-HTTP `GET` for a pending ACME http-01 token is answered
+//! from [`crate::acme::Challenges`] (an unknown token is routed as usual).
 //!
 //! [`Table`] is everything derived from one config that a request needs
 //! (routes, their access phases, upstream pools, echo settings); the process
@@ -113,6 +115,8 @@ pub struct Proxy {
     access: Arc<Access>,
     shutdown: Shutdown,
     apps: Arc<Apps>,
+    /// Pending ACME http-01 answers.
+    acme: Arc<crate::acme::Challenges>,
 }
 
 impl Proxy {
@@ -121,12 +125,14 @@ impl Proxy {
         access: Arc<Access>,
         shutdown: Shutdown,
         apps: Arc<Apps>,
+        acme: Arc<crate::acme::Challenges>,
     ) -> Self {
         Self {
             table: ArcSwap::new(table),
             access,
             shutdown,
             apps,
+            acme,
         }
     }
 
@@ -238,6 +244,11 @@ impl Proxy {
             return Err(ProxyError::BadRequest(
                 "the Host header and :authority differ".into(),
             ));
+        }
+        if !conn.tls && req.method() == ::http::Method::GET {
+            if let Some(answer) = self.acme.http01(req.uri().path()) {
+                return Ok(crate::body::text_response(::http::StatusCode::OK, answer));
+            }
         }
         let route = table
             .router

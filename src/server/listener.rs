@@ -230,6 +230,11 @@ async fn serve_tls<H: Handler>(
         return;
     };
     let session = tls_stream.get_ref().1;
+    if session.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
+        // An ACME tls-alpn-01 validation: the handshake was the answer.
+        tracing::debug!("tls-alpn-01 validation handshake answered; closing");
+        return;
+    }
     let protocols = Protocols::from_alpn(session.alpn_protocol());
     // rustls verified it against the listener's client CA: only a verified
     // certificate is ever named to upstreams.

@@ -4,6 +4,10 @@
 //! and, with `client_ca`, client certificates verified against that CA (mTLS).
 //! A certificate with `ocsp` staples that response until its `nextUpdate`
 //! passes (checked per handshake; the file is re-read on every reload).
+//! With `[listener.tls.acme]` the default certificate is the ACME setting's
+//! [`CertSlot`] (swapped live on renewal; none until the first is issued),
+//! and a tls-alpn-01 setting also answers `acme-tls/1` handshakes with the
+//! pending validation certificate (RFC 8737).
 //! Sessions resume through tickets and a bounded session cache that every
 //! listener of the process shares ([`Resumption`], built once, kept across
 //! reloads so a reload does not invalidate clients' tickets).
@@ -20,8 +24,9 @@ use rustls::server::{
 };
 use rustls::sign::CertifiedKey;
 
+use crate::acme::{self, CertSlot, Challenges, ACME_TLS_ALPN};
 use crate::certs::{load_certified_key, load_ocsp, CertError};
-use crate::config::{CertPaths, HostPattern, TlsConfig};
+use crate::config::{AcmeChallenge, CertPaths, HostPattern, ListenerCert, TlsConfig};
 
 /// One certificate, and the same with its stapled OCSP response while that
 /// is fresh.
@@ -74,12 +79,36 @@ impl Entry {
     }
 }
 
+/// A listener's default certificate: files loaded now, or an ACME slot.
+enum DefaultCert {
+    Files(Entry),
+    Acme(Arc<CertSlot>),
+}
+
+impl DefaultCert {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        match self {
+            DefaultCert::Files(e) => Some(e.current()),
+            DefaultCert::Acme(slot) => slot.key(),
+        }
+    }
+
+    fn not_after(&self) -> Option<SystemTime> {
+        match self {
+            DefaultCert::Files(e) => e.not_after,
+            DefaultCert::Acme(slot) => slot.current().map(|i| i.not_after),
+        }
+    }
+}
+
 /// Picks a certificate by SNI.
 pub struct SniResolver {
-    default: Entry,
+    default: DefaultCert,
     exact: Vec<(String, Entry)>,
     /// Sorted longest suffix first so the most specific wildcard wins.
     wildcard: Vec<(String, Entry)>,
+    /// Pending tls-alpn-01 answers, on a listener whose ACME setting uses them.
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl fmt::Debug for SniResolver {
@@ -92,8 +121,15 @@ impl fmt::Debug for SniResolver {
 }
 
 impl SniResolver {
-    pub fn load(cfg: &TlsConfig) -> Result<Self, CertError> {
-        let default = Entry::load(&cfg.default)?;
+    /// Loads every certificate file; an ACME default takes its slot from `acme`.
+    pub fn load(cfg: &TlsConfig, acme: &acme::Registry) -> Result<Self, CertError> {
+        let (default, challenges) = match &cfg.default {
+            ListenerCert::Files(paths) => (DefaultCert::Files(Entry::load(paths)?), None),
+            ListenerCert::Acme(a) => (
+                DefaultCert::Acme(acme.slot(a)),
+                (a.challenge == AcmeChallenge::TlsAlpn01).then(|| acme.challenges().clone()),
+            ),
+        };
         let mut exact = Vec::new();
         let mut wildcard = Vec::new();
         for (host, paths) in &cfg.sni {
@@ -108,46 +144,59 @@ impl SniResolver {
             default,
             exact,
             wildcard,
+            challenges,
         })
     }
 
     /// Each certificate's `notAfter`, by the name it is served for
-    /// (`default`, an exact host, or `*.suffix`).
+    /// (`default`, an exact host, or `*.suffix`), read now: an ACME
+    /// certificate's is the one in service.
     pub fn expiries(&self) -> Vec<(String, SystemTime)> {
-        let named = self.exact.iter().map(|(h, e)| (h.clone(), e));
-        let wild = self.wildcard.iter().map(|(s, e)| (format!("*{s}"), e));
-        std::iter::once(("default".to_string(), &self.default))
+        let named = self.exact.iter().map(|(h, e)| (h.clone(), e.not_after));
+        let wild = self
+            .wildcard
+            .iter()
+            .map(|(s, e)| (format!("*{s}"), e.not_after));
+        std::iter::once(("default".to_string(), self.default.not_after()))
             .chain(named)
             .chain(wild)
-            .filter_map(|(h, e)| Some((h, e.not_after?)))
+            .filter_map(|(h, t)| Some((h, t?)))
             .collect()
     }
 
-    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        self.entry(sni).current()
-    }
-
-    fn entry(&self, sni: Option<&str>) -> &Entry {
+    /// The certificate for `sni`; `None` only for an ACME default that has
+    /// no certificate yet.
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = sni.map(|s| s.to_ascii_lowercase()) else {
-            return &self.default;
+            return self.default.current();
         };
         if let Some((_, e)) = self.exact.iter().find(|(h, _)| *h == name) {
-            return e;
+            return Some(e.current());
         }
         if let Some((_, e)) = self
             .wildcard
             .iter()
             .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
         {
-            return e;
+            return Some(e.current());
         }
-        &self.default
+        self.default.current()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        if let Some(challenges) = &self.challenges {
+            // RFC 8737: a validation handshake offers acme-tls/1 only, and
+            // gets the validation certificate or nothing.
+            if hello
+                .alpn()
+                .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN))
+            {
+                return hello.server_name().and_then(|n| challenges.tls_alpn01(n));
+            }
+        }
+        self.pick(hello.server_name())
     }
 }
 
@@ -180,39 +229,47 @@ impl Resumption {
     }
 }
 
-/// One TLS listener's rustls config, and when each of its certificates
-/// expires (name served for, `notAfter`).
+/// One TLS listener's rustls config, and its resolver (which tells when each
+/// certificate in service expires).
 pub struct ListenerTls {
     pub config: Arc<rustls::ServerConfig>,
-    pub expiries: Vec<(String, SystemTime)>,
+    pub resolver: Arc<SniResolver>,
 }
 
 /// Builds the rustls config for one TLS listener, loading every certificate.
 /// `tickets`: `[server] tls_tickets` (the session cache is used either way).
+/// An ACME default takes its certificate slot and challenges from `acme`.
 pub fn server_config(
     cfg: &TlsConfig,
     resumption: &Resumption,
     tickets: bool,
+    acme: &acme::Registry,
 ) -> Result<ListenerTls, CertError> {
-    let resolver = SniResolver::load(cfg)?;
-    let expiries = resolver.expiries();
+    let resolver = Arc::new(SniResolver::load(cfg, acme)?);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| CertError::Cert {
-            path: cfg.default.cert.clone(),
+            path: match &cfg.default {
+                ListenerCert::Files(p) => p.cert.clone(),
+                ListenerCert::Acme(a) => a.cache.clone(),
+            },
             reason: e.to_string(),
         })?
         .with_client_cert_verifier(client_verifier(cfg, provider.clone())?)
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver.clone());
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if resolver.challenges.is_some() {
+        // Only validation handshakes offer it; they never reach HTTP.
+        sc.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     sc.session_storage = resumption.cache.clone();
     if tickets {
         sc.ticketer = resumption.ticketer.clone();
     }
     Ok(ListenerTls {
         config: Arc::new(sc),
-        expiries,
+        resolver,
     })
 }
 

@@ -122,16 +122,9 @@ fn host_of(addr: &str) -> &str {
         .unwrap_or(host)
 }
 
-/// The system's trust roots (rustls-native-certs: the OS store, or the
-/// files `SSL_CERT_FILE` / `SSL_CERT_DIR` name). Unparsable entries are
-/// skipped, as every TLS client on the system skips them.
+/// The system's trust roots ([`crate::certs::system_roots`]); none is an error.
 fn system_roots() -> Result<rustls::RootCertStore, UpstreamTlsError> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::debug!(error = %e, "skipping a system trust root");
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
+    let roots = crate::certs::system_roots();
     if roots.is_empty() {
         return Err(UpstreamTlsError::NoSystemRoots);
     }

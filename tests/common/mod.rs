@@ -10,6 +10,7 @@
 //! - [`tls`]: TLS clients.
 //! - [`h2`]: a raw HTTP/2 client (streams, resets, pings).
 //! - [`openssl`]: the openssl CLI (OCSP responses, `s_client`).
+//! - [`pebble`]: Pebble, the ACME test CA, and its mock DNS, as children.
 //! - [`h2_upstream`]: an HTTP/2-only upstream that answers with trailers, like gRPC.
 //! - [`grpc`]: a real gRPC server and client (tonic, raw-bytes messages).
 //! - [`tls_upstream`]: a test CA and a real TLS upstream (HTTP, WebSocket, health).
@@ -24,6 +25,7 @@ pub mod grpc;
 pub mod h2;
 pub mod h2_upstream;
 pub mod openssl;
+pub mod pebble;
 pub mod process;
 pub mod raw;
 pub mod redis;

@@ -12,6 +12,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod acme;
 mod auth;
 mod auth_callout;
 mod chat;

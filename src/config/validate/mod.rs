@@ -283,6 +283,7 @@ fn listeners(
 ) -> Vec<ListenerConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
+    let has_plain = ls.iter().any(|l| l.get_ref().tls.is_none());
     for (i, l) in ls.iter().enumerate() {
         let l = l.get_ref();
         let key = format!("listener[{i}]");
@@ -298,9 +299,9 @@ fn listeners(
         } else {
             cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
         }
+        let span = ls[i].span();
         let tls = l.tls.as_ref().map(|t| {
-            let mut default = cx.cert_pair(&t.cert, &t.key, &format!("{key}.tls"));
-            default.ocsp = cx.ocsp_file(&t.ocsp, &format!("{key}.tls"));
+            let default = listener_cert(cx, t, &key, span, has_plain);
             let sni = t
                 .sni
                 .iter()
@@ -338,4 +339,70 @@ fn listeners(
         });
     }
     out
+}
+
+/// The listener's default certificate: `cert` + `key` (and `ocsp`), or
+/// `[listener.tls.acme]`; exactly one of the two.
+fn listener_cert(
+    cx: &mut Ctx,
+    t: &TlsFile,
+    key: &str,
+    listener: std::ops::Range<usize>,
+    has_plain: bool,
+) -> ListenerCert {
+    let k = format!("{key}.tls");
+    let placeholder = || {
+        ListenerCert::Files(CertPaths {
+            cert: Default::default(),
+            key: Default::default(),
+            ocsp: None,
+        })
+    };
+    match (&t.cert, &t.key, &t.acme) {
+        (None, None, Some(a)) => {
+            if let Some(o) = &t.ocsp {
+                cx.at(
+                    o.span(),
+                    format!("{k}.ocsp: not used with [listener.tls.acme] (the response would be for another certificate); remove it"),
+                );
+            }
+            let mut found = Vec::new();
+            let acme = super::acme::parse(a, &k, has_plain, &mut found);
+            found.into_iter().for_each(|(span, m)| cx.at(span, m));
+            acme.map(ListenerCert::Acme).unwrap_or_else(placeholder)
+        }
+        (Some(c), Some(kk), None) => {
+            let mut paths = cx.cert_pair(c, kk, &k);
+            paths.ocsp = cx.ocsp_file(&t.ocsp, &k);
+            ListenerCert::Files(paths)
+        }
+        (_, _, Some(a)) => {
+            cx.at(
+                a.span(),
+                format!("{k}.acme: use either cert/key or [listener.tls.acme], not both"),
+            );
+            placeholder()
+        }
+        (Some(c), None, None) => {
+            cx.at(
+                c.span(),
+                format!("{k}.key: missing (the private key of {k}.cert)"),
+            );
+            placeholder()
+        }
+        (None, Some(kk), None) => {
+            cx.at(
+                kk.span(),
+                format!("{k}.cert: missing (the certificate for {k}.key)"),
+            );
+            placeholder()
+        }
+        (None, None, None) => {
+            cx.at(
+                listener,
+                format!("{k}: needs cert and key, or a [listener.tls.acme] table"),
+            );
+            placeholder()
+        }
+    }
 }

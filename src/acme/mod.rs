@@ -1,0 +1,241 @@
+//! ACME (RFC 8555) certificates for TLS listeners (`[listener.tls.acme]`,
+//! docs/tls.md#acme). This module owns, per distinct ACME setting:
+//!
+//! - the [`CertSlot`] the listener's SNI resolver serves from: empty until
+//!   the first certificate, then swapped whole on each renewal, so existing
+//!   connections keep their session and new handshakes get the new
+//!   certificate;
+//! - the renewal task ([`renew`]): the certificate from the cache at start,
+//!   a new order when none is cached or a third of the lifetime is left,
+//!   failures retried with a bounded backoff while the last good certificate
+//!   stays in service;
+//! - the cache directory ([`cache`]): the account key and the certificates,
+//!   so a restart reuses both and orders nothing;
+//! - the challenge answers ([`Challenges`], one per process): http-01 tokens
+//!   that `proxy` answers on plain listeners, tls-alpn-01 validation
+//!   certificates that `server::tls` serves to `acme-tls/1` handshakes.
+//!
+//! The protocol itself (JWS, nonces, account, orders, CSR finalization) is
+//! instant-acme ([`client`]). Account keys and certificate keys are never
+//! logged. The [`Registry`] is built by the gateway, which hands listeners
+//! their slots and starts or stops the tasks as the config changes.
+
+mod cache;
+mod challenges;
+mod client;
+pub mod renew;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+pub use self::challenges::{Challenges, ACME_TLS_ALPN, HTTP01_PREFIX};
+pub use self::renew::Policy;
+use crate::config::AcmeConfig;
+use crate::metrics::AcmeOrder;
+
+/// Why getting, storing or loading an ACME certificate failed. Messages are
+/// for operators and never include key material.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ACME cache {path}: {reason}")]
+    CacheContent { path: PathBuf, reason: String },
+    #[error("ACME trust root {path}: {reason}")]
+    Roots { path: PathBuf, reason: String },
+    #[error("ACME server: {0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("the CA's authorization for {domain} is {status}")]
+    Authorization {
+        domain: String,
+        status: &'static str,
+    },
+    #[error("the CA offers no {challenge} challenge for {domain}")]
+    NoChallenge {
+        domain: String,
+        challenge: &'static str,
+    },
+    #[error("the CA found the order invalid: it could not validate {domains} with {challenge}")]
+    OrderInvalid {
+        domains: String,
+        challenge: &'static str,
+    },
+    #[error("the order did not finish within {0} s")]
+    Timeout(u64),
+    #[error("the CA's certificate is unusable: {0}")]
+    Certificate(String),
+    #[error("cannot make the tls-alpn-01 validation certificate: {0}")]
+    ValidationCert(#[from] rcgen::Error),
+}
+
+impl AcmeError {
+    /// The CA does not know the account (RFC 8555 `accountDoesNotExist`:
+    /// deactivated, or a test CA that was restarted).
+    pub fn is_unknown_account(&self) -> bool {
+        matches!(self, AcmeError::Protocol(instant_acme::Error::Api(p))
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"))
+    }
+
+    /// The message with the causes under it (`: `-joined), for the log: the
+    /// HTTP client's own message alone ("client error (Connect)") does not
+    /// say what failed.
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
+}
+
+/// A certificate in service, with its lifetime.
+#[derive(Debug)]
+pub struct Issued {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The certificate a listener serves for one ACME setting: empty until the
+/// first one is loaded or issued, then replaced whole.
+#[derive(Debug, Default)]
+pub struct CertSlot {
+    current: ArcSwapOption<Issued>,
+}
+
+impl CertSlot {
+    /// The certificate to serve now.
+    pub fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load().as_ref().map(|i| i.key.clone())
+    }
+
+    /// The certificate in service, with its lifetime.
+    pub fn current(&self) -> Option<Arc<Issued>> {
+        self.current.load_full()
+    }
+
+    fn store(&self, issued: Issued) {
+        self.current.store(Some(Arc::new(issued)));
+    }
+}
+
+struct Entry {
+    cfg: AcmeConfig,
+    slot: Arc<CertSlot>,
+    /// Set while its renewal task runs.
+    running: Option<CancellationToken>,
+}
+
+/// Every ACME setting of the process and its slot, kept across reloads: a
+/// reload that keeps a setting keeps its certificate and its task.
+pub struct Registry {
+    challenges: Arc<Challenges>,
+    policy: Policy,
+    /// `wsgate_acme_orders_total`.
+    orders: Family<AcmeOrder, Counter>,
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl Registry {
+    /// `orders` counts finished orders (`wsgate_acme_orders_total`).
+    pub fn new(policy: Policy, orders: Family<AcmeOrder, Counter>) -> Self {
+        Self {
+            challenges: Arc::default(),
+            policy,
+            orders,
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The pending challenge answers of every setting.
+    pub fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
+    }
+
+    /// The slot of `cfg`, made (empty, no task yet) when it is new.
+    pub fn slot(&self, cfg: &AcmeConfig) -> Arc<CertSlot> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entries.iter().find(|e| e.cfg == *cfg) {
+            return e.slot.clone();
+        }
+        // A setting that replaces one of the same CA and cache (a reload
+        // that changed the domains) serves its predecessor's certificate
+        // until its own is issued, rather than failing handshakes.
+        let slot = Arc::new(CertSlot::default());
+        if let Some(prev) = entries
+            .iter()
+            .filter(|e| e.cfg.directory == cfg.directory && e.cfg.cache == cfg.cache)
+            .find_map(|e| e.slot.current())
+        {
+            slot.current.store(Some(prev));
+        }
+        entries.push(Entry {
+            cfg: cfg.clone(),
+            slot: slot.clone(),
+            running: None,
+        });
+        slot
+    }
+
+    /// Starts the renewal task of every setting in `wanted` that has none
+    /// (children of `parent`: a drain stops them), and stops and forgets the
+    /// settings not in it. Call once the listeners that answer the
+    /// challenges are bound.
+    pub fn sync(&self, wanted: &[&AcmeConfig], parent: &CancellationToken) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| {
+            let keep = wanted.contains(&&e.cfg);
+            if !keep {
+                if let Some(t) = &e.running {
+                    t.cancel();
+                }
+            }
+            keep
+        });
+        for cfg in wanted {
+            let idx = match entries.iter().position(|e| e.cfg == **cfg) {
+                Some(i) => i,
+                None => {
+                    entries.push(Entry {
+                        cfg: (*cfg).clone(),
+                        slot: Arc::new(CertSlot::default()),
+                        running: None,
+                    });
+                    entries.len() - 1
+                }
+            };
+            let e = &mut entries[idx];
+            if e.running.is_some() {
+                continue;
+            }
+            let stop = parent.child_token();
+            e.running = Some(stop.clone());
+            tokio::spawn(renew::run(
+                e.cfg.clone(),
+                renew::Ctx {
+                    slot: e.slot.clone(),
+                    challenges: self.challenges.clone(),
+                    policy: self.policy,
+                    orders: self.orders.clone(),
+                },
+                stop,
+            ));
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The renewal task of one ACME setting: serve the cached certificate at
+//! once, order a new one when there is none or a third of its lifetime is
+//! left, and retry failures with a doubling, capped backoff while the last
+//! good certificate stays in the slot. Runs until its token is cancelled
+//! (the setting left the config, or the gateway drains).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::Cache;
+use super::{client, AcmeError, CertSlot, Challenges, Issued};
+use crate::config::AcmeConfig;
+use crate::metrics::AcmeOrder;
+
+/// Timing of renewals and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The first retry after a failure; each further one waits twice as long.
+    pub first_retry: Duration,
+    /// The longest wait between two tries.
+    pub max_retry: Duration,
+    /// One order, from `newOrder` to the certificate, must finish within this.
+    pub order_timeout: Duration,
+    /// The shortest time between two successful orders (a CA issuing
+    /// certificates that are already due must not be hammered).
+    pub min_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            first_retry: Duration::from_secs(10),
+            max_retry: Duration::from_secs(3600),
+            order_timeout: Duration::from_secs(180),
+            min_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: when
+/// a third of its lifetime is left.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_after.checked_sub(life / 3).unwrap_or(not_before)
+}
+
+/// The wait before try `failures + 1` after `failures` failed in a row.
+pub fn backoff(policy: &Policy, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    policy
+        .first_retry
+        .saturating_mul(1u32 << doublings)
+        .min(policy.max_retry)
+}
+
+/// The longest single sleep: the next try is a wall-clock time, re-checked at
+/// least this often, so a suspended machine or a clock step cannot push a
+/// renewal back by the length of a monotonic sleep.
+const RECHECK: Duration = Duration::from_secs(600);
+
+/// What one renewal task works with besides its setting.
+pub(super) struct Ctx {
+    pub(super) slot: Arc<CertSlot>,
+    pub(super) challenges: Arc<Challenges>,
+    pub(super) policy: Policy,
+    /// `wsgate_acme_orders_total`.
+    pub(super) orders: Family<AcmeOrder, Counter>,
+}
+
+pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
+    let Ctx {
+        slot,
+        challenges,
+        policy,
+        orders,
+    } = cx;
+    let count = |result| {
+        let domain = cfg.domains.first().cloned().unwrap_or_default();
+        orders.get_or_create(&AcmeOrder { domain, result }).inc();
+    };
+    let cache = Cache::new(&cfg);
+    let domains = cfg.domains.join(",");
+    // The cached certificate of this very setting decides when to order;
+    // without one, order now (a certificate the slot was seeded with, for
+    // the names before a reload, is only served until then).
+    let mut next = match cache.load_cert() {
+        Ok(Some(issued)) if issued.not_after > SystemTime::now() => {
+            tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
+                "ACME certificate loaded from the cache");
+            let at = renew_at(issued.not_before, issued.not_after);
+            slot.store(issued);
+            at
+        }
+        Ok(_) => SystemTime::now(),
+        Err(e) => {
+            tracing::warn!(domains = %domains, error = %e, "ACME cache unusable; ordering a new certificate");
+            SystemTime::now()
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait.min(RECHECK)) => continue,
+            }
+        }
+        let attempt = tokio::time::timeout(policy.order_timeout, obtain(&cfg, &cache, &challenges));
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = attempt => r.unwrap_or(Err(AcmeError::Timeout(policy.order_timeout.as_secs()))),
+        };
+        let now = SystemTime::now();
+        match result {
+            Ok(issued) => {
+                count("ok");
+                tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
+                    "ACME certificate issued and in service");
+                next = renew_at(issued.not_before, issued.not_after).max(now + policy.min_interval);
+                slot.store(issued);
+                failures = 0;
+            }
+            Err(e) => {
+                count("error");
+                failures = failures.saturating_add(1);
+                let wait = backoff(&policy, failures);
+                next = now + wait;
+                let serving = if slot.key().is_some() {
+                    "the current certificate stays in service"
+                } else {
+                    "no certificate yet: handshakes for these names fail"
+                };
+                tracing::warn!(domains = %domains, error = %e.with_causes(), failures,
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "ACME order failed; {serving}");
+            }
+        }
+    }
+}
+
+/// One order, stored in the cache before it is served. An account the CA
+/// no longer knows is replaced by a new registration within the same try.
+async fn obtain(
+    cfg: &AcmeConfig,
+    cache: &Cache,
+    challenges: &Arc<Challenges>,
+) -> Result<Issued, AcmeError> {
+    let account = client::account(cfg, cache).await?;
+    let (chain, key) = match client::order(&account, cfg, challenges).await {
+        Err(e) if e.is_unknown_account() => {
+            tracing::warn!(directory = %cfg.directory,
+                "the CA does not know the cached ACME account; registering a new one");
+            cache.forget_account()?;
+            let account = client::account(cfg, cache).await?;
+            client::order(&account, cfg, challenges).await?
+        }
+        other => other?,
+    };
+    cache.save_cert(&chain, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_with_a_third_of_the_lifetime_left() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = renew_at(t0, t0 + Duration::from_secs(90 * 86400));
+        assert_eq!(at, t0 + Duration::from_secs(60 * 86400));
+        assert_eq!(
+            renew_at(t0, t0 + Duration::from_secs(9)),
+            t0 + Duration::from_secs(6)
+        );
+        // A certificate whose notAfter precedes its notBefore is due at once.
+        assert_eq!(
+            renew_at(t0, t0 - Duration::from_secs(5)),
+            t0 - Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = Policy::default();
+        assert_eq!(backoff(&p, 1), Duration::from_secs(10));
+        assert_eq!(backoff(&p, 2), Duration::from_secs(20));
+        assert_eq!(backoff(&p, 4), Duration::from_secs(80));
+        assert_eq!(backoff(&p, 10), Duration::from_secs(3600));
+        assert_eq!(backoff(&p, u32::MAX), Duration::from_secs(3600));
+    }
+}
