@@ -903,7 +903,7 @@ async fn redis_commandstats(addr: &str) -> io::Result<String> {
 /// total `--rate` room messages/s (open loop) for `--duration`. Every member
 /// (the sender too) should receive every message of its room. Reports
 /// delivered messages/s, delivery latency (all, and cross-node only), the
-/// wsgate nodes' CPU (`--pid a,b,c`) and, per Redis in `--redis host:port,...`,
+/// wsgate nodes' CPU (`--pid a,b,c`) and RSS growth per joined session, and, per Redis in `--redis host:port,...`,
 /// its CPU (`INFO cpu`) and `INFO commandstats` over the send phase only
 /// (`CONFIG RESETSTAT` when it starts).
 async fn run_chat_nodes(opts: &Opts) -> io::Result<()> {
@@ -935,6 +935,7 @@ async fn run_chat_nodes(opts: &Opts) -> io::Result<()> {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let delivered_all = Arc::new(AtomicU64::new(0));
+    let rss0 = read_rss_kb(&pids);
     let mut tasks = Vec::with_capacity(rooms * members);
     let mut senders = Vec::with_capacity(rooms);
     // Connect and join room by room; `i` numbers connections for --src-ips.
@@ -1004,6 +1005,8 @@ async fn run_chat_nodes(opts: &Opts) -> io::Result<()> {
         cpu0.push(redis_cpu_us(a).await?);
     }
     let gw0 = cpu_us(&pids);
+    // RSS growth of the nodes per joined chat session (before any message)
+    let rss_per_conn = (read_rss_kb(&pids).saturating_sub(rss0) * 1024) / (rooms * members) as u64;
     delivered_all.store(0, Ordering::Relaxed);
 
     let frames: Vec<(Vec<u8>, usize)> = (0..rooms)
@@ -1071,7 +1074,7 @@ async fn run_chat_nodes(opts: &Opts) -> io::Result<()> {
         }
     }
     println!(
-        "{{\"mode\":\"chat-nodes\",\"nodes\":{},\"rooms\":{rooms},\"members\":{members},\"rate\":{rate},\"sent\":{sent},\"sent_per_s\":{:.0},\"delivered\":{delivered},\"expected\":{expected},\"delivered_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"cross_p99_us\":{},\"gw_cpu_us\":{gw_cpu},\"redis\":[{}],\"errors\":{errors}}}",
+        "{{\"mode\":\"chat-nodes\",\"nodes\":{},\"rooms\":{rooms},\"members\":{members},\"rate\":{rate},\"sent\":{sent},\"sent_per_s\":{:.0},\"delivered\":{delivered},\"expected\":{expected},\"delivered_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"cross_p99_us\":{},\"gw_cpu_us\":{gw_cpu},\"rss_per_conn\":{rss_per_conn},\"redis\":[{}],\"errors\":{errors}}}",
         nodes.len(),
         sent as f64 / send_secs,
         delivered as f64 / send_secs,
