@@ -7,7 +7,7 @@
 #
 #   bench/s6.sh                          full: rates 1000..16000 room msgs/s, 3 runs x 5 s
 #   bench/s6.sh --rates "2000 4000" --runs 5 --duration 5 --rooms 30 --members 6 --nodes 3
-#   bench/s6.sh --smoke                  about 10 s: one low rate, 1 s, debug builds (CI)
+#   bench/s6.sh --smoke                  ~6 s: one low rate, 0.5 s per mode, debug builds (scripts/test.sh)
 #   options: --bound-ms 50 (p99 delivery latency bound), --modes "single cluster"
 #   env:     WSGATE=path/to/wsgate (default: target/release/wsgate, built here)
 #
@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$NODES" -ge 1 ] && [ "$NODES" -le 3 ] || { echo "s6.sh: --nodes 1..3" >&2; exit 2; }
 if [ "$SMOKE" = 1 ]; then
-  RUNS=1 DUR=1 RATES=200 ROOMS=6 MEMBERS=3
+  RUNS=1 DUR=0.5 RATES=200 ROOMS=6 MEMBERS=3
   OUT="$ROOT/bench/results/s6-smoke"
 else
   OUT="$ROOT/bench/results/s6-$(date -u +%Y%m%dT%H%M%SZ)"
