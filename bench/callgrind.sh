@@ -12,6 +12,10 @@
 # VARIANT=limit (S4): the route has a generous `[limit]` (1e6/s per ip, never
 # reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
 # route has `auth` (HS256) and wrk sends a token minted by `wsgate token`.
+# VARIANT=wss (S5): the connections over TLS 1.3 to a TLS listener (a full
+# handshake each); VARIANT=wss-resume (S5): the same, the client resuming its
+# sessions with tickets (issue 21; the load's JSON, with its resumed count, is
+# kept beside the callgrind file).
 #
 # TARGET=nginx | TARGET=haproxy (S4, S5): the same load against nginx's worker
 # (`master_process off`, one process) or HAProxy (`-db`, nbthread 1) under
@@ -55,7 +59,12 @@ case "${VARIANT:-}" in
     sed -i 's|^upstream = "http"$|upstream = "http"\nauth = "bench"|' "$OUT/$STAMP.toml"
     printf '[auth.bench]\nhmac_secret = "base64:%s"\n' "$(head -c 32 /dev/urandom | base64 -w0)" >>"$OUT/$STAMP.toml"
     TOKEN=$("$WSGATE" token -c "$OUT/$STAMP.toml" --auth bench --sub bench --ttl 1h) ;;
-  *) echo "unknown VARIANT $VARIANT (limit | auth)" >&2; exit 2 ;;
+  wss|wss-resume)
+    [ "$SCEN" = S5 ] || { echo "VARIANT=$VARIANT is for S5" >&2; exit 2; }
+    [ -f certs/localhost.crt ] || "$WSGATE" gen-cert >/dev/null
+    printf '[[listener]]\naddr = "127.0.0.1:28443"\n[listener.tls]\ncert = "%s"\nkey = "%s"\n' \
+      "$ROOT/certs/localhost.crt" "$ROOT/certs/localhost.key" >>"$OUT/$STAMP.toml" ;;
+  *) echo "unknown VARIANT $VARIANT (limit | auth | wss | wss-resume)" >&2; exit 2 ;;
 esac
 WRK_HEADER=()
 [ -z "${TOKEN:-}" ] || WRK_HEADER=(-H "Authorization: Bearer $TOKEN")
@@ -84,8 +93,14 @@ done
 load() {
   case "$SCEN" in
     S4) wrk -t1 -c100 -d"${1}s" "${WRK_HEADER[@]}" http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
-    S5) "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 8 --duration "$1" |
-          python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
+    S5)
+      local url=ws://127.0.0.1:28080/ws/ resume=0
+      case "${VARIANT:-}" in
+        wss) url=wss://127.0.0.1:28443/ws/ ;;
+        wss-resume) url=wss://127.0.0.1:28443/ws/ resume=1 ;;
+      esac
+      "$WSB" connrate --url "$url" --concurrency 8 --duration "$1" --resume "$resume" |
+        tee -a "$OUT/$STAMP.load.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
     S2|S1)
       path=/echo; [ "$SCEN" = S1 ] && path=/ws/
       "$WSB" echo --url "ws://127.0.0.1:28080$path" --conns 100 --size 32 --depth 1 --duration "$1" |

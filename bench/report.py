@@ -173,6 +173,8 @@ w("Reproduce: `bench/run.sh` (full, ~25 min with defaults; `--duration 3` to sho
 w("(seconds, CI), `bench/profile.sh bench/results/<run>` (syscalls per message, perf), `bench/callgrind.sh S4`")
 w("(user-space instructions per operation, exact whatever the noise). Raw measurements:")
 w(f"`{os.path.relpath(out_dir, os.path.dirname(here))}/results.jsonl`, with the generated nginx and wsgate configs next to it.")
+w("S6 across nodes and Redis shards (`bench/s6.sh`) and gRPC through wsgate (`bench/grpc.sh`) have their own")
+w("scripts and sections at the end, each with the command that produced it.")
 w("")
 w("| machine | |")
 w("|---|---|")

@@ -67,3 +67,7 @@ fi
 echo "== bench smoke (bench/run.sh --smoke)"
 bench/run.sh --smoke
 
+# S6 across nodes (issue 20): 3 nodes over one Redis and over a 3-master Redis
+# Cluster, one 0.5 s run each (~6 s); full measurement: bench/s6.sh.
+echo "== S6 across nodes smoke (bench/s6.sh --smoke)"
+bench/s6.sh --smoke

@@ -9,9 +9,12 @@
 //! | `connrate` | new WebSocket connections per second (ws or wss): connect, handshake, close |
 //! | `idle` | open N WebSocket connections, hold them, report the RSS growth of `--pid` per connection |
 //! | `chat` | one chat room, N members, one sender at `--rate`; delivered msgs/s and delivery latency |
+//! | `chat-nodes` | chat rooms spread over several wsgate nodes sharing Redis (S6 across nodes, `bench/s6.sh`): delivered msgs/s, latency (cross-node too), nodes' CPU, Redis CPU and `INFO commandstats` per shard |
 //! | `ws-server` | upstream WebSocket echo server for the proxy scenarios (minimal hand-written tokio echo, all frames of one read in one write; `direct` in S2/S3) |
 //! | `fws-server` | WebSocket echo with the `fastwebsockets` crate (hyper 1 upgrade, `FragmentCollector`, one write per frame): S2/S3 comparison |
 //! | `tt-server` | WebSocket echo with `tokio-tungstenite`, default config (`accept_async`, 128 KiB read buffer): S2/S3 comparison |
+//! | `grpc` | gRPC unary calls (tonic, raw-bytes codec) with `--concurrency` in flight over `--conns` HTTP/2 connections: calls/s, latency (`bench/grpc.sh`) |
+//! | `grpc-server` | h2c gRPC server answering `t.Echo/Unary` with the request message (tonic `server::Grpc` on hyper) |
 //! | `http-server` | keep-alive HTTP/1.1 backend answering every request with 13 bytes |
 //!
 //! Every load mode prints one JSON object on stdout. Latencies are measured from
@@ -21,6 +24,8 @@
 //! Client frames are built once with a fixed mask key; only the 8 timestamp
 //! bytes are re-masked per send. `--src-ips K` spreads client connections over
 //! K source addresses in 127.0.1.0/24 and up, to pass the ephemeral-port limit.
+
+mod grpc;
 
 use std::collections::HashMap;
 use std::io;
@@ -40,7 +45,7 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: wsbench MODE [--key value]...  (modes: echo connrate idle chat ws-server fws-server tt-server http-server)");
+        eprintln!("usage: wsbench MODE [--key value]...  (modes: echo connrate idle chat chat-nodes grpc ws-server fws-server tt-server http-server grpc-server)");
         std::process::exit(2);
     };
     let opts = Opts::parse(&args[1..]);
@@ -55,6 +60,9 @@ fn main() {
             "connrate" => run_connrate(&opts).await,
             "idle" => run_idle(&opts).await,
             "chat" => run_chat(&opts).await,
+            "chat-nodes" => run_chat_nodes(&opts).await,
+            "grpc" => grpc::run_grpc(&opts).await,
+            "grpc-server" => grpc::serve_grpc(&opts).await,
             "ws-server" => serve(&opts, serve_ws_echo).await,
             "fws-server" => serve(&opts, serve_fws_echo).await,
             "tt-server" => serve(&opts, serve_tt_echo).await,
@@ -689,34 +697,13 @@ async fn run_chat(opts: &Opts) -> io::Result<()> {
         let path = format!("{}?user=b{i}", client.target.path);
         conns.push(client.connect(i, Some(&path)).await?);
     }
-    let (join, _) = client_frame(
-        1,
-        format!("{{\"type\":\"join\",\"room\":\"{room}\"}}").as_bytes(),
-    );
     let ready = Arc::new(tokio::sync::Barrier::new(members + 1));
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut sender = None;
-    for (i, (mut io, mut buf)) in conns.into_iter().enumerate() {
-        io.write_all(&join).await?;
-        // Wait for this member's own presence acknowledgement.
-        let me = format!("\"user\":\"b{i}\"");
-        'ack: loop {
-            let mut pos = 0;
-            while let Some((_, p0, end, _)) = parse_frame(&buf[pos..]) {
-                let payload = &buf[pos + p0..pos + end];
-                pos += end;
-                if find(payload, b"presence").is_some() && find(payload, me.as_bytes()).is_some() {
-                    buf.drain(..pos);
-                    break 'ack;
-                }
-            }
-            buf.drain(..pos);
-            if io.read_buf(&mut buf).await? == 0 {
-                return Err(io::Error::other("chat closed before join ack"));
-            }
-        }
+    for (i, (mut io, buf)) in conns.into_iter().enumerate() {
+        let mut buf = chat_join(&mut io, buf, &room, &format!("b{i}")).await?;
         let (mut rd, wr) = tokio::io::split(io);
         if i == 0 {
             sender = Some(wr);
@@ -794,6 +781,308 @@ async fn run_chat(opts: &Opts) -> io::Result<()> {
         delivered as f64 / duration.as_secs_f64(),
         us(&hist, 0.5),
         us(&hist, 0.99)
+    );
+    if delivered == 0 {
+        return Err(io::Error::other("no chat message delivered"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- chat across nodes (S6 cluster)
+
+/// Sends `join` for `room` on a fresh chat connection and waits for the user's
+/// own presence acknowledgement; returns the bytes read past it.
+async fn chat_join(
+    io: &mut Box<dyn Io>,
+    mut buf: Vec<u8>,
+    room: &str,
+    user: &str,
+) -> io::Result<Vec<u8>> {
+    let (join, _) = client_frame(
+        1,
+        format!("{{\"type\":\"join\",\"room\":\"{room}\"}}").as_bytes(),
+    );
+    io.write_all(&join).await?;
+    let me = format!("\"user\":\"{user}\"");
+    loop {
+        let mut pos = 0;
+        while let Some((_, p0, end, _)) = parse_frame(&buf[pos..]) {
+            let payload = &buf[pos + p0..pos + end];
+            pos += end;
+            if find(payload, b"presence").is_some() && find(payload, me.as_bytes()).is_some() {
+                buf.drain(..pos);
+                return Ok(buf);
+            }
+        }
+        buf.drain(..pos);
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::other("chat closed before join ack"));
+        }
+    }
+}
+
+/// One RESP inline command to a Redis at `addr`; returns the reply's text
+/// (a bulk string's contents, or a status line).
+async fn redis_cmd(addr: &str, cmd: &str) -> io::Result<String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::other(format!("redis {addr}: connect timed out")))??;
+    s.write_all(format!("{cmd}\r\n").as_bytes()).await?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(nl) = find(&buf, b"\r\n") {
+            match buf[0] {
+                b'+' => return Ok(String::from_utf8_lossy(&buf[1..nl]).into_owned()),
+                b'$' => {
+                    let n: usize = std::str::from_utf8(&buf[1..nl])
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| io::Error::other("redis: bad bulk length"))?;
+                    if buf.len() >= nl + 2 + n {
+                        return Ok(String::from_utf8_lossy(&buf[nl + 2..nl + 2 + n]).into_owned());
+                    }
+                }
+                _ => {
+                    let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
+                    return Err(io::Error::other(format!("redis {addr} {cmd}: {line}")));
+                }
+            }
+        }
+        match timeout_at(until, s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err(io::Error::other(format!("redis {addr}: closed"))),
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => return Err(io::Error::other(format!("redis {addr} {cmd}: timed out"))),
+        }
+    }
+}
+
+/// used_cpu_sys + used_cpu_user of a Redis, in microseconds (`INFO cpu`).
+async fn redis_cpu_us(addr: &str) -> io::Result<f64> {
+    let info = redis_cmd(addr, "INFO cpu").await?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((field("used_cpu_sys:") + field("used_cpu_user:")) * 1e6)
+}
+
+/// `INFO commandstats` as JSON: `{"evalsha":[calls,usec],...}`.
+async fn redis_commandstats(addr: &str) -> io::Result<String> {
+    let info = redis_cmd(addr, "INFO commandstats").await?;
+    let mut out = Vec::new();
+    for l in info.lines() {
+        // cmdstat_evalsha:calls=30,usec=1500,usec_per_call=50.00,...
+        let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+            continue;
+        };
+        let get = |k: &str| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(k))
+                .unwrap_or("0")
+                .to_string()
+        };
+        out.push(format!(
+            "\"{}\":[{},{}]",
+            name.replace('|', "_"),
+            get("calls="),
+            get("usec=")
+        ));
+    }
+    Ok(format!("{{{}}}", out.join(",")))
+}
+
+/// Chat fan-out across wsgate nodes sharing rooms through Redis (S6 cluster,
+/// `bench/s6.sh`): `--rooms` rooms of `--members` members each, member `j` of
+/// room `r` on node `(r + j) % nodes` (`--urls`, comma-separated), so every
+/// room spans the nodes; member 0 of each room sends, the rooms in turn, at a
+/// total `--rate` room messages/s (open loop) for `--duration`. Every member
+/// (the sender too) should receive every message of its room. Reports
+/// delivered messages/s, delivery latency (all, and cross-node only), the
+/// wsgate nodes' CPU (`--pid a,b,c`) and RSS growth per joined session, and, per Redis in `--redis host:port,...`,
+/// its CPU (`INFO cpu`) and `INFO commandstats` over the send phase only
+/// (`CONFIG RESETSTAT` when it starts).
+async fn run_chat_nodes(opts: &Opts) -> io::Result<()> {
+    let src_ips = opts.num("src-ips", 1usize);
+    let nodes: Vec<Client> = opts
+        .str("urls", "ws://127.0.0.1:8080/chat/ws")
+        .split(',')
+        .map(|u| {
+            Ok(Client {
+                target: parse_url(u)?,
+                tls: None,
+                src_ips,
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    let rooms = opts.num("rooms", 10usize).max(1);
+    let members = opts.num("members", 6usize).max(1);
+    let rate = opts.num("rate", 1000f64);
+    let duration = opts.secs("duration", 5.0);
+    let prefix = opts.str("prefix", "s6");
+    let redis: Vec<String> = opts
+        .str("redis", "")
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    let pids = opts.str("pid", "");
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered_all = Arc::new(AtomicU64::new(0));
+    let rss0 = read_rss_kb(&pids);
+    let mut tasks = Vec::with_capacity(rooms * members);
+    let mut senders = Vec::with_capacity(rooms);
+    // Connect and join room by room; `i` numbers connections for --src-ips.
+    let mut i = 0;
+    for r in 0..rooms {
+        let room = format!("{prefix}r{r}");
+        let sender_node = r % nodes.len();
+        for j in 0..members {
+            let node = (r + j) % nodes.len();
+            let c = &nodes[node];
+            let user = format!("{prefix}r{r}m{j}");
+            let path = format!("{}?user={user}", c.target.path);
+            let (mut io, buf) = c.connect(i, Some(&path)).await?;
+            i += 1;
+            let mut buf = chat_join(&mut io, buf, &room, &user).await?;
+            let (mut rd, wr) = tokio::io::split(io);
+            if j == 0 {
+                senders.push(wr);
+            }
+            let remote = node != sender_node;
+            let (stop, delivered_all) = (stop.clone(), delivered_all.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut hist = new_hist();
+                let mut count = 0u64;
+                buf.reserve(64 * 1024);
+                loop {
+                    let mut pos = 0;
+                    let now = now_ns(start);
+                    let mut n = 0;
+                    while let Some((op, p0, end, _)) = parse_frame(&buf[pos..]) {
+                        if op == 1 {
+                            if let Some(ts) = chat_ts(&buf[pos + p0..pos + end]) {
+                                hist.saturating_record(now.saturating_sub(ts).max(1));
+                                n += 1;
+                            }
+                        }
+                        pos += end;
+                    }
+                    buf.drain(..pos);
+                    count += n;
+                    delivered_all.fetch_add(n, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if buf.capacity() - buf.len() < 8192 {
+                        buf.reserve(64 * 1024);
+                    }
+                    match tokio::time::timeout(Duration::from_millis(50), rd.read_buf(&mut buf))
+                        .await
+                    {
+                        Ok(Ok(0)) => return Err(io::Error::other("chat closed")),
+                        Ok(r) => {
+                            r?;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Ok::<_, io::Error>((remote, count, hist))
+            }));
+        }
+    }
+    // Every join was acknowledged (its script ran, its presence published):
+    // the counters start here, so they hold the send phase only.
+    let mut cpu0 = Vec::with_capacity(redis.len());
+    for a in &redis {
+        redis_cmd(a, "CONFIG RESETSTAT").await?;
+        cpu0.push(redis_cpu_us(a).await?);
+    }
+    let gw0 = cpu_us(&pids);
+    // RSS growth of the nodes per joined chat session (before any message)
+    let rss_per_conn = (read_rss_kb(&pids).saturating_sub(rss0) * 1024) / (rooms * members) as u64;
+    delivered_all.store(0, Ordering::Relaxed);
+
+    let frames: Vec<(Vec<u8>, usize)> = (0..rooms)
+        .map(|r| {
+            // the text is 20 digits wide: the send time, stamped per send
+            client_frame(
+                1,
+                format!(
+                    "{{\"type\":\"msg\",\"room\":\"{prefix}r{r}\",\"text\":\"{:020}\"}}",
+                    0
+                )
+                .as_bytes(),
+            )
+        })
+        .collect();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let t_start = tokio::time::Instant::now();
+    let deadline = t_start + duration;
+    let mut next = t_start;
+    let mut sent = 0u64;
+    while next < deadline {
+        tokio::time::sleep_until(next).await;
+        let r = sent as usize % rooms;
+        let (frame, off) = &frames[r];
+        let mut f = frame.clone();
+        // re-mask the 20 timestamp digits: `..."text":"` + digits + `"}`
+        let digits = format!("{:020}", now_ns(start));
+        let d0 = f.len() - 2 - 20;
+        for (k, b) in digits.bytes().enumerate() {
+            f[d0 + k] = b ^ MASK[(d0 + k - off) % 4];
+        }
+        senders[r].write_all(&f).await?;
+        sent += 1;
+        next += interval;
+    }
+    let send_secs = t_start.elapsed().as_secs_f64();
+    let expected = sent * members as u64;
+    // Drain: until every expected delivery arrived, at most 2 s.
+    let until = Instant::now() + Duration::from_secs(2);
+    while delivered_all.load(Ordering::Relaxed) < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gw_cpu = cpu_us(&pids) - gw0;
+    let mut shards = Vec::with_capacity(redis.len());
+    for (a, c0) in redis.iter().zip(&cpu0) {
+        let cpu = redis_cpu_us(a).await? - c0;
+        let stats = redis_commandstats(a).await?;
+        shards.push(format!(
+            "{{\"addr\":\"{a}\",\"cpu_us\":{cpu:.0},\"commandstats\":{stats}}}"
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut cross) = (new_hist(), new_hist());
+    let (mut delivered, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        match t.await.map_err(io::Error::other)? {
+            Ok((remote, c, h)) => {
+                delivered += c;
+                all.add(&h).expect("hist add");
+                if remote {
+                    cross.add(&h).expect("hist add");
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    println!(
+        "{{\"mode\":\"chat-nodes\",\"nodes\":{},\"rooms\":{rooms},\"members\":{members},\"rate\":{rate},\"sent\":{sent},\"sent_per_s\":{:.0},\"delivered\":{delivered},\"expected\":{expected},\"delivered_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"cross_p99_us\":{},\"gw_cpu_us\":{gw_cpu},\"rss_per_conn\":{rss_per_conn},\"redis\":[{}],\"errors\":{errors}}}",
+        nodes.len(),
+        sent as f64 / send_secs,
+        delivered as f64 / send_secs,
+        us(&all, 0.5),
+        us(&all, 0.99),
+        us(&all, 1.0),
+        us(&cross, 0.99),
+        shards.join(",")
     );
     if delivered == 0 {
         return Err(io::Error::other("no chat message delivered"));
