@@ -23,7 +23,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::{cpu_us, new_hist, us, Opts};
+use crate::opts::Opts;
+use crate::stats::{cpu_us, new_hist, us};
 
 /// Messages as they are on the wire (no protobuf).
 #[derive(Debug, Clone, Copy, Default)]
