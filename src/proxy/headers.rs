@@ -26,12 +26,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let listed: Vec<HeaderName> = connection_tokens(h)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
         h.remove(name);
@@ -56,13 +52,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// `Upgrade`), filtering while copying is cheaper than copying then removing:
 /// no list of names is built and nothing is hashed twice.
 pub fn end_to_end(h: &HeaderMap, also: &[HeaderName], spare: usize) -> HeaderMap {
-    let listed: Vec<&str> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
+    let listed: Vec<&str> = connection_tokens(h).collect();
     let mut out = HeaderMap::with_capacity(h.len() + spare);
     for (name, value) in h {
         let n = name.as_str();
@@ -75,6 +65,15 @@ pub fn end_to_end(h: &HeaderMap, also: &[HeaderName], spare: usize) -> HeaderMap
         out.append(name.clone(), value.clone());
     }
     out
+}
+
+/// The field names a `Connection` header lists (RFC 9110 §7.6.1).
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::{Conn, Error};
@@ -154,12 +154,7 @@ impl Decoder {
             Ok(httparse::Status::Complete((_, fields))) => fields,
             _ => return Err(Error::Chunk("invalid trailer section")),
         };
-        let mut map = HeaderMap::with_capacity(fields.len());
-        for f in fields {
-            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Header)?;
-            let value = HeaderValue::from_bytes(f.value).map_err(|_| Error::Header)?;
-            map.append(name, value);
-        }
+        let map = super::response::field_map(fields)?;
         *self = Decoder::Done;
         Ok(Step::Trailers(map))
     }

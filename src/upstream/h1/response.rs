@@ -68,18 +68,24 @@ fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Header)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Error::Header)?;
-        headers.append(name, value);
-    }
+    let headers = field_map(resp.headers)?;
     conn.buf.advance(n);
     Ok(Some(Head {
         status,
         version,
         headers,
     }))
+}
+
+/// Parsed fields as a map (response heads and chunked trailers alike).
+pub fn field_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Header)?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| Error::Header)?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// The body's framing and whether the connection may serve another request.
