@@ -78,6 +78,14 @@ impl RequestBody {
             drain: version == Version::HTTP_2,
         }
     }
+
+    /// A body with no bytes (a request whose head said it has none).
+    pub fn empty() -> Self {
+        RequestBody {
+            inner: None,
+            drain: false,
+        }
+    }
 }
 
 impl http_body::Body for RequestBody {

@@ -1,7 +1,8 @@
-//! One client connection served by hyper-util's auto builder (HTTP/1.1 and
-//! HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT enabled). When
-//! the gateway drains, the connection gets `graceful_shutdown` so requests in
-//! flight finish. Upgraded connections leave hyper here and are tracked as
+//! One client connection: plain HTTP/1.1 requests on the fast path (`h1`)
+//! until one needs more, then hyper-util's auto builder for the rest (HTTP/1.1
+//! and HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT
+//! enabled). When the gateway drains, the connection gets `graceful_shutdown`
+//! so requests in flight finish. Upgraded connections leave hyper here and are tracked as
 //! sessions by `proxy::ws`. Handlers get each request body as a
 //! [`RequestBody`], which drains an HTTP/2 body they leave unread.
 
@@ -19,6 +20,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::h1;
+use super::rewind::Rewind;
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
 use crate::body::{Body, RequestBody};
@@ -176,8 +179,30 @@ pub async fn serve<H, IO>(
     let slot = Arc::new(slot);
     // Cancelled when the first request head has arrived.
     let first_request = CancellationToken::new();
+    let mut io = io;
+    let prefix = if protocols == Protocols::Http2 {
+        Bytes::new()
+    } else {
+        let settings = h1::Settings {
+            header_timeout: server.header_timeout,
+            max_head: server.max_request_head.max(8192),
+        };
+        let handle = |req| handler.handle(req, ctx.clone(), slot.clone());
+        match h1::serve(
+            &mut io,
+            settings,
+            handle,
+            &sc.shutdown.token,
+            &first_request,
+        )
+        .await
+        {
+            h1::End::Closed => return,
+            h1::End::Handoff(prefix) => prefix,
+        }
+    };
     let seen = first_request.clone();
-    let (io, framing) = Guarded::new(io);
+    let (io, framing) = Guarded::new(Rewind::new(prefix, io));
     let service = service_fn(move |req: Request<Incoming>| {
         if !seen.is_cancelled() {
             seen.cancel();

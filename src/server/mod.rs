@@ -8,8 +8,10 @@
 
 pub mod admin;
 pub mod conn;
+mod h1;
 pub mod listener;
 pub mod proxy_protocol;
+mod rewind;
 pub mod smuggle;
 pub mod tls;
 

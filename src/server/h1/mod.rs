@@ -1,0 +1,220 @@
+//! The HTTP/1.1 fast path: plain requests served by the connection's own task,
+//! without hyper's dispatcher.
+//!
+//! A keep-alive request through hyper's server went through its dispatcher's
+//! state machine, a `Service` future boxed per request, and header maps built
+//! and then re-encoded by its generic role code: about 15 k of the 26 k
+//! user-space instructions of a proxied request (BENCHMARKS.md, optimisation
+//! log). Most edge traffic is plain GETs on kept-alive connections, so those
+//! are served here: read a head ([`request`]), call the handler, write the
+//! answer ([`response`]), and loop.
+//!
+//! Everything else goes to hyper, for the rest of the connection: the first
+//! head that has a body, an upgrade or an `Expect`, that is not HTTP/1.1, or
+//! that does not parse, is handed over with the bytes read so far
+//! ([`End::Handoff`]); an HTTP/2 preface too, as it is no HTTP/1.1 head. So
+//! hyper still answers every request it answered before that this path does
+//! not serve exactly as it would.
+//!
+//! The rules kept from hyper's server: a head must be complete within
+//! `header_timeout` of being waited for (also the idle keep-alive limit); a
+//! client that closes while its request is handled cancels the handler; a
+//! drain lets the request in flight finish and then closes, and closes an
+//! idle connection at once (but serves a first request already on the way).
+
+mod request;
+mod response;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, RequestBody};
+use request::Parsed;
+
+/// The read buffer's first size, and how much it grows by at a time.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// How the fast path left the connection.
+pub enum End {
+    /// It is closed, or must be: nothing more to serve.
+    Closed,
+    /// hyper serves the rest, starting with these bytes already read.
+    Handoff(Bytes),
+}
+
+/// The limits of one connection, from `[server]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub header_timeout: Duration,
+    /// A head that is not complete within this many bytes goes to hyper,
+    /// which answers 431.
+    pub max_head: usize,
+}
+
+/// Serves requests from `io` with `handle` until the connection closes, the
+/// gateway drains, or a request needs hyper. `first_request` is cancelled
+/// when the first head has arrived.
+pub async fn serve<IO, F, Fut>(
+    io: &mut IO,
+    settings: Settings,
+    mut handle: F,
+    shutdown: &CancellationToken,
+    first_request: &CancellationToken,
+) -> End
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        let (request, keep_alive) =
+            match next_head(io, &mut buf, settings, shutdown, first_request).await {
+                Head::Ready(r, k) => (r, k),
+                Head::Handoff => return End::Handoff(buf.freeze()),
+                Head::Closed => return End::Closed,
+            };
+        if !first_request.is_cancelled() {
+            first_request.cancel();
+        }
+        let head_request = request.method() == Method::HEAD;
+        let Some(resp) = answer(io, &mut buf, handle(request)).await else {
+            tracing::debug!("client closed the connection before its answer");
+            return End::Closed;
+        };
+        let resp = refuse_interim(resp);
+        let close = match response::write(io, &mut buf, &mut out, resp, head_request).await {
+            Ok(close) => close,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing the response failed; closing");
+                return End::Closed;
+            }
+        };
+        if close || !keep_alive || shutdown.is_cancelled() {
+            let _ = io.shutdown().await;
+            return End::Closed;
+        }
+        // A big head or answer grew a buffer; an idle connection keeps little.
+        if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
+            buf = BytesMut::new();
+        }
+        if out.capacity() > 4 * READ_CHUNK {
+            out = Vec::new();
+        }
+    }
+}
+
+// Moved once per request: boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Ready(Request<RequestBody>, bool),
+    Handoff,
+    Closed,
+}
+
+/// Waits for the next head, within `header_timeout`. A drain closes an idle
+/// connection, except one whose first request has not arrived yet: that one
+/// is on its way (a connection accepted just before a binary upgrade).
+async fn next_head<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    settings: Settings,
+    shutdown: &CancellationToken,
+    first_request: &CancellationToken,
+) -> Head
+where
+    IO: AsyncRead + Unpin,
+{
+    let closable = buf.is_empty() && first_request.is_cancelled();
+    tokio::select! {
+        r = tokio::time::timeout(settings.header_timeout, read_head(io, buf, settings.max_head)) => match r {
+            Ok(head) => head,
+            Err(_) => {
+                tracing::debug!("no complete request head within header_timeout; closing");
+                Head::Closed
+            }
+        },
+        _ = shutdown.cancelled(), if closable => Head::Closed,
+    }
+}
+
+/// Reads until `buf` starts with a whole head (or one for hyper).
+async fn read_head<IO>(io: &mut IO, buf: &mut BytesMut, max_head: usize) -> Head
+where
+    IO: AsyncRead + Unpin,
+{
+    loop {
+        if !buf.is_empty() {
+            match request::parse(buf) {
+                Parsed::Ready {
+                    request,
+                    len,
+                    keep_alive,
+                } => {
+                    buf.advance(len);
+                    return Head::Ready(request, keep_alive);
+                }
+                Parsed::Handoff => return Head::Handoff,
+                Parsed::Partial if buf.len() >= max_head => return Head::Handoff,
+                Parsed::Partial => {}
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Runs the handler. While the buffer is empty the socket is watched, and a
+/// close (or error) cancels the handler (`None`), as hyper's server does;
+/// bytes that arrive meanwhile (a pipelined request) are kept for later.
+async fn answer<IO, Fut>(io: &mut IO, buf: &mut BytesMut, fut: Fut) -> Option<Response<Body>>
+where
+    IO: AsyncRead + Unpin,
+    Fut: Future<Output = Response<Body>>,
+{
+    let fut = std::pin::pin!(fut);
+    if !buf.is_empty() {
+        return Some(fut.await);
+    }
+    if buf.capacity() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    let mut fut = fut;
+    tokio::select! {
+        biased;
+        resp = fut.as_mut() => Some(resp),
+        r = io.read_buf(buf) => match r {
+            Ok(n) if n > 0 => Some(fut.await),
+            _ => None,
+        },
+    }
+}
+
+/// hyper's server sends no interim answer a handler returns as its response:
+/// it answers 500 and closes. The same here.
+fn refuse_interim(resp: Response<Body>) -> Response<Body> {
+    if !resp.status().is_informational() {
+        return resp;
+    }
+    let mut r = Response::new(crate::body::empty());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! Reading a request head for the fast path, and deciding whether the fast
+//! path may serve it at all.
+//!
+//! The fast path takes only what it can serve completely and exactly as hyper
+//! would: an HTTP/1.1 request with no body, no upgrade and no `Expect`. Every
+//! other head (and every head it cannot parse) is left in the buffer for
+//! hyper, which then answers it (including the 400, 431 or 505 for a broken
+//! one) and the rest of the connection. So nothing a client can send is
+//! judged by two parsers: what this one does not take, it does not judge.
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+use crate::body::RequestBody;
+// A second one of these is refused with 400 by the smuggling guard under
+// hyper, so a head repeating one goes there.
+use crate::server::smuggle::SINGLE;
+
+/// Header fields one head may carry before it is left to hyper (which allows
+/// 100); the array lives on the stack while a head is parsed.
+const MAX_FIELDS: usize = 64;
+
+/// What the bytes read so far hold.
+// Moved once per request: boxing the request would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A head the fast path serves: the request, the bytes it took, and
+    /// whether the client lets the connection stay open after it.
+    Ready {
+        request: Request<RequestBody>,
+        len: usize,
+        keep_alive: bool,
+    },
+    /// A head (or a start of one) for hyper.
+    Handoff,
+}
+
+/// Parses the head at the start of `buf`.
+pub(super) fn parse(buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut fields);
+    let len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    match build(&head) {
+        Some((request, keep_alive)) => Parsed::Ready {
+            request,
+            len,
+            keep_alive,
+        },
+        None => Parsed::Handoff,
+    }
+}
+
+/// The request, or `None` when the head is one for hyper.
+fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool)> {
+    if head.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(head.method?.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    let uri = Uri::try_from(head.path?).ok()?;
+    let mut fields = Fields::default();
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for f in head.headers.iter() {
+        if !fields.admit(f.name, f.value) {
+            return None;
+        }
+        let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(f.value).ok()?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(RequestBody::empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some((request, !fields.close))
+}
+
+/// What the fields of one head said, as far as the fast path cares.
+#[derive(Default)]
+struct Fields {
+    close: bool,
+    content_length: bool,
+    /// Bit `i`: a field that must appear once (see [`SINGLE`]) was seen.
+    single: u8,
+}
+
+impl Fields {
+    /// Notes one field; `false` when it makes the head one for hyper: a
+    /// body (any `Transfer-Encoding`, a `Content-Length` other than one `0`),
+    /// an upgrade, an `Expect`, or a repeated single field.
+    fn admit(&mut self, name: &str, value: &[u8]) -> bool {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("transfer-encoding") || is("upgrade") || is("expect") {
+            return false;
+        }
+        if is("content-length") {
+            if self.content_length || value != b"0" {
+                return false;
+            }
+            self.content_length = true;
+        } else if is("connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return false;
+                }
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                }
+            }
+        } else if let Some(i) = SINGLE.iter().position(|s| is(s)) {
+            let bit = 1u8 << i;
+            if self.single & bit != 0 {
+                return false;
+            }
+            self.single |= bit;
+        }
+        true
+    }
+}

@@ -1,0 +1,395 @@
+//! Writing a response on the fast path, framed the way hyper's server frames
+//! it, so a client cannot tell which of the two answered:
+//!
+//! - the handler's `Content-Length` or `Transfer-Encoding` is kept; without
+//!   either, a body of known size gets `content-length`, one of unknown size
+//!   is sent chunked;
+//! - `HEAD`, `204` and `304` answers carry no body, and `204` (like `1xx`)
+//!   no length either; an empty body elsewhere gets `content-length: 0`;
+//! - a `Date` is added when the handler gave none (formatted once a second);
+//! - chunked trailers are sent only when the response announced them in
+//!   `Trailer`, and never for fields that may not be trailers;
+//! - `Connection: close` from the handler ends the connection after it.
+//!
+//! The head goes out with the body's first chunk when that is ready at once
+//! (one write for a small proxied answer), else on its own.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::body::{Body, BoxError};
+
+/// Body chunks up to this size are copied behind the head (or the chunk size
+/// line) to go in one write; larger ones are written from where they are.
+const COPY_MAX: usize = 16 * 1024;
+
+/// Why a response could not be written whole; the connection closes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    #[error("response body failed: {0}")]
+    Body(BoxError),
+    #[error("response body does not match its Content-Length")]
+    Length,
+    #[error("invalid Content-Length in the response")]
+    ContentLength,
+    #[error("the client closed the connection")]
+    ClientClosed,
+}
+
+/// How the body follows the head.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body goes out (`HEAD`, `204`, `304`, or an empty body).
+    None,
+    Length(u64),
+    /// Chunked, with the trailer fields the head announced.
+    Chunked(Vec<HeaderName>),
+}
+
+/// Writes `resp` to `io`, using `out` as scratch; bytes the client sends
+/// meanwhile go to `buf`. Returns whether the connection must close after it.
+pub(super) async fn write<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    head_request: bool,
+) -> Result<bool, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (parts, body) = resp.into_parts();
+    out.clear();
+    let (framing, close) = encode_head(out, parts.status, &parts.headers, &body, head_request)?;
+    if framing == Framing::None {
+        drop(body);
+        io.write_all(out).await?;
+    } else {
+        write_body(io, buf, out, body, framing).await?;
+    }
+    io.flush().await?;
+    Ok(close)
+}
+
+/// Encodes the status line and fields; returns the body's framing and whether
+/// the response said `Connection: close`.
+fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &Body,
+    head_request: bool,
+) -> Result<(Framing, bool), Error> {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let no_body = head_request || no_length || status == StatusCode::NOT_MODIFIED;
+    let empty = body.is_end_stream();
+    let mut framing = None;
+    let mut trailers = Vec::new();
+    let mut close = false;
+    let mut date = false;
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                // An empty body's length is written below (or, for HEAD, this
+                // one kept): a stale header must not promise bytes.
+                if no_length || (empty && !head_request) || framing.is_some() {
+                    continue;
+                }
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(Error::ContentLength)?;
+                framing = Some(Framing::Length(n));
+            }
+            header::TRANSFER_ENCODING => {
+                if no_body {
+                    continue;
+                }
+                if !matches!(framing, Some(Framing::Length(_))) {
+                    framing = Some(Framing::Chunked(Vec::new()));
+                }
+            }
+            header::TRAILER => {
+                if no_body {
+                    continue;
+                }
+                if let Ok(v) = value.to_str() {
+                    trailers.extend(
+                        v.split(',')
+                            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok()),
+                    );
+                }
+            }
+            header::CONNECTION => close |= lists_close(value.as_bytes()),
+            header::DATE => date = true,
+            _ => {}
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) && !no_body && !last_is_chunked(headers) {
+        // hyper's rule: `chunked` must be the last coding, else it is added.
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    let framing = match framing {
+        Some(f) => f,
+        None if empty => {
+            if !no_length && !head_request {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Framing::None
+        }
+        None => match body.size_hint().exact() {
+            Some(n) => {
+                if !no_length {
+                    out.extend_from_slice(b"content-length: ");
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                Framing::Length(n)
+            }
+            None if no_body => Framing::None,
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked(Vec::new())
+            }
+        },
+    };
+    if !date {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let framing = match framing {
+        _ if no_body => Framing::None,
+        Framing::Chunked(_) => Framing::Chunked(trailers),
+        Framing::Length(0) => Framing::None,
+        f => f,
+    };
+    Ok((framing, close))
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn lists_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+fn last_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Writes the head in `out` and the body after it, framed as `framing` says.
+async fn write_body<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    mut body: Body,
+    framing: Framing,
+) -> Result<(), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let chunked = matches!(framing, Framing::Chunked(_));
+    let mut trailers = None;
+    loop {
+        // What is ready now joins the bytes waiting in `out`; when the body
+        // has to wait, what is written so far goes out first.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(f) => Some(f),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        let frame = match ready {
+            Some(f) => f,
+            None => {
+                send(io, out, &[]).await?;
+                io.flush().await?;
+                next_frame_or_close(io, buf, &mut body).await?
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Error::Body(e)),
+            Some(Ok(f)) => f,
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(f) => {
+                trailers = f.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if !chunked {
+            left = left.checked_sub(data.len() as u64).ok_or(Error::Length)?;
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        push_data(io, out, data).await?;
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Framing::Length(_) = framing {
+        if left != 0 {
+            return Err(Error::Length);
+        }
+    }
+    if let Framing::Chunked(allowed) = &framing {
+        out.extend_from_slice(b"0\r\n");
+        if let Some(t) = trailers {
+            put_trailers(out, &t, allowed);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    send(io, out, &[]).await
+}
+
+/// Waits for the body's next frame. A long wait (a stream of events) must
+/// not outlive the client: while nothing else is buffered the socket is
+/// watched, and its close ends the response, as in hyper's server.
+async fn next_frame_or_close<IO>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    body: &mut Body,
+) -> Result<Option<Result<Frame<Bytes>, BoxError>>, Error>
+where
+    IO: AsyncRead + Unpin,
+{
+    let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+    if !buf.is_empty() {
+        return Ok(frame.await);
+    }
+    if buf.capacity() < 64 {
+        buf.reserve(1024);
+    }
+    tokio::select! {
+        biased;
+        f = frame => Ok(f),
+        r = io.read_buf(buf) => match r {
+            Ok(n) if n > 0 => Ok(std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await),
+            _ => Err(Error::ClientClosed),
+        },
+    }
+}
+
+/// Copies a small `data` behind `out`; writes a large one from where it is.
+async fn push_data<IO>(io: &mut IO, out: &mut Vec<u8>, data: Bytes) -> Result<(), Error>
+where
+    IO: AsyncWrite + Unpin,
+{
+    if out.len() + data.len() <= COPY_MAX {
+        out.extend_from_slice(&data);
+        Ok(())
+    } else {
+        send(io, out, &data).await
+    }
+}
+
+fn put_trailers(out: &mut Vec<u8>, trailers: &HeaderMap, allowed: &[HeaderName]) {
+    for (name, value) in trailers {
+        if allowed.contains(name) && may_trail(name) {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// Fields that may not be sent as trailers (hyper's list).
+fn may_trail(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
+}
+
+/// Writes `out` then `more`, in as few `writev`s as the socket takes, and
+/// empties `out`.
+async fn send<IO>(io: &mut IO, out: &mut Vec<u8>, more: &[u8]) -> Result<(), Error>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let mut parts = [IoSlice::new(out), IoSlice::new(more)];
+    let mut parts = &mut parts[..];
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    out.clear();
+    Ok(())
+}
+
+thread_local! {
+    /// The `Date` value and the second it is for.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Appends the current `Date` value (RFC 9110 §5.6.7), formatted once a
+/// second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}

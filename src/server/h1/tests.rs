@@ -1,0 +1,253 @@
+//! The fast path against a raw client over real sockets: the exact bytes it
+//! writes, what it hands to hyper, and when it closes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{serve, End, Settings};
+use crate::body::{full, Body, RequestBody};
+
+const SETTINGS: Settings = Settings {
+    header_timeout: Duration::from_millis(300),
+    max_head: 8192,
+};
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Answers with the request's method and path.
+async fn echo_path(req: Request<RequestBody>) -> Response<Body> {
+    Response::new(full(format!("{} {}", req.method(), req.uri())))
+}
+
+/// Serves one accepted connection with `handle`; the task returns how the
+/// fast path ended.
+async fn server<F, Fut>(
+    handle: F,
+    shutdown: CancellationToken,
+) -> (TcpStream, tokio::task::JoinHandle<End>)
+where
+    F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        serve(
+            &mut s,
+            SETTINGS,
+            handle,
+            &shutdown,
+            &CancellationToken::new(),
+        )
+        .await
+    });
+    let c = TcpStream::connect(addr).await.expect("connect");
+    (c, task)
+}
+
+/// Reads until what was read contains `needle`, or EOF.
+async fn read_until(c: &mut TcpStream, needle: &str) -> String {
+    read_while(c, |got| !got.contains(needle)).await
+}
+
+async fn read_while(c: &mut TcpStream, more: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        while more(&String::from_utf8_lossy(&got)) {
+            let n = c.read(&mut b).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+    })
+    .await
+    .expect("answer in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn ended(task: tokio::task::JoinHandle<End>) -> End {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the fast path ended in time")
+        .expect("task")
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_then_a_body_goes_to_hyper() {
+    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    c.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .expect("write");
+    let End::Handoff(rest) = ended(task).await else {
+        panic!("the POST must go to hyper");
+    };
+    assert!(rest.starts_with(b"POST /c HTTP/1.1\r\n") && rest.ends_with(b"\r\n\r\nhi"));
+    let got = read_while(&mut c, |g| g.matches("GMT\r\n\r\n").count() < 2).await;
+    let (a, b) = got.split_once("GET /a").expect("first answer");
+    assert!(
+        a.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 6\r\ndate: "),
+        "{a}"
+    );
+    // HEAD: the length of what a GET would get, and no body.
+    assert!(
+        b.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 7\r\ndate: "),
+        "{b}"
+    );
+    assert!(b.ends_with("GMT\r\n\r\n"), "{b}");
+}
+
+#[tokio::test]
+async fn heads_the_fast_path_does_not_serve_go_to_hyper_untouched() {
+    for head in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+        b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    ] {
+        let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+        c.write_all(head).await.expect("write");
+        match ended(task).await {
+            End::Handoff(rest) => assert_eq!(&rest[..], head),
+            End::Closed => panic!("{} was not handed over", String::from_utf8_lossy(head)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_chunked_with_only_its_announced_trailers() {
+    let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, crate::body::BoxError>>(4);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let handle = move |_req| {
+        let rx = rx.lock().expect("lock").take().expect("one request");
+        async move {
+            let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|f| (f, rx))
+            });
+            let body = StreamBody::new(frames);
+            let mut r = Response::new(body.boxed_unsync());
+            r.headers_mut()
+                .insert("trailer", http::HeaderValue::from_static("x-sum"));
+            r
+        }
+    };
+    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    // The head goes out before the body's first chunk exists.
+    let head = read_until(&mut c, "\r\n\r\n").await;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+        .await
+        .expect("send");
+    let mut t = HeaderMap::new();
+    t.insert("x-sum", http::HeaderValue::from_static("5"));
+    t.insert("content-type", http::HeaderValue::from_static("text/plain"));
+    t.insert("x-other", http::HeaderValue::from_static("1"));
+    tx.send(Ok(http_body::Frame::trailers(t)))
+        .await
+        .expect("send");
+    drop(tx);
+    let rest = read_until(&mut c, "0\r\nx-sum: 5\r\n\r\n").await;
+    assert_eq!(rest, "5\r\nhello\r\n0\r\nx-sum: 5\r\n\r\n");
+    drop(c);
+    assert!(matches!(ended(task).await, End::Closed));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_handler() {
+    let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+    let guard = std::sync::Mutex::new(Some(dropped_tx));
+    let handle = move |_req| {
+        let tx = guard.lock().expect("lock").take();
+        async move {
+            // Signals when the handler future is dropped unfinished.
+            struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    if let Some(tx) = self.0.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            let _g = OnDrop(tx);
+            std::future::pending::<Response<Body>>().await
+        }
+    };
+    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    drop(c);
+    tokio::time::timeout(WAIT, dropped_rx)
+        .await
+        .expect("handler cancelled in time")
+        .expect("dropped");
+    assert!(matches!(ended(task).await, End::Closed));
+}
+
+#[tokio::test]
+async fn close_requests_a_slow_head_and_a_drain_end_the_connection() {
+    // `Connection: close`: answered, then closed.
+    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until(&mut c, "\0never").await;
+    assert!(got.ends_with("GET /x"), "{got}");
+    assert!(matches!(ended(task).await, End::Closed));
+
+    // Half a head, and no more within header_timeout: closed unanswered.
+    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+    assert!(matches!(ended(task).await, End::Closed));
+    assert_eq!(read_until(&mut c, "\0never").await, "");
+
+    // A drain: the idle connection closes at once.
+    let shutdown = CancellationToken::new();
+    let (mut c, task) = server(echo_path, shutdown.clone()).await;
+    c.write_all(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    read_until(&mut c, "GET /y").await;
+    shutdown.cancel();
+    assert!(matches!(ended(task).await, End::Closed));
+}
+
+#[tokio::test]
+async fn no_content_has_no_length_and_an_empty_body_says_zero() {
+    let handle = |req: Request<RequestBody>| async move {
+        let mut r = Response::new(crate::body::empty());
+        if req.uri().path() == "/none" {
+            *r.status_mut() = StatusCode::NO_CONTENT;
+        }
+        r
+    };
+    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    c.write_all(b"GET /none HTTP/1.1\r\nHost: x\r\n\r\nDELETE /e HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until(&mut c, "content-length: 0").await;
+    assert!(
+        got.starts_with("HTTP/1.1 204 No Content\r\ndate: "),
+        "{got}"
+    );
+    assert_eq!(got.matches("content-length").count(), 1, "{got}");
+    drop(c);
+    assert!(matches!(ended(task).await, End::Closed));
+}
