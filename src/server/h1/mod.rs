@@ -26,6 +26,7 @@ mod request;
 mod response;
 
 use std::future::Future;
+use std::pin::{pin, Pin};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -73,18 +74,41 @@ where
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    // One wait on the drain and one head timer for the connection's life: a
+    // new one per request would register and unregister each time, and a
+    // timer pushed later is only re-armed when it fires.
+    let mut drain = pin!(shutdown.cancelled());
+    let mut timer = pin!(tokio::time::sleep(settings.header_timeout));
     loop {
-        let (request, keep_alive) =
-            match next_head(io, &mut buf, settings, shutdown, first_request).await {
-                Head::Ready(r, k) => (r, k),
-                Head::Handoff => return End::Handoff(buf.freeze()),
-                Head::Closed => return End::Closed,
-            };
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + settings.header_timeout);
+        // A drain closes an idle connection, except one whose first request
+        // has not arrived yet: that one is on its way (a connection accepted
+        // just before a binary upgrade).
+        let closable = buf.is_empty() && first_request.is_cancelled();
+        let head = tokio::select! {
+            biased;
+            head = read_head(io, &mut buf, settings.max_head) => head,
+            () = timer.as_mut() => {
+                tracing::debug!("no complete request head within header_timeout; closing");
+                Head::Closed
+            }
+            () = drain.as_mut(), if closable => Head::Closed,
+        };
+        let (request, keep_alive) = match head {
+            Head::Ready(r, k) => (r, k),
+            Head::Handoff => return End::Handoff(buf.freeze()),
+            Head::Closed => return End::Closed,
+        };
         if !first_request.is_cancelled() {
             first_request.cancel();
         }
         let head_request = request.method() == Method::HEAD;
-        let Some(resp) = answer(io, &mut buf, handle(request)).await else {
+        // Pinned where it is made: the handler's future is large, and every
+        // move of it is a copy.
+        let handling = pin!(handle(request));
+        let Some(resp) = answer(io, &mut buf, handling).await else {
             tracing::debug!("client closed the connection before its answer");
             return End::Closed;
         };
@@ -116,32 +140,6 @@ enum Head {
     Ready(Request<RequestBody>, bool),
     Handoff,
     Closed,
-}
-
-/// Waits for the next head, within `header_timeout`. A drain closes an idle
-/// connection, except one whose first request has not arrived yet: that one
-/// is on its way (a connection accepted just before a binary upgrade).
-async fn next_head<IO>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    settings: Settings,
-    shutdown: &CancellationToken,
-    first_request: &CancellationToken,
-) -> Head
-where
-    IO: AsyncRead + Unpin,
-{
-    let closable = buf.is_empty() && first_request.is_cancelled();
-    tokio::select! {
-        r = tokio::time::timeout(settings.header_timeout, read_head(io, buf, settings.max_head)) => match r {
-            Ok(head) => head,
-            Err(_) => {
-                tracing::debug!("no complete request head within header_timeout; closing");
-                Head::Closed
-            }
-        },
-        _ = shutdown.cancelled(), if closable => Head::Closed,
-    }
 }
 
 /// Reads until `buf` starts with a whole head (or one for hyper).
@@ -178,19 +176,21 @@ where
 /// Runs the handler. While the buffer is empty the socket is watched, and a
 /// close (or error) cancels the handler (`None`), as hyper's server does;
 /// bytes that arrive meanwhile (a pipelined request) are kept for later.
-async fn answer<IO, Fut>(io: &mut IO, buf: &mut BytesMut, fut: Fut) -> Option<Response<Body>>
+async fn answer<IO, Fut>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    mut fut: Pin<&mut Fut>,
+) -> Option<Response<Body>>
 where
     IO: AsyncRead + Unpin,
     Fut: Future<Output = Response<Body>>,
 {
-    let fut = std::pin::pin!(fut);
     if !buf.is_empty() {
         return Some(fut.await);
     }
     if buf.capacity() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
-    let mut fut = fut;
     tokio::select! {
         biased;
         resp = fut.as_mut() => Some(resp),

@@ -8,6 +8,8 @@
 //! one) and the rest of the connection. So nothing a client can send is
 //! judged by two parsers: what this one does not take, it does not judge.
 
+use std::mem::MaybeUninit;
+
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
@@ -39,9 +41,13 @@ pub(super) enum Parsed {
 
 /// Parses the head at the start of `buf`.
 pub(super) fn parse(buf: &[u8]) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut head = httparse::Request::new(&mut fields);
-    let len = match head.parse(buf) {
+    if mentions_upgrade(buf) {
+        return Parsed::Handoff;
+    }
+    // Uninitialised: filling 64 empty fields costs more than parsing a head.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut []);
+    let len = match head.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handoff,
@@ -56,6 +62,19 @@ pub(super) fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
+/// Whether `upgrade` appears anywhere in `buf`, in any case: a WebSocket
+/// handshake then goes to hyper for one SIMD scan, with no parse here. A
+/// false match (the word in a path, or in a request queued behind) only means
+/// hyper serves the request.
+fn mentions_upgrade(buf: &[u8]) -> bool {
+    memchr::memchr2_iter(b'g', b'G', buf).any(|i| {
+        i >= 2
+            && buf
+                .get(i - 2..i + 5)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"upgrade"))
+    })
+}
+
 /// The request, or `None` when the head is one for hyper.
 fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool)> {
     if head.version != Some(1) {
@@ -65,13 +84,15 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool
     if method == Method::CONNECT {
         return None;
     }
-    let uri = Uri::try_from(head.path?).ok()?;
+    // Judged before anything is built: a head for hyper (a WebSocket
+    // handshake, an upload) costs this path a scan, not a header map.
     let mut fields = Fields::default();
+    if !head.headers.iter().all(|f| fields.admit(f.name, f.value)) {
+        return None;
+    }
+    let uri = Uri::try_from(head.path?).ok()?;
     let mut headers = HeaderMap::with_capacity(head.headers.len());
     for f in head.headers.iter() {
-        if !fields.admit(f.name, f.value) {
-            return None;
-        }
         let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(f.value).ok()?;
         headers.append(name, value);
@@ -99,6 +120,10 @@ impl Fields {
     /// an upgrade, an `Expect`, or a repeated single field.
     fn admit(&mut self, name: &str, value: &[u8]) -> bool {
         let is = |n: &str| name.eq_ignore_ascii_case(n);
+        // Most fields are none of these: the length rules them out first.
+        if !matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17 | 21) {
+            return true;
+        }
         if is("transfer-encoding") || is("upgrade") || is("expect") {
             return false;
         }
