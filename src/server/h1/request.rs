@@ -91,7 +91,9 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool
         return None;
     }
     let uri = Uri::try_from(head.path?).ok()?;
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Room for the few fields a proxy adds (`X-Forwarded-*`): growing the map
+    // later rehashes and moves it.
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 3);
     for f in head.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(f.value).ok()?;
