@@ -17,21 +17,25 @@
 //! Over the limit, the sessions holding the most are evicted, largest first,
 //! until what they hold covers the excess: their bytes leave the total at once
 //! (so one excess does not evict a second round while they close), their
-//! reads stop, and their stop token is cancelled so the session closes with
-//! 1013 (see `apps::codec::BUDGET_CLOSE`). Per read this costs two atomic
-//! additions and a load; per delivered message a load (and a swap and a
+//! reads stop, and the session waiting on [`Account::evicted`] is woken to
+//! close with 1013 (see `apps::codec::BUDGET_CLOSE`). Per read this costs two
+//! atomic additions and a load; per delivered message a load (and a swap and a
 //! subtraction when the count was not already zero). No lock outside session
 //! start, session end and eviction.
+//!
+//! Every idle session pays for its account, so it is kept small: one 64-byte
+//! allocation and an 8-byte slot in the registry (`Registry`); a drain
+//! is not the budget's business (sessions watch their drain token themselves).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
 
-use dashmap::DashMap;
+use futures_util::task::AtomicWaker;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 /// The most one read takes from a session's socket. The accounting forgets at
 /// most one read per session (see the module doc), so this bounds the error;
@@ -50,10 +54,8 @@ pub struct Budget {
     /// account adds here before its own count and takes its count before
     /// subtracting here, so a concurrent eviction cannot make it wrap.
     total: AtomicUsize,
-    /// Open accounts by id. Weak: the sessions own their accounts, and a
-    /// dropped account removes itself.
-    accounts: DashMap<u64, Weak<Account>>,
-    next_id: AtomicU64,
+    /// Open accounts, for eviction to find the largest holders.
+    accounts: Mutex<Registry>,
     /// One eviction pass at a time; others over the limit meanwhile skip it.
     enforcing: AtomicBool,
     /// `wsgate_ws_budget_closed_total`.
@@ -66,8 +68,7 @@ impl Budget {
         Arc::new(Self {
             limit: AtomicUsize::new(usize::try_from(limit).unwrap_or(usize::MAX)),
             total: AtomicUsize::new(0),
-            accounts: DashMap::new(),
-            next_id: AtomicU64::new(0),
+            accounts: Mutex::new(Registry::default()),
             enforcing: AtomicBool::new(false),
             closed,
         })
@@ -91,22 +92,27 @@ impl Budget {
 
     /// Open sessions with an account.
     pub fn sessions(&self) -> usize {
-        self.accounts.len()
+        self.registry().len()
     }
 
-    /// Opens a session's account. `stop` is the session's stop token (a child
-    /// of the drain token, so a drain cancels it too); eviction cancels it.
-    pub fn open(self: &Arc<Self>, stop: CancellationToken) -> Arc<Account> {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        let account = Arc::new(Account {
+    /// Opens a session's account. An eviction wakes [`Account::evicted`].
+    pub fn open(self: &Arc<Self>) -> Arc<Account> {
+        let mut registry = self.registry();
+        let account = Arc::new_cyclic(|me| Account {
             budget: self.clone(),
-            id,
             held: AtomicUsize::new(0),
+            wake: AtomicWaker::new(),
+            slot: registry.insert(me.clone()),
             evicted: AtomicBool::new(false),
-            stop,
         });
-        self.accounts.insert(id, Arc::downgrade(&account));
+        drop(registry);
         account
+    }
+
+    /// The registry, even if a panic poisoned its lock (it stays consistent:
+    /// every change to it is a single push, pop or store).
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Evicts the largest holders until the total is back under the limit.
@@ -117,7 +123,8 @@ impl Budget {
         let live = self.evict_largest();
         self.enforcing.store(false, Relaxed);
         // `live` may hold the last reference to an account whose session has
-        // just ended; its drop removes it from the map, which is fine here.
+        // just ended; its drop then empties its registry slot, which takes the
+        // registry's lock: fine here, it is no longer held.
         drop(live);
     }
 
@@ -128,14 +135,10 @@ impl Budget {
         if excess == 0 {
             return Vec::new();
         }
-        // Upgrade everything first and filter afterwards: dropping the last
-        // reference to an account inside the iteration would remove it from
-        // the map while its shard is locked for reading (a deadlock).
-        let live: Vec<Arc<Account>> = self
-            .accounts
-            .iter()
-            .filter_map(|e| e.value().upgrade())
-            .collect();
+        // Upgrade everything under the lock and look at them after it:
+        // dropping the last reference to an account removes it from the
+        // registry, which takes the lock (a deadlock if still held).
+        let live: Vec<Arc<Account>> = self.registry().live();
         let mut holders: Vec<(usize, &Arc<Account>)> = live
             .iter()
             .filter(|a| !a.is_evicted())
@@ -154,25 +157,73 @@ impl Budget {
     }
 }
 
+/// The open accounts: a slab of weak references, slots reused through a
+/// free list. 8 bytes per session where a hash map (the `DashMap` this
+/// replaced) took 17–35 with its control bytes and growth slack, and no
+/// per-session token or id. The sessions own their accounts; a dropped
+/// account empties its slot.
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Weak<Account>>,
+    free: Vec<u32>,
+}
+
+impl Registry {
+    /// Stores `account`, returns its slot.
+    fn insert(&mut self, account: Weak<Account>) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            self.slots[slot as usize] = account;
+            return slot;
+        }
+        // 2^32 live sessions cannot happen (each holds a file descriptor);
+        // were it to, the extra ones would share the last slot, which only
+        // hides them from eviction.
+        let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push(account);
+        slot
+    }
+
+    fn remove(&mut self, slot: u32) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Weak::new();
+            self.free.push(slot);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Every account still alive.
+    fn live(&self) -> Vec<Arc<Account>> {
+        self.slots.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
 /// One session's share of the budget; dropping it (the session ended) returns
-/// what it holds.
+/// what it holds. 48 bytes (64 with the `Arc`'s counts): one of these lives
+/// per idle session.
 pub struct Account {
     budget: Arc<Budget>,
-    id: u64,
     held: AtomicUsize,
+    /// The session task waiting in [`Account::evicted`].
+    wake: AtomicWaker,
+    /// Its slot in the budget's registry.
+    slot: u32,
     evicted: AtomicBool,
-    stop: CancellationToken,
 }
 
 impl Account {
-    /// The session's stop token: cancelled by a drain or an eviction.
-    pub fn stop(&self) -> &CancellationToken {
-        &self.stop
-    }
-
     /// Whether the budget evicted this session (close it with 1013).
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Relaxed)
+    }
+
+    /// Resolves once the budget evicts this session. One task at a time may
+    /// wait on it (the session's own: a second waiter would take the wake-up
+    /// from the first); making it again is free.
+    pub fn evicted(&self) -> Evicted<'_> {
+        Evicted(self)
     }
 
     /// Bytes read and not yet delivered as a message.
@@ -230,7 +281,7 @@ impl Account {
             limit = self.budget.limit(),
             "server.max_buffered exceeded: closing the session holding the most (1013)"
         );
-        self.stop.cancel();
+        self.wake.wake();
         freed
     }
 }
@@ -238,7 +289,26 @@ impl Account {
 impl Drop for Account {
     fn drop(&mut self) {
         self.take_all();
-        self.budget.accounts.remove(&self.id);
+        self.budget.registry().remove(self.slot);
+    }
+}
+
+/// [`Account::evicted`]: a reference, so a session holds it at no cost and
+/// nothing is allocated or registered per session beyond the account.
+pub struct Evicted<'a>(&'a Account);
+
+impl Future for Evicted<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check: an eviction between the two still
+        // finds the waker (it sets the flag before waking).
+        self.0.wake.register(cx.waker());
+        if self.0.is_evicted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -354,7 +424,7 @@ mod tests {
     #[test]
     fn messages_reset_and_control_frames_subtract_their_wire_size() {
         let (b, _) = budget(1 << 20);
-        let a = b.open(CancellationToken::new());
+        let a = b.open();
         a.add(1000);
         assert_eq!((a.held(), b.buffered()), (1000, 1000));
         // A ping (6 + 4 bytes on the wire) between fragments: the message in
@@ -374,8 +444,8 @@ mod tests {
     #[test]
     fn a_dropped_account_returns_its_bytes() {
         let (b, closed) = budget(1 << 20);
-        let a = b.open(CancellationToken::new());
-        let c = b.open(CancellationToken::new());
+        let a = b.open();
+        let c = b.open();
         a.add(700);
         c.add(300);
         assert_eq!((b.buffered(), b.sessions()), (1000, 2));
@@ -389,9 +459,9 @@ mod tests {
     #[test]
     fn over_the_limit_the_largest_holders_are_evicted_until_the_excess_is_covered() {
         let (b, closed) = budget(1000);
-        let big = b.open(CancellationToken::new());
-        let mid = b.open(CancellationToken::new());
-        let small = b.open(CancellationToken::new());
+        let big = b.open();
+        let mid = b.open();
+        let small = b.open();
         big.add(500);
         mid.add(300);
         small.add(100);
@@ -399,7 +469,10 @@ mod tests {
         // 1 150 bytes: 150 over. The largest alone covers it; the reader
         // (`small`) is not among the largest and keeps going.
         small.add(250);
-        assert!(big.is_evicted() && big.stop().is_cancelled());
+        assert!(big.is_evicted());
+        // The session waiting on its eviction sees it (the future is ready).
+        assert!(futures_util::FutureExt::now_or_never(big.evicted()).is_some());
+        assert!(futures_util::FutureExt::now_or_never(mid.evicted()).is_none());
         assert!(!mid.is_evicted() && !small.is_evicted());
         assert_eq!((big.held(), b.buffered(), closed.get()), (0, 650, 1));
         // Now the reader makes itself the largest: 1 250 bytes, 250 over.
@@ -408,7 +481,7 @@ mod tests {
         assert_eq!((b.buffered(), closed.get()), (300, 2));
         // An excess larger than the largest holder takes the next ones too.
         let (b, closed) = budget(100);
-        let accounts: Vec<_> = (0..4).map(|_| b.open(CancellationToken::new())).collect();
+        let accounts: Vec<_> = (0..4).map(|_| b.open()).collect();
         for (a, n) in accounts.iter().zip([40, 30, 20, 10]) {
             a.add(n);
         }
@@ -427,9 +500,46 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_reuses_the_slots_of_ended_sessions() {
+        let (b, _) = budget(100);
+        let accounts: Vec<_> = (0..3).map(|_| b.open()).collect();
+        let [first, middle, last] = <[_; 3]>::try_from(accounts).ok().expect("three");
+        drop(middle);
+        assert_eq!(b.sessions(), 2);
+        // The new account takes the freed slot: the registry does not grow.
+        let newer = b.open();
+        assert_eq!((b.sessions(), b.registry().slots.len()), (3, 3));
+        // Every live account, the one in the reused slot included, can be
+        // found and evicted.
+        newer.add(60);
+        first.add(30);
+        last.add(20);
+        assert!(newer.is_evicted() && !first.is_evicted() && !last.is_evicted());
+    }
+
+    #[tokio::test]
+    async fn an_eviction_wakes_the_session_waiting_for_it() {
+        let (b, _) = budget(10);
+        let a = b.open();
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { a.evicted().await }
+        });
+        // The task is parked on its account (nothing to wake it yet) ...
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // ... until the budget evicts it.
+        a.add(11);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+    }
+
+    #[test]
     fn a_lower_limit_applies_at_the_next_read() {
         let (b, closed) = budget(1 << 20);
-        let a = b.open(CancellationToken::new());
+        let a = b.open();
         a.add(4096);
         b.set_limit(4096);
         assert!(!a.is_evicted());
@@ -441,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn metered_counts_reads_and_stops_reading_once_evicted() {
         let (b, _) = budget(100 << 10);
-        let a = b.open(CancellationToken::new());
+        let a = b.open();
         let (client, server) = tokio::io::duplex(256 << 10);
         let mut m = Metered::new(server, a.clone());
         let mut client = client;

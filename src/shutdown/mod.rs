@@ -43,7 +43,8 @@ impl Shutdown {
     }
 
     /// The stop token of one WebSocket session (app or inspected splice): a
-    /// drain cancels it at a random point of the drain window.
+    /// drain cancels it at a random point of the drain window. Shared with
+    /// other sessions ([`Pace::token`]): wait on it, never cancel it.
     pub fn session_stop(&self) -> CancellationToken {
         self.pace.token()
     }

@@ -1,8 +1,15 @@
-//! Paced closes: every WebSocket session's stop token is the child of one of
-//! [`SLOTS`] slot tokens, picked at random when the session starts; a drain
-//! cancels the slots one after another, evenly spaced over the drain window.
-//! Sessions therefore close in random order, spread evenly, and no registry of
-//! sessions is kept (a child token leaves its parent when dropped).
+//! Paced closes: every WebSocket session's stop token is one of [`SLOTS`]
+//! slot tokens, picked at random when the session starts; a drain cancels the
+//! slots one after another, evenly spaced over the drain window. Sessions
+//! therefore close in random order, spread evenly, and no registry of
+//! sessions is kept.
+//!
+//! A session gets a clone of its slot's token, not a child of it: a child
+//! token is a ~112-byte allocation plus an entry in its parent's list, paid
+//! by every idle session, where a clone is a reference count. The price is
+//! that a session must never cancel its token (it would stop its slot-mates);
+//! nothing does: the memory budget wakes the sessions it evicts through their
+//! account (`budget::Account::evicted`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,9 +44,10 @@ impl Default for Pace {
 }
 
 impl Pace {
-    /// A new session's stop token, on a random slot.
+    /// A new session's stop token: its random slot's token, shared with the
+    /// slot's other sessions. Wait on it; never cancel it.
     pub fn token(&self) -> CancellationToken {
-        self.slots[rand::random_range(0..self.slots.len())].child_token()
+        self.slots[rand::random_range(0..self.slots.len())].clone()
     }
 
     /// Cancels slot `i` at `i / SLOTS` of `window` from now.

@@ -54,6 +54,7 @@ use crate::budget::Account;
 use crate::limit::gcra::{Bucket, Gcra};
 use crate::limit::Kind;
 use crate::shutdown::DRAIN_CLOSE;
+use tokio_util::sync::CancellationToken;
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -85,7 +86,9 @@ pub fn accept(
     // No compression: chat frames are small, and a deflate context per
     // connection costs far more memory than it saves.
     let opts = crate::apps::codec::options(hard_limit(chat.cfg().max_message_size), false);
-    let account = chat.budget.open(chat.shutdown.session_stop());
+    let account = chat.budget.open();
+    // The drain's paced token, shared with other sessions: only waited on.
+    let stop = chat.shutdown.session_stop();
     let (resp, up) =
         crate::apps::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
     let rate = chat.cfg().message_rate.map(|r| MessageRate {
@@ -103,9 +106,8 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, who, &account, rate).await;
-        // Only a drain or the budget cancel the stop token.
-        if account.stop().is_cancelled() && !account.is_evicted() {
+        run(&chat, ws, who, &account, &stop, rate).await;
+        if stop.is_cancelled() && !account.is_evicted() {
             hold.log.drained("app");
         }
     };
@@ -177,6 +179,7 @@ async fn run<S>(
     mut ws: Box<WebSocket<S>>,
     who: Identity,
     account: &Account,
+    stop: &CancellationToken,
     rate: Option<MessageRate>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -223,6 +226,7 @@ async fn run<S>(
         chat,
         conn: &conn,
         account,
+        stop,
         expires: deadline(who.expires),
     };
     let end = crate::shutdown::catch_panics(s.run(&mut ws, rx, rate))
@@ -276,6 +280,8 @@ struct Session<'a> {
     chat: &'a Arc<Chat>,
     conn: &'a Arc<Conn>,
     account: &'a Account,
+    /// The drain's paced stop token.
+    stop: &'a CancellationToken,
     /// When the session's token expires (a refresh moves it).
     expires: Instant,
 }
@@ -291,15 +297,6 @@ impl Session<'_> {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let (chat, conn, account) = (self.chat, self.conn, self.account);
-        // The session's stop token: a drain, or the budget evicting it.
-        let stop = account.stop();
-        let stopped_end = || {
-            if account.is_evicted() {
-                End::Evicted
-            } else {
-                End::Shutdown
-            }
-        };
         let max_text = usize::try_from(chat.cfg().max_message_size).unwrap_or(usize::MAX);
         // Zero disables pings and the silence check.
         let every = if chat.cfg().ping_interval.is_zero() {
@@ -313,17 +310,21 @@ impl Session<'_> {
         // Made once, not per turn: a fresh `cancelled()` joins and leaves the
         // token's waiter list, and a fresh sleep registers a timer, on every
         // message. The silence timer is re-armed only when it fires early.
-        let stopped = stop.cancelled();
+        let stopped = self.stop.cancelled();
+        let evicted = account.evicted();
         let kicked = conn.kicked().cancelled();
         let mut armed_for = last_seen + every * 2;
         let silence = sleep_until(armed_for);
         let expiry = sleep_until(self.expires);
-        tokio::pin!(stopped, kicked, silence, expiry);
+        tokio::pin!(stopped, evicted, kicked, silence, expiry);
         loop {
             let mut out: Vec<Frame> = Vec::new();
             tokio::select! {
                 biased;
-                () = &mut stopped => return stopped_end(),
+                // Eviction first: an evicted session closes with 1013 even
+                // when a drain has reached it too.
+                () = &mut evicted => return End::Evicted,
+                () = &mut stopped => return End::Shutdown,
                 () = &mut kicked => return End::Overflow,
                 () = &mut expiry => return End::Expired,
                 () = &mut silence => {
@@ -409,7 +410,8 @@ impl Session<'_> {
             }
             tokio::select! {
                 r = write => if r.is_err() { return End::Client },
-                () = &mut stopped => return stopped_end(),
+                () = &mut evicted => return End::Evicted,
+                () = &mut stopped => return End::Shutdown,
                 () = &mut kicked => return End::Overflow,
                 () = &mut expiry => return End::Expired,
                 () = &mut silence => return End::Silent,
