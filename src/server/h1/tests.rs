@@ -251,3 +251,106 @@ async fn no_content_has_no_length_and_an_empty_body_says_zero() {
     drop(c);
     assert!(matches!(ended(task).await, End::Closed));
 }
+
+/// Differential: every head the fast path takes, hyper's HTTP/1.1 server
+/// takes too, as the same request (method, target, version, fields in
+/// order). What the fast path hands over is hyper's to judge, so heads it
+/// takes must never be ones hyper would refuse or read differently.
+mod same_as_hyper {
+    use std::convert::Infallible;
+
+    use http::{HeaderMap, Method, Request, Response, Uri, Version};
+    use http_body_util::Empty;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::request::{parse, Parsed};
+
+    type Seen = (Method, Uri, Version, HeaderMap);
+
+    /// The request hyper's server hands its service for `head`, if any.
+    async fn hyper_reads(head: Vec<u8>) -> Option<Seen> {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Seen>();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+            if let Some(tx) = tx.lock().expect("lock").take() {
+                let (p, _) = req.into_parts();
+                let _ = tx.send((p.method, p.uri, p.version, p.headers));
+            }
+            async { Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new())) }
+        });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), svc);
+        let task = tokio::spawn(conn);
+        client.write_all(&head).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        let seen = tokio::time::timeout(super::WAIT, rx).await.ok()?.ok();
+        task.abort();
+        seen
+    }
+
+    /// Mostly heads the fast path takes, with odd parts mixed in.
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop_oneof![
+            8 => prop::sample::select(vec!["GET", "HEAD", "DELETE", "OPTIONS"]),
+            1 => prop::sample::select(vec!["FOO", "get", "G{T", "POST", "CONNECT"]),
+        ];
+        let target = prop_oneof![
+            8 => prop::sample::select(vec!["/", "/a?b=c&d", "*", "http://h.example/x?y", "//x", "/a%20b"]),
+            1 => prop::sample::select(vec!["/%zz", "/a b", "/\u{fc}", "/\x7f", "", "h.example:443"]),
+        ];
+        let version = prop_oneof![
+            8 => Just("HTTP/1.1"),
+            1 => prop::sample::select(vec!["HTTP/1.0", "HTTP/2.0", "HTTP/1.1 ", "http/1.1"]),
+        ];
+        let name = prop_oneof![
+            8 => prop::sample::select(vec!["Host", "X-A", "x-b", "Accept", "Connection", "Content-Length", "Origin"]),
+            1 => prop::sample::select(vec!["Transfer-Encoding", "Upgrade", "Expect", "Bad Name", "X:Y", "", "host"]),
+        ];
+        let value = prop_oneof![
+            8 => prop::sample::select(vec!["0", "close", "keep-alive", " padded ", "a\tb", "", "text/html, */*;q=0.8"]),
+            1 => prop::sample::select(vec!["5", "chunked", "Keep-Alive, Upgrade", "caf\u{e9}", "x\u{1}y", "0, 0", "a\u{7f}"]),
+        ];
+        let eol = prop_oneof![8 => Just("\r\n"), 1 => Just("\n")];
+        let field = (name, value, eol.clone()).prop_map(|(n, v, e)| format!("{n}: {v}{e}"));
+        (
+            method,
+            target,
+            version,
+            eol,
+            prop::collection::vec(field, 0..6),
+        )
+            .prop_map(|(m, t, v, e, fs)| format!("{m} {t} {v}{e}{}\r\n", fs.concat()).into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn heads_the_fast_path_takes_hyper_reads_the_same(head in head()) {
+            let Parsed::Ready { request, len, .. } = parse(&head) else {
+                return Ok(());
+            };
+            prop_assert_eq!(len, head.len());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let seen = rt.block_on(hyper_reads(head.clone()));
+            let Some((method, uri, version, headers)) = seen else {
+                return Err(TestCaseError::fail(format!(
+                    "hyper refused a head the fast path took: {:?}",
+                    String::from_utf8_lossy(&head)
+                )));
+            };
+            prop_assert_eq!(request.method(), &method);
+            prop_assert_eq!(request.uri(), &uri);
+            prop_assert_eq!(request.version(), version);
+            let ours: Vec<_> = request.headers().iter().collect();
+            let theirs: Vec<_> = headers.iter().collect();
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}
