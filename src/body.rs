@@ -64,7 +64,8 @@ pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(1);
 /// an unread body itself before the next request, or closes the connection.
 #[derive(Debug)]
 pub struct RequestBody {
-    /// `None` only once a drop has handed it to the drain task.
+    /// `None` for a request without a body (the HTTP/1.1 fast path's), or
+    /// once a drop has handed it to the drain task.
     inner: Option<Incoming>,
     /// An HTTP/2 body: drained when dropped unread.
     drain: bool,

@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::h1;
@@ -111,45 +112,49 @@ impl Limits {
     }
 }
 
-/// Drives a hyper connection future until it ends, the first request misses
-/// its deadline, or the gateway drains (then `graceful_shutdown`, and wait).
-/// A macro rather than a function: hyper's three connection types share the
-/// method but no trait that has it.
+/// Drives a hyper connection future until it ends, the first head handed to
+/// it misses its deadline, or the gateway drains (then `graceful_shutdown`,
+/// and wait). A macro rather than a function: hyper's three connection types
+/// share the method but no trait that has it.
 macro_rules! drive {
-    ($conn:expr, $sc:expr, $first_request:expr, $header_timeout:expr) => {{
+    ($conn:expr, $sc:expr, $handed:expr, $deadline:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         // hyper's `header_read_timeout` only starts once hyper-util has told HTTP/1.1
         // from the HTTP/2 preface, which it waits for without a limit, and HTTP/2 has
         // no head timer at all: a client that connects and sends nothing (or half a
         // preface, or dribbles an HTTP/2 HEADERS frame) would hold its slot forever.
-        // So the first request must have arrived within `header_timeout` of the
-        // connection being ready; later heads are timed by hyper (HTTP/1.1).
-        let first_deadline = tokio::time::sleep($header_timeout);
+        // And a head the fast path (`h1`) started reading and handed over has used
+        // part of its time already. So hyper's first request must have arrived by the
+        // deadline the fast path set for that head (`header_timeout` after it began
+        // waiting for it); later heads are timed by hyper (HTTP/1.1).
+        let first_deadline = tokio::time::sleep_until($deadline);
         tokio::pin!(first_deadline);
         let mut waiting_first = true;
         let mut draining = false;
         let res = loop {
             tokio::select! {
+                biased;
                 r = conn.as_mut() => break Some(r),
                 _ = first_deadline.as_mut(), if waiting_first => {
                     waiting_first = false;
-                    if !$first_request.is_cancelled() {
+                    if !$handed.is_cancelled() {
                         tracing::debug!("no complete request head within header_timeout; closing");
                         break None;
                     }
                 }
                 _ = $sc.shutdown.token.cancelled(), if !draining => {
                     draining = true;
-                    // A connection accepted just before the drain (during a
-                    // binary upgrade, all the time) has its first request on
-                    // the way: hyper would close it unread. Serve that first.
-                    if $first_request.is_cancelled() {
+                    // The head handed over is on its way or already read (the
+                    // connection's first, accepted just before the drain, as
+                    // during a binary upgrade; or one the fast path read):
+                    // hyper would close it unread. Serve that first.
+                    if $handed.is_cancelled() {
                         conn.as_mut().graceful_shutdown();
                         break Some(conn.await);
                     }
                 }
-                _ = $first_request.cancelled(), if draining => {
+                _ = $handed.cancelled(), if draining => {
                     conn.as_mut().graceful_shutdown();
                     break Some(conn.await);
                 }
@@ -177,11 +182,11 @@ pub async fn serve<H, IO>(
     let server = sc.config.load_full();
     let ctx = Arc::new(ctx);
     let slot = Arc::new(slot);
-    // Cancelled when the first request head has arrived.
+    // Cancelled when the connection's first request head has arrived.
     let first_request = CancellationToken::new();
     let mut io = io;
-    let prefix = if protocols == Protocols::Http2 {
-        Bytes::new()
+    let (prefix, deadline) = if protocols == Protocols::Http2 {
+        (Bytes::new(), Instant::now() + server.header_timeout)
     } else {
         let settings = h1::Settings {
             header_timeout: server.header_timeout,
@@ -201,10 +206,12 @@ pub async fn serve<H, IO>(
         ));
         match fast.await {
             h1::End::Closed => return,
-            h1::End::Handoff(prefix) => prefix,
+            h1::End::Handoff { buffered, deadline } => (buffered, deadline),
         }
     };
-    let seen = first_request.clone();
+    // Cancelled when hyper has read the head it was handed (its first).
+    let handed = CancellationToken::new();
+    let seen = handed.clone();
     let (io, framing) = Guarded::new(Rewind::new(prefix, io));
     let service = service_fn(move |req: Request<Incoming>| {
         if !seen.is_cancelled() {
@@ -240,28 +247,27 @@ pub async fn serve<H, IO>(
         max_head: server.max_request_head,
     };
     let io = TokioIo::new(io);
-    let timeout = server.header_timeout;
     match protocols {
         Protocols::Any => {
             let builder = limits.auto();
             drive!(
                 builder.serve_connection_with_upgrades(io, service),
                 sc,
-                first_request,
-                timeout
+                handed,
+                deadline
             )
         }
         Protocols::Http1 => drive!(
             limits.http1().serve_connection(io, service).with_upgrades(),
             sc,
-            first_request,
-            timeout
+            handed,
+            deadline
         ),
         Protocols::Http2 => drive!(
             limits.http2().serve_connection(io, service),
             sc,
-            first_request,
-            timeout
+            handed,
+            deadline
         ),
     }
 }

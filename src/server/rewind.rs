@@ -9,12 +9,14 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// `io`, with `prefix` read first.
 pub struct Rewind<IO> {
     prefix: Bytes,
     io: IO,
 }
 
 impl<IO> Rewind<IO> {
+    /// `io`, whose reads return `prefix` before anything from `io`.
     pub fn new(prefix: Bytes, io: IO) -> Self {
         Rewind { prefix, io }
     }

@@ -318,6 +318,47 @@ async fn exchange_until_close(addr: SocketAddr, req: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The HTTP/1.1 fast path serves plain requests itself and hands the first
+/// head it does not take to hyper, under the smuggling guard: a refused head
+/// behind a served one (pipelined, or on a kept-alive connection) is refused
+/// as it would be alone, and the request before it is answered.
+#[tokio::test]
+async fn a_refused_head_behind_a_served_one_is_still_refused() {
+    let (up, seen) = recording_upstream().await;
+    let (gw, _dir) = gateway(up).await;
+    let addr = gw.http_addr().expect("listener");
+    let good = &b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..];
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        // Pipelined: both in one write.
+        let resp = exchange_until_close(addr, &[good, bad].concat()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(resp.matches("HTTP/1.1 400").count(), 1, "{resp}");
+        // Kept alive: the second head sent once the first is answered.
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(good).await.expect("write");
+        let mut first = [0u8; 12];
+        tokio::time::timeout(WAIT, s.read_exact(&mut first))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert_eq!(&first, b"HTTP/1.1 200");
+        s.write_all(bad).await.expect("write");
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+            .await
+            .expect("the gateway closes the connection")
+            .expect("read");
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(rest.matches("HTTP/1.1 400").count(), 1, "{rest}");
+    }
+    // The upstream saw the four good requests only.
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
 #[tokio::test]
 async fn repeated_host_and_other_single_fields_get_400_and_reach_nobody() {
     let (up, seen) = recording_upstream().await;

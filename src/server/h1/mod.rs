@@ -17,10 +17,12 @@
 //! not serve exactly as it would.
 //!
 //! The rules kept from hyper's server: a head must be complete within
-//! `header_timeout` of being waited for (also the idle keep-alive limit); a
-//! client that closes while its request is handled cancels the handler; a
-//! drain lets the request in flight finish and then closes, and closes an
-//! idle connection at once (but serves a first request already on the way).
+//! `header_timeout` of being waited for (also the idle keep-alive limit; a
+//! head handed to hyper keeps the deadline it had here); a client that closes
+//! while its request is handled cancels the handler, and one that closes
+//! right behind its request is never handled; a drain lets the request in
+//! flight finish and then closes, and closes an idle connection at once (but
+//! serves a first request already on the way).
 
 mod request;
 mod response;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, RequestBody};
@@ -44,13 +47,15 @@ const READ_CHUNK: usize = 4 * 1024;
 pub enum End {
     /// It is closed, or must be: nothing more to serve.
     Closed,
-    /// hyper serves the rest, starting with these bytes already read.
-    Handoff(Bytes),
+    /// hyper serves the rest, starting with the bytes already read; its first
+    /// head must be complete by `deadline`, the one this path set for it.
+    Handoff { buffered: Bytes, deadline: Instant },
 }
 
 /// The limits of one connection, from `[server]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
+    /// How long a head may take, from when it is waited for.
     pub header_timeout: Duration,
     /// A head that is not complete within this many bytes goes to hyper,
     /// which answers 431.
@@ -82,7 +87,7 @@ where
     loop {
         timer
             .as_mut()
-            .reset(tokio::time::Instant::now() + settings.header_timeout);
+            .reset(Instant::now() + settings.header_timeout);
         // A drain closes an idle connection, except one whose first request
         // has not arrived yet: that one is on its way (a connection accepted
         // just before a binary upgrade).
@@ -98,7 +103,12 @@ where
         };
         let (request, keep_alive) = match head {
             Head::Ready(r, k) => (r, k),
-            Head::Handoff => return End::Handoff(buf.freeze()),
+            Head::Handoff => {
+                return End::Handoff {
+                    buffered: buf.freeze(),
+                    deadline: timer.deadline(),
+                }
+            }
             Head::Closed => return End::Closed,
         };
         if !first_request.is_cancelled() {
@@ -191,13 +201,15 @@ where
     if buf.capacity() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+    // The socket first: a request followed by the client's close is never
+    // handled (its handler could already have written upstream), as in hyper.
     tokio::select! {
         biased;
-        resp = fut.as_mut() => Some(resp),
         r = io.read_buf(buf) => match r {
             Ok(n) if n > 0 => Some(fut.await),
             _ => None,
         },
+        resp = fut.as_mut() => Some(resp),
     }
 }
 

@@ -15,7 +15,7 @@
 //! (one write for a small proxied answer), else on its own.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,12 +37,14 @@ const COPY_MAX: usize = 16 * 1024;
 pub enum Error {
     #[error("connection error: {0}")]
     Io(#[from] io::Error),
-    #[error("response body failed: {0}")]
-    Body(BoxError),
+    #[error("response body failed")]
+    Body(#[source] BoxError),
     #[error("response body does not match its Content-Length")]
     Length,
     #[error("invalid Content-Length in the response")]
     ContentLength,
+    #[error("the response has both Content-Length and Transfer-Encoding")]
+    LengthAndChunked,
     #[error("the client closed the connection")]
     ClientClosed,
 }
@@ -91,102 +93,141 @@ fn encode_head(
     body: &Body,
     head_request: bool,
 ) -> Result<(Framing, bool), Error> {
-    if status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
-    let no_body = head_request || no_length || status == StatusCode::NOT_MODIFIED;
-    let empty = body.is_end_stream();
-    let mut framing = None;
-    let mut trailers = Vec::new();
-    let mut close = false;
-    let mut date = false;
-    for (name, value) in headers {
-        match *name {
-            header::CONTENT_LENGTH => {
-                // An empty body's length is written below (or, for HEAD, this
-                // one kept): a stale header must not promise bytes.
-                if no_length || (empty && !head_request) || framing.is_some() {
-                    continue;
-                }
-                let n = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or(Error::ContentLength)?;
-                framing = Some(Framing::Length(n));
-            }
-            header::TRANSFER_ENCODING => {
-                if no_body {
-                    continue;
-                }
-                if !matches!(framing, Some(Framing::Length(_))) {
-                    framing = Some(Framing::Chunked(Vec::new()));
-                }
-            }
-            header::TRAILER => {
-                if no_body {
-                    continue;
-                }
-                if let Ok(v) = value.to_str() {
-                    trailers.extend(
-                        v.split(',')
-                            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok()),
-                    );
-                }
-            }
-            header::CONNECTION => close |= lists_close(value.as_bytes()),
-            header::DATE => date = true,
-            _ => {}
-        }
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) && !no_body && !last_is_chunked(headers) {
-        // hyper's rule: `chunked` must be the last coding, else it is added.
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    let framing = match framing {
-        Some(f) => f,
-        None if empty => {
-            if !no_length && !head_request {
-                out.extend_from_slice(b"content-length: 0\r\n");
-            }
-            Framing::None
-        }
-        None => match body.size_hint().exact() {
-            Some(n) => {
-                if !no_length {
-                    out.extend_from_slice(b"content-length: ");
-                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                    out.extend_from_slice(b"\r\n");
-                }
-                Framing::Length(n)
-            }
-            None if no_body => Framing::None,
-            None => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                Framing::Chunked(Vec::new())
-            }
-        },
-    };
-    if !date {
+    put_status(out, status);
+    let rules = Rules::new(status, head_request, body);
+    let seen = put_fields(out, headers, &rules)?;
+    let framing = choose_framing(out, &rules, &seen, body);
+    if !seen.date {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let framing = match framing {
-        _ if no_body => Framing::None,
-        Framing::Chunked(_) => Framing::Chunked(trailers),
+    Ok((framing, seen.close))
+}
+
+fn put_status(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What this response may carry, by hyper's server rules.
+struct Rules {
+    /// No length of its own (`1xx`, `204`, `304`: `can_have_content_length`).
+    no_length: bool,
+    /// No body bytes (those and `HEAD` answers: `can_have_body`).
+    no_body: bool,
+    /// A `HEAD` answer (keeps the length a `GET` would get).
+    head: bool,
+    /// The body has nothing to send.
+    empty: bool,
+}
+
+impl Rules {
+    fn new(status: StatusCode, head: bool, body: &Body) -> Self {
+        let no_length = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        Rules {
+            no_length,
+            no_body: head || no_length,
+            head,
+            empty: body.is_end_stream(),
+        }
+    }
+}
+
+/// What the handler's fields said about framing.
+#[derive(Default)]
+struct Declared {
+    length: Option<u64>,
+    chunked: bool,
+    trailers: Vec<HeaderName>,
+    close: bool,
+    date: bool,
+}
+
+/// Writes the handler's fields, but not a length an empty body cannot keep
+/// (unless answering `HEAD`), nor `Transfer-Encoding` or `Trailer` on an
+/// answer without a body. Both a length and a transfer coding are refused,
+/// as hyper refuses them: the client would frame by one and we by the other.
+fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap, rules: &Rules) -> Result<Declared, Error> {
+    let mut d = Declared::default();
+    for (name, value) in headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if (rules.empty && !rules.head) || d.length.is_some() {
+                    continue;
+                }
+                d.length = Some(parse_length(value.as_bytes())?);
+            }
+            header::TRANSFER_ENCODING | header::TRAILER if rules.no_body => continue,
+            header::TRANSFER_ENCODING => d.chunked = true,
+            header::TRAILER => d.trailers.extend(trailer_names(value.as_bytes())),
+            header::CONNECTION => d.close |= lists_close(value.as_bytes()),
+            header::DATE => d.date = true,
+            _ => {}
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if d.chunked && d.length.is_some() {
+        return Err(Error::LengthAndChunked);
+    }
+    if d.chunked && !last_is_chunked(headers) {
+        // hyper's rule: `chunked` must be the last coding, else it is added.
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    Ok(d)
+}
+
+/// The body's framing, writing the length or coding the handler left out.
+fn choose_framing(out: &mut Vec<u8>, rules: &Rules, d: &Declared, body: &Body) -> Framing {
+    let framing = if d.chunked {
+        Framing::Chunked(d.trailers.clone())
+    } else if let Some(n) = d.length {
+        Framing::Length(n)
+    } else if rules.empty {
+        if !rules.no_length && !rules.head {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Framing::None
+    } else if let Some(n) = body.size_hint().exact() {
+        if !rules.no_length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Length(n)
+    } else if rules.no_body {
+        Framing::None
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked(d.trailers.clone())
+    };
+    match framing {
+        _ if rules.no_body => Framing::None,
         Framing::Length(0) => Framing::None,
         f => f,
-    };
-    Ok((framing, close))
+    }
+}
+
+fn parse_length(v: &[u8]) -> Result<u64, Error> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or(Error::ContentLength)
+}
+
+fn trailer_names(v: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    v.split(|&b| b == b',')
+        .filter_map(|s| HeaderName::from_bytes(s.trim_ascii()).ok())
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -254,8 +295,9 @@ where
         let data = match frame.into_data() {
             Ok(d) => d,
             Err(f) => {
+                // Trailers end the body, as in hyper.
                 trailers = f.into_trailers().ok();
-                continue;
+                break;
             }
         };
         if data.is_empty() {
@@ -265,7 +307,8 @@ where
             left = left.checked_sub(data.len() as u64).ok_or(Error::Length)?;
         }
         if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{:x}\r\n", data.len());
         }
         push_data(io, out, data).await?;
         if chunked {
