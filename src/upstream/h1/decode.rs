@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 use super::{Conn, Error};
@@ -154,10 +154,21 @@ impl Decoder {
             Ok(httparse::Status::Complete((_, fields))) => fields,
             _ => return Err(Error::Chunk("invalid trailer section")),
         };
-        let map = super::response::field_map(fields)?;
+        let map = field_map(fields)?;
         *self = Decoder::Done;
         Ok(Step::Trailers(map))
     }
+}
+
+/// Parsed fields as a map (response heads and chunked trailers alike).
+pub fn field_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Header)?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| Error::Header)?;
+        map.append(name, value);
+    }
+    Ok(map)
 }
 
 /// Up to `max` bytes off the front of `buf`, if it has any.

@@ -3,9 +3,9 @@
 //! §6.3 and §9.3).
 
 use bytes::Buf;
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{header, HeaderMap, StatusCode, Version};
 
-use super::decode::Decoder;
+use super::decode::{field_map, Decoder};
 use super::{Conn, Error};
 
 /// A response head may be at most this large (nginx's `proxy_buffer_size` is
@@ -75,17 +75,6 @@ fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
         version,
         headers,
     }))
-}
-
-/// Parsed fields as a map (response heads and chunked trailers alike).
-pub fn field_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Header)?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| Error::Header)?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 /// The body's framing and whether the connection may serve another request.
