@@ -2,9 +2,9 @@
 //! until one needs more, then hyper-util's auto builder for the rest (HTTP/1.1
 //! and HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT
 //! enabled). When the gateway drains, the connection gets `graceful_shutdown`
-//! so requests in flight finish. Upgraded connections leave hyper here and are tracked as
-//! sessions by `proxy::ws`. Handlers get each request body as a
-//! [`RequestBody`], which drains an HTTP/2 body they leave unread.
+//! so requests in flight finish. Upgraded connections leave hyper here and
+//! are tracked as sessions by `proxy::ws`. Handlers get each request body as
+//! a [`RequestBody`], which drains an HTTP/2 body they leave unread.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,12 +22,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::h1;
-use super::rewind::Rewind;
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
 use crate::body::{Body, RequestBody};
 use crate::ctx::ConnCtx;
 use crate::limits::{ConnSlot, Refusal};
+use crate::rewind::Rewind;
 
 /// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
 /// `TokioExecutor`, but with panics caught and logged as connection tasks' are.
@@ -182,8 +182,6 @@ pub async fn serve<H, IO>(
     let server = sc.config.load_full();
     let ctx = Arc::new(ctx);
     let slot = Arc::new(slot);
-    // Cancelled when the connection's first request head has arrived.
-    let first_request = CancellationToken::new();
     let mut io = io;
     let (prefix, deadline) = if protocols == Protocols::Http2 {
         (Bytes::new(), Instant::now() + server.header_timeout)
@@ -197,13 +195,7 @@ pub async fn serve<H, IO>(
         // would sit beside hyper's in this future, and the whole would be
         // copied when the connection task starts (11 k instructions per
         // connection in S5's profile); one allocation costs far less.
-        let fast = Box::pin(h1::serve(
-            &mut io,
-            settings,
-            handle,
-            &sc.shutdown.token,
-            &first_request,
-        ));
+        let fast = Box::pin(h1::serve(&mut io, settings, handle, &sc.shutdown.token));
         match fast.await {
             h1::End::Closed => return,
             h1::End::Handoff { buffered, deadline } => (buffered, deadline),

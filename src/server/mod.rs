@@ -11,7 +11,6 @@ pub mod conn;
 mod h1;
 pub mod listener;
 pub mod proxy_protocol;
-mod rewind;
 pub mod smuggle;
 pub mod tls;
 

@@ -310,6 +310,11 @@ async fn gateway(up: SocketAddr) -> (wsgate::GatewayHandle, tempfile::TempDir) {
 async fn exchange_until_close(addr: SocketAddr, req: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(req).await.expect("write");
+    read_until_close(&mut s).await
+}
+
+/// What the gateway sends until it closes the connection.
+async fn read_until_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut out))
         .await
@@ -346,12 +351,7 @@ async fn a_refused_head_behind_a_served_one_is_still_refused() {
             .expect("read");
         assert_eq!(&first, b"HTTP/1.1 200");
         s.write_all(bad).await.expect("write");
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-            .await
-            .expect("the gateway closes the connection")
-            .expect("read");
-        let rest = String::from_utf8_lossy(&rest);
+        let rest = read_until_close(&mut s).await;
         assert_eq!(rest.matches("HTTP/1.1 400").count(), 1, "{rest}");
     }
     // The upstream saw the four good requests only.

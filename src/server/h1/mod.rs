@@ -63,14 +63,12 @@ pub struct Settings {
 }
 
 /// Serves requests from `io` with `handle` until the connection closes, the
-/// gateway drains, or a request needs hyper. `first_request` is cancelled
-/// when the first head has arrived.
+/// gateway drains, or a request needs hyper.
 pub async fn serve<IO, F, Fut>(
     io: &mut IO,
     settings: Settings,
     mut handle: F,
     shutdown: &CancellationToken,
-    first_request: &CancellationToken,
 ) -> End
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -84,6 +82,7 @@ where
     // timer pushed later is only re-armed when it fires.
     let mut drain = pin!(shutdown.cancelled());
     let mut timer = pin!(tokio::time::sleep(settings.header_timeout));
+    let mut served = false;
     loop {
         timer
             .as_mut()
@@ -91,7 +90,7 @@ where
         // A drain closes an idle connection, except one whose first request
         // has not arrived yet: that one is on its way (a connection accepted
         // just before a binary upgrade).
-        let closable = buf.is_empty() && first_request.is_cancelled();
+        let closable = buf.is_empty() && served;
         let head = tokio::select! {
             biased;
             head = read_head(io, &mut buf, settings.max_head) => head,
@@ -111,9 +110,7 @@ where
             }
             Head::Closed => return End::Closed,
         };
-        if !first_request.is_cancelled() {
-            first_request.cancel();
-        }
+        served = true;
         let head_request = request.method() == Method::HEAD;
         // Pinned where it is made: the handler's future is large, and every
         // move of it is a copy.

@@ -14,6 +14,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::body::RequestBody;
+use crate::fields::list_has;
 // A second one of these is refused with 400 by the smuggling guard under
 // hyper, so a head repeating one goes there.
 use crate::server::smuggle::SINGLE;
@@ -135,15 +136,10 @@ impl Fields {
             }
             self.content_length = true;
         } else if is("connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"upgrade") {
-                    return false;
-                }
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                }
+            if list_has(value, b"upgrade") {
+                return false;
             }
+            self.close |= list_has(value, b"close");
         } else if let Some(i) = SINGLE.iter().position(|s| is(s)) {
             let bit = 1u8 << i;
             if self.single & bit != 0 {

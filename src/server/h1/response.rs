@@ -27,6 +27,7 @@ use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{Body, BoxError};
+use crate::fields::{last_coding_is_chunked, list_has};
 
 /// Body chunks up to this size are copied behind the head (or the chunk size
 /// line) to go in one write; larger ones are written from where they are.
@@ -171,7 +172,7 @@ fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap, rules: &Rules) -> Result<D
             header::TRANSFER_ENCODING | header::TRAILER if rules.no_body => continue,
             header::TRANSFER_ENCODING => d.chunked = true,
             header::TRAILER => d.trailers.extend(trailer_names(value.as_bytes())),
-            header::CONNECTION => d.close |= lists_close(value.as_bytes()),
+            header::CONNECTION => d.close |= list_has(value.as_bytes(), b"close"),
             header::DATE => d.date = true,
             _ => {}
         }
@@ -180,7 +181,7 @@ fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap, rules: &Rules) -> Result<D
     if d.chunked && d.length.is_some() {
         return Err(Error::LengthAndChunked);
     }
-    if d.chunked && !last_is_chunked(headers) {
+    if d.chunked && !last_coding_is_chunked(headers) {
         // hyper's rule: `chunked` must be the last coding, else it is added.
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -235,21 +236,6 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn lists_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-fn last_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Writes the head in `out` and the body after it, framed as `framing` says.

@@ -7,6 +7,7 @@ use http::{header, HeaderMap, StatusCode, Version};
 
 use super::decode::{field_map, Decoder};
 use super::{Conn, Error};
+use crate::fields::{connection_has, last_coding_is_chunked};
 
 /// A response head may be at most this large (nginx's `proxy_buffer_size` is
 /// 4–8 KiB; hyper's client allowed ~400 KiB).
@@ -118,29 +119,11 @@ fn finish(
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only
 /// with `Connection: keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        connection_has(headers, b"keep-alive")
     } else {
-        !has("close")
+        !connection_has(headers, b"close")
     }
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The one length every `Content-Length` field agrees on (differing values

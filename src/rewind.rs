@@ -1,6 +1,8 @@
-//! An IO with bytes already read from it put back in front: how a connection
-//! the HTTP/1.1 fast path (`h1`) read from is handed to hyper, which then
-//! reads those bytes first, as if they had never been taken.
+//! An IO with bytes already read from it put back in front, so the next
+//! reader sees them first, as if they had never been taken: a client
+//! connection the HTTP/1.1 fast path (`server::h1`) read from, handed to
+//! hyper; an upstream WebSocket stream whose 101 arrived with frames behind
+//! it (`proxy::ws_upstream`). A leaf: it imports nothing of the crate.
 
 use std::io;
 use std::pin::Pin;
@@ -10,6 +12,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `io`, with `prefix` read first.
+#[derive(Debug)]
 pub struct Rewind<IO> {
     prefix: Bytes,
     io: IO,
