@@ -47,6 +47,7 @@ pub mod sd_notify;
 pub mod server;
 pub mod shutdown;
 pub mod upgrade;
+pub mod upgraded;
 pub mod upstream;
 
 pub use gateway::{Gateway, GatewayHandle, StartError};

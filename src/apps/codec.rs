@@ -15,12 +15,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use yawc::close::CloseCode;
 use yawc::{DeflateOptions, Options, Role, WebSocket};
 
 use crate::budget::{Account, Metered};
+use crate::upgraded::{OnUpgrade, Upgraded};
 
 /// The close code of a session evicted by the memory budget: 1013 "Try Again
 /// Later" (RFC 6455 §7.4.2, IANA registry), not 1009 "Message Too Big". The
@@ -33,7 +32,7 @@ pub const BUDGET_CLOSE: CloseCode = CloseCode::Again;
 pub const BUDGET_CLOSE_REASON: &str = "server busy: message memory exhausted, try again later";
 
 /// An app session's socket: the upgraded connection, metered by the budget.
-pub type AppSocket = Metered<TokioIo<Upgraded>>;
+pub type AppSocket = Metered<Upgraded>;
 
 /// Starting (and resting) size of the codec's read buffer. yawc defaults to
 /// 8 KiB, which was most of an idle session's memory; a larger frame grows the
@@ -77,13 +76,14 @@ pub struct Upgrade {
 /// Answers a validated upgrade with `options`; the session's bytes will be
 /// charged to `account`. yawc negotiates and writes the answer; the connection
 /// is taken from hyper here first, so that the codec can run over a metered
-/// socket (yawc's own future would wrap the bare one).
+/// socket (yawc's own future would wrap the bare one), and from the fast
+/// path, which yawc does not know.
 pub fn upgrade(
     req: &mut Request<crate::body::RequestBody>,
     options: Options,
     account: Arc<Account>,
 ) -> Result<(Response<Empty<Bytes>>, Box<Upgrade>), yawc::WebSocketError> {
-    let on = hyper::upgrade::on(&mut *req);
+    let on = crate::upgraded::on(&mut *req);
     // yawc's own `UpgradeFut` finds no connection left to take and is dropped
     // unpolled.
     let (resp, _) = WebSocket::upgrade_with_options(&mut *req, options.clone())?;
@@ -114,7 +114,7 @@ pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSock
         account,
     } = *up;
     let io = match on.await {
-        Ok(io) => Metered::new(TokioIo::new(io), account),
+        Ok(io) => Metered::new(io, account),
         Err(e) => {
             tracing::debug!(app, error = %e, "upgrade did not complete");
             return None;

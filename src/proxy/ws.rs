@@ -10,7 +10,6 @@ use std::sync::Arc;
 use crate::body::RequestBody;
 use base64::Engine;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
 use super::access_phase::Notes;
@@ -215,7 +214,7 @@ impl Tunnel<'_> {
                 }
             }
         };
-        let client_upgrade = hyper::upgrade::on(&mut req);
+        let client_upgrade = crate::upgraded::on(&mut req);
         let mut resp = client_response(&hs, &accept, &up_headers)?;
         if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -259,7 +258,7 @@ impl Tunnel<'_> {
             // The session counts as load on its server for as long as it lives.
             let _inflight = inflight;
             let c = match client_upgrade.await {
-                Ok(c) => TokioIo::new(c),
+                Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "client upgrade did not complete");
                     return;

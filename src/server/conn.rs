@@ -2,8 +2,8 @@
 //! until one needs more, then hyper-util's auto builder for the rest (HTTP/1.1
 //! and HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT
 //! enabled). When the gateway drains, the connection gets `graceful_shutdown`
-//! so requests in flight finish. Upgraded connections leave hyper here and
-//! are tracked as sessions by `proxy::ws`. Handlers get each request body as
+//! so requests in flight finish. Upgraded connections leave the fast path or
+//! hyper here ([`crate::upgraded`]) and are tracked as sessions by `proxy::ws`. Handlers get each request body as
 //! a [`RequestBody`], which drains an HTTP/2 body they leave unread.
 
 use std::convert::Infallible;
@@ -198,6 +198,7 @@ pub async fn serve<H, IO>(
         let fast = Box::pin(h1::serve(&mut io, settings, handle, &sc.shutdown.token));
         match fast.await {
             h1::End::Closed => return,
+            h1::End::Upgraded { to, buffered } => return to.send(Box::new(io), buffered),
             h1::End::Handoff { buffered, deadline } => (buffered, deadline),
         }
     };

@@ -9,9 +9,15 @@
 //! are served here: read a head ([`request`]), call the handler, write the
 //! answer ([`response`]), and loop.
 //!
+//! A WebSocket handshake is served here too: its request carries a
+//! [`crate::upgraded::Pending`], and when the handler answers 101 the answer
+//! is written and the connection, with any bytes read past the head, goes to
+//! the handler's session ([`End::Upgraded`]), as hyper's `Upgraded` would.
+//! A handshake refused (any other answer) leaves the connection here.
+//!
 //! Everything else goes to hyper, for the rest of the connection: the first
-//! head that has a body, an upgrade or an `Expect`, that is not HTTP/1.1, or
-//! that does not parse, is handed over with the bytes read so far
+//! head that has a body, another upgrade or an `Expect`, that is not
+//! HTTP/1.1, or that does not parse, is handed over with the bytes read so far
 //! ([`End::Handoff`]); an HTTP/2 preface too, as it is no HTTP/1.1 head. So
 //! hyper still answers every request it answered before that this path does
 //! not serve exactly as it would.
@@ -38,6 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, RequestBody};
+use crate::upgraded::Handover;
 use request::Parsed;
 
 /// The read buffer's first size, and how much it grows by at a time.
@@ -50,6 +57,9 @@ pub enum End {
     /// hyper serves the rest, starting with the bytes already read; its first
     /// head must be complete by `deadline`, the one this path set for it.
     Handoff { buffered: Bytes, deadline: Instant },
+    /// A WebSocket handshake was answered 101: the connection goes to `to`,
+    /// with the bytes read past the head.
+    Upgraded { to: Handover, buffered: Bytes },
 }
 
 /// The limits of one connection, from `[server]`.
@@ -100,8 +110,8 @@ where
             }
             () = drain.as_mut(), if closable => Head::Closed,
         };
-        let (request, keep_alive) = match head {
-            Head::Ready(r, k) => (r, k),
+        let (mut request, keep_alive, upgrade) = match head {
+            Head::Ready(r, k, u) => (r, k, u),
             Head::Handoff => {
                 return End::Handoff {
                     buffered: buf.freeze(),
@@ -112,6 +122,11 @@ where
         };
         served = true;
         let head_request = request.method() == Method::HEAD;
+        let handover = upgrade.then(|| {
+            let (to, pending) = Handover::new();
+            request.extensions_mut().insert(pending);
+            to
+        });
         // Pinned where it is made: the handler's future is large, and every
         // move of it is a copy.
         let handling = pin!(handle(request));
@@ -119,7 +134,11 @@ where
             tracing::debug!("client closed the connection before its answer");
             return End::Closed;
         };
-        let resp = refuse_interim(resp);
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let resp = match handover {
+            Some(_) if switching => resp,
+            _ => refuse_interim(resp),
+        };
         let close = match response::write(io, &mut buf, &mut out, resp, head_request).await {
             Ok(close) => close,
             Err(e) => {
@@ -127,6 +146,12 @@ where
                 return End::Closed;
             }
         };
+        if let Some(to) = handover.filter(|_| switching) {
+            return End::Upgraded {
+                to,
+                buffered: buf.split().freeze(),
+            };
+        }
         if close || !keep_alive || shutdown.is_cancelled() {
             let _ = io.shutdown().await;
             return End::Closed;
@@ -144,7 +169,9 @@ where
 // Moved once per request: boxing the request would cost an allocation each.
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Ready(Request<RequestBody>, bool),
+    /// The request, whether the connection may stay open, whether it is a
+    /// WebSocket handshake.
+    Ready(Request<RequestBody>, bool, bool),
     Handoff,
     Closed,
 }
@@ -161,9 +188,10 @@ where
                     request,
                     len,
                     keep_alive,
+                    upgrade,
                 } => {
                     buf.advance(len);
-                    return Head::Ready(request, keep_alive);
+                    return Head::Ready(request, keep_alive, upgrade);
                 }
                 Parsed::Handoff => return Head::Handoff,
                 Parsed::Partial if buf.len() >= max_head => return Head::Handoff,

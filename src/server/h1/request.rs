@@ -2,8 +2,10 @@
 //! path may serve it at all.
 //!
 //! The fast path takes only what it can serve completely and exactly as hyper
-//! would: an HTTP/1.1 request with no body, no upgrade and no `Expect`. Every
-//! other head (and every head it cannot parse) is left in the buffer for
+//! would: an HTTP/1.1 request with no body and no `Expect`, and, of upgrades,
+//! only a WebSocket handshake (`GET`, one `Upgrade: websocket`, `Connection`
+//! naming `upgrade`), whose connection it hands to the handler's session after
+//! the 101 (`crate::upgraded`). Every other head (and every head it cannot parse) is left in the buffer for
 //! hyper, which then answers it (including the 400, 431 or 505 for a broken
 //! one) and the rest of the connection. So nothing a client can send is
 //! judged by two parsers: what this one does not take, it does not judge.
@@ -35,6 +37,8 @@ pub(super) enum Parsed {
         request: Request<RequestBody>,
         len: usize,
         keep_alive: bool,
+        /// A WebSocket handshake: a 101 answer hands the connection over.
+        upgrade: bool,
     },
     /// A head (or a start of one) for hyper.
     Handoff,
@@ -42,9 +46,6 @@ pub(super) enum Parsed {
 
 /// Parses the head at the start of `buf`.
 pub(super) fn parse(buf: &[u8]) -> Parsed {
-    if mentions_upgrade(buf) {
-        return Parsed::Handoff;
-    }
     // Uninitialised: filling 64 empty fields costs more than parsing a head.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut head = httparse::Request::new(&mut []);
@@ -54,30 +55,19 @@ pub(super) fn parse(buf: &[u8]) -> Parsed {
         Err(_) => return Parsed::Handoff,
     };
     match build(&head) {
-        Some((request, keep_alive)) => Parsed::Ready {
+        Some((request, fields)) => Parsed::Ready {
             request,
             len,
-            keep_alive,
+            keep_alive: !fields.close,
+            upgrade: fields.websocket,
         },
         None => Parsed::Handoff,
     }
 }
 
-/// Whether `upgrade` appears anywhere in `buf`, in any case: a WebSocket
-/// handshake then goes to hyper for one SIMD scan, with no parse here. A
-/// false match (the word in a path, or in a request queued behind) only means
-/// hyper serves the request.
-fn mentions_upgrade(buf: &[u8]) -> bool {
-    memchr::memchr2_iter(b'g', b'G', buf).any(|i| {
-        i >= 2
-            && buf
-                .get(i - 2..i + 5)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"upgrade"))
-    })
-}
-
-/// The request, or `None` when the head is one for hyper.
-fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool)> {
+/// The request and what its fields said, or `None` when the head is one for
+/// hyper.
+fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, Fields)> {
     if head.version != Some(1) {
         return None;
     }
@@ -89,6 +79,12 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool
     // handshake, an upload) costs this path a scan, not a header map.
     let mut fields = Fields::default();
     if !head.headers.iter().all(|f| fields.admit(f.name, f.value)) {
+        return None;
+    }
+    // Of upgrades, only a whole WebSocket handshake: hyper judges the rest
+    // (an `Upgrade` without `Connection: upgrade` or the reverse, `h2c`...).
+    if fields.websocket != fields.connection_upgrade || (fields.websocket && method != Method::GET)
+    {
         return None;
     }
     let uri = Uri::try_from(head.path?).ok()?;
@@ -105,7 +101,7 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Some((request, !fields.close))
+    Some((request, fields))
 }
 
 /// What the fields of one head said, as far as the fast path cares.
@@ -113,6 +109,9 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, bool
 struct Fields {
     close: bool,
     content_length: bool,
+    /// One `Upgrade: websocket`.
+    websocket: bool,
+    connection_upgrade: bool,
     /// Bit `i`: a field that must appear once (see [`SINGLE`]) was seen.
     single: u8,
 }
@@ -120,25 +119,29 @@ struct Fields {
 impl Fields {
     /// Notes one field; `false` when it makes the head one for hyper: a
     /// body (any `Transfer-Encoding`, a `Content-Length` other than one `0`),
-    /// an upgrade, an `Expect`, or a repeated single field.
+    /// an upgrade to anything but WebSocket (or two `Upgrade` fields), an
+    /// `Expect`, or a repeated single field.
     fn admit(&mut self, name: &str, value: &[u8]) -> bool {
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         // Most fields are none of these: the length rules them out first.
         if !matches!(name.len(), 4 | 6 | 7 | 10 | 14 | 17 | 21) {
             return true;
         }
-        if is("transfer-encoding") || is("upgrade") || is("expect") {
+        if is("transfer-encoding") || is("expect") {
             return false;
         }
-        if is("content-length") {
+        if is("upgrade") {
+            if self.websocket || !value.eq_ignore_ascii_case(b"websocket") {
+                return false;
+            }
+            self.websocket = true;
+        } else if is("content-length") {
             if self.content_length || value != b"0" {
                 return false;
             }
             self.content_length = true;
         } else if is("connection") {
-            if list_has(value, b"upgrade") {
-                return false;
-            }
+            self.connection_upgrade |= list_has(value, b"upgrade");
             self.close |= list_has(value, b"close");
         } else if let Some(i) = SINGLE.iter().position(|s| is(s)) {
             let bit = 1u8 << i;

@@ -110,7 +110,11 @@ async fn heads_the_fast_path_does_not_serve_go_to_hyper_untouched() {
     for head in [
         &b"GET / HTTP/1.0\r\n\r\n"[..],
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n\r\n",
+        b"OPTIONS /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
         b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
@@ -121,9 +125,78 @@ async fn heads_the_fast_path_does_not_serve_go_to_hyper_untouched() {
         c.write_all(head).await.expect("write");
         match ended(task).await {
             End::Handoff { buffered, .. } => assert_eq!(&buffered[..], head),
-            End::Closed => panic!("{} was not handed over", String::from_utf8_lossy(head)),
+            _ => panic!("{} was not handed over", String::from_utf8_lossy(head)),
         }
     }
+}
+
+/// A WebSocket handshake is served here: refused, the connection stays; answered
+/// 101, the connection (with the bytes the client sent behind its head) goes
+/// to the session the handler started.
+#[tokio::test]
+async fn a_handshake_answered_101_hands_the_connection_to_its_session() {
+    let handle = |mut req: Request<RequestBody>| {
+        let on = crate::upgraded::on(&mut req);
+        async move {
+            let mut r = Response::new(crate::body::empty());
+            if req.uri() == "/refused" {
+                *r.status_mut() = StatusCode::FORBIDDEN;
+                return r;
+            }
+            tokio::spawn(async move {
+                let mut io = on.await.expect("the connection is handed over");
+                let mut early = [0u8; 5];
+                io.read_exact(&mut early).await.expect("read");
+                io.write_all(&[b"session got ", &early[..]].concat())
+                    .await
+                    .expect("write");
+            });
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("websocket"));
+            r
+        }
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let end = serve(&mut s, SETTINGS, handle, &CancellationToken::new()).await;
+        let End::Upgraded { to, buffered } = end else {
+            return false;
+        };
+        to.send(Box::new(s), buffered);
+        true
+    });
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    let hs = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
+    c.write_all(hs("/refused").as_bytes()).await.expect("write");
+    let refused = read_until(&mut c, "\r\n\r\n").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{refused}"
+    );
+    c.write_all(format!("{}early", hs("/ws")).as_bytes())
+        .await
+        .expect("write");
+    let got = read_until(&mut c, "session got early").await;
+    assert!(
+        got.starts_with("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\ndate: "),
+        "{got}"
+    );
+    assert!(!got.contains("content-length"), "{got}");
+    assert!(ended_ok(task).await, "the fast path must end upgraded");
+}
+
+async fn ended_ok(task: tokio::task::JoinHandle<bool>) -> bool {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the fast path ended in time")
+        .expect("task")
 }
 
 #[tokio::test]
@@ -356,18 +429,26 @@ mod same_as_hyper {
         ];
         let value = prop_oneof![
             8 => prop::sample::select(vec!["0", "close", "keep-alive", " padded ", "a\tb", "", "text/html, */*;q=0.8"]),
-            1 => prop::sample::select(vec!["5", "chunked", "Keep-Alive, Upgrade", "caf\u{e9}", "x\u{1}y", "0, 0", "a\u{7f}"]),
+            1 => prop::sample::select(vec!["5", "chunked", "Keep-Alive, Upgrade", "websocket", "caf\u{e9}", "x\u{1}y", "0, 0", "a\u{7f}"]),
         ];
         let eol = prop_oneof![8 => Just("\r\n"), 1 => Just("\n")];
         let field = (name, value, eol.clone()).prop_map(|(n, v, e)| format!("{n}: {v}{e}"));
+        // A WebSocket handshake's fields, which the fast path serves too.
+        let handshake = prop_oneof![
+            3 => Just(""),
+            1 => Just("Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n"),
+        ];
         (
             method,
             target,
             version,
             eol,
             prop::collection::vec(field, 0..6),
+            handshake,
         )
-            .prop_map(|(m, t, v, e, fs)| format!("{m} {t} {v}{e}{}\r\n", fs.concat()).into_bytes())
+            .prop_map(|(m, t, v, e, fs, hs)| {
+                format!("{m} {t} {v}{e}{}{hs}\r\n", fs.concat()).into_bytes()
+            })
     }
 
     proptest! {

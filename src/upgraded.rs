@@ -1,0 +1,160 @@
+//! A client connection once its WebSocket handshake is answered, whichever
+//! server answered it. The HTTP/1.1 fast path (`server::h1`) answers most
+//! handshakes itself and hands the socket over here; hyper answers the rest
+//! (RFC 8441 over HTTP/2, and HTTP/1.1 heads the fast path leaves to it) and
+//! hands over its own `Upgraded`. Handlers take the connection with [`on`],
+//! where they would call `hyper::upgrade::on`. A leaf of the crate but for
+//! [`crate::rewind`].
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use crate::rewind::Rewind;
+
+/// Any client stream: TCP, TLS, behind a PROXY header.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Why an answered upgrade has no connection to give.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("{0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("the connection ended before the upgrade's answer was sent")]
+    NotSent,
+}
+
+/// The connection after the 101 (or HTTP/2's 200): its bytes already read
+/// come first.
+pub enum Upgraded {
+    Hyper(TokioIo<hyper::upgrade::Upgraded>),
+    Fast(Rewind<Box<dyn Io>>),
+}
+
+/// The fast path's side of one upgrade: it sends the connection once the
+/// answer is written. Dropped unsent (a refused handshake, a failed write),
+/// the handler's [`OnUpgrade`] ends with [`UpgradeError::NotSent`].
+pub struct Handover(oneshot::Sender<Upgraded>);
+
+impl Handover {
+    /// A handover, and the extension the request carries to its handler.
+    pub fn new() -> (Self, Pending) {
+        let (tx, rx) = oneshot::channel();
+        (Handover(tx), Pending(Some(rx)))
+    }
+
+    /// Gives the connection, with the bytes read past the request, to the
+    /// handler's session.
+    pub fn send(self, io: Box<dyn Io>, buffered: Bytes) {
+        // A session that is gone (its handler cancelled) drops the connection.
+        let _ = self.0.send(Upgraded::Fast(Rewind::new(buffered, io)));
+    }
+}
+
+/// The request extension through which a fast-path handshake's handler gets
+/// its connection.
+pub struct Pending(Option<oneshot::Receiver<Upgraded>>);
+
+/// Extensions must be `Clone`; a copy of a request carries no connection (as
+/// a copy of hyper's upgrade would find it taken), and nothing copies one to
+/// upgrade it.
+impl Clone for Pending {
+    fn clone(&self) -> Self {
+        Pending(None)
+    }
+}
+
+/// The connection an answered upgrade will bring.
+pub enum OnUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    Fast(Option<oneshot::Receiver<Upgraded>>),
+}
+
+/// Takes the upgrade a request may become; call before answering it.
+pub fn on<B>(req: &mut http::Request<B>) -> OnUpgrade {
+    match req.extensions_mut().remove::<Pending>() {
+        Some(Pending(rx)) => OnUpgrade::Fast(rx),
+        None => OnUpgrade::Hyper(hyper::upgrade::on(req)),
+    }
+}
+
+impl Future for OnUpgrade {
+    type Output = Result<Upgraded, UpgradeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            OnUpgrade::Hyper(on) => Pin::new(on)
+                .poll(cx)
+                .map(|r| Ok(Upgraded::Hyper(TokioIo::new(r?)))),
+            OnUpgrade::Fast(None) => Poll::Ready(Err(UpgradeError::NotSent)),
+            OnUpgrade::Fast(Some(rx)) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.map_err(|_| UpgradeError::NotSent)),
+        }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(io) => Pin::new(io).poll_read(cx, buf),
+            Upgraded::Fast(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upgraded::Hyper(io) => Pin::new(io).poll_write(cx, buf),
+            Upgraded::Fast(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upgraded::Hyper(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Upgraded::Fast(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upgraded::Hyper(io) => io.is_write_vectored(),
+            Upgraded::Fast(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(io) => Pin::new(io).poll_flush(cx),
+            Upgraded::Fast(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upgraded::Hyper(io) => Pin::new(io).poll_shutdown(cx),
+            Upgraded::Fast(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
