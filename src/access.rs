@@ -52,10 +52,6 @@ impl Access {
 #[derive(Clone, Default)]
 pub struct BytesIn(pub Arc<AtomicU64>);
 
-/// The upstream server that answered, put in response extensions by the proxy.
-#[derive(Clone)]
-pub struct UpstreamServer(pub Arc<str>);
-
 /// The full text of an error whose response hides it (upstream details), put
 /// in response extensions for the access line.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use super::access_phase::Notes;
 use super::error::ProxyError;
 use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
-use crate::access::{BytesIn, UpstreamServer};
+use crate::access::BytesIn;
 use crate::body::{Body, BoxError};
 use crate::config::{RouteConfig, UpstreamProtocol};
 use crate::ctx::ConnCtx;
@@ -39,6 +39,8 @@ pub struct Forward<'a> {
     pub host: Option<&'a str>,
     /// What the access phase adds to the upstream request.
     pub notes: &'a Notes,
+    /// Set to the server that answered, for the access line.
+    pub served_by: &'a mut Option<std::sync::Arc<str>>,
 }
 
 /// Forwards `req` to a server of `pool`.
@@ -53,6 +55,7 @@ pub async fn forward(
         conn: ctx,
         host,
         notes,
+        served_by,
     } = fwd;
     let (mut parts, body) = req.into_parts();
     // Read before the headers are rewritten: the sticky key is the client's.
@@ -161,8 +164,7 @@ pub async fn forward(
                 pool.report_success(&backend);
                 count(metrics, pool, &backend, resp.status().as_u16());
                 let mut resp = response(resp, guard);
-                resp.extensions_mut()
-                    .insert(UpstreamServer(backend.addr.clone()));
+                *served_by = Some(backend.addr.clone());
                 if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);

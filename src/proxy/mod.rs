@@ -37,9 +37,7 @@ use ::http::{header, HeaderValue, Request, Response, Version};
 use arc_swap::ArcSwap;
 
 use self::access_phase::{Head, Notes, Phase};
-use crate::access::{
-    Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo, UpstreamServer,
-};
+use crate::access::{Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo};
 use crate::apps::Apps;
 use crate::auth::Verifiers;
 use crate::body::Body;
@@ -160,7 +158,11 @@ impl Handler for Proxy {
         let table = self.table.load_full();
         let log = self.access.logging();
         let bytes_in = BytesIn::default();
-        req.extensions_mut().insert(bytes_in.clone());
+        // Only a body has bytes to count: a bodiless request (most) would
+        // otherwise allocate its extensions' map for a count that stays 0.
+        if !http_body::Body::is_end_stream(req.body()) {
+            req.extensions_mut().insert(bytes_in.clone());
+        }
         // The access phase's first step, before routing so that every access
         // line (a 404 too) names the real client: the client of this request.
         let client = match table.trusted.contains(conn.client.ip()) {
@@ -179,9 +181,9 @@ impl Handler for Proxy {
             String::new()
         };
         let host = request_host(&req);
-        let mut route = None;
+        let mut out = Outcome::default();
         let resp = match self
-            .dispatch(&table, &conn, slot, req, host.as_ref(), &mut route)
+            .dispatch(&table, &conn, slot, req, host.as_ref(), &mut out)
             .await
         {
             Ok(resp) => resp,
@@ -199,12 +201,9 @@ impl Handler for Proxy {
                 _ => String::new(),
             },
             path,
-            route,
+            route: out.route,
             log,
-            upstream: parts
-                .extensions
-                .get::<UpstreamServer>()
-                .map(|u| u.0.clone()),
+            upstream: out.upstream,
             error: parts.extensions.get::<ErrorDetail>().map(|e| e.0.clone()),
             limit: parts.extensions.get::<LimitedBy>().map(|l| l.0.clone()),
             status: parts.status.as_u16(),
@@ -215,6 +214,16 @@ impl Handler for Proxy {
     }
 }
 
+/// What the access line learns while a request is dispatched: out-values
+/// rather than response extensions, whose map would be allocated per response.
+#[derive(Default)]
+struct Outcome {
+    /// The route that matched.
+    route: Option<Arc<Route>>,
+    /// The upstream server that answered.
+    upstream: Option<Arc<str>>,
+}
+
 impl Proxy {
     async fn dispatch(
         &self,
@@ -223,7 +232,7 @@ impl Proxy {
         slot: Arc<ConnSlot>,
         mut req: Request<RequestBody>,
         host: Option<&Host>,
-        matched: &mut Option<Arc<Route>>,
+        out: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = ws::is_upgrade_attempt(&req);
         if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
@@ -255,7 +264,7 @@ impl Proxy {
             .find(host.map(Host::as_str), req.uri().path())
             .cloned()
             .ok_or(ProxyError::NoRoute)?;
-        *matched = Some(route.clone());
+        out.route = Some(route.clone());
         if upgrade {
             // Not boxed here: `upgrade` boxes the tunnel, the only part of it
             // larger than the plain path's own state.
@@ -284,6 +293,7 @@ impl Proxy {
                     conn,
                     host,
                     notes: &notes,
+                    served_by: &mut out.upstream,
                 };
                 http::forward(pool, fwd, req).await
             }

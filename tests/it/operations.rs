@@ -33,6 +33,19 @@ async fn admin_endpoints_and_metrics_count() {
         get(gw.http(), "/nothing").await.status,
         StatusCode::NOT_FOUND
     );
+    // A request body's bytes are counted in; a bodiless request's count none.
+    assert_eq!(post(gw.http(), "/api/up", "12345", None).await.text(), "a");
+    let scrape = || async { get(admin, "/metrics").await.text() };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            scrape()
+                .await
+                .contains("wsgate_bytes_total{direction=\"in\"} 5\n")
+        })
+        .await,
+        "{}",
+        scrape().await
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gw.http()))
         .await
         .unwrap();
@@ -52,7 +65,6 @@ async fn admin_endpoints_and_metrics_count() {
     .await
     .unwrap();
     while ws.next().await.is_some() {}
-    let scrape = || async { get(admin, "/metrics").await.text() };
     assert!(
         eventually(Duration::from_secs(5), || async {
             scrape()
@@ -66,7 +78,7 @@ async fn admin_endpoints_and_metrics_count() {
     let m = scrape().await;
     for want in [
         "wsgate_connections_active{listener=",
-        "wsgate_http_requests_total{route=\"/api/\",status=\"200\"} 1",
+        "wsgate_http_requests_total{route=\"/api/\",status=\"200\"} 2",
         "wsgate_http_requests_total{route=\"-\",status=\"404\"} 1",
         "wsgate_http_request_duration_seconds_bucket",
         "wsgate_ws_sessions_active{route=\"/echo\"} 0",
@@ -75,7 +87,7 @@ async fn admin_endpoints_and_metrics_count() {
         "wsgate_ws_close_codes_total{route=\"/echo\",code=\"1000\"} 1",
         &format!("wsgate_upstream_up{{upstream=\"api\",server=\"{up}\"}} 1"),
         &format!(
-            "wsgate_upstream_requests_total{{upstream=\"api\",server=\"{up}\",status=\"200\"}} 1"
+            "wsgate_upstream_requests_total{{upstream=\"api\",server=\"{up}\",status=\"200\"}} 2"
         ),
         "wsgate_bytes_total{direction=\"out\"}",
         "wsgate_cluster_redis_up 0",
@@ -221,7 +233,9 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     write_cert(d, "one", &["localhost"]);
     write_cert(d, "two", &["localhost"]);
     let cfg = d.join("wsgate.toml");
-    std::fs::write(&cfg, base_config(d, "one").build()).unwrap();
+    let up = named_upstream("a").await;
+    let with_api = |c: Cfg| c.upstream("api", &[up]).route_upstream("/api/", "api");
+    std::fs::write(&cfg, with_api(base_config(d, "one")).build()).unwrap();
     let mut p = Proc::start(&cfg);
     let addrs = p.listening(2);
     let (plain, tls) = (addrs[0], addrs[1]);
@@ -257,7 +271,7 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     );
 
     // Reload: a new route and a new certificate.
-    let next = base_config(d, "two").route_root("/new", format!("{}/new", d.display()));
+    let next = with_api(base_config(d, "two")).route_root("/new", format!("{}/new", d.display()));
     std::fs::write(&cfg, next.build()).unwrap();
     p.signal("HUP");
     p.wait_for("configuration reloaded", Duration::from_secs(10));
@@ -321,6 +335,13 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     ] {
         assert!(v.get(k).is_some(), "access line lacks {k}: {access}");
     }
+    // A proxied request's line names the server that answered and counts
+    // the body it sent.
+    assert_eq!(post(plain, "/api/sent", "1234567", None).await.text(), "a");
+    let line = p.wait_for("/api/sent", Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["upstream"], up.to_string(), "{line}");
+    assert_eq!(v["bytes_in"], 7, "{line}");
     for l in &p.seen {
         serde_json::from_str::<serde_json::Value>(l)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
