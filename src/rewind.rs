@@ -21,6 +21,13 @@ pub struct Rewind<IO> {
 impl<IO> Rewind<IO> {
     /// `io`, whose reads return `prefix` before anything from `io`.
     pub fn new(prefix: Bytes, io: IO) -> Self {
+        // An empty view may still hold a whole read buffer; reads never
+        // reach it to let it go, and an idle session would keep it for life.
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            prefix
+        };
         Rewind { prefix, io }
     }
 }

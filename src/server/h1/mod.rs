@@ -134,25 +134,37 @@ where
             tracing::debug!("client closed the connection before its answer");
             return End::Closed;
         };
+        // hyper writes a 101 as the handler gave it (and hands the connection
+        // over, or closes it when the request asked for no upgrade); any other
+        // interim answer it refuses.
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let resp = match handover {
-            Some(_) if switching => resp,
-            _ => refuse_interim(resp),
+        let resp = if switching {
+            resp
+        } else {
+            refuse_interim(resp)
         };
-        let close = match response::write(io, &mut buf, &mut out, resp, head_request).await {
+        // As hyper, an answer after which the connection closes says so.
+        let closing = !keep_alive || shutdown.is_cancelled();
+        let framing = response::Head {
+            head_request,
+            closing,
+        };
+        let close = match response::write(io, &mut buf, &mut out, resp, framing).await {
             Ok(close) => close,
             Err(e) => {
                 tracing::debug!(error = %e, "writing the response failed; closing");
                 return End::Closed;
             }
         };
-        if let Some(to) = handover.filter(|_| switching) {
-            return End::Upgraded {
-                to,
-                buffered: buf.split().freeze(),
-            };
+        if switching {
+            if let Some(to) = handover {
+                return End::Upgraded {
+                    to,
+                    buffered: buf.split().freeze(),
+                };
+            }
         }
-        if close || !keep_alive || shutdown.is_cancelled() {
+        if close || closing || switching {
             let _ = io.shutdown().await;
             return End::Closed;
         }
@@ -238,8 +250,8 @@ where
     }
 }
 
-/// hyper's server sends no interim answer a handler returns as its response:
-/// it answers 500 and closes. The same here.
+/// hyper's server sends no interim answer but 101 that a handler returns as
+/// its response: it answers 500 and closes. The same here.
 fn refuse_interim(resp: Response<Body>) -> Response<Body> {
     if !resp.status().is_informational() {
         return resp;

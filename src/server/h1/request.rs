@@ -75,8 +75,8 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, Fiel
     if method == Method::CONNECT {
         return None;
     }
-    // Judged before anything is built: a head for hyper (a WebSocket
-    // handshake, an upload) costs this path a scan, not a header map.
+    // Judged before anything is built: a head for hyper (an upload, an h2c
+    // upgrade) costs this path a scan, not a header map.
     let mut fields = Fields::default();
     if !head.headers.iter().all(|f| fields.admit(f.name, f.value)) {
         return None;

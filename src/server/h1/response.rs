@@ -60,6 +60,16 @@ enum Framing {
     Chunked(Vec<HeaderName>),
 }
 
+/// What the exchange says about the answer's head.
+#[derive(Clone, Copy)]
+pub(super) struct Head {
+    /// It answers `HEAD`.
+    pub head_request: bool,
+    /// The connection closes after it (the client said `close`, or the
+    /// gateway drains): the answer says `close` in `Connection`, as hyper's.
+    pub closing: bool,
+}
+
 /// Writes `resp` to `io`, using `out` as scratch; bytes the client sends
 /// meanwhile go to `buf`. Returns whether the connection must close after it.
 pub(super) async fn write<IO>(
@@ -67,14 +77,14 @@ pub(super) async fn write<IO>(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     resp: Response<Body>,
-    head_request: bool,
+    head: Head,
 ) -> Result<bool, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, body) = resp.into_parts();
     out.clear();
-    let (framing, close) = encode_head(out, parts.status, &parts.headers, &body, head_request)?;
+    let (framing, close) = encode_head(out, parts.status, &parts.headers, &body, head)?;
     if framing == Framing::None {
         drop(body);
         io.write_all(out).await?;
@@ -92,10 +102,10 @@ fn encode_head(
     status: StatusCode,
     headers: &HeaderMap,
     body: &Body,
-    head_request: bool,
+    head: Head,
 ) -> Result<(Framing, bool), Error> {
     put_status(out, status);
-    let rules = Rules::new(status, head_request, body);
+    let rules = Rules::new(status, head, body);
     let seen = put_fields(out, headers, &rules)?;
     let framing = choose_framing(out, &rules, &seen, body);
     if !seen.date {
@@ -129,10 +139,13 @@ struct Rules {
     head: bool,
     /// The body has nothing to send.
     empty: bool,
+    /// `Connection` must say `close`.
+    closing: bool,
 }
 
 impl Rules {
-    fn new(status: StatusCode, head: bool, body: &Body) -> Self {
+    fn new(status: StatusCode, exchange: Head, body: &Body) -> Self {
+        let head = exchange.head_request;
         let no_length = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
@@ -141,6 +154,7 @@ impl Rules {
             no_body: head || no_length,
             head,
             empty: body.is_end_stream(),
+            closing: exchange.closing,
         }
     }
 }
@@ -152,7 +166,28 @@ struct Declared {
     chunked: bool,
     trailers: Vec<HeaderName>,
     close: bool,
+    /// The `Connection` line is written.
+    connection: bool,
     date: bool,
+}
+
+/// Every `Connection` value on one line, as hyper writes them, with `close`
+/// added when the connection closes after this answer and no value says so.
+fn put_connection(out: &mut Vec<u8>, headers: &HeaderMap, closing: bool, d: &mut Declared) {
+    d.connection = true;
+    out.extend_from_slice(b"connection: ");
+    for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v.as_bytes());
+        d.close |= list_has(v.as_bytes(), b"close");
+    }
+    if closing && !d.close {
+        out.extend_from_slice(b", close");
+        d.close = true;
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the handler's fields, but not a length an empty body cannot keep
@@ -172,11 +207,20 @@ fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap, rules: &Rules) -> Result<D
             header::TRANSFER_ENCODING | header::TRAILER if rules.no_body => continue,
             header::TRANSFER_ENCODING => d.chunked = true,
             header::TRAILER => d.trailers.extend(trailer_names(value.as_bytes())),
-            header::CONNECTION => d.close |= list_has(value.as_bytes(), b"close"),
+            header::CONNECTION => {
+                if !d.connection {
+                    put_connection(out, headers, rules.closing, &mut d);
+                }
+                continue;
+            }
             header::DATE => d.date = true,
             _ => {}
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if rules.closing && !d.connection {
+        out.extend_from_slice(b"connection: close\r\n");
+        d.close = true;
     }
     if d.chunked && d.length.is_some() {
         return Err(Error::LengthAndChunked);

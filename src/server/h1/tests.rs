@@ -192,6 +192,72 @@ async fn a_handshake_answered_101_hands_the_connection_to_its_session() {
     assert!(ended_ok(task).await, "the fast path must end upgraded");
 }
 
+/// Bytes the client sends while the handshake is handled, and after its 101,
+/// reach the session in order; a client that said `close` gets it in the
+/// 101's `Connection`, as from hyper, and the connection is still handed over.
+#[tokio::test]
+async fn bytes_sent_while_a_handshake_is_handled_reach_the_session() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = release.clone();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let got_tx = std::sync::Mutex::new(Some(got_tx));
+    let handle = move |mut req: Request<RequestBody>| {
+        let on = crate::upgraded::on(&mut req);
+        let go = go.clone();
+        let got = got_tx.lock().expect("lock").take();
+        async move {
+            go.notified().await;
+            tokio::spawn(async move {
+                let mut io = on.await.expect("handed over");
+                let mut b = [0u8; 8];
+                io.read_exact(&mut b).await.expect("read");
+                if let Some(got) = got {
+                    let _ = got.send(b.to_vec());
+                }
+            });
+            let mut r = Response::new(crate::body::empty());
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("connection", http::HeaderValue::from_static("Upgrade"));
+            r
+        }
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let end = serve(&mut s, SETTINGS, handle, &CancellationToken::new()).await;
+        let End::Upgraded { to, buffered } = end else {
+            return false;
+        };
+        to.send(Box::new(s), buffered);
+        true
+    });
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    c.write_all(b"1234").await.expect("write");
+    c.write_all(b"56").await.expect("write");
+    release.notify_one();
+    let answer = read_until(&mut c, "\r\n\r\n").await;
+    assert!(
+        answer.starts_with(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade, close\r\ndate: "
+        ),
+        "{answer}"
+    );
+    c.write_all(b"78").await.expect("write");
+    let got = tokio::time::timeout(WAIT, got_rx)
+        .await
+        .expect("the session read in time")
+        .expect("the session read");
+    assert_eq!(got, b"12345678");
+    assert!(ended_ok(task).await, "the fast path must end upgraded");
+}
+
 async fn ended_ok(task: tokio::task::JoinHandle<bool>) -> bool {
     tokio::time::timeout(WAIT, task)
         .await
@@ -274,12 +340,16 @@ async fn a_client_that_goes_away_cancels_its_handler() {
 
 #[tokio::test]
 async fn close_requests_a_slow_head_and_a_drain_end_the_connection() {
-    // `Connection: close`: answered, then closed.
+    // `Connection: close`: answered (saying so, as hyper does), then closed.
     let (mut c, task) = server(echo_path, CancellationToken::new()).await;
     c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
     let got = read_to_close(&mut c).await;
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 6\r\n"),
+        "{got}"
+    );
     assert!(got.ends_with("GET /x"), "{got}");
     assert!(matches!(ended(task).await, End::Closed));
 
@@ -381,7 +451,8 @@ mod same_as_hyper {
 
     use super::super::request::{parse, Parsed};
 
-    type Seen = (Method, Uri, Version, HeaderMap);
+    /// What hyper's service got: the head, and whether it may upgrade.
+    type Seen = (Method, Uri, Version, HeaderMap, bool);
 
     /// The request hyper's server hands its service for `head`, if any.
     async fn hyper_reads(head: Vec<u8>) -> Option<Seen> {
@@ -392,7 +463,8 @@ mod same_as_hyper {
         let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
             if let Some(tx) = tx.lock().expect("lock").take() {
                 let (p, _) = req.into_parts();
-                let _ = tx.send((p.method, p.uri, p.version, p.headers));
+                let upgrade = p.extensions.get::<hyper::upgrade::OnUpgrade>().is_some();
+                let _ = tx.send((p.method, p.uri, p.version, p.headers, upgrade));
             }
             async { Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new())) }
         });
@@ -455,7 +527,7 @@ mod same_as_hyper {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn heads_the_fast_path_takes_hyper_reads_the_same(head in head()) {
-            let Parsed::Ready { request, len, .. } = parse(&head) else {
+            let Parsed::Ready { request, len, upgrade, .. } = parse(&head) else {
                 return Ok(());
             };
             prop_assert_eq!(len, head.len());
@@ -464,7 +536,7 @@ mod same_as_hyper {
                 .build()
                 .expect("runtime");
             let seen = rt.block_on(hyper_reads(head.clone()));
-            let Some((method, uri, version, headers)) = seen else {
+            let Some((method, uri, version, headers, hyper_upgrade)) = seen else {
                 return Err(TestCaseError::fail(format!(
                     "hyper refused a head the fast path took: {:?}",
                     String::from_utf8_lossy(&head)
@@ -476,6 +548,8 @@ mod same_as_hyper {
             let ours: Vec<_> = request.headers().iter().collect();
             let theirs: Vec<_> = headers.iter().collect();
             prop_assert_eq!(ours, theirs);
+            // A handshake taken here is one hyper would offer to upgrade.
+            prop_assert_eq!(upgrade, hyper_upgrade);
         }
     }
 }
