@@ -7,13 +7,12 @@
 //! [`crate::rewind`].
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::rewind::Rewind;
@@ -32,11 +31,10 @@ pub enum UpgradeError {
 }
 
 /// The connection after the 101 (or HTTP/2's 200): its bytes already read
-/// come first.
-pub enum Upgraded {
-    Hyper(TokioIo<hyper::upgrade::Upgraded>),
-    Fast(Rewind<Box<dyn Io>>),
-}
+/// come first. hyper's `Upgraded` is boxed into the same shape (it is rare:
+/// RFC 8441, and handshakes the fast path leaves to hyper), so the sessions'
+/// reads and writes go through one type and one indirection.
+pub type Upgraded = Rewind<Box<dyn Io>>;
 
 /// The fast path's side of one upgrade: it sends the connection once the
 /// answer is written. Dropped unsent (a refused handshake, a failed write),
@@ -54,7 +52,7 @@ impl Handover {
     /// handler's session.
     pub fn send(self, io: Box<dyn Io>, buffered: Bytes) {
         // A session that is gone (its handler cancelled) drops the connection.
-        let _ = self.0.send(Upgraded::Fast(Rewind::new(buffered, io)));
+        let _ = self.0.send(Rewind::new(buffered, io));
     }
 }
 
@@ -90,71 +88,14 @@ impl Future for OnUpgrade {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            OnUpgrade::Hyper(on) => Pin::new(on)
-                .poll(cx)
-                .map(|r| Ok(Upgraded::Hyper(TokioIo::new(r?)))),
+            OnUpgrade::Hyper(on) => Pin::new(on).poll(cx).map(|r| {
+                let io: Box<dyn Io> = Box::new(TokioIo::new(r?));
+                Ok(Rewind::new(Bytes::new(), io))
+            }),
             OnUpgrade::Fast(None) => Poll::Ready(Err(UpgradeError::NotSent)),
             OnUpgrade::Fast(Some(rx)) => Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.map_err(|_| UpgradeError::NotSent)),
-        }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Hyper(io) => Pin::new(io).poll_read(cx, buf),
-            Upgraded::Fast(io) => Pin::new(io).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upgraded::Hyper(io) => Pin::new(io).poll_write(cx, buf),
-            Upgraded::Fast(io) => Pin::new(io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upgraded::Hyper(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Upgraded::Fast(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Upgraded::Hyper(io) => io.is_write_vectored(),
-            Upgraded::Fast(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Hyper(io) => Pin::new(io).poll_flush(cx),
-            Upgraded::Fast(io) => Pin::new(io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upgraded::Hyper(io) => Pin::new(io).poll_shutdown(cx),
-            Upgraded::Fast(io) => Pin::new(io).poll_shutdown(cx),
         }
     }
 }

@@ -6,6 +6,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::client_cert::ClientCert;
+use crate::fields::list_has;
 
 /// Headers that describe one hop and must never be forwarded.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -241,12 +242,12 @@ pub fn host_value(h: &HeaderMap, host: Option<&str>) -> Option<HeaderValue> {
 }
 
 /// Does the comma-separated header list contain `token` (case-insensitively)?
+/// A value that is not visible ASCII names none (it is not read as text).
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
     h.get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .filter(|v| v.to_str().is_ok())
+        .any(|v| list_has(v.as_bytes(), token.as_bytes()))
 }
 
 /// The upstream path and query for `path_and_query` under a route `prefix`.

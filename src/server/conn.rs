@@ -3,8 +3,9 @@
 //! and HTTP/2 on the same port, upgrades on, RFC 8441 extended CONNECT
 //! enabled). When the gateway drains, the connection gets `graceful_shutdown`
 //! so requests in flight finish. Upgraded connections leave the fast path or
-//! hyper here ([`crate::upgraded`]) and are tracked as sessions by `proxy::ws`. Handlers get each request body as
-//! a [`RequestBody`], which drains an HTTP/2 body they leave unread.
+//! hyper here ([`crate::upgraded`]) and are tracked as sessions by
+//! `proxy::ws`. Handlers get each request body as a [`RequestBody`], which
+//! drains an HTTP/2 body they leave unread.
 
 use std::convert::Infallible;
 use std::sync::Arc;

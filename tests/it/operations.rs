@@ -36,16 +36,16 @@ async fn admin_endpoints_and_metrics_count() {
     // A request body's bytes are counted in; a bodiless request's count none.
     assert_eq!(post(gw.http(), "/api/up", "12345", None).await.text(), "a");
     let scrape = || async { get(admin, "/metrics").await.text() };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            scrape()
-                .await
-                .contains("wsgate_bytes_total{direction=\"in\"} 5\n")
+    // Metrics are counted as a body or a session ends, just after the client
+    // sees the end: polled until they show `want`.
+    let shows = |want: &'static str| async move {
+        let seen = eventually(Duration::from_secs(5), || async {
+            scrape().await.contains(want)
         })
-        .await,
-        "{}",
-        scrape().await
-    );
+        .await;
+        assert!(seen, "no {want:?} in\n{}", scrape().await);
+    };
+    shows("wsgate_bytes_total{direction=\"in\"} 5\n").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gw.http()))
         .await
         .unwrap();
@@ -65,16 +65,7 @@ async fn admin_endpoints_and_metrics_count() {
     .await
     .unwrap();
     while ws.next().await.is_some() {}
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            scrape()
-                .await
-                .contains("wsgate_ws_messages_total{route=\"/echo\",direction=\"in\"} 3")
-        })
-        .await,
-        "{}",
-        scrape().await
-    );
+    shows("wsgate_ws_messages_total{route=\"/echo\",direction=\"in\"} 3").await;
     let m = scrape().await;
     for want in [
         "wsgate_connections_active{listener=",

@@ -134,20 +134,15 @@ where
             tracing::debug!("client closed the connection before its answer");
             return End::Closed;
         };
-        // hyper writes a 101 as the handler gave it (and hands the connection
-        // over, or closes it when the request asked for no upgrade); any other
-        // interim answer it refuses.
+        // A 101 hands the connection over, or closes it when the request
+        // asked for no upgrade, as hyper does.
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let resp = if switching {
-            resp
-        } else {
-            refuse_interim(resp)
-        };
-        // As hyper, an answer after which the connection closes says so.
-        let closing = !keep_alive || shutdown.is_cancelled();
+        let resp = refuse_interim(resp);
+        // As hyper, an answer after which the connection closes says so (and
+        // `write` then reports the close).
         let framing = response::Head {
             head_request,
-            closing,
+            closing: !keep_alive || shutdown.is_cancelled(),
         };
         let close = match response::write(io, &mut buf, &mut out, resp, framing).await {
             Ok(close) => close,
@@ -164,7 +159,7 @@ where
                 };
             }
         }
-        if close || closing || switching {
+        if close || switching {
             let _ = io.shutdown().await;
             return End::Closed;
         }
@@ -253,7 +248,8 @@ where
 /// hyper's server sends no interim answer but 101 that a handler returns as
 /// its response: it answers 500 and closes. The same here.
 fn refuse_interim(resp: Response<Body>) -> Response<Body> {
-    if !resp.status().is_informational() {
+    let status = resp.status();
+    if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
     let mut r = Response::new(crate::body::empty());

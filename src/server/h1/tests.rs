@@ -35,11 +35,26 @@ where
     F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send,
 {
+    serve_one(handle, shutdown, |end, _| end).await
+}
+
+/// [`server`], with `finish` given how the fast path ended and the socket.
+async fn serve_one<F, Fut, T>(
+    handle: F,
+    shutdown: CancellationToken,
+    finish: impl FnOnce(End, TcpStream) -> T + Send + 'static,
+) -> (TcpStream, tokio::task::JoinHandle<T>)
+where
+    F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send,
+    T: Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.expect("accept");
-        serve(&mut s, SETTINGS, handle, &shutdown).await
+        let end = serve(&mut s, SETTINGS, handle, &shutdown).await;
+        finish(end, s)
     });
     let c = TcpStream::connect(addr).await.expect("connect");
     (c, task)
@@ -72,7 +87,7 @@ async fn read_while(c: &mut TcpStream, more: impl Fn(&str) -> bool) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-async fn ended(task: tokio::task::JoinHandle<End>) -> End {
+async fn ended<T>(task: tokio::task::JoinHandle<T>) -> T {
     tokio::time::timeout(WAIT, task)
         .await
         .expect("the fast path ended in time")
@@ -157,18 +172,7 @@ async fn a_handshake_answered_101_hands_the_connection_to_its_session() {
             r
         }
     };
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let end = serve(&mut s, SETTINGS, handle, &CancellationToken::new()).await;
-        let End::Upgraded { to, buffered } = end else {
-            return false;
-        };
-        to.send(Box::new(s), buffered);
-        true
-    });
-    let mut c = TcpStream::connect(addr).await.expect("connect");
+    let (mut c, task) = upgrading_server(handle).await;
     let hs = |path: &str| {
         format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -189,7 +193,7 @@ async fn a_handshake_answered_101_hands_the_connection_to_its_session() {
         "{got}"
     );
     assert!(!got.contains("content-length"), "{got}");
-    assert!(ended_ok(task).await, "the fast path must end upgraded");
+    assert!(ended(task).await, "the fast path must end upgraded");
 }
 
 /// Bytes the client sends while the handshake is handled, and after its 101,
@@ -222,18 +226,7 @@ async fn bytes_sent_while_a_handshake_is_handled_reach_the_session() {
             r
         }
     };
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.expect("accept");
-        let end = serve(&mut s, SETTINGS, handle, &CancellationToken::new()).await;
-        let End::Upgraded { to, buffered } = end else {
-            return false;
-        };
-        to.send(Box::new(s), buffered);
-        true
-    });
-    let mut c = TcpStream::connect(addr).await.expect("connect");
+    let (mut c, task) = upgrading_server(handle).await;
     c.write_all(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
@@ -255,14 +248,25 @@ async fn bytes_sent_while_a_handshake_is_handled_reach_the_session() {
         .expect("the session read in time")
         .expect("the session read");
     assert_eq!(got, b"12345678");
-    assert!(ended_ok(task).await, "the fast path must end upgraded");
+    assert!(ended(task).await, "the fast path must end upgraded");
 }
 
-async fn ended_ok(task: tokio::task::JoinHandle<bool>) -> bool {
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the fast path ended in time")
-        .expect("task")
+/// Serves one accepted connection with `handle`, and hands it over as
+/// `conn` does when the fast path ends upgraded; the task returns whether it
+/// did.
+async fn upgrading_server<F, Fut>(handle: F) -> (TcpStream, tokio::task::JoinHandle<bool>)
+where
+    F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send,
+{
+    serve_one(handle, CancellationToken::new(), |end, s| match end {
+        End::Upgraded { to, buffered } => {
+            to.send(Box::new(s), buffered);
+            true
+        }
+        _ => false,
+    })
+    .await
 }
 
 #[tokio::test]
