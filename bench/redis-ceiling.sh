@@ -18,7 +18,8 @@
 # give a single hot room.
 #
 # Reports room messages/s, the server's CPU (INFO cpu) as a share of a core
-# and CPU µs per message. Ports 28710 (plain), 28711 (cluster, bus 38711).
+# and CPU µs per message. Ports 28710 (plain), 28711 (cluster, bus 28721:
+# below the ephemeral range, where a client's TIME_WAIT socket would abort redis).
 # Output: bench/results/redis-ceiling-<UTC>/results.jsonl and summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,7 +78,7 @@ taskset -c "$SERVER_CPU" redis-server --port 28710 --bind 127.0.0.1 --save "" --
   --dir "$OUT/plain" --logfile "$OUT/plain/redis.log" &
 PIDS+=($!)
 taskset -c "$SERVER_CPU" redis-server --port 28711 --bind 127.0.0.1 --save "" --appendonly no \
-  --cluster-enabled yes --cluster-config-file "$OUT/cluster/nodes.conf" \
+  --cluster-enabled yes --cluster-port 28721 --cluster-config-file "$OUT/cluster/nodes.conf" \
   --dir "$OUT/cluster" --logfile "$OUT/cluster/redis.log" &
 PIDS+=($!)
 until_ok 10 "redis on 28710" pong 28710

@@ -20,7 +20,9 @@
 # (CONFIG RESETSTAT at the start of the send phase).
 #
 # Ports (127.0.0.1 only): Redis 28700 (single), 28701–28703 (cluster; bus ports
-# 38701–38703); wsgate nodes 28610+i (single) and 28620+i (cluster), their admin
+# 28711–28713, set with --cluster-port: the default port + 10000 falls in the
+# kernel's ephemeral range, where a client socket left in TIME_WAIT by an earlier
+# load makes redis-server abort); wsgate nodes 28610+i (single) and 28620+i (cluster), their admin
 # listeners 28640+i / 28650+i. Every process is started here and killed by PID.
 # Output: bench/results/s6-<UTC>/results.jsonl and summary.md (bench/s6_report.py).
 set -euo pipefail
@@ -114,9 +116,15 @@ redis_start() { # PORT DIR [extra args]
 echo "== Redis: single on 28700, cluster on 28701-28703 (3 masters, no replicas)"
 redis_start 28700 "$OUT/redis-single"
 for p in 28701 28702 28703; do
-  redis_start "$p" "$OUT/redis-$p" --cluster-enabled yes --cluster-config-file "$OUT/redis-$p/nodes.conf"
+  redis_start "$p" "$OUT/redis-$p" --cluster-enabled yes --cluster-port $((p + 10)) \
+    --cluster-config-file "$OUT/redis-$p/nodes.conf"
 done
-for p in 28700 28701 28702 28703; do until_ok 10 "redis on $p answering PING" pong "$p"; done
+redis_up() { # PORT DIR: waits for PING; on failure shows the server's log
+  until_ok 10 "redis on $1 answering PING" pong "$1" ||
+    { tail -n 5 "$2/redis.log" >&2; return 1; }
+}
+redis_up 28700 "$OUT/redis-single"
+for p in 28701 28702 28703; do redis_up "$p" "$OUT/redis-$p"; done
 redis-cli --cluster create 127.0.0.1:28701 127.0.0.1:28702 127.0.0.1:28703 \
   --cluster-replicas 0 --cluster-yes >"$OUT/cluster-create.log" 2>&1 ||
   { cat "$OUT/cluster-create.log" >&2; exit 1; }

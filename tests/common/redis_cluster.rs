@@ -17,15 +17,21 @@ use super::{eventually, WAIT};
 /// master is failed over.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
 
-/// A port `p` with `p` and its cluster bus port `p + 10000` both free.
+/// Offset from a server's port to its cluster bus port (`--cluster-port`).
+const BUS_OFFSET: u16 = 6000;
+
+/// A port `p` with `p` and its cluster bus port `p + BUS_OFFSET` both free,
+/// both below the kernel's ephemeral range (32768 up). There no client socket
+/// can take the port between this check and `redis-server`'s bind, and no
+/// client socket left in TIME_WAIT by an earlier test makes it abort.
 fn cluster_port() -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let p = l.local_addr().expect("local addr").port();
         drop(l);
-        let p = 20000 + p % 20000;
+        let p = 20000 + p % BUS_OFFSET;
         let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if free(p) && free(p + 10000) {
+        if free(p) && free(p + BUS_OFFSET) {
             return p;
         }
     }
@@ -84,6 +90,7 @@ impl RedisCluster {
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &(port + BUS_OFFSET).to_string()])
             .args(["--cluster-config-file", &conf])
             .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
             .args(["--save", ""])
