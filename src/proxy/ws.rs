@@ -17,7 +17,7 @@ use super::error::{HandshakeError, ProxyError};
 use super::headers::{end_to_end, has_token, rewrite_path, set_client_cert, set_forwarding};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
-use super::ws_upstream::{self, Rewind};
+use super::ws_upstream::{self, Relayed, Rewind};
 use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
 use crate::config::{RouteConfig, UpstreamConfig};
@@ -215,7 +215,7 @@ impl Tunnel<'_> {
             }
         };
         let client_upgrade = crate::upgraded::on(&mut req);
-        let mut resp = client_response(&hs, &accept, &up_headers)?;
+        let mut resp = client_response(&hs, &accept, up_headers)?;
         if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -323,7 +323,7 @@ impl Upstream<'_> {
         stream: UpStream,
         req: &Request<RequestBody>,
         hs: &Handshake,
-    ) -> Result<(HeaderMap, Rewind, String), ProxyError> {
+    ) -> Result<(Relayed, Rewind, String), ProxyError> {
         // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
         let key = match &hs.key {
             Some(k) => k.clone(),
@@ -347,7 +347,7 @@ impl Upstream<'_> {
                 Err(ProxyError::UpstreamFailed(addr(), e.to_string()))
             }
             Ok(Err(e)) => Err(ProxyError::UpstreamHandshake(addr(), e.to_string())),
-            Ok(Ok((headers, stream))) => Ok((headers, stream, expected)),
+            Ok(Ok((relayed, stream))) => Ok((relayed, stream, expected)),
         }
     }
 
@@ -395,7 +395,7 @@ impl Upstream<'_> {
 fn client_response(
     hs: &Handshake,
     accept: &str,
-    upstream: &HeaderMap,
+    upstream: Relayed,
 ) -> Result<Response<Body>, ProxyError> {
     let mut resp = Response::new(crate::body::empty());
     if hs.key.is_some() {
@@ -408,14 +408,8 @@ fn client_response(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     let h = resp.headers_mut();
-    for name in [
-        header::SEC_WEBSOCKET_PROTOCOL,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-        header::SET_COOKIE,
-    ] {
-        for v in upstream.get_all(&name) {
-            h.append(&name, v.clone());
-        }
+    for (name, value) in upstream {
+        h.append(name, value);
     }
     Ok(resp)
 }

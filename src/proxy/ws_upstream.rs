@@ -12,7 +12,7 @@
 use std::io;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::upstream::dial::UpStream;
@@ -64,21 +64,32 @@ pub fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
     out
 }
 
+/// What the client's 101 repeats of the upstream's: the chosen subprotocol
+/// and extensions, and any cookies, in the upstream's order.
+pub type Relayed = Vec<(HeaderName, HeaderValue)>;
+
+/// The fields [`Relayed`] keeps.
+const RELAYED: [HeaderName; 3] = [
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+    header::SET_COOKIE,
+];
+
 /// Sends `head` and reads the answer. On a `101` whose accept value is
-/// `expected_accept`: the response headers and the stream, which replays what
+/// `expected_accept`: the fields to relay and the stream, which replays what
 /// the server sent after its head before reading on.
 pub async fn handshake(
     mut stream: UpStream,
     head: &[u8],
     expected_accept: &str,
-) -> Result<(HeaderMap, Rewind), UpstreamHandshakeError> {
+) -> Result<(Relayed, Rewind), UpstreamHandshakeError> {
     let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
     stream.write_all(head).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if let Some((headers, len)) = parse_101(&buf, expected_accept)? {
+        if let Some((relayed, len)) = parse_101(&buf, expected_accept)? {
             let rest = Bytes::copy_from_slice(&buf[len..]);
-            return Ok((headers, Rewind::new(rest, stream)));
+            return Ok((relayed, Rewind::new(rest, stream)));
         }
         if buf.len() >= MAX_HEAD {
             return Err(UpstreamHandshakeError::TooLarge);
@@ -91,11 +102,13 @@ pub async fn handshake(
 }
 
 /// Parses a complete response head at the start of `buf`: `None` while it is
-/// incomplete, else the headers of a verified 101 and the head's length.
+/// incomplete, else what a verified 101 relays and the head's length. The
+/// other fields are read in place, not copied into a map: nothing else of
+/// them is used.
 pub fn parse_101(
     buf: &[u8],
     expected_accept: &str,
-) -> Result<Option<(HeaderMap, usize)>, UpstreamHandshakeError> {
+) -> Result<Option<(Relayed, usize)>, UpstreamHandshakeError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -110,19 +123,30 @@ pub fn parse_101(
             .unwrap_or_else(|_| code.to_string());
         return Err(UpstreamHandshakeError::Status(status));
     }
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let mut accepted = false;
+    let mut relayed = Relayed::new();
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|e| UpstreamHandshakeError::Invalid(e.to_string()))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|e| UpstreamHandshakeError::Invalid(e.to_string()))?;
-        headers.append(name, value);
+        if h.name
+            .eq_ignore_ascii_case(header::SEC_WEBSOCKET_ACCEPT.as_str())
+        {
+            // Repeated, the first counts.
+            if !accepted && h.value != expected_accept.as_bytes() {
+                return Err(UpstreamHandshakeError::Accept);
+            }
+            accepted = true;
+        } else if let Some(name) = RELAYED
+            .iter()
+            .find(|n| h.name.eq_ignore_ascii_case(n.as_str()))
+        {
+            let value = HeaderValue::from_bytes(h.value)
+                .map_err(|e| UpstreamHandshakeError::Invalid(e.to_string()))?;
+            relayed.push((name.clone(), value));
+        }
     }
-    let accept = headers.get(http::header::SEC_WEBSOCKET_ACCEPT);
-    if accept.map(|v| v.as_bytes()) != Some(expected_accept.as_bytes()) {
+    if !accepted {
         return Err(UpstreamHandshakeError::Accept);
     }
-    Ok(Some((headers, len)))
+    Ok(Some((relayed, len)))
 }
 
 /// The upstream stream after its handshake: first the bytes that arrived
@@ -138,13 +162,19 @@ mod tests {
     #[test]
     fn a_101_with_the_right_accept_passes_and_keeps_what_follows() {
         let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSet-Cookie: a=1\r\nSec-WebSocket-Accept: {ACCEPT}\r\nX-Other: 1\r\nSec-WebSocket-Protocol: chat\r\nset-cookie: b=2\r\n\r\n"
         );
         let mut buf = head.clone().into_bytes();
         buf.extend_from_slice(b"\x81\x02hi");
-        let (h, len) = parse_101(&buf, ACCEPT).unwrap().unwrap();
+        let (relayed, len) = parse_101(&buf, ACCEPT).unwrap().unwrap();
         assert_eq!(len, head.len());
-        assert_eq!(h["sec-websocket-protocol"], "chat");
+        let v = HeaderValue::from_static;
+        let want = vec![
+            (header::SET_COOKIE, v("a=1")),
+            (header::SEC_WEBSOCKET_PROTOCOL, v("chat")),
+            (header::SET_COOKIE, v("b=2")),
+        ];
+        assert_eq!(relayed, want);
         for cut in 0..head.len() {
             assert_eq!(parse_101(&buf[..cut], ACCEPT), Ok(None), "cut at {cut}");
         }
