@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Snapshot, StartError};
@@ -73,6 +73,26 @@ pub(super) struct AdminInfo {
 /// Listener sockets bound for a new config, not serving yet.
 pub(super) type Fresh = Vec<(ListenerKey, TcpListener, OwnedFd)>;
 
+/// Connections the kernel queues for a listener before `accept`. Linux caps
+/// the value at `net.core.somaxconn` (4096 by default), so this asks for that
+/// cap, as Envoy does by default (nginx asks for 511). tokio's own bind asks
+/// for 128, and the kernel drops the SYN of every connection beyond that in a
+/// burst (a reconnect storm after a deploy): each such client waits a
+/// second for its retransmission, and more if the burst goes on.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A new listening socket on `addr`: `SO_REUSEADDR` (a restart rebinds
+/// while old connections linger in TIME_WAIT), then [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// An inherited socket for `addr`, else a new one bound to it; and a
 /// duplicate of its descriptor.
 async fn open(
@@ -89,7 +109,7 @@ async fn open(
             tracing::info!(addr = %addr, "using the inherited listening socket");
             TcpListener::from_std(l).map_err(bind_err)?
         }
-        None => TcpListener::bind(addr).await.map_err(bind_err)?,
+        None => bind(addr).map_err(bind_err)?,
     };
     let dup = tcp.as_fd().try_clone_to_owned().map_err(bind_err)?;
     Ok((tcp, dup))
@@ -323,5 +343,28 @@ impl Gateway {
         for addr in unused {
             tracing::info!(addr = %addr, "closed an inherited socket the config does not listen on");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+
+    /// With nobody accepting, every connection of a burst must still complete
+    /// its handshake into the queue: with tokio's default of 128, those past
+    /// it never would (their SYNs are dropped while the queue stays full).
+    #[tokio::test]
+    async fn a_burst_of_connections_queues_without_dropped_syns() {
+        let listener = super::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connects = (0..300).map(|_| TcpStream::connect(addr));
+        let all = futures_util::future::join_all(connects);
+        let done = tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("every connection of the burst completes while none is accepted");
+        assert!(done.iter().all(Result::is_ok));
+        drop(listener);
     }
 }
