@@ -175,7 +175,7 @@ impl Tunnel<'_> {
         let affinity = pool.affinity(session.client, req.headers(), req.uri().query());
         let mut tried: Vec<BackendId> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
-        let (choice, inflight, up_headers, upstream, accept) = loop {
+        let (choice, inflight, relayed, upstream, accept) = loop {
             let Some(choice) = pool.select(&affinity, &tried) else {
                 return Err(last_err.unwrap_or(ProxyError::NoUpstream));
             };
@@ -203,9 +203,9 @@ impl Tunnel<'_> {
             };
             // Boxed: the handshake's state is only needed while it runs.
             match Box::pin(up.handshake(stream, &req, &hs)).await {
-                Ok((headers, stream, accept)) => {
+                Ok((relayed, stream, accept)) => {
                     pool.report_success(&choice.backend);
-                    break (choice, inflight, headers, stream, accept);
+                    break (choice, inflight, relayed, stream, accept);
                 }
                 Err(e) => {
                     // The server saw the handshake: it answered, or failed, itself.
@@ -215,7 +215,7 @@ impl Tunnel<'_> {
             }
         };
         let client_upgrade = crate::upgraded::on(&mut req);
-        let mut resp = client_response(&hs, &accept, up_headers)?;
+        let mut resp = client_response(&hs, &accept, relayed)?;
         if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -315,7 +315,7 @@ struct Upstream<'a> {
 
 impl Upstream<'_> {
     /// Performs the HTTP/1.1 upgrade handshake on a fresh connection to the
-    /// backend within `response_timeout`: the 101's headers, the upgraded
+    /// backend within `response_timeout`: the fields the 101 relays, the upgraded
     /// stream, and the accept value of the key sent (the client's own, so
     /// also the client's).
     async fn handshake(

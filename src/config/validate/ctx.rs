@@ -241,7 +241,8 @@ impl Ctx<'_> {
         if !self.checks.bind || addr.port() == 0 {
             return;
         }
-        // Like tokio's `TcpListener::bind` at start: SO_REUSEADDR, then listen.
+        // As the gateway binds at start (`gateway::listeners`): SO_REUSEADDR,
+        // then listen; the queue's length does not matter to this probe.
         let err = match std::net::TcpListener::bind(addr) {
             Ok(listener) => {
                 drop(listener);

@@ -7,8 +7,9 @@
 //! naming `upgrade`), whose connection it hands to the handler's session after
 //! the 101 (`crate::upgraded`). Every other head (and every head it cannot
 //! parse) is left in the buffer for hyper, which then answers it (including
-//! the 400, 431 or 505 for a broken one) and the rest of the connection. So nothing a client can send is
-//! judged by two parsers: what this one does not take, it does not judge.
+//! the 400, 431 or 505 for a broken one) and the rest of the connection. So
+//! nothing a client can send is judged by two parsers: what this one does not
+//! take, it does not judge.
 
 use std::mem::MaybeUninit;
 
