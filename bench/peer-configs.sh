@@ -1,4 +1,4 @@
-# Sourced by bench/callgrind.sh and bench/syscalls.sh: the minimal configs of
+# Sourced by bench/callgrind.sh, bench/syscalls.sh and bench/cpusplit.sh: the minimal configs of
 # wsgate, nginx and HAProxy for the per-operation measurements, all on
 # 127.0.0.1:28080 with /ws/ -> 127.0.0.1:29001 (WebSocket, tunnel) and
 # /http/ -> 127.0.0.1:29002 (HTTP keep-alive). Access logs off.

@@ -194,11 +194,9 @@ pub fn set_forwarding(
     // few fields would otherwise grow (rehash and move) once per insert.
     h.reserve(3);
     let host = host_value(h, host);
-    add_forwarded(h, hop, trusted, tls, host.as_ref());
-    if let Some(v) = host {
-        if h.get(header::HOST) != Some(&v) {
-            h.insert(header::HOST, v);
-        }
+    add_forwarded(h, hop, trusted, tls, host.as_ref().map(|(v, _)| v));
+    if let Some((v, false)) = host {
+        h.insert(header::HOST, v);
     }
 }
 
@@ -231,13 +229,14 @@ pub fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// The `Host` value to send upstream for the request's `host`: the request's
-/// own header value when it already says that (no copy), else a new one.
-pub fn host_value(h: &HeaderMap, host: Option<&str>) -> Option<HeaderValue> {
+/// The `Host` value to send upstream for the request's `host`, and whether
+/// the request's own `Host` already says that (its value is then shared, not
+/// copied, and nothing needs replacing).
+pub fn host_value(h: &HeaderMap, host: Option<&str>) -> Option<(HeaderValue, bool)> {
     let host = host?;
     match h.get(header::HOST) {
-        Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
-        _ => HeaderValue::from_str(host).ok(),
+        Some(v) if v.as_bytes() == host.as_bytes() => Some((v.clone(), true)),
+        _ => HeaderValue::from_str(host).ok().map(|v| (v, false)),
     }
 }
 
@@ -437,9 +436,24 @@ mod tests {
     fn host_value_reuses_the_request_header() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("a.test"));
-        assert_eq!(host_value(&h, Some("a.test")).unwrap(), "a.test");
-        assert_eq!(host_value(&h, Some("b.test")).unwrap(), "b.test");
+        let (same, kept) = host_value(&h, Some("a.test")).unwrap();
+        assert_eq!((same.to_str().unwrap(), kept), ("a.test", true));
+        let (other, kept) = host_value(&h, Some("b.test")).unwrap();
+        assert_eq!((other.to_str().unwrap(), kept), ("b.test", false));
         assert!(host_value(&h, None).is_none());
+        // Set when it differs, left alone (one field, not two) when it agrees.
+        for (host, want) in [("a.test", "a.test"), ("b.test", "b.test")] {
+            let mut m = h.clone();
+            set_forwarding(
+                &mut m,
+                &HeaderValue::from_static("192.0.2.1"),
+                false,
+                false,
+                Some(host),
+            );
+            assert_eq!(m.get_all(header::HOST).iter().collect::<Vec<_>>(), [want]);
+            assert_eq!(m["x-forwarded-host"], want);
+        }
     }
 
     #[test]

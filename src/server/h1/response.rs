@@ -104,6 +104,9 @@ fn encode_head(
     body: &Body,
     head: Head,
 ) -> Result<(Framing, bool), Error> {
+    // A fresh connection's scratch is empty: sized once here rather than
+    // doubled from 8 bytes five or six times on the way (a 101 is ~170 bytes).
+    out.reserve(head_size(headers));
     put_status(out, status);
     let rules = Rules::new(status, head, body);
     let seen = put_fields(out, headers, &rules)?;
@@ -115,6 +118,15 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok((framing, seen.close))
+}
+
+/// The head's size, within the few fields `encode_head` may add.
+fn head_size(headers: &HeaderMap) -> usize {
+    // The status line, a framing field, `date` and the blank line.
+    const FIXED: usize = 128;
+    headers
+        .iter()
+        .fold(FIXED, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 fn put_status(out: &mut Vec<u8>, status: StatusCode) {
