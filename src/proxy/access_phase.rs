@@ -84,7 +84,7 @@ pub struct Notes {
     /// Headers to set on the upstream request.
     pub upstream_headers: HeaderMap,
     /// The connection's client is a trusted proxy: its `X-Forwarded-For`
-    /// chain is extended, not replaced (`headers::add_forwarded`).
+    /// chain is extended, not replaced (`forwarded::Forwarding`).
     pub trusted_peer: bool,
     /// Headers to remove from the upstream request.
     pub remove: Vec<HeaderName>,
@@ -113,6 +113,17 @@ impl Notes {
         for (name, value) in &self.upstream_headers {
             headers.insert(name, value.clone());
         }
+    }
+
+    /// Whether [`Notes::apply`] leaves the client's `name` fields out: the
+    /// written form of a request head drops them and writes
+    /// [`Notes::upstream_headers`] (one value per name) after its own.
+    pub fn drops(&self, name: &HeaderName) -> bool {
+        let listed = |l: &Option<Arc<[HeaderName]>>| l.as_deref().is_some_and(|l| l.contains(name));
+        listed(&self.strip)
+            || listed(&self.owned)
+            || self.remove.contains(name)
+            || (!self.upstream_headers.is_empty() && self.upstream_headers.contains_key(name))
     }
 }
 
@@ -183,5 +194,53 @@ impl Phase {
 
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn the_written_form_drops_what_apply_replaces() {
+        let name = HeaderName::from_static;
+        let mut notes = Notes {
+            strip: Some(vec![name("x-user-id")].into()),
+            owned: Some(vec![name("x-owned")].into()),
+            remove: vec![http::header::SEC_WEBSOCKET_PROTOCOL],
+            ..Notes::default()
+        };
+        notes
+            .upstream_headers
+            .insert(name("x-user-id"), HeaderValue::from_static("alice"));
+        notes
+            .upstream_headers
+            .insert(name("x-claim"), HeaderValue::from_static("c"));
+        let mut client = HeaderMap::new();
+        for n in [
+            "x-user-id",
+            "x-owned",
+            "sec-websocket-protocol",
+            "x-claim",
+            "x-keep",
+        ] {
+            client.append(n, HeaderValue::from_static("client"));
+        }
+        let mut written: Vec<(HeaderName, HeaderValue)> = client
+            .iter()
+            .filter(|(n, _)| !notes.drops(n))
+            .chain(&notes.upstream_headers)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let mut applied = client.clone();
+        notes.apply(&mut applied);
+        let mut applied: Vec<(HeaderName, HeaderValue)> =
+            applied.into_iter().map(|(n, v)| (n.unwrap(), v)).collect();
+        let key = |f: &(HeaderName, HeaderValue)| (f.0.to_string(), f.1.as_bytes().to_vec());
+        written.sort_by_key(key);
+        applied.sort_by_key(key);
+        assert_eq!(written, applied);
+        assert_eq!(written.len(), 3, "{written:?}");
     }
 }

@@ -5,7 +5,7 @@
 //! - the connection's client (the TCP peer, or what its PROXY header named)
 //!   is not in `trusted_proxies`: it is the client, and whatever
 //!   `X-Forwarded-For` it sent is a claim nobody checked (ignored here,
-//!   removed before proxying: `headers::add_forwarded`);
+//!   removed before proxying: `forwarded::Forwarding`);
 //! - it is trusted: walk `X-Forwarded-For` from the right, skipping trusted
 //!   addresses; the first untrusted one is the client (the rightmost entry a
 //!   trusted hop vouched for). If every entry is trusted the leftmost is.

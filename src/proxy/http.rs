@@ -21,7 +21,8 @@ use http_body_util::BodyExt;
 
 use super::access_phase::Notes;
 use super::error::ProxyError;
-use super::headers::{has_token, rewrite_path, set_client_cert, set_forwarding, strip_hop_by_hop};
+use super::forwarded::set_forwarding;
+use super::headers::{has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
 use crate::access::BytesIn;
 use crate::body::{Body, BoxError};
 use crate::config::{RouteConfig, UpstreamProtocol};

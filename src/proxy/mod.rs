@@ -16,6 +16,7 @@ pub mod authn;
 pub mod client_addr;
 pub mod error;
 pub mod files;
+pub mod forwarded;
 pub mod headers;
 pub mod http;
 pub mod inspect;

@@ -9,15 +9,18 @@ use std::sync::Arc;
 
 use crate::body::RequestBody;
 use base64::Engine;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+};
 use sha1::{Digest, Sha1};
 
 use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
-use super::headers::{end_to_end, has_token, rewrite_path, set_client_cert, set_forwarding};
+use super::forwarded::Forwarding;
+use super::headers::{client_cert_fields, end_to_end, has_token, is_client_cert, rewrite_path};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
-use super::ws_upstream::{self, Relayed, Rewind};
+use super::ws_upstream::{self, Relayed, RequestHead, Rewind};
 use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
 use crate::config::{RouteConfig, UpstreamConfig};
@@ -332,8 +335,7 @@ impl Upstream<'_> {
             )
             .map_err(|e| ProxyError::Internal(e.to_string()))?,
         };
-        let (target, headers) = self.request(req, &key);
-        let head = ws_upstream::request_head(&target, &headers);
+        let head = self.request(req, &key);
         let expected = accept_key(key.as_bytes());
         let addr = || self.backend.addr.to_string();
         match tokio::time::timeout(
@@ -351,43 +353,74 @@ impl Upstream<'_> {
         }
     }
 
-    /// The upstream's copy of the client's request: its target, and the
-    /// headers with the end-to-end ones kept (Origin, Cookie, Authorization,
-    /// subprotocols, extensions...), hop-by-hop ones replaced by the upgrade
-    /// set, `X-Forwarded-*` and the access phase's headers added.
-    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue) -> (String, HeaderMap) {
+    /// The upstream's copy of the client's request, written as bytes: its
+    /// target, the end-to-end fields kept in order (Origin, Cookie,
+    /// Authorization, subprotocols, extensions...), `Host` and
+    /// `X-Forwarded-*` ([`Forwarding`]), the client certificate's two and the
+    /// access phase's fields in place of the client's copies of those, then
+    /// the upgrade set. What the HTTP proxy sets on its request's header map
+    /// ([`super::http::forward`]), written without building one.
+    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue) -> Vec<u8> {
         let pq = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let path = rewrite_path(pq, &self.route.path, self.route.strip_prefix);
+        let mut head =
+            RequestHead::new(&rewrite_path(pq, &self.route.path, self.route.strip_prefix));
         let host = super::request_host(req);
-        // The upgrade set, X-Forwarded-* and the client certificate's two.
-        const ADDED: usize = 9;
-        let mut headers = end_to_end(
+        let fwd = Forwarding::new(
             req.headers(),
-            &[header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION],
-            ADDED,
-        );
-        set_forwarding(
-            &mut headers,
             self.ctx.forwarded_for(),
             self.notes.trusted_peer,
             self.ctx.tls,
             host.as_ref().map(super::Host::as_str),
         );
-        set_client_cert(&mut headers, self.ctx.client_cert.as_deref());
-        self.notes.apply(&mut headers);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
+        let notes = self.notes;
+        // As the map form: the access phase's removals apply to the client's
+        // fields and to what the gateway adds alike, and the upgrade set
+        // comes last, over everything.
+        let mut added = |name: &HeaderName, value: &HeaderValue| {
+            if !notes.drops(name) && !is_upgrade_field(name) {
+                head.field(name, value);
+            }
+        };
+        if let Some(v) = fwd.host() {
+            added(&header::HOST, v);
+        }
+        let own = [header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION];
+        for (name, value) in end_to_end(req.headers(), &own) {
+            if !(fwd.replaces(name) || is_client_cert(name)) {
+                added(name, value);
+            }
+        }
+        fwd.for_each(&mut added);
+        client_cert_fields(self.ctx.client_cert.as_deref(), &mut added);
+        for (name, value) in &notes.upstream_headers {
+            if !is_upgrade_field(name) {
+                head.field(name, value);
+            }
+        }
+        head.field(&header::CONNECTION, &HeaderValue::from_static("Upgrade"));
+        head.field(&header::UPGRADE, &HeaderValue::from_static("websocket"));
+        head.field(
+            &header::SEC_WEBSOCKET_VERSION,
+            &HeaderValue::from_static("13"),
         );
-        headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
-        (path, headers)
+        head.field(&header::SEC_WEBSOCKET_KEY, key);
+        head.finish()
     }
+}
+
+/// The fields the tunnel's upgrade set owns.
+fn is_upgrade_field(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_KEY,
+    ]
+    .contains(name)
 }
 
 /// The client's 101 (or 200 for RFC 8441), carrying the upstream's choices.

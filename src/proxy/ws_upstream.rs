@@ -12,7 +12,7 @@
 use std::io;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::upstream::dial::UpStream;
@@ -47,21 +47,31 @@ impl UpstreamHandshakeError {
     }
 }
 
-/// The request head to send: `GET target HTTP/1.1` and `headers`, which must
-/// carry `Host` and the upgrade set.
-pub fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + target.len());
-    out.extend_from_slice(b"GET ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+/// The request head to send, written field by field: `GET target HTTP/1.1`,
+/// then the fields, which must carry `Host` and the upgrade set.
+pub struct RequestHead(Vec<u8>);
+
+impl RequestHead {
+    pub fn new(target: &str) -> Self {
+        let mut out = Vec::with_capacity(512 + target.len());
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        Self(out)
+    }
+
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        let out = &mut self.0;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"\r\n");
+        self.0
+    }
 }
 
 /// What the client's 101 repeats of the upstream's: the chosen subprotocol
@@ -201,12 +211,13 @@ mod tests {
     }
 
     #[test]
-    fn request_head_is_http11_with_every_header() {
-        let mut h = HeaderMap::new();
-        h.insert(http::header::HOST, HeaderValue::from_static("a"));
-        h.append("x-two", HeaderValue::from_static("1"));
-        h.append("x-two", HeaderValue::from_static("2"));
-        let head = String::from_utf8(request_head("/p?q", &h)).unwrap();
+    fn request_head_is_http11_with_every_field() {
+        let mut head = RequestHead::new("/p?q");
+        head.field(&http::header::HOST, &HeaderValue::from_static("a"));
+        let two = HeaderName::from_static("x-two");
+        head.field(&two, &HeaderValue::from_static("1"));
+        head.field(&two, &HeaderValue::from_static("2"));
+        let head = String::from_utf8(head.finish()).unwrap();
         assert_eq!(
             head,
             "GET /p?q HTTP/1.1\r\nhost: a\r\nx-two: 1\r\nx-two: 2\r\n\r\n"

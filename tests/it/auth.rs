@@ -406,6 +406,82 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("upstream alive")
 }
 
+/// An upstream that reports each request head it reads, lowercased, and
+/// closes without answering.
+async fn head_reporting_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let head = read_head(&mut s).await;
+            let _ = tx.send(head.to_ascii_lowercase());
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_tunnel_gets_the_claims_and_never_the_clients_identity_headers() {
+    let (up, mut heads) = head_reporting_upstream().await;
+    let mut claims_map = toml::Table::new();
+    claims_map.insert("X-User-Id".into(), "sub".into());
+    let toml = hs_gateway_cfg(up)
+        .route(
+            Route::upstream("/ws/", "api")
+                .set("auth", "users")
+                .set("auth_claims_to_headers", toml::Value::Table(claims_map)),
+        )
+        .route(Route::upstream("/open/", "api"))
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let t = Key::hmac(SECRET).sign(&valid("alice"), None);
+    let spoofed = "X-User-Id: root\r\nX-Client-Cert-Subject: CN=root\r\nX-Real-IP: 203.0.113.9\r\n\
+                   Forwarded: for=203.0.113.9\r\nX-Forwarded-For: 203.0.113.9\r\n";
+    for (path, user) in [("/ws/", Some("alice")), ("/open/", None)] {
+        let extra = format!("{WS_HEADERS}Authorization: Bearer {t}\r\n{spoofed}");
+        // The upstream closes unanswered: the client gets a 502.
+        let _ = head_of(gw.http(), handshake(path, &extra)).await;
+        let head = next(&mut heads).await;
+        let count = |name: &str| {
+            head.lines()
+                .filter(|l| l.starts_with(&format!("{name}: ")))
+                .count()
+        };
+        assert_eq!(
+            count("x-user-id"),
+            usize::from(user.is_some()),
+            "{path}: {head}"
+        );
+        if let Some(u) = user {
+            assert!(head.contains(&format!("\r\nx-user-id: {u}\r\n")), "{head}");
+        }
+        for gone in ["x-client-cert-subject", "x-real-ip", "forwarded"] {
+            assert_eq!(count(gone), 0, "{path}: {gone} in {head}");
+        }
+        for once in [
+            "host",
+            "connection",
+            "upgrade",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            assert_eq!(count(once), 1, "{path}: {once} in {head}");
+        }
+        assert!(
+            head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("root") && !head.contains("203.0.113.9"),
+            "{head}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn websocket_handshakes_are_checked_before_the_upstream_and_bearer_protocol_is_hidden() {
     let (up, mut seen) = ws_reporting_upstream().await;
