@@ -26,6 +26,7 @@ use super::h1;
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
 use crate::body::{Body, RequestBody};
+use crate::config::ServerConfig;
 use crate::ctx::ConnCtx;
 use crate::limits::{ConnSlot, Refusal};
 use crate::rewind::Rewind;
@@ -203,6 +204,49 @@ pub async fn serve<H, IO>(
             h1::End::Handoff { buffered, deadline } => (buffered, deadline),
         }
     };
+    let served = Served {
+        sc,
+        handler,
+        ctx,
+        slot,
+        protocols,
+    };
+    // Boxed too: inline, hyper's connection state (its `auto` connection
+    // alone is 1.7 KB) would size this future at 5.5 KB for every connection,
+    // and it is copied whole as the connection task starts (the box, the
+    // task's wrappers, the task cell), though only connections the fast
+    // path hands over ever use it.
+    Box::pin(serve_hyper(served, &server, io, prefix, deadline)).await;
+}
+
+/// What serving a connection needs besides its stream.
+struct Served<H> {
+    sc: ServerCtx,
+    handler: Arc<H>,
+    ctx: Arc<ConnCtx>,
+    slot: Arc<ConnSlot>,
+    protocols: Protocols,
+}
+
+/// Serves the rest of a connection with hyper, starting with the `prefix`
+/// the fast path read, whose head must be complete by `deadline`.
+async fn serve_hyper<H, IO>(
+    served: Served<H>,
+    server: &ServerConfig,
+    io: IO,
+    prefix: Bytes,
+    deadline: Instant,
+) where
+    H: Handler,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Served {
+        sc,
+        handler,
+        ctx,
+        slot,
+        protocols,
+    } = served;
     // Cancelled when hyper has read the head it was handed (its first).
     let handed = CancellationToken::new();
     let seen = handed.clone();

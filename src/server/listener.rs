@@ -89,7 +89,10 @@ pub async fn run<H: Handler>(
         );
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
         let cluster_limits = limits.iter().any(|l| l.is_cluster()).then_some(limits);
-        let task = handle_connection(
+        // Boxed where it is made: the connection's future is otherwise copied
+        // by every wrapper on its way into the runtime (span, panic catch,
+        // task tracker, task cell); the box is moved as a pointer.
+        let task = Box::pin(handle_connection(
             sc.clone(),
             handler.clone(),
             Accepted {
@@ -100,7 +103,7 @@ pub async fn run<H: Handler>(
             tls_cfg,
             open_conns.clone(),
             cluster_limits,
-        )
+        ))
         .instrument(span);
         sc.shutdown.spawn_conn(task);
     }

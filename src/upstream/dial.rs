@@ -97,9 +97,9 @@ impl Dialer {
             .server_name(&self.addr)
             .ok_or_else(|| DialError::NoServerName(self.addr.clone()))?;
         let ws = purpose == Purpose::WebSocket;
-        let s = tls
-            .connector(ws)
-            .connect(name, tcp)
+        // Boxed: the handshake's state (1.2 KB) would otherwise size every
+        // dial's future, and with it every WebSocket tunnel's, plain or not.
+        let s = Box::pin(tls.connector(ws).connect(name, tcp))
             .await
             .map_err(DialError::Tls)?;
         if self.h2 && !ws && s.get_ref().1.alpn_protocol() != Some(b"h2") {
