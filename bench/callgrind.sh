@@ -75,11 +75,7 @@ else
   serve_cmd "$TARGET" "$OUT" "$OUT/$STAMP" "$WSGATE"
 fi
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-"$WSB" ws-server --listen 127.0.0.1:29001 & PIDS+=($!)
-"$WSB" http-server --listen 127.0.0.1:29002 & PIDS+=($!)
+start_backends
 RUST_LOG=warn LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/$STAMP.out" "${SERVE[@]}" >"$OUT/$STAMP.log" 2>&1 &
 VG=$!

@@ -38,17 +38,7 @@ ulimit -n "$(ulimit -Hn)"
 # shellcheck source=bench/peer-configs.sh
 . bench/peer-configs.sh
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-taskset -c "$SERVER_CPU" "$WSB" ws-server --listen 127.0.0.1:29001 & WS_UP=$!
-taskset -c "$SERVER_CPU" "$WSB" http-server --listen 127.0.0.1:29002 & HTTP_UP=$!
-PIDS+=("$WS_UP" "$HTTP_UP")
-
-wait_port() {
-  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 did not open" >&2; return 1
-}
+start_backends taskset -c "$SERVER_CPU"
 
 # user and system ticks of a process, all its threads
 ticks() { awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }

@@ -99,3 +99,22 @@ serve_cmd() {
     *) echo "unknown target $1 (wsgate | nginx | haproxy)" >&2; return 2 ;;
   esac
 }
+
+# The backends every per-operation script runs: wsbench's ws-server (29001) and
+# http-server (29002). start_backends [PREFIX...] starts both, under PREFIX
+# when given (e.g. `taskset -c 0`), sets WS_UP and HTTP_UP, and has everything
+# in PIDS killed when the script exits. Needs WSB.
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+start_backends() {
+  trap cleanup EXIT
+  "$@" "$WSB" ws-server --listen 127.0.0.1:29001 & WS_UP=$!
+  "$@" "$WSB" http-server --listen 127.0.0.1:29002 & HTTP_UP=$!
+  PIDS+=("$WS_UP" "$HTTP_UP")
+}
+
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (10 s at most)
+wait_port() {
+  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "port $1 did not open" >&2; return 1
+}

@@ -28,16 +28,7 @@ ulimit -n "$(ulimit -Hn)"
 # shellcheck source=bench/peer-configs.sh
 . bench/peer-configs.sh
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-"$WSB" ws-server --listen 127.0.0.1:29001 & PIDS+=($!)
-"$WSB" http-server --listen 127.0.0.1:29002 & PIDS+=($!)
-
-wait_port() {
-  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 did not open" >&2; return 1
-}
+start_backends
 
 load() {
   case "$1" in
