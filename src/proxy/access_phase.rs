@@ -123,7 +123,7 @@ impl Notes {
         listed(&self.strip)
             || listed(&self.owned)
             || self.remove.contains(name)
-            || (!self.upstream_headers.is_empty() && self.upstream_headers.contains_key(name))
+            || self.upstream_headers.contains_key(name)
     }
 }
 

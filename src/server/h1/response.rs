@@ -105,8 +105,11 @@ fn encode_head(
     head: Head,
 ) -> Result<(Framing, bool), Error> {
     // A fresh connection's scratch is empty: sized once here rather than
-    // doubled from 8 bytes five or six times on the way (a 101 is ~170 bytes).
-    out.reserve(head_size(headers));
+    // doubled from 8 bytes five or six times on the way (a 101 is ~170 bytes);
+    // a reused one (keep-alive) already has room, and is not measured.
+    if out.capacity() == 0 {
+        out.reserve(head_size(headers));
+    }
     put_status(out, status);
     let rules = Rules::new(status, head, body);
     let seen = put_fields(out, headers, &rules)?;
