@@ -32,6 +32,7 @@ pub mod client_cert;
 pub mod cluster;
 pub mod config;
 pub mod ctx;
+pub mod field_spans;
 pub mod fields;
 pub mod gateway;
 pub mod inherit;

@@ -29,7 +29,7 @@ use crate::config::{RouteConfig, UpstreamProtocol};
 use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
 use crate::upstream::conns::{Release, SendError};
-use crate::upstream::{Backend, BackendId, InflightGuard, Pool};
+use crate::upstream::{Backend, InflightGuard, Pool, Tried};
 
 /// What forwarding a request needs besides the pool and the request.
 pub struct Forward<'a> {
@@ -119,7 +119,7 @@ pub async fn forward(
         })
         .boxed_unsync(),
     );
-    let mut tried: Vec<BackendId> = Vec::new();
+    let mut tried = Tried::new();
     let mut last_err: Option<ProxyError> = None;
     loop {
         let Some(choice) = pool.select(&affinity, &tried) else {

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::shutdown::Shutdown;
 use crate::upstream::dial::{DialError, Purpose, UpStream};
-use crate::upstream::{Backend, BackendId, Pool};
+use crate::upstream::{Backend, Pool, Tried};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -104,10 +104,12 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
 }
 
 fn valid_key(k: &[u8]) -> bool {
+    // 24 characters decode to at most 18 bytes: on the stack, not a Vec.
+    let mut out = [0u8; 18];
     k.len() == 24
         && base64::engine::general_purpose::STANDARD
-            .decode(k)
-            .is_ok_and(|d| d.len() == 16)
+            .decode_slice(k, &mut out)
+            .is_ok_and(|n| n == 16)
 }
 
 fn offered_protocols(h: &HeaderMap) -> Vec<String> {
@@ -176,7 +178,7 @@ impl Tunnel<'_> {
         let route = &*session.route.cfg;
         let ctx = session.conn;
         let affinity = pool.affinity(session.client, req.headers(), req.uri().query());
-        let mut tried: Vec<BackendId> = Vec::new();
+        let mut tried = Tried::new();
         let mut last_err: Option<ProxyError> = None;
         let (choice, inflight, relayed, upstream, accept) = loop {
             let Some(choice) = pool.select(&affinity, &tried) else {
@@ -218,7 +220,7 @@ impl Tunnel<'_> {
             }
         };
         let client_upgrade = crate::upgraded::on(&mut req);
-        let mut resp = client_response(&hs, &accept, relayed)?;
+        let mut resp = client_response(&hs, accept, relayed)?;
         if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -427,7 +429,7 @@ fn is_upgrade_field(name: &HeaderName) -> bool {
 /// `accept` is [`accept_key`] of the client's key.
 fn client_response(
     hs: &Handshake,
-    accept: &str,
+    accept: String,
     upstream: Relayed,
 ) -> Result<Response<Body>, ProxyError> {
     let mut resp = Response::new(crate::body::empty());
@@ -436,8 +438,9 @@ fn client_response(
         let h = resp.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        let accept =
-            HeaderValue::from_str(accept).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        // The string's own buffer becomes the value's: no copy.
+        let accept = HeaderValue::from_maybe_shared(bytes::Bytes::from(accept.into_bytes()))
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     let h = resp.headers_mut();

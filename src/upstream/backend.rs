@@ -20,6 +20,11 @@ use crate::metrics::StatusCounters;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(pub u64);
 
+/// The servers one request has tried, in order (excluded from its next
+/// pick). Inline up to four: most requests make one attempt, and a heap
+/// allocation for each would be wasted.
+pub type Tried = smallvec::SmallVec<[BackendId; 4]>;
+
 impl BackendId {
     pub fn of(addr: &str) -> Self {
         BackendId(stable_hash(&[b"wsgate-backend", addr.as_bytes()]))

@@ -28,5 +28,5 @@ pub mod probe;
 pub mod sticky;
 pub mod tls;
 
-pub use backend::{Backend, BackendId, InflightGuard};
+pub use backend::{Backend, BackendId, InflightGuard, Tried};
 pub use pool::{Affinity, Choice, Pool};

@@ -35,7 +35,7 @@ use super::headers::{set_client_cert, strip_hop_by_hop};
 use crate::config::AuthRequestConfig;
 use crate::metrics::{Metrics, RouteResult};
 use crate::upstream::conns::SendError;
-use crate::upstream::{Affinity, BackendId, Pool};
+use crate::upstream::{Affinity, Pool, Tried};
 
 /// The most of an auth service's answer body that is read (and relayed with
 /// a 401/403). A longer body is not relayed, and its connection is closed
@@ -242,7 +242,7 @@ async fn callout(
     headers: &HeaderMap,
     copy: &[HeaderName],
 ) -> Result<Decision, CalloutError> {
-    let mut tried: Vec<BackendId> = Vec::new();
+    let mut tried = Tried::new();
     loop {
         let Some(choice) = pool.select(&Affinity::None, &tried) else {
             return Err(CalloutError::NoServer(pool.name().to_string()));

@@ -37,7 +37,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -193,13 +193,9 @@ where
             match request::parse(buf) {
                 Parsed::Ready {
                     request,
-                    len,
                     keep_alive,
                     upgrade,
-                } => {
-                    buf.advance(len);
-                    return Head::Ready(request, keep_alive, upgrade);
-                }
+                } => return Head::Ready(request, keep_alive, upgrade),
                 Parsed::Handoff => return Head::Handoff,
                 Parsed::Partial if buf.len() >= max_head => return Head::Handoff,
                 Parsed::Partial => {}

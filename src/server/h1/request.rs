@@ -13,10 +13,11 @@
 
 use std::mem::MaybeUninit;
 
-use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Uri, Version};
 
 use crate::body::RequestBody;
+use crate::field_spans::{piece, span, Span, Spans};
 use crate::fields::list_has;
 // A second one of these is refused with 400 by the smuggling guard under
 // hyper, so a head repeating one goes there.
@@ -32,43 +33,67 @@ const MAX_FIELDS: usize = 64;
 pub(super) enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// A head the fast path serves: the request, the bytes it took, and
-    /// whether the client lets the connection stay open after it.
+    /// A head the fast path serves, now taken off the buffer: the request,
+    /// and whether the client lets the connection stay open after it.
     Ready {
         request: Request<RequestBody>,
-        len: usize,
         keep_alive: bool,
         /// A WebSocket handshake: a 101 answer hands the connection over.
         upgrade: bool,
     },
-    /// A head (or a start of one) for hyper.
+    /// A head (or a start of one) for hyper, left in the buffer.
     Handoff,
 }
 
-/// Parses the head at the start of `buf`.
-pub(super) fn parse(buf: &[u8]) -> Parsed {
-    // Uninitialised: filling 64 empty fields costs more than parsing a head.
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-    let mut head = httparse::Request::new(&mut []);
-    let len = match head.parse_with_uninit_headers(buf, &mut fields) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Handoff,
+/// Parses the head at the start of `buf`; a head the fast path serves is
+/// split off it, and its path and field values are slices of it
+/// ([`crate::field_spans`]), not a copy each.
+pub(super) fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut spans = Spans::<MAX_FIELDS>::new();
+    let (plan, len) = {
+        // Uninitialised: filling 64 empty fields costs more than parsing a head.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut head = httparse::Request::new(&mut []);
+        let len = match head.parse_with_uninit_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Handoff,
+        };
+        let bytes = &buf[..len];
+        match judge(&head, bytes) {
+            Some(plan) if spans.note(bytes, head.headers) => (plan, len),
+            _ => return Parsed::Handoff,
+        }
     };
-    match build(&head) {
-        Some((request, fields)) => Parsed::Ready {
+    let head = buf.split_to(len).freeze();
+    match build(&plan, &head, &spans) {
+        Some(request) => Parsed::Ready {
             request,
-            len,
-            keep_alive: !fields.close,
-            upgrade: fields.websocket,
+            keep_alive: !plan.fields.close,
+            upgrade: plan.fields.websocket,
         },
-        None => Parsed::Handoff,
+        None => {
+            // A piece `http` refuses though httparse took it: hyper answers
+            // the whole head, so it goes back in front of what followed it.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            Parsed::Handoff
+        }
     }
 }
 
-/// The request and what its fields said, or `None` when the head is one for
-/// hyper.
-fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, Fields)> {
+/// A head judged fit for the fast path, before its request is built.
+struct Plan {
+    method: Method,
+    path: Span,
+    fields: Fields,
+}
+
+/// The plan for a head parsed out of `bytes`, or `None` when the head is one
+/// for hyper.
+fn judge(head: &httparse::Request<'_, '_>, bytes: &[u8]) -> Option<Plan> {
     if head.version != Some(1) {
         return None;
     }
@@ -88,21 +113,25 @@ fn build(head: &httparse::Request<'_, '_>) -> Option<(Request<RequestBody>, Fiel
     {
         return None;
     }
-    let uri = Uri::try_from(head.path?).ok()?;
+    Some(Plan {
+        method,
+        path: span(bytes, head.path?.as_bytes())?,
+        fields,
+    })
+}
+
+/// The request of a judged head; `None` if `http` refuses a piece of it.
+fn build(plan: &Plan, head: &Bytes, spans: &Spans<MAX_FIELDS>) -> Option<Request<RequestBody>> {
+    let uri = Uri::from_maybe_shared(piece(head, plan.path)).ok()?;
     // Room for the few fields a proxy adds (`X-Forwarded-*`): growing the map
     // later rehashes and moves it.
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 3);
-    for f in head.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(f.value).ok()?;
-        headers.append(name, value);
-    }
+    let headers = spans.map(head, 3)?;
     let mut request = Request::new(RequestBody::empty());
-    *request.method_mut() = method;
+    *request.method_mut() = plan.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Some((request, fields))
+    Some(request)
 }
 
 /// What the fields of one head said, as far as the fast path cares.

@@ -2,11 +2,11 @@
 //! how its body is framed and whether the connection may be kept (RFC 9112
 //! §6.3 and §9.3).
 
-use bytes::Buf;
 use http::{header, HeaderMap, StatusCode, Version};
 
-use super::decode::{field_map, Decoder};
+use super::decode::Decoder;
 use super::{Conn, Error};
+use crate::field_spans::Spans;
 use crate::fields::{connection_has, last_coding_is_chunked};
 
 /// A response head may be at most this large (nginx's `proxy_buffer_size` is
@@ -69,8 +69,14 @@ fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let headers = field_map(resp.headers)?;
-    conn.buf.advance(n);
+    // The values become slices of the head once it is split off the buffer
+    // (as the body's chunks are), not a copy each.
+    let mut spans = Spans::<MAX_HEADERS>::new();
+    if !spans.note(&conn.buf[..n], resp.headers) {
+        return Err(Error::Header);
+    }
+    let head = conn.buf.split_to(n).freeze();
+    let headers = spans.map(&head, 0).ok_or(Error::Header)?;
     Ok(Some(Head {
         status,
         version,
