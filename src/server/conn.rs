@@ -268,7 +268,10 @@ async fn serve_hyper<H, IO>(
             }
             let connect = req.method() == http::Method::CONNECT;
             let version = req.version();
-            let req = req.map(|b| RequestBody::new(b, version));
+            let mut req = req.map(|b| RequestBody::new(b, version));
+            if version == http::Version::HTTP_2 {
+                crate::fields::join_cookies(req.headers_mut());
+            }
             let resp = handler.handle(req, ctx, slot).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && resp.status().is_success())

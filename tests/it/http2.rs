@@ -256,3 +256,39 @@ async fn alpn_decides_whether_http2_is_spoken() {
         "an http/1.1 connection answered HTTP/2: {got:?}"
     );
 }
+
+/// An HTTP/2 client's cookie crumbs (one field per cookie, RFC 9113 §8.2.3)
+/// reach an HTTP/1.1 upstream as one `Cookie` field, joined with "; ".
+#[tokio::test]
+async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() {
+    let up = http_upstream(|req| async move {
+        let cookies: Vec<_> = req
+            .headers()
+            .get_all("cookie")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        Response::new(Full::new(Bytes::from(format!(
+            "{:?} {}",
+            req.version(),
+            cookies.join("|")
+        ))))
+    })
+    .await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .upstream("u", &[up])
+        .route_upstream("/", "u")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut c = h2c(gw.http()).await;
+    let req = Request::get("http://localhost/c")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(())
+        .expect("request");
+    let (status, text) = c.get(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, "HTTP/1.1 a=1; b=2; c=3");
+}
