@@ -4,7 +4,10 @@
 # connection), for wsgate, nginx (one worker) and HAProxy (nbthread 1), each
 # configured as bench/callgrind.sh configures it. `strace -c -f` is attached
 # to the serving process for the whole load: it slows the load, but the counts
-# per operation stay what the proxy does for one operation.
+# per operation stay what the proxy does for one operation. As in run.sh, the
+# proxy and the backends run on SERVER_CPU (0) and the load on LOAD_CPU (1):
+# unpinned, wsgate's runtime starts a worker per core, and the counts would
+# include their wake-ups of each other, which the benchmark never sees.
 #
 #   bench/syscalls.sh [WSGATE]     -> bench/results/syscalls/<stamp>/summary.txt
 #
@@ -24,23 +27,24 @@ WSB="$CARGO_TARGET_DIR/loadgen/release/wsbench"
 OUT="$ROOT/bench/results/syscalls/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
+SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
 
 # shellcheck source=bench/peer-configs.sh
 . bench/peer-configs.sh
 
-start_backends
+start_backends taskset -c "$SERVER_CPU"
 
 load() {
   case "$1" in
-    S4) wrk -t1 -c100 -d5s http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
-    S5) "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 8 --duration 5 |
+    S4) taskset -c "$LOAD_CPU" wrk -t1 -c100 -d5s http://127.0.0.1:28080/http/ | awk '$2 == "requests" && $3 == "in" {print $1}' ;;
+    S5) taskset -c "$LOAD_CPU" "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 8 --duration 5 |
           python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
   esac
 }
 
 for target in wsgate nginx haproxy; do
   serve_cmd "$target" "$OUT" "$OUT/$target" "$WSGATE"
-  RUST_LOG=warn "${SERVE[@]}" >"$OUT/$target.log" 2>&1 &
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "${SERVE[@]}" >"$OUT/$target.log" 2>&1 &
   pid=$!
   wait_port 28080
   for scen in S4 S5; do
