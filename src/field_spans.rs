@@ -5,6 +5,11 @@
 //! request's allocations on the fast path. Used by the server fast path
 //! (`server::h1`) and the upstream client (`upstream::h1`). A leaf: it imports
 //! nothing of the crate.
+//!
+//! A slice keeps its whole read buffer alive, so a value that outlives its
+//! exchange is copied (a cached `auth_request` decision), and the fast
+//! path's response writer lets go of a response's fields once its head is
+//! written, before the body streams.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};

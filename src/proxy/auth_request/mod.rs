@@ -298,6 +298,16 @@ async fn callout(
 }
 
 /// The decision an answer carries; `None` when it carries none (→ 503).
+/// A copy of `v` in a buffer of its own. A callout's answer is read into its
+/// connection's buffer, and its values and body are slices of it; a decision
+/// kept in the cache (up to `cache::MAX_ENTRIES`, for `auth_request_cache`)
+/// must not keep that whole buffer.
+fn owned(v: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    copy
+}
+
 fn decide(
     status: StatusCode,
     headers: &HeaderMap,
@@ -308,7 +318,7 @@ fn decide(
         let mut out = HeaderMap::new();
         for name in copy {
             for v in headers.get_all(name) {
-                out.append(name.clone(), v.clone());
+                out.append(name.clone(), owned(v));
             }
         }
         return Some(Decision::Allow(out));
@@ -318,13 +328,14 @@ fn decide(
     }
     let mut relayed = HeaderMap::new();
     for v in headers.get_all(header::WWW_AUTHENTICATE) {
-        relayed.append(header::WWW_AUTHENTICATE, v.clone());
+        relayed.append(header::WWW_AUTHENTICATE, owned(v));
     }
-    // A body too long to relay is left out whole rather than cut.
-    let body = body.unwrap_or_default();
+    // A body too long to relay is left out whole rather than cut. Copied,
+    // as the values are: a decision outlives the exchange in the cache.
+    let body = body.map_or_else(Bytes::new, |b| Bytes::copy_from_slice(&b));
     if !body.is_empty() {
         if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            relayed.insert(header::CONTENT_TYPE, ct.clone());
+            relayed.insert(header::CONTENT_TYPE, owned(ct));
         }
     }
     relayed.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -338,6 +349,47 @@ fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached decision holds copies: the answer's values and body were
+    /// slices of its connection's read buffer, which they must not keep.
+    #[test]
+    fn decisions_keep_copies_not_the_answers_buffer() {
+        let conn_buf = Bytes::from(b"alice Bearer realm=x go away".repeat(100));
+        let inside = |p: *const u8| {
+            let start = conn_buf.as_ptr() as usize;
+            (start..start + conn_buf.len()).contains(&(p as usize))
+        };
+        let slice = |r: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(conn_buf.slice(r)).expect("valid")
+        };
+        let copy = [HeaderName::from_static("x-user-id")];
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", slice(0..5));
+        h.insert(header::WWW_AUTHENTICATE, slice(6..20));
+        h.insert(header::CONTENT_TYPE, slice(21..23));
+        assert!(
+            inside(h["x-user-id"].as_bytes().as_ptr()),
+            "the setup shares"
+        );
+        match decide(StatusCode::OK, &h, None, &copy) {
+            Some(Decision::Allow(out)) => {
+                assert_eq!(out["x-user-id"], "alice");
+                assert!(!inside(out["x-user-id"].as_bytes().as_ptr()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = Some(conn_buf.slice(21..28));
+        match decide(StatusCode::UNAUTHORIZED, &h, body, &copy) {
+            Some(Decision::Deny(d)) => {
+                assert_eq!(d.body, "go away");
+                assert!(!inside(d.body.as_ptr()));
+                for (_, v) in &d.headers {
+                    assert!(!inside(v.as_bytes().as_ptr()));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn answers_map_to_decisions() {

@@ -85,6 +85,9 @@ where
     let (parts, body) = resp.into_parts();
     out.clear();
     let (framing, close) = encode_head(out, parts.status, &parts.headers, &body, head)?;
+    // Not kept while the body streams: a proxied response's values are
+    // slices of its upstream connection's read buffer, which they would keep.
+    drop(parts);
     if framing == Framing::None {
         drop(body);
         io.write_all(out).await?;
