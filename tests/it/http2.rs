@@ -35,6 +35,18 @@ async fn echo_gateway() -> TestGateway {
     .await
 }
 
+/// A plain gateway proxying every path to the HTTP/1.1 upstream `up`.
+async fn proxy_gateway(up: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .upstream("api", &[up])
+            .route_upstream("/", "api")
+            .build(),
+    )
+    .await
+}
+
 async fn h2c(addr: std::net::SocketAddr) -> H2 {
     handshake(TcpStream::connect(addr).await.expect("connect")).await
 }
@@ -124,12 +136,7 @@ async fn conflicting_or_repeated_host_fields_get_400_and_reach_nobody() {
         async move { Response::new(Full::new(Bytes::from_static(b"ok"))) }
     })
     .await;
-    let toml = Cfg::new()
-        .listener_plain()
-        .upstream("api", &[up])
-        .route_upstream("/", "api")
-        .build();
-    let gw = TestGateway::start(&toml).await;
+    let gw = proxy_gateway(up).await;
     let mut c = h2c(gw.http()).await;
     let refused = [
         // `:authority` names one host, `Host` another (RFC 9113 §8.3.1).
@@ -275,12 +282,7 @@ async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() {
         ))))
     })
     .await;
-    let toml = Cfg::new()
-        .listener_plain()
-        .upstream("u", &[up])
-        .route_upstream("/", "u")
-        .build();
-    let gw = TestGateway::start(&toml).await;
+    let gw = proxy_gateway(up).await;
     let mut c = h2c(gw.http()).await;
     let req = Request::get("http://localhost/c")
         .header("cookie", "a=1")

@@ -66,11 +66,16 @@ pub(super) fn parse(buf: &mut BytesMut) -> Parsed {
         }
     };
     let head = buf.split_to(len).freeze();
-    match build(&plan, &head, &spans) {
+    let Plan {
+        method,
+        path,
+        fields,
+    } = plan;
+    match build(method, path, &head, &spans) {
         Some(request) => Parsed::Ready {
             request,
-            keep_alive: !plan.fields.close,
-            upgrade: plan.fields.websocket,
+            keep_alive: !fields.close,
+            upgrade: fields.websocket,
         },
         None => {
             // A piece `http` refuses though httparse took it: hyper answers
@@ -120,14 +125,20 @@ fn judge(head: &httparse::Request<'_, '_>, bytes: &[u8]) -> Option<Plan> {
     })
 }
 
-/// The request of a judged head; `None` if `http` refuses a piece of it.
-fn build(plan: &Plan, head: &Bytes, spans: &Spans<MAX_FIELDS>) -> Option<Request<RequestBody>> {
-    let uri = Uri::from_maybe_shared(piece(head, plan.path)).ok()?;
+/// The request of a judged head (its method, and where its target and fields
+/// lie in `head`); `None` if `http` refuses a piece of it.
+fn build(
+    method: Method,
+    path: Span,
+    head: &Bytes,
+    spans: &Spans<MAX_FIELDS>,
+) -> Option<Request<RequestBody>> {
+    let uri = Uri::from_maybe_shared(piece(head, path)).ok()?;
     // Room for the few fields a proxy adds (`X-Forwarded-*`): growing the map
     // later rehashes and moves it.
     let headers = spans.map(head, 3)?;
     let mut request = Request::new(RequestBody::empty());
-    *request.method_mut() = plan.method.clone();
+    *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;

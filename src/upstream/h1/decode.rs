@@ -7,14 +7,17 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::{Conn, Error};
+use crate::field_spans::Spans;
 
 /// A chunk-size line or the trailer section may be at most this long.
 const MAX_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// At most this many trailer fields.
+const MAX_TRAILER_FIELDS: usize = 32;
 
 /// Where in the body the reader is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,27 +151,19 @@ impl Decoder {
             }
             return Ok(Step::More);
         };
-        let section = buf.split_to(end + 4);
-        let mut slots = [httparse::EMPTY_HEADER; 32];
-        let fields = match httparse::parse_headers(&section, &mut slots) {
-            Ok(httparse::Status::Complete((_, fields))) => fields,
+        let section = buf.split_to(end + 4).freeze();
+        let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
+        let mut spans = Spans::<MAX_TRAILER_FIELDS>::new();
+        match httparse::parse_headers(&section, &mut slots) {
+            Ok(httparse::Status::Complete((_, fields))) if spans.note(&section, fields) => {}
             _ => return Err(Error::Chunk("invalid trailer section")),
         };
-        let map = field_map(fields)?;
+        // The same map as a response head's (`field_spans`): values are
+        // slices of the section.
+        let map = spans.map(&section, 0).ok_or(Error::Header)?;
         *self = Decoder::Done;
         Ok(Step::Trailers(map))
     }
-}
-
-/// Parsed fields as a map (response heads and chunked trailers alike).
-pub fn field_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Header)?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| Error::Header)?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 /// Up to `max` bytes off the front of `buf`, if it has any.
