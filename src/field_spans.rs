@@ -3,8 +3,8 @@
 //! ([`Spans`]), the head is split off its read buffer, and each value becomes
 //! a slice of it. A copy per value was an allocation per field, most of a
 //! request's allocations on the fast path. Used by the server fast path
-//! (`server::h1`) and the upstream client (`upstream::h1`). A leaf: it imports
-//! nothing of the crate.
+//! (`server::h1`) and the upstream client (`upstream::h1`: heads and chunked
+//! trailers). A leaf: it imports nothing of the crate.
 //!
 //! A slice keeps its whole read buffer alive, so a value that outlives its
 //! exchange is copied (a cached `auth_request` decision), and the fast
