@@ -9,6 +9,9 @@
 #   bench/callgrind.sh S2 [WSGATE]   in-process echo app: per echoed 32-byte message (100 conns, depth 1)
 #   bench/callgrind.sh S1 [WSGATE]   byte splice: per echoed 32-byte message (100 conns, depth 1)
 #
+# DEPTH=8 (S1, S2): each connection keeps that many messages in flight, as
+# run.sh's depth-8 case (the echo app then answers a batch per read).
+#
 # VARIANT=limit (S4): the route has a generous `[limit]` (1e6/s per ip, never
 # reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
 # route has `auth` (HS256) and wrk sends a token minted by `wsgate token`.
@@ -99,7 +102,7 @@ load() {
         tee -a "$OUT/$STAMP.load.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
     S2|S1)
       path=/echo; [ "$SCEN" = S1 ] && path=/ws/
-      "$WSB" echo --url "ws://127.0.0.1:28080$path" --conns 100 --size 32 --depth 1 --duration "$1" |
+      "$WSB" echo --url "ws://127.0.0.1:28080$path" --conns 100 --size 32 --depth "${DEPTH:-1}" --duration "$1" |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs"])' ;;
     *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
   esac
@@ -112,4 +115,4 @@ callgrind_control -d "$VG" >/dev/null
 callgrind_control -i off "$VG" >/dev/null
 file=$(ls -t "$OUT/$STAMP.out"* | grep -v '\.out$' | head -1)
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$SCEN${VARIANT:+ ($VARIANT)} ${TARGET:-wsgate} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
+echo "$SCEN${VARIANT:+ ($VARIANT)}${DEPTH:+ depth $DEPTH} ${TARGET:-wsgate} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
