@@ -120,14 +120,7 @@ mod tests {
     fn route(host: Option<&str>, path: &str, app: AppKind) -> RouteConfig {
         RouteConfig {
             host: host.map(|h| HostPattern::parse(h).unwrap()),
-            path: path.into(),
-            target: RouteTarget::App(app),
-            strip_prefix: false,
-            websocket: true,
-            origins: None,
-            limits: Vec::new(),
-            auth: None,
-            auth_request: None,
+            ..RouteConfig::test_app(path, app)
         }
     }
 

@@ -331,6 +331,23 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    /// A WebSocket route to `app` at `path`, on any host, with nothing else
+    /// set: what unit tests route to.
+    #[cfg(test)]
+    pub fn test_app(path: &str, app: AppKind) -> Self {
+        Self {
+            host: None,
+            path: path.into(),
+            target: RouteTarget::App(app),
+            strip_prefix: false,
+            websocket: true,
+            origins: None,
+            limits: Vec::new(),
+            auth: None,
+            auth_request: None,
+        }
+    }
+
     /// A short name for logs and metric labels: the host (if any) and path.
     pub fn label(&self) -> String {
         match &self.host {
