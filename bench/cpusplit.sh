@@ -15,6 +15,10 @@
 #
 #   bench/cpusplit.sh [WSGATE]     -> bench/results/cpusplit/<stamp>/summary.txt
 #
+# SCENS ("S4 S5") picks the scenarios; TARGETS ("wsgate nginx haproxy") the
+# proxies, where LABEL=PATH is a wsgate binary under a label of its own, for
+# an interleaved A/B of two builds (TARGETS="old=/tmp/a new=/tmp/b haproxy").
+#
 # Times come from /proc/PID/stat (100 Hz ticks) over DUR (5) seconds per case.
 # Ports 28080 and 29001-29002, as bench/callgrind.sh.
 set -euo pipefail
@@ -57,7 +61,9 @@ load() {
 measure() {
   local scen=$1 target=$2 round=$3 backend pid n u0 s0 u1 s1 bu0 bs0 bu1 bs1
   backend=$HTTP_UP; [ "$scen" = S5 ] && backend=$WS_UP
-  serve_cmd "$target" "$OUT" "$OUT/$target" "$WSGATE"
+  local kind=$target bin=$WSGATE
+  case "$target" in *=*) kind=wsgate bin=${target#*=} target=${target%%=*} ;; esac
+  serve_cmd "$kind" "$OUT" "$OUT/$target" "$bin"
   RUST_LOG=warn taskset -c "$SERVER_CPU" "${SERVE[@]}" >>"$OUT/$target.log" 2>&1 &
   pid=$!
   wait_port 28080
@@ -72,9 +78,9 @@ measure() {
   echo "$scen $target $round $n $((u1 - u0)) $((s1 - s0)) $((bu1 - bu0 + bs1 - bs0))" | tee -a "$OUT/raw.txt"
 }
 
-for scen in S4 S5; do
+for scen in ${SCENS:-S4 S5}; do
   for round in $(seq 1 "$ROUNDS"); do
-    for target in wsgate nginx haproxy; do
+    for target in ${TARGETS:-wsgate nginx haproxy}; do
       measure "$scen" "$target" "$round"
     done
   done
@@ -91,11 +97,11 @@ for scen, target, _round, n, u, s, b in rows:
     per.setdefault((scen, target), []).append(
         (n, int(u) * tick_us / n, int(s) * tick_us / n, int(b) * tick_us / n))
 unit = {"S4": "request", "S5": "connection"}
-for scen in ("S4", "S5"):
+for scen in dict.fromkeys(s for (s, _) in per):
     print(f"{scen}: CPU per {unit[scen]}, µs (median of rounds; min-max)")
     print(f"  {'proxy':8} {'ops/s':>8} {'user':>14} {'kernel':>16} {'backend':>8}")
     med = {}
-    for target in ("wsgate", "nginx", "haproxy"):
+    for target in dict.fromkeys(t for (s, t) in per if s == scen):
         r = per.get((scen, target))
         if not r:
             continue

@@ -44,6 +44,7 @@ pub mod proxy;
 pub mod redis_conn;
 pub mod rewind;
 pub mod router;
+pub mod runtime;
 pub mod sd_notify;
 pub mod server;
 pub mod shutdown;

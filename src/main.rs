@@ -228,10 +228,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let upgrader = wsgate::upgrade::Upgrader::capture()
         .map_err(|e| tracing::warn!("SIGUSR2 upgrades disabled: {e}"))
         .ok();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = wsgate::runtime::build().context("starting the runtime")?;
     let path = path.to_path_buf();
     rt.block_on(async move {
         let handle = wsgate::Gateway::start_with(cfg, inherited)

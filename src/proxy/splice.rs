@@ -1,6 +1,7 @@
 //! The byte splice between a client and an upstream WebSocket after both
-//! handshakes: bytes are copied as they are in both directions until either side
-//! closes, the session is idle for `ws_idle_timeout`, or `stop` fires: the
+//! handshakes: bytes are copied as they are in both directions until the
+//! upstream's EOF is relayed (a client's EOF is relayed and the upstream's
+//! reply still awaited; see [`Bidirectional`]), the session is idle for `ws_idle_timeout`, or `stop` fires: the
 //! drain's hard stop (`shutdown_grace` passed), when both TCP connections are
 //! closed (the byte-copy path does not know where frames begin, so it cannot
 //! insert a close frame safely; until then a drain leaves it running). Upstreams with `ws_inspect`
@@ -53,7 +54,8 @@ pub struct SpliceStats {
 /// session, so an idle session holds no copy buffer at all.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Copies both ways until done (both sides closed, or an error).
+/// Copies both ways until done (the upstream's EOF relayed to the client, or an
+/// error).
 ///
 /// Unlike `tokio::io::copy_bidirectional`, which allocates a buffer per
 /// direction for the whole session, data is read into a stack buffer and
@@ -129,16 +131,29 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let up = this
-            .to_upstream
-            .poll_copy(cx, &mut this.client, &mut this.upstream)?;
         let down = this
             .to_client
             .poll_copy(cx, &mut this.upstream, &mut this.client)?;
-        if up.is_ready() && down.is_ready() {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        // Polled after `down` so that bytes the client sent before the upstream
+        // ended are read before the sockets close (unread, they make the
+        // close a reset).
+        let up = this
+            .to_upstream
+            .poll_copy(cx, &mut this.client, &mut this.upstream);
+        if down.is_ready() {
+            // The upstream's EOF, relayed with everything before it, ends the
+            // session, as in nginx and HAProxy: a WebSocket server closes TCP
+            // once the closing handshake is over (RFC 6455 §7.1.1), so what
+            // the client still sends has no reader. Waiting for the client's
+            // own EOF cost a round trip, a wake-up and three syscalls per
+            // session. A client that ends first still gets the upstream's
+            // reply: its EOF only shuts the upstream's write side.
+            return Poll::Ready(Ok(()));
+        }
+        // The client's EOF relayed (`up` ready) still waits for the upstream's.
+        match up {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
         }
     }
 }
@@ -259,12 +274,22 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    fn spawn_splice(client: DuplexStream, upstream: DuplexStream) -> JoinHandle<SpliceStats> {
+        tokio::spawn(splice(
+            client,
+            upstream,
+            Duration::from_secs(30),
+            CancellationToken::new(),
+        ))
     }
 
     /// Pipes of 1 KiB make every large write stall, so the backlog path runs
@@ -273,12 +298,7 @@ mod tests {
     async fn copies_both_ways_through_slow_peers_intact() {
         let (client, mut client_far) = duplex(1024);
         let (upstream, mut upstream_far) = duplex(1024);
-        let session = tokio::spawn(splice(
-            client,
-            upstream,
-            Duration::from_secs(30),
-            CancellationToken::new(),
-        ));
+        let session = spawn_splice(client, upstream);
         let up_data = pattern(300_000, 1);
         let down_data = pattern(200_000, 7);
         let (up_send, down_send) = (up_data.clone(), down_data.clone());
@@ -344,6 +364,34 @@ mod tests {
             "read {} bytes with nobody reading",
             stats.bytes_in
         );
+        drop(upstream_far);
+    }
+
+    /// The upstream's EOF ends the session once everything it sent is with
+    /// the client, though the client never closed: as in nginx and HAProxy,
+    /// without a round trip to wait for the client's EOF.
+    #[tokio::test]
+    async fn the_upstreams_eof_ends_the_session_without_the_clients() {
+        let (client, mut client_far) = duplex(1024);
+        let (upstream, mut upstream_far) = duplex(1024);
+        let session = spawn_splice(client, upstream);
+        let down_data = pattern(10_000, 3);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client_far
+                .read_to_end(&mut got)
+                .await
+                .map(|_| (got, client_far))
+        });
+        upstream_far.write_all(&down_data).await.unwrap();
+        upstream_far.shutdown().await.unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session waited for the client's EOF")
+            .unwrap();
+        assert_eq!(stats.end, SpliceEnd::Closed);
+        let (got, _client_far) = reader.await.unwrap().unwrap();
+        assert!(got == down_data, "upstream → client bytes differ");
         drop(upstream_far);
     }
 

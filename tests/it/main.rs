@@ -34,6 +34,7 @@ mod recovery;
 mod redis_cluster;
 mod redis_sentinel;
 mod room_subs;
+mod splice;
 mod systemd;
 mod upgrade;
 mod upstream;

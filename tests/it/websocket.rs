@@ -1,6 +1,6 @@
 //! WebSocket over real sockets: the handshake matrix, the echo app with a real
 //! client and with raw frames, splicing through ws, wss and HTTP/2 (RFC 8441),
-//! upstream handshake failures, concurrency, and connection caps.
+//! and connection caps (the splice's own cases: `splice`).
 
 use crate::common;
 
@@ -27,7 +27,7 @@ fn echo() -> Cfg {
 }
 
 /// The answer to a raw request (waiting 700 ms for more, or the close).
-async fn status_of(addr: std::net::SocketAddr, req: &str) -> String {
+pub(crate) async fn status_of(addr: std::net::SocketAddr, req: &str) -> String {
     raw(addr, req.as_bytes(), Duration::from_millis(700))
         .await
         .answer()
@@ -235,7 +235,7 @@ async fn echo_negotiates_permessage_deflate() {
 
 /// Two listeners (the second with TLS when `tls`) and `/ws` spliced to
 /// `upstream` with 1 s timeouts.
-fn splice(upstream: std::net::SocketAddr, tls: bool) -> Cfg {
+pub(crate) fn splice(upstream: std::net::SocketAddr, tls: bool) -> Cfg {
     let second = if tls {
         Listener::plain().tls("{dir}/default.crt", "{dir}/default.key")
     } else {
@@ -250,7 +250,7 @@ fn splice(upstream: std::net::SocketAddr, tls: bool) -> Cfg {
         .route_upstream("/ws", "ws")
 }
 
-fn splice_cfg(upstream: std::net::SocketAddr, tls: bool) -> String {
+pub(crate) fn splice_cfg(upstream: std::net::SocketAddr, tls: bool) -> String {
     splice(upstream, tls).build()
 }
 
@@ -421,145 +421,6 @@ async fn splices_and_serves_echo_over_http2() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("h2 app"));
 }
 
-/// An upstream that answers the handshake with the given raw response head.
-async fn scripted_upstream(response: &'static str, then: &'static [u8]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // Response head and the first frame in one write: the frame must
-                // survive the upgrade.
-                let mut out = response.as_bytes().to_vec();
-                out.extend_from_slice(then);
-                let _ = s.write_all(&out).await;
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test]
-async fn upstream_handshake_failures_are_502_or_504() {
-    let wrong = scripted_upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n", b"").await;
-    let gw = TestGateway::start(&splice_cfg(wrong, false)).await;
-    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
-    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
-    assert!(out.contains("Sec-WebSocket-Accept"), "{out}");
-
-    let missing = scripted_upstream(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        b"",
-    )
-    .await;
-    let gw = TestGateway::start(&splice_cfg(missing, false)).await;
-    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
-        .await
-        .starts_with("HTTP/1.1 502"));
-
-    let not101 =
-        scripted_upstream("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"").await;
-    let gw = TestGateway::start(&splice_cfg(not101, false)).await;
-    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
-    assert!(
-        out.starts_with("HTTP/1.1 502") && out.contains("404"),
-        "{out}"
-    );
-
-    let refused = dead_addr().await;
-    let gw = TestGateway::start(&splice_cfg(refused, false)).await;
-    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
-        .await
-        .starts_with("HTTP/1.1 502"));
-
-    // Accepts TCP but never answers: response_timeout (1s) → 504.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let _keep = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
-    let gw = TestGateway::start(&splice_cfg(silent_addr, false)).await;
-    let out = raw(
-        gw.http(),
-        handshake("/ws", WS_HEADERS).as_bytes(),
-        Duration::from_secs(3),
-    )
-    .await
-    .answer();
-    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
-}
-
-#[tokio::test]
-async fn bytes_buffered_past_the_101_are_not_lost() {
-    // The upstream sends a text frame "early" in the same write as its 101.
-    let early = scripted_upstream(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        b"\x81\x05early",
-    )
-    .await;
-    let gw = TestGateway::start(&splice_cfg(early, false)).await;
-    let mut s = TcpStream::connect(gw.http()).await.unwrap();
-    // The client also sends a frame right behind its handshake.
-    let mut req = handshake("/ws", WS_HEADERS).into_bytes();
-    req.extend_from_slice(&frame(true, 1, b"eager", MASK));
-    s.write_all(&req).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(5).any(|w| w == b"early") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before the early frame: {:?}",
-            String::from_utf8_lossy(&got)
-        );
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
-}
-
-#[tokio::test]
-async fn two_hundred_concurrent_spliced_sessions_keep_their_own_data() {
-    let up = ws_echo_upstream(None).await;
-    let gw = TestGateway::start(&splice_cfg(up, false)).await;
-    let addr = gw.http();
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            tokio::spawn(async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{i}"))
-                    .await
-                    .unwrap();
-                for j in 0..10 {
-                    let m = format!("session {i} message {j}");
-                    ws.send(Message::text(m.clone())).await.unwrap();
-                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m));
-                }
-                ws.close(None).await.unwrap();
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
 #[tokio::test]
 async fn capacity_503_then_reuse_and_per_ip_429() {
     let gw = TestGateway::start(&echo().set("server.max_connections", 3).build()).await;
@@ -606,24 +467,6 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
     let out = status_of(addr, &handshake("/echo", WS_HEADERS)).await;
     assert!(out.starts_with("HTTP/1.1 429"), "{out}");
     assert!(out.to_ascii_lowercase().contains("retry-after"), "{out}");
-}
-
-#[tokio::test]
-async fn spliced_sessions_end_after_idle_timeout() {
-    let up = ws_echo_upstream(None).await;
-    let toml = splice(up, false)
-        .set("upstream.ws.ws_idle_timeout", "300ms")
-        .build();
-    let gw = TestGateway::start(&toml).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
-        .await
-        .unwrap();
-    ws.send(Message::text("x")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("x"));
-    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("idle session is closed");
-    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }
 
 /// The echo app's one timer: pings every `ping_interval`, messages keep the

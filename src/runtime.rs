@@ -1,0 +1,60 @@
+//! The process's tokio runtime, and the one tuning it needs: a heartbeat that
+//! keeps a timer due within [`HEARTBEAT`], so that arming a per-connection
+//! deadline does not wake the runtime's driver through its eventfd.
+//!
+//! Why: tokio's timer wheel remembers, when its driver parks, the earliest
+//! deadline it holds (`next_wake`), and a timer armed before that wakes the
+//! driver with a `write` to its eventfd, even when the worker arming it is
+//! awake and the driver parked nowhere. Between connections the wheel holds
+//! only long timers (a spliced session's idle check, minutes away), so every
+//! new connection's header deadline and every tunnel's `connect_timeout` was
+//! earlier: 0.9 eventfd writes per new proxied WebSocket (`strace -c`, S5),
+//! each also ending the next `epoll_wait` early. With a deadline always within
+//! a second, only timers shorter than that still do.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+/// Shorter than every per-connection deadline the defaults arm (the header
+/// and connect timeouts are seconds); one wake-up a second costs nothing.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A multi-threaded runtime (one worker per core the process may run on) with
+/// the heartbeat running.
+pub fn build() -> io::Result<Runtime> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.spawn(heartbeat());
+    Ok(rt)
+}
+
+async fn heartbeat() {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The heartbeat is spawned with the runtime and does not end after its
+    /// first tick (an interval's first tick is immediate; a task that returned
+    /// would leave the wheel without its near deadline).
+    #[test]
+    fn the_runtime_keeps_its_heartbeat() {
+        let rt = build().expect("runtime");
+        assert_eq!(rt.metrics().num_alive_tasks(), 1);
+        rt.block_on(async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(rt.metrics().num_alive_tasks(), 1);
+    }
+}

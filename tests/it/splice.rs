@@ -1,0 +1,230 @@
+//! Byte splices to upstream WebSocket servers over real sockets: the
+//! upstream handshake's failures (502/504), bytes that arrive with the 101,
+//! how a session ends (the upstream's EOF, idle timeout), and many sessions at
+//! once. The splice's configs are `websocket`'s.
+
+use std::time::Duration;
+
+use common::raw::{frame, handshake, MASK, WS_HEADERS};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common;
+use crate::websocket::{splice, splice_cfg, status_of};
+
+/// Reads a request head (and whatever came with it); false at EOF first.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// An upstream that answers the handshake with the given raw response head.
+async fn scripted_upstream(response: &'static str, then: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                if !read_head(&mut s).await {
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                // Response head and the first frame in one write: the frame must
+                // survive the upgrade.
+                let mut out = response.as_bytes().to_vec();
+                out.extend_from_slice(then);
+                let _ = s.write_all(&out).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_handshake_failures_are_502_or_504() {
+    let wrong = scripted_upstream("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3Jvbmc=\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(wrong, false)).await;
+    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains("Sec-WebSocket-Accept"), "{out}");
+
+    let missing = scripted_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(missing, false)).await;
+    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
+        .await
+        .starts_with("HTTP/1.1 502"));
+
+    let not101 =
+        scripted_upstream("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(not101, false)).await;
+    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
+    assert!(
+        out.starts_with("HTTP/1.1 502") && out.contains("404"),
+        "{out}"
+    );
+
+    let refused = dead_addr().await;
+    let gw = TestGateway::start(&splice_cfg(refused, false)).await;
+    assert!(status_of(gw.http(), &handshake("/ws", WS_HEADERS))
+        .await
+        .starts_with("HTTP/1.1 502"));
+
+    // Accepts TCP but never answers: response_timeout (1s) → 504.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start(&splice_cfg(silent_addr, false)).await;
+    let out = raw(
+        gw.http(),
+        handshake("/ws", WS_HEADERS).as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await
+    .answer();
+    assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+}
+
+#[tokio::test]
+async fn bytes_buffered_past_the_101_are_not_lost() {
+    // The upstream sends a text frame "early" in the same write as its 101.
+    let early = scripted_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        b"\x81\x05early",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(early, false)).await;
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    // The client also sends a frame right behind its handshake.
+    let mut req = handshake("/ws", WS_HEADERS).into_bytes();
+    req.extend_from_slice(&frame(true, 1, b"eager", MASK));
+    s.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(5).any(|w| w == b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the early frame: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}
+
+/// The upstream ends the session (its close frame, then its FIN) while the
+/// client stays open and silent: the client gets the frame and EOF, and the
+/// gateway closes the upstream's connection too without waiting for the
+/// client's EOF, as nginx and HAProxy do.
+#[tokio::test]
+async fn the_upstreams_eof_ends_a_splice_the_client_keeps_open() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        if !read_head(&mut s).await {
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
+        out.extend_from_slice(b"\x88\x02\x03\xe8");
+        s.write_all(&out).await.unwrap();
+        // Only the write side: this upstream would still read.
+        s.shutdown().await.unwrap();
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                let _ = closed_tx.send(());
+                return;
+            }
+        }
+    });
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let mut c = TcpStream::connect(gw.http()).await.unwrap();
+    c.write_all(handshake("/ws", WS_HEADERS).as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read_all = c.read_to_end(&mut got);
+    tokio::time::timeout(Duration::from_secs(5), read_all)
+        .await
+        .expect("no EOF after the upstream's close")
+        .unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{got:?}");
+    assert!(got.ends_with(b"\r\n\r\n\x88\x02\x03\xe8"), "{got:?}");
+    // The client has not closed (`c` is alive): the gateway closed upstream.
+    tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the upstream's connection stayed open until the client's EOF")
+        .unwrap();
+    drop(c);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_spliced_sessions_keep_their_own_data() {
+    let up = ws_echo_upstream(None).await;
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let addr = gw.http();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/{i}"))
+                    .await
+                    .unwrap();
+                for j in 0..10 {
+                    let m = format!("session {i} message {j}");
+                    ws.send(Message::text(m.clone())).await.unwrap();
+                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m));
+                }
+                ws.close(None).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn spliced_sessions_end_after_idle_timeout() {
+    let up = ws_echo_upstream(None).await;
+    let toml = splice(up, false)
+        .set("upstream.ws.ws_idle_timeout", "300ms")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http()))
+        .await
+        .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("x"));
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("idle session is closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
