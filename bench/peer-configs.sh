@@ -1,7 +1,11 @@
 # Sourced by bench/callgrind.sh, bench/syscalls.sh and bench/cpusplit.sh: the minimal configs of
 # wsgate, nginx and HAProxy for the per-operation measurements, all on
 # 127.0.0.1:28080 with /ws/ -> 127.0.0.1:29001 (WebSocket, tunnel) and
-# /http/ -> 127.0.0.1:29002 (HTTP keep-alive). Access logs off.
+# /http/ -> 127.0.0.1:29002 (HTTP keep-alive). Access logs off. The peers
+# forward the client as wsgate does (bench/forwarding.sh).
+
+# shellcheck source=bench/forwarding.sh
+. "$(dirname "${BASH_SOURCE[0]}")/forwarding.sh"
 
 # wsgate_conf FILE
 wsgate_conf() {
@@ -51,12 +55,14 @@ http {
     location /ws/ {
       proxy_pass http://ws_up;
       proxy_http_version 1.1;
+      $NGINX_FORWARD
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
     }
     location /http/ {
       proxy_pass http://http_up;
       proxy_http_version 1.1;
+      $NGINX_FORWARD
       proxy_set_header Connection "";
     }
   }
@@ -84,8 +90,10 @@ frontend f
   use_backend ws_up if { path_beg /ws/ }
   default_backend http_up
 backend ws_up
+$HAPROXY_FORWARD
   server s1 127.0.0.1:29001
 backend http_up
+$HAPROXY_FORWARD
   server s1 127.0.0.1:29002
 EOF
 }
