@@ -192,7 +192,7 @@ w("WebSocket in tunnel mode (after the 101), HTTP keep-alive to the backend with
 w("the same certificate. Every proxy tells the backend who the client is, as wsgate always does (`X-Forwarded-For`,")
 w("`-Proto`, `-Host`: nginx `proxy_set_header` with `$proxy_add_x_forwarded_for`, HAProxy `option forwardfor` and")
 w("`http-request set-header`; `bench/forwarding.sh`), so each hands the backend the same request (runs before")
-w("2026-12-04 11:00 UTC had the peers send none of them). Access logs are off everywhere except in the `logged` cases (S4 `100c GET logged`, S5")
+w("20261204T105710Z had the peers send none of them). Access logs are off everywhere except in the `logged` cases (S4 `100c GET logged`, S5")
 w("`ws-logged`), where a second instance of each proxy logs every request to a file (wsgate `access_log = true`")
 w("to a file, nginx `access_log`, HAProxy `option httplog` to stdout redirected to a file). Configs:")
 w("`bench/results/<run>/nginx.conf`, `haproxy.cfg`, `wsgate.toml`, `wsgate-logged.toml`.")

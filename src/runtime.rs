@@ -27,12 +27,12 @@ pub fn build() -> io::Result<Runtime> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.spawn(heartbeat());
+    rt.spawn(heartbeat(HEARTBEAT));
     Ok(rt)
 }
 
-async fn heartbeat() {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+async fn heartbeat(period: Duration) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -56,5 +56,17 @@ mod tests {
             }
         });
         assert_eq!(rt.metrics().num_alive_tasks(), 1);
+    }
+
+    /// It keeps ticking: a heartbeat that ended after a tick would leave the
+    /// wheel without its near deadline. Time passing is what is tested here,
+    /// so the test waits for it.
+    #[tokio::test]
+    async fn the_heartbeat_outlives_its_ticks() {
+        let period = Duration::from_millis(5);
+        let beat = tokio::spawn(heartbeat(period));
+        tokio::time::sleep(period * 6).await;
+        assert!(!beat.is_finished());
+        beat.abort();
     }
 }

@@ -1,11 +1,12 @@
 //! The byte splice between a client and an upstream WebSocket after both
 //! handshakes: bytes are copied as they are in both directions until the
 //! upstream's EOF is relayed (a client's EOF is relayed and the upstream's
-//! reply still awaited; see [`Bidirectional`]), the session is idle for `ws_idle_timeout`, or `stop` fires: the
-//! drain's hard stop (`shutdown_grace` passed), when both TCP connections are
-//! closed (the byte-copy path does not know where frames begin, so it cannot
-//! insert a close frame safely; until then a drain leaves it running). Upstreams with `ws_inspect`
-//! use the frame-aware splice in [`super::inspect`] instead.
+//! reply still awaited; see [`Bidirectional`]), the session is idle for
+//! `ws_idle_timeout`, or `stop` fires: the drain's hard stop (`shutdown_grace`
+//! passed), when both TCP connections are closed (the byte-copy path does not
+//! know where frames begin, so it cannot insert a close frame safely; until
+//! then a drain leaves it running). Upstreams with `ws_inspect` use the
+//! frame-aware splice in [`super::inspect`] instead.
 
 use std::future::Future;
 use std::io;
