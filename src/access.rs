@@ -80,21 +80,27 @@ pub struct RequestInfo {
     /// The limit that refused it, if one did.
     pub limit: Option<Arc<str>>,
     pub status: u16,
-    pub bytes_in: BytesIn,
+    /// `None` for a request without a body: nothing to count, no allocation.
+    pub bytes_in: Option<BytesIn>,
     pub started: Instant,
 }
 
 /// Wraps a response body: counts bytes out, and on drop writes the access line
-/// and records the request metrics.
-pub struct LoggedBody {
-    inner: Body,
+/// and records the request metrics. Generic so that a concrete body (the HTTP
+/// proxy's upstream body) sits inside it unboxed: one allocation per response,
+/// not one per layer.
+pub struct LoggedBody<B = Body> {
+    inner: B,
     bytes_out: u64,
     info: RequestInfo,
     access: Arc<Access>,
 }
 
-impl LoggedBody {
-    pub fn wrap(access: Arc<Access>, inner: Body, info: RequestInfo) -> Body {
+impl<B> LoggedBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin + Send + 'static,
+{
+    pub fn wrap(access: Arc<Access>, inner: B, info: RequestInfo) -> Body {
         use http_body_util::BodyExt;
         LoggedBody {
             inner,
@@ -106,7 +112,10 @@ impl LoggedBody {
     }
 }
 
-impl HttpBody for LoggedBody {
+impl<B> HttpBody for LoggedBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -130,12 +139,15 @@ impl HttpBody for LoggedBody {
     }
 }
 
-impl Drop for LoggedBody {
+impl<B> Drop for LoggedBody<B> {
     fn drop(&mut self) {
         let i = &self.info;
         let m = self.access.metrics();
         let secs = i.started.elapsed().as_secs_f64();
-        let bytes_in = i.bytes_in.0.load(Ordering::Relaxed);
+        let bytes_in = i
+            .bytes_in
+            .as_ref()
+            .map_or(0, |b| b.0.load(Ordering::Relaxed));
         match &i.route {
             Some(r) => r.metrics.request(m, &r.label, i.status),
             None => {

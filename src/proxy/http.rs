@@ -49,7 +49,7 @@ pub async fn forward(
     pool: &Pool,
     fwd: Forward<'_>,
     req: Request<RequestBody>,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let Forward {
         metrics,
         route,
@@ -95,30 +95,17 @@ pub async fn forward(
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
     // After `tried` attempts, may another one be made?
     let retry_allowed = |tried: usize| replayable && tried <= pool.cfg.retries as usize;
-    let counter = parts
-        .extensions
-        .get::<BytesIn>()
-        .cloned()
-        .unwrap_or_default();
-    let body = body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            counter
-                .0
-                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        f
-    });
     // A failure reading the client's body is the client's, not the upstream's:
     // remembered here so the attempt's error can be told apart.
     let client_fault = ClientFault::new(!body.is_end_stream());
-    let fault = client_fault.clone();
-    let mut body = Some(
-        body.map_err(move |e| -> BoxError {
-            fault.record(&e);
-            Box::new(e)
-        })
-        .boxed_unsync(),
-    );
+    // A bodiless request (most) sends the empty body, a box of nothing,
+    // rather than boxing the counting and fault-recording layers for it.
+    let mut body = Some(if body.is_end_stream() {
+        crate::body::empty()
+    } else {
+        let counter = parts.extensions.get::<BytesIn>().cloned();
+        counted(body, counter, client_fault.clone())
+    });
     let mut tried = Tried::new();
     let mut last_err: Option<ProxyError> = None;
     loop {
@@ -200,6 +187,24 @@ pub async fn forward(
     }
 }
 
+/// The client's body as it goes upstream: its bytes added to `counter` (the
+/// access line's), a failure to read it recorded in `fault`.
+fn counted(body: RequestBody, counter: Option<BytesIn>, fault: ClientFault) -> Body {
+    body.map_frame(move |f| {
+        if let (Some(d), Some(counter)) = (f.data_ref(), &counter) {
+            counter
+                .0
+                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        f
+    })
+    .map_err(move |e| -> BoxError {
+        fault.record(&e);
+        Box::new(e)
+    })
+    .boxed_unsync()
+}
+
 /// Why reading the client's request body failed, if it did.
 /// Allocated only for a request with a body: a bodiless one cannot fail on
 /// the client's side, and most proxied requests have none (S4).
@@ -267,19 +272,54 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn response(resp: Response<Release>, guard: InflightGuard) -> Response<Body> {
+fn response(resp: Response<Release>, guard: InflightGuard) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = Guarded {
         inner: body,
         _guard: guard,
     };
-    Response::from_parts(parts, body.boxed_unsync())
+    Response::from_parts(parts, ProxyBody::Upstream(body))
+}
+
+/// A response body as the proxy's handler gets it: an upstream server's body
+/// as it is (every proxied request's: wrapped by the access line without a
+/// box of its own), or any other answer's boxed body.
+pub enum ProxyBody {
+    Upstream(Guarded),
+    Local(Body),
+}
+
+impl HttpBody for ProxyBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A body that keeps the backend's in-flight count until it is fully sent, so
 /// `least_conn` sees long downloads as load.
-struct Guarded {
+pub struct Guarded {
     inner: Release,
     _guard: InflightGuard,
 }

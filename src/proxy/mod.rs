@@ -38,6 +38,7 @@ use ::http::{header, HeaderValue, Request, Response, Version};
 use arc_swap::ArcSwap;
 
 use self::access_phase::{Head, Notes, Phase};
+use self::http::ProxyBody;
 use crate::access::{Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo};
 use crate::apps::Apps;
 use crate::auth::Verifiers;
@@ -59,6 +60,9 @@ pub struct Table {
     /// The access phase of each route, by [`Route::id`].
     phases: Vec<Phase>,
     pub pools: HashMap<String, Arc<Pool>>,
+    /// The pool of each route that proxies to one, by [`Route::id`]: found
+    /// by index per request instead of by hashing the upstream's name.
+    route_pools: Vec<Option<Arc<Pool>>>,
     pub echo: EchoConfig,
     /// `[server] trusted_proxies`: whose `X-Forwarded-For` is believed.
     pub trusted: TrustedProxies,
@@ -87,6 +91,14 @@ impl Table {
                 .iter()
                 .map(|r| phases::for_route(r, limits, &verifiers, &pools))
                 .collect(),
+            route_pools: cfg
+                .routes
+                .iter()
+                .map(|r| match &r.target {
+                    RouteTarget::Upstream(name) => pools.get(name).cloned(),
+                    _ => None,
+                })
+                .collect(),
             pools,
             echo: cfg.echo.clone(),
             trusted: cfg.server.trusted_proxies.clone(),
@@ -100,9 +112,11 @@ impl Table {
         self.phases.get(route.id).filter(|p| !p.is_empty())
     }
 
-    fn pool(&self, name: &str) -> Result<&Arc<Pool>, ProxyError> {
-        self.pools
-            .get(name)
+    /// The pool of `route`, which proxies to the upstream `name`.
+    fn pool(&self, route: &Route, name: &str) -> Result<&Arc<Pool>, ProxyError> {
+        self.route_pools
+            .get(route.id)
+            .and_then(Option::as_ref)
             .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))
     }
 }
@@ -158,12 +172,14 @@ impl Handler for Proxy {
         let started = Instant::now();
         let table = self.table.load_full();
         let log = self.access.logging();
-        let bytes_in = BytesIn::default();
         // Only a body has bytes to count: a bodiless request (most) would
-        // otherwise allocate its extensions' map for a count that stays 0.
-        if !http_body::Body::is_end_stream(req.body()) {
-            req.extensions_mut().insert(bytes_in.clone());
-        }
+        // otherwise allocate the counter, and its extensions' map, for a count
+        // that stays 0.
+        let bytes_in = (!http_body::Body::is_end_stream(req.body())).then(|| {
+            let b = BytesIn::default();
+            req.extensions_mut().insert(b.clone());
+            b
+        });
         // The access phase's first step, before routing so that every access
         // line (a 404 too) names the real client: the client of this request.
         let client = match table.trusted.contains(conn.client.ip()) {
@@ -190,7 +206,7 @@ impl Handler for Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, side = ?e.side(), "request failed");
-                e.into_response()
+                local(e.into_response())
             }
         };
         let (parts, body) = resp.into_parts();
@@ -215,6 +231,11 @@ impl Handler for Proxy {
     }
 }
 
+/// A response answered here rather than by an upstream server.
+fn local(resp: Response<Body>) -> Response<ProxyBody> {
+    resp.map(ProxyBody::Local)
+}
+
 /// What the access line learns while a request is dispatched: out-values
 /// rather than response extensions, whose map would be allocated per response.
 #[derive(Default)]
@@ -234,7 +255,7 @@ impl Proxy {
         mut req: Request<RequestBody>,
         host: Option<&Host>,
         out: &mut Outcome,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let upgrade = ws::is_upgrade_attempt(&req);
         if host.is_none() && (upgrade || req.version() == Version::HTTP_11) {
             return Err(if upgrade {
@@ -257,7 +278,10 @@ impl Proxy {
         }
         if !conn.tls && req.method() == ::http::Method::GET {
             if let Some(answer) = self.acme.http01(req.uri().path()) {
-                return Ok(crate::body::text_response(::http::StatusCode::OK, answer));
+                return Ok(local(crate::body::text_response(
+                    ::http::StatusCode::OK,
+                    answer,
+                )));
             }
         }
         let route = table
@@ -277,7 +301,7 @@ impl Proxy {
             route
                 .metrics
                 .handshake(self.access.metrics(), &route.label, outcome);
-            return result;
+            return result.map(local);
         }
         let notes = self.access_phase(table, &route, conn, &req, false).await?;
         if let Some(user) = &notes.user {
@@ -286,7 +310,7 @@ impl Proxy {
         let cfg = &route.cfg;
         match &cfg.target {
             RouteTarget::Upstream(name) => {
-                let pool = table.pool(name)?;
+                let pool = table.pool(&route, name)?;
                 let host = host.map(Host::as_str);
                 let fwd = http::Forward {
                     metrics: self.access.metrics(),
@@ -299,8 +323,10 @@ impl Proxy {
                 http::forward(pool, fwd, req).await
             }
             RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
-            RouteTarget::App(AppKind::Chat) => Ok(self.apps.chat.http(req, &cfg.path).await?),
-            RouteTarget::Static(root) => files::serve(root, cfg, &req).await,
+            RouteTarget::App(AppKind::Chat) => {
+                Ok(local(self.apps.chat.http(req, &cfg.path).await?))
+            }
+            RouteTarget::Static(root) => files::serve(root, cfg, &req).await.map(local),
         }
     }
 
@@ -354,7 +380,7 @@ impl Proxy {
                 Ok(self.apps.chat.accept(req, &route.cfg.path, hold)?)
             }
             RouteTarget::Upstream(name) => {
-                let pool = table.pool(name)?.clone();
+                let pool = table.pool(route, name)?.clone();
                 let tunnel = ws::Tunnel {
                     session,
                     metrics: self.access.metrics(),

@@ -39,6 +39,10 @@ use crate::body::{Body, BoxError};
 
 /// The read buffer's size, and how much more it grows by when full.
 const READ_CHUNK: usize = 8 * 1024;
+/// Room first made for a request head; a head buffer grown past
+/// [`KEEP_HEAD_BUF`] (an unusually large head) is not kept for the next one.
+const HEAD_BUF: usize = 512;
+const KEEP_HEAD_BUF: usize = 4 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,9 @@ pub struct Failed {
 pub struct Conn {
     io: UpStream,
     buf: BytesMut,
+    /// The last bodiless request's head buffer, cleared: reused by the next
+    /// request on this connection instead of an allocation per request.
+    head_buf: Vec<u8>,
 }
 
 /// How the request body goes on the wire.
@@ -95,6 +102,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            head_buf: Vec::new(),
         }
     }
 
@@ -119,10 +127,16 @@ impl Conn {
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<ResponseBody>, Failed> {
         let (parts, body) = req.into_parts();
         let head_only = parts.method == Method::HEAD;
-        let mut out = Vec::with_capacity(512);
+        let mut out = std::mem::take(&mut self.head_buf);
+        out.reserve(HEAD_BUF);
         let framing = encode_head(&parts.method, &parts.uri, &parts.headers, &body, &mut out);
         let sent = if framing == Framing::None {
-            self.io.write_all(&out).await.map_err(Error::Io)
+            let sent = self.io.write_all(&out).await.map_err(Error::Io);
+            if out.capacity() <= KEEP_HEAD_BUF {
+                out.clear();
+                self.head_buf = out;
+            }
+            sent
         } else {
             self.write_body(out, body, framing).await
         };

@@ -279,3 +279,44 @@ async fn the_head_goes_out_before_a_slow_body() {
     let got = String::from_utf8(server.await.unwrap()).unwrap();
     assert!(got.ends_with("\r\n\r\n4\r\nlate\r\n0\r\n\r\n"), "{got}");
 }
+
+/// The head buffer a connection keeps between requests is cleared: the second
+/// request on it (shorter than the first) goes out exactly as encoded.
+#[tokio::test]
+async fn a_reused_connection_writes_each_head_whole_and_alone() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut heads = Vec::new();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while heads.len() < 2 {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = got.drain(..end + 4).collect();
+                heads.push(String::from_utf8_lossy(&head).into_owned());
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            }
+        }
+        heads
+    });
+    let long = Request::builder()
+        .uri("/a-rather-longer-path?with=a&query=string")
+        .header(header::HOST, "up")
+        .header("x-long", "v".repeat(200))
+        .body(crate::body::empty())
+        .unwrap();
+    let resp = conn(&addr).await.send(long).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let again = resp.into_body().take_conn().expect("kept alive");
+    let resp = again.send(get(Method::GET)).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let heads = server.await.unwrap();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[0].contains("x-long"), "{heads:?}");
+    assert_eq!(heads[1], "GET /p?q=1 HTTP/1.1\r\nhost: up\r\n\r\n");
+}
