@@ -18,7 +18,7 @@ pub type RouteId = usize;
 #[derive(Debug)]
 pub struct Route {
     /// Its index in the table ([`Router::routes`]), for per-route state kept
-    /// beside the table (the proxy's access phases).
+    /// beside the table (the proxy's access phases and upstream pools).
     pub id: RouteId,
     pub cfg: Arc<RouteConfig>,
     /// [`RouteConfig::label`], built once.

@@ -112,7 +112,8 @@ impl Table {
         self.phases.get(route.id).filter(|p| !p.is_empty())
     }
 
-    /// The pool of `route`, which proxies to the upstream `name`.
+    /// The pool of `route`, found by the route's index; `name` (the
+    /// upstream the route names) is only for the error.
     fn pool(&self, route: &Route, name: &str) -> Result<&Arc<Pool>, ProxyError> {
         self.route_pools
             .get(route.id)

@@ -39,9 +39,10 @@ use crate::body::{Body, BoxError};
 
 /// The read buffer's size, and how much more it grows by when full.
 const READ_CHUNK: usize = 8 * 1024;
-/// Room first made for a request head; a head buffer grown past
-/// [`KEEP_HEAD_BUF`] (an unusually large head) is not kept for the next one.
+/// Room first made for a request head.
 const HEAD_BUF: usize = 512;
+/// A head buffer grown past this (an unusually large head) is not kept for
+/// the next request: every idle pooled connection would hold it.
 const KEEP_HEAD_BUF: usize = 4 * 1024;
 
 /// Why an exchange failed.
