@@ -17,7 +17,7 @@ use crate::body::RequestBody;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 
 use super::access_phase::Notes;
 use super::error::ProxyError;
@@ -92,15 +92,16 @@ pub async fn forward(
     notes.apply(&mut parts.headers);
     // Only a request without a body can be sent again: a streamed body is gone
     // once the first attempt consumed it.
-    let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    let bodiless = body.is_end_stream();
+    let replayable = is_idempotent(&parts.method) && bodiless;
     // After `tried` attempts, may another one be made?
     let retry_allowed = |tried: usize| replayable && tried <= pool.cfg.retries as usize;
     // A failure reading the client's body is the client's, not the upstream's:
     // remembered here so the attempt's error can be told apart.
-    let client_fault = ClientFault::new(!body.is_end_stream());
+    let client_fault = ClientFault::new(!bodiless);
     // A bodiless request (most) sends the empty body, a box of nothing,
     // rather than boxing the counting and fault-recording layers for it.
-    let mut body = Some(if body.is_end_stream() {
+    let mut body = Some(if bodiless {
         crate::body::empty()
     } else {
         let counter = parts.extensions.get::<BytesIn>().cloned();
@@ -279,43 +280,13 @@ fn response(resp: Response<Release>, guard: InflightGuard) -> Response<ProxyBody
         inner: body,
         _guard: guard,
     };
-    Response::from_parts(parts, ProxyBody::Upstream(body))
+    Response::from_parts(parts, Either::Left(body))
 }
 
 /// A response body as the proxy's handler gets it: an upstream server's body
-/// as it is (every proxied request's: wrapped by the access line without a
-/// box of its own), or any other answer's boxed body.
-pub enum ProxyBody {
-    Upstream(Guarded),
-    Local(Body),
-}
-
-impl HttpBody for ProxyBody {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Local(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Local(b) => b.is_end_stream(),
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Local(b) => b.size_hint(),
-        }
-    }
-}
+/// as it is (`Left`, every proxied request's: wrapped by the access line
+/// without a box of its own), or any other answer's boxed body (`Right`).
+pub type ProxyBody = Either<Guarded, Body>;
 
 /// A body that keeps the backend's in-flight count until it is fully sent, so
 /// `least_conn` sees long downloads as load.

@@ -234,7 +234,7 @@ impl Handler for Proxy {
 
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
-    resp.map(ProxyBody::Local)
+    resp.map(http_body_util::Either::Right)
 }
 
 /// What the access line learns while a request is dispatched: out-values
