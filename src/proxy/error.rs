@@ -93,8 +93,6 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("the gateway is shutting down")]
-    Draining,
     /// Over a `[limit.NAME]`: 429 with `Retry-After` (whole seconds, rounded up).
     #[error("too many requests (limit {limit}): retry after {}s", crate::limit::gcra::retry_after_secs(*retry_after))]
     RateLimited {
@@ -140,9 +138,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Draining | ProxyError::AuthUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AuthDenied(d) => d.status,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
@@ -161,7 +157,7 @@ impl ProxyError {
             | ProxyError::UpstreamHandshake(..)
             | ProxyError::UnexpectedUpgrade(_)
             | ProxyError::AuthUnavailable(_) => Side::Upstream,
-            ProxyError::Draining | ProxyError::Internal(_) => Side::Gateway,
+            ProxyError::Internal(_) => Side::Gateway,
             _ => Side::Client,
         }
     }
@@ -222,9 +218,6 @@ impl ProxyError {
             }
             ProxyError::Handshake(HandshakeError::Method(_)) => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET"));
-            }
-            ProxyError::Draining => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::RateLimited { limit, retry_after } => {
                 let secs = crate::limit::gcra::retry_after_secs(*retry_after);

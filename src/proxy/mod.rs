@@ -332,7 +332,10 @@ impl Proxy {
     }
 
     /// A WebSocket handshake: validated first (a malformed one is a 400
-    /// whatever the route), then the access phase, then its handler.
+    /// whatever the route), then the access phase, then its handler. One
+    /// handled while the gateway drains was on its way before the listeners
+    /// stopped (a binary upgrade): it is accepted, and its session drained
+    /// like the others (docs/operations.md, Draining).
     async fn upgrade(
         &self,
         table: &Arc<Table>,
@@ -350,9 +353,6 @@ impl Proxy {
             // An app reads the request itself: it sees what an upstream would
             // (no spoofed identity headers, no `bearer.` subprotocol).
             notes.apply(req.headers_mut());
-        }
-        if self.shutdown.is_draining() {
-            return Err(ProxyError::Draining);
         }
         let session = ws::Session {
             access: &self.access,

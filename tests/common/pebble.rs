@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::redis::free_port;
+use super::redis::free_ports;
 use super::{eventually, WAIT};
 
 /// Pebble's settings.
@@ -69,8 +69,8 @@ impl Pebble {
         let key = dir.path().join("pebble.key");
         std::fs::write(&ca_root, &g.cert_pem).expect("write");
         std::fs::write(&key, &g.key_pem).expect("write");
-        let listen = opts.listen_port.unwrap_or_else(free_port);
-        let (mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port());
+        let [listen, mgmt, dns, dns_mgmt] = free_ports();
+        let listen = opts.listen_port.unwrap_or(listen);
         let mut cfg = serde_json::json!({ "pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),

@@ -13,8 +13,17 @@ use super::{eventually, WAIT};
 
 /// A free port: bind 127.0.0.1:0, read the port, release it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free ports. Each is held until all are picked: released one
+/// by one, the kernel may hand the same port out twice in a row.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] = std::array::from_fn(|_| {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")
+    });
+    held.map(|l| l.local_addr().expect("local addr").port())
 }
 
 /// A `redis-server` child on its own port, killed on drop.

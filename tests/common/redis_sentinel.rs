@@ -6,7 +6,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::redis::{free_port, ping};
+use super::redis::{free_port, free_ports, ping};
 use super::{eventually, WAIT};
 
 /// The name the sentinels monitor the master under.
@@ -43,7 +43,7 @@ impl Sentinels {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
-        let (master, replica) = (free_port(), free_port());
+        let [master, replica] = free_ports();
         let mut s = Sentinels {
             master,
             replica,

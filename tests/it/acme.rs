@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wsgate::{Gateway, GatewayHandle};
 
 use crate::common::pebble::{Pebble, PebbleOpts};
-use crate::common::redis::free_port;
+use crate::common::redis::free_ports;
 use crate::common::{eventually, get, init_logs, tls::try_tls_connect, WAIT};
 
 /// How long a first certificate (account, order, validation, issuance) may take.
@@ -157,7 +157,7 @@ fn cache_files(cache: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues_and_a_restart_reuses_the_cache() {
-    let (http_port, tls_port) = (free_port(), free_port());
+    let [http_port, tls_port] = free_ports();
     let pebble = Pebble::start(PebbleOpts {
         http_port,
         tls_port,
@@ -274,7 +274,7 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_and_renews_live() {
-    let (http_port, tls_port) = (free_port(), free_port());
+    let [http_port, tls_port] = free_ports();
     // 6 s certificates: renewed 4 s after they start.
     let pebble = Pebble::start(PebbleOpts {
         http_port,
@@ -336,7 +336,7 @@ async fn status_line(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_renewals_keep_the_certificate_in_service() {
-    let (http_port, tls_port) = (free_port(), free_port());
+    let [http_port, tls_port] = free_ports();
     // 9 s certificates: due for renewal 6 s after they start.
     let mut pebble = Pebble::start(PebbleOpts {
         http_port,
@@ -381,7 +381,7 @@ async fn failed_renewals_keep_the_certificate_in_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_the_ca_forgot_is_registered_again() {
-    let (http_port, tls_port) = (free_port(), free_port());
+    let [http_port, tls_port] = free_ports();
     let opts = |listen_port| PebbleOpts {
         http_port,
         tls_port,

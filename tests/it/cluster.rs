@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::net::TcpStream;
 
 use common::chat::{is_msg, is_presence, online, Client, Sse};
-use common::redis::{free_port, Redis};
+use common::redis::{free_ports, Redis};
 use common::{eventually, get, json_of, post, Cfg, Listener, TestGateway, WAIT};
 
 /// The heartbeat every node of these tests uses.
@@ -102,8 +102,9 @@ struct ChildNode {
 impl ChildNode {
     async fn start(id: &str, redis: &Redis) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let [port, admin_port] = free_ports();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let path = dir.path().join("wsgate.toml");
         std::fs::write(
             &path,

@@ -223,25 +223,31 @@ async fn drain_paces_200_chat_sessions_over_the_window() {
     assert!(done.expect("drain task"), "drained within the grace");
 }
 
-/// A connection accepted just before a drain (all the time during a binary
-/// upgrade) still gets its first request answered: hyper's graceful
-/// shutdown alone would close it unread.
+/// Connections accepted just before a drain (all the time during a binary
+/// upgrade) still get their first request answered: hyper's graceful
+/// shutdown alone would close them unread. A WebSocket handshake among them
+/// is accepted (not refused with 503, and its 101 says only `Upgrade`, which
+/// tungstenite insists on) and its session then drained like the others.
 #[tokio::test]
 async fn a_connection_accepted_before_the_drain_gets_its_request_answered() {
     let api = named_upstream("late").await;
     let toml = Cfg::new()
         .set("server.shutdown_grace", "5s")
+        .set("server.drain_window", "300ms")
         .listener_plain()
         .upstream("api", &[api])
         .route_upstream("/api/", "api")
+        .route_app("/echo", "echo")
         .build();
     let gw = TestGateway::start(&toml).await;
-    let mut s = tokio::net::TcpStream::connect(gw.http())
-        .await
-        .expect("connect");
+    let connect = || tokio::net::TcpStream::connect(gw.http());
+    let (mut s, ws) = (
+        connect().await.expect("connect"),
+        connect().await.expect("connect"),
+    );
     assert!(
-        eventually(WAIT, || async { gw.handle.active_connections() == 1 }).await,
-        "the connection was never accepted"
+        eventually(WAIT, || async { gw.handle.active_connections() == 2 }).await,
+        "the connections were never accepted"
     );
     gw.handle.begin_drain();
     tokio::task::yield_now().await;
@@ -257,5 +263,21 @@ async fn a_connection_accepted_before_the_drain_gets_its_request_answered() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("late"), "{answer}");
-    assert!(gw.handle.shutdown().await);
+
+    let url = format!("ws://{}/echo", gw.http());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, ws))
+        .await
+        .expect("handshake in time")
+        .expect("a handshake on its way when the drain began is accepted");
+    ws.send(Message::text("hi")).await.expect("send");
+    let echoed = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("echo in time");
+    assert!(
+        matches!(&echoed, Some(Ok(m)) if *m == Message::text("hi")),
+        "{echoed:?}"
+    );
+    let (done, (_, code, _)) = tokio::join!(gw.handle.shutdown(), close_of(ws));
+    assert_eq!(code, 1012);
+    assert!(done);
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::WsgateProc;
-use common::redis::free_port;
+use common::redis::free_ports;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,17 +25,15 @@ struct Addrs {
     admin: SocketAddr,
 }
 
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// A config on fixed ports (an inherited socket is matched by address): a
 /// plain listener, a TLS one (certificate `up` in `dir`) and admin.
 fn config(api: SocketAddr, dir: &std::path::Path) -> (Cfg, Addrs) {
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let [plain, tls, admin] = free_ports();
     let a = Addrs {
-        plain: free_addr(),
-        tls: free_addr(),
-        admin: free_addr(),
+        plain: at(plain),
+        tls: at(tls),
+        admin: at(admin),
     };
     let (crt, key) = write_cert(dir, "up", &["localhost"]);
     let cfg = Cfg::new()
@@ -132,8 +130,8 @@ impl Tally {
             Outcome::Http { tls: true } => drop(add(&self.https)),
             Outcome::Ws(WsTurn::Echoed) => drop(add(&self.ws_sessions)),
             Outcome::Ws(WsTurn::Drained) => drop(add(&self.ws_drained)),
-            Outcome::Ws(WsTurn::Failed) => {
-                eprintln!("WebSocket session failed");
+            Outcome::Ws(WsTurn::Failed(e)) => {
+                eprintln!("WebSocket session failed: {e}");
                 add(&self.failed);
             }
             Outcome::Refused(e) => {
@@ -186,24 +184,30 @@ async fn load(
 }
 
 /// A short echo session: echoed, or closed by the old process's drain
-/// (1012, the designed way a session leaves it), or failed.
+/// (1012, the designed way a session leaves it), or failed (with what went
+/// wrong, so that a failure says which step).
 async fn ws_turn(addr: SocketAddr) -> WsTurn {
     let session = async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
             .await
-            .ok()?;
-        ws.send(Message::text("ping")).await.ok()?;
-        let turn = match ws.next().await?.ok()? {
-            m if m == Message::text("ping") => WsTurn::Echoed,
-            Message::Close(Some(f)) if u16::from(f.code) == 1012 => WsTurn::Drained,
-            _ => WsTurn::Failed,
+            .map_err(|e| format!("handshake: {e}"))?;
+        ws.send(Message::text("ping"))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let turn = match ws.next().await {
+            Some(Ok(m)) if m == Message::text("ping") => WsTurn::Echoed,
+            Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1012 => WsTurn::Drained,
+            Some(Ok(m)) => WsTurn::Failed(format!("unexpected message: {m}")),
+            Some(Err(e)) => WsTurn::Failed(format!("read: {e}")),
+            None => WsTurn::Failed("closed before an answer".into()),
         };
         let _ = ws.close(None).await;
-        Some(turn)
+        Ok::<_, String>(turn)
     };
     match tokio::time::timeout(Duration::from_secs(5), session).await {
-        Ok(Some(t)) => t,
-        _ => WsTurn::Failed,
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => WsTurn::Failed(e),
+        Err(_) => WsTurn::Failed("no answer within 5 s".into()),
     }
 }
 
@@ -211,7 +215,7 @@ async fn ws_turn(addr: SocketAddr) -> WsTurn {
 enum WsTurn {
     Echoed,
     Drained,
-    Failed,
+    Failed(String),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,10 +228,13 @@ async fn sigusr2_hands_over_under_load_without_a_refused_connection() {
     std::fs::write(&path, cfg.build()).expect("write config");
     let mut old = WsgateProc::start(&path);
     let old_pid = u64::from(old.pid());
-    assert!(
-        eventually(WAIT, || async { serving_pid(admin).await == Some(old_pid) }).await,
-        "the first process never served /status"
-    );
+    if !eventually(WAIT, || async { serving_pid(admin).await == Some(old_pid) }).await {
+        old.collect();
+        panic!(
+            "the first process never served /status; it logged:\n{}",
+            old.seen.join("\n")
+        );
+    }
     // A session open before the upgrade: the old process drains it with 1012.
     let (mut before, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
         .await

@@ -9,7 +9,10 @@
 //! - a `Date` is added when the handler gave none (formatted once a second);
 //! - chunked trailers are sent only when the response announced them in
 //!   `Trailer`, and never for fields that may not be trailers;
-//! - `Connection: close` from the handler ends the connection after it.
+//! - `Connection: close` from the handler ends the connection after it;
+//!   one that closes anyway says so, except a 101 (the one deliberate
+//!   difference: hyper adds `close` there, which strict WebSocket clients
+//!   refuse, and nginx does not).
 //!
 //! The head goes out with the body's first chunk when that is ready at once
 //! (one write for a small proxied answer), else on its own.
@@ -66,7 +69,8 @@ pub(super) struct Head {
     /// It answers `HEAD`.
     pub head_request: bool,
     /// The connection closes after it (the client said `close`, or the
-    /// gateway drains): the answer says `close` in `Connection`, as hyper's.
+    /// gateway drains): the answer says `close` in `Connection`, as hyper's,
+    /// unless it is a 101 ([`Rules`]).
     pub closing: bool,
 }
 
@@ -157,7 +161,10 @@ struct Rules {
     head: bool,
     /// The body has nothing to send.
     empty: bool,
-    /// `Connection` must say `close`.
+    /// `Connection` must say `close`. Never on a 101: past it the connection
+    /// is the new protocol's, and strict WebSocket clients (tungstenite) fail
+    /// a handshake whose `Connection` is not exactly `Upgrade`. hyper adds it
+    /// there; nginx and HAProxy do not.
     closing: bool,
 }
 
@@ -172,7 +179,7 @@ impl Rules {
             no_body: head || no_length,
             head,
             empty: body.is_end_stream(),
-            closing: exchange.closing,
+            closing: exchange.closing && status != StatusCode::SWITCHING_PROTOCOLS,
         }
     }
 }
