@@ -112,13 +112,13 @@ impl Table {
         self.phases.get(route.id).filter(|p| !p.is_empty())
     }
 
-    /// The pool of `route`, found by the route's index; `name` (the
-    /// upstream the route names) is only for the error.
-    fn pool(&self, route: &Route, name: &str) -> Result<&Arc<Pool>, ProxyError> {
+    /// The pool of `route`, found by the route's index (never missing for a
+    /// route to an upstream: the config is checked for it).
+    fn pool(&self, route: &Route) -> Result<&Arc<Pool>, ProxyError> {
         self.route_pools
             .get(route.id)
             .and_then(Option::as_ref)
-            .ok_or_else(|| ProxyError::Internal(format!("pool {name} missing")))
+            .ok_or_else(|| ProxyError::Internal(format!("no pool for route {}", route.label)))
     }
 }
 
@@ -310,8 +310,8 @@ impl Proxy {
         }
         let cfg = &route.cfg;
         match &cfg.target {
-            RouteTarget::Upstream(name) => {
-                let pool = table.pool(&route, name)?;
+            RouteTarget::Upstream(_) => {
+                let pool = table.pool(&route)?;
                 let host = host.map(Host::as_str);
                 let fwd = http::Forward {
                     metrics: self.access.metrics(),
@@ -380,8 +380,8 @@ impl Proxy {
                 hold.log.counts_messages = false;
                 Ok(self.apps.chat.accept(req, &route.cfg.path, hold)?)
             }
-            RouteTarget::Upstream(name) => {
-                let pool = table.pool(route, name)?.clone();
+            RouteTarget::Upstream(_) => {
+                let pool = table.pool(route)?.clone();
                 let tunnel = ws::Tunnel {
                     session,
                     metrics: self.access.metrics(),
