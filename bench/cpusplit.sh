@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Where each proxy's CPU per operation goes, user space against kernel, and the
 # backend's share of the same core (issue 19): S4 (HTTP keep-alive, per
-# request: wrk -t1 -c100) and S5 (new proxied WebSockets, per connection:
-# wsbench connrate, 32 in flight, as run.sh), for wsgate, nginx (one worker)
+# request: wrk -t1 -c100), S5 (new proxied WebSockets, per connection:
+# wsbench connrate, 32 in flight, as run.sh) and S1 (proxied WebSocket echo,
+# per message, 100 connections: S1-32-1 is 32 B at depth 1, S1-16384-8
+# 16 KiB at depth 8, any SIZE-DEPTH), for wsgate, nginx (one worker)
 # and HAProxy (nbthread 1), configured as bench/callgrind.sh configures them.
 # Proxy and backend share SERVER_CPU (0), the load runs on LOAD_CPU (1), as in
 # run.sh. ROUNDS (3) rounds, the three proxies interleaved in each; medians.
@@ -54,13 +56,17 @@ load() {
       awk '$2 == "requests" && $3 == "in" {print $1}' ;;
     S5) taskset -c "$LOAD_CPU" "$WSB" connrate --url ws://127.0.0.1:28080/ws/ --concurrency 32 \
       --duration "$2" --src-ips 100 | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
+    S1-*) local size depth
+      IFS=- read -r _ size depth <<<"$1"
+      taskset -c "$LOAD_CPU" "$WSB" echo --url ws://127.0.0.1:28080/ws/ --conns 100 --size "$size" \
+        --depth "$depth" --duration "$2" --src-ips 20 | python3 -c 'import json,sys; print(json.load(sys.stdin)["msgs"])' ;;
   esac
 }
 
 # measure SCEN TARGET ROUND: one line "SCEN TARGET ROUND ops user_ticks sys_ticks backend_ticks"
 measure() {
   local scen=$1 target=$2 round=$3 backend pid n u0 s0 u1 s1 bu0 bs0 bu1 bs1
-  backend=$HTTP_UP; [ "$scen" = S5 ] && backend=$WS_UP
+  backend=$WS_UP; [ "$scen" = S4 ] && backend=$HTTP_UP
   local kind=$target bin=$WSGATE
   case "$target" in *=*) kind=wsgate bin=${target#*=} target=${target%%=*} ;; esac
   serve_cmd "$kind" "$OUT" "$OUT/$target" "$bin"
@@ -98,7 +104,7 @@ for scen, target, _round, n, u, s, b in rows:
         (n, int(u) * tick_us / n, int(s) * tick_us / n, int(b) * tick_us / n))
 unit = {"S4": "request", "S5": "connection"}
 for scen in dict.fromkeys(s for (s, _) in per):
-    print(f"{scen}: CPU per {unit[scen]}, µs (median of rounds; min-max)")
+    print(f"{scen}: CPU per {unit.get(scen, 'message')}, µs (median of rounds; min-max)")
     print(f"  {'proxy':8} {'ops/s':>8} {'user':>14} {'kernel':>16} {'backend':>8}")
     med = {}
     for target in dict.fromkeys(t for (s, t) in per if s == scen):

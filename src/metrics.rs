@@ -112,6 +112,8 @@ pub struct Metrics {
     pub ws_buffered_bytes: Gauge,
     /// App sessions the budget closed (1013).
     pub ws_budget_closed: Counter,
+    /// Bytes of byte-spliced sessions moved by `splice(2)`, not copied.
+    pub splice_zero_copy_bytes: Counter,
     /// WebSocket sessions a drain closed, by kind.
     pub drain_closed: Family<DrainKind, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
@@ -154,6 +156,7 @@ impl Metrics {
             ws_bytes: Family::default(),
             ws_buffered_bytes: Gauge::default(),
             ws_budget_closed: Counter::default(),
+            splice_zero_copy_bytes: Counter::default(),
             drain_closed: Family::default(),
             upstream_up: Family::default(),
             tls_cert_expiry: Family::default(),
@@ -233,6 +236,11 @@ impl Metrics {
             "ws_budget_closed",
             "App WebSocket sessions closed (1013) because server.max_buffered was exceeded",
             m.ws_budget_closed.clone(),
+        );
+        r.register(
+            "splice_zero_copy_bytes",
+            "Bytes of byte-spliced WebSocket sessions moved by splice(2), without a copy through user space",
+            m.splice_zero_copy_bytes.clone(),
         );
         r.register(
             "drain_closed",

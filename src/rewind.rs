@@ -45,6 +45,17 @@ impl<IO> Rewind<IO> {
         };
         Rewind { prefix, io }
     }
+
+    /// The stream inside, once every byte put back in front is read: only
+    /// then may it be read from directly.
+    pub fn drained(&self) -> Option<&IO> {
+        self.prefix.is_empty().then_some(&self.io)
+    }
+
+    /// The stream inside, to write to (what waits in front is only read).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {

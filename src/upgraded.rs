@@ -6,6 +6,7 @@
 //! where they would call `hyper::upgrade::on`. A leaf of the crate but for
 //! [`crate::rewind`].
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,8 +19,16 @@ use tokio::sync::oneshot;
 use crate::rewind::Rewind;
 
 /// Any client stream: TCP, TLS, behind a PROXY header.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The stream as its own type, for a session that can use more than
+    /// reads and writes of it (the byte splice's `splice(2)` of a TCP socket).
+    fn as_any(&self) -> &dyn Any;
+}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 
 /// Why an answered upgrade has no connection to give.
 #[derive(Debug, thiserror::Error)]

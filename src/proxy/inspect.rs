@@ -196,6 +196,7 @@ where
             shared.messages[0].load(Ordering::Relaxed),
             shared.messages[1].load(Ordering::Relaxed),
         )),
+        zero_copy: 0,
     }
 }
 

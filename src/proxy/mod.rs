@@ -21,6 +21,7 @@ pub mod headers;
 pub mod http;
 pub mod inspect;
 mod inspect_config;
+pub mod kernel_pipe;
 pub mod phases;
 pub mod rate_limit;
 pub mod scan;

@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use super::kernel_pipe::{KernelPipe, SpliceSocket};
+
 /// Why a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpliceEnd {
@@ -48,6 +50,9 @@ pub struct SpliceStats {
     pub bytes_out: u64,
     /// Messages (client → upstream, upstream → client): inspected splices only.
     pub messages: Option<(u64, u64)>,
+    /// Of the bytes both ways, those moved by `splice(2)` without a copy
+    /// through user space.
+    pub zero_copy: u64,
 }
 
 /// Largest read in one go. Big enough for a 16 KiB message and its frame
@@ -55,13 +60,21 @@ pub struct SpliceStats {
 /// session, so an idle session holds no copy buffer at all.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A read at least this large switches its direction to `splice(2)` through
+/// a pipe (when both sides are plain TCP), and a splice smaller than this
+/// switches it back. Below it the two copies cost less than the pipe's
+/// bookkeeping, and the kernel copies a small message into a page for the
+/// pipe anyway.
+const SPLICE_FROM: usize = 8 * 1024;
+
 /// Copies both ways until done (the upstream's EOF relayed to the client, or an
 /// error).
 ///
 /// Unlike `tokio::io::copy_bidirectional`, which allocates a buffer per
 /// direction for the whole session, data is read into a stack buffer and
 /// written straight out; only bytes the peer is not ready to take are kept, in
-/// a heap buffer sized to them, until they are written.
+/// a heap buffer sized to them, until they are written. Large messages between
+/// two plain TCP sockets skip user space: see [`super::kernel_pipe`].
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
@@ -69,8 +82,8 @@ pub async fn splice<C, U>(
     stop: CancellationToken,
 ) -> SpliceStats
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + SpliceSocket + Unpin,
+    U: AsyncRead + AsyncWrite + SpliceSocket + Unpin,
 {
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
@@ -80,6 +93,7 @@ where
         to_upstream: Pipe::new(bytes_in.clone()),
         to_client: Pipe::new(bytes_out.clone()),
     };
+    tokio::pin!(copy);
     let total = || bytes_in.load(Ordering::Relaxed) + bytes_out.load(Ordering::Relaxed);
     let watchdog = async {
         // Checks twice per period; a session is cut after between 1 and 1.5
@@ -102,7 +116,7 @@ where
         }
     };
     let end = tokio::select! {
-        r = copy => if r.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Error },
+        r = &mut copy => if r.is_ok() { SpliceEnd::Closed } else { SpliceEnd::Error },
         _ = watchdog => SpliceEnd::Idle,
         _ = stop.cancelled() => SpliceEnd::Drain,
     };
@@ -111,6 +125,7 @@ where
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
         messages: None,
+        zero_copy: copy.to_upstream.zero_copy + copy.to_client.zero_copy,
     }
 }
 
@@ -125,8 +140,8 @@ struct Bidirectional<C, U> {
 
 impl<C, U> Future for Bidirectional<C, U>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + SpliceSocket + Unpin,
+    U: AsyncRead + AsyncWrite + SpliceSocket + Unpin,
 {
     type Output = io::Result<()>;
 
@@ -163,8 +178,15 @@ where
 struct Pipe {
     /// Bytes read but not yet accepted by the writer (only while it is slow).
     backlog: Vec<u8>,
-    /// How much of `backlog` is already written.
-    written: usize,
+    /// Bytes spliced in but not yet out (only while a message is on its way):
+    /// a pooled pipe, given back once empty.
+    kernel: Option<KernelPipe>,
+    /// Moving large messages by `splice(2)` (see [`SPLICE_FROM`]).
+    large: bool,
+    /// Bytes moved that way.
+    zero_copy: u64,
+    /// How much of `backlog` is already written (at most one read's worth).
+    written: u32,
     /// Bytes handed to the writer since the last flush.
     unflushed: bool,
     eof: bool,
@@ -176,6 +198,9 @@ impl Pipe {
     fn new(count: Arc<AtomicU64>) -> Self {
         Self {
             backlog: Vec::new(),
+            kernel: None,
+            large: false,
+            zero_copy: 0,
             written: 0,
             unflushed: false,
             eof: false,
@@ -191,8 +216,8 @@ impl Pipe {
         w: &mut W,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: AsyncRead + SpliceSocket + Unpin,
+        W: AsyncWrite + SpliceSocket + Unpin,
     {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -200,33 +225,98 @@ impl Pipe {
         let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
             ready!(self.poll_backlog(cx, w))?;
+            ready!(self.poll_kernel_out(cx, w))?;
             if self.eof {
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            if self.large {
+                match self.poll_kernel_in(cx, r) {
+                    Some(Poll::Ready(Ok(n))) => {
+                        self.took(n);
+                        self.zero_copy += n as u64;
+                        self.large = n >= SPLICE_FROM;
+                        continue;
+                    }
+                    Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                    Some(Poll::Pending) => return self.poll_idle_flush(cx, w),
+                    // No pipe to be had: copy this one.
+                    None => self.large = false,
+                }
+            }
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut *r).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // Nothing to read: push out what the writer buffered (TLS)
-                    // before sleeping.
-                    if self.unflushed {
-                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.poll_idle_flush(cx, w),
             }
             let data = buf.filled();
+            self.took(data.len());
             if data.is_empty() {
-                self.eof = true;
                 continue;
             }
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.large =
+                data.len() >= SPLICE_FROM && r.tcp_to_read().is_some() && w.tcp().is_some();
             self.write_or_keep(cx, w, data)?;
         }
+    }
+
+    /// Counts `n` bytes read; none is the reader's EOF.
+    fn took(&mut self, n: usize) {
+        if n == 0 {
+            self.eof = true;
+        }
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Nothing to read: pushes out what the writer buffered (TLS) before
+    /// sleeping.
+    fn poll_idle_flush<W>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        if self.unflushed {
+            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Pending
+    }
+
+    /// Splices what the reader has into a pooled pipe; `None` when the reader
+    /// is no longer a bare socket or no pipe is to be had. The pipe goes back
+    /// to the pool unless it now holds bytes.
+    fn poll_kernel_in<R>(&mut self, cx: &mut Context<'_>, r: &R) -> Option<Poll<io::Result<usize>>>
+    where
+        R: SpliceSocket,
+    {
+        let from = r.tcp_to_read()?;
+        let mut pipe = KernelPipe::take()?;
+        let res = pipe.poll_fill(cx, from);
+        if pipe.is_empty() {
+            pipe.give_back();
+        } else {
+            self.kernel = Some(pipe);
+        }
+        Some(res)
+    }
+
+    /// Splices out what the pipe holds; ready once it is empty (and back in
+    /// the pool).
+    fn poll_kernel_out<W>(&mut self, cx: &mut Context<'_>, w: &W) -> Poll<io::Result<()>>
+    where
+        W: SpliceSocket,
+    {
+        let Some(pipe) = self.kernel.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        // Filled only when the writer was a socket; it still is.
+        let to = w.tcp().ok_or(io::ErrorKind::Unsupported)?;
+        ready!(pipe.poll_drain(cx, to))?;
+        if let Some(pipe) = self.kernel.take() {
+            pipe.give_back();
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Writes `data` directly; whatever the writer does not take now goes to
@@ -256,12 +346,13 @@ impl Pipe {
     where
         W: AsyncWrite + Unpin,
     {
-        while self.written < self.backlog.len() {
-            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.backlog[self.written..]))?;
+        while (self.written as usize) < self.backlog.len() {
+            let left = &self.backlog[self.written as usize..];
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, left))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.written += n;
+            self.written += n.min(left.len()) as u32;
             self.unflushed = true;
         }
         if !self.backlog.is_empty() {
@@ -273,10 +364,23 @@ impl Pipe {
 }
 
 #[cfg(test)]
+#[path = "splice_tcp_tests.rs"]
+mod tcp_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::task::JoinHandle;
+
+    impl SpliceSocket for DuplexStream {
+        fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+            None
+        }
+        fn tcp_to_read(&self) -> Option<&tokio::net::TcpStream> {
+            None
+        }
+    }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)

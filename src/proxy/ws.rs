@@ -280,6 +280,10 @@ impl Tunnel<'_> {
             };
             // Inspected sessions count their messages and close codes themselves.
             hold.log.record_splice(stats.bytes_in, stats.bytes_out);
+            hold.log
+                .metrics()
+                .splice_zero_copy_bytes
+                .inc_by(stats.zero_copy);
             if stats.end == SpliceEnd::Drain {
                 hold.log.drained(if stats.messages.is_some() {
                     "inspect"

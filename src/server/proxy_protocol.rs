@@ -215,6 +215,16 @@ impl<S> Prefixed<S> {
     pub fn plain(inner: S) -> Self {
         Self::new(inner, Vec::new())
     }
+
+    /// The stream inside, once the bytes read past the header are served.
+    pub fn drained(&self) -> Option<&S> {
+        (self.pos >= self.prefix.len()).then_some(&self.inner)
+    }
+
+    /// The stream inside, to write to.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
