@@ -4,10 +4,10 @@
 //! into user space and back (two copies per message per direction).
 //!
 //! Used only where it pays and where it is safe: both sides plain TCP with
-//! nothing buffered in front of the socket ([`SpliceSocket`]), and a read
-//! large enough that the copies outweigh the pipe's bookkeeping (the splice
-//! decides; see `proxy::splice`). Small messages keep the plain read and
-//! write: the kernel would copy their bytes into a page for the pipe anyway.
+//! nothing buffered in front of the socket ([`SpliceSocket`]), and bulk
+//! reads (the splice decides; see `proxy::splice`). Messages up to tens of
+//! KiB keep the plain read and write: copying them while cache-hot costs
+//! about what the pipe does (measured, bench/NOTES.md).
 //!
 //! Pipes are pooled per worker thread, as HAProxy does: a direction takes one
 //! when it splices a message in and gives it back once the message is out, so
@@ -19,10 +19,11 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 
+use rustix::io::Errno;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -32,11 +33,14 @@ use crate::server::proxy_protocol::Prefixed;
 use crate::upgraded::Io;
 use crate::upstream::dial::UpStream;
 
-/// The most pipes alive at once, each two descriptors.
-pub const MAX_PIPES: usize = 1024;
+/// The most pipes alive at once, each two descriptors. Their pages (16 each
+/// when full) stay a quarter of Linux's default per-user pipe allowance
+/// (`pipe-user-pages-soft`, 16 384), leaving room for a second process
+/// during a binary upgrade: past that allowance new pipes get two pages.
+pub const MAX_PIPES: usize = 256;
 
 /// Idle pipes a worker thread keeps for reuse; more are closed.
-const POOL_PER_THREAD: usize = 16;
+const POOL_PER_THREAD: usize = 8;
 
 /// Most bytes moved into a pipe at once: its default capacity (16 pages).
 pub const PIPE_CHUNK: usize = 64 * 1024;
@@ -114,6 +118,9 @@ impl KernelPipe {
     /// A pipe from this thread's pool, or a new one while under the cap;
     /// `None` past the cap or when the kernel gives none (the caller copies).
     pub fn take() -> Option<KernelPipe> {
+        if DISABLED.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Some(p) = POOL.with(|pool| pool.borrow_mut().pop()) {
             return Some(p);
         }
@@ -152,26 +159,30 @@ impl KernelPipe {
         self.held == 0
     }
 
-    /// Moves up to [`PIPE_CHUNK`] bytes from `from` into the (empty) pipe:
-    /// `Ready(Ok(0))` at `from`'s EOF.
+    /// Moves up to [`PIPE_CHUNK`] bytes from `from` into the (empty) pipe,
+    /// once `from` is readable. `Ready(Ok(0))` when nothing moved: the
+    /// caller reads with `recv` to learn why. That is the socket's EOF, an
+    /// empty socket (tokio then clears its readiness, which this leaves
+    /// alone), or TCP urgent data, where `splice(2)` stops for good and
+    /// `recv` steps over the urgent byte. It is also returned, with
+    /// zero-copy turned off for the process, when the kernel refuses
+    /// `splice(2)` itself (a seccomp filter, a socket type without it).
     pub fn poll_fill(&mut self, cx: &mut Context<'_>, from: &TcpStream) -> Poll<io::Result<usize>> {
         debug_assert_eq!(self.held, 0);
-        loop {
-            ready!(from.poll_read_ready(cx))?;
-            // An empty pipe has room for at least one buffer, so `EAGAIN`
-            // here can only mean the socket has nothing: tokio clears its
-            // readiness and the next poll waits for more.
-            let moved = from.try_io(Interest::READABLE, || {
-                splice(from, None, &self.write, None, PIPE_CHUNK, flags()).map_err(io::Error::from)
-            });
-            match moved {
-                Ok(n) => {
-                    self.held = n.min(PIPE_CHUNK) as u32;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+        ready!(from.poll_read_ready(cx))?;
+        match splice(from, None, &self.write, None, PIPE_CHUNK, flags()) {
+            Ok(n) => {
+                self.held = n.min(PIPE_CHUNK) as u32;
+                Poll::Ready(Ok(n))
             }
+            Err(e) if e == Errno::AGAIN => Poll::Ready(Ok(0)),
+            Err(e) if refused(e) => {
+                if !DISABLED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "splice(2) refused; byte splices copy from now on");
+                }
+                Poll::Ready(Ok(0))
+            }
+            Err(e) => Poll::Ready(Err(e.into())),
         }
     }
 
@@ -207,7 +218,16 @@ fn flags() -> SpliceFlags {
     SpliceFlags::MOVE | SpliceFlags::NONBLOCK
 }
 
+/// Errors that say `splice(2)` itself is unavailable, not that this socket
+/// failed: nothing moved, so copying instead loses nothing.
+fn refused(e: Errno) -> bool {
+    [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP].contains(&e)
+}
+
 static ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once the kernel refuses `splice(2)`: every splice copies after it.
+static DISABLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static POOL: RefCell<Vec<KernelPipe>> = const { RefCell::new(Vec::new()) };
@@ -224,11 +244,6 @@ fn cap() -> usize {
             .unwrap_or(MAX_PIPES)
             .min(MAX_PIPES)
     })
-}
-
-/// Pipes alive now (in use or pooled): for tests.
-pub fn alive() -> usize {
-    ALIVE.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -259,7 +274,14 @@ mod tests {
         loop {
             let n = poll_fn(|cx| pipe.poll_fill(cx, &from)).await.unwrap();
             if n == 0 {
-                break;
+                // Nothing moved: `recv` says whether that was the EOF (and
+                // clears tokio's readiness when it was only an empty socket).
+                match from.try_read(&mut [0u8; 1]) {
+                    Ok(0) => break,
+                    Ok(_) => panic!("recv found bytes splice(2) did not move"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("{e}"),
+                }
             }
             moved += n;
             poll_fn(|cx| pipe.poll_drain(cx, &to)).await.unwrap();
@@ -281,5 +303,22 @@ mod tests {
         let again = KernelPipe::take().unwrap();
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&again.read), fd);
         again.give_back();
+    }
+
+    /// A plain listener's stream, boxed as the fast path hands it over, is
+    /// found behind the box; it may be written at once but read directly
+    /// only once the bytes read past the PROXY header are served.
+    #[tokio::test]
+    async fn the_boxed_client_socket_is_read_directly_only_once_drained() {
+        let (_far, near) = pair().await;
+        let mut boxed: Box<dyn Io> = Box::new(Prefixed::new(near, b"abc".to_vec()));
+        assert!(boxed.tcp().is_some());
+        assert!(boxed.tcp_to_read().is_none(), "bytes wait in front");
+        let mut first = [0u8; 3];
+        boxed.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"abc");
+        assert!(boxed.tcp_to_read().is_some());
+        let tls_like: Box<dyn Io> = Box::new(tokio::io::duplex(64).0);
+        assert!(tls_like.tcp().is_none() && tls_like.tcp_to_read().is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! The byte splice between real TCP sockets, where large messages go by
 //! `splice(2)` through a pooled pipe and small ones are copied.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,13 +9,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{splice, SpliceEnd, SPLICE_FROM};
+use tokio::task::JoinHandle;
+
+use super::{splice, SpliceEnd, SpliceStats, SPLICE_FROM};
 use crate::rewind::Rewind;
+
+/// `f`, or a failed test if it takes longer than a session could.
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("the splice stalled")
+}
 
 async fn pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     (c, l.accept().await.unwrap().0)
+}
+
+/// How long a test's session may sit idle: longer than any test runs.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A splice between two fresh socket pairs: the client's far end, the
+/// upstream's far end, and the session.
+async fn start() -> (TcpStream, TcpStream, JoinHandle<SpliceStats>) {
+    let (client_far, client) = pair().await;
+    let (upstream, upstream_far) = pair().await;
+    let session = tokio::spawn(splice(client, upstream, IDLE, CancellationToken::new()));
+    (client_far, upstream_far, session)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -48,7 +70,7 @@ async fn ping_through(near: &mut TcpStream, far: &mut TcpStream, seed: u8) -> Ve
         let msg = pattern(len, seed.wrapping_add(i as u8));
         near.write_all(&msg).await.unwrap();
         let mut buf = vec![0; len];
-        far.read_exact(&mut buf).await.unwrap();
+        within(far.read_exact(&mut buf)).await.unwrap();
         assert!(buf == msg, "message {i} ({len} B) arrived changed");
         got.extend_from_slice(&buf);
     }
@@ -59,24 +81,21 @@ async fn ping_through(near: &mut TcpStream, far: &mut TcpStream, seed: u8) -> Ve
 /// in order and intact; the stats count both.
 #[tokio::test]
 async fn large_messages_go_by_the_kernel_small_ones_by_copy() {
-    let (mut client_far, client) = pair().await;
-    let (upstream, mut upstream_far) = pair().await;
-    let idle = Duration::from_secs(30);
-    let session = tokio::spawn(splice(client, upstream, idle, CancellationToken::new()));
+    let (mut client_far, mut upstream_far, session) = start().await;
     let total: usize = sizes().iter().sum();
     let up = ping_through(&mut client_far, &mut upstream_far, 1).await;
     let down = ping_through(&mut upstream_far, &mut client_far, 9).await;
     assert_eq!((up.len(), down.len()), (total, total));
     upstream_far.shutdown().await.unwrap();
     assert_eq!(client_far.read(&mut [0u8; 1]).await.unwrap(), 0);
-    let stats = tokio::time::timeout(idle, session).await.unwrap().unwrap();
+    let stats = within(session).await.unwrap();
     assert_eq!(stats.end, SpliceEnd::Closed);
     assert_eq!(
         (stats.bytes_in, stats.bytes_out),
         (total as u64, total as u64)
     );
-    // Every message after the first large one each way goes by the kernel
-    // while reads stay large; the small ones, and the first large read, do not.
+    // What follows a full read of a large message goes by the kernel, while
+    // splices stay large; the small messages never do.
     let small: usize = sizes().iter().filter(|&&n| n < SPLICE_FROM).sum();
     assert!(stats.zero_copy > 0, "nothing went by splice(2)");
     assert!(
@@ -91,10 +110,7 @@ async fn large_messages_go_by_the_kernel_small_ones_by_copy() {
 /// more is read meanwhile; everything still arrives in order.
 #[tokio::test]
 async fn a_slow_reader_gets_every_byte_in_order() {
-    let (mut client_far, client) = pair().await;
-    let (upstream, mut upstream_far) = pair().await;
-    let idle = Duration::from_secs(30);
-    let session = tokio::spawn(splice(client, upstream, idle, CancellationToken::new()));
+    let (mut client_far, mut upstream_far, session) = start().await;
     let data = pattern(8 * 1024 * 1024, 3);
     let sent = data.clone();
     let writer = tokio::spawn(async move {
@@ -107,7 +123,7 @@ async fn a_slow_reader_gets_every_byte_in_order() {
     let mut got = Vec::with_capacity(data.len());
     let mut buf = [0u8; 1500];
     loop {
-        let n = upstream_far.read(&mut buf).await.unwrap();
+        let n = within(upstream_far.read(&mut buf)).await.unwrap();
         if n == 0 {
             break;
         }
@@ -123,7 +139,7 @@ async fn a_slow_reader_gets_every_byte_in_order() {
     let mut client_far = writer.await.unwrap();
     upstream_far.shutdown().await.unwrap();
     assert_eq!(client_far.read(&mut [0u8; 1]).await.unwrap(), 0);
-    let stats = tokio::time::timeout(idle, session).await.unwrap().unwrap();
+    let stats = within(session).await.unwrap();
     assert_eq!(stats.bytes_in, data.len() as u64);
     assert!(stats.zero_copy > 0, "nothing went by splice(2)");
 }
@@ -136,12 +152,11 @@ async fn bytes_put_back_in_front_go_first() {
     let (upstream, mut upstream_far) = pair().await;
     let ahead = pattern(100_000, 5);
     let client = Rewind::new(Bytes::from(ahead.clone()), client);
-    let idle = Duration::from_secs(30);
-    let session = tokio::spawn(splice(client, upstream, idle, CancellationToken::new()));
+    let session = tokio::spawn(splice(client, upstream, IDLE, CancellationToken::new()));
     let behind = pattern(50_000, 6);
     client_far.write_all(&behind).await.unwrap();
     let mut got = vec![0; ahead.len() + behind.len()];
-    upstream_far.read_exact(&mut got).await.unwrap();
+    within(upstream_far.read_exact(&mut got)).await.unwrap();
     assert!(
         got[..ahead.len()] == ahead[..],
         "the bytes in front came out changed"
@@ -151,6 +166,72 @@ async fn bytes_put_back_in_front_go_first() {
         "the socket's bytes came out changed"
     );
     drop(upstream_far);
-    let stats = tokio::time::timeout(idle, session).await.unwrap().unwrap();
+    let stats = within(session).await.unwrap();
     assert_eq!(stats.bytes_in, got.len() as u64);
+}
+
+/// Starts a splice between two fresh pairs and puts its client → upstream
+/// direction into kernel mode: a full read, then a full splice, both
+/// delivered. Returns the far ends and the session.
+async fn in_kernel_mode() -> (
+    TcpStream,
+    TcpStream,
+    tokio::task::JoinHandle<super::SpliceStats>,
+) {
+    let (mut client_far, mut upstream_far, session) = start().await;
+    let bulk = pattern(2 * super::READ_CHUNK, 4);
+    client_far.write_all(&bulk).await.unwrap();
+    let mut got = vec![0; bulk.len()];
+    within(upstream_far.read_exact(&mut got)).await.unwrap();
+    assert!(got == bulk, "the bulk came out changed");
+    (client_far, upstream_far, session)
+}
+
+/// `splice(2)` stops for good at TCP urgent data, returning "nothing" (or
+/// 0 once a FIN follows); a plain read steps over the urgent byte, as the
+/// copy path always did. Neither a stall nor a false EOF: every byte after
+/// it arrives, then the EOF.
+#[tokio::test]
+async fn urgent_data_in_kernel_mode_neither_stalls_nor_ends_the_session() {
+    let (mut client_far, mut upstream_far, session) = in_kernel_mode().await;
+    rustix::net::send(&client_far, b"!", rustix::net::SendFlags::OOB).unwrap();
+    let after = pattern(20_000, 8);
+    client_far.write_all(&after).await.unwrap();
+    client_far.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    within(upstream_far.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got.len(), after.len(), "bytes after the urgent byte");
+    assert!(
+        got == after,
+        "the bytes after the urgent byte came out changed"
+    );
+    upstream_far.shutdown().await.unwrap();
+    let stats = within(session).await.unwrap();
+    assert!(stats.zero_copy > 0, "the direction never went by splice(2)");
+}
+
+/// The upstream's EOF, met while its direction moves by `splice(2)`, ends
+/// the session once everything before it is with the client.
+#[tokio::test]
+async fn the_upstreams_eof_in_kernel_mode_ends_the_session_after_its_bytes() {
+    let (mut client_far, mut upstream_far, session) = start().await;
+    let down = pattern(1_000_000, 2);
+    let sent = down.clone();
+    let writer = tokio::spawn(async move {
+        upstream_far.write_all(&sent).await.unwrap();
+        upstream_far.shutdown().await.unwrap();
+        upstream_far
+    });
+    let mut got = Vec::new();
+    within(client_far.read_to_end(&mut got)).await.unwrap();
+    assert!(
+        got == down,
+        "{} of {} bytes, or changed",
+        got.len(),
+        down.len()
+    );
+    let stats = within(session).await.unwrap();
+    assert_eq!(stats.end, SpliceEnd::Closed);
+    assert!(stats.zero_copy > 0, "nothing went by splice(2)");
+    drop(writer.await.unwrap());
 }

@@ -241,7 +241,7 @@ async fn echo_sizes<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    for (i, len) in [100_000usize, 20, 70_000, 16_400, 16_400, 9, 100_000]
+    for (i, len) in [300_000usize, 20, 200_000, 16_400, 16_400, 9, 300_000]
         .into_iter()
         .enumerate()
     {
@@ -257,9 +257,10 @@ where
     while ws.next().await.is_some() {}
 }
 
-/// Large messages between plain TCP sockets go by `splice(2)`, counted in
-/// `wsgate_splice_zero_copy_bytes_total`, and arrive intact both ways; over
-/// TLS the same messages are copied, as they must be.
+/// Bulk messages (more than one 64 KiB read) between plain TCP sockets go
+/// by `splice(2)`, counted in `wsgate_splice_zero_copy_bytes_total`, and
+/// arrive intact both ways; over TLS the same messages are copied, as they
+/// must be.
 #[tokio::test]
 async fn large_messages_cross_a_plain_splice_without_a_copy() {
     let up = ws_echo_upstream(None).await;
