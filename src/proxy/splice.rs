@@ -78,8 +78,9 @@ const SPLICE_UNTIL: usize = 8 * 1024;
 /// Unlike `tokio::io::copy_bidirectional`, which allocates a buffer per
 /// direction for the whole session, data is read into a stack buffer and
 /// written straight out; only bytes the peer is not ready to take are kept, in
-/// a heap buffer sized to them, until they are written. Large messages between
-/// two plain TCP sockets skip user space: see [`super::kernel_pipe`].
+/// a heap buffer sized to them, until they are written. Bulk data between two
+/// plain TCP sockets skips user space: see [`SPLICE_FROM`] and
+/// [`super::kernel_pipe`].
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
