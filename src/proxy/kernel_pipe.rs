@@ -37,13 +37,13 @@ use crate::upstream::dial::UpStream;
 /// when full) stay a quarter of Linux's default per-user pipe allowance
 /// (`pipe-user-pages-soft`, 16 384), leaving room for a second process
 /// during a binary upgrade: past that allowance new pipes get two pages.
-pub const MAX_PIPES: usize = 256;
+const MAX_PIPES: usize = 256;
 
 /// Idle pipes a worker thread keeps for reuse; more are closed.
 const POOL_PER_THREAD: usize = 8;
 
 /// Most bytes moved into a pipe at once: its default capacity (16 pages).
-pub const PIPE_CHUNK: usize = 64 * 1024;
+const PIPE_CHUNK: usize = 64 * 1024;
 
 /// A stream whose TCP socket the kernel can splice from and to.
 pub trait SpliceSocket {

@@ -187,7 +187,7 @@ struct Pipe {
     /// Bytes spliced in but not yet out (only while a message is on its way):
     /// a pooled pipe, given back once empty.
     kernel: Option<KernelPipe>,
-    /// Moving large messages by `splice(2)` (see [`SPLICE_FROM`]).
+    /// Moving bulk data by `splice(2)` (see [`SPLICE_FROM`]).
     large: bool,
     /// Bytes moved that way.
     zero_copy: u64,

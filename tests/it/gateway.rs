@@ -383,17 +383,12 @@ async fn h2_clients_are_proxied_to_http1_upstreams() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path(), "default", &["localhost"]);
+    let (ca, _) = write_cert(dir.path(), "default", &["localhost"]);
     let toml = Cfg::new()
         .listener_tls("{dir}/default.crt", "{dir}/default.key")
         .upstream("u", &[up])
         .route_upstream("/", "u")
         .build();
-    let ca = dir
-        .path()
-        .join("default.crt")
-        .to_string_lossy()
-        .into_owned();
     let gw = TestGateway::start_in(&toml, dir).await;
     let s = tls_connect(gw.https(), tls_client(&ca, &[b"h2"]), "localhost").await;
     let r = send_h2(

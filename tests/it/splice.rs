@@ -265,12 +265,7 @@ where
 async fn large_messages_cross_a_plain_splice_without_a_copy() {
     let up = ws_echo_upstream(None).await;
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path(), "default", &["localhost"]);
-    let ca = dir
-        .path()
-        .join("default.crt")
-        .to_string_lossy()
-        .into_owned();
+    let (ca, _) = write_cert(dir.path(), "default", &["localhost"]);
     let gw = TestGateway::start_in(&splice(up, true).admin().build(), dir).await;
     let admin = gw.admin();
     let scrape = || async move { get(admin, "/metrics").await.text() };

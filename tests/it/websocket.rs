@@ -335,12 +335,7 @@ async fn forwarded_headers_reach_the_ws_upstream() {
 async fn splices_wss() {
     let up = ws_echo_upstream(None).await;
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path(), "default", &["localhost"]);
-    let ca = dir
-        .path()
-        .join("default.crt")
-        .to_string_lossy()
-        .into_owned();
+    let (ca, _) = write_cert(dir.path(), "default", &["localhost"]);
     let gw = TestGateway::start_in(&splice_cfg(up, true), dir).await;
     let tls = tls_connect(gw.https(), tls_client(&ca, &[b"http/1.1"]), "localhost").await;
     let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
@@ -397,12 +392,7 @@ async fn h2_websocket(
 async fn splices_and_serves_echo_over_http2() {
     let up = ws_echo_upstream(Some("v2")).await;
     let dir = tempfile::tempdir().unwrap();
-    write_cert(dir.path(), "default", &["localhost"]);
-    let ca = dir
-        .path()
-        .join("default.crt")
-        .to_string_lossy()
-        .into_owned();
+    let (ca, _) = write_cert(dir.path(), "default", &["localhost"]);
     let toml = splice(up, true).route_app("/echo", "echo").build();
     let gw = TestGateway::start_in(&toml, dir).await;
     // Spliced to an HTTP/1.1 upstream, subprotocol negotiated end to end.
