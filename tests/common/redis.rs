@@ -1,5 +1,5 @@
 //! A `redis-server` child on a free port for cluster tests (`tests/it/cluster.rs`,
-//! `tests/limits.rs`): started and waited for with PING, killed on drop.
+//! `tests/limits/cluster.rs`): started and waited for with PING, killed on drop.
 //! `redis-server` must be installed (`scripts/test.sh` installs it); without
 //! it these tests fail, never skip.
 

@@ -1,0 +1,241 @@
+//! Health and retries: active and passive health taking servers out (and
+//! back), the all-down 502 fast path, and which requests are retried (and
+//! never once a response byte arrived).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{
+    addrs, api, backend_of, gateway, half_response_upstream, is_up, pool, req, server, ws_close,
+    ws_open, Upstream,
+};
+use crate::common::{dead_addr, eventually, get, send, WAIT};
+
+// ---------------------------------------------------------------------------
+// Health.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn active_health_takes_a_server_out_and_brings_it_back() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = gateway(
+        api(&addrs(&[&a, &b]))
+            .set("upstream.api.health.path", "/healthz")
+            .set("upstream.api.health.interval", "50ms")
+            .set("upstream.api.health.timeout", "1s")
+            .set("upstream.api.health.healthy", 2)
+            .set("upstream.api.health.unhealthy", 2),
+    )
+    .await;
+    a.set_health(503);
+    assert!(eventually(WAIT, || async { !is_up(&gw, a.addr) }).await);
+    assert!(!backend_of(&gw, a.addr).health().active_up());
+    let before = a.hits();
+    for _ in 0..10 {
+        assert_eq!(server(&get(gw.http(), "/").await), "b");
+    }
+    assert_eq!(a.hits(), before);
+
+    a.set_health(200);
+    assert!(eventually(WAIT, || async { is_up(&gw, a.addr) }).await);
+    let mut names = HashSet::new();
+    for _ in 0..4 {
+        names.insert(server(&get(gw.http(), "/").await));
+    }
+    assert!(names.contains("a"), "{names:?}");
+}
+
+#[tokio::test]
+async fn passive_health_marks_a_dead_server_down() {
+    let a = Upstream::start("a").await;
+    let dead = dead_addr().await;
+    let gw = gateway(
+        api(&[a.addr, dead])
+            .set("upstream.api.max_fails", 2)
+            .set("upstream.api.fail_timeout", "60s")
+            .set("upstream.api.retries", 1),
+    )
+    .await;
+    // Every request succeeds (retried on `a`) while the dead server fails twice.
+    let mut n = 0;
+    while is_up(&gw, dead) {
+        assert_eq!(server(&get(gw.http(), "/").await), "a");
+        n += 1;
+        assert!(n < 20, "the dead server was never marked down");
+    }
+    let down_for = backend_of(&gw, dead)
+        .health()
+        .passive_down_for(Instant::now());
+    assert!(
+        down_for.is_some_and(|d| d > Duration::from_secs(50)),
+        "{down_for:?}"
+    );
+    assert!(pool(&gw).cfg.health.is_none(), "passive health only");
+    // From now on it is skipped without a connection attempt: no retry needed.
+    let gw2 = gw.http();
+    for _ in 0..10 {
+        assert_eq!(server(&get(gw2, "/").await), "a");
+    }
+}
+
+#[tokio::test]
+async fn all_servers_down_answers_502_at_once() {
+    let (d1, d2) = (dead_addr().await, dead_addr().await);
+    let gw = gateway(
+        api(&[d1, d2])
+            .set("upstream.api.max_fails", 1)
+            .set("upstream.api.fail_timeout", "60s")
+            .set("upstream.api.retries", 1),
+    )
+    .await;
+    // The first request tries both and fails.
+    assert_eq!(get(gw.http(), "/").await.status, StatusCode::BAD_GATEWAY);
+    let p = pool(&gw);
+    assert!(p.backends().iter().all(|b| !p.is_up(b)));
+    let t0 = Instant::now();
+    for _ in 0..10 {
+        let r = get(gw.http(), "/").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            r.text().contains("no upstream server is available"),
+            "{}",
+            r.text()
+        );
+    }
+    // A WebSocket upgrade too.
+    let mut request = format!("ws://{}/ws", gw.http())
+        .into_client_request()
+        .expect("ws request");
+    request
+        .headers_mut()
+        .insert("host", HeaderValue::from_static("localhost"));
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::BAD_GATEWAY)
+        }
+        other => panic!("expected 502, got {other:?}"),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Retries.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_around_a_refused_server() {
+    let a = Upstream::start("a").await;
+    let dead = dead_addr().await;
+    // max_fails = 0: passive health off, so the dead server keeps being chosen.
+    let gw = gateway(
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 1),
+    )
+    .await;
+    for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"] {
+        for _ in 0..4 {
+            let r = send(gw.http(), req(method, "/", &[], "")).await;
+            assert_eq!(r.status, StatusCode::OK, "{method}");
+        }
+    }
+    assert_eq!(a.hits(), 20);
+    // WebSocket upgrades retry a refused connection too.
+    for _ in 0..4 {
+        let (ws, _, name) = ws_open(gw.http(), None, None).await;
+        assert_eq!(name, "a");
+        ws_close(ws).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_with_a_body_or_unsafe_methods_are_not_retried() {
+    let a = Upstream::start("a").await;
+    let dead = dead_addr().await;
+    let gw = gateway(
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 3),
+    )
+    .await;
+    for (method, body) in [
+        ("POST", "payload"),
+        ("PUT", "payload"),
+        ("POST", ""),
+        ("PATCH", ""),
+    ] {
+        let before = a.hits();
+        let mut failed = 0;
+        for _ in 0..4 {
+            let r = send(gw.http(), req(method, "/", &[], body)).await;
+            if r.status == StatusCode::BAD_GATEWAY {
+                failed += 1;
+            } else {
+                assert_eq!(r.status, StatusCode::OK);
+            }
+        }
+        // Round robin alternates: half of them went to the dead server and
+        // stayed failed; the others reached `a` exactly once each.
+        assert_eq!(failed, 2, "{method} with {body:?}");
+        assert_eq!(a.hits() - before, 2, "{method} with {body:?}");
+    }
+}
+
+#[tokio::test]
+async fn no_retry_once_a_response_byte_arrived() {
+    let a = Upstream::start("a").await;
+    let (half, half_hits) = half_response_upstream().await;
+    let gw = gateway(
+        api(&[half, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 1),
+    )
+    .await;
+    let mut failed = 0;
+    for _ in 0..6 {
+        let r = get(gw.http(), "/").await;
+        if r.status == StatusCode::BAD_GATEWAY {
+            failed += 1;
+        } else {
+            assert_eq!(server(&r), "a");
+        }
+    }
+    assert_eq!(failed, 3);
+    assert_eq!(half_hits.load(Ordering::SeqCst), 3);
+    assert_eq!(a.hits(), 3, "the half-answered GETs were not sent again");
+}
+
+#[tokio::test]
+async fn retries_zero_means_one_attempt() {
+    let a = Upstream::start("a").await;
+    let dead = dead_addr().await;
+    let gw = gateway(
+        api(&[dead, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 0),
+    )
+    .await;
+    let statuses: Vec<StatusCode> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(get(gw.http(), "/").await.status);
+        }
+        v
+    };
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::BAD_GATEWAY)
+            .count(),
+        2,
+        "{statuses:?}"
+    );
+}
