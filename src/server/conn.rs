@@ -131,7 +131,10 @@ macro_rules! drive {
         // deadline the fast path set for that head (`header_timeout` after it began
         // waiting for it); later heads are timed by hyper (HTTP/1.1).
         let first_deadline = tokio::time::sleep_until($deadline);
-        tokio::pin!(first_deadline);
+        // Made once, as the accept loop's: a `cancelled()` per wake-up would join
+        // and leave the token's waiter list under its lock on every request.
+        let shutdown = $sc.shutdown.token.cancelled();
+        tokio::pin!(first_deadline, shutdown);
         let mut waiting_first = true;
         let mut draining = false;
         let res = loop {
@@ -145,7 +148,7 @@ macro_rules! drive {
                         break None;
                     }
                 }
-                _ = $sc.shutdown.token.cancelled(), if !draining => {
+                _ = shutdown.as_mut(), if !draining => {
                     draining = true;
                     // The head handed over is on its way or already read (the
                     // connection's first, accepted just before the drain, as

@@ -281,3 +281,36 @@ async fn a_connection_accepted_before_the_drain_gets_its_request_answered() {
     assert_eq!(code, 1012);
     assert!(done);
 }
+
+/// An idle HTTP/2 connection (served by hyper, not the HTTP/1.1 fast path) is
+/// told to go away when the drain begins: it gets its GOAWAY and ends at once,
+/// not when the grace runs out and the gateway closes what is left.
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_away_when_the_drain_begins() {
+    // WAIT (10 s) is well inside the grace: a connection left to the grace
+    // fails the wait below.
+    let toml = Cfg::new()
+        .set("server.shutdown_grace", "30s")
+        .listener_plain()
+        .route_app("/echo", "echo")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let io = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let mut c = common::h2::handshake(io).await;
+    let req = http::Request::get("http://localhost/echo")
+        .body(())
+        .expect("request");
+    let (status, _) = c.get(req).await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "served over HTTP/2");
+
+    let drain = tokio::spawn(async move { gw.handle.shutdown().await });
+    let ended = tokio::time::timeout(WAIT, &mut c.conn)
+        .await
+        .expect("the connection ends once the drain begins")
+        .expect("connection task");
+    assert!(ended.is_ok(), "ended by GOAWAY, not an error: {ended:?}");
+    let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
+    assert!(done.expect("drain task"), "drained within the grace");
+}
