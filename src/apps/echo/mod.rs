@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::body::RequestBody;
-use futures_util::{FutureExt, SinkExt};
+use std::task::{Context, Poll};
+
+use futures_util::SinkExt;
 use http::{Request, Response};
 use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
@@ -130,6 +132,10 @@ where
     let drained = drain.cancelled();
     let evicted = account.evicted();
     tokio::pin!(timer, drained, evicted);
+    // The last turn ended on a read that found the socket empty, with this
+    // task's waker registered, and flushed all it echoed: the next turn's
+    // first poll need not ask the socket again (see [`turn`]).
+    let mut quiet = false;
     loop {
         tokio::select! {
             // The read first: woken by its socket, the session does not poll
@@ -138,34 +144,17 @@ where
             // client that always has a frame ready would then never let them
             // be polled, so each batch ends with a cheap look at all three.
             biased;
-            frame = ws.next_frame() => {
-                // Echo every frame already received before flushing once, so a
-                // pipelining client costs one write per batch, not per message.
-                let mut frame = frame;
-                let mut batch = 1;
-                loop {
-                    match on_read(frame, account, log) {
-                        Read::Echo(echo) => {
-                            let len = echo.payload().len();
-                            if ws.feed(echo).await.is_err() {
-                                return End::Finish;
-                            }
-                            log.message_out(len);
+            turn = turn(ws, account, log, std::mem::take(&mut quiet)) => {
+                match turn {
+                    Turn::End(end) => return end,
+                    Turn::Quiet => {}
+                    Turn::Unflushed => {
+                        if ws.flush().await.is_err() {
+                            return End::Finish;
                         }
-                        Read::Skip => {}
-                        Read::End(end) => return end,
                     }
-                    if batch == MAX_BATCH {
-                        break;
-                    }
-                    let Some(next) = ws.next_frame().now_or_never() else { break };
-                    frame = next;
-                    batch += 1;
                 }
                 timers.seen(tokio::time::Instant::now());
-                if ws.flush().await.is_err() {
-                    return End::Finish;
-                }
                 if account.is_evicted() {
                     return End::Evicted { read_failed: false };
                 }
@@ -173,6 +162,8 @@ where
                     return End::Drained;
                 }
                 if !timer.is_elapsed() {
+                    // Nothing awaited since that read: no wake-up was missed.
+                    quiet = matches!(turn, Turn::Quiet);
                     continue;
                 }
             }
@@ -192,6 +183,87 @@ where
         }
         timer.as_mut().reset(timers.next());
     }
+}
+
+/// What one turn of the echo loop did.
+enum Turn {
+    /// Every frame received was answered and the answers written, and the
+    /// read after them found the socket empty (this task's waker registered).
+    Quiet,
+    /// The answers still need their flush, which may wait: [`MAX_BATCH`]
+    /// frames answered and more may be there, or the socket is full.
+    Unflushed,
+    End(End),
+}
+
+/// Reads every frame already received and queues its answer, then flushes
+/// once: a pipelining client costs one write per batch, not per message.
+/// Resolves once a frame was read. Polled as one function with the task's own
+/// waker: the batch's last read, the one that finds the socket empty,
+/// registers the task, so with `quiet` (the last turn ended so and nothing
+/// was awaited since) the first poll need not ask the socket again.
+fn turn<'a, S>(
+    ws: &'a mut WebSocket<S>,
+    account: &'a Account,
+    log: &'a mut SessionLog,
+    quiet: bool,
+) -> impl std::future::Future<Output = Turn> + 'a
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut skip = quiet;
+    std::future::poll_fn(move |cx| {
+        if std::mem::take(&mut skip) {
+            return Poll::Pending;
+        }
+        poll_turn(ws, cx, account, log)
+    })
+}
+
+fn poll_turn<S>(
+    ws: &mut WebSocket<S>,
+    cx: &mut Context<'_>,
+    account: &Account,
+    log: &mut SessionLog,
+) -> Poll<Turn>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut frames = 0;
+    while frames < MAX_BATCH {
+        // Room for an answer before a frame is taken: a client that does not
+        // read its echoes is not read from either.
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(Turn::End(End::Finish)),
+            Poll::Pending if frames == 0 => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(Turn::Unflushed),
+        }
+        let frame = match ws.poll_next_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending if frames == 0 => return Poll::Pending,
+            Poll::Pending => {
+                return Poll::Ready(match ws.poll_flush_unpin(cx) {
+                    Poll::Ready(Ok(())) => Turn::Quiet,
+                    Poll::Ready(Err(_)) => Turn::End(End::Finish),
+                    Poll::Pending => Turn::Unflushed,
+                })
+            }
+        };
+        frames += 1;
+        match on_read(frame, account, log) {
+            Read::Echo(echo) => {
+                let len = echo.payload().len();
+                if ws.start_send_unpin(echo).is_err() {
+                    return Poll::Ready(Turn::End(End::Finish));
+                }
+                log.message_out(len);
+            }
+            Read::Skip => {}
+            Read::End(end) => return Poll::Ready(Turn::End(end)),
+        }
+    }
+    Poll::Ready(Turn::Unflushed)
 }
 
 /// Ends the session as `end` says, recording its close code.
@@ -412,142 +484,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_timer_serves_pings_and_the_idle_deadline() {
-        let secs = Duration::from_secs;
-        let start = tokio::time::Instant::now();
-        let mut t = Timers::new(secs(10), secs(25), start);
-        assert_eq!(t.next(), start + secs(10));
-        assert_eq!(t.fired(start + secs(10)), Due::Ping);
-        assert_eq!(t.next(), start + secs(20));
-        // A message at 15 s moves the idle deadline to 40 s; the timer set for
-        // 20 s finds a ping due, then 30 s, then the idle close at 40 s.
-        t.seen(start + secs(15));
-        assert_eq!(t.fired(start + secs(20)), Due::Ping);
-        assert_eq!(t.fired(start + secs(30)), Due::Ping);
-        assert_eq!(t.next(), start + secs(40));
-        assert_eq!(t.fired(start + secs(40)), Due::Idle);
-        // Without pings the timer is the idle deadline alone, and an early
-        // wake-up (the deadline moved) does nothing.
-        let mut quiet = Timers::new(Duration::ZERO, secs(5), start);
-        assert_eq!(quiet.next(), start + secs(5));
-        quiet.seen(start + secs(3));
-        assert_eq!(quiet.fired(start + secs(5)), Due::Nothing);
-        assert_eq!(quiet.next(), start + secs(8));
-    }
-
-    #[test]
-    fn keeps_the_first_deflate_offer() {
-        let mut h = http::HeaderMap::new();
-        h.append(
-            "sec-websocket-extensions",
-            "x-foo, permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
-                .parse()
-                .unwrap(),
-        );
-        h.append(
-            "sec-websocket-extensions",
-            "permessage-deflate".parse().unwrap(),
-        );
-        keep_first_deflate_offer(&mut h);
-        assert_eq!(h.get_all("sec-websocket-extensions").iter().count(), 1);
-        assert_eq!(
-            h["sec-websocket-extensions"],
-            "permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
-        );
-        let mut none = http::HeaderMap::new();
-        none.insert("sec-websocket-extensions", "x-foo".parse().unwrap());
-        keep_first_deflate_offer(&mut none);
-        assert!(none.is_empty());
-    }
-
-    /// The echo loop polls the read first. A client whose frames are always
-    /// ready must still meet the drain, once the batch in hand is echoed,
-    /// not only after it stops sending. Fails without the checks after each
-    /// batch: all 1 000 frames come back before the drain is seen.
-    #[tokio::test]
-    async fn a_client_that_never_pauses_still_meets_the_drain() {
-        use crate::config::{AppKind, RouteConfig};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        const FRAMES: usize = 1000;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = l.accept().await.unwrap();
-        // Masked (key 0) binary frames of 4 bytes, all sent before the session
-        // reads: a read finds a frame ready every time.
-        let mut burst = Vec::new();
-        for i in 0..FRAMES as u32 {
-            burst.extend_from_slice(&[0x82, 0x84, 0, 0, 0, 0]);
-            burst.extend_from_slice(&i.to_be_bytes());
-        }
-        client.write_all(&burst).await.unwrap();
-        let opts = super::super::codec::options(1024, false);
-        let mut ws = WebSocket::from_stream(server, yawc::Role::Server, opts).unwrap();
-        let route = crate::router::Route::new(0, RouteConfig::test_app("/echo", AppKind::Echo));
-        let access = crate::access::Access::new(Arc::new(crate::metrics::Metrics::new()), false);
-        let mut log = SessionLog::new(&access, &route, "app", [127, 0, 0, 1].into());
-        let account = Budget::new(1 << 20, Default::default()).open();
-        let drain = CancellationToken::new();
-        drain.cancel();
-        let now = tokio::time::Instant::now();
-        let mut timers = Timers::new(Duration::ZERO, Duration::from_secs(60), now);
-        let end = tokio::time::timeout(
-            Duration::from_secs(10),
-            echo(&mut ws, &mut timers, &account, &drain, &mut log),
-        )
-        .await
-        .expect("the session ends");
-        assert!(matches!(end, End::Drained), "{end:?}");
-        // Everything the session flushed is in the client's receive queue
-        // (loopback delivers within the write): take the first echo, then
-        // all that is there without waiting.
-        let mut echoed = vec![0u8; 6];
-        client.read_exact(&mut echoed).await.unwrap();
-        let mut more = [0u8; 8192];
-        while let Ok(n) = client.try_read(&mut more) {
-            assert!(n > 0, "the session closed its socket");
-            echoed.extend_from_slice(&more[..n]);
-        }
-        // Unmasked echoes: 2 bytes of header and the 4 of payload.
-        let frames = echoed.len() / 6;
-        assert!(
-            frames <= MAX_BATCH,
-            "{frames} frames echoed before the drain"
-        );
-    }
-
-    /// Every idle session holds its task's future. A by-value codec once made
-    /// it 6.9 KB (the codec stored three times, the whole future twice); it is
-    /// 736 bytes now (in this test's build), the session's one timer and its
-    /// drain and eviction waits included (they replaced a boxed ping interval
-    /// and per-turn futures). tokio stores a task with about 100 bytes of its
-    /// own (header, scheduler handle, trailer) and the tracker's token, in a
-    /// block rounded up to 128 bytes: 776 keeps the 896-byte block an idle
-    /// session takes now (944 took 1 152, heaptrack on the release build).
-    /// This fails if a change brings copies back or nears the next block.
-    #[test]
-    fn the_session_task_stays_small() {
-        fn task_size<F>(
-            _: impl FnOnce(Box<super::super::codec::Upgrade>, Timers, SessionLog) -> F,
-        ) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let (account, slot, stop) = (None::<Arc<Account>>, None::<Arc<ConnSlot>>, None::<Stop>);
-        let size = task_size(|up, timers, log| {
-            crate::shutdown::catch_panics(super::session(
-                up,
-                timers,
-                account.unwrap(),
-                log,
-                slot.unwrap(),
-                stop.unwrap(),
-            ))
-        });
-        assert!(size <= 776, "echo session task is {size} bytes");
-    }
-}
+mod tests;
