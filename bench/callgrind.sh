@@ -15,6 +15,8 @@
 # VARIANT=limit (S4): the route has a generous `[limit]` (1e6/s per ip, never
 # reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
 # route has `auth` (HS256) and wrk sends a token minted by `wsgate token`.
+# VARIANT=logged (S4, S5): the access log on, written to the log file as
+# run.sh's logged cases write theirs (one line per request or connection).
 # VARIANT=wss (S5): the connections over TLS 1.3 to a TLS listener (a full
 # handshake each); VARIANT=wss-resume (S5): the same, the client resuming its
 # sessions with tickets (issue 21; the load's JSON, with its resumed count, is
@@ -67,7 +69,10 @@ case "${VARIANT:-}" in
     [ -f certs/localhost.crt ] || "$WSGATE" gen-cert >/dev/null
     printf '[[listener]]\naddr = "127.0.0.1:28443"\n[listener.tls]\ncert = "%s"\nkey = "%s"\n' \
       "$ROOT/certs/localhost.crt" "$ROOT/certs/localhost.key" >>"$OUT/$STAMP.toml" ;;
-  *) echo "unknown VARIANT $VARIANT (limit | auth | wss | wss-resume)" >&2; exit 2 ;;
+  logged)
+    sed -i 's/^access_log = false/access_log = true/' "$OUT/$STAMP.toml"
+    LOG_FILTER=warn,access=info ;;
+  *) echo "unknown VARIANT $VARIANT (limit | auth | wss | wss-resume | logged)" >&2; exit 2 ;;
 esac
 WRK_HEADER=()
 [ -z "${TOKEN:-}" ] || WRK_HEADER=(-H "Authorization: Bearer $TOKEN")
@@ -79,7 +84,7 @@ else
 fi
 
 start_backends
-RUST_LOG=warn LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
+RUST_LOG=${LOG_FILTER:-warn} LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/$STAMP.out" "${SERVE[@]}" >"$OUT/$STAMP.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")
