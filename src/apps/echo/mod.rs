@@ -8,11 +8,10 @@
 //! (`server.max_buffered`); a session it evicts is closed with 1013.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::body::RequestBody;
-use std::task::{Context, Poll};
-
 use futures_util::SinkExt;
 use http::{Request, Response};
 use yawc::close::CloseCode;
