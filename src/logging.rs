@@ -86,25 +86,23 @@ impl tracing_subscriber::fmt::time::FormatTime for Clock {
     }
 }
 
-/// The formatter's own `YYYY-MM-DDTHH:MM:SS` for the second `secs`: it reads
-/// the clock itself, so it is asked again if the second turned meanwhile.
+/// The formatter's own `YYYY-MM-DDTHH:MM:SS` for the second `secs`. It reads
+/// the clock itself: `None` if the second turned meanwhile (that one line is
+/// then written by the formatter in full, and the next one fills the cache).
 fn second_prefix(secs: u64) -> Option<[u8; SECOND]> {
     use tracing_subscriber::fmt::time::FormatTime;
-    for _ in 0..3 {
-        let mut s = String::with_capacity(32);
-        let _ = tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut s));
-        let after = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_secs();
-        if after == secs {
-            return s.as_bytes().get(..SECOND)?.try_into().ok();
-        }
-        if after > secs + 1 {
-            break;
-        }
+    let mut s = String::with_capacity(32);
+    tracing_subscriber::fmt::time::SystemTime
+        .format_time(&mut Writer::new(&mut s))
+        .ok()?;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    if after != secs {
+        return None;
     }
-    None
+    s.as_bytes().get(..SECOND)?.try_into().ok()
 }
 
 /// The text format's fields, `name=value` separated by spaces, byte for byte
@@ -131,8 +129,8 @@ pub struct FieldWriter<'a> {
     result: fmt::Result,
 }
 
-/// Where a field goes.
-enum Route {
+/// Who writes a field.
+enum Handling {
     /// Written here.
     Plain,
     /// To the default writer: the message (escaped against terminal
@@ -143,14 +141,14 @@ enum Route {
 }
 
 impl FieldWriter<'_> {
-    fn route(&self, field: &Field) -> Route {
+    fn handling(&self, field: &Field) -> Handling {
         let name = field.name();
         if name.starts_with("log.") {
-            Route::Skip
+            Handling::Skip
         } else if self.writer.has_ansi_escapes() || name == "message" || name.starts_with("r#") {
-            Route::Default
+            Handling::Default
         } else {
-            Route::Plain
+            Handling::Plain
         }
     }
 
@@ -188,10 +186,10 @@ impl FieldWriter<'_> {
         plain: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
         default: impl FnOnce(&mut DefaultVisitor<'_>),
     ) {
-        match self.route(field) {
-            Route::Plain => self.plain(field, plain),
-            Route::Default => self.by_default(default),
-            Route::Skip => {}
+        match self.handling(field) {
+            Handling::Plain => self.plain(field, plain),
+            Handling::Default => self.by_default(default),
+            Handling::Skip => {}
         }
     }
 }
@@ -231,7 +229,7 @@ impl Visit for FieldWriter<'_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if !matches!(self.route(field), Route::Skip) {
+        if !matches!(self.handling(field), Handling::Skip) {
             self.by_default(|v| v.record_error(field, value));
         }
     }

@@ -195,8 +195,9 @@ enum Turn {
     End(End),
 }
 
-/// Reads every frame already received and queues its answer, then flushes
-/// once: a pipelining client costs one write per batch, not per message.
+/// Reads every frame already received (up to [`MAX_BATCH`]) and queues its
+/// answer, then flushes once: a pipelining client costs one write per batch,
+/// not per message.
 /// Resolves once a frame was read. Polled as one function with the task's own
 /// waker: the batch's last read, the one that finds the socket empty,
 /// registers the task, so with `quiet` (the last turn ended so and nothing
