@@ -134,16 +134,16 @@ where
     let evicted = account.evicted();
     tokio::pin!(timer, drained, evicted);
     // The last turn ended on a read that found the socket empty, with this
-    // task's waker registered, and flushed all it echoed: the next turn's
-    // first poll need not ask the socket again (see [`turn`]).
+    // task's waker registered, and flushed all it echoed; the checks after
+    // it found nothing due, and nothing was awaited since: the next wait's
+    // first poll has nothing to look at (see [`poll_turn`]).
     let mut quiet = false;
     // The timer, drain and eviction waits hold this task's waker since they
     // were last polled (see [`Waits::poll`]).
     let mut armed = false;
     loop {
         let step = {
-            let turn = turn(ws, account, log, std::mem::take(&mut quiet));
-            tokio::pin!(turn);
+            let mut checked = std::mem::take(&mut quiet);
             let mut waits = Waits {
                 timer: timer.as_mut(),
                 drained: drained.as_mut(),
@@ -156,9 +156,14 @@ where
             // the three waits at all. A client that always has a frame ready
             // would then never let them be polled, so each batch ends with a
             // cheap look at all three.
-            std::future::poll_fn(|cx| match turn.as_mut().poll(cx) {
-                Poll::Ready(turn) => Poll::Ready(Step::Turn(turn)),
-                Poll::Pending => waits.poll(cx),
+            std::future::poll_fn(|cx| {
+                if std::mem::take(&mut checked) {
+                    return waits.poll(cx, true);
+                }
+                match poll_turn(ws, cx, account, log) {
+                    Poll::Ready(turn) => Poll::Ready(Step::Turn(turn)),
+                    Poll::Pending => waits.poll(cx, false),
+                }
             })
             .await
         };
@@ -236,8 +241,9 @@ impl Waits<'_, '_> {
     /// waker again: 364 instructions a message at depth 1, where every
     /// message is a turn of its own (callgrind). Sound because the session is
     /// only ever polled by its own task: every waker it registers is the same.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
-        if *self.armed && !self.due() {
+    /// `checked`: their flags were just looked at, with nothing awaited since.
+    fn poll(&mut self, cx: &mut Context<'_>, checked: bool) -> Poll<Step> {
+        if *self.armed && (checked || !self.due()) {
             return Poll::Pending;
         }
         *self.armed = true;
@@ -253,8 +259,8 @@ impl Waits<'_, '_> {
         Poll::Pending
     }
 
-    /// Whether one of the three has come due: two atomic loads and the
-    /// timer's state.
+    /// Whether one of the three has come due: the timer's state, an atomic
+    /// load, and the token's flag under its lock.
     fn due(&self) -> bool {
         self.timer.is_elapsed() || self.account.is_evicted() || self.drain.is_cancelled()
     }
@@ -273,29 +279,10 @@ enum Turn {
 
 /// Reads every frame already received (up to [`MAX_BATCH`]) and queues its
 /// answer, then flushes once: a pipelining client costs one write per batch,
-/// not per message.
-/// Resolves once a frame was read. Polled as one function with the task's own
+/// not per message. Ready once a frame was read. Polled with the task's own
 /// waker: the batch's last read, the one that finds the socket empty,
-/// registers the task, so with `quiet` (the last turn ended so and nothing
-/// was awaited since) the first poll need not ask the socket again.
-fn turn<'a, S>(
-    ws: &'a mut WebSocket<S>,
-    account: &'a Account,
-    log: &'a mut SessionLog,
-    quiet: bool,
-) -> impl std::future::Future<Output = Turn> + 'a
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut skip = quiet;
-    std::future::poll_fn(move |cx| {
-        if std::mem::take(&mut skip) {
-            return Poll::Pending;
-        }
-        poll_turn(ws, cx, account, log)
-    })
-}
-
+/// registers the task, so after a [`Turn::Quiet`] (and nothing awaited
+/// since) the next wait need not ask the socket again.
 fn poll_turn<S>(
     ws: &mut WebSocket<S>,
     cx: &mut Context<'_>,
