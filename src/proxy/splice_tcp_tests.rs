@@ -235,3 +235,49 @@ async fn the_upstreams_eof_in_kernel_mode_ends_the_session_after_its_bytes() {
     assert!(stats.zero_copy > 0, "nothing went by splice(2)");
     drop(writer.await.unwrap());
 }
+
+/// Segments `s` has received so far (`TCP_INFO`).
+fn segments_in(s: &TcpStream) -> u32 {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel fills at most `len` bytes of a buffer that size; a
+    // shorter answer leaves the rest zeroed.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO");
+    // SAFETY: zeroed, then filled by the kernel: every field is a number.
+    unsafe { info.assume_init() }.tcpi_segs_in
+}
+
+/// The upstream's last bytes with its FIN behind them (a WebSocket server's
+/// close frame, then its close) reach the client in one segment too: the
+/// bytes are written held back (`MSG_MORE`) and the shutdown sends them with
+/// the FIN, instead of a segment for each (one more for the client's ACK).
+#[tokio::test]
+async fn the_upstreams_last_bytes_go_out_with_its_fin() {
+    let (mut client_far, upstream_far, session) = start().await;
+    let close = [0x88u8, 0x02, 0x03, 0xe8];
+    let before = segments_in(&client_far);
+    // Sent as a server would that closes right after its last write, in one
+    // segment so that the splice meets both at once.
+    rustix::net::send(&upstream_far, &close, rustix::net::SendFlags::MORE).unwrap();
+    rustix::net::shutdown(&upstream_far, rustix::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    within(client_far.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, close, "the last bytes came out changed");
+    assert_eq!(
+        segments_in(&client_far) - before,
+        1,
+        "the last bytes and the FIN came in separate segments"
+    );
+    let stats = within(session).await.unwrap();
+    assert_eq!(stats.end, SpliceEnd::Closed);
+    drop(upstream_far);
+}

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::AckNow;
 use super::h1;
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
@@ -182,7 +183,7 @@ pub async fn serve<H, IO>(
     protocols: Protocols,
 ) where
     H: Handler,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + AckNow + Unpin + Send + 'static,
 {
     let server = sc.config.load_full();
     let ctx = Arc::new(ctx);
@@ -204,7 +205,11 @@ pub async fn serve<H, IO>(
         match fast.await {
             h1::End::Closed => return,
             h1::End::Upgraded { to, buffered } => return to.send(Box::new(io), buffered),
-            h1::End::Handoff { buffered, deadline } => (buffered, deadline),
+            h1::End::Handoff { buffered, deadline } => {
+                // hyper reads on: a body, or the rest of a long head.
+                io.ack_now();
+                (buffered, deadline)
+            }
         }
     };
     let served = Served {

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::acks::{self, AckNow};
 use super::conn::{self, Protocols};
 use super::proxy_protocol::{self, Prefixed};
 use super::{Handler, ServerCtx};
@@ -61,6 +62,7 @@ pub async fn run<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let open_conns = sc.metrics.connection_gauge(&local.to_string());
+    acks::on_listener(&listener, tls.is_none());
     // Made once: a new `cancelled()` per accept joins and leaves each token's
     // waiter list under its lock (~700 instructions per connection, callgrind).
     let stopped = stop.cancelled();
@@ -188,6 +190,10 @@ async fn handle_connection<H: Handler>(
         let Some((stream, client)) = header.await else {
             return;
         };
+        if tls.is_none() && stream.drained().is_some() {
+            // The header came alone: the request is still to come.
+            stream.ack_now();
+        }
         (stream, ConnCtx::behind_proxy(peer, client, tls.is_some()))
     } else {
         (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))

@@ -6,6 +6,7 @@
 //! shutdown tracking, the metrics (open-connection gauges) and the
 //! `[server]` settings, swapped on reload.
 
+mod acks;
 pub mod admin;
 pub mod conn;
 mod h1;

@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::AckNow;
 use crate::body::{Body, RequestBody};
 use crate::upgraded::Handover;
 use request::Parsed;
@@ -81,7 +82,7 @@ pub async fn serve<IO, F, Fut>(
     shutdown: &CancellationToken,
 ) -> End
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + AckNow + Unpin,
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
@@ -186,8 +187,9 @@ enum Head {
 /// Reads until `buf` starts with a whole head (or one for hyper).
 async fn read_head<IO>(io: &mut IO, buf: &mut BytesMut, max_head: usize) -> Head
 where
-    IO: AsyncRead + Unpin,
+    IO: AsyncRead + AckNow + Unpin,
 {
+    let mut acked = false;
     loop {
         if !buf.is_empty() {
             match request::parse(buf) {
@@ -198,6 +200,11 @@ where
                 } => return Head::Ready(request, keep_alive, upgrade),
                 Parsed::Handoff => return Head::Handoff,
                 Parsed::Partial if buf.len() >= max_head => return Head::Handoff,
+                Parsed::Partial if !acked => {
+                    // Part of a head: the client may hold the rest for an ACK.
+                    io.ack_now();
+                    acked = true;
+                }
                 Parsed::Partial => {}
             }
         }
@@ -259,3 +266,6 @@ fn refuse_interim(resp: Response<Body>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ack_tests;
