@@ -258,9 +258,9 @@ struct Pipe {
     written: u32,
     /// Bytes handed to the writer since the last flush.
     unflushed: bool,
-    /// The writer is a bare socket: the last bytes before an EOF can go out
-    /// with the FIN (see [`Self::read_behind`]). Asked once, as the writer
-    /// cannot change.
+    /// The writer is a bare socket: it can take bulk data by `splice(2)`,
+    /// and the last bytes before an EOF with the FIN (see
+    /// [`Self::read_behind`]). Asked once, as the writer cannot change.
     to_socket: bool,
     eof: bool,
     done: bool,
@@ -333,7 +333,7 @@ impl Pipe {
                 continue;
             }
             if n >= SPLICE_FROM {
-                self.large = r.tcp_to_read().is_some() && w.tcp().is_some();
+                self.large = self.to_socket && r.tcp_to_read().is_some();
             } else if n < SPLICE_UNTIL {
                 self.large = false;
             }
