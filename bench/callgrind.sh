@@ -11,6 +11,7 @@
 #
 # DEPTH=8 (S1, S2): each connection keeps that many messages in flight, as
 # run.sh's depth-8 case (the echo app then answers a batch per read).
+# SIZE=16384 (S1, S2): the messages' size in bytes (32 unless told).
 #
 # VARIANT=limit (S4): the route has a generous `[limit]` (1e6/s per ip, never
 # reached), so every request pays the rate-limit check; VARIANT=auth (S4): the
@@ -25,7 +26,8 @@
 # TARGET=nginx | TARGET=haproxy (S4, S5): the same load against nginx's worker
 # (`master_process off`, one process) or HAProxy (`-db`, nbthread 1) under
 # valgrind instead, configured as in run.sh: the peers' instructions per
-# operation, counted the same way.
+# operation, counted the same way. TARGET=fastwebsockets (S2): the loadgen's
+# fastwebsockets echo server (run.sh's S2 peer) under valgrind instead.
 #
 # WSGATE defaults to target/release/wsgate (built here); PRELOAD=/path/lib.so
 # runs it with that allocator preloaded (allocator A/B on one binary). Output: one line
@@ -50,7 +52,7 @@ WSB="$CARGO_TARGET_DIR/loadgen/release/wsbench"
 
 OUT="$ROOT/bench/results/callgrind"
 mkdir -p "$OUT"
-STAMP="$SCEN${VARIANT:+-$VARIANT}${TARGET:+-$TARGET}-$(date -u +%Y%m%dT%H%M%SZ)"
+STAMP="$SCEN${SIZE:+-$SIZE}${VARIANT:+-$VARIANT}${TARGET:+-$TARGET}-$(date -u +%Y%m%dT%H%M%SZ)"
 # shellcheck source=bench/peer-configs.sh
 . bench/peer-configs.sh
 wsgate_conf "$OUT/$STAMP.toml"
@@ -77,8 +79,13 @@ esac
 WRK_HEADER=()
 [ -z "${TOKEN:-}" ] || WRK_HEADER=(-H "Authorization: Bearer $TOKEN")
 
+PORT=28080
 if [ "${TARGET:-wsgate}" = wsgate ]; then
   SERVE=("$WSGATE" -c "$OUT/$STAMP.toml")   # the variant edits above stay
+elif [ "$TARGET" = fastwebsockets ]; then
+  [ "$SCEN" = S2 ] || { echo "TARGET=fastwebsockets is for S2" >&2; exit 2; }
+  SERVE=("$WSB" fws-server --listen 127.0.0.1:29003)
+  PORT=29003
 else
   serve_cmd "$TARGET" "$OUT" "$OUT/$STAMP" "$WSGATE"
 fi
@@ -89,7 +96,7 @@ RUST_LOG=${LOG_FILTER:-warn} LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind -
 VG=$!
 PIDS+=("$VG")
 for _ in $(seq 1 300); do
-  (exec 3<>/dev/tcp/127.0.0.1/28080) 2>/dev/null && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
 done
 
@@ -106,8 +113,10 @@ load() {
       "$WSB" connrate --url "$url" --concurrency 8 --duration "$1" --resume "$resume" |
         tee -a "$OUT/$STAMP.load.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["conns"])' ;;
     S2|S1)
-      path=/echo; [ "$SCEN" = S1 ] && path=/ws/
-      "$WSB" echo --url "ws://127.0.0.1:28080$path" --conns 100 --size 32 --depth "${DEPTH:-1}" --duration "$1" |
+      url=ws://127.0.0.1:28080/echo
+      [ "$SCEN" = S1 ] && url=ws://127.0.0.1:28080/ws/
+      [ "$PORT" = 29003 ] && url=ws://127.0.0.1:29003/
+      "$WSB" echo --url "$url" --conns 100 --size "${SIZE:-32}" --depth "${DEPTH:-1}" --duration "$1" |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs"])' ;;
     *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
   esac
@@ -120,4 +129,4 @@ callgrind_control -d "$VG" >/dev/null
 callgrind_control -i off "$VG" >/dev/null
 file=$(ls -t "$OUT/$STAMP.out"* | grep -v '\.out$' | head -1)
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$SCEN${VARIANT:+ ($VARIANT)}${DEPTH:+ depth $DEPTH} ${TARGET:-wsgate} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"
+echo "$SCEN${VARIANT:+ ($VARIANT)}${DEPTH:+ depth $DEPTH}${SIZE:+ size $SIZE} ${TARGET:-wsgate} ops=$n instructions=$total per_op=$((total / n)) file=${file#"$ROOT"/}"

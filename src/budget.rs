@@ -13,7 +13,7 @@
 //! message cannot hide it. The count lags by at most one read: bytes of the next
 //! message that arrived in the same read as the end of the delivered one are
 //! forgotten until that message is delivered ([`MAX_READ`] bounds a read).
-//! Bytes the connection read ahead ([`crate::rewind::READ_AHEAD`], 4 KiB at
+//! Bytes the connection read ahead ([`crate::rewind::AHEAD_MAX`], 64 KiB at
 //! most) are counted when the codec takes them.
 //!
 //! Over the limit, the sessions holding the most are evicted, largest first,

@@ -6,25 +6,38 @@
 //!
 //! The same front buffer makes small reads cheap: a reader offering less
 //! than [`READ_AHEAD`] bytes (the apps' codec rests at 512, so that an idle
-//! session holds little) is served from one read of up to that much, and
-//! what did not fit waits in front for its next read. Without it, a client
-//! pipelining messages costs a `recvfrom` each time the codec's small buffer
-//! fills (1.6 per batch at depth 8, where one suffices). The front buffer
-//! is sized to what is left and freed once read, so an idle connection
-//! still holds nothing here.
+//! session holds little) is served from one read of up to [`AHEAD_MAX`],
+//! and what did not fit waits in front for its next read. Without it, a
+//! client pipelining messages costs a `recvfrom` each time the codec's small
+//! buffer fills (1.6 per batch at depth 8, where one suffices), and a 16 KiB
+//! message came in over three to six, as the codec's buffer doubled. The front
+//! buffer is sized to what is left (memory follows what arrived) and freed
+//! once read, so an idle connection still holds nothing here.
 
+use std::cell::RefCell;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Reads smaller than this go through a stack buffer of this size: one
-/// `recvfrom` takes what a pipelining client has sent (or this much), however
-/// little room the reader has.
+/// Readers with less room than this are read ahead for: one `recvfrom`
+/// takes what the client has sent (up to [`AHEAD_MAX`]), however little
+/// room the reader has.
 pub const READ_AHEAD: usize = 4096;
+
+/// The most one read ahead takes: what a client sending large messages has
+/// waiting, a whole 16 KiB message and more, in one syscall. The apps' reads
+/// are bounded by the same (`budget::MAX_READ`).
+pub const AHEAD_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// Where a read ahead lands, one per thread. Static thread-local storage
+    /// (a constant initialiser and no destructor): no allocation, and the
+    /// pages a thread never reads ahead into are never touched.
+    static SCRATCH: RefCell<[u8; AHEAD_MAX]> = const { RefCell::new([0; AHEAD_MAX]) };
+}
 
 /// `io`, with `prefix` read first.
 #[derive(Debug)]
@@ -84,15 +97,28 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> Rewind<IO> {
-    /// One read of up to [`READ_AHEAD`] bytes for a reader with less room:
-    /// what fits goes to `buf`, the rest in front for the next read.
+    /// One read of up to [`AHEAD_MAX`] bytes for a reader with less room than
+    /// [`READ_AHEAD`]: what fits goes to `buf`, the rest in front for the next
+    /// read.
     fn poll_read_ahead(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
-        let mut ahead = ReadBuf::uninit(&mut chunk);
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.poll_read_into(cx, buf, &mut scratch[..]),
+            // Only a reader polled inside another's read would find it taken.
+            Err(_) => Pin::new(&mut self.io).poll_read(cx, buf),
+        })
+    }
+
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<io::Result<()>> {
+        let mut ahead = ReadBuf::new(scratch);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut ahead))?;
         let read = ahead.filled();
         let n = read.len().min(buf.remaining());
@@ -190,6 +216,31 @@ mod tests {
         assert!(r.prefix.is_empty());
         drop(tx);
         assert_eq!(r.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_message_is_read_from_the_socket_once() {
+        let (mut tx, rx) = pair().await;
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut r = Rewind::new(Bytes::new(), Counted(rx, reads.clone()));
+        let sent: Vec<u8> = (0..16 * 1024u32).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&sent).await.unwrap();
+        // Read as the apps' codec reads (tokio-util's `Framed`): a buffer
+        // resting at 512 bytes, doubled only when a read has filled it.
+        let mut buf = bytes::BytesMut::with_capacity(512);
+        while buf.len() < sent.len() {
+            buf.reserve(1);
+            let n = std::future::poll_fn(|cx| {
+                tokio_util::io::poll_read_buf(Pin::new(&mut r), cx, &mut buf)
+            })
+            .await
+            .unwrap();
+            assert!(n > 0);
+        }
+        assert_eq!(&buf[..], &sent[..]);
+        // Three with a read ahead of 4 KiB, six without one.
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one read of the socket");
+        assert!(r.prefix.is_empty());
     }
 
     #[tokio::test]
