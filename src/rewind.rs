@@ -34,8 +34,11 @@ pub const AHEAD_MAX: usize = 64 * 1024;
 
 thread_local! {
     /// Where a read ahead lands, one per thread. Static thread-local storage
-    /// (a constant initialiser and no destructor): no allocation, and the
-    /// pages a thread never reads ahead into are never touched.
+    /// (a constant initialiser and no destructor): never allocated, so never
+    /// counted against a session, and no stack probe per page as a stack
+    /// buffer this large would need. The cost is 64 KiB resident per thread
+    /// (glibc clears static TLS as each thread starts): the workers, and the
+    /// blocking threads file serving starts, beside their own stacks.
     static SCRATCH: RefCell<[u8; AHEAD_MAX]> = const { RefCell::new([0; AHEAD_MAX]) };
 }
 
