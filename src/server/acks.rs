@@ -47,6 +47,14 @@ impl<S: AckNow> AckNow for Prefixed<S> {
     }
 }
 
+/// After a PROXY header on a plain listener: one that came alone leaves the
+/// request still to come, and the client may hold it for an ACK.
+pub fn after_proxy_header<S: AckNow>(stream: &Prefixed<S>, tls: bool) {
+    if !tls && stream.drained().is_some() {
+        stream.ack_now();
+    }
+}
+
 /// TLS listeners keep quick ACK on: their handshake is several flights, and
 /// its ACKs are not held back ([`on_listener`]).
 impl<S> AckNow for tokio_rustls::server::TlsStream<S> {

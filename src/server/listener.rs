@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::acks::{self, AckNow};
+use super::acks;
 use super::conn::{self, Protocols};
 use super::proxy_protocol::{self, Prefixed};
 use super::{Handler, ServerCtx};
@@ -190,10 +190,7 @@ async fn handle_connection<H: Handler>(
         let Some((stream, client)) = header.await else {
             return;
         };
-        if tls.is_none() && stream.drained().is_some() {
-            // The header came alone: the request is still to come.
-            stream.ack_now();
-        }
+        acks::after_proxy_header(&stream, tls.is_some());
         (stream, ConnCtx::behind_proxy(peer, client, tls.is_some()))
     } else {
         (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))

@@ -6,6 +6,8 @@
 //! shutdown tracking, the metrics (open-connection gauges) and the
 //! `[server]` settings, swapped on reload.
 
+#[cfg(test)]
+mod ack_tests;
 mod acks;
 pub mod admin;
 pub mod conn;

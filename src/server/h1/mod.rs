@@ -266,6 +266,3 @@ fn refuse_interim(resp: Response<Body>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod ack_tests;
