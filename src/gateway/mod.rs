@@ -289,7 +289,7 @@ impl Gateway {
                 cfg.chat.history,
                 cfg.chat.history_ttl,
                 // Sessions closing over the drain window still use the bus.
-                shutdown.hard.clone(),
+                shutdown.hard.token().clone(),
             )?),
             None => None,
         };
@@ -350,7 +350,7 @@ impl Gateway {
             tokio::spawn(admin_view::watch_cluster(bus.status(), Arc::downgrade(&gw)));
         }
         if let Some(cl) = &gw.cluster_limits {
-            tokio::spawn(cl.clone().probe(gw.shutdown.hard.clone()));
+            tokio::spawn(cl.clone().probe(gw.shutdown.hard.token().clone()));
             tokio::spawn(admin_view::watch_limits(cl.status(), Arc::downgrade(&gw)));
         }
         gw.readiness.set_started();
@@ -404,7 +404,7 @@ impl Gateway {
                 crate::config::ListenerCert::Files(_) => None,
             })
             .collect();
-        self.acme.sync(&wanted, &self.shutdown.token);
+        self.acme.sync(&wanted, self.shutdown.token.token());
     }
 
     fn start_background(&self, snap: &Snapshot) {

@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::shutdown::Stop;
+
 use super::inspect_config::CloseReason;
 pub use super::inspect_config::{InspectConfig, InspectMetrics};
 use super::scan::{self, Event, Scanner, MAX_HEADER, OP_CLOSE, OP_PING, OP_PONG};
@@ -135,7 +137,7 @@ pub async fn splice_inspected<C, U>(
     upstream: U,
     cfg: InspectConfig,
     metrics: InspectMetrics,
-    stop: CancellationToken,
+    stop: Stop,
 ) -> SpliceStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -206,7 +208,7 @@ async fn keeper(
     shared: &Shared,
     to_cl: &mpsc::UnboundedSender<Inject>,
     to_up: &mpsc::UnboundedSender<Inject>,
-    stop: CancellationToken,
+    stop: Stop,
 ) {
     let toward = |s: Side| if s == Side::Client { to_cl } else { to_up };
     // `code` and `reason` to the client, 1001 to the upstream.

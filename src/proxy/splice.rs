@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use rustix::net::SendFlags;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use super::kernel_pipe::{KernelPipe, SpliceSocket};
+use crate::shutdown::Stop;
 
 /// Why a splice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +82,7 @@ const SPLICE_UNTIL: usize = 8 * 1024;
 /// a heap buffer sized to them, until they are written. Bulk data between two
 /// plain TCP sockets skips user space: see [`SPLICE_FROM`] and
 /// [`super::kernel_pipe`].
-pub async fn splice<C, U>(
-    client: C,
-    upstream: U,
-    idle: Duration,
-    stop: CancellationToken,
-) -> SpliceStats
+pub async fn splice<C, U>(client: C, upstream: U, idle: Duration, stop: Stop) -> SpliceStats
 where
     C: AsyncRead + AsyncWrite + SpliceSocket + Unpin,
     U: AsyncRead + AsyncWrite + SpliceSocket + Unpin,

@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::shutdown::Stop;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use tokio::task::JoinHandle;
 
@@ -35,7 +35,7 @@ const IDLE: Duration = Duration::from_secs(30);
 async fn start() -> (TcpStream, TcpStream, JoinHandle<SpliceStats>) {
     let (client_far, client) = pair().await;
     let (upstream, upstream_far) = pair().await;
-    let session = tokio::spawn(splice(client, upstream, IDLE, CancellationToken::new()));
+    let session = tokio::spawn(splice(client, upstream, IDLE, Stop::default()));
     (client_far, upstream_far, session)
 }
 
@@ -152,7 +152,7 @@ async fn bytes_put_back_in_front_go_first() {
     let (upstream, mut upstream_far) = pair().await;
     let ahead = pattern(100_000, 5);
     let client = Rewind::new(Bytes::from(ahead.clone()), client);
-    let session = tokio::spawn(splice(client, upstream, IDLE, CancellationToken::new()));
+    let session = tokio::spawn(splice(client, upstream, IDLE, Stop::default()));
     let behind = pattern(50_000, 6);
     client_far.write_all(&behind).await.unwrap();
     let mut got = vec![0; ahead.len() + behind.len()];

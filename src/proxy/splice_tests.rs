@@ -25,7 +25,7 @@ fn spawn_splice(client: DuplexStream, upstream: DuplexStream) -> JoinHandle<Spli
         client,
         upstream,
         Duration::from_secs(30),
-        CancellationToken::new(),
+        Stop::default(),
     ))
 }
 
@@ -74,7 +74,7 @@ async fn copies_both_ways_through_slow_peers_intact() {
 async fn stalled_writer_bounds_the_backlog() {
     let (client, mut client_far) = duplex(64 * 1024);
     let (upstream, upstream_far) = duplex(1024);
-    let stop = CancellationToken::new();
+    let stop = Stop::default();
     let session = tokio::spawn(splice(
         client,
         upstream,
@@ -155,12 +155,7 @@ fn the_idle_cut_counts_quiet_looks() {
 async fn idle_session_ends_after_the_timeout() {
     let (client, _client_far) = duplex(1024);
     let (upstream, _upstream_far) = duplex(1024);
-    let session = splice(
-        client,
-        upstream,
-        Duration::from_millis(40),
-        CancellationToken::new(),
-    );
+    let session = splice(client, upstream, Duration::from_millis(40), Stop::default());
     let stats = tokio::time::timeout(Duration::from_secs(10), session)
         .await
         .expect("the idle session was never cut");

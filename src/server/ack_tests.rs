@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio_util::sync::CancellationToken;
 
 use super::acks::{after_proxy_header, AckNow};
 use super::conn::{self, Protocols};
@@ -23,6 +22,7 @@ use crate::body::{full, Body, RequestBody};
 use crate::ctx::ConnCtx;
 use crate::limits::{ConnLimits, ConnSlot};
 use crate::metrics::Metrics;
+use crate::shutdown::Stop;
 
 thread_local! {
     /// `ack_now` calls on this thread (a `#[tokio::test]` runs on one).
@@ -82,7 +82,7 @@ async fn answers(c: &mut DuplexStream, n: usize) {
 async fn a_head_in_pieces_asks_for_quick_acks_once() {
     reset();
     let (mut c, mut s) = duplex(4096);
-    let shutdown = CancellationToken::new();
+    let shutdown = Stop::default();
     let server = tokio::spawn(async move {
         serve(&mut s, SETTINGS, ok, &shutdown).await;
     });

@@ -9,15 +9,16 @@
 //! ([`Shutdown::hard`]) that `shutdown_grace` fires.
 
 mod pace;
+mod stop;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::pace::{Pace, DRAIN_CLOSE};
+pub use self::stop::Stop;
 
 /// Shared by every listener and connection of one gateway.
 #[derive(Clone, Default)]
@@ -25,10 +26,10 @@ pub struct Shutdown {
     /// Cancelled when draining starts: listeners stop accepting, HTTP
     /// connections get `graceful_shutdown`. WebSocket sessions do not watch
     /// it: they take a paced token from [`Shutdown::session_stop`].
-    pub token: CancellationToken,
+    pub token: Stop,
     /// Cancelled when `shutdown_grace` has passed (or everything finished):
     /// what byte splices and the process's background work stop on.
-    pub hard: CancellationToken,
+    pub hard: Stop,
     /// Hands out the paced stop tokens of WebSocket sessions.
     pub pace: Arc<Pace>,
     /// Every HTTP connection task (until it finishes or upgrades).
@@ -45,7 +46,7 @@ impl Shutdown {
     /// The stop token of one WebSocket session (app or inspected splice): a
     /// drain cancels it at a random point of the drain window. Shared with
     /// other sessions ([`Pace::token`]): wait on it, never cancel it.
-    pub fn session_stop(&self) -> CancellationToken {
+    pub fn session_stop(&self) -> Stop {
         self.pace.token()
     }
 

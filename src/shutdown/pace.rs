@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use super::Stop;
 
 /// Close code of a paced drain close: 1012, service restart (RFC 6455 registry).
 pub const DRAIN_CLOSE: u16 = 1012;
@@ -29,7 +29,7 @@ const MIN_HINT_RANGE_MS: u64 = 1000;
 /// The slots and the window of the drain in progress.
 #[derive(Debug)]
 pub struct Pace {
-    slots: Box<[CancellationToken]>,
+    slots: Box<[Stop]>,
     /// The drain window in ms, set when the drain starts (for the hints).
     window_ms: AtomicU64,
 }
@@ -37,7 +37,7 @@ pub struct Pace {
 impl Default for Pace {
     fn default() -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| CancellationToken::new()).collect(),
+            slots: (0..SLOTS).map(|_| Stop::default()).collect(),
             window_ms: AtomicU64::new(0),
         }
     }
@@ -46,7 +46,7 @@ impl Default for Pace {
 impl Pace {
     /// A new session's stop token: its random slot's token, shared with the
     /// slot's other sessions. Wait on it; never cancel it.
-    pub fn token(&self) -> CancellationToken {
+    pub fn token(&self) -> Stop {
         self.slots[rand::random_range(0..self.slots.len())].clone()
     }
 
@@ -64,7 +64,7 @@ impl Pace {
 
     /// Cancels every slot not cancelled yet (the grace ran out).
     pub(super) fn stop_all(&self) {
-        self.slots.iter().for_each(CancellationToken::cancel);
+        self.slots.iter().for_each(Stop::cancel);
     }
 
     /// A reconnect delay to suggest to a client closed by the drain: random
@@ -101,7 +101,7 @@ mod tests {
         assert!(early < 500, "{early} of 1000 stopped in the first tenth");
         run.await;
         assert!(start.elapsed() >= window * 9 / 10);
-        assert!(tokens.iter().all(CancellationToken::is_cancelled));
+        assert!(tokens.iter().all(Stop::is_cancelled));
         let hint = pace.reconnect_ms();
         assert!(hint <= 1000, "{hint}");
         assert!(pace.close_reason().starts_with("reconnect "));

@@ -53,8 +53,7 @@ use crate::body::Body;
 use crate::budget::Account;
 use crate::limit::gcra::{Bucket, Gcra};
 use crate::limit::Kind;
-use crate::shutdown::DRAIN_CLOSE;
-use tokio_util::sync::CancellationToken;
+use crate::shutdown::{Stop, DRAIN_CLOSE};
 
 /// How long closing may take (sending the close frame to a client that is not
 /// reading, mostly) before the socket is dropped.
@@ -179,7 +178,7 @@ async fn run<S>(
     mut ws: Box<WebSocket<S>>,
     who: Identity,
     account: &Account,
-    stop: &CancellationToken,
+    stop: &Stop,
     rate: Option<MessageRate>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -281,7 +280,7 @@ struct Session<'a> {
     conn: &'a Arc<Conn>,
     account: &'a Account,
     /// The drain's paced stop token.
-    stop: &'a CancellationToken,
+    stop: &'a Stop,
     /// When the session's token expires (a refresh moves it).
     expires: Instant,
 }

@@ -26,8 +26,8 @@ use crate::body::{empty, Body};
 use crate::budget::{Account, Budget, Evicted};
 use crate::config::EchoConfig;
 use crate::limits::ConnSlot;
-use crate::shutdown::{Pace, Shutdown, DRAIN_CLOSE};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use crate::shutdown::{Pace, Shutdown, Stop, DRAIN_CLOSE};
+use tokio_util::sync::WaitForCancellationFuture;
 
 /// Completes a validated upgrade and spawns the echo session on `shutdown`'s
 /// session tracker, holding the connection's slot while it lives. Its reads
@@ -51,7 +51,7 @@ pub fn accept(
         tokio::time::Instant::now(),
     );
     let SessionHold { slot, log } = hold;
-    let stop = Stop {
+    let stop = Stops {
         drain: shutdown.session_stop(),
         pace: shutdown.pace.clone(),
     };
@@ -62,8 +62,8 @@ pub fn accept(
 /// What ends a session from outside besides its budget account: the drain's
 /// paced token (shared with other sessions: only waited on) and the pace
 /// that words the close.
-struct Stop {
-    drain: CancellationToken,
+struct Stops {
+    drain: Stop,
     pace: Arc<Pace>,
 }
 
@@ -79,7 +79,7 @@ fn session(
     account: Arc<Account>,
     mut log: SessionLog,
     slot: Arc<ConnSlot>,
-    stop: Stop,
+    stop: Stops,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _slot = slot;
@@ -119,7 +119,7 @@ async fn echo<S>(
     ws: &mut WebSocket<S>,
     timers: &mut Timers,
     account: &Account,
-    drain: &CancellationToken,
+    drain: &Stop,
     log: &mut SessionLog,
 ) -> End
 where
@@ -230,7 +230,7 @@ struct Waits<'a, 'f> {
     /// since: each still holds the waker.
     armed: &'a mut bool,
     account: &'f Account,
-    drain: &'f CancellationToken,
+    drain: &'f Stop,
 }
 
 impl Waits<'_, '_> {
@@ -259,8 +259,8 @@ impl Waits<'_, '_> {
         Poll::Pending
     }
 
-    /// Whether one of the three has come due: the timer's state, an atomic
-    /// load, and the token's flag under its lock.
+    /// Whether one of the three has come due: the timer's state and two
+    /// atomic loads (the drain's stop is read without its token's lock).
     fn due(&self) -> bool {
         self.timer.is_elapsed() || self.account.is_evicted() || self.drain.is_cancelled()
     }

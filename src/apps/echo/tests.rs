@@ -54,7 +54,7 @@ fn keeps_the_first_deflate_offer() {
 
 /// Runs the echo loop on `server` until it ends, as a session with pings
 /// off, a minute's idle timeout, `max` bytes per message and `drain`.
-async fn echo_on(server: tokio::net::TcpStream, max: u64, drain: CancellationToken) -> End {
+async fn echo_on(server: tokio::net::TcpStream, max: u64, drain: Stop) -> End {
     use crate::config::{AppKind, RouteConfig};
     let opts = super::super::codec::options(max, false);
     let mut ws = WebSocket::from_stream(server, yawc::Role::Server, opts).unwrap();
@@ -99,7 +99,7 @@ async fn a_client_that_never_pauses_still_meets_the_drain() {
     let (mut client, server) = pair(None).await;
     // All sent before the session reads: a read finds a frame ready every time.
     client.write_all(&small_frames(1000)).await.unwrap();
-    let drain = CancellationToken::new();
+    let drain = Stop::default();
     drain.cancel();
     let end = tokio::time::timeout(Duration::from_secs(10), echo_on(server, 1024, drain))
         .await
@@ -131,7 +131,7 @@ async fn a_client_that_never_pauses_still_meets_the_drain() {
 async fn a_burst_longer_than_a_batch_comes_back_whole() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client, server) = pair(None).await;
-    let session = tokio::spawn(echo_on(server, 1024, CancellationToken::new()));
+    let session = tokio::spawn(echo_on(server, 1024, Stop::default()));
     client.write_all(&small_frames(1000)).await.unwrap();
     let mut echoed = vec![0u8; 6 * 1000];
     tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut echoed))
@@ -154,7 +154,7 @@ async fn a_frame_sent_while_an_echo_waits_to_be_written_is_answered() {
     // the client's small receive window: the echo's flush has to wait.
     const BIG: usize = 12 << 20;
     let (mut client, server) = pair(Some(4096)).await;
-    let session = tokio::spawn(echo_on(server, BIG as u64, CancellationToken::new()));
+    let session = tokio::spawn(echo_on(server, BIG as u64, Stop::default()));
     let mut frame = vec![0x82, 0xff];
     frame.extend_from_slice(&(BIG as u64).to_be_bytes());
     frame.extend_from_slice(&[0; 4]);
@@ -199,7 +199,7 @@ fn the_session_task_stays_small() {
     ) -> usize {
         std::mem::size_of::<F>()
     }
-    let (account, slot, stop) = (None::<Arc<Account>>, None::<Arc<ConnSlot>>, None::<Stop>);
+    let (account, slot, stop) = (None::<Arc<Account>>, None::<Arc<ConnSlot>>, None::<Stops>);
     let size = task_size(|up, timers, log| {
         crate::shutdown::catch_panics(super::session(
             up,

@@ -41,10 +41,10 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::acks::AckNow;
 use crate::body::{Body, RequestBody};
+use crate::shutdown::Stop;
 use crate::upgraded::Handover;
 use request::Parsed;
 
@@ -79,7 +79,7 @@ pub async fn serve<IO, F, Fut>(
     io: &mut IO,
     settings: Settings,
     mut handle: F,
-    shutdown: &CancellationToken,
+    shutdown: &Stop,
 ) -> End
 where
     IO: AsyncRead + AsyncWrite + AckNow + Unpin,

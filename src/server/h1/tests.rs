@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
+use crate::shutdown::Stop;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{serve, End, Settings};
 use crate::body::{full, Body, RequestBody};
@@ -27,10 +27,7 @@ async fn echo_path(req: Request<RequestBody>) -> Response<Body> {
 
 /// Serves one accepted connection with `handle`; the task returns how the
 /// fast path ended.
-async fn server<F, Fut>(
-    handle: F,
-    shutdown: CancellationToken,
-) -> (TcpStream, tokio::task::JoinHandle<End>)
+async fn server<F, Fut>(handle: F, shutdown: Stop) -> (TcpStream, tokio::task::JoinHandle<End>)
 where
     F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send,
@@ -41,7 +38,7 @@ where
 /// [`server`], with `finish` given how the fast path ended and the socket.
 async fn serve_one<F, Fut, T>(
     handle: F,
-    shutdown: CancellationToken,
+    shutdown: Stop,
     finish: impl FnOnce(End, TcpStream) -> T + Send + 'static,
 ) -> (TcpStream, tokio::task::JoinHandle<T>)
 where
@@ -96,7 +93,7 @@ async fn ended<T>(task: tokio::task::JoinHandle<T>) -> T {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_then_a_body_goes_to_hyper() {
-    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    let (mut c, task) = server(echo_path, Stop::default()).await;
     c.write_all(
         b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
     )
@@ -136,7 +133,7 @@ async fn heads_the_fast_path_does_not_serve_go_to_hyper_untouched() {
         b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
         b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
     ] {
-        let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+        let (mut c, task) = server(echo_path, Stop::default()).await;
         c.write_all(head).await.expect("write");
         match ended(task).await {
             End::Handoff { buffered, .. } => assert_eq!(&buffered[..], head),
@@ -172,7 +169,7 @@ async fn a_handshake_answered_101_hands_the_connection_to_its_session() {
             r
         }
     };
-    let (mut c, task) = upgrading_server(handle, CancellationToken::new()).await;
+    let (mut c, task) = upgrading_server(handle, Stop::default()).await;
     let hs = |path: &str| {
         format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -228,7 +225,7 @@ async fn bytes_sent_while_a_handshake_is_handled_reach_the_session() {
             r
         }
     };
-    let shutdown = CancellationToken::new();
+    let shutdown = Stop::default();
     let (mut c, task) = upgrading_server(handle, shutdown.clone()).await;
     c.write_all(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -258,7 +255,7 @@ async fn bytes_sent_while_a_handshake_is_handled_reach_the_session() {
 /// did.
 async fn upgrading_server<F, Fut>(
     handle: F,
-    shutdown: CancellationToken,
+    shutdown: Stop,
 ) -> (TcpStream, tokio::task::JoinHandle<bool>)
 where
     F: FnMut(Request<RequestBody>) -> Fut + Send + 'static,
@@ -291,7 +288,7 @@ async fn a_streamed_body_is_chunked_with_only_its_announced_trailers() {
             r
         }
     };
-    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    let (mut c, task) = server(handle, Stop::default()).await;
     c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
@@ -335,7 +332,7 @@ async fn a_client_that_goes_away_cancels_its_handler() {
             std::future::pending::<Response<Body>>().await
         }
     };
-    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    let (mut c, task) = server(handle, Stop::default()).await;
     c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
@@ -350,7 +347,7 @@ async fn a_client_that_goes_away_cancels_its_handler() {
 #[tokio::test]
 async fn close_requests_a_slow_head_and_a_drain_end_the_connection() {
     // `Connection: close`: answered (saying so, as hyper does), then closed.
-    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    let (mut c, task) = server(echo_path, Stop::default()).await;
     c.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
@@ -363,13 +360,13 @@ async fn close_requests_a_slow_head_and_a_drain_end_the_connection() {
     assert!(matches!(ended(task).await, End::Closed));
 
     // Half a head, and no more within header_timeout: closed unanswered.
-    let (mut c, task) = server(echo_path, CancellationToken::new()).await;
+    let (mut c, task) = server(echo_path, Stop::default()).await;
     c.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
     assert!(matches!(ended(task).await, End::Closed));
     assert_eq!(read_to_close(&mut c).await, "");
 
     // A drain: the idle connection closes at once.
-    let shutdown = CancellationToken::new();
+    let shutdown = Stop::default();
     let (mut c, task) = server(echo_path, shutdown.clone()).await;
     c.write_all(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -393,7 +390,7 @@ async fn lengths_follow_hypers_rules_for_empty_bodies_204_304_and_head() {
             .insert("content-length", http::HeaderValue::from_static("7"));
         r
     };
-    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    let (mut c, task) = server(handle, Stop::default()).await;
     c.write_all(
         b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\n\
           HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nDELETE /e HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
@@ -433,7 +430,7 @@ async fn a_length_beside_a_transfer_coding_is_never_sent() {
         );
         r
     };
-    let (mut c, task) = server(handle, CancellationToken::new()).await;
+    let (mut c, task) = server(handle, Stop::default()).await;
     c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
