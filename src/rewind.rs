@@ -33,13 +33,16 @@ pub const READ_AHEAD: usize = 4096;
 pub const AHEAD_MAX: usize = 64 * 1024;
 
 thread_local! {
-    /// Where a read ahead lands, one per thread. Static thread-local storage
-    /// (a constant initialiser and no destructor): never allocated, so never
-    /// counted against a session, and no stack probe per page as a stack
-    /// buffer this large would need. The cost is 64 KiB resident per thread
-    /// (glibc clears static TLS as each thread starts): the workers, and the
-    /// blocking threads file serving starts, beside their own stacks.
-    static SCRATCH: RefCell<[u8; AHEAD_MAX]> = const { RefCell::new([0; AHEAD_MAX]) };
+    /// Where a read ahead lands: one buffer per thread that reads ahead (the
+    /// runtime's workers), allocated at its first read ahead. Never counted
+    /// against a session (it is the thread's, reused by every session on it),
+    /// and no stack probe per page as a stack buffer this large would need.
+    /// Allocated, not static: static thread-local storage is cleared as each
+    /// thread starts, so every thread of the process (the blocking pool's
+    /// up to 512 that serve static files and resolve names) would hold 64 KiB
+    /// resident that only the workers use. Zeroed, so its pages are touched
+    /// only as far as reads have reached.
+    static SCRATCH: RefCell<Option<Box<[u8]>>> = const { RefCell::new(None) };
 }
 
 /// `io`, with `prefix` read first.
@@ -108,11 +111,17 @@ impl<IO: AsyncRead + Unpin> Rewind<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => self.poll_read_into(cx, buf, &mut scratch[..]),
+        let ahead = SCRATCH.try_with(|scratch| {
             // Only a reader polled inside another's read would find it taken.
-            Err(_) => Pin::new(&mut self.io).poll_read(cx, buf),
-        })
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            let scratch = scratch.get_or_insert_with(|| vec![0; AHEAD_MAX].into_boxed_slice());
+            Some(self.poll_read_into(cx, buf, scratch))
+        });
+        match ahead {
+            Ok(Some(polled)) => polled,
+            // Or a thread already tearing its storage down.
+            _ => Pin::new(&mut self.io).poll_read(cx, buf),
+        }
     }
 
     fn poll_read_into(
@@ -244,6 +253,33 @@ mod tests {
         // Three with a read ahead of 4 KiB, six without one.
         assert_eq!(reads.load(Ordering::Relaxed), 1, "one read of the socket");
         assert!(r.prefix.is_empty());
+    }
+
+    fn holds_scratch() -> bool {
+        SCRATCH.with(|s| s.borrow().is_some())
+    }
+
+    /// The scratch is the reading threads' only: a thread that never reads
+    /// ahead (a blocking thread serving a file) holds none.
+    #[test]
+    fn only_a_thread_that_reads_ahead_holds_the_scratch() {
+        let idle = std::thread::spawn(holds_scratch).join().expect("thread");
+        assert!(!idle, "a thread that never read ahead");
+        let reader = std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let (mut tx, rx) = pair().await;
+                let mut r = Rewind::new(Bytes::new(), rx);
+                tx.write_all(b"ahead").await.unwrap();
+                let mut small = [0u8; 8];
+                assert_eq!(r.read(&mut small).await.unwrap(), 5);
+            });
+            holds_scratch()
+        });
+        assert!(reader.join().expect("thread"), "a thread that read ahead");
     }
 
     #[tokio::test]
