@@ -20,10 +20,17 @@
 //! until what they hold covers the excess: their bytes leave the total at once
 //! (so one excess does not evict a second round while they close), their
 //! reads stop, and the session waiting on [`Account::evicted`] is woken to
-//! close with 1013 (see `apps::codec::BUDGET_CLOSE`). Per read this costs two
-//! atomic additions and a load; per delivered message a load (and a swap and a
-//! subtraction when the count was not already zero). No lock outside session
-//! start, session end and eviction.
+//! close with 1013 (see `apps::codec::BUDGET_CLOSE`).
+//!
+//! A session holding no more than [`UNCOUNTED`] bytes is left out of the
+//! total: those bytes sit in the codec's read buffer, which rests at that size
+//! in every session anyway, so they cost no memory beyond the idle session's.
+//! Small messages then touch only their own session's count: the shared total,
+//! a cache line every worker thread writes, moves only for sessions holding
+//! more. Per read this costs an atomic addition (a second one and a load when
+//! what the total counts changed); per delivered message a load (and a swap
+//! when the count was not already zero, a subtraction when it was counted).
+//! No lock outside session start, session end and eviction.
 //!
 //! Every idle session pays for its account, so it is kept small: one 64-byte
 //! allocation and an 8-byte slot in the registry (`Registry`); a drain
@@ -31,7 +38,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{ready, Context, Poll};
 
@@ -44,6 +51,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// 64 KiB reads cost nothing measurable against larger ones.
 pub const MAX_READ: usize = 64 * 1024;
 
+/// Bytes a session may hold without the total counting them: the size the
+/// apps' codec read buffer rests at (`apps::codec`), held by every session
+/// whether filled or not.
+pub const UNCOUNTED: usize = 512;
+
+/// What the total counts of a session holding `held` bytes: all of them once
+/// past [`UNCOUNTED`], none before.
+fn counted(held: usize) -> isize {
+    if held > UNCOUNTED {
+        isize::try_from(held).unwrap_or(isize::MAX)
+    } else {
+        0
+    }
+}
+
 /// Wire size of a client control frame's header: 2 bytes, then the mask (a
 /// control payload is at most 125 bytes, so no extended length).
 const CONTROL_HEADER: usize = 6;
@@ -52,10 +74,13 @@ const CONTROL_HEADER: usize = 6;
 pub struct Budget {
     /// `server.max_buffered` in bytes (changed by reload).
     limit: AtomicUsize,
-    /// Bytes held by all accounts. Never below the sum of their counts: an
-    /// account adds here before its own count and takes its count before
-    /// subtracting here, so a concurrent eviction cannot make it wrap.
-    total: AtomicUsize,
+    /// What the accounts count ([`counted`] of each one's bytes), once the
+    /// changes in flight have landed: each change to an account's count
+    /// moves it by the difference that change made, so changes may land in
+    /// any order. Signed, so that one landing early (an eviction's
+    /// subtraction before the addition of the read it raced with) dips it
+    /// below zero for a moment instead of wrapping it.
+    total: AtomicIsize,
     /// Open accounts, for eviction to find the largest holders.
     accounts: Mutex<Registry>,
     /// One eviction pass at a time; others over the limit meanwhile skip it.
@@ -69,7 +94,7 @@ impl Budget {
     pub fn new(limit: u64, closed: Counter) -> Arc<Self> {
         Arc::new(Self {
             limit: AtomicUsize::new(usize::try_from(limit).unwrap_or(usize::MAX)),
-            total: AtomicUsize::new(0),
+            total: AtomicIsize::new(0),
             accounts: Mutex::new(Registry::default()),
             enforcing: AtomicBool::new(false),
             closed,
@@ -87,9 +112,10 @@ impl Budget {
         self.limit.load(Relaxed)
     }
 
-    /// Bytes held now by every session (`wsgate_ws_buffered_bytes`).
+    /// Bytes held now by the sessions holding more than [`UNCOUNTED`]
+    /// (`wsgate_ws_buffered_bytes`).
     pub fn buffered(&self) -> usize {
-        self.total.load(Relaxed)
+        usize::try_from(self.total.load(Relaxed)).unwrap_or(0)
     }
 
     /// Open sessions with an account.
@@ -133,7 +159,7 @@ impl Budget {
     /// One eviction pass; returns the accounts it looked at, to be dropped
     /// by the caller.
     fn evict_largest(&self) -> Vec<Arc<Account>> {
-        let excess = self.total.load(Relaxed).saturating_sub(self.limit());
+        let excess = self.buffered().saturating_sub(self.limit());
         if excess == 0 {
             return Vec::new();
         }
@@ -145,7 +171,7 @@ impl Budget {
             .iter()
             .filter(|a| !a.is_evicted())
             .map(|a| (a.held(), a))
-            .filter(|(held, _)| *held > 0)
+            .filter(|(held, _)| counted(*held) > 0)
             .collect();
         holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         let mut freed = 0;
@@ -250,25 +276,40 @@ impl Account {
         if let Ok(before) = self.held.fetch_update(Relaxed, Relaxed, |h| {
             (h != 0).then(|| h.saturating_sub(wire))
         }) {
-            self.budget.total.fetch_sub(before.min(wire), Relaxed);
+            self.recount(before, before.saturating_sub(wire));
         }
     }
 
     /// `n` bytes were read from the session's socket.
     fn add(&self, n: usize) {
-        // Total first (see `Budget::total`).
-        let total = self.budget.total.fetch_add(n, Relaxed) + n;
-        self.held.fetch_add(n, Relaxed);
-        if total > self.budget.limit() {
-            self.budget.enforce();
+        let before = self.held.fetch_add(n, Relaxed);
+        let after = before.saturating_add(n);
+        if after <= UNCOUNTED {
+            return;
+        }
+        if let Some(total) = self.recount(before, after) {
+            if usize::try_from(total).is_ok_and(|t| t > self.budget.limit()) {
+                self.budget.enforce();
+            }
         }
     }
 
-    /// Returns everything this account holds to the budget; how much that was.
+    /// Returns everything this account holds to the budget; how much of it
+    /// the total counted.
     fn take_all(&self) -> usize {
         let held = self.held.swap(0, Relaxed);
-        self.budget.total.fetch_sub(held, Relaxed);
+        if held <= UNCOUNTED {
+            return 0;
+        }
+        self.recount(held, 0);
         held
+    }
+
+    /// Moves the total by what this account's count going from `before` to
+    /// `after` changed in it; the new total, if it moved.
+    fn recount(&self, before: usize, after: usize) -> Option<isize> {
+        let change = counted(after) - counted(before);
+        (change != 0).then(|| self.budget.total.fetch_add(change, Relaxed) + change)
     }
 
     /// Marks the session evicted, returns its bytes and wakes it to close.
@@ -412,172 +453,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn budget(limit: u64) -> (Arc<Budget>, Counter) {
-        let closed = Counter::default();
-        (Budget::new(limit, closed.clone()), closed)
-    }
-
-    #[test]
-    fn messages_reset_and_control_frames_subtract_their_wire_size() {
-        let (b, _) = budget(1 << 20);
-        let a = b.open();
-        a.add(1000);
-        assert_eq!((a.held(), b.buffered()), (1000, 1000));
-        // A ping (6 + 4 bytes on the wire) between fragments: the message in
-        // progress stays counted.
-        a.control_delivered(4);
-        assert_eq!((a.held(), b.buffered()), (990, 990));
-        a.message_delivered();
-        assert_eq!((a.held(), b.buffered()), (0, 0));
-        // A control frame read after the count was reset takes nothing.
-        a.control_delivered(125);
-        assert_eq!((a.held(), b.buffered()), (0, 0));
-        a.add(3);
-        a.control_delivered(0);
-        assert_eq!((a.held(), b.buffered()), (0, 0));
-    }
-
-    #[test]
-    fn a_dropped_account_returns_its_bytes() {
-        let (b, closed) = budget(1 << 20);
-        let a = b.open();
-        let c = b.open();
-        a.add(700);
-        c.add(300);
-        assert_eq!((b.buffered(), b.sessions()), (1000, 2));
-        drop(a);
-        assert_eq!((b.buffered(), b.sessions()), (300, 1));
-        drop(c);
-        assert_eq!((b.buffered(), b.sessions()), (0, 0));
-        assert_eq!(closed.get(), 0);
-    }
-
-    #[test]
-    fn over_the_limit_the_largest_holders_are_evicted_until_the_excess_is_covered() {
-        let (b, closed) = budget(1000);
-        let big = b.open();
-        let mid = b.open();
-        let small = b.open();
-        big.add(500);
-        mid.add(300);
-        small.add(100);
-        assert_eq!(closed.get(), 0);
-        // 1 150 bytes: 150 over. The largest alone covers it; the reader
-        // (`small`) is not among the largest and keeps going.
-        small.add(250);
-        assert!(big.is_evicted());
-        // The session waiting on its eviction sees it (the future is ready).
-        assert!(futures_util::FutureExt::now_or_never(big.evicted()).is_some());
-        assert!(futures_util::FutureExt::now_or_never(mid.evicted()).is_none());
-        assert!(!mid.is_evicted() && !small.is_evicted());
-        assert_eq!((big.held(), b.buffered(), closed.get()), (0, 650, 1));
-        // Now the reader makes itself the largest: 1 250 bytes, 250 over.
-        small.add(600);
-        assert!(small.is_evicted() && !mid.is_evicted());
-        assert_eq!((b.buffered(), closed.get()), (300, 2));
-        // An excess larger than the largest holder takes the next ones too.
-        let (b, closed) = budget(100);
-        let accounts: Vec<_> = (0..4).map(|_| b.open()).collect();
-        for (a, n) in accounts.iter().zip([40, 30, 20, 10]) {
-            a.add(n);
-        }
-        // 175 bytes, 75 over: the reader is now the largest (85) and alone covers it.
-        accounts[3].add(75);
-        let evicted: Vec<bool> = accounts.iter().map(|a| a.is_evicted()).collect();
-        assert_eq!(evicted, [false, false, false, true]);
-        // 110 + 30 + 20 = 160 bytes, 60 over: the largest (110) goes.
-        accounts[0].add(70);
-        let evicted: Vec<bool> = accounts.iter().map(|a| a.is_evicted()).collect();
-        assert_eq!(evicted, [true, false, false, true]);
-        assert_eq!((b.buffered(), closed.get()), (50, 2));
-        // An evicted account's later drop changes nothing twice.
-        drop(accounts);
-        assert_eq!(b.buffered(), 0);
-    }
-
-    #[test]
-    fn the_registry_reuses_the_slots_of_ended_sessions() {
-        let (b, _) = budget(100);
-        let accounts: Vec<_> = (0..3).map(|_| b.open()).collect();
-        let [first, middle, last] = <[_; 3]>::try_from(accounts).ok().expect("three");
-        drop(middle);
-        assert_eq!(b.sessions(), 2);
-        // The new account takes the freed slot: the registry does not grow.
-        let newer = b.open();
-        assert_eq!((b.sessions(), b.registry().slots.len()), (3, 3));
-        // Every live account, the one in the reused slot included, can be
-        // found and evicted.
-        newer.add(60);
-        first.add(30);
-        last.add(20);
-        assert!(newer.is_evicted() && !first.is_evicted() && !last.is_evicted());
-    }
-
-    #[tokio::test]
-    async fn an_eviction_wakes_the_session_waiting_for_it() {
-        let (b, _) = budget(10);
-        let a = b.open();
-        let waiting = tokio::spawn({
-            let a = a.clone();
-            async move { a.evicted().await }
-        });
-        // The task is parked on its account (nothing to wake it yet) ...
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        // ... until the budget evicts it.
-        a.add(11);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("woken")
-            .expect("task");
-    }
-
-    #[test]
-    fn a_lower_limit_applies_at_the_next_read() {
-        let (b, closed) = budget(1 << 20);
-        let a = b.open();
-        a.add(4096);
-        b.set_limit(4096);
-        assert!(!a.is_evicted());
-        a.add(1);
-        assert!(a.is_evicted());
-        assert_eq!(closed.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn metered_counts_reads_and_stops_reading_once_evicted() {
-        let (b, _) = budget(100 << 10);
-        let a = b.open();
-        let (client, server) = tokio::io::duplex(256 << 10);
-        let mut m = Metered::new(server, a.clone());
-        let mut client = client;
-        client.write_all(&[7u8; 1000]).await.expect("write");
-        let mut buf = vec![0u8; 4096];
-        let n = m.read(&mut buf).await.expect("read");
-        assert_eq!((n, a.held()), (1000, 1000));
-        // A read never takes more than `MAX_READ`, whatever room it is given.
-        client
-            .write_all(&vec![1u8; 200 << 10])
-            .await
-            .expect("write");
-        let mut big = vec![0u8; 300 << 10];
-        let n = m.read(&mut big).await.expect("read");
-        assert_eq!(n, MAX_READ);
-        assert_eq!(a.held(), 1000 + MAX_READ);
-        // Past 100 KiB: evicted, and nothing more reaches the reader: what
-        // arrives is dropped until the peer closes, which reads as the end.
-        let n = m.read(&mut big).await.expect("read");
-        assert!(a.is_evicted(), "{n} more bytes read");
-        assert_eq!(b.buffered(), 0);
-        client.write_all(&[3u8; 1000]).await.expect("write");
-        let more = tokio::time::timeout(std::time::Duration::from_millis(50), m.read(&mut big));
-        assert!(more.await.is_err(), "an evicted socket hands nothing on");
-        drop(client);
-        let end = m.read(&mut big).await.expect("read");
-        assert_eq!((end, a.held(), b.buffered()), (0, 0, 0));
-    }
-}
+#[path = "budget_tests.rs"]
+mod tests;
