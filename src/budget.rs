@@ -52,8 +52,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const MAX_READ: usize = 64 * 1024;
 
 /// Bytes a session may hold without the total counting them: the size the
-/// apps' codec read buffer rests at (`apps::codec`), held by every session
-/// whether filled or not.
+/// apps' codec read buffer rests at (`apps::codec` asserts the two agree),
+/// held by every session whether filled or not.
 pub const UNCOUNTED: usize = 512;
 
 /// What the total counts of a session holding `held` bytes: all of them once

@@ -47,8 +47,8 @@ fn a_session_holding_little_is_not_counted() {
     a.message_delivered();
     c.message_delivered();
     assert_eq!((a.held(), c.held(), b.buffered()), (0, 0, 0));
-    // Over the limit, a session the total does not count is not
-    // evicted: closing it would free nothing counted.
+    // Over the limit, the sessions the total counts cover the excess: one
+    // it leaves out is not among those evicted.
     let (b, closed) = budget(1000);
     let small = b.open();
     let big = b.open();

@@ -39,6 +39,11 @@ pub type AppSocket = Metered<Upgraded>;
 /// buffer for as long as it takes (a few more reads), then yawc shrinks it back.
 const READ_BUFFER: usize = 512;
 
+// The budget leaves out a session holding no more than this buffer holds at
+// rest (`budget::UNCOUNTED`): one number, so a change to either must be a
+// change to both.
+const _: () = assert!(READ_BUFFER == crate::budget::UNCOUNTED);
+
 /// The write buffer starts empty: the encoder reserves exactly what each frame
 /// needs, and the buffer keeps that (up to 8 KiB) for the next ones.
 const WRITE_BUFFER: usize = 0;

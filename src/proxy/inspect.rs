@@ -33,14 +33,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::shutdown::Stop;
-
 use super::inspect_config::CloseReason;
 pub use super::inspect_config::{InspectConfig, InspectMetrics};
 use super::scan::{self, Event, Scanner, MAX_HEADER, OP_CLOSE, OP_PING, OP_PONG};
 use super::splice::{SpliceEnd, SpliceStats};
 use crate::limit::gcra::Bucket;
-use crate::shutdown::DRAIN_CLOSE;
+use crate::shutdown::{Stop, DRAIN_CLOSE};
 
 /// How long peers get to answer an injected close before both connections are dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
