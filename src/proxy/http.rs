@@ -115,7 +115,9 @@ pub async fn forward(
             // was tried: the last attempt's error says more than "no upstream".
             return Err(last_err.unwrap_or(ProxyError::NoUpstream));
         };
-        let backend = choice.backend.clone();
+        // Borrowed: a clone would write the server's reference count, a line
+        // that every worker's requests to it share.
+        let backend = &choice.backend;
         tried.push(backend.id);
         // Origin-form: the connection is to the server already.
         let uri = Uri::from(path.clone());
@@ -150,8 +152,8 @@ pub async fn forward(
                 )
             }
             Ok(Ok(resp)) => {
-                pool.report_success(&backend);
-                count(metrics, pool, &backend, resp.status().as_u16());
+                pool.report_success(backend);
+                count(metrics, pool, backend, resp.status().as_u16());
                 let mut resp = response(resp, guard);
                 *served_by = Some(backend.addr.clone());
                 if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
@@ -178,8 +180,8 @@ pub async fn forward(
             // The server may be processing it: never resend after a response timeout.
             Err(_) => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
-        pool.report_failure(&backend);
-        count(metrics, pool, &backend, err.status().as_u16());
+        pool.report_failure(backend);
+        count(metrics, pool, backend, err.status().as_u16());
         tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
         if !resendable || !retry_allowed(tried.len()) {
             return Err(err);

@@ -187,10 +187,10 @@ impl Tunnel<'_> {
             tried.push(choice.backend.id);
             // Counted from the start so least_conn sees handshakes in progress.
             let inflight = choice.backend.track();
-            let stream = match connect(&choice.backend).await {
+            let stream = match connect(choice.backend).await {
                 Ok(s) => s,
                 Err(e) => {
-                    pool.report_failure(&choice.backend);
+                    pool.report_failure(choice.backend);
                     // Nothing reached the server: safe to try another.
                     if tried.len() > pool.cfg.retries as usize {
                         return Err(e);
@@ -201,7 +201,7 @@ impl Tunnel<'_> {
             };
             let up = Upstream {
                 cfg: &pool.cfg,
-                backend: &choice.backend,
+                backend: choice.backend,
                 route,
                 ctx,
                 notes,
@@ -209,12 +209,12 @@ impl Tunnel<'_> {
             // Boxed: the handshake's state is only needed while it runs.
             match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok((relayed, stream, accept)) => {
-                    pool.report_success(&choice.backend);
+                    pool.report_success(choice.backend);
                     break (choice, inflight, relayed, stream, accept);
                 }
                 Err(e) => {
                     // The server saw the handshake: it answered, or failed, itself.
-                    pool.report_failure(&choice.backend);
+                    pool.report_failure(choice.backend);
                     return Err(e);
                 }
             }

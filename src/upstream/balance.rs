@@ -86,6 +86,12 @@ impl SmoothWrr {
 
     /// Picks among indices `0..weights.len()` for which `usable(i)` holds.
     pub fn pick(&self, weights: &[u32], usable: impl Fn(usize) -> bool) -> Option<usize> {
+        if let [_] = weights {
+            // One server: the pick is it (its `current` would go up by its
+            // weight and back down by the same total), so the lock, a write
+            // that every worker's requests share, is not taken.
+            return usable(0).then_some(0);
+        }
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if cur.len() != weights.len() {
             *cur = vec![0; weights.len()];

@@ -220,7 +220,11 @@ impl ConnPool {
                 since: Instant::now(),
             });
         }
-        if !self.reaper_started.swap(true, Ordering::AcqRel) {
+        // Looked at before it is written: a swap on every give-back would
+        // write a line that every worker's requests to this server share.
+        if !self.reaper_started.load(Ordering::Acquire)
+            && !self.reaper_started.swap(true, Ordering::AcqRel)
+        {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }

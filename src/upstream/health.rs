@@ -210,7 +210,9 @@ impl Health {
 
     /// A success clears the failure count and ends probation (nginx does the same).
     pub fn record_success(&self) {
-        if self.dirty.swap(false, Ordering::AcqRel) {
+        // A load first: most successes find nothing to clear, and a swap
+        // would write the flag's line on every one of them.
+        if self.dirty.load(Ordering::Acquire) && self.dirty.swap(false, Ordering::AcqRel) {
             let mut p = self.lock();
             p.fails = 0;
             p.window_start = None;

@@ -37,8 +37,10 @@ pub enum Affinity {
 
 /// The server chosen for one attempt.
 #[derive(Debug, Clone)]
-pub struct Choice {
-    pub backend: Arc<Backend>,
+pub struct Choice<'a> {
+    /// Borrowed from the pool: a clone per request would write the server's
+    /// reference count, a line that every worker's requests to it share.
+    pub backend: &'a Arc<Backend>,
     /// The response must carry a (new) sticky cookie naming `backend`: the
     /// request had no usable token, or its token is due for renewal.
     pub issue_cookie: bool,
@@ -115,7 +117,11 @@ impl Pool {
     }
 
     pub fn backend(&self, id: BackendId) -> Option<Arc<Backend>> {
-        self.backends.iter().find(|b| b.id == id).cloned()
+        self.backend_ref(id).cloned()
+    }
+
+    fn backend_ref(&self, id: BackendId) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.id == id)
     }
 
     /// The key sealing this pool's cookies, derived from the gateway's secret.
@@ -139,7 +145,7 @@ impl Pool {
     /// Chooses a usable server not in `exclude` (the servers already tried for
     /// this request). `None` when every candidate is down: the caller answers
     /// 502 at once rather than waiting for one to come back.
-    pub fn select(&self, affinity: &Affinity, exclude: &[BackendId]) -> Option<Choice> {
+    pub fn select(&self, affinity: &Affinity, exclude: &[BackendId]) -> Option<Choice<'_>> {
         let now = Instant::now();
         let usable = |b: &Backend| !exclude.contains(&b.id) && self.is_up_at(b, now);
         match affinity {
@@ -147,7 +153,7 @@ impl Pool {
                 // A token naming a server that is gone, down or already tried
                 // is ignored: choose again and issue a new cookie.
                 let pinned = tokens.iter().find_map(|t| {
-                    self.backend(t.backend)
+                    self.backend_ref(t.backend)
                         .filter(|b| usable(b))
                         .map(|b| (b, t.needs_refresh(*now)))
                 });
@@ -167,7 +173,7 @@ impl Pool {
                 // goes down (and comes back when it returns).
                 let cands = self.backends.iter().filter(|b| usable(b));
                 rendezvous(key, cands, |b| b.id.0, |b| b.weight).map(|b| Choice {
-                    backend: b.clone(),
+                    backend: b,
                     issue_cookie: false,
                 })
             }
@@ -192,14 +198,14 @@ impl Pool {
         )
     }
 
-    fn balance(&self, usable: impl Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
+    fn balance(&self, usable: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         let servers = &self.backends;
         let pick = match self.cfg.balance {
             Balance::RoundRobin => self.wrr.pick(&self.weights, |i| usable(&servers[i])),
             Balance::LeastConn => least_conn(servers, &self.weights, &self.wrr, |b| usable(b)),
             Balance::Random => two_choices(servers, |b| usable(b), rand::random),
         };
-        pick.map(|i| servers[i].clone())
+        pick.map(|i| &servers[i])
     }
 
     /// Usable now? Logs the passive recovery this check may notice.

@@ -268,12 +268,12 @@ async fn callout(
         let addr = || backend.addr.clone();
         let err = match tokio::time::timeout(pool.cfg.response_timeout, exchange).await {
             Ok(Ok((parts, body))) => {
-                pool.report_success(&backend);
+                pool.report_success(backend);
                 return decide(parts.status, &parts.headers, body, copy)
                     .ok_or_else(|| CalloutError::Status(addr(), parts.status.as_u16()));
             }
             Ok(Err(e)) if e.nothing_received() => {
-                pool.report_failure(&backend);
+                pool.report_failure(backend);
                 match e {
                     SendError::Connect(_) | SendError::ConnectTimeout => {
                         CalloutError::Connect(addr())
@@ -282,11 +282,11 @@ async fn callout(
                 }
             }
             Ok(Err(e)) => {
-                pool.report_failure(&backend);
+                pool.report_failure(backend);
                 return Err(CalloutError::Failed(addr(), e.to_string()));
             }
             Err(_) => {
-                pool.report_failure(&backend);
+                pool.report_failure(backend);
                 return Err(CalloutError::Timeout(addr()));
             }
         };

@@ -23,6 +23,16 @@ fn smooth_wrr_skips_unusable() {
 }
 
 #[test]
+fn smooth_wrr_with_one_server_picks_it_while_usable() {
+    let w = SmoothWrr::new(1);
+    assert_eq!(w.pick(&[3], |_| true), Some(0));
+    assert_eq!(w.pick(&[3], |_| false), None);
+    // Grown by a reload to two servers: the sequence starts afresh.
+    let seq: Vec<_> = (0..4).map(|_| w.pick(&[1, 1], |_| true)).collect();
+    assert_eq!(seq, vec![Some(0), Some(1), Some(0), Some(1)]);
+}
+
+#[test]
 fn rendezvous_moves_about_one_in_n_plus_one() {
     let three: Vec<u64> = vec![1, 2, 3];
     let four: Vec<u64> = vec![1, 2, 3, 4];
