@@ -7,6 +7,7 @@
 
 pub mod chat;
 pub mod codec;
+pub mod deflate_offer;
 pub mod echo;
 pub mod error;
 

@@ -21,8 +21,9 @@ pub const MIN_SECRET_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("{0:?} is not \"env:NAME\", \"file:PATH\" or \"base64:...\"")]
-    SecretSyntax(String),
+    /// The value is never shown: it may be a pasted secret (any part of it).
+    #[error("the value is not \"env:NAME\", \"file:PATH\" or \"base64:...\" (it is not shown: it may be the secret itself)")]
+    SecretSyntax,
     #[error("environment variable {0} is not set (or not UTF-8)")]
     EnvMissing(String),
     #[error("cannot read {path:?}: {error}")]
@@ -76,10 +77,9 @@ impl FromStr for SecretSource {
         } else if let Some(b) = s.strip_prefix("base64:").filter(|b| !b.is_empty()) {
             Ok(SecretSource::Base64(b.to_string()))
         } else {
-            // Never echo what was given: it may be a pasted secret.
-            Err(KeyError::SecretSyntax(
-                s.split_once(':').map_or("", |(p, _)| p).to_string() + ":...",
-            ))
+            // Never echo what was given, not even before a colon: it may be
+            // a pasted secret.
+            Err(KeyError::SecretSyntax)
         }
     }
 }

@@ -25,8 +25,8 @@ pub struct DevToken {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevTokenError {
-    #[error("no [auth.{0}] in the config (known: {1:?})")]
-    UnknownAuth(String, Vec<String>),
+    #[error("no [auth.{0}] in the config ({1})")]
+    UnknownAuth(String, String),
     #[error("--claim {0:?} is not k=v")]
     BadClaim(String),
     #[error("--sub must not be empty")]
@@ -42,7 +42,7 @@ impl DevToken {
         auths: &std::collections::BTreeMap<String, AuthConfig>,
     ) -> Result<String, DevTokenError> {
         let auth = auths.get(&self.auth).ok_or_else(|| {
-            DevTokenError::UnknownAuth(self.auth.clone(), auths.keys().cloned().collect())
+            DevTokenError::UnknownAuth(self.auth.clone(), crate::config::known(auths.keys()))
         })?;
         if self.sub.is_empty() {
             return Err(DevTokenError::EmptySub);

@@ -133,6 +133,11 @@ fn protocol_token(h: &HeaderMap) -> Option<&str> {
     protocols(h).find_map(|p| p.strip_prefix(BEARER_PROTOCOL).filter(|t| !t.is_empty()))
 }
 
+/// Whether a `bearer.` entry is among the offered subprotocols.
+pub fn offers_bearer(h: &HeaderMap) -> bool {
+    protocols(h).any(|p| p.starts_with(BEARER_PROTOCOL))
+}
+
 /// The offered subprotocols without the `bearer.` entries: `None` when
 /// nothing is left (the header is then removed), else the new header value.
 pub fn protocols_without_bearer(h: &HeaderMap) -> Option<HeaderValue> {

@@ -174,13 +174,10 @@ pub(super) fn route_auth(
         return None;
     };
     if !known.contains_key(a.get_ref()) {
-        let names: Vec<_> = known.keys().map(String::as_str).collect();
+        let names = super::known(known.keys());
         cx.at(
             a.span(),
-            format!(
-                "{key}.auth: no [auth.{}] is defined (known: {names:?})",
-                a.get_ref()
-            ),
+            format!("{key}.auth: no [auth.{}] is defined ({names})", a.get_ref()),
         );
         return None;
     }
@@ -231,11 +228,11 @@ pub(super) fn chat_auth(
         return None;
     };
     if !known.contains_key(a.get_ref()) {
-        let names: Vec<_> = known.keys().map(String::as_str).collect();
+        let names = super::known(known.keys());
         cx.at(
             a.span(),
             format!(
-                "app.chat.auth: no [auth.{}] is defined (known: {names:?})",
+                "app.chat.auth: no [auth.{}] is defined ({names})",
                 a.get_ref()
             ),
         );

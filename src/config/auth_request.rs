@@ -74,11 +74,11 @@ pub(super) fn parse(
     };
     let mut ok = true;
     if !upstreams.contains_key(name.get_ref()) {
-        let known: Vec<_> = upstreams.keys().map(String::as_str).collect();
+        let known = super::known(upstreams.keys());
         issues.push((
             name.span(),
             format!(
-                "{key}.auth_request: no [upstream.{}] is defined (known: {known:?})",
+                "{key}.auth_request: no [upstream.{}] is defined ({known})",
                 name.get_ref()
             ),
         ));

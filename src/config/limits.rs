@@ -257,10 +257,10 @@ fn refs(
         let name = n.get_ref();
         match defs.get(name) {
             None => {
-                let known: Vec<_> = defs.keys().map(String::as_str).collect();
+                let known = super::known(defs.keys());
                 cx.at(
                     n.span(),
-                    format!("{key}: no [limit.{name}] is defined (known: {known:?})"),
+                    format!("{key}: no [limit.{name}] is defined ({known})"),
                 );
             }
             Some(d) => {

@@ -33,6 +33,9 @@ pub struct Head<'a> {
     pub upgrade: bool,
     /// For filters that count what they decide.
     pub metrics: &'a Metrics,
+    /// Every route's `auth_claims_to_headers` names: no client may send
+    /// them anywhere (an auth callout removes them from its subrequest).
+    pub identity_headers: &'a [HeaderName],
 }
 
 /// A filter's decision.

@@ -96,9 +96,11 @@ impl Filter for Authenticate {
             }
         }
         let mut remove = Vec::new();
-        if found.is_some_and(|f| f.via_protocol) {
-            // The token rode in the subprotocol list: the application must not
-            // see it offered (nor ever echo it back as the chosen protocol).
+        if head.upgrade && auth::offers_bearer(req.headers()) {
+            // A token rode in the subprotocol list (whether or not it is the
+            // one verified: one in `Authorization` is looked at first): the
+            // application must not see it offered (nor ever echo it back as
+            // the chosen protocol).
             match auth::protocols_without_bearer(req.headers()) {
                 Some(rest) => {
                     headers.insert(header::SEC_WEBSOCKET_PROTOCOL, rest);
@@ -108,7 +110,10 @@ impl Filter for Authenticate {
         }
         Verdict::Identify(Identity {
             user: v.str_claim("sub").map(|s| User(Arc::from(s))),
-            expires: v.expires().map(|t| t + self.verifier.leeway),
+            // Checked: a signed `exp` near the end of time must not overflow.
+            expires: v
+                .expires()
+                .map(|t| t.checked_add(self.verifier.leeway).unwrap_or(t)),
             headers,
             remove,
         })

@@ -18,6 +18,29 @@ const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// What an untrusted client may not say about itself, besides the fields
+/// set here: RFC 7239 `Forwarded`, and the client-address and scheme fields
+/// other proxies and CDNs set, which applications read as the gateway's word
+/// (a client claiming `X-Forwarded-Ssl: on` or `True-Client-IP` would
+/// otherwise be believed).
+const CLIENT_CLAIMS: [HeaderName; 15] = [
+    header::FORWARDED,
+    X_REAL_IP,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+];
+
 /// Sets what a proxied request carries about its client and host on `h`
 /// (see [`Forwarding::new`]).
 pub fn set_forwarding(
@@ -55,8 +78,9 @@ impl Forwarding {
     ///   (`for=hop` appended); its `X-Forwarded-Proto`/`-Host` are kept (it may
     ///   have terminated TLS), else set.
     /// - Not trusted: nothing a client can set about itself is passed on.
-    ///   `X-Forwarded-For` becomes `hop` alone, `Forwarded` and `X-Real-IP` are
-    ///   removed, `X-Forwarded-Proto`/`-Host` are this hop's.
+    ///   `X-Forwarded-For` becomes `hop` alone, `Forwarded`, `X-Real-IP` and
+    ///   the rest of [`CLIENT_CLAIMS`] are removed, `X-Forwarded-Proto`/`-Host`
+    ///   are this hop's.
     ///
     /// The untrusted path (every direct client) allocates nothing: `hop` is
     /// formatted once per connection and shared, and a `Host` that already
@@ -112,7 +136,7 @@ impl Forwarding {
         } else if *name == XFH {
             !self.trusted || self.xfh.is_some()
         } else {
-            *name == X_REAL_IP && !self.trusted
+            !self.trusted && CLIENT_CLAIMS.contains(name)
         }
     }
 
@@ -147,7 +171,7 @@ impl Forwarding {
         // insert.
         h.reserve(3);
         if !self.trusted {
-            remove_present(h, &[header::FORWARDED, X_REAL_IP]);
+            remove_present(h, &CLIENT_CLAIMS);
             if self.xfh.is_none() {
                 h.remove(XFH);
             }
@@ -284,6 +308,36 @@ mod tests {
         set_forwarding(&mut no_host, &hop("::1"), false, true, None);
         assert!(!no_host.contains_key("x-forwarded-host"));
         assert_eq!(no_host["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn other_proxies_client_claims_are_dropped_unless_trusted() {
+        let claims = |h: &mut HeaderMap| {
+            for n in ["true-client-ip", "x-client-ip", "cf-connecting-ip"] {
+                h.insert(n, HeaderValue::from_static("1.1.1.1"));
+            }
+            h.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+            h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+        };
+        let mut h = HeaderMap::new();
+        claims(&mut h);
+        let f = Forwarding::new(&h, &hop("198.51.100.7"), false, false, None);
+        assert!(f.replaces(&HeaderName::from_static("true-client-ip")));
+        assert!(!f.replaces(&HeaderName::from_static("x-keep")));
+        f.apply(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            left,
+            ["x-keep", "x-forwarded-for", "x-forwarded-proto"],
+            "only the client's own field and the gateway's are left"
+        );
+        let mut t = HeaderMap::new();
+        claims(&mut t);
+        let f = Forwarding::new(&t, &hop("10.0.0.1"), true, false, None);
+        assert!(!f.replaces(&HeaderName::from_static("true-client-ip")));
+        f.apply(&mut t);
+        assert_eq!(t["true-client-ip"], "1.1.1.1", "a trusted proxy's word");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod http;
 pub mod inspect;
 mod inspect_config;
 pub mod kernel_pipe;
+pub mod path;
 pub mod phases;
 pub mod rate_limit;
 pub mod scan;
@@ -40,6 +41,7 @@ use arc_swap::ArcSwap;
 
 use self::access_phase::{Head, Notes, Phase};
 use self::http::ProxyBody;
+use self::path::PathCheck;
 use crate::access::{Access, BytesIn, ErrorDetail, LimitedBy, LoggedBody, RequestInfo};
 use crate::apps::Apps;
 use crate::auth::Verifiers;
@@ -233,6 +235,22 @@ impl Handler for Proxy {
     }
 }
 
+/// Replaces the request's path (its query kept), for `path::check`'s merge.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        ::http::uri::PathAndQuery::try_from(pq)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
+    );
+    *req.uri_mut() =
+        ::http::Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    Ok(())
+}
+
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
     resp.map(http_body_util::Either::Right)
@@ -285,6 +303,15 @@ impl Proxy {
                     answer,
                 )));
             }
+        }
+        match path::check(req.uri().path()) {
+            PathCheck::Fine => {}
+            PathCheck::DotSegment => {
+                return Err(ProxyError::BadRequest(
+                    "the path has a \".\" or \"..\" segment".into(),
+                ))
+            }
+            PathCheck::Merged(p) => set_path(&mut req, &p)?,
         }
         let route = table
             .router
@@ -414,6 +441,7 @@ impl Proxy {
                     conn,
                     upgrade,
                     metrics: self.access.metrics(),
+                    identity_headers: table.identity_headers.as_deref().unwrap_or_default(),
                 };
                 phase.run(&head).await?
             }

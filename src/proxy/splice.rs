@@ -42,6 +42,23 @@ pub enum SpliceEnd {
     Expired,
 }
 
+impl SpliceEnd {
+    /// The name logs give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpliceEnd::Closed => "closed",
+            SpliceEnd::Idle => "idle",
+            SpliceEnd::Drain => "drain",
+            SpliceEnd::Error => "error",
+            SpliceEnd::TooBig => "too_big",
+            SpliceEnd::PeerDead => "peer_dead",
+            SpliceEnd::Protocol => "protocol",
+            SpliceEnd::Policy => "policy",
+            SpliceEnd::Expired => "expired",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct SpliceStats {
     pub end: SpliceEnd,

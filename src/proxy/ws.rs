@@ -291,7 +291,17 @@ impl Tunnel<'_> {
                     "splice"
                 });
             }
-            tracing::debug!(upstream = %addr, ?stats, "spliced session ended");
+            let (msgs_in, msgs_out) = stats.messages.unwrap_or_default();
+            tracing::debug!(
+                upstream = %addr,
+                end = stats.end.as_str(),
+                bytes_in = stats.bytes_in,
+                bytes_out = stats.bytes_out,
+                msgs_in,
+                msgs_out,
+                zero_copy = stats.zero_copy,
+                "spliced session ended"
+            );
         });
         Ok(resp)
     }

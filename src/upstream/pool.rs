@@ -244,7 +244,7 @@ impl Pool {
         match t.source {
             Source::Passive if !t.up => tracing::warn!(
                 upstream = %self.cfg.name, server = %b.addr, state, source = t.source.as_str(),
-                usable, down_for = ?self.cfg.fail_timeout, "upstream server state changed"
+                usable, down_for_ms = self.cfg.fail_timeout.as_millis() as u64, "upstream server state changed"
             ),
             _ => tracing::warn!(
                 upstream = %self.cfg.name, server = %b.addr, state, source = t.source.as_str(),

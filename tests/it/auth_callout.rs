@@ -227,6 +227,49 @@ async fn an_allowed_request_carries_the_listed_headers_and_the_original_request(
 }
 
 #[tokio::test]
+async fn the_subrequest_carries_no_client_claims_about_address_or_identity() {
+    // `/open/` sets claim headers (on any route, clients may not send them).
+    let s = setup(|c| {
+        c.set(
+            "auth.users.hmac_secret",
+            format!("base64:{}", "A".repeat(44)),
+        )
+        .route(Route::upstream("/open/", "api").set("auth", "users").set(
+            "auth_claims_to_headers",
+            {
+                let mut t = toml::Table::new();
+                t.insert("X-Tenant".into(), "tid".into());
+                toml::Value::Table(t)
+            },
+        ))
+    })
+    .await;
+    let r = get_h(
+        s.gw.http(),
+        "/api/x",
+        &[
+            ("authorization", "Bearer anon"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+            ("true-client-ip", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-tenant", "acme"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = s.auth.last();
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h:?}");
+    assert_eq!(h["x-original-for"], "127.0.0.1");
+    for spoofed in ["x-real-ip", "true-client-ip", "forwarded", "x-tenant"] {
+        assert!(
+            !h.contains_key(spoofed),
+            "{spoofed} reached the auth service: {h:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn client_copies_of_listed_headers_never_pass_even_when_the_service_sets_none() {
     let s = setup(|c| c).await;
     let r = get_h(

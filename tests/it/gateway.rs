@@ -515,6 +515,22 @@ fn check_reports_each_error_with_position() {
 }
 
 #[test]
+fn check_refuses_a_wildcard_beside_an_address_on_its_port() {
+    let (ok, out) = check(
+        "[[listener]]\naddr = \"127.0.0.1:9\"\n[[listener]]\naddr = \"0.0.0.0:9\"\n[[listener]]\naddr = \"127.0.0.1:10\"\n[admin]\naddr = \"[::]:10\"\n",
+    );
+    assert!(!ok);
+    assert!(out.contains("PATH:4:8: listener[1].addr: 0.0.0.0:9 and listener[0].addr (127.0.0.1:9) cannot both listen"), "{out}");
+    assert!(
+        out.contains(
+            "PATH:8:8: admin.addr: [::]:10 and the [[listener]] at 127.0.0.1:10 cannot both listen"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
 fn check_accepts_later_issue_keys_and_prints_ok() {
     // Literal TOML: this is what a user writes (inline tables and all).
     let (out, _) = run_check(

@@ -24,6 +24,7 @@ mod drain;
 mod gateway;
 mod grpc;
 mod hardening2;
+mod hardening3;
 mod http2;
 mod inspect;
 mod listener_tls;

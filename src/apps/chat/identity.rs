@@ -186,7 +186,10 @@ impl ChatAuth {
                 rooms: rooms_claim(&v),
                 send: true,
             },
-            expires: v.expires().map(|t| t + self.verifier.leeway),
+            // Checked: a signed `exp` near the end of time must not overflow.
+            expires: v
+                .expires()
+                .map(|t| t.checked_add(self.verifier.leeway).unwrap_or(t)),
         })
     }
 

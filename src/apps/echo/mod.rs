@@ -40,7 +40,7 @@ pub fn accept(
     hold: SessionHold,
 ) -> Result<Response<Body>, AppError> {
     let opts = super::codec::options(cfg.max_message_size, cfg.compression);
-    keep_first_deflate_offer(req.headers_mut());
+    super::deflate_offer::keep_first_acceptable(req.headers_mut());
     let account = budget.open();
     let (resp, up) =
         super::codec::upgrade(&mut req, opts, account.clone()).map_err(AppError::Upgrade)?;
@@ -464,29 +464,6 @@ fn on_read(frame: yawc::Result<Frame>, account: &Account, log: &mut SessionLog) 
             account.control_delivered(frame.payload().len());
             Read::Skip
         }
-    }
-}
-
-/// RFC 7692 lets a client list several permessage-deflate offers, best first,
-/// and the server accept any one. yawc parses a single offer, so keep the first
-/// one (the client's preference) and drop the rest before it negotiates.
-pub fn keep_first_deflate_offer(h: &mut http::HeaderMap) {
-    let first = h
-        .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find(|offer| {
-            offer
-                .split(';')
-                .next()
-                .is_some_and(|n| n.trim().eq_ignore_ascii_case("permessage-deflate"))
-        })
-        .and_then(|offer| http::HeaderValue::from_str(offer).ok());
-    h.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
-    if let Some(v) = first {
-        h.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
 }
 

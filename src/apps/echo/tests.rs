@@ -27,31 +27,6 @@ fn one_timer_serves_pings_and_the_idle_deadline() {
     assert_eq!(quiet.next(), start + secs(8));
 }
 
-#[test]
-fn keeps_the_first_deflate_offer() {
-    let mut h = http::HeaderMap::new();
-    h.append(
-        "sec-websocket-extensions",
-        "x-foo, permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
-            .parse()
-            .unwrap(),
-    );
-    h.append(
-        "sec-websocket-extensions",
-        "permessage-deflate".parse().unwrap(),
-    );
-    keep_first_deflate_offer(&mut h);
-    assert_eq!(h.get_all("sec-websocket-extensions").iter().count(), 1);
-    assert_eq!(
-        h["sec-websocket-extensions"],
-        "permessage-deflate; client_no_context_takeover; server_max_window_bits=9"
-    );
-    let mut none = http::HeaderMap::new();
-    none.insert("sec-websocket-extensions", "x-foo".parse().unwrap());
-    keep_first_deflate_offer(&mut none);
-    assert!(none.is_empty());
-}
-
 /// Runs the echo loop on `server` until it ends, as a session with pings
 /// off, a minute's idle timeout, `max` bytes per message and `drain`.
 async fn echo_on(server: tokio::net::TcpStream, max: u64, drain: Stop) -> End {

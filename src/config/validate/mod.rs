@@ -1,7 +1,6 @@
 //! `FileConfig` → `Config`: applies defaults, parses units, resolves names and
 //! paths, and collects *every* problem (not just the first) with its position.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -72,8 +71,16 @@ pub fn validate(
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));
 
     if let (Some(a), true) = (admin, admin.is_some_and(|a| a.port() != 0)) {
-        if listeners.iter().any(|l| l.addr == a) {
-            cx.key("admin.addr", format!("{a} is also a [[listener]] address"));
+        if let Some(l) = listeners.iter().find(|l| overlaps(l.addr, a)) {
+            let msg = if l.addr == a {
+                format!("{a} is also a [[listener]] address")
+            } else {
+                format!("{a} and the [[listener]] at {} cannot both listen: a wildcard address takes its port on every interface", l.addr)
+            };
+            match raw.admin.as_ref() {
+                Some(f) => cx.at(f.addr.span(), format!("admin.addr: {msg}")),
+                None => cx.key("admin.addr", msg),
+            }
         }
     }
     if listeners.is_empty() && cx.issues.is_empty() {
@@ -281,7 +288,7 @@ fn listeners(
     ls: &[Spanned<ListenerFile>],
     limits: &std::collections::BTreeMap<String, LimitConfig>,
 ) -> Vec<ListenerConfig> {
-    let mut seen = HashSet::new();
+    let mut seen: Vec<(SocketAddr, String)> = Vec::new();
     let mut out = Vec::new();
     let has_plain = ls.iter().any(|l| l.get_ref().tls.is_none());
     for (i, l) in ls.iter().enumerate() {
@@ -291,13 +298,22 @@ fn listeners(
             continue;
         };
         // Port 0 asks the OS for a free port; two of those never collide.
-        if addr.port() != 0 && !seen.insert(addr) {
-            cx.at(
+        let clash = (addr.port() != 0)
+            .then(|| seen.iter().find(|(o, _)| overlaps(*o, addr)))
+            .flatten();
+        match clash {
+            Some((o, _)) if *o == addr => cx.at(
                 l.addr.span(),
                 format!("{key}.addr: duplicate listener address {addr}"),
-            );
-        } else {
-            cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
+            ),
+            Some((o, other)) => cx.at(
+                l.addr.span(),
+                format!("{key}.addr: {addr} and {other}.addr ({o}) cannot both listen: a wildcard address takes its port on every interface"),
+            ),
+            None => {
+                seen.push((addr, key.clone()));
+                cx.try_bind(&l.addr, &format!("{key}.addr"), addr);
+            }
         }
         let span = ls[i].span();
         let tls = l.tls.as_ref().map(|t| {
@@ -405,4 +421,17 @@ fn listener_cert(
             placeholder()
         }
     }
+}
+
+/// Whether listening on both `a` and `b` must fail: the same address, or
+/// the same port where one is a wildcard that covers the other (`[::]` takes
+/// IPv4 too: the gateway leaves `IPV6_V6ONLY` at the system's default, off).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |w: SocketAddr, o: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a == b || covers(a, b) || covers(b, a)
 }

@@ -48,11 +48,11 @@ pub(super) fn routes(
         }
         let target = if let Some(u) = &r.upstream {
             if !ups.contains_key(u.get_ref()) {
-                let known: Vec<_> = ups.keys().map(String::as_str).collect();
+                let known = crate::config::known(ups.keys());
                 cx.at(
                     u.span(),
                     format!(
-                        "{key}.upstream: no [upstream.{}] is defined (known: {known:?})",
+                        "{key}.upstream: no [upstream.{}] is defined ({known})",
                         u.get_ref()
                     ),
                 );

@@ -31,8 +31,10 @@ use prometheus_client::metrics::counter::Counter;
 use self::cache::Cache;
 use super::access_phase::{Filter, Head, Verdict};
 use super::error::{AuthDenial, ProxyError};
+use super::forwarded::set_forwarding;
 use super::headers::{set_client_cert, strip_hop_by_hop};
 use crate::config::AuthRequestConfig;
+use crate::ctx::{client_ip, ClientAddr};
 use crate::metrics::{Metrics, RouteResult};
 use crate::upstream::conns::SendError;
 use crate::upstream::{Affinity, Pool, Tried};
@@ -190,11 +192,26 @@ impl Filter for AuthRequest {
 
 /// The subrequest's headers: the client's end-to-end headers (credentials
 /// and all) without a body's framing, the verified client certificate, and
-/// what the auth service needs to know about the original request.
+/// what the auth service needs to know about the original request. What a
+/// client may not say about itself is not passed on, as to an upstream: the
+/// identity headers are removed, and the client-address fields are the
+/// gateway's (`proxy::forwarded`).
 fn subrequest_headers(head: &Head<'_>) -> HeaderMap {
     let req = head.req;
     let mut h = req.headers().clone();
     strip_hop_by_hop(&mut h);
+    super::headers::remove_present(&mut h, head.identity_headers);
+    let host = super::request_host(req);
+    // `handle` puts the resolved client there exactly when the connection's
+    // client is a trusted proxy.
+    let trusted = req.extensions().get::<ClientAddr>().is_some();
+    set_forwarding(
+        &mut h,
+        head.conn.forwarded_for(),
+        trusted,
+        head.conn.tls,
+        host.as_ref().map(|h| h.as_str()),
+    );
     for name in [
         header::HOST,
         header::CONTENT_LENGTH,
@@ -224,12 +241,15 @@ fn subrequest_headers(head: &Head<'_>) -> HeaderMap {
     if let Ok(u) = HeaderValue::from_str(uri) {
         h.insert(X_ORIGINAL_URI, u);
     }
-    if let Some(host) =
-        super::request_host(req).and_then(|host| HeaderValue::from_str(host.as_str()).ok())
-    {
+    if let Some(host) = host.and_then(|host| HeaderValue::from_str(host.as_str()).ok()) {
         h.insert(X_ORIGINAL_HOST, host);
     }
-    h.insert(X_ORIGINAL_FOR, head.conn.forwarded_for().clone());
+    // The request's client (resolved through trusted proxies), as the
+    // access phase's other steps and the access line see it.
+    h.insert(
+        X_ORIGINAL_FOR,
+        crate::ctx::forwarded_for(client_ip(req, head.conn)),
+    );
     h
 }
 

@@ -73,12 +73,19 @@ async fn websocket_handshakes_are_checked_before_the_upstream_and_bearer_protoco
         "a refused handshake reached the upstream"
     );
 
-    for (offer, upstream_sees) in [
-        (format!("chat, bearer.{t}"), "protocols chat"),
-        (format!("bearer.{t}"), "protocols -"),
+    // The third offer's token is not the one verified (`Authorization` is
+    // looked at first): it is still a token, and still hidden.
+    for (offer, authorization, upstream_sees) in [
+        (format!("chat, bearer.{t}"), String::new(), "protocols chat"),
+        (format!("bearer.{t}"), String::new(), "protocols -"),
+        (
+            format!("chat, bearer.{t}"),
+            format!("Authorization: Bearer {t}\r\n"),
+            "protocols chat",
+        ),
     ] {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let extra = format!("{WS_HEADERS}Sec-WebSocket-Protocol: {offer}\r\n");
+        let extra = format!("{WS_HEADERS}{authorization}Sec-WebSocket-Protocol: {offer}\r\n");
         s.write_all(handshake("/ws/", &extra).as_bytes())
             .await
             .unwrap();

@@ -48,7 +48,10 @@ pub enum ChatError {
     BadCursor(String),
     #[error("too many messages: this frame was dropped; slow down (the third time within 10 s closes the connection)")]
     RateLimited,
-    #[error("chat backend unavailable: {0}")]
+    /// The detail (a Redis error's text, which names the server's state and
+    /// can carry `Debug` output) is for the log, not the client: see
+    /// [`ChatError::frame`].
+    #[error("chat backend unavailable; try again shortly")]
     Bus(BusError),
     #[error("not allowed in room \"{0}\"")]
     RoomForbidden(RoomName),
@@ -126,6 +129,11 @@ impl ChatError {
 
     /// The `error` frame for this error.
     pub fn frame(&self) -> ErrorFrame {
+        if let ChatError::Bus(e) = self {
+            // Debug: during an outage every client call fails, and the bus
+            // already warns of the connection itself.
+            tracing::debug!(error = %e, "chat backend call failed");
+        }
         ErrorFrame {
             code: self.code(),
             message: self.to_string(),

@@ -1,0 +1,70 @@
+//! The config module's own helpers: positions, key paths, host patterns,
+//! Redis URLs as messages show them.
+
+use super::*;
+
+#[test]
+fn line_col_counts_from_one() {
+    let t = "a = 1\nbb = 2\n";
+    assert_eq!(line_col(t, 0), (1, 1));
+    assert_eq!(line_col(t, 6), (2, 1));
+    assert_eq!(line_col(t, 9), (2, 4));
+}
+
+#[test]
+fn redis_urls_are_described_without_their_passwords() {
+    let single = RedisTarget::Single("redis://:s3cret@10.0.0.1:6379/0".into());
+    assert_eq!(single.describe(), "redis://***@10.0.0.1:6379/0");
+    let seeds = RedisTarget::Cluster(vec![
+        "rediss://app:s3cret@a:7000".into(),
+        "redis://b:7001".into(),
+    ]);
+    assert_eq!(
+        seeds.describe(),
+        "cluster rediss://***@a:7000, redis://b:7001"
+    );
+    let plain = RedisTarget::Single("redis://127.0.0.1:6379/?x=a@b".into());
+    assert_eq!(plain.describe(), "redis://127.0.0.1:6379/?x=a@b");
+}
+
+#[test]
+fn host_patterns() {
+    let w = HostPattern::parse("*.Example.test").unwrap();
+    assert!(w.matches("a.example.test"));
+    assert!(w.matches("a.b.example.test"));
+    assert!(!w.matches("example.test"));
+    let e = HostPattern::parse("api.example.test").unwrap();
+    assert!(e.matches("api.example.test"));
+    assert!(!e.matches("x.api.example.test"));
+    assert!(HostPattern::parse("bad host").is_err());
+    assert!(HostPattern::parse("*.").is_err());
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
+    let err = |toml: &str| {
+        parse(Path::new("t.toml"), toml)
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string()
+    };
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    assert_eq!(
+        err(&format!("[server]\nmax_connections = \"lots\"\n{listener}")),
+        "t.toml:2:19: server.max_connections: invalid type: string \"lots\", expected an integer"
+    );
+    assert_eq!(
+        err(&format!(
+            "[server]\nmax_connections = 99999999999999999999\n{listener}"
+        )),
+        "t.toml:2:19: server.max_connections: the integer `99999999999999999999` is out of range"
+    );
+    assert_eq!(
+        err(&format!("{listener}[[listener]]\naddr = 5\n")),
+        "t.toml:4:8: listener[1].addr: invalid type: integer `5`, expected a string"
+    );
+    assert_eq!(
+        err(&format!("{listener}[upstream.a]\nservers = \"x\"\n")),
+        "t.toml:4:11: upstream.a.servers: invalid type: string \"x\", expected an array"
+    );
+}

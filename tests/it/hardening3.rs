@@ -1,0 +1,121 @@
+//! Hardening, round 3 (a black-box review): a request path is routed as an
+//! upstream will read it (dot-segments refused, empty segments merged), and
+//! what other proxies and CDNs say about a client is not believed from the
+//! client itself. Real sockets; every wait is bounded.
+
+use crate::common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+/// An upstream answering `NAME PATH`, and the request's fields as
+/// `seen-NAME` headers.
+async fn reporting_upstream(name: &'static str) -> SocketAddr {
+    http_upstream(move |req: Request<Incoming>| async move {
+        let mut b = Response::builder();
+        for (k, v) in req.headers() {
+            b = b.header(format!("seen-{k}"), v.clone());
+        }
+        let body = format!("{name} {}", req.uri().path());
+        b.body(Full::new(Bytes::from(body))).expect("response")
+    })
+    .await
+}
+
+async fn gateway() -> TestGateway {
+    let open = reporting_upstream("open").await;
+    let admin = reporting_upstream("admin").await;
+    let cfg = Cfg::new()
+        .listener_plain()
+        .upstream("open", &[open])
+        .upstream("admin", &[admin])
+        .route_upstream("/", "open")
+        .route_upstream("/admin/", "admin");
+    TestGateway::start(&cfg.build()).await
+}
+
+/// `GET path` on a connection of its own, closed after the answer.
+async fn get_raw(addr: SocketAddr, path: &str) -> Raw {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    raw(addr, req.as_bytes(), WAIT).await
+}
+
+#[tokio::test]
+async fn a_path_with_a_dot_segment_is_refused_however_it_is_written() {
+    let gw = gateway().await;
+    for path in [
+        "/open/../admin/x",
+        "/open/./x",
+        "/open/%2e%2e/admin/x",
+        "/open/%2E./admin/x",
+        "/open%2f..%2fadmin/x",
+        "/open\\..\\admin/x",
+        "/..",
+    ] {
+        let r = get_raw(gw.http(), path).await;
+        assert_eq!(
+            r.status_line(),
+            "HTTP/1.1 400 Bad Request",
+            "{path}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("\"..\" segment"), "{path}: {}", r.text());
+    }
+    // Dots inside a segment are ordinary.
+    let r = get_raw(gw.http(), "/open/a..b/.well-known/x.y").await;
+    assert!(r.status_line().contains(" 200 "), "{}", r.text());
+    assert!(
+        r.text().ends_with("open /open/a..b/.well-known/x.y"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn empty_segments_are_merged_before_routing_and_forwarding() {
+    let gw = gateway().await;
+    // Routed by `/` as sent, an upstream that merges slashes would serve
+    // `/admin/x` for a request no `/admin/` route saw.
+    let r = get_raw(gw.http(), "//admin//x?q=1").await;
+    assert!(r.status_line().contains(" 200 "), "{}", r.text());
+    assert!(r.text().ends_with("admin /admin/x"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn other_proxies_client_fields_are_not_believed_from_a_client() {
+    let gw = gateway().await;
+    let r = get_with(
+        gw.http(),
+        "/x",
+        &[
+            ("true-client-ip", "10.9.9.9"),
+            ("cf-connecting-ip", "10.9.9.9"),
+            ("x-client-ip", "10.9.9.9"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-port", "443"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for claim in [
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+        "x-forwarded-ssl",
+        "x-forwarded-port",
+    ] {
+        let seen = format!("seen-{claim}");
+        assert!(
+            !r.headers.contains_key(&seen),
+            "{claim} reached the upstream"
+        );
+    }
+    assert_eq!(r.headers["seen-x-kept"], "1");
+    assert_eq!(r.headers["seen-x-forwarded-for"], "127.0.0.1");
+}
