@@ -1,6 +1,6 @@
 //! The raw shape of `wsgate.toml`: serde structs that mirror the file exactly,
 //! reject unknown keys, and keep source spans on every value that validation may
-//! need to point at. Nothing here interprets a value; see `validate.rs`.
+//! need to point at. Nothing here interprets a value; see `validate/`.
 
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 //! [`ProxyError`], turned into a response in `proxy::error` like every other
 //! failure), or passes it with headers to add upstream.
 //!
-//! Order of the phase (docs/architecture): real client address → rate limits
+//! Order of the phase (docs/access-phase.md): real client address → rate limits
 //! → authentication → authorization; the per-route checks that exist today
 //! (WebSocket allowed, Origin allowlist) are authorization filters. A route
 //! with no filter gets an empty list and the phase costs a length check.

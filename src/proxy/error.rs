@@ -29,6 +29,11 @@ pub enum HandshakeError {
     BadVersion,
     #[error("extended CONNECT with :protocol {0:?} is not supported (only \"websocket\")")]
     UnsupportedProtocol(String),
+    /// Bytes after the head would be read as the first WebSocket frames.
+    #[error(
+        "a WebSocket handshake carries no body (no Transfer-Encoding, no Content-Length but 0)"
+    )]
+    Body,
 }
 
 /// An auth service's refusal (401 or 403), relayed to the client as it was

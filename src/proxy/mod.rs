@@ -289,6 +289,13 @@ impl Proxy {
             // HTTP/2 requests reach here with their fields as sent.
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
+        if let Some(Host::Header(h)) = host {
+            if !path::valid_host(h.as_bytes()) {
+                return Err(ProxyError::BadRequest(
+                    "the Host header is not a valid host[:port]".into(),
+                ));
+            }
+        }
         if req.version() == Version::HTTP_2 && host_contradicts_authority(&req) {
             // RFC 9113 §8.3.1: routed by `:authority`, the upstream would
             // otherwise be told one host and an access rule checked another.

@@ -12,6 +12,10 @@
 //!   `/admin` for a path no `/admin/` route saw.
 //!
 //! One pass over the path, no allocation unless there is something to merge.
+//!
+//! The `Host` routing reads is checked here too ([`valid_host`]): RFC 9112
+//! §3.2 asks for a 400 to a `Host` that is not a `host[:port]`, which hyper
+//! and the fast path leave to the application.
 
 /// What routing makes of a request path.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +93,61 @@ fn dot(b: &[u8]) -> Option<usize> {
     }
 }
 
+/// Whether `b` is a `uri-host [ ":" port ]` (RFC 3986 §3.2.2, RFC 9110
+/// §7.2): a bracketed IPv6 address or a name of unreserved, sub-delims and
+/// percent characters, and a port of at most five digits, up to 65535.
+pub fn valid_host(b: &[u8]) -> bool {
+    let (host, port) = match b {
+        [b'[', rest @ ..] => match rest.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let inside = &rest[..end];
+                let ok = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+                if !ok {
+                    return false;
+                }
+                match &rest[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&b[..0], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match b.iter().rposition(|&c| c == b':') {
+            Some(i) => (&b[..i], &b[i + 1..]),
+            None => (b, &b[..0]),
+        },
+    };
+    let name_ok = host.iter().all(|c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()));
+    name_ok && port_ok
+}
+
 fn merge_slashes(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for c in path.chars() {
@@ -137,6 +196,36 @@ mod tests {
             "/api/%2e",
         ] {
             assert_eq!(check(p), PathCheck::DotSegment, "{p}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_a_name_or_a_bracketed_address_and_a_port() {
+        for ok in [
+            "example.test",
+            "example.test:8080",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[::1]:443",
+            "localhost:",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "[::1",
+            "a b c",
+            "localhost:99999999999",
+            "localhost:65536",
+            "host:port",
+            "user@host",
+            "[::1]x",
+            "[]",
+            "a/b",
+            "::1",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
     }
 

@@ -84,6 +84,16 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
         if !has_token(h, header::CONNECTION, "upgrade") {
             return Err(HandshakeError::ConnectionNotUpgrade);
         }
+        // Over HTTP/2 the stream's data is the session; over HTTP/1.1 a body
+        // would reach the upstream or the app as frames the client smuggled
+        // in ahead of the 101.
+        if h.contains_key(header::TRANSFER_ENCODING)
+            || h.get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes().trim_ascii() != b"0")
+        {
+            return Err(HandshakeError::Body);
+        }
         let key = h
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(HandshakeError::MissingKey)?;
@@ -524,5 +534,14 @@ mod tests {
         let mut nohost = req(|b| b);
         nohost.headers_mut().remove("host");
         assert_eq!(validate(&nohost).unwrap_err(), HandshakeError::MissingHost);
+        for (name, value) in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let mut with_body = req(|b| b);
+            with_body.headers_mut().insert(name, value.parse().unwrap());
+            assert_eq!(validate(&with_body).unwrap_err(), HandshakeError::Body);
+        }
+        let mut zero = req(|b| b);
+        zero.headers_mut()
+            .insert("content-length", "0".parse().unwrap());
+        assert!(validate(&zero).is_ok());
     }
 }

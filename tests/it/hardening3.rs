@@ -119,3 +119,55 @@ async fn other_proxies_client_fields_are_not_believed_from_a_client() {
     assert_eq!(r.headers["seen-x-kept"], "1");
     assert_eq!(r.headers["seen-x-forwarded-for"], "127.0.0.1");
 }
+
+#[tokio::test]
+async fn a_host_that_is_not_a_host_and_port_is_refused() {
+    let gw = gateway().await;
+    for host in ["a b c", "[::1", "localhost:99999999999", "user@host"] {
+        let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = raw(gw.http(), req.as_bytes(), WAIT).await;
+        assert_eq!(
+            r.status_line(),
+            "HTTP/1.1 400 Bad Request",
+            "{host}: {}",
+            r.text()
+        );
+        assert!(
+            r.text().contains("not a valid host[:port]"),
+            "{host}: {}",
+            r.text()
+        );
+    }
+    let r = raw(
+        gw.http(),
+        b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(r.status_line().contains(" 200 "), "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_websocket_handshake_with_a_body_is_refused() {
+    let cfg = Cfg::new().listener_plain().route_app("/echo", "echo");
+    let gw = TestGateway::start(&cfg.build()).await;
+    // `close` beside `Upgrade`: the answer's connection ends, so the read
+    // ends with it.
+    for (framing, body) in [
+        ("Content-Length: 4\r\n", "abcd"),
+        ("Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+    ] {
+        let req = format!(
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{framing}\r\n{body}"
+        );
+        let r = raw(gw.http(), req.as_bytes(), WAIT).await;
+        assert_eq!(
+            r.status_line(),
+            "HTTP/1.1 400 Bad Request",
+            "{framing}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("carries no body"), "{}", r.text());
+    }
+}
