@@ -200,6 +200,11 @@ impl Verifier {
     fn verify_signed(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let invalid = |why: &str| AuthError::Invalid(why.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|e| describe(e.kind()))?;
+        if header.crit.is_some() {
+            // RFC 7515 §4.1.11: a `crit` names extensions the recipient must
+            // understand, and this verifier understands none.
+            return Err(invalid("critical header extensions are not understood"));
+        }
         let alg = header.alg;
         let validation = self
             .validations

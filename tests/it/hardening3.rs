@@ -171,3 +171,63 @@ async fn a_websocket_handshake_with_a_body_is_refused() {
         assert!(r.text().contains("carries no body"), "{}", r.text());
     }
 }
+
+/// Opens a WebSocket to the echo app offering `extensions`; returns the
+/// stream after the 101 and the 101's head.
+async fn echo_offering(addr: SocketAddr, extensions: &str) -> (tokio::net::TcpStream, String) {
+    use common::raw::{handshake, read_head, WS_HEADERS};
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = handshake(
+        "/echo",
+        &format!("{WS_HEADERS}Sec-WebSocket-Extensions: {extensions}\r\n"),
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (s, head.to_ascii_lowercase())
+}
+
+#[tokio::test]
+async fn deflate_offers_are_taken_only_when_valid_and_answerable() {
+    let cfg = Cfg::new().listener_plain().route_app("/echo", "echo");
+    let gw = TestGateway::start(&cfg.build()).await;
+    let (_, head) = echo_offering(gw.http(), "permessage-deflate; server_max_window_bits=10").await;
+    assert!(
+        head.contains("permessage-deflate; server_max_window_bits=10"),
+        "{head}"
+    );
+    for declined in [
+        "permessage-deflate; server_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=10; server_max_window_bits=11",
+        "permessage-deflate; client_max_window_bits=99",
+    ] {
+        let (_, head) = echo_offering(gw.http(), declined).await;
+        assert!(
+            !head.contains("sec-websocket-extensions"),
+            "{declined}: {head}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_message_that_does_not_inflate_is_closed_with_a_reason() {
+    use common::raw::{frame, MASK};
+    use tokio::io::AsyncWriteExt;
+    let cfg = Cfg::new().listener_plain().route_app("/echo", "echo");
+    let gw = TestGateway::start(&cfg.build()).await;
+    let (mut s, head) = echo_offering(gw.http(), "permessage-deflate").await;
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let mut f = frame(true, 2, &[0xff; 5], MASK);
+    f[0] |= 0x40; // RSV1: compressed
+    s.write_all(&f).await.expect("write");
+    // yawc's code (it queues its close before the session sees the error);
+    // the reason says what happened.
+    let (_, op, p) = common::raw::read_server_frame(&mut s).await;
+    assert_eq!(op, 8, "a close frame");
+    assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1011);
+    assert!(
+        String::from_utf8_lossy(&p[2..]).contains("corrupt deflate"),
+        "{p:?}"
+    );
+}

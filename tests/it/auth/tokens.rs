@@ -80,6 +80,18 @@ async fn every_algorithm_valid_forged_expired_wrong_audience() {
         b64url(&serde_json::to_vec(&valid("alice")).unwrap())
     );
     assert_invalid(&get_auth(addr, "/api/x", &none).await, "alg none");
+    // A critical extension the gateway does not know (RFC 7515 §4.1.11),
+    // on a token whose signature holds.
+    let crit = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            crit: Some(vec!["exp".into()]),
+            ..jsonwebtoken::Header::new(Algorithm::HS256)
+        },
+        &valid("alice"),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    assert_invalid(&get_auth(addr, "/api/x", &crit).await, "crit");
     assert_invalid(&get_auth(addr, "/api/x", "garbage").await, "garbage");
     // No token at all: realm only, no error code (RFC 6750 §3.1).
     let r = get(addr, "/api/x").await;
