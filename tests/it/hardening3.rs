@@ -231,3 +231,35 @@ async fn a_compressed_message_that_does_not_inflate_is_closed_with_a_reason() {
         "{p:?}"
     );
 }
+
+#[tokio::test]
+async fn a_malformed_or_oversized_head_is_answered_with_its_reason() {
+    let cfg = Cfg::new()
+        .listener_plain()
+        .set("server.max_request_head", "8KiB")
+        .route_app("/echo", "echo");
+    let gw = TestGateway::start(&cfg.build()).await;
+    let long = "x".repeat(9000);
+    for (head, status, reason) in [
+        (
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nX-A: a\u{1}b\r\n\r\n".to_string(),
+            "HTTP/1.1 400 Bad Request",
+            "invalid header value",
+        ),
+        (
+            "GET /echo HTTP/1.1\r\nHost: localhost\r\nBad Name: x\r\n\r\n".to_string(),
+            "HTTP/1.1 400 Bad Request",
+            "invalid header name",
+        ),
+        (
+            format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Long: {long}\r\n\r\n"),
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "larger than server.max_request_head",
+        ),
+    ] {
+        let r = raw(gw.http(), head.as_bytes(), WAIT).await;
+        assert_eq!(r.status_line(), status, "{}", r.text());
+        assert!(r.text().contains(reason), "{}", r.text());
+        assert!(r.closed(), "the connection closes after the refusal");
+    }
+}

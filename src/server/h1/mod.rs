@@ -68,8 +68,8 @@ pub enum End {
 pub struct Settings {
     /// How long a head may take, from when it is waited for.
     pub header_timeout: Duration,
-    /// A head that is not complete within this many bytes goes to hyper,
-    /// which answers 431.
+    /// A head that is not complete within this many bytes is answered 431
+    /// (as hyper would, with a reason).
     pub max_head: usize,
 }
 
@@ -118,6 +118,16 @@ where
                     buffered: buf.freeze(),
                     deadline: timer.deadline(),
                 }
+            }
+            Head::Refused(status, why) => {
+                let framing = response::Head {
+                    head_request: false,
+                    closing: true,
+                };
+                let resp = crate::body::text_response(status, why);
+                let _ = response::write(io, &mut buf, &mut out, resp, framing).await;
+                let _ = io.shutdown().await;
+                return End::Closed;
             }
             Head::Closed => return End::Closed,
         };
@@ -181,6 +191,9 @@ enum Head {
     /// WebSocket handshake.
     Ready(Request<RequestBody>, bool, bool),
     Handoff,
+    /// Answered with this status and reason, then closed (see
+    /// `request::Parsed::Malformed`).
+    Refused(StatusCode, &'static str),
     Closed,
 }
 
@@ -199,7 +212,13 @@ where
                     upgrade,
                 } => return Head::Ready(request, keep_alive, upgrade),
                 Parsed::Handoff => return Head::Handoff,
-                Parsed::Partial if buf.len() >= max_head => return Head::Handoff,
+                Parsed::Malformed(why) => return Head::Refused(StatusCode::BAD_REQUEST, why),
+                Parsed::Partial if buf.len() >= max_head => {
+                    return Head::Refused(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head larger than server.max_request_head\n",
+                    )
+                }
                 Parsed::Partial if !acked => {
                     // Part of a head: the client may hold the rest for an ACK.
                     io.ack_now();

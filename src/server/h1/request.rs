@@ -9,7 +9,10 @@
 //! parse) is left in the buffer for hyper, which then answers it (including
 //! the 400, 431 or 505 for a broken one) and the rest of the connection. So
 //! nothing a client can send is judged by two parsers: what this one does not
-//! take, it does not judge.
+//! take, it does not judge. Two refusals are made here, because hyper's
+//! answer to them has no body to say why: a field httparse rejects (hyper's
+//! parser too: the same 400) and a head over `max_request_head` (the same
+//! 431).
 
 use std::mem::MaybeUninit;
 
@@ -43,6 +46,10 @@ pub(super) enum Parsed {
     },
     /// A head (or a start of one) for hyper, left in the buffer.
     Handoff,
+    /// A head hyper would refuse with an empty answer, refused here with
+    /// its reason: a field name or value httparse rejects (hyper parses with
+    /// httparse too, with the same rules).
+    Malformed(&'static str),
 }
 
 /// Parses the head at the start of `buf`; a head the fast path serves is
@@ -57,6 +64,15 @@ pub(super) fn parse(buf: &mut BytesMut) -> Parsed {
         let len = match head.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
+            // Not `Version`, `Token` and the like: an HTTP/2 preface is no
+            // HTTP/1.1 head and must reach hyper; nor `TooManyHeaders`: hyper
+            // takes 100, this parser 64.
+            Err(e @ (httparse::Error::HeaderName | httparse::Error::HeaderValue)) => {
+                return Parsed::Malformed(match e {
+                    httparse::Error::HeaderName => "malformed request head: invalid header name\n",
+                    _ => "malformed request head: invalid header value (a control character?)\n",
+                })
+            }
             Err(_) => return Parsed::Handoff,
         };
         let bytes = &buf[..len];
