@@ -256,6 +256,8 @@ fn refs(
     for n in names.into_iter().flatten() {
         let name = n.get_ref();
         match defs.get(name) {
+            // Defined, but wrong: said at the definition.
+            None if cx.reported(&format!("limit.{name}")) => {}
             None => {
                 let known = super::known(defs.keys());
                 cx.at(

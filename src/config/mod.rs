@@ -110,7 +110,7 @@ pub struct ServerConfig {
     /// together; over it the sessions holding the most are closed with 1013.
     pub max_buffered: u64,
     /// Key for sealed sticky cookies; `None` means one is generated per start.
-    pub secret: Option<[u8; 32]>,
+    pub secret: Option<Redacted<[u8; 32]>>,
     /// Peers whose PROXY header and `X-Forwarded-For` are believed.
     pub trusted_proxies: TrustedProxies,
 }
@@ -376,7 +376,7 @@ pub struct ChatConfig {
     pub ping_interval: Duration,
     pub send_queue: usize,
     /// `None`: push disabled (403).
-    pub push_token: Option<String>,
+    pub push_token: Option<Redacted<String>>,
     pub poll_idle_timeout: Duration,
     /// Client frames per WebSocket session; `None`: unlimited.
     pub message_rate: Option<MessageRate>,
@@ -405,8 +405,27 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
 }
 
+/// A secret in the config: its `Debug` shows no byte of it, so printing a
+/// config (or a struct holding one) never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<T> std::ops::Deref for Redacted<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Which Redis the cluster runs on (`[cluster] redis` or `redis_cluster`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its `Debug` is [`RedisTarget::describe`]: a URL may hold a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One Redis server.
     Single(String),
@@ -417,6 +436,12 @@ pub enum RedisTarget {
         sentinels: Vec<String>,
         master: String,
     },
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl RedisTarget {
@@ -494,7 +519,7 @@ pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, Con
         issues: vec![ConfigIssue {
             pos: e.span().map(|s| line_col(text, s.start)),
             key: None,
-            message: key + &plain_types(e.message().trim()),
+            message: key + &plain_types(e.message().trim()) + &duplicate_key(e, text),
         }],
     };
     let de = toml::Deserializer::parse(text).map_err(|e| issue(&e, String::new()))?;
@@ -506,6 +531,15 @@ pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, Con
         issue(e.inner(), key)
     })?;
     validate(path, text, raw, checks)
+}
+
+/// ` `name``, after toml's "duplicate key", which names no key: the key's
+/// text at the error's span.
+fn duplicate_key(e: &toml::de::Error, text: &str) -> String {
+    match (e.message().trim(), e.span().and_then(|s| text.get(s))) {
+        ("duplicate key", Some(k)) if !k.trim().is_empty() => format!(" `{}`", k.trim()),
+        _ => String::new(),
+    }
 }
 
 /// `route[2].limits`: the path as the file spells it, without the fields

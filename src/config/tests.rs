@@ -68,3 +68,38 @@ fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
         "t.toml:4:11: upstream.a.servers: invalid type: string \"x\", expected an array"
     );
 }
+
+#[test]
+fn a_duplicate_key_is_named_and_a_broken_definition_is_reported_once() {
+    let err = |toml: &str| {
+        parse(Path::new("t.toml"), toml)
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        err("[server]\nmax_connections = 5\nmax_connections = 6\n"),
+        "t.toml:3:1: duplicate key `max_connections`"
+    );
+    let out = err("[[listener]]\naddr = \"127.0.0.1:0\"\n[limit.tiny]\nrate = \"lots\"\nkey = \"ip\"\n[[route]]\npath = \"/\"\napp = \"echo\"\nlimits = [\"tiny\"]\n");
+    assert!(out.starts_with("t.toml:4:8: limit.tiny.rate: "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn a_config_printed_with_debug_shows_no_secret() {
+    let cfg = parse(
+        Path::new("t.toml"),
+        "[server]\nsecret = \"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=\"\n\
+         [[listener]]\naddr = \"127.0.0.1:0\"\n\
+         [app.chat]\npush_token = \"push-s3cret\"\n\
+         [cluster]\nredis = \"redis://:redis-s3cret@127.0.0.1:6379\"\n\
+         [[route]]\npath = \"/chat\"\napp = \"chat\"\n",
+    )
+    .expect("valid");
+    let shown = format!("{cfg:?}");
+    assert!(cfg.server.secret.is_some());
+    for secret in ["push-s3cret", "redis-s3cret", "115, 101, 99"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}

@@ -267,7 +267,11 @@ impl Gateway {
             Some(c) => Some(ClusterLimits::new(&c.redis)?),
             None => None,
         };
-        let sticky_key = config.server.secret.unwrap_or_else(rand::random);
+        let sticky_key = config
+            .server
+            .secret
+            .as_ref()
+            .map_or_else(rand::random, |s| s.0);
         let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
         let acme = acme::Registry::new(acme_policy, metrics.acme_orders.clone());
         let bx = BuildCtx {

@@ -22,6 +22,17 @@ pub(in crate::config) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Whether an issue about `key` (`limit.tiny`, or a key under it) was
+    /// reported already: a reference to a section that failed validation
+    /// names no missing section, only one already said to be wrong.
+    pub(in crate::config) fn reported(&self, key: &str) -> bool {
+        self.issues.iter().any(|i| {
+            i.message
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with(':'))
+        })
+    }
+
     pub(in crate::config) fn at(
         &mut self,
         span: std::ops::Range<usize>,

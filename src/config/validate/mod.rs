@@ -207,7 +207,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             MIN_BUFFERED,
             MAX_BUFFERED,
         ),
-        secret,
+        secret: secret.map(crate::config::Redacted),
         trusted_proxies: {
             let (t, issues) = client_addr::trusted_proxies(s.trusted_proxies.as_deref());
             issues.into_iter().for_each(|(span, m)| cx.at(span, m));

@@ -184,7 +184,8 @@ pub(super) fn chat(
             .push_token
             .as_ref()
             .map(|t| t.get_ref().clone())
-            .filter(|t| !t.is_empty()),
+            .filter(|t| !t.is_empty())
+            .map(crate::config::Redacted),
         poll_idle_timeout: cx.duration(
             &c.poll_idle_timeout,
             "app.chat.poll_idle_timeout",

@@ -44,7 +44,7 @@ pub(super) async fn push(
     req: Request<RequestBody>,
 ) -> Result<Response<Body>, ChatError> {
     let cfg = chat.cfg();
-    let Some(token) = cfg.push_token.as_deref() else {
+    let Some(token) = cfg.push_token.as_ref().map(|t| t.as_str()) else {
         return Err(ChatError::PushDisabled);
     };
     let given = bearer(&req).ok_or(ChatError::Unauthorized)?;
@@ -108,7 +108,7 @@ fn reader(chat: &Chat, req: &Request<RequestBody>) -> Result<Grants, ChatError> 
         return Ok(Grants::all());
     };
     let push = chat.cfg().push_token.clone();
-    if let (Some(given), Some(token)) = (bearer(req), push.as_deref()) {
+    if let (Some(given), Some(token)) = (bearer(req), push.as_ref().map(|t| t.as_str())) {
         if token_matches(given, token) {
             return Ok(Grants::all());
         }
