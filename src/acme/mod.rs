@@ -52,7 +52,10 @@ pub enum AcmeError {
     #[error("ACME cache {path}: {reason}")]
     CacheContent { path: PathBuf, reason: String },
     #[error("ACME trust root {path}: {reason}")]
-    Roots { path: PathBuf, reason: String },
+    Roots {
+        path: PathBuf,
+        reason: crate::config::RootsError,
+    },
     #[error("ACME server: {0}")]
     Protocol(#[from] instant_acme::Error),
     #[error("the CA's authorization for {domain} is {status}")]

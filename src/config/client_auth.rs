@@ -67,21 +67,32 @@ pub(super) fn parse(
     }
 }
 
+/// Why a CA file gives no trust anchors (the path is the caller's to say).
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot read: {0}")]
+    Read(rustls::pki_types::pem::Error),
+    #[error("not a PEM certificate file: {0}")]
+    Pem(rustls::pki_types::pem::Error),
+    #[error("no CERTIFICATE block found")]
+    Empty,
+    #[error("certificate #{0} is not usable as a CA: {1}")]
+    NotCa(usize, rustls::Error),
+}
+
 /// The trust anchors in a PEM file: every `CERTIFICATE` block, each parsed.
 /// Shared with the listener's TLS setup so both read the file the same way.
-pub fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+pub fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, RootsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read: {e}"))?
+        .map_err(RootsError::Read)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        .map_err(RootsError::Pem)?;
     if certs.is_empty() {
-        return Err("no CERTIFICATE block found".into());
+        return Err(RootsError::Empty);
     }
     let mut roots = rustls::RootCertStore::empty();
     for (i, c) in certs.into_iter().enumerate() {
-        roots
-            .add(c)
-            .map_err(|e| format!("certificate #{} is not usable as a CA: {e}", i + 1))?;
+        roots.add(c).map_err(|e| RootsError::NotCa(i + 1, e))?;
     }
     Ok(roots)
 }

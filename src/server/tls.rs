@@ -287,7 +287,7 @@ fn client_verifier(
         path: ca.ca.clone(),
         reason,
     };
-    let roots = crate::config::load_roots(&ca.ca).map_err(bad)?;
+    let roots = crate::config::load_roots(&ca.ca).map_err(|e| bad(e.to_string()))?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let builder = if ca.required {
         builder

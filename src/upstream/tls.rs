@@ -23,7 +23,7 @@ pub enum UpstreamTlsError {
     #[error("tls_ca {path}: {reason}")]
     Ca {
         path: std::path::PathBuf,
-        reason: String,
+        reason: crate::config::RootsError,
     },
     #[error("no system trust roots found (set tls_ca)")]
     NoSystemRoots,
