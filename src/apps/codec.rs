@@ -164,3 +164,28 @@ where
     })
     .await;
 }
+
+/// A compressed message that does not inflate: yawc reports it as an I/O
+/// error of kind `InvalidInput`, which no socket error has, and queues its
+/// own close (1011, `corrupt deflate stream`; 1007 would say it better, but
+/// yawc's queued close goes first). Taken for a socket error, it was answered
+/// with a plain 1000 and no reason.
+pub fn corrupt_deflate(err: &yawc::WebSocketError) -> bool {
+    err.as_io_error()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidInput)
+}
+
+/// The close code a read error leads to (for logs and metrics): what yawc
+/// queued for it, or 1006 for a connection that ended without one.
+pub fn close_code_for(err: &yawc::WebSocketError) -> u16 {
+    use yawc::WebSocketError as E;
+    match err {
+        E::InvalidUTF8 => 1007,
+        e if corrupt_deflate(e) => 1011,
+        E::FrameTooLarge => 1009,
+        E::InvalidOpCode(_) => 1003,
+        E::ConnectionClosed => 1006,
+        e if e.is_io_error() => 1006,
+        _ => 1002,
+    }
+}

@@ -263,3 +263,29 @@ async fn a_malformed_or_oversized_head_is_answered_with_its_reason() {
         assert!(r.closed(), "the connection closes after the refusal");
     }
 }
+
+#[tokio::test]
+async fn a_chat_session_records_its_close_code() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let cfg = Cfg::new()
+        .listener_plain()
+        .admin()
+        .route_app("/chat", "chat");
+    let gw = TestGateway::start(&cfg.build()).await;
+    let mut c = common::chat::Client::new(gw.http(), "alice").await;
+    c.ws.close(Some(CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
+    while c.ws.next().await.is_some() {}
+    let want = "wsgate_ws_close_codes_total{route=\"/chat\",code=\"4321\"} 1";
+    let admin = gw.admin();
+    let seen = eventually(WAIT, || async move {
+        get(admin, "/metrics").await.text().contains(want)
+    })
+    .await;
+    assert!(seen, "{want} missing from /metrics");
+}

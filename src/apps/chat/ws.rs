@@ -105,7 +105,8 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        run(&chat, ws, who, &account, &stop, rate).await;
+        let code = run(&chat, ws, who, &account, &stop, rate).await;
+        hold.log.close_code = Some(code);
         if stop.is_cancelled() && !account.is_evicted() {
             hold.log.drained("app");
         }
@@ -153,8 +154,9 @@ impl MessageRate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// The client closed, or the connection failed (the codec has already sent
-    /// any close frame a protocol error calls for).
-    Client,
+    /// any close frame a protocol error calls for): the close code to record
+    /// (the client's, the codec's, or 1006 for a connection that just ended).
+    Client(u16),
     Overflow,
     Shutdown,
     /// The memory budget evicted the session.
@@ -173,6 +175,7 @@ const TOKEN_EXPIRED: u16 = 4001;
 
 /// `ws` comes boxed: an `async fn` keeps a by-value argument and its moved
 /// copy side by side, which for a ~900-byte codec doubled an idle session.
+/// Returns the session's close code, for its access line and metrics.
 async fn run<S>(
     chat: &Arc<Chat>,
     mut ws: Box<WebSocket<S>>,
@@ -180,7 +183,8 @@ async fn run<S>(
     account: &Account,
     stop: &Stop,
     rate: Option<MessageRate>,
-) where
+) -> u16
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -206,7 +210,7 @@ async fn run<S>(
                 ws.close().await
             })
             .await;
-            return;
+            return u16::from(CloseCode::Policy);
         }
         Err(e) => {
             tracing::warn!(error = %e, "chat: cannot register a WebSocket session");
@@ -216,7 +220,7 @@ async fn run<S>(
                 ws.close().await
             })
             .await;
-            return;
+            return u16::from(CloseCode::Error);
         }
     };
     // A panic in the session still leaves the hub below, so the user does not
@@ -239,14 +243,14 @@ async fn run<S>(
     if end == End::Evicted {
         crate::apps::codec::close_evicted(&mut ws).await;
         tracing::debug!(user = %user, ?end, "chat session closed by server.max_buffered");
-        return;
+        return u16::from(crate::apps::codec::BUDGET_CLOSE);
     }
     let drain_reason = match end {
         End::Shutdown => chat.shutdown.pace.close_reason(),
         _ => String::new(),
     };
     let close = match end {
-        End::Client => None,
+        End::Client(_) => None,
         End::Overflow => Some((
             CloseCode::Policy,
             "send queue overflow: the client reads too slowly",
@@ -258,6 +262,11 @@ async fn run<S>(
         End::RateLimited => Some((CloseCode::Policy, "message rate exceeded")),
         End::Panicked => Some((CloseCode::Error, "internal error")),
         End::Expired => Some((CloseCode::from(TOKEN_EXPIRED), "token expired")),
+    };
+    let code = match (&close, &end) {
+        (Some((code, _)), _) => u16::from(*code),
+        (None, End::Client(code)) => *code,
+        (None, _) => 1006,
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         match close {
@@ -272,6 +281,7 @@ async fn run<S>(
     })
     .await;
     tracing::debug!(user = %user, ?end, secs = started.elapsed().as_secs_f64(), "chat session ended");
+    code
 }
 
 /// What a running session needs besides its socket.
@@ -338,7 +348,7 @@ impl Session<'_> {
                 // Outbox before input: a client is only read from as fast as it can
                 // be written to, and its own burst cannot starve its queue.
                 ev = rx.recv() => {
-                    let Some(ev) = ev else { return End::Client };
+                    let Some(ev) = ev else { return End::Client(1006) };
                     out.push(Frame::text(ev.json));
                     while out.len() < WRITE_BATCH {
                         match rx.try_recv() {
@@ -348,7 +358,10 @@ impl Session<'_> {
                     }
                 }
                 frame = ws.next_frame() => {
-                    let Ok(frame) = frame else { return End::Client };
+                    let frame = match frame {
+                        Ok(f) => f,
+                        Err(e) => return End::Client(crate::apps::codec::close_code_for(&e)),
+                    };
                     last_seen = Instant::now();
                     let data = matches!(frame.opcode(), OpCode::Text | OpCode::Binary);
                     match rate.as_mut().filter(|_| data).map(|r| r.admit(last_seen)) {
@@ -385,7 +398,9 @@ impl Session<'_> {
                         OpCode::Binary => {
                             conn.offer(&Event::error(&ChatError::Binary));
                         }
-                        OpCode::Close => return End::Client,
+                        OpCode::Close => {
+                            return End::Client(frame.close_code().map(u16::from).unwrap_or(1005))
+                        }
                         _ => {}
                     }
                 }
@@ -408,7 +423,7 @@ impl Session<'_> {
                 armed_for = silent_at;
             }
             tokio::select! {
-                r = write => if r.is_err() { return End::Client },
+                r = write => if r.is_err() { return End::Client(1006) },
                 () = &mut evicted => return End::Evicted,
                 () = &mut stopped => return End::Shutdown,
                 () = &mut kicked => return End::Overflow,

@@ -337,7 +337,7 @@ where
     match end {
         End::Finish => {}
         End::Failed(e) => {
-            log.close_code = Some(close_code_for(&e));
+            log.close_code = Some(super::codec::close_code_for(&e));
             fail(ws, &e).await;
             let _ = ws.close().await;
             return;
@@ -477,7 +477,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use yawc::WebSocketError as E;
-    if matches!(err, E::ConnectionClosed) || (err.is_io_error() && !corrupt_deflate(err)) {
+    if matches!(err, E::ConnectionClosed)
+        || (err.is_io_error() && !super::codec::corrupt_deflate(err))
+    {
         return;
     }
     if let Ok(Err(E::ConnectionClosed)) =
@@ -487,35 +489,11 @@ where
     }
     let code = match err {
         E::InvalidUTF8 => CloseCode::Invalid,
-        e if corrupt_deflate(e) => CloseCode::Error,
+        e if super::codec::corrupt_deflate(e) => CloseCode::Error,
         E::FrameTooLarge => CloseCode::Size,
         _ => CloseCode::Protocol,
     };
     let _ = ws.send(Frame::close(code, err.to_string())).await;
-}
-
-/// A compressed message that does not inflate: yawc reports it as an I/O
-/// error of kind `InvalidInput`, which no socket error has, and queues its
-/// own close (1011, `corrupt deflate stream`; 1007 would say it better, but
-/// yawc's queued close goes first). Taken for a socket error, it was answered
-/// with a plain 1000 and no reason.
-fn corrupt_deflate(err: &yawc::WebSocketError) -> bool {
-    err.as_io_error()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidInput)
-}
-
-/// The close code a read error leads to (for logs and metrics).
-fn close_code_for(err: &yawc::WebSocketError) -> u16 {
-    use yawc::WebSocketError as E;
-    match err {
-        E::InvalidUTF8 => 1007,
-        e if corrupt_deflate(e) => 1011,
-        E::FrameTooLarge => 1009,
-        E::InvalidOpCode(_) => 1003,
-        E::ConnectionClosed => 1006,
-        e if e.is_io_error() => 1006,
-        _ => 1002,
-    }
 }
 
 /// Ends a session cleanly. yawc queues its close frames (the echo of a client's
