@@ -41,9 +41,9 @@ impl DevToken {
         &self,
         auths: &std::collections::BTreeMap<String, AuthConfig>,
     ) -> Result<String, DevTokenError> {
-        let auth = auths.get(&self.auth).ok_or_else(|| {
-            DevTokenError::UnknownAuth(self.auth.clone(), crate::config::known(auths.keys()))
-        })?;
+        let auth = auths
+            .get(&self.auth)
+            .ok_or_else(|| DevTokenError::UnknownAuth(self.auth.clone(), known(auths.keys())))?;
         if self.sub.is_empty() {
             return Err(DevTokenError::EmptySub);
         }
@@ -73,5 +73,16 @@ impl DevToken {
             claims.insert(k.to_string(), value);
         }
         Ok(Verifier::new(auth).mint(claims)?)
+    }
+}
+
+/// `known: a, b`, or `none is defined` (as the config's messages say it; auth
+/// is a leaf and does not import the config module).
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        "none is defined".to_string()
+    } else {
+        format!("known: {}", names.join(", "))
     }
 }

@@ -15,6 +15,8 @@ pub mod client_addr;
 mod client_auth;
 mod file;
 mod limits;
+mod messages;
+pub use messages::known;
 pub mod units;
 mod validate;
 
@@ -450,29 +452,17 @@ impl RedisTarget {
     pub fn describe(&self) -> String {
         let list = |urls: &[String]| {
             urls.iter()
-                .map(|u| without_userinfo(u))
+                .map(|u| messages::without_userinfo(u))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         match self {
-            RedisTarget::Single(url) => without_userinfo(url),
+            RedisTarget::Single(url) => messages::without_userinfo(url),
             RedisTarget::Cluster(seeds) => format!("cluster {}", list(seeds)),
             RedisTarget::Sentinel { sentinels, master } => {
                 format!("sentinel master {master} via {}", list(sentinels))
             }
         }
-    }
-}
-
-/// `url` with its `user:password@` shown as `***@`.
-fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_string(),
     }
 }
 
@@ -519,89 +509,20 @@ pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, Con
         issues: vec![ConfigIssue {
             pos: e.span().map(|s| line_col(text, s.start)),
             key: None,
-            message: key + &plain_types(e.message().trim()) + &duplicate_key(e, text),
+            message: key
+                + &messages::plain_types(e.message().trim())
+                + &messages::duplicate_key(e, text),
         }],
     };
     let de = toml::Deserializer::parse(text).map_err(|e| issue(&e, String::new()))?;
     // Through serde_path_to_error: toml's own message names a value's line
     // but not its key ("invalid type: string, expected i64").
     let raw: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = key_path(e.path());
+        let key = messages::key_path(e.path());
         let key = if key.is_empty() { key } else { key + ": " };
         issue(e.inner(), key)
     })?;
     validate(path, text, raw, checks)
-}
-
-/// ` `name``, after toml's "duplicate key", which names no key: the key's
-/// text at the error's span.
-fn duplicate_key(e: &toml::de::Error, text: &str) -> String {
-    match (e.message().trim(), e.span().and_then(|s| text.get(s))) {
-        ("duplicate key", Some(k)) if !k.trim().is_empty() => format!(" `{}`", k.trim()),
-        _ => String::new(),
-    }
-}
-
-/// `route[2].limits`: the path as the file spells it, without the fields
-/// `toml::Spanned` deserializes through.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if key.starts_with("$__serde_spanned") {
-                    continue;
-                }
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-/// A deserializer's message in the words of the file: TOML's types, not
-/// Rust's (`expected i64` is "expected an integer").
-fn plain_types(message: &str) -> String {
-    if let Some((value, _)) = message
-        .strip_prefix("invalid type: integer ")
-        .and_then(|m| m.split_once(" as i128"))
-    {
-        return format!("the integer {value} is out of range");
-    }
-    let mut out = message.to_string();
-    for (rust, toml) in [
-        ("expected a sequence", "expected an array"),
-        ("expected a map", "expected a table"),
-        ("expected f64", "expected a number"),
-        ("expected f32", "expected a number"),
-    ] {
-        out = out.replace(rust, toml);
-    }
-    for int in [
-        "i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize",
-    ] {
-        if let Some(head) = out.strip_suffix(&format!("expected {int}")) {
-            out = format!("{head}expected an integer");
-        }
-    }
-    out
-}
-
-/// The names a reference could have named, for a message about one that
-/// names none of them: `known: a, b`, or `none is defined`.
-pub(crate) fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none is defined".to_string()
-    } else {
-        format!("known: {}", names.join(", "))
-    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
