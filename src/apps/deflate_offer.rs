@@ -52,18 +52,24 @@ fn acceptable(offer: &str) -> Option<String> {
         if seen.contains(&name) {
             return None;
         }
-        let keep = match (name.as_str(), value) {
-            ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
-            ("server_max_window_bits", Some(v)) => window_bits(v)? >= 9,
-            ("client_max_window_bits", None) => true,
-            ("client_max_window_bits", Some(v)) => window_bits(v)? >= 9,
+        // Written back in canonical form (lower-case name, unquoted value):
+        // yawc matches names as written and reads only bare digits.
+        let bits = match (name.as_str(), value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => None,
+            ("client_max_window_bits", None) => None,
+            ("server_max_window_bits" | "client_max_window_bits", Some(v)) => Some(window_bits(v)?),
             _ => return None,
         };
-        if keep {
-            kept.push_str("; ");
-            kept.push_str(p);
-        } else if name == "server_max_window_bits" {
-            return None;
+        match bits {
+            None => {
+                kept.push_str("; ");
+                kept.push_str(&name);
+            }
+            Some(b) if b >= 9 => {
+                kept.push_str(&format!("; {name}={b}"));
+            }
+            Some(_) if name == "server_max_window_bits" => return None,
+            Some(_) => {}
         }
         seen.push(name);
     }
@@ -134,8 +140,12 @@ mod tests {
             );
         }
         assert_eq!(
-            kept(&["permessage-deflate; client_max_window_bits=\"12\""]).as_deref(),
-            Some("permessage-deflate; client_max_window_bits=\"12\"")
+            kept(&[
+                "permessage-deflate; Client_Max_Window_Bits=\"12\"; SERVER_NO_CONTEXT_TAKEOVER"
+            ])
+            .as_deref(),
+            Some("permessage-deflate; client_max_window_bits=12; server_no_context_takeover"),
+            "canonical, as yawc reads it"
         );
     }
 

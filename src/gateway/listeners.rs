@@ -82,11 +82,18 @@ pub(super) type Fresh = Vec<(ListenerKey, TcpListener, OwnedFd)>;
 const LISTEN_BACKLOG: u32 = 65_535;
 
 /// A new listening socket on `addr`: `SO_REUSEADDR` (a restart rebinds
-/// while old connections linger in TIME_WAIT), then [`LISTEN_BACKLOG`].
+/// while old connections linger in TIME_WAIT), then [`LISTEN_BACKLOG`]. An
+/// IPv6 socket takes IPv4 too (`IPV6_V6ONLY` off, whatever the host's
+/// `net.ipv6.bindv6only`): `[::]` means every address, as config validation
+/// assumes when it refuses `[::]:P` beside `0.0.0.0:P`.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        SocketAddr::V6(_) => {
+            let s = TcpSocket::new_v6()?;
+            rustix::net::sockopt::set_ipv6_v6only(&s, false)?;
+            s
+        }
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;

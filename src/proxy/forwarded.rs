@@ -10,8 +10,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::headers::remove_present;
-
 // Static names: parsing "x-forwarded-*" from strings allocated on every request.
 const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -136,7 +134,7 @@ impl Forwarding {
         } else if *name == XFH {
             !self.trusted || self.xfh.is_some()
         } else {
-            !self.trusted && CLIENT_CLAIMS.contains(name)
+            !self.trusted && is_client_claim(name)
         }
     }
 
@@ -171,7 +169,14 @@ impl Forwarding {
         // insert.
         h.reserve(3);
         if !self.trusted {
-            remove_present(h, &CLIENT_CLAIMS);
+            // One look at the names present, matched as text (a length
+            // switch, then a compare): a search of the list per name cost
+            // ~200 instructions on every proxied request.
+            if h.keys().any(is_client_claim) {
+                for name in &CLIENT_CLAIMS {
+                    h.remove(name);
+                }
+            }
             if self.xfh.is_none() {
                 h.remove(XFH);
             }
@@ -192,6 +197,28 @@ impl Forwarding {
             h.insert(XFH, v);
         }
     }
+}
+
+/// Whether `name` is one of [`CLIENT_CLAIMS`].
+fn is_client_claim(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-url-scheme"
+            | "front-end-https"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "x-cluster-client-ip"
+            | "fastly-client-ip"
+            | "x-original-forwarded-for"
+    )
 }
 
 /// The `Host` value to send upstream for the request's `host`, and whether
@@ -338,6 +365,15 @@ mod tests {
         assert!(!f.replaces(&HeaderName::from_static("true-client-ip")));
         f.apply(&mut t);
         assert_eq!(t["true-client-ip"], "1.1.1.1", "a trusted proxy's word");
+    }
+
+    #[test]
+    fn the_claim_test_and_the_claim_list_agree() {
+        for name in &CLIENT_CLAIMS {
+            assert!(is_client_claim(name), "{name}");
+        }
+        assert!(!is_client_claim(&header::HOST));
+        assert!(!is_client_claim(&XFF));
     }
 
     #[test]

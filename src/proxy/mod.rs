@@ -289,10 +289,12 @@ impl Proxy {
             // HTTP/2 requests reach here with their fields as sent.
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
-        if let Some(Host::Header(h)) = host {
-            if !path::valid_host(h.as_bytes()) {
+        if let Some(h) = host {
+            // `Host`, HTTP/2's `:authority` or an absolute-form target's:
+            // each must be a host and port, without userinfo.
+            if !path::valid_host(h.as_str().as_bytes()) {
                 return Err(ProxyError::BadRequest(
-                    "the Host header is not a valid host[:port]".into(),
+                    "the Host header (or :authority) is not a valid host[:port]".into(),
                 ));
             }
         }
@@ -313,12 +315,8 @@ impl Proxy {
         }
         match path::check(req.uri().path()) {
             PathCheck::Fine => {}
-            PathCheck::DotSegment => {
-                return Err(ProxyError::BadRequest(
-                    "the path has a \".\" or \"..\" segment".into(),
-                ))
-            }
-            PathCheck::Merged(p) => set_path(&mut req, &p)?,
+            PathCheck::Refused(why) => return Err(ProxyError::BadRequest(why.into())),
+            PathCheck::Normalized(p) => set_path(&mut req, &p)?,
         }
         let route = table
             .router

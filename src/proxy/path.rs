@@ -1,17 +1,24 @@
 //! The request path as routing sees it. Routes match by prefix, and the
 //! access phase (auth, limits) follows the route, so the path an upstream
-//! acts on must be the path the route was chosen by:
+//! acts on must be the path the route was chosen by. Before routing:
 //!
-//! - a path with a dot-segment (`.` or `..`, also written `%2e`, and also
-//!   between `\`, `%2f` or `%5c`, which some servers take for `/`) is
-//!   refused: `/open/../admin` would be routed by `/open/` and served by an
-//!   upstream that resolves it as `/admin`. Clients remove dot-segments
-//!   before they send (RFC 3986 §5.2.4), so only a crafted request has one.
-//! - empty segments are merged (`//admin` is `/admin`), as nginx's default
-//!   `merge_slashes on` does: servers that merge them would otherwise serve
-//!   `/admin` for a path no `/admin/` route saw.
+//! - percent-encoded unreserved characters are decoded (`/%61dmin` is
+//!   `/admin`: the same path, RFC 3986 §6.2.2.2, and servers read it so) and
+//!   empty segments merged (`//admin` is `/admin`, as nginx's default
+//!   `merge_slashes on` does); the request goes on with that path;
+//! - a path with a dot-segment (`.` or `..`, also written `%2e`, also before
+//!   a `;parameter` as in `..;`, also between `%2f` or `%5c`, which some
+//!   servers take for `/`) is refused: `/open/../admin` would be routed by
+//!   `/open/` and served by an upstream that resolves it as `/admin`.
+//!   Clients remove dot-segments before they send (RFC 3986 §5.2.4);
+//! - so is a raw `\` (browsers send `/` for it; some servers read it as one).
 //!
-//! One pass over the path, no allocation unless there is something to merge.
+//! Left as they are: `%2f` and `%5c` elsewhere (data in many APIs, as in
+//! nginx's `proxy_pass` without a URI and HAProxy), and `;parameters` on
+//! other segments (Java's `;jsessionid`).
+//!
+//! One pass over most paths (nothing to decode, merge or look at), no
+//! allocation unless the path changes.
 //!
 //! The `Host` routing reads is checked here too ([`valid_host`]): RFC 9112
 //! §3.2 asks for a 400 to a `Host` that is not a `host[:port]`, which hyper
@@ -22,61 +29,113 @@
 pub enum PathCheck {
     /// Route it as it is.
     Fine,
-    /// Route (and forward) this instead: empty segments merged.
-    Merged(String),
-    /// Refuse it (400).
-    DotSegment,
+    /// Route (and forward) this instead: unreserved escapes decoded, empty
+    /// segments merged.
+    Normalized(String),
+    /// Refuse it (400), for this reason.
+    Refused(&'static str),
 }
 
 /// Checks `path` (the URI's path, without its query).
 pub fn check(path: &str) -> PathCheck {
     let b = path.as_bytes();
-    let mut i = 0;
-    // Dots in the current segment, and whether it holds anything else.
-    let (mut dots, mut other) = (0usize, false);
-    let mut empty_segment = false;
-    let mut prev_slash = false;
-    while i <= b.len() {
-        let sep = match separator(&b[i..]) {
-            Some(n) => Some(n),
-            None if i == b.len() => Some(1),
-            None => None,
-        };
-        if let Some(n) = sep {
-            if !other && (dots == 1 || dots == 2) {
-                return PathCheck::DotSegment;
-            }
-            let slash = b.get(i) == Some(&b'/');
-            empty_segment |= slash && prev_slash;
-            prev_slash = slash;
-            (dots, other) = (0, false);
-            i += n;
-            continue;
-        }
-        prev_slash = false;
-        match dot(&b[i..]) {
-            Some(n) => {
-                dots += 1;
-                i += n;
-            }
-            None => {
-                other = true;
-                i += 1;
-            }
-        }
+    if plain(b) {
+        return PathCheck::Fine;
     }
-    if empty_segment {
-        PathCheck::Merged(merge_slashes(path))
-    } else {
-        PathCheck::Fine
+    if b.contains(&b'\\') {
+        return PathCheck::Refused("the path has a \"\\\"");
+    }
+    let normal = normalize(b);
+    if has_dot_segment(&normal) {
+        return PathCheck::Refused("the path has a \".\" or \"..\" segment");
+    }
+    if normal == b {
+        return PathCheck::Fine;
+    }
+    // Only ASCII sequences were replaced by ASCII: still UTF-8.
+    match String::from_utf8(normal) {
+        Ok(p) => PathCheck::Normalized(p),
+        Err(_) => PathCheck::Fine,
     }
 }
 
-/// The length of the segment separator at the start of `b`: `/`, `\`, or
-/// `%2f` / `%5c` in either case.
+/// Most paths: no `.`, `%` or `\\` (so nothing to decode and no
+/// dot-segment, however written) and no `//`. One pass, a compare or two a
+/// byte; the rest is for the others.
+fn plain(b: &[u8]) -> bool {
+    let mut prev_slash = false;
+    for &c in b {
+        match c {
+            b'.' | b'%' | b'\\' => return false,
+            b'/' if prev_slash => return false,
+            b'/' => prev_slash = true,
+            _ => prev_slash = false,
+        }
+    }
+    true
+}
+
+/// `b` with `%XX` of unreserved characters decoded and runs of `/` merged.
+fn normalize(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            if let Some(v) = b.get(i + 1..i + 3).and_then(hex_pair) {
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        if !(c == b'/' && out.last() == Some(&b'/')) {
+            out.push(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex_pair(h: &[u8]) -> Option<u8> {
+    let d = |c: u8| (c as char).to_digit(16);
+    Some((d(h[0])? * 16 + d(h[1])?) as u8)
+}
+
+/// Whether a segment (between `/`, `%2f` or `%5c`), up to its first `;`,
+/// is `.` or `..`.
+fn has_dot_segment(b: &[u8]) -> bool {
+    let mut i = 0;
+    let mut start = 0;
+    loop {
+        let sep = if i == b.len() {
+            Some(0)
+        } else {
+            separator(&b[i..])
+        };
+        if let Some(n) = sep {
+            let seg = &b[start..i];
+            let name = seg.split(|&c| c == b';').next().unwrap_or(seg);
+            if name == b"." || name == b".." {
+                return true;
+            }
+            if i == b.len() {
+                return false;
+            }
+            i += n;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// The length of the segment separator at the start of `b`: `/`, or `%2f`
+/// / `%5c` in either case.
 fn separator(b: &[u8]) -> Option<usize> {
     match b {
-        [b'/' | b'\\', ..] => Some(1),
+        [b'/', ..] => Some(1),
         [b'%', h, l, ..] if matches!((h, l.to_ascii_lowercase()), (b'2', b'f') | (b'5', b'c')) => {
             Some(3)
         }
@@ -84,14 +143,36 @@ fn separator(b: &[u8]) -> Option<usize> {
     }
 }
 
-/// The length of the dot at the start of `b`: `.` or `%2e` in either case.
-fn dot(b: &[u8]) -> Option<usize> {
-    match b {
-        [b'.', ..] => Some(1),
-        [b'%', b'2', e, ..] if e.eq_ignore_ascii_case(&b'e') => Some(3),
-        _ => None,
+/// The bytes of a reg-name or IPv4 address: unreserved, sub-delims and `%`
+/// (RFC 3986 §3.2.2), one table lookup a byte.
+static HOST_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        c += 1;
     }
-}
+    t
+};
 
 /// Whether `b` is a `uri-host [ ":" port ]` (RFC 3986 §3.2.2, RFC 9110
 /// §7.2): a bracketed IPv6 address or a name of unreserved, sub-delims and
@@ -101,10 +182,17 @@ pub fn valid_host(b: &[u8]) -> bool {
         [b'[', rest @ ..] => match rest.iter().position(|&c| c == b']') {
             Some(end) => {
                 let inside = &rest[..end];
-                let ok = !inside.is_empty()
-                    && inside
+                // An IPv6 address, with a zone id after `%` (RFC 6874:
+                // Python sends `[fe80::1%eth0]`).
+                let (addr, zone) = match inside.iter().position(|&c| c == b'%') {
+                    Some(p) => (&inside[..p], &inside[p + 1..]),
+                    None => (inside, &inside[..0]),
+                };
+                let ok = !addr.is_empty()
+                    && addr
                         .iter()
-                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'))
+                    && zone.iter().all(|&c| HOST_CHARS[usize::from(c)]);
                 if !ok {
                     return false;
                 }
@@ -121,42 +209,12 @@ pub fn valid_host(b: &[u8]) -> bool {
             None => (b, &b[..0]),
         },
     };
-    let name_ok = host.iter().all(|c| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    });
+    let name_ok = host.iter().all(|&c| HOST_CHARS[usize::from(c)]);
+    // Five digits at most, so the sum cannot overflow a u32.
     let port_ok = port.len() <= 5
         && port.iter().all(u8::is_ascii_digit)
-        && (port.is_empty() || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()));
+        && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535;
     name_ok && port_ok
-}
-
-fn merge_slashes(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for c in path.chars() {
-        if c == '/' && out.ends_with('/') {
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -171,10 +229,11 @@ mod tests {
             "/a.b/c..d/.e/f.",
             "/file.tar.gz",
             "/...",
-            "/%2e%2e%2e",
             "/projects/a%2Fb",
             "/x%2",
             "/%",
+            "/%zz",
+            "/app;jsessionid=1/x",
         ] {
             assert_eq!(check(p), PathCheck::Fine, "{p}");
         }
@@ -190,13 +249,38 @@ mod tests {
             "/api/%2e%2e/admin",
             "/api/%2E./admin",
             "/api/.%2e",
-            "/api\\..\\admin",
             "/api%2f..%2fadmin",
             "/api%5C..%5Cadmin",
             "/api/%2e",
+            "/api/..;/admin",
+            "/api/.;x=1/admin",
+            "/api/%2e%2e;/admin",
         ] {
-            assert_eq!(check(p), PathCheck::DotSegment, "{p}");
+            assert_eq!(
+                check(p),
+                PathCheck::Refused("the path has a \".\" or \"..\" segment"),
+                "{p}"
+            );
         }
+        assert_eq!(
+            check("/api\\admin"),
+            PathCheck::Refused("the path has a \"\\\"")
+        );
+    }
+
+    #[test]
+    fn escapes_of_unreserved_characters_are_decoded_and_slashes_merged() {
+        let n = |p: &str| match check(p) {
+            PathCheck::Normalized(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(n("/%61dmin/x"), "/admin/x");
+        assert_eq!(n("/a%2eb"), "/a.b");
+        assert_eq!(n("//admin/x"), "/admin/x");
+        assert_eq!(n("/a///b//"), "/a/b/");
+        assert_eq!(n("/%7Euser/%2Fdata"), "/~user/%2Fdata");
+        // Encoded slashes are data: neither decoded nor merged.
+        assert_eq!(check("/a/%2F%2Fb"), PathCheck::Fine);
     }
 
     #[test]
@@ -208,6 +292,7 @@ mod tests {
             "127.0.0.1:65535",
             "[::1]",
             "[::1]:443",
+            "[fe80::1%eth0]:8080",
             "localhost:",
             "xn--bcher-kva.example",
         ] {
@@ -227,13 +312,5 @@ mod tests {
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
-    }
-
-    #[test]
-    fn empty_segments_are_merged() {
-        assert_eq!(check("//admin/x"), PathCheck::Merged("/admin/x".into()));
-        assert_eq!(check("/a///b//"), PathCheck::Merged("/a/b/".into()));
-        // Encoded slashes are not merged: `%2F` may be data in a segment.
-        assert_eq!(check("/a/%2F%2Fb"), PathCheck::Fine);
     }
 }

@@ -430,6 +430,11 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() || a.port() == 0 {
         return false;
     }
+    // `[::ffff:127.0.0.1]` is 127.0.0.1 to the kernel.
+    let (a, b) = (
+        SocketAddr::new(a.ip().to_canonical(), a.port()),
+        SocketAddr::new(b.ip().to_canonical(), b.port()),
+    );
     let covers = |w: SocketAddr, o: SocketAddr| {
         w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
     };
