@@ -292,7 +292,7 @@ impl Proxy {
         if let Some(h) = host {
             // `Host`, HTTP/2's `:authority` or an absolute-form target's:
             // each must be a host and port, without userinfo.
-            if !path::valid_host(h.as_str().as_bytes()) {
+            if !path::valid_host(h.as_bytes()) {
                 return Err(ProxyError::BadRequest(
                     "the Host header (or :authority) is not a valid host[:port]".into(),
                 ));
@@ -469,6 +469,14 @@ pub enum Host {
 }
 
 impl Host {
+    /// The bytes, without the UTF-8 check `as_str` makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Host::Header(v) => v.as_bytes(),
+            Host::Authority(a) => a.as_str().as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             // `request_host` only keeps header values that are valid str.
