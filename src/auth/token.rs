@@ -52,9 +52,6 @@ impl TokenSource {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Found<'a> {
     pub token: Cow<'a, str>,
-    /// It came from the `bearer.` subprotocol (which must then not reach
-    /// the application as an offered protocol).
-    pub via_protocol: bool,
 }
 
 /// The first token the `sources` find, in order. On a WebSocket handshake
@@ -67,15 +64,13 @@ pub fn find<'a>(
 ) -> Option<Found<'a>> {
     let plain = |t: &'a str| Found {
         token: Cow::Borrowed(t),
-        via_protocol: false,
     };
     for s in sources {
         let found = match s {
             TokenSource::Header => bearer_header(headers).map(plain),
-            TokenSource::Query(name) => query.and_then(|q| query_param(q, name)).map(|t| Found {
-                token: t,
-                via_protocol: false,
-            }),
+            TokenSource::Query(name) => query
+                .and_then(|q| query_param(q, name))
+                .map(|token| Found { token }),
             TokenSource::Cookie(name) => cookie(headers, name).map(plain),
         };
         if found.is_some() {
@@ -83,10 +78,7 @@ pub fn find<'a>(
         }
     }
     if upgrade {
-        return protocol_token(headers).map(|t| Found {
-            token: Cow::Borrowed(t),
-            via_protocol: true,
-        });
+        return protocol_token(headers).map(plain);
     }
     None
 }
@@ -207,7 +199,8 @@ mod tests {
         let src = [TokenSource::Header];
         assert_eq!(find(&src, &h, None, false), None);
         let f = find(&src, &h, None, true).unwrap();
-        assert_eq!((f.token.as_ref(), f.via_protocol), ("t.o.k", true));
+        assert_eq!(f.token.as_ref(), "t.o.k");
+        assert!(offers_bearer(&h));
         assert_eq!(protocols_without_bearer(&h).unwrap(), "chat");
         let only = headers(&[("sec-websocket-protocol", "bearer.t.o.k")]);
         assert_eq!(protocols_without_bearer(&only), None);

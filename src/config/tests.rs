@@ -40,14 +40,16 @@ fn host_patterns() {
     assert!(HostPattern::parse("*.").is_err());
 }
 
+/// The messages `t.toml` gets refused with.
+fn err(toml: &str) -> String {
+    parse(Path::new("t.toml"), toml)
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string()
+}
+
 #[test]
 fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
-    let err = |toml: &str| {
-        parse(Path::new("t.toml"), toml)
-            .map(|_| ())
-            .expect_err("refused")
-            .to_string()
-    };
     let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
     assert_eq!(
         err(&format!("[server]\nmax_connections = \"lots\"\n{listener}")),
@@ -71,12 +73,6 @@ fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
 
 #[test]
 fn a_duplicate_key_is_named_and_a_broken_definition_is_reported_once() {
-    let err = |toml: &str| {
-        parse(Path::new("t.toml"), toml)
-            .map(|_| ())
-            .expect_err("refused")
-            .to_string()
-    };
     assert_eq!(
         err("[server]\nmax_connections = 5\nmax_connections = 6\n"),
         "t.toml:3:1: duplicate key `max_connections`"

@@ -235,7 +235,8 @@ impl Handler for Proxy {
     }
 }
 
-/// Replaces the request's path (its query kept), for `path::check`'s merge.
+/// Replaces the request's path (its query kept) with `path::check`'s
+/// normalized one.
 fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
     let pq = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
