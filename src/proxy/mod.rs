@@ -252,6 +252,26 @@ fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Refuses a path whose escaped separators, read as `/` (as some upstreams
+/// read them), would take another route than the path as sent: the access
+/// phase and upstream of one route would serve what the other route guards.
+fn same_route_decoded(
+    table: &Table,
+    host: Option<&Host>,
+    path: &str,
+    route: &Arc<Route>,
+) -> Result<(), ProxyError> {
+    let Some(view) = path::separator_view(path) else {
+        return Ok(());
+    };
+    match table.router.find(host.map(Host::as_str), &view) {
+        Some(other) if Arc::ptr_eq(other, route) => Ok(()),
+        _ => Err(ProxyError::BadRequest(
+            "an escaped slash (%2F or %5C) in the path changes its route".into(),
+        )),
+    }
+}
+
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
     resp.map(http_body_util::Either::Right)
@@ -314,16 +334,23 @@ impl Proxy {
                 )));
             }
         }
-        match path::check(req.uri().path()) {
-            PathCheck::Fine => {}
+        let escaped = match path::check(req.uri().path()) {
+            PathCheck::Plain => false,
+            PathCheck::Fine => true,
             PathCheck::Refused(why) => return Err(ProxyError::BadRequest(why.into())),
-            PathCheck::Normalized(p) => set_path(&mut req, &p)?,
-        }
+            PathCheck::Normalized(p) => {
+                set_path(&mut req, &p)?;
+                true
+            }
+        };
         let route = table
             .router
             .find(host.map(Host::as_str), req.uri().path())
             .cloned()
             .ok_or(ProxyError::NoRoute)?;
+        if escaped {
+            same_route_decoded(table, host, req.uri().path(), &route)?;
+        }
         out.route = Some(route.clone());
         if upgrade {
             // Not boxed here: `upgrade` boxes the tunnel, the only part of it

@@ -13,9 +13,14 @@
 //!   Clients remove dot-segments before they send (RFC 3986 §5.2.4);
 //! - so is a raw `\` (browsers send `/` for it; some servers read it as one).
 //!
-//! Left as they are: `%2f` and `%5c` elsewhere (data in many APIs, as in
-//! nginx's `proxy_pass` without a URI and HAProxy), and `;parameters` on
-//! other segments (Java's `;jsessionid`).
+//! Escaped separators (`%2f`, `%5c`) are forwarded as sent: they are data in
+//! many APIs (`/projects/a%2Fb`). But an upstream that decodes them (WSGI,
+//! for one) reads `/admin%2Fx` as `/admin/x`, which the `/admin/` route
+//! never saw. So such a path is routed twice, as sent and with them read as
+//! `/` ([`separator_view`]), and refused when the two routes differ (nginx
+//! routes on the decoded path; refusing the disagreement keeps both kinds
+//! of upstream safe and forwards every path a route did see unchanged).
+//! `;parameters` on other segments stay (Java's `;jsessionid`).
 //!
 //! One pass over most paths (nothing to decode, merge or look at), no
 //! allocation unless the path changes.
@@ -27,7 +32,9 @@
 /// What routing makes of a request path.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PathCheck {
-    /// Route it as it is.
+    /// Route it as it is: nothing in it is escaped.
+    Plain,
+    /// Route it as it is; it has escapes, so see [`separator_view`].
     Fine,
     /// Route (and forward) this instead: unreserved escapes decoded, empty
     /// segments merged.
@@ -40,7 +47,7 @@ pub enum PathCheck {
 pub fn check(path: &str) -> PathCheck {
     let b = path.as_bytes();
     if plain(b) {
-        return PathCheck::Fine;
+        return PathCheck::Plain;
     }
     if b.contains(&b'\\') {
         return PathCheck::Refused("the path has a \"\\\"");
@@ -96,6 +103,35 @@ fn normalize(b: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// The path with its escaped separators (`%2f`, `%5c`) read as `/` and runs
+/// of `/` merged, when it has any: the path an upstream that decodes them
+/// acts on, for routing to agree with. `None` for every other path.
+pub fn separator_view(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let first = (0..b.len()).find(|&i| b[i] == b'%' && separator(&b[i..]).is_some())?;
+    let mut out = String::with_capacity(b.len());
+    out.push_str(&path[..first]);
+    let mut i = first;
+    while i < b.len() {
+        let n = separator(&b[i..]);
+        if n.is_some() || b[i] == b'/' {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            i += n.unwrap_or(1);
+            continue;
+        }
+        // Copy up to the next `/` or `%`: both ASCII, so a char boundary.
+        let end = b[i + 1..]
+            .iter()
+            .position(|&c| c == b'/' || c == b'%')
+            .map_or(b.len(), |p| i + 1 + p);
+        out.push_str(&path[i..end]);
+        i = end;
+    }
+    Some(out)
 }
 
 fn hex_pair(h: &[u8]) -> Option<u8> {
@@ -224,8 +260,6 @@ mod tests {
     #[test]
     fn ordinary_paths_route_as_they_are() {
         for p in [
-            "/",
-            "/api/v1/items",
             "/a.b/c..d/.e/f.",
             "/file.tar.gz",
             "/...",
@@ -233,10 +267,25 @@ mod tests {
             "/x%2",
             "/%",
             "/%zz",
-            "/app;jsessionid=1/x",
         ] {
             assert_eq!(check(p), PathCheck::Fine, "{p}");
         }
+        for p in ["/", "/api/v1/items", "/app;jsessionid=1/x"] {
+            assert_eq!(check(p), PathCheck::Plain, "{p}");
+        }
+    }
+
+    #[test]
+    fn escaped_separators_give_a_second_view_to_route_by() {
+        assert_eq!(separator_view("/api/v1/items"), None);
+        assert_eq!(separator_view("/a%20b/%41"), None);
+        assert_eq!(separator_view("/admin%2fx").as_deref(), Some("/admin/x"));
+        assert_eq!(
+            separator_view("/admin%2F%2Fx%5Cy/%2fz").as_deref(),
+            Some("/admin/x/y/z")
+        );
+        assert_eq!(separator_view("/é%2Fü%20/").as_deref(), Some("/é/ü%20/"));
+        assert_eq!(separator_view("/x%2").as_deref(), None);
     }
 
     #[test]

@@ -92,6 +92,37 @@ async fn paths_are_normalized_before_routing_and_forwarding() {
 }
 
 #[tokio::test]
+async fn an_escaped_slash_that_would_change_the_route_is_refused() {
+    let gw = gateway().await;
+    // Routed by `/` as sent; an upstream that decodes `%2F` serves
+    // `/admin/x`, which only the `/admin/` route may.
+    for path in ["/admin%2fx", "/admin%2F%2Fx", "/admin%5Cx", "/%2Fadmin/x"] {
+        let r = get_raw(gw.http(), path).await;
+        assert_eq!(
+            r.status_line(),
+            "HTTP/1.1 400 Bad Request",
+            "{path}: {}",
+            r.text()
+        );
+        assert!(
+            r.text().contains("changes its route"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    // Where both readings take the same route, the escape is data and
+    // reaches the upstream as sent.
+    for (path, served) in [
+        ("/projects/a%2Fb", "open /projects/a%2Fb"),
+        ("/admin/a%2Fb", "admin /admin/a%2Fb"),
+    ] {
+        let r = get_raw(gw.http(), path).await;
+        assert!(r.status_line().contains(" 200 "), "{path}: {}", r.text());
+        assert!(r.text().ends_with(served), "{path}: {}", r.text());
+    }
+}
+
+#[tokio::test]
 async fn other_proxies_client_fields_are_not_believed_from_a_client() {
     let gw = gateway().await;
     let r = get_with(
