@@ -234,6 +234,7 @@ pub struct EchoFile {
 pub struct ChatFile {
     pub history: Option<Spanned<i64>>,
     pub history_ttl: Option<SStr>,
+    pub history_memory: Option<SStr>,
     pub max_message_size: Option<SStr>,
     pub ping_interval: Option<SStr>,
     pub send_queue: Option<Spanned<i64>>,

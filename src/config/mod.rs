@@ -374,6 +374,8 @@ pub struct ChatConfig {
     pub history: usize,
     /// Messages older than this leave history; zero: kept by count only.
     pub history_ttl: Duration,
+    /// Bytes of history one node keeps in memory over every room.
+    pub history_memory: u64,
     pub max_message_size: u64,
     pub ping_interval: Duration,
     pub send_queue: usize,

@@ -60,7 +60,7 @@ pub enum ClusterLimitError {
     },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
+    #[error("redis did not answer within {} ms", .0.as_millis())]
     Timeout(Duration),
     #[error("redis is marked unreachable; retrying shortly")]
     Paused,

@@ -67,7 +67,7 @@ impl Chat {
         shutdown: Shutdown,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
-        let bus = LocalBus::new(&node_id, cfg.history, cfg.history_ttl);
+        let bus = LocalBus::new(&node_id, cfg.history, cfg.history_ttl, cfg.history_memory);
         Self::with_bus(cfg, bus, shutdown, budget)
     }
 

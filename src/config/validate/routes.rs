@@ -171,6 +171,13 @@ pub(super) fn chat(
         ) as usize,
         history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
         history_ttl: cx.duration(&c.history_ttl, "app.chat.history_ttl", Duration::ZERO),
+        history_memory: cx
+            .size(
+                &c.history_memory,
+                "app.chat.history_memory",
+                256 * 1024 * 1024,
+            )
+            .max(1),
         max_message_size: cx
             .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
             .max(1),
