@@ -382,6 +382,10 @@ pub struct ChatConfig {
     /// `None`: push disabled (403).
     pub push_token: Option<Redacted<String>>,
     pub poll_idle_timeout: Duration,
+    /// Long-poll sessions this node keeps at most; past it 503.
+    pub max_poll_sessions: usize,
+    /// Long-poll sessions one client address may open; past it 429; 0 = no cap.
+    pub max_poll_sessions_per_ip: usize,
     /// Client frames per WebSocket session; `None`: unlimited.
     pub message_rate: Option<MessageRate>,
     /// `auth`: sessions and requests must carry a token for this verifier.

@@ -261,11 +261,15 @@ fn chat_status(e: &ChatError) -> StatusCode {
         ChatError::Unauthorized | ChatError::TokenMissing | ChatError::TokenInvalid => {
             StatusCode::UNAUTHORIZED
         }
-        ChatError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+        ChatError::TooManyConnections(_) | ChatError::TooManyPollSessions(_) => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         ChatError::NotFound | ChatError::UserOffline(_) => StatusCode::NOT_FOUND,
         ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ChatError::NoStream(_) => StatusCode::CONFLICT,
-        ChatError::TooManyRooms | ChatError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ChatError::TooManyRooms | ChatError::Bus(_) | ChatError::PollSessionsFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ChatError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -294,9 +298,11 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
                 HeaderValue::from_static("Bearer realm=\"wsgate chat\", error=\"invalid_token\""),
             );
         }
-        ChatError::TooManyConnections(_) => {
-            // A cap, not a rate: a slot frees when one of the user's
-            // sessions ends; a second is a fair first retry.
+        ChatError::TooManyConnections(_)
+        | ChatError::TooManyPollSessions(_)
+        | ChatError::PollSessionsFull => {
+            // A cap, not a rate: a slot frees when one of the sessions
+            // ends; a second is a fair first retry.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ChatError::MethodNotAllowed(m) => {

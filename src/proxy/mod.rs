@@ -386,7 +386,8 @@ impl Proxy {
             }
             RouteTarget::App(AppKind::Echo) => Err(ProxyError::UpgradeRequired),
             RouteTarget::App(AppKind::Chat) => {
-                Ok(local(self.apps.chat.http(req, &cfg.path).await?))
+                let client = crate::ctx::client_ip(&req, conn);
+                Ok(local(self.apps.chat.http(req, &cfg.path, client).await?))
             }
             RouteTarget::Static(root) => files::serve(root, cfg, &req).await.map(local),
         }

@@ -55,6 +55,8 @@ pub struct Chat {
     budget: Arc<Budget>,
     /// Long-poll sessions by user and room list (see `http::poll`).
     polls: DashMap<http::PollKey, Arc<http::PollSession>>,
+    /// Long-poll sessions by client address (`max_poll_sessions_per_ip`).
+    poll_clients: Arc<DashMap<std::net::IpAddr, usize>>,
     /// `[app.chat] auth`, its verifier rebuilt on reload.
     auth: arc_swap::ArcSwapOption<ChatAuth>,
 }
@@ -88,6 +90,7 @@ impl Chat {
             shutdown,
             budget,
             polls: DashMap::new(),
+            poll_clients: Arc::default(),
             auth: arc_swap::ArcSwapOption::empty(),
         })
     }
@@ -165,8 +168,9 @@ impl Chat {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         prefix: &str,
+        client: std::net::IpAddr,
     ) -> Result<Response<Body>, AppError> {
-        Ok(http::handle(self, req, prefix).await?)
+        Ok(http::handle(self, req, prefix, client).await?)
     }
 
     /// Connection and queue counters of this node.

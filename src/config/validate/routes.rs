@@ -198,6 +198,20 @@ pub(super) fn chat(
             "app.chat.poll_idle_timeout",
             Duration::from_secs(60),
         ),
+        max_poll_sessions: cx.int(
+            &c.max_poll_sessions,
+            "app.chat.max_poll_sessions",
+            10_000,
+            1,
+            10_000_000,
+        ) as usize,
+        max_poll_sessions_per_ip: cx.int(
+            &c.max_poll_sessions_per_ip,
+            "app.chat.max_poll_sessions_per_ip",
+            100,
+            0,
+            10_000_000,
+        ) as usize,
         message_rate: crate::config::limits::chat_message_rate(
             cx,
             c.message_rate.as_ref(),

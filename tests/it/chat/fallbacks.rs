@@ -305,3 +305,42 @@ async fn send_validates_like_the_websocket_path() {
     assert_eq!(json_of(&r)["type"], "dm");
     assert_eq!(alice.recv().await["from"], "zed");
 }
+
+/// Long-poll sessions outlive their requests, so the connection caps do not
+/// bound them: a client making sessions for new users is held to
+/// `max_poll_sessions_per_ip`, and the node to `max_poll_sessions`.
+#[tokio::test]
+async fn long_poll_sessions_are_capped_per_address_and_per_node() {
+    let gw = gateway(config().set("app.chat.max_poll_sessions_per_ip", 2)).await;
+    let addr = gw.http();
+    for user in ["p1", "p2"] {
+        let r = get(addr, &format!("/chat/poll?user={user}&rooms=lobby")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let r = get(addr, "/chat/poll?user=p3&rooms=lobby").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(json_of(&r)["code"], "too_many_connections");
+    assert!(r.headers.contains_key("retry-after"));
+    // A session already held is polled as before.
+    let r = get(addr, "/chat/poll?user=p1&rooms=lobby&timeout=0").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Once sessions are reaped (poll_idle_timeout, 1 s), the address may open more.
+    let again = eventually(WAIT, || async {
+        get(addr, "/chat/poll?user=p3&rooms=lobby").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(again, "the address's count was not given back");
+
+    let gw = gateway(
+        config()
+            .set("app.chat.max_poll_sessions", 1)
+            .set("app.chat.max_poll_sessions_per_ip", 0),
+    )
+    .await;
+    let addr = gw.http();
+    let r = get(addr, "/chat/poll?user=q1&rooms=lobby").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = get(addr, "/chat/poll?user=q2&rooms=lobby").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(json_of(&r)["code"], "server_full");
+}

@@ -105,6 +105,7 @@ pub(super) async fn handle(
     chat: &Arc<Chat>,
     req: Request<RequestBody>,
     prefix: &str,
+    client: std::net::IpAddr,
 ) -> Result<Response<Body>, ChatError> {
     let Some(rest) = subpath(req.uri().path(), prefix) else {
         return Err(ChatError::NotFound);
@@ -115,7 +116,7 @@ pub(super) async fn handle(
         "" => Ok(redirect_to_slash(&req, prefix)),
         "/" | "/index.html" if get => Ok(page::response(req.method() == Method::HEAD)),
         "/sse" if get => sse::sse(chat, &req).await,
-        "/poll" if get => poll::poll(chat, &req).await,
+        "/poll" if get => poll::poll(chat, &req, client).await,
         "/send" if post => send::send(chat, req).await,
         "/api/push" if post => api::push(chat, req).await,
         "/api/online" if get => api::online(chat, &req).await,

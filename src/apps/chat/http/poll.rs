@@ -4,11 +4,13 @@
 //! history by cursor, so a poll may go to any node.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::body::RequestBody;
 use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
 use http::{Request, Response, StatusCode};
 use tokio::time::{sleep_until, Instant};
 
@@ -33,6 +35,8 @@ pub(crate) type PollKey = (UserName, String);
 /// in presence and receives DMs) whose live events wait in a bounded ring.
 pub(crate) struct PollSession {
     conn: Arc<Conn>,
+    /// Held for the session's life: its place in its address's count.
+    _slot: PollSlot,
     ring: Arc<LiveRing>,
     /// Room heads when the session began: where its first poll starts.
     start: BTreeMap<RoomName, Head>,
@@ -80,6 +84,44 @@ impl PollSession {
     }
 }
 
+/// A poll session's place in its client address's count, given back when
+/// the session is dropped. Long-poll sessions outlive their requests, so
+/// `max_connections_per_ip` does not bound them: one client making sessions
+/// for new users would otherwise hold memory and fan-out work for each until
+/// `poll_idle_timeout`.
+pub(crate) struct PollSlot {
+    clients: Arc<DashMap<IpAddr, usize>>,
+    ip: IpAddr,
+}
+
+impl PollSlot {
+    fn take(chat: &Chat, ip: IpAddr) -> Result<Self, ChatError> {
+        let cfg = chat.cfg();
+        if chat.polls.len() >= cfg.max_poll_sessions {
+            return Err(ChatError::PollSessionsFull);
+        }
+        let cap = cfg.max_poll_sessions_per_ip;
+        let mut n = chat.poll_clients.entry(ip).or_insert(0);
+        if cap > 0 && *n >= cap {
+            return Err(ChatError::TooManyPollSessions(cap));
+        }
+        *n += 1;
+        Ok(Self {
+            clients: chat.poll_clients.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.clients.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.clients.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
+
 /// Ends a poll (even when the request is dropped mid-wait).
 struct Polling<'a>(&'a PollSession);
 
@@ -95,6 +137,7 @@ async fn poll_session(
     chat: &Arc<Chat>,
     who: &Identity,
     rooms: &[RoomName],
+    client: IpAddr,
 ) -> Result<(Arc<PollSession>, bool), ChatError> {
     let user = &who.user;
     let mut names: Vec<&str> = rooms.iter().map(RoomName::as_str).collect();
@@ -103,6 +146,7 @@ async fn poll_session(
     if let Some(s) = chat.polls.get(&key).map(|s| s.clone()) {
         return Ok((s, false));
     }
+    let slot = PollSlot::take(chat, client)?;
     let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
     let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
     for room in rooms {
@@ -113,6 +157,7 @@ async fn poll_session(
     }
     let session = Arc::new(PollSession {
         conn,
+        _slot: slot,
         ring,
         start: rooms.iter().cloned().zip(heads).collect(),
         state: Mutex::new(PollState {
@@ -169,6 +214,7 @@ fn reset(room: &RoomName, head: &Head) -> Result<Bytes, ChatError> {
 pub(super) async fn poll(
     chat: &Arc<Chat>,
     req: &Request<RequestBody>,
+    client: IpAddr,
 ) -> Result<Response<Body>, ChatError> {
     let uri = req.uri();
     // Every poll shows its token: once it has expired the poll is a 401.
@@ -191,7 +237,7 @@ pub(super) async fn poll(
     }
     .min(POLL_WAIT);
     let (session, created) = loop {
-        let (s, created) = poll_session(chat, &who, &rooms).await?;
+        let (s, created) = poll_session(chat, &who, &rooms, client).await?;
         if s.begin() {
             break (s, created);
         }

@@ -63,6 +63,10 @@ pub enum ChatError {
     RefreshUnsupported,
     #[error("too many connections for this user (at most {0})")]
     TooManyConnections(usize),
+    #[error("too many long-poll sessions from this address (at most {0})")]
+    TooManyPollSessions(usize),
+    #[error("this server holds all the long-poll sessions it may; try again shortly")]
+    PollSessionsFull,
     #[error("a token is required: send Authorization: Bearer <token> or ?token=")]
     TokenMissing,
     #[error("invalid or expired token")]
@@ -115,7 +119,10 @@ impl ChatError {
                 "forbidden"
             }
             ChatError::RefreshUnsupported => "unsupported",
-            ChatError::TooManyConnections(_) => "too_many_connections",
+            ChatError::TooManyConnections(_) | ChatError::TooManyPollSessions(_) => {
+                "too_many_connections"
+            }
+            ChatError::PollSessionsFull => "server_full",
             ChatError::TokenMissing => "unauthorized",
             ChatError::TokenInvalid => "invalid_token",
             ChatError::Unauthorized => "unauthorized",
