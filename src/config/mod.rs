@@ -382,6 +382,8 @@ pub struct ChatConfig {
     /// `None`: push disabled (403).
     pub push_token: Option<Redacted<String>>,
     pub poll_idle_timeout: Duration,
+    /// Rooms one connection (WebSocket, SSE stream, poll session) may be in.
+    pub max_rooms_per_connection: usize,
     /// Long-poll sessions this node keeps at most; past it 503.
     pub max_poll_sessions: usize,
     /// Long-poll sessions one client address may open; past it 429; 0 = no cap.

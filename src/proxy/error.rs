@@ -270,7 +270,7 @@ fn chat_status(e: &ChatError) -> StatusCode {
         ChatError::TooManyRooms | ChatError::Bus(_) | ChatError::PollSessionsFull => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ChatError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ChatError::RateLimited | ChatError::MembershipRate => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -300,7 +300,9 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
         }
         ChatError::TooManyConnections(_)
         | ChatError::TooManyPollSessions(_)
-        | ChatError::PollSessionsFull => {
+        | ChatError::PollSessionsFull
+        | ChatError::RateLimited
+        | ChatError::MembershipRate => {
             // A cap, not a rate: a slot frees when one of the sessions
             // ends; a second is a fair first retry.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

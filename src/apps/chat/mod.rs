@@ -80,7 +80,12 @@ impl Chat {
         shutdown: Shutdown,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
-        let hub = Hub::new(bus.clone(), cfg.send_queue, cfg.history);
+        let hub = Hub::new(
+            bus.clone(),
+            cfg.send_queue,
+            cfg.history,
+            cfg.max_rooms_per_connection,
+        );
         let sink: Arc<dyn Deliver> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
         Arc::new(Self {

@@ -198,6 +198,13 @@ pub(super) fn chat(
             "app.chat.poll_idle_timeout",
             Duration::from_secs(60),
         ),
+        max_rooms_per_connection: cx.int(
+            &c.max_rooms_per_connection,
+            "app.chat.max_rooms_per_connection",
+            128,
+            1,
+            10_000,
+        ) as usize,
         max_poll_sessions: cx.int(
             &c.max_poll_sessions,
             "app.chat.max_poll_sessions",

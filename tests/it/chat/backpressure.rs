@@ -1,5 +1,6 @@
 //! Backpressure: a stalled reader is closed with 1008 while consumers that
-//! keep up are never kicked.
+//! keep up are never kicked, and one client cannot make the others' queues
+//! overflow by churning its rooms.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -106,4 +107,58 @@ async fn stalled_reader_is_closed_with_1008_and_others_are_unaffected() {
     assert_eq!(chat.stats().connections, 2, "only watcher and fast remain");
     // The stalled client resumes reading: what was buffered, then close 1008.
     assert_eq!(slow.close_code().await, Some(CloseCode::Policy));
+}
+
+/// Each join or leave is a presence event to every member: a client looping
+/// them is held to its allowance (128 at once, then 10 a second), and to
+/// `max_rooms_per_connection`, so a member reading at its own pace (here,
+/// not at all until the end) is not cut for falling behind.
+#[tokio::test]
+async fn a_client_churning_rooms_is_held_to_its_allowance() {
+    let gw = gateway(
+        config()
+            .set("app.chat.send_queue", 300)
+            .set("app.chat.max_rooms_per_connection", 3),
+    )
+    .await;
+    let addr = gw.http();
+    let mut victim = Client::new(addr, "victim").await;
+    victim.join("plaza").await;
+    let mut churn = Client::new(addr, "churn").await;
+    let (mut limited, mut changes, mut joined) = (0, 0, false);
+    for _ in 0..200 {
+        let state = if joined { "leave" } else { "join" };
+        churn.send(json!({"type":state,"room":"plaza"})).await;
+        let v = churn
+            .recv_until("an answer", |v| {
+                v["type"] == "error" || is_presence(v, "churn", state)
+            })
+            .await;
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "rate_limited", "{v}");
+            limited += 1;
+        } else {
+            changes += 1;
+            joined = !joined;
+        }
+    }
+    assert!(limited > 0, "200 joins and leaves in a row were all taken");
+    assert!(changes < 200, "{changes}");
+    // The victim is still connected: its queue held every presence event.
+    let v = victim.drain_to("plaza", "still here").await;
+    assert_eq!(v["text"], "still here");
+
+    // A connection's rooms are capped.
+    let mut fresh = Client::new(addr, "fresh").await;
+    for room in ["a1", "a2", "a3"] {
+        fresh.join(room).await;
+    }
+    fresh.send(json!({"type":"join","room":"a4"})).await;
+    let v = fresh.expect_error("too_many_rooms").await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 3 rooms")),
+        "{v}"
+    );
 }

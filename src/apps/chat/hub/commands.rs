@@ -61,13 +61,17 @@ impl Hub {
         }
         match frame {
             ClientFrame::Join { room, since } => match actor {
-                Actor::Conn(c) => self.join(c, &room, since).await.map(|_| None),
+                Actor::Conn(c) => {
+                    c.change_membership()?;
+                    self.join(c, &room, since).await.map(|_| None)
+                }
                 Actor::Http(u, _) => {
                     let conns = self.fallback_conns(u);
                     if conns.is_empty() {
                         return Err(ChatError::NoStream(u.clone()));
                     }
                     for c in &conns {
+                        c.change_membership()?;
                         self.join(c, &room, None).await?;
                     }
                     Ok(Some(Event::encode(&Presence {
@@ -78,7 +82,10 @@ impl Hub {
                 }
             },
             ClientFrame::Leave { room } => match actor {
-                Actor::Conn(c) => self.leave(c, &room, true).await.map(|_| None),
+                Actor::Conn(c) => {
+                    c.change_membership()?;
+                    self.leave(c, &room, true).await.map(|_| None)
+                }
                 Actor::Http(u, _) => {
                     let conns: Vec<_> = self
                         .fallback_conns(u)
@@ -89,6 +96,7 @@ impl Hub {
                         return Err(ChatError::NotJoined(room));
                     }
                     for c in &conns {
+                        c.change_membership()?;
                         self.leave(c, &room, true).await?;
                     }
                     Ok(Some(Event::encode(&Presence {

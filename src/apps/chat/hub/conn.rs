@@ -5,13 +5,15 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, ConnId};
 use crate::apps::chat::identity::Grants;
-use crate::apps::chat::protocol::{Event, RoomName, UserName};
+use crate::apps::chat::protocol::{ChatError, Event, RoomName, UserName};
+use crate::limit::gcra::{Bucket, Gcra};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnKind {
@@ -96,7 +98,16 @@ pub struct Conn {
     held: Mutex<HashMap<RoomName, Vec<Event>>>,
     /// Whether `held` has a room: `offer` looks at it only then.
     holding: AtomicBool,
+    /// Joins and leaves the client asked for ([`MEMBERSHIP_RATE`]).
+    membership: Mutex<Bucket>,
 }
+
+/// Joins and leaves a client may ask for, per connection: one every 100 ms
+/// on average, 128 at once (a client joining its whole room list at start).
+/// Each one is a presence event to every member of the room, so a client
+/// looping join/leave would otherwise fill the others' send queues until
+/// they are cut for falling behind.
+pub const MEMBERSHIP_RATE: (Duration, u32) = (Duration::from_millis(100), 128);
 
 #[derive(Default)]
 pub(super) struct ConnState {
@@ -120,9 +131,17 @@ impl Conn {
             grants: Mutex::new(grants),
             held: Mutex::new(HashMap::new()),
             holding: AtomicBool::new(false),
+            membership: Mutex::new(Bucket::new(Gcra::new(MEMBERSHIP_RATE.0, MEMBERSHIP_RATE.1))),
             outbox,
             kicked: CancellationToken::new(),
         }
+    }
+
+    /// Takes one join or leave the client asked for from its allowance.
+    pub fn change_membership(&self) -> Result<(), ChatError> {
+        lock(&self.membership)
+            .take()
+            .map_err(|_| ChatError::MembershipRate)
     }
 
     /// Queues an event without waiting. A full queue kicks the connection.

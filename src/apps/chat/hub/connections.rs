@@ -149,6 +149,9 @@ impl Hub {
             if s.closed {
                 return Ok(());
             }
+            if s.rooms.len() >= self.max_rooms && !s.rooms.contains(room) {
+                return Err(ChatError::RoomsPerConnection(self.max_rooms));
+            }
             s.rooms.insert(room.clone())
         };
         let since = since.filter(|_| newly);

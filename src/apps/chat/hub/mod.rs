@@ -68,6 +68,8 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     send_queue: usize,
     history_cap: usize,
+    /// Rooms one connection may be in (`max_rooms_per_connection`).
+    max_rooms: usize,
     next_id: AtomicU64,
     live_seq: Arc<AtomicU64>,
     users: DashMap<UserName, HashMap<ConnId, Arc<Conn>>>,
@@ -77,7 +79,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(bus: Arc<dyn Bus>, send_queue: usize, history_cap: usize) -> Arc<Self> {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        send_queue: usize,
+        history_cap: usize,
+        max_rooms: usize,
+    ) -> Arc<Self> {
         // Seeded from the clock so live cursors from before a restart are older
         // than every new event.
         let seed = super::protocol::now_ms().saturating_mul(1000);
@@ -85,6 +92,7 @@ impl Hub {
             bus,
             send_queue: send_queue.max(1),
             history_cap,
+            max_rooms: max_rooms.max(1),
             next_id: AtomicU64::new(1),
             live_seq: Arc::new(AtomicU64::new(seed)),
             users: DashMap::new(),

@@ -63,6 +63,10 @@ pub enum ChatError {
     RefreshUnsupported,
     #[error("too many connections for this user (at most {0})")]
     TooManyConnections(usize),
+    #[error("a connection may be in at most {0} rooms: leave one first")]
+    RoomsPerConnection(usize),
+    #[error("too many joins and leaves: at most 10 a second (128 at once); slow down")]
+    MembershipRate,
     #[error("too many long-poll sessions from this address (at most {0})")]
     TooManyPollSessions(usize),
     #[error("this server holds all the long-poll sessions it may; try again shortly")]
@@ -123,6 +127,8 @@ impl ChatError {
                 "too_many_connections"
             }
             ChatError::PollSessionsFull => "server_full",
+            ChatError::RoomsPerConnection(_) => "too_many_rooms",
+            ChatError::MembershipRate => "rate_limited",
             ChatError::TokenMissing => "unauthorized",
             ChatError::TokenInvalid => "invalid_token",
             ChatError::Unauthorized => "unauthorized",
