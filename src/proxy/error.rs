@@ -74,6 +74,10 @@ pub enum ProxyError {
     UpstreamConnect(String),
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
+    /// A connect to the server failed for want of the gateway's own
+    /// resources (`dial::is_local_shortage`): the node is full, not the server down.
+    #[error("no local socket for upstream {0}: {1}")]
+    OutOfSockets(String, String),
     /// The TLS handshake with the server failed (untrusted certificate, wrong
     /// name, refused client certificate...): the reason is for the debug log.
     #[error("upstream {0}: {1}")]
@@ -143,7 +147,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AuthUnavailable(_) | ProxyError::OutOfSockets(..) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::AuthDenied(d) => d.status,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
@@ -162,7 +168,7 @@ impl ProxyError {
             | ProxyError::UpstreamHandshake(..)
             | ProxyError::UnexpectedUpgrade(_)
             | ProxyError::AuthUnavailable(_) => Side::Upstream,
-            ProxyError::Internal(_) => Side::Gateway,
+            ProxyError::Internal(_) | ProxyError::OutOfSockets(..) => Side::Gateway,
             _ => Side::Client,
         }
     }
@@ -183,6 +189,9 @@ impl ProxyError {
                 "upstream server did not accept the WebSocket handshake: {why}"
             )),
             ProxyError::Internal(_) => Cow::Borrowed("internal error"),
+            ProxyError::OutOfSockets(..) => {
+                Cow::Borrowed("the gateway is out of connections; try again shortly")
+            }
             ProxyError::Auth(AuthError::Missing) => Cow::Borrowed("authentication required"),
             ProxyError::Auth(_) => Cow::Borrowed("invalid token"),
             ProxyError::AuthUnavailable(_) => Cow::Borrowed("authorization service unavailable"),

@@ -171,6 +171,9 @@ pub async fn forward(
                 let addr = backend.addr.to_string();
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
+                    e @ SendError::Connect(_) if e.is_local_shortage() => {
+                        ProxyError::OutOfSockets(addr, e.to_string())
+                    }
                     SendError::Connect(_) => ProxyError::UpstreamConnect(addr),
                     SendError::Tls(e) => ProxyError::UpstreamTls(addr, e.to_string()),
                     e => ProxyError::UpstreamFailed(addr, root_cause(&e)),
@@ -180,7 +183,9 @@ pub async fn forward(
             // The server may be processing it: never resend after a response timeout.
             Err(_) => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
-        pool.report_failure(backend);
+        if !matches!(err, ProxyError::OutOfSockets(..)) {
+            pool.report_failure(backend);
+        }
         count(metrics, pool, backend, err.status().as_u16());
         tracing::debug!(upstream = %pool.name(), server = %backend.addr, error = %err, resendable, "upstream attempt failed");
         if !resendable || !retry_allowed(tried.len()) {

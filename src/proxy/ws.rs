@@ -30,7 +30,7 @@ use crate::limits::ConnSlot;
 use crate::metrics::Metrics;
 use crate::router::Route;
 use crate::shutdown::Shutdown;
-use crate::upstream::dial::{DialError, Purpose, UpStream};
+use crate::upstream::dial::{is_local_shortage, DialError, Purpose, UpStream};
 use crate::upstream::{Backend, Pool, Tried};
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -200,7 +200,9 @@ impl Tunnel<'_> {
             let stream = match connect(choice.backend).await {
                 Ok(s) => s,
                 Err(e) => {
-                    pool.report_failure(choice.backend);
+                    if !matches!(e, ProxyError::OutOfSockets(..)) {
+                        pool.report_failure(choice.backend);
+                    }
                     // Nothing reached the server: safe to try another.
                     if tried.len() > pool.cfg.retries as usize {
                         return Err(e);
@@ -328,6 +330,9 @@ async fn connect(backend: &Backend) -> Result<UpStream, ProxyError> {
         .await
         .map_err(|e| match e {
             DialError::Timeout => ProxyError::UpstreamTimeout(addr()),
+            DialError::Connect(e) if is_local_shortage(&e) => {
+                ProxyError::OutOfSockets(addr(), e.to_string())
+            }
             DialError::Connect(_) => ProxyError::UpstreamConnect(addr()),
             e => ProxyError::UpstreamTls(addr(), e.to_string()),
         })

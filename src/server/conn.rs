@@ -32,6 +32,11 @@ use crate::ctx::ConnCtx;
 use crate::limits::{ConnSlot, Refusal};
 use crate::rewind::Rewind;
 
+/// Streams one HTTP/2 connection may have open at once (nginx's default):
+/// each may hold an upstream connection and a response's buffers, so this
+/// is how far one connection multiplies what `max_connections` bounds.
+const H2_MAX_STREAMS: u32 = 128;
+
 /// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
 /// `TokioExecutor`, but with panics caught and logged as connection tasks' are.
 #[derive(Clone, Copy, Debug, Default)]
@@ -93,7 +98,7 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(self.keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(H2_MAX_STREAMS);
         b
     }
 
@@ -110,7 +115,7 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(self.keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(H2_MAX_STREAMS);
         b
     }
 }

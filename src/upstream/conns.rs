@@ -80,6 +80,13 @@ impl From<DialError> for SendError {
 }
 
 impl SendError {
+    /// Did the connect fail for want of the gateway's own resources
+    /// ([`is_local_shortage`](super::dial::is_local_shortage))? Then it says
+    /// nothing about the server's health.
+    pub fn is_local_shortage(&self) -> bool {
+        matches!(self, SendError::Connect(e) if super::dial::is_local_shortage(e))
+    }
+
     /// Did nothing of a response arrive, so the request may go to another server?
     pub fn nothing_received(&self) -> bool {
         match self {

@@ -30,6 +30,18 @@ pub enum DialError {
     NoH2,
 }
 
+/// Whether a failed connect is this process's or host's own shortage
+/// (descriptors, buffers, memory, ephemeral ports), not the server's: it
+/// must not count against the server's passive health, or one client that
+/// uses up the gateway's descriptors would take every server down with it.
+pub fn is_local_shortage(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM | Errno::ADDRNOTAVAIL)
+    )
+}
+
 /// What a connection is for: its ALPN with TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -35,7 +35,8 @@ pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: Cancell
             _ = stop.cancelled() => return,
             r = round => r,
         };
-        for (b, ok) in results {
+        // A probe that could not even open a socket here has no verdict.
+        for (b, ok) in results.into_iter().filter_map(|(b, ok)| Some((b, ok?))) {
             if let Some(t) = b.health().record_probe(ok, &cfg) {
                 pool.log_transition(b, t);
             }
@@ -44,23 +45,24 @@ pub async fn run_active_checks(pool: Arc<Pool>, cfg: HealthConfig, stop: Cancell
 }
 
 /// One probe: `GET path` (`Host` the server's address), passing on 2xx/3xx
-/// within `timeout`, connecting (and the TLS handshake) included.
-async fn probe(b: &Backend, cfg: &HealthConfig) -> bool {
+/// within `timeout`, connecting (and the TLS handshake) included. `None`
+/// when the gateway itself was short of sockets: no verdict on the server.
+async fn probe(b: &Backend, cfg: &HealthConfig) -> Option<bool> {
     let Ok(host) = HeaderValue::from_str(&b.addr) else {
-        return false;
+        return Some(false);
     };
     let Ok(req) = Request::get(cfg.path.as_str())
         .header(header::HOST, host)
         .body(crate::body::empty())
     else {
-        return false;
+        return Some(false);
     };
     let check = async {
         let resp = match b.conns.send(req).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(server = %b.addr, error = %e, "health probe failed");
-                return None;
+                return (!e.is_local_shortage()).then_some(false);
             }
         };
         let status = resp.status();
@@ -68,8 +70,7 @@ async fn probe(b: &Backend, cfg: &HealthConfig) -> bool {
         let _ = resp.into_body().collect().await;
         Some(status.is_success() || status.is_redirection())
     };
-    matches!(
-        tokio::time::timeout(cfg.timeout, check).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(cfg.timeout, check)
+        .await
+        .unwrap_or(Some(false))
 }

@@ -25,6 +25,7 @@ mod gateway;
 mod grpc;
 mod hardening2;
 mod hardening3;
+mod hardening4;
 mod http2;
 mod inspect;
 mod listener_tls;

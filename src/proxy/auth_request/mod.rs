@@ -293,7 +293,9 @@ async fn callout(
                     .ok_or_else(|| CalloutError::Status(addr(), parts.status.as_u16()));
             }
             Ok(Err(e)) if e.nothing_received() => {
-                pool.report_failure(backend);
+                if !e.is_local_shortage() {
+                    pool.report_failure(backend);
+                }
                 match e {
                     SendError::Connect(_) | SendError::ConnectTimeout => {
                         CalloutError::Connect(addr())

@@ -1,0 +1,106 @@
+//! Hardening, round 4: what one client can make the gateway itself run short
+//! of. A real `wsgate` process with a small descriptor limit; every wait is
+//! bounded.
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use bytes::Bytes;
+use common::process::WsgateProc;
+use common::redis::free_ports;
+use common::*;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+
+/// Out of descriptors, a connect to a server fails here, not there: the
+/// request gets 503 (a full node), and the server is not marked down by
+/// passive health (which would turn every later request into a 502 "no
+/// upstream server is available" until `fail_timeout` passed).
+#[tokio::test]
+async fn a_gateway_out_of_sockets_answers_503_and_keeps_its_servers_up() {
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let api = http_upstream(move |_req| {
+        let mut open = open_rx.clone();
+        async move {
+            let _ = open.wait_for(|o| *o).await;
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let [port] = free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wsgate.toml");
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener(Listener::at(addr))
+        .upstream("api", &[api])
+        .set("upstream.api.max_fails", 1)
+        .set("upstream.api.fail_timeout", "60s")
+        .route_upstream("/", "api");
+    std::fs::write(&path, cfg.build()).expect("write config");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 32 && exec \"$0\" -c \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_wsgate"))
+        .arg(&path)
+        .stdout(std::process::Stdio::null());
+    let mut gw = WsgateProc::spawn(cmd);
+    gw.wait_for("listening", WAIT);
+
+    // One HTTP/2 connection, many streams: each needs a connection to the
+    // server, and the held ones keep theirs.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut h2 = common::h2::handshake(tcp).await;
+    let mut answers = FuturesUnordered::new();
+    for i in 0..60 {
+        let req = Request::get(format!("http://localhost/x{i}"))
+            .body(())
+            .expect("request");
+        let (resp, _) = h2.start(req, false).await;
+        answers.push(async move {
+            let resp = resp.await.expect("a response");
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                text.extend_from_slice(&chunk);
+            }
+            (status, String::from_utf8_lossy(&text).into_owned())
+        });
+    }
+    let (mut ok, mut full) = (0, 0);
+    let all = async {
+        while let Some((status, text)) = answers.next().await {
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(text.contains("out of connections"), "{text}");
+                    full += 1;
+                    // The held streams may go once the shortage has shown.
+                    let _ = open_tx.send(true);
+                }
+                StatusCode::OK => ok += 1,
+                other => panic!("{other}: {text}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, all)
+        .await
+        .expect("every stream answered in time");
+    assert!(full > 0 && ok > 0, "{ok} answered, {full} refused");
+    // The server was never down: a request now reaches it.
+    let (status, text) = h2
+        .get(
+            Request::get("http://localhost/after")
+                .body(())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    drop(gw);
+}
