@@ -74,14 +74,50 @@ pub fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// `url` with its `user:password@` shown as `***@`.
+/// `url` with its `user:password@` shown as `***@`. Also for text that is
+/// not quite a URL (`rediss//user:pw@host`, a typo): whatever comes before
+/// an `@` may be a password.
 pub(super) fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+    let at = match rest[..authority_end].rfind('@') {
+        Some(at) => Some(at),
+        None if scheme.is_empty() => rest.rfind('@'),
+        None => None,
+    };
+    match at {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
         None => url.to_string(),
     }
+}
+
+/// Keys whose values are secrets, or may hold one (a Redis URL's password).
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let last = last.split('[').next().unwrap_or(last);
+    matches!(
+        last,
+        "secret" | "push_token" | "hmac_secret" | "redis" | "redis_cluster" | "sentinels"
+    )
+}
+
+/// A deserializer's message about `key`, without the value it quotes when
+/// that value is a secret: `invalid type: integer, expected a string`, not
+/// the integer someone pasted as a token.
+pub(super) fn hide_secret_value(key: &str, message: &str) -> String {
+    if !is_secret_key(key) {
+        return message.to_string();
+    }
+    for head in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(head) {
+            let kind = rest.split([' ', ',']).next().unwrap_or("");
+            if let Some((_, tail)) = rest.split_once(", expected") {
+                return format!("{head}{kind}, expected{tail}");
+            }
+        }
+    }
+    message.to_string()
 }

@@ -512,24 +512,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
 /// [`parse`] with extra [`Checks`].
 pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, ConfigError> {
-    let issue = |e: &toml::de::Error, key: String| ConfigError {
-        path: path.to_path_buf(),
-        issues: vec![ConfigIssue {
-            pos: e.span().map(|s| line_col(text, s.start)),
-            key: None,
-            message: key
-                + &messages::plain_types(e.message().trim())
-                + &messages::duplicate_key(e, text),
-        }],
+    let issue = |e: &toml::de::Error, key: String| {
+        let said = messages::plain_types(e.message().trim());
+        let said = messages::hide_secret_value(&key, &said);
+        let message = if key.is_empty() {
+            said
+        } else {
+            format!("{key}: {said}")
+        };
+        ConfigError {
+            path: path.to_path_buf(),
+            issues: vec![ConfigIssue {
+                pos: e.span().map(|s| line_col(text, s.start)),
+                key: None,
+                message: message + &messages::duplicate_key(e, text),
+            }],
+        }
     };
     let de = toml::Deserializer::parse(text).map_err(|e| issue(&e, String::new()))?;
     // Through serde_path_to_error: toml's own message names a value's line
     // but not its key ("invalid type: string, expected i64").
-    let raw: file::FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = messages::key_path(e.path());
-        let key = if key.is_empty() { key } else { key + ": " };
-        issue(e.inner(), key)
-    })?;
+    let raw: file::FileConfig = serde_path_to_error::deserialize(de)
+        .map_err(|e| issue(e.inner(), messages::key_path(e.path())))?;
     validate(path, text, raw, checks)
 }
 

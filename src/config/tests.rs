@@ -99,3 +99,47 @@ fn a_config_printed_with_debug_shows_no_secret() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
 }
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_quoted_back() {
+    let e = err("[app.chat]\npush_token = 98765432123\n");
+    assert!(
+        e.contains("app.chat.push_token: invalid type: integer, expected a string"),
+        "{e}"
+    );
+    assert!(!e.contains("98765432123"), "{e}");
+    let e = err("[server]\nsecret = 1234567890123\n");
+    assert!(!e.contains("1234567890123"), "{e}");
+    // Other keys quote what they got, which helps.
+    let e = err("[server]\nmax_connections = \"lots\"\n");
+    assert!(e.contains("\"lots\""), "{e}");
+}
+
+#[test]
+fn redis_urls_are_checked_as_the_client_will_read_them_and_shown_without_passwords() {
+    let cfg = |url: &str| {
+        format!("[cluster]\nredis = \"{url}\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\napp = \"echo\"\n")
+    };
+    for (url, says) in [
+        (
+            "redis://u:Hunter2@127.0.0.1:notaport",
+            "is not a valid Redis URL",
+        ),
+        ("redis://127.0.0.1:99999", "is not a valid Redis URL"),
+        ("redis://[::1:6379", "is not a valid Redis URL"),
+        ("rediss//u:Hunter2@127.0.0.1:6379", "is not a redis:// URL"),
+        (
+            "rediss://u:Hunter2@h:6379",
+            "TLS to Redis (rediss://) is not supported",
+        ),
+    ] {
+        let e = err(&cfg(url));
+        assert!(
+            e.contains("t.toml:2:9: cluster.redis: ") && e.contains(says),
+            "{url}: {e}"
+        );
+        assert!(!e.contains("Hunter2"), "{url}: {e}");
+    }
+    assert!(parse(Path::new("t.toml"), &cfg("redis://:pw@127.0.0.1:6379/0")).is_ok());
+    assert!(parse(Path::new("t.toml"), &cfg("redis+unix:///run/redis.sock")).is_ok());
+}

@@ -227,13 +227,32 @@ pub(super) fn chat(
     }
 }
 
+/// A Redis URL that the Redis client will take at startup: checked here so
+/// that `wsgate check` refuses what would stop the gateway. The URL is shown
+/// without its password.
 fn redis_url(cx: &mut Ctx, key: &str, v: &SStr) {
     let url = v.get_ref();
+    let shown = crate::config::messages::without_userinfo(url);
     if !(url.starts_with("redis://")
         || url.starts_with("rediss://")
         || url.starts_with("redis+unix://"))
     {
-        cx.at(v.span(), format!("{key}: {url:?} is not a redis:// URL"));
+        cx.at(
+            v.span(),
+            format!("{key}: \"{shown}\" is not a redis:// URL"),
+        );
+    } else if url.starts_with("rediss://") {
+        cx.at(
+            v.span(),
+            format!("{key}: \"{shown}\": TLS to Redis (rediss://) is not supported; use redis:// (a TLS tunnel such as stunnel can carry it)"),
+        );
+    } else if redis::Client::open(url.as_str()).is_err() {
+        cx.at(
+            v.span(),
+            format!(
+                "{key}: \"{shown}\" is not a valid Redis URL (e.g. \"redis://[user:password@]host:6379[/db]\")"
+            ),
+        );
     }
 }
 
