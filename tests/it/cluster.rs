@@ -513,3 +513,27 @@ async fn redis_outage_degrades_then_recovers_without_restart() {
         .recv_until("dm after recovery", |v| v["text"] == "welcome back")
         .await;
 }
+
+/// A Redis that refuses the node's password: `/readyz` says why (not
+/// "connecting" forever), and never shows the password.
+#[tokio::test]
+async fn a_wrong_redis_password_is_reported_without_the_password() {
+    let redis = Redis::start().await;
+    assert_eq!(
+        redis.command("CONFIG SET requirepass right-one").await,
+        "+OK"
+    );
+    let url = redis.url().replacen("redis://", "redis://:Wr0ngPass@", 1);
+    let gw = TestGateway::start(&node_config("n1", &url, "127.0.0.1:0", "127.0.0.1:0")).await;
+    let admin = gw.admin();
+    let told = eventually(WAIT, || async move {
+        let r = get(admin, "/readyz").await;
+        r.status != StatusCode::OK && r.text().contains("WRONGPASS")
+    })
+    .await;
+    let r = get(admin, "/readyz").await;
+    assert!(told, "{}", r.text());
+    assert!(!r.text().contains("Wr0ngPass"), "{}", r.text());
+    let status = get(admin, "/status").await;
+    assert!(!status.text().contains("Wr0ngPass"), "{}", status.text());
+}

@@ -88,10 +88,17 @@ impl RedisBus {
     pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.node, error = %e, "cluster: redis unreachable; serving local clients only");
+        } else if !self.ever_up.load(Ordering::Acquire)
+            && !self.told_unreached.swap(true, Ordering::AcqRel)
+        {
+            // Never reached since start: a wrong address or password. Said
+            // once; the heartbeat keeps trying (at debug).
+            tracing::warn!(node = %self.node, error = %e, "cluster: redis not reached yet; serving local clients only until it is");
         }
         let reason = format!("redis unreachable: {e}");
+        // Also when only the reason changed ("connecting" became why not).
         self.status.send_if_modified(|s| {
-            let changed = s.is_none();
+            let changed = s.as_deref() != Some(reason.as_str());
             *s = Some(reason);
             changed
         });

@@ -76,6 +76,9 @@ pub struct RedisBus {
     reached: tokio::sync::Notify,
     /// Whether Redis was ever reached since the node started.
     ever_up: AtomicBool,
+    /// Whether the failure to reach Redis at start was logged (once: a
+    /// wrong password or address would otherwise stay at debug level).
+    told_unreached: AtomicBool,
     /// `None` when Redis is up, else why not (for `/readyz`).
     status: watch::Sender<Option<String>>,
     local_dm_seq: AtomicU64,
@@ -127,6 +130,7 @@ impl RedisBus {
             up: AtomicBool::new(false),
             reached: tokio::sync::Notify::new(),
             ever_up: AtomicBool::new(false),
+            told_unreached: AtomicBool::new(false),
             status,
             local_dm_seq: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
