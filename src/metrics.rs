@@ -62,6 +62,13 @@ pub struct DrainKind {
     pub kind: &'static str,
 }
 
+/// Why a connection was closed for its PROXY header: `untrusted` (a peer
+/// outside `server.trusted_proxies`), `malformed`, `timeout`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyHeaderRefusal {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamServer {
     pub upstream: String,
@@ -116,6 +123,7 @@ pub struct Metrics {
     pub splice_zero_copy_bytes: Counter,
     /// WebSocket sessions a drain closed, by kind.
     pub drain_closed: Family<DrainKind, Counter>,
+    pub proxy_header_refused: Family<ProxyHeaderRefusal, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
@@ -158,6 +166,7 @@ impl Metrics {
             ws_budget_closed: Counter::default(),
             splice_zero_copy_bytes: Counter::default(),
             drain_closed: Family::default(),
+            proxy_header_refused: Family::default(),
             upstream_up: Family::default(),
             tls_cert_expiry: Family::default(),
             acme_orders: Family::default(),
@@ -246,6 +255,11 @@ impl Metrics {
             "drain_closed",
             "WebSocket sessions closed by a drain (1012 for app and inspect; splice: cut at shutdown_grace)",
             m.drain_closed.clone(),
+        );
+        r.register(
+            "proxy_header_refused",
+            "Connections closed for their PROXY header: untrusted (a peer outside server.trusted_proxies), malformed, timeout",
+            m.proxy_header_refused.clone(),
         );
         r.register(
             "upstream_up",

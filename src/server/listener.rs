@@ -187,8 +187,9 @@ async fn handle_connection<H: Handler>(
     let (stream, ctx) = if proxy_protocol {
         // Boxed: its read buffer would otherwise sit in every connection's task.
         let header = Box::pin(read_proxy_header(&server, stream, peer, tls.is_some()));
-        let Some((stream, client)) = header.await else {
-            return;
+        let (stream, client) = match header.await {
+            Ok(read) => read,
+            Err(reason) => return refused_proxy_header(&sc, peer, reason),
         };
         acks::after_proxy_header(&stream, tls.is_some());
         (stream, ConnCtx::behind_proxy(peer, client, tls.is_some()))
@@ -256,22 +257,49 @@ async fn serve_tls<H: Handler>(
     Box::pin(conn::serve(sc, handler, tls_stream, ctx, slot, protocols)).await
 }
 
+/// Seconds between two warnings of a refused PROXY header: a balancer
+/// misconfigured (or a scanner) would otherwise write one line per connection.
+const PROXY_WARN_EVERY: u64 = 10;
+
+/// Counts a connection closed for its PROXY header (dropping it closes it),
+/// and says so at warn at most every [`PROXY_WARN_EVERY`] seconds, as nginx
+/// and HAProxy log a "broken header": otherwise a balancer that does not
+/// send one is a silent outage.
+fn refused_proxy_header(sc: &ServerCtx, peer: SocketAddr, reason: &'static str) {
+    static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    sc.metrics
+        .proxy_header_refused
+        .get_or_create(&crate::metrics::ProxyHeaderRefusal { reason })
+        .inc();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if now >= last + PROXY_WARN_EVERY
+        && LAST_WARNED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%peer, reason, "PROXY header refused; closing (further refusals within {PROXY_WARN_EVERY} s are only counted: wsgate_proxy_header_refused_total)");
+    } else {
+        tracing::debug!(%peer, reason, "PROXY header refused; closing");
+    }
+}
+
 /// The PROXY header of a connection from `peer`, and the client it names;
-/// `None` (the connection is dropped, so closed) when `peer` is not a
-/// trusted proxy, the header is malformed, or it does not arrive within the
-/// TLS handshake timeout (TLS listeners) or the header timeout (plain ones).
+/// else why it was refused (the connection is then dropped, so closed):
+/// `peer` is not a trusted proxy, the header is malformed, or it does not
+/// arrive within the TLS handshake timeout (TLS listeners) or the header
+/// timeout (plain ones).
 async fn read_proxy_header(
     server: &crate::config::ServerConfig,
     stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
-) -> Option<(Prefixed<TcpStream>, SocketAddr)> {
+) -> Result<(Prefixed<TcpStream>, SocketAddr), &'static str> {
     if !server.trusted_proxies.contains(peer.ip()) {
         // Not a byte is read: an untrusted peer could name any address.
-        tracing::debug!(
-            "PROXY header expected from a peer outside server.trusted_proxies; closing"
-        );
-        return None;
+        return Err("untrusted");
     }
     let timeout = if tls {
         server.tls_handshake_timeout
@@ -282,16 +310,13 @@ async fn read_proxy_header(
         Ok(Ok((proxied, stream))) => {
             let client = proxied.client_or(peer);
             tracing::Span::current().record("client.proxied", tracing::field::display(client));
-            Some((stream, client))
+            Ok((stream, client))
         }
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "PROXY header refused; closing");
-            None
+            tracing::debug!(error = %e, "PROXY header malformed");
+            Err("malformed")
         }
-        Err(_) => {
-            tracing::debug!("no PROXY header in time; closing");
-            None
-        }
+        Err(_) => Err("timeout"),
     }
 }
 

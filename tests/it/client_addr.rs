@@ -205,6 +205,7 @@ async fn untrusted_malformed_and_late_headers_are_closed() {
     let listener = Listener::plain().set("proxy_protocol", true);
     let toml = config(up, listener)
         .set("server.header_timeout", "1s")
+        .admin()
         .build();
     let gw = TestGateway::start(&toml).await;
     let addr = gw.http();
@@ -258,6 +259,22 @@ async fn untrusted_malformed_and_late_headers_are_closed() {
     // The listener still serves.
     let r = exchange(addr, TRUSTED, &[&valid]).await;
     assert!(mirrored(&r).contains("xff=[203.0.113.7]"));
+    // Every refusal is counted by its reason (and warned of, at most every 10 s).
+    let metrics = get(gw.admin(), "/metrics").await.text();
+    let count = |reason: &str| -> u64 {
+        let line = format!("wsgate_proxy_header_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("untrusted"), 1, "{metrics}");
+    assert!(
+        count("malformed") >= 8 && count("timeout") >= 2,
+        "{metrics}"
+    );
+    assert_eq!(count("malformed") + count("timeout"), 12, "{metrics}");
 }
 
 #[tokio::test]
