@@ -276,10 +276,7 @@ impl Drop for SessionLog {
         }
         if let Some(code) = self.close_code {
             m.ws_close_codes
-                .get_or_create(&RouteCode {
-                    route: self.route.to_string(),
-                    code,
-                })
+                .get_or_create(&RouteCode::new(self.route.to_string(), code))
                 .inc();
         }
         m.add_bytes("in", self.bytes_in);

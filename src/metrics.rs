@@ -52,7 +52,27 @@ pub struct RouteDirection {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
     pub route: String,
-    pub code: u16,
+    pub code: &'static str,
+}
+
+impl RouteCode {
+    /// The codes RFC 6455 defines (1000–1015) as themselves; the ranges a
+    /// peer picks from freely as `3xxx` (registered) and `4xxx` (private),
+    /// anything else as `other`: a client choosing its close code must not
+    /// choose how many series the route has.
+    pub fn new(route: String, code: u16) -> Self {
+        const DEFINED: [&str; 16] = [
+            "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+            "1011", "1012", "1013", "1014", "1015",
+        ];
+        let code = match code {
+            1000..=1015 => DEFINED[usize::from(code - 1000)],
+            3000..=3999 => "3xxx",
+            4000..=4999 => "4xxx",
+            _ => "other",
+        };
+        Self { route, code }
+    }
 }
 
 /// What a drain closed: `app` (echo, chat), `inspect` (frame-aware splice),
@@ -538,45 +558,5 @@ impl Drop for GaugeGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn series(family: &Family<RouteStatus, Counter>, status: u16) -> Counter {
-        family
-            .get_or_create(&RouteStatus {
-                route: "r".into(),
-                status,
-            })
-            .clone()
-    }
-
-    #[test]
-    fn status_counters_count_every_status_from_racing_threads() {
-        let family = Family::<RouteStatus, Counter>::default();
-        let counters = StatusCounters::default();
-        let lookups = AtomicU64::new(0);
-        // More distinct statuses than slots: the extra ones are still counted.
-        let statuses = 200..(200 + 2 * STATUS_SLOTS as u16);
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..100 {
-                        for status in statuses.clone() {
-                            counters.inc(status, || {
-                                lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                series(&family, status)
-                            });
-                        }
-                    }
-                });
-            }
-        });
-        for status in statuses {
-            assert_eq!(series(&family, status).get(), 400, "status {status}");
-        }
-        // Cached statuses were looked up about once each, the others every time.
-        let extra = 4 * 100 * STATUS_SLOTS as u64;
-        let n = lookups.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(n >= extra && n < extra + 4 * 100, "{n} lookups");
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -91,10 +91,7 @@ impl InspectMetrics {
 
     pub(super) fn close_code(&self, code: u16) {
         self.close_codes
-            .get_or_create(&RouteCode {
-                route: self.route.clone(),
-                code,
-            })
+            .get_or_create(&RouteCode::new(self.route.clone(), code))
             .inc();
     }
 }

@@ -13,7 +13,8 @@ const DEMO: &str = include_str!("demo.html");
 /// Everything the page may load or talk to: itself, and the chat endpoints on
 /// the same origin (WebSocket included).
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self' ws: wss:; img-src data:; base-uri 'none'; form-action 'none'";
+                   connect-src 'self' ws: wss:; img-src data:; base-uri 'none'; form-action 'none'; \
+                   frame-ancestors 'none'";
 
 pub fn response(head: bool) -> Response<Body> {
     let mut r = Response::new(if head { empty() } else { full(DEMO) });
@@ -31,6 +32,9 @@ pub fn response(head: bool) -> Response<Body> {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // No framing (clickjacking): CSP's frame-ancestors, and the header older
+    // browsers read.
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(DEMO.len()));
     r
 }

@@ -169,6 +169,10 @@ async fn demo_page_is_served() {
         .to_str()
         .expect("ct")
         .starts_with("text/html"));
+    // It may not be framed (clickjacking).
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    let csp = r.headers["content-security-policy"].to_str().expect("csp");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     let page = r.text();
     for id in [
         "id=\"status\"",
