@@ -260,7 +260,9 @@ impl ProxyError {
 /// The chat's errors by status: its HTTP endpoints answer with them.
 fn chat_status(e: &ChatError) -> StatusCode {
     match e {
-        ChatError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ChatError::TooLarge { .. }
+        | ChatError::FrameTooLarge { .. }
+        | ChatError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ChatError::NotJoined(_)
         | ChatError::Forbidden
         | ChatError::PushDisabled

@@ -260,6 +260,18 @@ async fn send_validates_like_the_websocket_path() {
         (r.status, code(&r).as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
     );
+    // A body past the frame's limit is not read to its end: the answer says
+    // what the limit is, not a length nobody measured.
+    let huge = json!({"type":"msg","room":"lobby","text":"x".repeat(20_000)}).to_string();
+    let r = post(addr, "/chat/send?user=alice", &huge, None).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        json_of(&r)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("over 5120 bytes")),
+        "{}",
+        r.text()
+    );
     let r = post(
         addr,
         "/chat/send?user=zed",

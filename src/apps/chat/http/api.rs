@@ -52,7 +52,7 @@ pub(super) async fn push(
         return Err(ChatError::Forbidden);
     }
     let max = max_text(chat);
-    let raw = read_body(req.into_body(), max.saturating_add(ENVELOPE), max).await?;
+    let raw = read_body(req.into_body(), max.saturating_add(ENVELOPE)).await?;
     let b: PushBody =
         serde_json::from_slice(&raw).map_err(|e| ChatError::BadJson(e.to_string()))?;
     let text = b.text.ok_or(ChatError::MissingField("text"))?;

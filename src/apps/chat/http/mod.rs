@@ -157,14 +157,14 @@ fn redirect_to_slash<B>(req: &Request<B>, prefix: &str) -> Response<Body> {
     r
 }
 
-/// Reads a request body of at most `limit` bytes.
-async fn read_body(body: RequestBody, limit: usize, max_text: usize) -> Result<Bytes, ChatError> {
+/// Reads a request body of at most `limit` bytes (not further: how long the
+/// rest is, nobody read).
+async fn read_body(body: RequestBody, limit: usize) -> Result<Bytes, ChatError> {
     match Limited::new(body, limit).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ChatError::TooLarge {
-            len: limit + 1,
-            max: max_text,
-        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ChatError::BodyTooLarge { limit })
+        }
         Err(e) => Err(ChatError::Body(e.to_string())),
     }
 }

@@ -29,7 +29,7 @@ pub(super) async fn send(
         None => (sender_of(&req)?, Grants::all()),
     };
     let max = max_text(chat);
-    let body = read_body(req.into_body(), max.saturating_add(ENVELOPE), max).await?;
+    let body = read_body(req.into_body(), max.saturating_add(ENVELOPE)).await?;
     let frame = ClientFrame::parse(&body, max)?;
     let reply = chat.hub.execute(Actor::Http(&user, &grants), frame).await?;
     Ok(json_response(

@@ -34,6 +34,10 @@ pub enum ChatError {
     InvalidName(#[from] InvalidName),
     #[error("message is {len} bytes; the limit is {max}")]
     TooLarge { len: usize, max: usize },
+    #[error("frame is {len} bytes; a frame may be at most {limit} (the message's limit and 4 KiB for the JSON around it)")]
+    FrameTooLarge { len: usize, limit: usize },
+    #[error("the request body is over {limit} bytes (the message's limit and 4 KiB for the JSON around it)")]
+    BodyTooLarge { limit: usize },
     #[error("not in room \"{0}\": join it first")]
     NotJoined(RoomName),
     #[error("user \"{0}\" is not online")]
@@ -111,7 +115,9 @@ impl ChatError {
             ChatError::BadField { .. } => "bad_field",
             ChatError::InvalidName(InvalidName::User(_)) => "invalid_user",
             ChatError::InvalidName(InvalidName::Room(_)) => "invalid_room",
-            ChatError::TooLarge { .. } => "too_large",
+            ChatError::TooLarge { .. }
+            | ChatError::FrameTooLarge { .. }
+            | ChatError::BodyTooLarge { .. } => "too_large",
             ChatError::NotJoined(_) => "not_joined",
             ChatError::UserOffline(_) => "user_offline",
             ChatError::NoStream(_) => "no_stream",

@@ -59,9 +59,9 @@ impl ClientFrame {
     pub fn parse(raw: &[u8], max_text: usize) -> Result<Self, ChatError> {
         let limit = max_text.saturating_add(ENVELOPE);
         if raw.len() > limit {
-            return Err(ChatError::TooLarge {
+            return Err(ChatError::FrameTooLarge {
                 len: raw.len(),
-                max: max_text,
+                limit,
             });
         }
         let obj: Map<String, Value> =
