@@ -89,6 +89,16 @@ pub fn upgrade(
     account: Arc<Account>,
 ) -> Result<(Response<Empty<Bytes>>, Box<Upgrade>), yawc::WebSocketError> {
     let on = crate::upgraded::on(&mut *req);
+    // RFC 8441's `:protocol` passed validation in any case (`WebSocket`);
+    // yawc takes only the lowercase token, and would look for a key instead.
+    if req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str() != "websocket")
+    {
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+    }
     // yawc's own `UpgradeFut` finds no connection left to take and is dropped
     // unpolled.
     let (resp, _) = WebSocket::upgrade_with_options(&mut *req, options.clone())?;

@@ -354,6 +354,19 @@ async fn h2_websocket(
     http::Response<hyper::body::Incoming>,
     tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
 ) {
+    h2_websocket_as(io, uri, protocols, "websocket").await
+}
+
+/// [`h2_websocket`] with `:protocol` spelled `token`.
+async fn h2_websocket_as(
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    uri: &str,
+    protocols: Option<&str>,
+    token: &'static str,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>,
+) {
     let (mut tx, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(io),
@@ -370,7 +383,7 @@ async fn h2_websocket(
     }
     let mut req = b.body(Full::new(Bytes::new())).unwrap();
     req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
+        .insert(hyper::ext::Protocol::from_static(token));
     let mut resp = tx.send_request(req).await.unwrap();
     assert_eq!(
         resp.status(),
@@ -409,6 +422,11 @@ async fn splices_and_serves_echo_over_http2() {
     let (_, mut ws) = h2_websocket(tls, "https://localhost/echo", None).await;
     ws.send(Message::text("h2 app")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("h2 app"));
+    // Upgrade tokens are case-insensitive: the app takes `WebSocket` too.
+    let tls = tls_connect(gw.https(), tls_client(&ca, &[b"h2"]), "localhost").await;
+    let (_, mut ws) = h2_websocket_as(tls, "https://localhost/echo", None, "WebSocket").await;
+    ws.send(Message::text("any case")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("any case"));
 }
 
 #[tokio::test]
