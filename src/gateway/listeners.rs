@@ -101,16 +101,21 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// An inherited socket for `addr`, else a new one bound to it; and a
-/// duplicate of its descriptor.
+/// duplicate of its descriptor. `key` names the address in errors.
 async fn open(
     inherited: &std::sync::Mutex<Inherited>,
     addr: SocketAddr,
+    key: &str,
 ) -> Result<(TcpListener, OwnedFd), StartError> {
     let taken = inherited
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take(addr);
-    let bind_err = |source| StartError::Bind { addr, source };
+    let bind_err = |source| StartError::Bind {
+        key: key.to_string(),
+        addr,
+        source,
+    };
     let tcp = match taken {
         Some(l) => {
             tracing::info!(addr = %addr, "using the inherited listening socket");
@@ -133,11 +138,12 @@ impl Gateway {
             .map(|l| l.key.clone())
             .collect();
         let mut fresh = Vec::new();
-        for key in listener_keys(&snap.config) {
+        for (i, key) in listener_keys(&snap.config).into_iter().enumerate() {
             if running.contains(&key) {
                 continue;
             }
-            let (tcp, fd) = open(&self.inherited, key.addr).await?;
+            let name = format!("listener[{i}].addr");
+            let (tcp, fd) = open(&self.inherited, key.addr, &name).await?;
             fresh.push((key, tcp, fd));
         }
         Ok(fresh)
@@ -257,7 +263,7 @@ impl Gateway {
             return Ok(());
         }
         let tcp = match want {
-            Some(addr) => Some(open(&self.inherited, addr).await?),
+            Some(addr) => Some(open(&self.inherited, addr, "admin.addr").await?),
             None => None,
         };
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());

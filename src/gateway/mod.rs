@@ -42,8 +42,11 @@ use crate::upstream::{probe, Pool};
 pub enum StartError {
     #[error("listener {addr}: {source}")]
     Tls { addr: SocketAddr, source: CertError },
-    #[error("cannot bind {addr}: {source}")]
+    /// `key` is the config key that named the address (`listener[1].addr`,
+    /// `admin.addr`): a reload's bind error otherwise named no key.
+    #[error("{key}: cannot bind {addr}: {source}")]
     Bind {
+        key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },

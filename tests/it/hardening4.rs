@@ -1,5 +1,6 @@
-//! Hardening, round 4: what one client can make the gateway itself run short
-//! of. A real `wsgate` process with a small descriptor limit; every wait is
+//! Hardening, round 4 (a second black-box probe): what one client can make
+//! the gateway itself run short of (a real `wsgate` process with a small
+//! descriptor limit), and reload errors that name their key. Every wait is
 //! bounded.
 
 use crate::common;
@@ -103,4 +104,32 @@ async fn a_gateway_out_of_sockets_answers_503_and_keeps_its_servers_up() {
         .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     drop(gw);
+}
+
+/// A reload whose new address is taken is refused, naming the key (as
+/// `wsgate check` does), and the running gateway goes on.
+#[tokio::test]
+async fn a_reload_that_cannot_bind_names_the_key() {
+    let base = || {
+        Cfg::new()
+            .set("log.access_log", false)
+            .listener_plain()
+            .route_app("/echo", "echo")
+    };
+    let gw = TestGateway::start(&base().build()).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let text = base()
+        .set("admin.addr", format!("127.0.0.1:{port}"))
+        .build();
+    let cfg = wsgate::config::parse(std::path::Path::new("reload.toml"), &text).expect("config");
+    let e = gw
+        .handle
+        .reload(cfg)
+        .await
+        .expect_err("the reload is refused")
+        .to_string();
+    assert!(e.contains("admin.addr: cannot bind 127.0.0.1:"), "{e}");
+    let r = get(gw.http(), "/echo").await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.text());
 }
