@@ -260,6 +260,7 @@ pub struct ClusterFile {
     pub sentinels: Option<Spanned<Vec<SStr>>>,
     pub sentinel_master: Option<SStr>,
     pub heartbeat: Option<SStr>,
+    pub room_ttl: Option<SStr>,
 }
 
 #[cfg(test)]

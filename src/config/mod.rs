@@ -413,6 +413,9 @@ pub struct ChatAuthConfig {
 pub struct ClusterConfig {
     pub redis: RedisTarget,
     pub heartbeat: Duration,
+    /// A room's ids, history and epoch in Redis expire this long after its
+    /// last message; zero: never.
+    pub room_ttl: Duration,
 }
 
 /// A secret in the config: its `Debug` shows no byte of it, so printing a

@@ -30,6 +30,11 @@ const BEAT: Duration = Duration::from_millis(200);
 /// A chat node on `listen` (with an admin listener on `admin`) joined to the
 /// cluster through `redis`.
 fn node_config(node: &str, redis: &str, listen: &str, admin: &str) -> String {
+    node_cfg(node, redis, listen, admin).build()
+}
+
+/// [`node_config`], still open to more keys.
+fn node_cfg(node: &str, redis: &str, listen: &str, admin: &str) -> Cfg {
     Cfg::new()
         .set("server.node_id", node)
         .set("server.shutdown_grace", "1s")
@@ -43,7 +48,6 @@ fn node_config(node: &str, redis: &str, listen: &str, admin: &str) -> String {
         .set("app.chat.push_token", "s3cret")
         .set("cluster.redis", redis)
         .set("cluster.heartbeat", format!("{}ms", BEAT.as_millis()))
-        .build()
 }
 
 pub(crate) struct Node {
@@ -536,4 +540,39 @@ async fn a_wrong_redis_password_is_reported_without_the_password() {
     assert!(!r.text().contains("Wr0ngPass"), "{}", r.text());
     let status = get(admin, "/status").await;
     assert!(!status.text().contains("Wr0ngPass"), "{}", status.text());
+}
+
+/// A room's keys in Redis expire `cluster.room_ttl` after its last message
+/// (rooms a client made and left would otherwise fill Redis), and a room
+/// made again counts in a new epoch.
+#[tokio::test]
+async fn a_quiet_rooms_keys_expire_and_it_starts_a_new_epoch() {
+    let redis = Redis::start().await;
+    let cfg = node_cfg("n1", &redis.url(), "127.0.0.1:0", "127.0.0.1:0")
+        .set("cluster.room_ttl", "1s")
+        .build();
+    let node = Node {
+        gw: TestGateway::start(&cfg).await,
+    };
+    node.wait_ready(true).await;
+    let own_join = |me: &'static str| {
+        move |v: &serde_json::Value| is_presence(v, me, "join") && v["room"] == "quiet"
+    };
+    let mut alice = Client::new(node.addr(), "alice").await;
+    alice.send(json!({"type":"join","room":"quiet"})).await;
+    let first = alice.recv_until("own join", own_join("alice")).await;
+    alice.sentinel("quiet", "hello").await;
+    let ttl = redis.command("PTTL wsgate:room:{quiet}:id").await;
+    let ms: i64 = ttl.trim_start_matches(':').parse().expect("a PTTL");
+    assert!(ms > 0 && ms <= 1000, "{ttl}");
+    let gone = eventually(WAIT, || async {
+        redis.command("EXISTS wsgate:room:{quiet}:history").await == ":0"
+    })
+    .await;
+    assert!(gone, "the room's history never expired");
+    let mut bob = Client::new(node.addr(), "bob").await;
+    bob.send(json!({"type":"join","room":"quiet"})).await;
+    let again = bob.recv_until("own join", own_join("bob")).await;
+    assert_eq!(again["offset"], 0, "{again}");
+    assert_ne!(again["epoch"], first["epoch"], "{again}");
 }

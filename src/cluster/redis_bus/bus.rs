@@ -180,6 +180,7 @@ impl RedisBus {
                         .key(keys::room_epoch(r.as_str()))
                         .key(keys::room_id(r.as_str()))
                         .arg(&*new_epoch())
+                        .arg(self.room_ttl_ms)
                         .invoke_async(&mut c)
                         .await?;
                     raw.extend(pair);

@@ -63,6 +63,8 @@ pub struct RedisBus {
     node: Arc<str>,
     history_cap: usize,
     history_ttl: Duration,
+    /// `cluster.room_ttl` in ms (0: room keys never expire).
+    room_ttl_ms: u64,
     beat: Duration,
     conn: RedisConn,
     sink: OnceLock<Weak<dyn Deliver>>,
@@ -121,6 +123,7 @@ impl RedisBus {
             node: Arc::from(node),
             history_cap,
             history_ttl,
+            room_ttl_ms: ms(cfg.room_ttl),
             beat: cfg.heartbeat,
             conn,
             sink: OnceLock::new(),

@@ -39,6 +39,7 @@ impl RedisBus {
             .arg(u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(history_cutoff(self.history_ttl).unwrap_or(0))
             .arg(self.conn.publish_command())
+            .arg(self.room_ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((id, receivers as usize))

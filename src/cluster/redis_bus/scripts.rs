@@ -17,9 +17,13 @@ use crate::cluster::keys;
 
 /// `INCR` the id, store the history, publish once; the room's epoch is made
 /// if the stream is new, and with a TTL (ARGV[7] ms > 0) messages older than
-/// ARGV[8] (ms since the epoch) leave the front of the history.
+/// ARGV[8] (ms since the epoch) leave the front of the history. The room's
+/// three keys expire together ARGV[10] ms (`cluster.room_ttl`; 0: never)
+/// after its last message, so rooms a client made and left do not fill
+/// Redis; one made again starts a new epoch.
 /// KEYS: id, history, epoch. ARGV: json before the id, json after it, history
-/// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff, publish command.
+/// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff, publish command,
+/// room TTL.
 pub(super) const PUBLISH_ROOM: &str = r#"
 redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local id = redis.call('INCR', KEYS[1])
@@ -42,16 +46,28 @@ if cap > 0 then
     end
   end
 end
+local room_ttl = tonumber(ARGV[10])
+if room_ttl > 0 then
+  for i = 1, 3 do
+    redis.call('PEXPIRE', KEYS[i], room_ttl)
+  end
+end
 local n = redis.call(ARGV[9], ARGV[4], ARGV[5] .. m .. '}')
 return {id, n}
 "#;
 
-/// Each room's epoch (made if missing) and last id. KEYS: epoch, id, epoch,
-/// id… ARGV: a fresh epoch.
+/// Each room's epoch (made if missing, expiring after the room TTL when it
+/// is not 0) and last id. KEYS: epoch, id, epoch, id… ARGV: a fresh epoch,
+/// the room TTL in ms.
 pub(super) const HEADS: &str = r#"
 local out = {}
+local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS, 2 do
-  redis.call('SET', KEYS[i], ARGV[1], 'NX')
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[1], 'NX')
+  end
   out[#out + 1] = redis.call('GET', KEYS[i])
   out[#out + 1] = redis.call('GET', KEYS[i + 1]) or '0'
 end

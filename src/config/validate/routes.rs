@@ -324,5 +324,14 @@ pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
             cx.at(h.span(), "cluster.heartbeat: must be at least 100ms");
         }
     }
-    ClusterConfig { redis, heartbeat }
+    let room_ttl = cx.duration(
+        &c.room_ttl,
+        "cluster.room_ttl",
+        Duration::from_secs(7 * 24 * 3600),
+    );
+    ClusterConfig {
+        redis,
+        heartbeat,
+        room_ttl,
+    }
 }
