@@ -42,6 +42,19 @@ impl ConnSlot {
     pub fn attach_gauge(&mut self, g: crate::metrics::GaugeGuard) {
         self.gauge = Some(g);
     }
+
+    /// One more slot from the same caps, for `ip`: what an HTTP/2 WebSocket
+    /// session holds beside its connection's (nginx counts each concurrent
+    /// HTTP/2 request as a connection too), or one connection would hold as
+    /// many sessions as it may open streams.
+    pub fn admit_another(
+        &self,
+        ip: IpAddr,
+        max: usize,
+        per_ip: usize,
+    ) -> Result<ConnSlot, Refusal> {
+        self.limits.admit(ip, max, per_ip)
+    }
 }
 
 /// Held while a refused connection is being answered.

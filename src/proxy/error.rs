@@ -103,6 +103,13 @@ pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
     /// Over a `[limit.NAME]`: 429 with `Retry-After` (whole seconds, rounded up).
+    /// An HTTP/2 WebSocket session over `server.max_connections` (503) or
+    /// `max_connections_per_ip` (429): each counts as a connection.
+    #[error("{}", match .0 {
+        crate::limits::Refusal::Full => "the gateway is at its connection limit; try again shortly",
+        crate::limits::Refusal::PerIp => "too many connections from this address",
+    })]
+    Capacity(crate::limits::Refusal),
     #[error("too many requests (limit {limit}): retry after {}s", crate::limit::gcra::retry_after_secs(*retry_after))]
     RateLimited {
         limit: std::sync::Arc<str>,
@@ -146,7 +153,9 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RateLimited { .. }
+            | ProxyError::Capacity(crate::limits::Refusal::PerIp) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Capacity(crate::limits::Refusal::Full) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AuthUnavailable(_) | ProxyError::OutOfSockets(..) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -232,6 +241,10 @@ impl ProxyError {
             }
             ProxyError::Handshake(HandshakeError::Method(_)) => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            ProxyError::Capacity(_) => {
+                // A cap, not a rate: a slot frees when a session ends.
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ProxyError::RateLimited { limit, retry_after } => {
                 let secs = crate::limit::gcra::retry_after_secs(*retry_after);

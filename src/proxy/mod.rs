@@ -72,6 +72,9 @@ pub struct Table {
     /// Headers no client may send on any route: every route's
     /// `auth_claims_to_headers` names (`None` when there are none).
     identity_headers: Option<Arc<[::http::HeaderName]>>,
+    /// `server.max_connections` and `max_connections_per_ip`, which every
+    /// HTTP/2 WebSocket session counts against.
+    caps: (usize, usize),
 }
 
 impl Table {
@@ -106,6 +109,10 @@ impl Table {
             echo: cfg.echo.clone(),
             trusted: cfg.server.trusted_proxies.clone(),
             identity_headers: (!identity.is_empty()).then(|| identity.into()),
+            caps: (
+                cfg.server.max_connections,
+                cfg.server.max_connections_per_ip,
+            ),
         }
     }
 
@@ -408,6 +415,18 @@ impl Proxy {
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
+        let client = crate::ctx::client_ip(&req, conn);
+        // Over HTTP/2 a session is a stream of a connection that may carry
+        // many: each holds a slot of its own (its connection holds one too).
+        let slot = if hs.h2 {
+            let (max, per_ip) = table.caps;
+            Arc::new(
+                slot.admit_another(conn.client.ip(), max, per_ip)
+                    .map_err(ProxyError::Capacity)?,
+            )
+        } else {
+            slot
+        };
         if let Some(user) = &notes.user {
             req.extensions_mut().insert(user.clone());
         }
@@ -421,7 +440,7 @@ impl Proxy {
             shutdown: &self.shutdown,
             route,
             conn,
-            client: crate::ctx::client_ip(&req, conn),
+            client,
             slot,
         };
         match &route.cfg.target {

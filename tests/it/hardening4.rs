@@ -133,3 +133,59 @@ async fn a_reload_that_cannot_bind_names_the_key() {
     let r = get(gw.http(), "/echo").await;
     assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.text());
 }
+
+/// Over HTTP/2 each WebSocket session counts as a connection against the
+/// caps (nginx counts each concurrent HTTP/2 request as one): one connection
+/// could otherwise hold 128 sessions where `max_connections_per_ip` allows 3.
+#[tokio::test]
+async fn http2_websocket_sessions_count_against_the_connection_caps() {
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .set("server.max_connections_per_ip", 3)
+        .listener_plain()
+        .route_app("/echo", "echo");
+    let gw = TestGateway::start(&cfg.build()).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let open = |mut tx: hyper::client::conn::http2::SendRequest<Full<Bytes>>| async move {
+        let mut req = Request::builder()
+            .method("CONNECT")
+            .uri("http://localhost/echo")
+            .header("sec-websocket-version", "13")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = tokio::time::timeout(WAIT, tx.send_request(req))
+            .await
+            .expect("answered in time")
+            .expect("a response");
+        (resp.status(), resp)
+    };
+    // The connection holds one slot, each session one more.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (status, mut resp) = open(tx.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        held.push(hyper::upgrade::on(&mut resp).await.expect("upgraded"));
+    }
+    let (status, resp) = open(tx.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // A session that ends gives its slot back.
+    drop(held.pop());
+    let again = eventually(WAIT, || {
+        let tx = tx.clone();
+        async move { open(tx).await.0 == StatusCode::OK }
+    })
+    .await;
+    assert!(again, "the ended session's slot was not given back");
+}
