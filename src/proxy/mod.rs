@@ -259,22 +259,23 @@ fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuses a path whose escaped separators, read as `/` (as some upstreams
-/// read them), would take another route than the path as sent: the access
-/// phase and upstream of one route would serve what the other route guards.
+/// Refuses a path that, read as some upstreams read it (escaped separators
+/// as `/`, `;parameters` dropped: [`path::upstream_view`]), would take
+/// another route than the path as sent: the access phase and upstream of one
+/// route would serve what the other route guards.
 fn same_route_decoded(
     table: &Table,
     host: Option<&Host>,
     path: &str,
     route: &Arc<Route>,
 ) -> Result<(), ProxyError> {
-    let Some(view) = path::separator_view(path) else {
+    let Some(view) = path::upstream_view(path) else {
         return Ok(());
     };
     match table.router.find(host.map(Host::as_str), &view) {
         Some(other) if Arc::ptr_eq(other, route) => Ok(()),
         _ => Err(ProxyError::BadRequest(
-            "an escaped slash (%2F or %5C) in the path changes its route".into(),
+            "an escaped slash (%2F or %5C) or a ;parameter in the path changes its route".into(),
         )),
     }
 }

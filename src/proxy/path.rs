@@ -11,16 +11,19 @@
 //!   servers take for `/`) is refused: `/open/../admin` would be routed by
 //!   `/open/` and served by an upstream that resolves it as `/admin`.
 //!   Clients remove dot-segments before they send (RFC 3986 §5.2.4);
-//! - so is a raw `\` (browsers send `/` for it; some servers read it as one).
+//! - so is a raw `\` (browsers send `/` for it; some servers read it as one),
+//!   and a `%` that is not an escape (`%%32e` is `%2e` once decoded: an
+//!   upstream that decodes again would see what no check here saw).
 //!
-//! Escaped separators (`%2f`, `%5c`) are forwarded as sent: they are data in
-//! many APIs (`/projects/a%2Fb`). But an upstream that decodes them (WSGI,
-//! for one) reads `/admin%2Fx` as `/admin/x`, which the `/admin/` route
-//! never saw. So such a path is routed twice, as sent and with them read as
-//! `/` ([`separator_view`]), and refused when the two routes differ (nginx
-//! routes on the decoded path; refusing the disagreement keeps both kinds
-//! of upstream safe and forwards every path a route did see unchanged).
-//! `;parameters` on other segments stay (Java's `;jsessionid`).
+//! Escaped separators (`%2f`, `%5c`) and `;parameters` are forwarded as
+//! sent: they are data in many APIs (`/projects/a%2Fb`, `;jsessionid`). But
+//! an upstream that decodes the first (WSGI, for one) or drops the second
+//! (Tomcat, Spring) reads `/admin%2Fx` or `/admin;x/y` as `/admin/…`, which
+//! the `/admin/` route never saw. So such a path is routed twice, as sent and
+//! as those upstreams read it ([`upstream_view`]), and refused when the two
+//! routes differ (nginx routes on the decoded path; refusing the
+//! disagreement keeps both kinds of upstream safe and forwards every path a
+//! route did see unchanged).
 //!
 //! One pass over most paths (nothing to decode, merge or look at), no
 //! allocation unless the path changes.
@@ -34,7 +37,8 @@
 pub enum PathCheck {
     /// Route it as it is: nothing in it is escaped.
     Plain,
-    /// Route it as it is; it has escapes, so see [`separator_view`].
+    /// Route it as it is; it has escapes or parameters, so see
+    /// [`upstream_view`].
     Fine,
     /// Route (and forward) this instead: unreserved escapes decoded, empty
     /// segments merged.
@@ -52,6 +56,11 @@ pub fn check(path: &str) -> PathCheck {
     if b.contains(&b'\\') {
         return PathCheck::Refused("the path has a \"\\\"");
     }
+    if bad_escape(b) {
+        // Invalid (RFC 3986 §2.1; nginx answers 400 too), and the way to
+        // smuggle an escape past one decoding: `%%32e` decodes to `%2e`.
+        return PathCheck::Refused("the path has a \"%\" that is not an escape (%XX)");
+    }
     let normal = normalize(b);
     if has_dot_segment(&normal) {
         return PathCheck::Refused("the path has a \".\" or \"..\" segment");
@@ -67,13 +76,14 @@ pub fn check(path: &str) -> PathCheck {
 }
 
 /// Most paths: no `.`, `%` or `\\` (so nothing to decode and no
-/// dot-segment, however written) and no `//`. One pass, a compare or two a
-/// byte; the rest is for the others.
+/// dot-segment, however written), no `;` (no parameter an upstream may
+/// drop) and no `//`. One pass, a compare or two a byte; the rest is for
+/// the others.
 fn plain(b: &[u8]) -> bool {
     let mut prev_slash = false;
     for &c in b {
         match c {
-            b'.' | b'%' | b'\\' => return false,
+            b'.' | b'%' | b'\\' | b';' => return false,
             b'/' if prev_slash => return false,
             b'/' => prev_slash = true,
             _ => prev_slash = false,
@@ -105,33 +115,48 @@ fn normalize(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The path with its escaped separators (`%2f`, `%5c`) read as `/` and runs
-/// of `/` merged, when it has any: the path an upstream that decodes them
-/// acts on, for routing to agree with. `None` for every other path.
-pub fn separator_view(path: &str) -> Option<String> {
+/// The path as an upstream may act on it when it decodes escaped
+/// separators (`%2f`, `%5c`, read as `/`) and drops `;parameters` (Tomcat
+/// and Spring read `/admin;x/y` as `/admin/y`), runs of `/` merged: routing
+/// must agree with it. `None` when the path has neither (the view is the
+/// path itself).
+pub fn upstream_view(path: &str) -> Option<String> {
     let b = path.as_bytes();
-    let first = (0..b.len()).find(|&i| b[i] == b'%' && separator(&b[i..]).is_some())?;
+    let first =
+        (0..b.len()).find(|&i| b[i] == b';' || (b[i] == b'%' && separator(&b[i..]).is_some()))?;
     let mut out = String::with_capacity(b.len());
     out.push_str(&path[..first]);
     let mut i = first;
     while i < b.len() {
-        let n = separator(&b[i..]);
-        if n.is_some() || b[i] == b'/' {
+        if let Some(n) = separator(&b[i..]) {
             if !out.ends_with('/') {
                 out.push('/');
             }
-            i += n.unwrap_or(1);
+            i += n;
             continue;
         }
-        // Copy up to the next `/` or `%`: both ASCII, so a char boundary.
+        if b[i] == b';' {
+            // The parameter runs to the next separator.
+            i += 1;
+            while i < b.len() && separator(&b[i..]).is_none() {
+                i += 1;
+            }
+            continue;
+        }
+        // Copy up to the next `/`, `%` or `;`: all ASCII, so a char boundary.
         let end = b[i + 1..]
             .iter()
-            .position(|&c| c == b'/' || c == b'%')
+            .position(|&c| matches!(c, b'/' | b'%' | b';'))
             .map_or(b.len(), |p| i + 1 + p);
         out.push_str(&path[i..end]);
         i = end;
     }
     Some(out)
+}
+
+/// Whether a `%` in `b` is not followed by two hex digits.
+fn bad_escape(b: &[u8]) -> bool {
+    (0..b.len()).any(|i| b[i] == b'%' && b.get(i + 1..i + 3).and_then(hex_pair).is_none())
 }
 
 fn hex_pair(h: &[u8]) -> Option<u8> {
@@ -259,33 +284,44 @@ mod tests {
 
     #[test]
     fn ordinary_paths_route_as_they_are() {
+        for p in ["/a.b/c..d/.e/f.", "/file.tar.gz", "/...", "/projects/a%2Fb"] {
+            assert_eq!(check(p), PathCheck::Fine, "{p}");
+        }
+        for p in ["/", "/api/v1/items"] {
+            assert_eq!(check(p), PathCheck::Plain, "{p}");
+        }
+        assert_eq!(check("/app;jsessionid=1/x"), PathCheck::Fine);
+    }
+
+    #[test]
+    fn separators_and_parameters_give_a_second_view_to_route_by() {
+        let v = upstream_view;
+        assert_eq!(v("/api/v1/items"), None);
+        assert_eq!(v("/a%20b/%41"), None);
+        assert_eq!(v("/admin%2fx").as_deref(), Some("/admin/x"));
+        assert_eq!(v("/admin%2F%2Fx%5Cy/%2fz").as_deref(), Some("/admin/x/y/z"));
+        assert_eq!(v("/é%2Fü%20/").as_deref(), Some("/é/ü%20/"));
+        assert_eq!(v("/x%2"), None);
+        assert_eq!(v("/admin;x/secret").as_deref(), Some("/admin/secret"));
+        assert_eq!(v("/a;b=c%2fd/e;f").as_deref(), Some("/a/d/e"));
+        assert_eq!(v("/app/page;jsessionid=1").as_deref(), Some("/app/page"));
+    }
+
+    #[test]
+    fn a_percent_that_is_not_an_escape_is_refused() {
         for p in [
-            "/a.b/c..d/.e/f.",
-            "/file.tar.gz",
-            "/...",
-            "/projects/a%2Fb",
+            "/open/%%32e%%32e/admin",
+            "/a/%%32%66b",
             "/x%2",
             "/%",
             "/%zz",
         ] {
-            assert_eq!(check(p), PathCheck::Fine, "{p}");
+            assert_eq!(
+                check(p),
+                PathCheck::Refused("the path has a \"%\" that is not an escape (%XX)"),
+                "{p}"
+            );
         }
-        for p in ["/", "/api/v1/items", "/app;jsessionid=1/x"] {
-            assert_eq!(check(p), PathCheck::Plain, "{p}");
-        }
-    }
-
-    #[test]
-    fn escaped_separators_give_a_second_view_to_route_by() {
-        assert_eq!(separator_view("/api/v1/items"), None);
-        assert_eq!(separator_view("/a%20b/%41"), None);
-        assert_eq!(separator_view("/admin%2fx").as_deref(), Some("/admin/x"));
-        assert_eq!(
-            separator_view("/admin%2F%2Fx%5Cy/%2fz").as_deref(),
-            Some("/admin/x/y/z")
-        );
-        assert_eq!(separator_view("/é%2Fü%20/").as_deref(), Some("/é/ü%20/"));
-        assert_eq!(separator_view("/x%2").as_deref(), None);
     }
 
     #[test]

@@ -68,6 +68,11 @@ async fn a_path_with_a_dot_segment_is_refused_however_it_is_written() {
     }
     let r = get_raw(gw.http(), "/open\\..\\admin/x").await;
     assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{}", r.text());
+    // An escape made by decoding (`%%32e` is `%2e` once decoded): refused as
+    // the invalid escape it starts with.
+    let r = get_raw(gw.http(), "/open/%%32e%%32e/admin/x").await;
+    assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{}", r.text());
+    assert!(r.text().contains("not an escape"), "{}", r.text());
     // Dots inside a segment are ordinary.
     let r = get_raw(gw.http(), "/open/a..b/.well-known/x.y").await;
     assert!(r.status_line().contains(" 200 "), "{}", r.text());
@@ -96,7 +101,15 @@ async fn an_escaped_slash_that_would_change_the_route_is_refused() {
     let gw = gateway().await;
     // Routed by `/` as sent; an upstream that decodes `%2F` serves
     // `/admin/x`, which only the `/admin/` route may.
-    for path in ["/admin%2fx", "/admin%2F%2Fx", "/admin%5Cx", "/%2Fadmin/x"] {
+    // So does one that drops `;parameters` (Tomcat reads `/admin;x/y` as
+    // `/admin/y`).
+    for path in [
+        "/admin%2fx",
+        "/admin%2F%2Fx",
+        "/admin%5Cx",
+        "/%2Fadmin/x",
+        "/admin;x/y",
+    ] {
         let r = get_raw(gw.http(), path).await;
         assert_eq!(
             r.status_line(),
@@ -115,6 +128,7 @@ async fn an_escaped_slash_that_would_change_the_route_is_refused() {
     for (path, served) in [
         ("/projects/a%2Fb", "open /projects/a%2Fb"),
         ("/admin/a%2Fb", "admin /admin/a%2Fb"),
+        ("/admin/page;jsessionid=1", "admin /admin/page;jsessionid=1"),
     ] {
         let r = get_raw(gw.http(), path).await;
         assert!(r.status_line().contains(" 200 "), "{path}: {}", r.text());
