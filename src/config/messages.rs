@@ -94,6 +94,21 @@ pub(super) fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// `url` with everything between its scheme and its last `@` shown as
+/// `***`: for a URL that did not parse, where a password may hold `/`, `?`
+/// or `#` (which is often why it did not parse) and the authority cannot be
+/// told apart.
+pub(super) fn without_anything_before_at(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Keys whose values are secrets, or may hold one (a Redis URL's password).
 fn is_secret_key(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key);
@@ -114,10 +129,12 @@ pub(super) fn hide_secret_value(key: &str, message: &str) -> String {
     for head in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(head) {
             let kind = rest.split([' ', ',']).next().unwrap_or("");
-            if let Some((_, tail)) = rest.split_once(", expected") {
+            // The last ", expected": the quoted value may hold one.
+            if let Some((_, tail)) = rest.rsplit_once(", expected") {
                 return format!("{head}{kind}, expected{tail}");
             }
         }
     }
-    message.to_string()
+    // Any other wording may quote the value too.
+    "invalid value (not shown: it may be a secret)".to_string()
 }

@@ -516,8 +516,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 /// [`parse`] with extra [`Checks`].
 pub fn parse_with(path: &Path, text: &str, checks: Checks) -> Result<Config, ConfigError> {
     let issue = |e: &toml::de::Error, key: String| {
-        let said = messages::plain_types(e.message().trim());
-        let said = messages::hide_secret_value(&key, &said);
+        // Hidden first: plain_types rewords some messages around the value.
+        let said = messages::hide_secret_value(&key, e.message().trim());
+        let said = messages::plain_types(&said);
         let message = if key.is_empty() {
             said
         } else {
