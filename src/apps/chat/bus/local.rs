@@ -191,7 +191,12 @@ impl LocalBus {
             })
             .collect();
         idle.sort_unstable_by_key(|(touched, _)| *touched);
-        let mut forgot = false;
+        if idle.is_empty() {
+            return;
+        }
+        // Renewed before the first room goes: a room made again right after
+        // it went must not count in the epoch its cursors name.
+        *lock(&self.epoch) = new_epoch();
         for (_, room) in idle {
             if enough(self) {
                 break;
@@ -204,11 +209,7 @@ impl LocalBus {
             if let Some((_, l)) = removed {
                 let bytes = lock(&l).bytes;
                 self.history_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                forgot = true;
             }
-        }
-        if forgot {
-            *lock(&self.epoch) = new_epoch();
         }
     }
 
@@ -224,6 +225,10 @@ impl LocalBus {
         });
         if let Some(log) = self.rooms.get(room).map(|l| l.clone()) {
             let mut g = lock(&log);
+            if g.dead {
+                // Forgotten meanwhile: its bytes were already given back.
+                return;
+            }
             while over(self) && g.ring.len() > 1 {
                 let size = g.pop_oldest();
                 self.history_bytes.fetch_sub(size, Ordering::Relaxed);

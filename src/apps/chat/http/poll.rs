@@ -122,6 +122,33 @@ impl Drop for PollSlot {
     }
 }
 
+/// A hub connection being set up for a poll session: disconnected unless
+/// the session took it ([`Unclaimed::claim`]), also when the request is
+/// dropped in between (a reset stream, a client gone), which would otherwise
+/// leave a user online and in its rooms that no session or cap knows of.
+struct Unclaimed {
+    hub: Arc<crate::apps::chat::hub::Hub>,
+    conn: Arc<Conn>,
+    claimed: bool,
+}
+
+impl Unclaimed {
+    /// The connection, now the caller's to disconnect.
+    fn claim(mut self) -> Arc<Conn> {
+        self.claimed = true;
+        self.conn.clone()
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if !self.claimed {
+            let (hub, conn) = (self.hub.clone(), self.conn.clone());
+            tokio::spawn(async move { hub.disconnect(&conn).await });
+        }
+    }
+}
+
 /// Ends a poll (even when the request is dropped mid-wait).
 struct Polling<'a>(&'a PollSession);
 
@@ -149,14 +176,20 @@ async fn poll_session(
     let slot = PollSlot::take(chat, client)?;
     let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
     let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
+    let unclaimed = Unclaimed {
+        hub: chat.hub.clone(),
+        conn,
+        claimed: false,
+    };
     for room in rooms {
-        if let Err(e) = chat.hub.join(&conn, room, None).await {
+        if let Err(e) = chat.hub.join(&unclaimed.conn, room, None).await {
+            let conn = unclaimed.claim();
             chat.hub.disconnect(&conn).await;
             return Err(e);
         }
     }
     let session = Arc::new(PollSession {
-        conn,
+        conn: unclaimed.claim(),
         _slot: slot,
         ring,
         start: rooms.iter().cloned().zip(heads).collect(),
