@@ -158,6 +158,7 @@ impl RedisBus {
                 .id_floor
                 .key(keys::room_id(room.as_str()))
                 .arg(*id)
+                .arg(self.room_ttl_ms)
                 .invoke_async(c)
                 .await?;
         }

@@ -123,7 +123,13 @@ impl RedisBus {
             node: Arc::from(node),
             history_cap,
             history_ttl,
-            room_ttl_ms: ms(cfg.room_ttl),
+            // Never shorter than history is kept: a room's keys would
+            // otherwise go before the messages `history_ttl` promises.
+            room_ttl_ms: if cfg.room_ttl.is_zero() {
+                0
+            } else {
+                ms(cfg.room_ttl.max(history_ttl))
+            },
             beat: cfg.heartbeat,
             conn,
             sink: OnceLock::new(),

@@ -99,10 +99,18 @@ return 0
 "#;
 
 /// Raises a room's id counter to at least ARGV[1] (after Redis lost it, ids
-/// must keep increasing). KEYS: id.
+/// must keep increasing), expiring after the room TTL ARGV[2] ms as a
+/// message would make it (0: never). KEYS: id.
 pub(super) const ID_FLOOR: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+if cur < tonumber(ARGV[1]) then
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+end
 return 0
 "#;
 
