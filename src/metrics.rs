@@ -56,8 +56,9 @@ pub struct RouteCode {
 }
 
 impl RouteCode {
-    /// The codes RFC 6455 defines (1000–1015) as themselves; the ranges a
-    /// peer picks from freely as `3xxx` (registered) and `4xxx` (private),
+    /// The codes RFC 6455 defines (1000–1015) and the one wsgate sends of
+    /// its own (4001) as themselves; the ranges a peer picks from freely as
+    /// `3xxx` (registered) and `4xxx` (private),
     /// anything else as `other`: a client choosing its close code must not
     /// choose how many series the route has.
     pub fn new(route: String, code: u16) -> Self {
@@ -67,6 +68,8 @@ impl RouteCode {
         ];
         let code = match code {
             1000..=1015 => DEFINED[usize::from(code - 1000)],
+            // The chat's own (token expired): wsgate's, not a peer's choice.
+            4001 => "4001",
             3000..=3999 => "3xxx",
             4000..=4999 => "4xxx",
             _ => "other",

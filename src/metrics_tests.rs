@@ -48,6 +48,7 @@ fn close_codes_are_labelled_by_what_rfc_6455_defines() {
     assert_eq!(code(1015), "1015");
     assert_eq!(code(3003), "3xxx");
     assert_eq!(code(4321), "4xxx");
+    assert_eq!(code(4001), "4001");
     assert_eq!(code(1016), "other");
     assert_eq!(code(0), "other");
 }

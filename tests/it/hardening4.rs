@@ -45,7 +45,7 @@ async fn a_gateway_out_of_sockets_answers_503_and_keeps_its_servers_up() {
     std::fs::write(&path, cfg.build()).expect("write config");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg("ulimit -n 32 && exec \"$0\" -c \"$1\"")
+        .arg("ulimit -n 48 && exec \"$0\" -c \"$1\"")
         .arg(env!("CARGO_BIN_EXE_wsgate"))
         .arg(&path)
         .stdout(std::process::Stdio::null());
@@ -57,7 +57,7 @@ async fn a_gateway_out_of_sockets_answers_503_and_keeps_its_servers_up() {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut h2 = common::h2::handshake(tcp).await;
     let mut answers = FuturesUnordered::new();
-    for i in 0..60 {
+    for i in 0..100 {
         let req = Request::get(format!("http://localhost/x{i}"))
             .body(())
             .expect("request");
