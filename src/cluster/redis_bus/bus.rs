@@ -196,7 +196,9 @@ impl RedisBus {
                 .map(|(r, pair)| {
                     let epoch: Arc<str> = Arc::from(pair.first().map_or("", String::as_str));
                     // Remembered for an outage: its local ids go on in this stream.
-                    m.epochs.insert(r.clone(), epoch.clone());
+                    if m.epochs.insert(r.clone(), epoch.clone()).is_none() {
+                        m.prune();
+                    }
                     Head {
                         epoch,
                         offset: pair.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),

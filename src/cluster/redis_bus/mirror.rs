@@ -23,7 +23,28 @@ pub(super) struct Mirror {
     pub(super) epochs: HashMap<RoomName, std::sync::Arc<str>>,
 }
 
+/// Rooms `last_ids` and `epochs` may hold beyond those with members here
+/// before they are pruned.
+const PRUNE_FLOOR: usize = 10_000;
+
 impl Mirror {
+    /// Keeps `last_ids` and `epochs` to the rooms with members on this node
+    /// once either grows past twice their number (and past [`PRUNE_FLOOR`]):
+    /// rooms this node only pushed into, or saw once, would otherwise pile up
+    /// for the node's life. What a pruned room loses is only outage service:
+    /// ids and an epoch to go on from while Redis is down, which no local
+    /// member needs.
+    pub(super) fn prune(&mut self) {
+        let keep = (2 * self.room_counts.len()).max(PRUNE_FLOOR);
+        let counts = &self.room_counts;
+        if self.last_ids.len() > keep {
+            self.last_ids.retain(|r, _| counts.contains_key(r));
+        }
+        if self.epochs.len() > keep {
+            self.epochs.retain(|r, _| counts.contains_key(r));
+        }
+    }
+
     /// Records `user` in `room`; returns whether it was new.
     pub(super) fn add_member(&mut self, room: &RoomName, user: &UserName) -> bool {
         let new = self.rooms.insert((room.clone(), user.clone()));
@@ -132,6 +153,7 @@ impl RedisBus {
         let mut m = lock(&self.mirror);
         let e = m.last_ids.entry(room.clone()).or_insert(0);
         *e = (*e).max(id);
+        m.prune();
     }
 
     pub(super) fn local_members(&self, room: &RoomName) -> Vec<UserName> {
@@ -142,5 +164,27 @@ impl RedisBus {
             .map(|(_, u)| u.clone())
             .collect();
         set.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_without_members_here_are_pruned_past_the_floor() {
+        let mut m = Mirror::default();
+        let room = |i: usize| RoomName::parse(&format!("r{i}")).expect("room");
+        let user = UserName::parse("u").expect("user");
+        m.add_member(&room(0), &user);
+        for i in 0..=PRUNE_FLOOR {
+            m.last_ids.insert(room(i), 1);
+            m.epochs.insert(room(i), "e".into());
+            m.prune();
+        }
+        // Past the floor: only the room with a member here is kept.
+        assert_eq!(m.last_ids.len(), 1);
+        assert_eq!(m.epochs.len(), 1);
+        assert!(m.last_ids.contains_key(&room(0)));
     }
 }
