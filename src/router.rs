@@ -1,8 +1,9 @@
 //! Routing: `(host, path)` → the configured route. Pure and immutable; a reload
 //! builds a new table. Rules (docs/config.md, `[[route]]`): a route with a matching host beats any
 //! route without one; among those, the longest path prefix wins. A prefix matches
-//! on segment boundaries: `/chat` matches `/chat`, `/chat/` and `/chat/x` but not
-//! `/chatty` (a prefix ending in `/` matches everything under it).
+//! on segment boundaries: `/chat` matches `/chat`, `/chat/`, `/chat/x` and
+//! `/chat;param` but not `/chatty` (a prefix ending in `/` matches everything
+//! under it).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -105,11 +106,16 @@ pub fn normalize_host(h: &str) -> Cow<'_, str> {
     }
 }
 
+/// A `;` ends a segment too: `/app;jsessionid=1` and `/cars;color=red` are
+/// under `/app` and `/cars` (Tomcat's and JAX-RS's path parameters), as the
+/// upstreams that read them take them.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     if !path.starts_with(prefix) {
         return false;
     }
-    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+    prefix.ends_with('/')
+        || path.len() == prefix.len()
+        || matches!(path.as_bytes()[prefix.len()], b'/' | b';')
 }
 
 #[cfg(test)]
@@ -135,6 +141,11 @@ mod tests {
         assert_eq!(r.find(Some("x"), "/chat/sse").unwrap().cfg.path, "/chat");
         assert_eq!(r.find(Some("x"), "/chatty").unwrap().cfg.path, "/");
         assert_eq!(r.find(Some("x"), "/chat").unwrap().cfg.path, "/chat");
+        // A path parameter ends the segment, as Tomcat and JAX-RS read it.
+        assert_eq!(
+            r.find(Some("x"), "/chat;jsessionid=1").unwrap().cfg.path,
+            "/chat"
+        );
         // A host route beats a longer path without host.
         let w = &r.find(Some("a.Example.test:443"), "/chat/x").unwrap().cfg;
         assert!(w.host.is_some());

@@ -74,31 +74,12 @@ pub fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-/// `url` with its `user:password@` shown as `***@`. Also for text that is
-/// not quite a URL (`rediss//user:pw@host`, a typo): whatever comes before
-/// an `@` may be a password.
-pub(super) fn without_userinfo(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let at = match rest[..authority_end].rfind('@') {
-        Some(at) => Some(at),
-        None if scheme.is_empty() => rest.rfind('@'),
-        None => None,
-    };
-    match at {
-        Some(at) => format!("{scheme}***{}", &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
 /// `url` with everything between its scheme and its last `@` shown as
-/// `***`: for a URL that did not parse, where a password may hold `/`, `?`
-/// or `#` (which is often why it did not parse) and the authority cannot be
-/// told apart.
-pub(super) fn without_anything_before_at(url: &str) -> String {
+/// `***`: a password may hold `/`, `?` or `#` (the URL then reads them as
+/// the end of the authority, or does not parse), so where the authority
+/// ends cannot be trusted; an `@` in a path or query hides more than it must,
+/// which is the safe side.
+pub(super) fn without_userinfo(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),

@@ -30,12 +30,15 @@ async fn reporting_upstream(name: &'static str) -> SocketAddr {
 async fn gateway() -> TestGateway {
     let open = reporting_upstream("open").await;
     let admin = reporting_upstream("admin").await;
+    let cars = reporting_upstream("cars").await;
     let cfg = Cfg::new()
         .listener_plain()
         .upstream("open", &[open])
         .upstream("admin", &[admin])
+        .upstream("cars", &[cars])
         .route_upstream("/", "open")
-        .route_upstream("/admin/", "admin");
+        .route_upstream("/admin/", "admin")
+        .route_upstream("/cars", "cars");
     TestGateway::start(&cfg.build()).await
 }
 
@@ -129,6 +132,8 @@ async fn an_escaped_slash_that_would_change_the_route_is_refused() {
         ("/projects/a%2Fb", "open /projects/a%2Fb"),
         ("/admin/a%2Fb", "admin /admin/a%2Fb"),
         ("/admin/page;jsessionid=1", "admin /admin/page;jsessionid=1"),
+        // Tomcat's `encodeURL("/cars")`: the parameter ends the segment.
+        ("/cars;jsessionid=1", "cars /cars;jsessionid=1"),
     ] {
         let r = get_raw(gw.http(), path).await;
         assert!(r.status_line().contains(" 200 "), "{path}: {}", r.text());

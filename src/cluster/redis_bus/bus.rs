@@ -205,13 +205,17 @@ impl RedisBus {
                     }
                 })
                 .collect(),
-            None => rooms
-                .iter()
-                .map(|r| Head {
-                    epoch: m.epochs.entry(r.clone()).or_insert_with(new_epoch).clone(),
-                    offset: m.last_ids.get(r).copied().unwrap_or(0),
-                })
-                .collect(),
+            None => {
+                let heads = rooms
+                    .iter()
+                    .map(|r| Head {
+                        epoch: m.epochs.entry(r.clone()).or_insert_with(new_epoch).clone(),
+                        offset: m.last_ids.get(r).copied().unwrap_or(0),
+                    })
+                    .collect();
+                m.prune();
+                heads
+            }
         })
     }
 }

@@ -72,6 +72,7 @@ impl RedisBus {
                 let e = m.last_ids.entry(room.clone()).or_insert(0);
                 *e += 1;
                 msg.id = *e;
+                m.prune();
                 0
             }
         };

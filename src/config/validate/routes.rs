@@ -232,7 +232,7 @@ pub(super) fn chat(
 /// without its password.
 fn redis_url(cx: &mut Ctx, key: &str, v: &SStr) {
     let url = v.get_ref();
-    let shown = crate::config::messages::without_anything_before_at(url);
+    let shown = crate::config::messages::without_userinfo(url);
     if !(url.starts_with("redis://")
         || url.starts_with("rediss://")
         || url.starts_with("redis+unix://"))

@@ -122,33 +122,6 @@ impl Drop for PollSlot {
     }
 }
 
-/// A hub connection being set up for a poll session: disconnected unless
-/// the session took it ([`Unclaimed::claim`]), also when the request is
-/// dropped in between (a reset stream, a client gone), which would otherwise
-/// leave a user online and in its rooms that no session or cap knows of.
-struct Unclaimed {
-    hub: Arc<crate::apps::chat::hub::Hub>,
-    conn: Arc<Conn>,
-    claimed: bool,
-}
-
-impl Unclaimed {
-    /// The connection, now the caller's to disconnect.
-    fn claim(mut self) -> Arc<Conn> {
-        self.claimed = true;
-        self.conn.clone()
-    }
-}
-
-impl Drop for Unclaimed {
-    fn drop(&mut self) {
-        if !self.claimed {
-            let (hub, conn) = (self.hub.clone(), self.conn.clone());
-            tokio::spawn(async move { hub.disconnect(&conn).await });
-        }
-    }
-}
-
 /// Ends a poll (even when the request is dropped mid-wait).
 struct Polling<'a>(&'a PollSession);
 
@@ -174,22 +147,37 @@ async fn poll_session(
         return Ok((s, false));
     }
     let slot = PollSlot::take(chat, client)?;
-    let heads = chat.hub.bus().heads(rooms.to_vec()).await?;
-    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(who)).await?;
-    let unclaimed = Unclaimed {
-        hub: chat.hub.clone(),
-        conn,
-        claimed: false,
-    };
-    for room in rooms {
-        if let Err(e) = chat.hub.join(&unclaimed.conn, room, None).await {
-            let conn = unclaimed.claim();
+    // In a task of its own: the request may be dropped (a reset stream, a
+    // client gone) while the session is set up, and a connection registered
+    // in the hub, or half disconnected, must not be left with no session
+    // to end it.
+    let setup = tokio::spawn(set_up(chat.clone(), who.clone(), rooms.to_vec(), key, slot));
+    setup.await.unwrap_or_else(|_| {
+        Err(ChatError::Bus(BusError::Unavailable(
+            "setting up the poll session failed".into(),
+        )))
+    })
+}
+
+/// Makes the poll session `key` (the slot already taken), or finds the one a
+/// concurrent first poll made meanwhile.
+async fn set_up(
+    chat: Arc<Chat>,
+    who: Identity,
+    rooms: Vec<RoomName>,
+    key: PollKey,
+    slot: PollSlot,
+) -> Result<(Arc<PollSession>, bool), ChatError> {
+    let heads = chat.hub.bus().heads(rooms.clone()).await?;
+    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(&who)).await?;
+    for room in &rooms {
+        if let Err(e) = chat.hub.join(&conn, room, None).await {
             chat.hub.disconnect(&conn).await;
             return Err(e);
         }
     }
     let session = Arc::new(PollSession {
-        conn: unclaimed.claim(),
+        conn,
         _slot: slot,
         ring,
         start: rooms.iter().cloned().zip(heads).collect(),
