@@ -102,7 +102,6 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// Over a `[limit.NAME]`: 429 with `Retry-After` (whole seconds, rounded up).
     /// An HTTP/2 WebSocket session over `server.max_connections` (503) or
     /// `max_connections_per_ip` (429): each counts as a connection.
     #[error("{}", match .0 {
@@ -110,6 +109,7 @@ pub enum ProxyError {
         crate::limits::Refusal::PerIp => "too many connections from this address",
     })]
     Capacity(crate::limits::Refusal),
+    /// Over a `[limit.NAME]`: 429 with `Retry-After` (whole seconds, rounded up).
     #[error("too many requests (limit {limit}): retry after {}s", crate::limit::gcra::retry_after_secs(*retry_after))]
     RateLimited {
         limit: std::sync::Arc<str>,
@@ -327,8 +327,8 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
         | ChatError::PollSessionsFull
         | ChatError::RateLimited
         | ChatError::MembershipRate => {
-            // A cap, not a rate: a slot frees when one of the sessions
-            // ends; a second is a fair first retry.
+            // Caps free a slot when a session ends, and the chat's rates
+            // refill within a second or so: a second is a fair first retry.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ChatError::MethodNotAllowed(m) => {

@@ -48,6 +48,17 @@ async fn get_raw(addr: SocketAddr, path: &str) -> Raw {
     raw(addr, req.as_bytes(), WAIT).await
 }
 
+/// Asserts that `r` is a 400 whose body gives `reason`; `what` names the case.
+fn refused(r: &Raw, what: &str, reason: &str) {
+    assert_eq!(
+        r.status_line(),
+        "HTTP/1.1 400 Bad Request",
+        "{what}: {}",
+        r.text()
+    );
+    assert!(r.text().contains(reason), "{what}: {}", r.text());
+}
+
 #[tokio::test]
 async fn a_path_with_a_dot_segment_is_refused_however_it_is_written() {
     let gw = gateway().await;
@@ -60,22 +71,14 @@ async fn a_path_with_a_dot_segment_is_refused_however_it_is_written() {
         "/open/..;/admin/x",
         "/..",
     ] {
-        let r = get_raw(gw.http(), path).await;
-        assert_eq!(
-            r.status_line(),
-            "HTTP/1.1 400 Bad Request",
-            "{path}: {}",
-            r.text()
-        );
-        assert!(r.text().contains("\"..\" segment"), "{path}: {}", r.text());
+        refused(&get_raw(gw.http(), path).await, path, "\"..\" segment");
     }
     let r = get_raw(gw.http(), "/open\\..\\admin/x").await;
     assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{}", r.text());
     // An escape made by decoding (`%%32e` is `%2e` once decoded): refused as
     // the invalid escape it starts with.
-    let r = get_raw(gw.http(), "/open/%%32e%%32e/admin/x").await;
-    assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{}", r.text());
-    assert!(r.text().contains("not an escape"), "{}", r.text());
+    let path = "/open/%%32e%%32e/admin/x";
+    refused(&get_raw(gw.http(), path).await, path, "not an escape");
     // Dots inside a segment are ordinary.
     let r = get_raw(gw.http(), "/open/a..b/.well-known/x.y").await;
     assert!(r.status_line().contains(" 200 "), "{}", r.text());
@@ -113,18 +116,7 @@ async fn an_escaped_slash_that_would_change_the_route_is_refused() {
         "/%2Fadmin/x",
         "/admin;x/y",
     ] {
-        let r = get_raw(gw.http(), path).await;
-        assert_eq!(
-            r.status_line(),
-            "HTTP/1.1 400 Bad Request",
-            "{path}: {}",
-            r.text()
-        );
-        assert!(
-            r.text().contains("changes its route"),
-            "{path}: {}",
-            r.text()
-        );
+        refused(&get_raw(gw.http(), path).await, path, "changes its route");
     }
     // Where both readings take the same route, the escape is data and
     // reaches the upstream as sent.
@@ -181,17 +173,7 @@ async fn a_host_that_is_not_a_host_and_port_is_refused() {
     for host in ["a b c", "[::1", "localhost:99999999999", "user@host"] {
         let req = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let r = raw(gw.http(), req.as_bytes(), WAIT).await;
-        assert_eq!(
-            r.status_line(),
-            "HTTP/1.1 400 Bad Request",
-            "{host}: {}",
-            r.text()
-        );
-        assert!(
-            r.text().contains("not a valid host[:port]"),
-            "{host}: {}",
-            r.text()
-        );
+        refused(&r, host, "not a valid host[:port]");
     }
     let r = raw(
         gw.http(),
@@ -217,13 +199,7 @@ async fn a_websocket_handshake_with_a_body_is_refused() {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{framing}\r\n{body}"
         );
         let r = raw(gw.http(), req.as_bytes(), WAIT).await;
-        assert_eq!(
-            r.status_line(),
-            "HTTP/1.1 400 Bad Request",
-            "{framing}: {}",
-            r.text()
-        );
-        assert!(r.text().contains("carries no body"), "{}", r.text());
+        refused(&r, framing, "carries no body");
     }
 }
 

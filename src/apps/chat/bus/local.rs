@@ -143,7 +143,7 @@ impl LocalBus {
                     self.rooms
                         .entry(room.clone())
                         .or_insert_with(|| {
-                            Arc::new(Mutex::new(RoomLog::new(self.new_epoch(), self.tick())))
+                            Arc::new(Mutex::new(RoomLog::new(self.current_epoch(), self.tick())))
                         })
                         .clone()
                 }
@@ -171,7 +171,8 @@ impl LocalBus {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn new_epoch(&self) -> Arc<str> {
+    /// The epoch a room made now counts in.
+    fn current_epoch(&self) -> Arc<str> {
         lock(&self.epoch).clone()
     }
 
@@ -286,8 +287,14 @@ impl LocalBus {
                 while cutoff.is_some_and(|c| log.ring.front().is_some_and(|m| m.ts < c)) {
                     freed += log.pop_oldest();
                 }
-                self.history_bytes.fetch_add(size, Ordering::Relaxed);
-                self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+                // One write to the shared total per message, not two.
+                if size >= freed {
+                    self.history_bytes
+                        .fetch_add(size - freed, Ordering::Relaxed);
+                } else {
+                    self.history_bytes
+                        .fetch_sub(freed - size, Ordering::Relaxed);
+                }
             }
             // Delivered while the room is locked: that is what makes every member
             // see the room's messages in id order.
@@ -481,7 +488,7 @@ impl Bus for LocalBus {
                     offset: l.last_id,
                 })
                 .unwrap_or_else(|| Head {
-                    epoch: self.new_epoch(),
+                    epoch: self.current_epoch(),
                     offset: 0,
                 })
             })

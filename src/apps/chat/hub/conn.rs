@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{lock, ConnId};
 use crate::apps::chat::identity::Grants;
-use crate::apps::chat::protocol::{ChatError, Event, RoomName, UserName};
+use crate::apps::chat::protocol::{
+    ChatError, Event, RoomName, UserName, MEMBERSHIP_BURST, MEMBERSHIP_EVERY_MS,
+};
 use crate::limit::gcra::{Bucket, Gcra};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,16 +100,9 @@ pub struct Conn {
     held: Mutex<HashMap<RoomName, Vec<Event>>>,
     /// Whether `held` has a room: `offer` looks at it only then.
     holding: AtomicBool,
-    /// Joins and leaves the client asked for ([`MEMBERSHIP_RATE`]).
+    /// Joins and leaves the client asked for ([`MEMBERSHIP_BURST`]).
     membership: Mutex<Bucket>,
 }
-
-/// Joins and leaves a client may ask for, per connection: one every 100 ms
-/// on average, 128 at once (a client joining its whole room list at start).
-/// Each one is a presence event to every member of the room, so a client
-/// looping join/leave would otherwise fill the others' send queues until
-/// they are cut for falling behind.
-pub const MEMBERSHIP_RATE: (Duration, u32) = (Duration::from_millis(100), 128);
 
 #[derive(Default)]
 pub(super) struct ConnState {
@@ -131,7 +126,10 @@ impl Conn {
             grants: Mutex::new(grants),
             held: Mutex::new(HashMap::new()),
             holding: AtomicBool::new(false),
-            membership: Mutex::new(Bucket::new(Gcra::new(MEMBERSHIP_RATE.0, MEMBERSHIP_RATE.1))),
+            membership: Mutex::new(Bucket::new(Gcra::new(
+                Duration::from_millis(MEMBERSHIP_EVERY_MS),
+                MEMBERSHIP_BURST,
+            ))),
             outbox,
             kicked: CancellationToken::new(),
         }

@@ -1,11 +1,21 @@
 //! [`ChatError`]: why a frame or request was refused, with its stable `code`,
 //! its HTTP status and its `error` frame ([`ErrorFrame`]). Every message here
-//! is client-facing text.
+//! is client-facing text. Also the join/leave allowance, which one of them
+//! states.
 
 use serde::Serialize;
 
 use super::names::{InvalidName, RoomName, UserName};
 use crate::apps::chat::bus_error::BusError;
+
+/// Joins and leaves a client may ask for, per connection (past it:
+/// [`ChatError::MembershipRate`]): this many at once (a client joining its
+/// whole room list at start), then one every [`MEMBERSHIP_EVERY_MS`]. Each one is a presence event to every member of
+/// the room, so a client looping join/leave would otherwise fill the others'
+/// send queues until they are cut for falling behind.
+pub const MEMBERSHIP_BURST: u32 = 128;
+/// See [`MEMBERSHIP_BURST`].
+pub const MEMBERSHIP_EVERY_MS: u64 = 100;
 
 /// Why a frame or request was refused. Each variant has a stable `code` (the
 /// `error` frame's `code`, documented in `docs/chat-protocol.md`).
@@ -69,7 +79,11 @@ pub enum ChatError {
     TooManyConnections(usize),
     #[error("a connection may be in at most {0} rooms: leave one first")]
     RoomsPerConnection(usize),
-    #[error("too many joins and leaves: at most 10 a second (128 at once); slow down")]
+    #[error(
+        "too many joins and leaves: at most {} at once, then one every {} ms; slow down",
+        MEMBERSHIP_BURST,
+        MEMBERSHIP_EVERY_MS
+    )]
     MembershipRate,
     #[error("too many long-poll sessions from this address (at most {0})")]
     TooManyPollSessions(usize),

@@ -17,7 +17,7 @@ mod names;
 mod recovery;
 
 pub use cursor::{parse_rooms, Cursor};
-pub use errors::{ChatError, ErrorFrame};
+pub use errors::{ChatError, ErrorFrame, MEMBERSHIP_BURST, MEMBERSHIP_EVERY_MS};
 pub use frames::{
     arc_str, now_ms, ChatMessage, ClientFrame, DirectMessage, Event, HistoryFrame, Presence,
     PresenceState, Refreshed, Welcome, WhoFrame, DEFAULT_HISTORY_LIMIT, ENVELOPE,
