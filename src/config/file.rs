@@ -108,7 +108,7 @@ pub struct AdminFile {
     pub addr: SStr,
 }
 
-/// `"host:port"` or `{ addr = "host:port", weight = N }`. Not
+/// `"host:port"` or `{ addr = "host:port", weight = N, max_conns = N }`. Not
 /// `#[serde(untagged)]`: untagged buffers the value and `Spanned` cannot be
 /// deserialized from the buffer, so every entry failed to parse. The entry is
 /// read as a spanned TOML value and split by hand; values inside a table carry
@@ -127,6 +127,7 @@ impl<'de> Deserialize<'de> for ServerEntryFile {
         struct Raw {
             addr: String,
             weight: Option<i64>,
+            max_conns: Option<i64>,
         }
         let v = Spanned::<toml::Value>::deserialize(d)?;
         let span = v.span();
@@ -138,11 +139,12 @@ impl<'de> Deserialize<'de> for ServerEntryFile {
                     .map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
                 Ok(ServerEntryFile::Table(ServerTableFile {
                     addr: Spanned::new(span.clone(), raw.addr),
-                    weight: raw.weight.map(|w| Spanned::new(span, w)),
+                    weight: raw.weight.map(|w| Spanned::new(span.clone(), w)),
+                    max_conns: raw.max_conns.map(|m| Spanned::new(span, m)),
                 }))
             }
             other => Err(D::Error::custom(format!(
-                "a server is \"host:port\" or {{ addr = \"host:port\", weight = N }}, not a {}",
+                "a server is \"host:port\" or {{ addr = \"host:port\", weight = N, max_conns = N }}, not a {}",
                 other.type_str()
             ))),
         }
@@ -153,6 +155,7 @@ impl<'de> Deserialize<'de> for ServerEntryFile {
 pub struct ServerTableFile {
     pub addr: SStr,
     pub weight: Option<Spanned<i64>>,
+    pub max_conns: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +171,8 @@ pub struct UpstreamFile {
     pub max_fails: Option<Spanned<i64>>,
     pub fail_timeout: Option<SStr>,
     pub retries: Option<Spanned<i64>>,
+    /// Each server's `max_conns` unless its entry sets its own.
+    pub max_conns: Option<Spanned<i64>>,
     pub health: Option<HealthFile>,
     pub ws_inspect: Option<bool>,
     pub ws_max_message_size: Option<SStr>,

@@ -230,6 +230,9 @@ pub struct ServerEntry {
     /// `host:port`, resolved at connect time.
     pub addr: String,
     pub weight: u32,
+    /// Requests and WebSocket sessions in flight to it at once (nginx's
+    /// `max_conns`, HAProxy's `maxconn`); 0 = no limit.
+    pub max_conns: u32,
 }
 
 #[derive(Debug, Clone)]

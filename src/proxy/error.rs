@@ -70,6 +70,9 @@ pub enum ProxyError {
     UpgradeRequired,
     #[error("no upstream server is available")]
     NoUpstream,
+    /// Every server of the pool that is up is at its `max_conns` (503).
+    #[error("every server of upstream {0} is at its max_conns")]
+    UpstreamFull(String),
     #[error("upstream {0} refused or failed the connection")]
     UpstreamConnect(String),
     #[error("upstream {0} timed out")]
@@ -126,6 +129,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Why a pool gave no server, as the client's answer.
+    pub fn unavailable(why: crate::upstream::Unavailable, pool: &crate::upstream::Pool) -> Self {
+        match why {
+            crate::upstream::Unavailable::Down => ProxyError::NoUpstream,
+            crate::upstream::Unavailable::Full => ProxyError::UpstreamFull(pool.name().to_string()),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute | ProxyError::NotFound => StatusCode::NOT_FOUND,
@@ -156,9 +167,9 @@ impl ProxyError {
             ProxyError::RateLimited { .. }
             | ProxyError::Capacity(crate::limits::Refusal::PerIp) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Capacity(crate::limits::Refusal::Full) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::AuthUnavailable(_) | ProxyError::OutOfSockets(..) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::AuthUnavailable(_)
+            | ProxyError::OutOfSockets(..)
+            | ProxyError::UpstreamFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AuthDenied(d) => d.status,
             ProxyError::App(AppError::NotFound) => StatusCode::NOT_FOUND,
             ProxyError::App(AppError::Upgrade(_)) => StatusCode::BAD_REQUEST,
@@ -170,6 +181,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoUpstream
+            | ProxyError::UpstreamFull(_)
             | ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamTls(..)
@@ -201,6 +213,9 @@ impl ProxyError {
             ProxyError::OutOfSockets(..) => {
                 Cow::Borrowed("the gateway is out of connections; try again shortly")
             }
+            ProxyError::UpstreamFull(_) => Cow::Borrowed(
+                "the upstream servers are at their connection limit; try again shortly",
+            ),
             ProxyError::Auth(AuthError::Missing) => Cow::Borrowed("authentication required"),
             ProxyError::Auth(_) => Cow::Borrowed("invalid token"),
             ProxyError::AuthUnavailable(_) => Cow::Borrowed("authorization service unavailable"),
@@ -242,7 +257,7 @@ impl ProxyError {
             ProxyError::Handshake(HandshakeError::Method(_)) => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
-            ProxyError::Capacity(_) => {
+            ProxyError::Capacity(_) | ProxyError::UpstreamFull(_) => {
                 // A cap, not a rate: a slot frees when a session ends.
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

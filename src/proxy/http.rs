@@ -110,10 +110,11 @@ pub async fn forward(
     let mut tried = Tried::new();
     let mut last_err: Option<ProxyError> = None;
     loop {
-        let Some(choice) = pool.select(&affinity, &tried) else {
+        let choice = match pool.select(&affinity, &tried) {
+            Ok(choice) => choice,
             // Every server is down (502 at once, no waiting) or every usable one
             // was tried: the last attempt's error says more than "no upstream".
-            return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+            Err(why) => return Err(last_err.unwrap_or_else(|| ProxyError::unavailable(why, pool))),
         };
         // Borrowed: a clone would write the server's reference count, a line
         // that every worker's requests to it share.
@@ -139,7 +140,6 @@ pub async fn forward(
                 up.headers_mut().insert(header::HOST, h);
             }
         }
-        let guard = backend.track();
         let attempt = tokio::time::timeout(pool.cfg.response_timeout, backend.conns.send(up)).await;
         let (err, resendable) = match attempt {
             Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -154,9 +154,10 @@ pub async fn forward(
             Ok(Ok(resp)) => {
                 pool.report_success(backend);
                 count(metrics, pool, backend, resp.status().as_u16());
-                let mut resp = response(resp, guard);
                 *served_by = Some(backend.addr.clone());
-                if let Some(cookie) = pool.sticky_cookie(&choice, ctx.tls) {
+                let cookie = pool.sticky_cookie(&choice, ctx.tls);
+                let mut resp = response(resp, choice.inflight);
+                if let Some(cookie) = cookie {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
                 }

@@ -190,13 +190,16 @@ impl Tunnel<'_> {
         let affinity = pool.affinity(session.client, req.headers(), req.uri().query());
         let mut tried = Tried::new();
         let mut last_err: Option<ProxyError> = None;
-        let (choice, inflight, relayed, upstream, accept) = loop {
-            let Some(choice) = pool.select(&affinity, &tried) else {
-                return Err(last_err.unwrap_or(ProxyError::NoUpstream));
+        let (choice, relayed, upstream, accept) = loop {
+            // Counted from the start (in the choice) so least_conn and
+            // max_conns see handshakes in progress.
+            let choice = match pool.select(&affinity, &tried) {
+                Ok(choice) => choice,
+                Err(why) => {
+                    return Err(last_err.unwrap_or_else(|| ProxyError::unavailable(why, &pool)))
+                }
             };
             tried.push(choice.backend.id);
-            // Counted from the start so least_conn sees handshakes in progress.
-            let inflight = choice.backend.track();
             let stream = match connect(choice.backend).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -222,7 +225,7 @@ impl Tunnel<'_> {
             match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok((relayed, stream, accept)) => {
                     pool.report_success(choice.backend);
-                    break (choice, inflight, relayed, stream, accept);
+                    break (choice, relayed, stream, accept);
                 }
                 Err(e) => {
                     // The server saw the handshake: it answered, or failed, itself.
@@ -263,6 +266,7 @@ impl Tunnel<'_> {
             None => shutdown.hard.clone(),
         };
         let addr = choice.backend.addr.clone();
+        let inflight = choice.inflight;
         // Its slot and access line live as long as the task (captured, not moved).
         let mut hold = session.hold("spliced");
         // The task's future is copied as it is spawned: what it holds is kept

@@ -1,5 +1,6 @@
 //! One upstream server as a pool holds it: its stable [`BackendId`], address and
-//! weight, its in-flight count ([`Backend::track`], [`InflightGuard`]), its
+//! weight, its in-flight count and the `max_conns` bounding it
+//! ([`Backend::try_track`], [`InflightGuard`]), its
 //! health record, its idle keep-alive connections and its request counters.
 //! The load and health outlive a reload for a server that stays ([`Backend::new`]
 //! takes them over from the previous pool's entry).
@@ -13,6 +14,7 @@ use super::conns::ConnPool;
 use super::dial::Dialer;
 use super::health::Health;
 use super::tls::UpstreamTls;
+use crate::config::ServerEntry;
 use crate::metrics::StatusCounters;
 
 /// A server's identity, derived from its address (never its position in the
@@ -46,6 +48,9 @@ pub struct Backend {
     /// session logs) bumps a count instead of copying the text.
     pub addr: Arc<str>,
     pub weight: u32,
+    /// In-flight requests and sessions it may take at once; `usize::MAX`
+    /// when its `max_conns` is 0 (no limit).
+    max_conns: usize,
     state: Arc<BackendState>,
     /// Idle keep-alive HTTP connections to it.
     pub conns: Arc<ConnPool>,
@@ -69,17 +74,20 @@ impl Backend {
     /// `tls`: the pool's TLS client side, when its servers speak TLS; `h2`:
     /// proxied requests go over HTTP/2 (`h2` or `h2c`).
     pub fn new(
-        addr: &str,
-        weight: u32,
+        entry: &ServerEntry,
         connect_timeout: Duration,
         tls: Option<Arc<UpstreamTls>>,
         h2: bool,
         previous: Option<&Backend>,
     ) -> Self {
-        let addr: Arc<str> = Arc::from(addr);
+        let addr: Arc<str> = Arc::from(entry.addr.as_str());
         Self {
             id: BackendId::of(&addr),
-            weight,
+            weight: entry.weight,
+            max_conns: match entry.max_conns {
+                0 => usize::MAX,
+                n => n as usize,
+            },
             state: previous.map(|b| b.state.clone()).unwrap_or_default(),
             conns: ConnPool::new(Dialer::new(addr.clone(), connect_timeout, tls).with_h2(h2)),
             requests: StatusCounters::default(),
@@ -95,6 +103,29 @@ impl Backend {
     pub fn track(&self) -> InflightGuard {
         self.state.inflight.fetch_add(1, Ordering::AcqRel);
         InflightGuard(self.state.clone())
+    }
+
+    /// [`Backend::track`] unless the server is at its `max_conns`. The check
+    /// and the count are one step, so concurrent requests cannot both take
+    /// the last place.
+    pub fn try_track(&self) -> Option<InflightGuard> {
+        if self.max_conns == usize::MAX {
+            return Some(self.track());
+        }
+        let max = self.max_conns;
+        self.state
+            .inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InflightGuard(self.state.clone()))
+    }
+
+    /// At its `max_conns` now (a hint for choosing: [`Backend::try_track`]
+    /// decides).
+    pub fn is_full(&self) -> bool {
+        self.max_conns != usize::MAX && self.inflight() >= self.max_conns
     }
 
     pub fn health(&self) -> &Health {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! request ─ affinity (sticky: cookie token | ip | header | query) ─┐
-//!                                   health (passive + active) ─ select ─ Choice { backend, issue_cookie }
+//!                                   health (passive + active), max_conns ─ select ─ Choice { backend, inflight, issue_cookie }
 //!                        balance (round_robin | least_conn | random) ─┘
 //! ```
 //!
@@ -29,4 +29,4 @@ pub mod sticky;
 pub mod tls;
 
 pub use backend::{Backend, BackendId, InflightGuard, Tried};
-pub use pool::{Affinity, Choice, Pool};
+pub use pool::{Affinity, Choice, Pool, Unavailable};

@@ -4,8 +4,9 @@
 //!
 //! The proxy asks a pool for a server in two steps: [`Pool::affinity`] reads what
 //! the request carries that may pin it (a sealed cookie, the client address, a
-//! header or query value), then [`Pool::select`] picks a usable server, honouring
-//! that affinity when it can and falling back to `balance` when it cannot. After
+//! header or query value), then [`Pool::select`] picks a usable server (up, and
+//! under its `max_conns`) and counts the attempt against it, honouring that
+//! affinity when it can and falling back to `balance` when it cannot. After
 //! the attempt the proxy reports back ([`Pool::report_success`] /
 //! [`Pool::report_failure`]), which feeds passive health.
 
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 
-use super::backend::{Backend, BackendId};
+use super::backend::{Backend, BackendId, InflightGuard, Tried};
 use super::balance::{least_conn, rendezvous, two_choices, SmoothWrr};
 use super::health::{Source, Transition};
 use super::sticky::{self, SealKey, Token};
@@ -36,14 +37,26 @@ pub enum Affinity {
 }
 
 /// The server chosen for one attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Choice<'a> {
     /// Borrowed from the pool: a clone per request would write the server's
     /// reference count, a line that every worker's requests to it share.
     pub backend: &'a Arc<Backend>,
+    /// The attempt's place in the server's in-flight count (its `max_conns`,
+    /// `least_conn`): held until the response has been sent, or the session ends.
+    pub inflight: InflightGuard,
     /// The response must carry a (new) sticky cookie naming `backend`: the
     /// request had no usable token, or its token is due for renewal.
     pub issue_cookie: bool,
+}
+
+/// Why no server was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every server not yet tried is down: 502 at once.
+    Down,
+    /// Some server is up but every one of those is at its `max_conns`: 503.
+    Full,
 }
 
 pub struct Pool {
@@ -89,8 +102,7 @@ impl Pool {
             .map(|s| {
                 let old = previous.and_then(|p| p.backend(BackendId::of(&s.addr)));
                 Arc::new(Backend::new(
-                    &s.addr,
-                    s.weight,
+                    s,
                     cfg.connect_timeout,
                     tls.clone(),
                     cfg.protocol != UpstreamProtocol::H1,
@@ -143,44 +155,83 @@ impl Pool {
     }
 
     /// Chooses a usable server not in `exclude` (the servers already tried for
-    /// this request). `None` when every candidate is down: the caller answers
-    /// 502 at once rather than waiting for one to come back.
-    pub fn select(&self, affinity: &Affinity, exclude: &[BackendId]) -> Option<Choice<'_>> {
+    /// this request) and counts the attempt against it. Down servers are never
+    /// waited for (the caller answers 502 at once); a server at its
+    /// `max_conns` is passed over like a down one, for this attempt only, and
+    /// when every server left is up but full the answer is [`Unavailable::Full`].
+    pub fn select(
+        &self,
+        affinity: &Affinity,
+        exclude: &[BackendId],
+    ) -> Result<Choice<'_>, Unavailable> {
         let now = Instant::now();
-        let usable = |b: &Backend| !exclude.contains(&b.id) && self.is_up_at(b, now);
+        // Servers found full on the way: another request took the last place
+        // between the look and the count. Bounded by the pool's size.
+        let mut full = Tried::new();
+        loop {
+            let usable = |b: &Backend| {
+                !exclude.contains(&b.id)
+                    && !full.contains(&b.id)
+                    && self.is_up_at(b, now)
+                    && !b.is_full()
+            };
+            let Some((backend, issue_cookie)) = self.pick(affinity, &usable) else {
+                return Err(self.why_none(exclude, &full, now));
+            };
+            match backend.try_track() {
+                Some(inflight) => {
+                    return Ok(Choice {
+                        backend,
+                        inflight,
+                        issue_cookie,
+                    })
+                }
+                None => full.push(backend.id),
+            }
+        }
+    }
+
+    /// Why [`Pool::select`] found no server: full if any server it could have
+    /// tried is up (only `max_conns` stood in the way), else down.
+    #[cold]
+    fn why_none(&self, exclude: &[BackendId], full: &[BackendId], now: Instant) -> Unavailable {
+        let busy = |b: &&Arc<Backend>| {
+            !exclude.contains(&b.id)
+                && self.is_up_at(b, now)
+                && (full.contains(&b.id) || b.is_full())
+        };
+        match self.backends.iter().any(|b| busy(&b)) {
+            true => Unavailable::Full,
+            false => Unavailable::Down,
+        }
+    }
+
+    /// The server `affinity` and `balance` pick among those `usable` says
+    /// may be, and whether the response must carry a new sticky cookie.
+    #[inline]
+    fn pick(
+        &self,
+        affinity: &Affinity,
+        usable: &impl Fn(&Backend) -> bool,
+    ) -> Option<(&Arc<Backend>, bool)> {
         match affinity {
             Affinity::Cookie { tokens, now } => {
-                // A token naming a server that is gone, down or already tried
-                // is ignored: choose again and issue a new cookie.
+                // A token naming a server that is gone, down, full or already
+                // tried is ignored: choose again and issue a new cookie.
                 let pinned = tokens.iter().find_map(|t| {
                     self.backend_ref(t.backend)
                         .filter(|b| usable(b))
                         .map(|b| (b, t.needs_refresh(*now)))
                 });
-                match pinned {
-                    Some((backend, refresh)) => Some(Choice {
-                        backend,
-                        issue_cookie: refresh,
-                    }),
-                    None => self.balance(usable).map(|backend| Choice {
-                        backend,
-                        issue_cookie: true,
-                    }),
-                }
+                pinned.or_else(|| self.balance(usable).map(|b| (b, true)))
             }
             Affinity::Hash(key) => {
                 // Fixed weights, health filter: a key only moves when its server
-                // goes down (and comes back when it returns).
+                // goes down or is full (and comes back when it returns).
                 let cands = self.backends.iter().filter(|b| usable(b));
-                rendezvous(key, cands, |b| b.id.0, |b| b.weight).map(|b| Choice {
-                    backend: b,
-                    issue_cookie: false,
-                })
+                rendezvous(key, cands, |b| b.id.0, |b| b.weight).map(|b| (b, false))
             }
-            Affinity::None => self.balance(usable).map(|backend| Choice {
-                backend,
-                issue_cookie: false,
-            }),
+            Affinity::None => self.balance(usable).map(|b| (b, false)),
         }
     }
 
@@ -198,7 +249,7 @@ impl Pool {
         )
     }
 
-    fn balance(&self, usable: impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
+    fn balance(&self, usable: &impl Fn(&Backend) -> bool) -> Option<&Arc<Backend>> {
         let servers = &self.backends;
         let pick = match self.cfg.balance {
             Balance::RoundRobin => self.wrr.pick(&self.weights, |i| usable(&servers[i])),

@@ -195,11 +195,13 @@ pub(super) fn protocol(cx: &mut Ctx, name: &str, u: &UpstreamFile, tls: bool) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::split_scheme;
     use std::path::Path;
 
-    fn check(upstream: &str) -> Result<crate::config::Config, String> {
+    /// A config of one listener, `[upstream.api]` with `upstream`'s lines,
+    /// and a route to it: parsed, or its error as text.
+    pub(in crate::config) fn check(upstream: &str) -> Result<crate::config::Config, String> {
         let text = format!(
             "[[listener]]\naddr = \"127.0.0.1:0\"\n[upstream.api]\n{upstream}\n[[route]]\npath = \"/\"\nupstream = \"api\"\n"
         );

@@ -25,7 +25,8 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     let span = u.span();
     let u = u.get_ref();
     let k = |s: &str| format!("upstream.{name}.{s}");
-    let (servers, schemes) = servers(cx, name, &u.servers);
+    let max_conns = cx.int(&u.max_conns, &k("max_conns"), 0, 0, MAX_CONNS) as u32;
+    let (servers, schemes) = servers(cx, name, &u.servers, max_conns);
     let tls = upstream_tls(cx, name, u, &schemes);
     let protocol = protocol(cx, name, u, tls.is_some());
     if servers.is_empty() && u.servers.get_ref().is_empty() {
@@ -125,22 +126,35 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
     }
 }
 
+/// The largest `max_conns`: far past any descriptor limit, so a typo of a
+/// few digits too many is caught rather than read as "no limit" in effect.
+const MAX_CONNS: i64 = 1_000_000;
+
 /// The servers, and what each entry's scheme said about TLS (with its position).
+/// `max_conns` is the pool's, for entries that do not set their own.
 fn servers(
     cx: &mut Ctx,
     name: &str,
     list: &Spanned<Vec<ServerEntryFile>>,
+    max_conns: u32,
 ) -> (Vec<ServerEntry>, Schemes) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut schemes = Vec::new();
     for (i, s) in list.get_ref().iter().enumerate() {
         let key = format!("upstream.{name}.servers[{i}]");
-        let (addr, weight) = match s {
-            ServerEntryFile::Addr(a) => (a, 1),
+        let (addr, weight, max_conns) = match s {
+            ServerEntryFile::Addr(a) => (a, 1, max_conns),
             ServerEntryFile::Table(t) => (
                 &t.addr,
                 cx.int(&t.weight, &format!("{key}.weight"), 1, 1, 1000) as u32,
+                cx.int(
+                    &t.max_conns,
+                    &format!("{key}.max_conns"),
+                    i64::from(max_conns),
+                    0,
+                    MAX_CONNS,
+                ) as u32,
             ),
         };
         let (host_port, scheme) = match split_scheme(addr.get_ref()) {
@@ -171,6 +185,7 @@ fn servers(
         out.push(ServerEntry {
             addr: host_port,
             weight,
+            max_conns,
         });
     }
     (out, schemes)
@@ -219,5 +234,48 @@ fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
             );
             Sticky::None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::upstream_tls::tests::check;
+
+    #[test]
+    fn max_conns_is_the_pools_unless_a_server_sets_its_own() {
+        let c = check("servers = [\"a:1\", { addr = \"b:1\", max_conns = 7 }]").unwrap();
+        let limits: Vec<u32> = c.upstreams["api"]
+            .servers
+            .iter()
+            .map(|s| s.max_conns)
+            .collect();
+        assert_eq!(limits, [0, 7], "no limit unless one is set");
+        let c = check(
+            "servers = [\"a:1\", { addr = \"b:1\", max_conns = 0 }, { addr = \"c:1\", weight = 2 }]\nmax_conns = 50",
+        )
+        .unwrap();
+        let limits: Vec<u32> = c.upstreams["api"]
+            .servers
+            .iter()
+            .map(|s| s.max_conns)
+            .collect();
+        assert_eq!(limits, [50, 0, 50]);
+    }
+
+    #[test]
+    fn a_bad_max_conns_is_named_by_its_key_and_line() {
+        let e = check("servers = [\"a:1\"]\nmax_conns = -1").unwrap_err();
+        assert_eq!(
+            e,
+            "t.toml:5:13: upstream.api.max_conns: -1 is out of range (0..=1000000)"
+        );
+        let e = check("servers = [\"a:1\", { addr = \"b:1\", max_conns = 2000000 }]").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:4:")
+                && e.contains("upstream.api.servers[1].max_conns: 2000000 is out of range"),
+            "{e}"
+        );
+        let e = check("servers = [{ addr = \"b:1\", max_conn = 2 }]").unwrap_err();
+        assert!(e.contains("max_conn"), "{e}");
     }
 }

@@ -37,7 +37,7 @@ use crate::config::AuthRequestConfig;
 use crate::ctx::{client_ip, ClientAddr};
 use crate::metrics::{Metrics, RouteResult};
 use crate::upstream::conns::SendError;
-use crate::upstream::{Affinity, Pool, Tried};
+use crate::upstream::{Affinity, Pool, Tried, Unavailable};
 
 /// The most of an auth service's answer body that is read (and relayed with
 /// a 401/403). A longer body is not relayed, and its connection is closed
@@ -73,6 +73,8 @@ impl Decision {
 enum CalloutError {
     #[error("no server of pool {0} is usable")]
     NoServer(String),
+    #[error("every usable server of pool {0} is at its max_conns")]
+    Full(String),
     #[error("{0}: connect failed or timed out")]
     Connect(Arc<str>),
     #[error("{0}: no answer within the response timeout")]
@@ -264,9 +266,12 @@ async fn callout(
 ) -> Result<Decision, CalloutError> {
     let mut tried = Tried::new();
     loop {
-        let Some(choice) = pool.select(&Affinity::None, &tried) else {
-            return Err(CalloutError::NoServer(pool.name().to_string()));
-        };
+        let choice = pool
+            .select(&Affinity::None, &tried)
+            .map_err(|why| match why {
+                Unavailable::Down => CalloutError::NoServer(pool.name().to_string()),
+                Unavailable::Full => CalloutError::Full(pool.name().to_string()),
+            })?;
         let backend = choice.backend;
         tried.push(backend.id);
         let mut req = Request::new(crate::body::empty());
@@ -277,7 +282,7 @@ async fn callout(
         if let Ok(h) = HeaderValue::from_str(&backend.addr) {
             req.headers_mut().insert(header::HOST, h);
         }
-        let _inflight = backend.track();
+        let _inflight = choice.inflight;
         let exchange = async {
             let resp = backend.conns.send(req).await?;
             let (parts, body) = resp.into_parts();

@@ -17,6 +17,7 @@ fn cfg(servers: &[(&str, u32)], balance: Balance, sticky: Sticky) -> UpstreamCon
             .map(|(a, w)| ServerEntry {
                 addr: a.to_string(),
                 weight: *w,
+                max_conns: 0,
             })
             .collect(),
         balance,
@@ -300,8 +301,12 @@ fn all_down_selects_nothing() {
     for b in p.backends().to_vec() {
         p.report_failure(&b);
     }
-    assert!(p.select(&Affinity::None, &[]).is_none());
-    assert!(p.select(&Affinity::Hash(b"x".to_vec()), &[]).is_none());
+    assert_eq!(
+        p.select(&Affinity::None, &[]).err(),
+        Some(Unavailable::Down)
+    );
+    let hashed = p.select(&Affinity::Hash(b"x".to_vec()), &[]);
+    assert_eq!(hashed.err(), Some(Unavailable::Down));
     let now = Instant::now();
     assert!(p
         .backends()
@@ -329,4 +334,77 @@ fn reload_keeps_state_of_servers_that_stay() {
     assert_eq!(same.weight, 5);
     assert_eq!(same.inflight(), 1);
     assert!(!same.health().is_up());
+}
+
+fn pool_with_max(n: usize, max_conns: u32, balance: Balance, sticky: Sticky) -> Pool {
+    let servers = addrs(n);
+    let s: Vec<(&str, u32)> = servers.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+    let mut c = cfg(&s, balance, sticky);
+    c.servers.iter_mut().for_each(|e| e.max_conns = max_conns);
+    Pool::new(c, None, &SECRET).expect("pool")
+}
+
+#[test]
+fn a_server_at_max_conns_is_passed_over_until_a_place_frees() {
+    for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::Random] {
+        let p = pool_with_max(2, 1, balance, Sticky::None);
+        let first = p.select(&Affinity::None, &[]).expect("a server");
+        let second = p.select(&Affinity::None, &[]).expect("the other server");
+        assert_ne!(first.backend.id, second.backend.id, "{balance:?}");
+        // Both are up, both are full: 503, not "all down".
+        assert_eq!(
+            p.select(&Affinity::None, &[]).err(),
+            Some(Unavailable::Full)
+        );
+        let freed = first.backend.id;
+        drop(first);
+        let again = p.select(&Affinity::None, &[]).expect("the freed place");
+        assert_eq!(again.backend.id, freed, "{balance:?}");
+    }
+}
+
+#[test]
+fn full_and_down_servers_together_are_full_and_a_full_key_moves_only_while_full() {
+    let p = pool_with_max(2, 1, Balance::RoundRobin, Sticky::Ip);
+    let key = Affinity::Hash(b"user-1".to_vec());
+    let home = p.select(&key, &[]).expect("home").backend.id;
+    let held = p.select(&key, &[]).expect("home is free again");
+    assert_eq!(held.backend.id, home);
+    // The key's server is full: it goes to the other for now...
+    let away = p.select(&key, &[]).expect("the other server");
+    assert_ne!(away.backend.id, home);
+    drop((held, away));
+    // ...and back once there is room.
+    assert_eq!(p.select(&key, &[]).expect("home").backend.id, home);
+    let other = p.backends().iter().find(|b| b.id != home).cloned();
+    p.report_failure(&other.expect("two servers"));
+    let _held = p.select(&key, &[]).expect("home");
+    assert_eq!(p.select(&key, &[]).err(), Some(Unavailable::Full));
+}
+
+/// The look and the count are one step: threads racing for the last places
+/// never hold more than `max_conns` at once.
+#[test]
+fn concurrent_requests_never_exceed_max_conns() {
+    let p = std::sync::Arc::new(pool_with_max(1, 1, Balance::RoundRobin, Sticky::None));
+    let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (p, over) = (p.clone(), over.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    if let Ok(c) = p.select(&Affinity::None, &[]) {
+                        if c.backend.inflight() > 1 {
+                            over.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert!(!over.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(p.backends()[0].inflight(), 0);
 }

@@ -90,3 +90,62 @@ async fn least_conn_steers_away_from_a_busy_server() {
     }
     assert_eq!(seen.len(), 2, "idle servers share: {seen:?}");
 }
+
+/// `max_conns` (nginx's, HAProxy's `maxconn`): a server holding as many
+/// requests and WebSocket sessions as it may take is passed over; once every
+/// server is full the answer is 503 with `Retry-After`, for an upgrade too;
+/// a place that frees is used again.
+#[tokio::test]
+async fn a_server_at_max_conns_is_passed_over_and_all_full_is_503() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = gateway(api(&addrs(&[&a, &b])).set("upstream.api.max_conns", 1)).await;
+    let addr = gw.http();
+    let p = pool(&gw);
+    let inflight = |up: &Upstream| {
+        p.backend(wsgate::upstream::BackendId::of(&up.addr.to_string()))
+            .map(|b| b.inflight())
+            .unwrap_or(usize::MAX)
+    };
+
+    // A request parked on one server fills it: the others all go to the other.
+    let held = tokio::spawn(async move { get(addr, "/hold").await });
+    assert!(eventually(WAIT, || async { a.holding() + b.holding() == 1 }).await);
+    let (parked, idle) = if a.holding() == 1 { (&a, &b) } else { (&b, &a) };
+    for _ in 0..4 {
+        // The previous response's place is released when its body is done.
+        assert!(eventually(WAIT, || async { inflight(idle) == 0 }).await);
+        assert_eq!(server(&get(addr, "/").await), idle.name);
+    }
+
+    // A spliced session fills the other: every server is full.
+    let (ws, _, busy) = ws_open(addr, None, None).await;
+    assert_eq!(busy, idle.name);
+    let r = get(addr, "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.headers[http::header::RETRY_AFTER], "1");
+    assert!(r.text().contains("connection limit"), "{}", r.text());
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let refused = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        other => panic!(
+            "expected a 503 to the upgrade, got {:?}",
+            other.map(|r| r.1)
+        ),
+    }
+    assert_eq!(
+        (inflight(parked), inflight(idle)),
+        (1, 1),
+        "never over max_conns"
+    );
+
+    // The session ends: its server takes requests again.
+    ws_close(ws).await;
+    assert!(eventually(WAIT, || async { inflight(idle) == 0 }).await);
+    assert_eq!(server(&get(addr, "/").await), idle.name);
+    a.release.send_replace(true);
+    b.release.send_replace(true);
+    assert_eq!(held.await.expect("held request").status, StatusCode::OK);
+}
