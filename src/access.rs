@@ -191,6 +191,8 @@ pub struct SessionLog {
     /// `app` or `spliced`.
     kind: &'static str,
     client: IpAddr,
+    /// The server a spliced session runs to (`-` for apps).
+    pub upstream: Option<Arc<str>>,
     started: Instant,
     pub msgs_in: u64,
     pub msgs_out: u64,
@@ -213,6 +215,7 @@ impl SessionLog {
             route: route.label.clone(),
             kind,
             client,
+            upstream: None,
             started: Instant::now(),
             msgs_in: 0,
             msgs_out: 0,
@@ -288,6 +291,7 @@ impl Drop for SessionLog {
                 session = self.kind,
                 client = %self.client,
                 route = %self.route,
+                upstream = self.upstream.as_deref().unwrap_or("-"),
                 close_code = self.close_code.map(i64::from).unwrap_or(-1),
                 drained = self.drained,
                 msgs_in = self.msgs_in,

@@ -363,7 +363,9 @@ impl Proxy {
         if upgrade {
             // Not boxed here: `upgrade` boxes the tunnel, the only part of it
             // larger than the plain path's own state.
-            let result = self.upgrade(table, &route, conn, slot, req).await;
+            let result = self
+                .upgrade(table, &route, conn, slot, req, &mut out.upstream)
+                .await;
             let outcome = match &result {
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.status().as_u16()),
@@ -413,6 +415,7 @@ impl Proxy {
         conn: &Arc<ConnCtx>,
         slot: Arc<ConnSlot>,
         mut req: Request<RequestBody>,
+        served_by: &mut Option<Arc<str>>,
     ) -> Result<Response<Body>, ProxyError> {
         let hs = ws::validate(&req)?;
         let notes = self.access_phase(table, route, conn, &req, true).await?;
@@ -468,6 +471,7 @@ impl Proxy {
                     session,
                     metrics: self.access.metrics(),
                     notes: &notes,
+                    served_by,
                 };
                 // Boxed: the tunnel's future is kilobytes, and every request's
                 // future would otherwise carry (and move) its space.

@@ -166,6 +166,8 @@ pub struct Tunnel<'a> {
     pub metrics: &'a Metrics,
     /// What the access phase adds to the upstream request.
     pub notes: &'a Notes,
+    /// The server that accepted the upgrade, for the request's access line.
+    pub served_by: &'a mut Option<Arc<str>>,
 }
 
 impl Tunnel<'_> {
@@ -184,6 +186,7 @@ impl Tunnel<'_> {
             session,
             metrics,
             notes,
+            served_by,
         } = self;
         let route = &*session.route.cfg;
         let ctx = session.conn;
@@ -266,9 +269,11 @@ impl Tunnel<'_> {
             None => shutdown.hard.clone(),
         };
         let addr = choice.backend.addr.clone();
+        *served_by = Some(addr.clone());
         let inflight = choice.inflight;
         // Its slot and access line live as long as the task (captured, not moved).
         let mut hold = session.hold("spliced");
+        hold.log.upstream = Some(addr.clone());
         // The task's future is copied as it is spawned: what it holds is kept
         // small (the hold used in place, not moved into locals; the splice's
         // state boxed).

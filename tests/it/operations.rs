@@ -225,7 +225,13 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     write_cert(d, "two", &["localhost"]);
     let cfg = d.join("wsgate.toml");
     let up = named_upstream("a").await;
-    let with_api = |c: Cfg| c.upstream("api", &[up]).route_upstream("/api/", "api");
+    let ws_up = ws_echo_upstream(None).await;
+    let with_api = |c: Cfg| {
+        c.upstream("api", &[up])
+            .route_upstream("/api/", "api")
+            .upstream("wsup", &[ws_up])
+            .route_upstream("/live", "wsup")
+    };
     std::fs::write(&cfg, with_api(base_config(d, "one")).build()).unwrap();
     let mut p = Proc::start(&cfg);
     let addrs = p.listening(2);
@@ -333,6 +339,20 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["upstream"], up.to_string(), "{line}");
     assert_eq!(v["bytes_in"], 7, "{line}");
+    // A spliced WebSocket's lines, the upgrade's and the session's, name the
+    // server too (nginx's $upstream_addr, HAProxy's server name).
+    let (mut live, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/live"))
+        .await
+        .unwrap();
+    live.send(Message::text("hi")).await.unwrap();
+    assert_eq!(live.next().await.unwrap().unwrap(), Message::text("hi"));
+    live.close(None).await.unwrap();
+    while let Some(Ok(_)) = live.next().await {}
+    for needle in ["\"path\":\"/live\"", "\"session\":\"spliced\""] {
+        let line = p.wait_for(needle, Duration::from_secs(5));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["upstream"], ws_up.to_string(), "{line}");
+    }
     for l in &p.seen {
         serde_json::from_str::<serde_json::Value>(l)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
