@@ -121,7 +121,7 @@ impl AdminView for Gateway {
                 let servers: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| serde_json::json!({ "addr": &*b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight() }))
+                    .map(|b| serde_json::json!({ "addr": &*b.addr, "weight": b.weight, "up": b.health().is_up(), "inflight": b.inflight(), "max_conns": b.max_conns() }))
                     .collect();
                 (name.clone(), serde_json::json!({ "servers": servers }))
             })

@@ -122,6 +122,14 @@ impl Backend {
             .map(|_| InflightGuard(self.state.clone()))
     }
 
+    /// Its `max_conns`; 0 when it has none.
+    pub fn max_conns(&self) -> usize {
+        match self.max_conns {
+            usize::MAX => 0,
+            n => n,
+        }
+    }
+
     /// At its `max_conns` now (a hint for choosing: [`Backend::try_track`]
     /// decides).
     pub fn is_full(&self) -> bool {

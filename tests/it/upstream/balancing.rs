@@ -98,7 +98,12 @@ async fn least_conn_steers_away_from_a_busy_server() {
 #[tokio::test]
 async fn a_server_at_max_conns_is_passed_over_and_all_full_is_503() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let gw = gateway(api(&addrs(&[&a, &b])).set("upstream.api.max_conns", 1)).await;
+    let gw = gateway(
+        api(&addrs(&[&a, &b]))
+            .set("upstream.api.max_conns", 1)
+            .admin(),
+    )
+    .await;
     let addr = gw.http();
     let p = pool(&gw);
     let inflight = |up: &Upstream| {
