@@ -148,6 +148,7 @@ pub struct Metrics {
     pub drain_closed: Family<DrainKind, Counter>,
     pub proxy_header_refused: Family<ProxyHeaderRefusal, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
+    pub upstream_inflight: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
     pub bytes: Family<Direction, Counter>,
     pub cluster_redis_up: Gauge,
@@ -191,6 +192,7 @@ impl Metrics {
             drain_closed: Family::default(),
             proxy_header_refused: Family::default(),
             upstream_up: Family::default(),
+            upstream_inflight: Family::default(),
             tls_cert_expiry: Family::default(),
             acme_orders: Family::default(),
             upstream_requests: Family::default(),
@@ -290,6 +292,11 @@ impl Metrics {
             m.upstream_up.clone(),
         );
         r.register(
+            "upstream_inflight",
+            "Requests and spliced WebSocket sessions in flight to an upstream server (what its max_conns bounds)",
+            m.upstream_inflight.clone(),
+        );
+        r.register(
             "upstream_requests",
             "Requests sent to upstream servers by status",
             m.upstream_requests.clone(),
@@ -337,17 +344,24 @@ impl Metrics {
         }
     }
 
-    /// Replaces every `upstream_up` series with `servers`: (upstream, server,
-    /// up). Called by whoever knows the pools (the admin view) before a
-    /// render, so servers removed by a reload disappear.
-    pub fn set_upstreams<'a>(&self, servers: impl IntoIterator<Item = (&'a str, &'a str, bool)>) {
+    /// Replaces every `upstream_up` and `upstream_inflight` series with
+    /// `servers`: (upstream, server, up, in flight). Called by whoever knows
+    /// the pools (the admin view) before a render, so servers removed by a
+    /// reload disappear.
+    pub fn set_upstreams<'a>(
+        &self,
+        servers: impl IntoIterator<Item = (&'a str, &'a str, bool, usize)>,
+    ) {
         self.upstream_up.clear();
-        for (upstream, server, up) in servers {
+        self.upstream_inflight.clear();
+        for (upstream, server, up, inflight) in servers {
             let l = UpstreamServer {
                 upstream: upstream.to_string(),
                 server: server.to_string(),
             };
             self.upstream_up.get_or_create(&l).set(i64::from(up));
+            let inflight = i64::try_from(inflight).unwrap_or(i64::MAX);
+            self.upstream_inflight.get_or_create(&l).set(inflight);
         }
     }
 

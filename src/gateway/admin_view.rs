@@ -86,7 +86,7 @@ impl AdminView for Gateway {
             .set_upstreams(table.pools.values().flat_map(|pool| {
                 pool.backends()
                     .iter()
-                    .map(move |b| (pool.name(), &*b.addr, b.health().is_up()))
+                    .map(move |b| (pool.name(), &*b.addr, b.health().is_up(), b.inflight()))
             }));
         // Read at scrape time: the sessions' reads only touch the budget.
         let buffered = i64::try_from(self.apps.budget.buffered()).unwrap_or(i64::MAX);
