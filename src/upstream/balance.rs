@@ -130,11 +130,20 @@ pub fn least_conn<S: Load>(
     // one common integer so ties are exact.
     let load =
         |s: &S| (s.inflight() as u64).saturating_mul(1_000_000) / u64::from(s.weight().max(1));
-    let min = servers.iter().filter(|s| usable(s)).map(load).min()?;
+    let (first, min) = servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| usable(s))
+        .map(|(i, s)| (i, load(s)))
+        .min_by_key(|(_, l)| *l)?;
+    // Other workers' requests move the loads between the two passes: when
+    // none is at the minimum any more, the server that was is still a good
+    // pick, and "none" would read as every server down (a false 502).
     wrr.pick(weights, |i| {
         let s = &servers[i];
         usable(s) && load(s) == min
     })
+    .or(Some(first))
 }
 
 /// Power of two choices: two random picks weighted by `weight` (with

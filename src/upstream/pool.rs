@@ -169,14 +169,18 @@ impl Pool {
         // between the look and the count. Bounded by the pool's size.
         let mut full = Tried::new();
         loop {
-            let usable = |b: &Backend| {
-                !exclude.contains(&b.id)
-                    && !full.contains(&b.id)
-                    && self.is_up_at(b, now)
-                    && !b.is_full()
-            };
-            let Some((backend, issue_cookie)) = self.pick(affinity, &usable) else {
-                return Err(self.why_none(exclude, &full, now));
+            // Up and not yet tried: a candidate but for its room.
+            let eligible = |b: &Backend| !exclude.contains(&b.id) && self.is_up_at(b, now);
+            let usable = |b: &Backend| eligible(b) && !full.contains(&b.id) && !b.is_full();
+            let Some((backend, issue_cookie)) = self.pick(affinity, &eligible, &usable) else {
+                // Nothing usable: if some server is up and untried, only
+                // max_conns stood in the way (503), else all are down (502).
+                let busy = self.backends.iter().any(|b| eligible(b));
+                return Err(if busy {
+                    Unavailable::Full
+                } else {
+                    Unavailable::Down
+                });
             };
             match backend.try_track() {
                 Some(inflight) => {
@@ -186,44 +190,37 @@ impl Pool {
                         issue_cookie,
                     })
                 }
+                // Lost the last place to another worker. Round robin has
+                // already charged this server its turn; the skew is one pick.
                 None => full.push(backend.id),
             }
         }
     }
 
-    /// Why [`Pool::select`] found no server: full if any server it could have
-    /// tried is up (only `max_conns` stood in the way), else down.
-    #[cold]
-    fn why_none(&self, exclude: &[BackendId], full: &[BackendId], now: Instant) -> Unavailable {
-        let busy = |b: &&Arc<Backend>| {
-            !exclude.contains(&b.id)
-                && self.is_up_at(b, now)
-                && (full.contains(&b.id) || b.is_full())
-        };
-        match self.backends.iter().any(|b| busy(&b)) {
-            true => Unavailable::Full,
-            false => Unavailable::Down,
-        }
-    }
-
     /// The server `affinity` and `balance` pick among those `usable` says
     /// may be, and whether the response must carry a new sticky cookie.
+    /// `eligible`: up and untried, whatever its room.
     #[inline]
     fn pick(
         &self,
         affinity: &Affinity,
+        eligible: &impl Fn(&Backend) -> bool,
         usable: &impl Fn(&Backend) -> bool,
     ) -> Option<(&Arc<Backend>, bool)> {
         match affinity {
             Affinity::Cookie { tokens, now } => {
-                // A token naming a server that is gone, down, full or already
-                // tried is ignored: choose again and issue a new cookie.
-                let pinned = tokens.iter().find_map(|t| {
-                    self.backend_ref(t.backend)
-                        .filter(|b| usable(b))
-                        .map(|b| (b, t.needs_refresh(*now)))
-                });
-                pinned.or_else(|| self.balance(usable).map(|b| (b, true)))
+                let pinned = tokens
+                    .iter()
+                    .find_map(|t| self.backend_ref(t.backend).map(|b| (b, t)));
+                match pinned {
+                    Some((b, t)) if usable(b) => Some((b, t.needs_refresh(*now))),
+                    // Up but full: this request goes elsewhere and the
+                    // client keeps its pin (HAProxy would queue it there).
+                    Some((b, _)) if eligible(b) => self.balance(usable).map(|b| (b, false)),
+                    // A token naming a server that is gone, down or already
+                    // tried is ignored: choose again and issue a new cookie.
+                    _ => self.balance(usable).map(|b| (b, true)),
+                }
             }
             Affinity::Hash(key) => {
                 // Fixed weights, health filter: a key only moves when its server

@@ -104,3 +104,25 @@ fn least_conn_picks_lowest_load_per_weight_and_shares_ties() {
     assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     assert_eq!(least_conn(&tied, &[1, 2], &wrr, |_| false), None);
 }
+
+/// Loads that other workers change between `least_conn`'s two passes: the
+/// server at the minimum in the first is still picked, never "none" (which
+/// the pool would answer as every server down).
+#[test]
+fn least_conn_picks_even_when_loads_move_between_its_passes() {
+    struct Moving(std::cell::Cell<usize>);
+    impl Load for Moving {
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn inflight(&self) -> usize {
+            // Each look sees one more request in flight.
+            let n = self.0.get();
+            self.0.set(n + 1);
+            n
+        }
+    }
+    let servers = [Moving(Default::default()), Moving(Default::default())];
+    let wrr = SmoothWrr::new(2);
+    assert!(least_conn(&servers, &[1, 1], &wrr, |_| true).is_some());
+}

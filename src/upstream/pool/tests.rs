@@ -408,3 +408,35 @@ fn concurrent_requests_never_exceed_max_conns() {
     assert!(!over.load(std::sync::atomic::Ordering::Relaxed));
     assert_eq!(p.backends()[0].inflight(), 0);
 }
+
+#[test]
+fn try_track_refuses_at_max_conns_and_takes_a_freed_place() {
+    let p = pool_with_max(1, 2, Balance::RoundRobin, Sticky::None);
+    let b = p.backends()[0].clone();
+    let held: Vec<InflightGuard> = (0..2).map(|_| b.try_track().expect("a place")).collect();
+    assert!(b.try_track().is_none() && b.is_full());
+    drop(held.into_iter().next());
+    assert!(b.try_track().is_some());
+}
+
+/// A cookie-pinned client whose server is up but full is served elsewhere
+/// for now and keeps its pin; one whose server is down is re-pinned.
+#[test]
+fn a_full_pinned_server_keeps_its_cookie() {
+    let p = pool_with_max(2, 1, Balance::RoundRobin, Sticky::Cookie);
+    let home = p.backends()[0].clone();
+    let now = sticky::now();
+    let token = sticky::encode(p.seal_key(), home.id, now + sticky::TOKEN_TTL.as_secs());
+    let aff = Affinity::Cookie {
+        tokens: vec![sticky::decode(p.seal_key(), &token, now).expect("token")],
+        now,
+    };
+    let held = p.select(&aff, &[]).expect("home");
+    assert_eq!(held.backend.id, home.id);
+    let away = p.select(&aff, &[]).expect("the other server");
+    assert_ne!(away.backend.id, home.id);
+    assert!(!away.issue_cookie && p.sticky_cookie(&away, false).is_none());
+    drop((held, away));
+    p.report_failure(&home);
+    assert!(p.select(&aff, &[]).expect("the other server").issue_cookie);
+}

@@ -123,6 +123,7 @@ async fn a_server_at_max_conns_is_passed_over_and_all_full_is_503() {
     }
 
     // A spliced session fills the other: every server is full.
+    assert!(eventually(WAIT, || async { inflight(idle) == 0 }).await);
     let (ws, _, busy) = ws_open(addr, None, None).await;
     assert_eq!(busy, idle.name);
     let r = get(addr, "/").await;
@@ -145,6 +146,23 @@ async fn a_server_at_max_conns_is_passed_over_and_all_full_is_503() {
         (1, 1),
         "never over max_conns"
     );
+    let status = crate::common::json_of(&get(gw.admin(), "/status").await);
+    let servers = status["upstreams"]["api"]["servers"].as_array().cloned();
+    for s in servers.expect("servers in /status") {
+        assert_eq!(
+            (&s["inflight"], &s["max_conns"]),
+            (&1.into(), &1.into()),
+            "{s}"
+        );
+    }
+    let metrics = get(gw.admin(), "/metrics").await.text();
+    for up in [&a, &b] {
+        let series = format!(
+            "wsgate_upstream_inflight{{upstream=\"api\",server=\"{}\"}} 1\n",
+            up.addr
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 
     // The session ends: its server takes requests again.
     ws_close(ws).await;
