@@ -33,6 +33,8 @@ pub enum CertError {
     },
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("cannot make TLS session ticket keys: {0}")]
+    Tickets(rustls::Error),
 }
 
 /// Loads a PEM chain and key and checks they belong together. The reasons in

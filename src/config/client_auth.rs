@@ -87,6 +87,18 @@ pub fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Roots
         .map_err(RootsError::Read)?
         .collect::<Result<_, _>>()
         .map_err(RootsError::Pem)?;
+    roots_of(certs)
+}
+
+/// [`load_roots`] of a PEM file's bytes, already read.
+pub fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore, RootsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(RootsError::Pem)?;
+    roots_of(certs)
+}
+
+fn roots_of(certs: Vec<CertificateDer<'static>>) -> Result<rustls::RootCertStore, RootsError> {
     if certs.is_empty() {
         return Err(RootsError::Empty);
     }

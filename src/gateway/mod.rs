@@ -55,8 +55,6 @@ pub enum StartError {
         upstream: String,
         source: crate::upstream::tls::UpstreamTlsError,
     },
-    #[error("cannot make TLS session ticket keys: {0}")]
-    Tickets(#[source] rustls::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
@@ -173,7 +171,7 @@ pub fn check(config: Config) -> Result<(), StartError> {
         metrics: &Metrics::new(),
         cluster_limits: None,
         secret: &[0; 32],
-        resumption: &tls::Resumption::new().map_err(StartError::Tickets)?,
+        resumption: &tls::Resumption::new(),
         acme: &acme::Registry::new(acme::Policy::default(), Default::default()),
     };
     Snapshot::build(config, None, &bx).map(drop)
@@ -275,7 +273,7 @@ impl Gateway {
             .secret
             .as_ref()
             .map_or_else(rand::random, |s| s.0);
-        let resumption = tls::Resumption::new().map_err(StartError::Tickets)?;
+        let resumption = tls::Resumption::new();
         let acme = acme::Registry::new(acme_policy, metrics.acme_orders.clone());
         let bx = BuildCtx {
             metrics: &metrics,

@@ -14,6 +14,7 @@ pub mod conn;
 mod h1;
 pub mod listener;
 pub mod proxy_protocol;
+mod resumption;
 pub mod smuggle;
 pub mod tls;
 

@@ -8,22 +8,18 @@
 //! [`CertSlot`] (swapped live on renewal; none until the first is issued),
 //! and a tls-alpn-01 setting also answers `acme-tls/1` handshakes with the
 //! pending validation certificate (RFC 8737).
-//! Sessions resume through tickets and a bounded session cache that every
-//! listener of the process shares ([`Resumption`], built once, kept across
-//! reloads so a reload does not invalidate clients' tickets).
+//! Sessions resume through tickets and a bounded session cache shared by
+//! the listeners with the same client-certificate policy ([`Resumption`]).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::ProducesTickets;
-use rustls::server::{
-    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
-    WebPkiClientVerifier,
-};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
+pub use super::resumption::{Policy, Resumption, SESSION_CACHE_SIZE};
 use crate::acme::{self, CertSlot, Challenges, ACME_TLS_ALPN};
 use crate::certs::{load_certified_key, load_ocsp, CertError};
 use crate::config::{AcmeChallenge, CertPaths, HostPattern, ListenerCert, TlsConfig};
@@ -200,35 +196,6 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// How many sessions the server-side cache holds (TLS 1.2 session ids, and
-/// TLS 1.3 when tickets are off), for all listeners together; the oldest go
-/// first. A few hundred bytes each.
-pub const SESSION_CACHE_SIZE: usize = 10_000;
-
-/// Session resumption state shared by every TLS listener of the process.
-pub struct Resumption {
-    /// rustls' aws-lc-rs `Ticketer`: AES-256 + HMAC-SHA256 ticket keys, a
-    /// new key every 6 hours (tickets under the previous one still resume).
-    ticketer: Arc<dyn ProducesTickets>,
-    cache: Arc<dyn StoresServerSessions + Send + Sync>,
-}
-
-impl fmt::Debug for Resumption {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resumption").finish_non_exhaustive()
-    }
-}
-
-impl Resumption {
-    /// Fails only when the system's random generator does.
-    pub fn new() -> Result<Self, rustls::Error> {
-        Ok(Self {
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
-            cache: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
-        })
-    }
-}
-
 /// One TLS listener's rustls config, and its resolver (which tells when each
 /// certificate in service expires).
 pub struct ListenerTls {
@@ -246,6 +213,14 @@ pub fn server_config(
     acme: &acme::Registry,
 ) -> Result<ListenerTls, CertError> {
     let resolver = Arc::new(SniResolver::load(cfg, acme)?);
+    // Read once: the verifier trusts these bytes, and resumption is keyed by them.
+    let ca_pem = match &cfg.client_auth {
+        Some(ca) => std::fs::read(&ca.ca).map_err(|e| CertError::Cert {
+            path: ca.ca.clone(),
+            reason: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -256,16 +231,18 @@ pub fn server_config(
             },
             reason: e.to_string(),
         })?
-        .with_client_cert_verifier(client_verifier(cfg, provider.clone())?)
+        .with_client_cert_verifier(client_verifier(cfg, &ca_pem, provider.clone())?)
         .with_cert_resolver(resolver.clone());
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if resolver.challenges.is_some() {
         // Only validation handshakes offer it; they never reach HTTP.
         sc.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
-    sc.session_storage = resumption.cache.clone();
+    let policy = Policy::of(cfg.client_auth.as_ref(), &ca_pem);
+    let (ticketer, cache) = resumption.for_policy(policy).map_err(CertError::Tickets)?;
+    sc.session_storage = cache;
     if tickets {
-        sc.ticketer = resumption.ticketer.clone();
+        sc.ticketer = ticketer;
     }
     Ok(ListenerTls {
         config: Arc::new(sc),
@@ -278,6 +255,7 @@ pub fn server_config(
 /// `client_ca`, no certificate is asked for.
 fn client_verifier(
     cfg: &TlsConfig,
+    ca_pem: &[u8],
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, CertError> {
     let Some(ca) = &cfg.client_auth else {
@@ -287,7 +265,7 @@ fn client_verifier(
         path: ca.ca.clone(),
         reason,
     };
-    let roots = crate::config::load_roots(&ca.ca).map_err(|e| bad(e.to_string()))?;
+    let roots = crate::config::roots_from_pem(ca_pem).map_err(|e| bad(e.to_string()))?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let builder = if ca.required {
         builder

@@ -341,3 +341,54 @@ async fn websocket_handshakes_carry_the_certificate_and_drop_spoofs() {
         vec![Some("CN=alice,O=Example Corp".to_string()), None, None]
     );
 }
+
+/// A resumed session skips the certificate checks of a full handshake, so a
+/// session made where no certificate is asked for must not resume where one
+/// is required, nor one made under another CA (nginx's CVE-2014-3616).
+/// Listeners with the same policy still share sessions (listener_tls.rs).
+#[tokio::test]
+async fn sessions_do_not_resume_under_another_client_certificate_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crt, key) = write_cert(dir.path(), "server", &["localhost"]);
+    let (good, other) = (pki("Test Client CA", "alice"), pki("Other CA", "bob"));
+    let ca_file = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).expect("write ca");
+        p.to_string_lossy().into_owned()
+    };
+    let (good_ca, other_ca) = (
+        ca_file("good.pem", &good.ca_pem),
+        ca_file("other.pem", &other.ca_pem),
+    );
+    let requiring = |ca: &str| {
+        Listener::plain()
+            .tls(&crt, &key)
+            .set("tls.client_ca", ca.to_string())
+            .set("tls.client_auth", "required")
+    };
+    let cfg = Cfg::new()
+        .listener(Listener::plain().tls(&crt, &key))
+        .listener(requiring(&good_ca))
+        .listener(requiring(&other_ca))
+        .upstream("api", &[echo_upstream().await])
+        .route_upstream("/api/", "api")
+        .build();
+    let gw = TestGateway::start_in(&cfg, dir).await;
+    let [open, strict, foreign] = gw.handle.https_addrs()[..] else {
+        panic!("three TLS listeners");
+    };
+    // Without a certificate: served where none is asked for, and its session
+    // (ticket and cache) is refused where one is required.
+    let anonymous = client(&crt, None, &[b"http/1.1"]);
+    for _ in 0..2 {
+        attempt(open, anonymous.clone(), &[]).await.expect("served");
+    }
+    assert!(attempt(strict, anonymous.clone(), &[]).await.is_err());
+    // alice's session, made under her CA, does not resume under another.
+    let alice = client(&crt, Some(&good), &[b"http/1.1"]);
+    for _ in 0..2 {
+        let r = attempt(strict, alice.clone(), &[]).await.expect("served");
+        assert!(r.headers.contains_key("seen-x-client-cert-subject"));
+    }
+    assert!(attempt(foreign, alice, &[]).await.is_err());
+}
