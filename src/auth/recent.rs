@@ -49,10 +49,15 @@ impl Recent {
         if self.map.len() >= MAX_RECENT {
             self.map.clear();
         }
-        let until = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| exp.saturating_add(leeway));
+        let until = match claims.get("exp") {
+            None => None,
+            // The verifier refuses an `exp` that is not a NumericDate; were
+            // one to get here, it is not remembered rather than kept forever.
+            Some(exp) => match super::verify::numeric_date(exp) {
+                Some(exp) => Some(exp.saturating_add(leeway)),
+                None => return,
+            },
+        };
         self.map.insert(token.into(), Entry { claims, until });
     }
 }
@@ -83,5 +88,24 @@ mod tests {
             r.put(&format!("t{i}"), claims(None), 0);
         }
         assert!(r.map.len() <= MAX_RECENT);
+    }
+
+    /// RFC 7519's NumericDate may have a fraction: such an `exp` expires
+    /// too (it was read as "no expiry", so a used token never did).
+    #[test]
+    fn a_fractional_exp_expires() {
+        let r = Recent::default();
+        let at = |exp: f64| Arc::new(Map::from_iter([("exp".to_string(), Value::from(exp))]));
+        r.put("past", at(now_secs() as f64 - 5.4), 0);
+        r.put("soon", at(now_secs() as f64 + 60.4), 0);
+        assert!(r.get("past").is_none());
+        assert!(r.get("soon").is_some());
+        let v = crate::auth::verify::Verified {
+            claims: at(1_796_489_948.4),
+        };
+        let secs = v
+            .expires()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        assert_eq!(secs.map(|d| d.as_secs()), Some(1_796_489_948));
     }
 }

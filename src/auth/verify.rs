@@ -63,6 +63,16 @@ impl AuthError {
     }
 }
 
+/// A JWT NumericDate (RFC 7519 §2) in whole seconds: an integer, or a
+/// fraction rounded down (the safe side for `exp`). `None` for anything else.
+pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        let f = v.as_f64()?;
+        // `as` saturates: a date past u64's seconds is "never".
+        (f.is_finite() && f >= 0.0).then(|| f.floor() as u64)
+    })
+}
+
 /// A verified token's claims.
 #[derive(Debug, Clone)]
 pub struct Verified {
@@ -78,7 +88,7 @@ impl Verified {
 
     /// The `exp` claim as a time, if the token has one.
     pub fn expires(&self) -> Option<SystemTime> {
-        let exp = self.claims.get("exp")?.as_u64()?;
+        let exp = numeric_date(self.claims.get("exp")?)?;
         UNIX_EPOCH.checked_add(Duration::from_secs(exp))
     }
 
@@ -113,6 +123,8 @@ pub struct Verifier {
     validations: HashMap<Algorithm, Validation>,
     pub token_from: Vec<TokenSource>,
     pub leeway: Duration,
+    /// `issuer`, which `iss` must equal (one string, not a list).
+    issuer: Option<String>,
     /// Tokens accepted recently (see [`Recent`]).
     recent: Recent,
 }
@@ -152,8 +164,17 @@ impl Verifier {
             .map(|&alg| {
                 let mut v = Validation::new(alg);
                 // `exp` is checked when present, not required (as Envoy's
-                // jwt_authn); `wsgate token` always sets one.
+                // jwt_authn); `wsgate token` always sets one. `iss` and `aud`
+                // are required when they are checked: a token without them,
+                // or with one the crate cannot read (a number, null), would
+                // otherwise skip the check.
                 v.required_spec_claims.clear();
+                if cfg.audience.is_some() {
+                    v.required_spec_claims.insert("aud".into());
+                }
+                if cfg.issuer.is_some() {
+                    v.required_spec_claims.insert("iss".into());
+                }
                 v.leeway = cfg.leeway.as_secs();
                 v.validate_nbf = true;
                 match &cfg.audience {
@@ -177,6 +198,7 @@ impl Verifier {
             validations,
             token_from: cfg.token_from.clone(),
             leeway: cfg.leeway,
+            issuer: cfg.issuer.clone(),
             recent: Recent::default(),
         }
     }
@@ -220,7 +242,7 @@ impl Verifier {
         let mut last = invalid("signature");
         for key in candidates {
             match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return self.shapes(data.claims),
                 // Another key of the family may have signed it.
                 Err(e) if is_key_mismatch(e.kind()) => last = describe(e.kind()),
                 // The signature held; the claims did not.
@@ -228,6 +250,24 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+
+    /// What the crate's checks let through that this verifier does not: an
+    /// `iss` list (RFC 7519 §4.1.1: one StringOrURI) that merely contains the
+    /// issuer, and an `exp` or `nbf` that is not a NumericDate (the expiry of
+    /// sessions and of [`Recent`] entries is read from `exp`).
+    fn shapes(&self, claims: Map<String, Value>) -> Result<Map<String, Value>, AuthError> {
+        if let Some(want) = &self.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(want.as_str()) {
+                return Err(AuthError::Invalid("issuer".into()));
+            }
+        }
+        for claim in ["exp", "nbf"] {
+            if claims.get(claim).is_some_and(|v| numeric_date(v).is_none()) {
+                return Err(AuthError::Invalid(format!("{claim} is not a NumericDate")));
+            }
+        }
+        Ok(claims)
     }
 
     /// The keys that may have signed a token with this `alg` and `kid`: a

@@ -92,6 +92,51 @@ async fn every_algorithm_valid_forged_expired_wrong_audience() {
     )
     .unwrap();
     assert_invalid(&get_auth(addr, "/api/x", &crit).await, "crit");
+    // With issuer and audience set, `iss` and `aud` must be there and of the
+    // right shape: missing, null or a number skipped the checks, and an `iss`
+    // list containing the issuer passed.
+    let hmac = Key::hmac(SECRET);
+    let exp = now() + 3600;
+    for (what, c) in [
+        (
+            "no aud",
+            serde_json::json!({"sub": "a", "iss": "https://auth.example.test", "exp": exp}),
+        ),
+        (
+            "aud number",
+            serde_json::json!({"sub": "a", "aud": 5, "iss": "https://auth.example.test", "exp": exp}),
+        ),
+        (
+            "aud null",
+            serde_json::json!({"sub": "a", "aud": null, "iss": "https://auth.example.test", "exp": exp}),
+        ),
+        (
+            "no iss",
+            serde_json::json!({"sub": "a", "aud": "wsgate", "exp": exp}),
+        ),
+        (
+            "iss number",
+            serde_json::json!({"sub": "a", "aud": "wsgate", "iss": 5, "exp": exp}),
+        ),
+        (
+            "iss list",
+            serde_json::json!({"sub": "a", "aud": "wsgate", "iss": ["https://evil.test", "https://auth.example.test"], "exp": exp}),
+        ),
+        (
+            "exp text",
+            serde_json::json!({"sub": "a", "aud": "wsgate", "iss": "https://auth.example.test", "exp": "soon"}),
+        ),
+    ] {
+        assert_invalid(&get_auth(addr, "/api/x", &hmac.sign(&c, None)).await, what);
+    }
+    let fraction = serde_json::json!({"sub": "a", "aud": ["wsgate"], "iss": "https://auth.example.test", "exp": exp as f64 + 0.5});
+    let r = get_auth(addr, "/api/x", &hmac.sign(&fraction, None)).await;
+    assert_eq!(
+        r.status,
+        200,
+        "a fractional exp is a NumericDate: {}",
+        r.text()
+    );
     assert_invalid(&get_auth(addr, "/api/x", "garbage").await, "garbage");
     // No token at all: realm only, no error code (RFC 6750 §3.1).
     let r = get(addr, "/api/x").await;
