@@ -1,7 +1,8 @@
 //! Callout decisions remembered per credentials (`auth_request_cache`).
 //!
-//! Keyed by a SHA-256 of the request's `Authorization` and `Cookie` values,
-//! so the cache holds no credential and one request cannot be mistaken for
+//! Keyed by a SHA-256 of the request's credentials (`Authorization`,
+//! `Cookie`, `Sec-WebSocket-Protocol`, the client certificate), so the cache
+//! holds no credential and one request cannot be mistaken for
 //! another's (a 64-bit hash could be collided on purpose). Every entry lives
 //! the same TTL, so insertion order is expiry order: a FIFO of keys gives
 //! both "drop the expired" and "drop the oldest when full" in O(1).
@@ -13,16 +14,32 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
+use crate::client_cert::ClientCert;
+
 /// The most decisions one route remembers.
 pub const MAX_ENTRIES: usize = 10_000;
 
 pub type Key = [u8; 32];
 
-/// The cache key of a request: both credential headers, every value of
-/// each, length-prefixed so no two different requests hash the same input.
-pub fn key_of(headers: &HeaderMap) -> Key {
+/// The cache key of a request: its credentials, as the callout passes them
+/// on: the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` (a
+/// `bearer.` token) headers, every value of each, length-prefixed so no two
+/// different requests hash the same input, and the verified client
+/// certificate's SHA-256 (or its absence).
+pub fn key_of(headers: &HeaderMap, client_cert: Option<&ClientCert>) -> Key {
     let mut h = Sha256::new();
-    for name in [header::AUTHORIZATION, header::COOKIE] {
+    match client_cert {
+        Some(c) => {
+            h.update([1]);
+            h.update(c.sha256.as_bytes());
+        }
+        None => h.update([0]),
+    }
+    for name in [
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::SEC_WEBSOCKET_PROTOCOL,
+    ] {
         let values = headers.get_all(&name);
         h.update((values.iter().count() as u32).to_be_bytes());
         for v in values {
@@ -126,15 +143,26 @@ mod tests {
         b.insert(header::COOKIE, HeaderValue::from_static("Bearer x"));
         let mut c = a.clone();
         c.insert("x-other", HeaderValue::from_static("ignored"));
-        assert_ne!(key_of(&a), key_of(&b));
-        assert_eq!(key_of(&a), key_of(&c));
-        assert_ne!(key_of(&a), key_of(&HeaderMap::new()));
+        assert_ne!(key_of(&a, None), key_of(&b, None));
+        assert_eq!(key_of(&a, None), key_of(&c, None));
+        assert_ne!(key_of(&a, None), key_of(&HeaderMap::new(), None));
+        // A bearer subprotocol and a client certificate are credentials too.
+        let mut ws = HeaderMap::new();
+        ws.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("bearer.x"),
+        );
+        assert_ne!(key_of(&ws, None), key_of(&HeaderMap::new(), None));
+        let alice = ClientCert::from_der(b"alice");
+        let bob = ClientCert::from_der(b"bob");
+        assert_ne!(key_of(&a, Some(&alice)), key_of(&a, None));
+        assert_ne!(key_of(&a, Some(&alice)), key_of(&a, Some(&bob)));
         let mut split = HeaderMap::new();
         split.append(header::COOKIE, HeaderValue::from_static("a=1"));
         split.append(header::COOKIE, HeaderValue::from_static("b=2"));
         let mut joined = HeaderMap::new();
         joined.append(header::COOKIE, HeaderValue::from_static("a=1b=2"));
-        assert_ne!(key_of(&split), key_of(&joined));
+        assert_ne!(key_of(&split, None), key_of(&joined, None));
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Filter for AuthRequest {
         let key = self
             .cache
             .as_ref()
-            .map(|_| cache::key_of(head.req.headers()));
+            .map(|_| cache::key_of(head.req.headers(), head.conn.client_cert.as_deref()));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(d) = cache.get(key) {
                 counters.count(&d);
