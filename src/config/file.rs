@@ -43,6 +43,8 @@ pub struct ServerFile {
     pub keepalive_timeout: Option<SStr>,
     pub tls_handshake_timeout: Option<SStr>,
     pub tls_tickets: Option<bool>,
+    /// nginx's `underscores_in_headers`: off drops fields named with `_`.
+    pub underscores_in_headers: Option<bool>,
     pub shutdown_grace: Option<SStr>,
     pub drain_window: Option<SStr>,
     pub max_request_head: Option<SStr>,

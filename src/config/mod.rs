@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// TLS session tickets on listeners (the session cache is always on).
     pub tls_tickets: bool,
+    /// Keep request fields whose names contain `_` (nginx's
+    /// `underscores_in_headers`); off, they are dropped: `X_User_Id` reads as
+    /// `X-User-Id` to CGI, WSGI, PHP and Rack, past the gateway's stripping.
+    pub underscores_in_headers: bool,
     pub shutdown_grace: Duration,
     /// On drain, WebSocket sessions (apps, inspected splices) are closed
     /// spread over this window instead of all at once; at most `shutdown_grace`.

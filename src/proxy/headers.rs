@@ -121,6 +121,21 @@ pub fn remove_present(h: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Drops every field whose name contains `_`, as nginx does by default
+/// (`underscores_in_headers off`). CGI, WSGI, PHP and Rack read `X_User_Id`
+/// and `X-User-Id` as the same variable (`HTTP_X_USER_ID`), so a client could
+/// otherwise pass an identity or client-address field the gateway strips by
+/// its dashed name. One look at the names; removal only when one has `_`.
+pub fn drop_underscored(h: &mut HeaderMap) {
+    let underscored = |k: &HeaderName| k.as_str().as_bytes().contains(&b'_');
+    if h.keys().any(underscored) {
+        let names: Vec<HeaderName> = h.keys().filter(|k| underscored(k)).cloned().collect();
+        for n in names {
+            h.remove(n);
+        }
+    }
+}
+
 /// Does the comma-separated header list contain `token` (case-insensitively)?
 /// A value that is not visible ASCII names none (it is not read as text).
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {

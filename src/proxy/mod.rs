@@ -69,6 +69,8 @@ pub struct Table {
     pub echo: EchoConfig,
     /// `[server] trusted_proxies`: whose `X-Forwarded-For` is believed.
     pub trusted: TrustedProxies,
+    /// `[server] underscores_in_headers`.
+    underscores: bool,
     /// Headers no client may send on any route: every route's
     /// `auth_claims_to_headers` names (`None` when there are none).
     identity_headers: Option<Arc<[::http::HeaderName]>>,
@@ -108,6 +110,7 @@ impl Table {
             pools,
             echo: cfg.echo.clone(),
             trusted: cfg.server.trusted_proxies.clone(),
+            underscores: cfg.server.underscores_in_headers,
             identity_headers: (!identity.is_empty()).then(|| identity.into()),
             caps: (
                 cfg.server.max_connections,
@@ -182,6 +185,11 @@ impl Handler for Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         let table = self.table.load_full();
+        if !table.underscores {
+            // Before anything reads a field: the client-address step, the
+            // access phase, callouts, tunnels and apps all see the same set.
+            headers::drop_underscored(req.headers_mut());
+        }
         let log = self.access.logging();
         // Only a body has bytes to count: a bodiless request (most) would
         // otherwise allocate the counter, and its extensions' map, for a count

@@ -44,14 +44,37 @@ async fn claims_go_upstream_and_spoofed_identity_headers_are_stripped_everywhere
         "{}",
         r.text()
     );
-    // A route without auth: the client's copies never reach the upstream.
+    // A route without auth: the client's copies never reach the upstream,
+    // nor those spelled with `_` (nginx's underscores_in_headers off).
     let r = get_with(
         addr,
         "/open/",
-        &[("x-user-id", "root"), ("X-User-Roles", "x")],
+        &[
+            ("x-user-id", "root"),
+            ("X-User-Roles", "x"),
+            ("X_User_Id", "root"),
+            ("x_forwarded_for", "6.6.6.6"),
+        ],
     )
     .await;
     assert!(r.text().starts_with("id=- roles=- "), "{}", r.text());
+    assert!(r.text().ends_with(" underscored="), "{}", r.text());
+    // Two Authorization fields: the gateway would check one and the
+    // upstream might read the other.
+    let r = get_with(
+        addr,
+        "/api/me",
+        &[
+            ("authorization", &bearer(&t)),
+            ("authorization", "Bearer forged"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "bad request: more than one Authorization header\n"
+    );
     // Token in the query string and in a cookie (default token_from).
     let r = get(addr, &format!("/api/q?token={t}")).await;
     assert!(r.text().starts_with("id=alice"), "{}", r.text());
@@ -159,4 +182,22 @@ async fn a_tunnel_gets_the_claims_and_never_the_clients_identity_headers() {
             "{head}"
         );
     }
+}
+
+/// `underscores_in_headers = true` (nginx's directive) keeps fields named
+/// with `_` for applications that need them.
+#[tokio::test]
+async fn underscored_fields_pass_when_the_server_allows_them() {
+    let up = whoami_upstream().await;
+    let toml = hs_gateway_cfg(up)
+        .set("server.underscores_in_headers", true)
+        .route(Route::upstream("/open/", "api"))
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let r = get_with(gw.http(), "/open/", &[("X_Api_Version", "2")]).await;
+    assert!(
+        r.text().ends_with(" underscored=x_api_version"),
+        "{}",
+        r.text()
+    );
 }

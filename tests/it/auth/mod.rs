@@ -99,11 +99,19 @@ async fn whoami_upstream() -> SocketAddr {
                 .unwrap_or("-")
                 .to_string()
         };
+        // Fields named with `_`, which CGI-style readers take for dashed ones.
+        let underscored: Vec<&str> = req
+            .headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.contains('_'))
+            .collect();
         let body = format!(
-            "id={} roles={} auth={}",
+            "id={} roles={} auth={} underscored={}",
             h("x-user-id"),
             h("x-user-roles"),
-            h("authorization").len()
+            h("authorization").len(),
+            underscored.join(",")
         );
         Response::new(Full::new(Bytes::from(body)))
     })
