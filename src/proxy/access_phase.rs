@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::router::Route;
 
 /// What a filter is shown.
+#[derive(Clone, Copy)]
 pub struct Head<'a> {
     pub req: &'a Request<RequestBody>,
     pub route: &'a Route,
@@ -36,6 +37,9 @@ pub struct Head<'a> {
     /// Every route's `auth_claims_to_headers` names: no client may send
     /// them anywhere (an auth callout removes them from its subrequest).
     pub identity_headers: &'a [HeaderName],
+    /// The user an earlier filter (authentication) identified, if any: what
+    /// a limit keyed by `user` counts.
+    pub user: Option<&'a User>,
 }
 
 /// A filter's decision.
@@ -158,7 +162,13 @@ impl Phase {
             ..Notes::default()
         };
         for f in &self.filters {
-            let mut verdict = f.check(head);
+            // Cloned (a count) so that `notes` stays free to change below.
+            let user = notes.user.clone();
+            let head = Head {
+                user: user.as_ref().or(head.user),
+                ..*head
+            };
+            let mut verdict = f.check(&head);
             loop {
                 match verdict {
                     Verdict::Pass => break,

@@ -508,6 +508,7 @@ impl Proxy {
                     upgrade,
                     metrics: self.access.metrics(),
                     identity_headers: table.identity_headers.as_deref().unwrap_or_default(),
+                    user: None,
                 };
                 phase.run(&head).await?
             }

@@ -1,5 +1,6 @@
 //! Which access-phase filters a route gets, built once per route when a
-//! config is loaded: rate limits, authentication, then authorization (the
+//! config is loaded: rate limits, authentication (then the limits keyed by
+//! the authenticated `user`), then authorization (the
 //! route's own checks — `websocket = false`, the Origin allowlist — and last
 //! an auth callout, so a request the local checks refuse costs no callout).
 
@@ -14,7 +15,7 @@ use super::authn::Authenticate;
 use super::error::ProxyError;
 use super::rate_limit::RateLimits;
 use crate::auth::Verifiers;
-use crate::config::RouteConfig;
+use crate::config::{LimitKey, RouteConfig};
 use crate::limit::Registry;
 use crate::upstream::Pool;
 
@@ -30,13 +31,25 @@ pub fn for_route(
     pools: &HashMap<String, Arc<Pool>>,
 ) -> Phase {
     let mut filters: Vec<Box<dyn Filter>> = Vec::new();
-    if let Some(f) = RateLimits::new(limits.pick(&cfg.limits)) {
+    let authn = cfg
+        .auth
+        .as_ref()
+        .and_then(|a| Some(Authenticate::new(verifiers.get(&a.verifier)?.clone(), a)));
+    // A limit keyed by `user` counts the authenticated subject, so on a route
+    // with `auth` it runs right after authentication; the others run first,
+    // as the phase's order says, so a flood costs no token check.
+    let (by_user, before): (Vec<_>, Vec<_>) = limits
+        .pick(&cfg.limits)
+        .into_iter()
+        .partition(|l| authn.is_some() && *l.key() == LimitKey::User);
+    if let Some(f) = RateLimits::new(before) {
         filters.push(Box::new(f));
     }
-    if let Some(a) = &cfg.auth {
-        if let Some(v) = verifiers.get(&a.verifier) {
-            filters.push(Box::new(Authenticate::new(v.clone(), a)));
-        }
+    if let Some(a) = authn {
+        filters.push(Box::new(a));
+    }
+    if let Some(f) = RateLimits::new(by_user) {
+        filters.push(Box::new(f));
     }
     if !cfg.websocket {
         filters.push(Box::new(WebSocketDisabled));

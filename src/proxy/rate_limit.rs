@@ -7,7 +7,8 @@
 //!
 //! Keys: `ip` is the request's real client address (`ctx::client_ip`: the
 //! PROXY header's, or X-Forwarded-For's from trusted proxies); `header:NAME` its value, `user` the
-//! authenticated subject ([`User`]), both falling back to the address when
+//! authenticated subject (`crate::ctx::User`: such limits run after
+//! authentication, `proxy::phases`), both falling back to the address when
 //! absent; `route` one bucket for the route.
 
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use super::access_phase::{Filter, Head, Verdict};
 use super::error::ProxyError;
 use crate::config::LimitKey;
-use crate::ctx::User;
 use crate::limit::{Decision, KeyId, KeyRef, Kind, Limiter};
 
 /// A route's limits, in the order it names them.
@@ -55,11 +55,7 @@ fn key_of<'a>(l: &Limiter, head: &'a Head<'_>) -> KeyRef<'a> {
             .headers()
             .get(name)
             .map_or(ip, |v| KeyRef::Header(v.as_bytes())),
-        LimitKey::User => head
-            .req
-            .extensions()
-            .get::<User>()
-            .map_or(ip, |u| KeyRef::User(&u.0)),
+        LimitKey::User => head.user.map_or(ip, |u| KeyRef::User(&u.0)),
         LimitKey::Route => KeyRef::Route(&head.route.label),
     }
 }

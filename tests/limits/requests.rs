@@ -1,6 +1,6 @@
 //! Route limits: bursts answered 429 with Retry-After, WebSocket handshakes
-//! limited too, keys isolated by client address and header, and bad limit
-//! configs named by key and line.
+//! limited too, keys isolated by client address, header and authenticated
+//! user, and bad limit configs named by key and line.
 
 use std::time::Duration;
 
@@ -149,6 +149,59 @@ async fn keys_are_isolated_by_client_address_and_header() {
         get_from("127.0.0.5", gw.http(), "/key").await.status,
         StatusCode::UPGRADE_REQUIRED
     );
+}
+
+/// `key = "user"` counts the token's subject: each user has a bucket of
+/// their own whatever their address, and users behind one address do not
+/// share one (the limit runs after authentication).
+#[tokio::test]
+async fn user_keys_count_the_authenticated_subject() {
+    use base64::Engine;
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-limits";
+    let gw = TestGateway::start(
+        &limit(Cfg::new(), "per_user", "1/m", 1, "user")
+            .set(
+                "auth.users.hmac_secret",
+                format!(
+                    "base64:{}",
+                    base64::engine::general_purpose::STANDARD.encode(SECRET)
+                ),
+            )
+            .listener_plain()
+            .route(
+                Route::app("/u", "echo")
+                    .set("auth", "users")
+                    .set("limits", vec!["per_user"]),
+            )
+            .build(),
+    )
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let token = |sub: &str| {
+        let claims = serde_json::json!({ "sub": sub, "exp": exp });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
+    };
+    let addr = gw.http();
+    let as_user = |sub: &'static str| {
+        let bearer = format!("Bearer {}", token(sub));
+        async move {
+            get_with(addr, "/u", &[("authorization", &bearer)])
+                .await
+                .status
+        }
+    };
+    assert_eq!(as_user("alice").await, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(as_user("alice").await, StatusCode::TOO_MANY_REQUESTS);
+    // Same address, another user: a bucket of its own.
+    assert_eq!(as_user("bob").await, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(as_user("carol").await, StatusCode::UPGRADE_REQUIRED);
+    // Without a token: 401 from authentication, never counted as a user.
+    assert_eq!(get(addr, "/u").await.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
