@@ -144,7 +144,8 @@ fn auth(cx: &mut Issues, name: &str, a: &Spanned<AuthFile>) -> Option<AuthConfig
 
 /// Headers a token's claims may not be written to: the ones the gateway or
 /// HTTP itself owns.
-const RESERVED: [&str; 9] = [
+const RESERVED: [&str; 24] = [
+    // Framing and hop-by-hop: the proxy's own.
     "host",
     "connection",
     "upgrade",
@@ -154,6 +155,23 @@ const RESERVED: [&str; 9] = [
     "trailer",
     "keep-alive",
     "proxy-connection",
+    // Stripped from clients on every route (a claim's name is): naming one
+    // would take every client's credentials, or the gateway's own fields.
+    "authorization",
+    "cookie",
+    "origin",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-client-cert-subject",
+    "x-client-cert-sha256",
+    "x-original-method",
+    "x-original-uri",
+    "x-original-host",
+    "x-original-for",
+    "content-type",
 ];
 
 /// A route's `auth` (must name an `[auth.NAME]`) and `auth_claims_to_headers`.
@@ -323,5 +341,38 @@ mod tests {
         );
         let e = check("max_connections_per_user = -1\n").unwrap_err();
         assert!(e.contains("app.chat.max_connections_per_user"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use std::path::Path;
+
+    fn check(claims: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nhmac_secret = \"base64:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\"\n[[route]]\npath = \"/\"\napp = \"echo\"\nauth = \"users\"\nauth_claims_to_headers = {{ {claims} }}\n"
+        );
+        crate::config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    /// A claim's header is stripped from clients on every route: naming one
+    /// the gateway or every client needs (credentials, forwarding fields)
+    /// would take it from all of them.
+    #[test]
+    fn claims_may_not_take_the_gateways_or_the_clients_fields() {
+        assert!(check("\"X-User-Id\" = \"sub\"").is_ok());
+        for name in [
+            "Authorization",
+            "X-Forwarded-For",
+            "Cookie",
+            "X-Client-Cert-Subject",
+            "Host",
+        ] {
+            let e = check(&format!("{name:?} = \"sub\"")).unwrap_err();
+            assert!(
+                e.contains("is not a header name a claim may set"),
+                "{name}: {e}"
+            );
+        }
     }
 }
