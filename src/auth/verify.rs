@@ -275,11 +275,6 @@ impl Verifier {
     /// token without `kid`) the unnamed-or-any JWKS keys of the family.
     fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<&DecodingKey> {
         let fam = family(alg);
-        if fam == 0 {
-            if let Some(k) = &self.hmac {
-                return vec![k];
-            }
-        }
         let fits =
             |k: &&super::keys::JwksKey| key_family(&k.key) == fam && k.alg.is_none_or(|a| a == alg);
         if let Some(kid) = kid {
@@ -293,6 +288,14 @@ impl Verifier {
                 .collect();
             if !named.is_empty() {
                 return named;
+            }
+        }
+        // An HMAC token that names no JWKS `oct` key is checked against the
+        // secret alone (when there is one): no other key of the family is
+        // tried, so one secret's tokens never depend on the JWKS file.
+        if fam == 0 {
+            if let Some(k) = &self.hmac {
+                return vec![k];
             }
         }
         let mut out: Vec<&DecodingKey> = self

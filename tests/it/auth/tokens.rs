@@ -168,6 +168,12 @@ async fn ps256_and_jwks_keys_are_picked_by_kid() {
         }
         set.keys.push(jwk);
     }
+    // An `oct` key beside the verifier's own hmac_secret: a token naming
+    // its kid is checked with it, one without a kid with the secret.
+    let oct = Key::hmac(b"the-jwks-oct-key-the-jwks-oct-key-0123");
+    let mut jwk = Jwk::from_encoding_key(&oct.enc, oct.alg).expect("oct jwk");
+    jwk.common.key_id = Some("hk".into());
+    set.keys.push(jwk);
     let up = whoami_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
@@ -176,6 +182,7 @@ async fn ps256_and_jwks_keys_are_picked_by_kid() {
         .listener_plain()
         .upstream("api", &[up])
         .set("auth.idp.jwks", jwks.to_str().unwrap())
+        .set("auth.idp.hmac_secret", format!("base64:{}", b64(SECRET)))
         .set("auth.idp.audience", "wsgate")
         .route(Route::upstream("/api/", "api").set("auth", "idp"))
         .build();
@@ -188,6 +195,18 @@ async fn ps256_and_jwks_keys_are_picked_by_kid() {
     assert_invalid(
         &get_auth(addr, "/api/", &rsa.sign(&valid("alice"), Some("nope"))).await,
         "unknown kid",
+    );
+    let hs = Key::hmac(SECRET);
+    for (token, what) in [
+        (oct.sign(&valid("alice"), Some("hk")), "oct key by kid"),
+        (hs.sign(&valid("alice"), None), "hmac_secret without kid"),
+    ] {
+        let r = get_auth(addr, "/api/", &token).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+    }
+    assert_invalid(
+        &get_auth(addr, "/api/", &hs.sign(&valid("alice"), Some("hk"))).await,
+        "the secret's token naming the oct key",
     );
     // The kid names the EC key, the token says RS256: no key fits.
     assert_invalid(
