@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use keys::{KeyError, KeySet, SecretSource};
-pub use token::{find, offers_bearer, protocols_without_bearer, Found, TokenSource};
+pub use token::{ambiguous, find, offers_bearer, protocols_without_bearer, Found, TokenSource};
 pub use verify::{AuthError, MintError, Verified, Verifier};
 
 /// One validated `[auth.NAME]`, its keys loaded.

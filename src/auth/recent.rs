@@ -53,13 +53,23 @@ impl Recent {
             None => None,
             // The verifier refuses an `exp` that is not a NumericDate; were
             // one to get here, it is not remembered rather than kept forever.
-            Some(exp) => match super::verify::numeric_date(exp) {
+            Some(exp) => match numeric_date(exp) {
                 Some(exp) => Some(exp.saturating_add(leeway)),
                 None => return,
             },
         };
         self.map.insert(token.into(), Entry { claims, until });
     }
+}
+
+/// A JWT NumericDate (RFC 7519 §2) in whole seconds: an integer, or a
+/// fraction rounded down (the safe side for `exp`). `None` for anything else.
+pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        let f = v.as_f64()?;
+        // `as` saturates: a date past u64's seconds is "never".
+        (f.is_finite() && f >= 0.0).then(|| f.floor() as u64)
+    })
 }
 
 #[cfg(test)]

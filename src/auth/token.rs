@@ -83,6 +83,48 @@ pub fn find<'a>(
     None
 }
 
+/// Where a request carries more than one token for the same source, which
+/// the gateway would read first-one-wins while an upstream reading the
+/// token again may take the last: the source's name, for a 400. Only the
+/// `sources` looked at count (and the `bearer.` subprotocol on a handshake).
+pub fn ambiguous(
+    sources: &[TokenSource],
+    headers: &HeaderMap,
+    query: Option<&str>,
+    upgrade: bool,
+) -> Option<&'static str> {
+    let twice = |n: usize| n > 1;
+    for s in sources {
+        let (n, what) = match s {
+            TokenSource::Header => (
+                headers.get_all(header::AUTHORIZATION).iter().count(),
+                "Authorization header",
+            ),
+            TokenSource::Query(name) => (
+                query.map_or(0, |q| {
+                    q.split('&')
+                        .filter(|p| {
+                            p.split_once('=')
+                                .is_some_and(|(k, v)| k == name && !v.is_empty())
+                        })
+                        .count()
+                }),
+                "token in the query",
+            ),
+            TokenSource::Cookie(name) => (cookies_named(headers, name).count(), "token cookie"),
+        };
+        if twice(n) {
+            return Some(what);
+        }
+    }
+    let bearers = || {
+        protocols(headers)
+            .filter(|p| p.starts_with(BEARER_PROTOCOL))
+            .count()
+    };
+    (upgrade && twice(bearers())).then_some("bearer. subprotocol")
+}
+
 fn bearer_header(h: &HeaderMap) -> Option<&str> {
     let v = h.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = v.split_once(' ')?;
@@ -101,11 +143,19 @@ fn query_param<'a>(q: &'a str, name: &str) -> Option<Cow<'a, str>> {
 }
 
 fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies_named(h, name).next()
+}
+
+/// The non-empty values of the cookies called `name`, in order.
+fn cookies_named<'a, 'n>(
+    h: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (k, v) = pair.trim().split_once('=')?;
             let v = v.trim().trim_matches('"');
             (k.trim() == name && !v.is_empty()).then_some(v)
@@ -204,5 +254,41 @@ mod tests {
         assert_eq!(protocols_without_bearer(&h).unwrap(), "chat");
         let only = headers(&[("sec-websocket-protocol", "bearer.t.o.k")]);
         assert_eq!(protocols_without_bearer(&only), None);
+    }
+
+    /// A second token of a source the gateway reads: refused, as the
+    /// upstream might read the other one.
+    #[test]
+    fn a_token_given_twice_by_one_source_is_ambiguous() {
+        let all = TokenSource::defaults();
+        let amb = |h: &HeaderMap, q: Option<&str>, up: bool| ambiguous(&all, h, q, up);
+        let none = HeaderMap::new();
+        assert_eq!(amb(&none, Some("token=a&x=1"), false), None);
+        assert_eq!(
+            amb(&none, Some("token=a&token=b"), false),
+            Some("token in the query")
+        );
+        // An empty value is no token (as `find` reads it).
+        assert_eq!(amb(&none, Some("token=&token=b"), false), None);
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(amb(&two, None, false), Some("Authorization header"));
+        let cookies = headers(&[
+            ("cookie", "wsgate_token=a; x=1"),
+            ("cookie", "wsgate_token=b"),
+        ]);
+        assert_eq!(amb(&cookies, None, false), Some("token cookie"));
+        let protos = headers(&[("sec-websocket-protocol", "bearer.a, chat, bearer.b")]);
+        assert_eq!(amb(&protos, None, true), Some("bearer. subprotocol"));
+        assert_eq!(amb(&protos, None, false), None);
+        // Sources the route does not read do not count.
+        assert_eq!(
+            ambiguous(
+                &[TokenSource::Header],
+                &cookies,
+                Some("token=a&token=b"),
+                false
+            ),
+            None
+        );
     }
 }

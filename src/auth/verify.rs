@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use super::keys::KeySet;
-use super::recent::Recent;
+use super::recent::{numeric_date, Recent};
 use super::token::TokenSource;
 use super::AuthConfig;
 
@@ -61,16 +61,6 @@ impl AuthError {
             AuthError::Invalid(_) => "invalid",
         }
     }
-}
-
-/// A JWT NumericDate (RFC 7519 §2) in whole seconds: an integer, or a
-/// fraction rounded down (the safe side for `exp`). `None` for anything else.
-pub(crate) fn numeric_date(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        let f = v.as_f64()?;
-        // `as` saturates: a date past u64's seconds is "never".
-        (f.is_finite() && f >= 0.0).then(|| f.floor() as u64)
-    })
 }
 
 /// A verified token's claims.
@@ -379,4 +369,21 @@ fn describe(k: &ErrorKind) -> AuthError {
         _ => "key or token unusable",
     };
     AuthError::Invalid(why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fractional_exp_is_read_rounded_down() {
+        let v = Verified {
+            claims: Arc::new(Map::from_iter([(
+                "exp".to_string(),
+                Value::from(1_796_489_948.4),
+            )])),
+        };
+        let secs = v.expires().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        assert_eq!(secs.map(|d| d.as_secs()), Some(1_796_489_948));
+    }
 }

@@ -143,36 +143,43 @@ fn auth(cx: &mut Issues, name: &str, a: &Spanned<AuthFile>) -> Option<AuthConfig
 }
 
 /// Headers a token's claims may not be written to: the ones the gateway or
-/// HTTP itself owns.
-const RESERVED: [&str; 24] = [
+/// HTTP itself owns, and (a claim's name being stripped from clients on every
+/// route) the ones every client needs or the gateway sets.
+const RESERVED: [&str; 15] = [
     // Framing and hop-by-hop: the proxy's own.
     "host",
     "connection",
     "upgrade",
     "content-length",
+    "content-type",
     "transfer-encoding",
     "te",
     "trailer",
     "keep-alive",
     "proxy-connection",
-    // Stripped from clients on every route (a claim's name is): naming one
-    // would take every client's credentials, or the gateway's own fields.
+    // Credentials and what browsers say about the page.
     "authorization",
     "cookie",
     "origin",
+    // The gateway's client-address fields.
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
     "x-real-ip",
-    "x-client-cert-subject",
-    "x-client-cert-sha256",
-    "x-original-method",
-    "x-original-uri",
-    "x-original-host",
-    "x-original-for",
-    "content-type",
 ];
+
+/// Name prefixes the gateway's own fields share: `X-Forwarded-*`,
+/// `X-Client-Cert-*` (mTLS), `X-Original-*` (auth callouts), `Sec-WebSocket-*`.
+const RESERVED_PREFIXES: [&str; 4] = [
+    "x-forwarded-",
+    "x-client-cert-",
+    "x-original-",
+    "sec-websocket-",
+];
+
+fn reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || super::client_addr::CLIENT_CLAIMS.contains(&name)
+}
 
 /// A route's `auth` (must name an `[auth.NAME]`) and `auth_claims_to_headers`.
 pub(super) fn route_auth(
@@ -202,10 +209,7 @@ pub(super) fn route_auth(
     let mut claims_to_headers = Vec::new();
     for (h, claim) in claims.map(|c| c.get_ref().iter()).into_iter().flatten() {
         match HeaderName::from_bytes(h.as_bytes()) {
-            Ok(name)
-                if !RESERVED.contains(&name.as_str())
-                    && !name.as_str().starts_with("sec-websocket-") =>
-            {
+            Ok(name) if !reserved(name.as_str()) => {
                 if claim.get_ref().is_empty() {
                     cx.at(
                         claim.span(),

@@ -13,6 +13,30 @@ use toml::Spanned;
 
 use super::file::{ListenerFile, SStr};
 
+/// What an untrusted client may not say about itself, besides the
+/// `X-Forwarded-For`/`-Proto`/`-Host` the proxy sets (`proxy::forwarded`,
+/// which removes these; claims may not be written to them either): RFC 7239 `Forwarded`, and the client-address and scheme fields
+/// other proxies and CDNs set, which applications read as the gateway's word
+/// (a client claiming `X-Forwarded-Ssl: on` or `True-Client-IP` would
+/// otherwise be believed).
+pub const CLIENT_CLAIMS: [&str; 15] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+];
+
 /// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {

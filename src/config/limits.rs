@@ -138,7 +138,12 @@ pub(in crate::config) fn limits(
         let key = match &l.key {
             None => LimitKey::Ip,
             Some(s) => match parse_key(s.get_ref()) {
-                Some(key) => key,
+                Some(key) => {
+                    if let LimitKey::Header(h) = &key {
+                        cx.header_key(s.span(), &k("key"), h.as_str());
+                    }
+                    key
+                }
                 None => {
                     cx.at(
                         s.span(),

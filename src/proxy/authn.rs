@@ -60,19 +60,17 @@ impl Filter for Authenticate {
 
     fn check(&self, head: &Head<'_>) -> Verdict {
         let req = head.req;
-        if req
-            .headers()
-            .get_all(::http::header::AUTHORIZATION)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        let twice = auth::ambiguous(
+            &self.verifier.token_from,
+            req.headers(),
+            req.uri().query(),
+            head.upgrade,
+        );
+        if let Some(what) = twice {
             // The gateway would check one and the upstream might read the
             // other, as with a repeated Host or Origin: refused.
             self.count(head.metrics, &head.route.label, "invalid");
-            return Verdict::Answer(ProxyError::BadRequest(
-                "more than one Authorization header".into(),
-            ));
+            return Verdict::Answer(ProxyError::BadRequest(format!("more than one {what}")));
         }
         let found = auth::find(
             &self.verifier.token_from,

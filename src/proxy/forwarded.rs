@@ -15,28 +15,7 @@ const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// What an untrusted client may not say about itself, besides the fields
-/// set here: RFC 7239 `Forwarded`, and the client-address and scheme fields
-/// other proxies and CDNs set, which applications read as the gateway's word
-/// (a client claiming `X-Forwarded-Ssl: on` or `True-Client-IP` would
-/// otherwise be believed).
-const CLIENT_CLAIMS: [&str; 15] = [
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-forwarded-scheme",
-    "x-url-scheme",
-    "front-end-https",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-cluster-client-ip",
-    "fastly-client-ip",
-    "x-original-forwarded-for",
-];
+use crate::config::client_addr::CLIENT_CLAIMS;
 
 /// Sets what a proxied request carries about its client and host on `h`
 /// (see [`Forwarding::new`]).

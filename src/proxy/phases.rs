@@ -45,8 +45,14 @@ pub fn for_route(
     if let Some(f) = RateLimits::new(before) {
         filters.push(Box::new(f));
     }
-    if let Some(a) = authn {
-        filters.push(Box::new(a));
+    match (authn, &cfg.auth) {
+        (Some(a), _) => filters.push(Box::new(a)),
+        // Validation guarantees the verifier; fail closed if it ever is not.
+        (None, Some(a)) => filters.push(Box::new(Misconfigured(format!(
+            "verifier [auth.{}] missing",
+            a.verifier
+        )))),
+        (None, None) => {}
     }
     if let Some(f) = RateLimits::new(by_user) {
         filters.push(Box::new(f));
@@ -64,7 +70,10 @@ pub fn for_route(
         match pools.get(&a.upstream) {
             Some(pool) => filters.push(Box::new(AuthRequest::new(a, pool.clone()))),
             // Validation guarantees the pool; fail closed if it ever is not.
-            None => filters.push(Box::new(Misconfigured(a.upstream.clone()))),
+            None => filters.push(Box::new(Misconfigured(format!(
+                "auth pool {} missing",
+                a.upstream
+            )))),
         }
     }
     Phase::new(filters)
@@ -130,9 +139,6 @@ impl Filter for Misconfigured {
     }
 
     fn check(&self, _: &Head<'_>) -> Verdict {
-        Verdict::Answer(ProxyError::Internal(format!(
-            "auth pool {} missing",
-            self.0
-        )))
+        Verdict::Answer(ProxyError::Internal(self.0.clone()))
     }
 }

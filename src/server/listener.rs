@@ -76,7 +76,12 @@ pub async fn run<H: Handler>(
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            // A dual-stack listener's IPv4 peer, as its IPv4 address: to the
+            // connection limits, caps and logs as to everything after.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 handle_accept_error(e).await;
                 continue;

@@ -75,13 +75,23 @@ fn sha256_hex(der: &[u8]) -> String {
 
 /// A client trusting the gateway's certificate, presenting `cert` if given.
 fn client(server_ca: &str, cert: Option<&Pki>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_of(rustls::DEFAULT_VERSIONS, server_ca, cert, alpn)
+}
+
+/// [`client`] speaking only `versions`.
+fn client_of(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    server_ca: &str,
+    cert: Option<&Pki>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(server_ca).expect("pem") {
         roots.add(c.expect("cert")).expect("root");
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots);
     let mut cfg = match cert {
@@ -377,18 +387,22 @@ async fn sessions_do_not_resume_under_another_client_certificate_policy() {
     let [open, strict, foreign] = gw.handle.https_addrs()[..] else {
         panic!("three TLS listeners");
     };
-    // Without a certificate: served where none is asked for, and its session
-    // (ticket and cache) is refused where one is required.
-    let anonymous = client(&crt, None, &[b"http/1.1"]);
-    for _ in 0..2 {
-        attempt(open, anonymous.clone(), &[]).await.expect("served");
+    // TLS 1.3 tickets, and TLS 1.2 session ids (the session cache).
+    let tls12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    for versions in [rustls::DEFAULT_VERSIONS, tls12] {
+        // Without a certificate: served where none is asked for, and its
+        // session is refused where one is required.
+        let anonymous = client_of(versions, &crt, None, &[b"http/1.1"]);
+        for _ in 0..2 {
+            attempt(open, anonymous.clone(), &[]).await.expect("served");
+        }
+        assert!(attempt(strict, anonymous.clone(), &[]).await.is_err());
+        // alice's session, made under her CA, does not resume under another.
+        let alice = client_of(versions, &crt, Some(&good), &[b"http/1.1"]);
+        for _ in 0..2 {
+            let r = attempt(strict, alice.clone(), &[]).await.expect("served");
+            assert!(r.headers.contains_key("seen-x-client-cert-subject"));
+        }
+        assert!(attempt(foreign, alice, &[]).await.is_err());
     }
-    assert!(attempt(strict, anonymous.clone(), &[]).await.is_err());
-    // alice's session, made under her CA, does not resume under another.
-    let alice = client(&crt, Some(&good), &[b"http/1.1"]);
-    for _ in 0..2 {
-        let r = attempt(strict, alice.clone(), &[]).await.expect("served");
-        assert!(r.headers.contains_key("seen-x-client-cert-subject"));
-    }
-    assert!(attempt(foreign, alice, &[]).await.is_err());
 }

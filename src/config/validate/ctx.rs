@@ -19,6 +19,28 @@ pub(in crate::config) struct Ctx<'a> {
     pub(super) checks: Checks,
     pub(super) issues: Vec<ConfigIssue>,
     pub(super) warnings: Vec<String>,
+    /// `server.underscores_in_headers`: off, a field named with `_` never
+    /// reaches anything a key could name (limits, stickiness).
+    pub(in crate::config) underscores: bool,
+}
+
+impl Ctx<'_> {
+    /// Refuses `header:NAME` keys no request can carry: with
+    /// `server.underscores_in_headers` off such fields are dropped, and the
+    /// key would silently fall back.
+    pub(in crate::config) fn header_key(
+        &mut self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        name: &str,
+    ) {
+        if !self.underscores && name.contains('_') {
+            self.at(
+                span,
+                format!("{key}: header {name:?} has a '_', and such fields are dropped (server.underscores_in_headers = false)"),
+            );
+        }
+    }
 }
 
 impl Ctx<'_> {

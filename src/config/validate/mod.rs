@@ -44,6 +44,7 @@ pub fn validate(
         checks,
         issues: Vec::new(),
         warnings: Vec::new(),
+        underscores: raw.server.underscores_in_headers.unwrap_or(false),
     };
     let server = server(&mut cx, &raw.server);
     let log = log(&mut cx, &raw.log);

@@ -219,6 +219,7 @@ fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
         _ => {
             if let Some(h) = v.strip_prefix("header:") {
                 if let Ok(name) = http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    cx.header_key(s.span(), key, name.as_str());
                     return Sticky::Header(name);
                 }
             } else if let Some(q) = v.strip_prefix("query:") {
@@ -277,5 +278,18 @@ mod tests {
         );
         let e = check("servers = [{ addr = \"b:1\", max_conn = 2 }]").unwrap_err();
         assert!(e.contains("max_conn"), "{e}");
+    }
+
+    /// With underscored fields dropped (the default), a key naming one could
+    /// never match: refused, by key and line.
+    #[test]
+    fn a_sticky_header_with_an_underscore_needs_underscores_in_headers() {
+        let e = check("servers = [\"a:1\"]\nsticky = \"header:X_User\"").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:5:10: upstream.api.sticky: header \"x_user\" has a '_'"),
+            "{e}"
+        );
+        let allowed = "servers = [\"a:1\"]\nsticky = \"header:X_User\"\n[server]\nunderscores_in_headers = true";
+        assert!(check(allowed).is_ok());
     }
 }
