@@ -1,5 +1,6 @@
 //! The rate-limit filter of the access phase: a route's `limits = [...]`,
-//! checked in order on every request and WebSocket handshake; the first limit
+//! checked in order on every request and WebSocket handshake (those keyed by
+//! `user` in a second filter after authentication, `proxy::phases`); the first limit
 //! over its budget answers 429 with `Retry-After` ([`ProxyError::RateLimited`]).
 //! Node-scope limits decide synchronously (a hash and a mutex); a route with a
 //! cluster-scope limit waits for Redis (at most `limit::cluster::TIMEOUT`,
