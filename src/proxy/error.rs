@@ -257,6 +257,10 @@ impl ProxyError {
             ProxyError::Handshake(HandshakeError::Method(_)) => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
+            // Static files, the one place it is answered (RFC 9110 §15.5.6).
+            ProxyError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
             ProxyError::Capacity(_) | ProxyError::UpstreamFull(_) => {
                 // A cap, not a rate: a slot frees when a session ends.
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -55,6 +55,16 @@ pub async fn serve<B>(
     if !real.starts_with(&root) || !meta.is_file() {
         return Err(ProxyError::NotFound);
     }
+    // Opened for HEAD and conditional requests too, so that they answer as a
+    // GET would (an unreadable file is 404 to all of them, RFC 9110 §9.3.2),
+    // and the length and validators are the opened file's own.
+    let file = tokio::fs::File::open(&real)
+        .await
+        .map_err(|_| ProxyError::NotFound)?;
+    let meta = file.metadata().await.map_err(|_| ProxyError::NotFound)?;
+    if !meta.is_file() {
+        return Err(ProxyError::NotFound);
+    }
     let etag = etag(&meta);
     let modified = meta.modified().ok();
     if not_modified(req, &etag, modified) {
@@ -66,9 +76,6 @@ pub async fn serve<B>(
     let body = if req.method() == Method::HEAD {
         empty()
     } else {
-        let file = tokio::fs::File::open(&real)
-            .await
-            .map_err(|_| ProxyError::NotFound)?;
         let stream = ReaderStream::with_capacity(file, 64 * 1024)
             .map_ok(Frame::data)
             .map_err(|e| -> BoxError { Box::new(e) });

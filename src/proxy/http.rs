@@ -12,6 +12,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crate::body::RequestBody;
 use http::uri::PathAndQuery;
@@ -156,7 +157,7 @@ pub async fn forward(
                 count(metrics, pool, backend, resp.status().as_u16());
                 *served_by = Some(backend.addr.clone());
                 let cookie = pool.sticky_cookie(&choice, ctx.tls);
-                let mut resp = response(resp, choice.inflight);
+                let mut resp = response(resp, choice.inflight, pool.cfg.response_timeout);
                 if let Some(cookie) = cookie {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -281,12 +282,21 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn response(resp: Response<Release>, guard: InflightGuard) -> Response<ProxyBody> {
+fn response(resp: Response<Release>, guard: InflightGuard, idle: Duration) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if parts.status == http::StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6: never on a 204. HTTP/1.1 writers drop it; over
+        // HTTP/2 it made the response malformed (RFC 9113 §8.1.1) and
+        // clients reset the stream.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let body = Guarded {
         inner: body,
         _guard: guard,
+        idle,
+        timer: None,
+        armed: false,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -301,7 +311,22 @@ pub type ProxyBody = Either<Guarded, Body>;
 pub struct Guarded {
     inner: Release,
     _guard: InflightGuard,
+    /// The pool's `response_timeout`: also the longest wait between two
+    /// reads of the body (nginx's `proxy_read_timeout`), so a server that
+    /// stops mid-body does not hold the request, its place and its
+    /// connection for as long as the client waits.
+    idle: Duration,
+    /// Made on the first read that waits, rearmed on each later one: a body
+    /// that is always ready (most) never makes a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait.
+    armed: bool,
 }
+
+/// A body read that waited longer than the pool's `response_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing of its body for {0:?} (response_timeout)")]
+struct BodyStalled(Duration);
 
 impl HttpBody for Guarded {
     type Data = bytes::Bytes;
@@ -311,9 +336,31 @@ impl HttpBody for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|e| -> BoxError { Box::new(e) })
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = match &mut this.timer {
+                    Some(t) if !this.armed => {
+                        t.as_mut().reset(deadline);
+                        t
+                    }
+                    Some(t) => t,
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.armed = true;
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                this.armed = false;
+                ready.map_err(|e| -> BoxError { Box::new(e) })
+            }
+        }
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()

@@ -37,6 +37,13 @@ use crate::rewind::Rewind;
 /// is how far one connection multiplies what `max_connections` bounds.
 const H2_MAX_STREAMS: u32 = 128;
 
+/// Bytes of response data one HTTP/2 stream may have queued beyond what the
+/// client has read (h2's default is 400 KiB): a client that opens its streams'
+/// flow-control windows and never reads held ~600 KB a stream, 80 MB a
+/// connection. With this, what a stalled stream holds is about this plus the
+/// one body chunk being sent (Envoy bounds a connection's buffers at 1 MiB).
+const H2_SEND_BUFFER: usize = 32 * 1024;
+
 /// Runs hyper's background tasks (HTTP/2 streams, each a request handler) like
 /// `TokioExecutor`, but with panics caught and logged as connection tasks' are.
 #[derive(Clone, Copy, Debug, Default)]
@@ -98,7 +105,8 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(self.keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(H2_MAX_STREAMS);
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER);
         b
     }
 
@@ -115,7 +123,8 @@ impl Limits {
             .max_header_list_size(u32::try_from(self.max_head.max(1024)).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(self.keepalive))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(H2_MAX_STREAMS);
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER);
         b
     }
 }

@@ -85,6 +85,12 @@ impl Dialer {
         &self.addr
     }
 
+    /// `connect_timeout`: also how long an HTTP/2 connection's PING may go
+    /// unanswered.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

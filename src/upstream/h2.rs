@@ -1,6 +1,7 @@
 //! HTTP/2 to one upstream server (`protocol = "h2"` over TLS with ALPN, or
 //! `"h2c"` in cleartext): one multiplexed connection that every request to
-//! the server shares, opened on first use and again after it closes; flow
+//! the server shares, opened on first use and again after it closes (or
+//! stops answering PINGs); flow
 //! control and stream limits are hyper's (h2). Requests arrive in origin
 //! form with `Host` (as for HTTP/1.1) and leave with `:scheme` and
 //! `:authority` instead.
@@ -11,7 +12,7 @@ use http::uri::{Authority, Scheme};
 use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::dial::{DialError, Dialer, Purpose};
 use crate::body::Body;
@@ -29,6 +30,9 @@ pub enum H2Failure {
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
 }
+
+/// How often an upstream HTTP/2 connection is PINGed.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The shared connection to one server.
 #[derive(Default)]
@@ -94,7 +98,15 @@ impl H2Conn {
             return Ok((s, true));
         }
         let io = dialer.dial(Purpose::Http).await?;
+        // A connection the server stopped reading (or a flow a NAT dropped)
+        // fails every request on it with a timeout and never closes: PINGs,
+        // idle or not, find it within PING_EVERY plus connect_timeout, and
+        // the next request opens a new one (Envoy's connection_keepalive).
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(dialer.timeout())
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(io))
             .await
             .map_err(H2Failure::Handshake)?;

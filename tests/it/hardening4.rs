@@ -189,3 +189,59 @@ async fn http2_websocket_sessions_count_against_the_connection_caps() {
     .await;
     assert!(again, "the ended session's slot was not given back");
 }
+
+/// A server that stops sending mid-body: after `response_timeout` with
+/// nothing read (nginx's `proxy_read_timeout`), the client's response ends
+/// unfinished (no last chunk) and the server's place is given back. Before,
+/// both waited for as long as the client did.
+#[tokio::test]
+async fn an_upstream_body_that_stalls_ends_after_the_response_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            let _ = s.write_all(head).await;
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .upstream("api", &[up])
+            .set("upstream.api.response_timeout", "1s")
+            .set("upstream.api.max_conns", 1)
+            .route_upstream("/", "api")
+            .admin()
+            .build(),
+    )
+    .await;
+    let req = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let answer = raw::raw(gw.http(), req, WAIT).await;
+    assert!(
+        answer.closed(),
+        "the response never ended: {}",
+        answer.text()
+    );
+    let text = answer.text();
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("hello"),
+        "{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a stalled body must not look complete: {text}"
+    );
+    // Its place (max_conns = 1) is free again.
+    let inflight = || async {
+        let status = json_of(&get(gw.admin(), "/status").await);
+        status["upstreams"]["api"]["servers"][0]["inflight"] == 0
+    };
+    assert!(eventually(WAIT, inflight).await);
+}

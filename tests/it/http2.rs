@@ -294,3 +294,45 @@ async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(text, "HTTP/1.1 a=1; b=2; c=3");
 }
+
+/// An upstream's 204 with a `Content-Length` (RFC 9110 §8.6: never on a
+/// 204) reaches an HTTP/2 client without it: with it the response was
+/// malformed (RFC 9113 §8.1.1) and the client reset the stream.
+#[tokio::test]
+async fn a_204_with_content_length_stays_well_formed_over_http2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        let answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = proxy_gateway(up).await;
+    let mut c = h2c(gw.http()).await;
+    for _ in 0..2 {
+        let req = Request::get("http://a.test/x").body(()).expect("request");
+        let (resp, _stream) = c.start(req, false).await;
+        let resp = tokio::time::timeout(WAIT, resp)
+            .await
+            .expect("response in time")
+            .expect("a well-formed response");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(!resp.headers().contains_key("content-length"));
+    }
+}

@@ -118,3 +118,58 @@ async fn an_h2_pool_refuses_a_server_without_http2() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.text(), "upstream server failed\n");
 }
+
+/// A server that stops reading its HTTP/2 connection (or a flow a NAT
+/// dropped) leaves a connection every request times out on: PINGs find it,
+/// it is closed, and the next request opens a new one. Before, that server
+/// answered 504 until its process went away.
+#[tokio::test]
+async fn a_stalled_h2_connection_is_found_by_ping_and_replaced() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The first connection: kept open, never read.
+                held.push(tcp);
+                continue;
+            }
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(b"fresh"),
+                    )))
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway(dir, |c| {
+        c.upstream("api", &[up])
+            .set("upstream.api.protocol", "h2c")
+            .set("upstream.api.connect_timeout", "1s")
+            .set("upstream.api.response_timeout", "1s")
+            .set("upstream.api.max_fails", 0)
+    })
+    .await;
+    let r = tokio::time::timeout(WAIT, get(gw.http(), "/"))
+        .await
+        .expect("in time");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    // PING every 10 s, unanswered after connect_timeout: within ~11 s.
+    let fresh = common::eventually(std::time::Duration::from_secs(20), || async {
+        get(gw.http(), "/").await.text() == "fresh"
+    })
+    .await;
+    assert!(fresh, "the stalled connection was never replaced");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
