@@ -157,7 +157,7 @@ pub async fn forward(
                 count(metrics, pool, backend, resp.status().as_u16());
                 *served_by = Some(backend.addr.clone());
                 let cookie = pool.sticky_cookie(&choice, ctx.tls);
-                let mut resp = response(resp, choice.inflight, pool.cfg.response_timeout);
+                let mut resp = response(resp, choice.inflight);
                 if let Some(cookie) = cookie {
                     // Appended: the upstream's own cookies stay.
                     resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -282,7 +282,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn response(resp: Response<Release>, guard: InflightGuard, idle: Duration) -> Response<ProxyBody> {
+fn response(resp: Response<Release>, guard: InflightGuard) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if parts.status == http::StatusCode::NO_CONTENT {
@@ -293,10 +293,8 @@ fn response(resp: Response<Release>, guard: InflightGuard, idle: Duration) -> Re
     }
     let body = Guarded {
         inner: body,
-        _guard: guard,
-        idle,
+        guard,
         timer: None,
-        armed: false,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -310,17 +308,15 @@ pub type ProxyBody = Either<Guarded, Body>;
 /// `least_conn` sees long downloads as load.
 pub struct Guarded {
     inner: Release,
-    _guard: InflightGuard,
-    /// The pool's `response_timeout`: also the longest wait between two
-    /// reads of the body (nginx's `proxy_read_timeout`), so a server that
+    /// Also says how long a read of the body may wait: the pool's
+    /// `response_timeout` (nginx's `proxy_read_timeout`), so a server that
     /// stops mid-body does not hold the request, its place and its
     /// connection for as long as the client waits.
-    idle: Duration,
-    /// Made on the first read that waits, rearmed on each later one: a body
-    /// that is always ready (most) never makes a timer.
+    guard: InflightGuard,
+    /// The current wait's deadline: made when a read waits, dropped when one
+    /// completes. A body that is always ready (most) never makes one, and
+    /// the body stays one pointer larger (it is moved several times a request).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The timer runs for the current wait.
-    armed: bool,
 }
 
 /// A body read that waited longer than the pool's `response_timeout`.
@@ -339,25 +335,17 @@ impl HttpBody for Guarded {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                let timer = match &mut this.timer {
-                    Some(t) if !this.armed => {
-                        t.as_mut().reset(deadline);
-                        t
-                    }
-                    Some(t) => t,
-                    None => this
-                        .timer
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                this.armed = true;
+                let idle = this.guard.body_idle();
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match std::future::Future::poll(timer.as_mut(), cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
                     Poll::Pending => Poll::Pending,
                 }
             }
             ready => {
-                this.armed = false;
+                this.timer = None;
                 ready.map_err(|e| -> BoxError { Box::new(e) })
             }
         }

@@ -39,6 +39,10 @@ struct BackendState {
     /// In-flight HTTP requests plus open spliced sessions (for `least_conn`).
     inflight: AtomicUsize,
     health: Health,
+    /// The pool's `response_timeout` in ms, as the longest wait between two
+    /// reads of a response body: read through a request's guard, so that a
+    /// proxied body carries no copy of it (set again by each reload).
+    body_idle_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -62,6 +66,14 @@ pub struct Backend {
 #[derive(Debug)]
 pub struct InflightGuard(Arc<BackendState>);
 
+impl InflightGuard {
+    /// The longest wait between two reads of a response body from this
+    /// server (its pool's `response_timeout`).
+    pub fn body_idle(&self) -> Duration {
+        Duration::from_millis(self.0.body_idle_ms.load(Ordering::Relaxed))
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -75,12 +87,15 @@ impl Backend {
     /// proxied requests go over HTTP/2 (`h2` or `h2c`).
     pub fn new(
         entry: &ServerEntry,
-        connect_timeout: Duration,
+        (connect_timeout, response_timeout): (Duration, Duration),
         tls: Option<Arc<UpstreamTls>>,
         h2: bool,
         previous: Option<&Backend>,
     ) -> Self {
         let addr: Arc<str> = Arc::from(entry.addr.as_str());
+        let state: Arc<BackendState> = previous.map(|b| b.state.clone()).unwrap_or_default();
+        let ms = u64::try_from(response_timeout.as_millis()).unwrap_or(u64::MAX);
+        state.body_idle_ms.store(ms, Ordering::Relaxed);
         Self {
             id: BackendId::of(&addr),
             weight: entry.weight,
@@ -88,7 +103,7 @@ impl Backend {
                 0 => usize::MAX,
                 n => n as usize,
             },
-            state: previous.map(|b| b.state.clone()).unwrap_or_default(),
+            state,
             conns: ConnPool::new(Dialer::new(addr.clone(), connect_timeout, tls).with_h2(h2)),
             requests: StatusCounters::default(),
             addr,

@@ -103,7 +103,7 @@ impl Pool {
                 let old = previous.and_then(|p| p.backend(BackendId::of(&s.addr)));
                 Arc::new(Backend::new(
                     s,
-                    cfg.connect_timeout,
+                    (cfg.connect_timeout, cfg.response_timeout),
                     tls.clone(),
                     cfg.protocol != UpstreamProtocol::H1,
                     old.as_deref(),
