@@ -93,7 +93,6 @@ pub fn ambiguous(
     query: Option<&str>,
     upgrade: bool,
 ) -> Option<&'static str> {
-    let twice = |n: usize| n > 1;
     for s in sources {
         let (n, what) = match s {
             TokenSource::Header => (
@@ -113,7 +112,7 @@ pub fn ambiguous(
             ),
             TokenSource::Cookie(name) => (cookies_named(headers, name).count(), "token cookie"),
         };
-        if twice(n) {
+        if n > 1 {
             return Some(what);
         }
     }
@@ -122,7 +121,7 @@ pub fn ambiguous(
             .filter(|p| p.starts_with(BEARER_PROTOCOL))
             .count()
     };
-    (upgrade && twice(bearers())).then_some("bearer. subprotocol")
+    (upgrade && bearers() > 1).then_some("bearer. subprotocol")
 }
 
 fn bearer_header(h: &HeaderMap) -> Option<&str> {

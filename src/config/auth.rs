@@ -305,11 +305,22 @@ fn valid_room_pattern(p: &str) -> bool {
 mod tests {
     use std::path::Path;
 
-    fn check(chat: &str) -> Result<crate::config::Config, String> {
+    /// A listener and `[auth.users]`, then `rest`: parsed, or its error.
+    fn with_users(rest: &str) -> Result<crate::config::Config, String> {
         let text = format!(
-            "[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nhmac_secret = \"base64:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\"\n[app.chat]\n{chat}"
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nhmac_secret = \"base64:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\"\n{rest}"
         );
         crate::config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    fn check(chat: &str) -> Result<crate::config::Config, String> {
+        with_users(&format!("[app.chat]\n{chat}"))
+    }
+
+    fn check_claims(claims: &str) -> Result<crate::config::Config, String> {
+        with_users(&format!(
+            "[[route]]\npath = \"/\"\napp = \"echo\"\nauth = \"users\"\nauth_claims_to_headers = {{ {claims} }}\n"
+        ))
     }
 
     #[test]
@@ -346,33 +357,24 @@ mod tests {
         let e = check("max_connections_per_user = -1\n").unwrap_err();
         assert!(e.contains("app.chat.max_connections_per_user"), "{e}");
     }
-}
-
-#[cfg(test)]
-mod route_tests {
-    use std::path::Path;
-
-    fn check(claims: &str) -> Result<crate::config::Config, String> {
-        let text = format!(
-            "[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nhmac_secret = \"base64:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\"\n[[route]]\npath = \"/\"\napp = \"echo\"\nauth = \"users\"\nauth_claims_to_headers = {{ {claims} }}\n"
-        );
-        crate::config::parse(Path::new("t.toml"), &text).map_err(|e| e.to_string())
-    }
 
     /// A claim's header is stripped from clients on every route: naming one
     /// the gateway or every client needs (credentials, forwarding fields)
     /// would take it from all of them.
     #[test]
     fn claims_may_not_take_the_gateways_or_the_clients_fields() {
-        assert!(check("\"X-User-Id\" = \"sub\"").is_ok());
+        assert!(check_claims("\"X-User-Id\" = \"sub\"").is_ok());
         for name in [
             "Authorization",
             "X-Forwarded-For",
+            "X-Forwarded-Port",
+            "True-Client-IP",
             "Cookie",
             "X-Client-Cert-Subject",
+            "X-Original-URI",
             "Host",
         ] {
-            let e = check(&format!("{name:?} = \"sub\"")).unwrap_err();
+            let e = check_claims(&format!("{name:?} = \"sub\"")).unwrap_err();
             assert!(
                 e.contains("is not a header name a claim may set"),
                 "{name}: {e}"

@@ -14,11 +14,11 @@ use toml::Spanned;
 use super::file::{ListenerFile, SStr};
 
 /// What an untrusted client may not say about itself, besides the
-/// `X-Forwarded-For`/`-Proto`/`-Host` the proxy sets (`proxy::forwarded`,
-/// which removes these; claims may not be written to them either): RFC 7239 `Forwarded`, and the client-address and scheme fields
-/// other proxies and CDNs set, which applications read as the gateway's word
-/// (a client claiming `X-Forwarded-Ssl: on` or `True-Client-IP` would
-/// otherwise be believed).
+/// `X-Forwarded-For`/`-Proto`/`-Host` the proxy sets: RFC 7239 `Forwarded`,
+/// and the client-address and scheme fields other proxies and CDNs set,
+/// which applications read as the gateway's word (a client claiming
+/// `X-Forwarded-Ssl: on` or `True-Client-IP` would otherwise be believed).
+/// `proxy::forwarded` removes them; token claims may not be written to them.
 pub const CLIENT_CLAIMS: [&str; 15] = [
     "forwarded",
     "x-real-ip",

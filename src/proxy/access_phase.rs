@@ -162,10 +162,10 @@ impl Phase {
             ..Notes::default()
         };
         for f in &self.filters {
-            // Cloned (a count) so that `notes` stays free to change below.
-            let user = notes.user.clone();
+            // The user identified so far; the borrow ends with `check` (a
+            // verdict holds none), so `notes` is free to change below.
             let head = Head {
-                user: user.as_ref().or(head.user),
+                user: notes.user.as_ref().or(head.user),
                 ..*head
             };
             let mut verdict = f.check(&head);

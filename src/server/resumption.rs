@@ -18,7 +18,7 @@ use crate::config::ClientAuthConfig;
 
 /// How many sessions each policy's cache holds (TLS 1.2 session ids, and
 /// TLS 1.3 when tickets are off); the oldest go first. A few hundred bytes each.
-pub const SESSION_CACHE_SIZE: usize = 10_000;
+const SESSION_CACHE_SIZE: usize = 10_000;
 
 type Cache = dyn StoresServerSessions + Send + Sync;
 

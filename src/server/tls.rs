@@ -19,7 +19,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
-pub use super::resumption::{Policy, Resumption, SESSION_CACHE_SIZE};
+pub use super::resumption::{Policy, Resumption};
 use crate::acme::{self, CertSlot, Challenges, ACME_TLS_ALPN};
 use crate::certs::{load_certified_key, load_ocsp, CertError};
 use crate::config::{AcmeChallenge, CertPaths, HostPattern, ListenerCert, TlsConfig};

@@ -52,8 +52,7 @@ pub struct Backend {
     /// session logs) bumps a count instead of copying the text.
     pub addr: Arc<str>,
     pub weight: u32,
-    /// In-flight requests and sessions it may take at once; `usize::MAX`
-    /// when its `max_conns` is 0 (no limit).
+    /// In-flight requests and sessions it may take at once; 0: no limit.
     max_conns: usize,
     state: Arc<BackendState>,
     /// Idle keep-alive HTTP connections to it.
@@ -99,10 +98,7 @@ impl Backend {
         Self {
             id: BackendId::of(&addr),
             weight: entry.weight,
-            max_conns: match entry.max_conns {
-                0 => usize::MAX,
-                n => n as usize,
-            },
+            max_conns: entry.max_conns as usize,
             state,
             conns: ConnPool::new(Dialer::new(addr.clone(), connect_timeout, tls).with_h2(h2)),
             requests: StatusCounters::default(),
@@ -124,7 +120,7 @@ impl Backend {
     /// and the count are one step, so concurrent requests cannot both take
     /// the last place.
     pub fn try_track(&self) -> Option<InflightGuard> {
-        if self.max_conns == usize::MAX {
+        if self.max_conns == 0 {
             return Some(self.track());
         }
         let max = self.max_conns;
@@ -139,16 +135,13 @@ impl Backend {
 
     /// Its `max_conns`; 0 when it has none.
     pub fn max_conns(&self) -> usize {
-        match self.max_conns {
-            usize::MAX => 0,
-            n => n,
-        }
+        self.max_conns
     }
 
     /// At its `max_conns` now (a hint for choosing: [`Backend::try_track`]
     /// decides).
     pub fn is_full(&self) -> bool {
-        self.max_conns != usize::MAX && self.inflight() >= self.max_conns
+        self.max_conns != 0 && self.inflight() >= self.max_conns
     }
 
     pub fn health(&self) -> &Health {

@@ -22,6 +22,33 @@ pub async fn dead_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// An HTTP/1.1 upstream answering every bodiless request with `answer`, the
+/// bytes as given: for answers a well-behaved server would not send
+/// (malformed, or a body that never ends). It never closes a connection.
+pub async fn canned_upstream(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// Starts an HTTP/1.1 upstream whose responses come from `f`.
 pub async fn http_upstream<F, Fut>(f: F) -> SocketAddr
 where

@@ -196,21 +196,9 @@ async fn http2_websocket_sessions_count_against_the_connection_caps() {
 /// both waited for as long as the client did.
 #[tokio::test]
 async fn an_upstream_body_that_stalls_ends_after_the_response_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf).await;
-            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
-            let _ = s.write_all(head).await;
-            held.push(s);
-        }
-    });
+    // The head and one chunk, then nothing more on that connection.
+    let stalls = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    let up = upstreams::canned_upstream(stalls).await;
     let gw = TestGateway::start(
         &Cfg::new()
             .listener_plain()

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use common::cfg::Cfg;
 use common::h2::{handshake, reset_reason, response, wait_reset, H2};
 use common::tls::tls_client;
-use common::upstreams::http_upstream;
+use common::upstreams::{canned_upstream, http_upstream};
 use common::{write_cert, TestGateway, WAIT};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -300,29 +300,7 @@ async fn cookie_crumbs_reach_an_http1_upstream_as_one_field() {
 /// malformed (RFC 9113 §8.1.1) and the client reset the stream.
 #[tokio::test]
 async fn a_204_with_content_length_stays_well_formed_over_http2() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let up = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = s.read(&mut buf).await {
-                    head.extend_from_slice(&buf[..n]);
-                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        head.clear();
-                        let answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n";
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let up = canned_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n").await;
     let gw = proxy_gateway(up).await;
     let mut c = h2c(gw.http()).await;
     for _ in 0..2 {

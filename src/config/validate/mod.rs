@@ -192,7 +192,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             Duration::from_secs(10),
         ),
         tls_tickets: s.tls_tickets.unwrap_or(true),
-        underscores_in_headers: s.underscores_in_headers.unwrap_or(false),
+        underscores_in_headers: cx.underscores,
         shutdown_grace,
         drain_window: drain_window(cx, s, shutdown_grace),
         max_request_head: cx.size_in(
