@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::file::RouteFile;
+use super::file::{RouteFile, SStr};
 use super::units::parse_duration;
 use super::UpstreamConfig;
 
@@ -26,7 +26,90 @@ pub struct AuthRequestConfig {
     pub headers: Vec<HeaderName>,
     /// How long a decision is reused for the same credentials; zero = never.
     pub cache_ttl: Duration,
+    /// What of the subrequest tells one cached decision from another
+    /// (`auth_request_cache_key`); the client certificate always does.
+    pub cache_key: Vec<CacheKeyPart>,
 }
+
+/// One part of an auth callout's cache key: something the subrequest
+/// carries, so the key is made only of what the service can decide by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKeyPart {
+    /// Every value of a subrequest header (the `X-Original-*` included).
+    Header(HeaderName),
+    /// Every value of a parameter of the original query.
+    Query(String),
+    /// Every value of a cookie.
+    Cookie(String),
+}
+
+impl CacheKeyPart {
+    /// The credentials a client presents in headers: the default key.
+    pub fn defaults() -> Vec<Self> {
+        [
+            http::header::AUTHORIZATION,
+            http::header::COOKIE,
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+        ]
+        .into_iter()
+        .map(Self::Header)
+        .collect()
+    }
+
+    /// `header:NAME`, `query:NAME`, `cookie:NAME`, or one of `uri`,
+    /// `method`, `host`, `ip` (the subrequest's `X-Original-*` headers).
+    fn parse(s: &str) -> Result<Self, String> {
+        let original = |n: &'static str| Ok(Self::Header(HeaderName::from_static(n)));
+        match s.trim() {
+            "uri" => return original("x-original-uri"),
+            "method" => return original("x-original-method"),
+            "host" => return original("x-original-host"),
+            "ip" => return original("x-original-for"),
+            _ => {}
+        }
+        let bad = || {
+            format!("{s:?} is not \"header:NAME\", \"query:NAME\", \"cookie:NAME\", \"uri\", \"method\", \"host\" or \"ip\"")
+        };
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        let name = name.trim();
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b";=&,\"".contains(&b));
+        match kind.trim() {
+            "header" => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) if UNSENT.contains(&n.as_str()) => Err(format!(
+                    "{n} is not sent to the auth service (\"uri\", \"method\", \"host\" and \"ip\" name the original request)"
+                )),
+                Ok(n) => Ok(Self::Header(n)),
+                Err(_) => Err(format!("{name:?} is not a header name")),
+            },
+            "query" if token => Ok(Self::Query(name.to_string())),
+            "cookie" if token => Ok(Self::Cookie(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Request headers the subrequest never carries: a key part naming one
+/// would hold nothing.
+const UNSENT: [&str; 15] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "expect",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "proxy-authorization",
+];
 
 /// Headers an auth service may not set upstream: they frame or route the
 /// request, so copying them would corrupt it rather than annotate it.
@@ -48,6 +131,7 @@ pub(super) fn parse(
     r: &RouteFile,
     key: &str,
     upstreams: &BTreeMap<String, UpstreamConfig>,
+    underscores: bool,
     issues: &mut Vec<(Range<usize>, String)>,
 ) -> Option<AuthRequestConfig> {
     let Some(name) = &r.auth_request else {
@@ -59,6 +143,9 @@ pub(super) fn parse(
             r.auth_request_cache
                 .as_ref()
                 .map(|v| (v.span(), "auth_request_cache")),
+            r.auth_request_cache_key
+                .as_ref()
+                .map(|v| (v.span(), "auth_request_cache_key")),
             r.auth_request_headers
                 .as_ref()
                 .and_then(|v| v.first())
@@ -137,12 +224,62 @@ pub(super) fn parse(
             Duration::ZERO
         }),
     };
+    let cache_key = match &r.auth_request_cache_key {
+        None => CacheKeyPart::defaults(),
+        Some(parts) => {
+            let found = cache_key(parts, key, cache_ttl, underscores, issues);
+            ok &= found.is_some();
+            found.unwrap_or_default()
+        }
+    };
     ok.then(|| AuthRequestConfig {
         upstream: name.get_ref().clone(),
         path,
         headers,
         cache_ttl,
+        cache_key,
     })
+}
+
+/// Reads `auth_request_cache_key`; `None` after reporting a problem.
+fn cache_key(
+    parts: &toml::Spanned<Vec<SStr>>,
+    key: &str,
+    cache_ttl: Duration,
+    underscores: bool,
+    issues: &mut Vec<(Range<usize>, String)>,
+) -> Option<Vec<CacheKeyPart>> {
+    let k = format!("{key}.auth_request_cache_key");
+    if cache_ttl.is_zero() {
+        issues.push((parts.span(), format!("{k}: needs `auth_request_cache`")));
+        return None;
+    }
+    if parts.get_ref().is_empty() {
+        issues.push((
+            parts.span(),
+            format!("{k}: names nothing; to cache nothing, leave auth_request_cache out"),
+        ));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for p in parts.get_ref() {
+        match CacheKeyPart::parse(p.get_ref()) {
+            Ok(CacheKeyPart::Header(n)) if !underscores && n.as_str().contains('_') => {
+                issues.push((
+                    p.span(),
+                    format!("{k}: header {:?} has a '_', and such fields are dropped (server.underscores_in_headers = false)", n.as_str()),
+                ));
+                ok = false;
+            }
+            Ok(part) => out.push(part),
+            Err(e) => {
+                issues.push((p.span(), format!("{k}: {e}")));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 #[cfg(test)]
@@ -167,6 +304,51 @@ mod tests {
         assert_eq!(a.path, "/check?x=1");
         assert_eq!(a.headers, vec!["x-user-id", "x-roles"]);
         assert_eq!(a.cache_ttl, std::time::Duration::from_secs(10));
+        assert_eq!(a.cache_key, super::CacheKeyPart::defaults());
+    }
+
+    #[test]
+    fn cache_keys_name_what_the_subrequest_carries() {
+        use super::CacheKeyPart::{Cookie, Header, Query};
+        let cfg = check(
+            "auth_request = \"authsvc\"\nauth_request_cache = \"5s\"\nauth_request_cache_key = [\"header:X-Api-Key\", \"query:token\", \"cookie:sid\", \"uri\", \"ip\"]\n",
+        )
+        .unwrap();
+        let a = cfg.routes[0].auth_request.as_ref().unwrap();
+        let h = http::HeaderName::from_static;
+        assert_eq!(
+            a.cache_key,
+            vec![
+                Header(h("x-api-key")),
+                Query("token".into()),
+                Cookie("sid".into()),
+                Header(h("x-original-uri")),
+                Header(h("x-original-for")),
+            ]
+        );
+        let bad = |key: &str| {
+            check(&format!(
+                "auth_request = \"authsvc\"\nauth_request_cache = \"5s\"\nauth_request_cache_key = {key}\n"
+            ))
+            .unwrap_err()
+        };
+        let e = bad("[\"header:Host\"]");
+        assert!(
+            e.contains("t.toml:12:27: route[0].auth_request_cache_key: host is not sent"),
+            "{e}"
+        );
+        let e = bad("[\"uri\", \"query:\", \"form:x\", \"cookie:a;b\"]");
+        assert!(e.contains("\"query:\" is not \"header:NAME\""), "{e}");
+        assert!(e.contains("\"form:x\" is not"), "{e}");
+        assert!(e.contains("\"cookie:a;b\" is not"), "{e}");
+        assert!(bad("[]").contains("names nothing"));
+        assert!(bad("[\"header:X_Key\"]").contains("has a '_'"));
+        let e =
+            check("auth_request = \"authsvc\"\nauth_request_cache_key = [\"uri\"]\n").unwrap_err();
+        assert!(
+            e.contains("t.toml:11:26: route[0].auth_request_cache_key: needs `auth_request_cache`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -218,6 +218,7 @@ pub struct RouteFile {
     pub auth_request_path: Option<SStr>,
     pub auth_request_headers: Option<Vec<SStr>>,
     pub auth_request_cache: Option<SStr>,
+    pub auth_request_cache_key: Option<Spanned<Vec<SStr>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

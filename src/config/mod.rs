@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use acme::{AcmeChallenge, AcmeConfig};
 pub use auth::{AuthConfig, RouteAuth};
-pub use auth_request::AuthRequestConfig;
+pub use auth_request::{AuthRequestConfig, CacheKeyPart};
 pub use client_addr::TrustedProxies;
 pub use client_auth::{load_roots, roots_from_pem, ClientAuthConfig, RootsError};
 pub use limits::{LimitConfig, LimitKey, LimitScope, MessageRate, Rate, DEFAULT_MAX_KEYS};

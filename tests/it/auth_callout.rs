@@ -90,7 +90,18 @@ async fn decide(h: &HeaderMap) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let b = Response::builder();
+    // Credentials other than `Authorization`: an API key, a query token.
+    let api_key = h.get("x-api-key").and_then(|v| v.to_str().ok());
+    let uri = h.get("x-original-uri").and_then(|v| v.to_str().ok());
     let r = match auth {
+        "" if api_key == Some("k-alice") => b
+            .status(200)
+            .header("x-user-id", "alice-key")
+            .body(Full::default()),
+        "" if uri.is_some_and(|u| u.contains("?token=good")) => b
+            .status(200)
+            .header("x-user-id", "bob-query")
+            .body(Full::default()),
         a if a.starts_with("Bearer good") => b
             .status(200)
             .header("x-user-id", "alice")
@@ -408,6 +419,54 @@ async fn decisions_are_cached_per_credentials() {
         m.contains("wsgate_auth_total{route=\"/cached/\",result=\"callout_denied\"} 2"),
         "{m}"
     );
+}
+
+/// The default key holds header credentials only. A request with none of
+/// them (here: an API key the service reads) is never answered from the
+/// cache, so it cannot get another client's decision; with the API key and
+/// query token named as the key, their decisions are cached per value.
+#[tokio::test]
+async fn cache_keys_hold_what_they_name_and_keyless_requests_are_always_asked() {
+    let s = setup(|c| {
+        c.route(
+            Route::upstream("/keyed/", "api")
+                .set("auth_request", "authsvc")
+                .set("auth_request_headers", vec!["X-User-Id"])
+                .set("auth_request_cache", "60s")
+                .set(
+                    "auth_request_cache_key",
+                    vec!["header:X-Api-Key", "query:token"],
+                ),
+        )
+    })
+    .await;
+    let gw = s.gw.http();
+    let r = get_h(gw, "/cached/x", &[("x-api-key", "k-alice")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["seen-x-user-id"], "alice-key");
+    for _ in 0..2 {
+        let r = get_h(gw, "/cached/x", &[]).await;
+        assert_eq!(r.status, 401, "another client's decision was reused");
+    }
+    assert_eq!(s.auth.hits(), 3, "keyless requests are each asked about");
+
+    for _ in 0..2 {
+        let r = get_h(gw, "/keyed/x", &[("x-api-key", "k-alice")]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["seen-x-user-id"], "alice-key");
+    }
+    assert_eq!(s.auth.hits(), 4, "the API key's decision is cached");
+    let r = get_h(gw, "/keyed/x", &[("x-api-key", "k-eve")]).await;
+    assert_eq!(r.status, 401);
+    for path in ["/keyed/x?token=good", "/keyed/y?token=good"] {
+        let r = get_h(gw, path, &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["seen-x-user-id"], "bob-query");
+    }
+    assert_eq!(s.auth.hits(), 6, "the query token's decision is cached");
+    let r = get_h(gw, "/keyed/x?token=bad", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(s.auth.hits(), 7);
 }
 
 #[tokio::test]

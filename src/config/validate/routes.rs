@@ -111,7 +111,8 @@ pub(super) fn routes(
             auths,
         );
         let mut found = Vec::new();
-        let auth_request = crate::config::auth_request::parse(r, &key, ups, &mut found);
+        let auth_request =
+            crate::config::auth_request::parse(r, &key, ups, cx.underscores, &mut found);
         found.into_iter().for_each(|(span, m)| cx.at(span, m));
         out.push(RouteConfig {
             host,

@@ -1,33 +1,45 @@
 //! Callout decisions remembered per credentials (`auth_request_cache`).
 //!
-//! Keyed by a SHA-256 of the request's credentials (`Authorization`,
-//! `Cookie`, `Sec-WebSocket-Protocol`, the client certificate), so the cache
-//! holds no credential and one request cannot be mistaken for
-//! another's (a 64-bit hash could be collided on purpose). Every entry lives
-//! the same TTL, so insertion order is expiry order: a FIFO of keys gives
-//! both "drop the expired" and "drop the oldest when full" in O(1).
+//! Keyed by a SHA-256 of what the route's `auth_request_cache_key` names in
+//! the subrequest (by default `Authorization`, `Cookie` and
+//! `Sec-WebSocket-Protocol`) and the client certificate, so the cache holds
+//! no credential and one request cannot be mistaken for another's (a 64-bit
+//! hash could be collided on purpose). Every entry lives the same TTL, so
+//! insertion order is expiry order: a FIFO of keys gives both "drop the
+//! expired" and "drop the oldest when full" in O(1).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap};
+use http::HeaderMap;
+use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 
+use crate::auth::token::cookies_named;
 use crate::client_cert::ClientCert;
+use crate::config::CacheKeyPart;
 
 /// The most decisions one route remembers.
 pub const MAX_ENTRIES: usize = 10_000;
 
 pub type Key = [u8; 32];
 
-/// The cache key of a request: its credentials, as the callout passes them
-/// on: the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` (a
-/// `bearer.` token) headers, every value of each, length-prefixed so no two
-/// different requests hash the same input, and the verified client
+/// The cache key of a subrequest: every value of each part (length-prefixed,
+/// so no two different requests hash the same input) and the verified client
 /// certificate's SHA-256 (or its absence).
-pub fn key_of(headers: &HeaderMap, client_cert: Option<&ClientCert>) -> Key {
+///
+/// `None` when the request carries none of the parts and no certificate:
+/// with nothing to tell such requests apart, one client's decision would be
+/// every anonymous client's, and a credential the key leaves out (an API key
+/// the service reads) would be shared with them.
+pub fn key_of(
+    parts: &[CacheKeyPart],
+    sub: &HeaderMap,
+    client_cert: Option<&ClientCert>,
+) -> Option<Key> {
     let mut h = Sha256::new();
+    let mut any = client_cert.is_some();
     match client_cert {
         Some(c) => {
             h.update([1]);
@@ -35,19 +47,46 @@ pub fn key_of(headers: &HeaderMap, client_cert: Option<&ClientCert>) -> Key {
         }
         None => h.update([0]),
     }
-    for name in [
-        header::AUTHORIZATION,
-        header::COOKIE,
-        header::SEC_WEBSOCKET_PROTOCOL,
-    ] {
-        let values = headers.get_all(&name);
-        h.update((values.iter().count() as u32).to_be_bytes());
-        for v in values {
+    let mut values: Vec<&[u8]> = Vec::new();
+    for part in parts {
+        values.clear();
+        match part {
+            CacheKeyPart::Header(name) => {
+                values.extend(sub.get_all(name).iter().map(|v| v.as_bytes()));
+            }
+            CacheKeyPart::Query(name) => values.extend(query_values(sub, name)),
+            CacheKeyPart::Cookie(name) => {
+                values.extend(cookies_named(sub, name).map(str::as_bytes));
+            }
+        }
+        any |= !values.is_empty();
+        h.update((values.len() as u32).to_be_bytes());
+        for v in &values {
             h.update((v.len() as u32).to_be_bytes());
-            h.update(v.as_bytes());
+            h.update(v);
         }
     }
-    h.finalize().into()
+    any.then(|| h.finalize().into())
+}
+
+/// The raw values of the query parameter `name` of the original URI (the
+/// subrequest's `X-Original-URI`). Names are compared decoded, as the
+/// service reads them: `tok%65n=` is a `token` too. Values stay as sent;
+/// two spellings of one value are then two entries, which costs only a
+/// callout.
+fn query_values<'a>(sub: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    sub.get(super::X_ORIGINAL_URI)
+        .and_then(|u| u.to_str().ok())
+        .and_then(|u| u.split_once('?'))
+        .map(|(_, q)| q)
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            percent_decode_str(k)
+                .eq(name.bytes())
+                .then_some(v.as_bytes())
+        })
 }
 
 struct Inner<T> {
@@ -135,34 +174,79 @@ mod tests {
         [n; 32]
     }
 
+    fn key(h: &HeaderMap, cert: Option<&ClientCert>) -> Option<Key> {
+        key_of(&CacheKeyPart::defaults(), h, cert)
+    }
+
+    fn with(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn keys_tell_credentials_apart() {
-        let mut a = HeaderMap::new();
-        a.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
-        let mut b = HeaderMap::new();
-        b.insert(header::COOKIE, HeaderValue::from_static("Bearer x"));
-        let mut c = a.clone();
-        c.insert("x-other", HeaderValue::from_static("ignored"));
-        assert_ne!(key_of(&a, None), key_of(&b, None));
-        assert_eq!(key_of(&a, None), key_of(&c, None));
-        assert_ne!(key_of(&a, None), key_of(&HeaderMap::new(), None));
+        let a = with(&[("authorization", "Bearer x")]);
+        let b = with(&[("cookie", "Bearer x")]);
+        let c = with(&[("authorization", "Bearer x"), ("x-other", "ignored")]);
+        assert_ne!(key(&a, None), key(&b, None));
+        assert_eq!(key(&a, None), key(&c, None));
         // A bearer subprotocol and a client certificate are credentials too.
-        let mut ws = HeaderMap::new();
-        ws.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("bearer.x"),
-        );
-        assert_ne!(key_of(&ws, None), key_of(&HeaderMap::new(), None));
+        let ws = with(&[("sec-websocket-protocol", "bearer.x")]);
+        assert!(key(&ws, None).is_some());
         let alice = ClientCert::from_der(b"alice");
         let bob = ClientCert::from_der(b"bob");
-        assert_ne!(key_of(&a, Some(&alice)), key_of(&a, None));
-        assert_ne!(key_of(&a, Some(&alice)), key_of(&a, Some(&bob)));
-        let mut split = HeaderMap::new();
-        split.append(header::COOKIE, HeaderValue::from_static("a=1"));
-        split.append(header::COOKIE, HeaderValue::from_static("b=2"));
-        let mut joined = HeaderMap::new();
-        joined.append(header::COOKIE, HeaderValue::from_static("a=1b=2"));
-        assert_ne!(key_of(&split, None), key_of(&joined, None));
+        assert_ne!(key(&a, Some(&alice)), key(&a, None));
+        assert_ne!(key(&a, Some(&alice)), key(&a, Some(&bob)));
+        let split = with(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        let joined = with(&[("cookie", "a=1b=2")]);
+        assert_ne!(key(&split, None), key(&joined, None));
+    }
+
+    /// With none of the key's parts and no certificate there is nothing to
+    /// tell clients apart: no key, so no cached decision is shared.
+    #[test]
+    fn requests_without_any_part_have_no_key() {
+        let anonymous = with(&[("x-api-key", "k1"), ("x-original-uri", "/a?token=t")]);
+        assert_eq!(key(&anonymous, None), None);
+        assert_eq!(key(&HeaderMap::new(), None), None);
+        let cert = ClientCert::from_der(b"alice");
+        assert!(key(&anonymous, Some(&cert)).is_some());
+    }
+
+    #[test]
+    fn named_parts_are_read_from_the_subrequest() {
+        let parts = [
+            CacheKeyPart::Header(http::HeaderName::from_static("x-api-key")),
+            CacheKeyPart::Query("token".into()),
+            CacheKeyPart::Cookie("sid".into()),
+        ];
+        let k = |pairs: &[(&'static str, &'static str)]| key_of(&parts, &with(pairs), None);
+        let uri = |u| ("x-original-uri", u);
+        assert_eq!(k(&[("authorization", "Bearer x")]), None, "not a part");
+        let k1 = k(&[("x-api-key", "k1")]);
+        assert!(k1.is_some());
+        assert_ne!(k1, k(&[("x-api-key", "k2")]));
+        assert_eq!(k1, k(&[("x-api-key", "k1"), uri("/p?other=1")]));
+        let t = k(&[uri("/p?a=1&token=t1")]);
+        assert!(t.is_some());
+        assert_eq!(t, k(&[uri("/q?token=t1&b=2")]), "the path is not a part");
+        assert_eq!(t, k(&[uri("/q?tok%65n=t1")]), "names compare decoded");
+        assert_ne!(t, k(&[uri("/q?token=t2")]));
+        assert_ne!(t, k(&[uri("/q?token=t1&token=t2")]), "every value counts");
+        assert_eq!(k(&[uri("/q?tokens=t1")]), None);
+        let c = k(&[("cookie", "x=1; sid=s1")]);
+        assert!(c.is_some());
+        assert_eq!(
+            c,
+            k(&[("cookie", "sid=s1; x=2")]),
+            "other cookies are not parts"
+        );
+        assert_ne!(c, k(&[("cookie", "sid=s2")]));
+        // The same value in another part is another key.
+        assert_ne!(k(&[("x-api-key", "s1")]), k(&[("cookie", "sid=s1")]));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!
 //! Subrequests ride the pool's keep-alive connections (`backend.conns`, as
 //! the HTTP proxy does): a callout costs a request, not a connection.
-//! Decisions (2xx and 401/403, never errors) are cached per credentials
+//! Decisions (2xx and 401/403, never errors) are cached per cache key
 //! ([`cache`]) for `auth_request_cache`; the cache belongs to the route's
 //! table, so a reload starts it afresh.
 
@@ -33,7 +33,7 @@ use super::access_phase::{Filter, Head, Verdict};
 use super::error::{AuthDenial, ProxyError};
 use super::forwarded::set_forwarding;
 use super::headers::{set_client_cert, strip_hop_by_hop};
-use crate::config::AuthRequestConfig;
+use crate::config::{AuthRequestConfig, CacheKeyPart};
 use crate::ctx::{client_ip, ClientAddr};
 use crate::metrics::{Metrics, RouteResult};
 use crate::upstream::conns::SendError;
@@ -125,6 +125,7 @@ pub struct AuthRequest {
     path: PathAndQuery,
     copy: Arc<[HeaderName]>,
     cache: Option<Arc<Cache<Decision>>>,
+    cache_key: Box<[CacheKeyPart]>,
     counters: OnceLock<Counters>,
 }
 
@@ -138,6 +139,7 @@ impl AuthRequest {
             copy: cfg.headers.clone().into(),
             cache: (!cfg.cache_ttl.is_zero())
                 .then(|| Arc::new(Cache::new(cfg.cache_ttl, cache::MAX_ENTRIES))),
+            cache_key: cfg.cache_key.clone().into(),
             counters: OnceLock::new(),
         }
     }
@@ -157,17 +159,18 @@ impl Filter for AuthRequest {
             .counters
             .get_or_init(|| Counters::new(head.metrics, &head.route.label))
             .clone();
-        let key = self
-            .cache
-            .as_ref()
-            .map(|_| cache::key_of(head.req.headers(), head.conn.client_cert.as_deref()));
+        // The key is made of what the service is sent, so it holds exactly
+        // what the service can decide by.
+        let headers = subrequest_headers(head);
+        let key = self.cache.as_ref().and_then(|_| {
+            cache::key_of(&self.cache_key, &headers, head.conn.client_cert.as_deref())
+        });
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(d) = cache.get(key) {
                 counters.count(&d);
                 return d.verdict();
             }
         }
-        let headers = subrequest_headers(head);
         let pool = self.pool.clone();
         let path = self.path.clone();
         let copy = self.copy.clone();
