@@ -233,3 +233,36 @@ async fn an_upstream_body_that_stalls_ends_after_the_response_timeout() {
     };
     assert!(eventually(WAIT, inflight).await);
 }
+
+/// RFC 9112 §9.5: an upstream that refuses an upload before its body is in
+/// has answered; the client gets that answer at once, not after sending a
+/// body nobody reads (or never, if it waits for the answer first).
+#[tokio::test]
+async fn an_upstream_refusing_an_upload_early_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let refuses = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo much";
+    let up = upstreams::canned_upstream(refuses).await;
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .upstream("api", &[up])
+            .route_upstream("/", "api")
+            .build(),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let head = b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 104857600\r\n\r\n";
+    s.write_all(head).await.expect("head");
+    // A first part of the body, then the client waits for an answer.
+    s.write_all(&[0u8; 64 * 1024]).await.expect("body");
+    let answer = raw::read_head(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let mut body = [0u8; 8];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .expect("the answer's body hung")
+        .expect("the answer's body");
+    assert_eq!(&body, b"too much");
+}

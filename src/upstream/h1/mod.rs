@@ -25,12 +25,12 @@ mod response;
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::{header, HeaderMap, Method, Request, Response};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub use decode::ResponseBody;
 
@@ -137,22 +137,28 @@ impl Conn {
                 out.clear();
                 self.head_buf = out;
             }
-            sent
+            match sent {
+                Ok(()) => self.io.flush().await.map(|()| Sent::All).map_err(Error::Io),
+                Err(e) => Err(e),
+            }
         } else {
             self.write_body(out, body, framing).await
         };
-        let flushed = match sent {
-            Ok(()) => self.io.flush().await.map_err(Error::Io),
-            Err(e) => Err(e),
+        // An answer before the whole body: the server may still expect the
+        // rest, so the connection is not reused.
+        let reusable = match sent {
+            Ok(Sent::All) => true,
+            Ok(Sent::Answered) => {
+                tracing::debug!("upstream answered before the request body was sent in full");
+                false
+            }
+            Err(error) => return self.answer_after_failed_write(error, head_only).await,
         };
-        if let Err(error) = flushed {
-            return self.answer_after_failed_write(error, head_only).await;
-        }
-        let mut started = false;
+        let mut started = !self.buf.is_empty();
         match response::read_head(&mut self, head_only, &mut started).await {
             Ok((parts, decoder, keep_alive)) => Ok(Response::from_parts(
                 parts,
-                ResponseBody::new(self, decoder, keep_alive),
+                ResponseBody::new(self, decoder, keep_alive && reusable),
             )),
             Err(error) => Err(Failed {
                 error,
@@ -170,7 +176,7 @@ impl Conn {
         error: Error,
         head_only: bool,
     ) -> Result<Response<ResponseBody>, Failed> {
-        let mut started = false;
+        let mut started = !self.buf.is_empty();
         if matches!(error, Error::Io(_)) {
             let read = response::read_head(&mut self, head_only, &mut started);
             // Polled once: what the server sent before it closed is in the
@@ -191,31 +197,42 @@ impl Conn {
         })
     }
 
-    /// Writes the head with the first body chunk, then the rest of the body.
+    /// Writes the head with the first body chunk, then the rest of the body,
+    /// watching for an early answer all along ([`Watch`]).
     async fn write_body(
         &mut self,
         head: Vec<u8>,
         body: Body,
         framing: Framing,
-    ) -> Result<(), Error> {
+    ) -> Result<Sent, Error> {
         let mut body = std::pin::pin!(body);
         let mut head = Some(head);
         let mut written: u64 = 0;
+        let mut watch = Watch::Reading;
         loop {
             // The head goes with the first chunk when that is ready at once,
             // else on its own right away: the server may answer before the
             // client sends anything (a streaming or slow upload).
             let waiting_with_head = head.is_some();
-            let polled = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
-                Poll::Pending if waiting_with_head => Poll::Ready(None),
-                p => p.map(Some),
-            })
-            .await;
-            let Some(frame) = polled else {
-                let head_bytes = head.take().unwrap_or_default();
-                self.io.write_all(&head_bytes).await?;
-                self.io.flush().await?;
-                continue;
+            let polled = self
+                .watching(&mut watch, |_, cx| match body.as_mut().poll_frame(cx) {
+                    Poll::Pending if waiting_with_head => Poll::Ready(None),
+                    p => p.map(Some),
+                })
+                .await?;
+            let frame = match polled {
+                Watched::Answered => return Ok(Sent::Answered),
+                Watched::Done(None) => {
+                    let head_bytes = head.take().unwrap_or_default();
+                    let mut parts = [IoSlice::new(&head_bytes)];
+                    if let Sent::Answered =
+                        self.write_watching(&mut watch, &mut parts, true).await?
+                    {
+                        return Ok(Sent::Answered);
+                    }
+                    continue;
+                }
+                Watched::Done(Some(frame)) => frame,
             };
             let data = match frame {
                 Some(Ok(f)) => match f.into_data() {
@@ -251,7 +268,9 @@ impl Conn {
                 IoSlice::new(&data),
                 IoSlice::new(tail),
             ];
-            write_all_vectored(&mut self.io, &mut parts).await?;
+            if let Sent::Answered = self.write_watching(&mut watch, &mut parts, false).await? {
+                return Ok(Sent::Answered);
+            }
         }
         if let Framing::Length(n) = framing {
             if written != n {
@@ -265,7 +284,90 @@ impl Conn {
         };
         let head_bytes = head.take().unwrap_or_default();
         let mut parts = [IoSlice::new(&head_bytes), IoSlice::new(last)];
-        write_all_vectored(&mut self.io, &mut parts).await
+        self.write_watching(&mut watch, &mut parts, true).await
+    }
+
+    /// Writes every slice, in as few `writev`s as the socket takes (then
+    /// flushes, if `flush`), unless an early answer stops it.
+    async fn write_watching(
+        &mut self,
+        watch: &mut Watch,
+        mut parts: &mut [IoSlice<'_>],
+        flush: bool,
+    ) -> Result<Sent, Error> {
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let bufs: &[IoSlice<'_>] = parts;
+            let n = match self
+                .watching(watch, |io, cx| Pin::new(io).poll_write_vectored(cx, bufs))
+                .await?
+            {
+                Watched::Answered => return Ok(Sent::Answered),
+                Watched::Done(n) => n?,
+            };
+            if n == 0 {
+                return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+            }
+            IoSlice::advance_slices(&mut parts, n);
+        }
+        if flush {
+            if let Watched::Answered = self
+                .watching(watch, |io, cx| Pin::new(io).poll_flush(cx))
+                .await?
+            {
+                return Ok(Sent::Answered);
+            }
+        }
+        Ok(Sent::All)
+    }
+
+    /// Polls `step` (a write, or the wait for the client's next body chunk)
+    /// and, while it is pending, reads what the server sends: RFC 9112 §9.5,
+    /// a server may answer before the body is in (a 401 or 413 to an
+    /// upload) and then stop reading it, which a writer that only writes
+    /// waits on until the response timeout.
+    async fn watching<T>(
+        &mut self,
+        watch: &mut Watch,
+        mut step: impl FnMut(&mut UpStream, &mut Context<'_>) -> Poll<T>,
+    ) -> Result<Watched<T>, Error> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = step(&mut self.io, cx) {
+                return Poll::Ready(Ok(Watched::Done(v)));
+            }
+            self.poll_early_answer(watch, cx)
+                .map(|r| r.map(|()| Watched::Answered))
+        })
+        .await
+    }
+
+    /// Ready once a final answer refusing the body (not a 2xx) has arrived.
+    /// A 2xx is left for after the body: the server reads it as it answers
+    /// (a duplex stream), so writing goes on, and reading stops until then.
+    fn poll_early_answer(
+        &mut self,
+        watch: &mut Watch,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        while *watch == Watch::Reading {
+            if let Some(status) = response::final_status_so_far(self)? {
+                if status.is_success() {
+                    *watch = Watch::Stopped;
+                    break;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.len() >= response::MAX_HEAD {
+                return Poll::Ready(Err(Error::HeadTooLarge));
+            }
+            match ready!(self.poll_fill(cx)) {
+                // The server's close: the write finds out what it means.
+                Ok(0) => *watch = Watch::Stopped,
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        Poll::Pending
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the server's close.
@@ -281,17 +383,24 @@ impl Conn {
     }
 }
 
-/// Writes every slice, in as few `writev`s as the socket takes.
-async fn write_all_vectored(io: &mut UpStream, mut parts: &mut [IoSlice<'_>]) -> Result<(), Error> {
-    IoSlice::advance_slices(&mut parts, 0);
-    while !parts.is_empty() {
-        let n = io.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(Error::Io(io::ErrorKind::WriteZero.into()));
-        }
-        IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
+/// How writing a request ended.
+enum Sent {
+    All,
+    /// The server answered (not a 2xx) before the body was all sent.
+    Answered,
+}
+
+/// Whether the writer still reads what the server sends.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Watch {
+    Reading,
+    /// A 2xx head or the server's close was seen: nothing more to learn.
+    Stopped,
+}
+
+enum Watched<T> {
+    Done(T),
+    Answered,
 }
 
 /// Encodes the request head into `out` and says how the body follows.

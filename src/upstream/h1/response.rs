@@ -40,6 +40,32 @@ pub async fn read_head(
     }
 }
 
+/// What the server has said so far while the request is still being written:
+/// complete interim heads at the front of the buffer are dropped (a `100
+/// Continue` asks for the body), and a complete final head is looked at but
+/// left for [`read_head`]. `None` until such a head is complete.
+pub fn final_status_so_far(conn: &mut Conn) -> Result<Option<StatusCode>, Error> {
+    while !conn.buf.is_empty() {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let n = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots)?
+        {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let status = resp
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or(Error::Header)?;
+        if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(status));
+        }
+        let _ = conn.buf.split_to(n);
+    }
+    Ok(None)
+}
+
 struct Head {
     status: StatusCode,
     version: Version,

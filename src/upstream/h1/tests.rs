@@ -320,3 +320,135 @@ async fn a_reused_connection_writes_each_head_whole_and_alone() {
     assert!(heads[0].contains("x-long"), "{heads:?}");
     assert_eq!(heads[1], "GET /p?q=1 HTTP/1.1\r\nhost: up\r\n\r\n");
 }
+
+/// A server that reads a request head, sends `answer` at once, then holds
+/// the connection open without reading another byte until `done` fires.
+async fn answers_early(answer: &'static [u8]) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (done, held) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = s.write_all(answer).await;
+        let _ = held.await;
+    });
+    (addr, done)
+}
+
+fn streamed(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, BoxError>(http_body::Frame::data(b)), rx))
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
+async fn in_time<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(10), f)
+        .await
+        .expect("the exchange hung")
+}
+
+/// RFC 9112 §9.5: a server that refuses an upload and stops reading it has
+/// answered; the writer sees that instead of waiting on a full socket.
+#[tokio::test]
+async fn an_early_refusal_ends_the_upload_and_is_the_answer() {
+    let (addr, _done) =
+        answers_early(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 5\r\n\r\nlarge").await;
+    static CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
+    // 256 MiB: far more than the sockets' buffers hold.
+    let chunks = futures_util::stream::iter(
+        std::iter::repeat_n(&CHUNK[..], 4096)
+            .map(|c| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(c)))),
+    );
+    let req = Request::post("/upload")
+        .header(header::HOST, "up")
+        .body(http_body_util::StreamBody::new(chunks).boxed_unsync())
+        .unwrap();
+    let resp = in_time(conn(&addr).await.send(req)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(f) = in_time(body.frame()).await {
+        got.extend_from_slice(&f.unwrap().into_data().unwrap());
+    }
+    assert_eq!(got, b"large");
+    assert!(
+        body.take_conn().is_none(),
+        "the server may still expect the body"
+    );
+}
+
+/// The same while the client has not sent its body yet (a slow upload).
+#[tokio::test]
+async fn a_refusal_before_a_slow_body_is_the_answer() {
+    let (addr, _done) =
+        answers_early(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n").await;
+    let (_tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = Request::post("/upload")
+        .header(header::HOST, "up")
+        .body(streamed(rx))
+        .unwrap();
+    let resp = in_time(conn(&addr).await.send(req)).await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+/// A `100 Continue` asks for the body, and a 2xx before the body is in is a
+/// server answering as it reads (a duplex stream): both keep the upload
+/// going, and the 2xx is the response once it is sent.
+#[tokio::test]
+async fn interim_and_2xx_answers_keep_the_upload_going() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (answered, answered_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let _ = answered.send(());
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the body");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"4\r\ndone\r\n0\r\n\r\n").await.unwrap();
+        got
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = Request::post("/duplex")
+        .header(header::HOST, "up")
+        .header(header::EXPECT, "100-continue")
+        .body(streamed(rx))
+        .unwrap();
+    let sending = tokio::spawn(conn(&addr).await.send(req));
+    in_time(answered_rx).await.unwrap();
+    tx.send(Bytes::from_static(b"more")).await.unwrap();
+    drop(tx);
+    let resp = in_time(sending).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = in_time(resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "done");
+    let got = String::from_utf8(server.await.unwrap()).unwrap();
+    assert!(got.ends_with("\r\n\r\n4\r\nmore\r\n0\r\n\r\n"), "{got}");
+}
