@@ -124,10 +124,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.bytes_out += d.len() as u64;
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes_out += d.len() as u64;
+                }
             }
+            // The status went out already: only the line can say the body
+            // was cut short (an upstream that closed or stalled mid-body).
+            Poll::Ready(Some(Err(e))) if self.info.error.is_none() => {
+                self.info.error = Some(format!("response body: {e}"));
+            }
+            _ => {}
         }
         r
     }
@@ -314,5 +322,73 @@ pub struct SessionHold {
 impl SessionHold {
     pub fn new(slot: Arc<crate::limits::ConnSlot>, log: SessionLog) -> Self {
         Self { slot, log }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A body that breaks after its first chunk is logged with the status
+    /// already sent and the error that cut it.
+    #[tokio::test]
+    async fn a_body_cut_short_is_logged_with_its_error() {
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let frames = futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Err(BoxError::from(
+                "connection closed before the message completed",
+            )),
+        ]);
+        let info = RequestInfo {
+            client: [127, 0, 0, 1].into(),
+            method: http::Method::GET,
+            host: "a.test".into(),
+            path: "/x".into(),
+            route: None,
+            log: true,
+            upstream: Some("127.0.0.1:9".into()),
+            error: None,
+            limit: None,
+            status: 200,
+            bytes_in: None,
+            started: Instant::now(),
+        };
+        let access = Access::new(Arc::new(Metrics::new()), true);
+        let body = http_body_util::StreamBody::new(frames);
+        let logged = LoggedBody::wrap(access, body, info);
+        assert!(logged.collect().await.is_err());
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("status=200"), "{text}");
+        assert!(
+            text.contains(
+                "error=\"response body: connection closed before the message completed\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("bytes_out=5"), "{text}");
     }
 }
