@@ -141,6 +141,9 @@ pub async fn forward(
                 up.headers_mut().insert(header::HOST, h);
             }
         }
+        // The access line names the server tried last, failed or not
+        // (nginx's $upstream_addr).
+        *served_by = Some(backend.addr.clone());
         let attempt = tokio::time::timeout(pool.cfg.response_timeout, backend.conns.send(up)).await;
         let (err, resendable) = match attempt {
             Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
@@ -155,7 +158,6 @@ pub async fn forward(
             Ok(Ok(resp)) => {
                 pool.report_success(backend);
                 count(metrics, pool, backend, resp.status().as_u16());
-                *served_by = Some(backend.addr.clone());
                 let cookie = pool.sticky_cookie(&choice, ctx.tls);
                 let mut resp = response(resp, choice.inflight);
                 if let Some(cookie) = cookie {

@@ -203,6 +203,9 @@ impl Tunnel<'_> {
                 }
             };
             tried.push(choice.backend.id);
+            // The access line names the server tried last, failed or not
+            // (nginx's $upstream_addr).
+            *served_by = Some(choice.backend.addr.clone());
             let stream = match connect(choice.backend).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -269,7 +272,6 @@ impl Tunnel<'_> {
             None => shutdown.hard.clone(),
         };
         let addr = choice.backend.addr.clone();
-        *served_by = Some(addr.clone());
         let inflight = choice.inflight;
         // Its slot and access line live as long as the task (captured, not moved).
         let mut hold = session.hold("spliced");

@@ -226,9 +226,12 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     let cfg = d.join("wsgate.toml");
     let up = named_upstream("a").await;
     let ws_up = ws_echo_upstream(None).await;
+    let gone = dead_addr().await;
     let with_api = |c: Cfg| {
         c.upstream("api", &[up])
             .route_upstream("/api/", "api")
+            .upstream("gone", &[gone])
+            .route_upstream("/gone/", "gone")
             .upstream("wsup", &[ws_up])
             .route_upstream("/live", "wsup")
     };
@@ -339,6 +342,12 @@ async fn json_logs_parse_and_reload_keeps_connections() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["upstream"], up.to_string(), "{line}");
     assert_eq!(v["bytes_in"], 7, "{line}");
+    // A failed attempt's line names the server too, beside the cause.
+    assert_eq!(get(plain, "/gone/x").await.status, 502);
+    let line = p.wait_for("/gone/x", Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["upstream"], gone.to_string(), "{line}");
+    assert_ne!(v["error"], "-", "{line}");
     // A spliced WebSocket's lines, the upgrade's and the session's, name the
     // server too (nginx's $upstream_addr, HAProxy's server name).
     let (mut live, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/live"))
