@@ -103,6 +103,9 @@ pub enum ProxyError {
     Auth(AuthError),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A static file's `If-Match` or `If-Unmodified-Since` failed (412).
+    #[error("precondition failed")]
+    PreconditionFailed,
     #[error("bad request: {0}")]
     BadRequest(String),
     /// An HTTP/2 WebSocket session over `server.max_connections` (503) or
@@ -164,6 +167,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ProxyError::RateLimited { .. }
             | ProxyError::Capacity(crate::limits::Refusal::PerIp) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Capacity(crate::limits::Refusal::Full) => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,7 +1,9 @@
 //! Static files for `root` routes: percent-decoded paths that can never leave the
 //! root (`..` rejected, symlinks resolved and re-checked), `index.html` for
-//! directories, content types by extension, `ETag`/`If-None-Match` and
-//! `Last-Modified`/`If-Modified-Since`, bodies streamed from disk.
+//! directories, content types by extension, validators, preconditions and
+//! single byte ranges ([`conditions`]), bodies streamed from disk.
+
+mod conditions;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -11,8 +13,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use self::conditions::{Outcome, Validators};
 use super::error::ProxyError;
 use crate::body::empty;
 use crate::body::{Body, BoxError};
@@ -65,31 +69,66 @@ pub async fn serve<B>(
     if !meta.is_file() {
         return Err(ProxyError::NotFound);
     }
-    let etag = etag(&meta);
-    let modified = meta.modified().ok();
-    if not_modified(req, &etag, modified) {
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        set_validators(r.headers_mut(), &etag, modified);
-        return Ok(r);
-    }
+    let v = Validators::of(&meta);
+    let len = meta.len();
+    let outcome = conditions::evaluate(req.method(), req.headers(), &v, len, SystemTime::now());
+    let (status, range) = match outcome {
+        Outcome::PreconditionFailed => return Err(ProxyError::PreconditionFailed),
+        Outcome::NotModified => return Ok(bodiless(StatusCode::NOT_MODIFIED, &v)),
+        Outcome::Unsatisfiable => {
+            let mut r = bodiless(StatusCode::RANGE_NOT_SATISFIABLE, &v);
+            if let Ok(cr) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, cr);
+            }
+            return Ok(r);
+        }
+        Outcome::Full => (StatusCode::OK, 0..=len.saturating_sub(1)),
+        Outcome::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start..=end),
+    };
+    let count = if len == 0 {
+        0
+    } else {
+        range.end() - range.start() + 1
+    };
     let body = if req.method() == Method::HEAD {
         empty()
     } else {
-        let stream = ReaderStream::with_capacity(file, 64 * 1024)
+        let mut file = file;
+        if *range.start() > 0 {
+            file.seek(std::io::SeekFrom::Start(*range.start()))
+                .await
+                .map_err(|e| ProxyError::Internal(format!("static file seek: {e}")))?;
+        }
+        let stream = ReaderStream::with_capacity(file.take(count), 64 * 1024)
             .map_ok(Frame::data)
             .map_err(|e| -> BoxError { Box::new(e) });
         StreamBody::new(stream).boxed_unsync()
     };
     let mut r = Response::new(body);
+    *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(&real)),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
-    set_validators(h, &etag, modified);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let cr = format!("bytes {}-{}/{len}", range.start(), range.end());
+        if let Ok(cr) = HeaderValue::from_str(&cr) {
+            h.insert(header::CONTENT_RANGE, cr);
+        }
+    }
+    v.set(h);
     Ok(r)
+}
+
+/// A 304 or 416: the validators, no body.
+fn bodiless(status: StatusCode, v: &Validators) -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    v.set(r.headers_mut());
+    r
 }
 
 /// Percent-decodes a request path and turns it into a relative path made only of
@@ -131,57 +170,6 @@ fn redirect_to_dir<B>(req: &Request<B>) -> Response<Body> {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
-}
-
-fn etag(meta: &std::fs::Metadata) -> String {
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("\"{:x}-{:x}\"", meta.len(), mtime)
-}
-
-fn not_modified<B>(req: &Request<B>, etag: &str, modified: Option<SystemTime>) -> bool {
-    if let Some(inm) = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || t.trim_start_matches("W/") == etag);
-    }
-    let ims = req
-        .headers()
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    match (ims, modified) {
-        // HTTP dates have whole seconds.
-        (Some(since), Some(m)) => {
-            m.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                <= since
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-        }
-        _ => false,
-    }
-}
-
-fn set_validators(h: &mut http::HeaderMap, etag: &str, modified: Option<SystemTime>) {
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        h.insert(header::ETAG, v);
-    }
-    if let Some(v) = modified.and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok())
-    {
-        h.insert(header::LAST_MODIFIED, v);
-    }
 }
 
 pub fn content_type(p: &Path) -> &'static str {
