@@ -81,6 +81,17 @@ async fn ranges_resume_and_seek_and_if_range_guards_them() {
     assert_eq!(r.headers["content-length"], "1000");
 }
 
+/// `file/` is not the file: nginx answers 404 (its `open` fails with
+/// ENOTDIR), and one document under two URLs breaks relative links.
+#[tokio::test]
+async fn a_file_with_a_trailing_slash_is_not_found() {
+    let gw = site().await;
+    let r = tokio::time::timeout(WAIT, get(gw.http(), "/big.txt/"))
+        .await
+        .expect("the gateway hung");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn failed_preconditions_are_412() {
     let gw = site().await;

@@ -43,6 +43,12 @@ pub async fn serve<B>(
     let mut meta = tokio::fs::metadata(&path)
         .await
         .map_err(|_| ProxyError::NotFound)?;
+    if !meta.is_dir() && req.uri().path().ends_with('/') {
+        // `file/` names a directory that is not there (ENOTDIR to nginx's
+        // open): one document under two URLs would confuse caches and
+        // relative links.
+        return Err(ProxyError::NotFound);
+    }
     if meta.is_dir() {
         if !req.uri().path().ends_with('/') {
             return Ok(redirect_to_dir(req));
