@@ -37,7 +37,7 @@ mod redis_cluster;
 mod redis_sentinel;
 mod room_subs;
 mod splice;
-mod static_ranges;
+mod static_files;
 mod systemd;
 mod upgrade;
 mod upstream;

@@ -1,9 +1,10 @@
 //! Static files for `root` routes: percent-decoded paths that can never leave the
-//! root (`..` rejected, symlinks resolved and re-checked), `index.html` for
+//! root (`..` rejected, files opened beneath it: [`open`]), `index.html` for
 //! directories, content types by extension, validators, preconditions and
 //! single byte ranges ([`conditions`]), bodies streamed from disk.
 
 mod conditions;
+mod open;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -36,45 +37,20 @@ pub async fn serve<B>(
         .strip_prefix(route.path.trim_end_matches('/'))
         .unwrap_or("");
     let rel = safe_relative(rel_path).ok_or(ProxyError::NotFound)?;
-    let root = tokio::fs::canonicalize(root)
-        .await
-        .map_err(|_| ProxyError::NotFound)?;
-    let mut path = root.join(&rel);
-    let mut meta = tokio::fs::metadata(&path)
-        .await
-        .map_err(|_| ProxyError::NotFound)?;
-    if !meta.is_dir() && req.uri().path().ends_with('/') {
-        // `file/` names a directory that is not there (ENOTDIR to nginx's
-        // open): one document under two URLs would confuse caches and
-        // relative links.
-        return Err(ProxyError::NotFound);
-    }
-    if meta.is_dir() {
-        if !req.uri().path().ends_with('/') {
-            return Ok(redirect_to_dir(req));
-        }
-        path.push("index.html");
-        meta = tokio::fs::metadata(&path)
-            .await
-            .map_err(|_| ProxyError::NotFound)?;
-    }
-    // Symlinks may point anywhere: the resolved file must still be under the root.
-    let real = tokio::fs::canonicalize(&path)
-        .await
-        .map_err(|_| ProxyError::NotFound)?;
-    if !real.starts_with(&root) || !meta.is_file() {
-        return Err(ProxyError::NotFound);
-    }
     // Opened for HEAD and conditional requests too, so that they answer as a
     // GET would (an unreadable file is 404 to all of them, RFC 9110 §9.3.2),
     // and the length and validators are the opened file's own.
-    let file = tokio::fs::File::open(&real)
+    let slash = req.uri().path().ends_with('/');
+    let root = root.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || open::find(&root, &rel, slash))
         .await
-        .map_err(|_| ProxyError::NotFound)?;
-    let meta = file.metadata().await.map_err(|_| ProxyError::NotFound)?;
-    if !meta.is_file() {
-        return Err(ProxyError::NotFound);
-    }
+        .map_err(|e| ProxyError::Internal(format!("static file lookup: {e}")))?;
+    let (file, meta, name) = match found {
+        Ok(open::Found::File { file, meta, name }) => (file, meta, name),
+        Ok(open::Found::Directory) => return Ok(redirect_to_dir(req)),
+        Err(_) => return Err(ProxyError::NotFound),
+    };
+    let file = tokio::fs::File::from_std(file);
     let v = Validators::of(&meta);
     let len = meta.len();
     let outcome = conditions::evaluate(req.method(), req.headers(), &v, len, SystemTime::now());
@@ -115,7 +91,7 @@ pub async fn serve<B>(
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&real)),
+        HeaderValue::from_static(content_type(&name)),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));

@@ -1,7 +1,7 @@
-//! Static files answer byte ranges and preconditions as nginx does for
-//! files (RFC 9110 §13–14), through a real HTTP client: resumed downloads
-//! and media seeking (`Range`, `If-Range`), and conditional writes' checks
-//! (`If-Match`, `If-Unmodified-Since`).
+//! Static files through a real HTTP client: byte ranges and preconditions
+//! as nginx answers them for files (RFC 9110 §13–14: resumed downloads and
+//! media seeking with `Range` and `If-Range`, `If-Match` and
+//! `If-Unmodified-Since`), and what under the root is not a file to serve.
 
 use crate::common;
 
@@ -110,4 +110,31 @@ async fn failed_preconditions_are_412() {
     let future = "Fri, 01 Jan 2100 00:00:00 GMT";
     let r = ask(&gw, "GET", &[("if-modified-since", future)]).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+/// A FIFO under the root is not served, and opening it holds nothing: a
+/// blocking open would wait for a writer forever, one blocking thread per
+/// request.
+#[tokio::test]
+async fn a_fifo_under_the_root_is_not_found_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("site");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let fifo = root.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let toml = Cfg::new()
+        .listener_plain()
+        .route_root("/", "{dir}/site")
+        .build();
+    let gw = TestGateway::start_in(&toml, dir).await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(WAIT, get(gw.http(), "/pipe"))
+            .await
+            .expect("the open of a FIFO hung");
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
 }
