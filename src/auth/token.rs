@@ -146,7 +146,7 @@ fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The non-empty values of the cookies called `name`, in order.
-pub(crate) fn cookies_named<'a, 'n>(
+fn cookies_named<'a, 'n>(
     h: &'a HeaderMap,
     name: &'n str,
 ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {

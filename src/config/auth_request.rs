@@ -44,6 +44,17 @@ pub enum CacheKeyPart {
 }
 
 impl CacheKeyPart {
+    /// Whether the part can tell one client from another. The original
+    /// request's method, URI, host and address (`X-Original-*`, always
+    /// set) describe the request: a request whose only key parts are those
+    /// is never cached.
+    pub fn is_credential(&self) -> bool {
+        match self {
+            Self::Header(n) => !n.as_str().starts_with("x-original-"),
+            Self::Query(_) | Self::Cookie(_) => true,
+        }
+    }
+
     /// The credentials a client presents in headers: the default key.
     pub fn defaults() -> Vec<Self> {
         [
@@ -305,6 +316,15 @@ mod tests {
         assert_eq!(a.headers, vec!["x-user-id", "x-roles"]);
         assert_eq!(a.cache_ttl, std::time::Duration::from_secs(10));
         assert_eq!(a.cache_key, super::CacheKeyPart::defaults());
+        // The default key is said out loud: a service that reads an API key
+        // would share decisions between clients that differ only there.
+        assert!(
+            cfg.warnings.iter().any(|w| w.starts_with(
+                "route[0].auth_request_cache: decisions are cached per Authorization"
+            )),
+            "{:?}",
+            cfg.warnings
+        );
     }
 
     #[test]
@@ -315,6 +335,7 @@ mod tests {
         )
         .unwrap();
         let a = cfg.routes[0].auth_request.as_ref().unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
         let h = http::HeaderName::from_static;
         assert_eq!(
             a.cache_key,

@@ -114,6 +114,15 @@ pub(super) fn routes(
         let auth_request =
             crate::config::auth_request::parse(r, &key, ups, cx.underscores, &mut found);
         found.into_iter().for_each(|(span, m)| cx.at(span, m));
+        if auth_request
+            .as_ref()
+            .is_some_and(|a| !a.cache_ttl.is_zero())
+            && r.auth_request_cache_key.is_none()
+        {
+            cx.warnings.push(format!(
+                "{key}.auth_request_cache: decisions are cached per Authorization, Cookie and Sec-WebSocket-Protocol; if the auth service decides by anything else (an API key, a query token, the path), name it in auth_request_cache_key, or clients that differ only there share decisions"
+            ));
+        }
         out.push(RouteConfig {
             host,
             path: r.path.get_ref().clone(),

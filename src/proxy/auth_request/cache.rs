@@ -12,11 +12,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{header, HeaderMap};
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
 
-use crate::auth::token::cookies_named;
 use crate::client_cert::ClientCert;
 use crate::config::CacheKeyPart;
 
@@ -29,17 +28,20 @@ pub type Key = [u8; 32];
 /// so no two different requests hash the same input) and the verified client
 /// certificate's SHA-256 (or its absence).
 ///
-/// `None` when the request carries none of the parts and no certificate:
-/// with nothing to tell such requests apart, one client's decision would be
-/// every anonymous client's, and a credential the key leaves out (an API key
-/// the service reads) would be shared with them.
+/// `None` when the request carries no credential the key names (a header,
+/// query or cookie part other than the original request's `X-Original-*`
+/// description) and no certificate: with nothing to tell such requests'
+/// senders apart, one client's decision would be every anonymous client's,
+/// and a credential the key leaves out (an API key the service reads) would
+/// be shared with them. `None` too when the original URI cannot be read for
+/// a query part.
 pub fn key_of(
     parts: &[CacheKeyPart],
     sub: &HeaderMap,
     client_cert: Option<&ClientCert>,
 ) -> Option<Key> {
     let mut h = Sha256::new();
-    let mut any = client_cert.is_some();
+    let mut credential = client_cert.is_some();
     match client_cert {
         Some(c) => {
             h.update([1]);
@@ -54,39 +56,60 @@ pub fn key_of(
             CacheKeyPart::Header(name) => {
                 values.extend(sub.get_all(name).iter().map(|v| v.as_bytes()));
             }
-            CacheKeyPart::Query(name) => values.extend(query_values(sub, name)),
-            CacheKeyPart::Cookie(name) => {
-                values.extend(cookies_named(sub, name).map(str::as_bytes));
-            }
+            CacheKeyPart::Query(name) => query_values(sub, name, &mut values)?,
+            CacheKeyPart::Cookie(name) => cookie_values(sub, name, &mut values),
         }
-        any |= !values.is_empty();
+        credential |= !values.is_empty() && part.is_credential();
         h.update((values.len() as u32).to_be_bytes());
         for v in &values {
             h.update((v.len() as u32).to_be_bytes());
             h.update(v);
         }
     }
-    any.then(|| h.finalize().into())
+    credential.then(|| h.finalize().into())
 }
 
 /// The raw values of the query parameter `name` of the original URI (the
-/// subrequest's `X-Original-URI`). Names are compared decoded, as the
-/// service reads them: `tok%65n=` is a `token` too. Values stay as sent;
-/// two spellings of one value are then two entries, which costs only a
-/// callout.
-fn query_values<'a>(sub: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    sub.get(super::X_ORIGINAL_URI)
-        .and_then(|u| u.to_str().ok())
-        .and_then(|u| u.split_once('?'))
-        .map(|(_, q)| q)
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            percent_decode_str(k)
-                .eq(name.bytes())
-                .then_some(v.as_bytes())
-        })
+/// subrequest's `X-Original-URI`), `None` if that cannot be read. Names are
+/// compared decoded, as the service reads them: `tok%65n=` is a `token` too.
+/// Values stay as sent; two spellings of one value are then two entries,
+/// which costs only a callout. A query with a `;` (which some services also
+/// take as a separator) is keyed whole: a value cut at the `;` could
+/// otherwise stand for several the service tells apart.
+fn query_values<'a>(sub: &'a HeaderMap, name: &str, out: &mut Vec<&'a [u8]>) -> Option<()> {
+    let uri = sub.get(super::X_ORIGINAL_URI)?.to_str().ok()?;
+    let Some((_, query)) = uri.split_once('?') else {
+        return Some(());
+    };
+    if query.contains(';') {
+        out.push(query.as_bytes());
+        return Some(());
+    }
+    out.extend(query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        percent_decode_str(k)
+            .eq(name.bytes())
+            .then_some(v.as_bytes())
+    }));
+    Some(())
+}
+
+/// The raw values of the cookies called `name` in every `Cookie` field, read
+/// as bytes (a field that is not UTF-8 still has its cookies read, as
+/// services' parsers read them).
+fn cookie_values<'a>(sub: &'a HeaderMap, name: &str, out: &mut Vec<&'a [u8]>) {
+    let trim = |b: &'a [u8]| b.trim_ascii();
+    for field in sub.get_all(header::COOKIE) {
+        for pair in field.as_bytes().split(|&b| b == b';') {
+            let pair = trim(pair);
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if trim(&pair[..eq]) == name.as_bytes() {
+                out.push(trim(&pair[eq + 1..]));
+            }
+        }
+    }
 }
 
 struct Inner<T> {
@@ -223,7 +246,12 @@ mod tests {
             CacheKeyPart::Query("token".into()),
             CacheKeyPart::Cookie("sid".into()),
         ];
-        let k = |pairs: &[(&'static str, &'static str)]| key_of(&parts, &with(pairs), None);
+        // The gateway always sets X-Original-URI; the pairs may replace it.
+        let k = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = with(&[("x-original-uri", "/p")]);
+            h.extend(with(pairs));
+            key_of(&parts, &h, None)
+        };
         let uri = |u| ("x-original-uri", u);
         assert_eq!(k(&[("authorization", "Bearer x")]), None, "not a part");
         let k1 = k(&[("x-api-key", "k1")]);
@@ -247,6 +275,56 @@ mod tests {
         assert_ne!(c, k(&[("cookie", "sid=s2")]));
         // The same value in another part is another key.
         assert_ne!(k(&[("x-api-key", "s1")]), k(&[("cookie", "sid=s1")]));
+        // A query with `;` is keyed whole: `token=t;x` and `token=t;y` may
+        // be two tokens to the service.
+        assert_ne!(k(&[uri("/p?token=t;x")]), k(&[uri("/p?token=t;y")]));
+        assert_ne!(k(&[uri("/p?a=1;token=x")]), k(&[uri("/p?a=1;token=y")]));
+        // No readable original URI: nothing cached.
+        assert_eq!(key_of(&parts, &with(&[("x-api-key", "k1")]), None), None);
+    }
+
+    /// A cookie field that is not UTF-8 still has its cookies read (a
+    /// service's parser reads them): `sid` is in the key, not absent.
+    #[test]
+    fn cookies_are_read_as_bytes() {
+        let parts = [CacheKeyPart::Cookie("sid".into())];
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"sid=S; x=\xff").unwrap(),
+        );
+        let with_sid = key_of(&parts, &h, None);
+        assert!(with_sid.is_some());
+        assert_eq!(
+            with_sid,
+            key_of(&parts, &with(&[("cookie", "sid=S")]), None)
+        );
+    }
+
+    /// The original request's description (`uri`, `method`, `host`, `ip`)
+    /// tells requests apart, not the clients sending them: a request with
+    /// none of the other parts is not cached, whatever else the key names.
+    #[test]
+    fn the_original_request_alone_is_no_credential() {
+        let h = |n| CacheKeyPart::Header(http::HeaderName::from_static(n));
+        let parts = [
+            h("authorization"),
+            h("x-original-uri"),
+            h("x-original-method"),
+            h("x-original-host"),
+            h("x-original-for"),
+        ];
+        let sub = with(&[
+            ("x-original-uri", "/x"),
+            ("x-original-method", "GET"),
+            ("x-original-host", "a.test"),
+            ("x-original-for", "10.0.0.1"),
+            ("cookie", "session=alice"),
+        ]);
+        assert_eq!(key_of(&parts, &sub, None), None);
+        let mut signed = sub.clone();
+        signed.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert!(key_of(&parts, &signed, None).is_some());
     }
 
     #[test]
