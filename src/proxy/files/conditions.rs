@@ -98,7 +98,7 @@ pub fn evaluate(
         }
     }
     // Ranges are defined for GET only (§14.2): a HEAD describes the whole.
-    if method != Method::GET || !if_range_holds(headers, v) {
+    if method != Method::GET || !if_range_holds(headers, v, now) {
         return Outcome::Full;
     }
     match single(headers) {
@@ -134,8 +134,10 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 /// `If-Range` (§13.1.5): the range is served only if the file is still the
-/// one the client has part of: its strong entity tag, or exactly its date.
-fn if_range_holds(headers: &HeaderMap, v: &Validators) -> bool {
+/// one the client has part of: its strong entity tag, or exactly its date
+/// when that date is a strong validator (§8.8.2.2: at least a second old, so
+/// no second write within the same second can share it).
+fn if_range_holds(headers: &HeaderMap, v: &Validators, now: SystemTime) -> bool {
     let Some(value) = headers.get(header::IF_RANGE) else {
         return true;
     };
@@ -149,7 +151,7 @@ fn if_range_holds(headers: &HeaderMap, v: &Validators) -> bool {
     httpdate::parse_http_date(value)
         .ok()
         .zip(v.modified_secs())
-        .is_some_and(|(d, m)| secs(d) == m)
+        .is_some_and(|(d, m)| secs(d) == m && m < secs(now))
 }
 
 /// The one `bytes=` range asked for; `None` (the whole file) for another

@@ -144,10 +144,14 @@ impl Conn {
         } else {
             self.write_body(out, body, framing).await
         };
-        // An answer before the whole body: the server may still expect the
-        // rest, so the connection is not reused.
+        // An answer before the whole body (a refusal, or a 2xx head seen
+        // while it was sent): the server may not have read all of it, and
+        // what it did not read would be taken for the next request. (A head
+        // that came while every write went through at once is not seen
+        // before the body ends: only a server that waits to answer is told
+        // apart, as by nginx.)
         let reusable = match sent {
-            Ok(Sent::All) => true,
+            Ok(Sent::All) => self.buf.is_empty(),
             Ok(Sent::Answered) => {
                 tracing::debug!("upstream answered before the request body was sent in full");
                 false

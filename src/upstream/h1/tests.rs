@@ -444,11 +444,8 @@ async fn interim_and_2xx_answers_keep_the_upload_going() {
     drop(tx);
     let resp = in_time(sending).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
-    let body = in_time(resp.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(body, "done");
+    let body = in_time(resp.into_body().collect()).await.unwrap();
+    assert_eq!(body.to_bytes(), "done");
     let got = String::from_utf8(server.await.unwrap()).unwrap();
     assert!(got.ends_with("\r\n\r\n4\r\nmore\r\n0\r\n\r\n"), "{got}");
 }
