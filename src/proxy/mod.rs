@@ -326,6 +326,22 @@ impl Proxy {
             // HTTP/2 requests reach here with their fields as sent.
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
+        if req.version() == Version::HTTP_2 {
+            // The other single fields server::smuggle refuses twice over
+            // HTTP/1.1: the origin allow-list reads the first `Origin` while
+            // the upstream could read another.
+            for name in [
+                header::ORIGIN,
+                header::SEC_WEBSOCKET_KEY,
+                header::SEC_WEBSOCKET_VERSION,
+            ] {
+                if req.headers().get_all(&name).iter().nth(1).is_some() {
+                    return Err(ProxyError::BadRequest(format!(
+                        "more than one {name} header"
+                    )));
+                }
+            }
+        }
         if let Some(h) = host {
             // `Host`, HTTP/2's `:authority` or an absolute-form target's:
             // each must be a host and port, without userinfo.

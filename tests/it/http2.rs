@@ -314,3 +314,57 @@ async fn a_204_with_content_length_stays_well_formed_over_http2() {
         assert!(!resp.headers().contains_key("content-length"));
     }
 }
+
+/// An RFC 8441 WebSocket handshake on `/echo`, with `extra` fields.
+fn ws_connect(extra: &[(&str, &str)]) -> Request<()> {
+    let mut b = Request::builder()
+        .method("CONNECT")
+        .uri("http://localhost/echo")
+        .header("sec-websocket-version", "13");
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(()).expect("request");
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    req
+}
+
+/// The single fields HTTP/1.1's scanner refuses twice (`server::smuggle`)
+/// are refused twice over HTTP/2 too, on their stream: the origin allow-list
+/// would read the first `Origin` while the upstream could read the other.
+#[tokio::test]
+async fn repeated_single_fields_of_an_http2_handshake_get_400() {
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .listener_plain()
+            .route(
+                common::cfg::Route::app("/echo", "echo")
+                    .set("origins", vec!["https://good.example"]),
+            )
+            .build(),
+    )
+    .await;
+    let mut c = h2c(gw.http()).await;
+    let good = ("origin", "https://good.example");
+    for extra in [
+        vec![good, ("origin", "https://evil.example")],
+        vec![good, ("sec-websocket-version", "13")],
+        vec![
+            good,
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-key", "AQIDBAUGBwgJCgsMDQ4PEA=="),
+        ],
+    ] {
+        let (status, text) = c.get(ws_connect(&extra)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{extra:?}: {text}");
+        assert!(text.contains("more than one"), "{text}");
+    }
+    let (resp, _stream) = c.start(ws_connect(&[good]), true).await;
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!c.conn.is_finished(), "the connection ended");
+}
