@@ -159,3 +159,21 @@ fn redis_urls_are_checked_as_the_client_will_read_them_and_shown_without_passwor
     assert!(parse(Path::new("t.toml"), &cfg("redis://:pw@127.0.0.1:6379/0")).is_ok());
     assert!(parse(Path::new("t.toml"), &cfg("redis+unix:///run/redis.sock")).is_ok());
 }
+
+/// A PROXY-protocol listener with no trusted proxy is refused; but when the
+/// list is empty only because its entries were wrong, those are the one
+/// problem, not a second "nobody is trusted".
+#[test]
+fn a_bad_trusted_proxy_is_the_one_problem_of_a_proxy_protocol_listener() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\nproxy_protocol = true\n";
+    let e = err(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.1/8\"]\n{listener}"
+    ));
+    assert!(e.contains("server.trusted_proxies[0]"), "{e}");
+    assert!(!e.contains("no peer may send"), "{e}");
+    let e = err(listener);
+    assert!(
+        e.contains("listener[0].proxy_protocol: no peer may send"),
+        "{e}"
+    );
+}

@@ -50,8 +50,13 @@ pub fn validate(
     let log = log(&mut cx, &raw.log);
     let limits = super::limits::limits(&mut cx, &raw.limit, raw.cluster.is_some());
     let listeners = listeners(&mut cx, &raw.listener, &limits);
-    for (span, m) in client_addr::proxy_protocol(&raw.listener, &server.trusted_proxies) {
-        cx.at(span, m);
+    // An empty list that was meant to hold entries was said wrong already:
+    // "no proxy is trusted" on top would send the reader the wrong way.
+    let bad_entry = |i: &ConfigIssue| i.message.starts_with("server.trusted_proxies[");
+    if !cx.issues.iter().any(bad_entry) {
+        for (span, m) in client_addr::proxy_protocol(&raw.listener, &server.trusted_proxies) {
+            cx.at(span, m);
+        }
     }
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = socket_addr(&mut cx, &a.addr, "admin.addr")?;
