@@ -391,6 +391,9 @@ pub struct ChatConfig {
     pub poll_idle_timeout: Duration,
     /// Rooms one connection (WebSocket, SSE stream, poll session) may be in.
     pub max_rooms_per_connection: usize,
+    /// Rooms one node keeps in memory at most (single node; a cluster keeps
+    /// them in Redis).
+    pub max_rooms: usize,
     /// Long-poll sessions this node keeps at most; past it 503.
     pub max_poll_sessions: usize,
     /// Long-poll sessions one client address may open; past it 429; 0 = no cap.

@@ -177,3 +177,16 @@ fn a_bad_trusted_proxy_is_the_one_problem_of_a_proxy_protocol_listener() {
         "{e}"
     );
 }
+
+#[test]
+fn chat_max_rooms_is_read_and_bounded() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    let cfg = parse(
+        Path::new("t.toml"),
+        &format!("{listener}[app.chat]\nmax_rooms = 50000\n"),
+    )
+    .expect("valid");
+    assert_eq!(cfg.chat.max_rooms, 50_000);
+    let e = err(&format!("{listener}[app.chat]\nmax_rooms = 0\n"));
+    assert!(e.contains("t.toml:4:13: app.chat.max_rooms"), "{e}");
+}

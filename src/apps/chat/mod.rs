@@ -69,7 +69,13 @@ impl Chat {
         shutdown: Shutdown,
         budget: Arc<Budget>,
     ) -> Arc<Self> {
-        let bus = LocalBus::new(&node_id, cfg.history, cfg.history_ttl, cfg.history_memory);
+        let bus = LocalBus::new(
+            &node_id,
+            cfg.history,
+            cfg.history_ttl,
+            cfg.history_memory,
+            cfg.max_rooms,
+        );
         Self::with_bus(cfg, bus, shutdown, budget)
     }
 

@@ -241,7 +241,7 @@ where
         chat.hub.note_overflow();
     }
     if end == End::Evicted {
-        crate::apps::codec::close_evicted(&mut ws).await;
+        crate::apps::codec::close_evicted(&mut *ws).await;
         tracing::debug!(user = %user, ?end, "chat session closed by server.max_buffered");
         return u16::from(crate::apps::codec::BUDGET_CLOSE);
     }

@@ -215,6 +215,7 @@ pub(super) fn chat(
             1,
             10_000,
         ) as usize,
+        max_rooms: cx.int(&c.max_rooms, "app.chat.max_rooms", 10_000, 1, 10_000_000) as usize,
         max_poll_sessions: cx.int(
             &c.max_poll_sessions,
             "app.chat.max_poll_sessions",

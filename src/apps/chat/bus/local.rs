@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
-use super::{history_cutoff, Bus, BusError, Deliver, OnlineUser, Published, MAX_ROOMS};
+use super::{history_cutoff, Bus, BusError, Deliver, OnlineUser, Published};
 use crate::apps::chat::protocol::{
     new_epoch, now_ms, ChatMessage, DirectMessage, Event, Head, Presence, PresenceState, RoomName,
     UserName,
@@ -72,6 +72,10 @@ fn message_size(m: &ChatMessage) -> u64 {
 /// The single-node [`Bus`].
 pub struct LocalBus {
     node: Arc<str>,
+    /// Rooms kept at most (`app.chat.max_rooms`). A room lives while it has
+    /// members or history; without a cap a client could create rooms until
+    /// the process runs out of memory.
+    max_rooms: usize,
     history_cap: usize,
     history_ttl: std::time::Duration,
     /// The epoch new rooms get. All local history is lost together at a
@@ -103,9 +107,11 @@ impl LocalBus {
         history_cap: usize,
         history_ttl: std::time::Duration,
         history_memory: u64,
+        max_rooms: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             node: Arc::from(node),
+            max_rooms,
             history_cap,
             history_ttl,
             epoch: Mutex::new(new_epoch()),
@@ -133,10 +139,11 @@ impl LocalBus {
             let log = match self.rooms.get(room) {
                 Some(l) => l.clone(),
                 None => {
-                    if self.rooms.len() >= MAX_ROOMS {
+                    let max = self.max_rooms;
+                    if self.rooms.len() >= max {
                         // A batch, so that the scan is not paid per new room.
-                        self.forget_idle(|bus| bus.rooms.len() < MAX_ROOMS - MAX_ROOMS / 16);
-                        if self.rooms.len() >= MAX_ROOMS {
+                        self.forget_idle(|bus| bus.rooms.len() < max - max / 16);
+                        if self.rooms.len() >= max {
                             return Err(BusError::TooManyRooms);
                         }
                     }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::*;
 
+/// The default `app.chat.max_rooms`.
+const MAX_ROOMS: usize = 10_000;
+
 /// Records what the bus delivers.
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
@@ -27,7 +30,7 @@ fn n(s: &str) -> (RoomName, UserName) {
 
 #[tokio::test]
 async fn ids_history_ring_and_presence() {
-    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX, MAX_ROOMS);
     let rec = Arc::new(Recorder::default());
     let sink: Arc<dyn Deliver> = rec.clone();
     bus.attach(Arc::downgrade(&sink));
@@ -70,7 +73,7 @@ async fn ids_history_ring_and_presence() {
 
 #[tokio::test]
 async fn empty_rooms_are_dropped() {
-    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX, MAX_ROOMS);
     let (room, user) = n("b");
     bus.room_join(room.clone(), user.clone()).await.unwrap();
     assert_eq!(bus.rooms.len(), 1);
@@ -84,7 +87,7 @@ fn room(i: usize) -> RoomName {
 
 #[tokio::test]
 async fn at_the_room_cap_idle_rooms_are_forgotten_oldest_first() {
-    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX, MAX_ROOMS);
     let (_, user) = n("u");
     let kept = n("kept").0;
     bus.room_join(kept.clone(), user.clone()).await.unwrap();
@@ -115,17 +118,28 @@ async fn at_the_room_cap_idle_rooms_are_forgotten_oldest_first() {
         .unwrap();
     assert_eq!(bus.heads(vec![room(0)]).await.unwrap()[0].epoch, head.epoch);
     // With every room held by a member, the cap is the answer.
-    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX);
+    let bus = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX, MAX_ROOMS);
     for i in 0..MAX_ROOMS {
         bus.room_join(room(i), user.clone()).await.unwrap();
     }
-    let e = bus.room_join(n("one-more").0, user).await.unwrap_err();
+    let e = bus
+        .room_join(n("one-more").0, user.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(e, BusError::TooManyRooms), "{e}");
+    // The cap is the node's `app.chat.max_rooms`; a room that exists is
+    // joined at the cap all the same.
+    let small = LocalBus::new("n1", 3, Duration::ZERO, u64::MAX, 5);
+    for i in 0..5 {
+        small.room_join(room(i), user.clone()).await.unwrap();
+    }
+    assert!(small.room_join(room(5), user.clone()).await.is_err());
+    small.room_join(room(0), n("other").1).await.unwrap();
 }
 
 #[tokio::test]
 async fn history_stays_within_its_memory() {
-    let bus = LocalBus::new("n1", 100, Duration::ZERO, 20_000);
+    let bus = LocalBus::new("n1", 100, Duration::ZERO, 20_000, MAX_ROOMS);
     let (_, user) = n("u");
     let text: Arc<str> = "y".repeat(1000).into();
     let member = n("member").0;

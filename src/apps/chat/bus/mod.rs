@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-pub use super::bus_error::{BusError, MAX_ROOMS};
+pub use super::bus_error::BusError;
 use super::protocol::{now_ms, ChatMessage, DirectMessage, Event, Head, RoomName, UserName};
 
 mod local;
