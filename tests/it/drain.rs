@@ -223,6 +223,72 @@ async fn drain_paces_200_chat_sessions_over_the_window() {
     assert!(done.expect("drain task"), "drained within the grace");
 }
 
+/// A drain ends chat SSE streams spread over the window too, each with a
+/// last `retry: <ms>` within it, so that browsers reconnect spread out
+/// instead of all together after the same `retry: 2000`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_paces_sse_streams_over_the_window() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STREAMS: usize = 40;
+    let toml = Cfg::new()
+        .set("server.shutdown_grace", "8s")
+        .set("server.drain_window", "2s")
+        .set("log.access_log", false)
+        .listener_plain()
+        .route_app("/chat", "chat")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let mut s = tokio::net::TcpStream::connect(gw.http())
+            .await
+            .expect("connect");
+        let req =
+            format!("GET /chat/sse?user=s{i}&rooms=lobby HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("request");
+        // The welcome is there: the stream is live.
+        let mut seen = Vec::new();
+        let mut b = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\"welcome\"") {
+            let n = tokio::time::timeout(WAIT, s.read(&mut b))
+                .await
+                .expect("welcome in time")
+                .expect("read");
+            assert!(n > 0, "closed before the welcome");
+            seen.extend_from_slice(&b[..n]);
+        }
+        streams.push(s);
+    }
+    let gw = Arc::new(gw);
+    let started = Instant::now();
+    let drain = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.handle.shutdown().await }
+    });
+    let ends = futures_util::future::join_all(streams.into_iter().map(|mut s| async move {
+        let rest = common::raw::read_to_close(&mut s, WAIT).await;
+        assert!(rest.closed(), "the stream did not end");
+        (Instant::now(), rest.text())
+    }))
+    .await;
+    // As the WebSocket closes are checked, with the hint in a `retry:`.
+    let closes: Vec<(Instant, u16, String)> = ends
+        .into_iter()
+        .map(|(at, text)| {
+            let ms = text
+                .rsplit("retry: ")
+                .next()
+                .and_then(|t| t.split('\n').next())
+                .filter(|_| text.contains("retry: "))
+                .unwrap_or_else(|| panic!("no last retry in {text:?}"));
+            (at, 1012, format!("reconnect {ms}"))
+        })
+        .collect();
+    assert_paced(&closes, started, "sse");
+    let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
+    assert!(done.expect("drain task"), "drained within the grace");
+}
+
 /// Connections accepted just before a drain (all the time during a binary
 /// upgrade) still get their first request answered: hyper's graceful
 /// shutdown alone would close them unread. A WebSocket handshake among them

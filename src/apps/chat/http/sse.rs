@@ -26,6 +26,7 @@ use crate::apps::chat::protocol::{
 };
 use crate::apps::chat::Chat;
 use crate::body::{Body, BoxError};
+use crate::shutdown::Stop;
 
 /// SSE comment lines at this interval keep idle proxies from cutting the stream
 /// (and reveal a vanished client at the next write).
@@ -163,6 +164,11 @@ pub(super) async fn sse(
         sse_event(&mut cursor, &Event::msg(m)?, &mut first);
     }
     let state = SseState {
+        // The drain ends streams spread over its window, as it closes
+        // WebSocket sessions: all at once, every browser would reconnect at
+        // the same moment (`retry: 2000` after the same close).
+        stop: chat.shutdown.session_stop(),
+        ending: false,
         chat: chat.clone(),
         _guard: guard,
         conn,
@@ -191,6 +197,10 @@ pub(super) async fn sse(
 }
 
 struct SseState {
+    /// This stream's paced drain stop.
+    stop: Stop,
+    /// The drain's last chunk (a spread `retry:`) went out: end next.
+    ending: bool,
     chat: Arc<Chat>,
     _guard: ConnGuard,
     conn: Arc<Conn>,
@@ -203,6 +213,8 @@ struct SseState {
 
 enum SseStep {
     End,
+    /// The drain reached this stream's slot.
+    Drained,
     Event(Event),
     KeepAlive,
 }
@@ -213,10 +225,13 @@ impl SseState {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
+        if self.ending {
+            return None;
+        }
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.chat.shutdown.token.cancelled() => SseStep::End,
+                _ = self.stop.cancelled() => SseStep::Drained,
                 () = &mut self.expiry => SseStep::End,
                 _ = self.conn.kicked().cancelled() => {
                     self.chat.hub.note_overflow();
@@ -227,6 +242,13 @@ impl SseState {
             };
             match step {
                 SseStep::End => return None,
+                SseStep::Drained => {
+                    // The browser waits `retry` before it reconnects: a
+                    // random delay within the window spreads those too.
+                    self.ending = true;
+                    let ms = self.chat.shutdown.pace.reconnect_ms();
+                    return Some(Bytes::from(format!("retry: {ms}\n\n")));
+                }
                 SseStep::KeepAlive => return Some(Bytes::from_static(b": keep-alive\n\n")),
                 SseStep::Event(ev) => {
                     let mut buf = BytesMut::new();
