@@ -280,6 +280,15 @@ impl Account {
         }
     }
 
+    /// The codec holds `n` bytes more than it read (a compressed fragment's
+    /// inflated payload): counted until the message is delivered, as read
+    /// bytes are.
+    pub fn hold(&self, n: usize) {
+        if n > 0 {
+            self.add(n);
+        }
+    }
+
     /// `n` bytes were read from the session's socket.
     fn add(&self, n: usize) {
         let before = self.held.fetch_add(n, Relaxed);

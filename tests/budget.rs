@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use common::raw::{frame, open_ws, read_server_frame};
+use common::raw::{frame, open_ws, read_server_frame, WS_HEADERS};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -290,6 +290,46 @@ async fn a_chat_session_holding_the_most_is_closed_too() {
     let mut next = open_ws(gw.http(), "/chat?user=next").await;
     let (_, op, _) = read_server_frame(&mut next).await;
     assert_eq!(op, 1, "welcome");
+}
+
+/// A compressed message sent in fragments is inflated fragment by fragment:
+/// a few kilobytes on the wire hold megabytes in the session. Those bytes
+/// are charged as they are inflated, so the budget closes the session
+/// (before, the budget saw only the wire bytes, and 60 such sessions held
+/// about 80 MB for 60 KB sent).
+#[tokio::test]
+async fn inflated_fragments_count_against_the_budget() {
+    use flate2::{Compress, Compression, FlushCompress};
+    let _one = SERIAL.lock().await;
+    let gw = gateway("1MiB").await;
+    let mut s = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+    let request = common::raw::handshake("/echo", &format!("{WS_HEADERS}{offer}"));
+    s.write_all(request.as_bytes()).await.expect("handshake");
+    let head = common::raw::read_head(&mut s).await;
+    assert!(
+        head.starts_with("HTTP/1.1 101") && head.contains("permessage-deflate"),
+        "{head}"
+    );
+    // 2 MiB of zeros, raw deflate (RFC 7692 §7.2.1), in two fragments.
+    let mut z = Compress::new(Compression::best(), false);
+    let mut wire = Vec::with_capacity(64 * KIB);
+    z.compress_vec(&vec![0u8; 2 * MIB], &mut wire, FlushCompress::Sync)
+        .expect("deflate");
+    assert!(wire.len() < 16 * KIB, "{} bytes", wire.len());
+    let (a, b) = wire.split_at(wire.len() / 2);
+    // RSV1 on the first fragment: the message is compressed.
+    let mut first = frame(false, 2, a, Some(ZERO_MASK));
+    first[0] |= 0x40;
+    s.write_all(&first).await.expect("fragment");
+    s.write_all(&frame(false, 0, b, Some(ZERO_MASK)))
+        .await
+        .expect("fragment");
+    let (code, _) = common::raw::read_close(&mut s).await;
+    assert_eq!(code, 1013, "evicted by the budget");
+    budget_falls_to(&gw, 0).await;
 }
 
 #[tokio::test]

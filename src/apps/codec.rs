@@ -8,7 +8,9 @@
 //! read buffer (tokio-util's `Framed`) grows by doubling as reads fill it, and
 //! fragments are appended to a reassembly buffer that grows the same way. So
 //! memory follows what has arrived (up to twice it, buffer slack included),
-//! never what a header claims: `tests/budget.rs` holds it to that.
+//! never what a header claims: `tests/budget.rs` holds it to that. Inflated
+//! fragments are the exception (more held than read): the echo app, which
+//! negotiates compression, reassembles over [`Messages`], which charges them.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use http_body_util::Empty;
 use yawc::close::CloseCode;
 use yawc::{DeflateOptions, Options, Role, WebSocket};
 
+use super::messages::Messages;
 use crate::budget::{Account, Metered};
 use crate::upgraded::{OnUpgrade, Upgraded};
 
@@ -122,6 +125,34 @@ pub fn upgrade(
 /// `match` scrutinee: an idle session's future would otherwise hold the
 /// ~900-byte codec two or three times for the session's whole life.
 pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSocket<AppSocket>>> {
+    open(up, app).await.map(|(ws, _)| Box::new(ws))
+}
+
+/// [`upgraded`] for an app that reassembles messages itself, charging what
+/// inflated fragments hold to its account ([`Messages`]), up to the
+/// `max_message_size` its [`options`] were made with.
+pub async fn upgraded_messages(
+    up: Box<Upgrade>,
+    app: &'static str,
+) -> Option<Box<Messages<AppSocket>>> {
+    let account = up.account.clone();
+    // `options` made the limit exclusive, one past the message size.
+    let max = up
+        .options
+        .max_payload_read
+        .map_or(usize::MAX, |m| m.saturating_sub(1));
+    let (ws, inflates) = open(up, app).await?;
+    Some(Box::new(Messages::new(
+        ws.into_streaming(),
+        account,
+        max,
+        inflates,
+    )))
+}
+
+/// The codec over the upgraded, metered socket, and whether permessage-deflate
+/// was agreed (the only extension wsgate answers).
+async fn open(up: Box<Upgrade>, app: &'static str) -> Option<(WebSocket<AppSocket>, bool)> {
     let Upgrade {
         on,
         extensions,
@@ -137,8 +168,9 @@ pub async fn upgraded(up: Box<Upgrade>, app: &'static str) -> Option<Box<WebSock
     };
     // The same negotiation yawc's future runs, from the extensions the
     // answer agreed to.
+    let inflates = extensions.is_some();
     match WebSocket::from_stream_with_extensions(io, Role::Server, extensions.as_deref(), options) {
-        Ok(ws) => Some(Box::new(ws)),
+        Ok(ws) => Some((ws, inflates)),
         Err(e) => {
             tracing::debug!(app, error = %e, "codec setup failed");
             None
@@ -158,10 +190,7 @@ const EVICTED_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// client may be in the middle of a message. Draining (rather than dropping
 /// the socket with unread bytes, which sends a reset) keeps the close frame
 /// from being lost to the reset.
-pub async fn close_evicted<S>(ws: &mut WebSocket<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+pub async fn close_evicted<W: Frames>(ws: &mut W) {
     use futures_util::SinkExt;
     let _ = tokio::time::timeout(EVICTED_CLOSE_TIMEOUT, async {
         ws.send(yawc::frame::Frame::close(BUDGET_CLOSE, BUDGET_CLOSE_REASON))
@@ -169,10 +198,39 @@ where
         ws.close().await?;
         // Ends at the client's EOF (or an error); frames cannot come: the
         // socket hands the codec nothing more.
-        while ws.next_frame().await.is_ok() {}
+        while std::future::poll_fn(|cx| ws.poll_frame(cx)).await.is_ok() {}
         Ok::<_, yawc::WebSocketError>(())
     })
     .await;
+}
+
+/// What closing an evicted session needs of a codec: frames in and out
+/// (yawc's `WebSocket` for the chat, [`Messages`] for the echo app).
+pub trait Frames:
+    futures_util::Sink<yawc::frame::Frame, Error = yawc::WebSocketError> + Unpin
+{
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<yawc::Result<yawc::frame::Frame>>;
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames for WebSocket<S> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<yawc::Result<yawc::frame::Frame>> {
+        self.poll_next_frame(cx)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Frames for Messages<S> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<yawc::Result<yawc::frame::Frame>> {
+        self.poll_next_frame(cx)
+    }
 }
 
 /// A compressed message that does not inflate: yawc reports it as an I/O

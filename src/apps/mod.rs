@@ -10,6 +10,7 @@ pub mod codec;
 pub mod deflate_offer;
 pub mod echo;
 pub mod error;
+pub mod messages;
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! The `echo` app: every text or binary message comes back as it was sent
-//! (fragmented messages reassembled first). The codec (yawc) answers pings,
+//! (fragmented messages reassembled first, [`super::messages`]). The codec (yawc) answers pings,
 //! completes the close handshake, and closes with 1002 on protocol errors, 1007
 //! on invalid UTF-8 and 1009 over `max_message_size` (checked against frame
 //! headers before the payload is read, so a claimed 2^62 bytes allocates nothing).
@@ -18,9 +18,9 @@ use futures_util::SinkExt;
 use http::{Request, Response};
 use yawc::close::CloseCode;
 use yawc::frame::{Frame, OpCode};
-use yawc::WebSocket;
 
 use super::error::AppError;
+use super::messages::Messages;
 use crate::access::{SessionHold, SessionLog};
 use crate::body::{empty, Body};
 use crate::budget::{Account, Budget, Evicted};
@@ -83,7 +83,7 @@ fn session(
 ) -> impl std::future::Future<Output = ()> {
     async move {
         let _slot = slot;
-        let Some(mut ws) = super::codec::upgraded(up, "echo").await else {
+        let Some(mut ws) = super::codec::upgraded_messages(up, "echo").await else {
             return;
         };
         timers.restart(tokio::time::Instant::now());
@@ -116,7 +116,7 @@ enum End {
 /// [`super::codec::upgraded`]: a by-value copy in an `async fn`'s state
 /// would double an idle session.
 async fn echo<S>(
-    ws: &mut WebSocket<S>,
+    ws: &mut Messages<S>,
     timers: &mut Timers,
     account: &Account,
     drain: &Stop,
@@ -284,7 +284,7 @@ enum Turn {
 /// registers the task, so after a [`Turn::Quiet`] (and nothing awaited
 /// since) the next wait need not ask the socket again.
 fn poll_turn<S>(
-    ws: &mut WebSocket<S>,
+    ws: &mut Messages<S>,
     cx: &mut Context<'_>,
     account: &Account,
     log: &mut SessionLog,
@@ -330,7 +330,7 @@ where
 }
 
 /// Ends the session as `end` says, recording its close code.
-async fn close<S>(ws: &mut WebSocket<S>, end: End, log: &mut SessionLog, pace: &Pace)
+async fn close<S>(ws: &mut Messages<S>, end: End, log: &mut SessionLog, pace: &Pace)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -472,7 +472,7 @@ fn on_read(frame: yawc::Result<Frame>, account: &Account, log: &mut SessionLog) 
 /// 1003 for reserved opcodes) and closed its read side: one more read flushes it
 /// and reports the connection closed. Errors found after the codec (invalid UTF-8,
 /// fragment assembly) did not, so the close is sent here.
-pub async fn fail<S>(ws: &mut WebSocket<S>, err: &yawc::WebSocketError)
+pub async fn fail<S>(ws: &mut Messages<S>, err: &yawc::WebSocketError)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -499,7 +499,7 @@ where
 /// Ends a session cleanly. yawc queues its close frames (the echo of a client's
 /// close, or 1002/1007/1009 after a protocol error) and writes them on the next
 /// read, so keep reading until it reports the connection closed, bounded in time.
-pub async fn finish<S>(ws: &mut WebSocket<S>)
+pub async fn finish<S>(ws: &mut Messages<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

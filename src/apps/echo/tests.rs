@@ -32,11 +32,13 @@ fn one_timer_serves_pings_and_the_idle_deadline() {
 async fn echo_on(server: tokio::net::TcpStream, max: u64, drain: Stop) -> End {
     use crate::config::{AppKind, RouteConfig};
     let opts = super::super::codec::options(max, false);
-    let mut ws = WebSocket::from_stream(server, yawc::Role::Server, opts).unwrap();
+    let ws = yawc::WebSocket::from_stream(server, yawc::Role::Server, opts).unwrap();
     let route = crate::router::Route::new(0, RouteConfig::test_app("/echo", AppKind::Echo));
     let access = crate::access::Access::new(Arc::new(crate::metrics::Metrics::new()), false);
     let mut log = SessionLog::new(&access, &route, "app", [127, 0, 0, 1].into());
     let account = Budget::new(1 << 30, Default::default()).open();
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut ws = Messages::new(ws.into_streaming(), account.clone(), max, false);
     let now = tokio::time::Instant::now();
     let mut timers = Timers::new(Duration::ZERO, Duration::from_secs(60), now);
     echo(&mut ws, &mut timers, &account, &drain, &mut log).await
