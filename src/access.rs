@@ -130,11 +130,7 @@ where
                     self.bytes_out += d.len() as u64;
                 }
             }
-            // The status went out already: only the line can say the body
-            // was cut short (an upstream that closed or stalled mid-body).
-            Poll::Ready(Some(Err(e))) if self.info.error.is_none() => {
-                self.info.error = Some(format!("response body: {e}"));
-            }
+            Poll::Ready(Some(Err(e))) => body_failed(&mut self.info, e),
             _ => {}
         }
         r
@@ -144,6 +140,17 @@ where
     }
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The status went out already: only the line can say the body was cut
+/// short (an upstream that closed or stalled mid-body). Out of line: every
+/// proxied request's frames pass the match that leads here.
+#[cold]
+#[inline(never)]
+fn body_failed(info: &mut RequestInfo, e: &BoxError) {
+    if info.error.is_none() {
+        info.error = Some(format!("response body: {e}"));
     }
 }
 

@@ -288,6 +288,26 @@ fn same_route_decoded(
     }
 }
 
+/// The other single fields server::smuggle refuses twice over HTTP/1.1,
+/// for HTTP/2 requests: the origin allow-list reads the first `Origin`
+/// while the upstream could read another. Out of line: HTTP/1.1 requests,
+/// which never come here, keep `dispatch` as small as it was.
+#[inline(never)]
+fn repeated_single_field(headers: &::http::HeaderMap) -> Result<(), ProxyError> {
+    for name in [
+        header::ORIGIN,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+    ] {
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            return Err(ProxyError::BadRequest(format!(
+                "more than one {name} header"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
     resp.map(http_body_util::Either::Right)
@@ -327,20 +347,7 @@ impl Proxy {
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
         if req.version() == Version::HTTP_2 {
-            // The other single fields server::smuggle refuses twice over
-            // HTTP/1.1: the origin allow-list reads the first `Origin` while
-            // the upstream could read another.
-            for name in [
-                header::ORIGIN,
-                header::SEC_WEBSOCKET_KEY,
-                header::SEC_WEBSOCKET_VERSION,
-            ] {
-                if req.headers().get_all(&name).iter().nth(1).is_some() {
-                    return Err(ProxyError::BadRequest(format!(
-                        "more than one {name} header"
-                    )));
-                }
-            }
+            repeated_single_field(req.headers())?;
         }
         if let Some(h) = host {
             // `Host`, HTTP/2's `:authority` or an absolute-form target's:
