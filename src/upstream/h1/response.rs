@@ -54,16 +54,18 @@ pub fn final_status_so_far(conn: &mut Conn) -> Result<Option<StatusCode>, Error>
             httparse::Status::Complete(n) => n,
             httparse::Status::Partial => return Ok(None),
         };
-        let status = resp
-            .code
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .ok_or(Error::Header)?;
+        let status = status_of(resp.code)?;
         if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some(status));
         }
         let _ = conn.buf.split_to(n);
     }
     Ok(None)
+}
+
+fn status_of(code: Option<u16>) -> Result<StatusCode, Error> {
+    code.and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Header)
 }
 
 struct Head {
@@ -87,10 +89,7 @@ fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
-    let status = resp
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Header)?;
+    let status = status_of(resp.code)?;
     let version = match resp.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,

@@ -36,6 +36,17 @@ async fn scripted(
     (addr, task)
 }
 
+/// A test server reads into `got` until `done` says it has enough (a head,
+/// a chunked body's end), failing if the client closes first.
+async fn read_to(s: &mut TcpStream, got: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+    let mut chunk = [0u8; 1024];
+    while !done(got) {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// A head, plus its body when it is chunked (test requests have no other).
 fn ends_request(b: &[u8]) -> bool {
     let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -239,18 +250,9 @@ async fn the_head_goes_out_before_a_slow_body() {
     let server = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before the head");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        read_to(&mut s, &mut got, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
         let _ = head_seen.send(());
-        while !got.ends_with(b"0\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before the body");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        read_to(&mut s, &mut got, |b| b.ends_with(b"0\r\n\r\n")).await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();
@@ -412,23 +414,14 @@ async fn interim_and_2xx_answers_keep_the_upload_going() {
     let server = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before the head");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        read_to(&mut s, &mut got, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
         s.write_all(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
         )
         .await
         .unwrap();
         let _ = answered.send(());
-        while !got.ends_with(b"0\r\n\r\n") {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before the body");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        read_to(&mut s, &mut got, |b| b.ends_with(b"0\r\n\r\n")).await;
         s.write_all(b"4\r\ndone\r\n0\r\n\r\n").await.unwrap();
         got
     });
