@@ -256,4 +256,4 @@ impl VisitFmt for FieldWriter<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

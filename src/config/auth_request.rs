@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::file::{RouteFile, SStr};
+use super::messages::dropped_header;
 use super::units::parse_duration;
 use super::UpstreamConfig;
 
@@ -275,17 +276,18 @@ fn cache_key(
     let mut out = Vec::new();
     let mut ok = true;
     for p in parts.get_ref() {
-        match CacheKeyPart::parse(p.get_ref()) {
-            Ok(CacheKeyPart::Header(n)) if !underscores && n.as_str().contains('_') => {
-                issues.push((
-                    p.span(),
-                    format!("{k}: header {:?} has a '_', and such fields are dropped (server.underscores_in_headers = false)", n.as_str()),
-                ));
-                ok = false;
-            }
+        let part = CacheKeyPart::parse(p.get_ref())
+            .map_err(|e| format!("{k}: {e}"))
+            .and_then(|part| match &part {
+                CacheKeyPart::Header(n) => {
+                    dropped_header(&k, n.as_str(), underscores).map_or(Ok(part), Err)
+                }
+                _ => Ok(part),
+            });
+        match part {
             Ok(part) => out.push(part),
-            Err(e) => {
-                issues.push((p.span(), format!("{k}: {e}")));
+            Err(m) => {
+                issues.push((p.span(), m));
                 ok = false;
             }
         }

@@ -1,7 +1,7 @@
 //! How the config's problems are worded and its secrets shown: toml's
 //! deserializer messages given the key they are about and TOML's words for
-//! types, the names a dangling reference could have meant, and Redis URLs
-//! without their passwords.
+//! types, the names a dangling reference could have meant, a key naming a
+//! header no request carries, and Redis URLs without their passwords.
 
 /// ` `name``, after toml's "duplicate key", which names no key: the key's
 /// text at the error's span.
@@ -118,4 +118,12 @@ pub(super) fn hide_secret_value(key: &str, message: &str) -> String {
     }
     // Any other wording may quote the value too.
     "invalid value (not shown: it may be a secret)".to_string()
+}
+
+/// The issue of a key naming header `name`, which no request can carry when
+/// `server.underscores_in_headers` is off and the name has a `_`.
+pub(super) fn dropped_header(key: &str, name: &str, underscores: bool) -> Option<String> {
+    (!underscores && name.contains('_')).then(|| {
+        format!("{key}: header {name:?} has a '_', and such fields are dropped (server.underscores_in_headers = false)")
+    })
 }

@@ -28,6 +28,19 @@ impl<'a> MakeWriter<'a> for Captured {
     }
 }
 
+/// Captures what `f` logs through a default fmt subscriber, as text (for
+/// tests elsewhere that check a log line).
+pub(crate) fn logs_of(f: impl FnOnce()) -> String {
+    let buf = Captured::default();
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(buf.clone())
+        .finish();
+    tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    text
+}
+
 #[derive(Debug)]
 struct Failure;
 

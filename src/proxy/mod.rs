@@ -288,18 +288,14 @@ fn same_route_decoded(
     }
 }
 
-/// The other single fields server::smuggle refuses twice over HTTP/1.1,
-/// for HTTP/2 requests: the origin allow-list reads the first `Origin`
-/// while the upstream could read another. Out of line: HTTP/1.1 requests,
-/// which never come here, keep `dispatch` as small as it was.
+/// The single fields server::smuggle refuses twice over HTTP/1.1, for
+/// HTTP/2 requests: the origin allow-list reads the first `Origin` while the
+/// upstream could read another. Out of line: HTTP/1.1 requests, which never
+/// come here, keep `dispatch` as small as it was.
 #[inline(never)]
 fn repeated_single_field(headers: &::http::HeaderMap) -> Result<(), ProxyError> {
-    for name in [
-        header::ORIGIN,
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-    ] {
-        if headers.get_all(&name).iter().nth(1).is_some() {
+    for name in crate::server::smuggle::SINGLE {
+        if headers.get_all(name).iter().nth(1).is_some() {
             return Err(ProxyError::BadRequest(format!(
                 "more than one {name} header"
             )));

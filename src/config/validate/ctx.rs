@@ -34,11 +34,8 @@ impl Ctx<'_> {
         key: &str,
         name: &str,
     ) {
-        if !self.underscores && name.contains('_') {
-            self.at(
-                span,
-                format!("{key}: header {name:?} has a '_', and such fields are dropped (server.underscores_in_headers = false)"),
-            );
+        if let Some(m) = crate::config::messages::dropped_header(key, name, self.underscores) {
+            self.at(span, m);
         }
     }
 }

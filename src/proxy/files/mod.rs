@@ -50,11 +50,11 @@ pub async fn serve<B>(
         Ok(open::Found::Directory) => return Ok(redirect_to_dir(req)),
         Err(_) => return Err(ProxyError::NotFound),
     };
-    let file = tokio::fs::File::from_std(file);
+    let mut file = tokio::fs::File::from_std(file);
     let v = Validators::of(&meta);
     let len = meta.len();
     let outcome = conditions::evaluate(req.method(), req.headers(), &v, len, SystemTime::now());
-    let (status, range) = match outcome {
+    let (status, start, count) = match outcome {
         Outcome::PreconditionFailed => return Err(ProxyError::PreconditionFailed),
         Outcome::NotModified => return Ok(bodiless(StatusCode::NOT_MODIFIED, &v)),
         Outcome::Unsatisfiable => {
@@ -64,20 +64,14 @@ pub async fn serve<B>(
             }
             return Ok(r);
         }
-        Outcome::Full => (StatusCode::OK, 0..=len.saturating_sub(1)),
-        Outcome::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start..=end),
-    };
-    let count = if len == 0 {
-        0
-    } else {
-        range.end() - range.start() + 1
+        Outcome::Full => (StatusCode::OK, 0, len),
+        Outcome::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
     };
     let body = if req.method() == Method::HEAD {
         empty()
     } else {
-        let mut file = file;
-        if *range.start() > 0 {
-            file.seek(std::io::SeekFrom::Start(*range.start()))
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
                 .await
                 .map_err(|e| ProxyError::Internal(format!("static file seek: {e}")))?;
         }
@@ -96,7 +90,7 @@ pub async fn serve<B>(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {
-        let cr = format!("bytes {}-{}/{len}", range.start(), range.end());
+        let cr = format!("bytes {start}-{}/{len}", start + count - 1);
         if let Ok(cr) = HeaderValue::from_str(&cr) {
             h.insert(header::CONTENT_RANGE, cr);
         }

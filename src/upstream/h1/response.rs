@@ -47,14 +47,9 @@ pub async fn read_head(
 pub fn final_status_so_far(conn: &mut Conn) -> Result<Option<StatusCode>, Error> {
     while !conn.buf.is_empty() {
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let n = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots)?
-        {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => return Ok(None),
+        let Some((n, status, _)) = parse_raw(&conn.buf, &mut slots)? else {
+            return Ok(None);
         };
-        let status = status_of(resp.code)?;
         if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some(status));
         }
@@ -63,9 +58,24 @@ pub fn final_status_so_far(conn: &mut Conn) -> Result<Option<StatusCode>, Error>
     Ok(None)
 }
 
-fn status_of(code: Option<u16>) -> Result<StatusCode, Error> {
-    code.and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(Error::Header)
+/// httparse over `buf`: a complete head's length, status and fields (in
+/// `slots`), or `None` while it is partial.
+fn parse_raw<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, StatusCode, httparse::Response<'h, 'b>)>, Error> {
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)?
+    {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(Error::Header)?;
+    Ok(Some((n, status, resp)))
 }
 
 struct Head {
@@ -82,14 +92,9 @@ fn parse(conn: &mut Conn) -> Result<Option<Head>, Error> {
     // Left uninitialised: hyper's parse does the same; zeroing 100 slots
     // cost more than the parse of a typical head.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let n = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots)?
-    {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
+    let Some((n, status, resp)) = parse_raw(&conn.buf, &mut slots)? else {
+        return Ok(None);
     };
-    let status = status_of(resp.code)?;
     let version = match resp.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,

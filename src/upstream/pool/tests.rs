@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::ServerEntry;
+use crate::logging::tests::logs_of;
 use crate::upstream::backend::InflightGuard;
 
 const SECRET: [u8; 32] = [3; 32];
@@ -221,30 +222,6 @@ fn cookie_affinity_pins_and_replaces_bad_tokens() {
     let c = p.select(&aff, &[]).unwrap();
     assert_ne!(c.backend.id, target.id);
     assert!(c.issue_cookie);
-}
-
-/// Captures what `f` logs, as text.
-fn logs_of(f: impl FnOnce()) -> String {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let w = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
-    tracing::subscriber::with_default(sub, f);
-    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
-    text
 }
 
 #[test]
