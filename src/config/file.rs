@@ -250,6 +250,7 @@ pub struct ChatFile {
     pub poll_idle_timeout: Option<SStr>,
     pub max_rooms_per_connection: Option<Spanned<i64>>,
     pub max_rooms: Option<Spanned<i64>>,
+    pub max_rooms_per_ip: Option<Spanned<i64>>,
     pub max_poll_sessions: Option<Spanned<i64>>,
     pub max_poll_sessions_per_ip: Option<Spanned<i64>>,
     pub message_rate: Option<SStr>,

@@ -394,6 +394,9 @@ pub struct ChatConfig {
     /// Rooms one node keeps in memory at most (single node; a cluster keeps
     /// them in Redis).
     pub max_rooms: usize,
+    /// Distinct rooms the connections of one client address may be in on this
+    /// node; past it 429; 0 = no cap.
+    pub max_rooms_per_ip: usize,
     /// Long-poll sessions this node keeps at most; past it 503.
     pub max_poll_sessions: usize,
     /// Long-poll sessions one client address may open; past it 429; 0 = no cap.

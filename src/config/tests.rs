@@ -187,6 +187,15 @@ fn chat_max_rooms_is_read_and_bounded() {
     )
     .expect("valid");
     assert_eq!(cfg.chat.max_rooms, 50_000);
+    assert_eq!(cfg.chat.max_rooms_per_ip, 1_000, "the default");
     let e = err(&format!("{listener}[app.chat]\nmax_rooms = 0\n"));
     assert!(e.contains("t.toml:4:13: app.chat.max_rooms"), "{e}");
+    let cfg = parse(
+        Path::new("t.toml"),
+        &format!("{listener}[app.chat]\nmax_rooms_per_ip = 0\n"),
+    )
+    .expect("0 is no cap");
+    assert_eq!(cfg.chat.max_rooms_per_ip, 0);
+    let e = err(&format!("{listener}[app.chat]\nmax_rooms_per_ip = -1\n"));
+    assert!(e.contains("t.toml:4:20: app.chat.max_rooms_per_ip"), "{e}");
 }

@@ -308,9 +308,9 @@ fn chat_status(e: &ChatError) -> StatusCode {
         ChatError::Unauthorized | ChatError::TokenMissing | ChatError::TokenInvalid => {
             StatusCode::UNAUTHORIZED
         }
-        ChatError::TooManyConnections(_) | ChatError::TooManyPollSessions(_) => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        ChatError::TooManyConnections(_)
+        | ChatError::TooManyPollSessions(_)
+        | ChatError::RoomsPerAddress(_) => StatusCode::TOO_MANY_REQUESTS,
         ChatError::NotFound | ChatError::UserOffline(_) => StatusCode::NOT_FOUND,
         ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         ChatError::NoStream(_) => StatusCode::CONFLICT,
@@ -347,6 +347,7 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
         }
         ChatError::TooManyConnections(_)
         | ChatError::TooManyPollSessions(_)
+        | ChatError::RoomsPerAddress(_)
         | ChatError::PollSessionsFull
         | ChatError::RateLimited
         | ChatError::MembershipRate => {

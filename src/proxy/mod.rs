@@ -490,7 +490,7 @@ impl Proxy {
                 // duration and presence of the session.
                 let mut hold = session.hold("app");
                 hold.log.counts_messages = false;
-                Ok(self.apps.chat.accept(req, &route.cfg.path, hold)?)
+                Ok(self.apps.chat.accept(req, &route.cfg.path, hold, client)?)
             }
             RouteTarget::Upstream(_) => {
                 let pool = table.pool(route)?.clone();

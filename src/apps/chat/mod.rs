@@ -91,6 +91,7 @@ impl Chat {
             cfg.send_queue,
             cfg.history,
             cfg.max_rooms_per_connection,
+            cfg.max_rooms_per_ip,
         );
         let sink: Arc<dyn Deliver> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
@@ -130,11 +131,12 @@ impl Chat {
     }
 
     /// A connection about to register for `id`, under this node's per-user cap.
-    fn newcomer(&self, id: &Identity) -> Newcomer {
+    fn newcomer(&self, id: &Identity, addr: std::net::IpAddr) -> Newcomer {
         Newcomer {
             user: id.user.clone(),
             grants: id.grants.clone(),
             cap: self.cfg().max_connections_per_user,
+            addr,
         }
     }
 
@@ -164,13 +166,14 @@ impl Chat {
         req: Request<RequestBody>,
         prefix: &str,
         slot: SessionHold,
+        client: std::net::IpAddr,
     ) -> Result<Response<Body>, AppError> {
         match http::subpath(req.uri().path(), prefix) {
             Some("" | "/" | "/ws") => {}
             _ => return Err(AppError::NotFound),
         }
         let who = self.identify(&req, true)?;
-        ws::accept(self, req, who, slot)
+        ws::accept(self, req, who, slot, client)
     }
 
     /// Plain HTTP under the chat route: the demo page, the fallbacks and the API.

@@ -30,6 +30,7 @@
 //! memory budget (`server.max_buffered`); a session it evicts is closed with
 //! 1013 (`apps::codec::BUDGET_CLOSE`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -77,6 +78,7 @@ pub fn accept(
     mut req: Request<RequestBody>,
     who: Identity,
     slot: SessionHold,
+    client: IpAddr,
 ) -> Result<Response<Body>, AppError> {
     let cap = chat.cfg().max_connections_per_user;
     if cap > 0 && chat.hub.conns_of(&who.user) >= cap {
@@ -105,7 +107,7 @@ pub fn accept(
         let Some(ws) = crate::apps::codec::upgraded(up, "chat").await else {
             return;
         };
-        let code = run(&chat, ws, who, &account, &stop, rate).await;
+        let code = run(&chat, ws, (who, client), &account, &stop, rate).await;
         hold.log.close_code = Some(code);
         if stop.is_cancelled() && !account.is_evicted() {
             hold.log.drained("app");
@@ -179,7 +181,7 @@ const TOKEN_EXPIRED: u16 = 4001;
 async fn run<S>(
     chat: &Arc<Chat>,
     mut ws: Box<WebSocket<S>>,
-    who: Identity,
+    (who, client): (Identity, IpAddr),
     account: &Account,
     stop: &Stop,
     rate: Option<MessageRate>,
@@ -196,7 +198,11 @@ where
     }) {
         Ok(welcome) => {
             chat.hub
-                .connect(chat.newcomer(&who), ConnKind::WebSocket, Some(&welcome))
+                .connect(
+                    chat.newcomer(&who, client),
+                    ConnKind::WebSocket,
+                    Some(&welcome),
+                )
                 .await
         }
         Err(e) => Err(e.into()),

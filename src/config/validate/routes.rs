@@ -216,6 +216,13 @@ pub(super) fn chat(
             10_000,
         ) as usize,
         max_rooms: cx.int(&c.max_rooms, "app.chat.max_rooms", 10_000, 1, 10_000_000) as usize,
+        max_rooms_per_ip: cx.int(
+            &c.max_rooms_per_ip,
+            "app.chat.max_rooms_per_ip",
+            1_000,
+            0,
+            10_000_000,
+        ) as usize,
         max_poll_sessions: cx.int(
             &c.max_poll_sessions,
             "app.chat.max_poll_sessions",

@@ -9,6 +9,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{config, gateway};
 use crate::common::chat::{is_presence, Client};
+use crate::common::{eventually, get, json_of, WAIT};
+use http::StatusCode;
 
 #[tokio::test]
 async fn stalled_reader_is_closed_with_1008_and_others_are_unaffected() {
@@ -163,4 +165,48 @@ async fn a_client_is_held_to_its_join_and_leave_allowance() {
             .is_some_and(|m| m.contains("at most 3 rooms")),
         "{v}"
     );
+}
+
+/// A node never forgets a room with members, so one address opening many
+/// connections could hold every room it may keep: the connections of one
+/// client address are held to `max_rooms_per_ip` distinct rooms, over
+/// WebSocket (an `error` frame) and the fallbacks (429), and a room one of
+/// them leaves is free for the others.
+#[tokio::test]
+async fn one_address_is_held_to_its_rooms() {
+    let gw = gateway(config().set("app.chat.max_rooms_per_ip", 2)).await;
+    let addr = gw.http();
+    let mut a = Client::new(addr, "ann").await;
+    let mut b = Client::new(addr, "bob").await;
+    a.join("r1").await;
+    a.join("r2").await;
+    // A room the address already holds costs nothing more.
+    b.join("r1").await;
+    b.send(json!({"type":"join","room":"r3"})).await;
+    let v = b.expect_error("too_many_rooms").await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("from this address") && m.contains("at most 2 rooms")),
+        "{v}"
+    );
+    let r = get(addr, "/chat/sse?user=cy&rooms=r4").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(json_of(&r)["code"], "too_many_rooms");
+    assert!(r.headers.contains_key("retry-after"));
+
+    a.send(json!({"type":"leave","room":"r2"})).await;
+    a.recv_until("ann's leave", |v| is_presence(v, "ann", "leave"))
+        .await;
+    b.join("r3").await;
+    // A connection's end gives its rooms back.
+    drop(a);
+    b.send(json!({"type":"leave","room":"r1"})).await;
+    b.recv_until("bob's leave", |v| is_presence(v, "bob", "leave"))
+        .await;
+    let given_back = eventually(WAIT, || async {
+        get(addr, "/chat/poll?user=dee&rooms=r5").await.status == StatusCode::OK
+    })
+    .await;
+    assert!(given_back, "ann's rooms were given back when she left");
 }

@@ -115,7 +115,7 @@ pub(super) async fn handle(
     match rest {
         "" => Ok(redirect_to_slash(&req, prefix)),
         "/" | "/index.html" if get => Ok(page::response(req.method() == Method::HEAD)),
-        "/sse" if get => sse::sse(chat, &req).await,
+        "/sse" if get => sse::sse(chat, &req, client).await,
         "/poll" if get => poll::poll(chat, &req, client).await,
         "/send" if post => send::send(chat, req).await,
         "/api/push" if post => api::push(chat, req).await,

@@ -169,7 +169,7 @@ async fn set_up(
     slot: PollSlot,
 ) -> Result<(Arc<PollSession>, bool), ChatError> {
     let heads = chat.hub.bus().heads(rooms.clone()).await?;
-    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(&who)).await?;
+    let (conn, ring) = chat.hub.connect_poll(chat.newcomer(&who, slot.ip)).await?;
     for room in &rooms {
         if let Err(e) = chat.hub.join(&conn, room, None).await {
             chat.hub.disconnect(&conn).await;

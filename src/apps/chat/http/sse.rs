@@ -4,6 +4,7 @@
 //! `Last-Event-ID` resumes without losing a room message. With
 //! `[app.chat] auth` the stream ends when its token expires.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,7 @@ fn start_of(resume: Option<&Cursor>, room: &RoomName, head: &Head) -> (u64, Opti
 pub(super) async fn sse(
     chat: &Arc<Chat>,
     req: &Request<RequestBody>,
+    client: IpAddr,
 ) -> Result<Response<Body>, ChatError> {
     let who = chat.identify(req, false)?;
     let user = who.user.clone();
@@ -129,7 +131,7 @@ pub(super) async fn sse(
     }
     let (conn, rx) = chat
         .hub
-        .connect(chat.newcomer(&who), ConnKind::Sse, None)
+        .connect(chat.newcomer(&who, client), ConnKind::Sse, None)
         .await?;
     let guard = ConnGuard {
         hub: chat.hub.clone(),

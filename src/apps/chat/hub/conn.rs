@@ -3,6 +3,7 @@
 //! [`LiveRing`]. Offering never waits; a full queue kicks the connection.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +89,9 @@ pub struct Conn {
     pub id: ConnId,
     pub user: UserName,
     pub kind: ConnKind,
+    /// The client's address (after `trusted_proxies`): its rooms count
+    /// against `max_rooms_per_ip`.
+    pub(super) addr: IpAddr,
     /// Rooms joined, and whether the connection is gone (checked under the same
     /// lock as joins, so a join racing a disconnect cannot leave a member behind).
     pub(super) state: Mutex<ConnState>,
@@ -117,11 +121,13 @@ impl Conn {
         grants: Grants,
         kind: ConnKind,
         outbox: Outbox,
+        addr: IpAddr,
     ) -> Self {
         Self {
             id,
             user,
             kind,
+            addr,
             state: Mutex::new(ConnState::default()),
             grants: Mutex::new(grants),
             held: Mutex::new(HashMap::new()),

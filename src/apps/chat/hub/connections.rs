@@ -4,6 +4,7 @@
 //! to local members.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ pub struct Newcomer {
     pub user: UserName,
     pub grants: Grants,
     pub cap: usize,
+    /// The client's address (after `trusted_proxies`).
+    pub addr: IpAddr,
 }
 
 #[derive(Default)]
@@ -39,7 +42,7 @@ pub(super) struct LocalRoom {
 impl Hub {
     fn new_conn(&self, who: Newcomer, kind: ConnKind, outbox: Outbox) -> Arc<Conn> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Conn::new(id, who.user, who.grants, kind, outbox))
+        Arc::new(Conn::new(id, who.user, who.grants, kind, outbox, who.addr))
     }
 
     /// Registers a queued connection (WebSocket or SSE). `first` is queued
@@ -149,10 +152,15 @@ impl Hub {
             if s.closed {
                 return Ok(());
             }
-            if s.rooms.len() >= self.max_rooms && !s.rooms.contains(room) {
-                return Err(ChatError::RoomsPerConnection(self.max_rooms));
+            if s.rooms.contains(room) {
+                false
+            } else {
+                if s.rooms.len() >= self.max_rooms {
+                    return Err(ChatError::RoomsPerConnection(self.max_rooms));
+                }
+                self.addresses.enter(conn.addr, room)?;
+                s.rooms.insert(room.clone())
             }
-            s.rooms.insert(room.clone())
         };
         let since = since.filter(|_| newly);
         if since.is_some() {
@@ -170,6 +178,7 @@ impl Hub {
                 conn.release(room, u64::MAX);
                 if newly {
                     lock(&conn.state).rooms.remove(room);
+                    self.addresses.exit(conn.addr, room);
                     if self.remove_member(conn, room) {
                         let _ = self.bus.room_leave(room.clone(), conn.user.clone()).await;
                     }
@@ -272,6 +281,7 @@ impl Hub {
         if !was_in {
             return Err(ChatError::NotJoined(room.clone()));
         }
+        self.addresses.exit(conn.addr, room);
         let last_local = self.remove_member(conn, room);
         if last_local {
             self.bus.room_leave(room.clone(), conn.user.clone()).await?;

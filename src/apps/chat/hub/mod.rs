@@ -19,8 +19,9 @@
 //!
 //! `conn` is one connection (its outbox, or a long-poll ring); `connections`
 //! the registry of them, room membership and fan-out; `commands` the execution
-//! of client frames.
+//! of client frames; `addresses` the rooms held per client address.
 
+mod addresses;
 mod commands;
 mod conn;
 mod connections;
@@ -33,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
+use self::addresses::AddressRooms;
 pub use self::commands::Actor;
 pub use self::conn::{Conn, ConnKind, LiveRing};
 use self::connections::LocalRoom;
@@ -70,6 +72,8 @@ pub struct Hub {
     history_cap: usize,
     /// Rooms one connection may be in (`max_rooms_per_connection`).
     max_rooms: usize,
+    /// Distinct rooms per client address (`max_rooms_per_ip`).
+    addresses: AddressRooms,
     next_id: AtomicU64,
     live_seq: Arc<AtomicU64>,
     users: DashMap<UserName, HashMap<ConnId, Arc<Conn>>>,
@@ -84,6 +88,7 @@ impl Hub {
         send_queue: usize,
         history_cap: usize,
         max_rooms: usize,
+        max_rooms_per_ip: usize,
     ) -> Arc<Self> {
         // Seeded from the clock so live cursors from before a restart are older
         // than every new event.
@@ -93,6 +98,7 @@ impl Hub {
             send_queue: send_queue.max(1),
             history_cap,
             max_rooms: max_rooms.max(1),
+            addresses: AddressRooms::new(max_rooms_per_ip),
             next_id: AtomicU64::new(1),
             live_seq: Arc::new(AtomicU64::new(seed)),
             users: DashMap::new(),

@@ -79,6 +79,8 @@ pub enum ChatError {
     TooManyConnections(usize),
     #[error("a connection may be in at most {0} rooms: leave one first")]
     RoomsPerConnection(usize),
+    #[error("connections from this address may be in at most {0} rooms: leave one first")]
+    RoomsPerAddress(usize),
     #[error(
         "too many joins and leaves: at most {} at once, then one every {} ms; slow down",
         MEMBERSHIP_BURST,
@@ -147,7 +149,7 @@ impl ChatError {
                 "too_many_connections"
             }
             ChatError::PollSessionsFull => "server_full",
-            ChatError::RoomsPerConnection(_) => "too_many_rooms",
+            ChatError::RoomsPerConnection(_) | ChatError::RoomsPerAddress(_) => "too_many_rooms",
             ChatError::MembershipRate => "rate_limited",
             ChatError::TokenMissing => "unauthorized",
             ChatError::TokenInvalid => "invalid_token",
