@@ -93,7 +93,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<Header>, HeaderError> {
     // The parser sees exactly one framed header: anything it cannot take
     // from those bytes (it would ask for more) is malformed.
     let (h, used) = ProxyHeader::parse(&buf[..len], config).map_err(|_| HeaderError::Malformed)?;
-    if used != len {
+    if used != len || !tlvs_fit(&buf[..len]) {
         return Err(HeaderError::Malformed);
     }
     let proxied = match h.proxied_address() {
@@ -140,6 +140,34 @@ fn frame(buf: &[u8]) -> Result<Option<usize>, HeaderError> {
         return Err(HeaderError::TooLong);
     }
     Ok((buf.len() >= len).then_some(len))
+}
+
+/// Whether a v2 PROXY header's TLVs tile the bytes after its addresses
+/// exactly, as HAProxy checks: nothing here reads them, but a header whose
+/// declared length disagrees with its contents came from no balancer, and
+/// refusing it keeps what is accepted to what can be parsed. A v2 `LOCAL`
+/// header's block is discarded unread (the spec), and so is an `UNSPEC` one,
+/// whose addresses have no length to skip.
+fn tlvs_fit(header: &[u8]) -> bool {
+    if header.first() != Some(&b'\r') || header.get(12) != Some(&0x21) {
+        return true;
+    }
+    let addresses = match header.get(13).map(|f| f >> 4) {
+        Some(1) => 12,
+        Some(2) => 36,
+        Some(3) => 216,
+        _ => return true,
+    };
+    let Some(mut rest) = header.get(16 + addresses..) else {
+        return false;
+    };
+    while let [_, hi, lo, ..] = *rest {
+        let Some(next) = rest.get(3 + usize::from(u16::from_be_bytes([hi, lo]))..) else {
+            return false;
+        };
+        rest = next;
+    }
+    rest.is_empty()
 }
 
 /// Accumulates a connection's first bytes until they hold a whole header.
@@ -348,6 +376,32 @@ mod tests {
             whole(&v2(0x21, 0x11, &a)),
             Err(HeaderError::Malformed)
         ));
+    }
+
+    #[test]
+    fn v2_tlvs_must_fit_the_header() {
+        let tcp4 = |tlvs: &[u8]| {
+            let mut a = vec![198, 51, 100, 4, 10, 0, 0, 1, 0x0f, 0xa0, 1, 0xbb];
+            a.extend_from_slice(tlvs);
+            v2(0x21, 0x11, &a)
+        };
+        // An ALPN TLV and a NOOP with an empty value.
+        let ok = tcp4(b"\x01\x00\x02h2\x04\x00\x00");
+        let d = whole(&ok).unwrap().unwrap();
+        assert_eq!(
+            d.proxied,
+            Proxied::Client("198.51.100.4:4000".parse().unwrap())
+        );
+        // A TLV running past the header, and a stray byte after the last one.
+        for bad in [&b"\x01\x00\x09h2"[..], b"\x01\x00\x02h2\x04"] {
+            assert!(
+                matches!(whole(&tcp4(bad)), Err(HeaderError::Malformed)),
+                "{bad:?}"
+            );
+        }
+        // LOCAL: the block is discarded unread.
+        let local = whole(&v2(0x20, 0x11, &[0; 13])).unwrap().unwrap();
+        assert_eq!(local.proxied, Proxied::Local);
     }
 
     #[test]
