@@ -122,6 +122,19 @@ impl Notes {
         }
     }
 
+    /// Every name [`Notes::drops`] is true of: what a client's request
+    /// trailers may not carry either.
+    pub fn dropped(&self) -> Vec<HeaderName> {
+        let listed = [&self.strip, &self.owned];
+        listed
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l.iter().cloned())
+            .chain(self.remove.iter().cloned())
+            .chain(self.upstream_headers.keys().cloned())
+            .collect()
+    }
+
     /// Whether [`Notes::apply`] leaves the client's `name` fields out: the
     /// written form of a request head drops them and writes
     /// [`Notes::upstream_headers`] (one value per name) after its own.

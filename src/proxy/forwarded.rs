@@ -179,8 +179,14 @@ impl Forwarding {
 /// Whether `name` is one of [`CLIENT_CLAIMS`]: compared as text, each
 /// compare stopping at a length that differs (a search of `HeaderName`s cost
 /// ~200 instructions on every proxied request).
-fn is_client_claim(name: &HeaderName) -> bool {
+pub(super) fn is_client_claim(name: &HeaderName) -> bool {
     CLIENT_CLAIMS.contains(&name.as_str())
+}
+
+/// Whether `name` is any field this hop writes or removes about the client:
+/// the `X-Forwarded-*` it sets and every [`CLIENT_CLAIMS`] name.
+pub(super) fn is_forwarding(name: &HeaderName) -> bool {
+    *name == XFF || *name == XFP || *name == XFH || is_client_claim(name)
 }
 
 /// The `Host` value to send upstream for the request's `host`, and whether

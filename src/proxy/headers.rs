@@ -136,6 +136,27 @@ pub fn drop_underscored(h: &mut HeaderMap) {
     }
 }
 
+/// Cleans a client's request trailers for an HTTP/2 upstream: they lose what
+/// a request head is stripped of (hop-by-hop fields, names with `_`,
+/// client-address claims, client-certificate fields and the access phase's
+/// `dropped` names). A trailer is not a header, but a framework may read it
+/// as one (RFC 9110 §6.5.2 asks it not to), and nothing the gateway vouches
+/// for may come from the client by that way either. `_` names go whatever
+/// `underscores_in_headers` says: no known client needs them in trailers.
+pub fn clean_trailers(t: &mut HeaderMap, dropped: &[HeaderName]) {
+    strip_hop_by_hop(t);
+    drop_underscored(t);
+    let bad = |k: &HeaderName| {
+        super::forwarded::is_forwarding(k) || is_client_cert(k) || dropped.contains(k)
+    };
+    if t.keys().any(bad) {
+        let names: Vec<HeaderName> = t.keys().filter(|k| bad(k)).cloned().collect();
+        for n in names {
+            t.remove(n);
+        }
+    }
+}
+
 /// Does the comma-separated header list contain `token` (case-insensitively)?
 /// A value that is not visible ASCII names none (it is not read as text).
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -163,6 +184,25 @@ pub fn rewrite_path(path_and_query: &str, prefix: &str, strip: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_lose_what_a_head_is_stripped_of() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("grpc-status", "0"),
+            ("x-user-id", "alice"),
+            ("x-forwarded-proto", "https"),
+            ("true-client-ip", "192.0.2.1"),
+            ("x-client-cert-subject", "CN=admin"),
+            ("x_user_id", "alice"),
+            ("keep-alive", "1"),
+        ] {
+            t.insert(k, HeaderValue::from_static(v));
+        }
+        clean_trailers(&mut t, &[HeaderName::from_static("x-user-id")]);
+        let left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["grpc-status"]);
+    }
 
     #[test]
     fn strips_listed_and_static_hop_headers() {

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Either};
 use super::access_phase::Notes;
 use super::error::ProxyError;
 use super::forwarded::set_forwarding;
-use super::headers::{has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
+use super::headers::{clean_trailers, has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
 use crate::access::BytesIn;
 use crate::body::{Body, BoxError};
 use crate::config::{RouteConfig, UpstreamProtocol};
@@ -106,7 +106,9 @@ pub async fn forward(
         crate::body::empty()
     } else {
         let counter = parts.extensions.get::<BytesIn>().cloned();
-        counted(body, counter, client_fault.clone())
+        // Trailers reach only HTTP/2 upstreams (HTTP/1.1 ones are sent none).
+        let dropped = (pool.cfg.protocol != UpstreamProtocol::H1).then(|| notes.dropped());
+        counted(body, counter, client_fault.clone(), dropped)
     });
     let mut tried = Tried::new();
     let mut last_err: Option<ProxyError> = None;
@@ -200,15 +202,27 @@ pub async fn forward(
 }
 
 /// The client's body as it goes upstream: its bytes added to `counter` (the
-/// access line's), a failure to read it recorded in `fault`.
-fn counted(body: RequestBody, counter: Option<BytesIn>, fault: ClientFault) -> Body {
+/// access line's), a failure to read it recorded in `fault`, its trailers
+/// cleaned ([`clean_trailers`], less `trailers_drop` when that is given).
+fn counted(
+    body: RequestBody,
+    counter: Option<BytesIn>,
+    fault: ClientFault,
+    trailers_drop: Option<Vec<header::HeaderName>>,
+) -> Body {
     body.map_frame(move |f| {
         if let (Some(d), Some(counter)) = (f.data_ref(), &counter) {
             counter
                 .0
                 .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        f
+        match f.into_trailers() {
+            Ok(mut t) => {
+                clean_trailers(&mut t, trailers_drop.as_deref().unwrap_or_default());
+                Frame::trailers(t)
+            }
+            Err(f) => f,
+        }
     })
     .map_err(move |e| -> BoxError {
         fault.record(&e);

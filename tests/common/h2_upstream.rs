@@ -1,7 +1,8 @@
 //! An HTTP/2-only upstream (hyper's HTTP/2 server), over TLS with ALPN `h2`
 //! or in cleartext (prior knowledge), that answers like a gRPC server: the
 //! request body echoed, then trailers (`grpc-status: 0`). Response headers
-//! say what it saw: `x-version`, `x-te`, `x-authority`.
+//! say what it saw: `x-version`, `x-te`, `x-authority`; the request's
+//! trailers come back in `x-request-trailers`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -89,15 +90,24 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
         .authority()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
+    let collected = req.into_body().collect().await.ok();
+    // The request's trailers, `name=value` joined by `;`, in a trailer back.
+    let seen: Vec<String> = collected
+        .as_ref()
+        .and_then(|c| c.trailers())
+        .map(|t| {
+            t.iter()
+                .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+                .collect()
+        })
         .unwrap_or_default();
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     trailers.insert("x-len", HeaderValue::from(body.len()));
+    if let Ok(v) = HeaderValue::from_str(&seen.join(";")) {
+        trailers.insert("x-request-trailers", v);
+    }
     let frames = vec![Ok(Frame::data(body)), Ok(Frame::trailers(trailers))];
     let mut resp = Response::new(StreamBody::new(futures_util::stream::iter(frames)));
     let h = resp.headers_mut();

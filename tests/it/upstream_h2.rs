@@ -98,6 +98,58 @@ async fn h2c_upstreams_speak_cleartext_http2() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 
+/// A client's request trailers reach an HTTP/2 upstream without what its
+/// head is stripped of: client-address claims, client-certificate fields,
+/// names with `_`. A trailer is not a header, but a framework may read one
+/// as a header, and the gateway vouches for those.
+#[tokio::test]
+async fn request_trailers_lose_what_the_head_is_stripped_of() {
+    let up = H2Upstream::start(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = gateway(dir, |c| {
+        c.upstream("api", &[up.addr])
+            .set("upstream.api.protocol", "h2c")
+    })
+    .await;
+    let tcp = TcpStream::connect(gw.http()).await.expect("connect");
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut claims = http::HeaderMap::new();
+    for (k, v) in [
+        ("x-checksum", "abc"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-real-ip", "203.0.113.9"),
+        ("x-client-cert-sha256", "forged"),
+        ("x_forwarded_for", "203.0.113.9"),
+    ] {
+        claims.insert(k, http::HeaderValue::from_static(v));
+    }
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"payload"))),
+        Ok(hyper::body::Frame::trailers(claims)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::post("http://localhost/pkg.Svc/Upload")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, tx.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("in time")
+        .expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["x-request-trailers"], "x-checksum=abc");
+}
+
 #[tokio::test]
 async fn an_h2_pool_refuses_a_server_without_http2() {
     // A TLS upstream that only offers HTTP/1.1 (no ALPN h2): 502, generic.
