@@ -27,15 +27,36 @@ async fn gateway(dir: tempfile::TempDir, f: impl FnOnce(Cfg) -> Cfg) -> TestGate
         .expect("gateway starts in time")
 }
 
-/// Three concurrent gRPC-shaped calls over one HTTP/2 (prior knowledge)
-/// connection to the gateway: each answer echoes its body and ends with
-/// `grpc-status: 0` trailers.
-async fn grpc_like_calls(gw: &TestGateway) {
+/// An HTTP/2 (prior knowledge) client connection to the gateway.
+async fn h2_client<B>(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(gw.http()).await.expect("connect");
     let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
         .await
         .expect("h2 handshake");
     tokio::spawn(conn);
+    tx
+}
+
+/// A gateway proxying everything to `up` over cleartext HTTP/2.
+async fn h2c_gateway(up: &H2Upstream) -> TestGateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    gateway(dir, |c| {
+        c.upstream("api", &[up.addr])
+            .set("upstream.api.protocol", "h2c")
+    })
+    .await
+}
+
+/// Three concurrent gRPC-shaped calls over one HTTP/2 (prior knowledge)
+/// connection to the gateway: each answer echoes its body and ends with
+/// `grpc-status: 0` trailers.
+async fn grpc_like_calls(gw: &TestGateway) {
+    let tx = h2_client(gw).await;
     let calls = (0..3).map(|i| {
         let mut tx = tx.clone();
         async move {
@@ -88,12 +109,7 @@ async fn h2_over_tls_multiplexes_and_passes_trailers() {
 #[tokio::test]
 async fn h2c_upstreams_speak_cleartext_http2() {
     let up = H2Upstream::start(None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = gateway(dir, |c| {
-        c.upstream("api", &[up.addr])
-            .set("upstream.api.protocol", "h2c")
-    })
-    .await;
+    let gw = h2c_gateway(&up).await;
     grpc_like_calls(&gw).await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
@@ -105,18 +121,8 @@ async fn h2c_upstreams_speak_cleartext_http2() {
 #[tokio::test]
 async fn request_trailers_lose_what_the_head_is_stripped_of() {
     let up = H2Upstream::start(None).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = gateway(dir, |c| {
-        c.upstream("api", &[up.addr])
-            .set("upstream.api.protocol", "h2c")
-    })
-    .await;
-    let tcp = TcpStream::connect(gw.http()).await.expect("connect");
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let gw = h2c_gateway(&up).await;
+    let mut tx = h2_client(&gw).await;
     let mut claims = http::HeaderMap::new();
     for (k, v) in [
         ("x-checksum", "abc"),
