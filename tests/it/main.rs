@@ -26,6 +26,7 @@ mod grpc;
 mod hardening2;
 mod hardening3;
 mod hardening4;
+mod hardening5;
 mod http2;
 mod inspect;
 mod listener_tls;

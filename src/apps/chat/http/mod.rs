@@ -93,8 +93,10 @@ fn user_required(uri: &Uri) -> Result<UserName, ChatError> {
     Ok(UserName::parse(&user)?)
 }
 
-fn rooms_param(uri: &Uri) -> Result<Vec<RoomName>, ChatError> {
-    parse_rooms(&query_param(uri, "rooms").unwrap_or_default())
+/// `?rooms=`, at most `max_rooms_per_connection` of them.
+fn rooms_param(chat: &Chat, uri: &Uri) -> Result<Vec<RoomName>, ChatError> {
+    let max = chat.cfg().max_rooms_per_connection;
+    parse_rooms(&query_param(uri, "rooms").unwrap_or_default(), max)
 }
 
 fn max_text(chat: &Chat) -> usize {

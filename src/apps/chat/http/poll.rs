@@ -241,7 +241,7 @@ pub(super) async fn poll(
     // Every poll shows its token: once it has expired the poll is a 401.
     let who = chat.identify(req, false)?;
     let user = who.user.clone();
-    let rooms = rooms_param(uri)?;
+    let rooms = rooms_param(chat, uri)?;
     for room in &rooms {
         who.grants.check_room(room)?;
     }

@@ -98,7 +98,7 @@ pub(super) async fn sse(
 ) -> Result<Response<Body>, ChatError> {
     let who = chat.identify(req, false)?;
     let user = who.user.clone();
-    let rooms = rooms_param(req.uri())?;
+    let rooms = rooms_param(chat, req.uri())?;
     for room in &rooms {
         who.grants.check_room(room)?;
     }

@@ -74,12 +74,18 @@ fn valid_epoch(e: &str) -> bool {
     !e.is_empty() && e.len() <= 32 && e.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Parses a `rooms=a,b` list (empty entries ignored, duplicates removed).
-pub fn parse_rooms(s: &str) -> Result<Vec<RoomName>, ChatError> {
+/// Parses a `rooms=a,b` list (empty entries ignored, duplicates removed) of
+/// at most `max` rooms (`max_rooms_per_connection`): a longer list is refused
+/// as it is read, before anything is looked up for its rooms (each costs a
+/// shared-store call, and in a cluster may make a key).
+pub fn parse_rooms(s: &str, max: usize) -> Result<Vec<RoomName>, ChatError> {
     let mut out: Vec<RoomName> = Vec::new();
     for r in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
         let r = RoomName::parse(r)?;
         if !out.contains(&r) {
+            if out.len() == max {
+                return Err(ChatError::RoomsPerConnection(max));
+            }
             out.push(r);
         }
     }

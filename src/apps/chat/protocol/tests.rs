@@ -119,8 +119,10 @@ fn cursors_round_trip() {
     assert!(Cursor::parse("lobby").is_err());
     assert!(Cursor::parse("lobby:x").is_err());
     assert!(Cursor::parse("a b:1").is_err());
-    assert_eq!(parse_rooms("a,,b,a").unwrap().len(), 2);
-    assert!(parse_rooms("a,b c").is_err());
+    assert_eq!(parse_rooms("a,,b,a", 2).unwrap().len(), 2);
+    assert!(parse_rooms("a,b c", 2).is_err());
+    let e = parse_rooms("a,b,a,c", 2).unwrap_err();
+    assert!(matches!(e, ChatError::RoomsPerConnection(2)), "{e}");
 }
 
 #[test]
