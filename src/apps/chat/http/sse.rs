@@ -141,18 +141,28 @@ pub(super) async fn sse(
     for room in &rooms {
         chat.hub.join(&conn, room, None).await?;
     }
-    // What a resumed stream missed, checked for gaps (aged out, trimmed)
-    // before the welcome says whether it was recovered.
+    // What the stream missed: for a resumed one, since its cursor (checked
+    // for gaps, aged out or trimmed, before the welcome says whether it was
+    // recovered); for a new one, what was published between reading the
+    // heads and joining, which reached neither the heads nor the outbox.
+    // Messages that are also queued live are skipped by the cursor.
     let mut replay = Vec::new();
-    if resume.is_some() {
-        for room in &rooms {
-            let after = cursor.rooms.get(room).copied().unwrap_or(0);
-            let missed = bus.history(room.clone(), after, chat.cfg().history).await?;
-            if let Some(st) = starts.get_mut(room).filter(|s| s.recovered == Some(true)) {
-                st.recovered = Some(complete(after, st.offset, missed.iter().map(|m| m.id)));
+    for room in &rooms {
+        let after = cursor.rooms.get(room).copied().unwrap_or(0);
+        let missed = match bus.history(room.clone(), after, chat.cfg().history).await {
+            Ok(missed) => missed,
+            // A new stream promised nothing before its welcome: history out
+            // of reach (the shared store down) is no reason to refuse it.
+            Err(e) if resume.is_none() => {
+                tracing::debug!(error = %e, room = %room, "chat: SSE start without history");
+                Vec::new()
             }
-            replay.extend(missed);
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(st) = starts.get_mut(room).filter(|s| s.recovered == Some(true)) {
+            st.recovered = Some(complete(after, st.offset, missed.iter().map(|m| m.id)));
         }
+        replay.extend(missed);
     }
     let mut first = BytesMut::new();
     first.put_slice(b"retry: 2000\n\n");
