@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::dial::{DialError, Dialer, Purpose};
 use super::h1;
-use super::h2::{H2Conn, H2Failure};
+use super::h2::{H2Conn, H2Failure, StreamSlot};
 use crate::body::Body;
 use http::{Request, Response};
 use http_body::Body as _;
@@ -67,6 +67,11 @@ pub enum ExchangeError {
     H1(#[from] h1::Error),
     #[error(transparent)]
     H2(#[from] hyper::Error),
+    /// An HTTP/2 stream ended (a `RST_STREAM` or `GOAWAY` with `NO_ERROR`,
+    /// which hyper reads as an end) before the bytes its `content-length`
+    /// promised.
+    #[error("the response body ended {0} bytes short of its content-length")]
+    Short(u64),
 }
 
 impl From<DialError> for SendError {
@@ -179,9 +184,11 @@ impl ConnPool {
                         response_started: true,
                     },
                 })?;
-            // Nothing to give back: the connection is shared, not checked out.
+            // Nothing to give back but the stream's place: the connection is
+            // shared, not checked out.
+            let (resp, slot) = resp;
             return Ok(resp.map(|body| Release {
-                body: Inner::H2(body),
+                body: Inner::H2(body, Some(slot)),
                 home: None,
             }));
         }
@@ -269,8 +276,9 @@ pub struct Release {
 
 enum Inner {
     H1(h1::ResponseBody),
-    /// On the shared HTTP/2 connection: nothing to give back.
-    H2(Incoming),
+    /// On a shared HTTP/2 connection: the stream's place on it is given
+    /// back at the body's end, or when it is dropped.
+    H2(Incoming, Option<StreamSlot>),
 }
 
 impl std::fmt::Debug for Release {
@@ -283,8 +291,12 @@ impl std::fmt::Debug for Release {
 
 impl Release {
     fn release(&mut self) {
-        let Inner::H1(body) = &mut self.body else {
-            return;
+        let body = match &mut self.body {
+            Inner::H1(body) => body,
+            Inner::H2(_, slot) => {
+                slot.take();
+                return;
+            }
         };
         if let (Some(conn), Some(pool)) = (body.take_conn(), self.home.take()) {
             pool.put(conn);
@@ -304,8 +316,18 @@ impl http_body::Body for Release {
         let r = match &mut this.body {
             Inner::H1(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
                 .map(|r| r.map_err(ExchangeError::from)),
-            Inner::H2(b) => std::task::ready!(std::pin::Pin::new(b).poll_frame(cx))
-                .map(|r| r.map_err(ExchangeError::from)),
+            Inner::H2(b, _) => {
+                match std::task::ready!(std::pin::Pin::new(&mut *b).poll_frame(cx)) {
+                    // hyper ends a reset stream's body as if it were complete:
+                    // only a content-length can tell it was not.
+                    None => b
+                        .size_hint()
+                        .exact()
+                        .filter(|&n| n > 0)
+                        .map(|n| Err(ExchangeError::Short(n))),
+                    r => r.map(|r| r.map_err(ExchangeError::from)),
+                }
+            }
         };
         if this.is_end_stream() {
             this.release();
@@ -316,14 +338,14 @@ impl http_body::Body for Release {
     fn is_end_stream(&self) -> bool {
         match &self.body {
             Inner::H1(b) => b.is_end_stream(),
-            Inner::H2(b) => b.is_end_stream(),
+            Inner::H2(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.body {
             Inner::H1(b) => b.size_hint(),
-            Inner::H2(b) => b.size_hint(),
+            Inner::H2(b, _) => b.size_hint(),
         }
     }
 }

@@ -1,12 +1,22 @@
 //! HTTP/2 to one upstream server (`protocol = "h2"` over TLS with ALPN, or
-//! `"h2c"` in cleartext): one multiplexed connection that every request to
-//! the server shares, opened on first use and again after it closes (or
-//! stops answering PINGs); flow
-//! control and stream limits are hyper's (h2). Requests arrive in origin
-//! form with `Host` (as for HTTP/1.1) and leave with `:scheme` and
-//! `:authority` instead.
+//! `"h2c"` in cleartext): multiplexed connections that the requests to the
+//! server share, each opened on first need and again after it closes (or
+//! stops answering PINGs). Requests arrive in origin form with `Host` (as for
+//! HTTP/1.1) and leave with `:scheme` and `:authority` instead.
+//!
+//! Flow control is why there can be more than one connection. A response
+//! body's bytes hold both its stream's receive window and the connection's
+//! until they are read, and a client that stops reading stops them being
+//! read: with hyper's defaults (2 MiB a stream, 5 MiB a connection) three
+//! such clients took the whole connection's window, and every other
+//! request to the server stalled behind them. So a connection carries at
+//! most [`STREAMS`] streams of ours, and its window is [`STREAMS`] stream
+//! windows: stalled streams can only ever hold their own windows, never
+//! another stream's. When every connection is full, another is opened;
+//! connections beyond the first close once idle.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use http::uri::{Authority, Scheme};
 use http::{header, Request, Response, Uri, Version};
@@ -34,10 +44,39 @@ pub enum H2Failure {
 /// How often an upstream HTTP/2 connection is PINGed.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The shared connection to one server.
+/// Streams of ours one connection carries at once (a server may allow
+/// fewer: h2 then queues the rest).
+const STREAMS: usize = 100;
+/// A stream's receive window: what one unread response may hold (hyper's
+/// default is 2 MiB; 1 MiB still fills a LAN at one stream).
+const STREAM_WINDOW: u32 = 1 << 20;
+/// A connection's receive window: room for every stream's at once.
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * STREAMS as u32;
+/// The largest response head taken, as from an HTTP/1.1 server
+/// (`h1::response::MAX_HEAD`); hyper's default is 16 KiB.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// One connection and the streams of ours on it.
+struct Link {
+    sender: http2::SendRequest<Body>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream's place on its connection, given back when the response body
+/// (or the failed exchange) is dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connections to one server.
 #[derive(Default)]
 pub struct H2Conn {
-    current: Mutex<Option<http2::SendRequest<Body>>>,
+    links: Mutex<Vec<Link>>,
     /// Held while connecting, so a burst of first requests opens one
     /// connection rather than one each.
     connecting: tokio::sync::Mutex<()>,
@@ -46,79 +85,111 @@ pub struct H2Conn {
 impl std::fmt::Debug for H2Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Conn")
-            .field("open", &self.live().is_some())
+            .field("open", &self.lock().len())
             .finish()
     }
 }
 
 impl H2Conn {
-    /// Sends `req` (origin form, `Host` set) and returns the response.
+    /// Sends `req` (origin form, `Host` set) and returns the response with
+    /// its stream's slot, to be held as long as its body.
     pub async fn send(
         &self,
         dialer: &Dialer,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, H2Failure> {
+    ) -> Result<(Response<Incoming>, StreamSlot), H2Failure> {
         let req = to_h2(req, dialer);
-        let (mut sender, reused) = self.sender(dialer).await?;
+        let (mut sender, slot, reused) = self.sender(dialer).await?;
         match sender.try_send_request(req).await {
-            Ok(r) => Ok(r),
+            Ok(r) => Ok((r, slot)),
             Err(mut e) => match e.take_message() {
                 // The connection had closed (GOAWAY, idle) before the request
                 // went out: the server never saw it, so a new connection may
                 // carry it.
                 Some(req) if reused => {
-                    self.forget();
-                    let (mut sender, _) = self.sender(dialer).await?;
-                    sender.send_request(req).await.map_err(H2Failure::Exchange)
+                    drop(slot);
+                    let (mut sender, slot, _) = self.sender(dialer).await?;
+                    let r = sender
+                        .send_request(req)
+                        .await
+                        .map_err(H2Failure::Exchange)?;
+                    Ok((r, slot))
                 }
                 _ => Err(H2Failure::Exchange(e.into_error())),
             },
         }
     }
 
-    fn live(&self) -> Option<http2::SendRequest<Body>> {
-        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget(&self) {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.as_ref().is_some_and(|s| s.is_closed()) {
-            *cur = None;
-        }
+    /// A place on an open connection with room, if there is one. Closed
+    /// connections are forgotten here, and idle ones but the first kept.
+    fn place(&self) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let mut links = self.lock();
+        let mut idle_kept = false;
+        links.retain(|l| {
+            let idle = l.streams.load(Ordering::Acquire) == 0;
+            !l.sender.is_closed() && (!idle || !std::mem::replace(&mut idle_kept, true))
+        });
+        let link = links
+            .iter()
+            .find(|l| l.streams.load(Ordering::Acquire) < STREAMS)?;
+        // Counted under the lock: two requests cannot both take the last place.
+        link.streams.fetch_add(1, Ordering::AcqRel);
+        Some((link.sender.clone(), StreamSlot(link.streams.clone())))
     }
 
-    /// The open connection, or a new one; `true` when it was already open.
-    async fn sender(&self, dialer: &Dialer) -> Result<(http2::SendRequest<Body>, bool), H2Failure> {
-        if let Some(s) = self.live() {
-            return Ok((s, true));
+    /// A place on a connection with room, opening one when none has;
+    /// `true` when the connection was already open.
+    async fn sender(
+        &self,
+        dialer: &Dialer,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot, bool), H2Failure> {
+        if let Some((s, slot)) = self.place() {
+            return Ok((s, slot, true));
         }
         let _one = self.connecting.lock().await;
-        if let Some(s) = self.live() {
-            return Ok((s, true));
+        if let Some((s, slot)) = self.place() {
+            return Ok((s, slot, true));
         }
-        let io = dialer.dial(Purpose::Http).await?;
-        // A connection the server stopped reading (or a flow a NAT dropped)
-        // fails every request on it with a timeout and never closes: PINGs,
-        // idle or not, find it within PING_EVERY plus connect_timeout, and
-        // the next request opens a new one (Envoy's connection_keepalive).
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(PING_EVERY)
-            .keep_alive_timeout(dialer.timeout())
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(H2Failure::Handshake)?;
-        let addr = dialer.addr().clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(server = %addr, error = %e, "upstream HTTP/2 connection ended with error");
-            }
+        let sender = connect(dialer).await?;
+        let streams = Arc::new(AtomicUsize::new(1));
+        let slot = StreamSlot(streams.clone());
+        self.lock().push(Link {
+            sender: sender.clone(),
+            streams,
         });
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok((sender, false))
+        Ok((sender, slot, false))
     }
+}
+
+/// A new connection to the server, its task spawned.
+async fn connect(dialer: &Dialer) -> Result<http2::SendRequest<Body>, H2Failure> {
+    let io = dialer.dial(Purpose::Http).await?;
+    // A connection the server stopped reading (or a flow a NAT dropped)
+    // fails every request on it with a timeout and never closes: PINGs,
+    // idle or not, find it within PING_EVERY plus connect_timeout, and
+    // the next request opens a new one (Envoy's connection_keepalive).
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(dialer.timeout())
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(H2Failure::Handshake)?;
+    let addr = dialer.addr().clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(server = %addr, error = %e, "upstream HTTP/2 connection ended with error");
+        }
+    });
+    Ok(sender)
 }
 
 /// The request as HTTP/2 wants it: absolute URI (`:scheme`, `:authority`

@@ -4,9 +4,16 @@
 
 use crate::common;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
 use common::redis::Redis;
 use common::*;
-use http::StatusCode;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// A chat node on one Redis, `max_rooms_per_connection` small.
 async fn cluster_node(redis: &Redis) -> TestGateway {
@@ -94,4 +101,182 @@ async fn a_new_sse_stream_misses_nothing_published_while_it_joins() {
         .expect("the sender stops")
         .expect("sender");
     assert!(sent >= 60, "{sent} messages");
+}
+
+/// An HTTP/2 (cleartext) server: `/big` streams [`BIG`] bytes in 64 KiB
+/// chunks as flow control lets it, counting them in `sent`; `/hold` answers
+/// once `open` says so, counting the held requests; anything else is `ok`.
+struct H2cServer {
+    addr: std::net::SocketAddr,
+    sent: Arc<AtomicU64>,
+    held: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+const BIG: u64 = 64 << 20;
+const CHUNK: usize = 64 << 10;
+
+type Reply = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+impl H2cServer {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (open, opened) = tokio::sync::watch::channel(false);
+        let server = H2cServer {
+            addr: listener.local_addr().expect("addr"),
+            sent: Arc::default(),
+            held: Arc::default(),
+            connections: Arc::default(),
+            open,
+        };
+        let (sent, held, conns) = (
+            server.sent.clone(),
+            server.held.clone(),
+            server.connections.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (sent, held, opened) = (sent.clone(), held.clone(), opened.clone());
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (sent, held, mut opened) = (sent.clone(), held.clone(), opened.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(match req.uri().path() {
+                            "/big" => Response::new(big_body(sent)),
+                            "/hold" => {
+                                held.fetch_add(1, Ordering::SeqCst);
+                                let _ = opened.wait_for(|o| *o).await;
+                                Response::new(Full::new(Bytes::from_static(b"held")).boxed())
+                            }
+                            "/fat" => fat_head(),
+                            _ => Response::new(Full::new(Bytes::from_static(b"ok")).boxed()),
+                        })
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(1000)
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+}
+
+/// A response whose head is ~21 KiB as HTTP/2 counts it (90 fields of
+/// 200 bytes, plus 32 each): past hyper's default 16 KiB, within the 64 KiB
+/// an HTTP/1.1 server's head may take.
+fn fat_head() -> Response<Reply> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"fat")).boxed());
+    let value = http::HeaderValue::from_str(&"v".repeat(200)).expect("value");
+    for i in 0..90 {
+        let name = http::HeaderName::try_from(format!("x-fat-{i}")).expect("name");
+        r.headers_mut().insert(name, value.clone());
+    }
+    r
+}
+
+/// [`BIG`] bytes, each chunk counted in `sent` when it is taken.
+fn big_body(sent: Arc<AtomicU64>) -> Reply {
+    let chunks = (0..BIG / CHUNK as u64).map(move |_| {
+        sent.fetch_add(CHUNK as u64, Ordering::SeqCst);
+        Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK])))
+    });
+    StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+}
+
+/// A gateway proxying `/` to `up` over cleartext HTTP/2.
+async fn h2c_gateway(up: &H2cServer) -> TestGateway {
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .route(Route::upstream("/", "api"))
+        .upstream("api", &[up.addr])
+        .set("upstream.api.protocol", "h2c")
+        .build();
+    TestGateway::start(&cfg).await
+}
+
+/// Clients that stop reading large responses from an HTTP/2 upstream held
+/// the connection's whole receive window (three did, with hyper's 2 MiB a
+/// stream and 5 MiB a connection), and every other request to that server
+/// got its head and then no body until `response_timeout` (high). Now a
+/// connection's window is room for every stream it carries: the stalled
+/// streams hold their own windows and the others go on.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_an_h2_upstream() {
+    let up = H2cServer::start().await;
+    let gw = h2c_gateway(&up).await;
+    // An HTTP/2 client that takes the responses' heads and never reads their
+    // bodies (its windows small, so the gateway holds what it cannot send).
+    let tcp = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(4 * 65_535)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get("http://localhost/big")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = tokio::time::timeout(WAIT, tx.send_request(req))
+            .await
+            .expect("head in time")
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        stalled.push(resp);
+    }
+    // The upstream has sent what the gateway's windows let through: more
+    // than hyper's old connection window held (the four stalled streams'
+    // windows and what the client took).
+    let filled = eventually(WAIT, || async { up.sent.load(Ordering::SeqCst) >= 4 << 20 }).await;
+    assert!(filled, "{} bytes sent", up.sent.load(Ordering::SeqCst));
+    // A large response head (not flow-controlled) is taken as from an
+    // HTTP/1.1 server: hyper's default limit answered 502 and ended the
+    // connection, cutting every stream on it.
+    let r = tokio::time::timeout(WAIT, get(gw.http(), "/fat"))
+        .await
+        .expect("in time");
+    assert_eq!((r.status, r.headers.len() >= 90), (StatusCode::OK, true));
+    for _ in 0..3 {
+        let r = tokio::time::timeout(WAIT, get(gw.http(), "/ok"))
+            .await
+            .expect("a whole answer while others stall");
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    drop(stalled);
+}
+
+/// A connection carries at most 100 of the gateway's streams: the 101st
+/// request in flight opens a second connection, so no one connection's
+/// window is ever shared by more streams than it has room for.
+#[tokio::test]
+async fn an_h2_upstream_gets_another_connection_past_100_streams() {
+    let up = H2cServer::start().await;
+    let gw = h2c_gateway(&up).await;
+    let addr = gw.http();
+    let calls: Vec<_> = (0..101)
+        .map(|_| tokio::spawn(async move { get(addr, "/hold").await }))
+        .collect();
+    let all_held = eventually(WAIT, || async { up.held.load(Ordering::SeqCst) == 101 }).await;
+    assert!(all_held, "{} held", up.held.load(Ordering::SeqCst));
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    up.open.send_replace(true);
+    for call in calls {
+        let r = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("answered in time")
+            .expect("task");
+        assert_eq!(r.text(), "held");
+    }
 }

@@ -173,3 +173,57 @@ async fn connect_errors_are_safe_to_retry() {
     assert!(matches!(e, SendError::Connect(_)), "{e:?}");
     assert!(e.nothing_received());
 }
+
+/// An HTTP/2 server (the `h2` crate, for frames hyper's server never sends)
+/// answering `content-length: 100` and 7 bytes; once `go` fires, it ends the
+/// stream with `RST_STREAM(NO_ERROR)` when `cut`, or sends 93 more bytes and
+/// `END_STREAM`. (A reset before the client had the head would fail the
+/// exchange, not the body.)
+async fn h2_server(cut: bool) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (go, gone) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut conn = h2::server::handshake(tcp).await.unwrap();
+        let Some(Ok((_req, mut respond))) = conn.accept().await else {
+            return;
+        };
+        // The connection is driven by accept(): keep it going meanwhile.
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let resp = http::Response::builder()
+            .header(http::header::CONTENT_LENGTH, "100")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(resp, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(b"partial"), false)
+            .unwrap();
+        let _ = gone.await;
+        if cut {
+            send.send_reset(h2::Reason::NO_ERROR);
+        } else {
+            send.send_data(bytes::Bytes::from(vec![b'x'; 93]), true)
+                .unwrap();
+        }
+    });
+    (addr, go)
+}
+
+/// hyper ends a body whose stream was reset with `NO_ERROR` as if it were
+/// complete; against its `content-length` it is short, and the body says so
+/// (the access line then names the error, where it said none).
+#[tokio::test]
+async fn an_h2_body_reset_short_of_its_length_is_an_error() {
+    for cut in [true, false] {
+        let (addr, go) = h2_server(cut).await;
+        let pool = ConnPool::new(dialer(addr).with_h2(true));
+        let resp = pool.send(request("")).await.unwrap();
+        let _ = go.send(());
+        let body = resp.into_body().collect().await;
+        match body {
+            Err(e) if cut => assert!(e.to_string().contains("93 bytes short"), "{e}"),
+            Ok(b) if !cut => assert_eq!(b.to_bytes().len(), 100),
+            other => panic!("cut={cut}: {:?}", other.map(|b| b.to_bytes().len())),
+        }
+    }
+}
