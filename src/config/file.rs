@@ -40,6 +40,7 @@ pub struct ServerFile {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
     pub header_timeout: Option<SStr>,
+    pub send_timeout: Option<SStr>,
     pub keepalive_timeout: Option<SStr>,
     pub tls_handshake_timeout: Option<SStr>,
     pub tls_tickets: Option<bool>,

@@ -98,6 +98,9 @@ pub struct ServerConfig {
     /// 0 = unlimited.
     pub max_connections_per_ip: usize,
     pub header_timeout: Duration,
+    /// How long a write to a client may wait for it to take a byte (nginx's
+    /// `send_timeout`); past it the connection is closed.
+    pub send_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     /// TLS session tickets on listeners (the session cache is always on).

@@ -56,6 +56,7 @@ async fn wait_for_acks(n: usize, what: &str) {
 const SETTINGS: Settings = Settings {
     header_timeout: Duration::from_secs(5),
     max_head: 8192,
+    send_timeout: Duration::from_secs(60),
 };
 
 async fn ok(_: Request<RequestBody>) -> Response<Body> {

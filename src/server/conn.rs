@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckNow;
 use super::h1;
+use super::send_timeout::SendTimed;
 use super::smuggle::Guarded;
 use super::{Handler, ServerCtx};
 use crate::body::{Body, RequestBody};
@@ -209,6 +210,7 @@ pub async fn serve<H, IO>(
         let settings = h1::Settings {
             header_timeout: server.header_timeout,
             max_head: server.max_request_head.max(8192),
+            send_timeout: server.send_timeout,
         };
         let handle = |req| handler.handle(req, ctx.clone(), slot.clone());
         // Boxed: inline, the fast path's state (a handler future among it)
@@ -272,7 +274,8 @@ async fn serve_hyper<H, IO>(
     // Cancelled when hyper has read the head it was handed (its first).
     let handed = CancellationToken::new();
     let seen = handed.clone();
-    let (io, framing) = Guarded::new(Rewind::new(prefix, io));
+    let io = SendTimed::new(Rewind::new(prefix, io), server.send_timeout);
+    let (io, framing) = Guarded::new(io);
     let service = service_fn(move |req: Request<Incoming>| {
         if !seen.is_cancelled() {
             seen.cancel();

@@ -15,6 +15,7 @@ mod h1;
 pub mod listener;
 pub mod proxy_protocol;
 mod resumption;
+mod send_timeout;
 pub mod smuggle;
 pub mod tls;
 

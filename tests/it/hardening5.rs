@@ -109,6 +109,8 @@ async fn a_new_sse_stream_misses_nothing_published_while_it_joins() {
 struct H2cServer {
     addr: std::net::SocketAddr,
     sent: Arc<AtomicU64>,
+    /// `/big` bodies dropped.
+    dropped: Arc<AtomicUsize>,
     held: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     open: tokio::sync::watch::Sender<bool>,
@@ -128,24 +130,28 @@ impl H2cServer {
         let server = H2cServer {
             addr: listener.local_addr().expect("addr"),
             sent: Arc::default(),
+            dropped: Arc::default(),
             held: Arc::default(),
             connections: Arc::default(),
             open,
         };
-        let (sent, held, conns) = (
+        let (sent, dropped, held, conns) = (
             server.sent.clone(),
+            server.dropped.clone(),
             server.held.clone(),
             server.connections.clone(),
         );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (sent, held, opened) = (sent.clone(), held.clone(), opened.clone());
+                let (sent, dropped) = (sent.clone(), dropped.clone());
+                let (held, opened) = (held.clone(), opened.clone());
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (sent, held, mut opened) = (sent.clone(), held.clone(), opened.clone());
+                    let (sent, dropped) = (sent.clone(), dropped.clone());
+                    let (held, mut opened) = (held.clone(), opened.clone());
                     async move {
                         Ok::<_, std::convert::Infallible>(match req.uri().path() {
-                            "/big" => Response::new(big_body(sent)),
+                            "/big" => Response::new(big_body(sent, dropped)),
                             "/hold" => {
                                 held.fetch_add(1, Ordering::SeqCst);
                                 let _ = opened.wait_for(|o| *o).await;
@@ -181,9 +187,20 @@ fn fat_head() -> Response<Reply> {
     r
 }
 
+/// Counts a response body dropped (its stream ended, read or not).
+struct Dropped(Arc<AtomicUsize>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// [`BIG`] bytes, each chunk counted in `sent` when it is taken.
-fn big_body(sent: Arc<AtomicU64>) -> Reply {
+fn big_body(sent: Arc<AtomicU64>, dropped: Arc<AtomicUsize>) -> Reply {
+    let guard = Dropped(dropped);
     let chunks = (0..BIG / CHUNK as u64).map(move |_| {
+        let _ = &guard;
         sent.fetch_add(CHUNK as u64, Ordering::SeqCst);
         Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK])))
     });
@@ -192,7 +209,12 @@ fn big_body(sent: Arc<AtomicU64>) -> Reply {
 
 /// A gateway proxying `/` to `up` over cleartext HTTP/2.
 async fn h2c_gateway(up: &H2cServer) -> TestGateway {
-    let cfg = Cfg::new()
+    h2c_gateway_with(up, |c| c).await
+}
+
+/// [`h2c_gateway`], with more settings.
+async fn h2c_gateway_with(up: &H2cServer, f: impl FnOnce(Cfg) -> Cfg) -> TestGateway {
+    let cfg = f(Cfg::new())
         .set("log.access_log", false)
         .listener_plain()
         .route(Route::upstream("/", "api"))
@@ -278,5 +300,36 @@ async fn an_h2_upstream_gets_another_connection_past_100_streams() {
             .expect("answered in time")
             .expect("task");
         assert_eq!(r.text(), "held");
+    }
+}
+
+/// A client that stops reading a response held its connection, and the
+/// upstream stream behind it, for as long as it liked (the probe's stalled
+/// clients were never dropped). `server.send_timeout` (nginx's) closes it
+/// once a write has waited that long, over the HTTP/1.1 fast path and over
+/// hyper's connections alike; the upstream's stream ends with it.
+#[tokio::test]
+async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
+    let up = H2cServer::start().await;
+    let gw = h2c_gateway_with(&up, |c| c.set("server.send_timeout", "300ms")).await;
+    // The fast path (a GET), and hyper (a request with a body is its).
+    let requests: [&[u8]; 2] = [
+        b"GET /big HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        b"POST /big HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1\r\n\r\nx",
+    ];
+    let mut stalled = Vec::new();
+    for (i, req) in requests.into_iter().enumerate() {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("small buffer");
+        let mut tcp = sock.connect(gw.http()).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, req)
+            .await
+            .expect("request");
+        stalled.push(tcp);
+        let closed = eventually(WAIT, || async {
+            up.dropped.load(Ordering::SeqCst) == i + 1
+        })
+        .await;
+        assert!(closed, "request {i}: the upstream stream never ended");
     }
 }

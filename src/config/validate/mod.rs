@@ -186,6 +186,11 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             "server.header_timeout",
             Duration::from_secs(10),
         ),
+        send_timeout: cx.duration(
+            &s.send_timeout,
+            "server.send_timeout",
+            Duration::from_secs(60),
+        ),
         keepalive_timeout: cx.duration(
             &s.keepalive_timeout,
             "server.keepalive_timeout",

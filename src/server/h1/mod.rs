@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::acks::AckNow;
+use super::send_timeout::SendTimed;
 use crate::body::{Body, RequestBody};
 use crate::shutdown::Stop;
 use crate::upgraded::Handover;
@@ -71,6 +72,8 @@ pub struct Settings {
     /// A head that is not complete within this many bytes is answered 431
     /// (as hyper would, with a reason).
     pub max_head: usize,
+    /// How long a response write may wait for the client to take a byte.
+    pub send_timeout: Duration,
 }
 
 /// Serves requests from `io` with `handle` until the connection closes, the
@@ -125,7 +128,8 @@ where
                     closing: true,
                 };
                 let resp = crate::body::text_response(status, why);
-                let _ = response::write(io, &mut buf, &mut out, resp, framing).await;
+                let mut timed = SendTimed::new(&mut *io, settings.send_timeout);
+                let _ = response::write(&mut timed, &mut buf, &mut out, resp, framing).await;
                 let _ = io.shutdown().await;
                 return End::Closed;
             }
@@ -155,7 +159,8 @@ where
             head_request,
             closing: !keep_alive || shutdown.is_cancelled(),
         };
-        let close = match response::write(io, &mut buf, &mut out, resp, framing).await {
+        let mut timed = SendTimed::new(&mut *io, settings.send_timeout);
+        let close = match response::write(&mut timed, &mut buf, &mut out, resp, framing).await {
             Ok(close) => close,
             Err(e) => {
                 tracing::debug!(error = %e, "writing the response failed; closing");

@@ -17,6 +17,7 @@ use crate::body::{full, Body, RequestBody};
 const SETTINGS: Settings = Settings {
     header_timeout: Duration::from_millis(300),
     max_head: 8192,
+    send_timeout: Duration::from_secs(60),
 };
 const WAIT: Duration = Duration::from_secs(5);
 
