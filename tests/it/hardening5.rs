@@ -333,3 +333,43 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
         assert!(closed, "request {i}: the upstream stream never ended");
     }
 }
+
+/// Sends a DM from `from` to bob and returns its id (from its echo).
+async fn dm_id(from: &mut chat::Client, text: &str) -> u64 {
+    from.send(serde_json::json!({"type":"dm","to":"bob","text":text}))
+        .await;
+    let v = from
+        .recv_until("the dm's echo", |v| v["type"] == "dm" && v["text"] == text)
+        .await;
+    v["id"].as_u64().expect("an id")
+}
+
+/// DM ids restarted at 1 when Redis came back empty, where room ids go on
+/// from the highest a node has seen (the probe: `[1,2,3]`, then `[1,2,3]`
+/// again). Now they go on too, whether the node has noticed the restart yet
+/// or not.
+#[tokio::test]
+async fn dm_ids_keep_increasing_after_redis_restarts_empty() {
+    let mut redis = Redis::start().await;
+    let gw = cluster_node(&redis).await;
+    let mut ann = chat::Client::new(gw.http(), "ann").await;
+    let _bob = chat::Client::new(gw.http(), "bob").await;
+    let mut last = 0;
+    for text in ["one", "two", "three"] {
+        last = dm_id(&mut ann, text).await;
+    }
+    // Emptied under a live connection: the next id comes from Redis at once.
+    assert_eq!(redis.command("FLUSHALL").await, "+OK");
+    let flushed = dm_id(&mut ann, "after the flush").await;
+    assert!(flushed > last, "{flushed} after {last}");
+    // Restarted empty, and the node registered again (its heartbeat).
+    redis.kill();
+    redis.spawn().await;
+    let back = eventually(WAIT, || async {
+        redis.command("EXISTS wsgate:node:{n1}:alive").await == ":1"
+    })
+    .await;
+    assert!(back, "the node never registered again");
+    let restarted = dm_id(&mut ann, "after the restart").await;
+    assert!(restarted > flushed, "{restarted} after {flushed}");
+}

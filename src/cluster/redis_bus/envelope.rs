@@ -126,6 +126,8 @@ impl RedisBus {
                 if *o == *self.node {
                     return;
                 }
+                self.dm_seen
+                    .fetch_max(dm.id, std::sync::atomic::Ordering::Relaxed);
                 if let Ok(ev) = Event::encode(&dm) {
                     let refs: Vec<&UserName> = users.iter().collect();
                     sink.to_users(&refs, &ev);

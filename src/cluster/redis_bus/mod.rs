@@ -83,7 +83,11 @@ pub struct RedisBus {
     told_unreached: AtomicBool,
     /// `None` when Redis is up, else why not (for `/readyz`).
     status: watch::Sender<Option<String>>,
-    local_dm_seq: AtomicU64,
+    /// The highest DM id this node has given out or delivered: ids during
+    /// an outage go on from it, and re-registration raises Redis's counter
+    /// to it (after Redis lost its data, DM ids must keep increasing, as room
+    /// ids do).
+    dm_seen: AtomicU64,
     /// Heartbeat ticks (two per beat).
     ticks: AtomicU64,
     publish_room: Script,
@@ -141,7 +145,7 @@ impl RedisBus {
             ever_up: AtomicBool::new(false),
             told_unreached: AtomicBool::new(false),
             status,
-            local_dm_seq: AtomicU64::new(0),
+            dm_seen: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             publish_room: Script::new(scripts::PUBLISH_ROOM),
             join: Script::new(scripts::JOIN),

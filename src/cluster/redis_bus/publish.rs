@@ -115,6 +115,22 @@ impl RedisBus {
             .arg(keys::DM_ID)
             .query_async(&mut c)
             .await?;
+        let seen = self.dm_seen.load(Ordering::Relaxed);
+        if dm.id <= seen {
+            // The counter only grows, so Redis lost it (an empty restart not
+            // yet noticed by the heartbeat): raise it past what was given out.
+            let _: i64 = self
+                .id_floor
+                .key(keys::DM_ID)
+                .arg(seen)
+                .arg(0)
+                .invoke_async(&mut c)
+                .await?;
+            dm.id = redis::cmd("INCR")
+                .arg(keys::DM_ID)
+                .query_async(&mut c)
+                .await?;
+        }
         let to_nodes = self.nodes_of(&mut c, &dm.to).await?;
         let remote_nodes: Vec<&String> = to_nodes
             .iter()
@@ -184,10 +200,11 @@ impl RedisBus {
         {
             Some((id, r)) => {
                 dm.id = id;
+                self.dm_seen.fetch_max(id, Ordering::Relaxed);
                 r
             }
             None => {
-                dm.id = self.local_dm_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                dm.id = self.dm_seen.fetch_add(1, Ordering::Relaxed) + 1;
                 0
             }
         };
