@@ -21,6 +21,38 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// At most one warning per period, for events one peer can repeat at will
+/// (a misconfigured balancer's refused PROXY headers, a publisher's bad
+/// cluster envelopes): the rest go to debug. Lock-free; a static.
+pub struct Every {
+    secs: u64,
+    /// When the last warning went out, in seconds since the epoch.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Every {
+    pub const fn secs(secs: u64) -> Self {
+        Self {
+            secs,
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a warning may go out now (and the period starts again).
+    pub fn due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Relaxed);
+        now >= last + self.secs
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls are
 /// ignored), which tests rely on.
 pub fn init(format: LogFormat) {

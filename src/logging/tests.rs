@@ -1,4 +1,5 @@
-//! [`Fields`] writes what tracing-subscriber's default field writer writes.
+//! [`Fields`] writes what tracing-subscriber's default field writer writes; [`Every`]
+//! lets one warning through a period.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -127,4 +128,12 @@ fn the_clock_writes_the_default_timestamp() {
     assert!(ours.ends_with('Z'), "{ours}");
     // The same format, so text order is time order.
     assert!(before <= ours && ours <= after, "{before} {ours} {after}");
+}
+
+/// The first event of a period warns, the rest of it do not.
+#[test]
+fn every_lets_one_warning_through_a_period() {
+    let every = Every::secs(3600);
+    assert!(every.due());
+    assert!(!(0..1000).any(|_| every.due()));
 }

@@ -271,20 +271,12 @@ const PROXY_WARN_EVERY: u64 = 10;
 /// and HAProxy log a "broken header": otherwise a balancer that does not
 /// send one is a silent outage.
 fn refused_proxy_header(sc: &ServerCtx, peer: SocketAddr, reason: &'static str) {
-    static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static WARN: crate::logging::Every = crate::logging::Every::secs(PROXY_WARN_EVERY);
     sc.metrics
         .proxy_header_refused
         .get_or_create(&crate::metrics::ProxyHeaderRefusal { reason })
         .inc();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST_WARNED.load(Ordering::Relaxed);
-    if now >= last + PROXY_WARN_EVERY
-        && LAST_WARNED
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if WARN.due() {
         tracing::warn!(%peer, reason, "PROXY header refused; closing (further refusals within {PROXY_WARN_EVERY} s are only counted: wsgate_proxy_header_refused_total)");
     } else {
         tracing::debug!(%peer, reason, "PROXY header refused; closing");

@@ -99,7 +99,14 @@ impl RedisBus {
         let env: Envelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(error = %e, "cluster: undecodable envelope");
+                // Anyone who can publish to Redis can send these: one
+                // warning in 10 s says it happens without a line for each.
+                static WARN: crate::logging::Every = crate::logging::Every::secs(10);
+                if WARN.due() {
+                    tracing::warn!(error = %e, "cluster: undecodable envelope (more within 10 s at debug)");
+                } else {
+                    tracing::debug!(error = %e, "cluster: undecodable envelope");
+                }
                 return;
             }
         };
