@@ -199,3 +199,21 @@ fn chat_max_rooms_is_read_and_bounded() {
     let e = err(&format!("{listener}[app.chat]\nmax_rooms_per_ip = -1\n"));
     assert!(e.contains("t.toml:4:20: app.chat.max_rooms_per_ip"), "{e}");
 }
+
+#[test]
+fn send_timeout_is_read_and_zero_is_refused() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    let cfg = parse(Path::new("t.toml"), listener).expect("valid");
+    assert_eq!(cfg.server.send_timeout, std::time::Duration::from_secs(60));
+    let cfg = parse(
+        Path::new("t.toml"),
+        &format!("[server]\nsend_timeout = \"5s\"\n{listener}"),
+    )
+    .expect("valid");
+    assert_eq!(cfg.server.send_timeout, std::time::Duration::from_secs(5));
+    let e = err(&format!("[server]\nsend_timeout = \"0s\"\n{listener}"));
+    assert!(
+        e.contains("t.toml:2:16: server.send_timeout: must be more than 0"),
+        "{e}"
+    );
+}

@@ -139,7 +139,8 @@ pub fn drop_underscored(h: &mut HeaderMap) {
 /// Cleans a client's request trailers for an HTTP/2 upstream: they lose what
 /// a request head is stripped of (hop-by-hop fields, names with `_`,
 /// client-address claims, client-certificate fields and the access phase's
-/// `dropped` names). A trailer is not a header, but a framework may read it
+/// `dropped` names), and credentials, which the access phase checks in the
+/// head only. A trailer is not a header, but a framework may read it
 /// as one (RFC 9110 §6.5.2 asks it not to), and nothing the gateway vouches
 /// for may come from the client by that way either. `_` names go whatever
 /// `underscores_in_headers` says: no known client needs them in trailers.
@@ -147,7 +148,10 @@ pub fn clean_trailers(t: &mut HeaderMap, dropped: &[HeaderName]) {
     strip_hop_by_hop(t);
     drop_underscored(t);
     let bad = |k: &HeaderName| {
-        super::forwarded::is_forwarding(k) || is_client_cert(k) || dropped.contains(k)
+        super::forwarded::is_forwarding(k)
+            || is_client_cert(k)
+            || is_credential(k)
+            || dropped.contains(k)
     };
     if t.keys().any(bad) {
         let names: Vec<HeaderName> = t.keys().filter(|k| bad(k)).cloned().collect();
@@ -155,6 +159,16 @@ pub fn clean_trailers(t: &mut HeaderMap, dropped: &[HeaderName]) {
             t.remove(n);
         }
     }
+}
+
+/// Where a client's credentials travel (every `token_from`, and what auth
+/// callouts are usually keyed on): checked in the head only, so a second
+/// copy in the trailers would reach the upstream unchecked. RFC 9110
+/// §6.5.1 keeps authentication fields out of trailers anyway.
+fn is_credential(name: &HeaderName) -> bool {
+    *name == header::AUTHORIZATION
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::COOKIE
 }
 
 /// Does the comma-separated header list contain `token` (case-insensitively)?
@@ -191,6 +205,8 @@ mod tests {
         for (k, v) in [
             ("grpc-status", "0"),
             ("x-user-id", "alice"),
+            ("authorization", "Bearer other"),
+            ("cookie", "sid=other"),
             ("x-forwarded-proto", "https"),
             ("true-client-ip", "192.0.2.1"),
             ("x-client-cert-subject", "CN=admin"),

@@ -130,6 +130,7 @@ async fn request_trailers_lose_what_the_head_is_stripped_of() {
         ("x-real-ip", "203.0.113.9"),
         ("x-client-cert-sha256", "forged"),
         ("x_forwarded_for", "203.0.113.9"),
+        ("authorization", "Bearer unchecked"),
     ] {
         claims.insert(k, http::HeaderValue::from_static(v));
     }

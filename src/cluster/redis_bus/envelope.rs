@@ -133,8 +133,7 @@ impl RedisBus {
                 if *o == *self.node {
                     return;
                 }
-                self.dm_seen
-                    .fetch_max(dm.id, std::sync::atomic::Ordering::Relaxed);
+                self.note_dm_id(dm.id);
                 if let Ok(ev) = Event::encode(&dm) {
                     let refs: Vec<&UserName> = users.iter().collect();
                     sink.to_users(&refs, &ev);

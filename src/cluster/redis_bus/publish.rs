@@ -18,6 +18,10 @@ use crate::apps::chat::protocol::{
 };
 use crate::cluster::keys;
 
+/// Half of `INCR`'s range: no real counter gets there, and a floor at it
+/// still leaves room to count.
+const MAX_DM_ID: u64 = i64::MAX as u64 / 2;
+
 impl RedisBus {
     async fn publish_room_redis(&self, msg: &ChatMessage) -> Result<(u64, usize), ClusterError> {
         let (before, after) = split_at_id(msg)?;
@@ -176,6 +180,16 @@ impl RedisBus {
         Ok(remote_to)
     }
 
+    /// Raises [`dm_seen`](RedisBus) to a DM id given out or delivered. Ids
+    /// past what Redis's `INCR` can reach (a bad publication: anyone who can
+    /// publish may send one) are not taken, or they would stop every later
+    /// `INCR` at the floor they set.
+    pub(super) fn note_dm_id(&self, id: u64) {
+        if id <= MAX_DM_ID {
+            self.dm_seen.fetch_max(id, Ordering::Relaxed);
+        }
+    }
+
     pub(super) async fn publish_dm_now(
         &self,
         from: UserName,
@@ -200,11 +214,14 @@ impl RedisBus {
         {
             Some((id, r)) => {
                 dm.id = id;
-                self.dm_seen.fetch_max(id, Ordering::Relaxed);
+                self.note_dm_id(id);
                 r
             }
             None => {
-                dm.id = self.dm_seen.fetch_add(1, Ordering::Relaxed) + 1;
+                dm.id = self
+                    .dm_seen
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
                 0
             }
         };

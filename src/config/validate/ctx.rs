@@ -94,6 +94,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration that must be more than zero (a zero would fail at once
+    /// what it times, rather than turn the timer off).
+    pub(super) fn positive_duration(
+        &mut self,
+        v: &Option<SStr>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(v, key, default);
+        if let (Some(s), true) = (v, d.is_zero()) {
+            self.at(s.span(), format!("{key}: must be more than 0"));
+            return default;
+        }
+        d
+    }
+
     pub(super) fn size(&mut self, v: &Option<SStr>, key: &str, default: u64) -> u64 {
         match v {
             None => default,

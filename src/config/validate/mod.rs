@@ -186,7 +186,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             "server.header_timeout",
             Duration::from_secs(10),
         ),
-        send_timeout: cx.duration(
+        send_timeout: cx.positive_duration(
             &s.send_timeout,
             "server.send_timeout",
             Duration::from_secs(60),

@@ -130,7 +130,7 @@ where
                 let resp = crate::body::text_response(status, why);
                 let mut timed = SendTimed::new(&mut *io, settings.send_timeout);
                 let _ = response::write(&mut timed, &mut buf, &mut out, resp, framing).await;
-                let _ = io.shutdown().await;
+                let _ = timed.shutdown().await;
                 return End::Closed;
             }
             Head::Closed => return End::Closed,
@@ -176,7 +176,8 @@ where
             }
         }
         if close || switching {
-            let _ = io.shutdown().await;
+            // Over TLS a shutdown writes close_notify: timed like the answer.
+            let _ = timed.shutdown().await;
             return End::Closed;
         }
         // A big head or answer grew a buffer; an idle connection keeps little.

@@ -138,8 +138,10 @@ pub(super) async fn sse(
         conn: conn.clone(),
         tracker: chat.shutdown.sessions.clone(),
     };
+    // Where each room's live messages begin for this stream.
+    let mut joined_at = Vec::with_capacity(rooms.len());
     for room in &rooms {
-        chat.hub.join(&conn, room, None).await?;
+        joined_at.push(chat.hub.join(&conn, room, None).await?);
     }
     // What the stream missed: for a resumed one, since its cursor (checked
     // for gaps, aged out or trimmed, before the welcome says whether it was
@@ -147,8 +149,12 @@ pub(super) async fn sse(
     // heads and joining, which reached neither the heads nor the outbox.
     // Messages that are also queued live are skipped by the cursor.
     let mut replay = Vec::new();
-    for room in &rooms {
+    for (room, &live_from) in rooms.iter().zip(&joined_at) {
         let after = cursor.rooms.get(room).copied().unwrap_or(0);
+        if resume.is_none() && live_from == after {
+            // Nothing was published in between: no history to read.
+            continue;
+        }
         let missed = match bus.history(room.clone(), after, chat.cfg().history).await {
             Ok(missed) => missed,
             // A new stream promised nothing before its welcome: history out

@@ -140,17 +140,21 @@ impl Hub {
     /// first, in order, then the acknowledgement says `recovered`; live
     /// messages of the room that arrive meanwhile are held back and queued
     /// after them, each exactly once. A room already joined ignores `since`.
+    ///
+    /// Returns the offset acknowledged: the room's head when the connection
+    /// had joined (every later message reaches it live).
     pub async fn join(
         &self,
         conn: &Arc<Conn>,
         room: &RoomName,
         since: Option<Since>,
-    ) -> Result<(), ChatError> {
+    ) -> Result<u64, ChatError> {
         let _g = self.stripe((room, &conn.user)).lock().await;
         let newly = {
             let mut s = lock(&conn.state);
             if s.closed {
-                return Ok(());
+                // Gone: nothing reaches it, whatever the offset says.
+                return Ok(0);
             }
             if s.rooms.contains(room) {
                 false
@@ -172,7 +176,7 @@ impl Hub {
                 if since.is_some() {
                     conn.release(room, upto);
                 }
-                Ok(())
+                Ok(upto)
             }
             Err(e) => {
                 conn.release(room, u64::MAX);
