@@ -22,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
             // What we print, we can read back.
             assert_eq!(Cursor::parse(&c.to_string()).ok(), Some(c));
         }
-        let _ = parse_rooms(s);
+        if let Ok(rooms) = parse_rooms(s, 128) {
+            // The cap holds however the list is written.
+            assert!(rooms.len() <= 128);
+        }
     }
 });

@@ -34,7 +34,9 @@ fn events(data: &[u8], chunk: usize) -> Vec<Event> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let whole = events(rest, rest.len().max(1));
     let chunked = events(rest, usize::from(first % 17) + 1);
     assert_eq!(whole, chunked, "events depend on how the bytes were split");

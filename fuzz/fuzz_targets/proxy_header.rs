@@ -33,7 +33,9 @@ fn decode(data: &[u8], chunk: usize) -> Option<Result<Decoded, String>> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let whole = decode(rest, rest.len());
     let chunked = decode(rest, usize::from(first % 17) + 1);
     let bytes = decode(rest, 1);

@@ -24,14 +24,23 @@ fn scan(data: &[u8], chunk: usize) -> (Vec<(usize, bool)>, Scanner) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let (whole, whole_state) = scan(rest, rest.len());
     let (chunked, chunked_state) = scan(rest, usize::from(first % 17) + 1);
     let (bytes, bytes_state) = scan(rest, 1);
-    assert!(whole_state == chunked_state, "state depends on the chunking");
+    assert!(
+        whole_state == chunked_state,
+        "state depends on the chunking"
+    );
     assert!(whole_state == bytes_state, "state depends on the chunking");
     let last = |v: &[(usize, bool)]| v.last().is_some_and(|(_, f)| *f);
-    assert_eq!(last(&whole), last(&chunked), "verdict depends on the chunking");
+    assert_eq!(
+        last(&whole),
+        last(&chunked),
+        "verdict depends on the chunking"
+    );
     for (end, found) in chunked {
         // `bytes[i]` is the verdict after the first i + 1 bytes.
         assert_eq!(found, bytes[end - 1].1, "verdict after {end} bytes differs");

@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
         let opened = decode(&key, &tok, expires - 1).expect("own token opens");
         assert_eq!((opened.backend, opened.expires), (BackendId(id), expires));
         assert!(decode(&key, &tok, expires).is_none(), "expired");
-        assert!(decode(&SealKey::from_bytes([8; 32]), &tok, 0).is_none(), "other key");
+        assert!(
+            decode(&SealKey::from_bytes([8; 32]), &tok, 0).is_none(),
+            "other key"
+        );
         // Flip one character.
         let mut b = tok.into_bytes();
         let i = usize::from(data[16]) % b.len();

@@ -26,15 +26,22 @@ fuzz_target!(|data: &[u8]| {
         2 => Version::HTTP_2,
         _ => Version::HTTP_09,
     };
-    let Ok(mut req) = Request::builder().method(method).uri(uri).version(version).body(()) else {
+    let Ok(mut req) = Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(version)
+        .body(())
+    else {
         return;
     };
     match (ctl >> 2) & 3 {
         1 => {
-            req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
         }
         2 => {
-            req.extensions_mut().insert(hyper::ext::Protocol::from_static("WebSocket2"));
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("WebSocket2"));
         }
         _ => {}
     }
