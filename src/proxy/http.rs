@@ -202,8 +202,9 @@ pub async fn forward(
 }
 
 /// The client's body as it goes upstream: its bytes added to `counter` (the
-/// access line's), a failure to read it recorded in `fault`, its trailers
-/// cleaned ([`clean_trailers`], less `trailers_drop` when that is given).
+/// access line's), a failure to read it recorded in `fault`, and, bound for
+/// an HTTP/2 upstream (`trailers_drop` given: HTTP/1.1 upstreams are sent no
+/// trailers), its trailers cleaned ([`clean_trailers`]).
 fn counted(
     body: RequestBody,
     counter: Option<BytesIn>,
@@ -216,9 +217,12 @@ fn counted(
                 .0
                 .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        let Some(dropped) = &trailers_drop else {
+            return f;
+        };
         match f.into_trailers() {
             Ok(mut t) => {
-                clean_trailers(&mut t, trailers_drop.as_deref().unwrap_or_default());
+                clean_trailers(&mut t, dropped);
                 Frame::trailers(t)
             }
             Err(f) => f,

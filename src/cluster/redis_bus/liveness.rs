@@ -162,17 +162,7 @@ impl RedisBus {
                 .invoke_async(c)
                 .await?;
         }
-        let dm_seen = self.dm_seen.load(std::sync::atomic::Ordering::Relaxed);
-        if dm_seen > 0 {
-            // The DM counter never expires (room TTL 0).
-            let _: i64 = self
-                .id_floor
-                .key(keys::DM_ID)
-                .arg(dm_seen)
-                .arg(0)
-                .invoke_async(c)
-                .await?;
-        }
+        self.floor_dm_id(c).await?;
         let stored: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::node_rooms(node))
             .query_async(c)

@@ -119,17 +119,10 @@ impl RedisBus {
             .arg(keys::DM_ID)
             .query_async(&mut c)
             .await?;
-        let seen = self.dm_seen.load(Ordering::Relaxed);
-        if dm.id <= seen {
+        if dm.id <= self.dm_seen.load(Ordering::Relaxed) {
             // The counter only grows, so Redis lost it (an empty restart not
             // yet noticed by the heartbeat): raise it past what was given out.
-            let _: i64 = self
-                .id_floor
-                .key(keys::DM_ID)
-                .arg(seen)
-                .arg(0)
-                .invoke_async(&mut c)
-                .await?;
+            self.floor_dm_id(&mut c).await?;
             dm.id = redis::cmd("INCR")
                 .arg(keys::DM_ID)
                 .query_async(&mut c)
@@ -178,6 +171,22 @@ impl RedisBus {
             }
         }
         Ok(remote_to)
+    }
+
+    /// Raises Redis's DM counter to [`dm_seen`](RedisBus), after Redis lost
+    /// it. The counter never expires (room TTL 0).
+    pub(super) async fn floor_dm_id(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
+        let seen = self.dm_seen.load(Ordering::Relaxed);
+        if seen > 0 {
+            let _: i64 = self
+                .id_floor
+                .key(keys::DM_ID)
+                .arg(seen)
+                .arg(0)
+                .invoke_async(c)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Raises [`dm_seen`](RedisBus) to a DM id given out or delivered. Ids
