@@ -48,6 +48,7 @@ pub mod runtime;
 pub mod sd_notify;
 pub mod server;
 pub mod shutdown;
+pub mod tls_reason;
 pub mod upgrade;
 pub mod upgraded;
 pub mod upstream;

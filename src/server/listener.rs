@@ -325,7 +325,7 @@ async fn tls_handshake(
     match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
+            tracing::debug!(error = %crate::tls_reason::describe(&e), "TLS handshake failed");
             None
         }
         Err(_) => {

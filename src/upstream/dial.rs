@@ -22,7 +22,7 @@ pub enum DialError {
     Connect(#[source] io::Error),
     #[error("connect timed out")]
     Timeout,
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", crate::tls_reason::describe(.0))]
     Tls(#[source] io::Error),
     #[error("no TLS server name for {0} (set tls_server_name)")]
     NoServerName(Arc<str>),

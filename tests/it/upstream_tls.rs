@@ -8,8 +8,10 @@ use crate::common;
 
 use std::sync::atomic::Ordering;
 
+use common::process::WsgateProc;
+use common::redis::free_ports;
 use common::tls_upstream::{TestCa, TlsUpstream};
-use common::{eventually, get, Cfg, Route, TestGateway, WAIT};
+use common::{eventually, get, Cfg, Listener, Route, TestGateway, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -122,6 +124,36 @@ async fn an_untrusted_upstream_is_a_generic_502() {
     let r = get_in_time(&gw, "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.text(), "upstream server failed\n");
+}
+
+/// The reason of a refused certificate reaches the access line in words:
+/// rustls prints its own with `Debug` (`invalid peer certificate:
+/// UnknownIssuer`). The real binary, as the line goes to its stderr.
+#[tokio::test]
+async fn a_refused_upstream_certificate_is_logged_in_words() {
+    let (ca, other) = (TestCa::new("a"), TestCa::new("other"));
+    let up = TlsUpstream::start(&ca, None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [port] = free_ports();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = Cfg::new()
+        .listener(Listener::at(addr))
+        .upstream("api", &[format!("https://localhost:{}", up.addr.port())])
+        .set("upstream.api.tls_ca", other.write(dir.path(), "other"))
+        .route_upstream("/", "api");
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, cfg.build()).expect("write config");
+    let mut gw = WsgateProc::start(&path);
+    gw.wait_for("listening", WAIT);
+    let r = tokio::time::timeout(WAIT, get(addr, "/"))
+        .await
+        .expect("the gateway answers in time");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let line = gw.wait_for("status=502", WAIT);
+    assert!(
+        line.contains("certificate refused: signed by an unknown authority"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
