@@ -34,6 +34,7 @@ pub mod config;
 pub mod ctx;
 pub mod field_spans;
 pub mod fields;
+pub mod fsread;
 pub mod gateway;
 pub mod inherit;
 pub mod limit;

@@ -230,7 +230,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .ok();
     let rt = wsgate::runtime::build().context("starting the runtime")?;
     let path = path.to_path_buf();
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let handle = wsgate::Gateway::start_with(cfg, inherited)
             .await
             .context("starting the gateway")?;
@@ -257,7 +257,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             tracing::warn!("shutdown grace passed with sessions still open; exiting");
         }
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Not waiting for blocking tasks: a reload stuck reading a file (a hung
+    // mount) must not hold the exit after the drain.
+    rt.shutdown_background();
+    served
 }
 
 /// Why the process stops serving.
@@ -280,17 +284,32 @@ async fn serve_signals(
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
-    // An upgrade runs in a task of its own while signals are still served.
+    // An upgrade runs in a task of its own while signals are still served;
+    // so does a reload, so that SIGTERM still drains while one reads its
+    // files (a hung mount). A SIGHUP during a reload is one more after it.
     let (done_tx, mut done) = tokio::sync::mpsc::channel(1);
     let mut upgrading = false;
+    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::channel(1);
+    let (mut reloading, mut again) = (false, false);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Stop::Signal),
             _ = int.recv() => return Ok(Stop::Signal),
             _ = hup.recv() => {
-                sd(wsgate::sd_notify::reloading());
-                reload(handle, path).await;
-                sd(wsgate::sd_notify::ready(false));
+                if reloading {
+                    tracing::info!("SIGHUP: a reload is running; another follows it");
+                    again = true;
+                } else {
+                    reloading = true;
+                    start_reload(handle, path, &reloaded_tx);
+                }
+            }
+            Some(()) = reloaded.recv() => {
+                if std::mem::take(&mut again) {
+                    start_reload(handle, path, &reloaded_tx);
+                } else {
+                    reloading = false;
+                }
             }
             _ = usr2.recv() => match upgrader {
                 _ if upgrading => tracing::warn!("SIGUSR2: an upgrade is already in progress"),
@@ -320,14 +339,38 @@ fn sd(r: Result<(), wsgate::sd_notify::NotifyError>) {
     }
 }
 
-async fn reload(handle: &wsgate::GatewayHandle, path: &std::path::Path) {
+/// Reloads in a task of its own, which says on `done` when it has finished.
+fn start_reload(
+    handle: &wsgate::GatewayHandle,
+    path: &std::path::Path,
+    done: &tokio::sync::mpsc::Sender<()>,
+) {
+    let (handle, path, done) = (handle.clone(), path.to_path_buf(), done.clone());
+    tokio::spawn(async move {
+        sd(wsgate::sd_notify::reloading());
+        reload(&handle, path).await;
+        sd(wsgate::sd_notify::ready(false));
+        let _ = done.send(()).await;
+    });
+}
+
+async fn reload(handle: &wsgate::GatewayHandle, path: std::path::PathBuf) {
     tracing::info!(config = %path.display(), "SIGHUP: reloading");
-    let cfg = match config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
+    // Off the runtime's workers: the config names files it reads.
+    let read = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || config::load(&path)
+    });
+    let cfg = match read.await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             for line in e.to_string().lines() {
                 tracing::error!("reload refused, keeping the running config: {line}");
             }
+            return;
+        }
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running config: {e}");
             return;
         }
     };

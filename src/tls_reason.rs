@@ -13,12 +13,13 @@ use rustls::{CertificateError, Error};
 /// text (a reset, an early EOF).
 pub fn describe(e: &io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-        Some(tls) => rustls_error(tls),
+        Some(tls) => describe_rustls(tls),
         None => e.to_string(),
     }
 }
 
-fn rustls_error(e: &Error) -> String {
+/// rustls's reason `e` in words.
+pub fn describe_rustls(e: &Error) -> String {
     match e {
         Error::InvalidCertificate(c) => format!("certificate refused: {}", certificate(c)),
         Error::NoCertificatesPresented => "the peer sent no certificate".into(),

@@ -138,7 +138,7 @@ impl Cache {
 }
 
 fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, AcmeError> {
-    match std::fs::read(path) {
+    match crate::fsread::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(AcmeError::Cache {

@@ -96,7 +96,7 @@ impl SecretSource {
                 format!("env:{n}"),
             ),
             SecretSource::File(p) => {
-                let mut b = std::fs::read(p).map_err(|e| read_error(p, e))?;
+                let mut b = crate::fsread::read(p).map_err(|e| read_error(p, e))?;
                 while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
                     b.pop();
                 }
@@ -182,7 +182,7 @@ impl fmt::Debug for KeySet {
 /// Loads a PEM public key (SPKI `PUBLIC KEY`, or PKCS#1 `RSA PUBLIC KEY`) of
 /// any supported type.
 pub fn load_pem(path: &Path) -> Result<PemKey, KeyError> {
-    let pem = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    let pem = crate::fsread::read(path).map_err(|e| read_error(path, e))?;
     let key = DecodingKey::from_rsa_pem(&pem)
         .or_else(|_| DecodingKey::from_ec_pem(&pem))
         .or_else(|_| DecodingKey::from_ed_pem(&pem))
@@ -197,7 +197,7 @@ pub fn load_pem(path: &Path) -> Result<PemKey, KeyError> {
 /// skipped; a key that cannot be used is an error, not silently dropped).
 pub fn load_jwks(path: &Path) -> Result<Vec<JwksKey>, KeyError> {
     let p = || path.display().to_string();
-    let text = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    let text = crate::fsread::read(path).map_err(|e| read_error(path, e))?;
     let set: JwkSet = serde_json::from_slice(&text).map_err(|e| KeyError::Jwks {
         path: p(),
         error: e.to_string(),

@@ -62,8 +62,9 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'st
         path: key.into(),
         reason,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(pem_reason(&e, "CERTIFICATE")))?
+    let chain_pem = crate::fsread::read(cert)
+        .map_err(|e| cert_err(pem_reason(&pem::Error::Io(e), "CERTIFICATE")))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(pem_reason(&e, "CERTIFICATE")))?;
     let Some(leaf) = chain.first() else {
@@ -76,8 +77,10 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(CertifiedKey, PrivateKeyDer<'st
             "the first CERTIFICATE block is not a valid X.509 certificate".into(),
         ));
     }
-    let der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(pem_reason(&e, "PRIVATE KEY")))?;
+    let key_pem = crate::fsread::read(key)
+        .map_err(|e| key_err(pem_reason(&pem::Error::Io(e), "PRIVATE KEY")))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| key_err(pem_reason(&e, "PRIVATE KEY")))?;
     let signing = aws_lc_rs::sign::any_supported_type(&der).map_err(|_| {
         key_err("the PRIVATE KEY block is not a usable RSA, ECDSA or Ed25519 key".into())
     })?;
@@ -167,7 +170,7 @@ pub fn load_ocsp(path: &Path) -> Result<ocsp::OcspResponse, CertError> {
         path: path.into(),
         reason,
     };
-    let der = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let der = crate::fsread::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     ocsp::OcspResponse::parse(der).map_err(|e| bad(e.to_string()))
 }
 

@@ -76,18 +76,16 @@ pub enum RootsError {
     Pem(rustls::pki_types::pem::Error),
     #[error("no CERTIFICATE block found")]
     Empty,
-    #[error("certificate #{0} is not usable as a CA: {1}")]
+    #[error("certificate #{n} is not usable as a CA: {why}", n = .0, why = crate::tls_reason::describe_rustls(.1))]
     NotCa(usize, rustls::Error),
 }
 
 /// The trust anchors in a PEM file: every `CERTIFICATE` block, each parsed.
 /// Shared with the listener's TLS setup so both read the file the same way.
 pub fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, RootsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(RootsError::Read)?
-        .collect::<Result<_, _>>()
-        .map_err(RootsError::Pem)?;
-    roots_of(certs)
+    let pem = crate::fsread::read(path)
+        .map_err(|e| RootsError::Read(rustls::pki_types::pem::Error::Io(e)))?;
+    roots_from_pem(&pem)
 }
 
 /// [`load_roots`] of a PEM file's bytes, already read.

@@ -512,7 +512,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// [`load`] with extra [`Checks`].
 pub fn load_with(path: &Path, checks: Checks) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = crate::fsread::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         issues: vec![ConfigIssue {
             pos: None,

@@ -446,6 +446,7 @@ impl Gateway {
 }
 
 /// Handle to a running gateway, for `main` and for tests.
+#[derive(Clone)]
 pub struct GatewayHandle {
     gw: Arc<Gateway>,
 }

@@ -215,7 +215,7 @@ pub fn server_config(
     let resolver = Arc::new(SniResolver::load(cfg, acme)?);
     // Read once: the verifier trusts these bytes, and resumption is keyed by them.
     let ca_pem = match &cfg.client_auth {
-        Some(ca) => std::fs::read(&ca.ca).map_err(|e| CertError::Cert {
+        Some(ca) => crate::fsread::read(&ca.ca).map_err(|e| CertError::Cert {
             path: ca.ca.clone(),
             reason: e.to_string(),
         })?,

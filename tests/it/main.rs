@@ -27,6 +27,7 @@ mod hardening2;
 mod hardening3;
 mod hardening4;
 mod hardening5;
+mod hardening6;
 mod http2;
 mod inspect;
 mod listener_tls;

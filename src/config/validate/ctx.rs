@@ -172,13 +172,18 @@ impl Ctx<'_> {
         }
     }
 
-    /// A file that must exist, be readable and not be a directory; resolved
+    /// A file that must exist, be readable and be a regular file; resolved
     /// against the working directory. `None` once the problem is recorded.
     pub(super) fn readable_file(&mut self, v: &SStr, key: &str) -> Option<PathBuf> {
         let p = PathBuf::from(v.get_ref());
-        let problem = match std::fs::File::open(&p).and_then(|f| f.metadata()) {
+        // Looked at before it is opened: opening a FIFO waits for a writer.
+        let problem = match std::fs::metadata(&p) {
             Ok(m) if m.is_dir() => "it is a directory, not a file".to_string(),
-            Ok(_) => return Some(p),
+            Ok(m) if !m.is_file() => "it is not a regular file".to_string(),
+            Ok(_) => match std::fs::File::open(&p) {
+                Ok(_) => return Some(p),
+                Err(e) => e.to_string(),
+            },
             Err(e) => e.to_string(),
         };
         let hint = if key.ends_with("cert") || key.ends_with("key") {
