@@ -217,3 +217,47 @@ fn send_timeout_is_read_and_zero_is_refused() {
         "{e}"
     );
 }
+
+/// A timeout or period of zero would fail at once what it times (TLS
+/// handshakes and HTTP/2 connections failed at random) or panic the task
+/// that ticks it (`health.interval`), so each is refused with its line.
+#[test]
+fn timeouts_and_periods_of_zero_are_refused() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    let up = "[upstream.u]\nservers = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        ("[server]\n", "header_timeout", "server.header_timeout"),
+        (
+            "[server]\n",
+            "keepalive_timeout",
+            "server.keepalive_timeout",
+        ),
+        (
+            "[server]\n",
+            "tls_handshake_timeout",
+            "server.tls_handshake_timeout",
+        ),
+        (up, "connect_timeout", "upstream.u.connect_timeout"),
+        (up, "response_timeout", "upstream.u.response_timeout"),
+        (up, "ws_idle_timeout", "upstream.u.ws_idle_timeout"),
+        (up, "fail_timeout", "upstream.u.fail_timeout"),
+        (up, "health.interval", "upstream.u.health.interval"),
+        (up, "health.timeout", "upstream.u.health.timeout"),
+        ("[app.echo]\n", "idle_timeout", "app.echo.idle_timeout"),
+        (
+            "[app.chat]\n",
+            "poll_idle_timeout",
+            "app.chat.poll_idle_timeout",
+        ),
+    ];
+    for (table, key, name) in cases {
+        let text = format!("{listener}{table}{key} = \"0\"\n");
+        let line = text.lines().count();
+        let e = err(&text);
+        assert!(
+            e.contains(&format!("t.toml:{line}:"))
+                && e.contains(&format!("{name}: must be more than 0")),
+            "{key}: {e}"
+        );
+    }
+}

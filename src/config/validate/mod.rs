@@ -181,7 +181,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             0,
             10_000_000,
         ) as usize,
-        header_timeout: cx.duration(
+        header_timeout: cx.positive_duration(
             &s.header_timeout,
             "server.header_timeout",
             Duration::from_secs(10),
@@ -191,12 +191,12 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             "server.send_timeout",
             Duration::from_secs(60),
         ),
-        keepalive_timeout: cx.duration(
+        keepalive_timeout: cx.positive_duration(
             &s.keepalive_timeout,
             "server.keepalive_timeout",
             Duration::from_secs(60),
         ),
-        tls_handshake_timeout: cx.duration(
+        tls_handshake_timeout: cx.positive_duration(
             &s.tls_handshake_timeout,
             "server.tls_handshake_timeout",
             Duration::from_secs(10),

@@ -147,7 +147,7 @@ pub(super) fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
             .max(1),
         compression: e.compression.unwrap_or(true),
         ping_interval: cx.duration(&e.ping_interval, "app.echo.ping_interval", Duration::ZERO),
-        idle_timeout: cx.duration(
+        idle_timeout: cx.positive_duration(
             &e.idle_timeout,
             "app.echo.idle_timeout",
             Duration::from_secs(600),
@@ -203,7 +203,7 @@ pub(super) fn chat(
             .map(|t| t.get_ref().clone())
             .filter(|t| !t.is_empty())
             .map(crate::config::Redacted),
-        poll_idle_timeout: cx.duration(
+        poll_idle_timeout: cx.positive_duration(
             &c.poll_idle_timeout,
             "app.chat.poll_idle_timeout",
             Duration::from_secs(60),
@@ -342,7 +342,7 @@ pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
             cx.at(h.span(), "cluster.heartbeat: must be at least 100ms");
         }
     }
-    let room_ttl = cx.duration(
+    let room_ttl = cx.positive_duration(
         &c.room_ttl,
         "cluster.room_ttl",
         Duration::from_secs(7 * 24 * 3600),

@@ -82,8 +82,8 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
             Some(p) => p.get_ref().clone(),
             None => "/healthz".into(),
         },
-        interval: cx.duration(&h.interval, &k("health.interval"), Duration::from_secs(5)),
-        timeout: cx.duration(&h.timeout, &k("health.timeout"), Duration::from_secs(2)),
+        interval: cx.positive_duration(&h.interval, &k("health.interval"), Duration::from_secs(5)),
+        timeout: cx.positive_duration(&h.timeout, &k("health.timeout"), Duration::from_secs(2)),
         healthy: cx.int(&h.healthy, &k("health.healthy"), 2, 1, 1000) as u32,
         unhealthy: cx.int(&h.unhealthy, &k("health.unhealthy"), 3, 1, 1000) as u32,
     });
@@ -93,23 +93,27 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         balance,
         sticky,
         sticky_cookie,
-        connect_timeout: cx.duration(
+        connect_timeout: cx.positive_duration(
             &u.connect_timeout,
             &k("connect_timeout"),
             Duration::from_secs(3),
         ),
-        response_timeout: cx.duration(
+        response_timeout: cx.positive_duration(
             &u.response_timeout,
             &k("response_timeout"),
             Duration::from_secs(60),
         ),
-        ws_idle_timeout: cx.duration(
+        ws_idle_timeout: cx.positive_duration(
             &u.ws_idle_timeout,
             &k("ws_idle_timeout"),
             Duration::from_secs(600),
         ),
         max_fails: cx.int(&u.max_fails, &k("max_fails"), 3, 0, 1000) as u32,
-        fail_timeout: cx.duration(&u.fail_timeout, &k("fail_timeout"), Duration::from_secs(10)),
+        fail_timeout: cx.positive_duration(
+            &u.fail_timeout,
+            &k("fail_timeout"),
+            Duration::from_secs(10),
+        ),
         retries: cx.int(&u.retries, &k("retries"), 1, 0, 10) as u32,
         health,
         ws_inspect: u.ws_inspect.unwrap_or(false),
