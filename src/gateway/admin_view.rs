@@ -94,6 +94,10 @@ impl AdminView for Gateway {
         self.metrics.render()
     }
 
+    fn header_timeout(&self) -> std::time::Duration {
+        self.server_ctx.config.load().header_timeout
+    }
+
     fn not_ready_reason(&self) -> Option<String> {
         if !self.readiness.is_started() {
             Some("starting".into())

@@ -1,17 +1,23 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers), `/readyz` (503 with a reason while starting, draining or degraded)
-//! and `/status` (JSON). Not counted against client connection caps. What the
-//! endpoints say comes from an [`AdminView`], which the process (`gateway`)
-//! implements: this module only serves it.
+//! and `/status` (JSON). Not counted against client connection caps, but
+//! held to caps of its own: at most [`CONNECTIONS`] at once, a request head
+//! (or an idle keep-alive wait) within `server.header_timeout`, and a
+//! connection's life within [`LIFETIME`]. Without them idle admin
+//! connections used up the process's descriptors, and the public listeners'
+//! accepts failed. What the endpoints say comes from an [`AdminView`], which
+//! the process (`gateway`) implements: this module only serves it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, text_response, Body};
@@ -24,9 +30,23 @@ pub trait AdminView: Send + Sync + 'static {
     fn not_ready_reason(&self) -> Option<String>;
     /// The `/status` document.
     fn status(&self) -> serde_json::Value;
+    /// How long a request head may take, and a keep-alive connection idle
+    /// (`server.header_timeout`, read at each connection: reloads change it).
+    fn header_timeout(&self) -> Duration;
 }
 
+/// Admin connections open at once; the next is closed on accept. Scrapers
+/// and health checkers need a few.
+pub const CONNECTIONS: usize = 64;
+/// An admin connection is asked to close (HTTP/2 GOAWAY, HTTP/1.1 after its
+/// request) this long after it opened: an idle HTTP/2 connection has no
+/// head to time out.
+pub const LIFETIME: Duration = Duration::from_secs(60);
+/// How long a connection asked to close may finish its request.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 pub async fn run<V: AdminView>(view: Arc<V>, listener: TcpListener, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -39,21 +59,44 @@ pub async fn run<V: AdminView>(view: Arc<V>, listener: TcpListener, stop: Cancel
                 }
             },
         };
-        let view = view.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let view = view.clone();
-                async move { Ok::<_, Infallible>(handle(&*view, req)) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin connection refused: {CONNECTIONS} open");
+            continue;
+        };
+        tokio::spawn(serve(view.clone(), stream, stop.clone(), slot));
     }
+}
+
+async fn serve<V: AdminView>(
+    view: Arc<V>,
+    stream: TcpStream,
+    stop: CancellationToken,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    // hyper's version sniffing waits for bytes with no timer of its own.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(view.header_timeout(), stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(view.header_timeout());
+    let svc = service_fn(move |req| {
+        let view = view.clone();
+        async move { Ok::<_, Infallible>(handle(&*view, req)) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(LIFETIME) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
 }
 
 fn handle(view: &impl AdminView, req: Request<Incoming>) -> Response<Body> {

@@ -65,3 +65,111 @@ async fn a_reload_naming_a_fifo_or_a_device_is_refused_and_sigterm_still_drains(
     let exit = gw.exited(WAIT).await.expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Reads until EOF or an error; `true` when that came within `limit`.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let read_all = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.is_ok()
+}
+
+/// Whether `GET /healthz` on a new connection gets its 200 (a connection
+/// closed on accept gets nothing).
+async fn healthz_answers(admin: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = Vec::new();
+        s.read_to_end(&mut text).await.ok()?;
+        Some(text.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The admin listener holds its connections to `server.header_timeout` and
+/// to [`wsgate::server::admin::CONNECTIONS`] at once. Before, idle admin
+/// connections stayed for good and 1 100 of them used up the process's
+/// descriptors, so the public listeners' accepts failed.
+#[tokio::test]
+async fn admin_connections_are_timed_out_and_capped() {
+    use tokio::io::AsyncWriteExt;
+    use wsgate::server::admin::CONNECTIONS;
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .admin()
+        .set("server.header_timeout", "1s")
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    let admin = gw.admin();
+    // Silent, and a head that never ends: both closed at the header timeout.
+    let mut silent = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    assert!(
+        closed_within(&mut silent, WAIT).await,
+        "a silent connection stays"
+    );
+    assert!(
+        closed_within(&mut slow, WAIT).await,
+        "an unfinished head stays"
+    );
+
+    // Past the cap, a connection is closed at once (the others are waiting
+    // out their header timeout). Requests that finish keep working.
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .admin()
+        .set("server.header_timeout", "60s")
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    let admin = gw.admin();
+    let r = get(admin, "/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(
+            tokio::net::TcpStream::connect(admin)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut extra = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    assert!(
+        closed_within(&mut extra, WAIT).await,
+        "the cap let one more in"
+    );
+    // One held connection closes; its place serves a request again.
+    drop(held.pop());
+    assert!(
+        eventually(WAIT, || healthz_answers(admin)).await,
+        "no request served after a place was freed"
+    );
+    // The public listener never noticed.
+    let r = get(gw.http(), "/").await;
+    assert_ne!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
