@@ -24,6 +24,7 @@ use super::access_phase::Notes;
 use super::error::ProxyError;
 use super::forwarded::set_forwarding;
 use super::headers::{clean_trailers, has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
+use super::upload;
 use crate::access::BytesIn;
 use crate::body::{Body, BoxError};
 use crate::config::{RouteConfig, UpstreamProtocol};
@@ -146,9 +147,17 @@ pub async fn forward(
         // The access line names the server tried last, failed or not
         // (nginx's $upstream_addr).
         *served_by = Some(backend.addr.clone());
-        let attempt = tokio::time::timeout(pool.cfg.response_timeout, backend.conns.send(up)).await;
+        let limit = pool.cfg.response_timeout;
+        let attempt = match client_fault.progress() {
+            None => tokio::time::timeout(limit, backend.conns.send(up))
+                .await
+                .ok(),
+            // From the body's last frame the upstream took (nginx starts
+            // its read timeout once the request is sent).
+            Some(progress) => upload::within(limit, progress, backend.conns.send(up)).await,
+        };
         let (err, resendable) = match attempt {
-            Ok(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            Some(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 // Only validated WebSocket handshakes switch protocols (proxy::ws);
                 // this request's Upgrade was stripped, so a 101 is the server's
                 // mistake and must not reach the client as a broken tunnel.
@@ -157,7 +166,7 @@ pub async fn forward(
                     false,
                 )
             }
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 pool.report_success(backend);
                 count(metrics, pool, backend, resp.status().as_u16());
                 let cookie = pool.sticky_cookie(&choice, ctx.tls);
@@ -168,11 +177,11 @@ pub async fn forward(
                 }
                 return Ok(resp);
             }
-            Ok(Err(_)) if client_fault.get().is_some() => {
+            Some(Err(_)) if client_fault.get().is_some() => {
                 // Not the server's failure: no passive-health mark, no retry.
                 return Err(client_fault.get().unwrap_or(ProxyError::ClientAborted));
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let resendable = e.nothing_received();
                 let addr = backend.addr.to_string();
                 let err = match e {
@@ -187,7 +196,7 @@ pub async fn forward(
                 (err, resendable)
             }
             // The server may be processing it: never resend after a response timeout.
-            Err(_) => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
+            None => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
         if !matches!(err, ProxyError::OutOfSockets(..)) {
             pool.report_failure(backend);
@@ -211,7 +220,9 @@ fn counted(
     fault: ClientFault,
     trailers_drop: Option<Vec<header::HeaderName>>,
 ) -> Body {
+    let taken = fault.clone();
     body.map_frame(move |f| {
+        taken.mark_progress();
         if let (Some(d), Some(counter)) = (f.data_ref(), &counter) {
             counter
                 .0
@@ -235,15 +246,32 @@ fn counted(
     .boxed_unsync()
 }
 
-/// Why reading the client's request body failed, if it did.
+/// Why reading the client's request body failed, if it did, and when the
+/// upstream last took a frame of it ([`upload`]).
 /// Allocated only for a request with a body: a bodiless one cannot fail on
 /// the client's side, and most proxied requests have none (S4).
 #[derive(Clone)]
-struct ClientFault(Option<std::sync::Arc<std::sync::OnceLock<bool>>>);
+struct ClientFault(Option<std::sync::Arc<BodyState>>);
+
+#[derive(Default)]
+struct BodyState {
+    fault: std::sync::OnceLock<bool>,
+    progress: upload::Progress,
+}
 
 impl ClientFault {
     fn new(has_body: bool) -> Self {
         Self(has_body.then(Default::default))
+    }
+
+    fn progress(&self) -> Option<&upload::Progress> {
+        self.0.as_deref().map(|s| &s.progress)
+    }
+
+    fn mark_progress(&self) {
+        if let Some(s) = &self.0 {
+            s.progress.mark();
+        }
     }
 
     /// Records a body error: `true` for a malformed body, `false` for a
@@ -260,13 +288,13 @@ impl ClientFault {
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
                 )
             });
-        if let Some(cell) = &self.0 {
-            let _ = cell.set(invalid || e.is_parse());
+        if let Some(s) = &self.0 {
+            let _ = s.fault.set(invalid || e.is_parse());
         }
     }
 
     fn get(&self) -> Option<ProxyError> {
-        self.0.as_ref()?.get().map(|&malformed| {
+        self.0.as_ref()?.fault.get().map(|&malformed| {
             if malformed {
                 ProxyError::BadRequest("malformed request body".into())
             } else {

@@ -27,6 +27,7 @@ pub mod phases;
 pub mod rate_limit;
 pub mod scan;
 pub mod splice;
+pub mod upload;
 pub mod ws;
 pub mod ws_upstream;
 

@@ -173,3 +173,52 @@ async fn admin_connections_are_timed_out_and_capped() {
     let r = get(gw.http(), "/").await;
     assert_ne!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// `response_timeout` counts from the last body frame the upstream took,
+/// as nginx's `proxy_read_timeout` starts once the request is sent: an
+/// upload that keeps flowing for longer than it is answered (504 at the
+/// timeout before, mid-upload, to a server reading it all along), and a
+/// server that takes nothing still times out.
+#[tokio::test]
+async fn response_timeout_waits_for_an_upload_that_keeps_flowing() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = http_upstream(|req| async move {
+        let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+            "{}",
+            n.unwrap_or(0)
+        ))))
+    })
+    .await;
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .upstream("api", &[api])
+        .set("upstream.api.response_timeout", "1s")
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let chunk = vec![b'x'; 1000];
+    c.write_all(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 8000\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    // 8 chunks 300 ms apart: 2.1 s of upload against a 1 s timeout. The
+    // pause is the scenario (a slow uploader), not a wait for an event.
+    for _ in 0..8 {
+        c.write_all(&chunk).await.expect("chunk");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, c.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("8000"), "{answer}");
+}
