@@ -222,3 +222,43 @@ async fn response_timeout_waits_for_an_upload_that_keeps_flowing() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("8000"), "{answer}");
 }
+
+/// A handshake whose SNI is an IP literal (which RFC 6066 forbids) writes no
+/// log line: rustls's own logging, off now, warned once per such handshake
+/// with client-chosen text, so any client could write the log at will.
+#[tokio::test]
+async fn a_bad_sni_writes_no_log_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crt, key) = write_cert(dir.path(), "localhost", &["localhost"]);
+    let [port] = free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let path = dir.path().join("wsgate.toml");
+    let cfg = Cfg::new()
+        .listener(Listener::at(addr).tls(&crt, &key))
+        .route_app("/echo", "echo")
+        .build();
+    std::fs::write(&path, cfg).expect("write config");
+    let mut gw = WsgateProc::start(&path);
+    gw.wait_for("listening", WAIT);
+    for sni in ["1.2.3.4", "10.0.0.1"] {
+        common::openssl::s_client(dir.path(), addr, sni, &crt, &[]).await;
+    }
+    // An access line marks that the handshakes before it were logged by now.
+    common::openssl::s_client_with(
+        dir.path(),
+        addr,
+        "localhost",
+        &crt,
+        &["-ign_eof"],
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    gw.wait_for("status=426", WAIT);
+    assert!(
+        !gw.seen
+            .iter()
+            .any(|l| l.contains("SNI") || l.contains("rustls")),
+        "{}",
+        gw.seen.join("\n")
+    );
+}
