@@ -127,6 +127,16 @@ async fn open(
     Ok((tcp, dup))
 }
 
+/// A listening socket taken over from a running listener, and a duplicate
+/// of its descriptor (as [`open`] returns).
+fn adopt(fd: OwnedFd) -> std::io::Result<(TcpListener, OwnedFd)> {
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    let tcp = TcpListener::from_std(std)?;
+    let dup = tcp.as_fd().try_clone_to_owned()?;
+    Ok((tcp, dup))
+}
+
 impl Gateway {
     /// Binds the listeners of `snap` that are not running yet.
     pub(super) async fn bind_new_listeners(&self, snap: &Snapshot) -> Result<Fresh, StartError> {
@@ -137,16 +147,39 @@ impl Gateway {
             .iter()
             .map(|l| l.key.clone())
             .collect();
+        let keys = listener_keys(&snap.config);
         let mut fresh = Vec::new();
-        for (i, key) in listener_keys(&snap.config).into_iter().enumerate() {
-            if running.contains(&key) {
+        for (i, key) in keys.iter().enumerate() {
+            if running.contains(key) {
                 continue;
             }
             let name = format!("listener[{i}].addr");
-            let (tcp, fd) = open(&self.inherited, key.addr, &name).await?;
-            fresh.push((key, tcp, fd));
+            let (tcp, fd) = match self.switching(key.addr, &keys) {
+                Some(fd) => adopt(fd).map_err(|source| StartError::Bind {
+                    key: name,
+                    addr: key.addr,
+                    source,
+                })?,
+                None => open(&self.inherited, key.addr, &name).await?,
+            };
+            fresh.push((key.clone(), tcp, fd));
         }
         Ok(fresh)
+    }
+
+    /// The socket of a running listener on `addr` that the new config
+    /// (`keys`) serves in the other mode (TLS turned on or off): it moves to
+    /// the new mode, where binding a second socket would fail (address in
+    /// use), and connections queued on it are not lost.
+    fn switching(&self, addr: SocketAddr, keys: &[ListenerKey]) -> Option<OwnedFd> {
+        if addr.port() == 0 {
+            return None;
+        }
+        let running = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .iter()
+            .filter(|l| l.key.addr == addr && !keys.contains(&l.key))
+            .find_map(|l| l.fd.as_ref()?.try_clone().ok())
     }
 
     /// Starts `fresh` listeners, stops removed ones, and hands new TLS configs

@@ -262,3 +262,48 @@ async fn a_bad_sni_writes_no_log_line() {
         gw.seen.join("\n")
     );
 }
+
+/// A reload may turn TLS on or off for an address: the running socket moves
+/// to the new mode. Before, a second socket was bound beside the first and
+/// the reload was refused ("address in use"): only a restart could do it.
+#[tokio::test]
+async fn a_reload_turns_tls_on_and_off_for_an_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crt, key) = write_cert(dir.path(), "localhost", &["localhost"]);
+    let [port] = free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let plain = || {
+        Cfg::new()
+            .set("log.access_log", false)
+            .listener(Listener::at(addr))
+            .route_app("/echo", "echo")
+            .build()
+    };
+    let tls = Cfg::new()
+        .set("log.access_log", false)
+        .listener(Listener::at(addr).tls(&crt, &key))
+        .route_app("/echo", "echo")
+        .build();
+    let gw = TestGateway::start(&plain()).await;
+    assert_eq!(
+        get(addr, "/echo").await.status,
+        StatusCode::UPGRADE_REQUIRED
+    );
+    let reload = |text: String| {
+        let cfg =
+            wsgate::config::parse(std::path::Path::new("reload.toml"), &text).expect("config");
+        gw.handle.reload(cfg)
+    };
+    reload(tls).await.expect("TLS turned on");
+    let client = common::tls::tls_client(&crt, &[b"http/1.1"]);
+    let stream = tokio::time::timeout(WAIT, common::tls::tls_connect(addr, client, "localhost"))
+        .await
+        .expect("handshake in time");
+    let r = send_on(stream, request("GET", "/echo", &[], "")).await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
+    reload(plain()).await.expect("TLS turned off");
+    assert_eq!(
+        get(addr, "/echo").await.status,
+        StatusCode::UPGRADE_REQUIRED
+    );
+}
