@@ -32,6 +32,9 @@ pub struct ConnCtx {
     pub tls: bool,
     /// The client certificate verified in the TLS handshake (mTLS listeners).
     pub client_cert: Option<Arc<ClientCert>>,
+    /// The `addr` of the listener it arrived on, as configured (what a
+    /// route's `listeners` name); unspecified outside a listener.
+    pub listener: SocketAddr,
     /// `client`'s address as an `X-Forwarded-For` entry, formatted on first
     /// use ([`ConnCtx::forwarded_for`]).
     forwarded_for: OnceLock<HeaderValue>,
@@ -54,6 +57,7 @@ impl ConnCtx {
             peer,
             tls,
             client_cert: None,
+            listener: SocketAddr::from(([0, 0, 0, 0], 0)),
             forwarded_for: OnceLock::new(),
         }
     }

@@ -6,6 +6,7 @@
 //! under it).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{HostPattern, RouteConfig};
@@ -45,6 +46,11 @@ pub struct Router {
     any_host: bool,
 }
 
+/// Whether `route` takes requests that arrived on `listener`.
+fn on_listener(route: &RouteConfig, listener: SocketAddr) -> bool {
+    route.listeners.is_empty() || route.listeners.contains(&listener)
+}
+
 impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Self {
@@ -62,8 +68,14 @@ impl Router {
         &self.routes
     }
 
-    /// Finds the route for a request. `host` may carry a port and any case.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+    /// Finds the route for a request that arrived on `listener` (its
+    /// configured address). `host` may carry a port and any case.
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        listener: SocketAddr,
+    ) -> Option<&Arc<Route>> {
         let host = host.filter(|_| self.any_host).map(normalize_host);
         let mut best: Option<(&Arc<Route>, (u8, usize))> = None;
         for route in &self.routes {
@@ -76,7 +88,7 @@ impl Router {
                 },
                 (Some(_), _) => continue,
             };
-            if !prefix_matches(&r.path, path) {
+            if !prefix_matches(&r.path, path) || !on_listener(r, listener) {
                 continue;
             }
             let rank = (host_rank, r.path.len());
@@ -121,6 +133,9 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ANY: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
     use crate::config::{AppKind, RouteTarget};
 
     fn route(host: Option<&str>, path: &str, app: AppKind) -> RouteConfig {
@@ -138,19 +153,28 @@ mod tests {
             route(Some("*.example.test"), "/", AppKind::Chat),
             route(Some("api.example.test"), "/", AppKind::Echo),
         ]);
-        assert_eq!(r.find(Some("x"), "/chat/sse").unwrap().cfg.path, "/chat");
-        assert_eq!(r.find(Some("x"), "/chatty").unwrap().cfg.path, "/");
-        assert_eq!(r.find(Some("x"), "/chat").unwrap().cfg.path, "/chat");
+        assert_eq!(
+            r.find(Some("x"), "/chat/sse", ANY).unwrap().cfg.path,
+            "/chat"
+        );
+        assert_eq!(r.find(Some("x"), "/chatty", ANY).unwrap().cfg.path, "/");
+        assert_eq!(r.find(Some("x"), "/chat", ANY).unwrap().cfg.path, "/chat");
         // A path parameter ends the segment, as Tomcat and JAX-RS read it.
         assert_eq!(
-            r.find(Some("x"), "/chat;jsessionid=1").unwrap().cfg.path,
+            r.find(Some("x"), "/chat;jsessionid=1", ANY)
+                .unwrap()
+                .cfg
+                .path,
             "/chat"
         );
         // A host route beats a longer path without host.
-        let w = &r.find(Some("a.Example.test:443"), "/chat/x").unwrap().cfg;
+        let w = &r
+            .find(Some("a.Example.test:443"), "/chat/x", ANY)
+            .unwrap()
+            .cfg;
         assert!(w.host.is_some());
         assert_eq!(w.target, RouteTarget::App(AppKind::Chat));
-        let e = r.find(Some("API.example.test"), "/chat").unwrap();
+        let e = r.find(Some("API.example.test"), "/chat", ANY).unwrap();
         assert_eq!(
             e.cfg.host,
             Some(HostPattern::Exact("api.example.test".into()))
@@ -161,16 +185,16 @@ mod tests {
     #[test]
     fn hosts_are_ignored_when_no_route_names_one() {
         let r = Router::new(&[route(None, "/", AppKind::Echo)]);
-        assert!(r.find(Some("Any.Host:1"), "/x").is_some());
-        assert!(r.find(None, "/x").is_some());
+        assert!(r.find(Some("Any.Host:1"), "/x", ANY).is_some());
+        assert!(r.find(None, "/x", ANY).is_some());
     }
 
     #[test]
     fn no_match() {
         let r = Router::new(&[route(Some("a.test"), "/x", AppKind::Echo)]);
-        assert!(r.find(Some("b.test"), "/x").is_none());
-        assert!(r.find(None, "/x").is_none());
-        assert!(r.find(Some("a.test"), "/y").is_none());
+        assert!(r.find(Some("b.test"), "/x", ANY).is_none());
+        assert!(r.find(None, "/x", ANY).is_none());
+        assert!(r.find(Some("a.test"), "/y", ANY).is_none());
     }
 
     #[test]
@@ -178,5 +202,21 @@ mod tests {
         assert_eq!(normalize_host("Example.COM:8443"), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
         assert_eq!(normalize_host("example.com."), "example.com");
+    }
+
+    #[test]
+    fn a_route_with_listeners_takes_only_their_requests() {
+        let a: SocketAddr = "127.0.0.1:8443".parse().expect("addr");
+        let b: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let mut secure = route(Some("secure.test"), "/", AppKind::Echo);
+        secure.listeners = vec![a];
+        let r = Router::new(&[secure, route(None, "/", AppKind::Chat)]);
+        let on = |l| {
+            r.find(Some("secure.test"), "/x", l)
+                .map(|r| r.cfg.target.clone())
+        };
+        assert!(matches!(on(a), Some(RouteTarget::App(AppKind::Echo))));
+        // Elsewhere the route does not exist: the next best takes it.
+        assert!(matches!(on(b), Some(RouteTarget::App(AppKind::Chat))));
     }
 }

@@ -212,6 +212,7 @@ pub struct RouteFile {
     pub strip_prefix: Option<bool>,
     pub websocket: Option<bool>,
     pub origins: Option<Vec<SStr>>,
+    pub listeners: Option<Vec<SStr>>,
     pub limits: Option<Vec<SStr>>,
     pub auth: Option<SStr>,
     pub auth_claims_to_headers: Option<Spanned<BTreeMap<String, SStr>>>,

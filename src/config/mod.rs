@@ -334,6 +334,9 @@ pub struct RouteConfig {
     pub websocket: bool,
     /// Allowed `Origin` values for WebSocket upgrades; `None` allows any.
     pub origins: Option<Vec<String>>,
+    /// The listeners (their `addr` as configured) whose requests this route
+    /// takes; empty: every listener's.
+    pub listeners: Vec<std::net::SocketAddr>,
     /// Names of the `[limit.NAME]`s requests and handshakes must pass, in order.
     pub limits: Vec<String>,
     /// `auth` / `auth_claims_to_headers`: requests need a valid token.
@@ -354,6 +357,7 @@ impl RouteConfig {
             strip_prefix: false,
             websocket: true,
             origins: None,
+            listeners: Vec::new(),
             limits: Vec::new(),
             auth: None,
             auth_request: None,

@@ -236,6 +236,7 @@ impl Gateway {
                 self.proxy.clone(),
                 tcp,
                 listener::PerListener {
+                    addr: key.addr,
                     tls: tls_cfg.clone(),
                     conn_limits: conn_limits.clone(),
                     proxy_protocol: proxy_protocol.clone(),

@@ -277,11 +277,12 @@ fn same_route_decoded(
     host: Option<&Host>,
     path: &str,
     route: &Arc<Route>,
+    listener: std::net::SocketAddr,
 ) -> Result<(), ProxyError> {
     let Some(view) = path::upstream_view(path) else {
         return Ok(());
     };
-    match table.router.find(host.map(Host::as_str), &view) {
+    match table.router.find(host.map(Host::as_str), &view, listener) {
         Some(other) if Arc::ptr_eq(other, route) => Ok(()),
         _ => Err(ProxyError::BadRequest(
             "an escaped slash (%2F or %5C) or a ;parameter in the path changes its route".into(),
@@ -381,11 +382,11 @@ impl Proxy {
         };
         let route = table
             .router
-            .find(host.map(Host::as_str), req.uri().path())
+            .find(host.map(Host::as_str), req.uri().path(), conn.listener)
             .cloned()
             .ok_or(ProxyError::NoRoute)?;
         if escaped {
-            same_route_decoded(table, host, req.uri().path(), &route)?;
+            same_route_decoded(table, host, req.uri().path(), &route, conn.listener)?;
         }
         out.route = Some(route.clone());
         if upgrade {

@@ -37,6 +37,9 @@ const MAX_REFUSING: usize = 1024;
 
 /// What one listener has of its own; the gateway swaps the insides on reload.
 pub struct PerListener {
+    /// Its `addr` as configured (port 0 as written): what routes'
+    /// `listeners` name.
+    pub addr: SocketAddr,
     /// Serves new certificates to new connections after a reload.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// `connection_limits`: checked per new connection, keyed by client address.
@@ -54,6 +57,7 @@ pub async fn run<H: Handler>(
     stop: CancellationToken,
 ) {
     let PerListener {
+        addr: configured,
         tls,
         conn_limits,
         proxy_protocol,
@@ -110,6 +114,7 @@ pub async fn run<H: Handler>(
             Accepted {
                 stream,
                 peer,
+                listener: configured,
                 proxy_protocol: proxy_protocol.load(Ordering::Relaxed),
             },
             tls_cfg,
@@ -169,6 +174,8 @@ async fn handle_accept_error(e: io::Error) {
 struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
+    /// The listener's configured `addr`.
+    listener: SocketAddr,
     /// Whether it starts with a PROXY header.
     proxy_protocol: bool,
 }
@@ -185,11 +192,12 @@ async fn handle_connection<H: Handler>(
     let Accepted {
         stream,
         peer,
+        listener,
         proxy_protocol,
     } = accepted;
     // Before admission: the caps count the real client, which only the
     // header names. Only trusted peers get here, each for a bounded time.
-    let (stream, ctx) = if proxy_protocol {
+    let (stream, mut ctx) = if proxy_protocol {
         // Boxed: its read buffer would otherwise sit in every connection's task.
         let header = Box::pin(read_proxy_header(&server, stream, peer, tls.is_some()));
         let (stream, client) = match header.await {
@@ -201,6 +209,7 @@ async fn handle_connection<H: Handler>(
     } else {
         (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))
     };
+    ctx.listener = listener;
     if let Some(limits) = cluster_limits {
         // Boxed: the Redis round trip's state would otherwise sit in every
         // connection's task, limits or not.

@@ -307,3 +307,47 @@ async fn a_reload_turns_tls_on_and_off_for_an_address() {
         StatusCode::UPGRADE_REQUIRED
     );
 }
+
+/// A route may be held to listeners (`listeners`, as nginx's server blocks
+/// are to their `listen`): a host meant only for one listener (an mTLS one)
+/// was reachable through every other by setting `Host`, or by a TLS
+/// connection to another listener whose SNI named another host.
+#[tokio::test]
+async fn a_route_held_to_a_listener_is_not_reached_through_another() {
+    let [inside, outside] = free_ports();
+    let a = SocketAddr::from(([127, 0, 0, 1], inside));
+    let b = SocketAddr::from(([127, 0, 0, 1], outside));
+    let cfg = Cfg::new()
+        .set("log.access_log", false)
+        .listener(Listener::at(a))
+        .listener(Listener::at(b))
+        .route(
+            Route::app("/", "echo")
+                .host("secure.test")
+                .set("listeners", vec![toml::Value::from(a.to_string())]),
+        )
+        .build();
+    let _gw = TestGateway::start(&cfg).await;
+    let secure = |addr| async move {
+        let req = http::Request::get("/")
+            .header("host", "secure.test")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        send(addr, req).await.status
+    };
+    assert_eq!(secure(a).await, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(secure(b).await, StatusCode::NOT_FOUND);
+
+    // A listener the config does not have is an error naming the key.
+    let bad = Cfg::new()
+        .listener(Listener::at(a))
+        .route(Route::app("/", "echo").set("listeners", vec![toml::Value::from("127.0.0.1:1")]))
+        .build();
+    let e = wsgate::config::parse(std::path::Path::new("t.toml"), &bad)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("route[0].listeners: \"127.0.0.1:1\" is no [[listener]]'s addr"),
+        "{e}"
+    );
+}

@@ -71,7 +71,8 @@ pub fn validate(
         },
         &raw.auth,
     );
-    let routes = routes(&mut cx, &raw.route, &upstreams, &limits, &raw.auth);
+    let addrs: Vec<std::net::SocketAddr> = listeners.iter().map(|l| l.addr).collect();
+    let routes = routes(&mut cx, &raw.route, &upstreams, &limits, &raw.auth, &addrs);
     let echo = echo(&mut cx, raw.app.echo.as_ref());
     let chat = chat(&mut cx, raw.app.chat.as_ref(), &raw.auth);
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut cx, c));

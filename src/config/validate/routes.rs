@@ -10,12 +10,41 @@ use super::ctx::Ctx;
 use crate::config::file::*;
 use crate::config::*;
 
+/// A route's `listeners`: each the `addr` of a `[[listener]]`, as written.
+fn route_listeners(
+    cx: &mut Ctx,
+    names: Option<&Vec<SStr>>,
+    key: &str,
+    listeners: &[std::net::SocketAddr],
+) -> Vec<std::net::SocketAddr> {
+    let mut on = Vec::new();
+    for n in names.into_iter().flatten() {
+        match n.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) if listeners.contains(&a) => {
+                if !on.contains(&a) {
+                    on.push(a);
+                }
+            }
+            _ => cx.at(
+                n.span(),
+                format!(
+                    "{key}.listeners: {:?} is no [[listener]]'s addr (write it as the listener does, IP:port)",
+                    n.get_ref()
+                ),
+            ),
+        }
+    }
+    on.sort();
+    on
+}
+
 pub(super) fn routes(
     cx: &mut Ctx,
     rs: &[Spanned<RouteFile>],
     ups: &BTreeMap<String, UpstreamConfig>,
     limits: &BTreeMap<String, LimitConfig>,
     auths: &BTreeMap<String, Spanned<crate::config::file::AuthFile>>,
+    listeners: &[std::net::SocketAddr],
 ) -> Vec<RouteConfig> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -89,7 +118,8 @@ pub(super) fn routes(
         } else {
             continue;
         };
-        if !seen.insert((host.clone(), r.path.get_ref().clone())) {
+        let on = route_listeners(cx, r.listeners.as_ref(), &key, listeners);
+        if !seen.insert((host.clone(), r.path.get_ref().clone(), on.clone())) {
             cx.at(
                 r.path.span(),
                 format!("{key}.path: another route already has this host and path"),
@@ -130,6 +160,7 @@ pub(super) fn routes(
             strip_prefix: r.strip_prefix.unwrap_or(false),
             websocket: r.websocket.unwrap_or(true),
             origins,
+            listeners: on,
             limits: crate::config::limits::route_limits(cx, r.limits.as_ref(), &key, limits),
             auth,
             auth_request,
