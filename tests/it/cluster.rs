@@ -97,14 +97,14 @@ impl Node {
 }
 
 /// A node as a child process of the `wsgate` binary, so it can be SIGKILLed.
-struct ChildNode {
+pub(crate) struct ChildNode {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl ChildNode {
-    async fn start(id: &str, redis: &Redis) -> Self {
+    pub(crate) async fn start(id: &str, redis: &Redis) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let [port, admin_port] = free_ports();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -237,3 +237,40 @@ async fn history_ttl_applies_in_redis_too() {
         "the message never aged out of Redis history"
     );
 }
+
+/// Two processes with one `server.node_id` (a binary upgrade runs the old and
+/// the new side by side) are two members of the cluster: each delivers the
+/// other's room messages. Before, each skipped the other's as its own, so
+/// messages sent through the draining process never reached clients already
+/// on the new one. Clients still see the one name.
+#[tokio::test]
+async fn two_processes_of_one_node_id_deliver_each_others_messages() {
+    use crate::cluster::{ChildNode, Node};
+    let redis = Redis::start().await;
+    let old = ChildNode::start("n1", &redis).await;
+    let new = Node::start("n1", &redis).await;
+    let mut alice = Client::new(old.addr, "alice").await;
+    alice.join("lobby").await;
+    let mut bob = Client::new(new.addr(), "bob").await;
+    bob.join("lobby").await;
+    alice
+        .send(json!({"type": "msg", "room": "lobby", "text": "from the old"}))
+        .await;
+    bob.recv_until("alice's message through the other process", |v| {
+        is_msg(v, "from the old")
+    })
+    .await;
+    bob.send(json!({"type": "msg", "room": "lobby", "text": "from the new"}))
+        .await;
+    alice
+        .recv_until("bob's message through the other process", |v| {
+            is_msg(v, "from the new")
+        })
+        .await;
+    let nodes: Vec<String> = common::chat::online(new.addr())
+        .await
+        .into_iter()
+        .map(|(_, node)| node)
+        .collect();
+    assert_eq!(nodes, ["n1", "n1"]);
+}

@@ -46,7 +46,7 @@ impl RedisBus {
 
     async fn room_leave_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
         let was = lock(&self.mirror).remove_member(&room, &user);
-        let node = self.node.clone();
+        let node = self.instance.clone();
         let gone = self
             .try_redis(async {
                 self.run_leave(&mut self.conn.clone(), &node, &node, &room, &user)
@@ -116,7 +116,7 @@ impl RedisBus {
                 .filter_map(|(u, n)| {
                     Some(OnlineUser {
                         user: UserName::parse(u).ok()?,
-                        node: Arc::from(n),
+                        node: Arc::from(super::shown(n)),
                     })
                 })
                 .collect(),
@@ -125,7 +125,7 @@ impl RedisBus {
                 .iter()
                 .map(|u| OnlineUser {
                     user: u.clone(),
-                    node: self.node.clone(),
+                    node: self.name.clone(),
                 })
                 .collect(),
         };
@@ -222,7 +222,7 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn node(&self) -> &str {
-        &self.node
+        &self.name
     }
 
     fn attach(&self, sink: Weak<dyn Deliver>) {
@@ -275,7 +275,7 @@ impl Bus for RedisBus {
     fn user_online(&self, user: UserName) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             lock(&self.mirror).users.insert(user.clone());
-            let node = &*self.node;
+            let node = &*self.instance;
             self.try_redis(async {
                 let mut c = self.conn.clone();
                 // The node's hash and the online set are on different shards
@@ -303,7 +303,7 @@ impl Bus for RedisBus {
     fn user_offline(&self, user: UserName) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             lock(&self.mirror).users.remove(&user);
-            let node = &*self.node;
+            let node = &*self.instance;
             self.try_redis(async {
                 let mut c = self.conn.clone();
                 let _: i64 = redis::cmd("HDEL")

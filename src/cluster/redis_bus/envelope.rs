@@ -114,7 +114,7 @@ impl RedisBus {
         match env {
             Envelope::Msg { o, msg } => {
                 self.note_id(&msg.room, msg.id);
-                if *o == *self.node {
+                if *o == *self.instance {
                     return;
                 }
                 if let Ok(ev) = Event::msg(&msg) {
@@ -122,7 +122,7 @@ impl RedisBus {
                 }
             }
             Envelope::Presence { o, p } => {
-                if *o == *self.node {
+                if *o == *self.instance {
                     return;
                 }
                 if let Ok(ev) = Event::encode(&p) {
@@ -130,7 +130,7 @@ impl RedisBus {
                 }
             }
             Envelope::Users { o, users, dm } => {
-                if *o == *self.node {
+                if *o == *self.instance {
                     return;
                 }
                 self.note_dm_id(dm.id);

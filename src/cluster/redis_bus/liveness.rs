@@ -32,7 +32,7 @@ impl RedisBus {
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
-                    tracing::debug!(node = %self.node, error = %e, "cluster: heartbeat failed");
+                    tracing::debug!(node = %self.instance, error = %e, "cluster: heartbeat failed");
                     self.set_down(&e);
                     reregister = true;
                 }
@@ -56,19 +56,19 @@ impl RedisBus {
         reregister: &mut bool,
     ) -> Result<(), ClusterError> {
         let mut c = self.conn.clone();
-        tracing::trace!(node = %self.node, subscribed = *subscribed, "cluster: beat");
+        tracing::trace!(node = %self.instance, subscribed = *subscribed, "cluster: beat");
         // After any outage (a dropped connection marks Redis down), every
         // channel is subscribed again: on a Redis Cluster a failed-over
         // shard's channels must move to its new master, which the client
         // only does when it happens to refresh its slot map after the
         // promotion. Subscribing twice is harmless.
         if !*subscribed || !self.is_up() {
-            c.subscribe(&keys::node_channel(&self.node)).await?;
+            c.subscribe(&keys::node_channel(&self.instance)).await?;
             self.resubscribe_held().await?;
             *subscribed = true;
         }
         let prev: Option<String> = redis::cmd("SET")
-            .arg(keys::alive(&self.node))
+            .arg(keys::alive(&self.instance))
             .arg(now_ms())
             .arg("PX")
             .arg(ms(self.beat * 3))
@@ -78,13 +78,13 @@ impl RedisBus {
         let ttl = self.registry_ttl();
         let _: i64 = redis::cmd("SADD")
             .arg(keys::NODES)
-            .arg(&*self.node)
+            .arg(&*self.instance)
             .query_async(&mut c)
             .await?;
         let _: () = redis::pipe()
-            .pexpire(keys::node_rooms(&self.node), ttl as i64)
+            .pexpire(keys::node_rooms(&self.instance), ttl as i64)
             .ignore()
-            .pexpire(keys::node_users(&self.node), ttl as i64)
+            .pexpire(keys::node_users(&self.instance), ttl as i64)
             .ignore()
             .query_async(&mut c)
             .await?;
@@ -104,7 +104,7 @@ impl RedisBus {
     /// users Redis still has but this node no longer does. Runs once per
     /// heartbeat: connection counts are refreshed here, never per message.
     async fn sync_users(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
-        let node = &*self.node;
+        let node = &*self.instance;
         let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
         let sink = self.sink();
         let stored: Vec<String> = redis::cmd("HKEYS")
@@ -152,7 +152,7 @@ impl RedisBus {
             let m = lock(&self.mirror);
             (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
         };
-        let node = &*self.node;
+        let node = &*self.instance;
         for (room, id) in &last_ids {
             let _: i64 = self
                 .id_floor
@@ -198,7 +198,7 @@ impl RedisBus {
             .arg(keys::NODES)
             .query_async(c)
             .await?;
-        for dead in nodes.iter().filter(|n| n.as_str() != &*self.node) {
+        for dead in nodes.iter().filter(|n| n.as_str() != &*self.instance) {
             let alive: bool = redis::cmd("EXISTS")
                 .arg(keys::alive(dead))
                 .query_async(c)
@@ -208,7 +208,7 @@ impl RedisBus {
             }
             let claimed: Option<String> = redis::cmd("SET")
                 .arg(keys::sweep_claim(dead))
-                .arg(&*self.node)
+                .arg(&*self.instance)
                 .arg("NX")
                 .arg("PX")
                 .arg(ms(self.beat * 3))
@@ -267,7 +267,7 @@ impl RedisBus {
             .query_async(c)
             .await?;
         tracing::warn!(
-            node = %self.node,
+            node = %self.instance,
             dead,
             users = users.len(),
             announced,

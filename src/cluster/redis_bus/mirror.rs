@@ -82,7 +82,7 @@ impl RedisBus {
 
     pub(super) fn set_up(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(node = %self.node, "cluster: redis is up");
+            tracing::info!(node = %self.instance, "cluster: redis is up");
         }
         self.ever_up.store(true, Ordering::Release);
         self.reached.notify_waiters();
@@ -108,13 +108,13 @@ impl RedisBus {
 
     pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(node = %self.node, error = %e, "cluster: redis unreachable; serving local clients only");
+            tracing::warn!(node = %self.instance, error = %e, "cluster: redis unreachable; serving local clients only");
         } else if !self.ever_up.load(Ordering::Acquire)
             && !self.told_unreached.swap(true, Ordering::AcqRel)
         {
             // Never reached since start: a wrong address or password. Said
             // once; the heartbeat keeps trying (at debug).
-            tracing::warn!(node = %self.node, error = %e, "cluster: redis not reached yet; serving local clients only until it is");
+            tracing::warn!(node = %self.instance, error = %e, "cluster: redis not reached yet; serving local clients only until it is");
         }
         let reason = format!("redis unreachable: {e}");
         // Also when only the reason changed ("connecting" became why not).
@@ -143,7 +143,7 @@ impl RedisBus {
             Err(e) => {
                 // A bad reply, not an outage: serve this call locally and let
                 // the heartbeat judge Redis's health.
-                tracing::warn!(node = %self.node, error = %e, "cluster: redis call failed");
+                tracing::warn!(node = %self.instance, error = %e, "cluster: redis call failed");
                 None
             }
         }

@@ -60,7 +60,12 @@ const STRIPES: usize = 64;
 const REGISTRY_TTL_BEATS: u32 = 10;
 
 pub struct RedisBus {
-    node: Arc<str>,
+    /// This process in the cluster: `server.node_id` and the pid
+    /// ([`instance`]). Registry keys, node channels and envelope origins
+    /// use it; clients are shown `name`.
+    instance: Arc<str>,
+    /// `server.node_id`, as clients see it (`welcome`, the online list).
+    name: Arc<str>,
     history_cap: usize,
     history_ttl: Duration,
     /// `cluster.room_ttl` in ms (0: room keys never expire).
@@ -124,7 +129,8 @@ impl RedisBus {
         })?;
         let (status, _) = watch::channel(Some("redis: connecting".to_string()));
         let bus = Arc::new(Self {
-            node: Arc::from(node),
+            instance: Arc::from(instance(node, std::process::id())),
+            name: Arc::from(node),
             history_cap,
             history_ttl,
             // Never shorter than history is kept: a room's keys would
@@ -177,6 +183,20 @@ impl RedisBus {
         room.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
+}
+
+/// The cluster identity of a process named `node`: the name and the pid.
+/// With `server.node_id` set, a binary upgrade runs two processes of one
+/// name side by side, and each skipped the other's room messages as its
+/// own and took the other's users for its own: messages sent through the
+/// draining process never reached clients already on the new one.
+fn instance(node: &str, pid: u32) -> String {
+    format!("{node}#{pid}")
+}
+
+/// The node name clients are shown for a cluster identity.
+fn shown(instance: &str) -> &str {
+    instance.rsplit_once('#').map_or(instance, |(name, _)| name)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ impl RedisBus {
         let (before, after) = split_at_id(msg)?;
         let env_prefix = format!(
             "{{\"k\":\"msg\",\"o\":{},\"msg\":",
-            serde_json::to_string(&*self.node)?
+            serde_json::to_string(&*self.instance)?
         );
         let (id, receivers): (u64, u64) = self
             .publish_room
@@ -131,7 +131,7 @@ impl RedisBus {
         let to_nodes = self.nodes_of(&mut c, &dm.to).await?;
         let remote_nodes: Vec<&String> = to_nodes
             .iter()
-            .filter(|n| n.as_str() != &*self.node)
+            .filter(|n| n.as_str() != &*self.instance)
             .collect();
         // The recipient's connections on other nodes, from the registry's
         // counts (refreshed every heartbeat). One `HGET` per node: each
@@ -153,10 +153,10 @@ impl RedisBus {
             from_nodes = self.nodes_of(&mut c, &dm.from).await?;
             nodes.extend(from_nodes.iter().map(String::as_str));
         }
-        nodes.remove(&*self.node);
+        nodes.remove(&*self.instance);
         if !nodes.is_empty() {
             let env = serde_json::to_string(&Envelope::Users {
-                o: self.node.to_string(),
+                o: self.instance.to_string(),
                 users,
                 dm: dm.clone(),
             })?;

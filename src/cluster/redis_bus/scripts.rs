@@ -121,7 +121,7 @@ impl RedisBus {
         room: &RoomName,
         user: &UserName,
     ) -> Result<bool, ClusterError> {
-        let node = &*self.node;
+        let node = &*self.instance;
         let _: () = redis::pipe()
             .sadd(keys::node_rooms(node), format!("{room}\t{user}"))
             .ignore()

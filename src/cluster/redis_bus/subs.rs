@@ -37,7 +37,7 @@ impl RedisBus {
             return;
         }
         if let Err(e) = self.sync_one(&mut subs, room).await {
-            tracing::debug!(node = %self.node, room = %room, error = %e, "cluster: subscription change deferred");
+            tracing::debug!(node = %self.instance, room = %room, error = %e, "cluster: subscription change deferred");
             subs.dirty = true;
         }
     }

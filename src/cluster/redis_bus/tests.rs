@@ -27,3 +27,13 @@ fn the_id_is_spliced_into_the_stored_json() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Two processes of one `node_id` (a binary upgrade) are two cluster
+/// identities, and clients are shown the name either way.
+#[test]
+fn processes_of_one_name_are_told_apart() {
+    let (old, new) = (super::instance("n1", 10), super::instance("n1", 11));
+    assert_ne!(old, new);
+    assert_eq!((super::shown(&old), super::shown(&new)), ("n1", "n1"));
+    assert_eq!(super::shown(&super::instance("a#b", 3)), "a#b");
+}
