@@ -231,6 +231,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let rt = wsgate::runtime::build().context("starting the runtime")?;
     let path = path.to_path_buf();
     let served = rt.block_on(async move {
+        let signals = Signals::install()?;
         let handle = wsgate::Gateway::start_with(cfg, inherited)
             .await
             .context("starting the gateway")?;
@@ -242,7 +243,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
         }
         sd(wsgate::sd_notify::ready(upgraded));
-        match serve_signals(&handle, &path, upgrader.as_ref()).await? {
+        match serve_signals(&handle, &path, upgrader.as_ref(), signals).await? {
             Stop::Signal => sd(wsgate::sd_notify::stopping()),
             // systemd follows the new process (MAINPID): no STOPPING here.
             Stop::Upgraded(pid) => {
@@ -251,10 +252,16 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
         }
         tracing::info!("draining: stopped accepting, closing WebSockets over the drain window");
-        if handle.shutdown().await {
-            tracing::info!("drained; exiting");
-        } else {
-            tracing::warn!("shutdown grace passed with sessions still open; exiting");
+        tokio::select! {
+            drained = handle.shutdown() => if drained {
+                tracing::info!("drained; exiting");
+            } else {
+                tracing::warn!("shutdown grace passed with sessions still open; exiting");
+            },
+            // A second SIGTERM or SIGINT: as `Ctrl-C` twice, do not wait.
+            () = another_stop_signal() => {
+                tracing::warn!("second stop signal: exiting without waiting for the drain");
+            }
         }
         Ok(ExitCode::SUCCESS)
     });
@@ -262,6 +269,23 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     // mount) must not hold the exit after the drain.
     rt.shutdown_background();
     served
+}
+
+/// The next SIGTERM or SIGINT; never, if they cannot be listened for.
+async fn another_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Why the process stops serving.
@@ -274,27 +298,51 @@ enum Stop {
 
 /// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM or SIGINT
 /// arrives, or an upgrade succeeds.
+/// The signals the process serves, listened for before it starts serving:
+/// one arriving between the first listener and the handlers would
+/// otherwise take its default action (SIGHUP and SIGUSR2 kill).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
+        })
+    }
+}
+
 async fn serve_signals(
     handle: &wsgate::GatewayHandle,
     path: &std::path::Path,
     upgrader: Option<&wsgate::upgrade::Upgrader>,
+    signals: Signals,
 ) -> anyhow::Result<Stop> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut usr2 = signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr2,
+    } = signals;
     // An upgrade runs in a task of its own while signals are still served;
     // so does a reload, so that SIGTERM still drains while one reads its
     // files (a hung mount). A SIGHUP during a reload is one more after it.
     let (done_tx, mut done) = tokio::sync::mpsc::channel(1);
-    let mut upgrading = false;
+    let mut upgrading: Option<tokio::task::JoinHandle<()>> = None;
     let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::channel(1);
     let (mut reloading, mut again) = (false, false);
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(Stop::Signal),
-            _ = int.recv() => return Ok(Stop::Signal),
+            _ = term.recv() => return Ok(abandon(upgrading).await),
+            _ = int.recv() => return Ok(abandon(upgrading).await),
             _ = hup.recv() => {
                 if reloading {
                     tracing::info!("SIGHUP: a reload is running; another follows it");
@@ -312,24 +360,39 @@ async fn serve_signals(
                 }
             }
             _ = usr2.recv() => match upgrader {
-                _ if upgrading => tracing::warn!("SIGUSR2: an upgrade is already in progress"),
+                _ if upgrading.is_some() => tracing::warn!("SIGUSR2: an upgrade is already in progress"),
                 None => tracing::error!("SIGUSR2: upgrades are disabled (see the start log)"),
                 Some(u) => {
                     tracing::info!("SIGUSR2: starting the new binary with our listening sockets");
-                    upgrading = true;
                     let (u, sockets, tx) = (u.clone(), handle.listening_sockets(), done_tx.clone());
-                    tokio::spawn(async move { tx.send(u.run(sockets).await).await });
+                    upgrading = Some(tokio::spawn(async move {
+                        let _ = tx.send(u.run(sockets).await).await;
+                    }));
                 }
             },
             Some(r) = done.recv() => match r {
                 Ok(pid) => return Ok(Stop::Upgraded(pid)),
                 Err(e) => {
-                    upgrading = false;
+                    upgrading = None;
                     tracing::error!("binary upgrade failed, still serving: {}", chain(causes(&e)));
                 }
             },
         }
     }
+}
+
+/// SIGTERM or SIGINT: an upgrade still waiting for its new process is
+/// abandoned, the process killed (it would otherwise outlive this one with
+/// the listening sockets, accepting connections nobody serves).
+async fn abandon(upgrading: Option<tokio::task::JoinHandle<()>>) -> Stop {
+    if let Some(task) = upgrading {
+        task.abort();
+        let _ = task.await;
+        tracing::warn!(
+            "stopping: the binary upgrade in progress is abandoned and its process killed"
+        );
+    }
+    Stop::Signal
 }
 
 /// Logs a failed `sd_notify` (systemd then times the service out itself).

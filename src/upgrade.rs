@@ -82,7 +82,13 @@ impl Upgrader {
     ) -> Result<u32, UpgradeError> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Socket)?;
-        let mut child = self.spawn(&sockets, &theirs)?;
+        // Killed if this future is dropped first (the old process stopping
+        // with SIGTERM while the new one is not ready): it would otherwise
+        // hold the listening sockets, accepting connections nobody serves.
+        let mut pending = Pending(Some(self.spawn(&sockets, &theirs)?));
+        let Some(child) = pending.0.as_mut() else {
+            return Err(UpgradeError::NotReady { pid: 0, secs: 0 });
+        };
         // Only the child holds its end now: EOF means it is gone.
         drop(theirs);
         drop(sockets);
@@ -92,7 +98,11 @@ impl Upgrader {
         let mut buf = [0u8; READY.len()];
         let outcome = tokio::select! {
             r = ours.read_exact(&mut buf) => match r {
-                Ok(_) if buf == READY => return Ok(pid),
+                Ok(_) if buf == READY => {
+                    // Serving now: let go of it unharmed.
+                    drop(pending.0.take());
+                    return Ok(pid);
+                }
                 Ok(_) | Err(_) => None,
             },
             s = child.wait() => Some(s),
@@ -162,6 +172,17 @@ impl Upgrader {
                 exe: self.exe.display().to_string(),
                 source,
             })
+    }
+}
+
+/// A new process not yet ready, killed when dropped unless taken.
+struct Pending(Option<tokio::process::Child>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.start_kill();
+        }
     }
 }
 

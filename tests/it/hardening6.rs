@@ -351,3 +351,87 @@ async fn a_route_held_to_a_listener_is_not_reached_through_another() {
         "{e}"
     );
 }
+
+/// A copy of the `wsgate` binary at `dir/wsgate`, and a config on fixed
+/// ports (a plain listener, admin) for the process tests below.
+fn own_binary(
+    dir: &std::path::Path,
+    more: impl FnOnce(Cfg) -> Cfg,
+) -> (std::path::PathBuf, std::path::PathBuf, SocketAddr) {
+    let exe = dir.join("wsgate");
+    std::fs::copy(env!("CARGO_BIN_EXE_wsgate"), &exe).expect("copy the binary");
+    let [port] = free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = more(
+        Cfg::new()
+            .set("log.access_log", false)
+            .set("server.shutdown_grace", "60s")
+            .listener(Listener::at(addr))
+            .route_app("/echo", "echo"),
+    )
+    .build();
+    let path = dir.join("wsgate.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    (exe, path, addr)
+}
+
+/// SIGTERM while a binary upgrade waits for its new process kills that
+/// process. Before, the old process exited and the new one (here a binary
+/// that never gets ready) kept the listening sockets: connections were
+/// accepted and never served, and a restart could not bind.
+#[tokio::test]
+async fn sigterm_during_an_upgrade_kills_the_process_not_yet_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (exe, path, addr) = own_binary(dir.path(), |c| c);
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("-c").arg(&path).stdout(std::process::Stdio::null());
+    let mut gw = WsgateProc::spawn(cmd);
+    gw.wait_for("listening", WAIT);
+    // The path the upgrade runs now holds a program that never gets ready.
+    let hang = dir.path().join("hang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").expect("write script");
+    std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::rename(&hang, &exe).expect("replace the binary");
+    gw.signal("USR2");
+    gw.wait_for("SIGUSR2: starting the new binary", WAIT);
+    gw.signal("TERM");
+    gw.wait_for("binary upgrade in progress is abandoned", WAIT);
+    assert!(gw.exited(WAIT).await.is_some(), "the old process stays");
+    // Nobody holds the listening socket: a connect is refused.
+    assert!(
+        eventually(WAIT, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await,
+        "the listening socket outlived the process"
+    );
+}
+
+/// A second SIGTERM during a drain exits at once (as a second Ctrl-C does),
+/// where the drain would wait out `shutdown_grace` for a held request.
+/// Before, every later signal was ignored until the grace ran out.
+#[tokio::test]
+async fn a_second_sigterm_ends_the_drain() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A server that never answers: its request holds the drain (60 s grace).
+    let api = http_upstream(|_req| std::future::pending()).await;
+    let (exe, path, addr) = own_binary(dir.path(), |c| {
+        c.upstream("api", &[api]).route_upstream("/api/", "api")
+    });
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("-c").arg(&path).stdout(std::process::Stdio::null());
+    let mut gw = WsgateProc::spawn(cmd);
+    gw.wait_for("listening", WAIT);
+    let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    held.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    gw.signal("TERM");
+    gw.wait_for("draining", WAIT);
+    assert!(gw.child.try_wait().expect("try_wait").is_none());
+    gw.signal("TERM");
+    gw.wait_for("second stop signal", WAIT);
+    assert!(gw.exited(WAIT).await.is_some(), "still draining");
+}
