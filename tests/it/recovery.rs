@@ -274,3 +274,62 @@ async fn two_processes_of_one_node_id_deliver_each_others_messages() {
         .collect();
     assert_eq!(nodes, ["n1", "n1"]);
 }
+
+/// Two nodes, one sender on each, sending at once: every member, on either
+/// node, gets the room's messages in id order, and an SSE stream gets every
+/// one of them. Before, a node delivered its own sender's messages at once,
+/// ahead of the other node's lower ids still on their way through Redis:
+/// WebSocket members saw ids go back, and SSE streams (whose cursor drops an
+/// id at or below it) lost exactly those messages.
+#[tokio::test]
+async fn two_nodes_sending_at_once_deliver_in_id_order() {
+    use crate::cluster::Node;
+    const EACH: usize = 100;
+    let redis = Redis::start().await;
+    let (a, b) = (
+        Node::start("oa", &redis).await,
+        Node::start("ob", &redis).await,
+    );
+    let mut watcher = Client::new(b.addr(), "watcher").await;
+    watcher.join("r").await;
+    let (mut sse, _) = Sse::open(b.addr(), "/chat/sse?user=sse&rooms=r", None).await;
+    let mut senders = Vec::new();
+    for (node, user) in [(a.addr(), "alice"), (b.addr(), "bob")] {
+        let mut c = Client::new(node, user).await;
+        c.join("r").await;
+        senders.push(c);
+    }
+    let sends = senders.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                c.msg("r", &format!("{} {i}", c.user)).await;
+            }
+            // Its acks and the room's messages, read to the end.
+            let mut seen = 0;
+            while seen < 2 * EACH {
+                if c.recv().await["type"] == "msg" {
+                    seen += 1;
+                }
+            }
+        })
+    });
+    let sends: Vec<_> = sends.collect();
+    let mut ids = Vec::new();
+    while ids.len() < 2 * EACH {
+        let v = watcher.recv().await;
+        if v["type"] == "msg" {
+            ids.push(v["id"].as_u64().expect("id"));
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
+    let mut streamed = 0;
+    while streamed < 2 * EACH {
+        let (_, v) = sse.next().await;
+        if v["type"] == "msg" {
+            streamed += 1;
+        }
+    }
+    for s in sends {
+        s.await.expect("sender");
+    }
+}

@@ -24,6 +24,10 @@ use crate::apps::chat::protocol::{
 pub(super) enum Envelope {
     Msg {
         o: String,
+        /// Whether the origin delivered it to its own members at once; if
+        /// not, it does so on receipt, in the channel's (the ids') order.
+        #[serde(default)]
+        l: bool,
         msg: ChatMessage,
     },
     Presence {
@@ -112,9 +116,9 @@ impl RedisBus {
         };
         let Some(sink) = self.sink() else { return };
         match env {
-            Envelope::Msg { o, msg } => {
+            Envelope::Msg { o, l, msg } => {
                 self.note_id(&msg.room, msg.id);
-                if *o == *self.instance {
+                if l && *o == *self.instance {
                     return;
                 }
                 if let Ok(ev) = Event::msg(&msg) {

@@ -3,11 +3,11 @@
 //! * Room message: one Lua script does `INCR` (the id), `RPUSH`+`LTRIM` (the
 //!   history) and one `PUBLISH` on the room's channel — constant work whatever
 //!   the room size or node count. A node subscribes to a room's channel only
-//!   while it holds a member of the room (`subs`). The publishing node fans out to its own members
-//!   at once, under a per-room lock so local delivery follows id order; every
-//!   node *skips envelopes whose origin is itself* on receipt, so nothing is
-//!   delivered twice. Per-sender order holds everywhere (one sender publishes
-//!   in order; Redis delivers one channel in order).
+//!   while it holds a member of the room (`subs`). A node subscribed to the
+//!   room delivers its own members' messages from the channel like everyone
+//!   else's, so every member gets the room in id order (the script publishes
+//!   in id order); only when not subscribed (yet) does the publishing node
+//!   fan out at once, marking the envelope (`l`) so it skips it on receipt.
 //! * DMs and pushes: an id from `INCR`, local delivery, and one publication on
 //!   the channel of each other node holding the recipient (or the echoed
 //!   sender); every node subscribes to its own channel.

@@ -23,10 +23,14 @@ use crate::cluster::keys;
 const MAX_DM_ID: u64 = i64::MAX as u64 / 2;
 
 impl RedisBus {
-    async fn publish_room_redis(&self, msg: &ChatMessage) -> Result<(u64, usize), ClusterError> {
+    async fn publish_room_redis(
+        &self,
+        msg: &ChatMessage,
+        local_now: bool,
+    ) -> Result<(u64, usize), ClusterError> {
         let (before, after) = split_at_id(msg)?;
         let env_prefix = format!(
-            "{{\"k\":\"msg\",\"o\":{},\"msg\":",
+            "{{\"k\":\"msg\",\"o\":{},\"l\":{local_now},\"msg\":",
             serde_json::to_string(&*self.instance)?
         );
         let (id, receivers): (u64, u64) = self
@@ -63,8 +67,20 @@ impl RedisBus {
             id: 0,
             ts: now_ms(),
         };
-        let remote = match self.try_redis(self.publish_room_redis(&msg)).await {
+        // Subscribed to the room: its own members get the message from the
+        // channel, as every other node's do. The script publishes in id
+        // order, and a node that delivered its own at once put them ahead
+        // of others' lower ids still on their way (SSE cursors then
+        // dropped those). Not yet subscribed (or the set is changing):
+        // delivered at once, and skipped on receipt.
+        let via_channel = self.subscribed(&room);
+        let mut published = false;
+        let remote = match self
+            .try_redis(self.publish_room_redis(&msg, !via_channel))
+            .await
+        {
             Some((id, receivers)) => {
+                published = true;
                 msg.id = id;
                 // Subscribers other than this node (subscribed while it holds
                 // a member; a push may come from a node holding none).
@@ -81,8 +97,12 @@ impl RedisBus {
             }
         };
         self.note_id(&room, msg.id);
-        let event = Event::msg(&msg)?;
-        let local = self.sink().map(|s| s.to_room(&room, &event)).unwrap_or(0);
+        let local = if published && via_channel {
+            self.local_connections_in(&room)
+        } else {
+            let event = Event::msg(&msg)?;
+            self.sink().map(|s| s.to_room(&room, &event)).unwrap_or(0)
+        };
         Ok(Published {
             item: msg,
             delivered: local + remote,

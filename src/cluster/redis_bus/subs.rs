@@ -27,6 +27,23 @@ impl RedisBus {
         lock(&self.mirror).room_counts.contains_key(room)
     }
 
+    /// Whether Redis has confirmed this node's subscription to `room`;
+    /// `false` while the set is being changed.
+    pub(super) fn subscribed(&self, room: &RoomName) -> bool {
+        self.subs
+            .try_lock()
+            .is_ok_and(|subs| subs.held.contains(room))
+    }
+
+    /// This node's members of `room` (connections), as the mirror counts them.
+    pub(super) fn local_connections_in(&self, room: &RoomName) -> usize {
+        lock(&self.mirror)
+            .room_counts
+            .get(room)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Brings the subscription to `room` in line with whether this node holds
     /// a member of it. Serialised per node, so a join and a leave racing on
     /// the same room end in the state the mirror has last.

@@ -23,7 +23,7 @@ fn the_id_is_spliced_into_the_stored_json() {
     // And the envelope the script builds around it decodes.
     let env = format!(r#"{{"k":"msg","o":"n1","msg":{json}}}"#);
     match serde_json::from_str::<Envelope>(&env).unwrap() {
-        Envelope::Msg { o, msg } => assert_eq!((o.as_str(), msg.id), ("n1", 42)),
+        Envelope::Msg { o, l, msg } => assert_eq!((o.as_str(), l, msg.id), ("n1", false, 42)),
         other => panic!("{other:?}"),
     }
 }
