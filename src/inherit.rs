@@ -22,6 +22,8 @@ pub enum InheritError {
     ListenFds(String),
     #[error("inherited fd {fd}: not a listening TCP socket: {source}")]
     NotASocket { fd: RawFd, source: std::io::Error },
+    #[error("inherited fd {fd}: not a listening TCP socket ({why})")]
+    NotListening { fd: RawFd, why: &'static str },
     #[error("inherited fd {fd}: {source}")]
     Flags { fd: RawFd, source: std::io::Error },
 }
@@ -121,6 +123,12 @@ fn adopt(fd: RawFd) -> Result<(SocketAddr, TcpListener), InheritError> {
         fd,
         source: std::io::Error::from_raw_os_error(9),
     })?;
+    // A UDP socket, or a TCP one nobody called listen() on, has an address
+    // too: taken, the first was a listener that served nothing while
+    // /readyz said ready, the second failed every accept ten times a second.
+    if let Some(why) = not_listening(borrowed) {
+        return Err(InheritError::NotListening { fd, why });
+    }
     rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).map_err(|e| {
         InheritError::Flags {
             fd,
@@ -139,6 +147,19 @@ fn adopt(fd: RawFd) -> Result<(SocketAddr, TcpListener), InheritError> {
     l.set_nonblocking(true)
         .map_err(|source| InheritError::Flags { fd, source })?;
     Ok((addr, l))
+}
+
+/// Why `fd` is no listening stream socket, if it is not.
+fn not_listening(fd: std::os::fd::BorrowedFd<'_>) -> Option<&'static str> {
+    use rustix::net::{sockopt, SocketType};
+    match sockopt::socket_type(fd) {
+        Err(_) => Some("not a socket"),
+        Ok(t) if t != SocketType::STREAM => Some("not a stream socket"),
+        Ok(_) => match sockopt::socket_acceptconn(fd) {
+            Ok(true) => None,
+            _ => Some("not listening"),
+        },
+    }
 }
 
 /// `fd` borrowed if it is an open descriptor.
@@ -163,5 +184,27 @@ mod tests {
         assert_eq!(parse_inherited("5").unwrap(), [5]);
         assert!(parse_inherited("a=b").is_err());
         assert!(parse_inherited("x=1").is_err(), "stdio is never a listener");
+    }
+
+    /// Only a listening stream socket is taken: a UDP socket or a bound TCP
+    /// socket without listen() has an address too.
+    #[test]
+    fn only_listening_stream_sockets_are_taken() {
+        use std::os::fd::AsFd;
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(not_listening(listening.as_fd()), None);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(not_listening(udp.as_fd()), Some("not a stream socket"));
+        let bound = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .expect("socket");
+        rustix::net::bind(&bound, &"127.0.0.1:0".parse::<SocketAddr>().expect("addr"))
+            .expect("bind");
+        assert_eq!(not_listening(bound.as_fd()), Some("not listening"));
+        let file = tempfile::tempfile().expect("file");
+        assert_eq!(not_listening(file.as_fd()), Some("not a socket"));
     }
 }
