@@ -66,6 +66,14 @@ pub fn room_channel(room: &str) -> String {
     format!("wsgate:room:{{{room}}}:events")
 }
 
+/// The room whose channel is `channel` ([`room_channel`]'s inverse).
+pub fn room_of_channel(channel: &[u8]) -> Option<&str> {
+    std::str::from_utf8(channel)
+        .ok()?
+        .strip_prefix("wsgate:room:{")?
+        .strip_suffix("}:events")
+}
+
 /// The node's own channel: DMs and pushes for users it holds, published only
 /// to the nodes that hold the recipient (or the echoed sender).
 pub fn node_channel(node: &str) -> String {

@@ -227,7 +227,7 @@ impl Drop for RedisCluster {
     }
 }
 
-async fn connect(port: u16) -> redis::aio::MultiplexedConnection {
+pub async fn connect(port: u16) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .expect("redis url")
         .get_multiplexed_async_connection()

@@ -316,3 +316,124 @@ fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
     parse("sentinels = [\"redis://127.0.0.1:26379\"]\nsentinel_master = \"mymaster\"\n")
         .expect("sentinels with a master name are valid");
 }
+
+/// Moves `slot` from master `src` to master `dst` as `redis-cli --cluster
+/// reshard` does: IMPORTING and MIGRATING, its keys migrated, then the slot
+/// assigned on every master.
+async fn move_slot(cluster: &RedisCluster, slot: i64, src: u16, dst: u16) {
+    let mut s = common::redis_cluster::connect(src).await;
+    let mut d = common::redis_cluster::connect(dst).await;
+    let id = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut c)
+                .await
+                .expect("CLUSTER MYID")
+        }
+    };
+    let (sid, did) = (id(&mut s).await, id(&mut d).await);
+    let setslot = |c: &mut redis::aio::MultiplexedConnection, how: &'static str, node: String| {
+        let mut c = c.clone();
+        async move {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(node)
+                .query_async::<()>(&mut c)
+                .await
+                .expect("CLUSTER SETSLOT");
+        }
+    };
+    setslot(&mut d, "IMPORTING", sid.clone()).await;
+    setslot(&mut s, "MIGRATING", did.clone()).await;
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut s)
+            .await
+            .expect("GETKEYSINSLOT");
+        if keys.is_empty() {
+            break;
+        }
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(dst)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(keys)
+            .query_async::<()>(&mut s)
+            .await
+            .expect("MIGRATE");
+    }
+    for port in cluster.masters().await {
+        let mut c = common::redis_cluster::connect(port).await;
+        setslot(&mut c, "NODE", did.clone()).await;
+    }
+}
+
+/// A room whose slot moves to another shard keeps its subscribers: Redis
+/// ends shard-channel subscriptions when their slot moves, and the node
+/// subscribes again where the slot lives now. Before, carol on the other
+/// node got nothing more (0 of 40) for as long as she stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_moved_to_another_shard_keeps_its_subscribers() {
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (node("ma", &cluster).await, node("mb", &cluster).await);
+    let mut alice = Client::new(a.http(), "alice").await;
+    alice.join("lobby").await;
+    let mut carol = Client::new(b.http(), "carol").await;
+    carol.join("lobby").await;
+    alice.msg("lobby", "before").await;
+    carol
+        .recv_until("before the move", |v| is_msg(v, "before"))
+        .await;
+
+    let src = cluster.master_of("{lobby}").await;
+    let dst = *cluster
+        .masters()
+        .await
+        .iter()
+        .find(|p| **p != src)
+        .expect("another master");
+    let mut c = common::redis_cluster::connect(src).await;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{lobby}")
+        .query_async(&mut c)
+        .await
+        .expect("KEYSLOT");
+    move_slot(&cluster, slot, src, dst).await;
+
+    // The node subscribes again within moments: a message sent after that
+    // reaches carol (the few sent before it are in history for a resume).
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "carol got nothing after the move"
+        );
+        let text = format!("after {i}");
+        alice.msg("lobby", &text).await;
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let v = carol.recv().await;
+                if v["type"] == "msg" {
+                    return v;
+                }
+            }
+        })
+        .await;
+        if got.is_ok_and(|v| v["text"].as_str().is_some_and(|t| t.starts_with("after"))) {
+            break;
+        }
+        i += 1;
+    }
+}

@@ -94,6 +94,20 @@ impl RedisBus {
                     }
                 }
                 PushKind::Disconnection => self.set_down(&"connection closed"),
+                // Redis ends a shard channel's subscriptions itself when the
+                // slot moves to another shard or its master becomes a
+                // replica; our own unsubscribes come here too.
+                PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                    let room = match push.data.first() {
+                        Some(Value::BulkString(c)) => crate::cluster::keys::room_of_channel(c)
+                            .and_then(|r| RoomName::parse(r).ok()),
+                        _ => None,
+                    };
+                    if let Some(room) = room {
+                        let bus = self.clone();
+                        tokio::spawn(async move { bus.resubscribe_dropped(&room).await });
+                    }
+                }
                 _ => {}
             }
         }

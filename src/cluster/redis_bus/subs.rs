@@ -76,6 +76,24 @@ impl RedisBus {
         Ok(())
     }
 
+    /// Redis ended this node's subscription to `room` (the slot moved, its
+    /// master became a replica): subscribed again, where the slot lives now,
+    /// while a member is still here. Without it the node's members got
+    /// nothing more from other nodes for as long as they stayed. After our
+    /// own unsubscribe the room is no longer held by the time the lock is
+    /// ours, and nothing happens.
+    pub(super) async fn resubscribe_dropped(&self, room: &RoomName) {
+        let mut subs = self.subs.lock().await;
+        if !subs.held.remove(room) {
+            return;
+        }
+        tracing::info!(node = %self.instance, room = %room, "cluster: redis ended a room subscription; subscribing again");
+        if let Err(e) = self.sync_one(&mut subs, room).await {
+            tracing::debug!(node = %self.instance, room = %room, error = %e, "cluster: subscription change deferred");
+            subs.dirty = true;
+        }
+    }
+
     /// Subscribes again to every room channel held (after an outage).
     pub(super) async fn resubscribe_held(&self) -> Result<(), ClusterError> {
         let subs = self.subs.lock().await;
