@@ -113,7 +113,7 @@ impl RedisBus {
         }
     }
 
-    fn on_envelope(&self, payload: &[u8]) {
+    pub(super) fn on_envelope(&self, payload: &[u8]) {
         let env: Envelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -132,7 +132,7 @@ impl RedisBus {
         match env {
             Envelope::Msg { o, l, msg } => {
                 self.note_id(&msg.room, msg.id);
-                if l && *o == *self.instance {
+                if (l && *o == *self.instance) || !self.first_delivery(&msg) {
                     return;
                 }
                 if let Ok(ev) = Event::msg(&msg) {

@@ -21,6 +21,10 @@ pub(super) struct Mirror {
     pub(super) last_ids: HashMap<RoomName, u64>,
     /// The last epoch seen per room (what `heads` answers during an outage).
     pub(super) epochs: HashMap<RoomName, std::sync::Arc<str>>,
+    /// The last message (id, timestamp) this node delivered per room: the
+    /// channel carries a room in id order, so a copy of that same message
+    /// right after it is a duplicate, dropped.
+    pub(super) delivered: HashMap<RoomName, (u64, u64)>,
 }
 
 /// Rooms `last_ids` and `epochs` may hold beyond those with members here
@@ -42,6 +46,9 @@ impl Mirror {
         }
         if self.epochs.len() > keep {
             self.epochs.retain(|r, _| counts.contains_key(r));
+        }
+        if self.delivered.len() > keep {
+            self.delivered.retain(|r, _| counts.contains_key(r));
         }
     }
 
@@ -147,6 +154,17 @@ impl RedisBus {
                 None
             }
         }
+    }
+
+    /// Whether `msg` is not the message this node delivered last in its room
+    /// (recording it as that). A node was seen to receive each message of a
+    /// room twice after the master of its slot restarted (Redis counted one
+    /// subscription): members get it once.
+    pub(super) fn first_delivery(&self, msg: &crate::apps::chat::protocol::ChatMessage) -> bool {
+        let mut m = lock(&self.mirror);
+        let this = (msg.id, msg.ts);
+        let last = m.delivered.insert(msg.room.clone(), this);
+        last != Some(this)
     }
 
     pub(super) fn note_id(&self, room: &RoomName, id: u64) {

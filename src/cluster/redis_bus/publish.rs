@@ -100,6 +100,7 @@ impl RedisBus {
         let local = if published && via_channel {
             self.local_connections_in(&room)
         } else {
+            self.first_delivery(&msg);
             let event = Event::msg(&msg)?;
             self.sink().map(|s| s.to_room(&room, &event)).unwrap_or(0)
         };
