@@ -94,7 +94,19 @@ impl SentinelConn {
     pub(super) async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut c = self.get().await?;
         let r = c.req_packed_command(cmd).await;
+        self.check_values(std::slice::from_ref(r.as_ref().unwrap_or(&Value::Nil)));
         self.check(r)
+    }
+
+    /// A server's errors come back as values, turned into errors only later
+    /// (`query_async`), so [`Self::check`] never saw a `READONLY`: after a
+    /// graceful failover demoted the master, every write failed on a healthy
+    /// connection to it, and the node stayed degraded until restarted.
+    fn check_values(&self, values: &[Value]) {
+        if values.iter().any(read_only) {
+            tracing::info!("redis: the master became a replica; asking the sentinels again");
+            *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 
     pub(super) async fn pipeline(
@@ -105,7 +117,19 @@ impl SentinelConn {
     ) -> RedisResult<Vec<Value>> {
         let mut c = self.get().await?;
         let r = c.req_packed_commands(p, offset, count).await;
+        if let Ok(values) = &r {
+            self.check_values(values);
+        }
         self.check(r)
+    }
+}
+
+/// A `READONLY` error, or a reply holding one (a transaction's).
+fn read_only(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => e.code() == "READONLY",
+        Value::Array(items) => items.iter().any(read_only),
+        _ => false,
     }
 }
 

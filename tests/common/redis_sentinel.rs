@@ -157,7 +157,7 @@ impl Drop for Sentinels {
     }
 }
 
-async fn connect(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+pub async fn connect(port: u16) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
     client.get_multiplexed_async_connection().await.ok()
 }

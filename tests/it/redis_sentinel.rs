@@ -103,3 +103,65 @@ async fn nodes_follow_the_master_across_a_sentinel_failover() {
     alice.msg("lobby", "settled").await;
     bob.recv_until("settled", |v| is_msg(v, "settled")).await;
 }
+
+/// The role (`master`, `slave`) of the server on `port`.
+async fn role(port: u16) -> String {
+    let Some(mut c) = common::redis_sentinel::connect(port).await else {
+        return String::new();
+    };
+    let v: Vec<redis::Value> = redis::cmd("ROLE")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    match v.first() {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A graceful `SENTINEL FAILOVER` (no process dies): once the old master is
+/// a replica, the nodes ask the sentinels again and write to the new one.
+/// Before, the connection to the old master stayed healthy, every write on
+/// it failed with READONLY (a reply, which the reconnect check never saw),
+/// and the nodes stayed degraded until restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_graceful_sentinel_failover() {
+    let s = Sentinels::start().await;
+    let a = node("ga", &s).await;
+    let b = node("gb", &s).await;
+    let mut alice = Client::new(a.http(), "alice").await;
+    alice.join("lobby").await;
+    let mut bob = Client::new(b.http(), "bob").await;
+    bob.join("lobby").await;
+    alice
+        .recv_until("bob joins", |v| is_presence(v, "bob", "join"))
+        .await;
+    let old = s.master;
+    let mut c = common::redis_sentinel::connect(s.sentinels[0])
+        .await
+        .expect("a sentinel");
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query_async(&mut c)
+        .await
+        .expect("SENTINEL FAILOVER");
+    assert!(
+        eventually(WAIT * 3, || async move { role(old).await == "slave" }).await,
+        "the old master never became a replica"
+    );
+    let started = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        alice.msg("lobby", &format!("after {n}")).await;
+        if let Some(v) = bob.try_recv(BEAT).await {
+            if v["type"] == "msg" && v["text"].as_str().unwrap_or("").starts_with("after") {
+                break;
+            }
+        }
+        assert!(started.elapsed() < WAIT * 2, "delivery never resumed");
+    }
+    wait_ready(a.admin()).await;
+    wait_ready(b.admin()).await;
+}
