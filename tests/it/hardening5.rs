@@ -365,10 +365,9 @@ async fn dm_ids_keep_increasing_after_redis_restarts_empty() {
     // Restarted empty, and the node registered again (its heartbeat).
     redis.kill();
     redis.spawn().await;
-    let back = eventually(WAIT, || async {
-        redis.command("EXISTS wsgate:node:{n1}:alive").await == ":1"
-    })
-    .await;
+    // The node is `n1#pid` in Redis, and in-process here: this pid.
+    let alive = format!("EXISTS wsgate:node:{{n1#{}}}:alive", std::process::id());
+    let back = eventually(WAIT, || async { redis.command(&alive).await == ":1" }).await;
     assert!(back, "the node never registered again");
     let restarted = dm_id(&mut ann, "after the restart").await;
     assert!(restarted > flushed, "{restarted} after {flushed}");
