@@ -1,5 +1,6 @@
 //! What the admin listener reports about this process: readiness (started,
-//! draining, degraded while Redis is unreachable), the metrics text with the
+//! draining, degraded while Redis is unreachable or while a listener's ACME
+//! certificate has not been issued yet), the metrics text with the
 //! upstream states refreshed, and the `/status` document. The gateway knows
 //! all of it; `server::admin` only serves it.
 
@@ -78,6 +79,31 @@ pub(super) async fn watch_limits(
     }
 }
 
+impl Gateway {
+    /// ACME listeners with no certificate to serve yet (a first start whose
+    /// CA is not reached, with an empty cache): every handshake on them
+    /// fails, so a balancer should not send clients here.
+    fn missing_certificates(&self) -> Option<String> {
+        let snap = self.snapshot();
+        let missing: Vec<String> = snap
+            .config
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.tls.as_ref()?.default {
+                crate::config::ListenerCert::Acme(a) if self.acme.slot(a).key().is_none() => {
+                    Some(format!(
+                        "listener {} has no certificate yet (ACME: {})",
+                        l.addr,
+                        a.domains.join(", ")
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+}
+
 impl AdminView for Gateway {
     fn metrics_text(&self) -> String {
         self.refresh_cert_expiry(&self.snapshot());
@@ -104,7 +130,13 @@ impl AdminView for Gateway {
         } else if self.shutdown.is_draining() {
             Some("draining".into())
         } else {
-            self.readiness.degraded().map(|d| format!("degraded: {d}"))
+            let why: Vec<String> = self
+                .readiness
+                .degraded()
+                .into_iter()
+                .chain(self.missing_certificates())
+                .collect();
+            (!why.is_empty()).then(|| format!("degraded: {}", why.join("; ")))
         }
     }
 

@@ -179,6 +179,15 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
     let tls = client(&pebble.root().await);
 
     let first = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+    // Served: ready (degraded while there was no certificate, below).
+    let admin = gw.admin_addr().expect("admin");
+    assert!(
+        eventually(WAIT, || async move {
+            get(admin, "/readyz").await.status == http::StatusCode::OK
+        })
+        .await,
+        "not ready once the certificate is served"
+    );
     // One certificate for both names.
     assert_eq!(
         served(tls_addr, &tls, "b.example.test").await.as_deref(),
@@ -426,4 +435,36 @@ async fn an_account_the_ca_forgot_is_registered_again() {
         "the forgotten account was moved aside: {files:?}"
     );
     assert!(gw.shutdown().await);
+}
+
+/// Until its first certificate is issued, an ACME listener fails every
+/// handshake, so `/readyz` says degraded and a balancer keeps clients away.
+/// Before, it said ready (the fifth probe: a CA unreachable on a first start
+/// with an empty cache). Ready once issued: the http-01 test above.
+#[tokio::test]
+async fn readyz_is_degraded_while_an_acme_listener_has_no_certificate() {
+    let [tls_port, closed] = free_ports();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"[admin]
+addr = "127.0.0.1:0"
+[[listener]]
+addr = "127.0.0.1:{tls_port}"
+[listener.tls.acme]
+directory = "https://127.0.0.1:{closed}/dir"
+domains = ["a.example.test"]
+cache = "{cache}"
+"#,
+        cache = dir.path().join("acme").display()
+    );
+    let gw = start(&text, dir.path()).await;
+    let r = get(gw.admin_addr().expect("admin"), "/readyz").await;
+    assert_eq!(r.status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.text().contains(&format!(
+            "listener 127.0.0.1:{tls_port} has no certificate yet (ACME: a.example.test)"
+        )),
+        "{}",
+        r.text()
+    );
 }
