@@ -44,6 +44,8 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
     /// Whether any route names a host (if none does, hosts are not looked at).
     any_host: bool,
+    /// Whether any route names listeners (if none does, neither is looked at).
+    any_listeners: bool,
 }
 
 /// Whether `route` takes requests that arrived on `listener`.
@@ -55,6 +57,7 @@ impl Router {
     pub fn new(routes: &[RouteConfig]) -> Self {
         Self {
             any_host: routes.iter().any(|r| r.host.is_some()),
+            any_listeners: routes.iter().any(|r| !r.listeners.is_empty()),
             routes: routes
                 .iter()
                 .cloned()
@@ -88,7 +91,7 @@ impl Router {
                 },
                 (Some(_), _) => continue,
             };
-            if !prefix_matches(&r.path, path) || !on_listener(r, listener) {
+            if !prefix_matches(&r.path, path) || (self.any_listeners && !on_listener(r, listener)) {
                 continue;
             }
             let rank = (host_rank, r.path.len());

@@ -153,8 +153,13 @@ pub async fn forward(
                 .await
                 .ok(),
             // From the body's last frame the upstream took (nginx starts
-            // its read timeout once the request is sent).
-            Some(progress) => upload::within(limit, progress, backend.conns.send(up)).await,
+            // its read timeout once the request is sent). Boxed: in place,
+            // its state (the exchange's, and a timer) would size every
+            // request's future, and each move of it (+8 k instructions of
+            // copying per new WebSocket, callgrind S5), bodiless or not.
+            Some(progress) => {
+                Box::pin(upload::within(limit, progress, backend.conns.send(up))).await
+            }
         };
         let (err, resendable) = match attempt {
             Some(Ok(resp)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
