@@ -46,11 +46,11 @@ async fn wait_ready(admin: SocketAddr) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_follow_the_master_across_a_sentinel_failover() {
-    let mut s = Sentinels::start().await;
-    let a = node("na", &s).await;
-    let b = node("nb", &s).await;
+/// Nodes `ids`, alice on the first and bob on the second, both in `lobby`,
+/// alice having seen bob join.
+async fn two_nodes(s: &Sentinels, ids: [&str; 2]) -> (TestGateway, TestGateway, Client, Client) {
+    let a = node(ids[0], s).await;
+    let b = node(ids[1], s).await;
     let mut alice = Client::new(a.http(), "alice").await;
     alice.join("lobby").await;
     let mut bob = Client::new(b.http(), "bob").await;
@@ -58,6 +58,13 @@ async fn nodes_follow_the_master_across_a_sentinel_failover() {
     alice
         .recv_until("bob joins", |v| is_presence(v, "bob", "join"))
         .await;
+    (a, b, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_the_master_across_a_sentinel_failover() {
+    let mut s = Sentinels::start().await;
+    let (a, b, mut alice, mut bob) = two_nodes(&s, ["na", "nb"]).await;
     alice.msg("lobby", "before").await;
     bob.recv_until("before", |v| is_msg(v, "before")).await;
 
@@ -127,15 +134,7 @@ async fn role(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_a_graceful_sentinel_failover() {
     let s = Sentinels::start().await;
-    let a = node("ga", &s).await;
-    let b = node("gb", &s).await;
-    let mut alice = Client::new(a.http(), "alice").await;
-    alice.join("lobby").await;
-    let mut bob = Client::new(b.http(), "bob").await;
-    bob.join("lobby").await;
-    alice
-        .recv_until("bob joins", |v| is_presence(v, "bob", "join"))
-        .await;
+    let (a, b, mut alice, mut bob) = two_nodes(&s, ["ga", "gb"]).await;
     let old = s.master;
     let mut c = common::redis_sentinel::connect(s.sentinels[0])
         .await
