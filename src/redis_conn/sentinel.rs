@@ -106,6 +106,15 @@ impl SentinelConn {
         if values.iter().any(read_only) {
             tracing::info!("redis: the master became a replica; asking the sentinels again");
             *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // Its subscriptions go with it, and a dropped connection sends
+            // no Disconnection push of its own: say so, or a node that
+            // reached the new master at once would never subscribe again.
+            if let Some(tx) = &self.0.settings.push {
+                let _ = tx.send(redis::PushInfo {
+                    kind: redis::PushKind::Disconnection,
+                    data: Vec::new(),
+                });
+            }
         }
     }
 

@@ -25,6 +25,9 @@ pub(super) struct Mirror {
     /// channel carries a room in id order, so a copy of that same message
     /// right after it is a duplicate, dropped.
     pub(super) delivered: HashMap<RoomName, (u64, u64)>,
+    /// The rooms whose subscription Redis has confirmed (`subs`' held set,
+    /// readable without its async lock, which joins hold across round trips).
+    pub(super) subscribed: HashSet<RoomName>,
 }
 
 /// Rooms `last_ids` and `epochs` may hold beyond those with members here

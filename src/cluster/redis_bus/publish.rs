@@ -75,12 +75,14 @@ impl RedisBus {
         // delivered at once, and skipped on receipt.
         let via_channel = self.subscribed(&room);
         let mut published = false;
+        let mut remote_or_self = 0;
         let remote = match self
             .try_redis(self.publish_room_redis(&msg, !via_channel))
             .await
         {
             Some((id, receivers)) => {
                 published = true;
+                remote_or_self = receivers;
                 msg.id = id;
                 // Subscribers other than this node (subscribed while it holds
                 // a member; a push may come from a node holding none).
@@ -97,6 +99,9 @@ impl RedisBus {
             }
         };
         self.note_id(&room, msg.id);
+        // No subscriber took it (receivers counts this node too when it is
+        // subscribed): the subscription is gone, though not yet noticed.
+        let via_channel = via_channel && remote_or_self > 0;
         let local = if published && via_channel {
             self.local_connections_in(&room)
         } else {

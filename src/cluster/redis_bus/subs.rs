@@ -27,12 +27,19 @@ impl RedisBus {
         lock(&self.mirror).room_counts.contains_key(room)
     }
 
-    /// Whether Redis has confirmed this node's subscription to `room`;
-    /// `false` while the set is being changed.
+    /// Whether Redis has confirmed this node's subscription to `room`.
     pub(super) fn subscribed(&self, room: &RoomName) -> bool {
-        self.subs
-            .try_lock()
-            .is_ok_and(|subs| subs.held.contains(room))
+        lock(&self.mirror).subscribed.contains(room)
+    }
+
+    /// Records in the mirror what `held` says of `room`.
+    fn note_held(&self, subs: &Subs, room: &RoomName) {
+        let mut m = lock(&self.mirror);
+        if subs.held.contains(room) {
+            m.subscribed.insert(room.clone());
+        } else {
+            m.subscribed.remove(room);
+        }
     }
 
     /// This node's members of `room` (connections), as the mirror counts them.
@@ -73,6 +80,7 @@ impl RedisBus {
             c.unsubscribe(&channel).await?;
             subs.held.remove(room);
         }
+        self.note_held(subs, room);
         Ok(())
     }
 
@@ -87,6 +95,7 @@ impl RedisBus {
         if !subs.held.remove(room) {
             return;
         }
+        self.note_held(&subs, room);
         tracing::info!(node = %self.instance, room = %room, "cluster: redis ended a room subscription; subscribing again");
         if let Err(e) = self.sync_one(&mut subs, room).await {
             tracing::debug!(node = %self.instance, room = %room, error = %e, "cluster: subscription change deferred");
