@@ -127,6 +127,10 @@ fn adopt(fd: RawFd) -> Result<(SocketAddr, TcpListener), InheritError> {
     // too: taken, the first was a listener that served nothing while
     // /readyz said ready, the second failed every accept ten times a second.
     if let Some(why) = not_listening(borrowed) {
+        // Ours to close (as `adopt` takes the others): left open, it would
+        // keep its port and pass on to an upgrade's new process.
+        // SAFETY: as below; open, handed to this process, taken once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
         return Err(InheritError::NotListening { fd, why });
     }
     rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).map_err(|e| {

@@ -296,8 +296,6 @@ enum Stop {
     Upgraded(u32),
 }
 
-/// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM or SIGINT
-/// arrives, or an upgrade succeeds.
 /// The signals the process serves, listened for before it starts serving:
 /// one arriving between the first listener and the handlers would
 /// otherwise take its default action (SIGHUP and SIGUSR2 kill).
@@ -320,6 +318,8 @@ impl Signals {
     }
 }
 
+/// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM or SIGINT
+/// arrives, or an upgrade succeeds.
 async fn serve_signals(
     handle: &wsgate::GatewayHandle,
     path: &std::path::Path,
@@ -335,63 +335,65 @@ async fn serve_signals(
     // An upgrade runs in a task of its own while signals are still served;
     // so does a reload, so that SIGTERM still drains while one reads its
     // files (a hung mount). A SIGHUP during a reload is one more after it.
-    let (done_tx, mut done) = tokio::sync::mpsc::channel(1);
-    let mut upgrading: Option<tokio::task::JoinHandle<()>> = None;
-    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::channel(1);
-    let (mut reloading, mut again) = (false, false);
+    // Awaited through their handles: a task that panicked ends too.
+    type Upgrade = tokio::task::JoinHandle<Result<u32, wsgate::upgrade::UpgradeError>>;
+    let mut upgrading: Option<Upgrade> = None;
+    let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
+    let mut again = false;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(abandon(upgrading).await),
             _ = int.recv() => return Ok(abandon(upgrading).await),
             _ = hup.recv() => {
-                if reloading {
+                if reloading.is_some() {
                     tracing::info!("SIGHUP: a reload is running; another follows it");
                     again = true;
                 } else {
-                    reloading = true;
-                    start_reload(handle, path, &reloaded_tx);
+                    reloading = Some(start_reload(handle, path));
                 }
             }
-            Some(()) = reloaded.recv() => {
-                if std::mem::take(&mut again) {
-                    start_reload(handle, path, &reloaded_tx);
-                } else {
-                    reloading = false;
+            r = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                if let Err(e) = r {
+                    tracing::error!("reload failed, keeping the running config: {e}");
                 }
+                reloading = std::mem::take(&mut again).then(|| start_reload(handle, path));
             }
             _ = usr2.recv() => match upgrader {
                 _ if upgrading.is_some() => tracing::warn!("SIGUSR2: an upgrade is already in progress"),
                 None => tracing::error!("SIGUSR2: upgrades are disabled (see the start log)"),
                 Some(u) => {
                     tracing::info!("SIGUSR2: starting the new binary with our listening sockets");
-                    let (u, sockets, tx) = (u.clone(), handle.listening_sockets(), done_tx.clone());
-                    upgrading = Some(tokio::spawn(async move {
-                        let _ = tx.send(u.run(sockets).await).await;
-                    }));
+                    let (u, sockets) = (u.clone(), handle.listening_sockets());
+                    upgrading = Some(tokio::spawn(async move { u.run(sockets).await }));
                 }
             },
-            Some(r) = done.recv() => match r {
-                Ok(pid) => return Ok(Stop::Upgraded(pid)),
-                Err(e) => {
-                    upgrading = None;
-                    tracing::error!("binary upgrade failed, still serving: {}", chain(causes(&e)));
+            r = async { upgrading.as_mut().expect("guarded").await }, if upgrading.is_some() => {
+                upgrading = None;
+                match r {
+                    Ok(Ok(pid)) => return Ok(Stop::Upgraded(pid)),
+                    Ok(Err(e)) => tracing::error!("binary upgrade failed, still serving: {}", chain(causes(&e))),
+                    Err(e) => tracing::error!("binary upgrade failed, still serving: {e}"),
                 }
-            },
+            }
         }
     }
 }
 
 /// SIGTERM or SIGINT: an upgrade still waiting for its new process is
 /// abandoned, the process killed (it would otherwise outlive this one with
-/// the listening sockets, accepting connections nobody serves).
-async fn abandon(upgrading: Option<tokio::task::JoinHandle<()>>) -> Stop {
-    if let Some(task) = upgrading {
-        task.abort();
-        let _ = task.await;
-        tracing::warn!(
-            "stopping: the binary upgrade in progress is abandoned and its process killed"
-        );
+/// the listening sockets, accepting connections nobody serves). One that
+/// finished just now (its new process serving) is an upgrade, not a stop.
+async fn abandon(
+    upgrading: Option<tokio::task::JoinHandle<Result<u32, wsgate::upgrade::UpgradeError>>>,
+) -> Stop {
+    let Some(task) = upgrading else {
+        return Stop::Signal;
+    };
+    task.abort();
+    if let Ok(Ok(pid)) = task.await {
+        return Stop::Upgraded(pid);
     }
+    tracing::warn!("stopping: the binary upgrade in progress is abandoned and its process killed");
     Stop::Signal
 }
 
@@ -402,19 +404,20 @@ fn sd(r: Result<(), wsgate::sd_notify::NotifyError>) {
     }
 }
 
-/// Reloads in a task of its own, which says on `done` when it has finished.
+/// Reloads in a task of its own.
 fn start_reload(
     handle: &wsgate::GatewayHandle,
     path: &std::path::Path,
-    done: &tokio::sync::mpsc::Sender<()>,
-) {
-    let (handle, path, done) = (handle.clone(), path.to_path_buf(), done.clone());
+) -> tokio::task::JoinHandle<()> {
+    let (handle, path) = (handle.clone(), path.to_path_buf());
     tokio::spawn(async move {
         sd(wsgate::sd_notify::reloading());
         reload(&handle, path).await;
-        sd(wsgate::sd_notify::ready(false));
-        let _ = done.send(()).await;
-    });
+        // Not after the drain's STOPPING=1.
+        if !handle.is_draining() {
+            sd(wsgate::sd_notify::ready(false));
+        }
+    })
 }
 
 async fn reload(handle: &wsgate::GatewayHandle, path: std::path::PathBuf) {

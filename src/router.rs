@@ -48,6 +48,10 @@ pub struct Router {
     any_listeners: bool,
 }
 
+/// How well a route matches: host (exact 2, wildcard 1, none 0), path
+/// length, held to listeners.
+type Rank = (u8, usize, bool);
+
 /// Whether `route` takes requests that arrived on `listener`.
 fn on_listener(route: &RouteConfig, listener: SocketAddr) -> bool {
     route.listeners.is_empty() || route.listeners.contains(&listener)
@@ -80,7 +84,7 @@ impl Router {
         listener: SocketAddr,
     ) -> Option<&Arc<Route>> {
         let host = host.filter(|_| self.any_host).map(normalize_host);
-        let mut best: Option<(&Arc<Route>, (u8, usize))> = None;
+        let mut best: Option<(&Arc<Route>, Rank)> = None;
         for route in &self.routes {
             let r = &route.cfg;
             let host_rank = match (&r.host, host.as_deref()) {
@@ -94,7 +98,10 @@ impl Router {
             if !prefix_matches(&r.path, path) || (self.any_listeners && !on_listener(r, listener)) {
                 continue;
             }
-            let rank = (host_rank, r.path.len());
+            // Held to listeners beats shared at the same host and path: a
+            // shared route written first must not shadow the route meant
+            // for this listener (an mTLS one).
+            let rank = (host_rank, r.path.len(), !r.listeners.is_empty());
             if best.as_ref().is_none_or(|(_, b)| rank > *b) {
                 best = Some((route, rank));
             }
@@ -213,7 +220,10 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
         let mut secure = route(Some("secure.test"), "/", AppKind::Echo);
         secure.listeners = vec![a];
-        let r = Router::new(&[secure, route(None, "/", AppKind::Chat)]);
+        // Written after a shared route of the same host and path: still
+        // chosen on its listener.
+        let shared = route(Some("secure.test"), "/", AppKind::Chat);
+        let r = Router::new(&[shared, secure]);
         let on = |l| {
             r.find(Some("secure.test"), "/x", l)
                 .map(|r| r.cfg.target.clone())

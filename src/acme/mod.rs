@@ -171,6 +171,15 @@ impl Registry {
         &self.challenges
     }
 
+    /// The slot of `cfg` if it has one (nothing is made).
+    pub fn find(&self, cfg: &AcmeConfig) -> Option<Arc<CertSlot>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| e.cfg == *cfg)
+            .map(|e| e.slot.clone())
+    }
+
     /// The slot of `cfg`, made (empty, no task yet) when it is new.
     pub fn slot(&self, cfg: &AcmeConfig) -> Arc<CertSlot> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -90,7 +90,9 @@ impl Gateway {
             .listeners
             .iter()
             .filter_map(|l| match &l.tls.as_ref()?.default {
-                crate::config::ListenerCert::Acme(a) if self.acme.slot(a).key().is_none() => {
+                crate::config::ListenerCert::Acme(a)
+                    if self.acme.find(a).is_none_or(|s| s.key().is_none()) =>
+                {
                     Some(format!(
                         "listener {} has no certificate yet (ACME: {})",
                         l.addr,

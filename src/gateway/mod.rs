@@ -59,6 +59,10 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Limits(#[from] crate::limit::cluster::ClusterLimitError),
+    /// A reload that came to swap the config after a drain began: it would
+    /// open listeners and restart tasks the drain has stopped.
+    #[error("the gateway is draining")]
+    Draining,
 }
 
 /// Everything derived from one config file. Replaced whole on reload.
@@ -367,6 +371,9 @@ impl Gateway {
     /// or removed. On error nothing changes.
     async fn reload(self: &Arc<Self>, config: Config) -> Result<(), StartError> {
         let _one_at_a_time = self.reloading.lock().await;
+        if self.shutdown.is_draining() {
+            return Err(StartError::Draining);
+        }
         let old = self.snapshot();
         let bx = BuildCtx {
             metrics: &self.metrics,
@@ -434,6 +441,11 @@ impl Gateway {
     async fn drain(&self) -> bool {
         let server = self.server_ctx.config.load();
         let (grace, window) = (server.shutdown_grace, server.drain_window);
+        // Draining from here: a reload that has not swapped yet stops (it
+        // would open listeners and restart tasks the drain stops), and one
+        // swapping now finishes before the listeners are stopped.
+        self.shutdown.token.cancel();
+        drop(self.reloading.lock().await);
         self.stop_listeners();
         let done = self.shutdown.drain(grace, window).await;
         self.background
@@ -500,6 +512,11 @@ impl GatewayHandle {
     /// Applies a new config (see `Gateway::reload`).
     pub async fn reload(&self, cfg: Config) -> Result<(), StartError> {
         self.gw.reload(cfg).await
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.gw.shutdown.is_draining()
     }
 
     /// The upstream pool `name` of the current config.

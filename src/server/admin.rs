@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers), `/readyz` (503 with a reason while starting, draining or degraded)
-//! and `/status` (JSON). Not counted against client connection caps, but
+//! and `/status` (JSON), over HTTP/1.1. Not counted against client connection caps, but
 //! held to caps of its own: at most [`CONNECTIONS`] at once, a request head
 //! (or an idle keep-alive wait) within `server.header_timeout`, and a
 //! connection's life within [`LIFETIME`]. Without them idle admin
@@ -73,13 +73,12 @@ async fn serve<V: AdminView>(
     stop: CancellationToken,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
-    // hyper's version sniffing waits for bytes with no timer of its own.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(view.header_timeout(), stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as scrapers and health checkers speak: hyper's
+    // protocol sniffing waits for a preface's bytes with no timer of its own,
+    // and an HTTP/2 connection has no request head to time out, so either
+    // could hold a place of the cap for its whole life.
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
