@@ -109,13 +109,17 @@ async fn healthz_answers(admin: SocketAddr) -> bool {
 async fn admin_connections_are_timed_out_and_capped() {
     use tokio::io::AsyncWriteExt;
     use wsgate::server::admin::CONNECTIONS;
-    let cfg = Cfg::new()
-        .set("log.access_log", false)
-        .listener_plain()
-        .admin()
-        .set("server.header_timeout", "1s")
-        .build();
-    let gw = TestGateway::start(&cfg).await;
+    // A gateway with an admin listener and this header timeout.
+    let start = |timeout: &'static str| async move {
+        let cfg = Cfg::new()
+            .set("log.access_log", false)
+            .listener_plain()
+            .admin()
+            .set("server.header_timeout", timeout)
+            .build();
+        TestGateway::start(&cfg).await
+    };
+    let gw = start("1s").await;
     let admin = gw.admin();
     // Silent, and a head that never ends: both closed at the header timeout.
     let mut silent = tokio::net::TcpStream::connect(admin)
@@ -138,13 +142,7 @@ async fn admin_connections_are_timed_out_and_capped() {
 
     // Past the cap, a connection is closed at once (the others are waiting
     // out their header timeout). Requests that finish keep working.
-    let cfg = Cfg::new()
-        .set("log.access_log", false)
-        .listener_plain()
-        .admin()
-        .set("server.header_timeout", "60s")
-        .build();
-    let gw = TestGateway::start(&cfg).await;
+    let gw = start("60s").await;
     let admin = gw.admin();
     let r = get(admin, "/healthz").await;
     assert_eq!(r.status, StatusCode::OK);

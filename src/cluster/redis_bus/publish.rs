@@ -71,22 +71,20 @@ impl RedisBus {
         // channel, as every other node's do. The script publishes in id
         // order, and a node that delivered its own at once put them ahead
         // of others' lower ids still on their way (SSE cursors then
-        // dropped those). Not yet subscribed (or the set is changing):
-        // delivered at once, and skipped on receipt.
-        let via_channel = self.subscribed(&room);
-        let mut published = false;
-        let mut remote_or_self = 0;
-        let remote = match self
-            .try_redis(self.publish_room_redis(&msg, !via_channel))
+        // dropped those). Not subscribed yet: delivered at once, and skipped
+        // on receipt.
+        let subscribed = self.subscribed(&room);
+        let (remote, via_channel) = match self
+            .try_redis(self.publish_room_redis(&msg, !subscribed))
             .await
         {
             Some((id, receivers)) => {
-                published = true;
-                remote_or_self = receivers;
                 msg.id = id;
                 // Subscribers other than this node (subscribed while it holds
-                // a member; a push may come from a node holding none).
-                receivers.saturating_sub(usize::from(self.holds_room(&room)))
+                // a member; a push may come from a node holding none). None
+                // at all: this node's subscription is gone, not yet noticed.
+                let others = receivers.saturating_sub(usize::from(self.holds_room(&room)));
+                (others, subscribed && receivers > 0)
             }
             None => {
                 // Outage: local delivery only, ids continue from the last seen.
@@ -95,14 +93,11 @@ impl RedisBus {
                 *e += 1;
                 msg.id = *e;
                 m.prune();
-                0
+                (0, false)
             }
         };
         self.note_id(&room, msg.id);
-        // No subscriber took it (receivers counts this node too when it is
-        // subscribed): the subscription is gone, though not yet noticed.
-        let via_channel = via_channel && remote_or_self > 0;
-        let local = if published && via_channel {
+        let local = if via_channel {
             self.local_connections_in(&room)
         } else {
             self.first_delivery(&msg);

@@ -91,16 +91,15 @@ impl RedisBus {
     /// own unsubscribe the room is no longer held by the time the lock is
     /// ours, and nothing happens.
     pub(super) async fn resubscribe_dropped(&self, room: &RoomName) {
-        let mut subs = self.subs.lock().await;
-        if !subs.held.remove(room) {
-            return;
+        {
+            let mut subs = self.subs.lock().await;
+            if !subs.held.remove(room) {
+                return;
+            }
+            self.note_held(&subs, room);
         }
-        self.note_held(&subs, room);
         tracing::info!(node = %self.instance, room = %room, "cluster: redis ended a room subscription; subscribing again");
-        if let Err(e) = self.sync_one(&mut subs, room).await {
-            tracing::debug!(node = %self.instance, room = %room, error = %e, "cluster: subscription change deferred");
-            subs.dirty = true;
-        }
+        self.sync_room_sub(room).await;
     }
 
     /// Subscribes again to every room channel held (after an outage).
