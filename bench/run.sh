@@ -10,6 +10,7 @@
 #   bench/run.sh --smoke         every scenario for about a second, debug builds,
 #                                no speed assertions; non-zero only if a tool fails
 #   options: --runs N (3) --duration S (5) --only S1,S4 --out FILE
+#            (--only writes its report beside its raw data unless --out says where)
 #   env:     WSGATE=path/to/wsgate (default: target/release/wsgate, built here)
 #            SERVER_CPU / LOAD_CPU (default 0 / 1): taskset cores
 #
@@ -39,6 +40,9 @@ if [ "$SMOKE" = 1 ]; then
   [ "$REPORT" = "$ROOT/BENCHMARKS.md" ] && REPORT="$OUT/BENCHMARKS.md"
 else
   OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
+  # A partial run (--only) must not replace the full run's report: the
+  # targets table would read "not measured" for every scenario it left out.
+  [ -n "$ONLY" ] && [ "$REPORT" = "$ROOT/BENCHMARKS.md" ] && REPORT="$OUT/BENCHMARKS.md"
 fi
 rm -rf "$OUT" && mkdir -p "$OUT"
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
