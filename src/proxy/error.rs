@@ -227,6 +227,17 @@ impl ProxyError {
         }
     }
 
+    /// The client's answer, in gRPC's form for a gRPC client
+    /// ([`super::grpc_reply`]).
+    #[cold]
+    pub fn into_response_for(self, grpc: bool) -> Response<Body> {
+        if !grpc {
+            return self.into_response();
+        }
+        let message = self.client_message().into_owned();
+        super::grpc_reply::convert(self.into_response(), &message)
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         if let ProxyError::App(AppError::Chat(e)) = &self {

@@ -17,6 +17,7 @@ pub mod client_addr;
 pub mod error;
 pub mod files;
 pub mod forwarded;
+pub mod grpc_reply;
 pub mod headers;
 pub mod http;
 pub mod inspect;
@@ -218,6 +219,7 @@ impl Handler for Proxy {
             String::new()
         };
         let host = request_host(&req);
+        let grpc = grpc_reply::is_grpc(&req);
         let mut out = Outcome::default();
         let resp = match self
             .dispatch(&table, &conn, slot, req, host.as_ref(), &mut out)
@@ -226,7 +228,7 @@ impl Handler for Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, side = ?e.side(), "request failed");
-                local(e.into_response())
+                local(e.into_response_for(grpc))
             }
         };
         let (parts, body) = resp.into_parts();
@@ -243,7 +245,10 @@ impl Handler for Proxy {
             upstream: out.upstream,
             error: parts.extensions.get::<ErrorDetail>().map(|e| e.0.clone()),
             limit: parts.extensions.get::<LimitedBy>().map(|l| l.0.clone()),
-            status: parts.status.as_u16(),
+            status: match parts.extensions.get::<grpc_reply::HttpStatus>() {
+                Some(s) => s.0.as_u16(),
+                None => parts.status.as_u16(),
+            },
             bytes_in,
             started,
         };

@@ -121,6 +121,56 @@ async fn grpc_calls_of_every_kind_pass_through() {
         .expect("calls finish in time");
 }
 
+/// The gateway's own refusals reach a gRPC client as gRPC statuses carrying
+/// the reason (trailers-only answers, as Envoy gives), not as bare HTTP
+/// statuses the client has to guess a code from.
+#[tokio::test]
+async fn the_gateways_own_refusals_are_grpc_statuses() {
+    use base64::Engine;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let secret = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let cfg = Cfg::new()
+        .listener_plain()
+        .set("auth.users.hmac_secret", format!("base64:{secret}"))
+        .route(Route::upstream("/t.Down/", "down"))
+        .route(Route::upstream("/t.Secure/", "down").set("auth", "users"))
+        .upstream("down", &[closed])
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    let calls = async {
+        let mut g = client(&gw).await;
+        let cases = [
+            (
+                "/t.Down/Unary",
+                Code::Unavailable,
+                "upstream server unavailable",
+            ),
+            (
+                "/t.Secure/Unary",
+                Code::Unauthenticated,
+                "authentication required",
+            ),
+            (
+                "/t.Elsewhere/Unary",
+                Code::Unimplemented,
+                "no route matches this host and path",
+            ),
+        ];
+        for (p, code, message) in cases {
+            g.ready().await.expect("ready");
+            let req = Request::new(Bytes::from_static(b"x"));
+            let path = PathAndQuery::from_static(p);
+            let st = g.unary(req, path, RawCodec).await.expect_err("refused");
+            assert_eq!((st.code(), st.message()), (code, message), "{p}");
+        }
+    };
+    tokio::time::timeout(WAIT, calls)
+        .await
+        .expect("calls finish in time");
+}
+
 /// A stream of what `rx` receives, ending when its senders are gone.
 fn tokio_stream_of(
     rx: tokio::sync::mpsc::Receiver<Bytes>,
