@@ -26,6 +26,7 @@ use super::acks::AckNow;
 use super::h1;
 use super::send_timeout::SendTimed;
 use super::smuggle::Guarded;
+use super::stall::{Stalls, Watched};
 use super::{Handler, ServerCtx};
 use crate::body::{Body, RequestBody};
 use crate::config::ServerConfig;
@@ -135,9 +136,13 @@ impl Limits {
 /// and wait). A macro rather than a function: hyper's three connection types
 /// share the method but no trait that has it.
 macro_rules! drive {
-    ($conn:expr, $sc:expr, $handed:expr, $deadline:expr) => {{
+    ($conn:expr, $sc:expr, $handed:expr, $deadline:expr, $stalls:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
+        // HTTP/2 streams that wait on a client's shut window (`stall`).
+        let stalls: &Stalls = $stalls;
+        let look = tokio::time::sleep(stalls.period());
+        let mut watching = false;
         // hyper's `header_read_timeout` only starts once hyper-util has told HTTP/1.1
         // from the HTTP/2 preface, which it waits for without a limit, and HTTP/2 has
         // no head timer at all: a client that connects and sends nothing (or half a
@@ -150,7 +155,7 @@ macro_rules! drive {
         // Made once, as the accept loop's: a `cancelled()` per wake-up would join
         // and leave the token's waiter list under its lock on every request.
         let shutdown = $sc.shutdown.token.cancelled();
-        tokio::pin!(first_deadline, shutdown);
+        tokio::pin!(first_deadline, shutdown, look);
         let mut waiting_first = true;
         let mut draining = false;
         let res = loop {
@@ -178,6 +183,18 @@ macro_rules! drive {
                 _ = $handed.cancelled(), if draining => {
                     conn.as_mut().graceful_shutdown();
                     break Some(conn.await);
+                }
+                _ = stalls.armed(), if !watching => {
+                    watching = true;
+                    look.as_mut().reset(tokio::time::Instant::now() + stalls.period());
+                }
+                _ = look.as_mut(), if watching => {
+                    if stalls.stalled() {
+                        tracing::debug!("an HTTP/2 stream took nothing for send_timeout; closing");
+                        break None;
+                    }
+                    watching = stalls.is_armed();
+                    look.as_mut().reset(tokio::time::Instant::now() + stalls.period());
                 }
             }
         };
@@ -276,6 +293,8 @@ async fn serve_hyper<H, IO>(
     let seen = handed.clone();
     let io = SendTimed::new(Rewind::new(prefix, io), server.send_timeout);
     let (io, framing) = Guarded::new(io);
+    let stalls = Stalls::new(server.send_timeout);
+    let watch = stalls.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         if !seen.is_cancelled() {
             seen.cancel();
@@ -285,11 +304,12 @@ async fn serve_hyper<H, IO>(
         // Upgraded sessions keep the connection's slot while they live.
         let slot = slot.clone();
         let framing = framing.clone();
+        let watch = watch.clone();
         async move {
             if framing.ambiguous() {
                 // Request smuggling shape (see `smuggle`): refuse, forward nothing.
                 tracing::debug!("ambiguous request framing; answering 400 and closing");
-                return Ok::<_, Infallible>(ambiguous_framing_response());
+                return Ok::<_, Infallible>(ambiguous_framing_response().map(Watched::plain));
             }
             let connect = req.method() == http::Method::CONNECT;
             let version = req.version();
@@ -304,7 +324,11 @@ async fn serve_hyper<H, IO>(
                 // The connection becomes a tunnel: no more HTTP to scan.
                 framing.stop();
             }
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(match version {
+                // A tunnel's stream is not a response body (RFC 8441).
+                http::Version::HTTP_2 if !connect => resp.map(|b| watch.watch(b)),
+                _ => resp.map(Watched::plain),
+            })
         }
     });
     let limits = Limits {
@@ -320,20 +344,23 @@ async fn serve_hyper<H, IO>(
                 builder.serve_connection_with_upgrades(io, service),
                 sc,
                 handed,
-                deadline
+                deadline,
+                &stalls
             )
         }
         Protocols::Http1 => drive!(
             limits.http1().serve_connection(io, service).with_upgrades(),
             sc,
             handed,
-            deadline
+            deadline,
+            &stalls
         ),
         Protocols::Http2 => drive!(
             limits.http2().serve_connection(io, service),
             sc,
             handed,
-            deadline
+            deadline,
+            &stalls
         ),
     }
 }

@@ -17,6 +17,7 @@ pub mod proxy_protocol;
 mod resumption;
 mod send_timeout;
 pub mod smuggle;
+mod stall;
 pub mod tls;
 
 use std::future::Future;

@@ -334,6 +334,40 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
     }
 }
 
+/// An HTTP/2 client that reads its socket but keeps a stream's window shut
+/// held that stream, and the upstream stream behind it, for as long as it
+/// liked: the socket took every write, so its timer never ran, and hyper
+/// waits for window with none. `send_timeout` now covers the stream: the
+/// connection is closed, and the upstream's stream ends with it.
+#[tokio::test]
+async fn an_h2_stream_whose_window_stays_shut_is_closed_after_send_timeout() {
+    let up = H2cServer::start().await;
+    let gw = h2c_gateway_with(&up, |c| c.set("server.send_timeout", "300ms")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let (mut send, conn) = ::h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    // Reads the socket (answers PINGs, takes SETTINGS) all along.
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://localhost/big")
+        .body(())
+        .expect("request");
+    let (resp, _body) = send.send_request(req, true).expect("request sent");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("head in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ended = tokio::time::timeout(WAIT, conn).await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    let dropped = eventually(WAIT, || async { up.dropped.load(Ordering::SeqCst) == 1 }).await;
+    assert!(dropped, "the upstream stream never ended");
+}
+
 /// Sends a DM from `from` to bob and returns its id (from its echo).
 async fn dm_id(from: &mut chat::Client, text: &str) -> u64 {
     from.send(serde_json::json!({"type":"dm","to":"bob","text":text}))
