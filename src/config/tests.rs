@@ -261,3 +261,24 @@ fn timeouts_and_periods_of_zero_are_refused() {
         );
     }
 }
+
+#[test]
+fn an_upstream_server_on_port_0_is_refused() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    for server in [
+        "127.0.0.1:0",
+        "[::1]:0",
+        "localhost:0",
+        "https://localhost:0",
+    ] {
+        let e = err(&format!(
+            "{listener}[upstream.u]\nservers = [\"{server}\"]\n"
+        ));
+        assert!(
+            e.starts_with("t.toml:4:")
+                && e.contains("upstream.u.servers[0]")
+                && e.contains("port 1-65535"),
+            "{server}: {e}"
+        );
+    }
+}

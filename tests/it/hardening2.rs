@@ -141,6 +141,16 @@ async fn check_points_at_unusable_certificates() {
         "wsgate.toml:8:8: listener[0].tls.sni[0].cert: \"other.crt\" does not belong to the key \"good.key\" (listener[0].tls.sni[0].key): the certificate's public key is not the private key's\n"
     );
 
+    // A host listed twice, in another case: only the first would be served.
+    let toml = "[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"good.crt\"\nkey = \"good.key\"\n\
+                [[listener.tls.sni]]\nhost = \"a.test\"\ncert = \"good.crt\"\nkey = \"good.key\"\n\
+                [[listener.tls.sni]]\nhost = \"A.Test\"\ncert = \"good.crt\"\nkey = \"good.key\"\n";
+    let out = check(d, toml, &[], false).await;
+    assert_eq!(
+        out,
+        "wsgate.toml:11:8: listener[0].tls.sni[1].host: \"A.Test\" is already listener[0].tls.sni[0]'s host (names are compared without case)\n"
+    );
+
     // The good pair passes.
     let toml = "[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"good.crt\"\nkey = \"good.key\"\n";
     assert_eq!(check(d, toml, &[], true).await, "ok\n");

@@ -331,23 +331,7 @@ fn listeners(
         let span = ls[i].span();
         let tls = l.tls.as_ref().map(|t| {
             let default = listener_cert(cx, t, &key, span, has_plain);
-            let sni = t
-                .sni
-                .iter()
-                .enumerate()
-                .filter_map(|(j, s)| {
-                    let k = format!("{key}.tls.sni[{j}]");
-                    let mut paths = cx.cert_pair(&s.cert, &s.key, &k);
-                    paths.ocsp = cx.ocsp_file(&s.ocsp, &k);
-                    match HostPattern::parse(s.host.get_ref()) {
-                        Ok(h) => Some((h, paths)),
-                        Err(e) => {
-                            cx.at(s.host.span(), format!("{k}.host: {e}"));
-                            None
-                        }
-                    }
-                })
-                .collect();
+            let sni = sni_certs(cx, t, &key);
             let mut found = Vec::new();
             let client_auth = super::client_auth::parse(t, &format!("{key}.tls"), &mut found);
             found.into_iter().for_each(|(span, m)| cx.at(span, m));
@@ -366,6 +350,41 @@ fn listeners(
             connection_limits,
             proxy_protocol,
         });
+    }
+    out
+}
+
+/// The listener's `[[listener.tls.sni]]` certificates. A host listed twice
+/// (names are compared without case, as SNI is) is refused: only the first
+/// would ever be served.
+fn sni_certs(cx: &mut Ctx, t: &TlsFile, key: &str) -> Vec<(HostPattern, CertPaths)> {
+    let mut out: Vec<(HostPattern, CertPaths)> = Vec::new();
+    let mut first = Vec::new();
+    for (j, s) in t.sni.iter().enumerate() {
+        let k = format!("{key}.tls.sni[{j}]");
+        let mut paths = cx.cert_pair(&s.cert, &s.key, &k);
+        paths.ocsp = cx.ocsp_file(&s.ocsp, &k);
+        let h = match HostPattern::parse(s.host.get_ref()) {
+            Ok(h) => h,
+            Err(e) => {
+                cx.at(s.host.span(), format!("{k}.host: {e}"));
+                continue;
+            }
+        };
+        match out.iter().position(|(o, _)| *o == h) {
+            Some(i) => cx.at(
+                s.host.span(),
+                format!(
+                    "{k}.host: {:?} is already {key}.tls.sni[{}]'s host (names are compared without case)",
+                    s.host.get_ref(),
+                    first[i]
+                ),
+            ),
+            None => {
+                out.push((h, paths));
+                first.push(j);
+            }
+        }
     }
     out
 }

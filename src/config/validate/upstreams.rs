@@ -172,7 +172,7 @@ fn servers(
             cx.at(
                 addr.span(),
                 format!(
-                    "{key}: {:?} is not host:port or https://host:port (e.g. \"127.0.0.1:3000\")",
+                    "{key}: {:?} is not host:port or https://host:port, port 1-65535 (e.g. \"127.0.0.1:3000\")",
                     addr.get_ref()
                 ),
             );
@@ -196,8 +196,9 @@ fn servers(
 }
 
 fn valid_host_port(s: &str) -> bool {
-    if s.parse::<SocketAddr>().is_ok() {
-        return true;
+    // Port 0 is "any free port" to bind, and connects nowhere.
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return a.port() != 0;
     }
     match s.rsplit_once(':') {
         Some((host, port)) => {
