@@ -170,6 +170,12 @@ impl RedisBus {
         last != Some(this)
     }
 
+    /// The highest id this node has given out or seen in `room` (0: none
+    /// it remembers).
+    pub(super) fn last_id(&self, room: &RoomName) -> u64 {
+        lock(&self.mirror).last_ids.get(room).copied().unwrap_or(0)
+    }
+
     pub(super) fn note_id(&self, room: &RoomName, id: u64) {
         let mut m = lock(&self.mirror);
         let e = m.last_ids.entry(room.clone()).or_insert(0);

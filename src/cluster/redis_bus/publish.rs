@@ -48,6 +48,7 @@ impl RedisBus {
             .arg(history_cutoff(self.history_ttl).unwrap_or(0))
             .arg(self.conn.publish_command())
             .arg(self.room_ttl_ms)
+            .arg(self.last_id(&msg.room))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((id, receivers as usize))

@@ -21,12 +21,22 @@ use crate::cluster::keys;
 /// three keys expire together ARGV[10] ms (`cluster.room_ttl`; 0: never)
 /// after its last message, so rooms a client made and left do not fill
 /// Redis; one made again starts a new epoch.
+/// The id is above ARGV[11], the highest id the publishing node has given
+/// out or seen in the room: a counter Redis lost (emptied, or a shard failed
+/// over without it) under a live connection, or one that never saw the ids
+/// the node gave out alone during an outage, would hand out one of those
+/// again.
 /// KEYS: id, history, epoch. ARGV: json before the id, json after it, history
 /// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff, publish command,
-/// room TTL.
+/// room TTL, the node's floor.
 pub(super) const PUBLISH_ROOM: &str = r#"
 redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local id = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[11])
+if id <= floor then
+  id = floor + 1
+  redis.call('SET', KEYS[1], id)
+end
 local m = ARGV[1] .. id .. ARGV[2]
 local cap = tonumber(ARGV[3])
 if cap > 0 then
