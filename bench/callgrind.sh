@@ -8,6 +8,8 @@
 #   bench/callgrind.sh S5 [WSGATE]   new proxied WebSockets: per connection (connect, upgrade, close)
 #   bench/callgrind.sh S2 [WSGATE]   in-process echo app: per echoed 32-byte message (100 conns, depth 1)
 #   bench/callgrind.sh S1 [WSGATE]   byte splice: per echoed 32-byte message (100 conns, depth 1)
+#   bench/callgrind.sh GRPC [WSGATE] HTTP/2 proxy: per gRPC unary call to an h2c upstream (tonic,
+#                                    16 in flight over 2 connections, as bench/grpc.sh)
 #
 # DEPTH=8 (S1, S2): each connection keeps that many messages in flight, as
 # run.sh's depth-8 case (the echo app then answers a batch per read).
@@ -37,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SCEN=${1:?usage: bench/callgrind.sh S1|S2|S4|S5 [WSGATE]}
+SCEN=${1:?usage: bench/callgrind.sh S1|S2|S4|S5|GRPC [WSGATE]}
 WSGATE=${2:-}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 [ "$SCEN" != S4 ] || command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
@@ -90,7 +92,14 @@ else
   serve_cmd "$TARGET" "$OUT" "$OUT/$STAMP" "$WSGATE"
 fi
 
+if [ "$SCEN" = GRPC ]; then
+  printf '[upstream.grpc]\nservers = ["127.0.0.1:29005"]\nprotocol = "h2c"\n[[route]]\npath = "/t.Echo/"\nupstream = "grpc"\n' >>"$OUT/$STAMP.toml"
+fi
 start_backends
+if [ "$SCEN" = GRPC ]; then
+  "$WSB" grpc-server --listen 127.0.0.1:29005 &
+  PIDS+=("$!")
+fi
 RUST_LOG=${LOG_FILTER:-warn} LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/$STAMP.out" "${SERVE[@]}" >"$OUT/$STAMP.log" 2>&1 &
 VG=$!
@@ -118,6 +127,9 @@ load() {
       [ "$PORT" = 29003 ] && url=ws://127.0.0.1:29003/
       "$WSB" echo --url "$url" --conns 100 --size "${SIZE:-32}" --depth "${DEPTH:-1}" --duration "$1" |
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["msgs"])' ;;
+    GRPC)
+      "$WSB" grpc --url http://127.0.0.1:28080 --conns 2 --concurrency 16 --duration "$1" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])' ;;
     *) echo "unknown scenario $SCEN" >&2; exit 2 ;;
   esac
 }
