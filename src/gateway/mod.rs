@@ -63,6 +63,9 @@ pub enum StartError {
     /// open listeners and restart tasks the drain has stopped.
     #[error("the gateway is draining")]
     Draining,
+    /// The blocking task that built a reload's snapshot panicked.
+    #[error("building the new configuration failed: {0}")]
+    Build(String),
 }
 
 /// Everything derived from one config file. Replaced whole on reload.
@@ -375,14 +378,24 @@ impl Gateway {
             return Err(StartError::Draining);
         }
         let old = self.snapshot();
-        let bx = BuildCtx {
-            metrics: &self.metrics,
-            cluster_limits: self.cluster_limits.as_ref(),
-            secret: &self.sticky_key,
-            resumption: &self.resumption,
-            acme: &self.acme,
-        };
-        let new = Arc::new(Snapshot::build(config, Some(&old), &bx)?);
+        // Certificates, keys and CA files are read here: on a blocking
+        // thread, so a file system that stalls holds no runtime worker.
+        let gw = self.clone();
+        let build = tokio::task::spawn_blocking(move || {
+            let bx = BuildCtx {
+                metrics: &gw.metrics,
+                cluster_limits: gw.cluster_limits.as_ref(),
+                secret: &gw.sticky_key,
+                resumption: &gw.resumption,
+                acme: &gw.acme,
+            };
+            Snapshot::build(config, Some(&old), &bx)
+        });
+        let new = Arc::new(
+            build
+                .await
+                .map_err(|e| StartError::Build(e.to_string()))??,
+        );
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
         self.snapshot.store(new.clone());
