@@ -78,6 +78,8 @@ pub struct Config {
     pub log: LogConfig,
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<SocketAddr>,
+    /// Line and column of `admin.addr` (as [`ListenerConfig::addr_at`]).
+    pub admin_at: (usize, usize),
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub echo: EchoConfig,
@@ -144,6 +146,9 @@ pub struct ListenerConfig {
     pub connection_limits: Vec<String>,
     /// Each connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// Line and column of `addr` in the file, for an error found only when
+    /// a reload binds it.
+    pub addr_at: (usize, usize),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

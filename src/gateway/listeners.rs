@@ -153,7 +153,10 @@ impl Gateway {
             if running.contains(key) {
                 continue;
             }
-            let name = format!("listener[{i}].addr");
+            // A reload binds what validation could not try (the running
+            // process holds its own addresses): say where, as validation does.
+            let pos = snap.config.listeners.get(i).map_or((0, 0), |l| l.addr_at);
+            let name = format!("{}: listener[{i}].addr", at(snap, pos));
             let (tcp, fd) = match self.switching(key.addr, &keys) {
                 Some(fd) => adopt(fd).map_err(|source| StartError::Bind {
                     key: name,
@@ -284,8 +287,9 @@ impl Gateway {
         self.metrics.set_cert_expiry(&certs);
     }
 
-    /// Starts, moves or stops the admin listener to match `snap`.
-    pub(super) async fn sync_admin(self: &Arc<Self>, snap: &Snapshot) -> Result<(), StartError> {
+    /// Binds the admin address `snap` wants if it is not the running one:
+    /// before a reload swaps anything, so a taken address refuses all of it.
+    pub(super) async fn open_admin(&self, snap: &Snapshot) -> Result<AdminChange, StartError> {
         let want = snap.config.admin;
         let current = self
             .admin
@@ -293,18 +297,27 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|a| a.configured);
-        if want == current {
-            return Ok(());
+        Ok(match want {
+            _ if want == current => AdminChange::Keep,
+            None => AdminChange::Stop,
+            Some(addr) => {
+                let key = format!("{}: admin.addr", at(snap, snap.config.admin_at));
+                let (tcp, fd) = open(&self.inherited, addr, &key).await?;
+                AdminChange::Start(addr, tcp, fd)
+            }
+        })
+    }
+
+    /// Starts, moves or stops the admin listener as [`Gateway::open_admin`] decided.
+    pub(super) fn apply_admin(self: &Arc<Self>, change: AdminChange) {
+        if matches!(change, AdminChange::Keep) {
+            return;
         }
-        let tcp = match want {
-            Some(addr) => Some(open(&self.inherited, addr, "admin.addr").await?),
-            None => None,
-        };
         let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = admin.take() {
             old.stop.cancel();
         }
-        if let (Some(configured), Some((tcp, fd))) = (want, tcp) {
+        if let AdminChange::Start(configured, tcp, fd) = change {
             let local = tcp.local_addr().unwrap_or(configured);
             let stop = CancellationToken::new();
             tokio::spawn(admin::run(self.clone(), tcp, stop.clone()));
@@ -316,8 +329,19 @@ impl Gateway {
                 fd: Some(fd),
             });
         }
-        Ok(())
     }
+}
+
+/// What a new config does to the admin listener.
+pub(super) enum AdminChange {
+    Keep,
+    Stop,
+    Start(SocketAddr, TcpListener, OwnedFd),
+}
+
+/// `PATH:LINE:COL` of a position in `snap`'s file.
+fn at(snap: &Snapshot, (line, col): (usize, usize)) -> String {
+    format!("{}:{line}:{col}", snap.config.source.display())
 }
 
 impl Gateway {

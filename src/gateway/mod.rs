@@ -355,7 +355,8 @@ impl Gateway {
         let fresh = gw.bind_new_listeners(&snap).await?;
         gw.swap_listeners(&snap, fresh);
         gw.sync_acme(&snap);
-        gw.sync_admin(&snap).await?;
+        let admin = gw.open_admin(&snap).await?;
+        gw.apply_admin(admin);
         gw.close_unused_inherited();
         gw.start_background(&snap);
         if let Some(bus) = &cluster {
@@ -398,6 +399,7 @@ impl Gateway {
         );
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
+        let admin = self.open_admin(&new).await?;
         self.snapshot.store(new.clone());
         self.server_ctx
             .config
@@ -407,7 +409,7 @@ impl Gateway {
         self.apps.reconfigure(&new.config);
         self.swap_listeners(&new, fresh);
         self.sync_acme(&new);
-        self.sync_admin(&new).await?;
+        self.apply_admin(admin);
         self.start_background(&new);
         tracing::info!(
             routes = new.config.routes.len(),

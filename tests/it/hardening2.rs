@@ -224,7 +224,7 @@ async fn bind_error_says_its_cause_once() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let want = format!(
-        "wsgate: starting the gateway: listener[0].addr: cannot bind 127.0.0.1:{port}: Address already in use (os error 98)\n"
+        "wsgate: starting the gateway: wsgate.toml:2:8: listener[0].addr: cannot bind 127.0.0.1:{port}: Address already in use (os error 98)\n"
     );
     assert!(stderr.ends_with(&want), "stderr:\n{stderr}");
     assert_eq!(

@@ -106,8 +106,10 @@ async fn a_gateway_out_of_sockets_answers_503_and_keeps_its_servers_up() {
     drop(gw);
 }
 
-/// A reload whose new address is taken is refused, naming the key (as
-/// `wsgate check` does), and the running gateway goes on.
+/// A reload whose new address is taken is refused, naming the key and its
+/// line (as `wsgate check` does), and the running gateway goes on under its
+/// old config: the admin address was bound after the swap, so a taken one
+/// was refused with the rest of the new config already in service.
 #[tokio::test]
 async fn a_reload_that_cannot_bind_names_the_key() {
     let base = || {
@@ -119,19 +121,36 @@ async fn a_reload_that_cannot_bind_names_the_key() {
     let gw = TestGateway::start(&base().build()).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let text = base()
-        .set("admin.addr", format!("127.0.0.1:{port}"))
+    let taken_at = format!("127.0.0.1:{port}");
+    let with_admin = base()
+        .route_app("/new", "echo")
+        .set("admin.addr", taken_at.as_str())
         .build();
-    let cfg = wsgate::config::parse(std::path::Path::new("reload.toml"), &text).expect("config");
-    let e = gw
-        .handle
-        .reload(cfg)
-        .await
-        .expect_err("the reload is refused")
-        .to_string();
-    assert!(e.contains("admin.addr: cannot bind 127.0.0.1:"), "{e}");
-    let r = get(gw.http(), "/echo").await;
-    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.text());
+    let with_listener = format!("{}[[listener]]\naddr = \"{taken_at}\"\n", base().build());
+    for text in [with_admin, with_listener] {
+        let cfg =
+            wsgate::config::parse(std::path::Path::new("reload.toml"), &text).expect("config");
+        let e = gw
+            .handle
+            .reload(cfg)
+            .await
+            .expect_err("the reload is refused")
+            .to_string();
+        let line = text
+            .lines()
+            .position(|l| l.contains(&taken_at))
+            .expect("the address's line")
+            + 1;
+        assert!(
+            e.starts_with(&format!("reload.toml:{line}:"))
+                && e.contains("addr: cannot bind 127.0.0.1:"),
+            "{e}"
+        );
+        let r = get(gw.http(), "/echo").await;
+        assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.text());
+        let r = get(gw.http(), "/new").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "not swapped in");
+    }
 }
 
 /// Over HTTP/2 each WebSocket session counts as a connection against the

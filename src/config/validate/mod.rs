@@ -114,6 +114,10 @@ pub fn validate(
         log,
         listeners,
         admin,
+        admin_at: raw
+            .admin
+            .as_ref()
+            .map_or((0, 0), |a| super::line_col(text, a.addr.span().start)),
         upstreams,
         routes,
         echo,
@@ -346,6 +350,7 @@ fn listeners(
         let proxy_protocol = client_addr::listener_proxy_protocol(l);
         out.push(ListenerConfig {
             addr,
+            addr_at: super::line_col(cx.text, l.addr.span().start),
             tls,
             connection_limits,
             proxy_protocol,
