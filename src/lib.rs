@@ -47,6 +47,7 @@ pub mod rewind;
 pub mod router;
 pub mod runtime;
 pub mod sd_notify;
+pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod tls_reason;

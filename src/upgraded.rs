@@ -4,7 +4,7 @@
 //! (RFC 8441 over HTTP/2, and HTTP/1.1 heads the fast path leaves to it) and
 //! hands over its own `Upgraded`. Handlers take the connection with [`on`],
 //! where they would call `hyper::upgrade::on`. A leaf of the crate but for
-//! [`crate::rewind`].
+//! [`crate::rewind`] and [`crate::send_timeout`].
 
 use std::any::Any;
 use std::future::Future;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use crate::rewind::Rewind;
+use crate::send_timeout::SendTimed;
 
 /// Any client stream: TCP, TLS, behind a PROXY header.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
@@ -65,6 +66,14 @@ impl Handover {
     }
 }
 
+/// `server.send_timeout` for an upgrade hyper answers over HTTP/2 (RFC 8441),
+/// set by the server as a request extension. An HTTP/2 stream's writes wait
+/// for its flow-control window, which the connection's socket timer does not
+/// see: a client that keeps the window shut held the session for as long as
+/// it liked. HTTP/1.1 upgrades write to the timed socket itself.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimit(pub std::time::Duration);
+
 /// The request extension through which a fast-path handshake's handler gets
 /// its connection.
 pub struct Pending(Option<oneshot::Receiver<Upgraded>>);
@@ -80,7 +89,7 @@ impl Clone for Pending {
 
 /// The connection an answered upgrade will bring.
 pub enum OnUpgrade {
-    Hyper(hyper::upgrade::OnUpgrade),
+    Hyper(hyper::upgrade::OnUpgrade, Option<SendLimit>),
     Fast(Option<oneshot::Receiver<Upgraded>>),
 }
 
@@ -88,7 +97,10 @@ pub enum OnUpgrade {
 pub fn on<B>(req: &mut http::Request<B>) -> OnUpgrade {
     match req.extensions_mut().remove::<Pending>() {
         Some(Pending(rx)) => OnUpgrade::Fast(rx),
-        None => OnUpgrade::Hyper(hyper::upgrade::on(req)),
+        None => {
+            let limit = req.extensions_mut().remove::<SendLimit>();
+            OnUpgrade::Hyper(hyper::upgrade::on(req), limit)
+        }
     }
 }
 
@@ -97,8 +109,12 @@ impl Future for OnUpgrade {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            OnUpgrade::Hyper(on) => Pin::new(on).poll(cx).map(|r| {
-                let io: Box<dyn Io> = Box::new(TokioIo::new(r?));
+            OnUpgrade::Hyper(on, limit) => Pin::new(on).poll(cx).map(|r| {
+                let io = TokioIo::new(r?);
+                let io: Box<dyn Io> = match limit {
+                    Some(SendLimit(limit)) => Box::new(SendTimed::new(io, *limit)),
+                    None => Box::new(io),
+                };
                 Ok(Rewind::new(Bytes::new(), io))
             }),
             OnUpgrade::Fast(None) => Poll::Ready(Err(UpgradeError::NotSent)),

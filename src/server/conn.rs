@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::AckNow;
 use super::h1;
-use super::send_timeout::SendTimed;
 use super::smuggle::Guarded;
 use super::stall::{Stalls, Watched};
 use super::{Handler, ServerCtx};
@@ -33,6 +32,8 @@ use crate::config::ServerConfig;
 use crate::ctx::ConnCtx;
 use crate::limits::{ConnSlot, Refusal};
 use crate::rewind::Rewind;
+use crate::send_timeout::SendTimed;
+use crate::upgraded::SendLimit;
 
 /// Streams one HTTP/2 connection may have open at once (nginx's default):
 /// each may hold an upstream connection and a response's buffers, so this
@@ -57,7 +58,8 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(crate::shutdown::catch_panics(fut));
+        // hyper's HTTP/2 stream tasks: each can be reset alone (`stall`).
+        super::stall::spawn_stream(fut);
     }
 }
 
@@ -158,6 +160,9 @@ macro_rules! drive {
         tokio::pin!(first_deadline, shutdown, look);
         let mut waiting_first = true;
         let mut draining = false;
+        // `graceful_shutdown` called: the loop goes on until hyper ends, so
+        // stalled streams are still reset while the others finish.
+        let mut shut = false;
         let res = loop {
             tokio::select! {
                 biased;
@@ -177,19 +182,19 @@ macro_rules! drive {
                     // hyper would close it unread. Serve that first.
                     if $handed.is_cancelled() {
                         conn.as_mut().graceful_shutdown();
-                        break Some(conn.await);
+                        shut = true;
                     }
                 }
-                _ = $handed.cancelled(), if draining => {
+                _ = $handed.cancelled(), if draining && !shut => {
                     conn.as_mut().graceful_shutdown();
-                    break Some(conn.await);
+                    shut = true;
                 }
                 _ = stalls.armed(), if !watching => {
                     watching = true;
                     look.as_mut().reset(tokio::time::Instant::now() + stalls.period());
                 }
                 _ = look.as_mut(), if watching => {
-                    if stalls.stalled() {
+                    if stalls.look() {
                         tracing::debug!("an HTTP/2 stream took nothing for send_timeout; closing");
                         break None;
                     }
@@ -295,6 +300,7 @@ async fn serve_hyper<H, IO>(
     let (io, framing) = Guarded::new(io);
     let stalls = Stalls::new(server.send_timeout);
     let watch = stalls.clone();
+    let send_limit = server.send_timeout;
     let service = service_fn(move |req: Request<Incoming>| {
         if !seen.is_cancelled() {
             seen.cancel();
@@ -316,6 +322,9 @@ async fn serve_hyper<H, IO>(
             let mut req = req.map(|b| RequestBody::new(b, version));
             if version == http::Version::HTTP_2 {
                 crate::fields::join_cookies(req.headers_mut());
+                if connect {
+                    req.extensions_mut().insert(SendLimit(send_limit));
+                }
             }
             let resp = handler.handle(req, ctx, slot).await;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -15,7 +15,6 @@ mod h1;
 pub mod listener;
 pub mod proxy_protocol;
 mod resumption;
-mod send_timeout;
 pub mod smuggle;
 mod stall;
 pub mod tls;

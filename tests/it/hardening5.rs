@@ -337,20 +337,22 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
 /// An HTTP/2 client that reads its socket but keeps a stream's window shut
 /// held that stream, and the upstream stream behind it, for as long as it
 /// liked: the socket took every write, so its timer never ran, and hyper
-/// waits for window with none. `send_timeout` now covers the stream: the
-/// connection is closed, and the upstream's stream ends with it.
+/// waits for window with none. `send_timeout` now covers the stream, as
+/// nginx's does: the stream is reset, its upstream stream ends, and the
+/// connection goes on.
 #[tokio::test]
-async fn an_h2_stream_whose_window_stays_shut_is_closed_after_send_timeout() {
+async fn an_h2_stream_whose_window_stays_shut_is_reset_after_send_timeout() {
     let up = H2cServer::start().await;
     let gw = h2c_gateway_with(&up, |c| c.set("server.send_timeout", "300ms")).await;
     let tcp = tokio::net::TcpStream::connect(gw.http())
         .await
         .expect("connect");
-    let (mut send, conn) = ::h2::client::Builder::new()
+    let (mut send, mut conn) = ::h2::client::Builder::new()
         .initial_window_size(0)
         .handshake::<_, Bytes>(tcp)
         .await
         .expect("h2 handshake");
+    let mut ping = conn.ping_pong().expect("ping handle");
     // Reads the socket (answers PINGs, takes SETTINGS) all along.
     let conn = tokio::spawn(conn);
     let req = Request::get("http://localhost/big")
@@ -362,10 +364,72 @@ async fn an_h2_stream_whose_window_stays_shut_is_closed_after_send_timeout() {
         .expect("head in time")
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
-    let ended = tokio::time::timeout(WAIT, conn).await;
-    assert!(ended.is_ok(), "the connection stayed open");
+    let mut body = resp.into_body();
+    let reset = tokio::time::timeout(WAIT, body.data())
+        .await
+        .expect("the stream ends in time");
+    match reset {
+        Some(Err(e)) => assert_eq!(e.reason(), Some(::h2::Reason::CANCEL), "{e}"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
     let dropped = eventually(WAIT, || async { up.dropped.load(Ordering::SeqCst) == 1 }).await;
     assert!(dropped, "the upstream stream never ended");
+    tokio::time::timeout(WAIT, ping.ping(::h2::Ping::opaque()))
+        .await
+        .expect("PONG in time")
+        .expect("the connection is still open");
+    assert!(!conn.is_finished(), "the connection was closed");
+}
+
+/// A client that reads an HTTP/2 stream slowly but steadily is not reset:
+/// the watch counts progress every 16 KiB, where it first counted it per
+/// body chunk (64 KiB from a static file), which such a client took longer
+/// than `send_timeout` to drain (the seventh probe's false positive).
+#[tokio::test]
+async fn a_slow_but_steady_h2_reader_is_not_reset() {
+    let up = H2cServer::start().await;
+    let files = tempfile::tempdir().expect("tempdir");
+    std::fs::write(files.path().join("big"), vec![b'x'; 1 << 20]).expect("file");
+    let root = files.path().display().to_string();
+    let gw = h2c_gateway_with(&up, |c| {
+        c.set("server.send_timeout", "600ms")
+            .route_root("/files/", root)
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let (mut send, conn) = ::h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get("http://localhost/files/big")
+        .body(())
+        .expect("request");
+    let (resp, _body) = send.send_request(req, true).expect("request sent");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("head in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut read = 0;
+    // 16 KiB every 200 ms: a 64 KiB chunk took 800 ms to drain.
+    while read < 192 * 1024 {
+        let chunk = tokio::time::timeout(WAIT, body.data())
+            .await
+            .expect("data in time")
+            .expect("more data")
+            .expect("not reset");
+        read += chunk.len();
+        // Pacing the reader is the behaviour under test, not a synchronisation.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        body.flow_control()
+            .release_capacity(chunk.len())
+            .expect("window");
+    }
 }
 
 /// Sends a DM from `from` to bob and returns its id (from its echo).

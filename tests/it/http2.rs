@@ -17,7 +17,7 @@ use common::cfg::Cfg;
 use common::h2::{handshake, reset_reason, response, wait_reset, H2};
 use common::tls::tls_client;
 use common::upstreams::{canned_upstream, http_upstream};
-use common::{write_cert, TestGateway, WAIT};
+use common::{eventually, write_cert, TestGateway, WAIT};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
@@ -367,4 +367,64 @@ async fn repeated_single_fields_of_an_http2_handshake_get_400() {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(!c.conn.is_finished(), "the connection ended");
+}
+
+/// An HTTP/2 WebSocket whose client keeps the stream's window shut while it
+/// sends held its session (and connection slot) until the app's idle
+/// timeout, minutes: the echo's writes waited for window, which the
+/// socket's timer does not see. `send_timeout` now times those writes, and
+/// the session ends.
+#[tokio::test]
+async fn an_http2_websocket_whose_window_stays_shut_ends_after_send_timeout() {
+    let gw = TestGateway::start(
+        &Cfg::new()
+            .set("server.send_timeout", "300ms")
+            .admin()
+            .listener_plain()
+            .route(common::cfg::Route::app("/echo", "echo"))
+            .build(),
+    )
+    .await;
+    let tcp = TcpStream::connect(gw.http()).await.expect("connect");
+    let (mut send, conn) = ::h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let (resp, mut out) = send
+        .send_request(ws_connect(&[]), false)
+        .expect("request sent");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("answered in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sessions = |n: u32| {
+        let admin = gw.admin();
+        async move {
+            eventually(WAIT, || async {
+                common::get(admin, "/metrics")
+                    .await
+                    .text()
+                    .contains(&format!(
+                        "wsgate_ws_sessions_active{{route=\"/echo\"}} {n}\n"
+                    ))
+            })
+            .await
+        }
+    };
+    assert!(sessions(1).await, "the session never started");
+    // Masked text frames of 1 000 bytes, 600 KB in all: their echoes cannot
+    // be sent, and once hyper's queue for them is full the echo's writes wait.
+    let mut frame = vec![0x81, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4];
+    frame.extend((0..1000u32).map(|i| b'a' ^ [1u8, 2, 3, 4][(i % 4) as usize]));
+    for _ in 0..600 {
+        out.send_data(Bytes::from(frame.clone()), false)
+            .expect("sent");
+    }
+    assert!(
+        sessions(0).await,
+        "the session ends in time, not at the app's idle timeout"
+    );
 }

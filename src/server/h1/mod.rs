@@ -43,8 +43,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::acks::AckNow;
-use super::send_timeout::SendTimed;
 use crate::body::{Body, RequestBody};
+use crate::send_timeout::SendTimed;
 use crate::shutdown::Stop;
 use crate::upgraded::Handover;
 use request::Parsed;
