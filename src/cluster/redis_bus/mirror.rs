@@ -171,9 +171,12 @@ impl RedisBus {
     }
 
     /// The highest id this node has given out or seen in `room` (0: none
-    /// it remembers).
-    pub(super) fn last_id(&self, room: &RoomName) -> u64 {
-        lock(&self.mirror).last_ids.get(room).copied().unwrap_or(0)
+    /// it remembers), and the epoch it knows the room in ("": none).
+    pub(super) fn last_id(&self, room: &RoomName) -> (u64, std::sync::Arc<str>) {
+        let m = lock(&self.mirror);
+        let id = m.last_ids.get(room).copied().unwrap_or(0);
+        let epoch = m.epochs.get(room).cloned().unwrap_or_else(|| "".into());
+        (id, epoch)
     }
 
     pub(super) fn note_id(&self, room: &RoomName, id: u64) {

@@ -29,6 +29,7 @@ impl RedisBus {
         local_now: bool,
     ) -> Result<(u64, usize), ClusterError> {
         let (before, after) = split_at_id(msg)?;
+        let (floor, epoch) = self.last_id(&msg.room);
         let env_prefix = format!(
             "{{\"k\":\"msg\",\"o\":{},\"l\":{local_now},\"msg\":",
             serde_json::to_string(&*self.instance)?
@@ -48,7 +49,8 @@ impl RedisBus {
             .arg(history_cutoff(self.history_ttl).unwrap_or(0))
             .arg(self.conn.publish_command())
             .arg(self.room_ttl_ms)
-            .arg(self.last_id(&msg.room))
+            .arg(floor)
+            .arg(&*epoch)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok((id, receivers as usize))

@@ -21,19 +21,20 @@ use crate::cluster::keys;
 /// three keys expire together ARGV[10] ms (`cluster.room_ttl`; 0: never)
 /// after its last message, so rooms a client made and left do not fill
 /// Redis; one made again starts a new epoch.
-/// The id is above ARGV[11], the highest id the publishing node has given
-/// out or seen in the room: a counter Redis lost (emptied, or a shard failed
-/// over without it) under a live connection, or one that never saw the ids
-/// the node gave out alone during an outage, would hand out one of those
-/// again.
+/// Within the epoch the publishing node knows (ARGV[12]), the id is above
+/// ARGV[11], the highest id that node has given out or seen in the room: a
+/// counter that never saw the ids the node gave out alone during an outage,
+/// or one Redis lost while the epoch stayed, would hand out one of those
+/// again. A new epoch (made here, or one the node has not seen) counts from
+/// its own start: recovery wants a stream's ids without gaps.
 /// KEYS: id, history, epoch. ARGV: json before the id, json after it, history
 /// cap, channel, envelope prefix, a fresh epoch, TTL, cutoff, publish command,
-/// room TTL, the node's floor.
+/// room TTL, the node's floor, the node's epoch.
 pub(super) const PUBLISH_ROOM: &str = r#"
-redis.call('SET', KEYS[3], ARGV[6], 'NX')
+local fresh = redis.call('SET', KEYS[3], ARGV[6], 'NX')
 local id = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[11])
-if id <= floor then
+if id <= floor and not fresh and redis.call('GET', KEYS[3]) == ARGV[12] then
   id = floor + 1
   redis.call('SET', KEYS[1], id)
 end
