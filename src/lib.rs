@@ -36,6 +36,7 @@ pub mod field_spans;
 pub mod fields;
 pub mod fsread;
 pub mod gateway;
+pub mod grpc_reply;
 pub mod inherit;
 pub mod limit;
 pub mod limits;

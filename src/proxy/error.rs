@@ -228,14 +228,14 @@ impl ProxyError {
     }
 
     /// The client's answer, in gRPC's form for a gRPC client
-    /// ([`super::grpc_reply`]).
+    /// ([`crate::grpc_reply`]).
     #[cold]
     pub fn into_response_for(self, grpc: bool) -> Response<Body> {
         if !grpc {
             return self.into_response();
         }
         let message = self.client_message().into_owned();
-        super::grpc_reply::convert(self.into_response(), &message)
+        crate::grpc_reply::convert(self.into_response(), &message)
     }
 
     pub fn into_response(self) -> Response<Body> {

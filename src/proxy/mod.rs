@@ -17,7 +17,6 @@ pub mod client_addr;
 pub mod error;
 pub mod files;
 pub mod forwarded;
-pub mod grpc_reply;
 pub mod headers;
 pub mod http;
 pub mod inspect;
@@ -219,7 +218,7 @@ impl Handler for Proxy {
             String::new()
         };
         let host = request_host(&req);
-        let grpc = grpc_reply::is_grpc(&req);
+        let grpc = crate::grpc_reply::is_grpc(&req);
         let mut out = Outcome::default();
         let resp = match self
             .dispatch(&table, &conn, slot, req, host.as_ref(), &mut out)
@@ -245,7 +244,7 @@ impl Handler for Proxy {
             upstream: out.upstream,
             error: parts.extensions.get::<ErrorDetail>().map(|e| e.0.clone()),
             limit: parts.extensions.get::<LimitedBy>().map(|l| l.0.clone()),
-            status: match parts.extensions.get::<grpc_reply::HttpStatus>() {
+            status: match parts.extensions.get::<crate::grpc_reply::HttpStatus>() {
                 Some(s) => s.0.as_u16(),
                 None => parts.status.as_u16(),
             },

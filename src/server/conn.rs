@@ -380,7 +380,7 @@ pub async fn serve_refusal<IO>(io: IO, refusal: Refusal, header_timeout: Duratio
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |_req: Request<Incoming>| async move {
+    let service = service_fn(move |req: Request<Incoming>| async move {
         let (status, msg) = match refusal {
             Refusal::Full => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -391,7 +391,11 @@ where
                 "too many connections from your address, retry later\n",
             ),
         };
-        Ok::<_, Infallible>(refusal_response(status, msg))
+        let resp = refusal_response(status, msg);
+        Ok::<_, Infallible>(match crate::grpc_reply::is_grpc(&req) {
+            true => crate::grpc_reply::convert(resp, msg),
+            false => resp,
+        })
     });
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()

@@ -171,6 +171,50 @@ async fn the_gateways_own_refusals_are_grpc_statuses() {
         .expect("calls finish in time");
 }
 
+/// A connection over `server.max_connections` is answered by the refusal
+/// server, which answers a gRPC call as the gateway's other refusals do.
+#[tokio::test]
+async fn a_connection_over_the_cap_gets_a_grpc_status() {
+    let cfg = Cfg::new()
+        .set("server.max_connections", 1)
+        .listener_plain()
+        .route(Route::upstream("/", "down"))
+        .upstream("down", &["127.0.0.1:9"])
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    // Holds the one place (an HTTP/1.1 request, answered, the connection kept).
+    let mut held = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_exact(&mut held, &mut buf),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answer");
+    let call = async {
+        let mut g = client(&gw).await;
+        let req = Request::new(Bytes::from_static(b"x"));
+        let path = PathAndQuery::from_static("/t.Echo/Unary");
+        g.unary(req, path, RawCodec).await.expect_err("refused")
+    };
+    let st = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("refused in time");
+    assert_eq!(
+        (st.code(), st.message()),
+        (
+            Code::Unavailable,
+            "server is at its connection limit, retry later"
+        )
+    );
+}
+
 /// A stream of what `rx` receives, ending when its senders are gone.
 fn tokio_stream_of(
     rx: tokio::sync::mpsc::Receiver<Bytes>,

@@ -5,7 +5,7 @@
 //! client as a guess from the HTTP status, its reason lost, and a client's
 //! interceptors and metrics that read `grpc-status` see none.
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 use crate::body::{empty, Body};
@@ -15,11 +15,14 @@ use crate::body::{empty, Body};
 #[derive(Debug, Clone, Copy)]
 pub struct HttpStatus(pub StatusCode);
 
-/// A gRPC request: HTTP/2 (gRPC has no HTTP/1.1 form; gRPC-Web, which
-/// answers in the body, is another content type) with `application/grpc`
-/// or one of its `+codec` / `;parameter` forms.
+/// A gRPC request: an HTTP/2 (gRPC has no HTTP/1.1 form; gRPC-Web, which
+/// answers in the body, is another content type) `POST` (every gRPC call is
+/// one; an answer to a `CONNECT` must not be a 200, which opens a tunnel)
+/// with `application/grpc` or one of its `+codec` / `;parameter` forms.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_2 && content_type_is_grpc(req.headers())
+    req.version() == Version::HTTP_2
+        && req.method() == Method::POST
+        && content_type_is_grpc(req.headers())
 }
 
 fn content_type_is_grpc(headers: &HeaderMap) -> bool {
@@ -78,7 +81,7 @@ mod tests {
     use super::*;
 
     fn req(version: Version, ct: Option<&str>) -> Request<()> {
-        let mut b = Request::builder().version(version);
+        let mut b = Request::builder().method(Method::POST).version(version);
         if let Some(ct) = ct {
             b = b.header(header::CONTENT_TYPE, ct);
         }
@@ -99,6 +102,9 @@ mod tests {
         }
         assert!(!is_grpc(&req(Version::HTTP_2, None)));
         assert!(!is_grpc(&req(Version::HTTP_11, Some("application/grpc"))));
+        let mut connect = req(Version::HTTP_2, Some("application/grpc"));
+        *connect.method_mut() = Method::CONNECT;
+        assert!(!is_grpc(&connect), "a CONNECT is never a gRPC call");
     }
 
     #[test]
