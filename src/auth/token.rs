@@ -104,7 +104,7 @@ pub fn ambiguous(
                     q.split('&')
                         .filter(|p| {
                             p.split_once('=')
-                                .is_some_and(|(k, v)| k == name && !v.is_empty())
+                                .is_some_and(|(k, v)| names(k, name) && !v.is_empty())
                         })
                         .count()
                 }),
@@ -134,11 +134,23 @@ fn bearer_header(h: &HeaderMap) -> Option<&str> {
 fn query_param<'a>(q: &'a str, name: &str) -> Option<Cow<'a, str>> {
     q.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        if k != name || v.is_empty() {
+        if !names(k, name) || v.is_empty() {
             return None;
         }
         percent_encoding::percent_decode_str(v).decode_utf8().ok()
     })
+}
+
+/// Whether a query parameter's name `k`, as sent, is `name`: compared
+/// percent-decoded, as an upstream reads it. Compared as sent, a forged
+/// `%74oken=` beside a good `token=` was neither found nor counted, and an
+/// upstream that takes the first `token` read the forged one.
+fn names(k: &str, name: &str) -> bool {
+    k == name
+        || (k.contains('%')
+            && percent_encoding::percent_decode_str(k)
+                .decode_utf8()
+                .is_ok_and(|d| d == name))
 }
 
 fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -269,6 +281,20 @@ mod tests {
         );
         // An empty value is no token (as `find` reads it).
         assert_eq!(amb(&none, Some("token=&token=b"), false), None);
+        // Names are compared as an upstream decodes them.
+        for q in [
+            "token=a&%74oken=b",
+            "%74oken=b&token=a",
+            "token=a&tok%65n=b",
+        ] {
+            assert_eq!(
+                amb(&none, Some(q), false),
+                Some("token in the query"),
+                "{q}"
+            );
+        }
+        let lone = find(&all, &none, Some("%74oken=t.o.k"), false).map(|f| f.token);
+        assert_eq!(lone.as_deref(), Some("t.o.k"));
         let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
         assert_eq!(amb(&two, None, false), Some("Authorization header"));
         let cookies = headers(&[
