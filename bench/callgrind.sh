@@ -35,7 +35,7 @@
 # runs it with that allocator preloaded (allocator A/B on one binary). Output: one line
 # "SCEN ops=N instructions=M per_op=K" and the callgrind file in
 # bench/results/callgrind/, for `callgrind_annotate --inclusive=yes FILE`.
-# Ports 28080 and 29001-29002, as run.sh; a few seconds of load under valgrind.
+# Ports 28080 and 29001-29002, as run.sh (GRPC: 29005 too); a few seconds of load under valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -97,8 +97,10 @@ if [ "$SCEN" = GRPC ]; then
 fi
 start_backends
 if [ "$SCEN" = GRPC ]; then
+  [ "${TARGET:-wsgate}" = wsgate ] || { echo "GRPC is measured for wsgate only" >&2; exit 2; }
   "$WSB" grpc-server --listen 127.0.0.1:29005 &
   PIDS+=("$!")
+  wait_port 29005
 fi
 RUST_LOG=${LOG_FILTER:-warn} LD_PRELOAD=${PRELOAD:-} valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$OUT/$STAMP.out" "${SERVE[@]}" >"$OUT/$STAMP.log" 2>&1 &

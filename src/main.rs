@@ -444,9 +444,13 @@ async fn reload(handle: &wsgate::GatewayHandle, path: std::path::PathBuf) {
         tracing::warn!("{w}");
     }
     if let Err(e) = handle.reload(cfg).await {
+        // A bind error names its file and line itself.
+        let place = match e {
+            wsgate::gateway::StartError::Bind { .. } => String::new(),
+            _ => format!("{}: ", path.display()),
+        };
         tracing::error!(
-            "reload refused, keeping the running config: {}: {}",
-            path.display(),
+            "reload refused, keeping the running config: {place}{}",
             chain(causes(&e))
         );
     }

@@ -63,9 +63,10 @@ pub enum StartError {
     /// open listeners and restart tasks the drain has stopped.
     #[error("the gateway is draining")]
     Draining,
-    /// The blocking task that built a reload's snapshot panicked.
-    #[error("building the new configuration failed: {0}")]
-    Build(String),
+    /// The blocking task that built a reload's snapshot panicked (or the
+    /// runtime is shutting down).
+    #[error("building the new configuration failed")]
+    Build(#[source] tokio::task::JoinError),
 }
 
 /// Everything derived from one config file. Replaced whole on reload.
@@ -392,11 +393,15 @@ impl Gateway {
             };
             Snapshot::build(config, Some(&old), &bx)
         });
-        let new = Arc::new(
-            build
-                .await
-                .map_err(|e| StartError::Build(e.to_string()))??,
-        );
+        // A drain does not wait for files that hang: the build is left to
+        // finish on its thread, and its result dropped.
+        let new = tokio::select! {
+            built = build => Arc::new(built.map_err(StartError::Build)??),
+            _ = self.shutdown.token.cancelled() => return Err(StartError::Draining),
+        };
+        if self.shutdown.is_draining() {
+            return Err(StartError::Draining);
+        }
         // Bind what is new before swapping anything, so a bind failure keeps the old config.
         let fresh = self.bind_new_listeners(&new).await?;
         let admin = self.open_admin(&new).await?;

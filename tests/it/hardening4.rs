@@ -126,7 +126,10 @@ async fn a_reload_that_cannot_bind_names_the_key() {
         .route_app("/new", "echo")
         .set("admin.addr", taken_at.as_str())
         .build();
-    let with_listener = format!("{}[[listener]]\naddr = \"{taken_at}\"\n", base().build());
+    let with_listener = format!(
+        "{}[[listener]]\naddr = \"{taken_at}\"\n",
+        base().route_app("/new", "echo").build()
+    );
     for text in [with_admin, with_listener] {
         let cfg =
             wsgate::config::parse(std::path::Path::new("reload.toml"), &text).expect("config");
