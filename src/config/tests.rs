@@ -282,3 +282,38 @@ fn an_upstream_server_on_port_0_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_health_path_that_is_no_request_path_is_refused() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[upstream.u]\nservers = [\"127.0.0.1:1\"]\n[upstream.u.health]\n";
+    let e = err(&format!("{base}path = \"/a b\"\n"));
+    assert!(
+        e.starts_with("t.toml:6:")
+            && e.contains("upstream.u.health.path: \"/a b\" is not a request path"),
+        "{e}"
+    );
+    assert!(parse(
+        Path::new("t.toml"),
+        &format!("{base}path = \"/a%20b?x=1\"\n")
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_route_path_no_request_can_match_is_refused() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\napp = \"echo\"\n";
+    for (path, why) in [
+        ("/a b", "is not a request path"),
+        ("/a?x=1", "holds a query"),
+        ("/a/../b", "segment"),
+        ("/a//b", "segment"),
+        ("/./", "segment"),
+    ] {
+        let e = err(&format!("{base}path = \"{path}\"\n"));
+        assert!(e.starts_with("t.toml:5:") && e.contains(why), "{path}: {e}");
+    }
+    for path in ["/", "/a/", "/a", "/a%20b/c/"] {
+        let ok = parse(Path::new("t.toml"), &format!("{base}path = \"{path}\"\n"));
+        assert!(ok.is_ok(), "{path}: {:?}", ok.err().map(|e| e.to_string()));
+    }
+}

@@ -59,6 +59,13 @@ pub(super) fn routes(
             );
             continue;
         }
+        if let Some(why) = unmatchable(r.path.get_ref()) {
+            cx.at(
+                r.path.span(),
+                format!("{key}.path: {:?} {why}", r.path.get_ref()),
+            );
+            continue;
+        }
         let host = r.host.as_ref().and_then(|h| {
             HostPattern::parse(h.get_ref())
                 .map_err(|e| cx.at(h.span(), format!("{key}.host: {e}")))
@@ -383,4 +390,28 @@ pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
         heartbeat,
         room_ttl,
     }
+}
+
+/// Why a route path could never match a request: requests are matched by
+/// their path alone, checked and normalized first (`proxy::path`: no dot
+/// segments, no empty ones), so such a route would be dead.
+fn unmatchable(path: &str) -> Option<&'static str> {
+    if path.contains(['?', '#']) {
+        return Some("holds a query or fragment; a route matches the path alone");
+    }
+    if path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Some(
+            "is not a request path (spaces and other reserved bytes must be percent-encoded)",
+        );
+    }
+    let segments = path.split('/').skip(1);
+    let trailing = path.ends_with('/');
+    let inner = segments.clone().count() - usize::from(trailing);
+    if segments
+        .take(inner)
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Some("has an empty, . or .. segment, which no request path keeps");
+    }
+    None
 }

@@ -79,6 +79,19 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
                 );
                 "/".into()
             }
+            // The probe's request could not be made, and the pool, though
+            // healthy, would be marked down with no word why.
+            Some(p) if p.get_ref().parse::<http::uri::PathAndQuery>().is_err() => {
+                cx.at(
+                    p.span(),
+                    format!(
+                        "{}: {:?} is not a request path (spaces and other reserved bytes must be percent-encoded)",
+                        k("health.path"),
+                        p.get_ref()
+                    ),
+                );
+                "/".into()
+            }
             Some(p) => p.get_ref().clone(),
             None => "/healthz".into(),
         },
