@@ -21,11 +21,21 @@ use tokio::runtime::Runtime;
 /// and connect timeouts are seconds); one wake-up a second costs nothing.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// Threads for blocking work: static files' opens and reads, name lookups,
+/// a reload's files. tokio's default (512) let a burst of slow static-file
+/// requests (2 000 HTTP/2 streams a client held open) grow the pool to ~400
+/// threads of about a megabyte each (their stacks and allocator heaps,
+/// kept after the burst): 450 MB from one client. nginx's thread pool for
+/// file I/O has 32; each of these operations is short, and more wait in
+/// the pool's queue.
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 /// A multi-threaded runtime (one worker per core the process may run on) with
 /// the heartbeat running.
 pub fn build() -> io::Result<Runtime> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     rt.spawn(heartbeat(HEARTBEAT));
     Ok(rt)
