@@ -334,6 +334,41 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
     }
 }
 
+/// A GET of `path` over a raw HTTP/2 connection whose streams' windows start
+/// at `window`: the response body (its head was a 200), the connection's
+/// request and PING handles (held, the connection stays open), and the task
+/// reading its socket (PINGs answered, SETTINGS taken) all along.
+async fn h2_get(
+    gw: &TestGateway,
+    path: &str,
+    window: u32,
+) -> (
+    ::h2::RecvStream,
+    (::h2::client::SendRequest<Bytes>, ::h2::PingPong),
+    tokio::task::JoinHandle<Result<(), ::h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    let (mut send, mut conn) = ::h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let ping = conn.ping_pong().expect("ping handle");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://localhost{path}"))
+        .body(())
+        .expect("request");
+    let (resp, _body) = send.send_request(req, true).expect("request sent");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("head in time")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    (resp.into_body(), (send, ping), conn)
+}
+
 /// An HTTP/2 client that reads its socket but keeps a stream's window shut
 /// held that stream, and the upstream stream behind it, for as long as it
 /// liked: the socket took every write, so its timer never ran, and hyper
@@ -344,27 +379,7 @@ async fn a_client_that_takes_nothing_for_send_timeout_is_closed() {
 async fn an_h2_stream_whose_window_stays_shut_is_reset_after_send_timeout() {
     let up = H2cServer::start().await;
     let gw = h2c_gateway_with(&up, |c| c.set("server.send_timeout", "300ms")).await;
-    let tcp = tokio::net::TcpStream::connect(gw.http())
-        .await
-        .expect("connect");
-    let (mut send, mut conn) = ::h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    let mut ping = conn.ping_pong().expect("ping handle");
-    // Reads the socket (answers PINGs, takes SETTINGS) all along.
-    let conn = tokio::spawn(conn);
-    let req = Request::get("http://localhost/big")
-        .body(())
-        .expect("request");
-    let (resp, _body) = send.send_request(req, true).expect("request sent");
-    let resp = tokio::time::timeout(WAIT, resp)
-        .await
-        .expect("head in time")
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let (mut body, (_send, mut ping), conn) = h2_get(&gw, "/big", 0).await;
     let reset = tokio::time::timeout(WAIT, body.data())
         .await
         .expect("the stream ends in time");
@@ -396,25 +411,7 @@ async fn a_slow_but_steady_h2_reader_is_not_reset() {
             .route_root("/files/", root)
     })
     .await;
-    let tcp = tokio::net::TcpStream::connect(gw.http())
-        .await
-        .expect("connect");
-    let (mut send, conn) = ::h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(conn);
-    let req = Request::get("http://localhost/files/big")
-        .body(())
-        .expect("request");
-    let (resp, _body) = send.send_request(req, true).expect("request sent");
-    let resp = tokio::time::timeout(WAIT, resp)
-        .await
-        .expect("head in time")
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let (mut body, _handles, _conn) = h2_get(&gw, "/files/big", 16 * 1024).await;
     let mut read = 0;
     // 16 KiB every 200 ms: a 64 KiB chunk took 800 ms to drain.
     while read < 192 * 1024 {
