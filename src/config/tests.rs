@@ -317,3 +317,16 @@ fn a_route_path_no_request_can_match_is_refused() {
         assert!(ok.is_ok(), "{path}: {:?}", ok.err().map(|e| e.to_string()));
     }
 }
+
+#[test]
+fn two_routes_with_bad_hosts_are_each_reported_for_their_host() {
+    let route = |h: &str| format!("[[route]]\npath = \"/\"\napp = \"echo\"\nhost = \"{h}\"\n");
+    let text = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n{}{}",
+        route("a b"),
+        route("c d")
+    );
+    let e = err(&text);
+    assert_eq!(e.matches(".host: host").count(), 2, "{e}");
+    assert!(!e.contains("another route"), "{e}");
+}

@@ -113,17 +113,13 @@ impl Filter for OriginAllowlist {
         if !head.upgrade {
             return Verdict::Pass;
         }
-        let origin = head
-            .req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .unwrap_or("");
+        let value = head.req.headers().get(header::ORIGIN);
+        let origin = value.and_then(|o| o.to_str().ok()).unwrap_or("");
         let trimmed = origin.trim_end_matches('/');
         if self.allowed.iter().any(|a| a.eq_ignore_ascii_case(trimmed)) {
             Verdict::Pass
         } else {
-            Verdict::Answer(ProxyError::OriginNotAllowed(origin.to_string()))
+            Verdict::Answer(ProxyError::OriginNotAllowed(shown_origin(value)))
         }
     }
 }
@@ -140,5 +136,38 @@ impl Filter for Misconfigured {
 
     fn check(&self, _: &Head<'_>) -> Verdict {
         Verdict::Answer(ProxyError::Internal(self.0.clone()))
+    }
+}
+/// A refused `Origin` as the answer shows it: what the client sent, bytes
+/// that are not text escaped (a non-ASCII origin read as "" before), and at
+/// most 200 characters of it (a client's 3 KB origin was echoed whole).
+fn shown_origin(value: Option<&http::HeaderValue>) -> String {
+    const MAX: usize = 200;
+    let Some(v) = value else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(v.as_bytes());
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_origin_is_shown_as_text_and_cut() {
+        let h = |b: &[u8]| http::HeaderValue::from_bytes(b).expect("value");
+        assert_eq!(shown_origin(None), "");
+        assert_eq!(shown_origin(Some(&h(b"https://a.test"))), "https://a.test");
+        assert_eq!(
+            shown_origin(Some(&h("https://é.test".as_bytes()))),
+            "https://é.test"
+        );
+        let long = shown_origin(Some(&h("x".repeat(3000).as_bytes())));
+        assert_eq!(long.chars().count(), 201);
+        assert!(long.ends_with('…'));
     }
 }

@@ -66,11 +66,20 @@ pub(super) fn routes(
             );
             continue;
         }
-        let host = r.host.as_ref().and_then(|h| {
-            HostPattern::parse(h.get_ref())
-                .map_err(|e| cx.at(h.span(), format!("{key}.host: {e}")))
-                .ok()
-        });
+        let host = match r
+            .host
+            .as_ref()
+            .map(|h| (h, HostPattern::parse(h.get_ref())))
+        {
+            None => None,
+            Some((_, Ok(h))) => Some(h),
+            // Reported once: without its host the route would read as a
+            // duplicate of another route whose host is missing or bad too.
+            Some((h, Err(e))) => {
+                cx.at(h.span(), format!("{key}.host: {e}"));
+                continue;
+            }
+        };
         let targets = [r.upstream.is_some(), r.app.is_some(), r.root.is_some()]
             .iter()
             .filter(|b| **b)
