@@ -23,15 +23,22 @@ const BUS_OFFSET: u16 = 6000;
 /// A port `p` with `p` and its cluster bus port `p + BUS_OFFSET` both free,
 /// both below the kernel's ephemeral range (32768 up). There no client socket
 /// can take the port between this check and `redis-server`'s bind, and no
-/// client socket left in TIME_WAIT by an earlier test makes it abort.
+/// client socket left in TIME_WAIT by an earlier test makes it abort. Each
+/// port is handed out once per test process: two clusters started at once
+/// could both find one port free before either bound it, and one test's
+/// SIGKILL of its master then killed the other's (a flaky CI run).
 fn cluster_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let p = l.local_addr().expect("local addr").port();
         drop(l);
         let p = 20000 + p % BUS_OFFSET;
         let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if free(p) && free(p + BUS_OFFSET) {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&p) && free(p) && free(p + BUS_OFFSET) {
+            given.insert(p);
             return p;
         }
     }
@@ -54,12 +61,17 @@ impl RedisCluster {
         };
         for _ in 0..6 {
             let port = cluster_port();
-            let child = c.spawn(port);
-            c.servers.insert(port, Some(child));
+            let mut child = c.spawn(port);
             assert!(
                 eventually(WAIT, || ping(port)).await,
                 "redis-server on port {port} never answered PING"
             );
+            // The answer was this server's, not another process's on the port.
+            assert!(
+                matches!(child.try_wait(), Ok(None)),
+                "redis-server on port {port} exited (the port was taken)"
+            );
+            c.servers.insert(port, Some(child));
         }
         c.create();
         let ports: Vec<u16> = c.servers.keys().copied().collect();
