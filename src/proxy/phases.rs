@@ -138,9 +138,11 @@ impl Filter for Misconfigured {
         Verdict::Answer(ProxyError::Internal(self.0.clone()))
     }
 }
-/// A refused `Origin` as the answer shows it: what the client sent, bytes
-/// that are not text escaped (a non-ASCII origin read as "" before), and at
-/// most 200 characters of it (a client's 3 KB origin was echoed whole).
+
+/// A refused `Origin` as the answer shows it: what the client sent, as
+/// UTF-8 text with invalid bytes replaced (a non-ASCII origin read as ""
+/// before), and at most 200 characters of it (a client's 3 KB origin was
+/// echoed whole).
 fn shown_origin(value: Option<&http::HeaderValue>) -> String {
     const MAX: usize = 200;
     let Some(v) = value else {

@@ -1,9 +1,9 @@
 //! `server.send_timeout` for HTTP/2 streams. [`crate::send_timeout`] times
 //! the socket, but an HTTP/2 client can read its socket and keep one
-//! stream's flow-control window shut: hyper then waits for window before it
-//! asks the response body for more, with no timer, and the stream (with the
-//! upstream connection or stream behind it) is held for as long as the
-//! client likes, up to 128 of them a connection. As nginx does, such a
+//! stream's flow-control window shut: hyper takes one chunk of the response
+//! body, then waits for window to send it, with no timer, and the stream
+//! (with the upstream connection or stream behind it) is held for as long as
+//! the client likes, up to 128 of them a connection. As nginx does, such a
 //! stream is reset after `send_timeout`; its connection's other streams go on.
 //!
 //! Each HTTP/2 response body is [`Watched`]: it notes when it has data
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::future::{AbortHandle, Abortable};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
@@ -79,11 +79,6 @@ impl Stalls {
         })
     }
 
-    fn now_mark(&self) -> u64 {
-        let ms = self.start.elapsed().as_millis();
-        u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
-    }
-
     /// Wraps an HTTP/2 response body. A body with nothing to send is left
     /// unwatched.
     pub fn watch<B: Body>(self: &Arc<Self>, body: B) -> Watched<B> {
@@ -91,7 +86,7 @@ impl Stalls {
             return Watched::plain(body);
         }
         let w = Arc::new(Watch {
-            waiting_since: AtomicU64::new(self.now_mark()),
+            waiting_since: AtomicU64::new(mark(self.start)),
             stream: STREAM.try_with(AbortHandle::clone).ok(),
         });
         let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,7 +99,7 @@ impl Stalls {
         Watched {
             body,
             rest: Bytes::new(),
-            watch: Some((w, self.clone())),
+            watch: Some((w, self.start)),
         }
     }
 
@@ -131,7 +126,7 @@ impl Stalls {
     /// disarms (the task waits on [`Stalls::armed`] again).
     pub fn look(&self) -> bool {
         let limit = u64::try_from(self.limit.as_millis()).unwrap_or(u64::MAX);
-        let now = self.now_mark();
+        let now = mark(self.start);
         let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
         bodies.retain(|b| b.strong_count() > 0);
         if bodies.is_empty() {
@@ -157,12 +152,19 @@ impl Stalls {
     }
 }
 
+/// Milliseconds since `start`, plus one: 0 says "not waiting".
+fn mark(start: Instant) -> u64 {
+    let ms = start.elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
+}
+
 /// A response body whose waits for hyper are watched (HTTP/2 only).
 pub struct Watched<B> {
     body: B,
     /// What is left of a frame larger than [`FRAME`].
     rest: Bytes,
-    watch: Option<(Arc<Watch>, Arc<Stalls>)>,
+    /// The body's state, and its connection's [`Stalls::start`].
+    watch: Option<(Arc<Watch>, Instant)>,
 }
 
 impl<B> Watched<B> {
@@ -185,7 +187,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let Some((w, stalls)) = this.watch.as_ref() else {
+        let Some((w, start)) = this.watch.as_ref() else {
             return Pin::new(&mut this.body).poll_frame(cx);
         };
         w.waiting_since.store(0, Ordering::Relaxed);
@@ -202,7 +204,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
                 if data.len() > FRAME {
                     this.rest = data.split_off(FRAME);
                 }
-                w.waiting_since.store(stalls.now_mark(), Ordering::Relaxed);
+                w.waiting_since.store(mark(*start), Ordering::Relaxed);
                 Frame::data(data)
             }
             Err(other) => other,
@@ -216,7 +218,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
 
     fn size_hint(&self) -> SizeHint {
         let mut h = self.body.size_hint();
-        let rest = self.rest.remaining() as u64;
+        let rest = self.rest.len() as u64;
         if rest > 0 {
             h.set_lower(h.lower() + rest);
             if let Some(u) = h.upper() {

@@ -172,7 +172,7 @@ impl RedisBus {
 
     /// The highest id this node has given out or seen in `room` (0: none
     /// it remembers), and the epoch it knows the room in ("": none).
-    pub(super) fn last_id(&self, room: &RoomName) -> (u64, std::sync::Arc<str>) {
+    pub(super) fn known_head(&self, room: &RoomName) -> (u64, std::sync::Arc<str>) {
         let m = lock(&self.mirror);
         let id = m.last_ids.get(room).copied().unwrap_or(0);
         let epoch = m.epochs.get(room).cloned().unwrap_or_else(|| "".into());

@@ -29,7 +29,7 @@ impl RedisBus {
         local_now: bool,
     ) -> Result<(u64, usize), ClusterError> {
         let (before, after) = split_at_id(msg)?;
-        let (floor, epoch) = self.last_id(&msg.room);
+        let (floor, epoch) = self.known_head(&msg.room);
         let env_prefix = format!(
             "{{\"k\":\"msg\",\"o\":{},\"l\":{local_now},\"msg\":",
             serde_json::to_string(&*self.instance)?

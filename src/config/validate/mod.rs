@@ -284,6 +284,16 @@ fn log(cx: &mut Ctx, l: &LogFile) -> LogConfig {
     }
 }
 
+/// What a path a request could never carry is told (after the path): one
+/// hyper would not send or take as is, with a space or another byte a
+/// request must percent-encode.
+const NOT_A_PATH: &str =
+    "is not a request path (spaces and other reserved bytes must be percent-encoded)";
+
+fn is_request_path(path: &str) -> bool {
+    path.parse::<http::uri::PathAndQuery>().is_ok()
+}
+
 fn socket_addr(cx: &mut Ctx, v: &SStr, key: &str) -> Option<SocketAddr> {
     match v.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),

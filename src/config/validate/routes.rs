@@ -408,19 +408,14 @@ fn unmatchable(path: &str) -> Option<&'static str> {
     if path.contains(['?', '#']) {
         return Some("holds a query or fragment; a route matches the path alone");
     }
-    if path.parse::<http::uri::PathAndQuery>().is_err() {
-        return Some(
-            "is not a request path (spaces and other reserved bytes must be percent-encoded)",
-        );
+    if !super::is_request_path(path) {
+        return Some(super::NOT_A_PATH);
     }
-    let segments = path.split('/').skip(1);
-    let trailing = path.ends_with('/');
-    let inner = segments.clone().count() - usize::from(trailing);
-    if segments
-        .take(inner)
+    // A prefix may end in `/`; every segment before it must be one a
+    // normalized request path can have.
+    let body = path.strip_suffix('/').unwrap_or(path);
+    body.split('/')
+        .skip(1)
         .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Some("has an empty, . or .. segment, which no request path keeps");
-    }
-    None
+        .then_some("has an empty, . or .. segment, which no request path keeps")
 }

@@ -81,13 +81,14 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
             }
             // The probe's request could not be made, and the pool, though
             // healthy, would be marked down with no word why.
-            Some(p) if p.get_ref().parse::<http::uri::PathAndQuery>().is_err() => {
+            Some(p) if !super::is_request_path(p.get_ref()) => {
                 cx.at(
                     p.span(),
                     format!(
-                        "{}: {:?} is not a request path (spaces and other reserved bytes must be percent-encoded)",
+                        "{}: {:?} {}",
                         k("health.path"),
-                        p.get_ref()
+                        p.get_ref(),
+                        super::NOT_A_PATH
                     ),
                 );
                 "/".into()
