@@ -10,7 +10,8 @@
 //! the shard of its hash slot), on one server they are plain.
 //!
 //! With `[cluster] sentinels`, a [`sentinel::SentinelConn`] follows the master
-//! Sentinel names across failovers.
+//! Sentinel names across failovers, and its announcements of a new one
+//! ([`switch`]).
 //!
 //! A leaf: used by `cluster` (the chat bus) and `limit` (cluster-scope
 //! limits), importing only `config`.
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::config::RedisTarget;
 
 mod sentinel;
+mod switch;
 
 /// How a connection behaves: timeouts, reconnection backoff, and where RESP3
 /// pushes (subscribed messages) go.

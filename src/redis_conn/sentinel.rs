@@ -1,15 +1,22 @@
 //! A connection that follows the master of a Sentinel-monitored service: the
 //! master is asked of the sentinels on first use and again after a
-//! connection-level failure, so after a failover the next call reaches the
-//! promoted replica. Subscriptions are not carried over by the client; the
-//! chat bus subscribes again after every outage.
+//! connection-level failure or a `READONLY` answer, and the sentinels'
+//! `+switch-master` announcements move it at once ([`super::switch`]), so
+//! after a failover the next call reaches the promoted replica.
+//! Subscriptions are not carried over by the client; the chat bus subscribes
+//! again after every outage.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, Pipeline, RedisError, RedisResult, Value};
+use redis::{
+    Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisConnectionInfo, RedisError,
+    RedisResult, Value,
+};
+use tokio_util::task::AbortOnDropHandle;
 
+use super::switch::{self, Watch};
 use super::Settings;
 
 /// The sentinels, and the connection to the master they named last.
@@ -19,7 +26,19 @@ pub struct SentinelConn(Arc<Inner>);
 struct Inner {
     sentinels: tokio::sync::Mutex<SentinelClient>,
     current: Mutex<Option<ConnectionManager>>,
+    /// The master a `+switch-master` named, for the next connection: the
+    /// other sentinels learn of a switch a little later, and the old master
+    /// still answers `ROLE` as a master until it is reconfigured, so asking
+    /// them at once could find the old one again.
+    announced: Mutex<Option<(String, u16)>>,
+    /// How the master is spoken to (RESP3 when pushes are wanted).
+    node: RedisConnectionInfo,
     settings: Settings,
+    urls: Vec<String>,
+    master: String,
+    /// The announcements' listener, started on first use (a runtime is
+    /// needed) and stopped with the connection.
+    watch: OnceLock<AbortOnDropHandle<()>>,
 }
 
 impl SentinelConn {
@@ -32,7 +51,7 @@ impl SentinelConn {
         if settings.push.is_some() {
             info = info.set_protocol(redis::ProtocolVersion::RESP3);
         }
-        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+        let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info.clone());
         let client = SentinelClient::build(
             sentinels.iter().map(String::as_str).collect(),
             master.to_string(),
@@ -42,21 +61,42 @@ impl SentinelConn {
         Ok(SentinelConn(Arc::new(Inner {
             sentinels: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
+            announced: Mutex::new(None),
+            node: info,
             settings,
+            urls: sentinels.to_vec(),
+            master: master.to_string(),
+            watch: OnceLock::new(),
         })))
     }
 
+    /// Starts listening for `+switch-master` once. The listener holds the
+    /// connection weakly, so dropping the last clone ends both.
+    fn watch(&self) {
+        self.0.watch.get_or_init(|| {
+            let s = &self.0.settings;
+            let w = Watch {
+                sentinels: self.0.urls.clone(),
+                master: self.0.master.clone(),
+                timeout: s.timeout,
+                min_retry: s.min_retry,
+                max_retry: s.max_retry,
+            };
+            let inner = Arc::downgrade(&self.0);
+            AbortOnDropHandle::new(tokio::spawn(switch::follow(w, move |host, port| {
+                switched(&inner, host, port)
+            })))
+        });
+    }
+
     fn cached(&self) -> Option<ConnectionManager> {
-        self.0
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.0.current).clone()
     }
 
     /// The connection to the current master, asking the sentinels if there
     /// is none.
     pub(super) async fn get(&self) -> RedisResult<ConnectionManager> {
+        self.watch();
         if let Some(c) = self.cached() {
             return Ok(c);
         }
@@ -64,7 +104,17 @@ impl SentinelConn {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let client = sentinels.async_get_client().await?;
+        let announced = lock(&self.0.announced).take();
+        let client = match announced {
+            // Taken, so a master that cannot be reached is not tried twice:
+            // the next call asks the sentinels.
+            Some((host, port)) => redis::Client::open(
+                ConnectionAddr::Tcp(host, port)
+                    .into_connection_info()?
+                    .set_redis_settings(self.0.node.clone()),
+            )?,
+            None => sentinels.async_get_client().await?,
+        };
         let s = &self.0.settings;
         let mut cfg = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
@@ -76,7 +126,7 @@ impl SentinelConn {
                 .set_automatic_resubscription();
         }
         let conn = ConnectionManager::new_with_config(client, cfg).await?;
-        *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        *lock(&self.0.current) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -85,7 +135,7 @@ impl SentinelConn {
     pub(super) fn check<T>(&self, r: RedisResult<T>) -> RedisResult<T> {
         if let Err(e) = &r {
             if moved(e) {
-                *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *lock(&self.0.current) = None;
             }
         }
         r
@@ -105,16 +155,7 @@ impl SentinelConn {
     fn check_values(&self, values: &[Value]) {
         if values.iter().any(read_only) {
             tracing::info!("redis: the master became a replica; asking the sentinels again");
-            *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            // Its subscriptions go with it, and a dropped connection sends
-            // no Disconnection push of its own: say so, or a node that
-            // reached the new master at once would never subscribe again.
-            if let Some(tx) = &self.0.settings.push {
-                let _ = tx.send(redis::PushInfo {
-                    kind: redis::PushKind::Disconnection,
-                    data: Vec::new(),
-                });
-            }
+            self.0.forget();
         }
     }
 
@@ -131,6 +172,37 @@ impl SentinelConn {
         }
         self.check(r)
     }
+}
+
+impl Inner {
+    /// Drops the connection to the master, so the next call makes another.
+    fn forget(&self) {
+        let old = lock(&self.current).take();
+        // Its subscriptions go with it, and a dropped connection sends no
+        // Disconnection push of its own: say so, or a node that reached the
+        // new master at once would never subscribe again.
+        if let (Some(_), Some(tx)) = (old, &self.settings.push) {
+            let _ = tx.send(redis::PushInfo {
+                kind: redis::PushKind::Disconnection,
+                data: Vec::new(),
+            });
+        }
+    }
+}
+
+/// A `+switch-master` for our master: the next call connects to `host:port`.
+/// `false` once the connection is gone, which ends the listener.
+fn switched(inner: &Weak<Inner>, host: String, port: u16) -> bool {
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    *lock(&inner.announced) = Some((host, port));
+    inner.forget();
+    true
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A `READONLY` error, or a reply holding one (a transaction's).

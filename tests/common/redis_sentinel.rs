@@ -41,6 +41,11 @@ impl Sentinels {
     /// the replica is synced and every sentinel knows the other two and the
     /// replica (so a failover can be agreed).
     pub async fn start() -> Self {
+        Self::start_with_master_args(&[]).await
+    }
+
+    /// [`Self::start`] with more `redis-server` arguments for the master.
+    pub async fn start_with_master_args(extra_master_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
         let [master, replica] = free_ports();
@@ -69,8 +74,9 @@ impl Sentinels {
             .iter()
             .map(|a| a.to_string())
             .collect();
-            if let Some(m) = extra {
-                args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]);
+            match extra {
+                Some(m) => args.extend(["--replicaof".into(), "127.0.0.1".into(), m.to_string()]),
+                None => args.extend(extra_master_args.iter().map(|a| a.to_string())),
             }
             s.children.push((port, spawn(&args)));
             assert!(

@@ -164,3 +164,80 @@ async fn nodes_follow_a_graceful_sentinel_failover() {
     wait_ready(a.admin()).await;
     wait_ready(b.admin()).await;
 }
+
+/// The room counter on the server at `port` (0 when it is not there).
+async fn room_id(port: u16) -> u64 {
+    let Some(mut c) = common::redis_sentinel::connect(port).await else {
+        return 0;
+    };
+    redis::cmd("GET")
+        .arg("wsgate:room:{lobby}:id")
+        .query_async::<Option<u64>>(&mut c)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// A master the sentinels cannot demote (its `REPLICAOF` renamed away, as a
+/// master cut off from them stays a master): after `SENTINEL FAILOVER` the
+/// nodes follow the `+switch-master` announcement and write to the promoted
+/// replica. Before, they kept writing to the old master, which never
+/// answered `READONLY`, and the new one saw none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_switch_master_announcement() {
+    let pinned = [
+        "--rename-command",
+        "REPLICAOF",
+        "",
+        "--rename-command",
+        "SLAVEOF",
+        "",
+    ];
+    let s = Sentinels::start_with_master_args(&pinned).await;
+    let (_a, _b, mut alice, mut bob) = two_nodes(&s, ["sa", "sb"]).await;
+    let new = s.replica;
+    let mut c = common::redis_sentinel::connect(s.sentinels[0])
+        .await
+        .expect("a sentinel");
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query_async(&mut c)
+        .await
+        .expect("SENTINEL FAILOVER");
+    let s = &s;
+    assert!(
+        eventually(
+            WAIT * 3,
+            || async move { s.master_port().await == Some(new) }
+        )
+        .await,
+        "the sentinels never switched to the replica"
+    );
+    assert_eq!(role(s.master).await, "master", "the old master was demoted");
+    let before = room_id(new).await;
+    let started = Instant::now();
+    let mut n = 0;
+    while room_id(new).await <= before {
+        n += 1;
+        alice.msg("lobby", &format!("after {n}")).await;
+        assert!(
+            started.elapsed() < WAIT * 2,
+            "no message reached the new master ({n} sent, all to the old one)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(role(s.master).await, "master", "the old master was demoted");
+    // Bob's node moved too: it resubscribed on the new master.
+    loop {
+        n += 1;
+        alice.msg("lobby", &format!("later {n}")).await;
+        if let Some(v) = bob.try_recv(BEAT).await {
+            if v["type"] == "msg" && v["text"].as_str().unwrap_or("").starts_with("later") {
+                break;
+            }
+        }
+        assert!(started.elapsed() < WAIT * 3, "delivery never resumed");
+    }
+}
