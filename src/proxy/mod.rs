@@ -29,6 +29,7 @@ pub mod scan;
 pub mod splice;
 pub mod upload;
 pub mod ws;
+mod ws_refused;
 pub mod ws_upstream;
 
 use std::collections::HashMap;

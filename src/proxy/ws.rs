@@ -20,7 +20,7 @@ use super::forwarded::Forwarding;
 use super::headers::{client_cert_fields, end_to_end, has_token, is_client_cert, rewrite_path};
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
-use super::ws_upstream::{self, Relayed, RequestHead, Rewind};
+use super::ws_upstream::{self, Answer, Relayed, RequestHead, Rewind};
 use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
 use crate::config::{RouteConfig, UpstreamConfig};
@@ -229,9 +229,15 @@ impl Tunnel<'_> {
             };
             // Boxed: the handshake's state is only needed while it runs.
             match Box::pin(up.handshake(stream, &req, &hs)).await {
-                Ok((relayed, stream, accept)) => {
+                Ok(Attempt::Upgraded(relayed, stream, accept)) => {
                     pool.report_success(choice.backend);
                     break (choice, relayed, stream, accept);
+                }
+                // An answer, not a failure: the client hears it, as from any
+                // server it reached.
+                Ok(Attempt::Refused(resp)) => {
+                    pool.report_success(choice.backend);
+                    return Ok(resp);
                 }
                 Err(e) => {
                     // The server saw the handshake: it answered, or failed, itself.
@@ -349,6 +355,15 @@ async fn connect(backend: &Backend) -> Result<UpStream, ProxyError> {
         })
 }
 
+/// How one tunnel attempt's handshake ended, short of a failure.
+enum Attempt {
+    /// The fields the 101 relays, the upgraded stream, and the accept value
+    /// of the key sent.
+    Upgraded(Relayed, Rewind, String),
+    /// The server answered with another status: the client's answer.
+    Refused(Response<Body>),
+}
+
 /// The upstream side of one tunnel attempt.
 struct Upstream<'a> {
     cfg: &'a UpstreamConfig,
@@ -360,15 +375,14 @@ struct Upstream<'a> {
 
 impl Upstream<'_> {
     /// Performs the HTTP/1.1 upgrade handshake on a fresh connection to the
-    /// backend within `response_timeout`: the fields the 101 relays, the upgraded
-    /// stream, and the accept value of the key sent (the client's own, so
-    /// also the client's).
+    /// backend within `response_timeout`. The accept value of the key sent
+    /// is the client's too (its own key, when it sent one).
     async fn handshake(
         &self,
         stream: UpStream,
         req: &Request<RequestBody>,
         hs: &Handshake,
-    ) -> Result<(Relayed, Rewind, String), ProxyError> {
+    ) -> Result<Attempt, ProxyError> {
         // RFC 8441 clients have no key: make one for the HTTP/1.1 upstream.
         let key = match &hs.key {
             Some(k) => k.clone(),
@@ -391,7 +405,15 @@ impl Upstream<'_> {
                 Err(ProxyError::UpstreamFailed(addr(), e.to_string()))
             }
             Ok(Err(e)) => Err(ProxyError::UpstreamHandshake(addr(), e.to_string())),
-            Ok(Ok((relayed, stream))) => Ok((relayed, stream, expected)),
+            Ok(Ok(Answer::Upgraded(relayed, stream))) => {
+                Ok(Attempt::Upgraded(relayed, stream, expected))
+            }
+            Ok(Ok(Answer::Refused(stream, read))) => {
+                let timeout = self.cfg.response_timeout;
+                super::ws_refused::relay(stream, &read, timeout, &addr())
+                    .await
+                    .map(Attempt::Refused)
+            }
         }
     }
 

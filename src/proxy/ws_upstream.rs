@@ -3,7 +3,9 @@
 //! upstream), reads the response head
 //! (httparse, the parser under hyper) and requires a `101` with the right
 //! `Sec-WebSocket-Accept`. The stream comes back as it is, with any bytes the
-//! server sent after its head, for the splice.
+//! server sent after its head, for the splice. Another final answer (401,
+//! 404...) comes back with the stream too, for the client to hear
+//! ([`super::ws_refused`]).
 //!
 //! Not a hyper client connection: one costs a spawned connection task, a
 //! request channel and the upgrade hand-off for a single exchange, which
@@ -35,6 +37,9 @@ pub enum UpstreamHandshakeError {
     TooLarge,
     #[error("answered {0} instead of 101")]
     Status(String),
+    /// A final status (2xx to 5xx): the server refused the upgrade, and said so.
+    #[error("answered {0} instead of 101")]
+    Refused(String),
     #[error("missing or wrong Sec-WebSocket-Accept")]
     Accept,
 }
@@ -85,21 +90,35 @@ const RELAYED: [HeaderName; 3] = [
     header::SET_COOKIE,
 ];
 
-/// Sends `head` and reads the answer. On a `101` whose accept value is
-/// `expected_accept`: the fields to relay and the stream, which replays what
-/// the server sent after its head before reading on.
+/// How the server answered the upgrade.
+pub enum Answer {
+    /// A `101` with the right accept value: the fields to relay and the
+    /// stream, which replays what the server sent after its head.
+    Upgraded(Relayed, Rewind),
+    /// A final answer other than `101`: the stream and what was read of it,
+    /// a complete head at its start.
+    Refused(UpStream, Vec<u8>),
+}
+
+/// Sends `head` and reads the answer; `expected_accept` is the accept value
+/// a `101` must carry.
 pub async fn handshake(
     mut stream: UpStream,
     head: &[u8],
     expected_accept: &str,
-) -> Result<(Relayed, Rewind), UpstreamHandshakeError> {
+) -> Result<Answer, UpstreamHandshakeError> {
     let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
     stream.write_all(head).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
     loop {
-        if let Some((relayed, len)) = parse_101(&buf, expected_accept)? {
-            let rest = Bytes::copy_from_slice(&buf[len..]);
-            return Ok((relayed, Rewind::new(rest, stream)));
+        match parse_101(&buf, expected_accept) {
+            Ok(Some((relayed, len))) => {
+                let rest = Bytes::copy_from_slice(&buf[len..]);
+                return Ok(Answer::Upgraded(relayed, Rewind::new(rest, stream)));
+            }
+            Ok(None) => {}
+            Err(UpstreamHandshakeError::Refused(_)) => return Ok(Answer::Refused(stream, buf)),
+            Err(e) => return Err(e),
         }
         if buf.len() >= MAX_HEAD {
             return Err(UpstreamHandshakeError::TooLarge);
@@ -128,10 +147,11 @@ pub fn parse_101(
     };
     let code = resp.code.unwrap_or(0);
     if code != 101 {
-        let status = StatusCode::from_u16(code)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| code.to_string());
-        return Err(UpstreamHandshakeError::Status(status));
+        return Err(match StatusCode::from_u16(code) {
+            Ok(s) if !s.is_informational() => UpstreamHandshakeError::Refused(s.to_string()),
+            Ok(s) => UpstreamHandshakeError::Status(s.to_string()),
+            Err(_) => UpstreamHandshakeError::Status(code.to_string()),
+        });
     }
     let mut accepted = false;
     let mut relayed = Relayed::new();
@@ -193,7 +213,11 @@ mod tests {
     #[test]
     fn other_answers_are_refused_with_a_reason() {
         let e = parse_101(b"HTTP/1.1 404 Not Found\r\n\r\n", ACCEPT).unwrap_err();
+        assert_eq!(e, UpstreamHandshakeError::Refused("404 Not Found".into()));
         assert_eq!(e.to_string(), "answered 404 Not Found instead of 101");
+        // An interim answer is no refusal, and no upgrade.
+        let e = parse_101(b"HTTP/1.1 100 Continue\r\n\r\n", ACCEPT).unwrap_err();
+        assert_eq!(e, UpstreamHandshakeError::Status("100 Continue".into()));
         let wrong = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert_eq!(
             parse_101(wrong.as_bytes(), ACCEPT),
@@ -249,16 +273,16 @@ mod tests {
             let _ = s2.write_all(&big).await;
         });
         let tcp = UpStream::Plain(TcpStream::connect(addr).await.unwrap());
-        let (_, mut up) = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
-            .await
-            .unwrap();
+        let Ok(Answer::Upgraded(_, mut up)) =
+            handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT).await
+        else {
+            panic!("not upgraded");
+        };
         let mut first = [0u8; 4];
         up.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"\x81\x02hi");
         let tcp = UpStream::Plain(TcpStream::connect(addr).await.unwrap());
-        let e = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT)
-            .await
-            .unwrap_err();
-        assert_eq!(e, UpstreamHandshakeError::TooLarge);
+        let e = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT).await;
+        assert!(matches!(e, Err(UpstreamHandshakeError::TooLarge)));
     }
 }

@@ -72,12 +72,11 @@ async fn upstream_handshake_failures_are_502_or_504() {
         .await
         .starts_with("HTTP/1.1 502"));
 
-    let not101 =
-        scripted_upstream("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", b"").await;
-    let gw = TestGateway::start(&splice_cfg(not101, false)).await;
+    let interim = scripted_upstream("HTTP/1.1 100 Continue\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(interim, false)).await;
     let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
     assert!(
-        out.starts_with("HTTP/1.1 502") && out.contains("404"),
+        out.starts_with("HTTP/1.1 502") && out.contains("100 Continue"),
         "{out}"
     );
 
@@ -105,6 +104,46 @@ async fn upstream_handshake_failures_are_502_or_504() {
     .await
     .answer();
     assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+}
+
+/// A server's refusal of an upgrade (here a 404 with a body) reaches the
+/// client as the server sent it, less its hop-by-hop fields, and is an
+/// answer, not a failure: after more refusals than `max_fails`, the pool
+/// still serves. Before, each was a 502 counted against the server, and a
+/// few unauthenticated upgrades took a healthy pool down.
+#[tokio::test]
+async fn a_refused_upgrade_is_relayed_and_does_not_take_the_server_down() {
+    let up = upstreams::canned_upstream(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nX-Why: no such room\r\n\
+          Connection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\nnope",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(gw.http()).await.unwrap();
+        s.write_all(handshake("/ws", WS_HEADERS).as_bytes())
+            .await
+            .unwrap();
+        // Read until the body's last byte (the connection stays open).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"nope") {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .expect("the gateway did not answer in time")
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let out = String::from_utf8_lossy(&got);
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        assert!(out.contains("x-why: no such room"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("x-hop"), "{out}");
+        assert!(out.ends_with("\r\n\r\nnope"), "{out}");
+    }
+    let r = get(gw.http(), "/ws/plain").await;
+    assert_eq!(r.status, http::StatusCode::NOT_FOUND, "{}", r.text());
+    assert_eq!(r.text(), "nope");
 }
 
 #[tokio::test]

@@ -107,6 +107,21 @@ impl Conn {
         }
     }
 
+    /// The answer on a connection whose request someone else wrote (a
+    /// WebSocket upgrade the server refused): `read` is what was read so
+    /// far, a complete final head at its start. The body is framed as any
+    /// response's; the connection is not kept.
+    pub async fn answer(io: UpStream, read: &[u8]) -> Result<Response<ResponseBody>, Error> {
+        let mut conn = Conn::new(io);
+        conn.buf.extend_from_slice(read);
+        let mut started = true;
+        let (parts, decoder, _) = response::read_head(&mut conn, false, &mut started).await?;
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::new(conn, decoder, false),
+        ))
+    }
+
     /// Is this idle connection still open, with nothing unasked-for to read?
     /// Checked without waiting: the server's close (or its stray bytes) is
     /// already in the socket if it happened.
