@@ -57,20 +57,40 @@ async fn probe(b: &Backend, cfg: &HealthConfig) -> Option<bool> {
     else {
         return Some(false);
     };
-    let check = async {
-        let resp = match b.conns.send(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(server = %b.addr, error = %e, "health probe failed");
-                return (!e.is_local_shortage()).then_some(false);
-            }
-        };
-        let status = resp.status();
-        // Read to the end so the connection goes back to the pool.
-        let _ = resp.into_body().collect().await;
-        Some(status.is_success() || status.is_redirection())
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    let resp = match tokio::time::timeout_at(deadline, b.conns.send(req)).await {
+        Err(_) => return Some(false),
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(server = %b.addr, error = %e, "health probe failed");
+            return (!e.is_local_shortage()).then_some(false);
+        }
     };
-    tokio::time::timeout(cfg.timeout, check)
-        .await
-        .unwrap_or(Some(false))
+    let status = resp.status();
+    // The status is the verdict. A short body is read to its end, so the
+    // connection goes back to the pool; a longer or slower one is dropped
+    // with its connection. Reading it whole held a server's whole output
+    // for `timeout` (hundreds of MB from one streaming endpoint), and failed
+    // a server that had answered 200.
+    let _ = tokio::time::timeout_at(deadline, drain(resp.into_body())).await;
+    Some(status.is_success() || status.is_redirection())
+}
+
+/// The most of a probe's response body read (HAProxy reads a check's answer
+/// into one 16 KiB buffer).
+const MAX_BODY: usize = 16 * 1024;
+
+/// Reads `body` to its end, unless it is longer than [`MAX_BODY`].
+async fn drain<B: http_body::Body>(body: B) {
+    let mut body = std::pin::pin!(body);
+    let mut left = MAX_BODY;
+    while let Some(Ok(frame)) = body.frame().await {
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        let Some(rest) = left.checked_sub(bytes::Buf::remaining(data)) else {
+            return;
+        };
+        left = rest;
+    }
 }

@@ -49,6 +49,60 @@ async fn active_health_takes_a_server_out_and_brings_it_back() {
     assert!(names.contains("a"), "{names:?}");
 }
 
+/// A server whose health path answers 200 with a body that never ends is
+/// healthy, and is not read past a small buffer: the probe reads the
+/// status, takes 16 KiB of body at most, and drops the connection. Before,
+/// the probe read the body whole until its timeout (hundreds of MB held per
+/// round from a fast server) and then judged the server down.
+#[tokio::test]
+async fn a_health_answer_with_an_endless_body_is_a_pass() {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = probes.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut chunk = b"4000\r\n".to_vec();
+                chunk.resize(chunk.len() + 0x4000, b'x');
+                chunk.extend_from_slice(b"\r\n");
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let gw = gateway(
+        api(&[addr])
+            .set("upstream.api.health.path", "/healthz")
+            .set("upstream.api.health.interval", "100ms")
+            .set("upstream.api.health.timeout", "300ms")
+            .set("upstream.api.health.healthy", 1)
+            .set("upstream.api.health.unhealthy", 1),
+    )
+    .await;
+    assert!(
+        eventually(WAIT, || async { probes.load(Ordering::SeqCst) >= 4 }).await,
+        "the server was not probed"
+    );
+    assert!(is_up(&gw, addr), "a 200 with a long body was judged down");
+    assert!(backend_of(&gw, addr).health().active_up());
+}
+
 #[tokio::test]
 async fn passive_health_marks_a_dead_server_down() {
     let a = Upstream::start("a").await;
