@@ -330,3 +330,49 @@ fn two_routes_with_bad_hosts_are_each_reported_for_their_host() {
     assert_eq!(e.matches(".host: host").count(), 2, "{e}");
     assert!(!e.contains("another route"), "{e}");
 }
+
+#[test]
+fn message_settings_of_a_byte_splice_and_zero_sizes_are_refused() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"ws\"\n\
+                [upstream.ws]\nservers = [\"127.0.0.1:9\"]\n";
+    let e = err(&format!(
+        "{base}ws_max_message_size = \"1KiB\"\nws_ping_interval = \"5s\"\n"
+    ));
+    assert!(
+        e.contains("t.toml:8:23: upstream.ws.ws_max_message_size: needs ws_inspect = true"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.toml:9:20: upstream.ws.ws_ping_interval: needs ws_inspect = true"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{base}ws_inspect = true\nws_max_message_size = \"0B\"\nws_ping_interval = \"1ms\"\n"
+    ));
+    assert!(
+        e.contains("ws_max_message_size: must be more than 0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("ws_ping_interval: must be \"0\" (off) or at least 100ms"),
+        "{e}"
+    );
+    let ok = format!(
+        "{base}ws_inspect = true\nws_max_message_size = \"1KiB\"\nws_ping_interval = \"0\"\n"
+    );
+    assert!(parse(Path::new("t.toml"), &ok).is_ok());
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    for (app, key) in [
+        ("echo", "max_message_size"),
+        ("chat", "max_message_size"),
+        ("chat", "history_memory"),
+    ] {
+        let e = err(&format!("{listener}[app.{app}]\n{key} = \"0B\"\n"));
+        assert!(
+            e.contains(&format!("app.{app}.{key}: must be more than 0")),
+            "{e}"
+        );
+    }
+    let e = err(&format!("{listener}[app.chat]\nping_interval = \"10ms\"\n"));
+    assert!(e.contains("app.chat.ping_interval: must be"), "{e}");
+}

@@ -120,6 +120,38 @@ impl Ctx<'_> {
         }
     }
 
+    /// A size that must be more than zero (a zero would refuse every
+    /// message rather than lift the limit).
+    pub(super) fn positive_size(&mut self, v: &Option<SStr>, key: &str, default: u64) -> u64 {
+        let n = self.size(v, key, default);
+        if let (Some(s), 0) = (v, n) {
+            self.at(s.span(), format!("{key}: must be more than 0"));
+            return default;
+        }
+        n
+    }
+
+    /// An interval that is `"0"` (off) or at least [`MIN_INTERVAL`]: a
+    /// shorter one ("1ms" for "1m") pings every session many times a second.
+    pub(super) fn interval_or_off(
+        &mut self,
+        v: &Option<SStr>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(v, key, default);
+        match v {
+            Some(s) if !d.is_zero() && d < MIN_INTERVAL => {
+                self.at(
+                    s.span(),
+                    format!("{key}: must be \"0\" (off) or at least 100ms"),
+                );
+                default
+            }
+            _ => d,
+        }
+    }
+
     /// A size in `[min, max]`; a value outside is an error, not clamped.
     pub(super) fn size_in(
         &mut self,
@@ -323,6 +355,9 @@ impl Ctx<'_> {
 }
 
 /// `n` bytes in the config's units: `8KiB`, `16MiB`, or `100B`.
+/// The shortest ping interval ([`Ctx::interval_or_off`]).
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
 pub(super) fn human_size(n: u64) -> String {
     match n {
         0 => "0B".into(),

@@ -189,11 +189,17 @@ pub(super) fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
     let d = EchoFile::default();
     let e = e.unwrap_or(&d);
     EchoConfig {
-        max_message_size: cx
-            .size(&e.max_message_size, "app.echo.max_message_size", 16 << 20)
-            .max(1),
+        max_message_size: cx.positive_size(
+            &e.max_message_size,
+            "app.echo.max_message_size",
+            16 << 20,
+        ),
         compression: e.compression.unwrap_or(true),
-        ping_interval: cx.duration(&e.ping_interval, "app.echo.ping_interval", Duration::ZERO),
+        ping_interval: cx.interval_or_off(
+            &e.ping_interval,
+            "app.echo.ping_interval",
+            Duration::ZERO,
+        ),
         idle_timeout: cx.positive_duration(
             &e.idle_timeout,
             "app.echo.idle_timeout",
@@ -228,17 +234,17 @@ pub(super) fn chat(
         ) as usize,
         history: cx.int(&c.history, "app.chat.history", 100, 0, 100_000) as usize,
         history_ttl: cx.duration(&c.history_ttl, "app.chat.history_ttl", Duration::ZERO),
-        history_memory: cx
-            .size(
-                &c.history_memory,
-                "app.chat.history_memory",
-                256 * 1024 * 1024,
-            )
-            .max(1),
-        max_message_size: cx
-            .size(&c.max_message_size, "app.chat.max_message_size", 64 * 1024)
-            .max(1),
-        ping_interval: cx.duration(
+        history_memory: cx.positive_size(
+            &c.history_memory,
+            "app.chat.history_memory",
+            256 * 1024 * 1024,
+        ),
+        max_message_size: cx.positive_size(
+            &c.max_message_size,
+            "app.chat.max_message_size",
+            64 * 1024,
+        ),
+        ping_interval: cx.interval_or_off(
             &c.ping_interval,
             "app.chat.ping_interval",
             Duration::from_secs(30),

@@ -101,6 +101,20 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         healthy: cx.int(&h.healthy, &k("health.healthy"), 2, 1, 1000) as u32,
         unhealthy: cx.int(&h.unhealthy, &k("health.unhealthy"), 3, 1, 1000) as u32,
     });
+    let size = inspected(
+        cx,
+        &u.ws_max_message_size,
+        &k("ws_max_message_size"),
+        u.ws_inspect,
+    );
+    let ws_max_message_size = cx.positive_size(&size, &k("ws_max_message_size"), 16 << 20);
+    let ping = inspected(
+        cx,
+        &u.ws_ping_interval,
+        &k("ws_ping_interval"),
+        u.ws_inspect,
+    );
+    let ws_ping_interval = cx.interval_or_off(&ping, &k("ws_ping_interval"), Duration::ZERO);
     UpstreamConfig {
         name: name.to_string(),
         servers,
@@ -131,8 +145,8 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         retries: cx.int(&u.retries, &k("retries"), 1, 0, 10) as u32,
         health,
         ws_inspect: u.ws_inspect.unwrap_or(false),
-        ws_max_message_size: cx.size(&u.ws_max_message_size, &k("ws_max_message_size"), 16 << 20),
-        ws_ping_interval: cx.duration(&u.ws_ping_interval, &k("ws_ping_interval"), Duration::ZERO),
+        ws_max_message_size,
+        ws_ping_interval,
         ws_message_rate: crate::config::limits::ws_message_rate(
             cx,
             u.ws_message_rate.as_ref(),
@@ -141,6 +155,22 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
         ),
         tls,
         protocol,
+    }
+}
+
+/// A message setting's value, or an error when the splice would not see
+/// messages to apply it to (as for `ws_message_rate`): accepted silently, a
+/// 1 KiB limit or a ping interval read as in force while nothing applied it.
+fn inspected(cx: &mut Ctx, v: &Option<SStr>, key: &str, inspect: Option<bool>) -> Option<SStr> {
+    match v {
+        Some(s) if inspect != Some(true) => {
+            cx.at(
+                s.span(),
+                format!("{key}: needs ws_inspect = true (a byte splice does not see messages)"),
+            );
+            None
+        }
+        _ => v.clone(),
     }
 }
 
