@@ -30,7 +30,7 @@ use crate::body::{Body, BoxError};
 use crate::config::{RouteConfig, UpstreamProtocol};
 use crate::ctx::ConnCtx;
 use crate::metrics::{Metrics, UpstreamServerStatus};
-use crate::upstream::conns::{Release, SendError};
+use crate::upstream::conns::{ConnPool, Release, SendError};
 use crate::upstream::{Backend, InflightGuard, Pool, Tried};
 
 /// What forwarding a request needs besides the pool and the request.
@@ -92,12 +92,13 @@ pub async fn forward(
     );
     set_client_cert(&mut parts.headers, ctx.client_cert.as_deref());
     notes.apply(&mut parts.headers);
-    // Only a request without a body can be sent again: a streamed body is gone
-    // once the first attempt consumed it.
+    // Only a request without a body can be sent again once a server had it:
+    // a streamed body is gone once an attempt consumed it. Any request moves
+    // on when no connection could be made (its body unread).
     let bodiless = body.is_end_stream();
     let replayable = is_idempotent(&parts.method) && bodiless;
     // After `tried` attempts, may another one be made?
-    let retry_allowed = |tried: usize| replayable && tried <= pool.cfg.retries as usize;
+    let retry_allowed = |tried: usize| tried <= pool.cfg.retries as usize;
     // A failure reading the client's body is the client's, not the upstream's:
     // remembered here so the attempt's error can be told apart.
     let client_fault = ClientFault::new(!bodiless);
@@ -129,7 +130,8 @@ pub async fn forward(
         let this_body = body.take().unwrap_or_else(crate::body::empty);
         // Cloning the head (every header value) only pays when another attempt
         // can follow: within the retry budget and with a server left to try.
-        let may_retry = retry_allowed(tried.len()) && tried.len() < pool.backends().len();
+        let may_retry =
+            replayable && retry_allowed(tried.len()) && tried.len() < pool.backends().len();
         let head = if may_retry {
             parts.clone()
         } else {
@@ -138,7 +140,8 @@ pub async fn forward(
         let mut up = Request::from_parts(head, this_body);
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
-        if !up.headers().contains_key(header::HOST) {
+        let host_added = !up.headers().contains_key(header::HOST);
+        if host_added {
             // HTTP/1.1 requires one; a client without a host gets the server's.
             if let Ok(h) = HeaderValue::from_str(&backend.addr) {
                 up.headers_mut().insert(header::HOST, h);
@@ -148,17 +151,27 @@ pub async fn forward(
         // (nginx's $upstream_addr).
         *served_by = Some(backend.addr.clone());
         let limit = pool.cfg.response_timeout;
-        let attempt = match client_fault.progress() {
-            None => tokio::time::timeout(limit, backend.conns.send(up))
+        let attempt = if replayable {
+            tokio::time::timeout(limit, backend.conns.send(up))
                 .await
-                .ok(),
-            // From the body's last frame the upstream took (nginx starts
-            // its read timeout once the request is sent). Boxed: in place,
-            // its state (the exchange's, and a timer) would size every
-            // request's future, and each move of it (+8 k instructions of
-            // copying per new WebSocket, callgrind S5), bodiless or not.
-            Some(progress) => {
-                Box::pin(upload::within(limit, progress, backend.conns.send(up))).await
+                .ok()
+        } else {
+            // Boxed: in place, its state (the exchange's, and a timer) would
+            // size every request's future, and each move of it (+8 k
+            // instructions of copying per new WebSocket, callgrind S5).
+            let conns = &backend.conns;
+            match Box::pin(send_once(limit, client_fault.progress(), conns, up)).await {
+                Some(Err((e, Some(back)))) => {
+                    // No connection: the request is whole, for another server.
+                    let (mut head, unread) = back.into_parts();
+                    if host_added {
+                        head.headers.remove(header::HOST);
+                    }
+                    parts = head;
+                    body = Some(unread);
+                    Some(Err(e))
+                }
+                other => other.map(|r| r.map_err(|(e, _)| e)),
             }
         };
         let (err, resendable) = match attempt {
@@ -187,7 +200,7 @@ pub async fn forward(
                 return Err(client_fault.get().unwrap_or(ProxyError::ClientAborted));
             }
             Some(Err(e)) => {
-                let resendable = e.nothing_received();
+                let resendable = e.nothing_received() && (replayable || body.is_some());
                 let addr = backend.addr.to_string();
                 let err = match e {
                     SendError::ConnectTimeout => ProxyError::UpstreamTimeout(addr),
@@ -212,6 +225,24 @@ pub async fn forward(
             return Err(err);
         }
         last_err = Some(err);
+    }
+}
+
+/// One attempt at a request that cannot be sent twice, within
+/// `response_timeout`: for a request with a body counted from the body's
+/// last frame the upstream took (`progress`; nginx starts its read timeout
+/// once the request is sent). `None` when it ran out; the request comes back
+/// with the error when no connection could be made.
+async fn send_once(
+    limit: Duration,
+    progress: Option<&upload::Progress>,
+    conns: &std::sync::Arc<ConnPool>,
+    up: Request<Body>,
+) -> Option<Result<Response<Release>, (SendError, Option<Request<Body>>)>> {
+    let send = conns.send_returning(up);
+    match progress {
+        None => tokio::time::timeout(limit, send).await.ok(),
+        Some(progress) => upload::within(limit, progress, send).await,
     }
 }
 

@@ -74,6 +74,17 @@ pub enum ExchangeError {
     Short(u64),
 }
 
+fn h2_error(f: H2Failure) -> SendError {
+    match f {
+        H2Failure::Dial(e) => SendError::from(e),
+        H2Failure::Handshake(e) => SendError::Handshake(e),
+        H2Failure::Exchange(source) => SendError::Exchange {
+            source: source.into(),
+            response_started: true,
+        },
+    }
+}
+
 impl From<DialError> for SendError {
     fn from(e: DialError) -> Self {
         match e {
@@ -176,14 +187,7 @@ impl ConnPool {
         if let Some(h2) = &self.h2 {
             let resp = Box::pin(h2.send(&self.dialer, req))
                 .await
-                .map_err(|f| match f {
-                    H2Failure::Dial(e) => SendError::from(e),
-                    H2Failure::Handshake(e) => SendError::Handshake(e),
-                    H2Failure::Exchange(source) => SendError::Exchange {
-                        source: source.into(),
-                        response_started: true,
-                    },
-                })?;
+                .map_err(h2_error)?;
             // Nothing to give back but the stream's place: the connection is
             // shared, not checked out.
             let (resp, slot) = resp;
@@ -196,6 +200,40 @@ impl ConnPool {
             Some(c) => c,
             None => Box::pin(self.connect()).await?,
         };
+        self.exchange(conn, req).await
+    }
+
+    /// [`Self::send`] for a request whose body can be read once: when no
+    /// connection to the server could be made, the request comes back
+    /// unread with the error, for another server (nginx and HAProxy move
+    /// any request on a connect failure). Once handed to a connection it
+    /// does not come back.
+    pub async fn send_returning(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<Response<Release>, (SendError, Option<Request<Body>>)> {
+        if let Some(h2) = &self.h2 {
+            if let Err(f) = h2.ready(&self.dialer).await {
+                return Err((h2_error(f), Some(req)));
+            }
+            return self.send(req).await.map_err(|e| (e, None));
+        }
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return Err((e, Some(req))),
+            },
+        };
+        self.exchange(conn, req).await.map_err(|e| (e, None))
+    }
+
+    /// One exchange on an HTTP/1.1 connection of this pool's.
+    async fn exchange(
+        self: &Arc<Self>,
+        conn: h1::Conn,
+        req: Request<Body>,
+    ) -> Result<Response<Release>, SendError> {
         match conn.send(req).await {
             Ok(resp) => Ok(resp.map(|body| Release {
                 body: Inner::H1(body),

@@ -120,6 +120,13 @@ impl H2Conn {
         }
     }
 
+    /// Makes sure a connection is open (dialling one if none is), without
+    /// sending anything: a request with a body waits on this first, so that
+    /// a server it cannot reach leaves its body unread for another.
+    pub async fn ready(&self, dialer: &Dialer) -> Result<(), H2Failure> {
+        self.sender(dialer).await.map(drop)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }

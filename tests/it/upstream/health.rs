@@ -13,7 +13,8 @@ use super::{
     addrs, api, backend_of, gateway, half_response_upstream, is_up, pool, req, server, ws_close,
     ws_open, Upstream,
 };
-use crate::common::{dead_addr, eventually, get, send, WAIT};
+use crate::common::{body_summing_upstream, dead_addr, eventually, get, send, WAIT};
+use std::net::SocketAddr;
 
 // ---------------------------------------------------------------------------
 // Health.
@@ -210,8 +211,12 @@ async fn idempotent_requests_are_retried_around_a_refused_server() {
     }
 }
 
+/// Any request moves to the next server when no connection could be made:
+/// nothing reached the server, and its body is still unread (nginx and
+/// HAProxy do the same). Before, a POST or a request with a body got the
+/// connect error (a 502 for every such request during a rolling restart).
 #[tokio::test]
-async fn requests_with_a_body_or_unsafe_methods_are_not_retried() {
+async fn any_request_moves_on_when_the_connect_fails() {
     let a = Upstream::start("a").await;
     let dead = dead_addr().await;
     let gw = gateway(
@@ -227,6 +232,64 @@ async fn requests_with_a_body_or_unsafe_methods_are_not_retried() {
         ("PATCH", ""),
     ] {
         let before = a.hits();
+        for _ in 0..4 {
+            let r = send(gw.http(), req(method, "/", &[], body)).await;
+            assert_eq!(r.status, StatusCode::OK, "{method} {body:?}: {}", r.text());
+        }
+        assert_eq!(a.hits() - before, 4, "{method} with {body:?}");
+    }
+    // The body arrives whole at the server that takes it.
+    let summing = body_summing_upstream().await;
+    let gw = gateway(api(&[dead, summing]).set("upstream.api.max_fails", 0)).await;
+    let sum: u64 = b"payload".iter().map(|b| u64::from(*b)).sum();
+    for _ in 0..2 {
+        let r = send(gw.http(), req("POST", "/", &[], "payload")).await;
+        assert_eq!(r.text(), format!("7 {sum} None"));
+    }
+}
+
+/// A server that reads each request head and closes without a word.
+async fn hanging_up_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Once a server had the request, only an idempotent bodiless one is sent
+/// again: the server may have acted on it, and a streamed body is gone.
+#[tokio::test]
+async fn requests_with_a_body_or_unsafe_methods_are_not_resent_once_a_server_had_them() {
+    let a = Upstream::start("a").await;
+    let hangs_up = hanging_up_upstream().await;
+    let gw = gateway(
+        api(&[hangs_up, a.addr])
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 3),
+    )
+    .await;
+    for (method, body, resent) in [
+        ("GET", "", true),
+        ("POST", "payload", false),
+        ("PUT", "payload", false),
+        ("POST", "", false),
+        ("PATCH", "", false),
+    ] {
+        let before = a.hits();
         let mut failed = 0;
         for _ in 0..4 {
             let r = send(gw.http(), req(method, "/", &[], body)).await;
@@ -236,10 +299,11 @@ async fn requests_with_a_body_or_unsafe_methods_are_not_retried() {
                 assert_eq!(r.status, StatusCode::OK);
             }
         }
-        // Round robin alternates: half of them went to the dead server and
-        // stayed failed; the others reached `a` exactly once each.
-        assert_eq!(failed, 2, "{method} with {body:?}");
-        assert_eq!(a.hits() - before, 2, "{method} with {body:?}");
+        // Round robin alternates: half of them went to the server that hung
+        // up and, unless resent, stayed failed; `a` saw each request once.
+        let (want_failed, want_hits) = if resent { (0, 4) } else { (2, 2) };
+        assert_eq!(failed, want_failed, "{method} with {body:?}");
+        assert_eq!(a.hits() - before, want_hits, "{method} with {body:?}");
     }
 }
 
