@@ -53,8 +53,11 @@ pub fn describe_rustls(e: &Error) -> String {
 /// others it prints with `Debug`, and webpki's own reasons (`Other`) too.
 fn certificate(c: &CertificateError) -> String {
     match c {
-        CertificateError::NotValidForNameContext { .. }
-        | CertificateError::ExpiredContext { .. }
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => not_valid_for(&expected.to_str(), presented),
+        CertificateError::ExpiredContext { .. }
         | CertificateError::NotValidYetContext { .. }
         | CertificateError::ExpiredRevocationListContext { .. }
         | CertificateError::InvalidPurposeContext { .. } => c.to_string(),
@@ -62,6 +65,27 @@ fn certificate(c: &CertificateError) -> String {
         CertificateError::Other(other) => words(&other.to_string()),
         other => words(&format!("{other:?}")),
     }
+}
+
+/// A name mismatch. rustls lists the certificate's names as webpki prints
+/// them, with `Debug` (`DnsName("localhost")`, `IpAddress(127.0.0.1)`).
+fn not_valid_for(expected: &str, presented: &[String]) -> String {
+    let names: Vec<&str> = presented.iter().map(|n| name_of(n)).collect();
+    if names.is_empty() {
+        format!("not valid for \"{expected}\"; it names no host")
+    } else {
+        format!(
+            "not valid for \"{expected}\"; it is valid for {}",
+            names.join(", ")
+        )
+    }
+}
+
+fn name_of(debug: &str) -> &str {
+    let unwrap = |prefix: &str, suffix: &str| debug.strip_prefix(prefix)?.strip_suffix(suffix);
+    unwrap("DnsName(\"", "\")")
+        .or_else(|| unwrap("IpAddress(", ")"))
+        .unwrap_or(debug)
 }
 
 /// A bare identifier (`CaUsedAsEndEntity`, `UnknownCA`) as lowercase words
@@ -130,6 +154,24 @@ mod tests {
         assert_eq!(
             describe(&wrapped(Error::AlertReceived(AlertDescription::UnknownCA))),
             "the peer sent alert: unknown ca"
+        );
+    }
+
+    #[test]
+    fn a_name_mismatch_lists_the_names_as_words() {
+        let mismatch = |presented: &[&str]| CertificateError::NotValidForNameContext {
+            expected: rustls::pki_types::ServerName::try_from("api.internal").unwrap(),
+            presented: presented.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            describe(&wrapped(
+                mismatch(&["DnsName(\"localhost\")", "IpAddress(127.0.0.1)"]).into()
+            )),
+            "certificate refused: not valid for \"api.internal\"; it is valid for localhost, 127.0.0.1"
+        );
+        assert_eq!(
+            describe(&wrapped(mismatch(&[]).into())),
+            "certificate refused: not valid for \"api.internal\"; it names no host"
         );
     }
 
