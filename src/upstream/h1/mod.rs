@@ -58,6 +58,8 @@ pub enum Error {
     Parse(#[from] httparse::Error),
     #[error("invalid response header")]
     Header,
+    #[error("more than {} interim (1xx) responses", response::MAX_INTERIM)]
+    TooManyInterim,
     #[error("invalid Content-Length in the response")]
     ContentLength,
     #[error("invalid chunked body: {0}")]

@@ -14,6 +14,10 @@ use crate::fields::{connection_has, last_coding_is_chunked};
 pub const MAX_HEAD: usize = 64 * 1024;
 /// At most this many header fields (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Interim answers taken before the final one: a `100 Continue` and a few
+/// `103 Early Hints` are all a server has reason to send; a stream of them
+/// would otherwise cost CPU until `response_timeout`.
+pub const MAX_INTERIM: usize = 32;
 
 /// Reads the final response head (interim `1xx` ones are skipped; a `101` is
 /// final and has no body). `started` turns true at the first byte read.
@@ -22,10 +26,15 @@ pub async fn read_head(
     head_only: bool,
     started: &mut bool,
 ) -> Result<(http::response::Parts, Decoder, bool), Error> {
+    let mut interim = 0;
     loop {
         if let Some(head) = parse(conn)? {
             let status = head.status;
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(Error::TooManyInterim);
+                }
                 continue;
             }
             return finish(head, head_only);
@@ -133,6 +142,9 @@ fn finish(
         // Transfer-Encoding wins over Content-Length, which must then go: the
         // client side frames the decoded body again (§6.3 point 3).
         head.headers.remove(header::CONTENT_LENGTH);
+        // HTTP/1.0 has no Transfer-Encoding: its framing is faulty, and the
+        // connection is closed after this message (RFC 9112 §6.1).
+        keep_alive &= head.version != Version::HTTP_10;
         if last_coding_is_chunked(&head.headers) {
             Decoder::chunked()
         } else {

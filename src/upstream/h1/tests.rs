@@ -104,6 +104,25 @@ async fn interim_answers_are_skipped_and_chunked_wins_over_length() {
 }
 
 #[tokio::test]
+async fn a_stream_of_interim_answers_is_cut_off() {
+    const EARLY: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+    static MANY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut out = EARLY.repeat(response::MAX_INTERIM + 1);
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        out
+    });
+    let (addr, _server) = scripted(&MANY, false).await;
+    let e = conn(&addr).await.send(get(Method::GET)).await.unwrap_err();
+    assert!(matches!(e.error, Error::TooManyInterim), "{:?}", e.error);
+    let mut fine = EARLY.repeat(response::MAX_INTERIM);
+    fine.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let fine: &'static [u8] = fine.leak();
+    let (addr, _server) = scripted(fine, false).await;
+    let resp = conn(&addr).await.send(get(Method::GET)).await.unwrap();
+    assert_eq!(resp.status(), 204);
+}
+
+#[tokio::test]
 async fn head_answers_have_no_body_whatever_their_length() {
     let (addr, _server) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", false).await;
     let resp = conn(&addr).await.send(get(Method::HEAD)).await.unwrap();
@@ -123,6 +142,26 @@ async fn a_body_up_to_the_close_is_read_whole_and_the_connection_retired() {
         data.extend_from_slice(&f.unwrap().into_data().unwrap());
     }
     assert_eq!(data, b"bye now");
+    assert!(body.take_conn().is_none());
+}
+
+/// HTTP/1.0 has no Transfer-Encoding: such a message's framing is faulty,
+/// so its chunked body is read but the connection is not kept, even when it
+/// asked to be (RFC 9112 §6.1).
+#[tokio::test]
+async fn an_http10_chunked_answer_is_read_and_its_connection_retired() {
+    let (addr, _server) = scripted(
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let resp = conn(&addr).await.send(get(Method::GET)).await.unwrap();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(f) = body.frame().await {
+        data.extend_from_slice(&f.unwrap().into_data().unwrap());
+    }
+    assert_eq!(data, b"abc");
     assert!(body.take_conn().is_none());
 }
 
