@@ -43,9 +43,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("size {s:?} does not start with a whole number (e.g. \"64KiB\", \"16MiB\")")
-    })?;
+    let n: u64 = match num.parse() {
+        Ok(n) => n,
+        Err(_) if !num.is_empty() => return Err(format!("size {s:?} is too large")),
+        Err(_) => {
+            return Err(format!(
+                "size {s:?} does not start with a whole number (e.g. \"64KiB\", \"16MiB\")"
+            ))
+        }
+    };
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "k" => 1 << 10,
@@ -90,5 +96,12 @@ mod tests {
         assert!(parse_size("1.5MiB").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999999GiB").is_err());
+        assert_eq!(
+            parse_size("99999999999999999999GiB").unwrap_err(),
+            "size \"99999999999999999999GiB\" is too large"
+        );
+        assert!(parse_size("lots")
+            .unwrap_err()
+            .contains("does not start with a whole number"));
     }
 }

@@ -147,10 +147,12 @@ pub(super) async fn history(
     grants.check_room(&room)?;
     let limit = match query_param(req.uri(), "limit") {
         None => DEFAULT_HISTORY_LIMIT,
-        Some(l) => l.parse::<usize>().map_err(|_| ChatError::BadField {
-            field: "limit",
-            why: "must be a whole number >= 0",
-        })?,
+        Some(l) => super::whole_number(&l)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or(ChatError::BadField {
+                field: "limit",
+                why: "must be a whole number >= 0",
+            })?,
     };
     let messages = chat
         .hub

@@ -61,6 +61,16 @@ pub(super) fn query_param(uri: &Uri, key: &str) -> Option<String> {
     })
 }
 
+/// A whole number given as decimal digits; one too large for a `u64` is
+/// the largest, since every such parameter (`limit`, `timeout`) is capped
+/// anyway: a client asking for "as many as there are" gets them.
+pub(super) fn whole_number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().unwrap_or(u64::MAX))
+}
+
 /// `?user=`: validated when present, a made-up `guest-…` name when absent.
 pub(super) fn user_or_guest(uri: &Uri) -> Result<UserName, ChatError> {
     match query_param(uri, "user") {

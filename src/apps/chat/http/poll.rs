@@ -251,7 +251,7 @@ pub(super) async fn poll(
         .transpose()?;
     let wait = match query_param(uri, "timeout") {
         None => POLL_WAIT,
-        Some(t) => t.parse::<u64>().map_err(|_| ChatError::BadField {
+        Some(t) => super::whole_number(&t).ok_or(ChatError::BadField {
             field: "timeout",
             why: "must be whole seconds",
         })?,

@@ -30,3 +30,12 @@ fn tokens() {
     assert!(!token_matches("s3cret", "s3cre"));
     assert!(!token_matches("", "x"));
 }
+
+#[test]
+fn whole_numbers_too_large_are_the_largest() {
+    assert_eq!(whole_number("42"), Some(42));
+    assert_eq!(whole_number("99999999999999999999"), Some(u64::MAX));
+    for bad in ["", "-1", "1.5", " 1", "+1", "x"] {
+        assert_eq!(whole_number(bad), None, "{bad:?}");
+    }
+}
