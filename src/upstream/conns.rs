@@ -200,7 +200,16 @@ impl ConnPool {
             Some(c) => c,
             None => Box::pin(self.connect()).await?,
         };
-        self.exchange(conn, req).await
+        match conn.send(req).await {
+            Ok(resp) => Ok(resp.map(|body| Release {
+                body: Inner::H1(body),
+                home: Some(self.clone()),
+            })),
+            Err(f) => Err(SendError::Exchange {
+                source: f.error.into(),
+                response_started: f.response_started,
+            }),
+        }
     }
 
     /// [`Self::send`] for a request whose body can be read once: when no
@@ -212,38 +221,20 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, (SendError, Option<Request<Body>>)> {
-        if let Some(h2) = &self.h2 {
-            if let Err(f) = h2.ready(&self.dialer).await {
-                return Err((h2_error(f), Some(req)));
-            }
-            return self.send(req).await.map_err(|e| (e, None));
-        }
-        let conn = match self.take_idle() {
-            Some(c) => c,
-            None => match self.connect().await {
-                Ok(c) => c,
-                Err(e) => return Err((e, Some(req))),
-            },
+        // A connection is made sure of first, then `send` takes it: `send`
+        // stays the one caller of the exchange, which keeps its inlining on
+        // every proxied request's path. (An idle connection found closed, or
+        // one another request took meanwhile, is dialled by `send`, whose
+        // failure then keeps the request.)
+        let ready = match &self.h2 {
+            Some(h2) => h2.ready(&self.dialer).await.map_err(h2_error),
+            None if self.idle_count() == 0 => self.connect().await.map(|c| self.put(c)),
+            None => Ok(()),
         };
-        self.exchange(conn, req).await.map_err(|e| (e, None))
-    }
-
-    /// One exchange on an HTTP/1.1 connection of this pool's.
-    async fn exchange(
-        self: &Arc<Self>,
-        conn: h1::Conn,
-        req: Request<Body>,
-    ) -> Result<Response<Release>, SendError> {
-        match conn.send(req).await {
-            Ok(resp) => Ok(resp.map(|body| Release {
-                body: Inner::H1(body),
-                home: Some(self.clone()),
-            })),
-            Err(f) => Err(SendError::Exchange {
-                source: f.error.into(),
-                response_started: f.response_started,
-            }),
+        if let Err(e) = ready {
+            return Err((e, Some(req)));
         }
+        self.send(req).await.map_err(|e| (e, None))
     }
 
     /// The most recently used idle connection that is still open.
