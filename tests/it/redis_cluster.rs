@@ -321,6 +321,25 @@ fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
 /// reshard` does: IMPORTING and MIGRATING, its keys migrated, then the slot
 /// assigned on every master.
 async fn move_slot(cluster: &RedisCluster, slot: i64, src: u16, dst: u16) {
+    let did = migrate_keys(slot, src, dst).await;
+    for port in cluster.masters().await {
+        let mut c = common::redis_cluster::connect(port).await;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&did)
+            .query_async::<()>(&mut c)
+            .await
+            .expect("CLUSTER SETSLOT");
+    }
+}
+
+/// The first half of a slot's move, as `redis-cli --cluster reshard` does
+/// it: `slot` importing on `dst`, migrating on `src`, and every key of it
+/// moved; the slot still belongs to `src`, which answers `ASK` for it.
+/// Returns `dst`'s node id.
+async fn migrate_keys(slot: i64, src: u16, dst: u16) -> String {
     let mut s = common::redis_cluster::connect(src).await;
     let mut d = common::redis_cluster::connect(dst).await;
     let id = |c: &mut redis::aio::MultiplexedConnection| {
@@ -372,10 +391,7 @@ async fn move_slot(cluster: &RedisCluster, slot: i64, src: u16, dst: u16) {
             .await
             .expect("MIGRATE");
     }
-    for port in cluster.masters().await {
-        let mut c = common::redis_cluster::connect(port).await;
-        setslot(&mut c, "NODE", did.clone()).await;
-    }
+    did
 }
 
 /// A room whose slot moves to another shard keeps its subscribers: Redis
@@ -436,4 +452,75 @@ async fn a_room_moved_to_another_shard_keeps_its_subscribers() {
         }
         i += 1;
     }
+}
+
+/// While a room's slot is being migrated (every key moved, the slot not
+/// yet handed over: the old shard answers `ASK`), sending goes on: each
+/// message is stored on the new shard with the next id, nothing is refused
+/// and both nodes stay ready. Once the slot is handed over, history has
+/// them all. (Members on another node miss them live meanwhile: they are
+/// published on the new shard, where no node is subscribed until the
+/// handover; docs/cluster.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_taking_messages_while_its_slot_migrates() {
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (node("ka", &cluster).await, node("kb", &cluster).await);
+    let mut alice = Client::new(a.http(), "alice").await;
+    alice.join("lobby").await;
+    let mut carol = Client::new(b.http(), "carol").await;
+    carol.join("lobby").await;
+    alice.msg("lobby", "before").await;
+    carol.recv_until("before", |v| is_msg(v, "before")).await;
+    let src = cluster.master_of("{lobby}").await;
+    let masters = cluster.masters().await;
+    let dst = *masters.iter().find(|p| **p != src).expect("another master");
+    let mut c = common::redis_cluster::connect(src).await;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{lobby}")
+        .query_async(&mut c)
+        .await
+        .expect("KEYSLOT");
+    let did = migrate_keys(slot, src, dst).await;
+    for i in 0..10 {
+        alice.msg("lobby", &format!("during {i}")).await;
+        let v = alice
+            .recv_until("her message back", |v| {
+                v["type"] == "error" || v["text"].as_str().is_some_and(|t| t.starts_with("during"))
+            })
+            .await;
+        assert_eq!(v["text"], format!("during {i}"), "{v}");
+        assert_eq!(v["id"], i + 2, "ids go on: {v}");
+    }
+    for admin in [a.admin(), b.admin()] {
+        let r = get(admin, "/readyz").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    for port in masters {
+        let mut c = common::redis_cluster::connect(port).await;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&did)
+            .query_async::<()>(&mut c)
+            .await
+            .expect("CLUSTER SETSLOT");
+    }
+    carol
+        .send(json!({"type":"history","room":"lobby","limit":20}))
+        .await;
+    let h = carol
+        .recv_until("history", |v| v["type"] == "history")
+        .await;
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    let want: Vec<String> = std::iter::once("before".to_string())
+        .chain((0..10).map(|i| format!("during {i}")))
+        .collect();
+    assert_eq!(texts, want);
 }
