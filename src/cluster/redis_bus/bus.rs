@@ -133,7 +133,7 @@ impl RedisBus {
         Ok(out)
     }
 
-    async fn history_now(
+    pub(super) async fn history_now(
         &self,
         room: RoomName,
         after: u64,

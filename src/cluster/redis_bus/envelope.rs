@@ -60,6 +60,17 @@ pub(super) fn split_at_id(msg: &ChatMessage) -> Result<(String, String), Cluster
 }
 
 impl RedisBus {
+    /// `msg` to this node's members of its room, unless it is the message
+    /// delivered there last.
+    fn deliver(&self, sink: &dyn crate::apps::chat::bus::Deliver, msg: &ChatMessage) {
+        if !self.first_delivery(msg) {
+            return;
+        }
+        if let Ok(ev) = Event::msg(msg) {
+            sink.to_room(&msg.room, &ev);
+        }
+    }
+
     pub(super) fn presence_envelope(
         &self,
         origin: &str,
@@ -90,7 +101,9 @@ impl RedisBus {
             match push.kind {
                 PushKind::Message | PushKind::SMessage => {
                     if let Some(Value::BulkString(payload)) = push.data.get(1) {
-                        self.on_envelope(payload);
+                        // Awaited here: a gap's fill goes out before the
+                        // messages behind it.
+                        self.on_envelope(payload).await;
                     }
                 }
                 PushKind::Disconnection => self.set_down(&"connection closed"),
@@ -113,7 +126,7 @@ impl RedisBus {
         }
     }
 
-    pub(super) fn on_envelope(&self, payload: &[u8]) {
+    pub(super) async fn on_envelope(&self, payload: &[u8]) {
         let env: Envelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -132,12 +145,16 @@ impl RedisBus {
         match env {
             Envelope::Msg { o, l, msg } => {
                 self.note_id(&msg.room, msg.id);
-                if (l && *o == *self.instance) || !self.first_delivery(&msg) {
+                if l && *o == *self.instance {
+                    // Delivered at once when it was sent: noted again here,
+                    // in channel order, so it is not taken for missed.
+                    self.first_delivery(&msg);
                     return;
                 }
-                if let Ok(ev) = Event::msg(&msg) {
-                    sink.to_room(&msg.room, &ev);
+                for missed in self.missed_before(&msg).await {
+                    self.deliver(&*sink, &missed);
                 }
+                self.deliver(&*sink, &msg);
             }
             Envelope::Presence { o, p } => {
                 if *o == *self.instance {

@@ -72,6 +72,10 @@ impl Mirror {
                 *n -= 1;
                 if *n == 0 {
                     self.room_counts.remove(room);
+                    // Nobody here to have missed anything: a member who
+                    // joins later starts from the room's next message,
+                    // not from a gap since this one left.
+                    self.delivered.remove(room);
                 }
             }
         }

@@ -31,6 +31,7 @@
 
 mod bus;
 mod envelope;
+mod gap;
 mod liveness;
 mod mirror;
 mod publish;

@@ -75,12 +75,12 @@ async fn a_room_message_received_twice_is_delivered_once() {
         )
     };
     let delivered = || count.0.load(std::sync::atomic::Ordering::SeqCst);
-    bus.on_envelope(env(5, 100).as_bytes());
-    bus.on_envelope(env(5, 100).as_bytes());
+    bus.on_envelope(env(5, 100).as_bytes()).await;
+    bus.on_envelope(env(5, 100).as_bytes()).await;
     assert_eq!(delivered(), 1);
-    bus.on_envelope(env(6, 101).as_bytes());
+    bus.on_envelope(env(6, 101).as_bytes()).await;
     assert_eq!(delivered(), 2);
-    bus.on_envelope(env(1, 200).as_bytes());
+    bus.on_envelope(env(1, 200).as_bytes()).await;
     assert_eq!(delivered(), 3);
     stop.cancel();
 }
