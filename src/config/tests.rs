@@ -361,6 +361,11 @@ fn message_settings_of_a_byte_splice_and_zero_sizes_are_refused() {
         "{base}ws_inspect = true\nws_max_message_size = \"1KiB\"\nws_ping_interval = \"0\"\n"
     );
     assert!(parse(Path::new("t.toml"), &ok).is_ok());
+    let off = format!("{base}ws_ping_interval = \"0\"\n");
+    assert!(
+        parse(Path::new("t.toml"), &off).is_ok(),
+        "pings off need no inspection"
+    );
     let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
     for (app, key) in [
         ("echo", "max_message_size"),

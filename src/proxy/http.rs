@@ -4,11 +4,14 @@
 //! server; this sets the sealed cookie on the response), passive health reports
 //! and safe retries.
 //!
-//! A failed attempt is retried only when all of these hold: the method is
-//! idempotent, the request has no body (a streamed body cannot be replayed), no
-//! byte of a response had arrived ([`SendError::nothing_received`]), the response timeout
-//! did not fire (the server may still be working on it), a server not yet tried
-//! is usable, and fewer than `retries` retries were made.
+//! A request whose connection could not be made goes to another server,
+//! whatever its method or body (nothing of it was sent; its body is unread).
+//! Once sent, a failed attempt is retried only when all of these hold: the
+//! method is idempotent, the request has no body (a streamed body cannot be
+//! replayed), no byte of a response had arrived
+//! ([`SendError::nothing_received`]), the response timeout did not fire (the
+//! server may still be working on it). Either way a server not yet tried
+//! must be usable, and fewer than `retries` retries made.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -169,6 +172,9 @@ pub async fn forward(
                     }
                     parts = head;
                     body = Some(unread);
+                    // The next attempt's response_timeout counts from now,
+                    // not from this one's start.
+                    client_fault.mark_progress();
                     Some(Err(e))
                 }
                 other => other.map(|r| r.map_err(|(e, _)| e)),

@@ -233,11 +233,13 @@ impl Tunnel<'_> {
                     pool.report_success(choice.backend);
                     break (choice, relayed, stream, accept);
                 }
-                // An answer, not a failure: the client hears it, as from any
-                // server it reached.
-                Ok(Attempt::Refused(resp)) => {
-                    pool.report_success(choice.backend);
-                    return Ok(resp);
+                // An answer, not a failure, even when it cannot be relayed:
+                // the client hears it, as from any server it reached.
+                Ok(Attempt::Refused(answer)) => {
+                    if answer.is_ok() {
+                        pool.report_success(choice.backend);
+                    }
+                    return answer;
                 }
                 Err(e) => {
                     // The server saw the handshake: it answered, or failed, itself.
@@ -360,8 +362,9 @@ enum Attempt {
     /// The fields the 101 relays, the upgraded stream, and the accept value
     /// of the key sent.
     Upgraded(Relayed, Rewind, String),
-    /// The server answered with another status: the client's answer.
-    Refused(Response<Body>),
+    /// The server answered with another status: the client's answer, or
+    /// why it could not be relayed.
+    Refused(Result<Response<Body>, ProxyError>),
 }
 
 /// The upstream side of one tunnel attempt.
@@ -394,11 +397,9 @@ impl Upstream<'_> {
         let head = self.request(req, &key);
         let expected = accept_key(key.as_bytes());
         let addr = || self.backend.addr.to_string();
-        match tokio::time::timeout(
-            self.cfg.response_timeout,
-            ws_upstream::handshake(stream, &head, &expected),
-        )
-        .await
+        let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
+        match tokio::time::timeout_at(deadline, ws_upstream::handshake(stream, &head, &expected))
+            .await
         {
             Err(_) => Err(ProxyError::UpstreamTimeout(addr())),
             Ok(Err(e)) if e.is_transport() => {
@@ -409,10 +410,17 @@ impl Upstream<'_> {
                 Ok(Attempt::Upgraded(relayed, stream, expected))
             }
             Ok(Ok(Answer::Refused(stream, read))) => {
-                let timeout = self.cfg.response_timeout;
-                super::ws_refused::relay(stream, &read, timeout, &addr())
-                    .await
-                    .map(Attempt::Refused)
+                let answer = super::ws_refused::relay(stream, &read, deadline, &addr()).await;
+                Ok(Attempt::Refused(answer.and_then(|resp| {
+                    // To an RFC 8441 client a 2xx says the tunnel is open
+                    // (hyper would send the head without its body, then
+                    // reset the stream): it cannot be relayed.
+                    if hs.h2 && resp.status().is_success() {
+                        let why = format!("answered {} instead of 101", resp.status());
+                        return Err(ProxyError::UpstreamHandshake(addr(), why));
+                    }
+                    Ok(resp)
+                })))
             }
         }
     }

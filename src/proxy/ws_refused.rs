@@ -6,10 +6,10 @@
 //! such answer was a 502 and a failure, so a few unauthenticated upgrades to
 //! a path the server does not have took a healthy pool down.
 //!
-//! The body is read whole, up to [`MAX_BODY`], within the pool's
-//! `response_timeout`: refusals are short, and the connection is not kept.
-
-use std::time::Duration;
+//! The body is read whole, up to [`MAX_BODY`], within what is left of the
+//! handshake's `response_timeout`: refusals are short, and the connection is
+//! not kept. One that cannot be read so is a 502, still not a failure of the
+//! server's: it answered.
 
 use http::{header, Response};
 use http_body_util::{BodyExt, Limited};
@@ -29,7 +29,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub async fn relay(
     stream: UpStream,
     read: &[u8],
-    timeout: Duration,
+    deadline: tokio::time::Instant,
     addr: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let failed = |why: String| ProxyError::UpstreamFailed(addr.to_string(), why);
@@ -41,18 +41,14 @@ pub async fn relay(
         let body = Limited::new(body, MAX_BODY)
             .collect()
             .await
-            .map_err(|_| {
-                failed(format!(
-                    "refused the upgrade with a body over {MAX_BODY} bytes, or broke it off"
-                ))
-            })?
+            .map_err(|e| failed(format!("the body of its refusal of the upgrade: {e}")))?
             .to_bytes();
         strip_hop_by_hop(&mut parts.headers);
         // Framed anew for the client, who may be on HTTP/2.
         parts.headers.remove(header::CONTENT_LENGTH);
         Ok(Response::from_parts(parts, crate::body::full(body)))
     };
-    match tokio::time::timeout(timeout, answer).await {
+    match tokio::time::timeout_at(deadline, answer).await {
         Ok(r) => r,
         Err(_) => Err(ProxyError::UpstreamTimeout(addr.to_string())),
     }

@@ -148,7 +148,10 @@ pub fn parse_101(
     let code = resp.code.unwrap_or(0);
     if code != 101 {
         return Err(match StatusCode::from_u16(code) {
-            Ok(s) if !s.is_informational() => UpstreamHandshakeError::Refused(s.to_string()),
+            // 600 and above are no HTTP status (the `http` crate takes them).
+            Ok(s) if !s.is_informational() && code < 600 => {
+                UpstreamHandshakeError::Refused(s.to_string())
+            }
             Ok(s) => UpstreamHandshakeError::Status(s.to_string()),
             Err(_) => UpstreamHandshakeError::Status(code.to_string()),
         });

@@ -228,13 +228,27 @@ impl ConnPool {
         // failure then keeps the request.)
         let ready = match &self.h2 {
             Some(h2) => h2.ready(&self.dialer).await.map_err(h2_error),
-            None if self.idle_count() == 0 => self.connect().await.map(|c| self.put(c)),
+            None if !self.has_usable_idle() => self.connect().await.map(|c| self.put(c)),
             None => Ok(()),
         };
         if let Err(e) = ready {
             return Err((e, Some(req)));
         }
         self.send(req).await.map_err(|e| (e, None))
+    }
+
+    /// Whether [`Self::take_idle`] would find a connection: the closed and
+    /// expired ones on top are dropped on the way (a server that went away
+    /// leaves its keep-alive connections here until the reaper looks).
+    fn has_usable_idle(&self) -> bool {
+        let mut idle = self.lock();
+        while let Some(top) = idle.last_mut() {
+            if top.since.elapsed() < self.idle_timeout && top.conn.is_usable() {
+                return true;
+            }
+            idle.pop();
+        }
+        false
     }
 
     /// The most recently used idle connection that is still open.

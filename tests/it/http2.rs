@@ -428,3 +428,29 @@ async fn an_http2_websocket_whose_window_stays_shut_ends_after_send_timeout() {
         "the session ends in time, not at the app's idle timeout"
     );
 }
+
+/// An upstream's refusal of an RFC 8441 WebSocket reaches the HTTP/2 client
+/// with its body; a 2xx cannot (it would tell the client the tunnel is
+/// open), so it is a 502. Neither counts against the server: after more
+/// of them than `max_fails`, a 404 is still relayed, not a 502 for a pool
+/// marked down.
+#[tokio::test]
+async fn an_upstreams_refusal_of_an_http2_websocket_is_relayed_unless_it_is_a_2xx() {
+    let refuses = canned_upstream(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope").await;
+    let gw = proxy_gateway(refuses).await;
+    let mut c = h2c(gw.http()).await;
+    for _ in 0..4 {
+        let (resp, _stream) = c.start(ws_connect(&[]), true).await;
+        let (status, body) = response(resp).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, "nope"));
+    }
+    let page = canned_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npage").await;
+    let gw = proxy_gateway(page).await;
+    let mut c = h2c(gw.http()).await;
+    for _ in 0..4 {
+        let (resp, _stream) = c.start(ws_connect(&[]), true).await;
+        let (status, body) = response(resp).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert!(body.contains("200 OK instead of 101"), "{body}");
+    }
+}

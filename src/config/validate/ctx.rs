@@ -354,10 +354,10 @@ impl Ctx<'_> {
     }
 }
 
-/// `n` bytes in the config's units: `8KiB`, `16MiB`, or `100B`.
 /// The shortest ping interval ([`Ctx::interval_or_off`]).
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// `n` bytes in the config's units: `8KiB`, `16MiB`, or `100B`.
 pub(super) fn human_size(n: u64) -> String {
     match n {
         0 => "0B".into(),

@@ -161,9 +161,10 @@ fn upstream(cx: &mut Ctx, name: &str, u: &Spanned<UpstreamFile>) -> UpstreamConf
 /// A message setting's value, or an error when the splice would not see
 /// messages to apply it to (as for `ws_message_rate`): accepted silently, a
 /// 1 KiB limit or a ping interval read as in force while nothing applied it.
+/// A ping interval of "0" (off, the default) asks for nothing and passes.
 fn inspected(cx: &mut Ctx, v: &Option<SStr>, key: &str, inspect: Option<bool>) -> Option<SStr> {
     match v {
-        Some(s) if inspect != Some(true) => {
+        Some(s) if inspect != Some(true) && s.get_ref().trim() != "0" => {
             cx.at(
                 s.span(),
                 format!("{key}: needs ws_inspect = true (a byte splice does not see messages)"),

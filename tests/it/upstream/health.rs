@@ -248,6 +248,32 @@ async fn any_request_moves_on_when_the_connect_fails() {
     }
 }
 
+/// The same when the server had served keep-alive requests before it went
+/// away: its pooled connections, closed by it, are passed over, and a POST
+/// still moves on (before, a dead idle connection made it skip the connect
+/// check, and the request was lost with the connect error: a 502).
+#[tokio::test]
+async fn a_post_moves_on_from_a_server_that_left_pooled_connections() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = gateway(
+        api(&addrs(&[&a, &b]))
+            .set("upstream.api.max_fails", 0)
+            .set("upstream.api.retries", 1),
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(get(gw.http(), "/").await.status, StatusCode::OK);
+    }
+    a.kill().await;
+    let before = b.hits();
+    for _ in 0..4 {
+        let r = send(gw.http(), req("POST", "/", &[], "payload")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(server(&r), "b");
+    }
+    assert_eq!(b.hits() - before, 4);
+}
+
 /// A server that reads each request head and closes without a word.
 async fn hanging_up_upstream() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
