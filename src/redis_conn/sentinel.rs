@@ -6,6 +6,7 @@
 //! Subscriptions are not carried over by the client; the chat bus subscribes
 //! again after every outage.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -31,6 +32,8 @@ struct Inner {
     /// still answers `ROLE` as a master until it is reconfigured, so asking
     /// them at once could find the old one again.
     announced: Mutex<Option<(String, u16)>>,
+    /// Announcements seen: a connect that saw this change made the wrong one.
+    switches: AtomicU64,
     /// How the master is spoken to (RESP3 when pushes are wanted).
     node: RedisConnectionInfo,
     settings: Settings,
@@ -62,6 +65,7 @@ impl SentinelConn {
             sentinels: tokio::sync::Mutex::new(client),
             current: Mutex::new(None),
             announced: Mutex::new(None),
+            switches: AtomicU64::new(0),
             node: info,
             settings,
             urls: sentinels.to_vec(),
@@ -104,6 +108,26 @@ impl SentinelConn {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
+        // An announcement during the connect means its master, not the one
+        // just reached (a sentinel that had not heard of the switch, or the
+        // old master itself): connect again. Switches are rare; a third in a
+        // row is taken as it comes.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let seen = self.0.switches.load(Ordering::Acquire);
+            let conn = self.connect(&mut sentinels).await?;
+            if tries < 3 && self.0.switches.load(Ordering::Acquire) != seen {
+                continue;
+            }
+            *lock(&self.0.current) = Some(conn.clone());
+            return Ok(conn);
+        }
+    }
+
+    /// A connection to the master last announced, or else the one the
+    /// sentinels name.
+    async fn connect(&self, sentinels: &mut SentinelClient) -> RedisResult<ConnectionManager> {
         let announced = lock(&self.0.announced).take();
         let client = match announced {
             // Taken, so a master that cannot be reached is not tried twice:
@@ -125,9 +149,7 @@ impl SentinelConn {
                 .set_push_sender(tx.clone())
                 .set_automatic_resubscription();
         }
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
-        *lock(&self.0.current) = Some(conn.clone());
-        Ok(conn)
+        ConnectionManager::new_with_config(client, cfg).await
     }
 
     /// After a failure that may mean the master moved: forget it, so the next
@@ -197,6 +219,7 @@ fn switched(inner: &Weak<Inner>, host: String, port: u16) -> bool {
         return false;
     };
     *lock(&inner.announced) = Some((host, port));
+    inner.switches.fetch_add(1, Ordering::AcqRel);
     inner.forget();
     true
 }

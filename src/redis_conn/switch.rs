@@ -31,8 +31,15 @@ pub(super) struct Watch {
 enum Ended {
     /// The connection it serves is gone: stop listening.
     Unwanted,
+    /// The sentinel was not reached, or not subscribed to.
+    Unreached(String),
+    /// The subscription held, then ended.
     Lost(String),
 }
+
+/// The shortest wait between sentinels, whatever the settings say: a zero
+/// would spin through sentinels that refuse at once.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Listens until `switched` answers `false` (the connection it tells is
 /// gone). `switched` gets the new master's address.
@@ -40,40 +47,42 @@ pub(super) async fn follow(w: Watch, switched: impl Fn(String, u16) -> bool) {
     if w.sentinels.is_empty() {
         return;
     }
-    let mut backoff = w.min_retry;
+    let first = w.min_retry.max(MIN_BACKOFF);
+    let mut backoff = first;
     for url in w.sentinels.iter().cycle() {
-        let started = tokio::time::Instant::now();
         match listen(url, &w, &switched).await {
             Ended::Unwanted => return,
+            Ended::Unreached(why) => {
+                tracing::debug!(reason = %why, "redis: sentinel not reached for announcements; trying the next")
+            }
+            // A subscription that held was no failing sentinel.
             Ended::Lost(why) => {
-                tracing::debug!(reason = %why, "redis: sentinel announcements lost; trying the next sentinel")
+                tracing::debug!(reason = %why, "redis: sentinel announcements lost; trying the next sentinel");
+                backoff = first;
             }
         }
-        // A subscription that held for a while was not a failing sentinel.
-        if started.elapsed() > w.max_retry {
-            backoff = w.min_retry;
-        }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(w.max_retry);
+        backoff = (backoff * 2).min(w.max_retry.max(first));
     }
 }
 
 async fn listen(url: &str, w: &Watch, switched: &impl Fn(String, u16) -> bool) -> Ended {
+    let unreached = |e: redis::RedisError| Ended::Unreached(e.to_string());
     let lost = |e: redis::RedisError| Ended::Lost(e.to_string());
     let client = match redis::Client::open(url) {
         Ok(c) => c,
-        Err(e) => return lost(e),
+        Err(e) => return unreached(e),
     };
     let (mut sink, mut stream) =
         match tokio::time::timeout(w.timeout, client.get_async_pubsub()).await {
             Ok(Ok(p)) => p.split(),
-            Ok(Err(e)) => return lost(e),
-            Err(_) => return Ended::Lost("connect timed out".into()),
+            Ok(Err(e)) => return unreached(e),
+            Err(_) => return Ended::Unreached("connect timed out".into()),
         };
     match tokio::time::timeout(w.timeout, sink.subscribe(CHANNEL)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return lost(e),
-        Err(_) => return Ended::Lost("subscribe timed out".into()),
+        Ok(Err(e)) => return unreached(e),
+        Err(_) => return Ended::Unreached("subscribe timed out".into()),
     }
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -196,6 +196,23 @@ async fn nodes_follow_a_switch_master_announcement() {
     ];
     let s = Sentinels::start_with_master_args(&pinned).await;
     let (_a, _b, mut alice, mut bob) = two_nodes(&s, ["sa", "sb"]).await;
+    // Both nodes listen to the first sentinel before the switch is made.
+    let first = s.sentinels[0];
+    assert!(
+        eventually(WAIT, || async move {
+            let Some(mut c) = common::redis_sentinel::connect(first).await else {
+                return false;
+            };
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            list.lines().filter(|l| l.contains(" sub=1 ")).count() >= 2
+        })
+        .await,
+        "the nodes never subscribed to +switch-master"
+    );
     let new = s.replica;
     let mut c = common::redis_sentinel::connect(s.sentinels[0])
         .await
