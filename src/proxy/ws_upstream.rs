@@ -14,7 +14,7 @@
 use std::io;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::upstream::dial::UpStream;
@@ -23,6 +23,8 @@ use crate::upstream::dial::UpStream;
 /// client limit is far larger, but a 101 carries a handful of headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
+/// Interim answers skipped before the final one, as the HTTP proxy's.
+const MAX_INTERIM: usize = 32;
 
 /// Why the upstream handshake failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,9 +39,8 @@ pub enum UpstreamHandshakeError {
     TooLarge,
     #[error("answered {0} instead of 101")]
     Status(String),
-    /// A final status (2xx to 5xx): the server refused the upgrade, and said so.
-    #[error("answered {0} instead of 101")]
-    Refused(String),
+    #[error("more than {MAX_INTERIM} interim (1xx) answers")]
+    TooManyInterim,
     #[error("missing or wrong Sec-WebSocket-Accept")]
     Accept,
 }
@@ -110,15 +111,23 @@ pub async fn handshake(
     let io = |e: io::Error| UpstreamHandshakeError::Io(e.to_string());
     stream.write_all(head).await.map_err(io)?;
     let mut buf = Vec::with_capacity(1024);
+    let mut interim = 0;
     loop {
-        match parse_101(&buf, expected_accept) {
-            Ok(Some((relayed, len))) => {
+        match parse_head(&buf, expected_accept)? {
+            Some(Parsed::Upgraded(relayed, len)) => {
                 let rest = Bytes::copy_from_slice(&buf[len..]);
                 return Ok(Answer::Upgraded(relayed, Rewind::new(rest, stream)));
             }
-            Ok(None) => {}
-            Err(UpstreamHandshakeError::Refused(_)) => return Ok(Answer::Refused(stream, buf)),
-            Err(e) => return Err(e),
+            Some(Parsed::Refused) => return Ok(Answer::Refused(stream, buf)),
+            Some(Parsed::Interim(len)) => {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(UpstreamHandshakeError::TooManyInterim);
+                }
+                buf.drain(..len);
+                continue;
+            }
+            None => {}
         }
         if buf.len() >= MAX_HEAD {
             return Err(UpstreamHandshakeError::TooLarge);
@@ -130,14 +139,24 @@ pub async fn handshake(
     }
 }
 
+/// A complete response head, as the handshake takes it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A 101 with the right accept value: what it relays, and its length.
+    Upgraded(Relayed, usize),
+    /// A final status (2xx to 5xx): the server refused, and said so.
+    Refused,
+    /// An interim answer (`100`, `103`) of this length, to skip.
+    Interim(usize),
+}
+
 /// Parses a complete response head at the start of `buf`: `None` while it is
-/// incomplete, else what a verified 101 relays and the head's length. The
-/// other fields are read in place, not copied into a map: nothing else of
-/// them is used.
-pub fn parse_101(
+/// incomplete. A 101's fields are read in place, not copied into a map:
+/// nothing else of them is used.
+pub fn parse_head(
     buf: &[u8],
     expected_accept: &str,
-) -> Result<Option<(Relayed, usize)>, UpstreamHandshakeError> {
+) -> Result<Option<Parsed>, UpstreamHandshakeError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -146,15 +165,12 @@ pub fn parse_101(
         Err(e) => return Err(UpstreamHandshakeError::Invalid(e.to_string())),
     };
     let code = resp.code.unwrap_or(0);
-    if code != 101 {
-        return Err(match StatusCode::from_u16(code) {
-            // 600 and above are no HTTP status (the `http` crate takes them).
-            Ok(s) if !s.is_informational() && code < 600 => {
-                UpstreamHandshakeError::Refused(s.to_string())
-            }
-            Ok(s) => UpstreamHandshakeError::Status(s.to_string()),
-            Err(_) => UpstreamHandshakeError::Status(code.to_string()),
-        });
+    match code {
+        101 => {}
+        100..=199 => return Ok(Some(Parsed::Interim(len))),
+        200..=599 => return Ok(Some(Parsed::Refused)),
+        // 600 and above are no HTTP status (the `http` crate takes them).
+        _ => return Err(UpstreamHandshakeError::Status(code.to_string())),
     }
     let mut accepted = false;
     let mut relayed = Relayed::new();
@@ -179,7 +195,7 @@ pub fn parse_101(
     if !accepted {
         return Err(UpstreamHandshakeError::Accept);
     }
-    Ok(Some((relayed, len)))
+    Ok(Some(Parsed::Upgraded(relayed, len)))
 }
 
 /// The upstream stream after its handshake: first the bytes that arrived
@@ -199,7 +215,9 @@ mod tests {
         );
         let mut buf = head.clone().into_bytes();
         buf.extend_from_slice(b"\x81\x02hi");
-        let (relayed, len) = parse_101(&buf, ACCEPT).unwrap().unwrap();
+        let Ok(Some(Parsed::Upgraded(relayed, len))) = parse_head(&buf, ACCEPT) else {
+            panic!("not upgraded");
+        };
         assert_eq!(len, head.len());
         let v = HeaderValue::from_static;
         let want = vec![
@@ -209,30 +227,36 @@ mod tests {
         ];
         assert_eq!(relayed, want);
         for cut in 0..head.len() {
-            assert_eq!(parse_101(&buf[..cut], ACCEPT), Ok(None), "cut at {cut}");
+            assert_eq!(parse_head(&buf[..cut], ACCEPT), Ok(None), "cut at {cut}");
         }
     }
 
     #[test]
     fn other_answers_are_refused_with_a_reason() {
-        let e = parse_101(b"HTTP/1.1 404 Not Found\r\n\r\n", ACCEPT).unwrap_err();
-        assert_eq!(e, UpstreamHandshakeError::Refused("404 Not Found".into()));
-        assert_eq!(e.to_string(), "answered 404 Not Found instead of 101");
-        // An interim answer is no refusal, and no upgrade.
-        let e = parse_101(b"HTTP/1.1 100 Continue\r\n\r\n", ACCEPT).unwrap_err();
-        assert_eq!(e, UpstreamHandshakeError::Status("100 Continue".into()));
+        let refused = parse_head(b"HTTP/1.1 404 Not Found\r\n\r\n", ACCEPT);
+        assert_eq!(refused, Ok(Some(Parsed::Refused)));
+        // An interim answer is no refusal, and no upgrade: skipped.
+        let early = b"HTTP/1.1 103 Early Hints\r\n\r\n";
+        assert_eq!(
+            parse_head(early, ACCEPT),
+            Ok(Some(Parsed::Interim(early.len())))
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 600 Odd\r\n\r\n", ACCEPT),
+            Err(UpstreamHandshakeError::Status("600".into()))
+        );
         let wrong = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n\r\n";
         assert_eq!(
-            parse_101(wrong.as_bytes(), ACCEPT),
+            parse_head(wrong.as_bytes(), ACCEPT),
             Err(UpstreamHandshakeError::Accept)
         );
         let missing = "HTTP/1.1 101 Switching Protocols\r\n\r\n";
         assert_eq!(
-            parse_101(missing.as_bytes(), ACCEPT),
+            parse_head(missing.as_bytes(), ACCEPT),
             Err(UpstreamHandshakeError::Accept)
         );
         assert!(matches!(
-            parse_101(b"HTTP/1.1 abc\r\n\r\n", ACCEPT),
+            parse_head(b"HTTP/1.1 abc\r\n\r\n", ACCEPT),
             Err(UpstreamHandshakeError::Invalid(_))
         ));
     }

@@ -72,13 +72,23 @@ async fn upstream_handshake_failures_are_502_or_504() {
         .await
         .starts_with("HTTP/1.1 502"));
 
-    let interim = scripted_upstream("HTTP/1.1 100 Continue\r\n\r\n", b"").await;
-    let gw = TestGateway::start(&splice_cfg(interim, false)).await;
+    let odd = scripted_upstream("HTTP/1.1 600 Odd\r\n\r\n", b"").await;
+    let gw = TestGateway::start(&splice_cfg(odd, false)).await;
     let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
     assert!(
-        out.starts_with("HTTP/1.1 502") && out.contains("100 Continue"),
+        out.starts_with("HTTP/1.1 502") && out.contains("600"),
         "{out}"
     );
+
+    // Interim answers are skipped; the refusal behind them is relayed.
+    let hints = scripted_upstream(
+        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+        b"",
+    )
+    .await;
+    let gw = TestGateway::start(&splice_cfg(hints, false)).await;
+    let out = status_of(gw.http(), &handshake("/ws", WS_HEADERS)).await;
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
 
     let refused = dead_addr().await;
     let gw = TestGateway::start(&splice_cfg(refused, false)).await;
