@@ -322,13 +322,18 @@ fn redis_and_redis_cluster_are_exclusive_and_errors_name_key_and_line() {
 /// assigned on every master.
 async fn move_slot(cluster: &RedisCluster, slot: i64, src: u16, dst: u16) {
     let did = migrate_keys(slot, src, dst).await;
-    for port in cluster.masters().await {
+    hand_over(slot, &did, &cluster.masters().await).await;
+}
+
+/// The second half: `slot` assigned to node `did` on every master.
+async fn hand_over(slot: i64, did: &str, masters: &[u16]) {
+    for &port in masters {
         let mut c = common::redis_cluster::connect(port).await;
         redis::cmd("CLUSTER")
             .arg("SETSLOT")
             .arg(slot)
             .arg("NODE")
-            .arg(&did)
+            .arg(did)
             .query_async::<()>(&mut c)
             .await
             .expect("CLUSTER SETSLOT");
@@ -497,17 +502,7 @@ async fn a_room_keeps_taking_messages_while_its_slot_migrates() {
         let r = get(admin, "/readyz").await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
-    for port in masters {
-        let mut c = common::redis_cluster::connect(port).await;
-        redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("NODE")
-            .arg(&did)
-            .query_async::<()>(&mut c)
-            .await
-            .expect("CLUSTER SETSLOT");
-    }
+    hand_over(slot, &did, &masters).await;
     // The node subscribes again where the slot lives now; the first message
     // it receives there brings the ten it missed before it.
     let deadline = Instant::now() + WAIT;

@@ -111,6 +111,19 @@ async fn nodes_follow_the_master_across_a_sentinel_failover() {
     bob.recv_until("settled", |v| is_msg(v, "settled")).await;
 }
 
+/// `SENTINEL FAILOVER`, asked of the first sentinel.
+async fn failover(s: &Sentinels) {
+    let mut c = common::redis_sentinel::connect(s.sentinels[0])
+        .await
+        .expect("a sentinel");
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg(MASTER)
+        .query_async(&mut c)
+        .await
+        .expect("SENTINEL FAILOVER");
+}
+
 /// The role (`master`, `slave`) of the server on `port`.
 async fn role(port: u16) -> String {
     let Some(mut c) = common::redis_sentinel::connect(port).await else {
@@ -136,15 +149,7 @@ async fn nodes_follow_a_graceful_sentinel_failover() {
     let s = Sentinels::start().await;
     let (a, b, mut alice, mut bob) = two_nodes(&s, ["ga", "gb"]).await;
     let old = s.master;
-    let mut c = common::redis_sentinel::connect(s.sentinels[0])
-        .await
-        .expect("a sentinel");
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg(MASTER)
-        .query_async(&mut c)
-        .await
-        .expect("SENTINEL FAILOVER");
+    failover(&s).await;
     assert!(
         eventually(WAIT * 3, || async move { role(old).await == "slave" }).await,
         "the old master never became a replica"
@@ -214,15 +219,7 @@ async fn nodes_follow_a_switch_master_announcement() {
         "the nodes never subscribed to +switch-master"
     );
     let new = s.replica;
-    let mut c = common::redis_sentinel::connect(s.sentinels[0])
-        .await
-        .expect("a sentinel");
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg(MASTER)
-        .query_async(&mut c)
-        .await
-        .expect("SENTINEL FAILOVER");
+    failover(&s).await;
     let s = &s;
     assert!(
         eventually(
