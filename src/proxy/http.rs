@@ -206,6 +206,7 @@ pub async fn forward(
                 return Err(client_fault.get().unwrap_or(ProxyError::ClientAborted));
             }
             Some(Err(e)) => {
+                // `body` is set again only when the request was handed back.
                 let resendable = e.nothing_received() && (replayable || body.is_some());
                 let addr = backend.addr.to_string();
                 let err = match e {

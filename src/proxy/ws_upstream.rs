@@ -18,13 +18,13 @@ use http::{header, HeaderName, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::upstream::dial::UpStream;
+/// Interim answers skipped before the final one, as by the HTTP proxy.
+use crate::upstream::h1::MAX_INTERIM;
 
 /// The largest response head accepted from an upstream (as hyper's default
 /// client limit is far larger, but a 101 carries a handful of headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// Interim answers skipped before the final one, as the HTTP proxy's.
-const MAX_INTERIM: usize = 32;
 
 /// Why the upstream handshake failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -325,6 +325,21 @@ async fn move_slot(cluster: &RedisCluster, slot: i64, src: u16, dst: u16) {
     hand_over(slot, &did, &cluster.masters().await).await;
 }
 
+/// The slot of room `lobby`'s keys, the master that holds it, and another.
+async fn lobby_slot(cluster: &RedisCluster) -> (i64, u16, u16) {
+    let src = cluster.master_of("{lobby}").await;
+    let masters = cluster.masters().await;
+    let dst = *masters.iter().find(|p| **p != src).expect("another master");
+    let mut c = common::redis_cluster::connect(src).await;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{lobby}")
+        .query_async(&mut c)
+        .await
+        .expect("KEYSLOT");
+    (slot, src, dst)
+}
+
 /// The second half: `slot` assigned to node `did` on every master.
 async fn hand_over(slot: i64, did: &str, masters: &[u16]) {
     for &port in masters {
@@ -416,20 +431,7 @@ async fn a_room_moved_to_another_shard_keeps_its_subscribers() {
         .recv_until("before the move", |v| is_msg(v, "before"))
         .await;
 
-    let src = cluster.master_of("{lobby}").await;
-    let dst = *cluster
-        .masters()
-        .await
-        .iter()
-        .find(|p| **p != src)
-        .expect("another master");
-    let mut c = common::redis_cluster::connect(src).await;
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg("{lobby}")
-        .query_async(&mut c)
-        .await
-        .expect("KEYSLOT");
+    let (slot, src, dst) = lobby_slot(&cluster).await;
     move_slot(&cluster, slot, src, dst).await;
 
     // The node subscribes again within moments: a message sent after that
@@ -477,16 +479,7 @@ async fn a_room_keeps_taking_messages_while_its_slot_migrates() {
     carol.join("lobby").await;
     alice.msg("lobby", "before").await;
     carol.recv_until("before", |v| is_msg(v, "before")).await;
-    let src = cluster.master_of("{lobby}").await;
-    let masters = cluster.masters().await;
-    let dst = *masters.iter().find(|p| **p != src).expect("another master");
-    let mut c = common::redis_cluster::connect(src).await;
-    let slot: i64 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg("{lobby}")
-        .query_async(&mut c)
-        .await
-        .expect("KEYSLOT");
+    let (slot, src, dst) = lobby_slot(&cluster).await;
     let did = migrate_keys(slot, src, dst).await;
     for i in 0..10 {
         alice.msg("lobby", &format!("during {i}")).await;
@@ -502,7 +495,7 @@ async fn a_room_keeps_taking_messages_while_its_slot_migrates() {
         let r = get(admin, "/readyz").await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     }
-    hand_over(slot, &did, &masters).await;
+    hand_over(slot, &did, &cluster.masters().await).await;
     // The node subscribes again where the slot lives now; the first message
     // it receives there brings the ten it missed before it.
     let deadline = Instant::now() + WAIT;

@@ -9,7 +9,7 @@
 
 use super::mirror::lock;
 use super::RedisBus;
-use crate::apps::chat::protocol::{ChatMessage, RoomName};
+use crate::apps::chat::protocol::ChatMessage;
 
 /// The most messages one gap brings back (history may hold fewer).
 const MAX_FILL: usize = 1000;
@@ -24,21 +24,13 @@ impl RedisBus {
         let Some(last) = last.filter(|&l| l > 0 && next.id > l + 1) else {
             return Vec::new();
         };
-        match self.history_since(next.room.clone(), last).await {
+        match self.history_now(next.room.clone(), last, usize::MAX).await {
             Ok(msgs) => between(msgs, next.id),
             Err(e) => {
                 tracing::debug!(room = %next.room, error = %e, "cluster: missed messages not filled");
                 Vec::new()
             }
         }
-    }
-
-    async fn history_since(
-        &self,
-        room: RoomName,
-        after: u64,
-    ) -> Result<Vec<ChatMessage>, crate::apps::chat::bus::BusError> {
-        self.history_now(room, after, usize::MAX).await
     }
 }
 
@@ -54,7 +46,7 @@ fn between(after_last: Vec<ChatMessage>, next_id: u64) -> Vec<ChatMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::chat::protocol::UserName;
+    use crate::apps::chat::protocol::{RoomName, UserName};
 
     fn msg(id: u64) -> ChatMessage {
         ChatMessage {

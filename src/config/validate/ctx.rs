@@ -144,7 +144,10 @@ impl Ctx<'_> {
             Some(s) if !d.is_zero() && d < MIN_INTERVAL => {
                 self.at(
                     s.span(),
-                    format!("{key}: must be \"0\" (off) or at least 100ms"),
+                    format!(
+                        "{key}: must be \"0\" (off) or at least {}ms",
+                        MIN_INTERVAL.as_millis()
+                    ),
                 );
                 default
             }

@@ -33,6 +33,7 @@ use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 pub use decode::ResponseBody;
+pub use response::MAX_INTERIM;
 
 use super::dial::UpStream;
 use crate::body::{Body, BoxError};

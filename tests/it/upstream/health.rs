@@ -10,11 +10,10 @@ use http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{
-    addrs, api, backend_of, gateway, half_response_upstream, is_up, pool, req, server, ws_close,
-    ws_open, Upstream,
+    addrs, api, backend_of, gateway, half_response_upstream, hanging_up_upstream, is_up, pool, req,
+    server, ws_close, ws_open, Upstream,
 };
 use crate::common::{body_summing_upstream, dead_addr, eventually, get, send, WAIT};
-use std::net::SocketAddr;
 
 // ---------------------------------------------------------------------------
 // Health.
@@ -272,28 +271,6 @@ async fn a_post_moves_on_from_a_server_that_left_pooled_connections() {
         assert_eq!(server(&r), "b");
     }
     assert_eq!(b.hits() - before, 4);
-}
-
-/// A server that reads each request head and closes without a word.
-async fn hanging_up_upstream() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Once a server had the request, only an idempotent bodiless one is sent

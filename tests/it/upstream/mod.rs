@@ -222,13 +222,8 @@ async fn half_response_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             };
             let h = h.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 h.fetch_add(1, Ordering::SeqCst);
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
@@ -237,6 +232,31 @@ async fn half_response_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, hits)
+}
+
+/// A server that reads each request head and closes without a word.
+async fn hanging_up_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move { read_request_head(&mut s).await });
+        }
+    });
+    addr
+}
+
+/// Reads up to the end of a request head; false when the peer closed first.
+async fn read_request_head(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
 }
 
 // ---------------------------------------------------------------------------
