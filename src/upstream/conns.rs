@@ -82,6 +82,10 @@ fn h2_error(f: H2Failure) -> SendError {
             source: source.into(),
             response_started: true,
         },
+        H2Failure::NotSent(source) => SendError::Exchange {
+            source: source.into(),
+            response_started: false,
+        },
     }
 }
 
@@ -173,9 +177,10 @@ impl ConnPool {
     /// Sends `req` (origin-form URI, `Host` set) and returns the response,
     /// whose body gives the connection back when it has been read to the end.
     ///
-    /// A request that a reused connection refused before writing a byte of it
-    /// (the server had closed the connection while it sat idle) goes out once
-    /// more on a new connection: that is not a retry, the server never saw it.
+    /// Over HTTP/2, a request that a shared connection refused before it went
+    /// out (the server had sent GOAWAY) goes out once more on a new
+    /// connection: that is not a retry, the server never saw it. (An idle
+    /// HTTP/1.1 connection the server closed is seen before it is used.)
     pub async fn send(
         self: &Arc<Self>,
         req: Request<Body>,
@@ -187,7 +192,7 @@ impl ConnPool {
         if let Some(h2) = &self.h2 {
             let resp = Box::pin(h2.send(&self.dialer, req))
                 .await
-                .map_err(h2_error)?;
+                .map_err(|(f, _)| h2_error(f))?;
             // Nothing to give back but the stream's place: the connection is
             // shared, not checked out.
             let (resp, slot) = resp;
@@ -221,13 +226,13 @@ impl ConnPool {
         self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Release>, (SendError, Option<Request<Body>>)> {
-        // A connection is made sure of first, then `send` takes it: `send`
-        // stays the one caller of the exchange, which keeps its inlining on
-        // every proxied request's path. (An idle connection found closed, or
-        // one another request took meanwhile, is dialled by `send`, whose
-        // failure then keeps the request.)
+        // Over HTTP/1.1 a connection is made sure of first, then `send` takes
+        // it: `send` stays the one caller of the exchange, which keeps its
+        // inlining on every proxied request's path. (An idle connection found
+        // closed, or one another request took meanwhile, is dialled by
+        // `send`, whose failure then keeps the request.)
         let ready = match &self.h2 {
-            Some(h2) => h2.ready(&self.dialer).await.map_err(h2_error),
+            Some(h2) => return self.send_h2(h2, req).await,
             None if !self.has_usable_idle() => self.connect().await.map(|c| self.put(c)),
             None => Ok(()),
         };
@@ -235,6 +240,22 @@ impl ConnPool {
             return Err((e, Some(req)));
         }
         self.send(req).await.map_err(|e| (e, None))
+    }
+
+    /// [`Self::send_returning`] over HTTP/2: the connection's own refusal
+    /// gives the request back too.
+    async fn send_h2(
+        self: &Arc<Self>,
+        h2: &H2Conn,
+        req: Request<Body>,
+    ) -> Result<Response<Release>, (SendError, Option<Request<Body>>)> {
+        match Box::pin(h2.send(&self.dialer, req)).await {
+            Ok((resp, slot)) => Ok(resp.map(|body| Release {
+                body: Inner::H2(body, Some(slot)),
+                home: None,
+            })),
+            Err((f, back)) => Err((h2_error(f), back)),
+        }
     }
 
     /// Whether [`Self::take_idle`] would find a connection: the closed and

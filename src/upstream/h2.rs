@@ -39,7 +39,15 @@ pub enum H2Failure {
     /// it is never resent elsewhere.
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
+    /// The connection closed before the request went out on it: the server
+    /// never saw it.
+    #[error("{0}")]
+    NotSent(#[source] hyper::Error),
 }
+
+/// A failure, and the request when it never went out (in the form it came
+/// in), so that it can go to another server whole.
+pub type Refused = (H2Failure, Option<Request<Body>>);
 
 /// How often an upstream HTTP/2 connection is PINGed.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -92,39 +100,44 @@ impl std::fmt::Debug for H2Conn {
 
 impl H2Conn {
     /// Sends `req` (origin form, `Host` set) and returns the response with
-    /// its stream's slot, to be held as long as its body.
+    /// its stream's slot, to be held as long as its body. A request no
+    /// connection took comes back with the failure.
     pub async fn send(
         &self,
         dialer: &Dialer,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, StreamSlot), H2Failure> {
-        let req = to_h2(req, dialer);
-        let (mut sender, slot, reused) = self.sender(dialer).await?;
-        match sender.try_send_request(req).await {
-            Ok(r) => Ok((r, slot)),
-            Err(mut e) => match e.take_message() {
-                // The connection had closed (GOAWAY, idle) before the request
-                // went out: the server never saw it, so a new connection may
-                // carry it.
-                Some(req) if reused => {
-                    drop(slot);
-                    let (mut sender, slot, _) = self.sender(dialer).await?;
-                    let r = sender
-                        .send_request(req)
-                        .await
-                        .map_err(H2Failure::Exchange)?;
-                    Ok((r, slot))
-                }
-                _ => Err(H2Failure::Exchange(e.into_error())),
-            },
+    ) -> Result<(Response<Incoming>, StreamSlot), Refused> {
+        let (mut sender, slot, reused) = match self.sender(dialer).await {
+            Ok(s) => s,
+            Err(f) => return Err((f, Some(req))),
+        };
+        let (req, origin) = to_h2(req, dialer);
+        let mut e = match sender.try_send_request(req).await {
+            Ok(r) => return Ok((r, slot)),
+            Err(e) => e,
+        };
+        drop(slot);
+        let Some(req) = e.take_message() else {
+            return Err((failed(e.into_error()), None));
+        };
+        if !reused {
+            return Err((
+                H2Failure::NotSent(e.into_error()),
+                Some(origin.restore(req)),
+            ));
         }
-    }
-
-    /// Makes sure a connection is open (dialling one if none is), without
-    /// sending anything: a request with a body waits on this first, so that
-    /// a server it cannot reach leaves its body unread for another.
-    pub async fn ready(&self, dialer: &Dialer) -> Result<(), H2Failure> {
-        self.sender(dialer).await.map(drop)
+        // The connection had closed (GOAWAY, idle) before the request went
+        // out: the server never saw it, so a new connection may carry it.
+        let (mut sender, slot, _) = match self.sender(dialer).await {
+            Ok(s) => s,
+            // Nothing reached this server: the request is whole, for
+            // another (the race a GOAWAY and a failed redial make).
+            Err(f) => return Err((f, Some(origin.restore(req)))),
+        };
+        match sender.send_request(req).await {
+            Ok(r) => Ok((r, slot)),
+            Err(e) => Err((failed(e), None)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
@@ -199,13 +212,64 @@ async fn connect(dialer: &Dialer) -> Result<http2::SendRequest<Body>, H2Failure>
     Ok(sender)
 }
 
+/// An exchange's failure, told apart by whether the server may have seen
+/// the request.
+fn failed(e: hyper::Error) -> H2Failure {
+    if unprocessed(&e) {
+        H2Failure::NotSent(e)
+    } else {
+        H2Failure::Exchange(e)
+    }
+}
+
+/// Did the server drop the stream before acting on it (RFC 9113 §8.7)? A
+/// reset with `REFUSED_STREAM`, or a stream above the last one a GOAWAY
+/// said was processed: h2 fails those with the GOAWAY's own error, and a
+/// `NO_ERROR` GOAWAY fails no other stream. Such a request may go to
+/// another server, as Envoy's `refused-stream` retry sends it.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    e.is_remote()
+        && match e.reason() {
+            Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
+            Some(h2::Reason::NO_ERROR) => e.is_go_away(),
+            _ => false,
+        }
+}
+
+/// What [`to_h2`] changed, to give a request that never went out back as it
+/// came.
+struct Origin {
+    uri: Uri,
+    version: Version,
+    host: Option<header::HeaderValue>,
+}
+
+impl Origin {
+    fn restore(self, req: Request<Body>) -> Request<Body> {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = self.uri;
+        parts.version = self.version;
+        if let Some(host) = self.host {
+            parts.headers.insert(header::HOST, host);
+        }
+        Request::from_parts(parts, body)
+    }
+}
+
 /// The request as HTTP/2 wants it: absolute URI (`:scheme`, `:authority`
 /// from `Host`, else the server's address), no `Host` header.
-fn to_h2(req: Request<Body>, dialer: &Dialer) -> Request<Body> {
+fn to_h2(req: Request<Body>, dialer: &Dialer) -> (Request<Body>, Origin) {
     let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .headers
-        .remove(header::HOST)
+    let host = parts.headers.remove(header::HOST);
+    let origin = Origin {
+        uri: parts.uri.clone(),
+        version: parts.version,
+        host: host.clone(),
+    };
+    let authority = host
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
         .or_else(|| Authority::try_from(dialer.addr().as_bytes()).ok());
     let mut uri = parts.uri.clone().into_parts();
@@ -222,5 +286,41 @@ fn to_h2(req: Request<Body>, dialer: &Dialer) -> Request<Body> {
         parts.uri = u;
     }
     parts.version = Version::HTTP_2;
-    Request::from_parts(parts, body)
+    (Request::from_parts(parts, body), origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that never went out is given back as it came: origin
+    /// form, its version and its `Host` (or none).
+    #[test]
+    fn a_request_given_back_is_as_it_came() {
+        let dialer = Dialer::new(
+            "10.0.0.1:8080".into(),
+            std::time::Duration::from_secs(1),
+            None,
+        );
+        for host in [Some("api.example"), None] {
+            let mut b = Request::post("/a?b=c").version(Version::HTTP_11);
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            let req = b.body(Body::default()).expect("request");
+            let (h2, origin) = to_h2(req, &dialer);
+            assert_eq!(
+                h2.uri().to_string(),
+                format!("http://{}/a?b=c", host.unwrap_or("10.0.0.1:8080"))
+            );
+            assert!(h2.headers().get(header::HOST).is_none());
+            let back = origin.restore(h2);
+            assert_eq!(back.uri(), "/a?b=c");
+            assert_eq!(back.version(), Version::HTTP_11);
+            assert_eq!(
+                back.headers().get(header::HOST).map(|h| h.to_str().ok()),
+                host.map(Some)
+            );
+        }
+    }
 }

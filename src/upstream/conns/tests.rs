@@ -227,3 +227,64 @@ async fn an_h2_body_reset_short_of_its_length_is_an_error() {
         }
     }
 }
+
+/// How a raw HTTP/2 server turns down the first request it is sent.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// `RST_STREAM(REFUSED_STREAM)`.
+    Refused,
+    /// `GOAWAY(last_stream_id = 0, NO_ERROR)`: stream 1 was not processed.
+    GoAway,
+    /// `RST_STREAM(INTERNAL_ERROR)`: the server may have acted on it.
+    Internal,
+}
+
+/// A raw HTTP/2 server (frames written by hand: the h2 crate's server
+/// cannot say GOAWAY below a stream it has received) answering the first
+/// request as `how` says, then holding the connection open.
+async fn refusing_h2_server(how: Refusal) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut preface = [0u8; 24];
+        s.read_exact(&mut preface).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            let answer: &[u8] = match (head[3], head[4] & 1, how) {
+                // The client's SETTINGS, acknowledged.
+                (4, 0, _) => &[0, 0, 0, 4, 1, 0, 0, 0, 0],
+                (1, _, Refusal::Refused) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 7],
+                (1, _, Refusal::Internal) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 2],
+                (1, _, Refusal::GoAway) => &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                _ => continue,
+            };
+            s.write_all(answer).await.unwrap();
+        }
+    });
+    addr
+}
+
+/// A stream the server turned down before acting on it (RFC 9113 §8.7) is
+/// a failure before anything was received, so an idempotent request moves
+/// to another server; a stream reset for another reason is not.
+#[tokio::test]
+async fn an_h2_stream_refused_unprocessed_may_go_elsewhere() {
+    for how in [Refusal::Refused, Refusal::GoAway, Refusal::Internal] {
+        let addr = refusing_h2_server(how).await;
+        let pool = ConnPool::new(dialer(addr).with_h2(true));
+        let e = tokio::time::timeout(Duration::from_secs(5), pool.send(request("")))
+            .await
+            .expect("answered in time")
+            .unwrap_err();
+        let unprocessed = !matches!(how, Refusal::Internal);
+        assert_eq!(e.nothing_received(), unprocessed, "{how:?}: {e}");
+    }
+}
