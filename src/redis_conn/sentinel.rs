@@ -20,13 +20,20 @@ use tokio_util::task::AbortOnDropHandle;
 use super::switch::{self, Watch};
 use super::Settings;
 
+/// A connection to the master, and where it goes (as the sentinels or an
+/// announcement named it).
+struct Master {
+    conn: ConnectionManager,
+    at: Option<(String, u16)>,
+}
+
 /// The sentinels, and the connection to the master they named last.
 #[derive(Clone)]
 pub struct SentinelConn(Arc<Inner>);
 
 struct Inner {
     sentinels: tokio::sync::Mutex<SentinelClient>,
-    current: Mutex<Option<ConnectionManager>>,
+    current: Mutex<Option<Master>>,
     /// The master a `+switch-master` named, for the next connection: the
     /// other sentinels learn of a switch a little later, and the old master
     /// still answers `ROLE` as a master until it is reconfigured, so asking
@@ -94,7 +101,7 @@ impl SentinelConn {
     }
 
     fn cached(&self) -> Option<ConnectionManager> {
-        lock(&self.0.current).clone()
+        lock(&self.0.current).as_ref().map(|m| m.conn.clone())
     }
 
     /// The connection to the current master, asking the sentinels if there
@@ -116,18 +123,19 @@ impl SentinelConn {
         loop {
             tries += 1;
             let seen = self.0.switches.load(Ordering::Acquire);
-            let conn = self.connect(&mut sentinels).await?;
+            let master = self.connect(&mut sentinels).await?;
             if tries < 3 && self.0.switches.load(Ordering::Acquire) != seen {
                 continue;
             }
-            *lock(&self.0.current) = Some(conn.clone());
+            let conn = master.conn.clone();
+            *lock(&self.0.current) = Some(master);
             return Ok(conn);
         }
     }
 
     /// A connection to the master last announced, or else the one the
     /// sentinels name.
-    async fn connect(&self, sentinels: &mut SentinelClient) -> RedisResult<ConnectionManager> {
+    async fn connect(&self, sentinels: &mut SentinelClient) -> RedisResult<Master> {
         let announced = lock(&self.0.announced).take();
         let client = match announced {
             // Taken, so a master that cannot be reached is not tried twice:
@@ -149,7 +157,12 @@ impl SentinelConn {
                 .set_push_sender(tx.clone())
                 .set_automatic_resubscription();
         }
-        ConnectionManager::new_with_config(client, cfg).await
+        let at = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
+            _ => None,
+        };
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        Ok(Master { conn, at })
     }
 
     /// After a failure that may mean the master moved: forget it, so the next
@@ -212,12 +225,23 @@ impl Inner {
     }
 }
 
-/// A `+switch-master` for our master: the next call connects to `host:port`.
-/// `false` once the connection is gone, which ends the listener.
+/// A `+switch-master` for our master: the next call connects to `host:port`
+/// (unless already there: a `READONLY` can lead a node to the new master
+/// before the announcement reaches it, and dropping that connection would
+/// only make every room subscribe again). `false` once the connection is
+/// gone, which ends the listener.
 fn switched(inner: &Weak<Inner>, host: String, port: u16) -> bool {
     let Some(inner) = inner.upgrade() else {
         return false;
     };
+    let announced = (host, port);
+    if lock(&inner.current)
+        .as_ref()
+        .is_some_and(|m| m.at.as_ref() == Some(&announced))
+    {
+        return true;
+    }
+    let (host, port) = announced;
     *lock(&inner.announced) = Some((host, port));
     inner.switches.fetch_add(1, Ordering::AcqRel);
     inner.forget();
