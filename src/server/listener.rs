@@ -4,7 +4,8 @@
 //! span with its peer address; on a `proxy_protocol` listener its PROXY header
 //! is read next ([`proxy_protocol`]: only from a peer in `trusted_proxies`,
 //! within the handshake or header timeout, else the connection is closed) and
-//! names the client. The connection is then admitted against the connection
+//! names the client, and the `connection_limits` are checked then, keyed by
+//! it. The connection is then admitted against the connection
 //! caps under that client address (refused ones are answered 503/429 by
 //! [`conn::serve_refusal`]), goes through TLS when the listener has it, and is
 //! served by hyper. The loop itself never dies: per-connection accept errors
@@ -92,7 +93,10 @@ pub async fn run<H: Handler>(
             }
         };
         let limits = conn_limits.load_full();
-        if !limits.is_empty() && !admit_local(&limits, peer) {
+        let proxied = proxy_protocol.load(Ordering::Relaxed);
+        // Behind a PROXY header only the header names the client, whose key
+        // the limits are: they wait for it (in the connection's task).
+        if !proxied && !limits.is_empty() && !admit_local(&limits, peer) {
             // Dropped here: closed before any TLS or HTTP work.
             continue;
         }
@@ -104,7 +108,8 @@ pub async fn run<H: Handler>(
             listener = %local
         );
         let tls_cfg = tls.as_ref().map(|t| t.load_full());
-        let cluster_limits = limits.iter().any(|l| l.is_cluster()).then_some(limits);
+        let later_limits = (proxied && !limits.is_empty() || limits.iter().any(|l| l.is_cluster()))
+            .then_some(limits);
         // Boxed where it is made: the connection's future is otherwise copied
         // by every wrapper on its way into the runtime (span, panic catch,
         // task tracker, task cell); the box is moved as a pointer.
@@ -115,11 +120,11 @@ pub async fn run<H: Handler>(
                 stream,
                 peer,
                 listener: configured,
-                proxy_protocol: proxy_protocol.load(Ordering::Relaxed),
+                proxy_protocol: proxied,
             },
             tls_cfg,
             open_conns.clone(),
-            cluster_limits,
+            later_limits,
         ))
         .instrument(span);
         sc.shutdown.spawn_conn(task);
@@ -186,7 +191,7 @@ async fn handle_connection<H: Handler>(
     accepted: Accepted,
     tls: Option<Arc<rustls::ServerConfig>>,
     open_conns: prometheus_client::metrics::gauge::Gauge,
-    cluster_limits: Option<Arc<Vec<Arc<Limiter>>>>,
+    later_limits: Option<Arc<Vec<Arc<Limiter>>>>,
 ) {
     let server = sc.config.load_full();
     let Accepted {
@@ -210,7 +215,10 @@ async fn handle_connection<H: Handler>(
         (Prefixed::plain(stream), ConnCtx::new(peer, tls.is_some()))
     };
     ctx.listener = listener;
-    if let Some(limits) = cluster_limits {
+    if let Some(limits) = later_limits {
+        if proxy_protocol && !admit_local(&limits, ctx.client) {
+            return;
+        }
         // Boxed: the Redis round trip's state would otherwise sit in every
         // connection's task, limits or not.
         if !Box::pin(admit_cluster(&limits, ctx.client)).await {

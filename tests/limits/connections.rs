@@ -67,3 +67,50 @@ async fn connection_limits_close_new_connections_before_tls() {
         2
     );
 }
+
+/// Behind a PROXY header the limit is the named client's, not the
+/// balancer's: one client reconnecting fast must not lock out everyone
+/// behind the same balancer (the ninth probe's high finding). Over its
+/// limit, a client's connection is closed after the header, unanswered.
+#[tokio::test]
+async fn connection_limits_behind_a_proxy_header_count_the_named_client() {
+    let toml = limit(Cfg::new(), "conn", "1/m", 2, "ip")
+        .set("server.trusted_proxies", vec!["127.0.0.1/32"])
+        .listener(
+            Listener::plain()
+                .set("proxy_protocol", true)
+                .set("connection_limits", vec!["conn"]),
+        )
+        .admin()
+        .route(Route::app("/", "echo"))
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.http();
+    let from_balancer = |client: &'static str| async move {
+        let mut s = connect_from(ip("127.0.0.1"), addr).await;
+        let head = format!(
+            "PROXY TCP4 {client} 10.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        );
+        let _ = s.write_all(head.as_bytes()).await;
+        read_to_close(&mut s, WAIT).await
+    };
+    for _ in 0..2 {
+        let r = from_balancer("203.0.113.1").await;
+        assert!(r.text().starts_with("HTTP/1.1 426"), "{r:?}");
+    }
+    let r = from_balancer("203.0.113.1").await;
+    assert!(r.closed() && r.bytes.is_empty(), "{r:?}");
+    // Other clients through the same balancer keep their own buckets.
+    for client in ["203.0.113.2", "203.0.113.3", "203.0.113.2"] {
+        let r = from_balancer(client).await;
+        assert!(r.text().starts_with("HTTP/1.1 426"), "{client}: {r:?}");
+    }
+    let m = metrics(&gw).await;
+    assert_eq!(
+        series(
+            &m,
+            r#"wsgate_limited_total{limit="conn",kind="connection"}"#
+        ),
+        1
+    );
+}
