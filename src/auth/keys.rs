@@ -43,6 +43,8 @@ pub enum KeyError {
         kid: String,
         error: String,
     },
+    #[error("{path:?}: {error}")]
+    Unusable { path: String, error: String },
     #[error("{0:?} holds no signature key")]
     JwksEmpty(String),
 }
@@ -187,6 +189,10 @@ pub fn load_pem(path: &Path) -> Result<PemKey, KeyError> {
         .or_else(|_| DecodingKey::from_ec_pem(&pem))
         .or_else(|_| DecodingKey::from_ed_pem(&pem))
         .map_err(|_| KeyError::NotAPublicKey(path.display().to_string()))?;
+    super::usable::pem_key(&pem, &key).map_err(|error| KeyError::Unusable {
+        path: path.display().to_string(),
+        error,
+    })?;
     Ok(PemKey {
         path: path.to_path_buf(),
         key,
@@ -221,7 +227,12 @@ pub fn load_jwks(path: &Path) -> Result<Vec<JwksKey>, KeyError> {
                     .map_err(|_| bad(format!("alg {a} is not a signature algorithm")))?,
             ),
         };
+        super::usable::jwk(jwk).map_err(bad)?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+        if kid.is_some() && out.iter().any(|k: &JwksKey| k.kid == kid) {
+            // A kid names the one key its tokens are checked against.
+            return Err(bad("its kid names another key of the document too".into()));
+        }
         out.push(JwksKey { kid, alg, key });
     }
     if out.is_empty() {
@@ -261,5 +272,35 @@ mod tests {
         let s = ok.load().unwrap();
         assert_eq!(s.bytes().len(), 32);
         assert_eq!(format!("{s:?}"), "Secret(32 bytes)");
+    }
+
+    /// A JWKS document whose keys share a kid is refused (a kid names the
+    /// one key its tokens are checked against), and so is a guessable `oct`
+    /// key (the ninth probe: an empty one let anyone sign).
+    #[test]
+    fn jwks_with_a_repeated_kid_or_a_short_hmac_key_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, keys: &[(&str, &str)]| {
+            let keys: Vec<String> = keys
+                .iter()
+                .map(|(kid, k)| format!(r#"{{"kty":"oct","kid":"{kid}","k":"{k}"}}"#))
+                .collect();
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!(r#"{{"keys":[{}]}}"#, keys.join(","))).expect("write");
+            path
+        };
+        let long = "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eA";
+        let other = "eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eQ";
+        assert_eq!(
+            load_jwks(&write("ok", &[("a", long), ("b", other)])).map(|k| k.len()),
+            Ok(2)
+        );
+        let refused = |path: PathBuf| load_jwks(&path).err().expect("refused");
+        let e = refused(write("dup", &[("d", long), ("d", other)]));
+        assert!(matches!(e, KeyError::JwksKey { index: 1, .. }), "{e}");
+        assert!(e.to_string().contains("kid"), "{e}");
+        let e = refused(write("empty", &[("e", "")]));
+        assert!(e.to_string().contains("0 bytes"), "{e}");
+        assert!(!e.to_string().contains(long));
     }
 }

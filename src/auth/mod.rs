@@ -15,6 +15,7 @@ pub mod keys;
 pub mod mint;
 mod recent;
 pub mod token;
+mod usable;
 pub mod verify;
 
 use std::collections::HashMap;
