@@ -361,9 +361,11 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
         | ChatError::RoomsPerAddress(_)
         | ChatError::PollSessionsFull
         | ChatError::RateLimited
-        | ChatError::MembershipRate => {
-            // Caps free a slot when a session ends, and the chat's rates
-            // refill within a second or so: a second is a fair first retry.
+        | ChatError::MembershipRate
+        | ChatError::Bus(_) => {
+            // Caps free a slot when a session ends, the chat's rates refill
+            // within a second or so, and the bus's heartbeat tries Redis
+            // again within a heartbeat: a second is a fair first retry.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ChatError::MethodNotAllowed(m) => {

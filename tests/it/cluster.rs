@@ -465,6 +465,27 @@ async fn redis_outage_degrades_then_recovers_without_restart() {
         .await["id"]
         .as_u64()
         .expect("id");
+    // The push API's caller can try again: told 503, nothing delivered (it
+    // was a 200 and a message no history kept, the ninth probe's finding).
+    for push in [
+        json!({"room":"lobby","text":"pushed during outage"}),
+        json!({"user":"alice2","text":"pushed during outage"}),
+    ] {
+        let r = post(a.addr(), "/chat/api/push", push, Some("Bearer s3cret")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+        assert_eq!(json_of(&r)["code"], "unavailable", "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    alice.msg("lobby", "after the pushes").await;
+    let next = alice2
+        .recv_until("the next message", |v| {
+            v["type"] == "msg" || v["type"] == "dm"
+        })
+        .await;
+    assert!(
+        is_msg(&next, "after the pushes"),
+        "a refused push was delivered: {next}"
+    );
 
     // Redis returns (empty) on the same port.
     redis.spawn().await;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use futures_util::future::BoxFuture;
 
 use super::mirror::lock;
+use super::publish::Outage;
 use super::{ClusterError, RedisBus};
 use crate::apps::chat::bus::{history_cutoff, Bus, BusError, Deliver, OnlineUser, Published};
 use crate::apps::chat::protocol::{
@@ -237,7 +238,25 @@ impl Bus for RedisBus {
         from: UserName,
         text: Arc<str>,
     ) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>> {
-        Box::pin(self.publish_room_now(room, from, text))
+        Box::pin(self.publish_room_now(room, from, text, Outage::LocalOnly))
+    }
+
+    fn push_room(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>> {
+        Box::pin(self.publish_room_now(room, from, text, Outage::Refuse))
+    }
+
+    fn push_dm(
+        &self,
+        from: UserName,
+        to: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>> {
+        Box::pin(self.publish_dm_now(from, to, text, false, Outage::Refuse))
     }
 
     fn publish_dm(
@@ -247,7 +266,7 @@ impl Bus for RedisBus {
         text: Arc<str>,
         echo: bool,
     ) -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>> {
-        Box::pin(self.publish_dm_now(from, to, text, echo))
+        Box::pin(self.publish_dm_now(from, to, text, echo, Outage::LocalOnly))
     }
 
     fn room_join(&self, room: RoomName, user: UserName) -> BoxFuture<'_, Result<bool, BusError>> {

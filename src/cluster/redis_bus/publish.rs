@@ -61,6 +61,7 @@ impl RedisBus {
         room: RoomName,
         from: UserName,
         text: Arc<str>,
+        outage: Outage,
     ) -> Result<Published<ChatMessage>, BusError> {
         let _g = self.stripe(&room).lock().await;
         let mut msg = ChatMessage {
@@ -89,6 +90,7 @@ impl RedisBus {
                 let others = receivers.saturating_sub(usize::from(self.holds_room(&room)));
                 (others, subscribed && receivers > 0)
             }
+            None if outage == Outage::Refuse => return Err(not_taken()),
             None => {
                 // Outage: local delivery only, ids continue from the last seen.
                 let mut m = lock(&self.mirror);
@@ -229,6 +231,7 @@ impl RedisBus {
         to: UserName,
         text: Arc<str>,
         echo: bool,
+        outage: Outage,
     ) -> Result<Published<DirectMessage>, BusError> {
         let mut dm = DirectMessage {
             from,
@@ -250,6 +253,7 @@ impl RedisBus {
                 self.note_dm_id(id);
                 r
             }
+            None if outage == Outage::Refuse => return Err(not_taken()),
             None => {
                 dm.id = self
                     .dm_seen
@@ -271,4 +275,17 @@ impl RedisBus {
             delivered: delivered + remote,
         })
     }
+}
+
+/// What a publication does when Redis cannot take it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Outage {
+    /// Serve this node's members alone (sessions go on through an outage).
+    LocalOnly,
+    /// Deliver nothing and say so (a caller that can try again).
+    Refuse,
+}
+
+fn not_taken() -> BusError {
+    BusError::Unavailable("redis unreachable: the message was not stored or delivered".into())
 }

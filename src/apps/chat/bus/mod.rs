@@ -96,6 +96,31 @@ pub trait Bus: Send + Sync {
         echo: bool,
     ) -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>>;
 
+    /// [`Self::publish_room`] for a caller that can try again (the push
+    /// API): when the shared store cannot take the message, nothing is
+    /// delivered and [`BusError::Unavailable`] says so, where
+    /// `publish_room` serves this node's members alone (an answer of
+    /// success would tell the caller a message nobody else got, and no
+    /// history holds, went out). Centrifugo's publish API fails alike.
+    fn push_room(
+        &self,
+        room: RoomName,
+        from: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<ChatMessage>, BusError>> {
+        self.publish_room(room, from, text)
+    }
+
+    /// [`Self::publish_dm`] as [`Self::push_room`] is `publish_room`.
+    fn push_dm(
+        &self,
+        from: UserName,
+        to: UserName,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Published<DirectMessage>, BusError>> {
+        self.publish_dm(from, to, text, false)
+    }
+
     /// This node now has `user` in `room`. Returns whether the user is new to
     /// the room (then a presence join went to every member, the user's own
     /// connections included).

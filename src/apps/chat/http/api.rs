@@ -72,12 +72,12 @@ pub(super) async fn push(
     let bus = chat.hub.bus();
     let delivered = match (b.room, b.user) {
         (Some(room), None) => {
-            bus.publish_room(RoomName::parse(&room)?, from, text.into())
+            bus.push_room(RoomName::parse(&room)?, from, text.into())
                 .await?
                 .delivered
         }
         (None, Some(to)) => {
-            bus.publish_dm(from, UserName::parse(&to)?, text.into(), false)
+            bus.push_dm(from, UserName::parse(&to)?, text.into())
                 .await?
                 .delivered
         }
