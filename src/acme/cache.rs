@@ -150,7 +150,7 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, AcmeError> {
 
 /// A PEM chain and key as a servable certificate with its lifetime; the
 /// reason is a sentence for operators.
-fn parse_issued(chain: &[u8], key: &[u8]) -> Result<Issued, String> {
+pub(super) fn parse_issued(chain: &[u8], key: &[u8]) -> Result<Issued, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
         .collect::<Result<_, _>>()
         .map_err(|_| "the certificate chain is not valid PEM".to_string())?;

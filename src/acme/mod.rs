@@ -188,12 +188,24 @@ impl Registry {
         }
         // A setting that replaces one of the same CA and cache (a reload
         // that changed the domains) serves its predecessor's certificate
-        // until its own is issued, rather than failing handshakes.
+        // until its own is issued, rather than failing handshakes. Its
+        // predecessor: the one sharing the most names with it. A setting
+        // sharing none (another listener's, on the same cache) is not one:
+        // its certificate would be served for names it does not cover.
         let slot = Arc::new(CertSlot::default());
+        let shared = |e: &Entry| {
+            e.cfg
+                .domains
+                .iter()
+                .filter(|d| cfg.domains.contains(d))
+                .count()
+        };
         if let Some(prev) = entries
             .iter()
             .filter(|e| e.cfg.directory == cfg.directory && e.cfg.cache == cfg.cache)
-            .find_map(|e| e.slot.current())
+            .filter(|e| shared(e) > 0)
+            .max_by_key(|e| shared(e))
+            .and_then(|e| e.slot.current())
         {
             slot.current.store(Some(prev));
         }
@@ -249,5 +261,45 @@ impl Registry {
                 stop,
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(domains: &[&str]) -> AcmeConfig {
+        AcmeConfig {
+            directory: "https://ca.test/dir".into(),
+            ca_root: None,
+            contact: vec![],
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            challenge: crate::config::AcmeChallenge::Http01,
+            cache: "/var/cache/wsgate/acme".into(),
+        }
+    }
+
+    fn issued(name: &str) -> Issued {
+        let g = crate::certs::generate_self_signed(&[name.into()]).expect("cert");
+        cache::parse_issued(g.cert_pem.as_bytes(), g.key_pem.as_bytes()).expect("issued")
+    }
+
+    /// A setting changed by a reload serves its own predecessor's
+    /// certificate, never another listener's on the same CA and cache (the
+    /// review's finding: B, given c.test too, served A's a.test certificate
+    /// for b.test, and /readyz said ready).
+    #[test]
+    fn a_changed_setting_keeps_its_own_certificate_only() {
+        let reg = Registry::new(Policy::default(), Family::default());
+        reg.slot(&cfg(&["a.test"])).store(issued("a.test"));
+        reg.slot(&cfg(&["b.test"])).store(issued("b.test"));
+        let b_now = reg
+            .find(&cfg(&["b.test"]))
+            .and_then(|s| s.key())
+            .expect("b's");
+        let b2 = reg.slot(&cfg(&["b.test", "c.test"]));
+        assert_eq!(b2.key().map(|k| k.cert.clone()), Some(b_now.cert.clone()));
+        let d = reg.slot(&cfg(&["d.test"]));
+        assert!(d.key().is_none(), "a new setting got another's certificate");
     }
 }
