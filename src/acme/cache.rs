@@ -12,7 +12,7 @@
 //! a temporary name and renamed, so a crash never leaves half a file.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -106,12 +106,18 @@ impl Cache {
 
     /// Checks a newly issued chain and key, stores them, and returns them
     /// ready to serve.
+    #[cfg(test)]
     pub(super) fn save_cert(&self, chain_pem: &str, key_pem: &str) -> Result<Issued, AcmeError> {
         let issued = parse_issued(chain_pem.as_bytes(), key_pem.as_bytes())
             .map_err(AcmeError::Certificate)?;
-        self.write(&self.key, key_pem.as_bytes())?;
-        self.write(&self.cert, chain_pem.as_bytes())?;
+        self.store_cert(chain_pem, key_pem)?;
         Ok(issued)
+    }
+
+    /// Stores a chain and key already checked ([`parse_issued`]).
+    pub(super) fn store_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), AcmeError> {
+        self.write(&self.key, key_pem.as_bytes())?;
+        self.write(&self.cert, chain_pem.as_bytes())
     }
 
     /// Writes `data` to `path` (owner-only) through a temporary file.
@@ -131,6 +137,10 @@ impl Cache {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
+            .map_err(err)?;
+        // `mode` applies only to a file it creates: one left behind (by a
+        // crash, or another user) keeps its own, and a key must not.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(err)?;
         f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
@@ -206,6 +216,14 @@ mod tests {
         let b = Cache::new(&cfg(dir.path(), &["b.test"]));
         assert!(b.load_cert().expect("empty").is_none());
         assert_eq!(a.account, b.account);
+        // A temporary file left behind readable by others does not make the
+        // key so (the TLS review: `mode` applies only to a file it creates).
+        let tmp = a.key.with_extension("tmp");
+        std::fs::write(&tmp, "left").expect("tmp");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        a.save_cert(&g.cert_pem, &g.key_pem).expect("saved again");
+        let mode = std::fs::metadata(&a.key).expect("key").permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
         // A chain that does not belong to the key is refused before it is stored.
         let other = crate::certs::generate_self_signed(&["a.test".into()]).expect("cert");
         assert!(b.save_cert(&g.cert_pem, &other.key_pem).is_err());

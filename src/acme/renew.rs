@@ -102,13 +102,24 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
         }
     };
     let mut failures = 0u32;
+    let mut unsaved: Option<Unsaved> = None;
     loop {
-        let wait = next.duration_since(SystemTime::now()).unwrap_or_default();
+        if let Some(u) = &mut unsaved {
+            if u.store_if_due(&cache, &policy, &domains) {
+                unsaved = None;
+            }
+        }
+        let due = unsaved.as_ref().map_or(next, |u| u.at.min(next));
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
         if !wait.is_zero() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait.min(RECHECK)) => continue,
             }
+        }
+        if next > SystemTime::now() {
+            // Woken to store the certificate again, not to order.
+            continue;
         }
         let attempt = tokio::time::timeout(policy.order_timeout, obtain(&cfg, &cache, &challenges));
         let result = tokio::select! {
@@ -117,13 +128,27 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
         };
         let now = SystemTime::now();
         match result {
-            Ok(issued) => {
+            Ok((issued, not_stored)) => {
                 count("ok");
                 tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                     "ACME certificate issued and in service");
-                next = renew_at(issued.not_before, issued.not_after).max(now + policy.min_interval);
+                let at = renew_at(issued.not_before, issued.not_after);
+                failures = if at > now {
+                    0
+                } else {
+                    failures.saturating_add(1)
+                };
+                next = if at > now {
+                    at.max(now + policy.min_interval)
+                } else {
+                    // Due as it was issued (a clock behind the CA's, or a CA
+                    // issuing short certificates): paced as a failure, not
+                    // ordered again each `min_interval`.
+                    tracing::warn!(domains = %domains, "the ACME certificate issued is already due for renewal");
+                    now + backoff(&policy, failures)
+                };
                 slot.store(issued);
-                failures = 0;
+                unsaved = not_stored.map(|(chain, key)| Unsaved::new(chain, key, &policy));
             }
             Err(e) => {
                 count("error");
@@ -143,13 +168,55 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
     }
 }
 
-/// One order, stored in the cache before it is served. An account the CA
+/// A certificate in service that the cache could not take yet: written
+/// again with the failure backoff, never ordered again for it (each order
+/// is a duplicate the CA counts: Let's Encrypt allows 5 a week).
+struct Unsaved {
+    chain: String,
+    key: String,
+    failures: u32,
+    at: SystemTime,
+}
+
+impl Unsaved {
+    fn new(chain: String, key: String, policy: &Policy) -> Self {
+        Self {
+            chain,
+            key,
+            failures: 1,
+            at: SystemTime::now() + backoff(policy, 1),
+        }
+    }
+
+    /// Tries the write when it is due; `true` once stored.
+    fn store_if_due(&mut self, cache: &Cache, policy: &Policy, domains: &str) -> bool {
+        if SystemTime::now() < self.at {
+            return false;
+        }
+        match cache.store_cert(&self.chain, &self.key) {
+            Ok(()) => {
+                tracing::info!(domains = %domains, "ACME certificate stored in the cache");
+                true
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                self.at = SystemTime::now() + backoff(policy, self.failures);
+                tracing::error!(domains = %domains, error = %e.with_causes(),
+                    "ACME certificate still not stored in the cache (it stays in service; a restart would order a new one)");
+                false
+            }
+        }
+    }
+}
+
+/// One order. The certificate is served even when the cache cannot take it;
+/// its PEMs then come back (chain, key) for [`Unsaved`]. An account the CA
 /// no longer knows is replaced by a new registration within the same try.
 async fn obtain(
     cfg: &AcmeConfig,
     cache: &Cache,
     challenges: &Arc<Challenges>,
-) -> Result<Issued, AcmeError> {
+) -> Result<(Issued, Option<(String, String)>), AcmeError> {
     let account = client::account(cfg, cache).await?;
     let (chain, key) = match client::order(&account, cfg, challenges).await {
         Err(e) if e.is_unknown_account() => {
@@ -161,7 +228,16 @@ async fn obtain(
         }
         other => other?,
     };
-    cache.save_cert(&chain, &key)
+    let issued = super::cache::parse_issued(chain.as_bytes(), key.as_bytes())
+        .map_err(AcmeError::Certificate)?;
+    match cache.store_cert(&chain, &key) {
+        Ok(()) => Ok((issued, None)),
+        Err(e) => {
+            tracing::error!(domains = %cfg.domains.join(","), error = %e.with_causes(),
+                "ACME certificate issued but not stored in the cache; it is served, and the write is tried again");
+            Ok((issued, Some((chain, key))))
+        }
+    }
 }
 
 #[cfg(test)]

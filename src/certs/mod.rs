@@ -228,19 +228,36 @@ pub fn write_dev_cert(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf)
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // `mode` applies only to a file it creates: a key written over one
+    // (`gen-cert --force`) would keep that file's looser mode.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(data)
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
+
+    /// A key written over a readable file is made owner-only (the TLS
+    /// review: `gen-cert --force` left a new key 0644).
+    #[test]
+    fn a_key_written_over_a_loose_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("localhost.key");
+        std::fs::write(&key, "old").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        super::write_dev_cert(dir.path(), &["localhost".into()]).expect("written");
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     fn cert_until(not_after: Option<(i32, u8, u8)>) -> rustls_pki_types::CertificateDer<'static> {
         let mut p = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();

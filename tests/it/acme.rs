@@ -388,6 +388,72 @@ async fn failed_renewals_keep_the_certificate_in_service() {
     assert!(gw.shutdown().await);
 }
 
+/// An issued certificate the cache cannot take is served all the same, and
+/// stored once the cache takes writes again, with no second order (it was
+/// dropped and ordered again on every retry: Let's Encrypt's 5 duplicates a
+/// week gone in minutes; the TLS review's finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_the_cache_cannot_take_is_served_and_stored_later() {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::{Digest, Sha256};
+    let [http_port, tls_port] = free_ports();
+    let pebble = Pebble::start(PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs: None,
+        listen_port: None,
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("acme");
+    // The certificate's temporary file cannot be made: a directory holds
+    // its name (the cache's naming: a hash of the CA and the domains).
+    let mut h = Sha256::new();
+    for part in [
+        pebble.directory.as_str(),
+        "a.example.test",
+        "b.example.test",
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let hash: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let blocker = cache.join(format!("cert-{hash}.tmp"));
+    std::fs::create_dir_all(&blocker).expect("blocker");
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let text = config(&pebble, "tls-alpn-01", "", &tls_addr.to_string(), &cache);
+    let gw = start(&text, dir.path()).await;
+    let tls = client(&pebble.root().await);
+    let served_first = wait_served(tls_addr, &tls, "a.example.test", ISSUE, |_| true).await;
+    let admin = gw.admin_addr().expect("admin");
+    assert_eq!(orders(admin, "ok").await, 1);
+    assert!(!cache_files(&cache).iter().any(|f| f.ends_with(".pem")));
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let pem = cache.join(format!("cert-{hash}.pem"));
+    assert!(
+        eventually(WAIT, || async { pem.exists() }).await,
+        "the certificate was never stored: {:?}",
+        cache_files(&cache)
+    );
+    let stored = std::fs::read(&pem).expect("stored");
+    let stored_leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&stored)
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    assert_eq!(
+        stored_leaf.as_ref(),
+        &served_first[..],
+        "the one in service is stored"
+    );
+    assert_eq!(orders(admin, "ok").await, 1, "ordered again");
+    assert_eq!(orders(admin, "error").await, 0);
+    assert!(gw.shutdown().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_the_ca_forgot_is_registered_again() {
     let [http_port, tls_port] = free_ports();
