@@ -1,6 +1,6 @@
 //! TLS for listeners: a rustls `ServerConfig` per TLS listener with TLS 1.2/1.3
 //! only, ALPN `h2` + `http/1.1`, and a certificate chosen by SNI (exact names
-//! first, then the longest matching `*.wildcard`, else the listener's default),
+//! first, then the longest `*.wildcard` covering it (one label, as its certificate does), else the listener's default),
 //! and, with `client_ca`, client certificates verified against that CA (mTLS).
 //! A certificate with `ocsp` staples that response until its `nextUpdate`
 //! passes (checked per handshake; the file is re-read on every reload).
@@ -169,15 +169,20 @@ impl SniResolver {
         if let Some((_, e)) = self.exact.iter().find(|(h, _)| *h == name) {
             return Some(e.current());
         }
-        if let Some((_, e)) = self
-            .wildcard
-            .iter()
-            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-        {
+        if let Some((_, e)) = self.wildcard.iter().find(|(s, _)| covers(s, &name)) {
             return Some(e.current());
         }
         self.default.current()
     }
+}
+
+/// Whether a wildcard entry (its suffix, `.example.test`) is for `name`:
+/// one label in front, as a wildcard certificate covers (RFC 6125 §6.4.3)
+/// and HAProxy's crt-list matches. `x.b.example.test` falls through to a
+/// longer wildcard or the default, whose certificate may cover it.
+fn covers(suffix: &str, name: &str) -> bool {
+    name.strip_suffix(suffix)
+        .is_some_and(|label| !label.is_empty() && !label.contains('.'))
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -305,5 +310,14 @@ mod tests {
         let stale = entry(Some(now - Duration::from_secs(1)));
         assert!(stale.current().ocsp.is_none());
         assert_eq!(stale.current().cert, stale.plain.cert);
+    }
+
+    #[test]
+    fn a_wildcard_entry_covers_one_label() {
+        assert!(covers(".example.test", "a.example.test"));
+        assert!(!covers(".example.test", "x.b.example.test"));
+        assert!(!covers(".example.test", ".example.test"));
+        assert!(!covers(".example.test", "example.test"));
+        assert!(!covers(".example.test", "aexample.test"));
     }
 }
