@@ -1,7 +1,8 @@
 //! TLS for listeners: a rustls `ServerConfig` per TLS listener with TLS 1.2/1.3
 //! only, ALPN `h2` + `http/1.1`, and a certificate chosen by SNI (exact names
-//! first, then the longest `*.wildcard` covering it (one label, as its certificate does), else the listener's default),
-//! and, with `client_ca`, client certificates verified against that CA (mTLS).
+//! first, then the longest `*.wildcard` covering it: one label, as its
+//! certificate does; else the listener's default), and, with `client_ca`,
+//! client certificates verified against that CA (mTLS).
 //! A certificate with `ocsp` staples that response until its `nextUpdate`
 //! passes (checked per handshake; the file is re-read on every reload).
 //! With `[listener.tls.acme]` the default certificate is the ACME setting's
