@@ -115,6 +115,37 @@ pub struct Issued {
     pub not_after: SystemTime,
 }
 
+/// A setting's own cached certificate, while valid, loaded when its slot is
+/// made: before the listener is bound, so a start or a binary upgrade serves
+/// it from the first handshake (the renewal task loads it only once running,
+/// after the listeners accept).
+fn cached(cfg: &AcmeConfig) -> Option<Arc<Issued>> {
+    let own = cache::Cache::new(cfg).load_cert().ok()??;
+    (own.not_after > SystemTime::now()).then(|| Arc::new(own))
+}
+
+/// The certificate of the setting `cfg` replaces, if any: one of the same
+/// CA and cache (a reload that changed the domains) serves until the new
+/// setting's own is issued, rather than failing handshakes. The one sharing
+/// the most names; one sharing none (another listener's, on the same cache)
+/// is no predecessor: its certificate would be served for names it does
+/// not cover.
+fn predecessor(entries: &[Entry], cfg: &AcmeConfig) -> Option<Arc<Issued>> {
+    let shared = |e: &Entry| {
+        e.cfg
+            .domains
+            .iter()
+            .filter(|d| cfg.domains.contains(d))
+            .count()
+    };
+    entries
+        .iter()
+        .filter(|e| e.cfg.directory == cfg.directory && e.cfg.cache == cfg.cache)
+        .filter(|e| shared(e) > 0)
+        .max_by_key(|e| shared(e))
+        .and_then(|e| e.slot.current())
+}
+
 /// The certificate a listener serves for one ACME setting: empty until the
 /// first one is loaded or issued, then replaced whole.
 #[derive(Debug, Default)]
@@ -186,29 +217,9 @@ impl Registry {
         if let Some(e) = entries.iter().find(|e| e.cfg == *cfg) {
             return e.slot.clone();
         }
-        // A setting that replaces one of the same CA and cache (a reload
-        // that changed the domains) serves its predecessor's certificate
-        // until its own is issued, rather than failing handshakes. Its
-        // predecessor: the one sharing the most names with it. A setting
-        // sharing none (another listener's, on the same cache) is not one:
-        // its certificate would be served for names it does not cover.
         let slot = Arc::new(CertSlot::default());
-        let shared = |e: &Entry| {
-            e.cfg
-                .domains
-                .iter()
-                .filter(|d| cfg.domains.contains(d))
-                .count()
-        };
-        if let Some(prev) = entries
-            .iter()
-            .filter(|e| e.cfg.directory == cfg.directory && e.cfg.cache == cfg.cache)
-            .filter(|e| shared(e) > 0)
-            .max_by_key(|e| shared(e))
-            .and_then(|e| e.slot.current())
-        {
-            slot.current.store(Some(prev));
-        }
+        let first = cached(cfg).or_else(|| predecessor(&entries, cfg));
+        slot.current.store(first);
         entries.push(Entry {
             cfg: cfg.clone(),
             slot: slot.clone(),
@@ -301,5 +312,25 @@ mod tests {
         assert_eq!(b2.key().map(|k| k.cert.clone()), Some(b_now.cert.clone()));
         let d = reg.slot(&cfg(&["d.test"]));
         assert!(d.key().is_none(), "a new setting got another's certificate");
+    }
+
+    /// A setting's cached certificate is in its slot as soon as the slot
+    /// is made, before any task runs (the TLS review: a start or binary
+    /// upgrade accepted handshakes before the renewal task loaded it).
+    #[test]
+    fn a_new_slot_serves_its_cached_certificate_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg(&["a.test"]);
+        c.cache = dir.path().join("acme");
+        let g = crate::certs::generate_self_signed(&["a.test".into()]).expect("cert");
+        let stored = cache::Cache::new(&c)
+            .save_cert(&g.cert_pem, &g.key_pem)
+            .expect("saved");
+        let reg = Registry::new(Policy::default(), Family::default());
+        let slot = reg.slot(&c);
+        assert_eq!(
+            slot.key().map(|k| k.cert.clone()),
+            Some(stored.key.cert.clone())
+        );
     }
 }
