@@ -108,3 +108,20 @@ fn acme_excludes_cert_and_key() {
         "{e}"
     );
 }
+
+/// Two tables for the same names and cache must be equal: otherwise two
+/// tasks order the names and write the same files (the TLS review).
+#[test]
+fn two_tables_for_the_same_names_and_cache_must_be_equal() {
+    let first = format!("[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls.acme]\n{OK}");
+    assert!(check(&first, OK).is_ok(), "equal tables share one setting");
+    let e = check(&first, &OK.replace("mailto:ops", "mailto:other")).unwrap_err();
+    assert!(
+        e.contains(
+            "listener[1].tls.acme: the same directory, cache and domains as listener[0].tls.acme"
+        ),
+        "{e}"
+    );
+    let own_cache = OK.replace("acme-cache-test", "acme-cache-other");
+    assert!(check(&first, &own_cache.replace("mailto:ops", "mailto:other")).is_ok());
+}

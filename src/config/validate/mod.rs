@@ -316,6 +316,7 @@ fn listeners(
     limits: &std::collections::BTreeMap<String, LimitConfig>,
 ) -> Vec<ListenerConfig> {
     let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+    let mut acme_seen: Vec<(AcmeConfig, String)> = Vec::new();
     let mut out = Vec::new();
     let has_plain = ls.iter().any(|l| l.get_ref().tls.is_none());
     for (i, l) in ls.iter().enumerate() {
@@ -355,6 +356,9 @@ fn listeners(
                 client_auth,
             }
         });
+        if let (Some(t), Some(ListenerCert::Acme(a))) = (&l.tls, tls.as_ref().map(|t| &t.default)) {
+            acme_clash(cx, &mut acme_seen, a, t, &key);
+        }
         let connection_limits =
             super::limits::connection_limits(cx, l.connection_limits.as_ref(), &key, limits);
         let proxy_protocol = client_addr::listener_proxy_protocol(l);
@@ -367,6 +371,32 @@ fn listeners(
         });
     }
     out
+}
+
+/// Two ACME tables for the same names in the same cache must be one: else
+/// two renewal tasks order those names and write the same cache files (and
+/// answer the same challenges). Equal tables share one certificate.
+fn acme_clash(
+    cx: &mut Ctx,
+    seen: &mut Vec<(AcmeConfig, String)>,
+    a: &AcmeConfig,
+    t: &TlsFile,
+    key: &str,
+) {
+    let same_files =
+        |o: &AcmeConfig| o.directory == a.directory && o.cache == a.cache && o.domains == a.domains;
+    match seen.iter().find(|(o, _)| same_files(o)) {
+        Some((o, other)) if o != a => {
+            if let Some(span) = t.acme.as_ref().map(|s| s.span()) {
+                cx.at(
+                    span,
+                    format!("{key}.tls.acme: the same directory, cache and domains as {other}.tls.acme, with other settings: both would order these names and write the same cache files; make the two tables equal (one certificate then serves both listeners) or give one its own cache"),
+                );
+            }
+        }
+        Some(_) => {}
+        None => seen.push((a.clone(), key.to_string())),
+    }
 }
 
 /// The listener's `[[listener.tls.sni]]` certificates. A host listed twice
