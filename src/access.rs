@@ -215,6 +215,9 @@ pub struct SessionLog {
     pub bytes_out: u64,
     /// Close code sent or received, if any.
     pub close_code: Option<u16>,
+    /// The close code an inspected splice saw, which counted it in the
+    /// metrics itself: for the access line only.
+    close_seen: Option<u16>,
     /// Whether message counts are known (apps, inspected splices).
     pub counts_messages: bool,
     /// Closed by a drain (the access line says so).
@@ -237,9 +240,15 @@ impl SessionLog {
             bytes_in: 0,
             bytes_out: 0,
             close_code: None,
+            close_seen: None,
             counts_messages: kind == "app",
             drained: false,
         }
+    }
+
+    /// The close code an inspected splice saw (its metrics already count it).
+    pub fn close_seen(&mut self, code: Option<u16>) {
+        self.close_seen = code;
     }
 
     /// Byte totals of a byte-copy splice (which cannot count messages).
@@ -307,7 +316,7 @@ impl Drop for SessionLog {
                 client = %self.client,
                 route = %self.route,
                 upstream = self.upstream.as_deref().unwrap_or("-"),
-                close_code = self.close_code.map(i64::from).unwrap_or(-1),
+                close_code = self.close_code.or(self.close_seen).map(i64::from).unwrap_or(-1),
                 drained = self.drained,
                 msgs_in = self.msgs_in,
                 msgs_out = self.msgs_out,

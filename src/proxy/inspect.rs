@@ -26,7 +26,7 @@
 //! [`CLOSE_GRACE`] after the first injected close in any case.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -90,9 +90,18 @@ struct Shared {
     peer_closing: AtomicBool,
     /// First recorded [`SpliceEnd`] (0 = none yet).
     end: AtomicU8,
+    /// The session's close code for the access line (0 = none yet): the
+    /// first close either side sent, or the gateway sent the client.
+    close_code: AtomicU16,
 }
 
 impl Shared {
+    fn note_close(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     fn set_end(&self, end: SpliceEnd) {
         let _ = self
             .end
@@ -151,6 +160,7 @@ where
         closing: CancellationToken::new(),
         peer_closing: AtomicBool::new(false),
         end: AtomicU8::new(0),
+        close_code: AtomicU16::new(0),
     };
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
@@ -196,6 +206,10 @@ where
             shared.messages[0].load(Ordering::Relaxed),
             shared.messages[1].load(Ordering::Relaxed),
         )),
+        close_code: match shared.close_code.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(code),
+        },
         zero_copy: 0,
     }
 }
@@ -360,10 +374,12 @@ impl PumpState {
         out.extend_from_slice(&f[..n]);
     }
 
-    /// Writes pending injections into `out` if the destination is between frames.
-    fn inject_pending(&mut self, out: &mut Vec<u8>, metrics: &InspectMetrics) {
+    /// Writes pending injections into `out` if the destination is between
+    /// frames; the close code written, if it wrote a close.
+    fn inject_pending(&mut self, out: &mut Vec<u8>, metrics: &InspectMetrics) -> Option<u16> {
+        let mut closed = None;
         if !self.dst_at_boundary() {
-            return;
+            return None;
         }
         if let Some((code, reason, wait)) = self.pending_close.take() {
             if !self.closed_out {
@@ -372,6 +388,7 @@ impl PumpState {
                 self.push_control(out, OP_CLOSE, &payload);
                 metrics.close_code(code);
                 self.closed_out = true;
+                closed = Some(code);
             }
             self.injected = true;
             self.wait_reply = wait;
@@ -385,6 +402,7 @@ impl PumpState {
                 self.push_control(out, OP_PING, &p);
             }
         }
+        closed
     }
 
     fn done(&self) -> bool {
@@ -449,7 +467,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 self.shared.metrics.messages[i].inc_by(messages);
                 self.shared.messages[i].fetch_add(messages, Ordering::Relaxed);
             }
-            st.inject_pending(&mut out, &self.shared.metrics);
+            self.injected(st.inject_pending(&mut out, &self.shared.metrics));
             if !out.is_empty() {
                 self.dst.write_all(&out).await?;
                 self.dst.flush().await?;
@@ -521,6 +539,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                             st.src_closed = true;
                         } else {
                             sh.metrics.close_code(e.close_code.unwrap_or(1005));
+                            sh.note_close(e.close_code.unwrap_or(1005));
                             sh.peer_closing.store(true, Ordering::Relaxed);
                             st.closed_out = true;
                         }
@@ -541,7 +560,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     } else {
                         Mode::Forward
                     };
-                    st.inject_pending(out, &sh.metrics);
+                    self.injected(st.inject_pending(out, &sh.metrics));
                     if st.done() {
                         break;
                     }
@@ -555,6 +574,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             }
         }
         messages
+    }
+
+    /// A close the gateway wrote: the session's code when it went to the
+    /// client.
+    fn injected(&self, close: Option<u16>) {
+        if let (Some(code), Side::Upstream) = (close, self.from) {
+            self.shared.note_close(code);
+        }
     }
 
     /// The source broke a rule: `code` to it, 1001 to the destination (which
@@ -572,23 +599,5 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn end_codes_round_trip() {
-        for e in [
-            SpliceEnd::Closed,
-            SpliceEnd::Idle,
-            SpliceEnd::Drain,
-            SpliceEnd::Error,
-            SpliceEnd::TooBig,
-            SpliceEnd::PeerDead,
-            SpliceEnd::Protocol,
-            SpliceEnd::Policy,
-            SpliceEnd::Expired,
-        ] {
-            assert_eq!(end_from(end_code(e)), e);
-        }
-    }
-}
+#[path = "inspect_tests.rs"]
+mod tests;

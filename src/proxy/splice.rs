@@ -68,6 +68,9 @@ pub struct SpliceStats {
     pub bytes_out: u64,
     /// Messages (client → upstream, upstream → client): inspected splices only.
     pub messages: Option<(u64, u64)>,
+    /// The session's close code, the first one either side sent or the
+    /// gateway sent the client: inspected splices only.
+    pub close_code: Option<u16>,
     /// Of the bytes both ways, those moved by `splice(2)` without a copy
     /// through user space.
     pub zero_copy: u64,
@@ -156,6 +159,7 @@ where
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
         messages: None,
+        close_code: None,
         zero_copy: copy.to_upstream.zero_copy + copy.to_client.zero_copy,
     }
 }

@@ -311,6 +311,7 @@ impl Tunnel<'_> {
             };
             // Inspected sessions count their messages and close codes themselves.
             hold.log.record_splice(stats.bytes_in, stats.bytes_out);
+            hold.log.close_seen(stats.close_code);
             hold.log
                 .metrics()
                 .splice_zero_copy_bytes

@@ -140,6 +140,44 @@ async fn oversized_client_messages_close_1009_to_client_1001_to_upstream() {
     }
 }
 
+/// The access line of an inspected session names its close code: the
+/// gateway's to the client (1009 here), or the first either side sent. It
+/// was -1, "unknown, as for byte splices", also after a drain's 1012 (the
+/// ninth probe).
+#[tokio::test]
+async fn the_access_line_names_an_inspected_sessions_close_code() {
+    let (up, mut ups) = raw_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [port] = common::redis::free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let path = dir.path().join("wsgate.toml");
+    let cfg = config(up).listener(Listener::at(addr)).build();
+    std::fs::write(&path, cfg).expect("write config");
+    let mut gw = common::process::WsgateProc::start(&path);
+    gw.wait_for("listening", WAIT);
+    let (mut c, _u) = raw_pair(addr, &mut ups).await;
+    c.write_all(&frame(true, 1, &[b'a'; 1025], MASK))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut c).await, (1009, false));
+    let line = gw.wait_for("session=\"spliced\"", WAIT);
+    assert!(line.contains("close_code=1009"), "{line}");
+    // The upstream closes first, with its own code.
+    let (mut c, mut u) = raw_pair(addr, &mut ups).await;
+    u.write_all(&frame(true, 8, &4000u16.to_be_bytes(), None))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut c).await.0, 4000);
+    c.write_all(&frame(true, 8, &4000u16.to_be_bytes(), MASK))
+        .await
+        .expect("write");
+    let (_, op, _, _) = read_frame(&mut u).await;
+    assert_eq!(op, 8, "the client's close reply reaches the upstream");
+    drop((c, u));
+    let line = gw.wait_for("close_code=4000", WAIT);
+    assert!(line.contains("session=\"spliced\""), "{line}");
+}
+
 #[tokio::test]
 async fn oversized_upstream_messages_close_1009_to_upstream_1001_to_client() {
     let (up, mut ups) = raw_upstream().await;
