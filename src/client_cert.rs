@@ -177,15 +177,17 @@ fn attribute_value(v: &Tlv<'_>) -> String {
 }
 
 /// RFC 4514 §2.4 escaping, plus `\XX` for every byte that is not visible
-/// ASCII, so the result is always a plain header value.
+/// ASCII, so the result is always a plain header value. A space at either
+/// end is `\20`: as `\ ` it could end the header, and HTTP strips a
+/// header's trailing whitespace, leaving a lone backslash.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let last = s.len().saturating_sub(1);
     for (i, c) in s.char_indices() {
-        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
-            || (i == 0 && matches!(c, '#' | ' '))
-            || (i == last && c == ' ');
-        if special {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\') || (i == 0 && c == '#');
+        if c == ' ' && (i == 0 || i == last) {
+            out.push_str("\\20");
+        } else if special {
             out.push('\\');
             out.push(c);
         } else if c.is_ascii_graphic() || c == ' ' {
@@ -216,12 +218,12 @@ mod tests {
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(rcgen::DnType::CountryName, "DE");
         dn.push(rcgen::DnType::OrganizationName, "Example, Inc.");
-        dn.push(rcgen::DnType::CommonName, " alice+ü");
+        dn.push(rcgen::DnType::CommonName, " alice+ü ");
         let der = cert_with(dn);
         let c = ClientCert::from_der(&der);
         assert_eq!(
             c.subject.unwrap(),
-            "CN=\\ alice\\+\\C3\\BC,O=Example\\, Inc.,C=DE"
+            "CN=\\20alice\\+\\C3\\BC\\20,O=Example\\, Inc.,C=DE"
         );
         let expected: String = Sha256::digest(&der)
             .iter()
