@@ -111,14 +111,24 @@ async fn sse_rejects_bad_input() {
         get(gw.http(), "/chat/sse?user=a&rooms=a%20b").await.status,
         StatusCode::BAD_REQUEST
     );
-    let req = Request::get("/chat/sse?user=a&rooms=x")
-        .header("host", "localhost")
-        .header("last-event-id", "garbage")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let r = send(gw.http(), req).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(json_of(&r)["code"], "bad_cursor");
+    // Garbage, and bytes that are not text (taken as no cursor before: the
+    // stream started live, past any gap; the ninth probe).
+    for id in [&b"garbage"[..], b"r1:\xff"] {
+        let req = Request::get("/chat/sse?user=a&rooms=x")
+            .header("host", "localhost")
+            .header(
+                "last-event-id",
+                http::HeaderValue::from_bytes(id).expect("a header value"),
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        // A stream never ends: a deadline, not a hung test.
+        let r = tokio::time::timeout(WAIT, send(gw.http(), req))
+            .await
+            .expect("answered, not streamed");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id:?}");
+        assert_eq!(json_of(&r)["code"], "bad_cursor");
+    }
 }
 
 #[tokio::test]

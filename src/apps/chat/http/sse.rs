@@ -102,11 +102,14 @@ pub(super) async fn sse(
     for room in &rooms {
         who.grants.check_room(room)?;
     }
-    let resume = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    let header = match req.headers().get("last-event-id").map(|v| v.to_str()) {
+        // Not text is no cursor: refused as one that does not parse, not
+        // taken as absent (which would start live and skip the gap).
+        Some(Err(_)) => return Err(ChatError::BadCursor("(not text)".into())),
+        Some(Ok(v)) => Some(v.to_owned()),
+        None => None,
+    };
+    let resume = header
         .or_else(|| query_param(req.uri(), "last_event_id"))
         .filter(|s| !s.trim().is_empty())
         .map(|s| Cursor::parse(&s))
