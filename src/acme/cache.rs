@@ -186,14 +186,7 @@ mod tests {
     use super::*;
 
     fn cfg(dir: &Path, domains: &[&str]) -> AcmeConfig {
-        AcmeConfig {
-            directory: "https://ca.test/dir".into(),
-            ca_root: None,
-            contact: vec![],
-            domains: domains.iter().map(|d| d.to_string()).collect(),
-            challenge: crate::config::AcmeChallenge::Http01,
-            cache: dir.join("acme"),
-        }
+        super::super::test_config(dir.join("acme"), domains)
     }
 
     #[test]

@@ -275,19 +275,25 @@ impl Registry {
     }
 }
 
+/// A setting of one test CA with `cache`, for `domains`.
+#[cfg(test)]
+fn test_config(cache: PathBuf, domains: &[&str]) -> AcmeConfig {
+    AcmeConfig {
+        directory: "https://ca.test/dir".into(),
+        ca_root: None,
+        contact: vec![],
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        challenge: crate::config::AcmeChallenge::Http01,
+        cache,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg(domains: &[&str]) -> AcmeConfig {
-        AcmeConfig {
-            directory: "https://ca.test/dir".into(),
-            ca_root: None,
-            contact: vec![],
-            domains: domains.iter().map(|d| d.to_string()).collect(),
-            challenge: crate::config::AcmeChallenge::Http01,
-            cache: "/var/cache/wsgate/acme".into(),
-        }
+        test_config("/var/cache/wsgate/acme".into(), domains)
     }
 
     fn issued(name: &str) -> Issued {

@@ -137,6 +137,20 @@ async fn orders(admin: SocketAddr, result: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Pebble on two free ports that its validations reach (http-01, tls-alpn-01),
+/// issuing certificates valid `validity_secs` (its default when `None`).
+async fn pebble(validity_secs: Option<u64>) -> (Pebble, u16, u16) {
+    let [http_port, tls_port] = free_ports();
+    let pebble = Pebble::start(PebbleOpts {
+        http_port,
+        tls_port,
+        validity_secs,
+        listen_port: None,
+    })
+    .await;
+    (pebble, http_port, tls_port)
+}
+
 fn not_after_secs(der: &[u8]) -> u64 {
     let t = wsgate::certs::not_after(&der.to_vec().into()).expect("X.509");
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -157,14 +171,7 @@ fn cache_files(cache: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_issues_and_a_restart_reuses_the_cache() {
-    let [http_port, tls_port] = free_ports();
-    let pebble = Pebble::start(PebbleOpts {
-        http_port,
-        tls_port,
-        validity_secs: None,
-        listen_port: None,
-    })
-    .await;
+    let (pebble, http_port, tls_port) = pebble(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("acme");
     let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
@@ -283,15 +290,8 @@ async fn http_01_issues_and_a_restart_reuses_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_and_renews_live() {
-    let [http_port, tls_port] = free_ports();
     // 6 s certificates: renewed 4 s after they start.
-    let pebble = Pebble::start(PebbleOpts {
-        http_port,
-        tls_port,
-        validity_secs: Some(6),
-        listen_port: None,
-    })
-    .await;
+    let (pebble, _, tls_port) = pebble(Some(6)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("acme");
     let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
@@ -345,15 +345,8 @@ async fn status_line(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpS
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_renewals_keep_the_certificate_in_service() {
-    let [http_port, tls_port] = free_ports();
     // 9 s certificates: due for renewal 6 s after they start.
-    let mut pebble = Pebble::start(PebbleOpts {
-        http_port,
-        tls_port,
-        validity_secs: Some(9),
-        listen_port: None,
-    })
-    .await;
+    let (mut pebble, _, tls_port) = pebble(Some(9)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("acme");
     let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
@@ -396,14 +389,7 @@ async fn failed_renewals_keep_the_certificate_in_service() {
 async fn a_certificate_the_cache_cannot_take_is_served_and_stored_later() {
     use rustls_pki_types::pem::PemObject;
     use sha2::{Digest, Sha256};
-    let [http_port, tls_port] = free_ports();
-    let pebble = Pebble::start(PebbleOpts {
-        http_port,
-        tls_port,
-        validity_secs: None,
-        listen_port: None,
-    })
-    .await;
+    let (pebble, _, tls_port) = pebble(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("acme");
     // The certificate's temporary file cannot be made: a directory holds
