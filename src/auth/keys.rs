@@ -15,9 +15,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-/// Shortest HMAC secret accepted: RFC 7518 §3.2 asks for a key at least as
-/// long as the hash (32 bytes for HS256); shorter keys are brute-forceable.
-pub const MIN_SECRET_LEN: usize = 32;
+use super::usable::MIN_SECRET_LEN;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {

@@ -13,7 +13,10 @@ use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::SubjectPublicKeyInfoDer;
 
-use super::keys::MIN_SECRET_LEN;
+/// Shortest HMAC secret accepted (an `hmac_secret` or a JWKS `oct` key):
+/// RFC 7518 §3.2 asks for a key at least as long as the hash (32 bytes for
+/// HS256); shorter keys are brute-forceable.
+pub const MIN_SECRET_LEN: usize = 32;
 
 /// RSA modulus sizes aws-lc-rs verifies (`RSA_PKCS1_2048_8192_*`,
 /// `RSA_PSS_2048_8192_*`).
