@@ -227,9 +227,18 @@ pub fn load_jwks(path: &Path) -> Result<Vec<JwksKey>, KeyError> {
         };
         super::usable::jwk(jwk).map_err(bad)?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
-        if kid.is_some() && out.iter().any(|k: &JwksKey| k.kid == kid) {
-            // A kid names the one key its tokens are checked against.
-            return Err(bad("its kid names another key of the document too".into()));
+        // A kid may name keys of different types (RFC 7517 §4.5), each
+        // tried for the algorithms it serves; two keys a token could both
+        // be checked against under one kid leave which one signs unclear.
+        let same_use = |k: &JwksKey| {
+            k.kid == kid
+                && k.key.family() == key.family()
+                && (k.alg.is_none() || alg.is_none() || k.alg == alg)
+        };
+        if kid.is_some() && out.iter().any(same_use) {
+            return Err(bad(
+                "its kid names another key of the same type and algorithm in the document".into(),
+            ));
         }
         out.push(JwksKey { kid, alg, key });
     }
@@ -297,6 +306,17 @@ mod tests {
         let e = refused(write("dup", &[("d", long), ("d", other)]));
         assert!(matches!(e, KeyError::JwksKey { index: 1, .. }), "{e}");
         assert!(e.to_string().contains("kid"), "{e}");
+        // One kid on keys of different types is allowed (RFC 7517 §4.5).
+        let path = dir.path().join("mixed");
+        let rsa_n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"keys":[{{"kty":"oct","kid":"k","k":"{long}"}},{{"kty":"RSA","kid":"k","n":"{rsa_n}","e":"AQAB"}}]}}"#
+            ),
+        )
+        .expect("write");
+        assert_eq!(load_jwks(&path).map(|k| k.len()), Ok(2));
         let e = refused(write("empty", &[("e", "")]));
         assert!(e.to_string().contains("0 bytes"), "{e}");
         assert!(!e.to_string().contains(long));

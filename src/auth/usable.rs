@@ -11,7 +11,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{DecodingKey, DecodingKeyKind};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::SubjectPublicKeyInfoDer;
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 
 /// Shortest HMAC secret accepted (an `hmac_secret` or a JWKS `oct` key):
 /// RFC 7518 §3.2 asks for a key at least as long as the hash (32 bytes for
@@ -111,14 +111,22 @@ fn pkcs1_modulus(der: &[u8]) -> Result<Vec<u8>, String> {
             Ok(n)
         })
     })
-    .map_err(|_| "the RSA key does not parse".to_string())
+    .map_err(|_| {
+        "the RSA key is not a public key (a private key belongs with the signer)".to_string()
+    })
 }
 
-/// The named curve of an EC `PUBLIC KEY` PEM, if one that verifies.
+/// The named curve of an EC `PUBLIC KEY` or `CERTIFICATE` PEM (jsonwebtoken
+/// takes either), if one that verifies.
 fn ec_curve(pem: &[u8]) -> Result<(), String> {
-    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem)
-        .map_err(|_| "the EC key is not a PUBLIC KEY (SPKI) PEM".to_string())?;
-    let curve = yasna::parse_der(spki.as_ref(), |r| {
+    let spki = match SubjectPublicKeyInfoDer::from_pem_slice(pem) {
+        Ok(spki) => spki.as_ref().to_vec(),
+        Err(_) => CertificateDer::from_pem_slice(pem)
+            .ok()
+            .and_then(|c| crate::certs::spki(&c))
+            .ok_or("the EC key is neither a PUBLIC KEY nor a CERTIFICATE PEM")?,
+    };
+    let curve = yasna::parse_der(&spki, |r| {
         r.read_sequence(|r| {
             let curve = r.next().read_sequence(|r| {
                 let _ec_public_key = r.next().read_oid()?;
@@ -188,6 +196,17 @@ mod tests {
         assert_eq!(checked_pem(&ec_pem(&rcgen::PKCS_ECDSA_P384_SHA384)), Ok(()));
         let e = checked_pem(&ec_pem(&rcgen::PKCS_ECDSA_P521_SHA512)).unwrap_err();
         assert!(e.contains("on P-521"), "{e}");
+        // Certificates, which jsonwebtoken reads the public key of (the
+        // review: a P-256 certificate was refused).
+        for (alg, ok) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, true),
+            (&rcgen::PKCS_ECDSA_P521_SHA512, false),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            let params = rcgen::CertificateParams::new(vec!["signer".into()]).expect("params");
+            let cert = params.self_signed(&key).expect("cert").pem();
+            assert_eq!(checked_pem(&cert).is_ok(), ok, "{cert}");
+        }
         assert_eq!(checked_pem(&rsa_pem(2048)), Ok(()));
         assert_eq!(checked_pem(&rsa_pem(4096)), Ok(()));
         let e = checked_pem(&rsa_pem(512)).unwrap_err();

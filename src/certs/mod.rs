@@ -149,6 +149,29 @@ pub fn validity(
     Some((at(from), at(until)))
 }
 
+/// A certificate's subjectPublicKeyInfo, whole (its DER SEQUENCE).
+pub fn spki(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    use yasna::Tag;
+    yasna::parse_der(cert.as_ref(), |r| {
+        r.read_sequence(|r| {
+            let spki = r.next().read_sequence(|r| {
+                r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                for _serial_signature_issuer_validity_subject in 0..5 {
+                    r.next().read_der()?;
+                }
+                let spki = r.next().read_der()?;
+                // Unique ids, extensions.
+                while r.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(spki)
+            })?;
+            r.next().read_der()?;
+            r.next().read_der()?;
+            Ok(spki)
+        })
+    })
+    .ok()
+}
+
 /// The system's trust roots (rustls-native-certs: the OS store, or the
 /// files `SSL_CERT_FILE` / `SSL_CERT_DIR` name). Unparsable entries are
 /// skipped, as every TLS client on the system skips them; the store may be
