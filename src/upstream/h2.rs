@@ -107,36 +107,32 @@ impl H2Conn {
         dialer: &Dialer,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, StreamSlot), Refused> {
-        let (mut sender, slot, reused) = match self.sender(dialer).await {
-            Ok(s) => s,
-            Err(f) => return Err((f, Some(req))),
-        };
-        let (req, origin) = to_h2(req, dialer);
-        let mut e = match sender.try_send_request(req).await {
-            Ok(r) => return Ok((r, slot)),
-            Err(e) => e,
-        };
-        drop(slot);
-        let Some(req) = e.take_message() else {
-            return Err((failed(e.into_error()), None));
-        };
-        if !reused {
-            return Err((
-                H2Failure::NotSent(e.into_error()),
-                Some(origin.restore(req)),
-            ));
-        }
-        // The connection had closed (GOAWAY, idle) before the request went
-        // out: the server never saw it, so a new connection may carry it.
-        let (mut sender, slot, _) = match self.sender(dialer).await {
-            Ok(s) => s,
-            // Nothing reached this server: the request is whole, for
-            // another (the race a GOAWAY and a failed redial make).
-            Err(f) => return Err((f, Some(origin.restore(req)))),
-        };
-        match sender.send_request(req).await {
-            Ok(r) => Ok((r, slot)),
-            Err(e) => Err((failed(e), None)),
+        // A shared connection can close (a GOAWAY hyper has not acted on
+        // yet) between choosing it and sending: the request comes back
+        // unsent, and goes out on another, at most once per connection.
+        let mut tries = self.lock().len() + 1;
+        let mut req = req;
+        loop {
+            let (mut sender, slot, reused) = match self.sender(dialer).await {
+                Ok(s) => s,
+                Err(f) => return Err((f, Some(req))),
+            };
+            let (h2_req, origin) = to_h2(req, dialer);
+            let mut e = match sender.try_send_request(h2_req).await {
+                Ok(r) => return Ok((r, slot)),
+                Err(e) => e,
+            };
+            drop(slot);
+            let Some(back) = e.take_message() else {
+                return Err((failed(e.into_error()), None));
+            };
+            // The server never saw it: whole, for another connection, or
+            // for another server once a new connection refused it too.
+            req = origin.restore(back);
+            tries -= 1;
+            if !reused || tries == 0 {
+                return Err((H2Failure::NotSent(e.into_error()), Some(req)));
+            }
         }
     }
 

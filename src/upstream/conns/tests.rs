@@ -239,37 +239,135 @@ enum Refusal {
     Internal,
 }
 
-/// A raw HTTP/2 server (frames written by hand: the h2 crate's server
-/// cannot say GOAWAY below a stream it has received) answering the first
-/// request as `how` says, then holding the connection open.
+/// The server side of a raw HTTP/2 connection (frames written by hand: the
+/// h2 crate's server cannot say GOAWAY below a stream it has received):
+/// the client's preface read, our SETTINGS sent.
+async fn raw_h2(l: &TcpListener) -> tokio::net::TcpStream {
+    let (mut s, _) = l.accept().await.unwrap();
+    let mut preface = [0u8; 24];
+    s.read_exact(&mut preface).await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    s
+}
+
+/// The next frame: type, flags, stream and payload (`None` at the end). A
+/// SETTINGS is acknowledged on the way.
+async fn raw_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.ok()?;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 4 && head[4] & 1 == 0 {
+            s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.ok()?;
+            continue;
+        }
+        return Some((head[3], head[4], stream, payload));
+    }
+}
+
+/// A raw HTTP/2 server answering the first request as `how` says, then
+/// holding the connection open.
 async fn refusing_h2_server(how: Refusal) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut preface = [0u8; 24];
-        s.read_exact(&mut preface).await.unwrap();
-        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
-        loop {
-            let mut head = [0u8; 9];
-            if s.read_exact(&mut head).await.is_err() {
-                return;
-            }
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            s.read_exact(&mut payload).await.unwrap();
-            let answer: &[u8] = match (head[3], head[4] & 1, how) {
-                // The client's SETTINGS, acknowledged.
-                (4, 0, _) => &[0, 0, 0, 4, 1, 0, 0, 0, 0],
-                (1, _, Refusal::Refused) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 7],
-                (1, _, Refusal::Internal) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 2],
-                (1, _, Refusal::GoAway) => &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        let mut s = raw_h2(&l).await;
+        while let Some((ty, _, _, _)) = raw_frame(&mut s).await {
+            let answer: &[u8] = match (ty, how) {
+                (1, Refusal::Refused) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 7],
+                (1, Refusal::Internal) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 2],
+                (1, Refusal::GoAway) => &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 _ => continue,
             };
             s.write_all(answer).await.unwrap();
         }
     });
     addr
+}
+
+/// A raw HTTP/2 server answering `200` to each request once its body ended,
+/// and recording each connection's body bytes. On its first connection,
+/// after the first answer, it says GOAWAY (`NO_ERROR`, that stream the
+/// last) and PINGs: `read` fires on the client's PING ACK, once the GOAWAY
+/// was read before it.
+async fn goaway_h2_server() -> (
+    String,
+    tokio::sync::oneshot::Receiver<()>,
+    Arc<std::sync::Mutex<Vec<usize>>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (tx, read) = tokio::sync::oneshot::channel();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut first = true;
+        loop {
+            let mut s = raw_h2(&l).await;
+            let conn = {
+                let mut b = seen.lock().unwrap();
+                b.push(0);
+                b.len() - 1
+            };
+            let mut goaway = std::mem::take(&mut first);
+            let seen = seen.clone();
+            let mut tx = if goaway { tx.take() } else { None };
+            tokio::spawn(async move {
+                while let Some((ty, flags, stream, payload)) = raw_frame(&mut s).await {
+                    if ty == 0 {
+                        seen.lock().unwrap()[conn] += payload.len();
+                    }
+                    if (ty == 0 || ty == 1) && flags & 1 == 1 {
+                        let mut ok = vec![0, 0, 1, 1, 5];
+                        ok.extend_from_slice(&stream.to_be_bytes());
+                        ok.push(0x88); // :status 200, from HPACK's static table
+                        s.write_all(&ok).await.unwrap();
+                        if std::mem::take(&mut goaway) {
+                            let mut away = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+                            away.extend_from_slice(&stream.to_be_bytes());
+                            away.extend_from_slice(&[0, 0, 0, 0]);
+                            s.write_all(&away).await.unwrap();
+                            s.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    if ty == 6 && flags & 1 == 1 {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, read, bodies)
+}
+
+/// A request given to a shared connection the server has since said
+/// GOAWAY on (which hyper learns only when asked to send) comes back unsent
+/// and goes out whole on a new connection: the server never saw it.
+#[tokio::test]
+async fn a_request_meeting_a_goaway_goes_out_on_a_new_connection() {
+    let (addr, read, bodies) = goaway_h2_server().await;
+    let pool = ConnPool::new(dialer(addr).with_h2(true));
+    let first = pool.send(request("")).await.expect("first");
+    assert_eq!(first.status(), http::StatusCode::OK);
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the GOAWAY read in time")
+        .expect("read");
+    let resp = tokio::time::timeout(Duration::from_secs(5), pool.send(request("payload")))
+        .await
+        .expect("answered in time")
+        .expect("sent on a new connection");
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    assert_eq!(*bodies.lock().unwrap(), vec![0, 7]);
 }
 
 /// A stream the server turned down before acting on it (RFC 9113 §8.7) is
