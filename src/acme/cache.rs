@@ -12,7 +12,7 @@
 //! a temporary name and renamed, so a crash never leaves half a file.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -131,16 +131,18 @@ impl Cache {
             source,
         })?;
         let tmp = path.with_extension("tmp");
+        // A fresh file, never one left behind (by a crash, or planted): an
+        // old one keeps its owner and mode, and a symlink would take the
+        // key elsewhere. `create_new` refuses both.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(err)?;
-        // `mode` applies only to a file it creates: one left behind (by a
-        // crash, or another user) keeps its own, and a key must not.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(err)?;
         f.write_all(data).and_then(|()| f.sync_all()).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
@@ -211,12 +213,23 @@ mod tests {
         assert_eq!(a.account, b.account);
         // A temporary file left behind readable by others does not make the
         // key so (the TLS review: `mode` applies only to a file it creates).
+        use std::os::unix::fs::PermissionsExt;
         let tmp = a.key.with_extension("tmp");
         std::fs::write(&tmp, "left").expect("tmp");
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         a.save_cert(&g.cert_pem, &g.key_pem).expect("saved again");
         let mode = std::fs::metadata(&a.key).expect("key").permissions();
         assert_eq!(mode.mode() & 0o777, 0o600);
+        // A symlink at the temporary name does not take the key elsewhere.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").expect("write");
+        std::os::unix::fs::symlink(&elsewhere, &tmp).expect("symlink");
+        a.save_cert(&g.cert_pem, &g.key_pem).expect("saved again");
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "untouched"
+        );
+        assert!(!std::fs::symlink_metadata(&a.key).expect("key").is_symlink());
         // A chain that does not belong to the key is refused before it is stored.
         let other = crate::certs::generate_self_signed(&["a.test".into()]).expect("cert");
         assert!(b.save_cert(&g.cert_pem, &other.key_pem).is_err());

@@ -122,6 +122,13 @@ fn two_tables_for_the_same_names_and_cache_must_be_equal() {
         ),
         "{e}"
     );
+    let reordered = OK.replace(
+        r#"["A.example.test", "b.example.test"]"#,
+        r#"["b.example.test", "A.example.test"]"#,
+    );
+    assert!(check(&first, &reordered)
+        .unwrap_err()
+        .contains("another order"));
     let own_cache = OK.replace("acme-cache-test", "acme-cache-other");
     assert!(check(&first, &own_cache.replace("mailto:ops", "mailto:other")).is_ok());
 }

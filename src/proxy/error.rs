@@ -362,7 +362,7 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
         | ChatError::PollSessionsFull
         | ChatError::RateLimited
         | ChatError::MembershipRate
-        | ChatError::Bus(_) => {
+        | ChatError::Bus(crate::apps::chat::bus::BusError::Unavailable(_)) => {
             // Caps free a slot when a session ends, the chat's rates refill
             // within a second or so, and the bus's heartbeat tries Redis
             // again within a heartbeat: a second is a fair first retry.

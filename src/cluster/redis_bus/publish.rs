@@ -287,5 +287,5 @@ pub(super) enum Outage {
 }
 
 fn not_taken() -> BusError {
-    BusError::Unavailable("redis unreachable: the message was not stored or delivered".into())
+    BusError::Unavailable("redis did not take the message; it was not delivered".into())
 }

@@ -383,14 +383,21 @@ fn acme_clash(
     t: &TlsFile,
     key: &str,
 ) {
+    // The same names in another order are other files, but the same
+    // certificate to the CA: ordered twice, a duplicate it counts.
+    let sorted = |c: &AcmeConfig| {
+        let mut d = c.domains.clone();
+        d.sort();
+        d
+    };
     let same_files =
-        |o: &AcmeConfig| o.directory == a.directory && o.cache == a.cache && o.domains == a.domains;
+        |o: &AcmeConfig| o.directory == a.directory && o.cache == a.cache && sorted(o) == sorted(a);
     match seen.iter().find(|(o, _)| same_files(o)) {
         Some((o, other)) if o != a => {
             if let Some(span) = t.acme.as_ref().map(|s| s.span()) {
                 cx.at(
                     span,
-                    format!("{key}.tls.acme: the same directory, cache and domains as {other}.tls.acme, with other settings: both would order these names and write the same cache files; make the two tables equal (one certificate then serves both listeners) or give one its own cache"),
+                    format!("{key}.tls.acme: the same directory, cache and domains as {other}.tls.acme, with other settings (or the domains in another order): both would order these names into the same cache; make the two tables equal (one certificate then serves both listeners) or give one its own cache"),
                 );
             }
         }

@@ -105,7 +105,7 @@ pub(super) async fn sse(
     let header = match req.headers().get("last-event-id").map(|v| v.to_str()) {
         // Not text is no cursor: refused as one that does not parse, not
         // taken as absent (which would start live and skip the gap).
-        Some(Err(_)) => return Err(ChatError::BadCursor("(not text)".into())),
+        Some(Err(_)) => return Err(ChatError::BadCursor("\u{FFFD}".into())),
         Some(Ok(v)) => Some(v.to_owned()),
         None => None,
     };
