@@ -132,21 +132,11 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
                 count("ok");
                 tracing::info!(domains = %domains, expires = %httpdate::fmt_http_date(issued.not_after),
                     "ACME certificate issued and in service");
-                let at = renew_at(issued.not_before, issued.not_after);
-                failures = if at > now {
-                    0
-                } else {
-                    failures.saturating_add(1)
-                };
-                next = if at > now {
-                    at.max(now + policy.min_interval)
-                } else {
-                    // Due as it was issued (a clock behind the CA's, or a CA
-                    // issuing short certificates): paced as a failure, not
-                    // ordered again each `min_interval`.
+                let due = renew_at(issued.not_before, issued.not_after);
+                (next, failures) = after_issue(&policy, now, due, failures);
+                if failures > 0 {
                     tracing::warn!(domains = %domains, "the ACME certificate issued is already due for renewal");
-                    now + backoff(&policy, failures)
-                };
+                }
                 slot.store(issued);
                 unsaved = not_stored.map(|(chain, key)| Unsaved::new(chain, key, &policy));
             }
@@ -166,6 +156,23 @@ pub(super) async fn run(cfg: AcmeConfig, cx: Ctx, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// When to order after an issue whose certificate is due at `due`, and the
+/// failures in a row then. One due as it was issued (a clock behind the
+/// CA's, or a CA issuing very short certificates) is paced as a failure,
+/// not ordered again each `min_interval`.
+fn after_issue(
+    policy: &Policy,
+    now: SystemTime,
+    due: SystemTime,
+    failures: u32,
+) -> (SystemTime, u32) {
+    if due > now {
+        return (due.max(now + policy.min_interval), 0);
+    }
+    let failures = failures.saturating_add(1);
+    (now + backoff(policy, failures), failures)
 }
 
 /// A certificate in service that the cache could not take yet: written
@@ -258,6 +265,16 @@ mod tests {
             renew_at(t0, t0 - Duration::from_secs(5)),
             t0 - Duration::from_secs(5)
         );
+    }
+
+    #[test]
+    fn a_certificate_due_as_it_is_issued_is_paced_as_a_failure() {
+        let p = Policy::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(after_issue(&p, now, later, 3), (later, 0));
+        assert_eq!(after_issue(&p, now, now, 0), (now + p.first_retry, 1));
+        assert_eq!(after_issue(&p, now, now, 1), (now + p.first_retry * 2, 2));
     }
 
     #[test]
