@@ -352,6 +352,34 @@ async fn an_unreachable_auth_service_is_503() {
     assert_eq!(s.up_hits.load(Ordering::SeqCst), 0);
 }
 
+/// The access line of a callout's 503 names the cause, the server's
+/// failure, not the pool left with no other server to try (the tenth
+/// probe: every cause read "no server of pool ... is usable").
+#[tokio::test]
+async fn the_access_line_of_an_unreachable_auth_service_names_the_cause() {
+    let dead = dead_addr().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [port] = common::redis::free_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = Cfg::new()
+        .listener(Listener::at(addr))
+        .upstream("deadauth", &[dead])
+        .upstream("api", &[dead])
+        .route(Route::upstream("/dead/", "api").set("auth_request", "deadauth"))
+        .build();
+    let path = dir.path().join("wsgate.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let mut gw = common::process::WsgateProc::start(&path);
+    gw.wait_for("listening", WAIT);
+    let r = within(get(addr, "/dead/x")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let line = gw.wait_for("path=/dead/x", WAIT);
+    assert!(
+        line.contains(&format!("auth service unavailable: {dead}: connect failed")),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn decisions_are_cached_per_credentials() {
     let s = setup(|c| c).await;

@@ -268,13 +268,20 @@ async fn callout(
     copy: &[HeaderName],
 ) -> Result<Decision, CalloutError> {
     let mut tried = Tried::new();
+    let mut last = None;
     loop {
-        let choice = pool
-            .select(&Affinity::None, &tried)
-            .map_err(|why| match why {
-                Unavailable::Down => CalloutError::NoServer(pool.name().to_string()),
-                Unavailable::Full => CalloutError::Full(pool.name().to_string()),
-            })?;
+        let choice = match (pool.select(&Affinity::None, &tried), last.take()) {
+            (Ok(c), _) => c,
+            // With no other server to try, the last one's failure is the
+            // cause (its TLS refusal, its connect error), not the pool.
+            (Err(_), Some(err)) => return Err(err),
+            (Err(Unavailable::Down), None) => {
+                return Err(CalloutError::NoServer(pool.name().to_string()))
+            }
+            (Err(Unavailable::Full), None) => {
+                return Err(CalloutError::Full(pool.name().to_string()))
+            }
+        };
         let backend = choice.backend;
         tried.push(backend.id);
         let mut req = Request::new(crate::body::empty());
@@ -324,6 +331,7 @@ async fn callout(
             return Err(err);
         }
         tracing::debug!(upstream = %pool.name(), error = %err, "auth callout: trying another server");
+        last = Some(err);
     }
 }
 
