@@ -110,7 +110,7 @@ impl H2Conn {
         // A shared connection can close (a GOAWAY hyper has not acted on
         // yet) between choosing it and sending: the request comes back
         // unsent, and goes out on another, at most once per connection.
-        let mut tries = self.lock().len() + 1;
+        let mut tries = None;
         let mut req = req;
         loop {
             let (mut sender, slot, reused) = match self.sender(dialer).await {
@@ -129,8 +129,9 @@ impl H2Conn {
             // The server never saw it: whole, for another connection, or
             // for another server once a new connection refused it too.
             req = origin.restore(back);
-            tries -= 1;
-            if !reused || tries == 0 {
+            let left = tries.get_or_insert_with(|| self.lock().len() + 1);
+            *left -= 1;
+            if !reused || *left == 0 {
                 return Err((H2Failure::NotSent(e.into_error()), Some(req)));
             }
         }
@@ -236,9 +237,9 @@ fn unprocessed(e: &hyper::Error) -> bool {
 }
 
 /// What [`to_h2`] changed, to give a request that never went out back as it
-/// came.
+/// came (its origin-form URI is the HTTP/2 one's path and query). Kept
+/// small: every request to an HTTP/2 server makes one.
 struct Origin {
-    uri: Uri,
     version: Version,
     host: Option<header::HeaderValue>,
 }
@@ -246,7 +247,12 @@ struct Origin {
 impl Origin {
     fn restore(self, req: Request<Body>) -> Request<Body> {
         let (mut parts, body) = req.into_parts();
-        parts.uri = self.uri;
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map(Uri::from)
+            .unwrap_or_default();
         parts.version = self.version;
         if let Some(host) = self.host {
             parts.headers.insert(header::HOST, host);
@@ -260,14 +266,14 @@ impl Origin {
 fn to_h2(req: Request<Body>, dialer: &Dialer) -> (Request<Body>, Origin) {
     let (mut parts, body) = req.into_parts();
     let host = parts.headers.remove(header::HOST);
-    let origin = Origin {
-        uri: parts.uri.clone(),
-        version: parts.version,
-        host: host.clone(),
-    };
     let authority = host
+        .as_ref()
         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
         .or_else(|| Authority::try_from(dialer.addr().as_bytes()).ok());
+    let origin = Origin {
+        version: parts.version,
+        host,
+    };
     let mut uri = parts.uri.clone().into_parts();
     uri.scheme = Some(if dialer.is_tls() {
         Scheme::HTTPS
