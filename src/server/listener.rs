@@ -1,15 +1,16 @@
-//! Accept loops. Every accepted connection is first checked against the
-//! listener's `connection_limits` (rate limits keyed by the peer address: over
-//! one, the socket is closed at once, before any TLS work) and gets a tracing
-//! span with its peer address; on a `proxy_protocol` listener its PROXY header
-//! is read next ([`proxy_protocol`]: only from a peer in `trusted_proxies`,
-//! within the handshake or header timeout, else the connection is closed) and
-//! names the client, and the `connection_limits` are checked then, keyed by
-//! it. The connection is then admitted against the connection
-//! caps under that client address (refused ones are answered 503/429 by
-//! [`conn::serve_refusal`]), goes through TLS when the listener has it, and is
-//! served by hyper. The loop itself never dies: per-connection accept errors
-//! are skipped, resource exhaustion (EMFILE) is logged and backed off.
+//! Accept loops. Every accepted connection gets a tracing span with its peer
+//! address and is checked against the listener's `connection_limits` (rate
+//! limits keyed by the client address: over one, the socket is closed
+//! unanswered). On a plain listener that is the peer, checked at once,
+//! before any TLS work; on a `proxy_protocol` listener the PROXY header is
+//! read first ([`proxy_protocol`]: only from a peer in `trusted_proxies`,
+//! within the handshake or header timeout, else the connection is closed)
+//! and names the client the limits count. The connection is then admitted
+//! against the connection caps under that client address (refused ones are
+//! answered 503/429 by [`conn::serve_refusal`]), goes through TLS when the
+//! listener has it, and is served by hyper. The loop itself never dies:
+//! per-connection accept errors are skipped, resource exhaustion (EMFILE) is
+//! logged and backed off.
 
 use std::io;
 use std::net::SocketAddr;
