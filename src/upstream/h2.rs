@@ -221,19 +221,17 @@ fn failed(e: hyper::Error) -> H2Failure {
 
 /// Did the server drop the stream before acting on it (RFC 9113 §8.7)? A
 /// reset with `REFUSED_STREAM`, or a stream above the last one a GOAWAY
-/// said was processed: h2 fails those with the GOAWAY's own error, and a
-/// `NO_ERROR` GOAWAY fails no other stream. Such a request may go to
-/// another server, as Envoy's `refused-stream` retry sends it.
+/// said was processed: h2 fails only those with the GOAWAY's own error,
+/// whatever its code (`Streams::recv_go_away`; the streams at or below it
+/// go on, and fail later as a broken connection if they do). Such a
+/// request may go to another server, as Envoy's `refused-stream` retry
+/// sends it.
 fn unprocessed(e: &hyper::Error) -> bool {
     let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
         return false;
     };
     e.is_remote()
-        && match e.reason() {
-            Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
-            Some(h2::Reason::NO_ERROR) => e.is_go_away(),
-            _ => false,
-        }
+        && (e.is_go_away() || e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// What [`to_h2`] changed, to give a request that never went out back as it

@@ -235,6 +235,8 @@ enum Refusal {
     Refused,
     /// `GOAWAY(last_stream_id = 0, NO_ERROR)`: stream 1 was not processed.
     GoAway,
+    /// `GOAWAY(last_stream_id = 0, ENHANCE_YOUR_CALM)`: nor was it here.
+    GoAwayCalm,
     /// `RST_STREAM(INTERNAL_ERROR)`: the server may have acted on it.
     Internal,
 }
@@ -280,6 +282,7 @@ async fn refusing_h2_server(how: Refusal) -> String {
                 (1, Refusal::Refused) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 7],
                 (1, Refusal::Internal) => &[0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 2],
                 (1, Refusal::GoAway) => &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                (1, Refusal::GoAwayCalm) => &[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb],
                 _ => continue,
             };
             s.write_all(answer).await.unwrap();
@@ -375,7 +378,12 @@ async fn a_request_meeting_a_goaway_goes_out_on_a_new_connection() {
 /// to another server; a stream reset for another reason is not.
 #[tokio::test]
 async fn an_h2_stream_refused_unprocessed_may_go_elsewhere() {
-    for how in [Refusal::Refused, Refusal::GoAway, Refusal::Internal] {
+    for how in [
+        Refusal::Refused,
+        Refusal::GoAway,
+        Refusal::GoAwayCalm,
+        Refusal::Internal,
+    ] {
         let addr = refusing_h2_server(how).await;
         let pool = ConnPool::new(dialer(addr).with_h2(true));
         let e = tokio::time::timeout(Duration::from_secs(5), pool.send(request("")))
