@@ -111,7 +111,7 @@ pub fn validity(
     cert: &CertificateDer<'_>,
 ) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
     use yasna::tags::TAG_UTCTIME;
-    use yasna::{BERReader, Tag};
+    use yasna::BERReader;
     fn time(t: BERReader<'_, '_>) -> yasna::ASN1Result<i64> {
         if t.lookahead_tag()? == TAG_UTCTIME {
             Ok(t.read_utctime()?.datetime().unix_timestamp())
@@ -119,27 +119,10 @@ pub fn validity(
             Ok(t.read_generalized_time()?.datetime().unix_timestamp())
         }
     }
-    // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { version [0] OPTIONAL,
-    //     serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... },
-    //     signatureAlgorithm, signatureValue }
-    let (from, until) = yasna::parse_der(cert.as_ref(), |r| {
-        r.read_sequence(|r| {
-            let secs = r.next().read_sequence(|r| {
-                r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
-                r.next().read_der()?; // serialNumber
-                r.next().read_der()?; // signature
-                r.next().read_der()?; // issuer
-                let secs = r
-                    .next()
-                    .read_sequence(|r| Ok((time(r.next())?, time(r.next())?)))?;
-                // subject, subjectPublicKeyInfo, unique ids, extensions.
-                while r.read_optional(|r| r.read_der())?.is_some() {}
-                Ok(secs)
-            })?;
-            r.next().read_der()?;
-            r.next().read_der()?;
-            Ok(secs)
-        })
+    // Validity ::= SEQUENCE { notBefore, notAfter }
+    let der = tbs_field(cert, TBS_VALIDITY)?;
+    let (from, until) = yasna::parse_der(&der, |r| {
+        r.read_sequence(|r| Ok((time(r.next())?, time(r.next())?)))
     })
     .ok()?;
     let at = |secs: i64| {
@@ -151,22 +134,35 @@ pub fn validity(
 
 /// A certificate's subjectPublicKeyInfo, whole (its DER SEQUENCE).
 pub fn spki(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    tbs_field(cert, TBS_SPKI)
+}
+
+/// Positions in tbsCertificate, after its optional version: serialNumber,
+/// signature, issuer, validity, subject, subjectPublicKeyInfo.
+const TBS_VALIDITY: usize = 3;
+const TBS_SPKI: usize = 5;
+
+/// The DER of field `index` of a certificate's tbsCertificate.
+// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { version [0] OPTIONAL,
+//     serialNumber, signature, issuer, validity, subject,
+//     subjectPublicKeyInfo, ... }, signatureAlgorithm, signatureValue }
+fn tbs_field(cert: &CertificateDer<'_>, index: usize) -> Option<Vec<u8>> {
     use yasna::Tag;
     yasna::parse_der(cert.as_ref(), |r| {
         r.read_sequence(|r| {
-            let spki = r.next().read_sequence(|r| {
+            let field = r.next().read_sequence(|r| {
                 r.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
-                for _serial_signature_issuer_validity_subject in 0..5 {
+                for _ in 0..index {
                     r.next().read_der()?;
                 }
-                let spki = r.next().read_der()?;
-                // Unique ids, extensions.
+                let field = r.next().read_der()?;
+                // The fields after it: unique ids, extensions.
                 while r.read_optional(|r| r.read_der())?.is_some() {}
-                Ok(spki)
+                Ok(field)
             })?;
             r.next().read_der()?;
             r.next().read_der()?;
-            Ok(spki)
+            Ok(field)
         })
     })
     .ok()
