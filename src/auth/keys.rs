@@ -281,9 +281,10 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(32 bytes)");
     }
 
-    /// A JWKS document whose keys share a kid is refused (a kid names the
-    /// one key its tokens are checked against), and so is a guessable `oct`
-    /// key (the ninth probe: an empty one let anyone sign).
+    /// A JWKS document with two keys of one type under one kid is refused
+    /// (which one signs would be unclear), and so is a guessable `oct` key
+    /// (the ninth probe: an empty one let anyone sign); keys of different
+    /// types may share a kid.
     #[test]
     fn jwks_with_a_repeated_kid_or_a_short_hmac_key_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -241,8 +241,7 @@ fn switched(inner: &Weak<Inner>, host: String, port: u16) -> bool {
     {
         return true;
     }
-    let (host, port) = announced;
-    *lock(&inner.announced) = Some((host, port));
+    *lock(&inner.announced) = Some(announced);
     inner.switches.fetch_add(1, Ordering::AcqRel);
     inner.forget();
     true
