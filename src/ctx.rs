@@ -121,6 +121,12 @@ fn dotted_quad(a: std::net::Ipv4Addr) -> DottedQuad {
 /// authentication filter; `key = "user"` rate limits count per it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct User(pub Arc<str>);
+
+/// In a request's extensions instead of [`User`] when the route
+/// authenticated the client with a credential that names no user (a token
+/// whose `sub` is missing or not a string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoUser;
 /// A request's client address when `X-Forwarded-For` named one, in the
 /// request's extensions. Only present when the connection's client is a
 /// trusted proxy: the common case (a direct client) costs no insertion.

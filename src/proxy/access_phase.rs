@@ -103,6 +103,8 @@ pub struct Notes {
     pub owned: Option<Arc<[HeaderName]>>,
     /// The authenticated user.
     pub user: Option<User>,
+    /// Did a filter authenticate the request (with or without naming a user)?
+    pub authenticated: bool,
     /// When the request's credential expires.
     pub expires: Option<SystemTime>,
 }
@@ -119,6 +121,22 @@ impl Notes {
         }
         for (name, value) in &self.upstream_headers {
             headers.insert(name, value.clone());
+        }
+    }
+
+    /// Tells the request's handler who the client is: the user, or that
+    /// the client authenticated with a credential naming none (a token
+    /// without a string `sub`), so that an app never takes a user from the
+    /// client's own say (the chat's `?user=`) on an authenticated route.
+    pub fn identify(&self, ext: &mut http::Extensions) {
+        match &self.user {
+            Some(user) => {
+                ext.insert(user.clone());
+            }
+            None if self.authenticated => {
+                ext.insert(crate::ctx::NoUser);
+            }
+            None => {}
         }
     }
 
@@ -206,6 +224,7 @@ impl Phase {
                         }
                         notes.remove.extend(id.remove);
                         notes.user = id.user.or(notes.user.take());
+                        notes.authenticated = true;
                         notes.expires = match (notes.expires, id.expires) {
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),

@@ -316,9 +316,10 @@ fn chat_status(e: &ChatError) -> StatusCode {
         | ChatError::RoomForbidden(_)
         | ChatError::ReadOnly
         | ChatError::RefreshOtherUser => StatusCode::FORBIDDEN,
-        ChatError::Unauthorized | ChatError::TokenMissing | ChatError::TokenInvalid => {
-            StatusCode::UNAUTHORIZED
-        }
+        ChatError::Unauthorized
+        | ChatError::TokenMissing
+        | ChatError::TokenInvalid
+        | ChatError::TokenNamesNoUser => StatusCode::UNAUTHORIZED,
         ChatError::TooManyConnections(_)
         | ChatError::TooManyPollSessions(_)
         | ChatError::RoomsPerAddress(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -350,7 +351,7 @@ fn chat_response(status: StatusCode, e: &ChatError) -> Response<Body> {
                 HeaderValue::from_static("Bearer realm=\"wsgate chat\""),
             );
         }
-        ChatError::TokenInvalid => {
+        ChatError::TokenInvalid | ChatError::TokenNamesNoUser => {
             h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"wsgate chat\", error=\"invalid_token\""),

@@ -410,9 +410,7 @@ impl Proxy {
             return result.map(local);
         }
         let notes = self.access_phase(table, &route, conn, &req, false).await?;
-        if let Some(user) = &notes.user {
-            req.extensions_mut().insert(user.clone());
-        }
+        notes.identify(req.extensions_mut());
         let cfg = &route.cfg;
         match &cfg.target {
             RouteTarget::Upstream(_) => {
@@ -465,9 +463,7 @@ impl Proxy {
         } else {
             slot
         };
-        if let Some(user) = &notes.user {
-            req.extensions_mut().insert(user.clone());
-        }
+        notes.identify(req.extensions_mut());
         if matches!(route.cfg.target, RouteTarget::App(_)) {
             // An app reads the request itself: it sees what an upstream would
             // (no spoofed identity headers, no `bearer.` subprotocol).

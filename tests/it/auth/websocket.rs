@@ -146,3 +146,41 @@ async fn chat_behind_auth_takes_the_user_from_the_token_not_the_query() {
     let r = get(addr, "/chat/sse?user=alice&rooms=lobby").await;
     assert_eq!(r.status, 401);
 }
+
+#[tokio::test]
+async fn chat_behind_auth_refuses_a_token_that_names_no_user() {
+    let toml = hs_gateway_cfg(dead_addr().await)
+        .route(Route::app("/chat", "chat").set("auth", "users"))
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.http();
+    let exp = now() as i64 + 3600;
+    let base =
+        serde_json::json!({ "aud": "wsgate", "iss": "https://auth.example.test", "exp": exp });
+    let mut numeric = base.clone();
+    numeric["sub"] = serde_json::json!(12345);
+    for (what, claims) in [("no sub", base), ("a numeric sub", numeric)] {
+        let t = Key::hmac(SECRET).sign(&claims, None);
+        // Valid tokens, so the access phase passes them; the chat must not
+        // then let the client be whoever `?user=` says.
+        let r = head_of(
+            addr,
+            handshake(&format!("/chat/ws?user=alice&token={t}"), WS_HEADERS),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 401 "), "{what}: {r}");
+        assert!(r.contains("invalid_token"), "{what}: {r}");
+        let r = get(addr, &format!("/chat/sse?user=alice&rooms=lobby&token={t}")).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert!(r.text().contains("names no user"), "{what}: {}", r.text());
+        let bearer = format!("Bearer {t}");
+        let r = crate::common::post(
+            addr,
+            "/chat/send?user=alice",
+            r#"{"type":"dm","to":"bob","text":"hi"}"#,
+            Some(&bearer),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+    }
+}

@@ -83,18 +83,24 @@ pub(super) fn user_or_guest(uri: &Uri) -> Result<UserName, ChatError> {
 /// subject (`?user=` is ignored: it would let anyone be anyone); else
 /// `?user=`, or a guest name when absent.
 pub(super) fn user_of<B>(req: &Request<B>) -> Result<UserName, ChatError> {
-    match req.extensions().get::<crate::ctx::User>() {
-        Some(u) => Ok(UserName::parse(&u.0)?),
-        None => user_or_guest(req.uri()),
-    }
+    authenticated_user(req).unwrap_or_else(|| user_or_guest(req.uri()))
 }
 
 /// [`user_of`] where a guest name would make no sense (sending).
 fn sender_of<B>(req: &Request<B>) -> Result<UserName, ChatError> {
-    match req.extensions().get::<crate::ctx::User>() {
-        Some(u) => Ok(UserName::parse(&u.0)?),
-        None => user_required(req.uri()),
+    authenticated_user(req).unwrap_or_else(|| user_required(req.uri()))
+}
+
+/// The user the route's authentication named; `None` when the route does
+/// not authenticate. A client authenticated without a user is refused: it
+/// must not be whoever its `?user=` says.
+fn authenticated_user<B>(req: &Request<B>) -> Option<Result<UserName, ChatError>> {
+    let ext = req.extensions();
+    if let Some(u) = ext.get::<crate::ctx::User>() {
+        return Some(UserName::parse(&u.0).map_err(ChatError::from));
     }
+    ext.get::<crate::ctx::NoUser>()
+        .map(|_| Err(ChatError::TokenNamesNoUser))
 }
 
 /// `?user=` where a guest name would make no sense (sending).

@@ -95,6 +95,8 @@ pub enum ChatError {
     TokenMissing,
     #[error("invalid or expired token")]
     TokenInvalid,
+    #[error("the token names no user: its sub claim must be a chat user name")]
+    TokenNamesNoUser,
     // HTTP-only failures (the API and the fallback endpoints).
     #[error("missing bearer token: send Authorization: Bearer <push_token>")]
     Unauthorized,
@@ -152,7 +154,7 @@ impl ChatError {
             ChatError::RoomsPerConnection(_) | ChatError::RoomsPerAddress(_) => "too_many_rooms",
             ChatError::MembershipRate => "rate_limited",
             ChatError::TokenMissing => "unauthorized",
-            ChatError::TokenInvalid => "invalid_token",
+            ChatError::TokenInvalid | ChatError::TokenNamesNoUser => "invalid_token",
             ChatError::Unauthorized => "unauthorized",
             ChatError::Forbidden => "forbidden",
             ChatError::PushDisabled => "push_disabled",
