@@ -20,6 +20,7 @@ mod chat_auth;
 mod chat_browser;
 mod client_addr;
 mod cluster;
+mod cluster_sync;
 mod drain;
 mod gateway;
 mod grpc;

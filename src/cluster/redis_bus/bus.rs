@@ -302,8 +302,6 @@ impl Bus for RedisBus {
                 let _: () = redis::pipe()
                     .hset(keys::node_users(node), user.as_str(), 1)
                     .ignore()
-                    .pexpire(keys::node_users(node), self.registry_ttl() as i64)
-                    .ignore()
                     .query_async(&mut c)
                     .await?;
                 let _: i64 = redis::cmd("ZADD")

@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +59,17 @@ impl RedisBus {
     ) -> Result<(), ClusterError> {
         let mut c = self.conn.clone();
         tracing::trace!(node = %self.instance, subscribed = *subscribed, "cluster: beat");
+        // First, before any work that grows with the node's size: a node
+        // busy resubscribing or re-registering is alive, not to be swept.
+        let prev: Option<String> = redis::cmd("SET")
+            .arg(keys::alive(&self.instance))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(ms(self.beat * 3))
+            .arg("GET")
+            .query_async(&mut c)
+            .await?;
+        let mut alive = Instant::now();
         // After any outage (a dropped connection marks Redis down), every
         // channel is subscribed again: on a Redis Cluster a failed-over
         // shard's channels must move to its new master, which the client
@@ -67,36 +80,44 @@ impl RedisBus {
             self.resubscribe_held().await?;
             *subscribed = true;
         }
-        let prev: Option<String> = redis::cmd("SET")
-            .arg(keys::alive(&self.instance))
-            .arg(now_ms())
-            .arg("PX")
-            .arg(ms(self.beat * 3))
-            .arg("GET")
-            .query_async(&mut c)
-            .await?;
-        let ttl = self.registry_ttl();
         let _: i64 = redis::cmd("SADD")
             .arg(keys::NODES)
             .arg(&*self.instance)
             .query_async(&mut c)
             .await?;
-        let _: () = redis::pipe()
-            .pexpire(keys::node_rooms(&self.instance), ttl as i64)
-            .ignore()
-            .pexpire(keys::node_users(&self.instance), ttl as i64)
-            .ignore()
-            .query_async(&mut c)
-            .await?;
-        // Our alive key was gone: Redis restarted or we were swept as dead.
-        if prev.is_none() || *reregister {
-            self.reregister(&mut c).await?;
+        // Taken whatever happens below: a call falling back from here on
+        // sets it again, for the next beat.
+        let unsynced = self.unsynced.swap(false, Ordering::AcqRel);
+        // Our alive key was gone (Redis restarted, or we were swept as
+        // dead), or a join, leave or connect reached only the mirror.
+        if prev.is_none() || *reregister || unsynced {
+            self.reregister(&mut c, &mut alive).await?;
             *reregister = false;
         } else if self.ticks.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
             self.sync_users(&mut c).await?;
         }
         self.reconcile_subs().await?;
-        self.sweep_dead(&mut c).await
+        self.sweep_dead(&mut c, &mut alive).await
+    }
+
+    /// Refreshes this node's alive key when half a beat has passed since
+    /// `last`: work proportional to the memberships of a large node (its
+    /// re-registration, a dead node's sweep) can outlast the key's three
+    /// beats, and a node swept while it works re-registers, and is swept
+    /// again, without end.
+    async fn keep_alive(&self, c: &mut RedisConn, last: &mut Instant) -> Result<(), ClusterError> {
+        if last.elapsed() < self.beat / 2 {
+            return Ok(());
+        }
+        let _: () = redis::cmd("SET")
+            .arg(keys::alive(&self.instance))
+            .arg(now_ms())
+            .arg("PX")
+            .arg(ms(self.beat * 3))
+            .query_async(c)
+            .await?;
+        *last = Instant::now();
+        Ok(())
     }
 
     /// Writes this node's users with their connection counts (`HSET` into its
@@ -137,8 +158,6 @@ impl RedisBus {
                     .zadd(keys::ONLINE, keys::user_at(u.as_str(), node), 0)
                     .ignore();
             }
-            mine.pexpire(keys::node_users(node), self.registry_ttl() as i64)
-                .ignore();
             let _: () = online.query_async(c).await?;
             let _: () = mine.query_async(c).await?;
         }
@@ -147,7 +166,7 @@ impl RedisBus {
 
     /// Makes Redis agree with this node's mirror: entries it no longer has are
     /// removed (announcing leaves), the rest (re-)added in batches.
-    async fn reregister(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
+    async fn reregister(&self, c: &mut RedisConn, alive: &mut Instant) -> Result<(), ClusterError> {
         let (users, rooms, last_ids) = {
             let m = lock(&self.mirror);
             (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
@@ -161,6 +180,7 @@ impl RedisBus {
                 .arg(self.room_ttl_ms)
                 .invoke_async(c)
                 .await?;
+            self.keep_alive(c, alive).await?;
         }
         self.floor_dm_id(c).await?;
         let stored: Vec<String> = redis::cmd("SMEMBERS")
@@ -176,10 +196,12 @@ impl RedisBus {
             };
             if !rooms.contains(&(r.clone(), u.clone())) {
                 self.run_leave(c, node, node, &r, &u).await?;
+                self.keep_alive(c, alive).await?;
             }
         }
         for (room, user) in &rooms {
             self.run_join(c, room, user).await?;
+            self.keep_alive(c, alive).await?;
         }
         self.sync_users(c).await?;
         tracing::info!(
@@ -193,17 +215,13 @@ impl RedisBus {
 
     /// Finds nodes whose alive key expired and, holding the claim, removes their
     /// users and announces their leaves (origin "", so every node delivers).
-    async fn sweep_dead(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
+    async fn sweep_dead(&self, c: &mut RedisConn, alive: &mut Instant) -> Result<(), ClusterError> {
         let nodes: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::NODES)
             .query_async(c)
             .await?;
         for dead in nodes.iter().filter(|n| n.as_str() != &*self.instance) {
-            let alive: bool = redis::cmd("EXISTS")
-                .arg(keys::alive(dead))
-                .query_async(c)
-                .await?;
-            if alive {
+            if self.is_alive(c, dead).await? {
                 continue;
             }
             let claimed: Option<String> = redis::cmd("SET")
@@ -217,15 +235,29 @@ impl RedisBus {
             if claimed.is_none() {
                 continue;
             }
-            self.sweep_node(c, dead).await?;
+            self.sweep_node(c, dead, alive).await?;
         }
         Ok(())
+    }
+
+    /// Is `node` beating (its alive key there)?
+    async fn is_alive(&self, c: &mut RedisConn, dead: &str) -> Result<bool, ClusterError> {
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(keys::alive(dead))
+            .query_async(c)
+            .await?;
+        Ok(alive)
     }
 
     /// Removes a dead node: its users leave the online registry first (so a
     /// client hearing the leave already finds them gone), then each of its
     /// memberships is removed, the user's last one announcing the leave.
-    async fn sweep_node(&self, c: &mut RedisConn, dead: &str) -> Result<(), ClusterError> {
+    async fn sweep_node(
+        &self,
+        c: &mut RedisConn,
+        dead: &str,
+        alive: &mut Instant,
+    ) -> Result<(), ClusterError> {
         let users: Vec<String> = redis::cmd("HKEYS")
             .arg(keys::node_users(dead))
             .query_async(c)
@@ -255,6 +287,14 @@ impl RedisBus {
             };
             if self.run_leave(c, dead, "", &r, &u).await? {
                 announced += 1;
+            }
+            if alive.elapsed() >= self.beat / 2 {
+                self.keep_alive(c, alive).await?;
+                if self.is_alive(c, dead).await? {
+                    // It re-registers what was swept so far itself.
+                    tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
+                    return Ok(());
+                }
             }
         }
         let _: i64 = redis::cmd("DEL")

@@ -59,7 +59,13 @@ impl Mirror {
     pub(super) fn add_member(&mut self, room: &RoomName, user: &UserName) -> bool {
         let new = self.rooms.insert((room.clone(), user.clone()));
         if new {
-            *self.room_counts.entry(room.clone()).or_insert(0) += 1;
+            let n = self.room_counts.entry(room.clone()).or_insert(0);
+            if *n == 0 {
+                // The room's first member here starts from its join, not
+                // from a message this node saw while it had none.
+                self.delivered.remove(room);
+            }
+            *n += 1;
         }
         new
     }
@@ -121,6 +127,7 @@ impl RedisBus {
     }
 
     pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
+        self.unsynced.store(true, Ordering::Release);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.instance, error = %e, "cluster: redis unreachable; serving local clients only");
         } else if !self.ever_up.load(Ordering::Acquire)
@@ -146,6 +153,7 @@ impl RedisBus {
         F: std::future::Future<Output = Result<T, ClusterError>>,
     {
         if !self.is_up() {
+            self.unsynced.store(true, Ordering::Release);
             return None;
         }
         match f.await {
@@ -158,6 +166,7 @@ impl RedisBus {
                 // A bad reply, not an outage: serve this call locally and let
                 // the heartbeat judge Redis's health.
                 tracing::warn!(node = %self.instance, error = %e, "cluster: redis call failed");
+                self.unsynced.store(true, Ordering::Release);
                 None
             }
         }
@@ -166,9 +175,15 @@ impl RedisBus {
     /// Whether `msg` is not the message this node delivered last in its room
     /// (recording it as that). A node was seen to receive each message of a
     /// room twice after the master of its slot restarted (Redis counted one
-    /// subscription): members get it once.
+    /// subscription): members get it once. Recorded only while the room has
+    /// a member here: a message delivered to nobody (a push, or one that
+    /// arrives after the last member left) must not become where a later
+    /// joiner's gap fill starts.
     pub(super) fn first_delivery(&self, msg: &crate::apps::chat::protocol::ChatMessage) -> bool {
         let mut m = lock(&self.mirror);
+        if !m.room_counts.contains_key(&msg.room) {
+            return true;
+        }
         let this = (msg.id, msg.ts);
         let last = m.delivered.insert(msg.room.clone(), this);
         last != Some(this)
@@ -184,6 +199,9 @@ impl RedisBus {
     }
 
     pub(super) fn note_id(&self, room: &RoomName, id: u64) {
+        if id > super::MAX_ROOM_ID {
+            return;
+        }
         let mut m = lock(&self.mirror);
         let e = m.last_ids.entry(room.clone()).or_insert(0);
         *e = (*e).max(id);

@@ -57,8 +57,10 @@ use crate::redis_conn::{RedisConn, Settings};
 
 /// Per-room publish locks (hashed), keeping local delivery in id order.
 const STRIPES: usize = 64;
-/// Registry sets of a node outlive its alive key so a sweeper still finds them.
-const REGISTRY_TTL_BEATS: u32 = 10;
+/// The largest room id a node takes from the channel or gives the publish
+/// script as its floor: the script counts in Lua's doubles, exact up to
+/// 2^53. `INCR` never gets there; only a forged publication does.
+const MAX_ROOM_ID: u64 = 1 << 53;
 
 pub struct RedisBus {
     /// This process in the cluster: `server.node_id` and the pid
@@ -79,6 +81,10 @@ pub struct RedisBus {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// False while Redis is unreachable: calls use the mirror without waiting.
     up: AtomicBool,
+    /// Set when a call fell back to the mirror (Redis down, or a failed
+    /// call): a join, leave or connect may have reached only the mirror, so
+    /// the next beat re-registers it.
+    unsynced: AtomicBool,
     /// Woken when Redis is reached: reads at start wait for it (see
     /// `mirror::settled`) instead of answering from an empty mirror.
     reached: tokio::sync::Notify,
@@ -148,6 +154,7 @@ impl RedisBus {
             subs: tokio::sync::Mutex::new(subs::Subs::default()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             up: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
             reached: tokio::sync::Notify::new(),
             ever_up: AtomicBool::new(false),
             told_unreached: AtomicBool::new(false),
@@ -173,10 +180,6 @@ impl RedisBus {
 
     fn sink(&self) -> Option<Arc<dyn Deliver>> {
         self.sink.get().and_then(Weak::upgrade)
-    }
-
-    fn registry_ttl(&self) -> u64 {
-        ms(self.beat * REGISTRY_TTL_BEATS)
     }
 
     fn stripe(&self, room: &RoomName) -> &tokio::sync::Mutex<()> {

@@ -95,7 +95,7 @@ impl RedisBus {
                 // Outage: local delivery only, ids continue from the last seen.
                 let mut m = lock(&self.mirror);
                 let e = m.last_ids.entry(room.clone()).or_insert(0);
-                *e += 1;
+                *e = e.saturating_add(1);
                 msg.id = *e;
                 m.prune();
                 (0, false)

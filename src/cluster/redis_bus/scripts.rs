@@ -136,8 +136,6 @@ impl RedisBus {
         let _: () = redis::pipe()
             .sadd(keys::node_rooms(node), format!("{room}\t{user}"))
             .ignore()
-            .pexpire(keys::node_rooms(node), self.registry_ttl() as i64)
-            .ignore()
             .query_async(c)
             .await?;
         let env = self.presence_envelope(node, room, user, PresenceState::Join)?;

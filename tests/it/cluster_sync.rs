@@ -1,0 +1,163 @@
+//! The Redis registry agreeing with a node's own state (docs/cluster.md,
+//! "Liveness and dead nodes"): memberships changed while the node had Redis
+//! marked down are written once it is back, and a room's first member on a
+//! node is not handed messages from before its join. A real `redis-server`,
+//! in-process nodes; `redis-server` must be installed (`scripts/test.sh`).
+
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use common::chat::{is_msg, Client};
+use common::redis::Redis;
+use common::{eventually, get, post, Cfg, Listener, TestGateway, WAIT};
+
+/// A chat node joined to `redis` with heartbeat `beat`.
+async fn node(id: &str, redis: &Redis, beat: &str) -> TestGateway {
+    let cfg = Cfg::new()
+        .set("server.node_id", id)
+        .set("server.shutdown_grace", "1s")
+        .set("log.access_log", false)
+        .set("admin.addr", "127.0.0.1:0")
+        .listener(Listener::at("127.0.0.1:0"))
+        .route_app("/chat", "chat")
+        .set("app.chat.history", 100)
+        .set("app.chat.push_token", "s3cret")
+        .set("cluster.redis", redis.url())
+        .set("cluster.heartbeat", beat)
+        .build();
+    let gw = TestGateway::start(&cfg).await;
+    assert!(ready_is(gw.admin(), true, WAIT).await, "node never ready");
+    gw
+}
+
+async fn ready_is(admin: SocketAddr, ready: bool, within: Duration) -> bool {
+    eventually(within, || async move {
+        (get(admin, "/readyz").await.status == StatusCode::OK) == ready
+    })
+    .await
+}
+
+/// Whether Redis has `user` among the members of `room` (any node).
+async fn member_in_redis(redis: &Redis, room: &str, user: &str) -> bool {
+    let n = redis
+        .command(&format!(
+            "ZLEXCOUNT wsgate:room:{{{room}}}:members \"[{user}\\t\" \"({user}\\n\""
+        ))
+        .await;
+    n != ":0"
+}
+
+#[tokio::test]
+async fn memberships_changed_while_redis_was_marked_down_reach_redis() {
+    let redis = Redis::start().await;
+    // A long beat: the down window after a dropped connection lasts until
+    // the next tick (half a beat), time enough to join and leave in it.
+    let gw = node("A", &redis, "2s").await;
+    let (addr, admin) = (gw.http(), gw.admin());
+    let mut keep = Vec::new();
+    for attempt in 0..5 {
+        let (stay, left, came) = (
+            format!("stay{attempt}"),
+            format!("left{attempt}"),
+            format!("came{attempt}"),
+        );
+        let mut stayer = Client::new(addr, &stay).await;
+        stayer.join("r").await;
+        let mut leaver = Client::new(addr, &left).await;
+        leaver.join("r").await;
+        let settled = eventually(WAIT, || member_in_redis(&redis, "r", &left)).await;
+        assert!(settled, "{left}'s join never reached Redis");
+        // Dropping the node's connections marks Redis down at once (the
+        // client's disconnection push); the next beat reconnects.
+        let killed = redis
+            .command(&format!("CLIENT KILL LADDR 127.0.0.1:{}", redis.port))
+            .await;
+        assert!(killed.starts_with(':'), "CLIENT KILL: {killed}");
+        if !ready_is(admin, false, Duration::from_secs(1)).await {
+            continue;
+        }
+        leaver.send(json!({"type":"leave","room":"r"})).await;
+        let me = left.clone();
+        leaver
+            .recv_until("own leave", |v| {
+                v["type"] == "presence" && v["user"] == me.as_str() && v["state"] == "leave"
+            })
+            .await;
+        let mut comer = Client::new(addr, &came).await;
+        comer.join("r").await;
+        if get(admin, "/readyz").await.status == StatusCode::OK {
+            // Redis was back before both changes were made: try again.
+            keep.extend([stayer, leaver, comer]);
+            continue;
+        }
+        assert!(ready_is(admin, true, WAIT).await, "Redis never back");
+        let synced = eventually(WAIT, || async {
+            member_in_redis(&redis, "r", &came).await
+                && !member_in_redis(&redis, "r", &left).await
+                && member_in_redis(&redis, "r", &stay).await
+        })
+        .await;
+        assert!(
+            synced,
+            "Redis never learned that {left} left and {came} joined while it was marked down"
+        );
+        // A node's registry sets last until it is swept (a dead node's
+        // users must be found whenever a sweeper comes).
+        let pid = std::process::id();
+        for key in ["rooms", "users"] {
+            let ttl = redis
+                .command(&format!("PTTL wsgate:node:{{A#{pid}}}:{key}"))
+                .await;
+            assert_eq!(ttl, ":-1", "the node's {key} set expires");
+        }
+        return;
+    }
+    panic!("no attempt caught the node with Redis marked down");
+}
+
+#[tokio::test]
+async fn a_rooms_first_member_on_a_node_gets_nothing_from_before_its_join() {
+    let redis = Redis::start().await;
+    let a = node("A", &redis, "200ms").await;
+    let b = node("B", &redis, "200ms").await;
+    let mut alice = Client::new(a.http(), "alice").await;
+    alice.join("r").await;
+    // Pushed through B, which holds no member of the room: delivered to
+    // nobody there, so no mark of where B's members left off.
+    let r = post(
+        b.http(),
+        "/chat/api/push",
+        json!({"room":"r","text":"pushed via B"}),
+        Some("Bearer s3cret"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    alice
+        .recv_until("the push", |v| is_msg(v, "pushed via B"))
+        .await;
+    for i in 0..5 {
+        alice.msg("r", &format!("m{i}")).await;
+    }
+    alice.recv_until("its own m4", |v| is_msg(v, "m4")).await;
+    let mut bob = Client::new(b.http(), "bob").await;
+    bob.send(json!({"type":"join","room":"r"})).await;
+    let ack = bob
+        .recv_until("own join", |v| {
+            v["type"] == "presence" && v["user"] == "bob"
+        })
+        .await;
+    let offset = ack["offset"].as_u64().expect("offset");
+    assert_eq!(offset, 6, "{ack}");
+    alice.msg("r", "after").await;
+    let first = bob.recv_until("a message", |v| v["type"] == "msg").await;
+    assert!(
+        is_msg(&first, "after"),
+        "bob, joined at offset {offset}, was first handed {first}"
+    );
+    assert_eq!(first["id"].as_u64(), Some(offset + 1), "{first}");
+}
