@@ -69,6 +69,9 @@ async fn a_room_message_received_twice_is_delivered_once() {
     let count = Arc::new(Count::default());
     let sink: Arc<dyn Deliver> = count.clone();
     bus.attach(Arc::downgrade(&sink));
+    let lobby = RoomName::parse("lobby").expect("room");
+    // A member here: the node keeps its place in rooms it has members in.
+    super::mirror::lock(&bus.mirror).add_member(&lobby, &UserName::parse("bob").expect("user"));
     let env = |id: u64, ts: u64| {
         format!(
             r#"{{"k":"msg","o":"n2#7","l":false,"msg":{{"room":"lobby","from":"alice","text":"hi","id":{id},"ts":{ts}}}}}"#
@@ -82,5 +85,9 @@ async fn a_room_message_received_twice_is_delivered_once() {
     assert_eq!(delivered(), 2);
     bus.on_envelope(env(1, 200).as_bytes()).await;
     assert_eq!(delivered(), 3);
+    // An id no `INCR` reaches (a forged publication) is not the room's head:
+    // the publish script would count on from it in Lua's doubles.
+    bus.note_id(&lobby, u64::MAX);
+    assert_eq!(bus.known_head(&lobby).0, 6);
     stop.cancel();
 }
