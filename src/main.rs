@@ -290,7 +290,7 @@ async fn another_stop_signal() {
 
 /// Why the process stops serving.
 enum Stop {
-    /// SIGTERM or SIGINT.
+    /// SIGTERM, SIGINT or SIGQUIT.
     Signal,
     /// A new binary (this pid) serves on our sockets now.
     Upgraded(u32),
@@ -298,11 +298,16 @@ enum Stop {
 
 /// The signals the process serves, listened for before it starts serving:
 /// one arriving between the first listener and the handlers would
-/// otherwise take its default action (SIGHUP and SIGUSR2 kill).
+/// otherwise take its default action (SIGHUP and SIGUSR2 kill). SIGQUIT
+/// and SIGUSR1 are nginx's graceful stop and log reopening, which
+/// operators and logrotate send out of habit: their default action (a
+/// core dump, an exit) would drop every session without a close frame.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
 }
 
@@ -312,14 +317,16 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            quit: signal(SignalKind::quit()).context("installing SIGQUIT handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
             usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
         })
     }
 }
 
-/// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM or SIGINT
-/// arrives, or an upgrade succeeds.
+/// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM, SIGINT or
+/// SIGQUIT arrives, or an upgrade succeeds.
 async fn serve_signals(
     handle: &wsgate::GatewayHandle,
     path: &std::path::Path,
@@ -329,7 +336,9 @@ async fn serve_signals(
     let Signals {
         mut term,
         mut int,
+        mut quit,
         mut hup,
+        mut usr1,
         mut usr2,
     } = signals;
     // An upgrade runs in a task of its own while signals are still served;
@@ -344,6 +353,8 @@ async fn serve_signals(
         tokio::select! {
             _ = term.recv() => return Ok(abandon(upgrading).await),
             _ = int.recv() => return Ok(abandon(upgrading).await),
+            _ = quit.recv() => return Ok(abandon(upgrading).await),
+            _ = usr1.recv() => tracing::info!("SIGUSR1: logs go to stderr, nothing to reopen"),
             _ = hup.recv() => {
                 if reloading.is_some() {
                     tracing::info!("SIGHUP: a reload is running; another follows it");

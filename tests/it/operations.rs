@@ -469,3 +469,47 @@ async fn reload_applies_chat_settings() {
     assert_eq!(push("first").await, StatusCode::FORBIDDEN);
     assert_eq!(push("second").await, StatusCode::OK);
 }
+
+/// nginx's SIGUSR1 (reopen logs; logrotate sends it) leaves sessions alone,
+/// and its SIGQUIT (graceful stop) drains as SIGTERM does: their default
+/// actions would kill the process and drop every session unclosed.
+#[tokio::test]
+async fn sigusr1_changes_nothing_and_sigquit_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("site")).unwrap();
+    write_cert(d, "one", &["localhost"]);
+    let cfg = d.join("wsgate.toml");
+    let config = base_config(d, "one").set("server.drain_window", "1s");
+    std::fs::write(&cfg, config.build()).unwrap();
+    let mut p = Proc::start(&cfg);
+    let plain = p.listening(2)[0];
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
+        .await
+        .unwrap();
+    p.signal("USR1");
+    p.wait_for("SIGUSR1", Duration::from_secs(5));
+    ws.send(Message::text("still here")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(echoed, Ok(Some(Ok(Message::Text(ref t)))) if t.as_str() == "still here"),
+        "{echoed:?}"
+    );
+    p.signal("QUIT");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("close frame")
+    {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1012),
+        other => panic!("expected close 1012, got {other:?}"),
+    }
+    let mut status = None;
+    let exited = eventually(Duration::from_secs(8), || {
+        status = p.child.try_wait().unwrap();
+        let done = status.is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "SIGQUIT: did not exit after the drain");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
