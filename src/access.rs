@@ -183,8 +183,10 @@ impl<B> Drop for LoggedBody<B> {
                 kind = "http",
                 client = %i.client,
                 method = %i.method,
-                host = %i.host,
-                path = %i.path,
+                // Recorded as strings: quoted and escaped in the text format
+                // (a client's `"` must not end the field and start another).
+                host = i.host.as_str(),
+                path = i.path.as_str(),
                 route = i.route.as_ref().map_or("-", |r| &*r.label),
                 upstream = i.upstream.as_deref().unwrap_or("-"),
                 status = i.status,
@@ -361,7 +363,7 @@ mod tests {
         let info = RequestInfo {
             client: [127, 0, 0, 1].into(),
             method: http::Method::GET,
-            host: "a.test".into(),
+            host: "a.test\" status=999 x=\"".into(),
             path: "/x".into(),
             route: None,
             log: true,
@@ -382,6 +384,11 @@ mod tests {
             assert!(read.expect("a ready body").is_err());
         });
         assert!(text.contains("status=200"), "{text}");
+        // A client's quote cannot add a field.
+        assert!(
+            text.contains(r#"host="a.test\" status=999 x=\"" path="/x""#),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "error=\"response body: connection closed before the message completed\""

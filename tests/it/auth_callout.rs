@@ -373,7 +373,7 @@ async fn the_access_line_of_an_unreachable_auth_service_names_the_cause() {
     gw.wait_for("listening", WAIT);
     let r = within(get(addr, "/dead/x")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    let line = gw.wait_for("path=/dead/x", WAIT);
+    let line = gw.wait_for("path=\"/dead/x\"", WAIT);
     assert!(
         line.contains(&format!("auth service unavailable: {dead}: connect failed")),
         "{line}"
