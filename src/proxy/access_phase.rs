@@ -116,11 +116,14 @@ impl Notes {
     pub fn apply(&self, headers: &mut HeaderMap) {
         let global = self.strip.iter().flat_map(|s| s.iter());
         let owned = self.owned.iter().flat_map(|s| s.iter());
-        for name in global.chain(owned).chain(&self.remove) {
+        let annotated = self.upstream_headers.keys();
+        for name in global.chain(owned).chain(&self.remove).chain(annotated) {
             headers.remove(name);
         }
+        // Every value: an auth answer may repeat a field (`X-Groups: a`,
+        // `X-Groups: b`).
         for (name, value) in &self.upstream_headers {
-            headers.insert(name, value.clone());
+            headers.append(name, value.clone());
         }
     }
 
@@ -165,6 +168,26 @@ impl Notes {
     }
 }
 
+/// Adds a filter's headers to those set upstream: each replaces what an
+/// earlier filter set under its name, with all of its values (a
+/// `HeaderMap` names only the first value of a field as it is taken apart).
+fn annotate(into: &mut HeaderMap, from: HeaderMap) {
+    let mut last = None;
+    for (name, value) in from {
+        match name {
+            Some(name) => {
+                into.insert(&name, value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    into.append(name, value);
+                }
+            }
+        }
+    }
+}
+
 /// The filters of one route, in order.
 #[derive(Debug, Default)]
 pub struct Phase {
@@ -204,11 +227,7 @@ impl Phase {
                 match verdict {
                     Verdict::Pass => break,
                     Verdict::Annotate(h) => {
-                        for (name, value) in h {
-                            if let Some(name) = name {
-                                notes.upstream_headers.insert(name, value);
-                            }
-                        }
+                        annotate(&mut notes.upstream_headers, h);
                         break;
                     }
                     Verdict::Answer(e) => {
@@ -217,11 +236,7 @@ impl Phase {
                     }
                     Verdict::Later(fut) => verdict = fut.await,
                     Verdict::Identify(id) => {
-                        for (name, value) in id.headers {
-                            if let Some(name) = name {
-                                notes.upstream_headers.insert(name, value);
-                            }
-                        }
+                        annotate(&mut notes.upstream_headers, id.headers);
                         notes.remove.extend(id.remove);
                         notes.user = id.user.or(notes.user.take());
                         notes.authenticated = true;

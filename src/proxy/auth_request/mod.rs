@@ -239,7 +239,15 @@ fn subrequest_headers(head: &Head<'_>) -> HeaderMap {
     ] {
         h.remove(name);
     }
-    if let Ok(m) = HeaderValue::from_str(req.method().as_str()) {
+    // A WebSocket handshake is a `GET` whichever protocol carried it: over
+    // HTTP/2 it comes as `CONNECT` (RFC 8441), and the service must decide
+    // one session the same way over both (the upstream is sent `GET` too).
+    let method = if head.upgrade {
+        "GET"
+    } else {
+        req.method().as_str()
+    };
+    if let Ok(m) = HeaderValue::from_str(method) {
         h.insert(X_ORIGINAL_METHOD, m);
     }
     let uri = req.uri().path_and_query().map_or("/", |p| p.as_str());
