@@ -11,7 +11,7 @@ use toml::Spanned;
 pub type SStr = Spanned<String>;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct FileConfig {
     #[serde(default)]
     pub server: ServerFile,
@@ -34,7 +34,7 @@ pub struct FileConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ServerFile {
     pub node_id: Option<SStr>,
     pub max_connections: Option<Spanned<i64>>,
@@ -55,14 +55,14 @@ pub struct ServerFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct LogFile {
     pub format: Option<SStr>,
     pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ListenerFile {
     pub addr: SStr,
     pub tls: Option<TlsFile>,
@@ -71,7 +71,7 @@ pub struct ListenerFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct TlsFile {
     /// With `key`; or `acme` instead of both.
     pub cert: Option<SStr>,
@@ -86,7 +86,7 @@ pub struct TlsFile {
 
 /// `[listener.tls.acme]` as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct AcmeFile {
     pub directory: SStr,
     pub ca_root: Option<SStr>,
@@ -97,7 +97,7 @@ pub struct AcmeFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct SniFile {
     pub host: SStr,
     pub cert: SStr,
@@ -106,7 +106,7 @@ pub struct SniFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct AdminFile {
     pub addr: SStr,
 }
@@ -126,7 +126,7 @@ impl<'de> Deserialize<'de> for ServerEntryFile {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[serde(deny_unknown_fields, expecting = "a table")]
         struct Raw {
             addr: String,
             weight: Option<i64>,
@@ -162,7 +162,7 @@ pub struct ServerTableFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct UpstreamFile {
     pub servers: Spanned<Vec<ServerEntryFile>>,
     pub balance: Option<SStr>,
@@ -192,7 +192,7 @@ pub struct UpstreamFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct HealthFile {
     pub path: Option<SStr>,
     pub interval: Option<SStr>,
@@ -202,7 +202,7 @@ pub struct HealthFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RouteFile {
     pub host: Option<SStr>,
     pub path: SStr,
@@ -224,14 +224,14 @@ pub struct RouteFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct AppsFile {
     pub echo: Option<EchoFile>,
     pub chat: Option<ChatFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct EchoFile {
     pub max_message_size: Option<SStr>,
     pub compression: Option<bool>,
@@ -240,7 +240,7 @@ pub struct EchoFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ChatFile {
     pub history: Option<Spanned<i64>>,
     pub history_ttl: Option<SStr>,
@@ -265,7 +265,7 @@ pub struct ChatFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct ClusterFile {
     pub redis: Option<SStr>,
     pub redis_cluster: Option<Spanned<Vec<SStr>>>,
@@ -303,7 +303,7 @@ mod tests {
 
 /// `[limit.NAME]` as written.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct LimitFile {
     pub rate: SStr,
     pub burst: Option<Spanned<i64>>,
@@ -314,7 +314,7 @@ pub struct LimitFile {
 
 /// `[auth.NAME]` as written.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct AuthFile {
     pub hmac_secret: Option<SStr>,
     pub public_keys: Option<Vec<SStr>>,

@@ -73,6 +73,53 @@ fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
         err(&format!("{listener}[upstream.a]\nservers = \"x\"\n")),
         "t.toml:4:11: upstream.a.servers: invalid type: string \"x\", expected an array"
     );
+    // A table given as something else: no Rust type name in the message.
+    assert_eq!(
+        err(&format!("server = 5\n{listener}")),
+        "t.toml:1:10: server: invalid type: integer `5`, expected a table"
+    );
+}
+
+#[test]
+fn an_upstream_server_with_credentials_is_not_quoted_back_whole() {
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+    for server in [
+        "http://user:hunter2secret@127.0.0.1:1",
+        "user:hunter2secret@127.0.0.1:1",
+    ] {
+        let e = err(&format!(
+            "{listener}[upstream.u]\nservers = [\"{server}\"]\n"
+        ));
+        assert!(
+            e.contains("upstream.u.servers[0]") && e.contains("***@127.0.0.1:1"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}
+
+#[test]
+fn an_origin_that_no_browser_sends_is_refused() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[[route]]\npath = \"/ws\"\napp = \"echo\"\n";
+    for bad in ["not a url", "https://", "a.test", "https://a.test/path"] {
+        let e = err(&format!("{base}origins = [\"{bad}\"]\n"));
+        assert!(
+            e.starts_with("t.toml:6:") && e.contains("is not an origin"),
+            "{bad}: {e}"
+        );
+    }
+    for good in [
+        "https://a.test",
+        "https://a.test/",
+        "http://a.test:8080",
+        "null",
+    ] {
+        let ok = parse(
+            Path::new("t.toml"),
+            &format!("{base}origins = [\"{good}\"]\n"),
+        );
+        assert!(ok.is_ok(), "{good}: {:?}", ok.err().map(|e| e.to_string()));
+    }
 }
 
 #[test]
@@ -249,6 +296,7 @@ fn timeouts_and_periods_of_zero_are_refused() {
             "poll_idle_timeout",
             "app.chat.poll_idle_timeout",
         ),
+        ("[server]\n", "shutdown_grace", "server.shutdown_grace"),
     ];
     for (table, key, name) in cases {
         let text = format!("{listener}{table}{key} = \"0\"\n");
@@ -308,11 +356,14 @@ fn a_route_path_no_request_can_match_is_refused() {
         ("/a/../b", "segment"),
         ("/a//b", "segment"),
         ("/./", "segment"),
+        ("/%61pi/", "decoded of before routing"),
+        ("/%zz", "not an escape"),
+        ("/a%2", "not an escape"),
     ] {
         let e = err(&format!("{base}path = \"{path}\"\n"));
         assert!(e.starts_with("t.toml:5:") && e.contains(why), "{path}: {e}");
     }
-    for path in ["/", "/a/", "/a", "/a%20b/c/"] {
+    for path in ["/", "/a/", "/a", "/a%20b/c/", "/a%2Fb/"] {
         let ok = parse(Path::new("t.toml"), &format!("{base}path = \"{path}\"\n"));
         assert!(ok.is_ok(), "{path}: {:?}", ok.err().map(|e| e.to_string()));
     }

@@ -165,7 +165,7 @@ fn server(cx: &mut Ctx, s: &ServerFile) -> ServerConfig {
             }
         }
     });
-    let shutdown_grace = cx.duration(
+    let shutdown_grace = cx.positive_duration(
         &s.shutdown_grace,
         "server.shutdown_grace",
         Duration::from_secs(30),

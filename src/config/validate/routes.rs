@@ -141,6 +141,14 @@ pub(super) fn routes(
                 format!("{key}.path: another route already has this host and path"),
             );
         }
+        for o in r.origins.iter().flatten() {
+            if !is_origin(o.get_ref()) {
+                cx.at(
+                    o.span(),
+                    format!("{key}.origins: {:?} is not an origin (scheme://host[:port], or \"null\"): no browser sends it, so every handshake would be refused", o.get_ref()),
+                );
+            }
+        }
         let origins = r.origins.as_ref().map(|os| {
             os.iter()
                 .map(|o| o.get_ref().trim_end_matches('/').to_string())
@@ -410,12 +418,35 @@ pub(super) fn cluster(cx: &mut Ctx, c: &ClusterFile) -> ClusterConfig {
 /// Why a route path could never match a request: requests are matched by
 /// their path alone, checked and normalized first (`proxy::path`: no dot
 /// segments, no empty ones), so such a route would be dead.
+/// An escape no routed request path has: `%` not followed by two hex
+/// digits (such requests are refused), or an escaped unreserved character
+/// (requests are decoded of those before routing: `/%61pi/` is `/api/`).
+fn escape_no_request_keeps(path: &str) -> Option<&'static str> {
+    for (i, _) in path.match_indices('%') {
+        let hex = path
+            .get(i + 1..i + 3)
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            None => return Some("has a % that is not an escape (%XX); requests with one are refused"),
+            Some(c) if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => {
+                return Some("escapes a character requests are decoded of before routing (write it as it is: /%61pi/ is /api/)")
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 fn unmatchable(path: &str) -> Option<&'static str> {
     if path.contains(['?', '#']) {
         return Some("holds a query or fragment; a route matches the path alone");
     }
     if !super::is_request_path(path) {
         return Some(super::NOT_A_PATH);
+    }
+    if let Some(why) = escape_no_request_keeps(path) {
+        return Some(why);
     }
     // A prefix may end in `/`; every segment before it must be one a
     // normalized request path can have.
@@ -424,4 +455,28 @@ fn unmatchable(path: &str) -> Option<&'static str> {
         .skip(1)
         .any(|s| s.is_empty() || s == "." || s == "..")
         .then_some("has an empty, . or .. segment, which no request path keeps")
+}
+
+/// What a browser can send as `Origin` (RFC 6454 §7): `null`, or a scheme
+/// and host with an optional port; a trailing `/` is tolerated (it is
+/// trimmed before comparing).
+fn is_origin(o: &str) -> bool {
+    if o == "null" {
+        return true;
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return false;
+    };
+    let host_port = rest.strip_suffix('/').unwrap_or(rest);
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c));
+    scheme_ok
+        && !host_port.is_empty()
+        && !host_port.contains(['/', '?', '#', '@', ' '])
+        && host_port.parse::<http::uri::Authority>().is_ok()
 }

@@ -209,7 +209,10 @@ fn servers(
         let (host_port, scheme) = match split_scheme(addr.get_ref()) {
             Ok(v) => v,
             Err(why) => {
-                cx.at(addr.span(), format!("{key}: {:?}: {why}", addr.get_ref()));
+                cx.at(
+                    addr.span(),
+                    format!("{key}: {:?}: {why}", shown(addr.get_ref())),
+                );
                 continue;
             }
         };
@@ -218,7 +221,7 @@ fn servers(
                 addr.span(),
                 format!(
                     "{key}: {:?} is not host:port or https://host:port, port 1-65535 (e.g. \"127.0.0.1:3000\")",
-                    addr.get_ref()
+                    shown(addr.get_ref())
                 ),
             );
             continue;
@@ -284,6 +287,27 @@ fn sticky(cx: &mut Ctx, s: &SStr, key: &str) -> Sticky {
                 ),
             );
             Sticky::None
+        }
+    }
+}
+
+/// A server address as an error shows it: credentials in it
+/// (`https://user:secret@host`, which no server address may carry) are
+/// not repeated, as Redis URLs are shown without their password.
+fn shown(addr: &str) -> std::borrow::Cow<'_, str> {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, addr),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        None => addr.into(),
+        Some((_, host)) => {
+            let tail = &rest[authority.len()..];
+            match scheme {
+                Some(s) => format!("{s}://***@{host}{tail}").into(),
+                None => format!("***@{host}{tail}").into(),
+            }
         }
     }
 }
