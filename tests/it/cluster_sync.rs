@@ -161,3 +161,44 @@ async fn a_rooms_first_member_on_a_node_gets_nothing_from_before_its_join() {
     );
     assert_eq!(first["id"].as_u64(), Some(offset + 1), "{first}");
 }
+
+/// A long-poll cursor's live part counts on the node that made it: brought
+/// to a node started earlier (a balancer moved the client, its node
+/// drained), it must not hide that node's events.
+#[tokio::test]
+async fn a_poll_cursor_from_another_node_still_gets_this_nodes_events() {
+    let redis = Redis::start().await;
+    let a = node("A", &redis, "200ms").await;
+    // Started later: its live numbers run ahead of A's.
+    let b = node("B", &redis, "200ms").await;
+    let poll = |addr: SocketAddr, cursor: String, timeout: u32| async move {
+        let path = format!("/chat/poll?user=dave&rooms=lobby&timeout={timeout}&cursor={cursor}");
+        let r = get(addr, &path).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        common::json_of(&r)
+    };
+    // Its join acknowledgement is a live event: the cursor carries B's number.
+    let first = poll(b.http(), String::new(), 0).await;
+    let mut cursor = first["cursor"].as_str().expect("cursor").to_string();
+    assert!(!cursor.ends_with("@0"), "{cursor}");
+    // Dave's session on A begins with this poll; bob, on A, then writes.
+    let got = poll(a.http(), cursor.clone(), 0).await;
+    cursor = got["cursor"].as_str().expect("cursor").to_string();
+    let mut bob = Client::new(a.http(), "bob").await;
+    bob.send(json!({"type":"dm","to":"dave","text":"on A"}))
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = poll(a.http(), cursor, 2).await;
+        cursor = got["cursor"].as_str().expect("cursor").to_string();
+        let events = got["events"].as_array().cloned().unwrap_or_default();
+        if events
+            .iter()
+            .any(|e| e["type"] == "dm" && e["text"] == "on A")
+        {
+            return;
+        }
+        seen.extend(events);
+    }
+    panic!("dave's polls on A never got bob's DM: {seen:?}");
+}

@@ -319,7 +319,7 @@ pub(super) async fn poll(
         pos.insert(room, p);
     }
     let mut live_after = match given.live {
-        Some(n) => n,
+        Some(n) => session.ring.resume_from(n),
         // A new session's own events (its presence acknowledgements) are news.
         None if created => 0,
         None => session.ring.now(),
@@ -350,6 +350,7 @@ pub(super) async fn poll(
             _ = chat.shutdown.token.cancelled() => break,
         }
     }
+    session.ring.handed_to(live_after);
     let next = Cursor {
         rooms: pos,
         epochs,

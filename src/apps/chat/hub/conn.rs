@@ -38,6 +38,11 @@ pub struct LiveRing {
     events: Mutex<VecDeque<(u64, Event)>>,
     cap: usize,
     seq: Arc<AtomicU64>,
+    /// The node-wide sequence when the ring was made: every number this
+    /// session can hand out is above it.
+    start: u64,
+    /// The highest number a poll of this session handed out.
+    handed: AtomicU64,
     /// Woken on every event, room messages included (a poll then reads history).
     pub notify: Notify,
 }
@@ -47,6 +52,8 @@ impl LiveRing {
         Self {
             events: Mutex::new(VecDeque::new()),
             cap,
+            start: seq.load(Ordering::Relaxed),
+            handed: AtomicU64::new(0),
             seq,
             notify: Notify::new(),
         }
@@ -76,6 +83,26 @@ impl LiveRing {
     /// The current value of the node-wide sequence: a cursor for "nothing yet".
     pub fn now(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Where a poll carrying live cursor `n` goes on from. The sequence is
+    /// this node's: a number outside what this session could have been
+    /// handed (made by another node, whose clock-seeded sequence may run
+    /// ahead of or behind this one, or before this session began) says
+    /// nothing here, so the poll goes on from what this session last
+    /// handed out (nothing yet: all of it). Taken at its word, a cursor
+    /// from a node started later would skip every event here for good.
+    pub fn resume_from(&self, n: u64) -> u64 {
+        if n < self.start || n > self.now() {
+            self.handed.load(Ordering::Relaxed)
+        } else {
+            n
+        }
+    }
+
+    /// Records that a poll handed out the events up to `n`.
+    pub fn handed_to(&self, n: u64) {
+        self.handed.fetch_max(n, Ordering::Relaxed);
     }
 }
 
