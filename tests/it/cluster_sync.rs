@@ -18,18 +18,29 @@ use common::{eventually, get, post, Cfg, Listener, TestGateway, WAIT};
 
 /// A chat node joined to `redis` with heartbeat `beat`.
 async fn node(id: &str, redis: &Redis, beat: &str) -> TestGateway {
-    let cfg = Cfg::new()
-        .set("server.node_id", id)
-        .set("server.shutdown_grace", "1s")
-        .set("log.access_log", false)
-        .set("admin.addr", "127.0.0.1:0")
-        .listener(Listener::at("127.0.0.1:0"))
-        .route_app("/chat", "chat")
-        .set("app.chat.history", 100)
-        .set("app.chat.push_token", "s3cret")
-        .set("cluster.redis", redis.url())
-        .set("cluster.heartbeat", beat)
-        .build();
+    node_with(id, redis, beat, |c| c).await
+}
+
+async fn node_with(
+    id: &str,
+    redis: &Redis,
+    beat: &str,
+    more: impl FnOnce(Cfg) -> Cfg,
+) -> TestGateway {
+    let cfg = more(
+        Cfg::new()
+            .set("server.node_id", id)
+            .set("server.shutdown_grace", "1s")
+            .set("log.access_log", false)
+            .set("admin.addr", "127.0.0.1:0")
+            .listener(Listener::at("127.0.0.1:0"))
+            .route_app("/chat", "chat")
+            .set("app.chat.history", 100)
+            .set("app.chat.push_token", "s3cret")
+            .set("cluster.redis", redis.url())
+            .set("cluster.heartbeat", beat),
+    )
+    .build();
     let gw = TestGateway::start(&cfg).await;
     assert!(ready_is(gw.admin(), true, WAIT).await, "node never ready");
     gw
@@ -201,4 +212,39 @@ async fn a_poll_cursor_from_another_node_still_gets_this_nodes_events() {
         seen.extend(events);
     }
     panic!("dave's polls on A never got bob's DM: {seen:?}");
+}
+
+/// A stream or poll session refused by the address's room cap leaves
+/// nothing in Redis (reading heads makes each room's epoch, kept for
+/// `room_ttl`: refused requests would fill Redis).
+#[tokio::test]
+async fn a_refused_stream_or_poll_makes_no_keys() {
+    let redis = Redis::start().await;
+    let gw = node_with("A", &redis, "200ms", |c| {
+        c.set("app.chat.max_rooms_per_ip", 2)
+    })
+    .await;
+    let addr = gw.http();
+    let (_held, parts) = common::chat::Sse::open(addr, "/chat/sse?user=u1&rooms=a,b", None).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    for path in [
+        "/chat/sse?user=u2&rooms=c,d",
+        "/chat/poll?user=u3&rooms=e,f",
+    ] {
+        let r = get(addr, path).await;
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path}: {}",
+            r.text()
+        );
+    }
+    for room in ["c", "d", "e", "f"] {
+        let n = redis
+            .command(&format!("EXISTS wsgate:room:{{{room}}}:epoch"))
+            .await;
+        assert_eq!(n, ":0", "a refused request made room {room}'s epoch");
+    }
+    let n = redis.command("EXISTS wsgate:room:{a}:epoch").await;
+    assert_eq!(n, ":1", "the admitted stream's room has its epoch");
 }

@@ -168,8 +168,17 @@ async fn set_up(
     key: PollKey,
     slot: PollSlot,
 ) -> Result<(Arc<PollSession>, bool), ChatError> {
-    let heads = chat.hub.bus().heads(rooms.clone()).await?;
+    // Admitted before reading heads, which may make each room's epoch in
+    // the shared store: a refused session must leave nothing there.
+    chat.hub.check_rooms(slot.ip, &rooms)?;
     let (conn, ring) = chat.hub.connect_poll(chat.newcomer(&who, slot.ip)).await?;
+    let heads = match chat.hub.bus().heads(rooms.clone()).await {
+        Ok(h) => h,
+        Err(e) => {
+            chat.hub.disconnect(&conn).await;
+            return Err(e.into());
+        }
+    };
     for room in &rooms {
         if let Err(e) = chat.hub.join(&conn, room, None).await {
             chat.hub.disconnect(&conn).await;

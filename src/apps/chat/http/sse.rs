@@ -114,6 +114,19 @@ pub(super) async fn sse(
         .filter(|s| !s.trim().is_empty())
         .map(|s| Cursor::parse(&s))
         .transpose()?;
+    // Admitted (the user's and the address's caps) before reading heads,
+    // which may make each room's epoch in the shared store: a refused
+    // stream must leave nothing there.
+    chat.hub.check_rooms(client, &rooms)?;
+    let (conn, rx) = chat
+        .hub
+        .connect(chat.newcomer(&who, client), ConnKind::Sse, None)
+        .await?;
+    let guard = ConnGuard {
+        hub: chat.hub.clone(),
+        conn: conn.clone(),
+        tracker: chat.shutdown.sessions.clone(),
+    };
     let bus = chat.hub.bus().clone();
     // Heads before joining: anything published after this arrives live.
     let heads = bus.heads(rooms.clone()).await?;
@@ -132,15 +145,6 @@ pub(super) async fn sse(
             },
         );
     }
-    let (conn, rx) = chat
-        .hub
-        .connect(chat.newcomer(&who, client), ConnKind::Sse, None)
-        .await?;
-    let guard = ConnGuard {
-        hub: chat.hub.clone(),
-        conn: conn.clone(),
-        tracker: chat.shutdown.sessions.clone(),
-    };
     // Where each room's live messages begin for this stream.
     let mut joined_at = Vec::with_capacity(rooms.len());
     for room in &rooms {

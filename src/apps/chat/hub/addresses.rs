@@ -50,6 +50,28 @@ impl AddressRooms {
         Ok(())
     }
 
+    /// Whether `ip` may hold `rooms` besides what it holds: asked before a
+    /// stream or poll session that joins them all does anything in the
+    /// shared store, so a refused one leaves no trace there. (`enter` still
+    /// decides, one room at a time.)
+    pub(super) fn check(&self, ip: IpAddr, rooms: &[RoomName]) -> Result<(), ChatError> {
+        if self.cap == 0 {
+            return Ok(());
+        }
+        let held = self.held.get(&ip);
+        let mut new: Vec<&RoomName> = rooms
+            .iter()
+            .filter(|r| !held.as_ref().is_some_and(|h| h.contains_key(*r)))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let holds = held.as_ref().map_or(0, |h| h.len());
+        if holds + new.len() > self.cap {
+            return Err(ChatError::RoomsPerAddress(self.cap));
+        }
+        Ok(())
+    }
+
     /// Gives back a membership [`enter`](Self::enter) counted.
     pub(super) fn exit(&self, ip: IpAddr, room: &RoomName) {
         if self.cap == 0 {

@@ -112,6 +112,16 @@ impl Hub {
         &self.bus
     }
 
+    /// Refuses `rooms` from `ip` up front when they would take the address
+    /// past `max_rooms_per_ip` (`join` decides for good).
+    pub fn check_rooms(
+        &self,
+        ip: std::net::IpAddr,
+        rooms: &[RoomName],
+    ) -> Result<(), super::protocol::ChatError> {
+        self.addresses.check(ip, rooms)
+    }
+
     fn stripe(&self, key: impl Hash) -> &tokio::sync::Mutex<()> {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
