@@ -130,6 +130,10 @@ async fn the_user_is_the_token_subject_and_bad_tokens_are_refused() {
         "{welcome:?}"
     );
 
+    // Two tokens: which is the client's? Refused, as a route's `auth` does.
+    let two = format!("token={}&token={}", token("alice", 60), token("bob", 60));
+    assert_eq!(refused(addr, &two).await.0, StatusCode::BAD_REQUEST);
+
     let (status, h) = refused(addr, "user=alice").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(h["www-authenticate"]

@@ -141,6 +141,22 @@ impl ChatAuth {
         upgrade: bool,
         guests: bool,
     ) -> Result<Identity, ChatError> {
+        let twice = auth::ambiguous(
+            &self.verifier.token_from,
+            req.headers(),
+            req.uri().query(),
+            upgrade,
+        );
+        if let Some(what) = twice {
+            // As a route's `auth` refuses it: which of two tokens is the
+            // client's? One checked here might not be the one another
+            // reader takes.
+            self.count("invalid");
+            return Err(ChatError::BadField {
+                field: what,
+                why: "given more than once",
+            });
+        }
         let found = auth::find(
             &self.verifier.token_from,
             req.headers(),
