@@ -13,7 +13,8 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::Message;
 
 const SESSIONS: usize = 200;
@@ -285,6 +286,80 @@ async fn drain_paces_sse_streams_over_the_window() {
         })
         .collect();
     assert_paced(&closes, started, "sse");
+    let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
+    assert!(done.expect("drain task"), "drained within the grace");
+}
+
+/// Waiting long-polls are answered spread over the drain window too, each
+/// with a `retry` hint, where they were all answered in the same instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_paces_long_polls_over_the_window() {
+    const POLLS: usize = 30;
+    let toml = Cfg::new()
+        .set("server.shutdown_grace", "8s")
+        .set("server.drain_window", "2s")
+        .set("log.access_log", false)
+        .listener_plain()
+        .route_app("/chat", "chat")
+        .build();
+    let gw = Arc::new(TestGateway::start(&toml).await);
+    let addr = gw.http();
+    let mut waiting = Vec::new();
+    for i in 0..POLLS {
+        // One keep-alive connection per client: the waiting poll goes out
+        // on a connection the gateway has accepted and read from already.
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let poll = |path: String| {
+            http::Request::get(path)
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .expect("request")
+        };
+        let first = tx
+            .send_request(poll(format!("/chat/poll?user=p{i}&rooms=r{i}")))
+            .await
+            .expect("first poll");
+        let body = first.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let cursor = v["cursor"].as_str().expect("cursor").to_string();
+        // A room of its own: no other client's presence wakes it.
+        let path = format!("/chat/poll?user=p{i}&rooms=r{i}&timeout=25&cursor={cursor}");
+        tx.ready().await.expect("connection ready again");
+        let pending = tx.send_request(poll(path));
+        waiting.push(tokio::spawn(async move {
+            let _tx = tx;
+            let r = pending.await.expect("answer");
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            (Instant::now(), v)
+        }));
+    }
+    // A round trip after the polls were written: the gateway has them.
+    for w in &waiting {
+        assert!(!w.is_finished(), "a poll was answered before the drain");
+    }
+    assert_eq!(get(addr, "/chat/api/online").await.status, StatusCode::OK);
+    let started = Instant::now();
+    let drain = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.handle.shutdown().await }
+    });
+    let mut closes = Vec::new();
+    for w in waiting {
+        let (at, v) = tokio::time::timeout(WAIT, w)
+            .await
+            .expect("answered within the window")
+            .expect("poll task");
+        let ms = v["retry"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no retry hint in {v}"));
+        closes.push((at, 1012, format!("reconnect {ms}")));
+    }
+    assert_paced(&closes, started, "long-poll");
     let done = tokio::time::timeout(WAIT, drain).await.expect("drain ends");
     assert!(done.expect("drain task"), "drained within the grace");
 }

@@ -335,6 +335,11 @@ pub(super) async fn poll(
     };
     // A first poll answers at once: it only hands out the cursor to continue from.
     let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
+    // A drain answers waiting polls spread over its window, as it closes
+    // WebSocket sessions and ends SSE streams: all at once, every client
+    // would poll again (another node) in the same moment.
+    let stop = chat.shutdown.session_stop();
+    let mut drained = false;
     loop {
         // Registered before looking, so an event arriving in between still wakes us.
         let notified = session.ring.notify.notified();
@@ -356,7 +361,10 @@ pub(super) async fn poll(
         tokio::select! {
             _ = &mut notified => {}
             _ = sleep_until(deadline) => {}
-            _ = chat.shutdown.token.cancelled() => break,
+            _ = stop.cancelled() => {
+                drained = true;
+                break;
+            }
         }
     }
     session.ring.handed_to(live_after);
@@ -375,6 +383,12 @@ pub(super) async fn poll(
         }
         body.put_slice(e);
     }
-    body.put_slice(b"]}");
+    body.put_slice(b"]");
+    if drained {
+        // A reconnect delay within the window: the next polls stay spread.
+        let ms = chat.shutdown.pace.reconnect_ms();
+        body.put_slice(format!(",\"retry\":{ms}").as_bytes());
+    }
+    body.put_slice(b"}");
     Ok(json_response(StatusCode::OK, body.freeze()))
 }
