@@ -20,6 +20,11 @@ use tokio_util::task::TaskTracker;
 pub use self::pace::{Pace, DRAIN_CLOSE};
 pub use self::stop::Stop;
 
+/// How long the sessions the hard stop cut get to end (a byte splice sees
+/// its stop at once) before the drain returns: the process exits then, and
+/// a session dropped unfinished writes no access line and counts no bytes.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
 /// Shared by every listener and connection of one gateway.
 #[derive(Clone, Default)]
 pub struct Shutdown {
@@ -94,6 +99,9 @@ impl Shutdown {
         };
         self.pace.stop_all();
         self.hard.cancel();
+        if !done {
+            let _ = tokio::time::timeout(CUT_WAIT, self.sessions.wait()).await;
+        }
         done
     }
 }

@@ -472,7 +472,8 @@ async fn reload_applies_chat_settings() {
 
 /// nginx's SIGUSR1 (reopen logs; logrotate sends it) leaves sessions alone,
 /// and its SIGQUIT (graceful stop) drains as SIGTERM does: their default
-/// actions would kill the process and drop every session unclosed.
+/// actions would kill the process and drop every session unclosed. A byte
+/// splice still open when the grace ends is cut and logged before the exit.
 #[tokio::test]
 async fn sigusr1_changes_nothing_and_sigquit_drains() {
     let dir = tempfile::tempdir().unwrap();
@@ -480,13 +481,25 @@ async fn sigusr1_changes_nothing_and_sigquit_drains() {
     std::fs::create_dir_all(d.join("site")).unwrap();
     write_cert(d, "one", &["localhost"]);
     let cfg = d.join("wsgate.toml");
-    let config = base_config(d, "one").set("server.drain_window", "1s");
+    let ws_up = ws_echo_upstream(None).await;
+    let config = base_config(d, "one")
+        .set("server.drain_window", "1s")
+        .set("server.shutdown_grace", "2s")
+        .upstream("wsup", &[ws_up])
+        .route_upstream("/live", "wsup");
     std::fs::write(&cfg, config.build()).unwrap();
     let mut p = Proc::start(&cfg);
     let plain = p.listening(2)[0];
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
         .await
         .unwrap();
+    // A byte splice: no close frame can be put in it, so the grace cuts it.
+    let (mut live, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/live"))
+        .await
+        .unwrap();
+    live.send(Message::text("spliced")).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), live.next()).await;
+    assert!(matches!(back, Ok(Some(Ok(Message::Text(_))))), "{back:?}");
     p.signal("USR1");
     p.wait_for("SIGUSR1", Duration::from_secs(5));
     ws.send(Message::text("still here")).await.unwrap();
@@ -512,4 +525,11 @@ async fn sigusr1_changes_nothing_and_sigquit_drains() {
     .await;
     assert!(exited, "SIGQUIT: did not exit after the drain");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // The splice the grace cut is logged before the process exits, as
+    // drained, with the bytes it moved.
+    let line = p.wait_for("\"session\":\"spliced\"", Duration::from_secs(1));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["drained"], true, "{line}");
+    assert!(v["bytes_in"].as_u64().is_some_and(|n| n > 0), "{line}");
+    drop(live);
 }
