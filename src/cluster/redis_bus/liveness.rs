@@ -126,12 +126,15 @@ impl RedisBus {
     /// heartbeat: connection counts are refreshed here, never per message.
     async fn sync_users(&self, c: &mut RedisConn) -> Result<(), ClusterError> {
         let node = &*self.instance;
-        let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
-        let sink = self.sink();
+        // Redis's list first, the node's own after it: a user who connects
+        // in between is in both (kept); read the other way round, such a
+        // user's HSET could land between the reads and be taken for stale.
         let stored: Vec<String> = redis::cmd("HKEYS")
             .arg(keys::node_users(node))
             .query_async(c)
             .await?;
+        let users: Vec<UserName> = lock(&self.mirror).users.iter().cloned().collect();
+        let sink = self.sink();
         let current: HashSet<&str> = users.iter().map(|u| u.as_str()).collect();
         let stale: Vec<&String> = stored
             .iter()
