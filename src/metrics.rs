@@ -85,10 +85,11 @@ pub struct DrainKind {
     pub kind: &'static str,
 }
 
-/// Why a connection was closed for its PROXY header: `untrusted` (a peer
-/// outside `server.trusted_proxies`), `malformed`, `timeout`.
+/// Why a connection was closed: for its PROXY header `untrusted` (a peer
+/// outside `server.trusted_proxies`), `malformed`, `timeout`; for its TLS
+/// handshake `error`, `timeout`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProxyHeaderRefusal {
+pub struct Reason {
     pub reason: &'static str,
 }
 
@@ -146,7 +147,9 @@ pub struct Metrics {
     pub splice_zero_copy_bytes: Counter,
     /// WebSocket sessions a drain closed, by kind.
     pub drain_closed: Family<DrainKind, Counter>,
-    pub proxy_header_refused: Family<ProxyHeaderRefusal, Counter>,
+    pub proxy_header_refused: Family<Reason, Counter>,
+    /// TLS handshakes that failed (`error`) or ran out of time (`timeout`).
+    pub tls_handshake_failures: Family<Reason, Counter>,
     pub upstream_up: Family<UpstreamServer, Gauge>,
     pub upstream_inflight: Family<UpstreamServer, Gauge>,
     pub upstream_requests: Family<UpstreamServerStatus, Counter>,
@@ -191,6 +194,7 @@ impl Metrics {
             splice_zero_copy_bytes: Counter::default(),
             drain_closed: Family::default(),
             proxy_header_refused: Family::default(),
+            tls_handshake_failures: Family::default(),
             upstream_up: Family::default(),
             upstream_inflight: Family::default(),
             tls_cert_expiry: Family::default(),
@@ -285,6 +289,11 @@ impl Metrics {
             "proxy_header_refused",
             "Connections closed for their PROXY header: untrusted (a peer outside server.trusted_proxies), malformed, timeout",
             m.proxy_header_refused.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed (error) or timed out (timeout)",
+            m.tls_handshake_failures.clone(),
         );
         r.register(
             "upstream_up",
@@ -450,6 +459,18 @@ impl Metrics {
             .iter()
             .map(|e| (e.key().clone(), e.value().get()))
             .collect()
+    }
+
+    /// A request answered before any route was chosen: a refused head
+    /// (400, 431, 505) or a connection over a cap (503, 429). No access line
+    /// is written for it, so this count is where it shows.
+    pub fn unrouted(&self, status: u16) {
+        self.http_requests
+            .get_or_create(&RouteStatus {
+                route: "-".into(),
+                status,
+            })
+            .inc();
     }
 
     pub fn add_bytes(&self, direction: &'static str, n: u64) {

@@ -242,6 +242,7 @@ pub async fn serve<H, IO>(
         let fast = Box::pin(h1::serve(&mut io, settings, handle, &sc.shutdown.token));
         match fast.await {
             h1::End::Closed => return,
+            h1::End::Refused(status) => return sc.metrics.unrouted(status.as_u16()),
             h1::End::Upgraded { to, buffered } => return to.send(Box::new(io), buffered),
             h1::End::Handoff { buffered, deadline } => {
                 // hyper reads on: a body, or the rest of a long head.
@@ -298,6 +299,7 @@ async fn serve_hyper<H, IO>(
     let seen = handed.clone();
     let io = SendTimed::new(Rewind::new(prefix, io), server.send_timeout);
     let (io, framing) = Guarded::new(io);
+    let metrics = sc.metrics.clone();
     let stalls = Stalls::new(server.send_timeout);
     let watch = stalls.clone();
     let send_limit = server.send_timeout;
@@ -311,10 +313,14 @@ async fn serve_hyper<H, IO>(
         let slot = slot.clone();
         let framing = framing.clone();
         let watch = watch.clone();
+        // Read when hyper hands the request over, as the scan of its head
+        // is done by then; the count's handle is only taken for a refusal.
+        let smuggled = framing.ambiguous().then(|| metrics.clone());
         async move {
-            if framing.ambiguous() {
+            if let Some(metrics) = smuggled {
                 // Request smuggling shape (see `smuggle`): refuse, forward nothing.
                 tracing::debug!("ambiguous request framing; answering 400 and closing");
+                metrics.unrouted(400);
                 return Ok::<_, Infallible>(ambiguous_framing_response().map(Watched::plain));
             }
             let connect = req.method() == http::Method::CONNECT;
@@ -376,26 +382,34 @@ async fn serve_hyper<H, IO>(
 
 /// Answers every request on a connection that was over capacity with 503 (or
 /// 429 for the per-IP cap) and `Retry-After`, then closes it.
-pub async fn serve_refusal<IO>(io: IO, refusal: Refusal, header_timeout: Duration)
-where
+pub async fn serve_refusal<IO>(
+    io: IO,
+    refusal: Refusal,
+    header_timeout: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<Incoming>| async move {
-        let (status, msg) = match refusal {
-            Refusal::Full => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is at its connection limit, retry later\n",
-            ),
-            Refusal::PerIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from your address, retry later\n",
-            ),
-        };
-        let resp = refusal_response(status, msg);
-        Ok::<_, Infallible>(match crate::grpc_reply::is_grpc(&req) {
-            true => crate::grpc_reply::convert(resp, msg),
-            false => resp,
-        })
+    let service = service_fn(move |req: Request<Incoming>| {
+        let metrics = metrics.clone();
+        async move {
+            let (status, msg) = match refusal {
+                Refusal::Full => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server is at its connection limit, retry later\n",
+                ),
+                Refusal::PerIp => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from your address, retry later\n",
+                ),
+            };
+            metrics.unrouted(status.as_u16());
+            let resp = refusal_response(status, msg);
+            Ok::<_, Infallible>(match crate::grpc_reply::is_grpc(&req) {
+                true => crate::grpc_reply::convert(resp, msg),
+                false => resp,
+            })
+        }
     });
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()

@@ -261,7 +261,7 @@ async fn serve_tls<H: Handler>(
     cfg: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) {
-    let Some(tls_stream) = tls_handshake(stream, cfg, timeout).await else {
+    let Some(tls_stream) = tls_handshake(&sc.metrics, stream, cfg, timeout).await else {
         return;
     };
     let session = tls_stream.get_ref().1;
@@ -292,7 +292,7 @@ fn refused_proxy_header(sc: &ServerCtx, peer: SocketAddr, reason: &'static str) 
     static WARN: crate::logging::Every = crate::logging::Every::secs(PROXY_WARN_EVERY);
     sc.metrics
         .proxy_header_refused
-        .get_or_create(&crate::metrics::ProxyHeaderRefusal { reason })
+        .get_or_create(&crate::metrics::Reason { reason })
         .inc();
     if WARN.due() {
         tracing::warn!(%peer, reason, "PROXY header refused; closing (further refusals within {PROXY_WARN_EVERY} s are only counted: wsgate_proxy_header_refused_total)");
@@ -336,21 +336,27 @@ async fn read_proxy_header(
 }
 
 async fn tls_handshake(
+    metrics: &crate::metrics::Metrics,
     stream: Prefixed<TcpStream>,
     cfg: Arc<rustls::ServerConfig>,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
-    match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
-        Ok(Ok(s)) => Some(s),
+    let reason = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
+        Ok(Ok(s)) => return Some(s),
         Ok(Err(e)) => {
             tracing::debug!(error = %crate::tls_reason::describe(&e), "TLS handshake failed");
-            None
+            "error"
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
-            None
+            "timeout"
         }
-    }
+    };
+    metrics
+        .tls_handshake_failures
+        .get_or_create(&crate::metrics::Reason { reason })
+        .inc();
+    None
 }
 
 async fn refuse(
@@ -364,11 +370,13 @@ async fn refuse(
     };
     tracing::debug!(?refusal, "connection over capacity");
     let server = sc.config.load_full();
+    let metrics = sc.metrics.clone();
     match tls {
-        None => conn::serve_refusal(stream, refusal, server.header_timeout).await,
+        None => conn::serve_refusal(stream, refusal, server.header_timeout, metrics).await,
         Some(cfg) => {
-            if let Some(s) = tls_handshake(stream, cfg, server.tls_handshake_timeout).await {
-                conn::serve_refusal(s, refusal, server.header_timeout).await
+            let timeout = server.tls_handshake_timeout;
+            if let Some(s) = tls_handshake(&sc.metrics, stream, cfg, timeout).await {
+                conn::serve_refusal(s, refusal, server.header_timeout, metrics).await
             }
         }
     }

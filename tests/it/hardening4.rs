@@ -288,3 +288,69 @@ async fn an_upstream_refusing_an_upload_early_is_answered_at_once() {
         .expect("the answer's body");
     assert_eq!(&body, b"too much");
 }
+
+/// What is refused before any route is chosen still shows (probe 11): a
+/// connection over a cap, a malformed or oversized head, a smuggling shape
+/// (answered requests, `wsgate_http_requests_total{route="-"}`), and a
+/// failed TLS handshake (`wsgate_tls_handshake_failures_total`).
+#[tokio::test]
+async fn refusals_before_routing_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = write_cert(dir.path(), "default", &["localhost"]);
+    let toml = Cfg::new()
+        .set("server.max_connections_per_ip", 2)
+        .set("log.access_log", false)
+        .admin()
+        .listener_plain()
+        .listener_tls(cert, key)
+        .route_app("/echo", "echo")
+        .build();
+    let gw = TestGateway::start_in(&toml, dir).await;
+    let answer = |bytes: &'static [u8], addr: SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let http = gw.http();
+    let bad = answer(b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n", http).await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let smuggled = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let r = answer(smuggled, http).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let huge: &'static [u8] = Box::leak(
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70_000)
+        )
+        .into_boxed_str(),
+    )
+    .as_bytes();
+    let r = answer(huge, http).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    // Two connections held, the third from the address is over its cap.
+    let _held = [
+        tokio::net::TcpStream::connect(http).await.expect("connect"),
+        tokio::net::TcpStream::connect(http).await.expect("connect"),
+    ];
+    let over = answer(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", http).await;
+    assert!(over.starts_with("HTTP/1.1 429"), "{over}");
+    drop(_held);
+    // Plain text to the TLS port: a failed handshake.
+    let _ = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", gw.https()).await;
+    let admin = gw.admin();
+    let wants = [
+        "wsgate_http_requests_total{route=\"-\",status=\"400\"} 2",
+        "wsgate_http_requests_total{route=\"-\",status=\"431\"} 1",
+        "wsgate_http_requests_total{route=\"-\",status=\"429\"} 1",
+        "wsgate_tls_handshake_failures_total{reason=\"error\"} 1",
+    ];
+    let shown = eventually(WAIT, || async move {
+        let m = get(admin, "/metrics").await.text();
+        wants.iter().all(|w| m.contains(w))
+    })
+    .await;
+    assert!(shown, "{}", get(admin, "/metrics").await.text());
+}

@@ -56,6 +56,8 @@ const READ_CHUNK: usize = 4 * 1024;
 pub enum End {
     /// It is closed, or must be: nothing more to serve.
     Closed,
+    /// A head was refused with this status (400, 431, 505), then closed.
+    Refused(StatusCode),
     /// hyper serves the rest, starting with the bytes already read; its first
     /// head must be complete by `deadline`, the one this path set for it.
     Handoff { buffered: Bytes, deadline: Instant },
@@ -131,7 +133,7 @@ where
                 let mut timed = SendTimed::new(&mut *io, settings.send_timeout);
                 let _ = response::write(&mut timed, &mut buf, &mut out, resp, framing).await;
                 let _ = timed.shutdown().await;
-                return End::Closed;
+                return End::Refused(status);
             }
             Head::Closed => return End::Closed,
         };
