@@ -104,7 +104,9 @@ fn is_secret_key(key: &str) -> bool {
 /// that value is a secret: `invalid type: integer, expected a string`, not
 /// the integer someone pasted as a token.
 pub(super) fn hide_secret_value(key: &str, message: &str) -> String {
-    if !is_secret_key(key) {
+    // A key that does not exist quotes no value: say so (a misspelt
+    // `secret` for `hmac_secret` must not read as a bad value).
+    if !is_secret_key(key) || message.starts_with("unknown field") {
         return message.to_string();
     }
     for head in ["invalid type: ", "invalid value: "] {

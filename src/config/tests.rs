@@ -81,6 +81,17 @@ fn a_value_of_the_wrong_type_is_named_by_its_key_in_toml_words() {
 }
 
 #[test]
+fn a_misspelt_secret_key_is_named_unknown() {
+    let e =
+        err("[[listener]]\naddr = \"127.0.0.1:0\"\n[auth.users]\nsecret = \"hunter2hunter2\"\n");
+    assert!(
+        e.contains("auth.users.secret: unknown field `secret`"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
 fn an_upstream_server_with_credentials_is_not_quoted_back_whole() {
     let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
     for server in [
