@@ -47,6 +47,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Whether `Connection` names a field besides the hop-by-hop ones (a
+/// WebSocket handshake's `Upgrade`): only then does `h` without its
+/// hop-by-hop fields differ in more than those.
+pub fn nominates_more(h: &HeaderMap) -> bool {
+    connection_tokens(h).any(|t| {
+        !t.is_empty()
+            && !["upgrade", "keep-alive", "close"]
+                .iter()
+                .any(|s| t.eq_ignore_ascii_case(s))
+    })
+}
+
 /// The fields of `h` but its hop-by-hop ones (those [`strip_hop_by_hop`]
 /// removes) and any named in `also`, in order: for a head written as bytes
 /// (a WebSocket tunnel's upstream request), which always has some (its

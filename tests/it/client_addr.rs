@@ -411,3 +411,72 @@ fn proxy_protocol_without_trusted_proxies_is_a_config_error() {
     );
     assert!(e.contains("PATH:2:48: server.trusted_proxies[2]"), "{e}");
 }
+
+/// Fields a handshake's `Connection` names are not forwarded, and the
+/// tunnel decides what it adds on the fields that do go on, as the HTTP
+/// proxy does (probe 12): a named `Host` is written by the gateway (the
+/// upstream must get one), and a trusted hop's named `X-Forwarded-For`
+/// chain is not carried on in one path and dropped in the other.
+#[tokio::test]
+async fn a_handshake_naming_fields_in_connection_is_forwarded_as_a_request_is() {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as WsReq, Response as WsResp};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ws_up = listener.local_addr().expect("addr");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let cb = |req: &WsReq, resp: WsResp| {
+                    let all = |n: &str| {
+                        req.headers()
+                            .get_all(n)
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or("?").to_string())
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    };
+                    let _ = tx.send((all("host"), all("x-forwarded-for")));
+                    Ok(resp)
+                };
+                let _ = tokio_tungstenite::accept_hdr_async(s, cb).await;
+            });
+        }
+    });
+    let up = mirror().await;
+    let toml = config(up, Listener::plain())
+        .upstream("wsup", &[ws_up])
+        .route_upstream("/ws", "wsup")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let addr = gw.http();
+    let hs = |connection: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             X-Forwarded-For: 198.51.100.7\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let _ = exchange(addr, TRUSTED, &[&hs("Upgrade, Host")]).await;
+    let (host, xff) = within(seen.recv()).await.expect("seen");
+    assert!(!host.is_empty(), "the upstream handshake had no Host");
+    assert_eq!(xff, "198.51.100.7, 127.0.0.1");
+    // The chain named in Connection is not passed on, here or over HTTP.
+    let _ = exchange(addr, TRUSTED, &[&hs("Upgrade, X-Forwarded-For")]).await;
+    let (_, xff) = within(seen.recv()).await.expect("seen");
+    let named = "Connection: keep-alive, X-Forwarded-For\r\nX-Forwarded-For: 198.51.100.7\r\n";
+    let m = mirrored(&exchange(addr, TRUSTED, &[&request(named)]).await);
+    assert!(
+        m.contains(&format!("xff=[{xff}]")),
+        "tunnel {xff}, proxy {m}"
+    );
+    assert_eq!(xff, "127.0.0.1");
+}
+
+/// Fails the test instead of hanging when the upstream never sees anything.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f).await.expect("in time")
+}
