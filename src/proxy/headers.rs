@@ -47,10 +47,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// `h` as what goes on sees it, for deciding the fields the gateway adds: a
+/// field `Connection` names (`Host`, a trusted hop's `X-Forwarded-For`) is
+/// not forwarded, so it must not count as present either. Borrowed unless
+/// `Connection` names more than the hop-by-hop fields themselves.
+pub fn forwarded_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
+    if !nominates_more(h) {
+        return std::borrow::Cow::Borrowed(h);
+    }
+    let mut stripped = h.clone();
+    strip_hop_by_hop(&mut stripped);
+    std::borrow::Cow::Owned(stripped)
+}
+
 /// Whether `Connection` names a field besides the hop-by-hop ones (a
-/// WebSocket handshake's `Upgrade`): only then does `h` without its
-/// hop-by-hop fields differ in more than those.
-pub fn nominates_more(h: &HeaderMap) -> bool {
+/// WebSocket handshake's `Upgrade`).
+fn nominates_more(h: &HeaderMap) -> bool {
     connection_tokens(h).any(|t| {
         !t.is_empty()
             && !["upgrade", "keep-alive", "close"]

@@ -18,8 +18,7 @@ use super::access_phase::Notes;
 use super::error::{HandshakeError, ProxyError};
 use super::forwarded::Forwarding;
 use super::headers::{
-    client_cert_fields, end_to_end, has_token, is_client_cert, nominates_more, rewrite_path,
-    strip_hop_by_hop,
+    client_cert_fields, end_to_end, forwarded_view, has_token, is_client_cert, rewrite_path,
 };
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
@@ -445,20 +444,10 @@ impl Upstream<'_> {
         let mut head =
             RequestHead::new(&rewrite_path(pq, &self.route.path, self.route.strip_prefix));
         let host = super::request_host(req);
-        // Decided on the fields that go on, as the HTTP proxy decides them:
-        // one `Connection` names (`Host`, a trusted hop's `X-Forwarded-For`)
-        // is not forwarded, so it must not count as present either.
-        let stripped;
-        let view = if nominates_more(req.headers()) {
-            let mut h = req.headers().clone();
-            strip_hop_by_hop(&mut h);
-            stripped = h;
-            &stripped
-        } else {
-            req.headers()
-        };
+        // Decided on the fields that go on, as the HTTP proxy decides them.
+        let view = forwarded_view(req.headers());
         let fwd = Forwarding::new(
-            view,
+            &view,
             self.ctx.forwarded_for(),
             self.notes.trusted_peer,
             self.ctx.tls,

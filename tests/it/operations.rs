@@ -213,6 +213,17 @@ fn base_config(dir: &std::path::Path, cert: &str) -> Cfg {
         .route_root("/", format!("{d}/site"))
 }
 
+/// A config file in `d` (with its site directory and certificate) for a
+/// process the test drains: [`base_config`], a 1 s drain window, `more`.
+fn drained_config(d: &std::path::Path, more: impl FnOnce(Cfg) -> Cfg) -> std::path::PathBuf {
+    std::fs::create_dir_all(d.join("site")).unwrap();
+    write_cert(d, "one", &["localhost"]);
+    let cfg = d.join("wsgate.toml");
+    let config = more(base_config(d, "one").set("server.drain_window", "1s"));
+    std::fs::write(&cfg, config.build()).unwrap();
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_and_reload_keeps_connections() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,15 +391,9 @@ async fn sigterm_closes_websockets_with_1012_and_finishes_requests() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("site")).unwrap();
-    write_cert(d, "one", &["localhost"]);
-    let cfg = d.join("wsgate.toml");
-    let config = base_config(d, "one")
-        .set("server.drain_window", "1s")
-        .upstream("slow", &[slow])
-        .route_upstream("/slow", "slow");
-    std::fs::write(&cfg, config.build()).unwrap();
+    let cfg = drained_config(dir.path(), |c| {
+        c.upstream("slow", &[slow]).route_upstream("/slow", "slow")
+    });
     let mut p = Proc::start(&cfg);
     let plain = p.listening(2)[0];
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
@@ -477,17 +482,12 @@ async fn reload_applies_chat_settings() {
 #[tokio::test]
 async fn sigusr1_changes_nothing_and_sigquit_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("site")).unwrap();
-    write_cert(d, "one", &["localhost"]);
-    let cfg = d.join("wsgate.toml");
     let ws_up = ws_echo_upstream(None).await;
-    let config = base_config(d, "one")
-        .set("server.drain_window", "1s")
-        .set("server.shutdown_grace", "2s")
-        .upstream("wsup", &[ws_up])
-        .route_upstream("/live", "wsup");
-    std::fs::write(&cfg, config.build()).unwrap();
+    let cfg = drained_config(dir.path(), |c| {
+        c.set("server.shutdown_grace", "2s")
+            .upstream("wsup", &[ws_up])
+            .route_upstream("/live", "wsup")
+    });
     let mut p = Proc::start(&cfg);
     let plain = p.listening(2)[0];
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/echo"))
