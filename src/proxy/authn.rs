@@ -99,10 +99,12 @@ impl Filter for Authenticate {
         let mut headers = HeaderMap::with_capacity(self.claims_to_headers.len());
         for (name, claim) in &self.claims_to_headers {
             // A claim that cannot be a header value (control characters) is
-            // left out rather than failing a valid token.
+            // left out rather than failing a valid token. UTF-8 goes as it
+            // is (obs-text): http 1.6's string conversions take ASCII only,
+            // and would drop `José`.
             if let Some(value) = v
                 .header_text(claim)
-                .and_then(|t| HeaderValue::try_from(t).ok())
+                .and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok())
             {
                 headers.insert(name.clone(), value);
             }

@@ -44,6 +44,10 @@ async fn claims_go_upstream_and_spoofed_identity_headers_are_stripped_everywhere
         "{}",
         r.text()
     );
+    // A claim in UTF-8 goes as it is, not dropped.
+    let t8 = hs.sign(&valid("jörg"), None);
+    let r = get_with(addr, "/api/me", &[("authorization", &bearer(&t8))]).await;
+    assert!(r.text().starts_with("id=jörg "), "{}", r.text());
     // A route without auth: the client's copies never reach the upstream,
     // nor those spelled with `_` (nginx's underscores_in_headers off).
     let r = get_with(
@@ -100,7 +104,7 @@ async fn claims_go_upstream_and_spoofed_identity_headers_are_stripped_everywhere
     let _ = get(addr, "/api/").await;
     let m = get(gw.admin(), "/metrics").await.text();
     for line in [
-        r#"wsgate_auth_total{route="/api/",result="ok"} 4"#,
+        r#"wsgate_auth_total{route="/api/",result="ok"} 5"#,
         r#"wsgate_auth_total{route="/api/",result="missing"} 1"#,
     ] {
         assert!(m.contains(line), "{line} not in\n{m}");

@@ -93,11 +93,10 @@ fn valid(sub: &str) -> Value {
 async fn whoami_upstream() -> SocketAddr {
     http_upstream(|req| async move {
         let h = |n: &str| {
-            req.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
+            // As bytes: a claim in UTF-8 arrives as it is (obs-text).
+            req.headers().get(n).map_or("-".to_string(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            })
         };
         // Fields named with `_`, which CGI-style readers take for dashed ones.
         let underscored: Vec<&str> = req
