@@ -30,15 +30,22 @@ impl RedisBus {
     }
 
     async fn room_join_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
+        // The room's stripe orders the mirror's change and its write to Redis
+        // with a re-registration's look at the same entry.
+        let stripe = self.stripe(&room).lock().await;
         lock(&self.mirror).add_member(&room, &user);
         // Subscribed before the join is announced and before the hub reads
         // the room's head, so every message past that head reaches this node.
         self.sync_room_sub(&room).await;
         let new = self
             .try_redis(async { self.run_join(&mut self.conn.clone(), &room, &user).await })
-            .await
+            .await;
+        drop(stripe);
+        let new = new.unwrap_or_else(|| {
+            self.mark_unsynced();
             // Outage: the hub only calls this for the first local connection.
-            .unwrap_or(true);
+            true
+        });
         if new {
             self.deliver_presence(&room, &user, PresenceState::Join);
         }
@@ -46,6 +53,7 @@ impl RedisBus {
     }
 
     async fn room_leave_now(&self, room: RoomName, user: UserName) -> Result<bool, BusError> {
+        let stripe = self.stripe(&room).lock().await;
         let was = lock(&self.mirror).remove_member(&room, &user);
         let node = self.instance.clone();
         let gone = self
@@ -53,8 +61,12 @@ impl RedisBus {
                 self.run_leave(&mut self.conn.clone(), &node, &node, &room, &user)
                     .await
             })
-            .await
-            .unwrap_or(was);
+            .await;
+        drop(stripe);
+        let gone = gone.unwrap_or_else(|| {
+            self.mark_unsynced();
+            was
+        });
         self.sync_room_sub(&room).await;
         if gone {
             self.deliver_presence(&room, &user, PresenceState::Leave);

@@ -14,12 +14,14 @@ use crate::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::lock;
-use super::{ms, ClusterError, RedisBus};
+use super::{ms, scripts, ClusterError, RedisBus};
 use crate::apps::chat::protocol::{now_ms, RoomName, UserName};
 use crate::cluster::keys;
 
 /// Entries written per pipeline when re-registering.
 const BATCH: usize = 500;
+/// A sweep looks whether its node beats again before every this many leaves.
+const SWEEP_LOOK: usize = 32;
 
 impl RedisBus {
     pub(super) async fn run_heartbeat(self: Arc<Self>, stop: CancellationToken) {
@@ -89,10 +91,16 @@ impl RedisBus {
         // sets it again, for the next beat.
         let unsynced = self.unsynced.swap(false, Ordering::AcqRel);
         // Our alive key was gone (Redis restarted, or we were swept as
-        // dead), or a join, leave or connect reached only the mirror.
+        // dead), or a join or leave reached only the mirror.
         if prev.is_none() || *reregister || unsynced {
             self.reregister(&mut c, &mut alive).await?;
-            *reregister = false;
+            // A sweep of this node that may still run (its claim lasts 3
+            // beats) removes entries as they are written: again next beat.
+            let swept: bool = redis::cmd("EXISTS")
+                .arg(keys::sweep_claim(&self.instance))
+                .query_async(&mut c)
+                .await?;
+            *reregister = swept;
         } else if self.ticks.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
             self.sync_users(&mut c).await?;
         }
@@ -168,13 +176,22 @@ impl RedisBus {
     }
 
     /// Makes Redis agree with this node's mirror: entries it no longer has are
-    /// removed (announcing leaves), the rest (re-)added in batches.
+    /// removed (announcing leaves), the rest (re-)added. Joins and leaves go
+    /// on meanwhile: each entry is decided under its room's stripe, which
+    /// they hold across their own change and write, by what the mirror says
+    /// then (a snapshot's word would undo a leave, or a join, made since).
     async fn reregister(&self, c: &mut RedisConn, alive: &mut Instant) -> Result<(), ClusterError> {
+        let node = &*self.instance;
+        // Redis's list before the mirror's: a join written in between is in
+        // both, not taken for one to remove.
+        let stored: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_rooms(node))
+            .query_async(c)
+            .await?;
         let (users, rooms, last_ids) = {
             let m = lock(&self.mirror);
             (m.users.clone(), m.rooms.clone(), m.last_ids.clone())
         };
-        let node = &*self.instance;
         for (room, id) in &last_ids {
             let _: i64 = self
                 .id_floor
@@ -186,10 +203,6 @@ impl RedisBus {
             self.keep_alive(c, alive).await?;
         }
         self.floor_dm_id(c).await?;
-        let stored: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::node_rooms(node))
-            .query_async(c)
-            .await?;
         for entry in stored {
             let Some((room, user)) = entry.split_once('\t') else {
                 continue;
@@ -197,13 +210,22 @@ impl RedisBus {
             let (Ok(r), Ok(u)) = (RoomName::parse(room), UserName::parse(user)) else {
                 continue;
             };
-            if !rooms.contains(&(r.clone(), u.clone())) {
-                self.run_leave(c, node, node, &r, &u).await?;
-                self.keep_alive(c, alive).await?;
+            let entry = (r, u);
+            if !rooms.contains(&entry) {
+                let _stripe = self.stripe(&entry.0).lock().await;
+                if !lock(&self.mirror).rooms.contains(&entry) {
+                    self.run_leave(c, node, node, &entry.0, &entry.1).await?;
+                }
             }
+            self.keep_alive(c, alive).await?;
         }
-        for (room, user) in &rooms {
-            self.run_join(c, room, user).await?;
+        for entry in &rooms {
+            {
+                let _stripe = self.stripe(&entry.0).lock().await;
+                if lock(&self.mirror).rooms.contains(entry) {
+                    self.run_join(c, &entry.0, &entry.1).await?;
+                }
+            }
             self.keep_alive(c, alive).await?;
         }
         self.sync_users(c).await?;
@@ -281,7 +303,14 @@ impl RedisBus {
             .query_async(c)
             .await?;
         let mut announced = 0;
-        for entry in &entries {
+        for (i, entry) in entries.iter().enumerate() {
+            // Looked at often: a node that beats again re-registers while
+            // this goes on, and each entry removed after it re-added it is
+            // lost (it re-registers once more after the claim expires).
+            if i % SWEEP_LOOK == 0 && self.is_alive(c, dead).await? {
+                tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
+                return Ok(());
+            }
             let Some((room, user)) = entry.split_once('\t') else {
                 continue;
             };
@@ -291,19 +320,19 @@ impl RedisBus {
             if self.run_leave(c, dead, "", &r, &u).await? {
                 announced += 1;
             }
-            if alive.elapsed() >= self.beat / 2 {
-                self.keep_alive(c, alive).await?;
-                if self.is_alive(c, dead).await? {
-                    // It re-registers what was swept so far itself.
-                    tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
-                    return Ok(());
-                }
-            }
+            self.keep_alive(c, alive).await?;
         }
-        let _: i64 = redis::cmd("DEL")
-            .arg(keys::node_rooms(dead))
-            .query_async(c)
+        // Its memberships' set goes only while it is still dead, in one
+        // step with that look (one hash tag: one shard).
+        let gone: i64 = redis::Script::new(scripts::FORGET_DEAD)
+            .key(keys::alive(dead))
+            .key(keys::node_rooms(dead))
+            .invoke_async(c)
             .await?;
+        if gone == 0 {
+            tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
+            return Ok(());
+        }
         let _: i64 = redis::cmd("SREM")
             .arg(keys::NODES)
             .arg(dead)

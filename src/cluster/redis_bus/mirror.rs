@@ -126,8 +126,13 @@ impl RedisBus {
         let _ = tokio::time::timeout(self.beat, reached).await;
     }
 
-    pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
+    /// A membership change reached only the mirror: the next beat
+    /// re-registers. (Users need none: the beat's user sync repairs them.)
+    pub(super) fn mark_unsynced(&self) {
         self.unsynced.store(true, Ordering::Release);
+    }
+
+    pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.instance, error = %e, "cluster: redis unreachable; serving local clients only");
         } else if !self.ever_up.load(Ordering::Acquire)
@@ -153,7 +158,6 @@ impl RedisBus {
         F: std::future::Future<Output = Result<T, ClusterError>>,
     {
         if !self.is_up() {
-            self.unsynced.store(true, Ordering::Release);
             return None;
         }
         match f.await {
@@ -166,7 +170,6 @@ impl RedisBus {
                 // A bad reply, not an outage: serve this call locally and let
                 // the heartbeat judge Redis's health.
                 tracing::warn!(node = %self.instance, error = %e, "cluster: redis call failed");
-                self.unsynced.store(true, Ordering::Release);
                 None
             }
         }
@@ -199,7 +202,7 @@ impl RedisBus {
     }
 
     pub(super) fn note_id(&self, room: &RoomName, id: u64) {
-        if id > super::MAX_ROOM_ID {
+        if id >= super::MAX_ROOM_ID {
             return;
         }
         let mut m = lock(&self.mirror);

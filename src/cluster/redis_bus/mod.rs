@@ -57,10 +57,11 @@ use crate::redis_conn::{RedisConn, Settings};
 
 /// Per-room publish locks (hashed), keeping local delivery in id order.
 const STRIPES: usize = 64;
-/// The largest room id a node takes from the channel or gives the publish
-/// script as its floor: the script counts in Lua's doubles, exact up to
-/// 2^53. `INCR` never gets there; only a forged publication does.
-const MAX_ROOM_ID: u64 = 1 << 53;
+/// Room ids a node takes from the channel (and so gives the publish script
+/// as its floor) stay below this: the script writes the id into the
+/// message with Lua's `%.14g`, exact below 10^14 (`1e+14` above, which no
+/// node decodes). `INCR` never gets there; only a forged publication does.
+const MAX_ROOM_ID: u64 = 99_999_999_999_999;
 
 pub struct RedisBus {
     /// This process in the cluster: `server.node_id` and the pid
@@ -81,9 +82,8 @@ pub struct RedisBus {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// False while Redis is unreachable: calls use the mirror without waiting.
     up: AtomicBool,
-    /// Set when a call fell back to the mirror (Redis down, or a failed
-    /// call): a join, leave or connect may have reached only the mirror, so
-    /// the next beat re-registers it.
+    /// Set when a join or leave reached only the mirror (Redis down, or its
+    /// call failed): the next beat re-registers.
     unsynced: AtomicBool,
     /// Woken when Redis is reached: reads at start wait for it (see
     /// `mirror::settled`) instead of answering from an empty mirror.

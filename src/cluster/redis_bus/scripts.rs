@@ -109,6 +109,17 @@ end
 return 0
 "#;
 
+/// Deletes a dead node's memberships set (KEYS[2]) unless the node beats
+/// again (its alive key, KEYS[1], is back): a node that came back while it
+/// was swept keeps what it re-registered. Returns 1 when deleted.
+pub(super) const FORGET_DEAD: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+return 1
+"#;
+
 /// Raises a room's id counter to at least ARGV[1] (after Redis lost it, ids
 /// must keep increasing), expiring after the room TTL ARGV[2] ms as a
 /// message would make it (0: never). KEYS: id.
