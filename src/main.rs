@@ -271,17 +271,19 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     served
 }
 
-/// The next SIGTERM or SIGINT; never, if they cannot be listened for.
+/// The next SIGTERM, SIGINT or SIGQUIT; never, if they cannot be listened for.
 async fn another_stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(mut term), Ok(mut int), Ok(mut quit)) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = quit.recv() => {}
             }
         }
         _ => std::future::pending().await,

@@ -110,7 +110,14 @@ pub fn ambiguous(
                 }),
                 "token in the query",
             ),
-            TokenSource::Cookie(name) => (cookies_named(headers, name).count(), "token cookie"),
+            // Distinct values: a browser sends a host-only and a domain
+            // cookie of one name side by side, often with the same token.
+            TokenSource::Cookie(name) => {
+                let mut values: Vec<&str> = cookies_named(headers, name).collect();
+                values.sort_unstable();
+                values.dedup();
+                (values.len(), "token cookie")
+            }
         };
         if n > 1 {
             return Some(what);

@@ -97,6 +97,7 @@ fn an_upstream_server_with_credentials_is_not_quoted_back_whole() {
     for server in [
         "http://user:hunter2secret@127.0.0.1:1",
         "user:hunter2secret@127.0.0.1:1",
+        "https://user:hunter2/secret@127.0.0.1:1",
     ] {
         let e = err(&format!(
             "{listener}[upstream.u]\nservers = [\"{server}\"]\n"
@@ -124,6 +125,7 @@ fn an_origin_that_no_browser_sends_is_refused() {
         "https://a.test/",
         "http://a.test:8080",
         "null",
+        "",
     ] {
         let ok = parse(
             Path::new("t.toml"),

@@ -343,6 +343,10 @@ async fn tls_handshake(
 ) -> Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>> {
     let reason = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(stream)).await {
         Ok(Ok(s)) => return Some(s),
+        // Closed before or during the handshake: a TCP health check, a
+        // port scan; apart from failures, or an alert on them would fire
+        // behind every layer-4 balancer.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
         Ok(Err(e)) => {
             tracing::debug!(error = %crate::tls_reason::describe(&e), "TLS handshake failed");
             "error"

@@ -338,14 +338,21 @@ async fn refusals_before_routing_are_counted() {
     let over = answer(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", http).await;
     assert!(over.starts_with("HTTP/1.1 429"), "{over}");
     drop(_held);
-    // Plain text to the TLS port: a failed handshake.
+    // Plain text to the TLS port: a failed handshake; a bare connect (a TCP
+    // health check) counted apart.
     let _ = answer(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", gw.https()).await;
+    drop(
+        tokio::net::TcpStream::connect(gw.https())
+            .await
+            .expect("connect"),
+    );
     let admin = gw.admin();
     let wants = [
         "wsgate_http_requests_total{route=\"-\",status=\"400\"} 2",
         "wsgate_http_requests_total{route=\"-\",status=\"431\"} 1",
         "wsgate_http_requests_total{route=\"-\",status=\"429\"} 1",
         "wsgate_tls_handshake_failures_total{reason=\"error\"} 1",
+        "wsgate_tls_handshake_failures_total{reason=\"eof\"} 1",
     ];
     let shown = eventually(WAIT, || async move {
         let m = get(admin, "/metrics").await.text();

@@ -459,9 +459,10 @@ fn unmatchable(path: &str) -> Option<&'static str> {
 
 /// What a browser can send as `Origin` (RFC 6454 §7): `null`, or a scheme
 /// and host with an optional port; a trailing `/` is tolerated (it is
-/// trimmed before comparing).
+/// trimmed before comparing). `""` stands for no `Origin` at all.
 fn is_origin(o: &str) -> bool {
-    if o == "null" {
+    // `""` admits a client that sends no `Origin` (not a browser).
+    if o == "null" || o.is_empty() {
         return true;
     }
     let Some((scheme, rest)) = o.split_once("://") else {

@@ -299,16 +299,13 @@ fn shown(addr: &str) -> std::borrow::Cow<'_, str> {
         Some((s, r)) => (Some(s), r),
         None => (None, addr),
     };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.rsplit_once('@') {
+    // Everything up to the last `@`: a password may hold `/`, `?` or `#`.
+    match rest.rsplit_once('@') {
         None => addr.into(),
-        Some((_, host)) => {
-            let tail = &rest[authority.len()..];
-            match scheme {
-                Some(s) => format!("{s}://***@{host}{tail}").into(),
-                None => format!("***@{host}{tail}").into(),
-            }
-        }
+        Some((_, host)) => match scheme {
+            Some(s) => format!("{s}://***@{host}").into(),
+            None => format!("***@{host}").into(),
+        },
     }
 }
 

@@ -40,6 +40,10 @@ pub(crate) struct PollSession {
     ring: Arc<LiveRing>,
     /// Room heads when the session began: where its first poll starts.
     start: BTreeMap<RoomName, Head>,
+    /// Its paced drain stop (a WebSocket session's): a drain answers its
+    /// waiting poll, then ends it, at its turn within the window, so the
+    /// user stays online and gets DMs until then.
+    stop: crate::shutdown::Stop,
     state: Mutex<PollState>,
 }
 
@@ -190,6 +194,7 @@ async fn set_up(
         _slot: slot,
         ring,
         start: rooms.iter().cloned().zip(heads).collect(),
+        stop: chat.shutdown.session_stop(),
         state: Mutex::new(PollState {
             last_poll: Instant::now(),
             active: 0,
@@ -220,7 +225,7 @@ async fn reap_when_idle(chat: Arc<Chat>, key: PollKey, session: Arc<PollSession>
     while let Some(next) = session.reap_if_idle(idle) {
         tokio::select! {
             _ = sleep_until(next) => {}
-            _ = chat.shutdown.token.cancelled() => {
+            _ = session.stop.cancelled() => {
                 session.state().reaped = true;
                 break;
             }
@@ -335,10 +340,11 @@ pub(super) async fn poll(
     };
     // A first poll answers at once: it only hands out the cursor to continue from.
     let deadline = Instant::now() + Duration::from_secs(if first { 0 } else { wait });
-    // A drain answers waiting polls spread over its window, as it closes
-    // WebSocket sessions and ends SSE streams: all at once, every client
-    // would poll again (another node) in the same moment.
-    let stop = chat.shutdown.session_stop();
+    // A drain answers waiting polls spread over its window (the session's
+    // paced stop), as it closes WebSocket sessions and ends SSE streams:
+    // all at once, every client would poll again (another node) in the
+    // same moment.
+    let stop = &session.stop;
     let mut drained = false;
     loop {
         // Registered before looking, so an event arriving in between still wakes us.
