@@ -445,3 +445,21 @@ fn message_settings_of_a_byte_splice_and_zero_sizes_are_refused() {
     let e = err(&format!("{listener}[app.chat]\nping_interval = \"10ms\"\n"));
     assert!(e.contains("app.chat.ping_interval: must be"), "{e}");
 }
+
+#[test]
+fn a_chat_route_behind_a_callout_alone_is_warned_of() {
+    let base = "[[listener]]\naddr = \"127.0.0.1:0\"\n[upstream.authsvc]\nservers = [\"127.0.0.1:1\"]\n[[route]]\npath = \"/chat\"\napp = \"chat\"\nauth_request = \"authsvc\"\n";
+    let cfg = parse(Path::new("t.toml"), base).expect("valid");
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("behind auth_request alone")),
+        "{:?}",
+        cfg.warnings
+    );
+    let with_chat_auth = format!(
+        "{base}[auth.users]\nhmac_secret = \"base64:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n[app.chat]\nauth = \"users\"\n"
+    );
+    let cfg = parse(Path::new("t.toml"), &with_chat_auth).expect("valid");
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}

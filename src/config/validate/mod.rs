@@ -96,6 +96,19 @@ pub fn validate(
             "no [[listener]] configured: add one, e.g. [[listener]] addr = \"127.0.0.1:8080\"",
         );
     }
+    if chat.auth.is_none() {
+        let behind_callout_only = |r: &&RouteConfig| {
+            matches!(r.target, RouteTarget::App(AppKind::Chat))
+                && r.auth_request.is_some()
+                && r.auth.is_none()
+        };
+        for r in routes.iter().filter(behind_callout_only) {
+            cx.warnings.push(format!(
+                "the chat route {:?} is behind auth_request alone: a callout names no user, so the chat takes ?user= and any client the service allows can be any user; add auth to the route, or set [app.chat] auth",
+                r.path
+            ));
+        }
+    }
     if server.secret.is_none() && upstreams.values().any(|u| u.sticky == Sticky::Cookie) {
         cx.warnings.push(
             "server.secret is empty: sticky cookies use a key generated at start and do not survive a restart".into(),
