@@ -89,6 +89,13 @@ fn h2_error(f: H2Failure) -> SendError {
     }
 }
 
+fn exchange_error(f: h1::Failed) -> SendError {
+    SendError::Exchange {
+        source: f.error.into(),
+        response_started: f.response_started,
+    }
+}
+
 /// An HTTP/2 response, holding its stream's place: nothing else to give
 /// back, the connection is shared, not checked out.
 fn h2_response(resp: Response<hyper::body::Incoming>, slot: StreamSlot) -> Response<Release> {
@@ -207,19 +214,19 @@ impl ConnPool {
                 .map_err(|(f, _)| h2_error(f))?;
             return Ok(h2_response(resp, slot));
         }
-        let conn = match self.take_idle() {
-            Some(c) => c,
-            None => Box::pin(self.connect()).await?,
+        let (conn, reused) = match self.take_idle() {
+            Some(c) => (c, true),
+            None => (Box::pin(self.connect()).await?, false),
         };
         match conn.send(req).await {
-            Ok(resp) => Ok(resp.map(|body| Release {
-                body: Inner::H1(body),
-                home: Some(self.clone()),
-            })),
-            Err(f) => Err(SendError::Exchange {
-                source: f.error.into(),
-                response_started: f.response_started,
-            }),
+            Ok(resp) => Ok(self.released(resp)),
+            // A kept-alive connection the server closed as it was taken (its
+            // close not yet seen): once more on a new one, as nginx does for
+            // a cached connection, a request that may go again.
+            Err(h1::Failed {
+                again: Some(head), ..
+            }) if reused => Box::pin(self.send_fresh(*head)).await,
+            Err(f) => Err(exchange_error(f)),
         }
     }
 
@@ -276,6 +283,26 @@ impl ConnPool {
     }
 
     /// The most recently used idle connection that is still open.
+    /// A bodiless request's second attempt, on a new connection.
+    async fn send_fresh(
+        self: &Arc<Self>,
+        head: http::request::Parts,
+    ) -> Result<Response<Release>, SendError> {
+        let conn = self.connect().await?;
+        let req = Request::from_parts(head, crate::body::empty());
+        match conn.send(req).await {
+            Ok(resp) => Ok(self.released(resp)),
+            Err(f) => Err(exchange_error(f)),
+        }
+    }
+
+    fn released(self: &Arc<Self>, resp: Response<h1::ResponseBody>) -> Response<Release> {
+        resp.map(|body| Release {
+            body: Inner::H1(body),
+            home: Some(self.clone()),
+        })
+    }
+
     fn take_idle(&self) -> Option<h1::Conn> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;

@@ -19,6 +19,9 @@ enum Answer {
     ThenClose,
     /// `200` with a 1 MiB body.
     Large,
+    /// Answers a connection's first request, and closes it unanswered at
+    /// the second: a server whose keep-alive ran out as the request came.
+    FirstOnly,
 }
 
 /// A raw HTTP/1.1 server counting the connections it accepted.
@@ -33,6 +36,7 @@ async fn server(answer: Answer) -> (String, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
+                let mut answered = 0;
                 loop {
                     let Ok(n) = s.read(&mut chunk).await else {
                         return;
@@ -54,6 +58,10 @@ async fn server(answer: Answer) -> (String, Arc<AtomicUsize>) {
                         continue;
                     }
                     buf.drain(..end + 4 + body_len);
+                    if matches!(answer, Answer::FirstOnly) && answered == 1 {
+                        return;
+                    }
+                    answered += 1;
                     let resp = match answer {
                         Answer::Large => {
                             let mut r =
@@ -140,6 +148,35 @@ async fn a_connection_the_server_closed_while_idle_is_replaced() {
     assert!(eventually(|| pool.lock().iter_mut().all(|i| !i.conn.is_usable())).await);
     assert_eq!(read_all(&pool, "two").await, "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A kept-alive connection the server closes as a request arrives: a GET
+/// goes again on a new connection (RFC 9112 §9.3.1, nginx's retry of a
+/// cached connection); a request with a body, or one not idempotent, does
+/// not (the server may have acted on it).
+#[tokio::test]
+async fn a_get_on_a_connection_closed_as_it_came_goes_again_on_a_new_one() {
+    let (addr, accepted) = server(Answer::FirstOnly).await;
+    let pool = ConnPool::new(dialer(addr));
+    let get = || {
+        Request::get("/x")
+            .header(http::header::HOST, "test")
+            .body(crate::body::empty())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let resp = pool.send(get()).await.expect("answered");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    for req in [request("a body"), request("")] {
+        let Err(e) = pool.send(req).await else {
+            panic!("sent again");
+        };
+        assert!(e.nothing_received(), "{e}");
+        // The next one gets a connection of its own to answer it.
+        assert_eq!(read_all(&pool, "hi").await, "ok");
+    }
 }
 
 #[tokio::test]

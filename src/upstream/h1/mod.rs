@@ -80,6 +80,38 @@ pub enum Error {
 pub struct Failed {
     pub error: Error,
     pub response_started: bool,
+    /// The head of a bodiless idempotent request that got no byte of an
+    /// answer: it may go again on another connection (RFC 9112 §9.3.1), as
+    /// when a kept-alive connection the server had just closed took it.
+    pub again: Option<Box<http::request::Parts>>,
+}
+
+impl Failed {
+    fn new(error: Error, response_started: bool) -> Self {
+        Self {
+            error,
+            response_started,
+            again: None,
+        }
+    }
+
+    /// Keeps `head` for another attempt when that is safe: nothing of an
+    /// answer came, the request had no body, and its method is idempotent.
+    fn may_go_again(mut self, bodiless: bool, head: http::request::Parts) -> Self {
+        let idempotent = matches!(
+            head.method,
+            Method::GET
+                | Method::HEAD
+                | Method::PUT
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::TRACE
+        );
+        if bodiless && idempotent && !self.response_started {
+            self.again = Some(Box::new(head));
+        }
+        self
+    }
 }
 
 /// One keep-alive connection to a server, and the bytes read from it but not
@@ -144,11 +176,12 @@ impl Conn {
     /// Sends `req` (origin-form URI, `Host` set) and reads the response head.
     /// The returned body owns the connection until it is read to its end.
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<ResponseBody>, Failed> {
-        let (parts, body) = req.into_parts();
-        let head_only = parts.method == Method::HEAD;
+        let (head, body) = req.into_parts();
+        let head_only = head.method == Method::HEAD;
         let mut out = std::mem::take(&mut self.head_buf);
         out.reserve(HEAD_BUF);
-        let framing = encode_head(&parts.method, &parts.uri, &parts.headers, &body, &mut out);
+        let framing = encode_head(&head.method, &head.uri, &head.headers, &body, &mut out);
+        let bodiless = framing == Framing::None;
         let sent = if framing == Framing::None {
             let sent = self.io.write_all(&out).await.map_err(Error::Io);
             if out.capacity() <= KEEP_HEAD_BUF {
@@ -174,7 +207,12 @@ impl Conn {
                 tracing::debug!("upstream answered before the request body was sent in full");
                 false
             }
-            Err(error) => return self.answer_after_failed_write(error, head_only).await,
+            Err(error) => {
+                return self
+                    .answer_after_failed_write(error, head_only)
+                    .await
+                    .map_err(|f| f.may_go_again(bodiless, head))
+            }
         };
         let mut started = !self.buf.is_empty();
         match response::read_head(&mut self, head_only, &mut started).await {
@@ -182,10 +220,7 @@ impl Conn {
                 parts,
                 ResponseBody::new(self, decoder, keep_alive && reusable),
             )),
-            Err(error) => Err(Failed {
-                error,
-                response_started: started,
-            }),
+            Err(error) => Err(Failed::new(error, started).may_go_again(bodiless, head)),
         }
     }
 
@@ -213,10 +248,7 @@ impl Conn {
                 ));
             }
         }
-        Err(Failed {
-            error,
-            response_started: started,
-        })
+        Err(Failed::new(error, started))
     }
 
     /// Writes the head with the first body chunk, then the rest of the body,
