@@ -50,9 +50,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// `h` as what goes on sees it, for deciding the fields the gateway adds: a
 /// field `Connection` names (`Host`, a trusted hop's `X-Forwarded-For`) is
 /// not forwarded, so it must not count as present either. Borrowed unless
-/// `Connection` names more than the hop-by-hop fields themselves.
-pub fn forwarded_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
-    if !nominates_more(h) {
+/// `names_more` ([`names_more`] of its `Connection` lines).
+pub fn forwarded_view(h: &HeaderMap, names_more: bool) -> std::borrow::Cow<'_, HeaderMap> {
+    if !names_more {
         return std::borrow::Cow::Borrowed(h);
     }
     let mut stripped = h.clone();
@@ -60,15 +60,39 @@ pub fn forwarded_view(h: &HeaderMap) -> std::borrow::Cow<'_, HeaderMap> {
     std::borrow::Cow::Owned(stripped)
 }
 
-/// Whether `Connection` names a field besides the hop-by-hop ones (a
+/// A handshake's `Connection`: `None` without the `upgrade` token, else
+/// whether it names more than the hop-by-hop fields ([`names_more`]); one
+/// look for the field serves both.
+pub fn connection_upgrade(h: &HeaderMap) -> Option<bool> {
+    let lines = h.get_all(header::CONNECTION);
+    lines
+        .iter()
+        .filter(|v| v.to_str().is_ok())
+        .any(|v| list_has(v.as_bytes(), b"upgrade"))
+        .then(|| names_more(&lines))
+}
+
+/// Whether `Connection` lines name a field besides the hop-by-hop ones (a
 /// WebSocket handshake's `Upgrade`).
-fn nominates_more(h: &HeaderMap) -> bool {
-    connection_tokens(h).any(|t| {
-        !t.is_empty()
-            && !["upgrade", "keep-alive", "close"]
-                .iter()
-                .any(|s| t.eq_ignore_ascii_case(s))
-    })
+fn names_more(lines: &http::header::GetAll<'_, HeaderValue>) -> bool {
+    let mut each = lines.iter();
+    if let (Some(v), None) = (each.next(), each.next()) {
+        // Most handshakes: one `Connection: Upgrade`, told at one compare.
+        if v.as_bytes().eq_ignore_ascii_case(b"upgrade") {
+            return false;
+        }
+    }
+    lines
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| {
+            !t.is_empty()
+                && !["upgrade", "keep-alive", "close"]
+                    .iter()
+                    .any(|s| t.eq_ignore_ascii_case(s))
+        })
 }
 
 /// The fields of `h` but its hop-by-hop ones (those [`strip_hop_by_hop`]

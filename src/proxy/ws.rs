@@ -46,6 +46,8 @@ pub struct Handshake {
     pub h2: bool,
     /// Offered subprotocols, in the client's order.
     pub protocols: Vec<String>,
+    /// `Connection` names fields besides `Upgrade` (never over HTTP/2).
+    pub names_more: bool,
 }
 
 /// Is this request trying to open a WebSocket (so it must be validated as one)?
@@ -80,12 +82,12 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
     if super::request_host(req).is_none() {
         return Err(HandshakeError::MissingHost);
     }
+    let mut names_more = false;
     let key = if h2 {
         None
     } else {
-        if !has_token(h, header::CONNECTION, "upgrade") {
-            return Err(HandshakeError::ConnectionNotUpgrade);
-        }
+        names_more =
+            super::headers::connection_upgrade(h).ok_or(HandshakeError::ConnectionNotUpgrade)?;
         // Over HTTP/2 the stream's data is the session; over HTTP/1.1 a body
         // would reach the upstream or the app as frames the client smuggled
         // in ahead of the 101.
@@ -112,6 +114,7 @@ pub fn validate<B>(req: &Request<B>) -> Result<Handshake, HandshakeError> {
         key,
         h2,
         protocols: offered_protocols(h),
+        names_more,
     })
 }
 
@@ -397,7 +400,7 @@ impl Upstream<'_> {
             )
             .map_err(|e| ProxyError::Internal(e.to_string()))?,
         };
-        let head = self.request(req, &key);
+        let head = self.request(req, &key, hs.names_more);
         let expected = accept_key(key.as_bytes());
         let addr = || self.backend.addr.to_string();
         let deadline = tokio::time::Instant::now() + self.cfg.response_timeout;
@@ -435,7 +438,7 @@ impl Upstream<'_> {
     /// access phase's fields in place of the client's copies of those, then
     /// the upgrade set. What the HTTP proxy sets on its request's header map
     /// ([`super::http::forward`]), written without building one.
-    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue) -> Vec<u8> {
+    fn request(&self, req: &Request<RequestBody>, key: &HeaderValue, names_more: bool) -> Vec<u8> {
         let pq = req
             .uri()
             .path_and_query()
@@ -445,7 +448,7 @@ impl Upstream<'_> {
             RequestHead::new(&rewrite_path(pq, &self.route.path, self.route.strip_prefix));
         let host = super::request_host(req);
         // Decided on the fields that go on, as the HTTP proxy decides them.
-        let view = forwarded_view(req.headers());
+        let view = forwarded_view(req.headers(), names_more);
         let fwd = Forwarding::new(
             &view,
             self.ctx.forwarded_for(),
