@@ -292,7 +292,7 @@ impl Metrics {
         );
         r.register(
             "tls_handshake_failures",
-            "Client TLS handshakes that failed (error) or timed out (timeout)",
+            "Client TLS handshakes that failed (error), timed out (timeout) or were closed before they ended (eof)",
             m.tls_handshake_failures.clone(),
         );
         r.register(

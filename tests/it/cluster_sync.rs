@@ -248,3 +248,32 @@ async fn a_refused_stream_or_poll_makes_no_keys() {
     let n = redis.command("EXISTS wsgate:room:{a}:epoch").await;
     assert_eq!(n, ":1", "the admitted stream's room has its epoch");
 }
+
+/// Room ids past 10^14 are written as integers (Lua's `..` writes `1e+14`,
+/// which no node decodes: every later message of the room was lost).
+#[tokio::test]
+async fn room_ids_past_ten_to_the_fourteenth_stay_integers() {
+    let redis = Redis::start().await;
+    let gw = node("A", &redis, "200ms").await;
+    let set = redis
+        .command("SET wsgate:room:{big}:id 99999999999998")
+        .await;
+    assert_eq!(set, "+OK");
+    let mut alice = Client::new(gw.http(), "alice").await;
+    alice.join("big").await;
+    for (i, want) in [
+        99_999_999_999_999u64,
+        100_000_000_000_000,
+        100_000_000_000_001,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = format!("m{i}");
+        alice.msg("big", &text).await;
+        let got = alice
+            .recv_until("its own message", |v| is_msg(v, &text))
+            .await;
+        assert_eq!(got["id"].as_u64(), Some(want), "{got}");
+    }
+}

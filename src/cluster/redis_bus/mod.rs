@@ -58,10 +58,11 @@ use crate::redis_conn::{RedisConn, Settings};
 /// Per-room publish locks (hashed), keeping local delivery in id order.
 const STRIPES: usize = 64;
 /// Room ids a node takes from the channel (and so gives the publish script
-/// as its floor) stay below this: the script writes the id into the
-/// message with Lua's `%.14g`, exact below 10^14 (`1e+14` above, which no
-/// node decodes). `INCR` never gets there; only a forged publication does.
-const MAX_ROOM_ID: u64 = 99_999_999_999_999;
+/// as its floor) stay below this: the script counts in Lua's doubles, exact
+/// below 2^53, and writes the id with `%d` (a plain `..` would write
+/// `1e+14` from 10^14 on, which no node decodes). `INCR` never gets there;
+/// only a forged publication does.
+const MAX_ROOM_ID: u64 = (1 << 53) - 1;
 
 pub struct RedisBus {
     /// This process in the cluster: `server.node_id` and the pid

@@ -38,7 +38,7 @@ if id <= floor and not fresh and redis.call('GET', KEYS[3]) == ARGV[12] then
   id = floor + 1
   redis.call('SET', KEYS[1], id)
 end
-local m = ARGV[1] .. id .. ARGV[2]
+local m = ARGV[1] .. string.format('%d', id) .. ARGV[2]
 local cap = tonumber(ARGV[3])
 if cap > 0 then
   redis.call('RPUSH', KEYS[2], m)
