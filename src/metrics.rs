@@ -462,7 +462,7 @@ impl Metrics {
     }
 
     /// A request answered before any route was chosen: a refused head
-    /// (400, 431, 505) or a connection over a cap (503, 429). No access line
+    /// (400, 431) or a connection over a cap (503, 429). No access line
     /// is written for it, so this count is where it shows.
     pub fn unrouted(&self, status: u16) {
         self.http_requests

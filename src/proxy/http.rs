@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::body::RequestBody;
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Either};
 
@@ -99,7 +99,7 @@ pub async fn forward(
     // a streamed body is gone once an attempt consumed it. Any request moves
     // on when no connection could be made (its body unread).
     let bodiless = body.is_end_stream();
-    let replayable = is_idempotent(&parts.method) && bodiless;
+    let replayable = crate::upstream::h1::is_idempotent(&parts.method) && bodiless;
     // After `tried` attempts, may another one be made?
     let retry_allowed = |tried: usize| tried <= pool.cfg.retries as usize;
     // A failure reading the client's body is the client's, not the upstream's:
@@ -356,13 +356,6 @@ fn count(metrics: &Metrics, pool: &Pool, backend: &Backend, status: u16) {
         };
         metrics.upstream_requests.get_or_create(&l).clone()
     });
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
-    )
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -34,7 +34,7 @@ fn node_config(node: &str, redis: &str, listen: &str, admin: &str) -> String {
 }
 
 /// [`node_config`], still open to more keys.
-fn node_cfg(node: &str, redis: &str, listen: &str, admin: &str) -> Cfg {
+pub(crate) fn node_cfg(node: &str, redis: &str, listen: &str, admin: &str) -> Cfg {
     Cfg::new()
         .set("server.node_id", node)
         .set("server.shutdown_grace", "1s")

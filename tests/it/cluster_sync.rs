@@ -14,7 +14,7 @@ use serde_json::json;
 
 use common::chat::{is_msg, Client};
 use common::redis::Redis;
-use common::{eventually, get, post, Cfg, Listener, TestGateway, WAIT};
+use common::{eventually, get, post, Cfg, TestGateway, WAIT};
 
 /// A chat node joined to `redis` with heartbeat `beat`.
 async fn node(id: &str, redis: &Redis, beat: &str) -> TestGateway {
@@ -27,17 +27,9 @@ async fn node_with(
     beat: &str,
     more: impl FnOnce(Cfg) -> Cfg,
 ) -> TestGateway {
+    // The cluster tests' node, with this test's beat.
     let cfg = more(
-        Cfg::new()
-            .set("server.node_id", id)
-            .set("server.shutdown_grace", "1s")
-            .set("log.access_log", false)
-            .set("admin.addr", "127.0.0.1:0")
-            .listener(Listener::at("127.0.0.1:0"))
-            .route_app("/chat", "chat")
-            .set("app.chat.history", 100)
-            .set("app.chat.push_token", "s3cret")
-            .set("cluster.redis", redis.url())
+        crate::cluster::node_cfg(id, &redis.url(), "127.0.0.1:0", "127.0.0.1:0")
             .set("cluster.heartbeat", beat),
     )
     .build();

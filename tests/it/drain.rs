@@ -224,6 +224,17 @@ async fn drain_paces_200_chat_sessions_over_the_window() {
     assert!(done.expect("drain task"), "drained within the grace");
 }
 
+/// A chat node drained over a 2 s window, with room to spare in its grace.
+fn chat_drained() -> String {
+    Cfg::new()
+        .set("server.shutdown_grace", "8s")
+        .set("server.drain_window", "2s")
+        .set("log.access_log", false)
+        .listener_plain()
+        .route_app("/chat", "chat")
+        .build()
+}
+
 /// A drain ends chat SSE streams spread over the window too, each with a
 /// last `retry: <ms>` within it, so that browsers reconnect spread out
 /// instead of all together after the same `retry: 2000`.
@@ -231,13 +242,7 @@ async fn drain_paces_200_chat_sessions_over_the_window() {
 async fn drain_paces_sse_streams_over_the_window() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const STREAMS: usize = 40;
-    let toml = Cfg::new()
-        .set("server.shutdown_grace", "8s")
-        .set("server.drain_window", "2s")
-        .set("log.access_log", false)
-        .listener_plain()
-        .route_app("/chat", "chat")
-        .build();
+    let toml = chat_drained();
     let gw = TestGateway::start(&toml).await;
     let mut streams = Vec::new();
     for i in 0..STREAMS {
@@ -295,13 +300,7 @@ async fn drain_paces_sse_streams_over_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_paces_long_polls_over_the_window() {
     const POLLS: usize = 30;
-    let toml = Cfg::new()
-        .set("server.shutdown_grace", "8s")
-        .set("server.drain_window", "2s")
-        .set("log.access_log", false)
-        .listener_plain()
-        .route_app("/chat", "chat")
-        .build();
+    let toml = chat_drained();
     let gw = Arc::new(TestGateway::start(&toml).await);
     let addr = gw.http();
     let mut waiting = Vec::new();

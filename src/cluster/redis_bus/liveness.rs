@@ -14,7 +14,7 @@ use crate::redis_conn::RedisConn;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::lock;
-use super::{ms, scripts, ClusterError, RedisBus};
+use super::{ms, ClusterError, RedisBus};
 use crate::apps::chat::protocol::{now_ms, RoomName, UserName};
 use crate::cluster::keys;
 
@@ -266,12 +266,55 @@ impl RedisBus {
     }
 
     /// Is `node` beating (its alive key there)?
-    async fn is_alive(&self, c: &mut RedisConn, dead: &str) -> Result<bool, ClusterError> {
+    async fn is_alive(&self, c: &mut RedisConn, node: &str) -> Result<bool, ClusterError> {
         let alive: bool = redis::cmd("EXISTS")
-            .arg(keys::alive(dead))
+            .arg(keys::alive(node))
             .query_async(c)
             .await?;
         Ok(alive)
+    }
+
+    /// Removes each of a dead node's memberships, the user's last one in a
+    /// room announcing the leave, then the node's memberships set: how many
+    /// leaves were announced, and whether it got through (not if the node
+    /// beats again meanwhile, which re-registers what it holds itself).
+    async fn sweep_memberships(
+        &self,
+        c: &mut RedisConn,
+        dead: &str,
+        alive: &mut Instant,
+    ) -> Result<(usize, bool), ClusterError> {
+        let entries: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_rooms(dead))
+            .query_async(c)
+            .await?;
+        let mut announced = 0;
+        for (i, entry) in entries.iter().enumerate() {
+            // Looked at often: each entry removed after the node re-added it
+            // is lost (it re-registers once more after the claim expires).
+            if i % SWEEP_LOOK == 0 && self.is_alive(c, dead).await? {
+                return Ok((announced, false));
+            }
+            let Some((room, user)) = entry.split_once('\t') else {
+                continue;
+            };
+            let (Ok(r), Ok(u)) = (RoomName::parse(room), UserName::parse(user)) else {
+                continue;
+            };
+            if self.run_leave(c, dead, "", &r, &u).await? {
+                announced += 1;
+            }
+            self.keep_alive(c, alive).await?;
+        }
+        // The set goes only while the node is still dead, in one step with
+        // that look (one hash tag: one shard).
+        let gone: i64 = self
+            .forget_dead
+            .key(keys::alive(dead))
+            .key(keys::node_rooms(dead))
+            .invoke_async(c)
+            .await?;
+        Ok((announced, gone == 1))
     }
 
     /// Removes a dead node: its users leave the online registry first (so a
@@ -298,38 +341,8 @@ impl RedisBus {
             .arg(keys::node_users(dead))
             .query_async(c)
             .await?;
-        let entries: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::node_rooms(dead))
-            .query_async(c)
-            .await?;
-        let mut announced = 0;
-        for (i, entry) in entries.iter().enumerate() {
-            // Looked at often: a node that beats again re-registers while
-            // this goes on, and each entry removed after it re-added it is
-            // lost (it re-registers once more after the claim expires).
-            if i % SWEEP_LOOK == 0 && self.is_alive(c, dead).await? {
-                tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
-                return Ok(());
-            }
-            let Some((room, user)) = entry.split_once('\t') else {
-                continue;
-            };
-            let (Ok(r), Ok(u)) = (RoomName::parse(room), UserName::parse(user)) else {
-                continue;
-            };
-            if self.run_leave(c, dead, "", &r, &u).await? {
-                announced += 1;
-            }
-            self.keep_alive(c, alive).await?;
-        }
-        // Its memberships' set goes only while it is still dead, in one
-        // step with that look (one hash tag: one shard).
-        let gone: i64 = redis::Script::new(scripts::FORGET_DEAD)
-            .key(keys::alive(dead))
-            .key(keys::node_rooms(dead))
-            .invoke_async(c)
-            .await?;
-        if gone == 0 {
+        let (announced, done) = self.sweep_memberships(c, dead, alive).await?;
+        if !done {
             tracing::info!(node = %self.instance, dead, announced, "cluster: a node being swept came back; sweep stopped");
             return Ok(());
         }

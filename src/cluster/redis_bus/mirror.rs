@@ -59,13 +59,7 @@ impl Mirror {
     pub(super) fn add_member(&mut self, room: &RoomName, user: &UserName) -> bool {
         let new = self.rooms.insert((room.clone(), user.clone()));
         if new {
-            let n = self.room_counts.entry(room.clone()).or_insert(0);
-            if *n == 0 {
-                // The room's first member here starts from its join, not
-                // from a message this node saw while it had none.
-                self.delivered.remove(room);
-            }
-            *n += 1;
+            *self.room_counts.entry(room.clone()).or_insert(0) += 1;
         }
         new
     }

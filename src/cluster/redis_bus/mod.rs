@@ -108,6 +108,7 @@ pub struct RedisBus {
     join: Script,
     leave: Script,
     id_floor: Script,
+    forget_dead: Script,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -166,6 +167,7 @@ impl RedisBus {
             join: Script::new(scripts::JOIN),
             leave: Script::new(scripts::LEAVE),
             id_floor: Script::new(scripts::ID_FLOOR),
+            forget_dead: Script::new(scripts::FORGET_DEAD),
             heads: Script::new(scripts::HEADS),
         });
         tokio::spawn(bus.clone().run_pushes(push_rx, stop.clone()));

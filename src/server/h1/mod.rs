@@ -56,7 +56,7 @@ const READ_CHUNK: usize = 4 * 1024;
 pub enum End {
     /// It is closed, or must be: nothing more to serve.
     Closed,
-    /// A head was refused with this status (400, 431, 505), then closed.
+    /// A head was refused with this status (400 or 431), then closed.
     Refused(StatusCode),
     /// hyper serves the rest, starting with the bytes already read; its first
     /// head must be complete by `deadline`, the one this path set for it.

@@ -86,6 +86,14 @@ pub struct Failed {
     pub again: Option<Box<http::request::Parts>>,
 }
 
+/// Methods a request of which may be sent twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
 impl Failed {
     fn new(error: Error, response_started: bool) -> Self {
         Self {
@@ -98,16 +106,7 @@ impl Failed {
     /// Keeps `head` for another attempt when that is safe: nothing of an
     /// answer came, the request had no body, and its method is idempotent.
     fn may_go_again(mut self, bodiless: bool, head: http::request::Parts) -> Self {
-        let idempotent = matches!(
-            head.method,
-            Method::GET
-                | Method::HEAD
-                | Method::PUT
-                | Method::DELETE
-                | Method::OPTIONS
-                | Method::TRACE
-        );
-        if bodiless && idempotent && !self.response_started {
+        if bodiless && is_idempotent(&head.method) && !self.response_started {
             self.again = Some(Box::new(head));
         }
         self
