@@ -23,14 +23,40 @@ const BATCH: usize = 500;
 /// A sweep looks whether its node beats again before every this many leaves.
 const SWEEP_LOOK: usize = 32;
 
+/// When the heartbeat last subscribed this node's channels: at which count
+/// of downs ([`RedisBus::downs`]). Every down may have dropped the connection
+/// that held them, and a dropped connection's subscriptions are gone.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    at: Option<u64>,
+}
+
+impl Subscriptions {
+    /// Whether they must be made again: never made, or a down came since.
+    fn stale(&self, downs: u64) -> bool {
+        self.at != Some(downs)
+    }
+
+    fn made(&mut self, downs: u64) {
+        self.at = Some(downs);
+    }
+}
+
 impl RedisBus {
     pub(super) async fn run_heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let tick = self.beat / 2;
-        let mut subscribed = false;
+        let mut subscribed = Subscriptions::default();
         let mut reregister = true;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.beat_once(&mut subscribed, &mut reregister).await {
+            let downs = self.downs.load(Ordering::Acquire);
+            match self
+                .beat_once(downs, &mut subscribed, &mut reregister)
+                .await
+            {
+                // Marked down meanwhile: this beat may have subscribed on
+                // the connection that went; the next one subscribes again.
+                Ok(()) if self.downs.load(Ordering::Acquire) != downs => {}
                 Ok(()) => {
                     self.set_up();
                     backoff = Duration::from_millis(50);
@@ -54,13 +80,15 @@ impl RedisBus {
         }
     }
 
+    /// One beat; `downs` is [`RedisBus::downs`] as it began.
     async fn beat_once(
         &self,
-        subscribed: &mut bool,
+        downs: u64,
+        subscribed: &mut Subscriptions,
         reregister: &mut bool,
     ) -> Result<(), ClusterError> {
         let mut c = self.conn.clone();
-        tracing::trace!(node = %self.instance, subscribed = *subscribed, "cluster: beat");
+        tracing::trace!(node = %self.instance, "cluster: beat");
         // First, before any work that grows with the node's size: a node
         // busy resubscribing or re-registering is alive, not to be swept.
         let prev: Option<String> = redis::cmd("SET")
@@ -77,10 +105,10 @@ impl RedisBus {
         // shard's channels must move to its new master, which the client
         // only does when it happens to refresh its slot map after the
         // promotion. Subscribing twice is harmless.
-        if !*subscribed || !self.is_up() {
+        if subscribed.stale(downs) {
             c.subscribe(&keys::node_channel(&self.instance)).await?;
             self.resubscribe_held().await?;
-            *subscribed = true;
+            subscribed.made(downs);
         }
         let _: i64 = redis::cmd("SADD")
             .arg(keys::NODES)
@@ -359,5 +387,20 @@ impl RedisBus {
             "cluster: swept a dead node"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subscriptions;
+
+    #[test]
+    fn subscriptions_are_made_again_after_any_down_since() {
+        let mut s = Subscriptions::default();
+        assert!(s.stale(0), "never made");
+        s.made(3);
+        assert!(!s.stale(3));
+        // A down while the beat ran: the count it began from is behind.
+        assert!(s.stale(4));
     }
 }

@@ -127,6 +127,7 @@ impl RedisBus {
     }
 
     pub(super) fn set_down(&self, e: &dyn std::fmt::Display) {
+        self.downs.fetch_add(1, Ordering::AcqRel);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(node = %self.instance, error = %e, "cluster: redis unreachable; serving local clients only");
         } else if !self.ever_up.load(Ordering::Acquire)

@@ -83,6 +83,11 @@ pub struct RedisBus {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// False while Redis is unreachable: calls use the mirror without waiting.
     up: AtomicBool,
+    /// How many times Redis was marked down. A down that comes while a beat
+    /// runs (a `+switch-master` dropping the connection, and the channels
+    /// subscribed on it) must not be undone by that beat marking Redis up:
+    /// the beat compares this count with the one it started from.
+    downs: AtomicU64,
     /// Set when a join or leave reached only the mirror (Redis down, or its
     /// call failed): the next beat re-registers.
     unsynced: AtomicBool,
@@ -156,6 +161,7 @@ impl RedisBus {
             subs: tokio::sync::Mutex::new(subs::Subs::default()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             up: AtomicBool::new(false),
+            downs: AtomicU64::new(0),
             unsynced: AtomicBool::new(false),
             reached: tokio::sync::Notify::new(),
             ever_up: AtomicBool::new(false),
