@@ -68,6 +68,7 @@ pub async fn run<H: Handler>(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let open_conns = sc.metrics.connection_gauge(&local.to_string());
+    let accepted_total = sc.metrics.accepted_counter(&local.to_string());
     acks::on_listener(&listener, tls.is_none());
     // Made once: a new `cancelled()` per accept joins and leaves each token's
     // waiter list under its lock (~700 instructions per connection, callgrind).
@@ -84,10 +85,13 @@ pub async fn run<H: Handler>(
         let (stream, peer) = match accepted {
             // A dual-stack listener's IPv4 peer, as its IPv4 address: to the
             // connection limits, caps and logs as to everything after.
-            Ok((stream, peer)) => (
-                stream,
-                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            ),
+            Ok((stream, peer)) => {
+                accepted_total.inc();
+                (
+                    stream,
+                    SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                )
+            }
             Err(e) => {
                 handle_accept_error(e).await;
                 continue;

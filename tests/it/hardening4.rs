@@ -292,7 +292,8 @@ async fn an_upstream_refusing_an_upload_early_is_answered_at_once() {
 /// What is refused before any route is chosen still shows (probe 11): a
 /// connection over a cap, a malformed or oversized head, a smuggling shape
 /// (answered requests, `wsgate_http_requests_total{route="-"}`), and a
-/// failed TLS handshake (`wsgate_tls_handshake_failures_total`).
+/// failed TLS handshake (`wsgate_tls_handshake_failures_total`); every
+/// connection is in `wsgate_connections_accepted_total`.
 #[tokio::test]
 async fn refusals_before_routing_are_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -347,16 +348,23 @@ async fn refusals_before_routing_are_counted() {
             .expect("connect"),
     );
     let admin = gw.admin();
+    let accepted = |addr: SocketAddr, n: usize| {
+        format!("wsgate_connections_accepted_total{{listener=\"{addr}\"}} {n}")
+    };
     let wants = [
-        "wsgate_http_requests_total{route=\"-\",status=\"400\"} 2",
-        "wsgate_http_requests_total{route=\"-\",status=\"431\"} 1",
-        "wsgate_http_requests_total{route=\"-\",status=\"429\"} 1",
-        "wsgate_tls_handshake_failures_total{reason=\"error\"} 1",
-        "wsgate_tls_handshake_failures_total{reason=\"eof\"} 1",
+        "wsgate_http_requests_total{route=\"-\",status=\"400\"} 2".to_string(),
+        "wsgate_http_requests_total{route=\"-\",status=\"431\"} 1".to_string(),
+        "wsgate_http_requests_total{route=\"-\",status=\"429\"} 1".to_string(),
+        "wsgate_tls_handshake_failures_total{reason=\"error\"} 1".to_string(),
+        "wsgate_tls_handshake_failures_total{reason=\"eof\"} 1".to_string(),
+        // Every connection made above, refused or not.
+        accepted(http, 6),
+        accepted(gw.https(), 2),
     ];
+    let wants = &wants;
     let shown = eventually(WAIT, || async move {
         let m = get(admin, "/metrics").await.text();
-        wants.iter().all(|w| m.contains(w))
+        wants.iter().all(|w| m.contains(w.as_str()))
     })
     .await;
     assert!(shown, "{}", get(admin, "/metrics").await.text());
