@@ -463,3 +463,23 @@ fn a_chat_route_behind_a_callout_alone_is_warned_of() {
     let cfg = parse(Path::new("t.toml"), &with_chat_auth).expect("valid");
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
+
+#[test]
+fn a_short_push_token_is_warned_of() {
+    let cfg = |token: &str| {
+        let toml =
+            format!("[[listener]]\naddr = \"127.0.0.1:0\"\n[app.chat]\npush_token = \"{token}\"\n");
+        parse(Path::new("t.toml"), &toml).expect("valid").warnings
+    };
+    let w = cfg("push-s3cret");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("app.chat.push_token: 11 characters")),
+        "{w:?}"
+    );
+    assert!(
+        !w.iter().any(|w| w.contains("push-s3cret")),
+        "no secret shown"
+    );
+    assert!(cfg("0123456789abcdef0123").is_empty());
+}

@@ -216,6 +216,22 @@ pub(super) fn echo(cx: &mut Ctx, e: Option<&EchoFile>) -> EchoConfig {
     }
 }
 
+/// Characters below which a `push_token` is warned of: the push API takes
+/// any caller with it, and a short one falls to guessing (HMAC secrets are
+/// refused below 32 bytes; a token in use is not refused, only told).
+const SHORT_PUSH_TOKEN: usize = 16;
+
+fn warn_short_push_token(cx: &mut Ctx, c: &ChatFile) {
+    let Some(len) = c.push_token.as_ref().map(|t| t.get_ref().chars().count()) else {
+        return;
+    };
+    if (1..SHORT_PUSH_TOKEN).contains(&len) {
+        cx.warnings.push(format!(
+            "app.chat.push_token: {len} characters can be guessed; use a random one of 32 or more (`openssl rand -base64 32`)"
+        ));
+    }
+}
+
 pub(super) fn chat(
     cx: &mut Ctx,
     c: Option<&ChatFile>,
@@ -223,6 +239,7 @@ pub(super) fn chat(
 ) -> ChatConfig {
     let d = ChatFile::default();
     let c = c.unwrap_or(&d);
+    warn_short_push_token(cx, c);
     let auth = crate::config::auth::chat_auth(
         &mut crate::config::auth::Issues {
             text: cx.text,
