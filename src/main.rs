@@ -304,6 +304,8 @@ enum Stop {
 /// and SIGUSR1 are nginx's graceful stop and log reopening, which
 /// operators and logrotate send out of habit: their default action (a
 /// core dump, an exit) would drop every session without a close frame.
+/// SIGALRM, which nginx takes for its timers, is ignored for the same
+/// reason.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -311,6 +313,7 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
+    alrm: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -323,6 +326,7 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
             usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
+            alrm: signal(SignalKind::alarm()).context("installing SIGALRM handler")?,
         })
     }
 }
@@ -342,6 +346,7 @@ async fn serve_signals(
         mut hup,
         mut usr1,
         mut usr2,
+        mut alrm,
     } = signals;
     // An upgrade runs in a task of its own while signals are still served;
     // so does a reload, so that SIGTERM still drains while one reads its
@@ -357,6 +362,7 @@ async fn serve_signals(
             _ = int.recv() => return Ok(abandon(upgrading).await),
             _ = quit.recv() => return Ok(abandon(upgrading).await),
             _ = usr1.recv() => tracing::info!("SIGUSR1: logs go to stderr, nothing to reopen"),
+            _ = alrm.recv() => tracing::info!("SIGALRM: ignored"),
             _ = hup.recv() => {
                 if reloading.is_some() {
                     tracing::info!("SIGHUP: a reload is running; another follows it");

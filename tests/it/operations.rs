@@ -475,8 +475,8 @@ async fn reload_applies_chat_settings() {
     assert_eq!(push("second").await, StatusCode::OK);
 }
 
-/// nginx's SIGUSR1 (reopen logs; logrotate sends it) leaves sessions alone,
-/// and its SIGQUIT (graceful stop) drains as SIGTERM does: their default
+/// nginx's SIGUSR1 (reopen logs; logrotate sends it) and SIGALRM leave
+/// sessions alone, and its SIGQUIT (graceful stop) drains as SIGTERM does: their default
 /// actions would kill the process and drop every session unclosed. A byte
 /// splice still open when the grace ends is cut and logged before the exit.
 #[tokio::test]
@@ -502,6 +502,8 @@ async fn sigusr1_changes_nothing_and_sigquit_drains() {
     assert!(matches!(back, Ok(Some(Ok(Message::Text(_))))), "{back:?}");
     p.signal("USR1");
     p.wait_for("SIGUSR1", Duration::from_secs(5));
+    p.signal("ALRM");
+    p.wait_for("SIGALRM", Duration::from_secs(5));
     ws.send(Message::text("still here")).await.unwrap();
     let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
     assert!(
