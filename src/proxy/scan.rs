@@ -66,6 +66,10 @@ pub enum ScanError {
     UnfinishedMessage,
     #[error("64-bit payload length with the high bit set")]
     LengthOverflow,
+    #[error("unmasked frame from the client")]
+    Unmasked,
+    #[error("masked frame from the server")]
+    Masked,
 }
 
 /// What a [`Scanner::feed`] call found.
@@ -100,6 +104,9 @@ pub struct Scanner {
     close_code: [u8; 2],
     in_message: bool,
     message_len: u64,
+    /// Whether frames must be masked (RFC 6455 §5.1: a client's are, a
+    /// server's are not); `None` takes either.
+    masked: Option<bool>,
 }
 
 impl Default for Scanner {
@@ -120,7 +127,16 @@ impl Scanner {
             close_code: [0; 2],
             in_message: false,
             message_len: 0,
+            masked: None,
         }
+    }
+
+    /// A scanner that fails a frame masked otherwise than `masked` says:
+    /// `true` for a client's stream, `false` for a server's.
+    pub const fn expecting_mask(masked: bool) -> Self {
+        let mut s = Self::new();
+        s.masked = Some(masked);
+        s
     }
 
     /// Between frames (no header byte of the next frame seen yet).
@@ -217,6 +233,11 @@ impl Scanner {
             }
             n => (u64::from(n), 2),
         };
+        match self.masked {
+            Some(true) if !masked => return Err(ScanError::Unmasked),
+            Some(false) if masked => return Err(ScanError::Masked),
+            _ => {}
+        }
         let mask = masked.then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
         let header = FrameHeader {
             fin,

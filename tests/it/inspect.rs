@@ -240,6 +240,26 @@ async fn foreign_pongs_pass_and_a_non_websocket_stream_closes_1002() {
     assert_eq!(read_close(&mut u).await, (1001, true));
 }
 
+/// RFC 6455 §5.1 (review 14): a client's frames are masked and a server's
+/// are not; either the other way is a protocol error.
+#[tokio::test]
+async fn frames_masked_the_wrong_way_close_1002() {
+    let (up, mut ups) = raw_upstream().await;
+    let gw = gateway(config(up)).await;
+    let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
+    c.write_all(&frame(true, 1, b"plain", None))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut c).await, (1002, false));
+    assert_eq!(read_close(&mut u).await, (1001, true));
+    let (mut c, mut u) = raw_pair(gw.http(), &mut ups).await;
+    u.write_all(&frame(true, 1, b"masked", MASK))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut u).await, (1002, true));
+    assert_eq!(read_close(&mut c).await, (1001, false));
+}
+
 #[tokio::test]
 async fn pings_answered_by_a_real_client_are_swallowed_and_keep_the_session() {
     let (up, mut seen) = recording_upstream().await;

@@ -31,6 +31,7 @@ mod hardening5;
 mod hardening6;
 mod http2;
 mod inspect;
+mod inspect_liveness;
 mod listener_tls;
 mod mtls;
 mod operations;
