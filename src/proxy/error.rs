@@ -93,6 +93,9 @@ pub enum ProxyError {
     UnexpectedUpgrade(String),
     #[error("the client went away before its request body was complete")]
     ClientAborted,
+    /// The upstream waited `response_timeout` for more of the client's body (408).
+    #[error("the request body stopped arriving")]
+    ClientBodyTimeout,
     #[error("not found")]
     NotFound,
     #[error("forbidden")]
@@ -166,6 +169,7 @@ impl ProxyError {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ProxyError::RateLimited { .. }

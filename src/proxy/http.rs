@@ -21,12 +21,13 @@ use crate::body::RequestBody;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Either};
+use http_body_util::Either;
 
 use super::access_phase::Notes;
+use super::client_body::{counted, ClientFault};
 use super::error::ProxyError;
 use super::forwarded::set_forwarding;
-use super::headers::{clean_trailers, has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
+use super::headers::{has_token, rewrite_path, set_client_cert, strip_hop_by_hop};
 use super::upload;
 use crate::access::BytesIn;
 use crate::body::{Body, BoxError};
@@ -220,6 +221,9 @@ pub async fn forward(
                 };
                 (err, resendable)
             }
+            // The upstream took all the client sent and waits for more: the
+            // client's stall (nginx's `client_body_timeout`, 408), not the server's.
+            None if client_fault.stalled() => return Err(ProxyError::ClientBodyTimeout),
             // The server may be processing it: never resend after a response timeout.
             None => (ProxyError::UpstreamTimeout(backend.addr.to_string()), false),
         };
@@ -250,100 +254,6 @@ async fn send_once(
     match progress {
         None => tokio::time::timeout(limit, send).await.ok(),
         Some(progress) => upload::within(limit, progress, send).await,
-    }
-}
-
-/// The client's body as it goes upstream: its bytes added to `counter` (the
-/// access line's), a failure to read it recorded in `fault`, and, bound for
-/// an HTTP/2 upstream (`trailers_drop` given: HTTP/1.1 upstreams are sent no
-/// trailers), its trailers cleaned ([`clean_trailers`]).
-fn counted(
-    body: RequestBody,
-    counter: Option<BytesIn>,
-    fault: ClientFault,
-    trailers_drop: Option<Vec<header::HeaderName>>,
-) -> Body {
-    let taken = fault.clone();
-    body.map_frame(move |f| {
-        taken.mark_progress();
-        if let (Some(d), Some(counter)) = (f.data_ref(), &counter) {
-            counter
-                .0
-                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        let Some(dropped) = &trailers_drop else {
-            return f;
-        };
-        match f.into_trailers() {
-            Ok(mut t) => {
-                clean_trailers(&mut t, dropped);
-                Frame::trailers(t)
-            }
-            Err(f) => f,
-        }
-    })
-    .map_err(move |e| -> BoxError {
-        fault.record(&e);
-        Box::new(e)
-    })
-    .boxed_unsync()
-}
-
-/// Why reading the client's request body failed, if it did, and when the
-/// upstream last took a frame of it ([`upload`]).
-/// Allocated only for a request with a body: a bodiless one cannot fail on
-/// the client's side, and most proxied requests have none (S4).
-#[derive(Clone)]
-struct ClientFault(Option<std::sync::Arc<BodyState>>);
-
-#[derive(Default)]
-struct BodyState {
-    fault: std::sync::OnceLock<bool>,
-    progress: upload::Progress,
-}
-
-impl ClientFault {
-    fn new(has_body: bool) -> Self {
-        Self(has_body.then(Default::default))
-    }
-
-    fn progress(&self) -> Option<&upload::Progress> {
-        self.0.as_deref().map(|s| &s.progress)
-    }
-
-    fn mark_progress(&self) {
-        if let Some(s) = &self.0 {
-            s.progress.mark();
-        }
-    }
-
-    /// Records a body error: `true` for a malformed body, `false` for a
-    /// client that went away mid-body.
-    fn record(&self, e: &hyper::Error) {
-        // hyper reports a malformed chunk as an `InvalidData`/`InvalidInput`
-        // I/O cause; anything else is a body cut short (the client closed, or
-        // reset its HTTP/2 stream).
-        let invalid = std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-                )
-            });
-        if let Some(s) = &self.0 {
-            let _ = s.fault.set(invalid || e.is_parse());
-        }
-    }
-
-    fn get(&self) -> Option<ProxyError> {
-        self.0.as_ref()?.fault.get().map(|&malformed| {
-            if malformed {
-                ProxyError::BadRequest("malformed request body".into())
-            } else {
-                ProxyError::ClientAborted
-            }
-        })
     }
 }
 

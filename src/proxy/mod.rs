@@ -14,6 +14,7 @@ pub mod access_phase;
 pub mod auth_request;
 pub mod authn;
 pub mod client_addr;
+mod client_body;
 pub mod error;
 pub mod files;
 pub mod forwarded;

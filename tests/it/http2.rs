@@ -196,16 +196,62 @@ async fn a_stream_reset_mid_body_never_takes_the_upstream_down() {
         .build();
     let gw = TestGateway::start(&toml).await;
     let mut c = h2c(gw.http()).await;
-    for _ in 0..3 {
-        let (_resp, mut body) = c.start(post("/upload"), true).await;
-        body.send_data(Bytes::from_static(b"some of it"), false)
-            .expect("data");
-        assert_eq!(next(&mut events).await, "request");
-        body.send_reset(h2::Reason::CANCEL);
-        assert_eq!(next(&mut events).await, "broken");
+    // NO_ERROR too, which hyper reads as the body's end (probe 13: the
+    // body's end short of its Content-Length was charged to the upstream).
+    for reason in [h2::Reason::CANCEL, h2::Reason::NO_ERROR] {
+        for _ in 0..2 {
+            let mut req = post("/upload");
+            req.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, 1000.into());
+            let (_resp, mut body) = c.start(req, true).await;
+            body.send_data(Bytes::from_static(b"some of it"), false)
+                .expect("data");
+            assert_eq!(next(&mut events).await, "request");
+            body.send_reset(reason);
+            assert_eq!(next(&mut events).await, "broken", "{reason:?}");
+        }
     }
     // With max_fails = 1, one failure charged to the upstream would have
     // marked the only server down (502).
+    let (status, text) = c.get(get("http://localhost/after")).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
+}
+
+/// A client that stops sending its body while the upstream waits for more
+/// gets 408 once `response_timeout` passes, and the upstream is not charged
+/// (probe 13: three such clients took a healthy server down, every other
+/// client then got 502).
+#[tokio::test]
+async fn a_stalled_upload_is_the_clients_408_not_the_upstreams_failure() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let up = http_upstream(move |req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send("request");
+            let _ = req.into_body().collect().await;
+            Response::new(Full::new(Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let toml = Cfg::new()
+        .listener_plain()
+        .upstream("api", &[up])
+        .set("upstream.api.max_fails", 1)
+        .set("upstream.api.fail_timeout", "60s")
+        .set("upstream.api.response_timeout", "300ms")
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut c = h2c(gw.http()).await;
+    let mut req = post("/upload");
+    req.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, 1000.into());
+    let (resp, mut body) = c.start(req, true).await;
+    body.send_data(Bytes::from_static(b"some of it"), false)
+        .expect("data");
+    assert_eq!(next(&mut events).await, "request");
+    let (status, _) = response(resp).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
     let (status, text) = c.get(get("http://localhost/after")).await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "ok"));
 }
