@@ -111,6 +111,9 @@ pub enum ProxyError {
     PreconditionFailed,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request feature the gateway does not implement (501).
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
     /// An HTTP/2 WebSocket session over `server.max_connections` (503) or
     /// `max_connections_per_ip` (429): each counts as a connection.
     #[error("{}", match .0 {
@@ -147,6 +150,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Handshake(h) => match h {
                 HandshakeError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
                 HandshakeError::BadVersion => StatusCode::UPGRADE_REQUIRED,

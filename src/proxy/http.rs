@@ -82,6 +82,10 @@ pub async fn forward(
     let te_trailers = pool.cfg.protocol != UpstreamProtocol::H1
         && has_token(&parts.headers, header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
+    // hyper answers `Expect: 100-continue` itself (its 100 goes out as the
+    // body is first read): the upstream is not asked again (nginx drops it
+    // too; probe 13).
+    parts.headers.remove(header::EXPECT);
     if te_trailers {
         parts
             .headers

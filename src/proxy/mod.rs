@@ -18,6 +18,7 @@ mod client_body;
 pub mod error;
 pub mod files;
 pub mod forwarded;
+mod head_checks;
 pub mod headers;
 pub mod http;
 pub mod inspect;
@@ -296,22 +297,6 @@ fn same_route_decoded(
     }
 }
 
-/// The single fields server::smuggle refuses twice over HTTP/1.1, for
-/// HTTP/2 requests: the origin allow-list reads the first `Origin` while the
-/// upstream could read another. Out of line: HTTP/1.1 requests, which never
-/// come here, keep `dispatch` as small as it was.
-#[inline(never)]
-fn repeated_single_field(headers: &::http::HeaderMap) -> Result<(), ProxyError> {
-    for name in crate::server::smuggle::SINGLE {
-        if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(ProxyError::BadRequest(format!(
-                "more than one {name} header"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
     resp.map(http_body_util::Either::Right)
@@ -351,7 +336,10 @@ impl Proxy {
             return Err(ProxyError::BadRequest("more than one Host header".into()));
         }
         if req.version() == Version::HTTP_2 {
-            repeated_single_field(req.headers())?;
+            head_checks::repeated_single_field(req.headers())?;
+        }
+        if req.headers().contains_key(header::TRANSFER_ENCODING) {
+            head_checks::only_chunked(req.headers())?;
         }
         if let Some(h) = host {
             // `Host`, HTTP/2's `:authority` or an absolute-form target's:
@@ -362,7 +350,7 @@ impl Proxy {
                 ));
             }
         }
-        if req.version() == Version::HTTP_2 && host_contradicts_authority(&req) {
+        if req.version() == Version::HTTP_2 && head_checks::host_contradicts_authority(&req) {
             // RFC 9113 §8.3.1: routed by `:authority`, the upstream would
             // otherwise be told one host and an access rule checked another.
             return Err(ProxyError::BadRequest(
@@ -568,16 +556,6 @@ impl Host {
             Host::Header(v) => v.to_str().unwrap_or(""),
             Host::Authority(a) => a.as_str(),
         }
-    }
-}
-
-/// Whether an HTTP/2 request's `Host` field names another host than its
-/// `:authority` (ASCII case aside). HTTP/1.1 absolute-form is not asked: there
-/// the target wins and `Host` is ignored (RFC 9112 §3.2.2).
-fn host_contradicts_authority<B>(req: &Request<B>) -> bool {
-    match (req.uri().authority(), req.headers().get(header::HOST)) {
-        (Some(a), Some(h)) => !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()),
-        _ => false,
     }
 }
 

@@ -369,3 +369,76 @@ async fn refusals_before_routing_are_counted() {
     .await;
     assert!(shown, "{}", get(admin, "/metrics").await.text());
 }
+
+/// Transfer codings other than one `chunked` are refused before any route
+/// (probe 13: `gzip, chunked` reached the upstream as a plain body, its
+/// coding dropped): 501 for another coding, 400 for `chunked` twice.
+#[tokio::test]
+async fn transfer_codings_other_than_one_chunked_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstreams::canned_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let toml = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .upstream("api", &[up])
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    for (te, want) in [
+        ("chunked", "HTTP/1.1 200"),
+        ("gzip, chunked", "HTTP/1.1 501"),
+        ("chunked, chunked", "HTTP/1.1 400"),
+        ("identity\r\nTransfer-Encoding: chunked", "HTTP/1.1 501"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.http())
+            .await
+            .expect("connect");
+        let req = format!(
+            "POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: {te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with(want), "{te}: {out}");
+    }
+}
+
+/// The gateway answers `Expect: 100-continue` itself; the upstream is not
+/// asked again (probe 13; nginx drops it too).
+#[tokio::test]
+async fn expect_100_continue_is_answered_here_and_not_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstreams::http_upstream(|req| async move {
+        let expect = req.headers().contains_key("expect");
+        Response::new(Full::new(Bytes::from(format!("expect={expect}"))))
+    })
+    .await;
+    let toml = Cfg::new()
+        .set("log.access_log", false)
+        .listener_plain()
+        .upstream("api", &[up])
+        .route_upstream("/", "api")
+        .build();
+    let gw = TestGateway::start(&toml).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http())
+        .await
+        .expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .await
+        .expect("write");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(WAIT, s.read_exact(&mut interim))
+        .await
+        .expect("100 in time")
+        .expect("read");
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{interim:?}");
+    s.write_all(b"abc").await.expect("body");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("200 OK") && out.ends_with("expect=false"),
+        "{out}"
+    );
+}

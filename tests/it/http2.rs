@@ -361,6 +361,39 @@ async fn a_204_with_content_length_stays_well_formed_over_http2() {
     }
 }
 
+/// An upstream's `Content-Length` as a list, repeated, or with leading
+/// zeros (one value, RFC 9110 §8.6) reaches an HTTP/2 client as one plain
+/// field: as it came, the client refused the response (probe 13).
+#[tokio::test]
+async fn an_upstream_content_length_list_reaches_http2_clients_as_one_field() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 005\r\n\r\nhello",
+    ] {
+        let up = canned_upstream(answer).await;
+        let gw = proxy_gateway(up).await;
+        let mut c = h2c(gw.http()).await;
+        let req = Request::get("http://a.test/x").body(()).expect("request");
+        let (resp, _stream) = c.start(req, false).await;
+        let resp = tokio::time::timeout(WAIT, resp)
+            .await
+            .expect("response in time")
+            .expect("a well-formed response");
+        let lengths: Vec<_> = resp.headers().get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"]);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(WAIT, body.data())
+            .await
+            .expect("body in time")
+        {
+            got.extend_from_slice(&chunk.expect("data"));
+        }
+        assert_eq!(got, b"hello");
+    }
+}
+
 /// An RFC 8441 WebSocket handshake on `/echo`, with `extra` fields.
 fn ws_connect(extra: &[(&str, &str)]) -> Request<()> {
     let mut b = Request::builder()

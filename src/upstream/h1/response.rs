@@ -151,7 +151,14 @@ fn finish(
             keep_alive = false;
             Decoder::Eof
         }
-    } else if let Some(n) = content_length(&head.headers)? {
+    } else if let Some((n, plain)) = content_length(&head.headers)? {
+        if !plain {
+            // A list, a repeat or leading zeros (RFC 9110 §8.6 takes them
+            // as the one value): forwarded as they came, a list broke
+            // HTTP/1.1 clients and either broke HTTP/2 ones (probe 13).
+            head.headers
+                .insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
         Decoder::Length(n)
     } else {
         keep_alive = false;
@@ -176,8 +183,10 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 
 /// The one length every `Content-Length` field agrees on (differing values
 /// are an error, §6.3 point 5).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+fn content_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Error> {
     let mut found = None;
+    // One field holding one number as it is written (no leading zeros).
+    let mut plain = true;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         let s = v.to_str().map_err(|_| Error::ContentLength)?;
         for part in s.split(',') {
@@ -189,8 +198,35 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
             if found.is_some_and(|f| f != n) {
                 return Err(Error::ContentLength);
             }
+            plain &= found.is_none() && part == s && (part == "0" || !part.starts_with('0'));
             found = Some(n);
         }
     }
-    Ok(found)
+    Ok(found.map(|n| (n, plain)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_length;
+    use http::{header::CONTENT_LENGTH, HeaderMap, HeaderValue};
+
+    fn cl(fields: &[&'static str]) -> Option<(u64, bool)> {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(CONTENT_LENGTH, HeaderValue::from_static(f));
+        }
+        content_length(&h).ok().flatten()
+    }
+
+    #[test]
+    fn lists_repeats_and_leading_zeros_are_one_value_but_not_plain() {
+        assert_eq!(cl(&["5"]), Some((5, true)));
+        assert_eq!(cl(&["0"]), Some((0, true)));
+        assert_eq!(cl(&["5, 5"]), Some((5, false)));
+        assert_eq!(cl(&["5", "5"]), Some((5, false)));
+        assert_eq!(cl(&["005"]), Some((5, false)));
+        assert_eq!(cl(&["00"]), Some((0, false)));
+        assert_eq!(cl(&["5", "6"]), None);
+        assert_eq!(cl(&[]), None);
+    }
 }
