@@ -253,10 +253,16 @@ impl SessionLog {
         self.close_seen = code;
     }
 
-    /// Byte totals of a byte-copy splice (which cannot count messages).
-    pub fn record_splice(&mut self, bytes_in: u64, bytes_out: u64) {
+    /// Byte totals of a splice, and the message counts of an inspected one
+    /// (a byte copy cannot count them): for the access line only, the
+    /// inspector counts the metrics itself.
+    pub fn record_splice(&mut self, bytes_in: u64, bytes_out: u64, messages: Option<(u64, u64)>) {
         self.bytes_in = bytes_in;
         self.bytes_out = bytes_out;
+        if let Some((msgs_in, msgs_out)) = messages {
+            self.msgs_in = msgs_in;
+            self.msgs_out = msgs_out;
+        }
     }
 
     /// The process's metrics (for counters a session keeps itself).

@@ -43,6 +43,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod quoted;
 pub mod redis_conn;
 pub mod rewind;
 pub mod router;

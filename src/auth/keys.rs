@@ -24,26 +24,26 @@ pub enum KeyError {
     SecretSyntax,
     #[error("environment variable {0} is not set (or not UTF-8)")]
     EnvMissing(String),
-    #[error("cannot read {path:?}: {error}")]
+    #[error("cannot read {}: {error}", crate::quoted::Quoted(.path))]
     Read { path: String, error: String },
     #[error("the base64 secret does not decode")]
     Base64,
     #[error("the secret from {source_name} is {len} bytes; at least {MIN_SECRET_LEN} are required (try `openssl rand -base64 32`)")]
     TooShort { source_name: String, len: usize },
-    #[error("{0:?} holds no RSA, EC (P-256/P-384) or Ed25519 public key in PEM")]
+    #[error("{} holds no RSA, EC (P-256/P-384) or Ed25519 public key in PEM", crate::quoted::Quoted(.0))]
     NotAPublicKey(String),
-    #[error("{path:?} is not a JWKS document: {error}")]
+    #[error("{} is not a JWKS document: {error}", crate::quoted::Quoted(.path))]
     Jwks { path: String, error: String },
-    #[error("{path:?}: key {index} ({kid}) is unusable: {error}")]
+    #[error("{}: key {index} ({kid}) is unusable: {error}", crate::quoted::Quoted(.path))]
     JwksKey {
         path: String,
         index: usize,
         kid: String,
         error: String,
     },
-    #[error("{path:?}: {error}")]
+    #[error("{}: {error}", crate::quoted::Quoted(.path))]
     Unusable { path: String, error: String },
-    #[error("{0:?} holds no signature key")]
+    #[error("{} holds no signature key", crate::quoted::Quoted(.0))]
     JwksEmpty(String),
 }
 

@@ -27,7 +27,7 @@ pub struct DevToken {
 pub enum DevTokenError {
     #[error("no [auth.{0}] in the config ({1})")]
     UnknownAuth(String, String),
-    #[error("--claim {0:?} is not k=v")]
+    #[error("--claim {} is not k=v", crate::quoted::Quoted(.0))]
     BadClaim(String),
     #[error("--sub must not be empty")]
     EmptySub,

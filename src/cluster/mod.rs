@@ -20,7 +20,7 @@ pub use redis_bus::RedisBus;
 /// Errors of the cluster layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster.redis {url:?}: {source}")]
+    #[error("cluster.redis {}: {source}", crate::quoted::Quoted(.url))]
     Url {
         url: String,
         source: redis::RedisError,

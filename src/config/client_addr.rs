@@ -47,7 +47,7 @@ pub struct Cidr {
 /// Why a `trusted_proxies` entry is not an address block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
-    #[error("{0:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\")")]
+    #[error("{} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"::1/128\")", crate::quoted::Quoted(.0))]
     Syntax(String),
     #[error("prefix length /{prefix} is longer than {max} bits")]
     Prefix { prefix: u8, max: u8 },

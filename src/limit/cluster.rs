@@ -53,7 +53,7 @@ return 0
 /// Why a cluster decision could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterLimitError {
-    #[error("cluster.redis {url:?}: {source}")]
+    #[error("cluster.redis {}: {source}", crate::quoted::Quoted(.url))]
     Url {
         url: String,
         source: redis::RedisError,

@@ -27,7 +27,7 @@ pub enum HandshakeError {
     BadKey,
     #[error("unsupported Sec-WebSocket-Version: only 13 is supported")]
     BadVersion,
-    #[error("extended CONNECT with :protocol {0:?} is not supported (only \"websocket\")")]
+    #[error("extended CONNECT with :protocol {} is not supported (only \"websocket\")", crate::quoted::Quoted(.0))]
     UnsupportedProtocol(String),
     /// Bytes after the head would be read as the first WebSocket frames.
     #[error(
@@ -64,7 +64,7 @@ pub enum ProxyError {
     Handshake(#[from] HandshakeError),
     #[error("WebSocket is disabled on this route")]
     WebSocketDisabled,
-    #[error("Origin {0:?} is not allowed on this route")]
+    #[error("Origin {} is not allowed on this route", crate::quoted::Quoted(.0))]
     OriginNotAllowed(String),
     #[error("this endpoint only accepts WebSocket upgrades")]
     UpgradeRequired,

@@ -389,8 +389,11 @@ impl Proxy {
             let result = self
                 .upgrade(table, &route, conn, slot, req, &mut out.upstream)
                 .await;
+            // A refusal the upstream answered is relayed as a response, but
+            // counted under its status (docs/operations.md), not as `ok`.
             let outcome = match &result {
-                Ok(_) => Ok(()),
+                Ok(r) if r.status().is_informational() || r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().as_u16()),
                 Err(e) => Err(e.status().as_u16()),
             };
             route

@@ -315,7 +315,8 @@ impl Tunnel<'_> {
                 None => Box::pin(splice(c, upstream, idle, stop)).await,
             };
             // Inspected sessions count their messages and close codes themselves.
-            hold.log.record_splice(stats.bytes_in, stats.bytes_out);
+            hold.log
+                .record_splice(stats.bytes_in, stats.bytes_out, stats.messages);
             hold.log.close_seen(stats.close_code);
             hold.log
                 .metrics()

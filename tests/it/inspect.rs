@@ -155,13 +155,19 @@ async fn the_access_line_names_an_inspected_sessions_close_code() {
     std::fs::write(&path, cfg).expect("write config");
     let mut gw = common::process::WsgateProc::start(&path);
     gw.wait_for("listening", WAIT);
-    let (mut c, _u) = raw_pair(addr, &mut ups).await;
+    let (mut c, mut u) = raw_pair(addr, &mut ups).await;
+    c.write_all(&frame(true, 1, b"hi", MASK))
+        .await
+        .expect("write");
+    assert_eq!(read_frame(&mut u).await.1, 1);
     c.write_all(&frame(true, 1, &[b'a'; 1025], MASK))
         .await
         .expect("write");
     assert_eq!(read_close(&mut c).await, (1009, false));
     let line = gw.wait_for("session=\"spliced\"", WAIT);
     assert!(line.contains("close_code=1009"), "{line}");
+    // The messages the inspector counted (review 14: always 0).
+    assert!(line.contains("msgs_in=1 msgs_out=0"), "{line}");
     // The upstream closes first, with its own code.
     let (mut c, mut u) = raw_pair(addr, &mut ups).await;
     u.write_all(&frame(true, 8, &4000u16.to_be_bytes(), None))

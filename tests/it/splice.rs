@@ -128,7 +128,7 @@ async fn a_refused_upgrade_is_relayed_and_does_not_take_the_server_down() {
           Connection: keep-alive, x-hop\r\nX-Hop: 1\r\n\r\nnope",
     )
     .await;
-    let gw = TestGateway::start(&splice_cfg(up, false)).await;
+    let gw = TestGateway::start(&splice(up, false).admin().build()).await;
     for _ in 0..4 {
         let mut s = TcpStream::connect(gw.http()).await.unwrap();
         s.write_all(handshake("/ws", WS_HEADERS).as_bytes())
@@ -154,6 +154,13 @@ async fn a_refused_upgrade_is_relayed_and_does_not_take_the_server_down() {
     let r = get(gw.http(), "/ws/plain").await;
     assert_eq!(r.status, http::StatusCode::NOT_FOUND, "{}", r.text());
     assert_eq!(r.text(), "nope");
+    // Counted as refusals under their status, not as handshakes that
+    // succeeded (review 14).
+    let m = get(gw.admin(), "/metrics").await.text();
+    assert!(
+        m.contains("wsgate_ws_handshakes_total{route=\"/ws\",result=\"404\"} 4"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

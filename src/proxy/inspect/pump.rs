@@ -273,7 +273,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     }
                 }
                 Some(Event::End(e)) => {
-                    if e.message_done {
+                    // A message refused or cut by a close is not one delivered.
+                    if e.message_done && st.mode != Mode::Drop {
                         messages += 1;
                     }
                     if e.header.opcode == OP_CLOSE {

@@ -31,11 +31,11 @@ pub enum ChatError {
     Binary,
     #[error("frame has no string \"type\" field")]
     MissingType,
-    #[error("unknown frame type {0:?} (expected join, leave, msg, dm, history, who or refresh)")]
+    #[error("unknown frame type {} (expected join, leave, msg, dm, history, who or refresh)", crate::quoted::Quoted(.0))]
     UnknownType(String),
-    #[error("missing field {0:?}")]
+    #[error("missing field {}", crate::quoted::Quoted(.0))]
     MissingField(&'static str),
-    #[error("field {field:?} {why}")]
+    #[error("field {} {why}", crate::quoted::Quoted(.field))]
     BadField {
         field: &'static str,
         why: &'static str,

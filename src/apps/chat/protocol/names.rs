@@ -27,9 +27,9 @@ fn valid_name(s: &str, max: usize) -> bool {
 /// `invalid_room` error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidName {
-    #[error("invalid user name {0:?}: use 1-32 of A-Z a-z 0-9 _ . -")]
+    #[error("invalid user name {}: use 1-32 of A-Z a-z 0-9 _ . -", crate::quoted::Quoted(.0))]
     User(String),
-    #[error("invalid room name {0:?}: use 1-64 of A-Z a-z 0-9 _ . -")]
+    #[error("invalid room name {}: use 1-64 of A-Z a-z 0-9 _ . -", crate::quoted::Quoted(.0))]
     Room(String),
 }
 
