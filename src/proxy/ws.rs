@@ -22,7 +22,7 @@ use super::headers::{
 };
 use super::inspect::{splice_inspected, InspectConfig, InspectMetrics};
 use super::splice::{splice, SpliceEnd};
-use super::ws_upstream::{self, Answer, Relayed, RequestHead, Rewind};
+use super::ws_upstream::{self, unoffered, Answer, Relayed, RequestHead, Rewind};
 use crate::access::{Access, SessionHold, SessionLog};
 use crate::body::Body;
 use crate::config::{RouteConfig, UpstreamConfig};
@@ -235,6 +235,12 @@ impl Tunnel<'_> {
             // Boxed: the handshake's state is only needed while it runs.
             match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok(Attempt::Upgraded(relayed, stream, accept)) => {
+                    let extensions = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+                    if let Some(why) = unoffered(&relayed, &hs.protocols, &extensions) {
+                        pool.report_failure(choice.backend);
+                        let addr = choice.backend.addr.to_string();
+                        return Err(ProxyError::UpstreamHandshake(addr, why.into()));
+                    }
                     pool.report_success(choice.backend);
                     break (choice, relayed, stream, accept);
                 }

@@ -198,6 +198,51 @@ pub fn parse_head(
     Ok(Some(Parsed::Upgraded(relayed, len)))
 }
 
+/// Why the upstream's 101 chose what the client did not offer (RFC 6455
+/// §4.1: a client fails such a connection, so the client would abort the
+/// session the 101 opened): a subprotocol outside `protocols`, more than
+/// one, or an extension whose name `extensions` (the client's
+/// `Sec-WebSocket-Extensions` fields) does not offer. `None` when it chose
+/// within the offer.
+pub fn unoffered(
+    relayed: &Relayed,
+    protocols: &[String],
+    extensions: &http::header::GetAll<'_, HeaderValue>,
+) -> Option<&'static str> {
+    let mut chosen = 0;
+    for (name, value) in relayed {
+        if *name == header::SEC_WEBSOCKET_PROTOCOL {
+            chosen += 1;
+            let v = value.to_str().unwrap_or_default().trim();
+            if chosen > 1 || !protocols.iter().any(|p| p == v) {
+                return Some("it chose a subprotocol the client did not offer");
+            }
+        } else if *name == header::SEC_WEBSOCKET_EXTENSIONS {
+            let offered = |ext: &str| {
+                extensions
+                    .iter()
+                    .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+                    .any(|o| extension_name(o).eq_ignore_ascii_case(ext))
+            };
+            let all_offered = value
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .map(extension_name)
+                .all(|e| e.is_empty() || offered(e));
+            if !all_offered {
+                return Some("it chose an extension the client did not offer");
+            }
+        }
+    }
+    None
+}
+
+/// `permessage-deflate` of `permessage-deflate; client_max_window_bits`.
+fn extension_name(ext: &str) -> &str {
+    ext.split(';').next().unwrap_or_default().trim()
+}
+
 /// The upstream stream after its handshake: first the bytes that arrived
 /// with the response head (usually none), then the socket.
 pub type Rewind = crate::rewind::Rewind<UpStream>;
@@ -311,5 +356,47 @@ mod tests {
         let tcp = UpStream::Plain(TcpStream::connect(addr).await.unwrap());
         let e = handshake(tcp, b"GET / HTTP/1.1\r\n\r\n", ACCEPT).await;
         assert!(matches!(e, Err(UpstreamHandshakeError::TooLarge)));
+    }
+}
+
+#[cfg(test)]
+mod choice_tests {
+    use super::*;
+
+    fn relayed(fields: &[(HeaderName, &'static str)]) -> Relayed {
+        fields
+            .iter()
+            .map(|(n, v)| (n.clone(), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn only_offered_choices_pass() {
+        let protocols = vec!["chat.v1".to_string(), "chat.v2".to_string()];
+        let mut offer = http::HeaderMap::new();
+        offer.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static("permessage-deflate; client_max_window_bits, x-other"),
+        );
+        let ext = offer.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        let check = |r: &Relayed| unoffered(r, &protocols, &ext);
+        let p = header::SEC_WEBSOCKET_PROTOCOL;
+        let e = header::SEC_WEBSOCKET_EXTENSIONS;
+        assert_eq!(check(&relayed(&[])), None);
+        assert_eq!(check(&relayed(&[(p.clone(), "chat.v2")])), None);
+        assert!(check(&relayed(&[(p.clone(), "zzz")])).is_some());
+        assert!(check(&relayed(&[(p.clone(), "chat.v1"), (p.clone(), "chat.v2")])).is_some());
+        assert_eq!(
+            check(&relayed(&[(
+                e.clone(),
+                "permessage-deflate; server_no_context_takeover"
+            )])),
+            None
+        );
+        assert!(check(&relayed(&[(e.clone(), "x-webkit-deflate-frame")])).is_some());
+        let empty = http::HeaderMap::new();
+        let none = empty.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        assert!(unoffered(&relayed(&[(e, "permessage-deflate")]), &[], &none).is_some());
+        assert!(unoffered(&relayed(&[(p, "chat.v1")]), &[], &none).is_some());
     }
 }

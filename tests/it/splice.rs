@@ -353,3 +353,29 @@ async fn large_messages_cross_a_plain_splice_without_a_copy() {
     let moved = zero_copy_bytes(&scrape().await);
     assert!(moved > 100_000, "only {moved} bytes went by splice(2)");
 }
+
+/// An upstream 101 choosing a subprotocol or an extension the client did not
+/// offer is a failed handshake (502): relayed, every conforming client would
+/// abort the session it opened (RFC 6455 §4.1; review 14).
+#[tokio::test]
+async fn an_upstream_choosing_what_was_not_offered_is_a_502() {
+    const CHOSE_PROTOCOL: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: zzz\r\n\r\n";
+    const CHOSE_EXTENSION: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+    for (answer, offer) in [
+        (CHOSE_PROTOCOL, "Sec-WebSocket-Protocol: a\r\n"),
+        (CHOSE_EXTENSION, ""),
+    ] {
+        let up = scripted_upstream(answer, b"").await;
+        let gw = TestGateway::start(&splice_cfg(up, false)).await;
+        let mut s = TcpStream::connect(gw.http()).await.unwrap();
+        s.write_all(handshake("/ws", &format!("{WS_HEADERS}{offer}")).as_bytes())
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(WAIT, s.read_exact(&mut head))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 502", "{answer}");
+    }
+}
