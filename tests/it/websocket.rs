@@ -478,7 +478,7 @@ async fn capacity_503_then_reuse_and_per_ip_429() {
 }
 
 /// The echo app's one timer: pings every `ping_interval`, messages keep the
-/// session past `idle_timeout`, silence then closes it with 1001. A raw
+/// session past `idle_timeout`, silence (pongs aside) then closes it with 1001. A raw
 /// client, so nothing answers pings behind the test's back.
 #[tokio::test]
 async fn echo_pings_and_closes_idle_sessions() {
@@ -507,12 +507,17 @@ async fn echo_pings_and_closes_idle_sessions() {
         }
     }
     assert!(pings >= 5, "{pings} pings in 1.5 s at 100 ms");
-    // Silence: more pings, then the idle close, within the timeout and a bit.
+    // Silence but for pongs (a browser answers every ping): more pings, then
+    // the idle close, within the timeout and a bit. The answers to the
+    // session's own pings kept it open for good (review 14).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         assert!(tokio::time::Instant::now() < deadline, "no idle close");
         match read_server_frame(&mut s).await {
-            (true, 9, _) | (true, 1, _) => continue,
+            (true, 9, p) => {
+                s.write_all(&frame(true, 10, &p, MASK)).await.unwrap();
+            }
+            (true, 1, _) => continue,
             (true, 8, p) => {
                 assert_eq!(u16::from_be_bytes([p[0], p[1]]), 1001);
                 assert_eq!(&p[2..], b"idle timeout");

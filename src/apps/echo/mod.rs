@@ -141,6 +141,9 @@ where
     // The timer, drain and eviction waits hold this task's waker since they
     // were last polled (see [`Waits::poll`]).
     let mut armed = false;
+    // A message or a client's ping came in the last turn: the idle clock
+    // starts again (the pongs answering the session's own pings do not).
+    let mut active = false;
     loop {
         let step = {
             let mut checked = std::mem::take(&mut quiet);
@@ -160,7 +163,7 @@ where
                 if std::mem::take(&mut checked) {
                     return waits.poll(cx, true);
                 }
-                match poll_turn(ws, cx, account, log) {
+                match poll_turn(ws, cx, account, log, &mut active) {
                     Poll::Ready(turn) => Poll::Ready(Step::Turn(turn)),
                     Poll::Pending => waits.poll(cx, false),
                 }
@@ -178,7 +181,9 @@ where
                         }
                     }
                 }
-                timers.seen(tokio::time::Instant::now());
+                if std::mem::take(&mut active) {
+                    timers.seen(tokio::time::Instant::now());
+                }
                 if account.is_evicted() {
                     return End::Evicted { read_failed: false };
                 }
@@ -288,6 +293,7 @@ fn poll_turn<S>(
     cx: &mut Context<'_>,
     account: &Account,
     log: &mut SessionLog,
+    active: &mut bool,
 ) -> Poll<Turn>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -321,7 +327,9 @@ where
                     return Poll::Ready(Turn::End(End::Finish));
                 }
                 log.message_out(len);
+                *active = true;
             }
+            Read::Control => *active = true,
             Read::Skip => {}
             Read::End(end) => return Poll::Ready(Turn::End(end)),
         }
@@ -433,7 +441,9 @@ const MAX_BATCH: usize = 64;
 enum Read {
     /// A data message: echo it (queued by the caller, flushed per batch).
     Echo(Frame),
-    /// A control frame yawc has handled.
+    /// A client's ping, which yawc has answered.
+    Control,
+    /// A pong (answering the session's ping), which yawc has handled.
     Skip,
     /// Stop reading; a close handshake's answer is already queued by yawc.
     End(End),
@@ -460,9 +470,13 @@ fn on_read(frame: yawc::Result<Frame>, account: &Account, log: &mut SessionLog) 
             log.message_in(frame.payload().len());
             Read::Echo(frame)
         }
-        _ => {
+        op => {
             account.control_delivered(frame.payload().len());
-            Read::Skip
+            if op == OpCode::Pong {
+                Read::Skip
+            } else {
+                Read::Control
+            }
         }
     }
 }
