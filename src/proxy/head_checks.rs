@@ -1,6 +1,7 @@
 //! Checks of a request's head that the fast path and hyper leave to the
 //! proxy: fields HTTP/2 may repeat where HTTP/1.1 is refused earlier, a
-//! `Host` that contradicts `:authority`, and transfer codings.
+//! `Host` that contradicts `:authority`, and the transfer codings of a
+//! request the HTTP proxy forwards.
 
 use http::{header, Request};
 

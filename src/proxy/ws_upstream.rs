@@ -204,6 +204,7 @@ pub fn parse_head(
 /// one, or an extension whose name `extensions` (the client's
 /// `Sec-WebSocket-Extensions` fields) does not offer. `None` when it chose
 /// within the offer.
+#[inline(never)]
 pub fn unoffered(
     relayed: &Relayed,
     protocols: &[String],

@@ -114,7 +114,9 @@ async fn flooding_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<u16>) {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_not_the_upstream() {
     let (up, mut closes) = flooding_upstream().await;
-    let gw = TestGateway::start(&config(up, "100ms").build()).await;
+    // Bytes that do not move for ws_idle_timeout (at least two pings) end it.
+    let cfg = config(up, "100ms").set("upstream.ws.ws_idle_timeout", "1s");
+    let gw = TestGateway::start(&cfg.build()).await;
     // Sends a message every 100 ms and reads nothing.
     let mut c = open_ws(gw.http(), "/ws").await;
     let sending = tokio::spawn(async move {

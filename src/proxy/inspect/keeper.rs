@@ -18,9 +18,13 @@ use crate::shutdown::{Stop, DRAIN_CLOSE};
 pub(super) struct Seen {
     /// Bytes came from it.
     pub read: bool,
-    /// A write to it has waited since the last tick, and its socket took
-    /// nothing: it is not reading. (Bytes a socket takes are no sign of
-    /// life: the kernel takes them for a dead peer until its buffer fills.)
+    /// A write to it is waiting: a ping to it waits too, behind what fills
+    /// its socket's buffer (a slow reader's answer can be seconds late).
+    pub waiting: bool,
+    /// Writes to it have waited, its socket taking nothing, for
+    /// [`stuck_limit`]: it is not reading. (Bytes a socket takes are no
+    /// sign of life: the kernel takes them for a dead peer until its
+    /// buffer fills.)
     pub stuck: bool,
     /// The pump that reads it waits on a write to the other side: its
     /// bytes (a pong too) may be there, unread.
@@ -40,25 +44,20 @@ pub(super) enum Verdict {
     Dead,
 }
 
-/// A side is dead after two intervals without a sign of life: two pings
-/// unanswered, or bytes waiting for it that it did not take (as
-/// `proxy_send_timeout` ends a client that stopped reading). A side is
-/// never blamed for a ping it was not sent, or for a pong the gateway has
-/// not read.
+/// A side is dead after two pings unanswered, or when the bytes waiting for
+/// it have not moved for [`stuck_limit`] (as nginx's `proxy_send_timeout`
+/// ends a client that stopped reading). A side is never blamed for a ping
+/// it was not sent or that waits behind its unread bytes, nor for a pong
+/// the gateway has not read.
 pub(super) fn verdict(seen: Seen, misses: &mut u8) -> Verdict {
     if seen.stuck {
-        *misses += 1;
-        return if *misses >= 2 {
-            Verdict::Dead
-        } else {
-            Verdict::Wait
-        };
+        return Verdict::Dead;
     }
     if seen.read {
         *misses = 0;
         return Verdict::Live;
     }
-    if seen.unread || seen.unpinged {
+    if seen.waiting || seen.unread || seen.unpinged {
         return Verdict::Wait;
     }
     if *misses >= 2 {
@@ -68,27 +67,44 @@ pub(super) fn verdict(seen: Seen, misses: &mut u8) -> Verdict {
     Verdict::Ping
 }
 
+/// How long writes to a side may take nothing before it is dead: the
+/// session's `ws_idle_timeout`, and at least two ping intervals. Linux says
+/// a socket is writable again only once a third of its buffer has drained,
+/// so a slow reader behind a few MiB takes nothing for seconds at a time
+/// (the fifteenth verification: two intervals of 1 s cut a client reading
+/// 500 kB/s).
+fn stuck_limit(ping: Duration, idle: Duration) -> Duration {
+    idle.max(ping * 2)
+}
+
 /// Per side, what the keeper remembers between ticks.
 #[derive(Default)]
 struct Watch {
     misses: u8,
     /// The counter of the last ping queued for it.
     queued: Option<u32>,
-    /// A write to it was waiting at the last tick.
-    was_waiting: bool,
+    /// How long writes to it have waited with nothing taken (whole ticks).
+    stuck_for: Duration,
 }
 
 impl Shared {
-    /// What `side` did since the last look (the flags are taken).
-    fn seen(&self, side: Side, w: &mut Watch) -> Seen {
+    /// What `side` did since the last look, one `tick` ago (the flags are
+    /// taken).
+    fn seen(&self, side: Side, w: &mut Watch, tick: Duration) -> Seen {
         let i = side as usize;
         let waiting = self.writing[i].load(Ordering::Relaxed);
         let took = self.took[i].swap(false, Ordering::Relaxed);
-        let stuck = waiting && w.was_waiting && !took;
-        w.was_waiting = waiting;
+        w.stuck_for = if waiting && !took {
+            w.stuck_for + tick
+        } else {
+            Duration::ZERO
+        };
+        let limit = stuck_limit(tick, self.cfg.idle_timeout);
         Seen {
             read: self.alive[i].swap(false, Ordering::Relaxed),
-            stuck,
+            waiting,
+            // The first tick of a wait may have come just after it began.
+            stuck: w.stuck_for > limit,
             unread: self.writing[1 - i].load(Ordering::Relaxed),
             unpinged: w
                 .queued
@@ -180,7 +196,7 @@ pub(super) async fn keeper(
                 }
                 for side in [Side::Client, Side::Upstream] {
                     let w = &mut watch[side as usize];
-                    let seen = shared.seen(side, w);
+                    let seen = shared.seen(side, w, ping);
                     match verdict(seen, &mut w.misses) {
                         Verdict::Live | Verdict::Wait => {}
                         Verdict::Dead => {
@@ -210,7 +226,8 @@ pub(super) async fn keeper(
 
 #[cfg(test)]
 mod tests {
-    use super::{verdict, Seen, Verdict};
+    use super::{stuck_limit, verdict, Seen, Verdict};
+    use std::time::Duration;
 
     fn run(seen: &[Seen]) -> Vec<Verdict> {
         let mut misses = 0;
@@ -219,6 +236,7 @@ mod tests {
 
     const SILENT: Seen = Seen {
         read: false,
+        waiting: false,
         stuck: false,
         unread: false,
         unpinged: false,
@@ -242,27 +260,31 @@ mod tests {
     fn a_side_that_cannot_have_answered_is_not_blamed() {
         use Verdict::*;
         // Its ping waits behind a long frame (review 14: a slow message
-        // cut a healthy client), or its answer waits unread.
-        let unpinged = Seen {
-            unpinged: true,
-            ..SILENT
-        };
-        let unread = Seen {
-            unread: true,
-            ..SILENT
-        };
-        assert_eq!(
-            run(&[SILENT, unpinged, unpinged, READ, SILENT]),
-            [Ping, Wait, Wait, Live, Ping]
-        );
-        assert_eq!(
-            run(&[SILENT, unread, unread, unread]),
-            [Ping, Wait, Wait, Wait]
-        );
+        // cut a healthy client), behind bytes its socket has not taken
+        // yet, or its answer waits unread.
+        for cannot in [
+            Seen {
+                unpinged: true,
+                ..SILENT
+            },
+            Seen {
+                waiting: true,
+                ..SILENT
+            },
+            Seen {
+                unread: true,
+                ..SILENT
+            },
+        ] {
+            assert_eq!(
+                run(&[SILENT, cannot, cannot, READ, SILENT]),
+                [Ping, Wait, Wait, Live, Ping]
+            );
+        }
     }
 
     #[test]
-    fn a_side_that_takes_nothing_for_two_intervals_is_dead() {
+    fn a_side_whose_bytes_do_not_move_for_the_limit_is_dead() {
         use Verdict::*;
         // Even one that sends.
         let stuck = Seen {
@@ -270,7 +292,9 @@ mod tests {
             read: true,
             ..SILENT
         };
-        assert_eq!(run(&[stuck, stuck]), [Wait, Dead]);
-        assert_eq!(run(&[stuck, READ, stuck]), [Wait, Live, Wait]);
+        assert_eq!(run(&[READ, stuck]), [Live, Dead]);
+        let s = Duration::from_secs;
+        assert_eq!(stuck_limit(s(1), s(600)), s(600));
+        assert_eq!(stuck_limit(s(30), s(10)), s(60));
     }
 }

@@ -198,7 +198,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, Error> {
             if found.is_some_and(|f| f != n) {
                 return Err(Error::ContentLength);
             }
-            plain &= found.is_none() && part == s && (part == "0" || !part.starts_with('0'));
+            // `part` is `s` trimmed: of the same length, it is all of it.
+            plain &= found.is_none() && part.len() == s.len() && (n > 0 || part.len() == 1);
+            plain &= n == 0 || !part.starts_with('0');
             found = Some(n);
         }
     }
