@@ -235,11 +235,8 @@ impl Tunnel<'_> {
             // Boxed: the handshake's state is only needed while it runs.
             match Box::pin(up.handshake(stream, &req, &hs)).await {
                 Ok(Attempt::Upgraded(relayed, stream, accept)) => {
-                    let extensions = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-                    if let Some(why) = unoffered(&relayed, &hs.protocols, &extensions) {
-                        pool.report_failure(choice.backend);
-                        let addr = choice.backend.addr.to_string();
-                        return Err(ProxyError::UpstreamHandshake(addr, why.into()));
+                    if let Some(why) = unoffered(&relayed, &hs.protocols, req.headers()) {
+                        return Err(chose_unoffered(&pool, choice.backend, why));
                     }
                     pool.report_success(choice.backend);
                     break (choice, relayed, stream, accept);
@@ -497,6 +494,15 @@ impl Upstream<'_> {
         head.field(&header::SEC_WEBSOCKET_KEY, key);
         head.finish()
     }
+}
+
+/// An upstream 101 that chose what the client did not offer: a failed
+/// handshake ([`unoffered`]).
+#[cold]
+#[inline(never)]
+fn chose_unoffered(pool: &Pool, backend: &Backend, why: &str) -> ProxyError {
+    pool.report_failure(backend);
+    ProxyError::UpstreamHandshake(backend.addr.to_string(), why.into())
 }
 
 /// The fields the tunnel's upgrade set owns.

@@ -201,14 +201,14 @@ pub fn parse_head(
 /// Why the upstream's 101 chose what the client did not offer (RFC 6455
 /// §4.1: a client fails such a connection, so the client would abort the
 /// session the 101 opened): a subprotocol outside `protocols`, more than
-/// one, or an extension whose name `extensions` (the client's
-/// `Sec-WebSocket-Extensions` fields) does not offer. `None` when it chose
-/// within the offer.
+/// one, or an extension whose name the client's `Sec-WebSocket-Extensions`
+/// fields (in `request`) do not offer. `None` when it chose within the
+/// offer.
 #[inline(never)]
 pub fn unoffered(
     relayed: &Relayed,
     protocols: &[String],
-    extensions: &http::header::GetAll<'_, HeaderValue>,
+    request: &http::HeaderMap,
 ) -> Option<&'static str> {
     let mut chosen = 0;
     for (name, value) in relayed {
@@ -220,7 +220,8 @@ pub fn unoffered(
             }
         } else if *name == header::SEC_WEBSOCKET_EXTENSIONS {
             let offered = |ext: &str| {
-                extensions
+                request
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                     .iter()
                     .flat_map(|v| v.to_str().unwrap_or_default().split(','))
                     .any(|o| extension_name(o).eq_ignore_ascii_case(ext))
@@ -379,8 +380,7 @@ mod choice_tests {
             header::SEC_WEBSOCKET_EXTENSIONS,
             HeaderValue::from_static("permessage-deflate; client_max_window_bits, x-other"),
         );
-        let ext = offer.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-        let check = |r: &Relayed| unoffered(r, &protocols, &ext);
+        let check = |r: &Relayed| unoffered(r, &protocols, &offer);
         let p = header::SEC_WEBSOCKET_PROTOCOL;
         let e = header::SEC_WEBSOCKET_EXTENSIONS;
         assert_eq!(check(&relayed(&[])), None);
@@ -395,8 +395,7 @@ mod choice_tests {
             None
         );
         assert!(check(&relayed(&[(e.clone(), "x-webkit-deflate-frame")])).is_some());
-        let empty = http::HeaderMap::new();
-        let none = empty.get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        let none = http::HeaderMap::new();
         assert!(unoffered(&relayed(&[(e, "permessage-deflate")]), &[], &none).is_some());
         assert!(unoffered(&relayed(&[(p, "chat.v1")]), &[], &none).is_some());
     }
