@@ -52,6 +52,8 @@ const PING_LEN: u64 = 8;
 
 /// Close codes the gateway sends.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Never sent: the access line's code for a client gone without a close.
+pub const CLOSE_ABNORMAL: u16 = 1006;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;

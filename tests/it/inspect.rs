@@ -182,6 +182,16 @@ async fn the_access_line_names_an_inspected_sessions_close_code() {
     drop((c, u));
     let line = gw.wait_for("close_code=4000", WAIT);
     assert!(line.contains("session=\"spliced\""), "{line}");
+    // A client gone without a close: 1006, not the code of the upstream's
+    // answer to the 1001 it is sent (verification 15).
+    let (c, mut u) = raw_pair(addr, &mut ups).await;
+    drop(c);
+    assert_eq!(read_close(&mut u).await, (1001, true));
+    u.write_all(&frame(true, 8, &1001u16.to_be_bytes(), None))
+        .await
+        .expect("write");
+    let line = gw.wait_for("close_code=1006", WAIT);
+    assert!(line.contains("session=\"spliced\""), "{line}");
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use crate::limit::gcra::Bucket;
 
 use super::scan::{self, Event, Scanner, MAX_HEADER, OP_CLOSE, OP_PING, OP_PONG};
 use super::{
-    CloseReason, Inject, InspectMetrics, Shared, Side, SpliceEnd, CLOSE_GOING_AWAY, CLOSE_POLICY,
-    CLOSE_PROTOCOL, CLOSE_TOO_BIG, PING_LEN,
+    CloseReason, Inject, InspectMetrics, Shared, Side, SpliceEnd, CLOSE_ABNORMAL, CLOSE_GOING_AWAY,
+    CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, PING_LEN,
 };
 
 /// What happens to the bytes of the frame in progress.
@@ -211,6 +211,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     /// the idle timeout; review 14). The byte splice ends with either side.
     async fn source_ended(&mut self, st: &mut PumpState, out: &mut Vec<u8>) -> io::Result<()> {
         if !st.closed_out && !st.injected {
+            if self.from == Side::Client {
+                // The access line's code for a client gone without a close
+                // (RFC 6455 §7.1.5's 1006), before the upstream's answer to
+                // the 1001 sent it is taken for the session's.
+                self.shared.note_close(CLOSE_ABNORMAL);
+            }
             st.pending_close = Some((CLOSE_GOING_AWAY, CloseReason::NONE, false));
             self.injected(st.inject_pending(out, &self.shared.metrics));
             self.write_out(st, out).await?;
