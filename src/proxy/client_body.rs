@@ -59,7 +59,8 @@ impl ClientFault {
         self.0.as_deref().map(|s| &s.progress)
     }
 
-    /// Restarts the wait for the upstream (a new attempt).
+    /// The upstream took a frame, or a new attempt starts: the wait for
+    /// the upstream counts from now.
     pub(super) fn mark_progress(&self) {
         if let Some(s) = self.state() {
             s.progress.mark();
@@ -151,9 +152,7 @@ impl Counted {
     }
 
     fn frame(&mut self, f: Frame<Bytes>) -> Frame<Bytes> {
-        if let Some(s) = self.fault.state() {
-            s.progress.mark();
-        }
+        self.fault.mark_progress();
         if let Some(d) = f.data_ref() {
             self.got += d.len() as u64;
             if let Some(counter) = &self.counter {
